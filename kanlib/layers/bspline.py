@@ -1,0 +1,250 @@
+"""B-spline KAN layer with pykan's semantics, computed as one matrix product."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
+from ..spline_linear import BASE_ACTIVATIONS, spline_linear
+
+__all__ = ["BSplineKAN"]
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_range(grid_range):
+    if not isinstance(grid_range, Sequence) or len(grid_range) != 2:
+        raise ValueError(f"grid_range must be a pair (low, high), got {grid_range!r}")
+    low, high = (float(v) for v in grid_range)
+    if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
+        raise ValueError(f"grid_range must be finite with low < high, got {tuple(grid_range)}")
+    return low, high
+
+
+def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                            ridge: float = 1e-10) -> torch.Tensor:
+    """Least-squares coefficients [I, O, G+k] so that splines on ``grid`` match y [N, I, O] at x [N, I]."""
+    basis = cox_de_boor(x.double(), grid.double(), spline_order).permute(1, 0, 2)  # [I, N, G+k]
+    gram = basis.transpose(1, 2) @ basis
+    scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-300)[:, None, None]
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    rhs = basis.transpose(1, 2) @ y.double().permute(1, 0, 2)  # [I, G+k, O]
+    coef = torch.linalg.solve(gram + ridge * scale * eye, rhs)
+    return coef.transpose(1, 2).to(y.dtype)
+
+
+class BSplineKAN(nn.Module):
+    """A KAN layer: ``y_o = sum_i scale_base[i,o] * b(x_i) + scale_sp[i,o] * sum_j coef[i,o,j] B_j(x_i)``.
+
+    Drop-in for ``nn.Linear``: input ``[..., in_features]``, output ``[..., out_features]``.
+    The knots ``grid`` [I, G+2k+1] are pykan's extended grid; ``mask`` [I, O] switches edges off.
+    """
+
+    def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
+                 grid_range=(-1.0, 1.0), base_activation: str = "silu", noise_scale: float = 0.5,
+                 scale_base_mu: float = 0.0, scale_base_sigma: float = 1.0, scale_sp: float = 1.0,
+                 grid_eps: float = 0.02, bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        _check_int("in_features", in_features, 1)
+        _check_int("out_features", out_features, 1)
+        _check_int("grid_size", grid_size, 1)
+        _check_int("spline_order", spline_order, 0)
+        low, high = _check_range(grid_range)
+        if base_activation not in BASE_ACTIVATIONS:
+            raise ValueError(f"base_activation must be one of {sorted(BASE_ACTIVATIONS)}, got {base_activation!r}")
+        if not 0.0 <= grid_eps <= 1.0:
+            raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        self.in_features, self.out_features = in_features, out_features
+        self.spline_order = spline_order
+        self.base_activation = base_activation
+        self.grid_eps = grid_eps
+        self.register_buffer("grid", make_grid(in_features, grid_size, spline_order, (low, high), **factory))
+        self.register_buffer("mask", torch.ones(in_features, out_features, **factory))
+        knots = self.grid[:, spline_order:-spline_order] if spline_order else self.grid
+        noise = (torch.rand(grid_size + 1, in_features, out_features, **factory) - 0.5) * noise_scale / grid_size
+        self.coef = nn.Parameter(fit_spline_coefficients(knots.t(), noise, self.grid, spline_order))
+        self.scale_base = nn.Parameter(
+            (scale_base_mu + scale_base_sigma * (torch.rand(in_features, out_features, **factory) * 2 - 1))
+            / math.sqrt(in_features))
+        self.scale_sp = nn.Parameter(torch.full((in_features, out_features), scale_sp / math.sqrt(in_features),
+                                                **factory))
+        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
+        self._uniform_cache = None
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid.shape[1] - 2 * self.spline_order - 1
+
+    @property
+    def n_basis(self) -> int:
+        """G + k: spline coefficients per edge."""
+        return self.grid.shape[1] - self.spline_order - 1
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, "
+                f"spline_order={self.spline_order}, base_activation={self.base_activation!r}, "
+                f"bias={self.bias is not None}")
+
+    def is_uniform(self) -> bool:
+        """Whether the grid is uniform (then the closed-form local basis is used); cached per grid version."""
+        key = (self.grid.data_ptr(), self.grid._version)
+        if self._uniform_cache is None or self._uniform_cache[0] != key:
+            self._uniform_cache = (key, is_uniform(self.grid))
+        return self._uniform_cache[1]
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The [I * (G+k+1), O] matrix: per input, the base weight row then the G+k spline rows."""
+        base = (self.scale_base * self.mask).unsqueeze(1)
+        spline = (self.scale_sp * self.mask).unsqueeze(1) * self.coef.transpose(1, 2)
+        return torch.cat([base, spline], dim=1).reshape(-1, self.out_features)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.dtype != self.coef.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"input dtype {x.dtype} does not match the layer's parameters ({self.coef.dtype})")
+        if x.device != self.coef.device:
+            raise ValueError(f"input is on {x.device} but the layer's parameters are on {self.coef.device}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., I] -> [..., O]."""
+        self._check_input(x)
+        # Under autocast the product runs in the parameters' dtype here; the Triton path will honour it.
+        flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
+        out = spline_linear(flat, self.weight_matrix(), self.grid, self.spline_order, self.is_uniform(),
+                            self.base_activation)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Every edge's learnable activation phi_{i,o}(x_i) (pykan's postacts): x [N, I] -> [N, I, O]."""
+        self._check_input(x)
+        bases = local_basis(x, self.grid, self.spline_order, self.is_uniform()).to_dense(self.n_basis)
+        spline = torch.einsum("nij,ioj->nio", bases, self.coef)
+        base = BASE_ACTIVATIONS[self.base_activation][0](x).unsqueeze(-1)
+        return (self.scale_base * base + self.scale_sp * spline) * self.mask
+
+    def spline_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The spline part of every edge, ``sum_j coef[i,o,j] B_j(x_i)``: x [N, I] -> [N, I, O]."""
+        return torch.einsum("nij,ioj->nio", cox_de_boor(x, self.grid, self.spline_order), self.coef)
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, grid_eps: float | None = None) -> None:
+        """Move the knots to the sample distribution of x [N, I] and refit coef to keep the function.
+
+        The new grid is ``grid_eps * uniform + (1 - grid_eps) * quantiles`` over the samples' range, as pykan.
+        """
+        self._check_input(x)
+        x = x.reshape(-1, self.in_features)
+        if x.shape[0] < 2:
+            raise ValueError(f"update_grid needs at least 2 samples, got {x.shape[0]}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("update_grid needs finite samples; the input has NaN or inf")
+        eps = self.grid_eps if grid_eps is None else grid_eps
+        grid_size = self.grid_size
+        ordered = torch.sort(x, dim=0).values
+        targets = self.spline_values(ordered)
+        picks = [int(x.shape[0] / grid_size * i) for i in range(grid_size)] + [x.shape[0] - 1]
+        adaptive = ordered[picks].t()  # [I, G+1]
+        steps = torch.arange(grid_size + 1, device=x.device, dtype=x.dtype)
+        uniform = adaptive[:, :1] + (adaptive[:, -1:] - adaptive[:, :1]) / grid_size * steps
+        self._set_grid_and_fit(eps * uniform + (1 - eps) * adaptive, ordered, targets)
+
+    @torch.no_grad()
+    def refine(self, grid_size: int) -> None:
+        """The same function on ``grid_size`` intervals (pykan's grid extension).
+
+        New knots interpolate the old ones piecewise linearly, so a uniform grid stays uniform; coef are
+        fitted by least squares on dense points of the grid range.
+        """
+        _check_int("grid_size", grid_size, 1)
+        k = self.spline_order
+        old_knots = self.grid[:, k:self.grid.shape[1] - k]
+        positions = torch.linspace(0, self.grid_size, grid_size + 1, device=self.grid.device, dtype=torch.float64)
+        knots = _interpolate_rows(old_knots.double(), positions).to(self.grid.dtype)
+        samples_per_row = 8 * (max(grid_size, self.grid_size) + k + 1)
+        fractions = torch.linspace(0, 1, samples_per_row, device=self.grid.device, dtype=self.grid.dtype)
+        samples = (old_knots[:, :1] + (old_knots[:, -1:] - old_knots[:, :1]) * fractions).t()  # [P, I]
+        self._set_grid_and_fit(knots, samples, self.spline_values(samples))
+
+    def _set_grid_and_fit(self, knots: torch.Tensor, samples: torch.Tensor, targets: torch.Tensor) -> None:
+        new_grid = extend_grid(knots, self.spline_order)
+        check_grid(new_grid, self.spline_order)
+        coef = fit_spline_coefficients(samples, targets, new_grid, self.spline_order)
+        if new_grid.shape != self.grid.shape:
+            self.grid = new_grid
+            self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
+        else:
+            self.grid.copy_(new_grid)
+            self.coef.copy_(coef)
+
+    def regularization_loss(self, l1: float = 1.0, entropy: float = 2.0) -> torch.Tensor:
+        """Sparsity penalty on edge strengths (mean |scale_sp * coef| per edge): L1 plus entropy, as pykan."""
+        strength = (self.scale_sp.unsqueeze(-1) * self.coef).abs().mean(-1) * self.mask
+        total = strength.sum()
+        p = strength / total.clamp(min=1e-12)
+        return l1 * total - entropy * (p * torch.log(p + 1e-12)).sum()
+
+    @classmethod
+    def from_pykan(cls, layer) -> "BSplineKAN":
+        """A BSplineKAN computing exactly what pykan's ``KANLayer`` computes (grid, coef, scales, mask)."""
+        activation = _activation_name(layer.base_fun)
+        k = int(layer.k)
+        grid = layer.grid.detach()
+        new = cls(int(layer.in_dim), int(layer.out_dim), grid_size=grid.shape[1] - 2 * k - 1, spline_order=k,
+                  base_activation=activation, grid_eps=float(layer.grid_eps), device=grid.device, dtype=grid.dtype)
+        with torch.no_grad():
+            new.grid.copy_(grid)
+            new.coef.copy_(layer.coef)
+            new.scale_base.copy_(layer.scale_base)
+            new.scale_sp.copy_(layer.scale_sp)
+            new.mask.copy_(layer.mask)
+        return new
+
+    def to_pykan(self):
+        """pykan's ``KANLayer`` with this layer's grid, coef, scales and mask (no bias there)."""
+        from kan import KANLayer
+
+        if self.bias is not None:
+            raise ValueError("pykan's KANLayer has no bias; this layer was built with bias=True")
+        k = self.spline_order
+        low, high = float(self.grid[0, k]), float(self.grid[0, self.grid.shape[1] - k - 1])
+        layer = KANLayer(self.in_features, self.out_features, num=self.grid_size, k=k,
+                         base_fun=_ACTIVATION_MODULES[self.base_activation](), grid_eps=self.grid_eps,
+                         grid_range=[low, high], device=str(self.grid.device))
+        with torch.no_grad():
+            for name in ("grid", "coef", "scale_base", "scale_sp", "mask"):
+                getattr(layer, name).data = getattr(self, name).detach().clone()
+        return layer
+
+
+_ACTIVATION_MODULES = {"silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU, "identity": nn.Identity}
+
+
+def _activation_name(module) -> str:
+    for name, kind in _ACTIVATION_MODULES.items():
+        if type(module) is kind:
+            return name
+    raise ValueError(f"base_fun must be one of {[m.__name__ for m in _ACTIVATION_MODULES.values()]}, "
+                     f"got {type(module).__name__}")
+
+
+def _interpolate_rows(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of each row of values [I, n] at fractional indices positions [m]."""
+    low = positions.floor().long().clamp(max=values.shape[1] - 2)
+    frac = positions - low
+    return values[:, low] * (1 - frac) + values[:, low + 1] * frac

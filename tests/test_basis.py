@@ -1,0 +1,105 @@
+"""Basis evaluation methods against pykan's recursion and against each other."""
+import pytest
+import torch
+from kan.spline import B_batch, extend_grid as pykan_extend_grid
+
+from kanlib import basis
+
+CASES = [(1, 1), (5, 3), (7, 2), (13, 1), (20, 3), (4, 5), (3, 0), (50, 3)]
+
+
+def random_inputs(n, n_in, grid, generator, dtype=torch.float64):
+    """Samples across the extended grid and beyond it on both sides, plus exact knots."""
+    low, high = grid[:, 0].min().item(), grid[:, -1].max().item()
+    width = high - low
+    x = torch.rand(n, n_in, generator=generator, dtype=dtype) * 1.6 * width + low - 0.3 * width
+    x[: grid.shape[1], :] = grid.t().to(dtype)  # every knot, where the half-open intervals meet
+    return x
+
+
+def nonuniform_grid(n_in, grid_size, k, generator, dtype=torch.float64, repeat_knot=False):
+    """Sorted random knots (pykan's update_grid shape), optionally with a repeated knot."""
+    knots = torch.sort(torch.rand(n_in, grid_size + 1, generator=generator, dtype=dtype) * 4 - 2, dim=1).values
+    if repeat_knot and grid_size >= 2:
+        knots[:, 1] = knots[:, 2]
+    return pykan_extend_grid(knots, k_extend=k)
+
+
+@pytest.mark.parametrize("grid_size,k", CASES)
+def test_cox_de_boor_matches_pykan(grid_size, k):
+    gen = torch.Generator().manual_seed(grid_size * 10 + k)
+    for grid in (basis.make_grid(3, grid_size, k, dtype=torch.float64), nonuniform_grid(3, grid_size, k, gen)):
+        x = random_inputs(500, 3, grid, gen)
+        expected = B_batch(x, grid, k=k).to(x.dtype)
+        torch.testing.assert_close(basis.cox_de_boor(x, grid, k), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("grid_size,k", CASES)
+@pytest.mark.parametrize("method", [basis.uniform_closed_form, basis.local_de_boor])
+def test_local_methods_match_reference_on_uniform_grids(grid_size, k, method):
+    gen = torch.Generator().manual_seed(grid_size + 100 * k)
+    grid = basis.make_grid(4, grid_size, k, grid_range=(-1.5, 2.0), dtype=torch.float64)
+    x = random_inputs(700, 4, grid, gen)
+    torch.testing.assert_close(method(x, grid, k), basis.cox_de_boor(x, grid, k), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("grid_size,k", CASES)
+@pytest.mark.parametrize("repeat_knot", [False, True])
+def test_local_de_boor_matches_reference_on_any_knots(grid_size, k, repeat_knot):
+    gen = torch.Generator().manual_seed(7 * grid_size + k)
+    grid = nonuniform_grid(5, grid_size, k, gen, repeat_knot=repeat_knot)
+    x = random_inputs(700, 5, grid, gen)
+    torch.testing.assert_close(basis.local_de_boor(x, grid, k), basis.cox_de_boor(x, grid, k), rtol=0, atol=1e-10)
+
+
+def test_per_input_uniform_grids_with_different_ranges():
+    gen = torch.Generator().manual_seed(3)
+    knots = torch.stack([torch.linspace(lo, hi, 8, dtype=torch.float64) for lo, hi in [(-3, 1), (0.5, 0.9), (-1, 1)]])
+    grid = basis.extend_grid(knots, 3)
+    assert basis.is_uniform(grid)
+    x = random_inputs(400, 3, grid, gen)
+    torch.testing.assert_close(basis.uniform_closed_form(x, grid, 3), basis.cox_de_boor(x, grid, 3), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("grid_size,k", [(5, 3), (1, 1), (9, 2), (6, 4)])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_window_derivatives_match_autograd(grid_size, k, uniform):
+    gen = torch.Generator().manual_seed(grid_size * k)
+    grid = basis.make_grid(3, grid_size, k, dtype=torch.float64) if uniform else nonuniform_grid(3, grid_size, k, gen)
+    x = random_inputs(300, 3, grid, gen)[grid.shape[1]:]  # away from knots, where the derivative may jump
+    x.requires_grad_(True)
+    dense = basis.cox_de_boor(x, grid, k)
+    weights = torch.randn(dense.shape[-1], generator=gen, dtype=torch.float64)
+    expected = torch.autograd.grad((dense * weights).sum(), x)[0]
+    local = basis.local_basis(x.detach(), grid, k, uniform, derivatives=True)
+    slope = basis.LocalBasis(local.start, local.derivatives, None).to_dense(dense.shape[-1])
+    torch.testing.assert_close((slope * weights).sum(-1), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("k", range(0, 6))
+def test_uniform_matrix_is_a_partition_of_unity(k):
+    t = torch.rand(100, dtype=torch.float64)
+    powers = t.unsqueeze(-1) ** torch.arange(k + 1, dtype=torch.float64)
+    values = powers @ basis.uniform_basis_matrix(k)
+    torch.testing.assert_close(values.sum(-1), torch.ones_like(t))
+    assert bool((values >= -1e-15).all())
+
+
+def test_inside_grid_range_the_bases_sum_to_one():
+    grid = basis.make_grid(2, 6, 3, dtype=torch.float64)
+    x = torch.rand(1000, 2, dtype=torch.float64) * 2 - 1
+    torch.testing.assert_close(basis.uniform_closed_form(x, grid, 3).sum(-1), torch.ones_like(x))
+
+
+def test_every_basis_is_zero_outside_the_extended_grid():
+    grid = basis.make_grid(2, 5, 3, dtype=torch.float64)
+    x = torch.tensor([[-10.0, 3.0], [grid[0, -1].item(), -2.5]], dtype=torch.float64)
+    for method in (basis.cox_de_boor, basis.uniform_closed_form, basis.local_de_boor):
+        assert method(x, grid, 3).abs().max().item() < 1e-15
+
+
+def test_is_uniform_detects_moved_knots():
+    grid = basis.make_grid(3, 10, 3)
+    assert basis.is_uniform(grid)
+    grid[1, 6] += 0.01
+    assert not basis.is_uniform(grid)
