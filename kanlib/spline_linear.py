@@ -3,15 +3,31 @@
 For inputs x [N, I] the expanded matrix A [N, I, S] (S = G + k + 1) holds, per input, the base
 activation in slot 0 and the G + k B-spline bases in slots 1..G+k. The layer is ``A.view(N, I*S) @ W``
 with W [I*S, O]. Forward keeps only x; backward rebuilds what it needs from the local (k + 1 wide) basis.
+
+Three implementations compute the same function (``method``):
+
+- ``"eager"``: PyTorch operations on the local basis (any device); the basis window is materialized.
+- ``"dense"``: CPU only: a fused kernel writes A, BLAS does the products; backward recomputes A.
+- ``"sparse"``: CPU only: fused kernels touch only the k + 2 nonzero slots of each input (local support),
+  so the work does not grow with G.
+
+``"auto"`` picks ``"eager"`` off the CPU and, on the CPU, ``"sparse"`` when an input's slots are mostly
+zeros (:func:`prefers_sparse`), else ``"dense"``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .basis import LocalBasis, find_span, local_basis
+from .basis import LocalBasis, extend_grid, find_span, local_basis, uniform_basis_matrix
 
-__all__ = ["spline_linear", "BASE_ACTIVATIONS", "expanded_input"]
+__all__ = ["spline_linear", "BASE_ACTIVATIONS", "expanded_input", "METHODS", "prefers_sparse"]
+
+METHODS = ("auto", "eager", "dense", "sparse")
+CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
+# On the CPU the sparse kernels do about this many times less useful work per second than BLAS; past
+# the break-even density of nonzero slots they win.
+SPARSE_SLOWDOWN = 6.0
 
 
 def _silu_grad(x):
@@ -28,6 +44,11 @@ BASE_ACTIVATIONS = {
 }
 
 
+def prefers_sparse(n_slots: int, spline_order: int) -> bool:
+    """Whether the local-support kernels beat a dense product for S slots per input, k + 2 of them nonzero."""
+    return (spline_order + 2) * SPARSE_SLOWDOWN < n_slots
+
+
 def _window_columns(local: LocalBasis) -> torch.Tensor:
     """Slot index (within an input's S slots) of each window entry: [N, I, k+1]."""
     width = local.values.shape[-1]
@@ -42,7 +63,7 @@ def expanded_input(x: torch.Tensor, local: LocalBasis, activation: str, n_slots:
     return expanded
 
 
-class _SplineLinear(torch.autograd.Function):
+class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, grid, spline_order, uniform, activation):
         n_slots = weight.shape[0] // x.shape[1]
@@ -71,7 +92,74 @@ class _SplineLinear(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
+class _CpuKernelArgs:
+    """The numpy views and constants every CPU kernel takes, built once per call."""
+
+    def __init__(self, x, grid, spline_order, uniform, activation):
+        from .kernels import bspline_cpu
+
+        self.kernels = bspline_cpu
+        self.prefix = (x.detach().numpy(), grid.numpy(), extend_grid(grid, spline_order).numpy(), bool(uniform),
+                       int(spline_order), uniform_basis_matrix(spline_order).numpy(),
+                       bspline_cpu.ACTIVATION_IDS[activation])
+
+
+class _Fused(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, grid, spline_order, uniform, activation, sparse):
+        x, weight, grid = x.contiguous(), weight.contiguous(), grid.contiguous()
+        args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+        if sparse:
+            out = x.new_empty(x.shape[0], weight.shape[1])
+            args.kernels.sparse_forward(*args.prefix, weight.detach().numpy(), out.numpy())
+        else:
+            expanded = x.new_empty(x.shape[0], weight.shape[0])
+            args.kernels.expand(*args.prefix, expanded.numpy())
+            out = expanded @ weight.detach()
+        ctx.save_for_backward(x, weight, grid)
+        ctx.config = (spline_order, uniform, activation, sparse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, grid = ctx.saved_tensors
+        spline_order, uniform, activation, sparse = ctx.config
+        grad_out = grad_out.contiguous()
+        args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            if sparse:
+                grad_w = torch.empty_like(weight)
+                args.kernels.sparse_grad_weight(*args.prefix, grad_out.numpy(), grad_w.numpy())
+            else:
+                expanded = x.new_empty(x.shape[0], weight.shape[0])
+                args.kernels.expand(*args.prefix, expanded.numpy())
+                grad_w = expanded.t() @ grad_out
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            if sparse:
+                args.kernels.sparse_grad_input(*args.prefix, weight.numpy(), grad_out.numpy(), grad_x.numpy())
+            else:
+                grad_expanded = grad_out @ weight.t()
+                args.kernels.expand_grad(*args.prefix, grad_expanded.numpy(), grad_x.numpy())
+        return grad_x, grad_w, None, None, None, None, None
+
+
 def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
-                  uniform: bool, activation: str = "silu") -> torch.Tensor:
+                  uniform: bool, activation: str = "silu", method: str = "auto") -> torch.Tensor:
     """x [N, I], weight [I*(G+k+1), O], grid [I, G+2k+1] -> [N, O]; the basis is never kept for backward."""
-    return _SplineLinear.apply(x, weight, grid, spline_order, uniform, activation)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    on_cpu = x.device.type == "cpu"
+    kernels_apply = on_cpu and x.dtype in CPU_KERNEL_DTYPES
+    if method == "auto":
+        if not kernels_apply:
+            method = "eager"
+        else:
+            method = "sparse" if prefers_sparse(weight.shape[0] // x.shape[1], spline_order) else "dense"
+    if method == "eager":
+        return _Eager.apply(x, weight, grid, spline_order, uniform, activation)
+    if not kernels_apply:
+        raise ValueError(f"method={method!r} runs on the CPU in float32 or float64, "
+                         f"got {x.dtype} tensors on {x.device}")
+    return _Fused.apply(x, weight, grid, spline_order, uniform, activation, method == "sparse")

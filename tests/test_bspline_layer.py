@@ -40,11 +40,16 @@ def reference_forward(layer: BSplineKAN, x):
 PYKAN_CASES = [(7, 5, 5, 3), (3, 1, 1, 1), (33, 17, 13, 2), (4, 9, 20, 3), (5, 3, 6, 5)]
 
 
+METHODS = ["eager", "dense", "sparse"]
+
+
 @pytest.mark.parametrize("n_in,n_out,grid_size,k", PYKAN_CASES)
 @pytest.mark.parametrize("update_grid", [False, True])
-def test_same_outputs_as_pykan(n_in, n_out, grid_size, k, update_grid):
+@pytest.mark.parametrize("method", METHODS)
+def test_same_outputs_as_pykan(n_in, n_out, grid_size, k, update_grid, method):
     ref = random_pykan_layer(n_in, n_out, grid_size, k, seed=grid_size + k, update_grid=update_grid)
     layer = BSplineKAN.from_pykan(ref)
+    layer.method = method
     assert layer.is_uniform() != update_grid or grid_size == 1
     x = inputs_in_and_out(301, n_in, seed=n_in)
     torch.testing.assert_close(layer(x), ref(x)[0], rtol=1e-5, atol=1e-5)
@@ -63,9 +68,11 @@ def test_to_pykan_round_trip():
 
 @pytest.mark.parametrize("grid_size", [5, 20])
 @pytest.mark.parametrize("update_grid", [False, True])
-def test_no_less_accurate_than_pykan_against_float64(grid_size, update_grid):
+@pytest.mark.parametrize("method", METHODS)
+def test_no_less_accurate_than_pykan_against_float64(grid_size, update_grid, method):
     ref = random_pykan_layer(16, 8, grid_size, 3, seed=grid_size, update_grid=update_grid)
     layer = BSplineKAN.from_pykan(ref)
+    layer.method = method
     x = inputs_in_and_out(4000, 16, seed=5)
     exact_layer = BSplineKAN.from_pykan(ref).double()
     exact_edges = exact_layer.activations(x.double())
@@ -77,9 +84,10 @@ def test_no_less_accurate_than_pykan_against_float64(grid_size, update_grid):
 
 
 @pytest.mark.parametrize("k", [0, 1, 4])
-def test_any_order_matches_the_reference(k):
+@pytest.mark.parametrize("method", METHODS)
+def test_any_order_matches_the_reference(k, method):
     torch.manual_seed(k)
-    layer = BSplineKAN(5, 3, grid_size=6, spline_order=k)
+    layer = BSplineKAN(5, 3, grid_size=6, spline_order=k, method=method)
     with torch.no_grad():
         layer.coef.normal_()
     x = inputs_in_and_out(400, 5, seed=k)
@@ -90,9 +98,10 @@ def test_any_order_matches_the_reference(k):
 
 @pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_gradcheck_float64(uniform, k):
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_float64(uniform, k, method):
     torch.manual_seed(k)
-    layer = BSplineKAN(3, 2, grid_size=4, spline_order=k).double()
+    layer = BSplineKAN(3, 2, grid_size=4, spline_order=k, method=method).double()
     if not uniform:
         layer.update_grid(torch.randn(64, 3, dtype=torch.float64))
     assert layer.is_uniform() == uniform
@@ -109,9 +118,10 @@ def test_gradcheck_float64(uniform, k):
 
 
 @pytest.mark.parametrize("uniform", [True, False])
-def test_gradients_match_the_reference(uniform):
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_match_the_reference(uniform, method):
     torch.manual_seed(11)
-    layer = BSplineKAN(33, 17, grid_size=13, spline_order=3)
+    layer = BSplineKAN(33, 17, grid_size=13, spline_order=3, method=method)
     if not uniform:
         layer.update_grid(torch.randn(300, 33))
     x = inputs_in_and_out(130, 33, seed=2).requires_grad_()
@@ -157,8 +167,9 @@ def test_state_dict_round_trip_after_grid_change():
     torch.testing.assert_close(fresh(x), layer(x))
 
 
-def test_empty_batch_and_nan_rows():
-    layer = BSplineKAN(4, 3)
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_batch_and_nan_rows(method):
+    layer = BSplineKAN(4, 3, method=method)
     assert layer(torch.empty(0, 4)).shape == (0, 3)
     x = torch.randn(5, 4)
     x[2, 1] = float("nan")
@@ -176,6 +187,7 @@ def test_empty_batch_and_nan_rows():
     ({"grid_range": (2, -1)}, ValueError, "low < high, got (2, -1)"),
     ({"grid_range": ()}, ValueError, "pair (low, high), got ()"),
     ({"base_activation": "swish"}, ValueError, "got 'swish'"),
+    ({"method": "fast"}, ValueError, "got 'fast'"),
 ])
 def test_bad_settings_are_named(kwargs, error, words):
     with pytest.raises(error) as info:
@@ -257,3 +269,18 @@ def test_regularization_loss_is_differentiable_and_sparsity_seeking():
     loss = layer.regularization_loss()
     loss.backward()
     assert loss.item() > 0 and layer.coef.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["dense", "sparse"])
+def test_cpu_kernels_refuse_what_they_cannot_run(method):
+    layer = BSplineKAN(3, 2, method=method).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 or float64, got torch.bfloat16"):
+        layer(torch.randn(4, 3, dtype=torch.bfloat16))
+
+
+def test_auto_falls_back_to_eager_for_half_types():
+    layer = BSplineKAN(3, 2)
+    x = torch.randn(9, 3)
+    expected = layer(x)
+    out = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
+    torch.testing.assert_close(out.float(), expected, rtol=3e-2, atol=3e-2)

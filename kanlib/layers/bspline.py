@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
-from ..spline_linear import BASE_ACTIVATIONS, spline_linear
+from ..spline_linear import BASE_ACTIVATIONS, METHODS, spline_linear
 
 __all__ = ["BSplineKAN"]
 
@@ -45,13 +45,15 @@ class BSplineKAN(nn.Module):
     """A KAN layer: ``y_o = sum_i scale_base[i,o] * b(x_i) + scale_sp[i,o] * sum_j coef[i,o,j] B_j(x_i)``.
 
     Drop-in for ``nn.Linear``: input ``[..., in_features]``, output ``[..., out_features]``.
+    ``method`` picks the implementation of the product (see :mod:`kanlib.spline_linear`); all compute
+    the same function.
     The knots ``grid`` [I, G+2k+1] are pykan's extended grid; ``mask`` [I, O] switches edges off.
     """
 
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1.0, 1.0), base_activation: str = "silu", noise_scale: float = 0.5,
                  scale_base_mu: float = 0.0, scale_base_sigma: float = 1.0, scale_sp: float = 1.0,
-                 grid_eps: float = 0.02, bias: bool = False, device=None, dtype=None):
+                 grid_eps: float = 0.02, bias: bool = False, method: str = "auto", device=None, dtype=None):
         super().__init__()
         _check_int("in_features", in_features, 1)
         _check_int("out_features", out_features, 1)
@@ -60,6 +62,8 @@ class BSplineKAN(nn.Module):
         low, high = _check_range(grid_range)
         if base_activation not in BASE_ACTIVATIONS:
             raise ValueError(f"base_activation must be one of {sorted(BASE_ACTIVATIONS)}, got {base_activation!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if not 0.0 <= grid_eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
@@ -67,6 +71,7 @@ class BSplineKAN(nn.Module):
         self.spline_order = spline_order
         self.base_activation = base_activation
         self.grid_eps = grid_eps
+        self.method = method
         self.register_buffer("grid", make_grid(in_features, grid_size, spline_order, (low, high), **factory))
         self.register_buffer("mask", torch.ones(in_features, out_features, **factory))
         knots = self.grid[:, spline_order:-spline_order] if spline_order else self.grid
@@ -125,7 +130,7 @@ class BSplineKAN(nn.Module):
         # Under autocast the product runs in the parameters' dtype here; the Triton path will honour it.
         flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
         out = spline_linear(flat, self.weight_matrix(), self.grid, self.spline_order, self.is_uniform(),
-                            self.base_activation)
+                            self.base_activation, self.method)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)

@@ -1,0 +1,271 @@
+"""Fused CPU kernels (numba) for the B-spline KAN product.
+
+Each kernel evaluates the k + 1 nonzero bases of an input value in registers and uses them at once, so
+no basis tensor is ever stored:
+
+- :func:`expand`: the expanded input A [N, I*S] (S = G + k + 1: base activation, then G + k bases), for
+  the dense path, where BLAS does the product ``A @ W``.
+- :func:`expand_grad`: dx [N, I] from the gradient of A (the dense path's backward).
+- :func:`sparse_forward`, :func:`sparse_grad_weight`, :func:`sparse_grad_input`: the product and its
+  gradients touching only the k + 2 nonzero slots of each input (local support; pays when G is large).
+
+Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
+each side (the general triangular scheme reads knots up to k beyond a span). Spans are found
+arithmetically on uniform grids and by binary search otherwise. The reference is
+:func:`kanlib.basis.cox_de_boor`.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+SILU, TANH, RELU, IDENTITY = 0, 1, 2, 3
+ACTIVATION_IDS = {"silu": SILU, "tanh": TANH, "relu": RELU, "identity": IDENTITY}
+MAX_ORDER = 8  # window arrays are sized for spline orders up to this
+
+
+@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+def _activation(value, kind):
+    if kind == SILU:
+        return value / (1.0 + math.exp(-value))
+    if kind == TANH:
+        return math.tanh(value)
+    if kind == RELU:
+        return value if value > 0.0 else 0.0 * value
+    return value
+
+
+@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+def _activation_grad(value, kind):
+    if kind == SILU:
+        s = 1.0 / (1.0 + math.exp(-value))
+        return s * (1.0 + value * (1.0 - s))
+    if kind == TANH:
+        th = math.tanh(value)
+        return 1.0 - th * th
+    if kind == RELU:
+        return 1.0 if value > 0.0 else 0.0
+    return 1.0
+
+
+@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+def _find_span(value, grid, i, uniform, spline_order):
+    """Span j with grid[i, j] <= value < grid[i, j+1], or -1 outside [grid[i, 0], grid[i, -1]) or NaN."""
+    n_knots = grid.shape[1]
+    if not (grid[i, 0] <= value < grid[i, n_knots - 1]):
+        return -1
+    if uniform and spline_order > 0:
+        step = (grid[i, n_knots - 1] - grid[i, 0]) / (n_knots - 1)
+        span = int((value - grid[i, 0]) / step)
+        return min(max(span, 0), n_knots - 2)
+    low, high = 0, n_knots - 1  # invariant: grid[low] <= value < grid[high]
+    while high - low > 1:
+        mid = (low + high) // 2
+        if grid[i, mid] <= value:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+def _window(value, span, grid, padded, i, uniform, spline_order, matrix, values, slopes, with_slopes, left, right):
+    """Fill values[r] (and slopes[r]) with basis ``span - k + r`` at value and its derivative.
+
+    left and right are scratch arrays of at least k + 1 entries.
+    """
+    k = spline_order
+    if uniform:
+        step = (grid[i, grid.shape[1] - 1] - grid[i, 0]) / (grid.shape[1] - 1)
+        t = (value - grid[i, span]) / step  # measured from the span's own knot
+        t = min(max(t, 0.0), 1.0)
+        for r in range(k + 1):
+            acc = matrix[k, r]
+            for p in range(k - 1, -1, -1):
+                acc = acc * t + matrix[p, r]
+            values[r] = acc
+            if with_slopes:
+                slope = 0.0
+                for p in range(k, 0, -1):
+                    slope = slope * t + p * matrix[p, r]
+                slopes[r] = slope / step
+        return
+    # Triangular de Boor scheme on the knots around the span (padded[i, j + k] is grid[i, j]).
+    values[0] = 1.0
+    for d in range(1, k + 1):
+        left[d] = value - padded[i, span + k + 1 - d]
+        right[d] = padded[i, span + k + d] - value
+        saved = 0.0
+        for r in range(d):
+            den = right[r + 1] + left[d - r]
+            temp = values[r] / den if den != 0.0 else 0.0
+            if d == k and with_slopes:
+                slopes[r] = temp  # order k-1 value over its knot width, used below
+            values[r] = saved + right[r + 1] * temp
+            saved = left[d - r] * temp
+        values[d] = saved
+    if with_slopes:
+        if k == 0:
+            slopes[0] = 0.0
+            return
+        # d/dx B_{m,k} = k * (B_{m,k-1}/(t_{m+k}-t_m) - B_{m+1,k-1}/(t_{m+k+1}-t_{m+1})); the scaled order
+        # k-1 values were stashed in slopes[0..k-1] (slopes[r] is for basis span-k+1+r of order k-1).
+        previous = 0.0
+        for r in range(k):
+            current = slopes[r]
+            slopes[r] = k * (previous - current)
+            previous = current
+        slopes[k] = k * previous
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+def expand(x, grid, padded, uniform, spline_order, matrix, activation, out):
+    """Write A [N, I*S]: slot 0 of each input is the base activation, slots 1.. the G + k bases."""
+    n_rows, n_in = x.shape
+    n_slots = out.shape[1] // n_in
+    n_basis = n_slots - 1
+    k = spline_order
+    for n in prange(n_rows):
+        scratch = np.empty((3, MAX_ORDER + 1), dtype=matrix.dtype)
+        for i in range(n_in):
+            value = x[n, i]
+            offset = i * n_slots
+            out[n, offset] = _activation(value, activation)
+            for s in range(1, n_slots):
+                out[n, offset + s] = 0.0
+            span = _find_span(value, grid, i, uniform, k)
+            if span < 0:
+                continue
+            _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[0], False,
+                    scratch[1], scratch[2])
+            for r in range(k + 1):
+                m = span - k + r
+                if 0 <= m < n_basis:
+                    out[n, offset + 1 + m] = scratch[0, r]
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+def expand_grad(x, grid, padded, uniform, spline_order, matrix, activation, grad_expanded, grad_x):
+    """grad_x [N, I] from grad_expanded [N, I*S], the gradient of A."""
+    n_rows, n_in = x.shape
+    n_slots = grad_expanded.shape[1] // n_in
+    n_basis = n_slots - 1
+    k = spline_order
+    for n in prange(n_rows):
+        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
+        for i in range(n_in):
+            value = x[n, i]
+            offset = i * n_slots
+            acc = _activation_grad(value, activation) * grad_expanded[n, offset]
+            span = _find_span(value, grid, i, uniform, k)
+            if span >= 0:
+                _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[1], True,
+                        scratch[2], scratch[3])
+                for r in range(k + 1):
+                    m = span - k + r
+                    if 0 <= m < n_basis:
+                        acc += scratch[1, r] * grad_expanded[n, offset + 1 + m]
+            grad_x[n, i] = acc
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+def sparse_forward(x, grid, padded, uniform, spline_order, matrix, activation, weight, out):
+    """out [N, O] = A @ weight, touching only the k + 2 nonzero slots of each input; weight [I*S, O]."""
+    n_rows, n_in = x.shape
+    n_out = weight.shape[1]
+    n_slots = weight.shape[0] // n_in
+    n_basis = n_slots - 1
+    k = spline_order
+    for n in prange(n_rows):
+        scratch = np.empty((3, MAX_ORDER + 1), dtype=matrix.dtype)
+        row = np.zeros(n_out, dtype=out.dtype)
+        for i in range(n_in):
+            value = x[n, i]
+            offset = i * n_slots
+            base = _activation(value, activation)
+            for o in range(n_out):
+                row[o] += base * weight[offset, o]
+            span = _find_span(value, grid, i, uniform, k)
+            if span < 0:
+                continue
+            _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[0], False,
+                    scratch[1], scratch[2])
+            for r in range(k + 1):
+                m = span - k + r
+                if 0 <= m < n_basis:
+                    coefficient = scratch[0, r]
+                    for o in range(n_out):
+                        row[o] += coefficient * weight[offset + 1 + m, o]
+        for o in range(n_out):
+            out[n, o] = row[o]
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+def sparse_grad_weight(x, grid, padded, uniform, spline_order, matrix, activation, grad_out, grad_weight):
+    """grad_weight [I*S, O] = A^T @ grad_out; each input's rows are owned by one thread."""
+    n_rows, n_in = x.shape
+    n_out = grad_out.shape[1]
+    n_slots = grad_weight.shape[0] // n_in
+    n_basis = n_slots - 1
+    k = spline_order
+    for i in prange(n_in):
+        scratch = np.empty((3, MAX_ORDER + 1), dtype=matrix.dtype)
+        offset = i * n_slots
+        for s in range(n_slots):
+            for o in range(n_out):
+                grad_weight[offset + s, o] = 0.0
+        for n in range(n_rows):
+            value = x[n, i]
+            base = _activation(value, activation)
+            for o in range(n_out):
+                grad_weight[offset, o] += base * grad_out[n, o]
+            span = _find_span(value, grid, i, uniform, k)
+            if span < 0:
+                continue
+            _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[0], False,
+                    scratch[1], scratch[2])
+            for r in range(k + 1):
+                m = span - k + r
+                if 0 <= m < n_basis:
+                    coefficient = scratch[0, r]
+                    for o in range(n_out):
+                        grad_weight[offset + 1 + m, o] += coefficient * grad_out[n, o]
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+def sparse_grad_input(x, grid, padded, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
+    """grad_x [N, I]: the gradient of A at its nonzero slots (grad_out . weight rows) times dA/dx."""
+    n_rows, n_in = x.shape
+    n_out = weight.shape[1]
+    n_slots = weight.shape[0] // n_in
+    n_basis = n_slots - 1
+    k = spline_order
+    for n in prange(n_rows):
+        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
+        for i in range(n_in):
+            value = x[n, i]
+            offset = i * n_slots
+            dot = 0.0
+            for o in range(n_out):
+                dot += grad_out[n, o] * weight[offset, o]
+            acc = _activation_grad(value, activation) * dot
+            span = _find_span(value, grid, i, uniform, k)
+            if span >= 0:
+                _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[1], True,
+                        scratch[2], scratch[3])
+                for r in range(k + 1):
+                    m = span - k + r
+                    if 0 <= m < n_basis:
+                        dot = 0.0
+                        for o in range(n_out):
+                            dot += grad_out[n, o] * weight[offset + 1 + m, o]
+                        acc += scratch[1, r] * dot
+            grad_x[n, i] = acc
+
+
+def set_threads(count: int) -> None:
+    """Threads the kernels use (numba's pool); torch's intra-op count is a separate setting."""
+    numba.set_num_threads(count)
