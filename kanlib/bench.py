@@ -33,7 +33,7 @@ MIN_ADAPTIVE_REPEAT = 5
 MAX_ADAPTIVE_REPEAT = 10_000
 TIMING_SUFFIXES = ("median_ms", "q25_ms", "q75_ms", "min_ms", "max_ms")
 REQUIRED_TIMING_SUFFIXES = ("median_ms", "q25_ms", "q75_ms")
-RATIO_SUFFIXES = ("ratio", "speedup")
+RATIO_SUFFIXES = ("_to_dense", "ratio", "speedup")
 MIB = 2**20
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent

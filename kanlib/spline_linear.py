@@ -99,9 +99,11 @@ class _CpuKernelArgs:
         from .kernels import bspline_cpu
 
         self.kernels = bspline_cpu
-        self.prefix = (x.detach().numpy(), grid.numpy(), extend_grid(grid, spline_order).numpy(), bool(uniform),
-                       int(spline_order), uniform_basis_matrix(spline_order).numpy(),
-                       bspline_cpu.ACTIVATION_IDS[activation])
+        n_knots = grid.shape[1]
+        inv_steps = (n_knots - 1) / (grid[:, -1] - grid[:, 0]).double()
+        self.prefix = (x.detach().numpy(), grid.numpy(), extend_grid(grid, spline_order).numpy(),
+                       inv_steps.numpy(), bool(uniform), int(spline_order),
+                       uniform_basis_matrix(spline_order).numpy(), bspline_cpu.ACTIVATION_IDS[activation])
 
 
 class _Fused(torch.autograd.Function):

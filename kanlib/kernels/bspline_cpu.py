@@ -10,7 +10,8 @@ no basis tensor is ever stored:
   gradients touching only the k + 2 nonzero slots of each input (local support; pays when G is large).
 
 Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
-each side (the general triangular scheme reads knots up to k beyond a span). Spans are found
+each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
+1 / knot spacing of uniform grids. Spans are found
 arithmetically on uniform grids and by binary search otherwise. The reference is
 :func:`kanlib.basis.cox_de_boor`.
 """
@@ -52,14 +53,13 @@ def _activation_grad(value, kind):
 
 
 @njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
-def _find_span(value, grid, i, uniform, spline_order):
+def _find_span(value, grid, inv_steps, i, uniform, spline_order):
     """Span j with grid[i, j] <= value < grid[i, j+1], or -1 outside [grid[i, 0], grid[i, -1]) or NaN."""
     n_knots = grid.shape[1]
     if not (grid[i, 0] <= value < grid[i, n_knots - 1]):
         return -1
     if uniform and spline_order > 0:
-        step = (grid[i, n_knots - 1] - grid[i, 0]) / (n_knots - 1)
-        span = int((value - grid[i, 0]) / step)
+        span = int((value - grid[i, 0]) * inv_steps[i])
         return min(max(span, 0), n_knots - 2)
     low, high = 0, n_knots - 1  # invariant: grid[low] <= value < grid[high]
     while high - low > 1:
@@ -72,15 +72,15 @@ def _find_span(value, grid, i, uniform, spline_order):
 
 
 @njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
-def _window(value, span, grid, padded, i, uniform, spline_order, matrix, values, slopes, with_slopes, left, right):
+def _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matrix, values, slopes, with_slopes,
+            left, right):
     """Fill values[r] (and slopes[r]) with basis ``span - k + r`` at value and its derivative.
 
     left and right are scratch arrays of at least k + 1 entries.
     """
     k = spline_order
     if uniform:
-        step = (grid[i, grid.shape[1] - 1] - grid[i, 0]) / (grid.shape[1] - 1)
-        t = (value - grid[i, span]) / step  # measured from the span's own knot
+        t = (value - grid[i, span]) * inv_steps[i]  # measured from the span's own knot
         t = min(max(t, 0.0), 1.0)
         for r in range(k + 1):
             acc = matrix[k, r]
@@ -91,7 +91,7 @@ def _window(value, span, grid, padded, i, uniform, spline_order, matrix, values,
                 slope = 0.0
                 for p in range(k, 0, -1):
                     slope = slope * t + p * matrix[p, r]
-                slopes[r] = slope / step
+                slopes[r] = slope * inv_steps[i]
         return
     # Triangular de Boor scheme on the knots around the span (padded[i, j + k] is grid[i, j]).
     values[0] = 1.0
@@ -122,7 +122,7 @@ def _window(value, span, grid, padded, i, uniform, spline_order, matrix, values,
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
-def expand(x, grid, padded, uniform, spline_order, matrix, activation, out):
+def expand(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, out):
     """Write A [N, I*S]: slot 0 of each input is the base activation, slots 1.. the G + k bases."""
     n_rows, n_in = x.shape
     n_slots = out.shape[1] // n_in
@@ -136,10 +136,10 @@ def expand(x, grid, padded, uniform, spline_order, matrix, activation, out):
             out[n, offset] = _activation(value, activation)
             for s in range(1, n_slots):
                 out[n, offset + s] = 0.0
-            span = _find_span(value, grid, i, uniform, k)
+            span = _find_span(value, grid, inv_steps, i, uniform, k)
             if span < 0:
                 continue
-            _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[0], False,
+            _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[0], False,
                     scratch[1], scratch[2])
             for r in range(k + 1):
                 m = span - k + r
@@ -148,7 +148,7 @@ def expand(x, grid, padded, uniform, spline_order, matrix, activation, out):
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
-def expand_grad(x, grid, padded, uniform, spline_order, matrix, activation, grad_expanded, grad_x):
+def expand_grad(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_expanded, grad_x):
     """grad_x [N, I] from grad_expanded [N, I*S], the gradient of A."""
     n_rows, n_in = x.shape
     n_slots = grad_expanded.shape[1] // n_in
@@ -160,9 +160,9 @@ def expand_grad(x, grid, padded, uniform, spline_order, matrix, activation, grad
             value = x[n, i]
             offset = i * n_slots
             acc = _activation_grad(value, activation) * grad_expanded[n, offset]
-            span = _find_span(value, grid, i, uniform, k)
+            span = _find_span(value, grid, inv_steps, i, uniform, k)
             if span >= 0:
-                _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[1], True,
+                _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[1], True,
                         scratch[2], scratch[3])
                 for r in range(k + 1):
                     m = span - k + r
@@ -172,7 +172,7 @@ def expand_grad(x, grid, padded, uniform, spline_order, matrix, activation, grad
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
-def sparse_forward(x, grid, padded, uniform, spline_order, matrix, activation, weight, out):
+def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, out):
     """out [N, O] = A @ weight, touching only the k + 2 nonzero slots of each input; weight [I*S, O]."""
     n_rows, n_in = x.shape
     n_out = weight.shape[1]
@@ -188,10 +188,10 @@ def sparse_forward(x, grid, padded, uniform, spline_order, matrix, activation, w
             base = _activation(value, activation)
             for o in range(n_out):
                 row[o] += base * weight[offset, o]
-            span = _find_span(value, grid, i, uniform, k)
+            span = _find_span(value, grid, inv_steps, i, uniform, k)
             if span < 0:
                 continue
-            _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[0], False,
+            _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[0], False,
                     scratch[1], scratch[2])
             for r in range(k + 1):
                 m = span - k + r
@@ -204,7 +204,7 @@ def sparse_forward(x, grid, padded, uniform, spline_order, matrix, activation, w
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
-def sparse_grad_weight(x, grid, padded, uniform, spline_order, matrix, activation, grad_out, grad_weight):
+def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_out, grad_weight):
     """grad_weight [I*S, O] = A^T @ grad_out; each input's rows are owned by one thread."""
     n_rows, n_in = x.shape
     n_out = grad_out.shape[1]
@@ -222,10 +222,10 @@ def sparse_grad_weight(x, grid, padded, uniform, spline_order, matrix, activatio
             base = _activation(value, activation)
             for o in range(n_out):
                 grad_weight[offset, o] += base * grad_out[n, o]
-            span = _find_span(value, grid, i, uniform, k)
+            span = _find_span(value, grid, inv_steps, i, uniform, k)
             if span < 0:
                 continue
-            _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[0], False,
+            _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[0], False,
                     scratch[1], scratch[2])
             for r in range(k + 1):
                 m = span - k + r
@@ -236,7 +236,7 @@ def sparse_grad_weight(x, grid, padded, uniform, spline_order, matrix, activatio
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
-def sparse_grad_input(x, grid, padded, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
+def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
     """grad_x [N, I]: the gradient of A at its nonzero slots (grad_out . weight rows) times dA/dx."""
     n_rows, n_in = x.shape
     n_out = weight.shape[1]
@@ -252,9 +252,9 @@ def sparse_grad_input(x, grid, padded, uniform, spline_order, matrix, activation
             for o in range(n_out):
                 dot += grad_out[n, o] * weight[offset, o]
             acc = _activation_grad(value, activation) * dot
-            span = _find_span(value, grid, i, uniform, k)
+            span = _find_span(value, grid, inv_steps, i, uniform, k)
             if span >= 0:
-                _window(value, span, grid, padded, i, uniform, k, matrix, scratch[0], scratch[1], True,
+                _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[1], True,
                         scratch[2], scratch[3])
                 for r in range(k + 1):
                     m = span - k + r

@@ -1,0 +1,203 @@
+"""Whole networks: the `KAN` stack, the `MLP` baseline, and their parameter and FLOP counts."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .layers.bspline import BSplineKAN
+from .layers.mlp import ACTIVATIONS, MLP, check_activation, check_positive_int, check_widths
+
+__all__ = ["KAN", "MLP", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count"]
+
+LAYERS: dict[str, type[nn.Module]] = {"bspline": BSplineKAN}
+
+# Estimated FLOPs per element of an activation: exp, add, divide and multiply for the smooth ones.
+ACTIVATION_FLOPS = {"silu": 4, "tanh": 4, "gelu": 4, "relu": 1, "identity": 0}
+
+
+def _resolve_layer(layer) -> type[nn.Module]:
+    if isinstance(layer, str):
+        if layer not in LAYERS:
+            raise ValueError(f"layer must be one of {sorted(LAYERS)} or an nn.Module class, got {layer!r}")
+        return LAYERS[layer]
+    if isinstance(layer, type) and issubclass(layer, nn.Module):
+        return layer
+    raise TypeError(f"layer must be a name in {sorted(LAYERS)} or an nn.Module class, "
+                    f"got {type(layer).__name__} ({layer!r})")
+
+
+@contextmanager
+def _seeded(seed: int | None):
+    """Inside, torch's RNG is seeded with seed (unless None); outside, the global RNG state is left as it was."""
+    if seed is None:
+        yield
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} ({seed!r})")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+class KAN(nn.Module):
+    """A stack of KAN layers: widths ``[2, 5, 1]`` gives ``layer(2, 5)`` then ``layer(5, 1)``.
+
+    Input ``[..., widths[0]]``, output ``[..., widths[-1]]``. ``layer`` is a layer class or a name in
+    ``LAYERS``; ``layer_kwargs`` go to every layer (e.g. grid_size, spline_order). An int ``seed`` makes the
+    initial parameters reproducible and leaves the global RNG untouched.
+    """
+
+    def __init__(self, widths: Sequence[int], layer=BSplineKAN, seed: int | None = None, **layer_kwargs):
+        super().__init__()
+        self.widths = check_widths(widths)
+        layer_type = _resolve_layer(layer)
+        with _seeded(seed):
+            self.layers = nn.ModuleList(layer_type(n_in, n_out, **layer_kwargs)
+                                        for n_in, n_out in zip(self.widths[:-1], self.widths[1:]))
+
+    @property
+    def in_features(self) -> int:
+        return self.widths[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.widths[-1]
+
+    def extra_repr(self) -> str:
+        return f"widths={self.widths}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., widths[0]] -> [..., widths[-1]]."""
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor) -> None:
+        """Fit each layer's grid to the inputs it receives from samples x [N, widths[0]].
+
+        Layer l sees x passed through layers 0..l-1 after their update, as pykan's ``update_grid_from_samples``.
+        """
+        self._require("update_grid")
+        for layer in self.layers:
+            layer.update_grid(x)
+            x = layer(x)
+
+    @torch.no_grad()
+    def refine(self, grid_size: int) -> None:
+        """Every layer keeps its function on ``grid_size`` intervals. New coefficient tensors replace the old
+        ones when the size changes, so build the optimizer afterwards."""
+        self._require("refine")
+        for layer in self.layers:
+            layer.refine(grid_size)
+
+    def regularization_loss(self, **kwargs) -> torch.Tensor:
+        """The sum of the layers' ``regularization_loss(**kwargs)``."""
+        self._require("regularization_loss")
+        return sum(layer.regularization_loss(**kwargs) for layer in self.layers)
+
+    def _require(self, method: str) -> None:
+        for index, layer in enumerate(self.layers):
+            if not callable(getattr(layer, method, None)):
+                raise TypeError(f"KAN.{method} needs every layer to have a {method} method; "
+                                f"layer {index} ({type(layer).__name__}) has none")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable (requires_grad) parameter elements, each shared tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def bspline_basis_flops(spline_order: int) -> int:
+    """Estimated FLOPs to evaluate the B-spline basis at one input value: (k+1)^2 + 10."""
+    return (spline_order + 1) ** 2 + 10
+
+
+def forward_flops(model: nn.Module, batch_size: int = 1) -> int:
+    """Estimated FLOPs of one forward pass on ``batch_size`` samples, a multiply-add counting as 2.
+
+    Per sample: ``nn.Linear`` 2*I*O (+O for a bias); ``BSplineKAN`` 2*I*(G+k+1)*O for its matrix product plus,
+    per input, ``bspline_basis_flops(k)`` for the basis and ``ACTIVATION_FLOPS`` for the base activation
+    (+O for a bias); an activation module in an ``nn.Sequential`` (so in an MLP) ``ACTIVATION_FLOPS`` per
+    element. Parameter-free modules such as dropout count 0; a module of another kind with parameters,
+    or an activation whose input size is unknown, raises ValueError.
+    """
+    check_positive_int("batch_size", batch_size)
+    return batch_size * _per_sample_flops(model)
+
+
+def _has_parameters(module: nn.Module, recurse: bool = True) -> bool:
+    return next(module.parameters(recurse=recurse), None) is not None
+
+
+def _activation_name(module: nn.Module) -> str | None:
+    return next((name for name, kind in ACTIVATIONS.items() if isinstance(module, kind)), None)
+
+
+def _per_sample_flops(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        bias = module.out_features if module.bias is not None else 0
+        return 2 * module.in_features * module.out_features + bias
+    if isinstance(module, BSplineKAN):
+        n_in, n_out, k = module.in_features, module.out_features, module.spline_order
+        product = 2 * n_in * (module.grid_size + k + 1) * n_out
+        per_input = bspline_basis_flops(k) + ACTIVATION_FLOPS[module.base_activation]
+        bias = n_out if module.bias is not None else 0
+        return product + n_in * per_input + bias
+    if isinstance(module, nn.Sequential):
+        return _sequential_flops(module)
+    if _activation_name(module) is not None:
+        raise ValueError(f"forward_flops cannot size the input of {type(module).__name__} outside an nn.Sequential")
+    if _has_parameters(module, recurse=False):
+        raise ValueError(f"forward_flops has no FLOP model for {type(module).__name__}; "
+                         f"it knows nn.Linear, BSplineKAN and activations {sorted(ACTIVATIONS)}")
+    return sum(_per_sample_flops(child) for child in module.children())
+
+
+def _sequential_flops(sequence: nn.Sequential) -> int:
+    """Counts each activation at the width left by the modules before it."""
+    total, width = 0, None
+    for child in sequence:
+        activation = _activation_name(child)
+        if activation is not None:
+            if width is None:
+                raise ValueError(f"forward_flops cannot size the input of {type(child).__name__}: "
+                                 f"no module before it in the nn.Sequential gives its out_features")
+            total += ACTIVATION_FLOPS[activation] * width
+            continue
+        total += _per_sample_flops(child)
+        if hasattr(child, "out_features"):
+            width = child.out_features
+        elif _has_parameters(child):
+            width = None
+    return total
+
+
+def _mlp_parameter_count(widths: Sequence[int], bias: bool) -> int:
+    return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out in zip(widths[:-1], widths[1:]))
+
+
+def mlp_with_parameter_count(n_in: int, n_out: int, n_params: int, depth: int = 2, activation: str = "silu",
+                             bias: bool = True) -> MLP:
+    """The MLP [n_in, h, ..., h, n_out] with ``depth`` hidden layers whose width h makes its parameter count
+    closest to ``n_params`` (the smaller h on a tie; h >= 1)."""
+    for name, value in (("n_in", n_in), ("n_out", n_out), ("n_params", n_params), ("depth", depth)):
+        check_positive_int(name, value)
+    check_activation(activation)
+
+    def parameters_at(hidden: int) -> int:
+        return _mlp_parameter_count([n_in, *[hidden] * depth, n_out], bias)
+
+    # The count grows with h and is at least h, so the smallest h reaching n_params lies in [1, n_params].
+    low, high = 1, n_params
+    while low < high:
+        middle = (low + high) // 2
+        if parameters_at(middle) >= n_params:
+            high = middle
+        else:
+            low = middle + 1
+    hidden = min((h for h in (low - 1, low) if h >= 1), key=lambda h: abs(parameters_at(h) - n_params))
+    return MLP([n_in, *[hidden] * depth, n_out], activation=activation, bias=bias)

@@ -1,0 +1,215 @@
+"""KAN stacks, the MLP baseline, and parameter and FLOP counts."""
+import pytest
+import torch
+from kan import MultKAN
+from torch import nn
+
+from kanlib import KAN, LAYERS, MLP, BSplineKAN, count_parameters, forward_flops, mlp_with_parameter_count
+from kanlib.layers.mlp import ACTIVATIONS
+from kanlib.models import ACTIVATION_FLOPS
+from kanlib.spline_linear import BASE_ACTIVATIONS
+
+
+@pytest.mark.parametrize("widths", [[1, 1], [2, 5, 1], (3, 4, 4, 2)])
+@pytest.mark.parametrize("leading", [(), (7,), (2, 3)])
+def test_kan_and_mlp_shapes(widths, leading):
+    x = torch.randn(*leading, widths[0])
+    for model in (KAN(widths), MLP(widths)):
+        assert model(x).shape == (*leading, widths[-1])
+        assert (model.in_features, model.out_features) == (widths[0], widths[-1])
+    assert [(layer.in_features, layer.out_features) for layer in KAN(widths).layers] == list(zip(widths, widths[1:]))
+
+
+def test_mlp_puts_the_activation_between_linear_layers_only():
+    model = MLP([2, 16, 8, 1], activation="relu", bias=False)
+    assert [type(m) for m in model.layers] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert all(m.bias is None for m in model.layers if isinstance(m, nn.Linear))
+    x = torch.randn(5, 2)
+    first, _, second, _, third = model.layers
+    torch.testing.assert_close(model(x), third(second(first(x).relu()).relu()))
+
+
+def test_seed_makes_the_initialisation_reproducible_and_leaves_the_global_rng_alone():
+    x = torch.randn(9, 2)
+    state = torch.random.get_rng_state()
+    first, again, other = KAN([2, 5, 1], seed=3), KAN([2, 5, 1], seed=3), KAN([2, 5, 1], seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    torch.testing.assert_close(first(x), again(x), rtol=0, atol=0)
+    assert not torch.equal(first.layers[0].coef, other.layers[0].coef)
+    assert not torch.allclose(first(x), other(x))
+    KAN([2, 5, 1])
+    assert not torch.equal(torch.random.get_rng_state(), state), "without a seed, init draws from the global RNG"
+
+
+def test_layer_by_name_is_the_layer_by_class():
+    assert LAYERS["bspline"] is BSplineKAN
+    by_name, by_class = KAN([3, 2], layer="bspline", seed=0), KAN([3, 2], layer=BSplineKAN, seed=0)
+    assert type(by_name.layers[0]) is BSplineKAN
+    for name, value in by_name.state_dict().items():
+        assert torch.equal(value, by_class.state_dict()[name]), name
+
+
+def test_layer_kwargs_reach_every_layer():
+    model = KAN([2, 3, 4, 1], grid_size=7, spline_order=2, bias=True, dtype=torch.float64)
+    for layer in model.layers:
+        assert (layer.grid_size, layer.spline_order, layer.coef.dtype) == (7, 2, torch.float64)
+        assert layer.bias is not None
+    assert model(torch.randn(4, 2, dtype=torch.float64)).dtype == torch.float64
+    assert [type(layer) for layer in KAN([2, 3, 1], layer=nn.Linear, bias=False).layers] == [nn.Linear] * 2
+
+
+def test_update_grid_matches_pykan_for_the_whole_model():
+    ref = MultKAN(width=[2, 3, 1], grid=5, k=3, seed=0, auto_save=False, symbolic_enabled=False)
+    model = KAN([2, 3, 1])
+    for index, pykan_layer in enumerate(ref.act_fun):
+        with torch.no_grad():
+            pykan_layer.coef.normal_()
+        model.layers[index] = BSplineKAN.from_pykan(pykan_layer)
+    samples = torch.rand(300, 2) * 2 - 1
+    before = model(samples)
+    torch.testing.assert_close(before, ref(samples), rtol=1e-5, atol=1e-5)
+    ref.update_grid_from_samples(samples)
+    model.update_grid(samples)
+    for layer, pykan_layer in zip(model.layers, ref.act_fun):
+        assert not layer.is_uniform()
+        torch.testing.assert_close(layer.grid, pykan_layer.grid, rtol=1e-6, atol=1e-6)
+    after = model(samples)
+    torch.testing.assert_close(after, ref(samples), rtol=1e-5, atol=1e-5)
+    assert (after - before).pow(2).mean().sqrt() / before.pow(2).mean().sqrt() < 0.05
+
+
+def test_update_grid_fits_each_layer_to_the_outputs_of_the_updated_layers_before_it():
+    model = KAN([2, 3, 1], seed=1, grid_eps=1.0, dtype=torch.float64)
+    samples = torch.rand(300, 2, dtype=torch.float64) * 2 - 1
+    old_hidden = model.layers[0](samples)
+    model.update_grid(samples)
+    k = 3
+    for layer, inputs in zip(model.layers, (samples, model.layers[0](samples))):
+        knots = layer.grid[:, k:-k]  # with grid_eps=1 the knots are uniform from the samples' min to max
+        torch.testing.assert_close(knots[:, 0], inputs.min(0).values, rtol=0, atol=1e-12)
+        torch.testing.assert_close(knots[:, -1], inputs.max(0).values, rtol=0, atol=1e-12)
+    hidden_knots = model.layers[1].grid[:, k:-k]
+    assert (hidden_knots[:, 0] - old_hidden.min(0).values).abs().max() > 1e-9, "fitted to the stale outputs"
+
+
+def test_refine_sets_every_layer_grid_size():
+    model = KAN([2, 3, 1], grid_size=5)
+    x = torch.rand(200, 2) * 2 - 1
+    before = model(x)
+    model.refine(10)
+    assert [layer.grid_size for layer in model.layers] == [10, 10]
+    assert [layer.coef.shape[-1] for layer in model.layers] == [13, 13]
+    assert (model(x) - before).abs().max() / before.abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("method,args", [("update_grid", (torch.randn(10, 2),)), ("refine", (8,)),
+                                         ("regularization_loss", ())])
+def test_grid_methods_name_the_layer_that_lacks_them(method, args):
+    model = KAN([2, 3, 1], layer=nn.Linear)
+    with pytest.raises(TypeError, match=f"{method}.*layer 0 \\(Linear\\)"):
+        getattr(model, method)(*args)
+
+
+def test_regularization_loss_is_the_sum_over_layers():
+    model = KAN([2, 3, 2, 1], seed=0)
+    loss = model.regularization_loss(l1=0.5, entropy=0.1)
+    expected = sum(layer.regularization_loss(l1=0.5, entropy=0.1) for layer in model.layers)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, model.regularization_loss())
+    loss.backward()
+    assert all(layer.coef.grad.abs().sum() > 0 for layer in model.layers)
+
+
+def test_count_parameters_of_a_kan_and_an_mlp():
+    # A BSplineKAN layer trains coef I*O*(G+k), scale_base I*O and scale_sp I*O; G=5, k=3.
+    assert count_parameters(KAN([2, 3, 1])) == (2 * 3 * 8 + 2 * 2 * 3) + (3 * 1 * 8 + 2 * 3 * 1)
+    assert count_parameters(KAN([2, 3, 1], bias=True)) == 90 + 3 + 1
+    assert count_parameters(KAN([2, 3, 1], grid_size=10, spline_order=2)) == (2 * 3 * 14) + (3 * 1 * 14)
+    frozen = KAN([2, 3, 1])
+    frozen.layers[0].scale_base.requires_grad_(False)
+    assert count_parameters(frozen) == 90 - 2 * 3
+    assert count_parameters(MLP([2, 16, 16, 1])) == (2 * 16 + 16) + (16 * 16 + 16) + (16 * 1 + 1)
+    assert count_parameters(MLP([2, 16, 16, 1], bias=False)) == 2 * 16 + 16 * 16 + 16 * 1
+
+
+def test_forward_flops_of_an_mlp():
+    linear = 2 * (2 * 16 + 16 * 16 + 16 * 1) + (16 + 16 + 1)
+    assert forward_flops(MLP([2, 16, 16, 1]), batch_size=8) == 8 * (linear + 4 * (16 + 16))
+    assert forward_flops(MLP([2, 16, 16, 1], activation="relu")) == linear + 1 * (16 + 16)
+    assert forward_flops(MLP([2, 16, 1], bias=False)) == 2 * (2 * 16 + 16 * 1) + 4 * 16
+    sequential = nn.Sequential(nn.Linear(2, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 1))
+    assert forward_flops(sequential) == 2 * (2 * 16 + 16) + 17 + 4 * 16
+
+
+def test_forward_flops_of_a_kan():
+    def layer_flops(n_in, n_out, grid_size, k, activation_flops=4, bias=0):
+        return 2 * n_in * (grid_size + k + 1) * n_out + n_in * ((k + 1) ** 2 + 10 + activation_flops) + bias
+
+    assert forward_flops(KAN([2, 3, 1]), batch_size=5) == 5 * (layer_flops(2, 3, 5, 3) + layer_flops(3, 1, 5, 3))
+    model = KAN([4, 2], grid_size=10, spline_order=2, base_activation="identity", bias=True)
+    assert forward_flops(model) == layer_flops(4, 2, 10, 2, activation_flops=0, bias=2)
+    nested = nn.Sequential(KAN([2, 3]), nn.SiLU(), MLP([3, 4, 1]))
+    assert forward_flops(nested) == layer_flops(2, 3, 5, 3) + 4 * 3 + forward_flops(MLP([3, 4, 1]))
+
+
+def test_every_activation_has_a_flop_estimate():
+    assert set(ACTIVATIONS) | set(BASE_ACTIVATIONS) <= set(ACTIVATION_FLOPS)
+
+
+@pytest.mark.parametrize("model,words", [
+    (nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3)), "LayerNorm"),
+    (nn.Conv1d(2, 3, 1), "Conv1d"),
+    (nn.SiLU(), "SiLU outside an nn.Sequential"),
+    (nn.Sequential(nn.GELU(), nn.Linear(2, 3)), "GELU"),
+    (nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.Linear(3, 5)), nn.ReLU()), "ReLU"),
+])
+def test_forward_flops_refuses_what_it_cannot_count(model, words):
+    with pytest.raises(ValueError, match=words):
+        forward_flops(model)
+
+
+def mlp_parameters(widths):
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(widths, widths[1:]))
+
+
+@pytest.mark.parametrize("n_in,n_out,n_params,depth", [(2, 1, 90, 2), (2, 1, 1000, 2), (17, 3, 5000, 1),
+                                                       (4, 2, 3000, 3), (1, 1, 59, 2)])
+def test_mlp_with_parameter_count_is_the_closest_width(n_in, n_out, n_params, depth):
+    model = mlp_with_parameter_count(n_in, n_out, n_params, depth=depth, activation="tanh")
+    hidden = model.widths[1]
+    assert model.widths == [n_in, *[hidden] * depth, n_out] and model.activation == "tanh"
+    assert count_parameters(model) == mlp_parameters(model.widths)
+    distance = lambda h: abs(mlp_parameters([n_in, *[h] * depth, n_out]) - n_params)
+    assert distance(hidden) == min(distance(h) for h in range(1, n_params + 1))
+    one_unit = mlp_parameters([n_in, *[hidden + 1] * depth, n_out]) - mlp_parameters(model.widths)
+    assert distance(hidden) <= one_unit / 2
+
+
+def test_mlp_with_parameter_count_below_the_smallest_mlp_has_width_one():
+    assert mlp_with_parameter_count(5, 5, 1, depth=2).widths == [5, 1, 1, 5]
+
+
+@pytest.mark.parametrize("widths", [[3], [], [2, 0], [2, 2.5], [True, 2], "25", 5, None])
+def test_bad_widths_are_named(widths):
+    for model_type in (KAN, MLP):
+        with pytest.raises((ValueError, TypeError), match="widths"):
+            model_type(widths)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match=r"activation must be one of \['gelu', 'relu', 'silu', 'tanh'\], got 'swish'"):
+        MLP([2, 3], activation="swish")
+    with pytest.raises(ValueError, match=r"layer must be one of \['bspline'\].*got 'fourier'"):
+        KAN([2, 3], layer="fourier")
+    with pytest.raises(TypeError, match="layer must be a name"):
+        KAN([2, 3], layer=BSplineKAN(2, 3))
+    with pytest.raises(TypeError, match="seed must be an int"):
+        KAN([2, 3], seed=1.5)
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        forward_flops(MLP([2, 3]), batch_size=0)
+    with pytest.raises(ValueError, match="n_params must be a positive int"):
+        mlp_with_parameter_count(2, 1, 0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        mlp_with_parameter_count(2, 1, 100, activation="swish")
