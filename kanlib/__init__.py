@@ -1,7 +1,11 @@
 """kanlib: fast, exact Kolmogorov-Arnold Network layers."""
-from .layers import BSplineKAN
-from .layers import MLP
+from .datasets import FORMULAS, list_formulas, load_digits, load_mnist, symbolic_dataset
+from .layers import MLP, BSplineKAN
 from .models import KAN, LAYERS, count_parameters, forward_flops, mlp_with_parameter_count
+from .training import History, fit
 
-__all__ = ["BSplineKAN", "MLP", "KAN", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count"]
+__all__ = [
+    "BSplineKAN", "MLP", "KAN", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count",
+    "fit", "History", "symbolic_dataset", "FORMULAS", "list_formulas", "load_digits", "load_mnist",
+]
 __version__ = "0.1.0"

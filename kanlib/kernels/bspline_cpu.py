@@ -121,6 +121,39 @@ def _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matr
         slopes[k] = k * previous
 
 
+@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+def _uniform_row(x_row, grid, inv_steps, spans, coords):
+    """Spans and coordinates of one row on uniform grids, as flat loops the compiler can vectorize.
+
+    spans[i] is -1 outside the extended grid (or for NaN); coords[i] is measured from the span's knot.
+    """
+    n_knots = grid.shape[1]
+    for i in range(x_row.shape[0]):
+        value = x_row[i]
+        u = (value - grid[i, 0]) * inv_steps[i]
+        span = int(min(max(u, 0.0), n_knots - 2.0))
+        inside = grid[i, 0] <= value < grid[i, n_knots - 1]
+        spans[i] = span if inside else -1
+        t = (value - grid[i, span]) * inv_steps[i]
+        coords[i] = min(max(t, 0.0), 1.0)
+
+
+@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+def _polynomials(coords, matrix, first_power, out):
+    """out[r, i] = sum_{p >= first_power} matrix[p, r] * p!/(p-first_power)! * coords[i]**(p - first_power).
+
+    first_power 0 gives the k + 1 window values, 1 their derivatives in t; loops run over i innermost.
+    """
+    k = matrix.shape[0] - 1
+    for r in range(k + 1):
+        for i in range(coords.shape[0]):
+            out[r, i] = 0.0
+        for p in range(k, first_power - 1, -1):
+            factor = matrix[p, r] * (p if first_power == 1 else 1)
+            for i in range(coords.shape[0]):
+                out[r, i] = out[r, i] * coords[i] + factor
+
+
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
 def expand(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, out):
     """Write A [N, I*S]: slot 0 of each input is the base activation, slots 1.. the G + k bases."""
@@ -128,14 +161,30 @@ def expand(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation
     n_slots = out.shape[1] // n_in
     n_basis = n_slots - 1
     k = spline_order
+    fast = uniform and k > 0
     for n in prange(n_rows):
         scratch = np.empty((3, MAX_ORDER + 1), dtype=matrix.dtype)
+        spans = np.empty(n_in, dtype=np.int64)
+        coords = np.empty(n_in, dtype=matrix.dtype)
+        window = np.empty((k + 1, n_in), dtype=matrix.dtype)
+        if fast:
+            _uniform_row(x[n], grid, inv_steps, spans, coords)
+            _polynomials(coords, matrix, 0, window)
         for i in range(n_in):
             value = x[n, i]
             offset = i * n_slots
             out[n, offset] = _activation(value, activation)
             for s in range(1, n_slots):
                 out[n, offset + s] = 0.0
+            if fast:
+                span = spans[i]
+                if span < 0:
+                    continue
+                for r in range(k + 1):
+                    m = span - k + r
+                    if 0 <= m < n_basis:
+                        out[n, offset + 1 + m] = window[r, i]
+                continue
             span = _find_span(value, grid, inv_steps, i, uniform, k)
             if span < 0:
                 continue
@@ -154,12 +203,28 @@ def expand_grad(x, grid, padded, inv_steps, uniform, spline_order, matrix, activ
     n_slots = grad_expanded.shape[1] // n_in
     n_basis = n_slots - 1
     k = spline_order
+    fast = uniform and k > 0
     for n in prange(n_rows):
         scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
+        spans = np.empty(n_in, dtype=np.int64)
+        coords = np.empty(n_in, dtype=matrix.dtype)
+        slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
+        if fast:
+            _uniform_row(x[n], grid, inv_steps, spans, coords)
+            _polynomials(coords, matrix, 1, slopes)
         for i in range(n_in):
             value = x[n, i]
             offset = i * n_slots
             acc = _activation_grad(value, activation) * grad_expanded[n, offset]
+            if fast:
+                span = spans[i]
+                if span >= 0:
+                    for r in range(k + 1):
+                        m = span - k + r
+                        if 0 <= m < n_basis:
+                            acc += slopes[r, i] * inv_steps[i] * grad_expanded[n, offset + 1 + m]
+                grad_x[n, i] = acc
+                continue
             span = _find_span(value, grid, inv_steps, i, uniform, k)
             if span >= 0:
                 _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[1], True,
