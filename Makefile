@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 book: $(VENV)/.installed
-	@echo "the book is not written yet: see the book issue"
+	@echo "The notebooks and the Jupyter Book site are not written yet: nothing to build."
 
 clean:
 	rm -rf _build .pytest_cache
