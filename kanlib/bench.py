@@ -19,7 +19,7 @@ import platform
 import re
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -153,6 +153,27 @@ def time_fn(
             wanted = round(min_time_s * 1e3 / per_call_ms) if per_call_ms > 0 else MAX_ADAPTIVE_REPEAT
             repeat = min(max(wanted, MIN_ADAPTIVE_REPEAT), MAX_ADAPTIVE_REPEAT)
         return Timing.from_samples([call_ms(fn) for _ in range(repeat)])
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str | torch.device, warmup: int = 5,
+                     repeat: int = 30) -> dict[str, Timing]:
+    """Time several functions in alternation: each round calls every one once, so a machine whose speed
+    drifts during the run (a shared VM) shifts them all alike and their ratios stay comparable."""
+    device = _as_device(device)
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup: expected an int >= 0, got {warmup!r}")
+    if not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"repeat: expected an int >= 1, got {repeat!r}")
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        call_ms = _call_timer(device)
+        for fn in fns.values():
+            for _ in range(warmup):
+                call_ms(fn)
+        samples = {name: [] for name in fns}
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                samples[name].append(call_ms(fn))
+    return {name: Timing.from_samples(values) for name, values in samples.items()}
 
 
 def peak_memory_bytes(fn: Callable[[], object], *, device: str | torch.device) -> int:

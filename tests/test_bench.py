@@ -365,3 +365,15 @@ def test_format_table_aligns_and_formats_by_column_name():
     assert bench.format_table(rows) == expected
     with pytest.raises(KeyError, match="'mean_ms'"):
         bench.format_table(rows, ["layer", "mean_ms"])
+
+
+def test_time_interleaved_alternates_the_functions_after_their_warmups():
+    from kanlib.bench import time_interleaved
+
+    calls = []
+    timings = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               device="cpu", warmup=2, repeat=3)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert timings["a"].n == 3 and timings["b"].n == 3
+    with pytest.raises(ValueError, match="repeat: expected an int >= 1, got 0"):
+        time_interleaved({"a": lambda: None}, device="cpu", repeat=0)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..basis import make_grid
-from ..bench import peak_memory_bytes, time_fn
+from ..bench import peak_memory_bytes, time_interleaved
 from ..layers import BSplineKAN
 
 __all__ = [
@@ -207,22 +207,28 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
     return candidates
 
 
-def _measure(candidate: _Candidate, grad_out: torch.Tensor, device: torch.device, repeat: int,
-             warmup: int) -> dict[str, float | int]:
-    """Forward and forward+backward timings of one candidate, and the peak memory of its training step."""
+def _measure(candidates: Sequence[_Candidate], grad_out: torch.Tensor, device: torch.device, repeat: int,
+             warmup: int) -> dict[str, dict[str, float | int]]:
+    """Forward and forward+backward timings of candidates, measured in alternation so that they share the
+    machine's state, and the peak memory of each training step; keyed by candidate name."""
 
-    def training_step() -> None:
-        torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
+    def training_step(candidate):
+        return lambda: torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
 
-    forward = time_fn(candidate.forward, device=device, warmup=warmup, repeat=repeat)
-    forward_backward = time_fn(training_step, device=device, warmup=warmup, repeat=repeat)
-    state_bytes = candidate.state_bytes + _nbytes([grad_out])
-    return {
-        **forward.as_dict("fwd_"),
-        **forward_backward.as_dict("fwdbwd_"),
-        "state_bytes": state_bytes,
-        "peak_bytes": peak_memory_bytes(training_step, device=device) + state_bytes,
-    }
+    forward = time_interleaved({c.name: c.forward for c in candidates}, device=device, warmup=warmup,
+                               repeat=repeat)
+    forward_backward = time_interleaved({c.name: training_step(c) for c in candidates}, device=device,
+                                        warmup=warmup, repeat=repeat)
+    figures = {}
+    for candidate in candidates:
+        state_bytes = candidate.state_bytes + _nbytes([grad_out])
+        figures[candidate.name] = {
+            **forward[candidate.name].as_dict("fwd_"),
+            **forward_backward[candidate.name].as_dict("fwdbwd_"),
+            "state_bytes": state_bytes,
+            "peak_bytes": peak_memory_bytes(training_step(candidate), device=device) + state_bytes,
+        }
+    return figures
 
 
 def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grids: Sequence[int], order: int = 3,
@@ -257,11 +263,14 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
         expanded_width = width * (grid_size + order + 1)
         forward_backward_flops = 3 * 2 * batch * expanded_width * width
         grid_rows = []
-        for candidate in _candidates(batch, width, grid_size, order, device, dtype, seed, skip_pykan):
-            if candidate.name == "pykan":
-                figures = _measure(candidate, grad_out, device, min(repeat, max(3, repeat // 10)), min(warmup, 1))
-            else:
-                figures = _measure(candidate, grad_out, device, repeat, warmup)
+        candidates = _candidates(batch, width, grid_size, order, device, dtype, seed, skip_pykan)
+        fast = [c for c in candidates if c.name != "pykan"]
+        slow = [c for c in candidates if c.name == "pykan"]
+        measured = _measure(fast, grad_out, device, repeat, warmup)
+        if slow:
+            measured.update(_measure(slow, grad_out, device, min(repeat, max(3, repeat // 10)), min(warmup, 1)))
+        for candidate in candidates:
+            figures = measured[candidate.name]
             counted = candidate.name in ("dense", "bsplinekan")
             grid_rows.append({
                 "grid": grid_size, "candidate": candidate.name, "batch": batch, "width": width, "order": order,
