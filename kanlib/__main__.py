@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .bench import RESULTS_DIR, format_table, write_results
-from .benchmarks.layer import CANDIDATES, DTYPES, TABLE_COLUMNS, resolve_device, run_layer_benchmark
+from .bench import RESULTS_DIR, format_table, resolve_device, write_results
+from .benchmarks.layer import CANDIDATES, DTYPES, TABLE_COLUMNS, run_layer_benchmark
 
 
 def _int_at_least(minimum: int):

@@ -246,6 +246,23 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch.device for 'cpu', 'cuda' (or 'cuda:<index>') or 'auto' (cuda if available, else cpu)."""
+    expected = "'cpu', 'cuda' or 'auto'"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device: expected {expected}, got {device!r}") from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected {expected}, got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device: got {str(device)!r}, but torch.cuda.is_available() is False; expected 'cpu' or 'auto'")
+    return resolved
+
+
 def device_info(device: str | torch.device) -> dict[str, Any]:
     """What a result needs to say about the machine: device, CPU, and library versions.
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..basis import make_grid
-from ..bench import peak_memory_bytes, time_interleaved
+from ..bench import peak_memory_bytes, resolve_device, time_interleaved
 from ..layers import BSplineKAN
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "TABLE_COLUMNS",
     "UnfusedKAN",
     "bspline_weights",
-    "resolve_device",
     "run_layer_benchmark",
     "unfused_kan",
 ]
@@ -122,23 +121,6 @@ class UnfusedKAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return unfused_kan(x, self.grid, self.spline_order, self.base_weight, self.spline_weight)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The torch.device for 'cpu', 'cuda' (or 'cuda:<index>') or 'auto' (cuda if available, else cpu)."""
-    expected = "'cpu', 'cuda' or 'auto'"
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device: expected {expected}, got {device!r}") from error
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected {expected}, got {device!r}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device: got {str(device)!r}, but torch.cuda.is_available() is False; expected 'cpu' or 'auto'")
-    return resolved
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
