@@ -1,13 +1,14 @@
-# Two entry points: `make book` builds the website, `make test` runs the test suite.
-# Both create and fill .venv on first use (from the package registries alone).
+# `make book` builds the website, `make test` runs the test suite. Both create and fill .venv on first use
+# (from the package registries alone: PyPI, npm, Debian).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # A plain `pip install torch` pulls several GB of CUDA libraries; this pin takes the CPU build where one
 # is offered and is overridden on a GPU VM (make TORCH_SPEC=torch ...), or use environment.yml there.
 TORCH_SPEC ?= torch==2.13.0
+ASSETS := _build/npm/.installed
 
-.PHONY: install test book clean
+.PHONY: install assets browser test book site slides reference clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +19,38 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+# reveal.js, MathJax, jQuery and RequireJS from npm, so that the site and the slides work offline.
+$(ASSETS): $(VENV)/.installed kanlib/web_assets.py
+	$(PY) -c "from kanlib.web_assets import install_assets; install_assets()"
+	touch $@
+
+assets: $(ASSETS)
+
+# Headless Chromium for the browser test (Debian's packages; installed when missing and we are root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	    else echo "chromium/chromedriver missing and not root: the browser test will be skipped"; fi; }
+
+test: $(VENV)/.installed $(ASSETS) browser
 	$(PY) -m pytest -q
 
-book: $(VENV)/.installed
-	@echo "The notebooks and the Jupyter Book site are not written yet: nothing to build."
+# Run every notebook (mode auto: full on a GPU, quick on a CPU) into _build/executed/, then build the site.
+book: $(VENV)/.installed $(ASSETS)
+	$(PY) -m kanlib run --mode auto
+	$(PY) -m kanlib book --notebooks _build/executed
+
+# The site from the committed notebooks, without executing them (what gets published).
+site: $(VENV)/.installed $(ASSETS)
+	$(PY) -m kanlib book --notebooks notebooks
+
+slides: $(VENV)/.installed $(ASSETS)
+	$(PY) -m kanlib slides --output-dir _build/html/slides
+
+# The reference run, on a GPU VM: replaces the committed notebooks with a full-mode run.
+reference: $(VENV)/.installed
+	$(PY) -m kanlib run --device cuda --mode full --in-place
 
 clean:
 	rm -rf _build .pytest_cache

@@ -76,6 +76,85 @@ def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _add_book_commands(commands: argparse._SubParsersAction) -> None:
+    from .runner import DEVICES, EXECUTED_DIR, MODES
+
+    run = commands.add_parser(
+        "run", help="execute notebooks with papermill, stamped with device, mode, date and commit",
+        description="Execute the book's notebooks (default: every notebooks/NN_topic.ipynb, in order). The "
+                    f"executed copies go to {EXECUTED_DIR.relative_to(EXECUTED_DIR.parents[1])}/ unless --in-place.")
+    run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebooks to run (default: all)")
+    run.add_argument("--device", choices=DEVICES, default="auto", help="(default: auto: cuda if available)")
+    run.add_argument("--mode", choices=MODES, default="auto", help="auto: full on a GPU, quick on a CPU")
+    run.add_argument("--seed", type=_int_at_least(0), default=0, help="(default: 0)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--output-dir", help="where the executed copies go (default: _build/executed)")
+    where.add_argument("--in-place", action="store_true",
+                       help="replace the committed notebooks (the reference run), after all of them ran")
+    run.add_argument("--force", action="store_true", help="with --in-place: let a quick run replace a full one")
+    run.set_defaults(handler=_run)
+
+    book = commands.add_parser(
+        "book", help="build the website with Jupyter Book from executed notebooks",
+        description="Stage the book with the notebooks of --notebooks and build _build/html (warnings are "
+                    "errors), with the slides under _build/html/slides.")
+    book.add_argument("--notebooks", default=str(EXECUTED_DIR),
+                      help="folder of executed notebooks: _build/executed (make book) or notebooks (make site)")
+    book.add_argument("--build-dir", default=None, help="(default: _build)")
+    book.set_defaults(handler=_book)
+
+    slides = commands.add_parser("slides", help="reveal.js decks from the cells marked for slides",
+                                 description="One reveal.js deck per notebook, with its assets, for offline use.")
+    slides.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="(default: every committed notebook)")
+    slides.add_argument("--output-dir", default="_build/html/slides", help="(default: _build/html/slides)")
+    slides.set_defaults(handler=_slides)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .runner import NotebookError, find_notebooks, run_notebooks
+
+    if args.force and not args.in_place:
+        parser.error("--force: expected together with --in-place, got it alone")
+    try:
+        notebooks = args.notebooks or find_notebooks()
+        runs = run_notebooks(notebooks, device=args.device, mode=args.mode, seed=args.seed,
+                             output_dir=args.output_dir, in_place=args.in_place, force=args.force)
+    except (NotebookError, ValueError) as error:
+        print(f"kanlib run: {error}", file=sys.stderr)
+        return 1
+    print(f"ran {len(runs)} notebook(s) in {sum(run.seconds for run in runs):.1f} s")
+    return 0
+
+
+def _book(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .book import BUILD_DIR, BookBuildError, build_site
+    from .runner import NotebookError
+    from .web_assets import MissingAssetsError
+
+    try:
+        index = build_site(args.notebooks, build_dir=args.build_dir or BUILD_DIR)
+    except (BookBuildError, MissingAssetsError, NotebookError) as error:
+        print(f"kanlib book: {error}", file=sys.stderr)
+        return 1
+    print(f"built the site: open {index} (or: python -m http.server -d {index.parent})")
+    return 0
+
+
+def _slides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .runner import find_notebooks
+    from .slides import write_decks
+    from .web_assets import MissingAssetsError
+
+    try:
+        decks = write_decks(args.notebooks or find_notebooks(), args.output_dir)
+    except (MissingAssetsError, ValueError, FileNotFoundError) as error:
+        print(f"kanlib slides: {error}", file=sys.stderr)
+        return 1
+    for deck in decks:
+        print(f"wrote {deck}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kanlib", description="Fast, exact KAN layers: benchmarks and tools.")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
@@ -83,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run a benchmark, print its table and write its results.")
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="benchmark", required=True)
     _add_bench_layer(benchmarks)
+    _add_book_commands(commands)
     return parser
 
 

@@ -7,13 +7,21 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import random
 from typing import Any
 
 import numpy as np
 import torch
 
-from .bench import device_info, git_commit, resolve_device
+from .bench import RESULTS_DIR, device_info, git_commit, resolve_device
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def results_dir() -> pathlib.Path:
+    """data/results of the checkout holding kanlib, whatever the notebook's working directory."""
+    return PROJECT_ROOT / RESULTS_DIR
 
 
 @dataclasses.dataclass(frozen=True)
