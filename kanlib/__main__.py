@@ -1,6 +1,7 @@
 """kanlib's command line: ``python -m kanlib <command> ...``; each command is a subparser with a handler.
 
     python -m kanlib bench layer --device cpu --batch 1024 --width 256 --grid 5 10 20 50
+    python -m kanlib bench kernel --device cuda
 
 The commands parse their arguments, call the library, print and write; they measure nothing themselves.
 """
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .bench import RESULTS_DIR, format_table, resolve_device, write_results
+from .benchmarks import kernel
 from .benchmarks.layer import CANDIDATES, DTYPES, TABLE_COLUMNS, run_layer_benchmark
 
 
@@ -155,6 +157,67 @@ def _slides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+_KERNEL_FLAGS = {"batches": "--batch", "widths": "--width", "grids": "--grid", "dtypes": "--dtype"}
+
+
+def _add_bench_kernel(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "kernel",
+        help="the fused Triton kernel against the torch path, unfused layers, pykan, MLPs and the dense floor",
+        description="Time forward and forward+backward and measure peak training memory of "
+                    f"{', '.join(kernel.CANDIDATES)} for every dtype, batch, width (I = O) and grid size; print "
+                    "a table and the targets, and write data/results/kernel-*.json. The Triton candidates need "
+                    "CUDA: on the CPU they are reported missing (or run under TRITON_INTERPRET=1, for checks).",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                        help="auto: cuda if available, else cpu (default: auto)")
+    sizes = (("batches", "B", "batch size(s)"), ("widths", "W", "in and out features I = O"),
+             ("grids", "G", "grid size(s)"))
+    for dest, metavar, text in sizes:
+        flag = _KERNEL_FLAGS[dest]
+        default = " ".join(map(str, kernel.DEFAULTS[dest]))
+        parser.add_argument(flag, type=_int_at_least(1), nargs="+", action="extend", dest=dest, metavar=metavar,
+                            help=f"{text}; repeat or list several (default: {default})")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), nargs="+", action="extend",
+                        dest="dtypes", help=f"(default: {' '.join(kernel.DEFAULTS['dtypes'])})")
+    parser.add_argument("--order", type=_int_at_least(1), default=3, help="spline order k (default: 3)")
+    parser.add_argument("--repeat", type=_int_at_least(1), default=20,
+                        help="timed runs per candidate; pykan max(3, repeat // 10) (default: 20)")
+    parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
+    parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--skip-pykan", action="store_true", help="leave out pykan (slow, memory hungry)")
+    parser.set_defaults(handler=_bench_kernel)
+
+
+def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    chosen = {name: getattr(args, name) or list(kernel.DEFAULTS[name]) for name in kernel.DEFAULTS}
+    for name, values in chosen.items():
+        if len(set(values)) != len(values):
+            parser.error(f"{_KERNEL_FLAGS[name]}: expected distinct values, got {values}")
+    params = {**chosen, "order": args.order, "repeat": args.repeat, "warmup": args.warmup, "seed": args.seed,
+              "skip_pykan": args.skip_pykan}
+    rows = kernel.run_kernel_benchmark(device, chosen["batches"], chosen["widths"], chosen["grids"],
+                                       [DTYPES[name] for name in chosen["dtypes"]], order=args.order,
+                                       repeat=args.repeat, warmup=args.warmup, skip_pykan=args.skip_pykan,
+                                       seed=args.seed)
+    print(f"kernel benchmark on {device}, order {args.order}")
+    print(format_table(rows, [column for column in kernel.TABLE_COLUMNS if any(column in row for row in rows)]))
+    print("targets (set for an H100; bfloat16, B=4096, I=O=1024, G=5):")
+    for target in kernel.target_report(rows):
+        value = "missing" if target["value"] is None else f"{target['value']:.2f}"
+        met = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
+        print(f"  {target['target']}: {value} (goal {target['goal']}){met}")
+    if not args.no_write:
+        print(f"wrote {write_results('kernel', params, rows, device, out_dir=args.out_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kanlib", description="Fast, exact KAN layers: benchmarks and tools.")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
@@ -162,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run a benchmark, print its table and write its results.")
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="benchmark", required=True)
     _add_bench_layer(benchmarks)
+    _add_bench_kernel(benchmarks)
     _add_book_commands(commands)
     return parser
 

@@ -4,14 +4,17 @@ A grid is a tensor ``[I, G + 2k + 1]``: for each of the I inputs, the G + 1 knot
 extended by k knots on each side. It defines ``G + k`` bases of order k per input; basis m is nonzero on
 ``[t_m, t_{m+k+1})`` and every basis is zero outside ``[t_0, t_{G+2k})``.
 
-Three ways to evaluate, with one signature ``method(x, grid, spline_order) -> [..., I, G + k]``:
+Four ways to evaluate, with one signature ``method(x, grid, spline_order) -> [..., I, G + k]``:
 
 - :func:`cox_de_boor`: the recursion over all bases (the reference; any knots).
 - :func:`uniform_closed_form`: local support on a uniform grid: find the knot span, evaluate the k + 1
   nonzero bases as polynomials in the coordinate measured from the span's own knot.
 - :func:`local_de_boor`: local support on arbitrary knots (the triangular de Boor scheme).
+- :func:`matrix_kan`: MatrixKAN (Coffman and Chen): on a uniform grid, the power basis
+  ``[1, t, ..., t^k]`` of the span coordinate times the precomputed ``[k+1, k+1]`` basis matrix.
 
-The last two are built on the window form :class:`LocalBasis` that the layers consume directly.
+:func:`uniform_closed_form` and :func:`local_de_boor` are built on the window form :class:`LocalBasis`
+that the layers consume directly.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ __all__ = [
     "cox_de_boor",
     "uniform_closed_form",
     "local_de_boor",
+    "matrix_kan",
     "local_basis",
     "find_span",
     "uniform_basis_matrix",
@@ -292,3 +296,27 @@ def uniform_closed_form(x: torch.Tensor, grid: torch.Tensor, spline_order: int) 
 def local_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
     """All ``G + k`` bases via the local triangular scheme on any knots. x [..., I] -> [..., I, G + k]."""
     return local_basis(x, grid, spline_order, uniform=False).to_dense(grid.shape[1] - spline_order - 1)
+
+
+def matrix_kan(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """All ``G + k`` bases the MatrixKAN way (uniform grids only). x [..., I] -> [..., I, G + k].
+
+    Per input value: the span j and t = (x - t_j) / h in [0, 1], then one product
+    ``[..., I, k+1] @ [k+1, k+1]`` of the powers of t with :func:`uniform_basis_matrix`, scattered into place.
+    """
+    if not is_uniform(grid):
+        raise ValueError("matrix_kan needs uniform knots in every row of the grid, got a non-uniform grid "
+                         "(use cox_de_boor or local_de_boor)")
+    k = spline_order
+    n_in, n_knots = grid.shape
+    grid_size = n_knots - 2 * k - 1
+    first, step = _uniform_steps(grid)
+    span = find_span(x, grid, True, k)
+    span_knot = grid.flatten()[span + torch.arange(n_in, device=x.device) * n_knots]
+    t = ((x - span_knot) / step).clamp(0.0, 1.0)  # clamped: the end pieces vanish beyond the grid (k >= 1)
+    powers = t.unsqueeze(-1) ** torch.arange(k + 1, device=x.device, dtype=x.dtype)
+    values = powers @ uniform_basis_matrix(k, dtype=x.dtype, device=x.device)
+    if k == 0:
+        values = torch.where(((x >= first) & (x < grid[:, -1])).unsqueeze(-1), values, 0.0)
+    start = _window_start(span, grid_size, k)
+    return LocalBasis(start, _align(values, span, start, k), None).to_dense(grid_size + k)

@@ -4,15 +4,22 @@ For inputs x [N, I] the expanded matrix A [N, I, S] (S = G + k + 1) holds, per i
 activation in slot 0 and the G + k B-spline bases in slots 1..G+k. The layer is ``A.view(N, I*S) @ W``
 with W [I*S, O]. Forward keeps only x; backward rebuilds what it needs from the local (k + 1 wide) basis.
 
-Three implementations compute the same function (``method``):
+Four implementations compute the same function (``method``):
 
 - ``"eager"``: PyTorch operations on the local basis (any device); the basis window is materialized.
 - ``"dense"``: CPU only: a fused kernel writes A, BLAS does the products; backward recomputes A.
 - ``"sparse"``: CPU only: fused kernels touch only the k + 2 nonzero slots of each input (local support),
   so the work does not grow with G.
+- ``"triton"``: CUDA: fused Triton kernels build A in registers (:mod:`kanlib.kernels.spline_linear_triton`);
+  float32, bfloat16 and float16, spline orders 1 to 5; under autocast it runs in the autocast dtype. On the
+  CPU only under the Triton interpreter (tests).
 
-``"auto"`` picks ``"eager"`` off the CPU and, on the CPU, ``"sparse"`` when an input's slots are mostly
-zeros (:func:`prefers_sparse`), else ``"dense"``.
+Under autocast, ``"eager"``'s products (forward and backward) run in the autocast dtype, as autocast
+runs a matmul; ``"dense"`` and ``"sparse"`` compute in the dtype of x and weight.
+
+``"auto"`` picks ``"triton"`` for CUDA tensors it supports (:func:`triton_supports`), ``"eager"`` for other
+non-CPU tensors and, on the CPU, ``"sparse"`` when an input's slots are mostly zeros
+(:func:`prefers_sparse`), else ``"dense"``.
 """
 from __future__ import annotations
 
@@ -21,10 +28,13 @@ import torch.nn.functional as F
 
 from .basis import LocalBasis, extend_grid, find_span, local_basis, uniform_basis_matrix
 
-__all__ = ["spline_linear", "BASE_ACTIVATIONS", "expanded_input", "METHODS", "prefers_sparse"]
+__all__ = ["spline_linear", "BASE_ACTIVATIONS", "expanded_input", "METHODS", "prefers_sparse", "triton_supports",
+           "torch_method"]
 
-METHODS = ("auto", "eager", "dense", "sparse")
+METHODS = ("auto", "eager", "dense", "sparse", "triton")
 CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_SPLINE_ORDERS = (1, 2, 3, 4, 5)
 # On the CPU the sparse kernels do about this many times less useful work per second than BLAS; past
 # the break-even density of nonzero slots they win.
 SPARSE_SLOWDOWN = 6.0
@@ -47,6 +57,18 @@ BASE_ACTIVATIONS = {
 def prefers_sparse(n_slots: int, spline_order: int) -> bool:
     """Whether the local-support kernels beat a dense product for S slots per input, k + 2 of them nonzero."""
     return (spline_order + 2) * SPARSE_SLOWDOWN < n_slots
+
+
+def triton_supports(x: torch.Tensor, spline_order: int) -> bool:
+    """Whether ``method="auto"`` sends x to the Triton kernels: a CUDA tensor of a dtype and order they run."""
+    return x.device.type == "cuda" and x.dtype in TRITON_DTYPES and spline_order in TRITON_SPLINE_ORDERS
+
+
+def torch_method(x: torch.Tensor, weight: torch.Tensor, spline_order: int) -> str:
+    """The PyTorch-side method ``"auto"`` stands for when Triton is not used: eager, dense or sparse."""
+    if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES:
+        return "eager"
+    return "sparse" if prefers_sparse(weight.shape[0] // x.shape[1], spline_order) else "dense"
 
 
 def _window_columns(local: LocalBasis) -> torch.Tensor:
@@ -82,10 +104,13 @@ class _Eager(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         local = local_basis(x, grid, spline_order, uniform, derivatives=need_x, span=span.long())
         grad_x = grad_w = None
+        # Under autocast the forward product ran in grad_out's dtype; the backward products do too.
+        dtype = grad_out.dtype
         if need_w:
-            grad_w = expanded_input(x, local, activation, n_slots).view(x.shape[0], weight.shape[0]).t() @ grad_out
+            expanded = expanded_input(x, local, activation, n_slots).view(x.shape[0], weight.shape[0])
+            grad_w = expanded.to(dtype).t() @ grad_out
         if need_x:
-            grad_expanded = (grad_out @ weight.t()).view(*x.shape, n_slots)
+            grad_expanded = (grad_out @ weight.to(dtype).t()).view(*x.shape, n_slots)
             grad_x = BASE_ACTIVATIONS[activation][1](x) * grad_expanded[..., 0]
             grad_window = grad_expanded.gather(-1, _window_columns(local))
             grad_x = grad_x + (grad_window * local.derivatives).sum(-1)
@@ -152,15 +177,19 @@ def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spl
     """x [N, I], weight [I*(G+k+1), O], grid [I, G+2k+1] -> [N, O]; the basis is never kept for backward."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    on_cpu = x.device.type == "cpu"
-    kernels_apply = on_cpu and x.dtype in CPU_KERNEL_DTYPES
+    kernels_apply = x.device.type == "cpu" and x.dtype in CPU_KERNEL_DTYPES
     if method == "auto":
-        if not kernels_apply:
-            method = "eager"
-        else:
-            method = "sparse" if prefers_sparse(weight.shape[0] // x.shape[1], spline_order) else "dense"
+        method = "triton" if triton_supports(x, spline_order) else torch_method(x, weight, spline_order)
+    if method == "triton":
+        from .kernels.spline_linear_triton import spline_linear_triton
+
+        return spline_linear_triton(x, weight, grid, spline_order, uniform, activation)
     if method == "eager":
         return _Eager.apply(x, weight, grid, spline_order, uniform, activation)
+    if torch.is_autocast_enabled(x.device.type):
+        # The CPU kernels compute in float32 or float64: their products stay out of autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            return spline_linear(x, weight, grid, spline_order, uniform, activation, method)
     if not kernels_apply:
         raise ValueError(f"method={method!r} runs on the CPU in float32 or float64, "
                          f"got {x.dtype} tensors on {x.device}")

@@ -103,3 +103,31 @@ def test_is_uniform_detects_moved_knots():
     assert basis.is_uniform(grid)
     grid[1, 6] += 0.01
     assert not basis.is_uniform(grid)
+
+
+@pytest.mark.parametrize("grid_size,k", CASES)
+def test_matrix_kan_matches_reference_on_uniform_grids(grid_size, k):
+    gen = torch.Generator().manual_seed(31 * grid_size + k)
+    grid = basis.make_grid(4, grid_size, k, grid_range=(-1.5, 2.0), dtype=torch.float64)
+    x = random_inputs(700, 4, grid, gen)
+    torch.testing.assert_close(basis.matrix_kan(x, grid, k), basis.cox_de_boor(x, grid, k), rtol=0, atol=1e-12)
+
+
+def test_matrix_kan_per_input_ranges_float32_and_gradients():
+    gen = torch.Generator().manual_seed(5)
+    knots = torch.stack([torch.linspace(lo, hi, 6, dtype=torch.float64) for lo, hi in [(-3, 1), (0.5, 0.9)]])
+    grid = basis.extend_grid(knots, 2)
+    x = random_inputs(300, 2, grid, gen)
+    torch.testing.assert_close(basis.matrix_kan(x.float(), grid.float(), 2), basis.cox_de_boor(x, grid, 2).float(),
+                               rtol=0, atol=2e-6)
+    x = x[grid.shape[1]:].clone().requires_grad_()  # away from knots
+    weights = torch.randn(grid.shape[1] - 3, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((basis.matrix_kan(x, grid, 2) * weights).sum(), x)[0]
+    want = torch.autograd.grad((basis.cox_de_boor(x, grid, 2) * weights).sum(), x)[0]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_matrix_kan_refuses_non_uniform_knots():
+    grid = nonuniform_grid(3, 5, 3, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="matrix_kan needs uniform knots.*got a non-uniform grid"):
+        basis.matrix_kan(torch.zeros(2, 3, dtype=torch.float64), grid, 3)

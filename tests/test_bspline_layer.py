@@ -284,3 +284,28 @@ def test_auto_falls_back_to_eager_for_half_types():
     expected = layer(x)
     out = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
     torch.testing.assert_close(out.float(), expected, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_methods_train_under_autocast(method):
+    torch.manual_seed(3)
+    layer = BSplineKAN(4, 3, method=method)
+    x = torch.randn(16, 4, requires_grad=True)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    # eager's product follows autocast (as a matmul would); the CPU kernels compute in float32
+    assert out.dtype == (torch.bfloat16 if method == "eager" else torch.float32)
+    torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.02)
+    out.float().sum().backward()  # the backward products once mixed float32 and bfloat16 here
+    assert x.grad.dtype == torch.float32 and layer.coef.grad.dtype == torch.float32
+    expected_grad = torch.autograd.grad(expected.sum(), layer.coef)[0]
+    torch.testing.assert_close(layer.coef.grad, expected_grad, rtol=0.02, atol=0.02)
+
+
+def test_backend_is_checked_and_kept():
+    assert BSplineKAN(3, 2).backend == "auto" and BSplineKAN(3, 2, backend="torch").backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of .*got 'gpu'"):
+        BSplineKAN(3, 2, backend="gpu")
+    with pytest.raises(ValueError, match="spline_order 1 to 5, got 0"):
+        BSplineKAN(3, 2, spline_order=0, backend="triton")

@@ -505,3 +505,13 @@ def sine_data_with(**replacements):
 def test_bad_input_is_rejected_with_what_was_expected_and_received(overrides, error, message):
     with pytest.raises(error, match=message):
         fit(**valid_call(**overrides))
+
+
+def test_amp_trains_a_kan_on_the_torch_path():
+    from kanlib import KAN
+
+    torch.manual_seed(0)
+    model = KAN([1, 4, 1], grid_size=4, backend="torch")
+    history = fit(model, sine_data(), steps=30, amp="bf16", progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert history.train_loss[-1] < history.train_loss[0]

@@ -8,9 +8,12 @@ import torch
 from torch import nn
 
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
-from ..spline_linear import BASE_ACTIVATIONS, METHODS, spline_linear
+from ..spline_linear import BASE_ACTIVATIONS, METHODS, TRITON_SPLINE_ORDERS, spline_linear, torch_method
 
-__all__ = ["BSplineKAN"]
+__all__ = ["BSplineKAN", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "triton")
+TORCH_METHODS = ("auto", "eager", "dense", "sparse")
 
 
 def _check_int(name, value, minimum):
@@ -45,15 +48,19 @@ class BSplineKAN(nn.Module):
     """A KAN layer: ``y_o = sum_i scale_base[i,o] * b(x_i) + scale_sp[i,o] * sum_j coef[i,o,j] B_j(x_i)``.
 
     Drop-in for ``nn.Linear``: input ``[..., in_features]``, output ``[..., out_features]``.
-    ``method`` picks the implementation of the product (see :mod:`kanlib.spline_linear`); all compute
-    the same function.
+    ``backend`` picks where the product runs: ``"triton"`` (fused GPU kernels; on the CPU only under the
+    Triton interpreter, for tests), ``"torch"`` (PyTorch and the CPU kernels, ``method`` choosing among them:
+    see :mod:`kanlib.spline_linear`), or ``"auto"``: Triton for CUDA inputs it supports, the torch path
+    elsewhere (an explicit torch ``method`` keeps the torch path). All compute the same function; under
+    autocast the Triton path runs in the autocast dtype.
     The knots ``grid`` [I, G+2k+1] are pykan's extended grid; ``mask`` [I, O] switches edges off.
     """
 
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1.0, 1.0), base_activation: str = "silu", noise_scale: float = 0.5,
                  scale_base_mu: float = 0.0, scale_base_sigma: float = 1.0, scale_sp: float = 1.0,
-                 grid_eps: float = 0.02, bias: bool = False, method: str = "auto", device=None, dtype=None):
+                 grid_eps: float = 0.02, bias: bool = False, method: str = "auto", backend: str = "auto",
+                 device=None, dtype=None):
         super().__init__()
         _check_int("in_features", in_features, 1)
         _check_int("out_features", out_features, 1)
@@ -64,6 +71,14 @@ class BSplineKAN(nn.Module):
             raise ValueError(f"base_activation must be one of {sorted(BASE_ACTIVATIONS)}, got {base_activation!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if method == "triton" and backend == "torch" or backend == "triton" and method not in ("auto", "triton"):
+            raise ValueError(f"method={method!r} does not run on backend={backend!r}: with backend='triton' leave "
+                             f"method='auto'; the torch backend's methods are {TORCH_METHODS}")
+        if "triton" in (method, backend) and spline_order not in TRITON_SPLINE_ORDERS:
+            raise ValueError(f"the triton backend supports spline_order {TRITON_SPLINE_ORDERS[0]} to "
+                             f"{TRITON_SPLINE_ORDERS[-1]}, got {spline_order}")
         if not 0.0 <= grid_eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
@@ -72,6 +87,7 @@ class BSplineKAN(nn.Module):
         self.base_activation = base_activation
         self.grid_eps = grid_eps
         self.method = method
+        self.backend = "triton" if method == "triton" else backend
         self.register_buffer("grid", make_grid(in_features, grid_size, spline_order, (low, high), **factory))
         self.register_buffer("mask", torch.ones(in_features, out_features, **factory))
         knots = self.grid[:, spline_order:-spline_order] if spline_order else self.grid
@@ -127,13 +143,23 @@ class BSplineKAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., I] -> [..., O]."""
         self._check_input(x)
-        # Under autocast the product runs in the parameters' dtype here; the Triton path will honour it.
+        # Under autocast the Triton path casts x and the weights to the autocast dtype; the torch path's
+        # product follows autocast's own rules.
         flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
-        out = spline_linear(flat, self.weight_matrix(), self.grid, self.spline_order, self.is_uniform(),
-                            self.base_activation, self.method)
+        weight = self.weight_matrix()
+        out = spline_linear(flat, weight, self.grid, self.spline_order, self.is_uniform(), self.base_activation,
+                            self._method_for(flat, weight))
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
+
+    def _method_for(self, flat: torch.Tensor, weight: torch.Tensor) -> str:
+        """The spline_linear method this call uses, from ``backend`` and ``method``."""
+        if self.backend == "triton":
+            return "triton"
+        if self.backend == "torch" and self.method == "auto":
+            return torch_method(flat, weight, self.spline_order)
+        return self.method
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """Every edge's learnable activation phi_{i,o}(x_i) (pykan's postacts): x [N, I] -> [N, I, O]."""
