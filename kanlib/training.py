@@ -177,8 +177,11 @@ def fit(
     if opt == "adam":
         optimizer = torch.optim.Adam(trainable, lr=lr)
     else:
+        # pykan's tolerances: torch's defaults (1e-7, 1e-9) end each step early once the error is small,
+        # and training stalls after a grid refinement.
         optimizer = torch.optim.LBFGS(
-            trainable, lr=lr, history_size=10, line_search_fn="strong_wolfe"
+            trainable, lr=lr, history_size=10, line_search_fn="strong_wolfe",
+            tolerance_grad=1e-32, tolerance_change=1e-32,
         )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     batches = _batches(train_input, train_label, batch_size, seed)
