@@ -239,11 +239,14 @@ def _cpu_model_name() -> str:
 
 
 def _triton_version() -> str | None:
+    # Read from the package metadata: importing triton here would fix its interpreter mode
+    # (TRITON_INTERPRET) before a notebook has chosen it.
+    from importlib import metadata
+
     try:
-        import triton
-    except ImportError:
+        return metadata.version("triton")
+    except metadata.PackageNotFoundError:
         return None
-    return triton.__version__
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
