@@ -18,6 +18,7 @@ import pathlib
 import platform
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -198,9 +199,29 @@ def peak_memory_bytes(fn: Callable[[], object], *, device: str | torch.device) -
             fn()
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - baseline_bytes
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    with _native_stderr_silenced():
+        profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        profiler.start()
+    try:
         fn()
+    finally:
+        with _native_stderr_silenced():
+            profiler.stop()
     return _peak_of_allocation_events(profiler.profiler.kineto_results.experimental_event_tree())
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side logs a line on every start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _peak_of_allocation_events(event_tree: list) -> int:
