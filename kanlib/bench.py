@@ -199,19 +199,19 @@ def peak_memory_bytes(fn: Callable[[], object], *, device: str | torch.device) -
             fn()
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - baseline_bytes
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         profiler.start()
     try:
         fn()
     finally:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             profiler.stop()
     return _peak_of_allocation_events(profiler.profiler.kineto_results.experimental_event_tree())
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def native_stderr_silenced():
     """Send file descriptor 2 to /dev/null: the profiler's C++ side logs a line on every start and stop."""
     sys.stderr.flush()
     saved = os.dup(2)
