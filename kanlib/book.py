@@ -104,6 +104,8 @@ def stage(notebooks_dir: str | os.PathLike[str], stage_dir: str | os.PathLike[st
             raise BookBuildError(f"book/slides.md: expected the marker {SLIDES_MARKER!r}, found none")
         slides_page.write_text(text.replace(SLIDES_MARKER, slide_list_html(notebooks)))
     copy_tree(asset_dir("mathjax") / "es5", stage_dir / "_extra" / "mathjax", ignore=("*.md",))
+    # The root index.html is a redirect page without an icon link; browsers then ask for /favicon.ico.
+    shutil.copyfile(PROJECT_ROOT / "book" / "logo.svg", stage_dir / "_extra" / "favicon.ico")
     return stage_dir
 
 
