@@ -31,6 +31,18 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark shares: spline order, repetitions, seed, where results go, pykan."""
+    parser.add_argument("--order", type=_int_at_least(1), default=3, help="spline order k (default: 3)")
+    parser.add_argument("--repeat", type=_int_at_least(1), default=20,
+                        help="timed runs per candidate; pykan max(3, repeat // 10) (default: 20)")
+    parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
+    parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--skip-pykan", action="store_true", help="leave out pykan (slow, memory hungry)")
+
+
 def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
     layer = benchmarks.add_parser(
         "layer",
@@ -45,15 +57,8 @@ def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
                        help="in and out features I = O (default: 256)")
     layer.add_argument("--grid", type=_int_at_least(1), nargs="+", action="extend", dest="grids",
                        metavar="G", help="grid size(s); repeat or list several (default: 5)")
-    layer.add_argument("--order", type=_int_at_least(1), default=3, help="spline order k (default: 3)")
     layer.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: float32)")
-    layer.add_argument("--repeat", type=_int_at_least(1), default=20,
-                       help="timed runs per candidate; pykan max(3, repeat // 10) (default: 20)")
-    layer.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
-    layer.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
-    layer.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
-    layer.add_argument("--no-write", action="store_true", help="print the table only")
-    layer.add_argument("--skip-pykan", action="store_true", help="leave out pykan (slow, memory hungry)")
+    _add_run_options(layer)
     layer.set_defaults(handler=_bench_layer)
 
 
@@ -180,14 +185,7 @@ def _add_bench_kernel(benchmarks: argparse._SubParsersAction) -> None:
                             help=f"{text}; repeat or list several (default: {default})")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), nargs="+", action="extend",
                         dest="dtypes", help=f"(default: {' '.join(kernel.DEFAULTS['dtypes'])})")
-    parser.add_argument("--order", type=_int_at_least(1), default=3, help="spline order k (default: 3)")
-    parser.add_argument("--repeat", type=_int_at_least(1), default=20,
-                        help="timed runs per candidate; pykan max(3, repeat // 10) (default: 20)")
-    parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
-    parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
-    parser.add_argument("--no-write", action="store_true", help="print the table only")
-    parser.add_argument("--skip-pykan", action="store_true", help="leave out pykan (slow, memory hungry)")
+    _add_run_options(parser)
     parser.set_defaults(handler=_bench_kernel)
 
 

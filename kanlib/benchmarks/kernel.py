@@ -54,7 +54,7 @@ from ..layers import BSplineKAN
 from ..models import count_parameters, mlp_with_parameter_count
 from .layer import (
     DTYPES, GRID_RANGE, OUTSIDE_FRACTION, UnfusedKAN, _Candidate, _check_int, _measure, _module_candidate, _nbytes,
-    _uniform,
+    _uniform, pykan_layer,
 )
 
 __all__ = ["CANDIDATES", "TABLE_COLUMNS", "DEFAULTS", "TARGETS", "run_kernel_benchmark", "target_report",
@@ -159,13 +159,7 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
         candidates.append(module("triton", triton_layer))
     candidates += [module("torch", layer), module("unfused", unfused), module("matrixkan", unfused, matrixkan)]
     if with_pykan:
-        try:
-            from kan import KANLayer
-        except ImportError as error:
-            raise ImportError("the pykan candidate needs pykan (pip install pykan==0.2.8); "
-                              "pass skip_pykan=True (--skip-pykan) to leave it out") from error
-        pykan = KANLayer(width, width, num=grid_size, k=order, grid_range=list(GRID_RANGE), device=str(device))
-        pykan = pykan.to(module_dtype)
+        pykan = pykan_layer(width, grid_size, order, device, module_dtype)
         candidates.append(module("pykan", pykan, lambda: pykan(x_module)[0]))
     candidates += [module("mlp", mlp), module("mlp_params", mlp_params)]
     return candidates, flops

@@ -6,7 +6,8 @@ For each grid size G, with batch B, I = O = width and spline order k, the candid
 - ``dense``: the floor, ``X @ W`` with X [B, K], W [K, O], K = I*(G+k+1); X and W require grad, as
   the expanded input and the weight of an unfused layer would.
 - ``mlp``: ``silu(nn.Linear(I, O)(x))``, an MLP layer of the same width.
-- ``bsplinekan``: ``kanlib.BSplineKAN(I, O, grid_size=G, spline_order=k)``.
+- ``bsplinekan``: ``kanlib.BSplineKAN(I, O, grid_size=G, spline_order=k)`` with ``backend="auto"``: the
+  numba CPU kernels on the CPU, the Triton kernels on CUDA.
 - ``unfused``: :class:`UnfusedKAN` (efficient-kan's layout) holding the same function as ``bsplinekan``;
   it keeps the [B, I, G+k] basis for backward.
 - ``pykan``: pykan's ``KANLayer(I, O, num=G, k=k)`` (its first output), timed with fewer repeats.
@@ -178,15 +179,20 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
         _module_candidate("unfused", UnfusedKAN.from_bspline(bspline), x),
     ]
     if not skip_pykan:
-        try:
-            from kan import KANLayer
-        except ImportError as error:
-            raise ImportError("the pykan candidate needs pykan (pip install pykan==0.2.8); "
-                              "pass skip_pykan=True (--skip-pykan) to leave it out") from error
-        pykan = KANLayer(width, width, num=grid_size, k=order, grid_range=list(GRID_RANGE), device=str(device))
-        pykan = pykan.to(dtype)
+        pykan = pykan_layer(width, grid_size, order, device, dtype)
         candidates.append(_module_candidate("pykan", pykan, x, forward=lambda: pykan(x)[0]))
     return candidates
+
+
+def pykan_layer(width: int, grid_size: int, order: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """pykan's KANLayer (width -> width) on the benchmarks' grid range; a clear error without pykan."""
+    try:
+        from kan import KANLayer
+    except ImportError as error:
+        raise ImportError("the pykan candidate needs pykan (pip install pykan==0.2.8); "
+                          "pass skip_pykan=True (--skip-pykan) to leave it out") from error
+    layer = KANLayer(width, width, num=grid_size, k=order, grid_range=list(GRID_RANGE), device=str(device))
+    return layer.to(dtype)
 
 
 def _measure(candidates: Sequence[_Candidate], grad_out: torch.Tensor, device: torch.device, repeat: int,
