@@ -184,7 +184,10 @@ def sweep_column(frame: pd.DataFrame) -> str | None:
 
 
 def hue_column(frame: pd.DataFrame) -> str | None:
-    """What tells a run's lines apart (e.g. 'candidate'): the first text column varying within a run."""
+    """What tells a run's lines apart: 'candidate' when it varies, else the first text column varying
+    within a run."""
+    if "candidate" in frame.columns and _varies(frame, "candidate"):
+        return "candidate"
     for column in _row_columns(frame):
         values = frame[column].dropna()
         if len(values) and all(isinstance(value, str) for value in values) and _varies(frame, column):
@@ -258,6 +261,28 @@ def _draw_median_with_quartiles(data: pd.DataFrame, x: str, color=None, label=No
                        marker="o", markersize=4, capsize=3, **kwargs)
 
 
+def fix_other_parameters(frame: pd.DataFrame, x: str, hue: str | None) -> tuple[pd.DataFrame, str]:
+    """The rows where every swept parameter other than `x` and `hue` takes its first value, so that each
+    line of a figure is one `hue` value; and a caption naming the values held fixed ('' when none)."""
+    fixed = []
+    for column in _row_columns(frame):
+        if column in (x, hue) or column.endswith(MEASURE_SUFFIXES) or not _varies(frame, column):
+            continue
+        values = frame[column].dropna()
+        if values.empty or not all(isinstance(v, (str, int, float, bool)) for v in values):
+            continue
+        first = values.iloc[0]
+        frame = frame[frame[column] == first]
+        fixed.append(f"{column} = {first}")
+    return frame, ", ".join(fixed)
+
+
+def _with_caption(title: str | None, caption: str) -> str | None:
+    if not caption:
+        return title
+    return f"{title} ({caption})" if title else caption
+
+
 def plot_timings(frame: pd.DataFrame, x: str | None = None, hue: str | None = None, title: str | None = None):
     """Median time (ms, log scale) against the swept parameter `x`, the error bars spanning the quartiles;
     one line per `hue` value, one column of panels per device, one row per timing (fwd, fwdbwd, ...).
@@ -271,6 +296,8 @@ def plot_timings(frame: pd.DataFrame, x: str | None = None, hue: str | None = No
     if x is None or x not in frame.columns:
         return None
     hue = hue if hue is not None else hue_column(frame)
+    frame, caption = fix_other_parameters(frame, x, hue)
+    title = _with_caption(title, caption)
     long = timings_long(frame).dropna(subset=[x])
     if long.empty:
         return None
@@ -300,6 +327,8 @@ def plot_ratios(frame: pd.DataFrame, x: str | None = None, hue: str | None = Non
     if x is None or x not in frame.columns or not ratios:
         return None
     hue = hue if hue is not None else hue_column(frame)
+    frame, caption = fix_other_parameters(frame, x, hue)
+    title = _with_caption(title, caption)
     keep = [column for column in ("device", x, hue) if column is not None]
     long = frame.melt(id_vars=keep, value_vars=ratios, var_name="ratio", value_name="value").dropna(subset=["value", x])
     long = long[long["value"] > 0]

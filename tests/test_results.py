@@ -205,3 +205,25 @@ def test_layer_summary_states_the_headline_in_words(runs):
 def test_style_formats_floats_and_missing_values():
     html = R.style(pd.DataFrame({"a": [1.23456789, math.nan], "b": ["x", None]})).to_html()
     assert "1.235" in html and "1.23456789" not in html and "-" in html
+
+
+def test_kernel_like_rows_plot_one_line_per_candidate_with_the_other_sweeps_held_fixed():
+    """Rows sweeping batch, width, grid and dtype: the figure's lines must not mix widths or dtypes."""
+    rows = []
+    for width in (256, 1024):
+        for dtype in ("float32", "bfloat16"):
+            for row in layer_rows(candidates=("dense", "bsplinekan")):
+                slower = (width / 256) * (2 if dtype == "float32" else 1)
+                rows.append({**row, "width": width, "dtype": dtype,
+                             "fwdbwd_median_ms": row["fwdbwd_median_ms"] * slower})
+    frame = R.results_frame([result("kernel", "cuda", "2026-03-01T00:00:00+00:00", rows)])
+    assert R.hue_column(frame) == "candidate"
+    x = R.sweep_column(frame)
+    kept, caption = R.fix_other_parameters(frame, x, "candidate")
+    assert len(kept) == len(layer_rows(candidates=("dense", "bsplinekan")))
+    held = [column for column in ("grid", "width", "dtype") if column != x]
+    assert all(kept[column].nunique() == 1 for column in held)
+    assert all(f"{column} = " in caption for column in held)
+    grid = R.plot_timings(frame)
+    assert grid is not None and caption in grid.figure._suptitle.get_text()
+    plt.close("all")
