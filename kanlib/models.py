@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .layers.bspline import BSplineKAN
-from .layers.mlp import ACTIVATIONS, MLP, check_activation, check_positive_int, check_widths
+from .layers.mlp import ACTIVATIONS, MLP, Stack, check_activation, check_positive_int, check_widths
 
 __all__ = ["KAN", "MLP", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count"]
 
@@ -42,7 +42,7 @@ def _seeded(seed: int | None):
         yield
 
 
-class KAN(nn.Module):
+class KAN(Stack, nn.Module):
     """A stack of KAN layers: widths ``[2, 5, 1]`` gives ``layer(2, 5)`` then ``layer(5, 1)``.
 
     Input ``[..., widths[0]]``, output ``[..., widths[-1]]``. ``layer`` is a layer class or a name in
@@ -57,14 +57,6 @@ class KAN(nn.Module):
         with _seeded(seed):
             self.layers = nn.ModuleList(layer_type(n_in, n_out, **layer_kwargs)
                                         for n_in, n_out in zip(self.widths[:-1], self.widths[1:]))
-
-    @property
-    def in_features(self) -> int:
-        return self.widths[0]
-
-    @property
-    def out_features(self) -> int:
-        return self.widths[-1]
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}"

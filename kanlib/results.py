@@ -251,6 +251,19 @@ def _set_x_axis(grid, values: pd.Series) -> None:
             ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
 
 
+def _finish_log_grid(grid, x_values: pd.Series, x: str, y_label: str, hue: str | None, title: str | None):
+    """Log y axis, the x axis of `_set_x_axis`, labels, panel titles, legend and title of a FacetGrid."""
+    grid.set(yscale="log")
+    _set_x_axis(grid, x_values)
+    grid.set_axis_labels(x, y_label)
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    if hue is not None:
+        grid.add_legend(title=hue)
+    if title:
+        grid.figure.suptitle(title, y=1.02)
+    return grid
+
+
 def _draw_median_with_quartiles(data: pd.DataFrame, x: str, color=None, label=None, **kwargs) -> None:
     import matplotlib.pyplot as plt
 
@@ -305,15 +318,7 @@ def plot_timings(frame: pd.DataFrame, x: str | None = None, hue: str | None = No
     grid = sns.FacetGrid(long, row="timing" if len(timings) > 1 else None, col="device", hue=hue,
                          sharey=False, height=3.0, aspect=1.4, margin_titles=True)
     grid.map_dataframe(_draw_median_with_quartiles, x=x)
-    grid.set(yscale="log")
-    _set_x_axis(grid, long[x])
-    grid.set_axis_labels(x, "median time (ms)")
-    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
-    if hue is not None:
-        grid.add_legend(title=hue)
-    if title:
-        grid.figure.suptitle(title, y=1.02)
-    return grid
+    return _finish_log_grid(grid, long[x], x, "median time (ms)", hue, title)
 
 
 def plot_ratios(frame: pd.DataFrame, x: str | None = None, hue: str | None = None, title: str | None = None):
@@ -338,17 +343,9 @@ def plot_ratios(frame: pd.DataFrame, x: str | None = None, hue: str | None = Non
     grid = sns.FacetGrid(long, col="ratio", row="device" if len(devices) > 1 else None, hue=hue,
                          sharey=False, height=3.0, aspect=1.3, margin_titles=True)
     grid.map_dataframe(sns.lineplot, x=x, y="value", marker="o", estimator=None)
-    grid.set(yscale="log")
-    _set_x_axis(grid, long[x])
     for ax in grid.axes.flat:
         ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1)
-    grid.set_axis_labels(x, "ratio")
-    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
-    if hue is not None:
-        grid.add_legend(title=hue)
-    if title:
-        grid.figure.suptitle(title, y=1.02)
-    return grid
+    return _finish_log_grid(grid, long[x], x, "ratio", hue, title)
 
 
 def layer_headline(result: Mapping[str, Any], kanlib: str = "bsplinekan", small_grid: int = 5,

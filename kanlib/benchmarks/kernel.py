@@ -54,7 +54,7 @@ from ..layers import BSplineKAN
 from ..models import count_parameters, mlp_with_parameter_count
 from .layer import (
     DTYPES, GRID_RANGE, OUTSIDE_FRACTION, UnfusedKAN, _Candidate, _check_int, _measure, _module_candidate, _nbytes,
-    _uniform, pykan_layer,
+    _uniform, check_sizes, pykan_layer,
 )
 
 __all__ = ["CANDIDATES", "TABLE_COLUMNS", "DEFAULTS", "TARGETS", "run_kernel_benchmark", "target_report",
@@ -234,15 +234,6 @@ def _configuration_rows(batch, width, grid_size, order, device, dtype, repeat, w
     return rows
 
 
-def _check_sizes(name: str, values: Sequence[int]) -> None:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{name}: expected a non-empty list of sizes, got {values!r}")
-    for index, value in enumerate(values):
-        _check_int(f"{name}[{index}]", value, 1)
-    if len(set(values)) != len(values):
-        raise ValueError(f"{name}: expected distinct sizes, got {list(values)}")
-
-
 def run_kernel_benchmark(device: str | torch.device, batches: Sequence[int] = DEFAULTS["batches"],
                          widths: Sequence[int] = DEFAULTS["widths"], grids: Sequence[int] = DEFAULTS["grids"],
                          dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16), order: int = 3,
@@ -253,7 +244,7 @@ def run_kernel_benchmark(device: str | torch.device, batches: Sequence[int] = DE
     """
     device = resolve_device(device)
     for name, values in (("batches", batches), ("widths", widths), ("grids", grids)):
-        _check_sizes(name, values)
+        check_sizes(name, values)
     _check_int("order", order, 1)
     _check_int("repeat", repeat, 1)
     _check_int("warmup", warmup, 0)

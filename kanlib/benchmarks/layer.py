@@ -129,6 +129,16 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
 
 
+def check_sizes(name: str, values: Sequence[int], what: str = "sizes") -> None:
+    """`values` is a non-empty list of distinct ints >= 1; ValueError naming `name` otherwise."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"{name}: expected a non-empty list of {what}, got {values!r}")
+    for index, value in enumerate(values):
+        _check_int(f"{name}[{index}]", value, 1)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name}: expected distinct {what}, got {list(values)}")
+
+
 @dataclass(frozen=True)
 class _Candidate:
     """forward() gives the output [B, O]; leaves are what backward differentiates (input, trainable params)."""
@@ -234,12 +244,7 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
     _check_int("repeat", repeat, 1)
     _check_int("warmup", warmup, 0)
     _check_int("seed", seed, 0)
-    if isinstance(grids, (str, bytes)) or not isinstance(grids, Sequence) or not grids:
-        raise ValueError(f"grids: expected a non-empty list of grid sizes, got {grids!r}")
-    for index, grid_size in enumerate(grids):
-        _check_int(f"grids[{index}]", grid_size, 1)
-    if len(set(grids)) != len(grids):
-        raise ValueError(f"grids: expected distinct grid sizes, got {list(grids)}")
+    check_sizes("grids", grids, "grid sizes")
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype: expected one of {list(DTYPES.values())}, got {dtype!r}")
 

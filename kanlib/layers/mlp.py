@@ -32,7 +32,21 @@ def check_activation(activation: str) -> str:
     return activation
 
 
-class MLP(nn.Module):
+class Stack:
+    """What a stack of layers with `widths` [n_0, ..., n_L] reports: in_features n_0, out_features n_L."""
+
+    widths: list[int]
+
+    @property
+    def in_features(self) -> int:
+        return self.widths[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.widths[-1]
+
+
+class MLP(Stack, nn.Module):
     """Linear layers of sizes ``widths`` with ``activation`` between them (none after the last).
 
     ``MLP([2, 16, 1])`` is Linear(2, 16), SiLU, Linear(16, 1): input ``[..., 2]``, output ``[..., 1]``.
@@ -46,14 +60,6 @@ class MLP(nn.Module):
         for n_in, n_out in zip(self.widths[:-1], self.widths[1:]):
             modules += [nn.Linear(n_in, n_out, bias=bias), ACTIVATIONS[activation]()]
         self.layers = nn.Sequential(*modules[:-1])
-
-    @property
-    def in_features(self) -> int:
-        return self.widths[0]
-
-    @property
-    def out_features(self) -> int:
-        return self.widths[-1]
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, activation={self.activation!r}"
