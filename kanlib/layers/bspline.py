@@ -10,7 +10,7 @@ from torch import nn
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
 from ..spline_linear import BASE_ACTIVATIONS, METHODS, TRITON_SPLINE_ORDERS, spline_linear, torch_method
 
-__all__ = ["BSplineKAN", "BACKENDS"]
+__all__ = ["BSplineKAN", "BACKENDS", "assemble_weight_matrix"]
 
 BACKENDS = ("auto", "torch", "triton")
 TORCH_METHODS = ("auto", "eager", "dense", "sparse")
@@ -42,6 +42,12 @@ def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
     rhs = basis.transpose(1, 2) @ y.double().permute(1, 0, 2)  # [I, G+k, O]
     coef = torch.linalg.solve(gram + ridge * scale * eye, rhs)
     return coef.transpose(1, 2).to(y.dtype)
+
+
+def assemble_weight_matrix(base_weight: torch.Tensor, spline_weight: torch.Tensor) -> torch.Tensor:
+    """base [I, O] and spline [I, O, G+k] weights -> the product's [I * (G+k+1), O] matrix (base row first)."""
+    rows = torch.cat([base_weight.unsqueeze(1), spline_weight.transpose(1, 2)], dim=1)
+    return rows.reshape(-1, base_weight.shape[1])
 
 
 class BSplineKAN(nn.Module):
@@ -122,11 +128,17 @@ class BSplineKAN(nn.Module):
             self._uniform_cache = (key, is_uniform(self.grid))
         return self._uniform_cache[1]
 
+    def base_weight(self) -> torch.Tensor:
+        """The base branch's weights ``scale_base * mask``: [I, O]."""
+        return self.scale_base * self.mask
+
+    def spline_weight(self) -> torch.Tensor:
+        """The spline coefficients with the per-edge scale folded in, ``scale_sp * mask * coef``: [I, O, G+k]."""
+        return (self.scale_sp * self.mask).unsqueeze(-1) * self.coef
+
     def weight_matrix(self) -> torch.Tensor:
         """The [I * (G+k+1), O] matrix: per input, the base weight row then the G+k spline rows."""
-        base = (self.scale_base * self.mask).unsqueeze(1)
-        spline = (self.scale_sp * self.mask).unsqueeze(1) * self.coef.transpose(1, 2)
-        return torch.cat([base, spline], dim=1).reshape(-1, self.out_features)
+        return assemble_weight_matrix(self.base_weight(), self.spline_weight())
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
