@@ -1,0 +1,281 @@
+"""Post-training quantization of whole models: every B-spline KAN layer becomes a `QuantizedBSplineKAN`.
+
+What is quantized, per layer:
+
+- the spline weights ``scale_sp * mask * coef`` [I, O, G+k] (the per-edge scale folded in, as hardware would
+  store them) to ``bits``, and the base weights ``scale_base * mask`` [I, O] to ``base_bits``;
+- the layer input, per tensor, to ``input_bits`` (calibrated on the layer's inputs over ``calib``);
+- with ``table_bits``, the B-spline basis: a `BasisTable` of ``table_bits``-bit values at
+  ``2**position_bits`` positions per knot interval replaces its evaluation, and the base activation is
+  quantized to 8 bits. Then, when the weights are symmetric per tensor or per channel, the layer runs in
+  integers (:mod:`kanlib.quant.lut_linear`); per-edge or affine weights run the same function with the
+  dequantized weights in float.
+
+Without ``table_bits`` the layer runs the float product of :mod:`kanlib.spline_linear` on the dequantized
+weights (weight-only quantization, plus the quantized input).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..layers.bspline import BSplineKAN, assemble_weight_matrix
+from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear
+from .lut_linear import IntegerWeights, lut_linear
+from .table import BasisTable
+from .tensor import QuantizedTensor, QuantSpec, calibrate, pack_bits
+
+__all__ = ["QuantizedBSplineKAN", "quantize", "ACTIVATION_BITS"]
+
+ACTIVATION_BITS = 8  # the base activation's codes on the lookup-table path
+
+
+def _fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    codes = torch.round(x / scale + zero_point).clamp_(spec.qmin, spec.qmax)
+    return (codes - zero_point) * scale
+
+
+class QuantizedBSplineKAN(nn.Module):
+    """A `BSplineKAN` with low-bit weights (and optionally inputs and a lookup-table basis); inference only.
+
+    Input ``[..., in_features]``, output ``[..., out_features]`` in the float layer's dtype. Build it with
+    :func:`quantize`, or from one layer: ``QuantizedBSplineKAN(layer, spline_spec, base_spec, input_spec,
+    samples, table_bits, position_bits)`` where ``samples`` [N, I] are inputs the layer sees.
+    The state dict holds what is stored: packed codes, scales, the grid, the table and the bias.
+    """
+
+    def __init__(self, layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantSpec,
+                 input_spec: QuantSpec | None = None, samples: torch.Tensor | None = None,
+                 table_bits: int | None = None, position_bits: int = 8,
+                 spline_scale: torch.Tensor | None = None, base_scale: torch.Tensor | None = None):
+        super().__init__()
+        if not isinstance(layer, BSplineKAN):
+            raise TypeError(f"expected a kanlib BSplineKAN layer, got {type(layer).__name__}")
+        needs_samples = input_spec is not None or table_bits is not None
+        if needs_samples and samples is None:
+            raise ValueError("calibrating the input or the base activation needs samples of the layer's input; "
+                             "got samples=None")
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.spline_order, self.base_activation = layer.spline_order, layer.base_activation
+        self.spline_spec, self.base_spec, self.input_spec = spline_spec, base_spec, input_spec
+        self.dtype = layer.coef.dtype
+        with torch.no_grad():
+            spline = _quantize_with(layer.spline_weight().detach(), spline_spec, spline_scale, "coef")
+            base = _quantize_with(layer.base_weight().detach(), base_spec, base_scale, "weight")
+        self._register_quantized("spline", spline)
+        self._register_quantized("base", base)
+        self.uniform = layer.is_uniform()
+        grid = layer.grid.detach().clone()
+        # A uniform grid is stored as its first knot and step per input; the full grid is rebuilt from them.
+        self.register_buffer("grid", grid, persistent=not self.uniform)
+        if self.uniform:
+            self.register_buffer("grid_first", grid[:, 0].clone())
+            self.register_buffer("grid_step", (grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1))
+            self._rebuild_grid()
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
+        if samples is not None:
+            samples = samples.detach().reshape(-1, self.in_features).to(self.dtype)
+            samples = samples[torch.isfinite(samples).all(-1)]
+        if input_spec is not None:
+            scale, zero_point = calibrate(samples, input_spec)
+            self.register_buffer("input_scale", scale.reshape(()))
+            self.register_buffer("input_zero_point", zero_point.reshape(()))
+            samples = self._quantize_input(samples)
+        self.table = None
+        if table_bits is not None:
+            self.table = BasisTable(self.grid, self.spline_order, position_bits, table_bits, uniform=self.uniform)
+            self.register_buffer("table_codes", self.table.packed)
+            activated = BASE_ACTIVATIONS[self.base_activation][0](samples)
+            act_scale, _ = calibrate(activated, QuantSpec(ACTIVATION_BITS))
+            self.register_buffer("act_scale", act_scale.reshape(()).float())
+        self._refresh()
+
+    def _register_quantized(self, name: str, q: QuantizedTensor) -> None:
+        self.register_buffer(f"{name}_codes", q.data)
+        self.register_buffer(f"{name}_scale", q.scale)
+        self.register_buffer(f"{name}_zero_point", q._zero_point)
+        setattr(self, f"_{name}_shape", q.shape)
+
+    def _quantized(self, name: str) -> QuantizedTensor:
+        spec = self.spline_spec if name == "spline" else self.base_spec
+        return QuantizedTensor(getattr(self, f"{name}_codes"), getattr(self, f"{name}_scale"),
+                               getattr(self, f"{name}_zero_point"), getattr(self, f"_{name}_shape"), self.dtype, spec)
+
+    @property
+    def spline_weight(self) -> QuantizedTensor:
+        """The quantized ``scale_sp * mask * coef`` [I, O, G+k]."""
+        return self._quantized("spline")
+
+    @property
+    def base_weight(self) -> QuantizedTensor:
+        """The quantized ``scale_base * mask`` [I, O]."""
+        return self._quantized("base")
+
+    @property
+    def integer(self) -> bool:
+        """Whether the lookup-table path runs in integers (symmetric weights per tensor or per channel)."""
+        return self.table is not None and all(s.scheme == "symmetric" and s.granularity in ("tensor", "channel")
+                                              for s in (self.spline_spec, self.base_spec))
+
+    def _refresh(self) -> None:
+        """Rebuild the run-time copies (dequantized weights, unpacked int8 codes) from the stored codes."""
+        spline, base = self.spline_weight, self.base_weight
+        self._weight = assemble_weight_matrix(base.dequantize(), spline.dequantize()).contiguous()
+        self._integer_weights = None
+        if self.integer:
+            n_out = self.out_features
+            self._integer_weights = IntegerWeights(
+                spline.codes().permute(0, 2, 1).reshape(-1, n_out).to(torch.int8).contiguous(),
+                spline.scale.expand(1, n_out, 1).reshape(n_out).float(),
+                base.codes().to(torch.int8).contiguous(), base.scale.expand(1, n_out).reshape(n_out).float())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.uniform:
+            self._rebuild_grid()
+        self._apply(lambda t: t)
+
+    def _rebuild_grid(self) -> None:
+        steps = torch.arange(self.grid.shape[1], device=self.grid.device, dtype=self.grid.dtype)
+        self.grid.copy_(self.grid_first.unsqueeze(1) + self.grid_step.unsqueeze(1) * steps)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.table is not None:
+            self.table = BasisTable(self.grid, self.spline_order, self.table.position_bits, self.table.table_bits,
+                                    uniform=self.uniform)
+        self._refresh()
+        return self
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return _fake_quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., I] -> [..., O]."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point torch.Tensor, got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.device != self.grid.device:
+            raise ValueError(f"input is on {x.device} but the layer is on {self.grid.device}")
+        flat = x.reshape(-1, self.in_features).to(self.dtype)
+        if self.input_spec is not None:
+            flat = torch.where(torch.isnan(flat), flat, self._quantize_input(flat))
+        if self.table is None:
+            out = spline_linear(flat, self._weight, self.grid, self.spline_order, self.uniform, self.base_activation)
+        else:
+            out = self._table_forward(flat)
+            out = torch.where(torch.isnan(flat).any(-1, keepdim=True), float("nan"), out)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _table_forward(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.integer:
+            return lut_linear(flat, self.table, self._integer_weights, float(self.act_scale), self.base_activation,
+                              ACTIVATION_BITS).to(self.dtype)
+        local = self.table.local_basis(flat)
+        n_slots = self._weight.shape[0] // self.in_features
+        expanded = expanded_input(flat, local, self.base_activation, n_slots)
+        limit = 2 ** (ACTIVATION_BITS - 1)
+        base = torch.round(expanded[..., 0] / self.act_scale).clamp_(-limit, limit - 1) * self.act_scale
+        expanded[..., 0] = base
+        return expanded.view(flat.shape[0], -1) @ self._weight
+
+    def extra_repr(self) -> str:
+        table = (f", table_bits={self.table.table_bits}, position_bits={self.table.position_bits}"
+                 if self.table is not None else "")
+        inputs = f", input_bits={self.input_spec.bits}" if self.input_spec is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.spline_spec.bits}, "
+                f"base_bits={self.base_spec.bits}, scheme={self.spline_spec.scheme!r}, "
+                f"granularity={self.spline_spec.granularity!r}{inputs}{table}")
+
+
+def _quantize_with(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None, layout: str) -> QuantizedTensor:
+    """QuantizedTensor of x with a calibrated scale, or with a given (e.g. learned) symmetric scale."""
+    if scale is None:
+        return QuantizedTensor.quantize(x, spec, layout)
+    scale = scale.detach().to(torch.promote_types(x.dtype, torch.float32))
+    codes = torch.round(x.to(scale.dtype) / scale).clamp_(spec.qmin, spec.qmax)
+    if spec.bits > 4:
+        data = codes.to(torch.int8)
+    else:
+        data = pack_bits(codes.to(torch.int32) - spec.qmin, spec.bits)
+    return QuantizedTensor(data, scale.clone(), None, x.shape, x.dtype, spec)
+
+
+def _calibration_input(calib) -> torch.Tensor:
+    if calib is None:
+        raise ValueError("quantize needs calibration data: pass calib= a tensor of model inputs [N, in_features] "
+                         "or a dataset dict with 'train_input'; got None")
+    if isinstance(calib, Mapping):
+        if "train_input" not in calib:
+            raise ValueError(f"a calibration dict needs the key 'train_input', got keys {sorted(calib)}")
+        calib = calib["train_input"]
+    if not isinstance(calib, torch.Tensor) or not calib.is_floating_point():
+        raise TypeError(f"calib must be a floating-point tensor of model inputs, got "
+                        f"{calib.dtype if isinstance(calib, torch.Tensor) else type(calib).__name__}")
+    if calib.numel() == 0:
+        raise ValueError(f"calibration data is empty: shape {tuple(calib.shape)}")
+    return calib
+
+
+def _layer_inputs(model: nn.Module, layers: list[BSplineKAN], calib: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each layer's input when the float model runs on calib, keyed by id(layer)."""
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_pre_hook(lambda module, args: seen.__setitem__(id(module), args[0].detach()))
+             for layer in layers]
+    try:
+        with torch.no_grad():
+            model(calib)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, calib=None, *,
+             base_bits: int | None = None, input_bits: int | None = 8, position_bits: int = 8,
+             scheme: str = "symmetric", granularity: str = "channel", calibration: str = "minmax",
+             percentile: float = 99.9) -> nn.Module:
+    """A quantized copy of ``model`` in eval mode: every `BSplineKAN` becomes a `QuantizedBSplineKAN`.
+
+    ``bits`` (2..8) for the spline weights, ``base_bits`` (default ``bits``) for the base weights, ``input_bits``
+    (None: float inputs) for each layer's input, ``table_bits`` (None: no table) and ``position_bits`` for the
+    lookup-table basis. ``scheme``, ``granularity`` ("tensor", "channel" or "edge"; base weights use
+    "channel" when it is "edge"), ``calibration`` and ``percentile`` as in `QuantSpec`. ``calib``: model
+    inputs [N, in_features] (or a dataset dict with ``train_input``), run through the float model to
+    calibrate each layer's input. Layers trained with QAT (`QATBSplineKAN`) keep their learned scales.
+    The original model is not changed.
+    """
+    spline_spec = QuantSpec(bits, scheme, granularity, calibration, percentile)
+    base_spec = QuantSpec(bits if base_bits is None else base_bits, scheme,
+                          "channel" if granularity == "edge" else granularity, calibration, percentile)
+    input_spec = None if input_bits is None else QuantSpec(input_bits, scheme, "tensor", calibration, percentile)
+    layers = [m for m in model.modules() if isinstance(m, BSplineKAN)]
+    if not layers:
+        raise ValueError(f"quantize found no kanlib BSplineKAN layers in {type(model).__name__}; "
+                         f"it quantizes models built from kanlib.layers.BSplineKAN (e.g. kanlib.KAN)")
+    calib = _calibration_input(calib)
+    inputs = _layer_inputs(model, layers, calib)
+    quantized = {id(layer): QuantizedBSplineKAN(
+        layer, spline_spec, base_spec, input_spec, inputs.get(id(layer)), table_bits, position_bits,
+        *_learned_scales(layer, spline_spec, base_spec)) for layer in layers}
+    memo = {id(layer): quantized[id(layer)] for layer in layers}
+    result = memo[id(model)] if id(model) in memo else copy.deepcopy(model, memo)
+    return result.eval()
+
+
+def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantSpec):
+    """(spline scale, base scale) learned by QAT when they fit these specs, else (None, None)."""
+    spline_quant, base_quant = getattr(layer, "spline_quant", None), getattr(layer, "base_quant", None)
+    if spline_quant is None or base_quant is None:
+        return None, None
+    if spline_quant.spec != spline_spec or base_quant.spec != base_spec or spline_spec.scheme != "symmetric":
+        raise ValueError(f"this layer was trained with QAT specs {spline_quant.spec} and {base_quant.spec}; "
+                         f"quantize it with the same bits, scheme and granularity, got {spline_spec} and {base_spec}")
+    return spline_quant.scale.detach(), base_quant.scale.detach()
