@@ -219,6 +219,6 @@ def test_integer_product_with_a_strided_single_column():
     from kanlib.quant.lut_linear import _int_matmul
 
     a = torch.randint(-128, 128, (3, 6), dtype=torch.int8)
-    column = torch.randint(-128, 128, (1, 2, 6), dtype=torch.int8)[:, :1].permute(2, 0, 1).reshape(6, 1)
-    assert column.stride() != (1, 1)
+    column = torch.randint(-128, 128, (3, 1, 2), dtype=torch.int8).permute(0, 2, 1).reshape(6, 1)
+    assert column.stride() == (1, 2) and column.is_contiguous()
     torch.testing.assert_close(_int_matmul(a, column).long(), a.long() @ column.long(), rtol=0, atol=0)
