@@ -15,11 +15,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from .quant.qat import QATConfig
 
 DATA_KEYS = ("train_input", "train_label", "test_input", "test_label")
 DEFAULT_LR = {"adam": 1e-2, "lbfgs": 1.0}
@@ -88,6 +92,7 @@ def fit(
     loss: LossFn | None = None,
     eval_every: int | None = None,
     progress: bool = True,
+    qat: QATConfig | None = None,
 ) -> History:
     """Train `model` in place on `data` and return its `History`.
 
@@ -112,6 +117,11 @@ def fit(
     eval_every: evaluate every this many steps (default ceil(steps / 50)), plus before the
         first step and after the last, on the full train and test sets.
     progress: show a tqdm bar with the latest train loss and test metric.
+    qat: a `kanlib.quant.QATConfig` trains quantization-aware: every BSplineKAN in the model
+        is swapped in place for a QATBSplineKAN (`prepare_qat`; layers already prepared are
+        kept), the input scales are calibrated on the training inputs (`calibrate_inputs`),
+        and the learned scales train with the weights. A bare BSplineKAN cannot be swapped
+        in place: pass `prepare_qat(layer, qat)` instead.
 
     Raises NonFiniteLossError (a FloatingPointError) when the training loss is inf/NaN.
     """
@@ -132,6 +142,8 @@ def fit(
     )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {seed!r}")
+    if qat is not None:
+        _check_qat(model, qat)
 
     if device is not None:
         model.to(device)
@@ -141,6 +153,11 @@ def fit(
     )
     if seed is not None:
         torch.manual_seed(seed)
+    if qat is not None:
+        from .quant.qat import calibrate_inputs, prepare_qat
+
+        prepare_qat(model, qat)
+        calibrate_inputs(model, train_input)
 
     is_classification = not train_label.is_floating_point()
     loss_fn = loss if loss is not None else (_cross_entropy if is_classification else _mse)
@@ -376,6 +393,21 @@ def _check_regularization_and_grid(
             raise TypeError(expected)
         if stop_grid_update_step < 0:
             raise ValueError(expected)
+
+
+def _check_qat(model: nn.Module, qat: object) -> None:
+    from .layers.bspline import BSplineKAN
+    from .quant.qat import QATBSplineKAN, QATConfig, no_bspline_error
+
+    if not isinstance(qat, QATConfig):
+        raise TypeError(f"qat must be a kanlib.quant.QATConfig or None, got {type(qat).__name__}")
+    if not any(isinstance(module, BSplineKAN) for module in model.modules()):
+        raise no_bspline_error(model, "fit(qat=...)")
+    if isinstance(model, BSplineKAN) and not isinstance(model, QATBSplineKAN):
+        raise ValueError(
+            "fit(qat=...) cannot swap a bare BSplineKAN in place; "
+            "train model = kanlib.quant.prepare_qat(model, qat) instead"
+        )
 
 
 def _check_data(data: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
