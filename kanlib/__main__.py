@@ -216,6 +216,52 @@ def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return 0
 
 
+def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "quant",
+        help="quantization: accuracy against bits, size, BitOps, lookup-table inference and QAT training time",
+        description="Train float KANs on a symbolic formula and on digits, quantize them over bits x granularity x "
+                    "calibration x table bits (and with QAT), time the lookup-table layer against the float layer "
+                    "and training steps against an MLP; print the tables and targets and write "
+                    "data/results/quant-*.json.",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                        help="auto: cuda if available, else cpu (default: auto)")
+    parser.add_argument("--quick", action="store_true", help="fewer settings, smaller layer, shorter training")
+    parser.add_argument("--repeat", type=_int_at_least(1), default=20, help="timed runs per candidate (default: 20)")
+    parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="data and parameters (default: 0)")
+    parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.set_defaults(handler=_bench_quant)
+
+
+def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .benchmarks import quant
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    rows = quant.run_quant_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,
+                                     warmup=args.warmup)
+    print(f"quantization benchmark on {device}{' (quick)' if args.quick else ''}")
+    for kind in ("accuracy", "inference", "training"):
+        chosen = [row for row in rows if row["kind"] == kind]
+        print(format_table(chosen, [c for c in quant.TABLE_COLUMNS if any(c in row for row in chosen)]))
+    print("targets:")
+    for target in quant.target_report(rows):
+        value = "missing" if target["value"] is None else f"{target['value']:.3g}"
+        met = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
+        print(f"  {target['target']}: {value} (goal {target['goal']}){met}")
+    if not args.no_write:
+        params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
+                  **{k: list(v) if isinstance(v, tuple) else v
+                     for k, v in (quant.QUICK if args.quick else quant.DEFAULTS).items()}}
+        print(f"wrote {write_results('quant', params, rows, device, out_dir=args.out_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kanlib", description="Fast, exact KAN layers: benchmarks and tools.")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
@@ -224,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="benchmark", required=True)
     _add_bench_layer(benchmarks)
     _add_bench_kernel(benchmarks)
+    _add_bench_quant(benchmarks)
     _add_book_commands(commands)
     return parser
 

@@ -278,4 +278,6 @@ def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantS
     if spline_quant.spec != spline_spec or base_quant.spec != base_spec or spline_spec.scheme != "symmetric":
         raise ValueError(f"this layer was trained with QAT specs {spline_quant.spec} and {base_quant.spec}; "
                          f"quantize it with the same bits, scheme and granularity, got {spline_spec} and {base_spec}")
-    return spline_quant.scale.detach(), base_quant.scale.detach()
+    # the fake quantizer clamps its scale to the smallest positive float in forward; so does the model here
+    tiny = torch.finfo(spline_quant.scale.dtype).tiny
+    return spline_quant.scale.detach().clamp_min(tiny), base_quant.scale.detach().clamp_min(tiny)
