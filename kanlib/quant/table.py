@@ -110,6 +110,7 @@ class BasisTable:
         n_in, n_knots = grid.shape
         if x.shape[-1] != n_in:
             raise ValueError(f"input must have shape (..., {n_in}), got {tuple(x.shape)}")
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # half-precision positions would be too coarse
         span = find_span(x, grid, self.uniform, self.spline_order)
         row_offset = torch.arange(n_in, device=x.device) * n_knots
         left = grid.flatten()[span + row_offset]
