@@ -335,14 +335,15 @@ def plot_ratios(frame: pd.DataFrame, x: str | None = None, hue: str | None = Non
     frame, caption = fix_other_parameters(frame, x, hue)
     title = _with_caption(title, caption)
     keep = [column for column in ("device", x, hue) if column is not None]
-    long = frame.melt(id_vars=keep, value_vars=ratios, var_name="ratio", value_name="value").dropna(subset=["value", x])
-    long = long[long["value"] > 0]
+    value = "ratio_value"  # not a column name a benchmark uses, so the melt cannot clash with one
+    long = frame.melt(id_vars=keep, value_vars=ratios, var_name="ratio", value_name=value).dropna(subset=[value, x])
+    long = long[long[value] > 0]
     if long.empty:
         return None
     devices = list(dict.fromkeys(long["device"]))
     grid = sns.FacetGrid(long, col="ratio", row="device" if len(devices) > 1 else None, hue=hue,
                          sharey=False, height=3.0, aspect=1.3, margin_titles=True)
-    grid.map_dataframe(sns.lineplot, x=x, y="value", marker="o", estimator=None)
+    grid.map_dataframe(sns.lineplot, x=x, y=value, marker="o", estimator=None)
     for ax in grid.axes.flat:
         ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1)
     return _finish_log_grid(grid, long[x], x, "ratio", hue, title)

@@ -151,6 +151,14 @@ def test_plots_return_a_figure_where_the_rows_allow_one(runs):
     plt.close("all")
 
 
+def test_ratio_plot_with_a_column_named_value():
+    frame = pd.DataFrame({"device": ["cpu"] * 3, "run": ["r1"] * 3, "bits": [2, 4, 8], "value": [0.5, 0.2, 0.1],
+                          "size_ratio": [16.0, 8.0, 4.0]})
+    grid = R.plot_ratios(frame, x="bits")
+    assert grid is not None and grid.axes.shape == (1, 1)
+    plt.close("all")
+
+
 def test_layer_headline_figures(runs):
     headline = R.layer_headline(runs[1])
     assert headline["grid_small"] == 5 and headline["grid_large"] == 50
