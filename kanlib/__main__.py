@@ -31,15 +31,21 @@ def _int_at_least(minimum: int):
     return parse
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options every benchmark shares: spline order, repetitions, seed, where results go, pykan."""
-    parser.add_argument("--order", type=_int_at_least(1), default=3, help="spline order k (default: 3)")
-    parser.add_argument("--repeat", type=_int_at_least(1), default=20,
-                        help="timed runs per candidate; pykan max(3, repeat // 10) (default: 20)")
+def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "timed runs per candidate") -> None:
+    """The options of every benchmark: device, repetitions, seed, where results go."""
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                        help="auto: cuda if available, else cpu (default: auto)")
+    parser.add_argument("--repeat", type=_int_at_least(1), default=20, help=f"{repeat_help} (default: 20)")
     parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
     parser.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
     parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
-    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options the layer and kernel benchmarks share besides the common ones: spline order, pykan."""
+    _add_common_options(parser, "timed runs per candidate; pykan max(3, repeat // 10)")
+    parser.add_argument("--order", type=_int_at_least(1), default=3, help="spline order k (default: 3)")
     parser.add_argument("--skip-pykan", action="store_true", help="leave out pykan (slow, memory hungry)")
 
 
@@ -50,8 +56,6 @@ def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
         description="Time forward and forward+backward of one layer (I = O = width) for each grid size: "
                     f"{', '.join(CANDIDATES)}; print a table and write data/results/layer-*.json.",
     )
-    layer.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                       help="auto: cuda if available, else cpu (default: auto)")
     layer.add_argument("--batch", type=_int_at_least(1), default=1024, help="batch size B (default: 1024)")
     layer.add_argument("--width", type=_int_at_least(1), default=256,
                        help="in and out features I = O (default: 256)")
@@ -174,8 +178,6 @@ def _add_bench_kernel(benchmarks: argparse._SubParsersAction) -> None:
                     "a table and the targets, and write data/results/kernel-*.json. The Triton candidates need "
                     "CUDA: on the CPU they are reported missing (or run under TRITON_INTERPRET=1, for checks).",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                        help="auto: cuda if available, else cpu (default: auto)")
     sizes = (("batches", "B", "batch size(s)"), ("widths", "W", "in and out features I = O"),
              ("grids", "G", "grid size(s)"))
     for dest, metavar, text in sizes:
@@ -225,14 +227,8 @@ def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
                     "and training steps against an MLP; print the tables and targets and write "
                     "data/results/quant-*.json.",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                        help="auto: cuda if available, else cpu (default: auto)")
     parser.add_argument("--quick", action="store_true", help="fewer settings, smaller layer, shorter training")
-    parser.add_argument("--repeat", type=_int_at_least(1), default=20, help="timed runs per candidate (default: 20)")
-    parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="data and parameters (default: 0)")
-    parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
-    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    _add_common_options(parser)
     parser.set_defaults(handler=_bench_quant)
 
 

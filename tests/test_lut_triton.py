@@ -14,15 +14,14 @@ k in {1, 3}, table_bits in {3, 8}, position_bits in {0, 4, 8}, uniform and per-i
 case, not in every combination: the interpreter is slow. Orders 2, 4 and 5 (two packed code words) and the
 half types get cases of their own.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
+
+from gpu_compile import assert_compiles  # noqa: E402
 
 from kanlib.basis import extend_grid, is_uniform
 from kanlib.kernels import lut_linear_triton as kernels
@@ -278,7 +277,9 @@ def test_unsupported_spline_orders_are_refused(spline_order):
 
 
 def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
-    monkeypatch.setattr(kernels, "INTERPRET", False)
+    from kanlib.kernels import spline_linear_triton
+
+    monkeypatch.setattr(spline_linear_triton, "INTERPRET", False)  # the device check shared by both kernels
     x, table, weights = inputs_for_errors()
     with pytest.raises(ValueError, match="needs CUDA tensors, got tensors on cpu"):
         lut_linear(x, table, weights, 0.1, method="triton")
@@ -313,9 +314,4 @@ COMPILE_FOR_H100 = textwrap.dedent("""
 
 
 def test_kernel_compiles_for_an_h100():
-    """The interpreter accepts code that the GPU compiler rejects: compile for sm_90 ahead of time (no GPU needed)."""
-    pytest.importorskip("triton.backends.nvidia")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], capture_output=True, text=True, env=env,
-                            timeout=600)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+    assert_compiles(COMPILE_FOR_H100)

@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .spline_linear_triton import ACTIVATION_IDS, DTYPES, INTERPRET, SPLINE_ORDERS, _activation
+from .spline_linear_triton import ACTIVATION_IDS, DTYPES, INTERPRET, SPLINE_ORDERS, _activation, check_devices
 
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS", "INTERPRET",
            "TABLE_SHIFT"]
@@ -270,12 +270,7 @@ def check_inputs(x, table, weights, act_scale, activation: str, act_bits) -> Non
     devices = {"x": x.device, "table": table.codes.device}
     devices.update({name: getattr(weights, name).device for name in ("spline_codes", "spline_scale", "base_codes",
                                                                       "base_scale", "spline_column_sums")})
-    if len(set(devices.values())) > 1:
-        raise ValueError("x, the table and the weights must be on one device, got "
-                         + ", ".join(f"{name} on {device}" for name, device in devices.items()))
-    if x.device.type == "cpu" and not INTERPRET:
-        raise ValueError("the triton LUT kernel needs CUDA tensors, got tensors on cpu (the CPU runs only under "
-                         "the Triton interpreter, for tests: TRITON_INTERPRET=1 set before triton is imported)")
+    check_devices("the triton LUT kernel", devices)
     if x.dtype not in DTYPES:
         raise TypeError(f"the triton LUT kernel supports x of dtype {[str(d) for d in DTYPES]}, got {x.dtype}")
     for name in ("spline_codes", "base_codes"):

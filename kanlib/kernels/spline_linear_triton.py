@@ -493,6 +493,17 @@ class SplineLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
+def check_devices(what: str, devices: dict[str, torch.device]) -> None:
+    """Raise unless the named tensors share one device, a CUDA one (or any under the Triton interpreter)."""
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"{what} needs its tensors on one device, got "
+                         + ", ".join(f"{name} on {device}" for name, device in devices.items()))
+    device = next(iter(devices.values()))
+    if device.type == "cpu" and not INTERPRET:
+        raise ValueError(f"{what} needs CUDA tensors, got tensors on cpu (the CPU runs only under the Triton "
+                         f"interpreter, for tests: TRITON_INTERPRET=1 set before triton is imported)")
+
+
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
                  activation: str) -> None:
     """Raise with what was expected and what came unless the Triton kernels can run these inputs."""
@@ -501,13 +512,7 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spli
                          f"got {spline_order!r}")
     if activation not in ACTIVATION_IDS:
         raise ValueError(f"the triton backend supports base activations {sorted(ACTIVATION_IDS)}, got {activation!r}")
-    devices = {"x": x.device, "weight": weight.device, "grid": grid.device}
-    if len(set(devices.values())) > 1:
-        raise ValueError("x, weight and grid must be on one device, got "
-                         + ", ".join(f"{name} on {device}" for name, device in devices.items()))
-    if x.device.type == "cpu" and not INTERPRET:
-        raise ValueError("the triton backend needs CUDA tensors, got tensors on cpu (the CPU runs only under the "
-                         "Triton interpreter, for tests: TRITON_INTERPRET=1 set before triton is imported)")
+    check_devices("the triton backend", {"x": x.device, "weight": weight.device, "grid": grid.device})
     if x.dtype not in DTYPES:
         raise TypeError(f"the triton backend supports x and weight of dtype {[str(d) for d in DTYPES]}, "
                         f"got {x.dtype}")
