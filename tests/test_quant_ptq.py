@@ -222,3 +222,28 @@ def test_integer_product_with_a_strided_single_column():
     column = torch.randint(-128, 128, (3, 1, 2), dtype=torch.int8).permute(0, 2, 1).reshape(6, 1)
     assert column.stride() == (1, 2) and column.is_contiguous()
     torch.testing.assert_close(_int_matmul(a, column).long(), a.long() @ column.long(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("table_bits", [None, 8, 3])
+def test_triton_backend_matches_the_torch_backend(table_bits, monkeypatch):
+    """Under the Triton interpreter on the CPU; on CUDA the same kernels run compiled."""
+    pytest.importorskip("triton")
+    from kanlib.kernels import spline_linear_triton
+    layer = _layer(7, 5, grid_size=5)
+    x = _inputs(33, 7)
+    x[4, 2] = float("nan")
+    quantized = {backend: quantize(layer, bits=8, table_bits=table_bits, calib=x, backend=backend)
+                 for backend in ("torch", "triton")}
+    with torch.no_grad():
+        got, expected = quantized["triton"](x), quantized["torch"](x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert torch.isnan(got[4]).all()
+    if x.device.type == "cpu":  # the triton layer really goes through a Triton kernel
+        monkeypatch.setattr(spline_linear_triton, "INTERPRET", False)
+        with pytest.raises(ValueError, match="needs CUDA tensors"):
+            quantized["triton"](x)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        quantize(_layer(3, 2), bits=8, calib=_inputs(10, 3), backend="cuda")

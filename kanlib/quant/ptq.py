@@ -22,8 +22,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..layers.bspline import BSplineKAN, assemble_weight_matrix
-from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear
+from ..layers.bspline import BACKENDS, BSplineKAN, assemble_weight_matrix
+from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear, torch_method
 from .lut_linear import IntegerWeights, lut_linear
 from .table import BasisTable
 from .tensor import QuantizedTensor, QuantSpec, calibrate, pack_bits
@@ -50,8 +50,12 @@ class QuantizedBSplineKAN(nn.Module):
     def __init__(self, layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantSpec,
                  input_spec: QuantSpec | None = None, samples: torch.Tensor | None = None,
                  table_bits: int | None = None, position_bits: int = 8,
-                 spline_scale: torch.Tensor | None = None, base_scale: torch.Tensor | None = None):
+                 spline_scale: torch.Tensor | None = None, base_scale: torch.Tensor | None = None,
+                 backend: str = "auto"):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         if not isinstance(layer, BSplineKAN):
             raise TypeError(f"expected a kanlib BSplineKAN layer, got {type(layer).__name__}")
         needs_samples = input_spec is not None or table_bits is not None
@@ -166,7 +170,9 @@ class QuantizedBSplineKAN(nn.Module):
         if self.input_spec is not None:
             flat = torch.where(torch.isnan(flat), flat, self._quantize_input(flat))
         if self.table is None:
-            out = spline_linear(flat, self._weight, self.grid, self.spline_order, self.uniform, self.base_activation)
+            method = self.backend if self.backend != "torch" else torch_method(flat, self._weight, self.spline_order)
+            out = spline_linear(flat, self._weight, self.grid, self.spline_order, self.uniform, self.base_activation,
+                                method)
         else:
             out = self._table_forward(flat)
             out = torch.where(torch.isnan(flat).any(-1, keepdim=True), float("nan"), out)
@@ -176,8 +182,10 @@ class QuantizedBSplineKAN(nn.Module):
 
     def _table_forward(self, flat: torch.Tensor) -> torch.Tensor:
         if self.integer:
+            on_cpu = flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64)
+            method = self.backend if self.backend != "torch" else "cpu" if on_cpu else "torch"
             return lut_linear(flat, self.table, self._integer_weights, float(self.act_scale), self.base_activation,
-                              ACTIVATION_BITS).to(self.dtype)
+                              ACTIVATION_BITS, method).to(self.dtype)
         local = self.table.local_basis(flat)
         n_slots = self._weight.shape[0] // self.in_features
         expanded = expanded_input(flat, local, self.base_activation, n_slots)
@@ -241,7 +249,7 @@ def _layer_inputs(model: nn.Module, layers: list[BSplineKAN], calib: torch.Tenso
 def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, calib=None, *,
              base_bits: int | None = None, input_bits: int | None = 8, position_bits: int = 8,
              scheme: str = "symmetric", granularity: str = "channel", calibration: str = "minmax",
-             percentile: float = 99.9) -> nn.Module:
+             percentile: float = 99.9, backend: str = "auto") -> nn.Module:
     """A quantized copy of ``model`` in eval mode: every `BSplineKAN` becomes a `QuantizedBSplineKAN`.
 
     ``bits`` (2..8) for the spline weights, ``base_bits`` (default ``bits``) for the base weights, ``input_bits``
@@ -250,6 +258,8 @@ def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, cal
     "channel" when it is "edge"), ``calibration`` and ``percentile`` as in `QuantSpec`. ``calib``: model
     inputs [N, in_features] (or a dataset dict with ``train_input``), run through the float model to
     calibrate each layer's input. Layers trained with QAT (`QATBSplineKAN`) keep their learned scales.
+    ``backend``: where the layers run, as `BSplineKAN`'s: ``"auto"`` (Triton on CUDA, the CPU kernels on the
+    CPU), ``"torch"`` or ``"triton"`` (on the CPU only under the Triton interpreter, for tests).
     The original model is not changed.
     """
     spline_spec = QuantSpec(bits, scheme, granularity, calibration, percentile)
@@ -264,7 +274,7 @@ def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, cal
     inputs = _layer_inputs(model, layers, calib)
     quantized = {id(layer): QuantizedBSplineKAN(
         layer, spline_spec, base_spec, input_spec, inputs.get(id(layer)), table_bits, position_bits,
-        *_learned_scales(layer, spline_spec, base_spec)) for layer in layers}
+        *_learned_scales(layer, spline_spec, base_spec), backend=backend) for layer in layers}
     memo = {id(layer): quantized[id(layer)] for layer in layers}
     result = memo[id(model)] if id(model) in memo else copy.deepcopy(model, memo)
     return result.eval()
