@@ -61,12 +61,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(device: str | torch.device = "auto", *, seed: int = 0, quick: bool = True,
+def set_cpu_threads(count: int) -> None:
+    """Use ``count`` CPU threads in both torch and the numba kernels (their pools are separate; together at
+    their defaults they can oversubscribe a small machine)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"threads: expected an int >= 1 or None, got {count!r}")
+    import numba
+
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(count)  # after numba's: setting numba's count resets torch's OpenMP count
+
+
+def setup(device: str | torch.device = "auto", *, seed: int = 0, quick: bool = True, threads: int | None = None,
           show: bool = True) -> NotebookEnvironment:
-    """Resolve `device` ('auto', 'cpu', 'cuda'), seed everything, set the seaborn theme, print the environment."""
+    """Resolve `device` ('auto', 'cpu', 'cuda'), seed everything, set the seaborn theme, print the environment.
+
+    ``threads``: CPU threads for torch and the numba kernels (:func:`set_cpu_threads`); None keeps the defaults.
+    """
     if not isinstance(quick, bool):
         raise TypeError(f"quick: expected a bool, got {type(quick).__name__} {quick!r}")
     resolved = resolve_device(device)
+    if threads is not None:
+        set_cpu_threads(threads)
     seed_everything(seed)
     _set_figure_style()
     env = NotebookEnvironment(resolved, quick, seed, device_info(resolved), git_commit())
