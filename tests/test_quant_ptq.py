@@ -247,3 +247,23 @@ def test_triton_backend_matches_the_torch_backend(table_bits, monkeypatch):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         quantize(_layer(3, 2), bits=8, calib=_inputs(10, 3), backend="cuda")
+
+
+def test_quantize_keeps_the_scales_learned_by_qat():
+    from kanlib import QATConfig, fit, symbolic_dataset
+
+    data = symbolic_dataset("exp_sin_sq", n_train=200, n_test=100, seed=0)
+    model = KAN([2, 3, 1], grid_size=4, seed=0)
+    fit(model, data, steps=5, opt="adam", progress=False, seed=0, qat=QATConfig(bits=4, input_bits=8))
+    first = model.layers[0]
+    q = quantize(model, bits=4, input_bits=8, calib=data["train_input"])
+    layer = q.layers[0]
+    tiny = torch.finfo(torch.float32).tiny  # a step trained to <= 0 acts as the smallest positive one, in both
+    torch.testing.assert_close(layer.spline_weight.scale, first.spline_quant.scale.detach().clamp_min(tiny))
+    torch.testing.assert_close(layer.base_weight.scale, first.base_quant.scale.detach().clamp_min(tiny))
+    torch.testing.assert_close(layer.input_scale, first.input_quant.scale.detach().clamp_min(tiny).reshape(()))
+    # the quantized model computes what the QAT model computed in training
+    with torch.no_grad():
+        torch.testing.assert_close(q(data["test_input"]), model(data["test_input"]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="trained with QAT specs"):
+        quantize(model, bits=8, calib=data["train_input"])

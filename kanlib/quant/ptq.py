@@ -51,7 +51,7 @@ class QuantizedBSplineKAN(nn.Module):
                  input_spec: QuantSpec | None = None, samples: torch.Tensor | None = None,
                  table_bits: int | None = None, position_bits: int = 8,
                  spline_scale: torch.Tensor | None = None, base_scale: torch.Tensor | None = None,
-                 backend: str = "auto"):
+                 input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "auto"):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -84,9 +84,9 @@ class QuantizedBSplineKAN(nn.Module):
             samples = samples.detach().reshape(-1, self.in_features).to(self.dtype)
             samples = samples[torch.isfinite(samples).all(-1)]
         if input_spec is not None:
-            scale, zero_point = calibrate(samples, input_spec)
-            self.register_buffer("input_scale", scale.reshape(()))
-            self.register_buffer("input_zero_point", zero_point.reshape(()))
+            scale, zero_point = input_qparams if input_qparams is not None else calibrate(samples, input_spec)
+            self.register_buffer("input_scale", scale.reshape(()).clone())
+            self.register_buffer("input_zero_point", zero_point.reshape(()).clone())
             samples = self._quantize_input(samples)
         self.table = None
         if table_bits is not None:
@@ -274,20 +274,28 @@ def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, cal
     inputs = _layer_inputs(model, layers, calib)
     quantized = {id(layer): QuantizedBSplineKAN(
         layer, spline_spec, base_spec, input_spec, inputs.get(id(layer)), table_bits, position_bits,
-        *_learned_scales(layer, spline_spec, base_spec), backend=backend) for layer in layers}
+        *_learned_scales(layer, spline_spec, base_spec, input_spec), backend=backend) for layer in layers}
     memo = {id(layer): quantized[id(layer)] for layer in layers}
     result = memo[id(model)] if id(model) in memo else copy.deepcopy(model, memo)
     return result.eval()
 
 
-def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantSpec):
-    """(spline scale, base scale) learned by QAT when they fit these specs, else (None, None)."""
+def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantSpec, input_spec: QuantSpec | None):
+    """(spline scale, base scale, input (scale, zero point)) learned by QAT where the layer has them; None
+    for each it does not. Specs that differ from QAT's raise: the learned scales belong to those."""
     spline_quant, base_quant = getattr(layer, "spline_quant", None), getattr(layer, "base_quant", None)
     if spline_quant is None or base_quant is None:
-        return None, None
-    if spline_quant.spec != spline_spec or base_quant.spec != base_spec or spline_spec.scheme != "symmetric":
-        raise ValueError(f"this layer was trained with QAT specs {spline_quant.spec} and {base_quant.spec}; "
-                         f"quantize it with the same bits, scheme and granularity, got {spline_spec} and {base_spec}")
+        return None, None, None
+    input_quant = getattr(layer, "input_quant", None)
+    trained = [(spline_quant.spec, spline_spec), (base_quant.spec, base_spec)]
+    if input_quant is not None and input_spec is not None:
+        trained.append((input_quant.spec, input_spec))
+    if any(learned != asked for learned, asked in trained) or spline_spec.scheme != "symmetric":
+        raise ValueError(f"this layer was trained with QAT specs {[learned for learned, _ in trained]}; quantize "
+                         f"it with the same bits, scheme and granularity, got {[asked for _, asked in trained]}")
     # the fake quantizer clamps its scale to the smallest positive float in forward; so does the model here
     tiny = torch.finfo(spline_quant.scale.dtype).tiny
-    return spline_quant.scale.detach().clamp_min(tiny), base_quant.scale.detach().clamp_min(tiny)
+    inputs = None
+    if input_quant is not None and input_spec is not None:
+        inputs = (input_quant.scale.detach().clamp_min(tiny), input_quant.zero_point.detach())
+    return spline_quant.scale.detach().clamp_min(tiny), base_quant.scale.detach().clamp_min(tiny), inputs
