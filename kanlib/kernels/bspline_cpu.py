@@ -170,12 +170,11 @@ def expand(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation
         if fast:
             _uniform_row(x[n], grid, inv_steps, spans, coords)
             _polynomials(coords, matrix, 0, window)
+        out[n, :] = 0.0  # one contiguous fill, then only the nonzero slots are written
         for i in range(n_in):
             value = x[n, i]
             offset = i * n_slots
             out[n, offset] = _activation(value, activation)
-            for s in range(1, n_slots):
-                out[n, offset + s] = 0.0
             if fast:
                 span = spans[i]
                 if span < 0:
