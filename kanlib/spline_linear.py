@@ -23,6 +23,8 @@ non-CPU tensors and, on the CPU, ``"sparse"`` when an input's slots are mostly z
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -117,18 +119,34 @@ class _Eager(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
+# id(grid) -> (weak reference to the grid, its version and the spline order, numpy constants derived from it)
+_GRID_CONSTANTS: dict[int, tuple] = {}
+
+
+def _grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
+    """(grid, padded grid, inv_steps, basis matrix) as numpy arrays, rebuilt only when the grid changes."""
+    key = id(grid)
+    cached = _GRID_CONSTANTS.get(key)
+    if cached is not None and cached[0]() is grid and cached[1] == (grid._version, spline_order):
+        return cached[2]
+    inv_steps = (grid.shape[1] - 1) / (grid[:, -1] - grid[:, 0]).double()
+    constants = (grid.numpy(), extend_grid(grid, spline_order).numpy(), inv_steps.numpy(),
+                 uniform_basis_matrix(spline_order).numpy())
+    reference = weakref.ref(grid, lambda _: _GRID_CONSTANTS.pop(key, None))
+    _GRID_CONSTANTS[key] = (reference, (grid._version, spline_order), constants)
+    return constants
+
+
 class _CpuKernelArgs:
-    """The numpy views and constants every CPU kernel takes, built once per call."""
+    """The numpy views and constants every CPU kernel takes; the grid's are cached while it is unchanged."""
 
     def __init__(self, x, grid, spline_order, uniform, activation):
         from .kernels import bspline_cpu
 
         self.kernels = bspline_cpu
-        n_knots = grid.shape[1]
-        inv_steps = (n_knots - 1) / (grid[:, -1] - grid[:, 0]).double()
-        self.prefix = (x.detach().numpy(), grid.numpy(), extend_grid(grid, spline_order).numpy(),
-                       inv_steps.numpy(), bool(uniform), int(spline_order),
-                       uniform_basis_matrix(spline_order).numpy(), bspline_cpu.ACTIVATION_IDS[activation])
+        grid_np, padded, inv_steps, matrix = _grid_constants(grid, int(spline_order))
+        self.prefix = (x.detach().numpy(), grid_np, padded, inv_steps, bool(uniform), int(spline_order), matrix,
+                       bspline_cpu.ACTIVATION_IDS[activation])
 
 
 class _Fused(torch.autograd.Function):
