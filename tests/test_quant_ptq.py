@@ -258,10 +258,10 @@ def test_quantize_keeps_the_scales_learned_by_qat():
     first = model.layers[0]
     q = quantize(model, bits=4, input_bits=8, calib=data["train_input"])
     layer = q.layers[0]
-    tiny = torch.finfo(torch.float32).tiny  # a step trained to <= 0 acts as the smallest positive one, in both
-    torch.testing.assert_close(layer.spline_weight.scale, first.spline_quant.scale.detach().clamp_min(tiny))
-    torch.testing.assert_close(layer.base_weight.scale, first.base_quant.scale.detach().clamp_min(tiny))
-    torch.testing.assert_close(layer.input_scale, first.input_quant.scale.detach().clamp_min(tiny).reshape(()))
+    # a step trained below zero acts as its absolute value, in QAT and in the quantized model
+    torch.testing.assert_close(layer.spline_weight.scale, first.spline_quant.scale.detach().abs())
+    torch.testing.assert_close(layer.base_weight.scale, first.base_quant.scale.detach().abs())
+    torch.testing.assert_close(layer.input_scale, first.input_quant.scale.detach().abs().reshape(()))
     # the quantized model computes what the QAT model computed in training
     with torch.no_grad():
         torch.testing.assert_close(q(data["test_input"]), model(data["test_input"]), rtol=1e-4, atol=1e-5)

@@ -145,12 +145,28 @@ def test_fixed_scales_are_buffers_without_gradient():
     assert {name for name, _ in layer.named_parameters()} == {"coef", "scale_base", "scale_sp"}
 
 
-def test_non_positive_scale_stays_finite_and_gets_a_gradient():
+def test_negative_scale_acts_as_its_absolute_value():
     x = torch.randn(20, generator=_generator("neg"))
+    outputs, grads = {}, {}
+    for value in (0.1, -0.1):
+        fq = FakeQuantize(QuantSpec(4))
+        fq.initialize(x)
+        with torch.no_grad():
+            fq.scale.fill_(value)
+        y = fq(x)
+        (y - x).pow(2).sum().backward()
+        outputs[value], grads[value] = y.detach(), fq.scale.grad.clone()
+    torch.testing.assert_close(outputs[-0.1], outputs[0.1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[-0.1], -grads[0.1])  # d f(|s|) / ds = sign(s) f'(|s|)
+    assert grads[0.1] != 0
+
+
+def test_zero_scale_stays_finite_and_gets_a_gradient():
+    x = torch.randn(20, generator=_generator("zero"))
     fq = FakeQuantize(QuantSpec(4))
     fq.initialize(x)
     with torch.no_grad():
-        fq.scale.fill_(-0.1)
+        fq.scale.zero_()
     y = fq(x)
     assert torch.isfinite(y).all() and y.abs().max() < 1e-30
     (y - x).pow(2).sum().backward()

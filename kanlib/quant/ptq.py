@@ -293,9 +293,9 @@ def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantS
     if any(learned != asked for learned, asked in trained) or spline_spec.scheme != "symmetric":
         raise ValueError(f"this layer was trained with QAT specs {[learned for learned, _ in trained]}; quantize "
                          f"it with the same bits, scheme and granularity, got {[asked for _, asked in trained]}")
-    # the fake quantizer clamps its scale to the smallest positive float in forward; so does the model here
-    tiny = torch.finfo(spline_quant.scale.dtype).tiny
+    from .qat import effective_scale  # the step each learned scale stood for in training
+
     inputs = None
     if input_quant is not None and input_spec is not None:
-        inputs = (input_quant.scale.detach().clamp_min(tiny), input_quant.zero_point.detach())
-    return spline_quant.scale.detach().clamp_min(tiny), base_quant.scale.detach().clamp_min(tiny), inputs
+        inputs = (effective_scale(input_quant.scale.detach()), input_quant.zero_point.detach())
+    return effective_scale(spline_quant.scale.detach()), effective_scale(base_quant.scale.detach()), inputs

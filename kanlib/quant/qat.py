@@ -11,8 +11,9 @@ alone), else clamped to ``q = qmin`` or ``qmax``:
 - ``d x_hat / d z`` (affine only, as LSQ+; ``z`` is in code units): 0 inside, ``-s`` clamped;
 
 the last two summed over the elements sharing a scale and multiplied by LSQ's ``g = 1 / sqrt(n * qmax)``,
-``n`` being how many elements share it. A scale trained down to 0 or below acts as the smallest positive float
-in the forward pass, its gradient passing straight through.
+``n`` being how many elements share it. A scale that training pushes below zero acts as its absolute value
+(a step of 0 as the smallest positive float), its gradient taken through the absolute value, so a step that
+overshoots zero, as an optimizer's first steps can, is not lost.
 
 :func:`prepare_qat` swaps every :class:`~kanlib.layers.bspline.BSplineKAN` of a model for a
 :class:`QATBSplineKAN`, which fake-quantizes its input, base weights and spline weights;
@@ -29,7 +30,7 @@ from torch import nn
 from ..layers.bspline import BSplineKAN, assemble_weight_matrix
 from .tensor import AXIS_LAYOUTS, QuantSpec, calibrate
 
-__all__ = ["QATConfig", "FakeQuantize", "QATBSplineKAN", "prepare_qat", "calibrate_inputs"]
+__all__ = ["QATConfig", "FakeQuantize", "QATBSplineKAN", "prepare_qat", "calibrate_inputs", "effective_scale"]
 
 
 @dataclass(frozen=True)
@@ -72,20 +73,25 @@ class QATConfig:
         return None if self.input_bits is None else QuantSpec(self.input_bits, self.scheme, "tensor")
 
 
+def effective_scale(scale: torch.Tensor) -> torch.Tensor:
+    """The step a learned scale stands for: its absolute value, at least the smallest positive float."""
+    return scale.abs().clamp_min(torch.finfo(scale.dtype).tiny)
+
+
 class _LSQFunction(torch.autograd.Function):
     """x_hat = (clamp(round(x / s + z), qmin, qmax) - z) * s, with STE and LSQ gradients scaled by g."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax, g):
-        s = scale.clamp_min(torch.finfo(scale.dtype).tiny)
+        s = effective_scale(scale)
         q = torch.round(x / s + zero_point).clamp_(qmin, qmax)
-        ctx.save_for_backward(x, s, zero_point)
+        ctx.save_for_backward(x, s, zero_point, torch.where(scale < 0, -1.0, 1.0).to(s.dtype))
         ctx.bounds, ctx.g = (qmin, qmax), g
         return (q - zero_point) * s
 
     @staticmethod
     def backward(ctx, grad):
-        x, s, zero_point = ctx.saved_tensors
+        x, s, zero_point, sign = ctx.saved_tensors
         qmin, qmax = ctx.bounds
         v = x / s
         u = v + zero_point
@@ -97,7 +103,7 @@ class _LSQFunction(torch.autograd.Function):
             grad_x = grad * inside
         if ctx.needs_input_grad[1]:
             # inside: round(u) - u; clamped: q - z
-            grad_s = (grad * (q - zero_point - torch.where(inside, v, 0.0)) * ctx.g).sum_to_size(s.shape)
+            grad_s = (grad * (q - zero_point - torch.where(inside, v, 0.0)) * ctx.g).sum_to_size(s.shape) * sign
         if ctx.needs_input_grad[2]:
             grad_z = (grad * torch.where(inside, 0.0, -s) * ctx.g).sum_to_size(zero_point.shape)
         return grad_x, grad_s, grad_z, None, None, None
