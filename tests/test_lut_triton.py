@@ -80,12 +80,9 @@ def make_layer(n_in, n_out, grid_size, k, uniform, seed):
 
 
 def integer_weights(layer, device=DEVICE):
-    sq = QuantizedTensor.quantize(layer.spline_weight().detach(), QuantSpec(8, granularity="channel"))
-    bq = QuantizedTensor.quantize(layer.base_weight().detach(), QuantSpec(8, granularity="channel"))
-    n_out = layer.out_features
-    weights = IntegerWeights(sq.codes().permute(0, 2, 1).reshape(-1, n_out).to(torch.int8).contiguous(),
-                             sq.scale.view(-1).float(), bq.codes().to(torch.int8), bq.scale.view(-1).float())
-    return weights.to(device)
+    spec = QuantSpec(8, granularity="channel")
+    return IntegerWeights.from_quantized(QuantizedTensor.quantize(layer.spline_weight().detach().to(device), spec),
+                                         QuantizedTensor.quantize(layer.base_weight().detach().to(device), spec))
 
 
 def random_inputs(n, grid, gen):

@@ -19,6 +19,7 @@ import torch
 from ..basis import _align, _window_start
 from ..spline_linear import BASE_ACTIVATIONS
 from .table import BasisTable
+from .tensor import QuantizedTensor
 
 __all__ = ["IntegerWeights", "LUT_METHODS", "lut_linear", "quantize_activation", "expand_codes"]
 
@@ -42,9 +43,14 @@ class IntegerWeights:
     def __post_init__(self):
         self.spline_column_sums = self.spline_codes.sum(0, dtype=torch.int32)
 
-    def to(self, device) -> "IntegerWeights":
-        return IntegerWeights(*(t.to(device) for t in (self.spline_codes, self.spline_scale, self.base_codes,
-                                                        self.base_scale)))
+    @classmethod
+    def from_quantized(cls, spline: QuantizedTensor, base: QuantizedTensor) -> "IntegerWeights":
+        """From symmetric 5..8-bit or packed codes with one scale per tensor or per output channel:
+        spline weights [I, O, G+k] and base weights [I, O]."""
+        n_out = base.shape[1]
+        return cls(spline.codes().permute(0, 2, 1).reshape(-1, n_out).to(torch.int8).contiguous(),
+                   spline.scale.expand(1, n_out, 1).reshape(n_out).float(),
+                   base.codes().to(torch.int8).contiguous(), base.scale.expand(1, n_out).reshape(n_out).float())
 
 
 def quantize_activation(values: torch.Tensor, scale: float | torch.Tensor, bits: int = 8) -> torch.Tensor:

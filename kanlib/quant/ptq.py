@@ -24,18 +24,13 @@ from torch import nn
 
 from ..layers.bspline import BACKENDS, BSplineKAN, assemble_weight_matrix
 from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear, torch_method
-from .lut_linear import IntegerWeights, lut_linear
+from .lut_linear import IntegerWeights, lut_linear, quantize_activation
 from .table import BasisTable
-from .tensor import QuantizedTensor, QuantSpec, calibrate, pack_bits
+from .tensor import QuantizedTensor, QuantSpec, calibrate, fake_quantize
 
 __all__ = ["QuantizedBSplineKAN", "quantize", "ACTIVATION_BITS"]
 
 ACTIVATION_BITS = 8  # the base activation's codes on the lookup-table path
-
-
-def _fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
-    codes = torch.round(x / scale + zero_point).clamp_(spec.qmin, spec.qmax)
-    return (codes - zero_point) * scale
 
 
 class QuantizedBSplineKAN(nn.Module):
@@ -67,8 +62,10 @@ class QuantizedBSplineKAN(nn.Module):
         self.spline_spec, self.base_spec, self.input_spec = spline_spec, base_spec, input_spec
         self.dtype = layer.coef.dtype
         with torch.no_grad():
-            spline = _quantize_with(layer.spline_weight().detach(), spline_spec, spline_scale, "coef")
-            base = _quantize_with(layer.base_weight().detach(), base_spec, base_scale, "weight")
+            spline = QuantizedTensor.quantize(layer.spline_weight().detach(), spline_spec, "coef",
+                                              _symmetric_qparams(spline_scale))
+            base = QuantizedTensor.quantize(layer.base_weight().detach(), base_spec, "weight",
+                                            _symmetric_qparams(base_scale))
         self._register_quantized("spline", spline)
         self._register_quantized("base", base)
         self.uniform = layer.is_uniform()
@@ -130,11 +127,7 @@ class QuantizedBSplineKAN(nn.Module):
         self._weight = assemble_weight_matrix(base.dequantize(), spline.dequantize()).contiguous()
         self._integer_weights = None
         if self.integer:
-            n_out = self.out_features
-            self._integer_weights = IntegerWeights(
-                spline.codes().permute(0, 2, 1).reshape(-1, n_out).to(torch.int8).contiguous(),
-                spline.scale.expand(1, n_out, 1).reshape(n_out).float(),
-                base.codes().to(torch.int8).contiguous(), base.scale.expand(1, n_out).reshape(n_out).float())
+            self._integer_weights = IntegerWeights.from_quantized(spline, base)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -151,11 +144,12 @@ class QuantizedBSplineKAN(nn.Module):
         if self.table is not None:
             self.table = BasisTable(self.grid, self.spline_order, self.table.position_bits, self.table.table_bits,
                                     uniform=self.uniform)
+            self.table_codes = self.table.packed
         self._refresh()
         return self
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        return _fake_quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
+        return fake_quantize(x, self.input_spec, self.input_scale, self.input_zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., I] -> [..., O]."""
@@ -189,9 +183,8 @@ class QuantizedBSplineKAN(nn.Module):
         local = self.table.local_basis(flat)
         n_slots = self._weight.shape[0] // self.in_features
         expanded = expanded_input(flat, local, self.base_activation, n_slots)
-        limit = 2 ** (ACTIVATION_BITS - 1)
-        base = torch.round(expanded[..., 0] / self.act_scale).clamp_(-limit, limit - 1) * self.act_scale
-        expanded[..., 0] = base
+        codes = quantize_activation(expanded[..., 0], self.act_scale, ACTIVATION_BITS)
+        expanded[..., 0] = codes.to(expanded.dtype) * self.act_scale
         return expanded.view(flat.shape[0], -1) @ self._weight
 
     def extra_repr(self) -> str:
@@ -203,17 +196,9 @@ class QuantizedBSplineKAN(nn.Module):
                 f"granularity={self.spline_spec.granularity!r}{inputs}{table}")
 
 
-def _quantize_with(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None, layout: str) -> QuantizedTensor:
-    """QuantizedTensor of x with a calibrated scale, or with a given (e.g. learned) symmetric scale."""
-    if scale is None:
-        return QuantizedTensor.quantize(x, spec, layout)
-    scale = scale.detach().to(torch.promote_types(x.dtype, torch.float32))
-    codes = torch.round(x.to(scale.dtype) / scale).clamp_(spec.qmin, spec.qmax)
-    if spec.bits > 4:
-        data = codes.to(torch.int8)
-    else:
-        data = pack_bits(codes.to(torch.int32) - spec.qmin, spec.bits)
-    return QuantizedTensor(data, scale.clone(), None, x.shape, x.dtype, spec)
+def _symmetric_qparams(scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, zero point 0) for a given (learned) symmetric scale; None lets the tensor be calibrated."""
+    return None if scale is None else (scale, torch.zeros_like(scale))
 
 
 def _calibration_input(calib) -> torch.Tensor:

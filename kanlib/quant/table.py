@@ -114,12 +114,11 @@ class BasisTable:
         span = find_span(x, grid, self.uniform, self.spline_order)
         row_offset = torch.arange(n_in, device=x.device) * n_knots
         left = grid.flatten()[span + row_offset]
-        right = grid.flatten()[span + 1 + row_offset]
         if self.uniform:
             inv_steps = ((n_knots - 1) / (grid[:, -1] - grid[:, 0]).double()).to(x.dtype)
             fraction = (x - left) * inv_steps
         else:
-            width = right - left
+            width = grid.flatten()[span + 1 + row_offset] - left
             fraction = torch.where(width > 0, (x - left) / torch.where(width > 0, width, 1.0), 0.0)
         position = torch.nan_to_num(fraction * self.n_positions, nan=0.0).floor_().clamp_(0, self.n_positions - 1)
         position = position.long()

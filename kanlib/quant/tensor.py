@@ -175,6 +175,16 @@ def calibrate(x: torch.Tensor, spec: QuantSpec, axis_layout: str = "auto") -> tu
     return scale.reshape(keep_shape), zero_point.reshape(keep_shape)
 
 
+def quantize_codes(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """The codes ``clamp(round(x / scale + zero_point), qmin, qmax)``, as floats of x's shape."""
+    return torch.round(x / scale + zero_point).clamp_(spec.qmin, spec.qmax)
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """x rounded to the quantization grid and back: ``(codes - zero_point) * scale``, same shape."""
+    return (quantize_codes(x, spec, scale, zero_point) - zero_point) * scale
+
+
 def _storage_width(bits: int) -> int:
     """Bits one code occupies in storage: 2-bit codes four to a byte, 3- and 4-bit codes in nibbles."""
     return 2 if bits == 2 else 4 if bits <= 4 else 8
@@ -247,10 +257,11 @@ class QuantizedTensor:
         self.spec = spec
 
     @classmethod
-    def quantize(cls, x: torch.Tensor, spec: QuantSpec, axis_layout: str = "auto") -> "QuantizedTensor":
-        scale, zero_point = calibrate(x, spec, axis_layout)
-        xc = x.detach().to(scale.dtype)
-        codes = torch.round(xc / scale + zero_point).clamp_(spec.qmin, spec.qmax)
+    def quantize(cls, x: torch.Tensor, spec: QuantSpec, axis_layout: str = "auto",
+                 qparams: tuple[torch.Tensor, torch.Tensor] | None = None) -> "QuantizedTensor":
+        """x stored with ``spec``; ``qparams`` (scale, zero point) given, e.g. learned, instead of calibrated."""
+        scale, zero_point = calibrate(x, spec, axis_layout) if qparams is None else qparams
+        codes = quantize_codes(x.detach().to(scale.dtype), spec, scale, zero_point)
         if spec.bits > 4:
             data = codes.to(torch.int8 if spec.scheme == "symmetric" else torch.uint8)
         else:
