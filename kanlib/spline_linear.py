@@ -145,21 +145,46 @@ class _CpuKernelArgs:
 
         self.kernels = bspline_cpu
         grid_np, padded, inv_steps, matrix = _grid_constants(grid, int(spline_order))
-        self.prefix = (x.detach().numpy(), grid_np, padded, inv_steps, bool(uniform), int(spline_order), matrix,
+        self.grid = (grid_np, padded, inv_steps, bool(uniform))
+        self.matrix = matrix
+        self.prefix = (x.detach().numpy(), *self.grid, int(spline_order), matrix,
                        bspline_cpu.ACTIVATION_IDS[activation])
+
+
+def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True):
+    """The dense path's kernel on x [N, I]: (A [N, I*S] or None, grad_x [N, I] or None).
+
+    grad_x is computed when grad_expanded (the gradient of A) is given; A when ``expanded``. When both are,
+    A is written over grad_expanded: one [N, I*S] buffer instead of two.
+    """
+    args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+    function, derivative = BASE_ACTIVATIONS[activation]
+    with_grad = grad_expanded is not None
+    empty = x.new_empty(0, 0)
+    if expanded:
+        out = grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * n_slots)
+    else:
+        out = empty
+    grad_x = torch.empty_like(x) if with_grad else empty
+    base = function(x) if expanded else empty
+    base_grad = derivative(x) if with_grad else empty
+    args.kernels.dense_kernel(spline_order)(
+        args.prefix[0], *args.grid, args.matrix, base.numpy(), base_grad.numpy(),
+        (grad_expanded if with_grad else empty).numpy(), out.numpy(), grad_x.numpy(), expanded, with_grad)
+    return (out if expanded else None), (grad_x if with_grad else None)
 
 
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, grid, spline_order, uniform, activation, sparse):
         x, weight, grid = x.contiguous(), weight.contiguous(), grid.contiguous()
-        args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+        n_slots = weight.shape[0] // x.shape[1]
         if sparse:
+            args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
             out = x.new_empty(x.shape[0], weight.shape[1])
             args.kernels.sparse_forward(*args.prefix, weight.detach().numpy(), out.numpy())
         else:
-            expanded = x.new_empty(x.shape[0], weight.shape[0])
-            args.kernels.expand(*args.prefix, expanded.numpy())
+            expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
             out = expanded @ weight.detach()
         ctx.save_for_backward(x, weight, grid)
         ctx.config = (spline_order, uniform, activation, sparse)
@@ -169,24 +194,24 @@ class _Fused(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, grid = ctx.saved_tensors
         spline_order, uniform, activation, sparse = ctx.config
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_out = grad_out.contiguous()
-        args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[1]:
-            if sparse:
+        if sparse:
+            args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+            if need_w:
                 grad_w = torch.empty_like(weight)
                 args.kernels.sparse_grad_weight(*args.prefix, grad_out.numpy(), grad_w.numpy())
-            else:
-                expanded = x.new_empty(x.shape[0], weight.shape[0])
-                args.kernels.expand(*args.prefix, expanded.numpy())
-                grad_w = expanded.t() @ grad_out
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
-            if sparse:
+            if need_x:
+                grad_x = torch.empty_like(x)
                 args.kernels.sparse_grad_input(*args.prefix, weight.numpy(), grad_out.numpy(), grad_x.numpy())
-            else:
-                grad_expanded = grad_out @ weight.t()
-                args.kernels.expand_grad(*args.prefix, grad_expanded.numpy(), grad_x.numpy())
+            return grad_x, grad_w, None, None, None, None, None
+        # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
+        grad_expanded = grad_out @ weight.t() if need_x else None
+        expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
+                                         grad_expanded, expanded=need_w)
+        if need_w:
+            grad_w = expanded.t() @ grad_out
         return grad_x, grad_w, None, None, None, None, None
 
 

@@ -6,6 +6,7 @@ from kan import KANLayer
 
 from kanlib import BSplineKAN
 from kanlib.basis import cox_de_boor
+from kanlib.layers.bspline import assemble_weight_matrix
 
 
 def random_pykan_layer(n_in, n_out, grid_size, k, seed, update_grid=False, mask=True):
@@ -134,6 +135,43 @@ def test_gradients_match_the_reference(uniform, method):
         outputs[name] = [x.grad.clone()] + [p.grad.clone() for p in (layer.coef, layer.scale_base, layer.scale_sp)]
     for fast, ref in zip(outputs["fast"], outputs["reference"]):
         torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("k", [0, 2, 3])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("wanted", ["input", "weights"])
+def test_gradients_when_only_the_input_or_only_the_weights_need_them(wanted, method, k, uniform):
+    torch.manual_seed(5 + k)
+    layer = BSplineKAN(9, 4, grid_size=6, spline_order=k, method=method)
+    if not uniform:
+        layer.update_grid(torch.randn(200, 9))
+    layer.requires_grad_(wanted == "weights")
+    x = inputs_in_and_out(37, 9, seed=k).requires_grad_(wanted == "input")
+    grad_out = torch.randn(37, 4)
+    leaves = [x] if wanted == "input" else [layer.coef, layer.scale_base, layer.scale_sp]
+    fast = torch.autograd.grad(layer(x), leaves, grad_out)
+    reference = torch.autograd.grad(reference_forward(layer, x), leaves, grad_out)
+    for got, expected in zip(fast, reference):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_matrix_kernel_matches_its_torch_assembly(dtype):
+    torch.manual_seed(8)
+    layer = BSplineKAN(7, 5, grid_size=4, spline_order=2).to(dtype)
+    with torch.no_grad():
+        layer.mask.bernoulli_(0.6)
+        for param in (layer.scale_base, layer.scale_sp, layer.coef):
+            param.normal_()
+    params = (layer.scale_base, layer.scale_sp, layer.coef)
+    fast = layer.weight_matrix()
+    assert fast.grad_fn is not None and "WeightMatrix" in type(fast.grad_fn).__name__  # the kernel ran
+    reference = assemble_weight_matrix(layer.base_weight(), layer.spline_weight())
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0)
+    grad = torch.randn_like(fast)
+    for got, expected in zip(torch.autograd.grad(fast, params, grad), torch.autograd.grad(reference, params, grad)):
+        torch.testing.assert_close(got, expected)
 
 
 def test_drop_in_for_linear_with_leading_dimensions():

@@ -3,9 +3,9 @@
 Each kernel evaluates the k + 1 nonzero bases of an input value in registers and uses them at once, so
 no basis tensor is ever stored:
 
-- :func:`expand`: the expanded input A [N, I*S] (S = G + k + 1: base activation, then G + k bases), for
-  the dense path, where BLAS does the product ``A @ W``.
-- :func:`expand_grad`: dx [N, I] from the gradient of A (the dense path's backward).
+- :func:`dense_kernel`: the expanded input A [N, I*S] (S = G + k + 1: base activation, then G + k bases)
+  for the dense path, where BLAS does the product ``A @ W``, and dx [N, I] from the gradient of A (its
+  backward), either or both in one pass. The base activation comes in computed (by PyTorch, vectorized).
 - :func:`sparse_forward`, :func:`sparse_grad_weight`, :func:`sparse_grad_input`: the product and its
   gradients touching only the k + 2 nonzero slots of each input (local support; pays when G is large).
 
@@ -17,6 +17,7 @@ arithmetically on uniform grids and by binary search otherwise. The reference is
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -26,6 +27,8 @@ from numba import njit, prange
 SILU, TANH, RELU, IDENTITY = 0, 1, 2, 3
 ACTIVATION_IDS = {"silu": SILU, "tanh": TANH, "relu": RELU, "identity": IDENTITY}
 MAX_ORDER = 8  # window arrays are sized for spline orders up to this
+FASTMATH = {"reassoc", "contract", "arcp"}
+ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
 
 
 @njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
@@ -154,85 +157,99 @@ def _polynomials(coords, matrix, first_power, out):
                 out[r, i] = out[r, i] * coords[i] + factor
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
-def expand(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, out):
-    """Write A [N, I*S]: slot 0 of each input is the base activation, slots 1.. the G + k bases."""
-    n_rows, n_in = x.shape
-    n_slots = out.shape[1] // n_in
-    n_basis = n_slots - 1
-    k = spline_order
-    fast = uniform and k > 0
-    for n in prange(n_rows):
-        scratch = np.empty((3, MAX_ORDER + 1), dtype=matrix.dtype)
-        spans = np.empty(n_in, dtype=np.int64)
-        coords = np.empty(n_in, dtype=matrix.dtype)
-        window = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        if fast:
-            _uniform_row(x[n], grid, inv_steps, spans, coords)
-            _polynomials(coords, matrix, 0, window)
-        out[n, :] = 0.0  # one contiguous fill, then only the nonzero slots are written
-        for i in range(n_in):
-            value = x[n, i]
-            offset = i * n_slots
-            out[n, offset] = _activation(value, activation)
-            if fast:
-                span = spans[i]
-                if span < 0:
-                    continue
-                for r in range(k + 1):
-                    m = span - k + r
-                    if 0 <= m < n_basis:
-                        out[n, offset + 1 + m] = window[r, i]
-                continue
-            span = _find_span(value, grid, inv_steps, i, uniform, k)
-            if span < 0:
-                continue
-            _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[0], False,
-                    scratch[1], scratch[2])
-            for r in range(k + 1):
-                m = span - k + r
-                if 0 <= m < n_basis:
-                    out[n, offset + 1 + m] = scratch[0, r]
+def dense_kernel(spline_order: int):
+    """The dense path's kernel for one spline order (compiled with k as a constant, so its loops unroll).
+
+    ``kernel(x, grid, padded, inv_steps, uniform, matrix, base, base_grad, grad_expanded, out, grad_x,
+    write_out, write_grad)``, x [N, I]:
+
+    - write_out: write A [N, I*S] into out: base [N, I] (the base activation) in slot 0 of each input,
+      the G + k bases after it.
+    - write_grad: write grad_x [N, I] from grad_expanded [N, I*S] (the gradient of A), with base_grad
+      [N, I] the base activation's derivative.
+
+    Both at once share the knot spans and the basis polynomials; out may then be grad_expanded itself
+    (each row's gradient is read before A is written over it). Arrays a call does not use may be empty.
+    """
+    return _dense_kernel(int(spline_order))
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
-def expand_grad(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_expanded, grad_x):
-    """grad_x [N, I] from grad_expanded [N, I*S], the gradient of A."""
-    n_rows, n_in = x.shape
-    n_slots = grad_expanded.shape[1] // n_in
-    n_basis = n_slots - 1
-    k = spline_order
-    fast = uniform and k > 0
-    for n in prange(n_rows):
-        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
-        spans = np.empty(n_in, dtype=np.int64)
-        coords = np.empty(n_in, dtype=matrix.dtype)
-        slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        if fast:
-            _uniform_row(x[n], grid, inv_steps, spans, coords)
-            _polynomials(coords, matrix, 1, slopes)
-        for i in range(n_in):
-            value = x[n, i]
-            offset = i * n_slots
-            acc = _activation_grad(value, activation) * grad_expanded[n, offset]
-            if fast:
-                span = spans[i]
-                if span >= 0:
-                    for r in range(k + 1):
-                        m = span - k + r
-                        if 0 <= m < n_basis:
-                            acc += slopes[r, i] * inv_steps[i] * grad_expanded[n, offset + 1 + m]
-                grad_x[n, i] = acc
-                continue
-            span = _find_span(value, grid, inv_steps, i, uniform, k)
-            if span >= 0:
-                _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[1], True,
-                        scratch[2], scratch[3])
-                for r in range(k + 1):
-                    m = span - k + r
-                    if 0 <= m < n_basis:
-                        acc += scratch[1, r] * grad_expanded[n, offset + 1 + m]
-            grad_x[n, i] = acc
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _put_window(row, offset, span, values, i, n_basis, k):
+    """row[offset + 1 + m] = values[r, i] for the bases m = span - k + r that exist."""
+    if k <= span < n_basis:
+        first = offset + 1 + span - k
+        for r in range(k + 1):
+            row[first + r] = values[r, i]
+    elif span >= 0:
+        for r in range(k + 1):
+            m = span - k + r
+            if 0 <= m < n_basis:
+                row[offset + 1 + m] = values[r, i]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _dot_window(row, offset, span, slopes, i, n_basis, k):
+    """sum_r slopes[r, i] * row[offset + 1 + m] over the bases m = span - k + r that exist."""
+    acc = 0.0
+    if k <= span < n_basis:
+        first = offset + 1 + span - k
+        for r in range(k + 1):
+            acc += slopes[r, i] * row[first + r]
+    elif span >= 0:
+        for r in range(k + 1):
+            m = span - k + r
+            if 0 <= m < n_basis:
+                acc += slopes[r, i] * row[offset + 1 + m]
+    return acc
+
+
+@functools.cache
+def _dense_kernel(k):
+    @njit(parallel=True, cache=True, fastmath=FASTMATH)
+    def kernel(x, grid, padded, inv_steps, uniform, matrix, base, base_grad, grad_expanded, out, grad_x,
+               write_out, write_grad):
+        n_rows, n_in = x.shape
+        n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
+        n_basis = n_slots - 1
+        fast = uniform and k > 0
+        n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK  # scratch arrays once per chunk
+        for c in prange(n_chunks):
+            spans = np.empty(n_in, dtype=np.int64)
+            coords = np.empty(n_in, dtype=matrix.dtype)
+            values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
+            slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
+            scratch = np.empty((4, k + 1), dtype=matrix.dtype)
+            for n in range(c * ROWS_PER_CHUNK, min(n_rows, (c + 1) * ROWS_PER_CHUNK)):
+                if fast:
+                    _uniform_row(x[n], grid, inv_steps, spans, coords)
+                    if write_out:
+                        _polynomials(coords, matrix, 0, values)
+                    if write_grad:
+                        _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
+                else:
+                    for i in range(n_in):
+                        spans[i] = _find_span(x[n, i], grid, inv_steps, i, uniform, k)
+                        if spans[i] < 0:
+                            continue
+                        _window(x[n, i], spans[i], grid, padded, inv_steps, i, uniform, k, matrix, scratch[0],
+                                scratch[1], write_grad, scratch[2], scratch[3])
+                        for r in range(k + 1):
+                            values[r, i] = scratch[0, r]
+                            slopes[r, i] = scratch[1, r]
+                if write_grad:  # before out's row is written: out may be grad_expanded itself
+                    row = grad_expanded[n]
+                    for i in range(n_in):
+                        spline = _dot_window(row, i * n_slots, spans[i], slopes, i, n_basis, k)
+                        grad_x[n, i] = base_grad[n, i] * row[i * n_slots] + (inv_steps[i] * spline if fast else spline)
+                if write_out:
+                    row = out[n]
+                    row[:] = 0.0  # one contiguous fill, then only the nonzero slots are written
+                    for i in range(n_in):
+                        row[i * n_slots] = base[n, i]
+                        _put_window(row, i * n_slots, spans[i], values, i, n_basis, k)
+
+    return kernel
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
@@ -333,3 +350,35 @@ def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix,
 def set_threads(count: int) -> None:
     """Threads the kernels use (numba's pool); torch's intra-op count is a separate setting."""
     numba.set_num_threads(count)
+
+
+@njit(parallel=True, cache=True)
+def assemble_weights(scale_base, scale_sp, mask, coef, out):
+    """out [I, S, O]: per input, ``scale_base * mask`` then the G + k rows ``scale_sp * mask * coef``.
+
+    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k].
+    """
+    n_in, n_out, n_basis = coef.shape
+    for i in prange(n_in):
+        for o in range(n_out):
+            out[i, 0, o] = scale_base[i, o] * mask[i, o]
+        for o in range(n_out):
+            scale = scale_sp[i, o] * mask[i, o]
+            for j in range(n_basis):
+                out[i, 1 + j, o] = scale * coef[i, o, j]
+
+
+@njit(parallel=True, cache=True)
+def assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_scale_sp, grad_coef):
+    """The gradients of :func:`assemble_weights` from grad [I, S, O], the gradient of its output."""
+    n_in, n_out, n_basis = coef.shape
+    for i in prange(n_in):
+        for o in range(n_out):
+            grad_scale_base[i, o] = grad[i, 0, o] * mask[i, o]
+            scale = scale_sp[i, o] * mask[i, o]
+            acc = 0.0
+            for j in range(n_basis):
+                g = grad[i, 1 + j, o]
+                grad_coef[i, o, j] = scale * g
+                acc += g * coef[i, o, j]
+            grad_scale_sp[i, o] = acc * mask[i, o]

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
-from ..spline_linear import BASE_ACTIVATIONS, METHODS, TRITON_SPLINE_ORDERS, spline_linear, torch_method
+from ..spline_linear import (BASE_ACTIVATIONS, CPU_KERNEL_DTYPES, METHODS, TRITON_SPLINE_ORDERS, spline_linear,
+                             torch_method)
 
 __all__ = ["BSplineKAN", "BACKENDS", "assemble_weight_matrix"]
 
@@ -48,6 +49,35 @@ def assemble_weight_matrix(base_weight: torch.Tensor, spline_weight: torch.Tenso
     """base [I, O] and spline [I, O, G+k] weights -> the product's [I * (G+k+1), O] matrix (base row first)."""
     rows = torch.cat([base_weight.unsqueeze(1), spline_weight.transpose(1, 2)], dim=1)
     return rows.reshape(-1, base_weight.shape[1])
+
+
+class _WeightMatrix(torch.autograd.Function):
+    """``assemble_weight_matrix(scale_base * mask, scale_sp * mask * coef)`` in one CPU kernel pass each way.
+
+    scale_base, scale_sp, mask [I, O] (mask takes no gradient), coef [I, O, G+k] -> [I * (G+k+1), O].
+    """
+
+    @staticmethod
+    def forward(ctx, scale_base, scale_sp, mask, coef):
+        from ..kernels import bspline_cpu
+
+        n_in, n_out, n_basis = coef.shape
+        out = coef.new_empty(n_in, n_basis + 1, n_out)
+        bspline_cpu.assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
+                                     out.numpy())
+        ctx.save_for_backward(scale_sp, mask, coef)
+        return out.view(-1, n_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from ..kernels import bspline_cpu
+
+        scale_sp, mask, coef = (t.contiguous() for t in ctx.saved_tensors)
+        grad_scale_base, grad_scale_sp, grad_coef = (torch.empty_like(t) for t in (scale_sp, scale_sp, coef))
+        bspline_cpu.assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(),
+                                          grad.contiguous().view(coef.shape[0], -1, coef.shape[1]).numpy(),
+                                          grad_scale_base.numpy(), grad_scale_sp.numpy(), grad_coef.numpy())
+        return grad_scale_base, grad_scale_sp, None, grad_coef
 
 
 class BSplineKAN(nn.Module):
@@ -138,6 +168,10 @@ class BSplineKAN(nn.Module):
 
     def weight_matrix(self) -> torch.Tensor:
         """The [I * (G+k+1), O] matrix: per input, the base weight row then the G+k spline rows."""
+        parts = (self.scale_base, self.scale_sp, self.mask, self.coef)
+        if (all(t.device.type == "cpu" and t.dtype == self.coef.dtype for t in parts)
+                and self.coef.dtype in CPU_KERNEL_DTYPES and not self.mask.requires_grad):
+            return _WeightMatrix.apply(*parts)
         return assemble_weight_matrix(self.base_weight(), self.spline_weight())
 
     def _check_input(self, x: torch.Tensor) -> None:
