@@ -11,7 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .bench import RESULTS_DIR, format_table, resolve_device, write_results
+from .bench import (RESULTS_DIR, can_retain_freed_memory, format_table, resolve_device, retain_freed_memory,
+                    write_results)
 from .benchmarks import kernel
 from .benchmarks.layer import CANDIDATES, DTYPES, TABLE_COLUMNS, run_layer_benchmark
 
@@ -40,6 +41,23 @@ def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "tim
     parser.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
     parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    retain = can_retain_freed_memory()
+    parser.add_argument("--malloc", choices=("retain", "default") if retain else ("default",),
+                        default="retain" if retain else "default",
+                        help="retain: glibc's malloc keeps freed memory instead of trimming it and faulting it "
+                             "back in on later steps (kanlib.bench.retain_freed_memory); default: leave the C "
+                             f"allocator as it is (default: {'retain' if retain else 'default'})")
+
+
+def _benchmark_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The device --device names, once --malloc is applied (before anything is measured)."""
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.malloc == "retain":
+        retain_freed_memory()
+    return device
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -67,10 +85,7 @@ def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(str(error))
+    device = _benchmark_device(args, parser)
     grids = args.grids or [5]
     if len(set(grids)) != len(grids):
         parser.error(f"--grid: expected distinct grid sizes, got {grids}")
@@ -192,10 +207,7 @@ def _add_bench_kernel(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(str(error))
+    device = _benchmark_device(args, parser)
     chosen = {name: getattr(args, name) or list(kernel.DEFAULTS[name]) for name in kernel.DEFAULTS}
     for name, values in chosen.items():
         if len(set(values)) != len(values):
@@ -235,10 +247,7 @@ def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
 def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .benchmarks import quant
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(str(error))
+    device = _benchmark_device(args, parser)
     rows = quant.run_quant_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,
                                      warmup=args.warmup)
     print(f"quantization benchmark on {device}{' (quick)' if args.quick else ''}")

@@ -287,13 +287,61 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+RETAINED_MMAP_THRESHOLD = 32 * MIB
+RETAINED_TRIM_THRESHOLD = 2**30
+_malloc_setting = "default"
+
+
+def _glibc():
+    """The C library as a ctypes handle when it is glibc (it has mallopt), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def can_retain_freed_memory() -> bool:
+    """Whether :func:`retain_freed_memory` can run here (the C library is glibc)."""
+    return _glibc() is not None
+
+
+def retain_freed_memory() -> str:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS; returns the setting.
+
+    By default glibc trims the top of its heap once more than twice its largest recent block is free there,
+    and the next allocation faults those pages back in, page by page. A training step that frees and
+    allocates buffers of several MiB (a KAN layer's expanded input, the gradients) then pays page faults on
+    many steps, which is glibc's heuristic, not the computation. This sets the mmap threshold to glibc's
+    largest (blocks up to 32 MiB come from the heap) and the trim threshold to 1 GiB for the whole process,
+    as ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` would at its start.
+    :func:`device_info` records the setting. RuntimeError where the C library is not glibc.
+    """
+    global _malloc_setting
+    libc = _glibc()
+    if libc is None:
+        raise RuntimeError(f"retain_freed_memory needs glibc's mallopt; this system's C library is "
+                           f"{platform.libc_ver()[0] or 'unknown'} ({platform.system()})")
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_MMAP_THRESHOLD)
+            and libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM_THRESHOLD)):
+        raise RuntimeError("glibc's mallopt refused the mmap or trim threshold")
+    _malloc_setting = (f"glibc, freed memory retained (mmap threshold {RETAINED_MMAP_THRESHOLD // MIB} MiB, "
+                       f"trim threshold {RETAINED_TRIM_THRESHOLD // MIB} MiB)")
+    return _malloc_setting
+
+
 def device_info(device: str | torch.device) -> dict[str, Any]:
     """What a result needs to say about the machine: device, CPU, and library versions.
 
     Keys: type ('cpu' or 'cuda'), name (GPU name, or the CPU model on CPU), cpu_model, cpu_count
     (logical cores), torch_threads, gpu_capability and gpu_memory_bytes (None on CPU), torch, triton
     (None when not importable), cuda (the CUDA version torch was built with, None for CPU builds),
-    python, os.
+    python, os, malloc (the C allocator's setting: "default" unless :func:`retain_freed_memory` ran).
     """
     device = _as_device(device)
     gpu = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
@@ -311,6 +359,7 @@ def device_info(device: str | torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "os": platform.platform(),
+        "malloc": _malloc_setting,
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import RESULTS_DIR, device_info, git_commit, resolve_device
+from .bench import RESULTS_DIR, can_retain_freed_memory, device_info, git_commit, resolve_device, retain_freed_memory
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ class NotebookEnvironment:
             f"mode   : {self.mode}, seed {self.seed}",
             f"cpu    : {info['cpu_model']}, {info['cpu_count']} logical cores, {info['torch_threads']} torch threads",
             f"torch  : {info['torch']}, triton {info['triton'] or 'not installed'}, CUDA {info['cuda'] or 'none'}",
-            f"python : {info['python']} on {info['os']}",
+            f"python : {info['python']} on {info['os']}, malloc {info['malloc']}",
             f"kanlib : commit {self.commit[:12] if self.commit else 'unknown'}",
         ]
         return "\n".join(lines)
@@ -73,16 +73,22 @@ def set_cpu_threads(count: int) -> None:
 
 
 def setup(device: str | torch.device = "auto", *, seed: int = 0, quick: bool = True, threads: int | None = None,
-          show: bool = True) -> NotebookEnvironment:
+          malloc: str | None = None, show: bool = True) -> NotebookEnvironment:
     """Resolve `device` ('auto', 'cpu', 'cuda'), seed everything, set the seaborn theme, print the environment.
 
     ``threads``: CPU threads for torch and the numba kernels (:func:`set_cpu_threads`); None keeps the defaults.
+    ``malloc``: "retain" (:func:`kanlib.bench.retain_freed_memory`, as the benchmarks do) or "default"; None
+    means "retain" where the C library is glibc, else "default".
     """
     if not isinstance(quick, bool):
         raise TypeError(f"quick: expected a bool, got {type(quick).__name__} {quick!r}")
+    if malloc not in (None, "retain", "default"):
+        raise ValueError(f"malloc: expected 'retain', 'default' or None, got {malloc!r}")
     resolved = resolve_device(device)
     if threads is not None:
         set_cpu_threads(threads)
+    if malloc == "retain" or (malloc is None and can_retain_freed_memory()):
+        retain_freed_memory()
     seed_everything(seed)
     _set_figure_style()
     env = NotebookEnvironment(resolved, quick, seed, device_info(resolved), git_commit())

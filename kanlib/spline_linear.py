@@ -7,7 +7,8 @@ with W [I*S, O]. Forward keeps only x; backward rebuilds what it needs from the 
 Four implementations compute the same function (``method``):
 
 - ``"eager"``: PyTorch operations on the local basis (any device); the basis window is materialized.
-- ``"dense"``: CPU only: a fused kernel writes A, BLAS does the products; backward recomputes A.
+- ``"dense"``: CPU only: a fused kernel writes A, BLAS does the products; backward turns the gradient of
+  A into dx and recomputes A over it in one kernel pass, so it holds one [N, I*S] buffer.
 - ``"sparse"``: CPU only: fused kernels touch only the k + 2 nonzero slots of each input (local support),
   so the work does not grow with G.
 - ``"triton"``: CUDA: fused Triton kernels build A in registers (:mod:`kanlib.kernels.spline_linear_triton`);

@@ -1,3 +1,4 @@
+import ast
 import dataclasses
 import datetime
 import json
@@ -5,6 +6,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -377,3 +379,45 @@ def test_time_interleaved_alternates_the_functions_after_their_warmups():
     assert timings["a"].n == 3 and timings["b"].n == 3
     with pytest.raises(ValueError, match="repeat: expected an int >= 1, got 0"):
         time_interleaved({"a": lambda: None}, device="cpu", repeat=0)
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from kanlib import bench
+def step():  # three 10 MB blocks freed together: glibc's default trims them off its heap
+    blocks = [torch.ones(2_500_000) for _ in range(3)]
+    del blocks
+def faults_per_step():
+    for _ in range(5):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+default = faults_per_step(), bench.device_info("cpu")["malloc"]
+bench.retain_freed_memory()
+print(repr((default, (faults_per_step(), bench.device_info("cpu")["malloc"]))))
+"""
+
+
+@pytest.mark.skipif(not bench.can_retain_freed_memory(), reason="needs glibc")
+def test_retain_freed_memory_stops_the_page_faults_of_reallocated_blocks():
+    pages_per_step = 3 * 2_500_000 * 4 / 4096
+    for _ in range(3):  # some processes' heap layout keeps the blocks even by default: try another
+        done = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True,
+                              timeout=120)
+        (default_faults, default_setting), (retained_faults, retained_setting) = ast.literal_eval(done.stdout)
+        assert default_setting == "default"
+        assert "retained" in retained_setting and "32 MiB" in retained_setting
+        if default_faults > pages_per_step / 2:
+            break
+    else:
+        pytest.skip("glibc kept the blocks by default in three processes in a row")
+    assert retained_faults < pages_per_step / 20, (default_faults, retained_faults)
+
+
+def test_retain_freed_memory_says_what_it_needs_without_glibc(monkeypatch):
+    monkeypatch.setattr(bench.platform, "libc_ver", lambda: ("", ""))
+    assert not bench.can_retain_freed_memory()
+    with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
+        bench.retain_freed_memory()

@@ -9,7 +9,7 @@ import torch
 
 from kanlib import BSplineKAN
 from kanlib.__main__ import build_parser, main
-from kanlib.bench import load_results
+from kanlib.bench import can_retain_freed_memory, load_results
 from kanlib.benchmarks.layer import CANDIDATES, UnfusedKAN, bspline_weights, run_layer_benchmark, unfused_kan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -137,6 +137,7 @@ def test_cli_prints_every_candidate_and_writes_one_result(tmp_path):
     assert done.stdout.strip().endswith(str(next(tmp_path.glob("layer-cpu-*.json"))))
     assert result["benchmark"] == "layer" and result["params"]["grids"] == [3]
     assert result["device"]["type"] == "cpu" and result["device"]["torch"] == torch.__version__
+    assert ("retained" in result["device"]["malloc"]) == can_retain_freed_memory()  # --malloc retain by default
     assert [row["candidate"] for row in result["rows"]] == list(CANDIDATES)
 
 

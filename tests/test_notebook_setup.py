@@ -33,3 +33,19 @@ def test_setup_keeps_the_pools_without_threads(restore_threads):
 def test_bad_thread_counts(threads):
     with pytest.raises(ValueError, match="threads: expected an int >= 1 or None"):
         setup("cpu", show=False, threads=threads)
+
+
+def test_setup_retains_freed_memory_where_glibc_allows(capsys):
+    from kanlib import bench
+
+    env = setup("cpu", show=True)
+    out = capsys.readouterr().out
+    if bench.can_retain_freed_memory():
+        assert "retained" in env.info["malloc"] and "malloc glibc, freed memory retained" in out
+    else:
+        assert env.info["malloc"] == "default"
+
+
+def test_bad_malloc_setting():
+    with pytest.raises(ValueError, match="malloc: expected 'retain', 'default' or None, got 'keep'"):
+        setup("cpu", show=False, malloc="keep")
