@@ -139,17 +139,20 @@ def _grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
 
 
 class _CpuKernelArgs:
-    """The numpy views and constants every CPU kernel takes; the grid's are cached while it is unchanged."""
+    """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
+
+    ``prefix``: the leading arguments of the sparse kernels; ``x``, ``knots`` (grid, padded grid, inv_steps,
+    uniform) and ``matrix``: those of the dense kernel.
+    """
 
     def __init__(self, x, grid, spline_order, uniform, activation):
         from .kernels import bspline_cpu
 
         self.kernels = bspline_cpu
-        grid_np, padded, inv_steps, matrix = _grid_constants(grid, int(spline_order))
-        self.grid = (grid_np, padded, inv_steps, bool(uniform))
-        self.matrix = matrix
-        self.prefix = (x.detach().numpy(), *self.grid, int(spline_order), matrix,
-                       bspline_cpu.ACTIVATION_IDS[activation])
+        grid_np, padded, inv_steps, self.matrix = _grid_constants(grid, int(spline_order))
+        self.x = x.detach().numpy()
+        self.knots = (grid_np, padded, inv_steps, bool(uniform))
+        self.prefix = (self.x, *self.knots, int(spline_order), self.matrix, bspline_cpu.ACTIVATION_IDS[activation])
 
 
 def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True):
@@ -162,15 +165,15 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
     function, derivative = BASE_ACTIVATIONS[activation]
     with_grad = grad_expanded is not None
     empty = x.new_empty(0, 0)
-    if expanded:
-        out = grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * n_slots)
-    else:
+    if not expanded:
         out = empty
+    else:
+        out = grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * n_slots)
     grad_x = torch.empty_like(x) if with_grad else empty
     base = function(x) if expanded else empty
     base_grad = derivative(x) if with_grad else empty
     args.kernels.dense_kernel(spline_order)(
-        args.prefix[0], *args.grid, args.matrix, base.numpy(), base_grad.numpy(),
+        args.x, *args.knots, args.matrix, base.numpy(), base_grad.numpy(),
         (grad_expanded if with_grad else empty).numpy(), out.numpy(), grad_x.numpy(), expanded, with_grad)
     return (out if expanded else None), (grad_x if with_grad else None)
 
