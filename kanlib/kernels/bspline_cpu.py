@@ -31,7 +31,7 @@ FASTMATH = {"reassoc", "contract", "arcp"}
 ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
 
 
-@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _activation(value, kind):
     if kind == SILU:
         return value / (1.0 + math.exp(-value))
@@ -42,7 +42,7 @@ def _activation(value, kind):
     return value
 
 
-@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _activation_grad(value, kind):
     if kind == SILU:
         s = 1.0 / (1.0 + math.exp(-value))
@@ -55,7 +55,7 @@ def _activation_grad(value, kind):
     return 1.0
 
 
-@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _find_span(value, grid, inv_steps, i, uniform, spline_order):
     """Span j with grid[i, j] <= value < grid[i, j+1], or -1 outside [grid[i, 0], grid[i, -1]) or NaN."""
     n_knots = grid.shape[1]
@@ -74,7 +74,7 @@ def _find_span(value, grid, inv_steps, i, uniform, spline_order):
     return low
 
 
-@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matrix, values, slopes, with_slopes,
             left, right):
     """Fill values[r] (and slopes[r]) with basis ``span - k + r`` at value and its derivative.
@@ -124,7 +124,18 @@ def _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matr
         slopes[k] = k * previous
 
 
-@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _local_window(value, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch, with_slopes):
+    """The span of value (-1 outside the grid or for NaN); inside it, scratch[0, r] is basis span - k + r at
+    value and, with_slopes, scratch[1, r] its derivative. scratch: [4, at least k + 1]."""
+    span = _find_span(value, grid, inv_steps, i, uniform, spline_order)
+    if span >= 0:
+        _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch[0], scratch[1],
+                with_slopes, scratch[2], scratch[3])
+    return span
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _uniform_row(x_row, grid, inv_steps, spans, coords):
     """Spans and coordinates of one row on uniform grids, as flat loops the compiler can vectorize.
 
@@ -141,7 +152,7 @@ def _uniform_row(x_row, grid, inv_steps, spans, coords):
         coords[i] = min(max(t, 0.0), 1.0)
 
 
-@njit(inline="always", cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _polynomials(coords, matrix, first_power, out):
     """out[r, i] = sum_{p >= first_power} matrix[p, r] * p!/(p-first_power)! * coords[i]**(p - first_power).
 
@@ -229,11 +240,8 @@ def _dense_kernel(k):
                         _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
                 else:
                     for i in range(n_in):
-                        spans[i] = _find_span(x[n, i], grid, inv_steps, i, uniform, k)
-                        if spans[i] < 0:
-                            continue
-                        _window(x[n, i], spans[i], grid, padded, inv_steps, i, uniform, k, matrix, scratch[0],
-                                scratch[1], write_grad, scratch[2], scratch[3])
+                        spans[i] = _local_window(x[n, i], grid, padded, inv_steps, i, uniform, k, matrix, scratch,
+                                                 write_grad)
                         for r in range(k + 1):
                             values[r, i] = scratch[0, r]
                             slopes[r, i] = scratch[1, r]
@@ -252,7 +260,7 @@ def _dense_kernel(k):
     return kernel
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, out):
     """out [N, O] = A @ weight, touching only the k + 2 nonzero slots of each input; weight [I*S, O]."""
     n_rows, n_in = x.shape
@@ -261,7 +269,7 @@ def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, ac
     n_basis = n_slots - 1
     k = spline_order
     for n in prange(n_rows):
-        scratch = np.empty((3, MAX_ORDER + 1), dtype=matrix.dtype)
+        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
         row = np.zeros(n_out, dtype=out.dtype)
         for i in range(n_in):
             value = x[n, i]
@@ -269,11 +277,9 @@ def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, ac
             base = _activation(value, activation)
             for o in range(n_out):
                 row[o] += base * weight[offset, o]
-            span = _find_span(value, grid, inv_steps, i, uniform, k)
+            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
             if span < 0:
                 continue
-            _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[0], False,
-                    scratch[1], scratch[2])
             for r in range(k + 1):
                 m = span - k + r
                 if 0 <= m < n_basis:
@@ -284,7 +290,7 @@ def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, ac
             out[n, o] = row[o]
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_out, grad_weight):
     """grad_weight [I*S, O] = A^T @ grad_out; each input's rows are owned by one thread."""
     n_rows, n_in = x.shape
@@ -293,7 +299,7 @@ def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix
     n_basis = n_slots - 1
     k = spline_order
     for i in prange(n_in):
-        scratch = np.empty((3, MAX_ORDER + 1), dtype=matrix.dtype)
+        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
         offset = i * n_slots
         for s in range(n_slots):
             for o in range(n_out):
@@ -303,11 +309,9 @@ def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix
             base = _activation(value, activation)
             for o in range(n_out):
                 grad_weight[offset, o] += base * grad_out[n, o]
-            span = _find_span(value, grid, inv_steps, i, uniform, k)
+            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
             if span < 0:
                 continue
-            _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[0], False,
-                    scratch[1], scratch[2])
             for r in range(k + 1):
                 m = span - k + r
                 if 0 <= m < n_basis:
@@ -316,7 +320,7 @@ def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix
                         grad_weight[offset + 1 + m, o] += coefficient * grad_out[n, o]
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
     """grad_x [N, I]: the gradient of A at its nonzero slots (grad_out . weight rows) times dA/dx."""
     n_rows, n_in = x.shape
@@ -333,10 +337,8 @@ def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix,
             for o in range(n_out):
                 dot += grad_out[n, o] * weight[offset, o]
             acc = _activation_grad(value, activation) * dot
-            span = _find_span(value, grid, inv_steps, i, uniform, k)
+            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, True)
             if span >= 0:
-                _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[1], True,
-                        scratch[2], scratch[3])
                 for r in range(k + 1):
                     m = span - k + r
                     if 0 <= m < n_basis:
