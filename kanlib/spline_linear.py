@@ -40,7 +40,7 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TRITON_SPLINE_ORDERS = (1, 2, 3, 4, 5)
 # On the CPU the sparse kernels do about this many times less useful work per second than BLAS; past
 # the break-even density of nonzero slots they win.
-SPARSE_SLOWDOWN = 6.0
+SPARSE_SLOWDOWN = 7.0
 
 
 def _silu_grad(x):

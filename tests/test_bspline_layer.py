@@ -7,6 +7,7 @@ from kan import KANLayer
 from kanlib import BSplineKAN
 from kanlib.basis import cox_de_boor
 from kanlib.layers.bspline import assemble_weight_matrix
+from kanlib.spline_linear import torch_method
 
 
 def random_pykan_layer(n_in, n_out, grid_size, k, seed, update_grid=False, mask=True):
@@ -314,6 +315,14 @@ def test_cpu_kernels_refuse_what_they_cannot_run(method):
     layer = BSplineKAN(3, 2, method=method).to(torch.bfloat16)
     with pytest.raises(ValueError, match="float32 or float64, got torch.bfloat16"):
         layer(torch.randn(4, 3, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("grid_size,expected", [(5, "dense"), (20, "dense"), (50, "sparse"), (80, "sparse")])
+def test_auto_picks_the_sparse_kernels_only_for_large_grids_on_the_cpu(grid_size, expected):
+    # The benchmark's grids: local support pays once most of an input's G + k + 1 slots are zeros.
+    layer = BSplineKAN(6, 2, grid_size=grid_size)
+    x = torch.randn(4, 6)
+    assert torch_method(x, layer.weight_matrix(), layer.spline_order) == expected
 
 
 def test_auto_falls_back_to_eager_for_half_types():
