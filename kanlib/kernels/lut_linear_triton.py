@@ -51,12 +51,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..quant.table import TABLE_SHIFT
 from .spline_linear_triton import ACTIVATION_IDS, DTYPES, INTERPRET, SPLINE_ORDERS, _activation, check_devices
 
-__all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS", "INTERPRET",
-           "TABLE_SHIFT"]
+__all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS", "INTERPRET"]
 
-TABLE_SHIFT = 128  # as kanlib.quant.lut_linear: 8-bit table codes enter the int8 product shifted by this
 
 
 # ----------------------------------------------------------------------------------------------------------

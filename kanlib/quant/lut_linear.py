@@ -18,12 +18,11 @@ import torch
 
 from ..basis import _align, _window_start
 from ..spline_linear import BASE_ACTIVATIONS
-from .table import BasisTable
+from .table import TABLE_SHIFT, BasisTable
 from .tensor import QuantizedTensor
 
 __all__ = ["IntegerWeights", "LUT_METHODS", "lut_linear", "quantize_activation", "expand_codes"]
 
-_TABLE_SHIFT = 128
 LUT_METHODS = ("auto", "torch", "cpu", "triton")
 
 
@@ -69,7 +68,7 @@ def expand_codes(x: torch.Tensor, table: BasisTable) -> torch.Tensor:
     span, codes = table.window_codes(x)
     start = _window_start(span, grid_size, k)
     window = _align(codes.to(torch.int16), span, start, k)
-    shift = _TABLE_SHIFT if table.table_bits == 8 else 0
+    shift = TABLE_SHIFT if table.table_bits == 8 else 0
     expanded = torch.full((x.shape[0], n_in, n_basis), -shift, dtype=torch.int16, device=x.device)
     expanded.scatter_(-1, start.unsqueeze(-1) + torch.arange(k + 1, device=x.device), window - shift)
     return expanded.view(x.shape[0], n_in * n_basis).to(torch.int8)
@@ -108,7 +107,7 @@ def _expand_cpu(x: torch.Tensor, table: BasisTable, act_scale: float, activation
     base = torch.empty(x.shape[0], n_in, dtype=torch.int8)
     lut_cpu.expand_codes(x.detach().contiguous().numpy(), grid.numpy(), inv_steps.numpy(), table.uniform,
                          table.spline_order, table.n_positions, table.codes.view(-1, table.spline_order + 1).numpy(),
-                         _TABLE_SHIFT if table.table_bits == 8 else 0, bspline_cpu.ACTIVATION_IDS[activation],
+                         TABLE_SHIFT if table.table_bits == 8 else 0, bspline_cpu.ACTIVATION_IDS[activation],
                          float(act_scale), 2 ** (act_bits - 1), spline.numpy(), base.numpy())
     return spline, base
 
@@ -138,6 +137,6 @@ def lut_linear(x: torch.Tensor, table: BasisTable, weights: IntegerWeights, act_
         base_codes = quantize_activation(BASE_ACTIVATIONS[activation][0](x.float()), act_scale, act_bits)
     spline = _int_matmul(spline_codes, weights.spline_codes)
     if table.table_bits == 8:
-        spline = spline + _TABLE_SHIFT * weights.spline_column_sums
+        spline = spline + TABLE_SHIFT * weights.spline_column_sums
     base = _int_matmul(base_codes, weights.base_codes)
     return spline.float() * (table.scale * weights.spline_scale) + base.float() * (act_scale * weights.base_scale)

@@ -25,6 +25,7 @@ from torch import nn
 from ..layers.bspline import BACKENDS, BSplineKAN, assemble_weight_matrix
 from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear, torch_method
 from .lut_linear import IntegerWeights, lut_linear, quantize_activation
+from .qat import effective_scale, no_bspline_error
 from .table import BasisTable
 from .tensor import QuantizedTensor, QuantSpec, calibrate, fake_quantize
 
@@ -253,8 +254,7 @@ def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, cal
     input_spec = None if input_bits is None else QuantSpec(input_bits, scheme, "tensor", calibration, percentile)
     layers = [m for m in model.modules() if isinstance(m, BSplineKAN)]
     if not layers:
-        raise ValueError(f"quantize found no kanlib BSplineKAN layers in {type(model).__name__}; "
-                         f"it quantizes models built from kanlib.layers.BSplineKAN (e.g. kanlib.KAN)")
+        raise no_bspline_error(model, "quantize")
     calib = _calibration_input(calib)
     inputs = _layer_inputs(model, layers, calib)
     quantized = {id(layer): QuantizedBSplineKAN(
@@ -278,7 +278,6 @@ def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantS
     if any(learned != asked for learned, asked in trained) or spline_spec.scheme != "symmetric":
         raise ValueError(f"this layer was trained with QAT specs {[learned for learned, _ in trained]}; quantize "
                          f"it with the same bits, scheme and granularity, got {[asked for _, asked in trained]}")
-    from .qat import effective_scale  # the step each learned scale stood for in training
 
     inputs = None
     if input_quant is not None and input_spec is not None:

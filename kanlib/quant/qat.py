@@ -262,8 +262,8 @@ def _has_bspline(model: nn.Module) -> bool:
 
 def no_bspline_error(model: nn.Module, function: str) -> ValueError:
     """The error for a model without BSplineKAN layers, ``function`` naming who found none."""
-    return ValueError(f"{function} found no kanlib B-spline layers (BSplineKAN) in the model, "
-                      f"a {type(model).__name__}")
+    return ValueError(f"{function} found no kanlib B-spline layers (BSplineKAN) in the model, a "
+                      f"{type(model).__name__}; expected a model built from kanlib.layers.BSplineKAN (e.g. kanlib.KAN)")
 
 
 def prepare_qat(model: nn.Module, config: QATConfig) -> nn.Module:

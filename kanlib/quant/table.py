@@ -21,9 +21,12 @@ from ..basis import (LocalBasis, _align, _window_start, check_grid, cox_de_boor,
                      uniform_basis_matrix)
 from .tensor import pack_bits, unpack_bits
 
-__all__ = ["BasisTable"]
+__all__ = ["BasisTable", "TABLE_SHIFT"]
 
 MAX_POSITION_BITS = 12
+# 8-bit codes (0..255) enter int8 products shifted by this (code - 128); the integer paths add it back
+# through the weights' column sums
+TABLE_SHIFT = 128
 
 
 def _check_bits(name: str, value, low: int, high: int) -> int:
