@@ -378,3 +378,107 @@ def test_fit_qat_argument_errors():
         kanlib.fit(BSplineKAN(2, 1), data, steps=1, qat=QATConfig(), progress=False)
     with pytest.raises(ValueError, match="bits"):
         QATConfig(bits=9)
+
+
+def test_table_config_validation():
+    config = QATConfig(bits=8, table_bits=3, position_bits=6)
+    assert config.activation_spec() == QuantSpec(8, "symmetric", "tensor")
+    assert QATConfig().activation_spec() is None
+    for kwargs, match in [({"table_bits": 1}, "table_bits must be in 2..8, got 1"),
+                          ({"table_bits": 9}, "table_bits must be in 2..8, got 9"),
+                          ({"table_bits": 3.0}, "table_bits must be an int"),
+                          ({"table_bits": 3, "position_bits": 13}, "position_bits must be in 0..12, got 13")]:
+        with pytest.raises(ValueError, match=match):
+            QATConfig(**kwargs)
+
+
+def _table_layer(uniform: bool, seed: int = 0, **config) -> QATBSplineKAN:
+    float_layer = _float_kan([3, 4], seed=seed, bias=True).layers[0]
+    with torch.no_grad():
+        float_layer.coef.normal_(generator=_generator("coef", seed))
+        float_layer.bias.uniform_(-1, 1, generator=_generator("bias", seed))
+        float_layer.mask[1, 2] = 0
+    if not uniform:
+        float_layer.update_grid(torch.randn(300, 3, generator=_generator("knots", seed)) * 0.6)
+    return QATBSplineKAN.from_float(float_layer, QATConfig(**{"bits": 8, "table_bits": 3, **config}))
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_table_layer_uses_the_table_and_the_exact_basis_for_the_input_gradient(uniform):
+    layer = _table_layer(uniform)
+    assert layer.is_uniform() == uniform
+    x = (torch.rand(90, 3, generator=_generator("table", uniform)) * 2.6 - 1.3).requires_grad_()  # beyond the grid
+    out = layer(x)
+
+    # forward: the table's basis, the fake-quantized input, activation and weights; grad of the weights exact
+    x_hat = layer.input_quant(x.detach())
+    local = layer.basis_table().local_basis(x_hat)
+    expanded = kanlib.spline_linear.expanded_input(x_hat, local, "silu", 3 + 5 + 1)
+    expanded[..., 0] = layer.activation_quant(F.silu(x_hat))
+    weight = layer.weight_matrix()
+    expected = expanded.view(90, -1) @ weight + layer.bias
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert (out - BSplineKAN.forward(layer, x)).abs().max() > 1e-3  # the table is not the exact basis
+    grad_out = torch.randn(90, 4, generator=_generator("grad", uniform))
+    names = ("coef", "scale_sp", "scale_base", "bias")
+    got = torch.autograd.grad(out, [getattr(layer, n) for n in names], grad_out, retain_graph=True)
+    want = torch.autograd.grad(expected, [getattr(layer, n) for n in names], grad_out)
+    for name, g, w in zip(names, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
+
+    # input: straight through, the gradient the same layer without a table has (no input or activation clamped)
+    (grad_x,) = torch.autograd.grad(out, x, grad_out)
+    exact = QATBSplineKAN.from_float(layer, QATConfig(bits=8))
+    exact.input_quant.load_state_dict(layer.input_quant.state_dict())
+    x_exact = x.detach().requires_grad_()
+    (want_x,) = torch.autograd.grad(exact(x_exact), x_exact, grad_out)
+    torch.testing.assert_close(grad_x, want_x, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("granularity", ["channel", "edge"])
+def test_quantize_computes_what_the_table_qat_layer_computed(uniform, granularity):
+    layer = _table_layer(uniform, seed=1, granularity=granularity)
+    x = torch.rand(120, 3, generator=_generator("ptq", uniform)) * 2.4 - 1.2
+    with torch.no_grad():
+        layer(x)  # calibrates the input and activation scales
+        layer.activation_quant.scale.mul_(1.3)  # as training would move it
+        expected = layer(x)
+    quantized = kanlib.quantize(layer, bits=8, table_bits=3, calib=x, granularity=granularity)
+    assert quantized.integer == (granularity == "channel")
+    torch.testing.assert_close(quantized.act_scale, layer.activation_quant.scale.detach())
+    torch.testing.assert_close(quantized(x), expected, rtol=1e-5, atol=1e-5)
+    for kwargs in ({"table_bits": 8}, {"table_bits": None}, {"table_bits": 3, "position_bits": 6}):
+        with pytest.raises(ValueError, match=r"lookup table with \(table_bits, position_bits\) = \(3, 8\)"):
+            kanlib.quantize(layer, bits=8, calib=x, granularity=granularity, **kwargs)
+
+
+def test_table_follows_grid_changes():
+    layer = _table_layer(True)
+    x = torch.rand(200, 3, generator=_generator("moving")) * 1.6 - 0.8
+    first = layer.basis_table()
+    assert layer.basis_table() is first
+    layer.update_grid(x)
+    second = layer.basis_table()
+    assert second is not first and torch.equal(second.grid, layer.grid) and not second.uniform
+    copied = copy.deepcopy(layer).double()
+    assert copied.basis_table().grid.dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x.double()).float(), layer(x), rtol=1e-4, atol=1e-4)
+
+
+def test_training_through_the_table_beats_training_without_it():
+    """A 2-bit table on a symbolic formula: QAT through the table, then quantized with it, against QAT without
+    the table quantized the same way (a fit to a smooth function feels the table's coarse basis)."""
+    data = kanlib.symbolic_dataset("exp_sin_sq", n_train=500, n_test=500, seed=0)
+    model = _float_kan([2, 5, 1], seed=0)
+    kanlib.fit(model, data, steps=20, opt="lbfgs", seed=0, progress=False)
+    rmse = {}
+    for table_bits in (None, 2):
+        trained = copy.deepcopy(model)
+        kanlib.fit(trained, data, steps=300, opt="adam", lr=3e-3, seed=0, progress=False,
+                   qat=QATConfig(bits=8, table_bits=table_bits, position_bits=4))
+        quantized = kanlib.quantize(trained, bits=8, table_bits=2, position_bits=4, calib=data["train_input"])
+        with torch.no_grad():
+            rmse[table_bits] = (quantized(data["test_input"]) - data["test_label"]).pow(2).mean().sqrt().item()
+    assert rmse[2] < 0.85 * rmse[None], rmse

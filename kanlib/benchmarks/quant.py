@@ -5,7 +5,7 @@ Three kinds of rows (``kind``):
 - ``"accuracy"``: a float KAN is trained on each task (``symbolic``: the seeds' f(x, y) = exp(sin(pi x) + y^2),
   metric test RMSE; ``digits``: scikit-learn's 8x8 digits, metric test accuracy in percent), then quantized
   with every bits x granularity x calibration x table_bits (``method="ptq"``), and fine-tuned with QAT
-  then quantized (``method="qat"``, per-channel weights). Each row: the metric, the float model's, the
+  then quantized (``method="qat"``, per-channel weights; with a table, QAT trains through that table). Each row: the metric, the float model's, the
   model size in bytes and BitOps per sample (:mod:`kanlib.quant.cost`) with their ratios to the float model.
   ``table_bits`` 0 means no table.
 - ``"inference"``: one layer (I = O = ``width``, G = 5, batch ``batch``), forward only: the float BSplineKAN
@@ -98,10 +98,12 @@ def _accuracy_rows(task: str, settings: dict, seed: int, device: torch.device) -
                                     calibration=calibration, table_bits=table_bits))
     qat_models = {}
     for bits in settings["bits"]:
-        trained = copy.deepcopy(model)
-        qat_history = _train(trained, data, task, settings["qat_steps"], seed, qat=QATConfig(bits=bits))
-        qat_models[bits] = qat_history
         for table_bits in settings["table_bits"]:
+            trained = copy.deepcopy(model)
+            qat_history = _train(trained, data, task, settings["qat_steps"], seed,
+                                 qat=QATConfig(bits=bits, table_bits=table_bits or None))
+            if not table_bits:
+                qat_models[bits] = qat_history
             quantized = quantize(trained, bits=bits, table_bits=table_bits or None, calib=calib, granularity="channel")
             rows.append(row(quantized, method="qat", bits=bits, granularity="channel", calibration="lsq",
                             table_bits=table_bits))

@@ -26,12 +26,10 @@ from ..layers.bspline import BACKENDS, BSplineKAN, assemble_weight_matrix
 from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear, torch_method
 from .lut_linear import IntegerWeights, lut_linear, quantize_activation
 from .qat import effective_scale, no_bspline_error
-from .table import BasisTable
+from .table import ACTIVATION_BITS, BasisTable
 from .tensor import QuantizedTensor, QuantSpec, calibrate, fake_quantize
 
 __all__ = ["QuantizedBSplineKAN", "quantize", "ACTIVATION_BITS"]
-
-ACTIVATION_BITS = 8  # the base activation's codes on the lookup-table path
 
 
 class QuantizedBSplineKAN(nn.Module):
@@ -39,7 +37,9 @@ class QuantizedBSplineKAN(nn.Module):
 
     Input ``[..., in_features]``, output ``[..., out_features]`` in the float layer's dtype. Build it with
     :func:`quantize`, or from one layer: ``QuantizedBSplineKAN(layer, spline_spec, base_spec, input_spec,
-    samples, table_bits, position_bits)`` where ``samples`` [N, I] are inputs the layer sees.
+    samples, table_bits, position_bits)`` where ``samples`` [N, I] are inputs the layer sees; the scales that
+    follow (symmetric weight scales, input (scale, zero point), base activation scale) are QAT's learned ones,
+    None to calibrate them.
     The state dict holds what is stored: packed codes, scales, the grid, the table and the bias.
     """
 
@@ -47,7 +47,8 @@ class QuantizedBSplineKAN(nn.Module):
                  input_spec: QuantSpec | None = None, samples: torch.Tensor | None = None,
                  table_bits: int | None = None, position_bits: int = 8,
                  spline_scale: torch.Tensor | None = None, base_scale: torch.Tensor | None = None,
-                 input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "auto"):
+                 input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 act_scale: torch.Tensor | None = None, backend: str = "auto"):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -90,9 +91,9 @@ class QuantizedBSplineKAN(nn.Module):
         if table_bits is not None:
             self.table = BasisTable(self.grid, self.spline_order, position_bits, table_bits, uniform=self.uniform)
             self.register_buffer("table_codes", self.table.packed)
-            activated = BASE_ACTIVATIONS[self.base_activation][0](samples)
-            act_scale, _ = calibrate(activated, QuantSpec(ACTIVATION_BITS))
-            self.register_buffer("act_scale", act_scale.reshape(()).float())
+            if act_scale is None:
+                act_scale, _ = calibrate(BASE_ACTIVATIONS[self.base_activation][0](samples), QuantSpec(ACTIVATION_BITS))
+            self.register_buffer("act_scale", act_scale.detach().reshape(()).float().clone())
         self._refresh()
 
     def _register_quantized(self, name: str, q: QuantizedTensor) -> None:
@@ -259,18 +260,25 @@ def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, cal
     inputs = _layer_inputs(model, layers, calib)
     quantized = {id(layer): QuantizedBSplineKAN(
         layer, spline_spec, base_spec, input_spec, inputs.get(id(layer)), table_bits, position_bits,
-        *_learned_scales(layer, spline_spec, base_spec, input_spec), backend=backend) for layer in layers}
+        *_learned_scales(layer, spline_spec, base_spec, input_spec, table_bits, position_bits), backend=backend)
+        for layer in layers}
     memo = {id(layer): quantized[id(layer)] for layer in layers}
     result = memo[id(model)] if id(model) in memo else copy.deepcopy(model, memo)
     return result.eval()
 
 
-def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantSpec, input_spec: QuantSpec | None):
-    """(spline scale, base scale, input (scale, zero point)) learned by QAT where the layer has them; None
-    for each it does not. Specs that differ from QAT's raise: the learned scales belong to those."""
+def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantSpec, input_spec: QuantSpec | None,
+                    table_bits: int | None, position_bits: int):
+    """(spline scale, base scale, input (scale, zero point), base activation scale) learned by QAT where the
+    layer has them; None for each it does not. Specs that differ from QAT's raise: the learned scales belong to
+    those, and a layer trained through a lookup table belongs to that table."""
     spline_quant, base_quant = getattr(layer, "spline_quant", None), getattr(layer, "base_quant", None)
     if spline_quant is None or base_quant is None:
-        return None, None, None
+        return None, None, None, None
+    trained_table = (layer.qat_config.table_bits, layer.qat_config.position_bits)
+    if trained_table[0] is not None and trained_table != (table_bits, position_bits):
+        raise ValueError(f"this layer was trained with QAT through a lookup table with (table_bits, position_bits) "
+                         f"= {trained_table}; quantize it with the same table, got {(table_bits, position_bits)}")
     input_quant = getattr(layer, "input_quant", None)
     trained = [(spline_quant.spec, spline_spec), (base_quant.spec, base_spec)]
     if input_quant is not None and input_spec is not None:
@@ -282,4 +290,8 @@ def _learned_scales(layer: BSplineKAN, spline_spec: QuantSpec, base_spec: QuantS
     inputs = None
     if input_quant is not None and input_spec is not None:
         inputs = (effective_scale(input_quant.scale.detach()), input_quant.zero_point.detach())
-    return effective_scale(spline_quant.scale.detach()), effective_scale(base_quant.scale.detach()), inputs
+    activation_quant = layer.activation_quant
+    activation = (effective_scale(activation_quant.scale.detach())
+                  if activation_quant is not None and activation_quant.initialized else None)
+    return (effective_scale(spline_quant.scale.detach()), effective_scale(base_quant.scale.detach()), inputs,
+            activation)

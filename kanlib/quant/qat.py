@@ -18,6 +18,11 @@ overshoots zero, as an optimizer's first steps can, is not lost.
 :func:`prepare_qat` swaps every :class:`~kanlib.layers.bspline.BSplineKAN` of a model for a
 :class:`QATBSplineKAN`, which fake-quantizes its input, base weights and spline weights;
 :func:`calibrate_inputs` sets the input scales from real activations. ``fit(..., qat=QATConfig())`` does both.
+
+With ``QATConfig(table_bits=...)`` the layer trains through the lookup-table basis that ``quantize(...,
+table_bits=...)`` will use (:class:`~kanlib.quant.table.BasisTable`), its base activation fake-quantized to
+8 bits as there. A table is piecewise constant in x, so the gradient w.r.t. x is straight-through: the exact
+basis' derivative; the weights get the exact gradient of the tabulated product.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ import torch
 from torch import nn
 
 from ..layers.bspline import BSplineKAN, assemble_weight_matrix
+from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear
+from .table import ACTIVATION_BITS, BasisTable, check_table_bits
 from .tensor import AXIS_LAYOUTS, QuantSpec, calibrate
 
 __all__ = ["QATConfig", "FakeQuantize", "QATBSplineKAN", "prepare_qat", "calibrate_inputs", "effective_scale"]
@@ -42,6 +49,8 @@ class QATConfig:
     ``scheme`` and ``granularity`` are QuantSpec's and apply to the weights; ``"edge"`` gives the spline weights
     one scale per edge and the base weights, one number per edge already, one per channel.
     ``learn_scale``: LSQ (scales, and affine zero points, are trained); False keeps the calibrated scales fixed.
+    ``table_bits`` (None: the exact basis) and ``position_bits``: train through the lookup-table basis that
+    ``quantize(..., table_bits=, position_bits=)`` uses, with the base activation fake-quantized to 8 bits.
     """
 
     bits: int = 8
@@ -50,11 +59,15 @@ class QATConfig:
     scheme: str = "symmetric"
     granularity: str = "channel"
     learn_scale: bool = True
+    table_bits: int | None = None
+    position_bits: int = 8
 
     def __post_init__(self):
         if not isinstance(self.learn_scale, bool):
             raise TypeError(f"learn_scale must be a bool, got {type(self.learn_scale).__name__} "
                             f"({self.learn_scale!r})")
+        if self.table_bits is not None:
+            check_table_bits(self.table_bits, self.position_bits)
         self.weight_spec()
         self.base_spec()
         self.input_spec()
@@ -71,6 +84,10 @@ class QATConfig:
     def input_spec(self) -> QuantSpec | None:
         """The inputs' spec (per tensor), or None when inputs are not quantized."""
         return None if self.input_bits is None else QuantSpec(self.input_bits, self.scheme, "tensor")
+
+    def activation_spec(self) -> QuantSpec | None:
+        """The base activation's spec on the lookup-table path (8 bits, symmetric, per tensor), or None."""
+        return None if self.table_bits is None else QuantSpec(ACTIVATION_BITS)
 
 
 def effective_scale(scale: torch.Tensor) -> torch.Tensor:
@@ -196,7 +213,8 @@ class QATBSplineKAN(BSplineKAN):
 
     ``input_quant`` (None when ``input_bits`` is None) quantizes x [..., I] per tensor; ``base_quant`` the base
     weights [I, O] and ``spline_quant`` the spline weights [I, O, G+k], so the product uses the weights that
-    low-bit storage would hold. Built like a BSplineKAN plus ``qat_config``, or from a float layer by
+    low-bit storage would hold. With ``table_bits``, the basis comes from :meth:`basis_table` and
+    ``activation_quant`` quantizes the base activation (None otherwise). Built like a BSplineKAN plus ``qat_config``, or from a float layer by
     :meth:`from_float`. ``activations`` and ``regularization_loss`` read the float weights; ``update_grid`` and
     ``refine`` recalibrate the spline weight scales after refitting the coefficients.
     """
@@ -234,11 +252,29 @@ class QATBSplineKAN(BSplineKAN):
         self.spline_quant = FakeQuantize(config.weight_spec(), "coef", config.learn_scale)
         self.base_quant.initialize(self.base_weight())
         self.spline_quant.initialize(self.spline_weight())
+        activation_spec = config.activation_spec()
+        self.activation_quant = (None if activation_spec is None
+                                 else FakeQuantize(activation_spec, "auto", config.learn_scale))
+        self._table = None
 
     def extra_repr(self) -> str:
         c = self.qat_config
+        table = "" if c.table_bits is None else f", table_bits={c.table_bits}, position_bits={c.position_bits}"
         return (f"{super().extra_repr()}, bits={c.bits}, base_bits={c.base_bits}, input_bits={c.input_bits}, "
-                f"scheme={c.scheme!r}, granularity={c.granularity!r}")
+                f"scheme={c.scheme!r}, granularity={c.granularity!r}{table}")
+
+    def basis_table(self) -> BasisTable | None:
+        """The lookup table of the current grid (rebuilt when the grid changes), or None without table_bits."""
+        c = self.qat_config
+        if c.table_bits is None:
+            return None
+        grid = self.grid.detach()
+        cached = None if self._table is None else self._table.grid
+        if cached is None or (cached.shape, cached.dtype, cached.device) != (grid.shape, grid.dtype, grid.device) \
+                or not torch.equal(cached, grid):
+            self._table = BasisTable(grid.clone(), self.spline_order, c.position_bits, c.table_bits,
+                                     uniform=self.is_uniform())
+        return self._table
 
     def weight_matrix(self) -> torch.Tensor:
         """The fake-quantized [I * (G+k+1), O] matrix."""
@@ -249,7 +285,31 @@ class QATBSplineKAN(BSplineKAN):
         self._check_input(x)
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return super().forward(x)
+        if self.activation_quant is None:
+            return super().forward(x)
+        flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
+        out = self._table_forward(flat, self.weight_matrix())
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _table_forward(self, flat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """flat [N, I], weight [I * S, O] -> [N, O]: the tabulated basis and the quantized base activation
+        times weight; the spline part's gradient w.r.t. flat taken straight through the exact basis."""
+        n_slots = weight.shape[0] // self.in_features
+        with torch.no_grad():
+            expanded = expanded_input(flat, self.basis_table().local_basis(flat), self.base_activation, n_slots)
+        activation = self.activation_quant(BASE_ACTIVATIONS[self.base_activation][0](flat)).to(expanded.dtype)
+        expanded = torch.cat([activation.unsqueeze(-1), expanded[..., 1:]], dim=-1)
+        out = expanded.view(flat.shape[0], -1) @ weight
+        if flat.requires_grad:
+            spline_rows = weight.detach().view(self.in_features, n_slots, -1).clone()
+            spline_rows[:, 0] = 0.0
+            spline_rows = spline_rows.view_as(weight)
+            exact = spline_linear(flat, spline_rows, self.grid, self.spline_order, self.is_uniform(),
+                                  self.base_activation, self._method_for(flat, spline_rows))
+            out = out + (exact - exact.detach())
+        return out
 
     def _set_grid_and_fit(self, knots: torch.Tensor, samples: torch.Tensor, targets: torch.Tensor) -> None:
         super()._set_grid_and_fit(knots, samples, targets)

@@ -21,9 +21,10 @@ from ..basis import (LocalBasis, _align, _window_start, check_grid, cox_de_boor,
                      uniform_basis_matrix)
 from .tensor import pack_bits, unpack_bits
 
-__all__ = ["BasisTable", "TABLE_SHIFT"]
+__all__ = ["BasisTable", "TABLE_SHIFT", "ACTIVATION_BITS", "check_table_bits"]
 
 MAX_POSITION_BITS = 12
+ACTIVATION_BITS = 8  # the base activation's codes on the lookup-table path
 # 8-bit codes (0..255) enter int8 products shifted by this (code - 128); the integer paths add it back
 # through the weights' column sums
 TABLE_SHIFT = 128
@@ -35,6 +36,12 @@ def _check_bits(name: str, value, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be in {low}..{high}, got {value}")
     return value
+
+
+def check_table_bits(table_bits, position_bits) -> None:
+    """Raise unless ``table_bits`` is an int in 2..8 and ``position_bits`` one in 0..MAX_POSITION_BITS."""
+    _check_bits("table_bits", table_bits, 2, 8)
+    _check_bits("position_bits", position_bits, 0, MAX_POSITION_BITS)
 
 
 class BasisTable:
