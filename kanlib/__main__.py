@@ -8,8 +8,9 @@ The commands parse their arguments, call the library, print and write; they meas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .bench import (RESULTS_DIR, can_retain_freed_memory, format_table, resolve_device, retain_freed_memory,
                     write_results)
@@ -30,6 +31,19 @@ def _int_at_least(minimum: int):
         return value
 
     return parse
+
+
+class _CommandFailed(Exception):
+    """A command's expected error (its cause): :func:`main` prints ``kanlib <command>: <error>`` and returns 1."""
+
+
+@contextlib.contextmanager
+def _fails_on(*errors: type[Exception]) -> Iterator[None]:
+    """Within the block, one of errors ends the command as :class:`_CommandFailed`, without a traceback."""
+    try:
+        yield
+    except errors as error:
+        raise _CommandFailed from error
 
 
 def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "timed runs per candidate") -> None:
@@ -58,6 +72,14 @@ def _benchmark_device(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if args.malloc == "retain":
         retain_freed_memory()
     return device
+
+
+def _print_targets(targets: list[dict], value_format: str) -> None:
+    """A line per target of a benchmark's ``target_report``: its value (in value_format), goal and verdict."""
+    for target in targets:
+        value = "missing" if target["value"] is None else format(target["value"], value_format)
+        met = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
+        print(f"  {target['target']}: {value} (goal {target['goal']}){met}")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -141,13 +163,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.force and not args.in_place:
         parser.error("--force: expected together with --in-place, got it alone")
-    try:
+    with _fails_on(NotebookError, ValueError):
         notebooks = args.notebooks or find_notebooks()
         runs = run_notebooks(notebooks, device=args.device, mode=args.mode, seed=args.seed,
                              output_dir=args.output_dir, in_place=args.in_place, force=args.force)
-    except (NotebookError, ValueError) as error:
-        print(f"kanlib run: {error}", file=sys.stderr)
-        return 1
     print(f"ran {len(runs)} notebook(s) in {sum(run.seconds for run in runs):.1f} s")
     return 0
 
@@ -157,11 +176,8 @@ def _book(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .runner import NotebookError
     from .web_assets import MissingAssetsError
 
-    try:
+    with _fails_on(BookBuildError, MissingAssetsError, NotebookError):
         index = build_site(args.notebooks, build_dir=args.build_dir or BUILD_DIR)
-    except (BookBuildError, MissingAssetsError, NotebookError) as error:
-        print(f"kanlib book: {error}", file=sys.stderr)
-        return 1
     print(f"built the site: open {index} (or: python -m http.server -d {index.parent})")
     return 0
 
@@ -171,11 +187,8 @@ def _slides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .slides import write_decks
     from .web_assets import MissingAssetsError
 
-    try:
+    with _fails_on(MissingAssetsError, ValueError, FileNotFoundError):
         decks = write_decks(args.notebooks or find_notebooks(), args.output_dir)
-    except (MissingAssetsError, ValueError, FileNotFoundError) as error:
-        print(f"kanlib slides: {error}", file=sys.stderr)
-        return 1
     for deck in decks:
         print(f"wrote {deck}")
     return 0
@@ -221,10 +234,7 @@ def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     print(f"kernel benchmark on {device}, order {args.order}")
     print(format_table(rows, [column for column in kernel.TABLE_COLUMNS if any(column in row for row in rows)]))
     print("targets (set for an H100; bfloat16, B=4096, I=O=1024, G=5):")
-    for target in kernel.target_report(rows):
-        value = "missing" if target["value"] is None else f"{target['value']:.2f}"
-        met = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
-        print(f"  {target['target']}: {value} (goal {target['goal']}){met}")
+    _print_targets(kernel.target_report(rows), ".2f")
     if not args.no_write:
         print(f"wrote {write_results('kernel', params, rows, device, out_dir=args.out_dir)}")
     return 0
@@ -255,10 +265,7 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         chosen = [row for row in rows if row["kind"] == kind]
         print(format_table(chosen, [c for c in quant.TABLE_COLUMNS if any(c in row for row in chosen)]))
     print("targets:")
-    for target in quant.target_report(rows):
-        value = "missing" if target["value"] is None else f"{target['value']:.3g}"
-        met = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
-        print(f"  {target['target']}: {value} (goal {target['goal']}){met}")
+    _print_targets(quant.target_report(rows), ".3g")
     if not args.no_write:
         params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
                   **{k: list(v) if isinstance(v, tuple) else v
@@ -284,7 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]), run the chosen command and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.handler(args, parser)
+    try:
+        return args.handler(args, parser)
+    except _CommandFailed as failure:
+        print(f"kanlib {args.command}: {failure.__cause__}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

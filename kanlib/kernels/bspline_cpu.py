@@ -260,13 +260,27 @@ def _dense_kernel(k):
     return kernel
 
 
+@njit(inline="always", cache=True)
+def _sparse_sizes(x, weight):
+    """(N, I, O, S) of the product of x [N, I] with weight [I*S, O] (or an array of its shape)."""
+    n_rows, n_in = x.shape
+    return n_rows, n_in, weight.shape[1], weight.shape[0] // n_in
+
+
+@njit(inline="always", cache=True)
+def _existing_window(span, spline_order, n_basis):
+    """range(first, stop) of the window entries r whose basis span - k + r exists (0 <= it < n_basis);
+    empty for span -1 (outside the grid)."""
+    k = spline_order
+    if span < 0:
+        return 0, 0
+    return max(k - span, 0), min(n_basis + k - span, k + 1)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, out):
     """out [N, O] = A @ weight, touching only the k + 2 nonzero slots of each input; weight [I*S, O]."""
-    n_rows, n_in = x.shape
-    n_out = weight.shape[1]
-    n_slots = weight.shape[0] // n_in
-    n_basis = n_slots - 1
+    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
     k = spline_order
     for n in prange(n_rows):
         scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
@@ -278,14 +292,12 @@ def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, ac
             for o in range(n_out):
                 row[o] += base * weight[offset, o]
             span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
-            if span < 0:
-                continue
-            for r in range(k + 1):
-                m = span - k + r
-                if 0 <= m < n_basis:
-                    coefficient = scratch[0, r]
-                    for o in range(n_out):
-                        row[o] += coefficient * weight[offset + 1 + m, o]
+            first, stop = _existing_window(span, k, n_slots - 1)
+            for r in range(first, stop):
+                coefficient = scratch[0, r]
+                slot = offset + 1 + span - k + r
+                for o in range(n_out):
+                    row[o] += coefficient * weight[slot, o]
         for o in range(n_out):
             out[n, o] = row[o]
 
@@ -293,10 +305,7 @@ def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, ac
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_out, grad_weight):
     """grad_weight [I*S, O] = A^T @ grad_out; each input's rows are owned by one thread."""
-    n_rows, n_in = x.shape
-    n_out = grad_out.shape[1]
-    n_slots = grad_weight.shape[0] // n_in
-    n_basis = n_slots - 1
+    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, grad_weight)
     k = spline_order
     for i in prange(n_in):
         scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
@@ -310,23 +319,18 @@ def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix
             for o in range(n_out):
                 grad_weight[offset, o] += base * grad_out[n, o]
             span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
-            if span < 0:
-                continue
-            for r in range(k + 1):
-                m = span - k + r
-                if 0 <= m < n_basis:
-                    coefficient = scratch[0, r]
-                    for o in range(n_out):
-                        grad_weight[offset + 1 + m, o] += coefficient * grad_out[n, o]
+            first, stop = _existing_window(span, k, n_slots - 1)
+            for r in range(first, stop):
+                coefficient = scratch[0, r]
+                slot = offset + 1 + span - k + r
+                for o in range(n_out):
+                    grad_weight[slot, o] += coefficient * grad_out[n, o]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
     """grad_x [N, I]: the gradient of A at its nonzero slots (grad_out . weight rows) times dA/dx."""
-    n_rows, n_in = x.shape
-    n_out = weight.shape[1]
-    n_slots = weight.shape[0] // n_in
-    n_basis = n_slots - 1
+    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
     k = spline_order
     for n in prange(n_rows):
         scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
@@ -338,14 +342,13 @@ def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix,
                 dot += grad_out[n, o] * weight[offset, o]
             acc = _activation_grad(value, activation) * dot
             span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, True)
-            if span >= 0:
-                for r in range(k + 1):
-                    m = span - k + r
-                    if 0 <= m < n_basis:
-                        dot = 0.0
-                        for o in range(n_out):
-                            dot += grad_out[n, o] * weight[offset + 1 + m, o]
-                        acc += scratch[1, r] * dot
+            first, stop = _existing_window(span, k, n_slots - 1)
+            for r in range(first, stop):
+                slot = offset + 1 + span - k + r
+                dot = 0.0
+                for o in range(n_out):
+                    dot += grad_out[n, o] * weight[slot, o]
+                acc += scratch[1, r] * dot
             grad_x[n, i] = acc
 
 
