@@ -185,6 +185,16 @@ def dense_kernel(spline_order: int):
     return _dense_kernel(int(spline_order))
 
 
+@njit(inline="always", cache=True)
+def _existing_window(span, spline_order, n_basis):
+    """range(first, stop) of the window entries r whose basis span - k + r exists (0 <= it < n_basis);
+    empty for span -1 (outside the grid)."""
+    k = spline_order
+    if span < 0:
+        return 0, 0
+    return max(k - span, 0), min(n_basis + k - span, k + 1)
+
+
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _put_window(row, offset, span, values, i, n_basis, k):
     """row[offset + 1 + m] = values[r, i] for the bases m = span - k + r that exist."""
@@ -192,11 +202,10 @@ def _put_window(row, offset, span, values, i, n_basis, k):
         first = offset + 1 + span - k
         for r in range(k + 1):
             row[first + r] = values[r, i]
-    elif span >= 0:
-        for r in range(k + 1):
-            m = span - k + r
-            if 0 <= m < n_basis:
-                row[offset + 1 + m] = values[r, i]
+    else:
+        first, stop = _existing_window(span, k, n_basis)
+        for r in range(first, stop):
+            row[offset + 1 + span - k + r] = values[r, i]
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -207,11 +216,10 @@ def _dot_window(row, offset, span, slopes, i, n_basis, k):
         first = offset + 1 + span - k
         for r in range(k + 1):
             acc += slopes[r, i] * row[first + r]
-    elif span >= 0:
-        for r in range(k + 1):
-            m = span - k + r
-            if 0 <= m < n_basis:
-                acc += slopes[r, i] * row[offset + 1 + m]
+    else:
+        first, stop = _existing_window(span, k, n_basis)
+        for r in range(first, stop):
+            acc += slopes[r, i] * row[offset + 1 + span - k + r]
     return acc
 
 
@@ -265,16 +273,6 @@ def _sparse_sizes(x, weight):
     """(N, I, O, S) of the product of x [N, I] with weight [I*S, O] (or an array of its shape)."""
     n_rows, n_in = x.shape
     return n_rows, n_in, weight.shape[1], weight.shape[0] // n_in
-
-
-@njit(inline="always", cache=True)
-def _existing_window(span, spline_order, n_basis):
-    """range(first, stop) of the window entries r whose basis span - k + r exists (0 <= it < n_basis);
-    empty for span -1 (outside the grid)."""
-    k = spline_order
-    if span < 0:
-        return 0, 0
-    return max(k - span, 0), min(n_basis + k - span, k + 1)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
