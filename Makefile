@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 # reveal.js, MathJax, jQuery and RequireJS from npm, so that the site and the slides work offline.
-$(ASSETS): $(VENV)/.installed kanlib/web_assets.py
-	$(PY) -c "from kanlib.web_assets import install_assets; install_assets()"
+$(ASSETS): $(VENV)/.installed kanlib/book/web_assets.py
+	$(PY) -c "from kanlib.book.web_assets import install_assets; install_assets()"
 	touch $@
 
 assets: $(ASSETS)

@@ -1,5 +1,5 @@
 """kanlib: fast, exact Kolmogorov-Arnold Network layers."""
-from .datasets import FORMULAS, list_formulas, load_digits, load_mnist, symbolic_dataset
+from .data import FORMULAS, list_formulas, load_digits, load_mnist, symbolic_dataset
 from .layers import MLP, BSplineKAN
 from .models import KAN, LAYERS, count_parameters, forward_flops, mlp_with_parameter_count
 from .training import History, fit

@@ -14,8 +14,9 @@ from collections.abc import Iterator, Sequence
 
 from .bench import (RESULTS_DIR, can_retain_freed_memory, format_table, resolve_device, retain_freed_memory,
                     write_results)
-from .benchmarks import kernel
-from .benchmarks.layer import CANDIDATES, DTYPES, TABLE_COLUMNS, run_layer_benchmark
+from .bench import kernel
+from .bench.candidates import DTYPES
+from .bench.layer import CANDIDATES, TABLE_COLUMNS, run_layer_benchmark
 
 
 def _int_at_least(minimum: int):
@@ -125,7 +126,7 @@ def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def _add_book_commands(commands: argparse._SubParsersAction) -> None:
-    from .runner import DEVICES, EXECUTED_DIR, MODES
+    from .book.runner import DEVICES, EXECUTED_DIR, MODES
 
     run = commands.add_parser(
         "run", help="execute notebooks with papermill, stamped with device, mode, date and commit",
@@ -159,7 +160,7 @@ def _add_book_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .runner import NotebookError, find_notebooks, run_notebooks
+    from .book.runner import NotebookError, find_notebooks, run_notebooks
 
     if args.force and not args.in_place:
         parser.error("--force: expected together with --in-place, got it alone")
@@ -172,9 +173,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _book(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .book import BUILD_DIR, BookBuildError, build_site
-    from .runner import NotebookError
-    from .web_assets import MissingAssetsError
+    from .book.paths import BUILD_DIR
+    from .book.site import BookBuildError, build_site
+    from .book.runner import NotebookError
+    from .book.web_assets import MissingAssetsError
 
     with _fails_on(BookBuildError, MissingAssetsError, NotebookError):
         index = build_site(args.notebooks, build_dir=args.build_dir or BUILD_DIR)
@@ -183,9 +185,9 @@ def _book(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _slides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .runner import find_notebooks
-    from .slides import write_decks
-    from .web_assets import MissingAssetsError
+    from .book.runner import find_notebooks
+    from .book.slides import write_decks
+    from .book.web_assets import MissingAssetsError
 
     with _fails_on(MissingAssetsError, ValueError, FileNotFoundError):
         decks = write_decks(args.notebooks or find_notebooks(), args.output_dir)
@@ -255,7 +257,7 @@ def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
 
 
 def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .benchmarks import quant
+    from .bench import quant
 
     device = _benchmark_device(args, parser)
     rows = quant.run_quant_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,

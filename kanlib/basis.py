@@ -37,6 +37,9 @@ __all__ = [
     "make_grid",
     "extend_grid",
     "check_grid",
+    "cardinal_pieces",
+    "window_start",
+    "align_window",
 ]
 
 
@@ -113,11 +116,11 @@ def cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch
 
 
 @lru_cache(maxsize=None)
-def _cardinal_pieces(order: int) -> tuple[tuple[Fraction, ...], ...]:
+def cardinal_pieces(order: int) -> tuple[tuple[Fraction, ...], ...]:
     """Polynomial pieces of the cardinal B-spline of ``order`` on [r, r+1], in t = u - r, exact."""
     if order == 0:
         return ((Fraction(1),),)
-    lower = _cardinal_pieces(order - 1)
+    lower = cardinal_pieces(order - 1)
 
     def times_linear(poly, c0, c1):  # poly(t) * (c0 + c1 t) / order
         out = [Fraction(0)] * (len(poly) + 1)
@@ -141,7 +144,7 @@ def _cardinal_pieces(order: int) -> tuple[tuple[Fraction, ...], ...]:
 
 @lru_cache(maxsize=None)
 def _basis_matrix_cpu(spline_order: int) -> torch.Tensor:
-    pieces = _cardinal_pieces(spline_order)
+    pieces = cardinal_pieces(spline_order)
     k = spline_order
     rows = [[float(pieces[k - r][p]) for r in range(k + 1)] for p in range(k + 1)]
     return torch.tensor(rows, dtype=torch.float64)
@@ -152,11 +155,11 @@ def uniform_basis_matrix(spline_order: int, dtype=torch.float64, device=None) ->
     return _basis_matrix_cpu(spline_order).to(dtype=dtype, device=device)
 
 
-def _window_start(span: torch.Tensor, grid_size: int, spline_order: int) -> torch.Tensor:
+def window_start(span: torch.Tensor, grid_size: int, spline_order: int) -> torch.Tensor:
     return (span - spline_order).clamp(0, grid_size - 1)
 
 
-def _align(values: torch.Tensor, span: torch.Tensor, start: torch.Tensor, spline_order: int) -> torch.Tensor:
+def align_window(values: torch.Tensor, span: torch.Tensor, start: torch.Tensor, spline_order: int) -> torch.Tensor:
     """Move values of bases ``span - k + r`` to the window of bases ``start + r``; zeros where none."""
     k = spline_order
     padded = torch.nn.functional.pad(values, (k, k))
@@ -227,18 +230,18 @@ def _local_uniform(x, grid, spline_order, derivatives, span):
     if k == 0:
         inside = (x >= first) & (x < grid[:, -1])
         values = torch.where(inside.unsqueeze(-1), values, 0.0)
-    start = _window_start(span, grid_size, k)
+    start = window_start(span, grid_size, k)
     d_values = None
     if derivatives:
         if k == 0:
             d_values = torch.zeros_like(values)
         else:
             d_matrix = matrix[1:] * torch.arange(1, k + 1, device=x.device, dtype=x.dtype).unsqueeze(-1)
-            d_values = _align(_horner(t, d_matrix) / step.unsqueeze(-1), span, start, k)
+            d_values = align_window(_horner(t, d_matrix) / step.unsqueeze(-1), span, start, k)
             # the clamped coordinate is flat outside [t_0, t_n): no slope there
             inside = (x >= first) & (x < grid[:, -1])
             d_values = torch.where(inside.unsqueeze(-1), d_values, 0.0)
-    return LocalBasis(start, _align(values, span, start, k), d_values)
+    return LocalBasis(start, align_window(values, span, start, k), d_values)
 
 
 def _local_general(x, grid, spline_order, derivatives, span):
@@ -266,12 +269,12 @@ def _local_general(x, grid, spline_order, derivatives, span):
             saved = left[d - r] * temp
         values.append(saved)
     stacked = torch.where(inside.unsqueeze(-1), torch.stack(values, -1), 0.0)
-    start = _window_start(span, grid_size, k)
+    start = window_start(span, grid_size, k)
     d_values = None
     if derivatives:
         d_values = torch.where(inside.unsqueeze(-1), _general_derivatives(lower, knots, k), 0.0)
-        d_values = _align(d_values, span, start, k)
-    return LocalBasis(start, _align(stacked, span, start, k), d_values)
+        d_values = align_window(d_values, span, start, k)
+    return LocalBasis(start, align_window(stacked, span, start, k), d_values)
 
 
 def _general_derivatives(lower, knots, k):
@@ -318,5 +321,5 @@ def matrix_kan(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.
     values = powers @ uniform_basis_matrix(k, dtype=x.dtype, device=x.device)
     if k == 0:
         values = torch.where(((x >= first) & (x < grid[:, -1])).unsqueeze(-1), values, 0.0)
-    start = _window_start(span, grid_size, k)
-    return LocalBasis(start, _align(values, span, start, k), None).to_dense(grid_size + k)
+    start = window_start(span, grid_size, k)
+    return LocalBasis(start, align_window(values, span, start, k), None).to_dense(grid_size + k)

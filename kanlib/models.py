@@ -7,15 +7,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .activations import ACTIVATIONS, MLP_ACTIVATIONS
+from .checks import check_positive_int
 from .layers.bspline import BSplineKAN
-from .layers.mlp import ACTIVATIONS, MLP, Stack, check_activation, check_positive_int, check_widths
+from .layers.mlp import MLP, Stack, check_activation, check_widths
 
 __all__ = ["KAN", "MLP", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count"]
 
 LAYERS: dict[str, type[nn.Module]] = {"bspline": BSplineKAN}
 
-# Estimated FLOPs per element of an activation: exp, add, divide and multiply for the smooth ones.
-ACTIVATION_FLOPS = {"silu": 4, "tanh": 4, "gelu": 4, "relu": 1, "identity": 0}
 
 
 def _resolve_layer(layer) -> type[nn.Module]:
@@ -74,9 +74,19 @@ class KAN(Stack, nn.Module):
         Layer l sees x passed through layers 0..l-1 after their update, as pykan's ``update_grid_from_samples``.
         """
         self._require("update_grid")
-        for layer in self.layers:
-            layer.update_grid(x)
-            x = layer(x)
+        saved = [{name: t.clone() for name, t in layer.state_dict().items()} for layer in self.layers]
+        try:
+            for index, layer in enumerate(self.layers):
+                try:
+                    layer.update_grid(x)
+                except ValueError as error:
+                    raise ValueError(f"KAN.update_grid: layer {index} ({layer.in_features} -> {layer.out_features}) "
+                                     f"cannot take the grid of its inputs: {error}; no layer was changed") from error
+                x = layer(x)
+        except BaseException:
+            for layer, state in zip(self.layers, saved):
+                _restore(layer, state)
+            raise
 
     @torch.no_grad()
     def refine(self, grid_size: int) -> None:
@@ -112,8 +122,8 @@ def forward_flops(model: nn.Module, batch_size: int = 1) -> int:
     """Estimated FLOPs of one forward pass on ``batch_size`` samples, a multiply-add counting as 2.
 
     Per sample: ``nn.Linear`` 2*I*O (+O for a bias); ``BSplineKAN`` 2*I*(G+k+1)*O for its matrix product plus,
-    per input, ``bspline_basis_flops(k)`` for the basis and ``ACTIVATION_FLOPS`` for the base activation
-    (+O for a bias); an activation module in an ``nn.Sequential`` (so in an MLP) ``ACTIVATION_FLOPS`` per
+    per input, ``bspline_basis_flops(k)`` for the basis and the activation's ``flops`` (:mod:`kanlib.activations`) for the base activation
+    (+O for a bias); an activation module in an ``nn.Sequential`` (so in an MLP) the activation's ``flops`` (:mod:`kanlib.activations`) per
     element. Parameter-free modules such as dropout count 0; a module of another kind with parameters,
     or an activation whose input size is unknown, raises ValueError.
     """
@@ -126,7 +136,7 @@ def _has_parameters(module: nn.Module, recurse: bool = True) -> bool:
 
 
 def _activation_name(module: nn.Module) -> str | None:
-    return next((name for name, kind in ACTIVATIONS.items() if isinstance(module, kind)), None)
+    return next((name for name in MLP_ACTIVATIONS if isinstance(module, ACTIVATIONS[name].module)), None)
 
 
 def _per_sample_flops(module: nn.Module) -> int:
@@ -136,7 +146,7 @@ def _per_sample_flops(module: nn.Module) -> int:
     if isinstance(module, BSplineKAN):
         n_in, n_out, k = module.in_features, module.out_features, module.spline_order
         product = 2 * n_in * (module.grid_size + k + 1) * n_out
-        per_input = bspline_basis_flops(k) + ACTIVATION_FLOPS[module.base_activation]
+        per_input = bspline_basis_flops(k) + ACTIVATIONS[module.base_activation].flops
         bias = n_out if module.bias is not None else 0
         return product + n_in * per_input + bias
     if isinstance(module, nn.Sequential):
@@ -145,7 +155,7 @@ def _per_sample_flops(module: nn.Module) -> int:
         raise ValueError(f"forward_flops cannot size the input of {type(module).__name__} outside an nn.Sequential")
     if _has_parameters(module, recurse=False):
         raise ValueError(f"forward_flops has no FLOP model for {type(module).__name__}; "
-                         f"it knows nn.Linear, BSplineKAN and activations {sorted(ACTIVATIONS)}")
+                         f"it knows nn.Linear, BSplineKAN and activations {sorted(MLP_ACTIVATIONS)}")
     return sum(_per_sample_flops(child) for child in module.children())
 
 
@@ -158,7 +168,7 @@ def _sequential_flops(sequence: nn.Sequential) -> int:
             if width is None:
                 raise ValueError(f"forward_flops cannot size the input of {type(child).__name__}: "
                                  f"no module before it in the nn.Sequential gives its out_features")
-            total += ACTIVATION_FLOPS[activation] * width
+            total += ACTIVATIONS[activation].flops * width
             continue
         total += _per_sample_flops(child)
         if hasattr(child, "out_features"):
@@ -193,3 +203,20 @@ def mlp_with_parameter_count(n_in: int, n_out: int, n_params: int, depth: int = 
             low = middle + 1
     hidden = min((h for h in (low - 1, low) if h >= 1), key=lambda h: abs(parameters_at(h) - n_params))
     return MLP([n_in, *[hidden] * depth, n_out], activation=activation, bias=bias)
+
+
+def _restore(layer: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put back a layer's saved parameters and buffers, whose shapes a grid change may have altered."""
+    for name, value in state.items():
+        module_name, _, attribute = name.rpartition(".")
+        module = layer.get_submodule(module_name) if module_name else layer
+        current = getattr(module, attribute)
+        if current is None:
+            continue
+        if current.shape == value.shape:
+            with torch.no_grad():
+                current.copy_(value)  # in place: an optimizer keeps its references
+        elif isinstance(current, nn.Parameter):
+            setattr(module, attribute, nn.Parameter(value, requires_grad=current.requires_grad))
+        else:
+            module._buffers[attribute] = value

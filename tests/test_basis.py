@@ -1,35 +1,20 @@
 """Basis evaluation methods against pykan's recursion and against each other."""
 import pytest
 import torch
-from kan.spline import B_batch, extend_grid as pykan_extend_grid
+from conftest import inputs_around, random_grid
+from kan.spline import B_batch
 
 from kanlib import basis
 
 CASES = [(1, 1), (5, 3), (7, 2), (13, 1), (20, 3), (4, 5), (3, 0), (50, 3)]
 
 
-def random_inputs(n, n_in, grid, generator, dtype=torch.float64):
-    """Samples across the extended grid and beyond it on both sides, plus exact knots."""
-    low, high = grid[:, 0].min().item(), grid[:, -1].max().item()
-    width = high - low
-    x = torch.rand(n, n_in, generator=generator, dtype=dtype) * 1.6 * width + low - 0.3 * width
-    x[: grid.shape[1], :] = grid.t().to(dtype)  # every knot, where the half-open intervals meet
-    return x
-
-
-def nonuniform_grid(n_in, grid_size, k, generator, dtype=torch.float64, repeat_knot=False):
-    """Sorted random knots (pykan's update_grid shape), optionally with a repeated knot."""
-    knots = torch.sort(torch.rand(n_in, grid_size + 1, generator=generator, dtype=dtype) * 4 - 2, dim=1).values
-    if repeat_knot and grid_size >= 2:
-        knots[:, 1] = knots[:, 2]
-    return pykan_extend_grid(knots, k_extend=k)
-
-
 @pytest.mark.parametrize("grid_size,k", CASES)
 def test_cox_de_boor_matches_pykan(grid_size, k):
     gen = torch.Generator().manual_seed(grid_size * 10 + k)
-    for grid in (basis.make_grid(3, grid_size, k, dtype=torch.float64), nonuniform_grid(3, grid_size, k, gen)):
-        x = random_inputs(500, 3, grid, gen)
+    for grid in (basis.make_grid(3, grid_size, k, dtype=torch.float64),
+                 random_grid(3, grid_size, k, gen, dtype=torch.float64)):
+        x = inputs_around(grid, 500, gen, outside=0.3, knots=True)
         expected = B_batch(x, grid, k=k).to(x.dtype)
         torch.testing.assert_close(basis.cox_de_boor(x, grid, k), expected, rtol=1e-12, atol=1e-12)
 
@@ -39,7 +24,7 @@ def test_cox_de_boor_matches_pykan(grid_size, k):
 def test_local_methods_match_reference_on_uniform_grids(grid_size, k, method):
     gen = torch.Generator().manual_seed(grid_size + 100 * k)
     grid = basis.make_grid(4, grid_size, k, grid_range=(-1.5, 2.0), dtype=torch.float64)
-    x = random_inputs(700, 4, grid, gen)
+    x = inputs_around(grid, 700, gen, outside=0.3, knots=True)
     torch.testing.assert_close(method(x, grid, k), basis.cox_de_boor(x, grid, k), rtol=0, atol=1e-12)
 
 
@@ -47,8 +32,8 @@ def test_local_methods_match_reference_on_uniform_grids(grid_size, k, method):
 @pytest.mark.parametrize("repeat_knot", [False, True])
 def test_local_de_boor_matches_reference_on_any_knots(grid_size, k, repeat_knot):
     gen = torch.Generator().manual_seed(7 * grid_size + k)
-    grid = nonuniform_grid(5, grid_size, k, gen, repeat_knot=repeat_knot)
-    x = random_inputs(700, 5, grid, gen)
+    grid = random_grid(5, grid_size, k, gen, repeat_knot=repeat_knot, dtype=torch.float64)
+    x = inputs_around(grid, 700, gen, outside=0.3, knots=True)
     torch.testing.assert_close(basis.local_de_boor(x, grid, k), basis.cox_de_boor(x, grid, k), rtol=0, atol=1e-10)
 
 
@@ -57,7 +42,7 @@ def test_per_input_uniform_grids_with_different_ranges():
     knots = torch.stack([torch.linspace(lo, hi, 8, dtype=torch.float64) for lo, hi in [(-3, 1), (0.5, 0.9), (-1, 1)]])
     grid = basis.extend_grid(knots, 3)
     assert basis.is_uniform(grid)
-    x = random_inputs(400, 3, grid, gen)
+    x = inputs_around(grid, 400, gen, outside=0.3, knots=True)
     torch.testing.assert_close(basis.uniform_closed_form(x, grid, 3), basis.cox_de_boor(x, grid, 3), rtol=0, atol=1e-12)
 
 
@@ -65,8 +50,10 @@ def test_per_input_uniform_grids_with_different_ranges():
 @pytest.mark.parametrize("uniform", [True, False])
 def test_window_derivatives_match_autograd(grid_size, k, uniform):
     gen = torch.Generator().manual_seed(grid_size * k)
-    grid = basis.make_grid(3, grid_size, k, dtype=torch.float64) if uniform else nonuniform_grid(3, grid_size, k, gen)
-    x = random_inputs(300, 3, grid, gen)[grid.shape[1]:]  # away from knots, where the derivative may jump
+    grid = (basis.make_grid(3, grid_size, k, dtype=torch.float64) if uniform
+            else random_grid(3, grid_size, k, gen, dtype=torch.float64))
+    # away from knots, where the derivative may jump
+    x = inputs_around(grid, 300, gen, outside=0.3, knots=True)[grid.shape[1]:]
     x.requires_grad_(True)
     dense = basis.cox_de_boor(x, grid, k)
     weights = torch.randn(dense.shape[-1], generator=gen, dtype=torch.float64)
@@ -109,7 +96,7 @@ def test_is_uniform_detects_moved_knots():
 def test_matrix_kan_matches_reference_on_uniform_grids(grid_size, k):
     gen = torch.Generator().manual_seed(31 * grid_size + k)
     grid = basis.make_grid(4, grid_size, k, grid_range=(-1.5, 2.0), dtype=torch.float64)
-    x = random_inputs(700, 4, grid, gen)
+    x = inputs_around(grid, 700, gen, outside=0.3, knots=True)
     torch.testing.assert_close(basis.matrix_kan(x, grid, k), basis.cox_de_boor(x, grid, k), rtol=0, atol=1e-12)
 
 
@@ -117,7 +104,7 @@ def test_matrix_kan_per_input_ranges_float32_and_gradients():
     gen = torch.Generator().manual_seed(5)
     knots = torch.stack([torch.linspace(lo, hi, 6, dtype=torch.float64) for lo, hi in [(-3, 1), (0.5, 0.9)]])
     grid = basis.extend_grid(knots, 2)
-    x = random_inputs(300, 2, grid, gen)
+    x = inputs_around(grid, 300, gen, outside=0.3, knots=True)
     torch.testing.assert_close(basis.matrix_kan(x.float(), grid.float(), 2), basis.cox_de_boor(x, grid, 2).float(),
                                rtol=0, atol=2e-6)
     x = x[grid.shape[1]:].clone().requires_grad_()  # away from knots
@@ -128,6 +115,6 @@ def test_matrix_kan_per_input_ranges_float32_and_gradients():
 
 
 def test_matrix_kan_refuses_non_uniform_knots():
-    grid = nonuniform_grid(3, 5, 3, torch.Generator().manual_seed(0))
+    grid = random_grid(3, 5, 3, torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(ValueError, match="matrix_kan needs uniform knots.*got a non-uniform grid"):
         basis.matrix_kan(torch.zeros(2, 3, dtype=torch.float64), grid, 3)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from kanlib.__main__ import main
-from kanlib.benchmarks import quant
+from kanlib.bench import quant
 
 TINY = {"bits": (8, 4), "granularities": ("channel",), "calibrations": ("minmax",), "table_bits": (0, 3),
         "width": 16, "batch": 32, "train_steps": 16, "qat_steps": 4}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from kanlib.runner import RunStamp, find_notebooks, read_notebook, run_notebooks
+from kanlib.book.runner import RunStamp, find_notebooks, read_notebook, run_notebooks
 
 NOTEBOOKS = find_notebooks()
 

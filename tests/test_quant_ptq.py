@@ -8,10 +8,10 @@ from torch import nn
 from kanlib import KAN, MLP
 from kanlib.layers import BSplineKAN
 from kanlib.quant.cost import FLOAT_BITS, bitops, model_size_bytes
-from kanlib.quant.lut_linear import IntegerWeights, lut_linear
+from kanlib.ops.lut_linear import IntegerWeights, lut_linear
 from kanlib.quant.ptq import QuantizedBSplineKAN, quantize
 from kanlib.quant.table import BasisTable
-from kanlib.spline_linear import BASE_ACTIVATIONS
+from kanlib.activations import get_activation
 
 
 def _layer(n_in, n_out, grid_size=5, spline_order=3, seed=0, dtype=torch.float32, **kwargs):
@@ -40,7 +40,7 @@ def test_weight_only_error_within_half_a_step(bits, granularity):
     # input; the base part by |silu(x_i)| times half a base step.
     spline_step = q.spline_weight.scale.double().expand(33, 17, 1).amax(-1)  # [I, O]
     base_step = q.base_weight.scale.double().expand(33, 17)
-    silu = BASE_ACTIVATIONS["silu"][0](x.double()).abs()
+    silu = get_activation("silu").function(x.double()).abs()
     bound = 0.5 * spline_step.sum(0) + 0.5 * silu @ base_step + 1e-5
     assert torch.all(error <= bound)
     assert error.max() > 0  # quantization did change the weights
@@ -81,25 +81,25 @@ def test_table_path_error_bounded_by_table_and_weights():
     w = layer.spline_weight().detach().abs().amax(-1)  # [I, O]
     spline_step = q.spline_weight.scale.expand(9, 5, 1).amax(-1)
     base_step = q.base_weight.scale.expand(9, 5)
-    silu = BASE_ACTIVATIONS["silu"][0](x).abs()
+    silu = get_activation("silu").function(x).abs()
     bound = ((4 * basis_error * w + 0.5 * spline_step).sum(0) + 0.5 * silu @ base_step
              + q.act_scale / 2 * layer.base_weight().detach().abs().sum(0) + 1e-4)
     assert torch.all(error <= bound)
 
 
-@pytest.mark.parametrize("method", ["torch", "cpu"])
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
 @pytest.mark.parametrize("n,n_in,n_out,grid_size,spline_order", [(1, 3, 1, 1, 1), (7, 33, 17, 5, 3), (130, 3, 17, 13, 2)])
-def test_lut_linear_methods_agree(method, n, n_in, n_out, grid_size, spline_order):
+def test_lut_linear_backends_agree(backend, n, n_in, n_out, grid_size, spline_order):
     layer = _layer(n_in, n_out, grid_size, spline_order)
     x = _inputs(n, n_in)
     q = quantize(layer, bits=8, table_bits=8, calib=x, input_bits=None)
     weights, table, act = q._integer_weights, q.table, float(q.act_scale)
-    got = lut_linear(x, table, weights, act, method=method)
+    got = lut_linear(x, table, weights, act, backend=backend)
     # reference by hand: tabulated bases times dequantized weights, base codes times base weights
     local = table.local_basis(x.double())
     dense = local.to_dense(grid_size + spline_order)
     spline = torch.einsum("nij,ioj->no", dense, q.spline_weight.dequantize().double())
-    codes = torch.round(BASE_ACTIVATIONS["silu"][0](x.double()) / act).clamp(-128, 127)
+    codes = torch.round(get_activation("silu").function(x.double()) / act).clamp(-128, 127)
     base = (codes * act) @ q.base_weight.dequantize().double()
     torch.testing.assert_close(got.double(), spline + base, rtol=1e-5, atol=1e-5)
 
@@ -188,9 +188,9 @@ def test_bitops_counting():
 def test_bad_input():
     model = KAN([3, 2], seed=0)
     x = _inputs(10, 3)
-    with pytest.raises(ValueError, match="bits must be in 2..8, got 9"):
+    with pytest.raises(ValueError, match="bits must be an int in 2..8, got 9"):
         quantize(model, bits=9, calib=x)
-    with pytest.raises(ValueError, match="bits must be in 2..8, got 1"):
+    with pytest.raises(ValueError, match="bits must be an int in 2..8, got 1"):
         quantize(model, bits=8, base_bits=1, calib=x)
     with pytest.raises(ValueError, match="needs calibration data"):
         quantize(model, bits=8)
@@ -198,7 +198,7 @@ def test_bad_input():
         quantize(model, bits=8, calib=x, granularity="row")
     with pytest.raises(ValueError, match="quantize found no kanlib B-spline layers.*a Sequential"):
         quantize(nn.Sequential(nn.Linear(3, 2)), bits=8, calib=x)
-    with pytest.raises(ValueError, match="table_bits must be in 2..8"):
+    with pytest.raises(ValueError, match="table_bits must be an int in 2..8"):
         quantize(model, bits=8, table_bits=1, calib=x)
     with pytest.raises(ValueError, match="'train_input'"):
         quantize(model, bits=8, calib={"x": x})
@@ -209,33 +209,33 @@ def test_bad_input():
         q(torch.zeros(2, 4))
     with pytest.raises(TypeError, match="floating-point"):
         q(torch.zeros(2, 3, dtype=torch.int64))
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="backend must be one of"):
         lut_linear(x, BasisTable(model.layers[0].grid, 3), IntegerWeights(
             torch.zeros(24, 2, dtype=torch.int8), torch.ones(2), torch.zeros(3, 2, dtype=torch.int8), torch.ones(2)),
-            0.1, method="gpu")
+            0.1, backend="gpu")
 
 
 def test_integer_product_with_a_strided_single_column():
-    from kanlib.quant.lut_linear import _int_matmul
+    from kanlib.ops.lut_linear import int_matmul
 
     a = torch.randint(-128, 128, (3, 6), dtype=torch.int8)
     column = torch.randint(-128, 128, (3, 1, 2), dtype=torch.int8).permute(0, 2, 1).reshape(6, 1)
     assert column.stride() == (1, 2) and column.is_contiguous()
-    torch.testing.assert_close(_int_matmul(a, column).long(), a.long() @ column.long(), rtol=0, atol=0)
+    torch.testing.assert_close(int_matmul(a, column).long(), a.long() @ column.long(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("table_bits", [None, 8, 3])
 def test_triton_backend_matches_the_torch_backend(table_bits, monkeypatch):
     """Under the Triton interpreter on the CPU; on CUDA the same kernels run compiled."""
     pytest.importorskip("triton")
-    from kanlib.kernels import spline_linear_triton
+    from kanlib.ops.spline_linear import triton as spline_linear_triton
     layer = _layer(7, 5, grid_size=5)
     x = _inputs(33, 7)
     x[4, 2] = float("nan")
     quantized = {backend: quantize(layer, bits=8, table_bits=table_bits, calib=x, backend=backend)
-                 for backend in ("torch", "triton")}
+                 for backend in ("eager", "triton")}
     with torch.no_grad():
-        got, expected = quantized["triton"](x), quantized["torch"](x)
+        got, expected = quantized["triton"](x), quantized["eager"](x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert torch.isnan(got[4]).all()
     if x.device.type == "cpu":  # the triton layer really goes through a Triton kernel

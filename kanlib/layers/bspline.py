@@ -2,31 +2,49 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, get_activation
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
-from ..spline_linear import (BASE_ACTIVATIONS, CPU_KERNEL_DTYPES, METHODS, TRITON_SPLINE_ORDERS, spline_linear,
-                             torch_method)
+from ..checks import check_int, is_real
+from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, backend_from_method,
+                                 spline_linear, torch_backend, under_transform)
 
-__all__ = ["BSplineKAN", "BACKENDS", "assemble_weight_matrix"]
+__all__ = ["BSplineKAN", "BACKENDS", "assemble_weight_matrix", "fit_spline_coefficients"]
 
-BACKENDS = ("auto", "torch", "triton")
-TORCH_METHODS = ("auto", "eager", "dense", "sparse")
+# The old ``backend="torch"`` (deprecated): the PyTorch-side paths only, chosen as "auto" would among them.
+_LEGACY_TORCH = "torch"
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+def check_backend(backend: str, method: str | None, spline_order: int) -> str:
+    """The backend a layer runs on, from ``backend`` and the deprecated ``method`` (with a DeprecationWarning)."""
+    if backend == _LEGACY_TORCH:
+        warnings.warn("backend='torch' is deprecated and will be removed in the next release; use backend='auto' "
+                      "(or 'eager', 'cpu', 'sparse')", DeprecationWarning, stacklevel=3)
+    elif backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if method is not None:
+        from_method = backend_from_method(method, stacklevel=4)
+        if backend not in ("auto", _LEGACY_TORCH, from_method) or (backend == _LEGACY_TORCH
+                                                                     and from_method == "triton"):
+            raise ValueError(f"method={method!r} (deprecated) and backend={backend!r} disagree; "
+                             f"give backend= alone, one of {BACKENDS}")
+        if from_method != "auto":
+            backend = from_method
+    if backend == "triton" and spline_order not in TRITON_SPLINE_ORDERS:
+        raise ValueError(f"the triton backend supports spline_order {TRITON_SPLINE_ORDERS[0]} to "
+                         f"{TRITON_SPLINE_ORDERS[-1]}, got {spline_order}")
+    return backend
 
 
 def _check_range(grid_range):
-    if not isinstance(grid_range, Sequence) or len(grid_range) != 2:
-        raise ValueError(f"grid_range must be a pair (low, high), got {grid_range!r}")
+    if isinstance(grid_range, str) or not isinstance(grid_range, Sequence) or len(grid_range) != 2 \
+            or not all(is_real(v) for v in grid_range):
+        raise ValueError(f"grid_range must be a pair of numbers (low, high), got {grid_range!r}")
     low, high = (float(v) for v in grid_range)
     if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
         raise ValueError(f"grid_range must be finite with low < high, got {tuple(grid_range)}")
@@ -59,20 +77,34 @@ class _WeightMatrix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scale_base, scale_sp, mask, coef):
-        from ..kernels import bspline_cpu
+        from ..ops.spline_linear import cpu as bspline_cpu
 
         n_in, n_out, n_basis = coef.shape
         out = coef.new_empty(n_in, n_basis + 1, n_out)
         bspline_cpu.assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
                                      out.numpy())
         ctx.save_for_backward(scale_sp, mask, coef)
+        ctx.differentiable_inputs = (scale_base, scale_sp, mask, coef)
         return out.view(-1, n_out)
 
     @staticmethod
     def backward(ctx, grad):
-        from ..kernels import bspline_cpu
+        from ..ops.spline_linear import cpu as bspline_cpu
 
-        scale_sp, mask, coef = (t.contiguous() for t in ctx.saved_tensors)
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiable gradients, through the plain formula.
+            scale_base, scale_sp, mask, coef = ctx.differentiable_inputs
+            with torch.enable_grad():
+                out = assemble_weight_matrix(scale_base * mask, (scale_sp * mask).unsqueeze(-1) * coef)
+                wanted = [(i, t) for i, t in enumerate((scale_base, scale_sp, None, coef))
+                          if t is not None and ctx.needs_input_grad[i]]
+                grads = torch.autograd.grad(out, [t for _, t in wanted], grad, create_graph=True, allow_unused=True)
+            result = [None] * 4
+            for (i, _), g in zip(wanted, grads):
+                result[i] = g
+            return tuple(result)
+        scale_sp, mask, coef = (t.detach().contiguous() for t in ctx.saved_tensors)
+        grad = grad.detach()
         grad_scale_base, grad_scale_sp, grad_coef = (torch.empty_like(t) for t in (scale_sp, scale_sp, coef))
         bspline_cpu.assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(),
                                           grad.contiguous().view(coef.shape[0], -1, coef.shape[1]).numpy(),
@@ -84,46 +116,36 @@ class BSplineKAN(nn.Module):
     """A KAN layer: ``y_o = sum_i scale_base[i,o] * b(x_i) + scale_sp[i,o] * sum_j coef[i,o,j] B_j(x_i)``.
 
     Drop-in for ``nn.Linear``: input ``[..., in_features]``, output ``[..., out_features]``.
-    ``backend`` picks where the product runs: ``"triton"`` (fused GPU kernels; on the CPU only under the
-    Triton interpreter, for tests), ``"torch"`` (PyTorch and the CPU kernels, ``method`` choosing among them:
-    see :mod:`kanlib.spline_linear`), or ``"auto"``: Triton for CUDA inputs it supports, the torch path
-    elsewhere (an explicit torch ``method`` keeps the torch path). All compute the same function; under
-    autocast the Triton path runs in the autocast dtype.
+    ``backend`` picks where the product runs (see :mod:`kanlib.ops.spline_linear`): ``"eager"`` (PyTorch
+    operations, any device), ``"cpu"`` (fused numba kernels and BLAS), ``"sparse"`` (numba kernels that touch
+    only the nonzero bases), ``"triton"`` (fused GPU kernels; on the CPU only under the Triton interpreter, for
+    tests) or ``"auto"``: Triton for CUDA inputs it supports, on the CPU the numba kernels (sparse when the grid
+    is large), eager elsewhere. All compute the same function; under autocast the Triton path runs in the
+    autocast dtype. ``method`` is the deprecated name of ``backend`` ("dense" is now "cpu").
     The knots ``grid`` [I, G+2k+1] are pykan's extended grid; ``mask`` [I, O] switches edges off.
     """
 
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1.0, 1.0), base_activation: str = "silu", noise_scale: float = 0.5,
                  scale_base_mu: float = 0.0, scale_base_sigma: float = 1.0, scale_sp: float = 1.0,
-                 grid_eps: float = 0.02, bias: bool = False, method: str = "auto", backend: str = "auto",
+                 grid_eps: float = 0.02, bias: bool = False, method: str | None = None, backend: str = "auto",
                  device=None, dtype=None):
         super().__init__()
-        _check_int("in_features", in_features, 1)
-        _check_int("out_features", out_features, 1)
-        _check_int("grid_size", grid_size, 1)
-        _check_int("spline_order", spline_order, 0)
+        check_int("in_features", in_features, 1)
+        check_int("out_features", out_features, 1)
+        check_int("grid_size", grid_size, 1)
+        check_int("spline_order", spline_order, 0)
         low, high = _check_range(grid_range)
-        if base_activation not in BASE_ACTIVATIONS:
-            raise ValueError(f"base_activation must be one of {sorted(BASE_ACTIVATIONS)}, got {base_activation!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if method == "triton" and backend == "torch" or backend == "triton" and method not in ("auto", "triton"):
-            raise ValueError(f"method={method!r} does not run on backend={backend!r}: with backend='triton' leave "
-                             f"method='auto'; the torch backend's methods are {TORCH_METHODS}")
-        if "triton" in (method, backend) and spline_order not in TRITON_SPLINE_ORDERS:
-            raise ValueError(f"the triton backend supports spline_order {TRITON_SPLINE_ORDERS[0]} to "
-                             f"{TRITON_SPLINE_ORDERS[-1]}, got {spline_order}")
-        if not 0.0 <= grid_eps <= 1.0:
+        get_activation(base_activation, BASE_ACTIVATIONS, "base_activation")
+        backend = check_backend(backend, method, spline_order)
+        if not is_real(grid_eps) or not 0.0 <= grid_eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         self.in_features, self.out_features = in_features, out_features
         self.spline_order = spline_order
         self.base_activation = base_activation
         self.grid_eps = grid_eps
-        self.method = method
-        self.backend = "triton" if method == "triton" else backend
+        self.backend = backend
         self.register_buffer("grid", make_grid(in_features, grid_size, spline_order, (low, high), **factory))
         self.register_buffer("mask", torch.ones(in_features, out_features, **factory))
         knots = self.grid[:, spline_order:-spline_order] if spline_order else self.grid
@@ -170,7 +192,8 @@ class BSplineKAN(nn.Module):
         """The [I * (G+k+1), O] matrix: per input, the base weight row then the G+k spline rows."""
         parts = (self.scale_base, self.scale_sp, self.mask, self.coef)
         if (all(t.device.type == "cpu" and t.dtype == self.coef.dtype for t in parts)
-                and self.coef.dtype in CPU_KERNEL_DTYPES and not self.mask.requires_grad):
+                and self.coef.dtype in CPU_KERNEL_DTYPES and not self.mask.requires_grad
+                and self.backend != "eager" and not under_transform(*parts)):
             return _WeightMatrix.apply(*parts)
         return assemble_weight_matrix(self.base_weight(), self.spline_weight())
 
@@ -194,25 +217,23 @@ class BSplineKAN(nn.Module):
         flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
         weight = self.weight_matrix()
         out = spline_linear(flat, weight, self.grid, self.spline_order, self.is_uniform(), self.base_activation,
-                            self._method_for(flat, weight))
+                            self.backend_for(flat, weight))
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
 
-    def _method_for(self, flat: torch.Tensor, weight: torch.Tensor) -> str:
-        """The spline_linear method this call uses, from ``backend`` and ``method``."""
-        if self.backend == "triton":
-            return "triton"
-        if self.backend == "torch" and self.method == "auto":
-            return torch_method(flat, weight, self.spline_order)
-        return self.method
+    def backend_for(self, flat: torch.Tensor, weight: torch.Tensor) -> str:
+        """The :func:`spline_linear` backend a call on flat [N, I] with weight [I*S, O] uses."""
+        if self.backend == _LEGACY_TORCH:
+            return torch_backend(flat, weight, self.spline_order)
+        return self.backend
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """Every edge's learnable activation phi_{i,o}(x_i) (pykan's postacts): x [N, I] -> [N, I, O]."""
         self._check_input(x)
         bases = local_basis(x, self.grid, self.spline_order, self.is_uniform()).to_dense(self.n_basis)
         spline = torch.einsum("nij,ioj->nio", bases, self.coef)
-        base = BASE_ACTIVATIONS[self.base_activation][0](x).unsqueeze(-1)
+        base = get_activation(self.base_activation).function(x).unsqueeze(-1)
         return (self.scale_base * base + self.scale_sp * spline) * self.mask
 
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +260,16 @@ class BSplineKAN(nn.Module):
         adaptive = ordered[picks].t()  # [I, G+1]
         steps = torch.arange(grid_size + 1, device=x.device, dtype=x.dtype)
         uniform = adaptive[:, :1] + (adaptive[:, -1:] - adaptive[:, :1]) / grid_size * steps
-        self._set_grid_and_fit(eps * uniform + (1 - eps) * adaptive, ordered, targets)
+        knots = eps * uniform + (1 - eps) * adaptive
+        k = self.spline_order
+        old_knots = self.grid[:, k:self.grid.shape[1] - k]
+        collapsed = adaptive[:, -1] <= adaptive[:, 0]
+        if bool(collapsed.any()):
+            rows = collapsed.nonzero().flatten().tolist()
+            warnings.warn(f"update_grid: the samples of input(s) {rows} are all equal, which would collapse their "
+                          f"grid to a point; those inputs keep their old grid", RuntimeWarning, stacklevel=2)
+            knots = torch.where(collapsed.unsqueeze(-1), old_knots, knots)
+        self._set_grid_and_fit(knots, ordered, targets)
 
     @torch.no_grad()
     def refine(self, grid_size: int) -> None:
@@ -248,7 +278,7 @@ class BSplineKAN(nn.Module):
         New knots interpolate the old ones piecewise linearly, so a uniform grid stays uniform; coef are
         fitted by least squares on dense points of the grid range.
         """
-        _check_int("grid_size", grid_size, 1)
+        check_int("grid_size", grid_size, 1)
         k = self.spline_order
         old_knots = self.grid[:, k:self.grid.shape[1] - k]
         positions = torch.linspace(0, self.grid_size, grid_size + 1, device=self.grid.device, dtype=torch.float64)
@@ -259,9 +289,18 @@ class BSplineKAN(nn.Module):
         self._set_grid_and_fit(knots, samples, self.spline_values(samples))
 
     def _set_grid_and_fit(self, knots: torch.Tensor, samples: torch.Tensor, targets: torch.Tensor) -> None:
+        """Replace the grid by ``knots`` [I, G+1] (extended) and refit coef so the splines match targets
+        [N, I, O] at samples [N, I]; nothing changes when the new grid or coefficients would not be finite."""
         new_grid = extend_grid(knots, self.spline_order)
+        if not bool(torch.isfinite(new_grid).all()):
+            low, high = samples.min().item(), samples.max().item()
+            raise ValueError(f"the new grid is not finite in {new_grid.dtype}: the samples span [{low:g}, {high:g}], "
+                             f"whose knots overflow; the grid was left unchanged")
         check_grid(new_grid, self.spline_order)
         coef = fit_spline_coefficients(samples, targets, new_grid, self.spline_order)
+        if not bool(torch.isfinite(coef).all()):
+            raise ValueError("refitting the splines to the new grid gave non-finite coefficients; the grid was left "
+                             "unchanged")
         if new_grid.shape != self.grid.shape:
             self.grid = new_grid
             self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
@@ -301,7 +340,7 @@ class BSplineKAN(nn.Module):
         k = self.spline_order
         low, high = float(self.grid[0, k]), float(self.grid[0, self.grid.shape[1] - k - 1])
         layer = KANLayer(self.in_features, self.out_features, num=self.grid_size, k=k,
-                         base_fun=_ACTIVATION_MODULES[self.base_activation](), grid_eps=self.grid_eps,
+                         base_fun=ACTIVATIONS[self.base_activation].module(), grid_eps=self.grid_eps,
                          grid_range=[low, high], device=str(self.grid.device))
         with torch.no_grad():
             for name in ("grid", "coef", "scale_base", "scale_sp", "mask"):
@@ -309,14 +348,11 @@ class BSplineKAN(nn.Module):
         return layer
 
 
-_ACTIVATION_MODULES = {"silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU, "identity": nn.Identity}
-
-
 def _activation_name(module) -> str:
-    for name, kind in _ACTIVATION_MODULES.items():
-        if type(module) is kind:
-            return name
-    raise ValueError(f"base_fun must be one of {[m.__name__ for m in _ACTIVATION_MODULES.values()]}, "
+    name = activation_of_module(module)
+    if name in BASE_ACTIVATIONS:
+        return name
+    raise ValueError(f"base_fun must be one of {[ACTIVATIONS[n].module.__name__ for n in BASE_ACTIVATIONS]}, "
                      f"got {type(module).__name__}")
 
 

@@ -6,17 +6,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ACTIVATIONS"]
+from ..activations import ACTIVATIONS, MLP_ACTIVATIONS, get_activation
+from ..checks import check_positive_int
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
-
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
+__all__ = ["MLP", "Stack", "check_widths", "check_activation"]
 
 
 def check_widths(widths) -> list[int]:
@@ -27,9 +20,8 @@ def check_widths(widths) -> list[int]:
 
 
 def check_activation(activation: str) -> str:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    return activation
+    """activation if it is one an MLP takes (:data:`kanlib.activations.MLP_ACTIVATIONS`)."""
+    return get_activation(activation, MLP_ACTIVATIONS).name
 
 
 class Stack:
@@ -58,7 +50,7 @@ class MLP(Stack, nn.Module):
         self.activation = check_activation(activation)
         modules = []
         for n_in, n_out in zip(self.widths[:-1], self.widths[1:]):
-            modules += [nn.Linear(n_in, n_out, bias=bias), ACTIVATIONS[activation]()]
+            modules += [nn.Linear(n_in, n_out, bias=bias), ACTIVATIONS[activation].module()]
         self.layers = nn.Sequential(*modules[:-1])
 
     def extra_repr(self) -> str:

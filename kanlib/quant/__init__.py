@@ -1,7 +1,7 @@
 """Quantization: low-bit tensors, post-training quantization of models, quantization-aware training and
 lookup-table B-splines (KANtize)."""
 from .cost import bitops, model_size_bytes
-from .lut_linear import IntegerWeights, lut_linear
+from ..ops.lut_linear import IntegerWeights, lut_linear
 from .ptq import QuantizedBSplineKAN, quantize
 from .qat import FakeQuantize, QATBSplineKAN, QATConfig, calibrate_inputs, prepare_qat
 from .table import BasisTable

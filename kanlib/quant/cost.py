@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..activations import ACTIVATIONS
 from ..layers.bspline import BSplineKAN
 from .ptq import ACTIVATION_BITS, QuantizedBSplineKAN
 
 __all__ = ["FLOAT_BITS", "bitops", "model_size_bytes"]
 
 FLOAT_BITS = 32
-ACTIVATION_MULTIPLICATIONS = {"silu": 2, "tanh": 2, "relu": 0, "identity": 0}
 
 
 def model_size_bytes(model: nn.Module) -> int:
@@ -44,7 +44,7 @@ def _basis_multiplications(spline_order: int) -> int:
 
 def _kan_bitops(n_in: int, n_out: int, spline_order: int, activation: str, input_bits: int, basis_bits: int,
                 activation_bits: int, weight_bits: int, base_bits: int, table: bool) -> int:
-    per_input = 1 + ACTIVATION_MULTIPLICATIONS[activation] + (0 if table else _basis_multiplications(spline_order))
+    per_input = 1 + ACTIVATIONS[activation].multiplications + (0 if table else _basis_multiplications(spline_order))
     per_edge = (spline_order + 1) * basis_bits * weight_bits + activation_bits * base_bits
     return n_in * per_input * input_bits * input_bits + n_in * n_out * per_edge
 

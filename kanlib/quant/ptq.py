@@ -17,19 +17,35 @@ weights (weight-only quantization, plus the quantized input).
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from ..layers.bspline import BACKENDS, BSplineKAN, assemble_weight_matrix
-from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear, torch_method
-from .lut_linear import IntegerWeights, lut_linear, quantize_activation
+from ..activations import get_activation
+from ..layers.bspline import BSplineKAN, assemble_weight_matrix
+from ..ops.lut_linear import IntegerWeights, lut_linear, quantize_activation
+from ..ops.spline_linear import spline_linear
+from ..ops.spline_linear.reference import window_expanded_input
 from .qat import effective_scale, no_bspline_error
 from .table import ACTIVATION_BITS, BasisTable
 from .tensor import QuantizedTensor, QuantSpec, calibrate, fake_quantize
 
-__all__ = ["QuantizedBSplineKAN", "quantize", "ACTIVATION_BITS"]
+__all__ = ["QuantizedBSplineKAN", "quantize", "ACTIVATION_BITS", "QUANTIZED_BACKENDS", "check_quantized_backend"]
+
+QUANTIZED_BACKENDS = ("auto", "eager", "cpu", "triton")
+
+
+def check_quantized_backend(backend: str) -> str:
+    """backend if a quantized layer runs on it; the deprecated "torch" becomes "auto" with a DeprecationWarning."""
+    if backend == "torch":
+        warnings.warn("backend='torch' is deprecated and will be removed in the next release; use backend='auto' "
+                      "(or 'eager', 'cpu')", DeprecationWarning, stacklevel=3)
+        return "auto"
+    if backend not in QUANTIZED_BACKENDS:
+        raise ValueError(f"backend must be one of {QUANTIZED_BACKENDS}, got {backend!r}")
+    return backend
 
 
 class QuantizedBSplineKAN(nn.Module):
@@ -50,9 +66,7 @@ class QuantizedBSplineKAN(nn.Module):
                  input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
                  act_scale: torch.Tensor | None = None, backend: str = "auto"):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = check_quantized_backend(backend)
         if not isinstance(layer, BSplineKAN):
             raise TypeError(f"expected a kanlib BSplineKAN layer, got {type(layer).__name__}")
         needs_samples = input_spec is not None or table_bits is not None
@@ -92,7 +106,7 @@ class QuantizedBSplineKAN(nn.Module):
             self.table = BasisTable(self.grid, self.spline_order, position_bits, table_bits, uniform=self.uniform)
             self.register_buffer("table_codes", self.table.packed)
             if act_scale is None:
-                act_scale, _ = calibrate(BASE_ACTIVATIONS[self.base_activation][0](samples), QuantSpec(ACTIVATION_BITS))
+                act_scale, _ = calibrate(get_activation(self.base_activation).function(samples), QuantSpec(ACTIVATION_BITS))
             self.register_buffer("act_scale", act_scale.detach().reshape(()).float().clone())
         self._refresh()
 
@@ -166,9 +180,8 @@ class QuantizedBSplineKAN(nn.Module):
         if self.input_spec is not None:
             flat = torch.where(torch.isnan(flat), flat, self._quantize_input(flat))
         if self.table is None:
-            method = self.backend if self.backend != "torch" else torch_method(flat, self._weight, self.spline_order)
             out = spline_linear(flat, self._weight, self.grid, self.spline_order, self.uniform, self.base_activation,
-                                method)
+                                self.backend)
         else:
             out = self._table_forward(flat)
             out = torch.where(torch.isnan(flat).any(-1, keepdim=True), float("nan"), out)
@@ -178,13 +191,11 @@ class QuantizedBSplineKAN(nn.Module):
 
     def _table_forward(self, flat: torch.Tensor) -> torch.Tensor:
         if self.integer:
-            on_cpu = flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64)
-            method = self.backend if self.backend != "torch" else "cpu" if on_cpu else "torch"
             return lut_linear(flat, self.table, self._integer_weights, float(self.act_scale), self.base_activation,
-                              ACTIVATION_BITS, method).to(self.dtype)
+                              ACTIVATION_BITS, self.backend).to(self.dtype)
         local = self.table.local_basis(flat)
         n_slots = self._weight.shape[0] // self.in_features
-        expanded = expanded_input(flat, local, self.base_activation, n_slots)
+        expanded = window_expanded_input(flat, local, self.base_activation, n_slots)
         codes = quantize_activation(expanded[..., 0], self.act_scale, ACTIVATION_BITS)
         expanded[..., 0] = codes.to(expanded.dtype) * self.act_scale
         return expanded.view(flat.shape[0], -1) @ self._weight
@@ -245,8 +256,9 @@ def quantize(model: nn.Module, bits: int = 8, table_bits: int | None = None, cal
     "channel" when it is "edge"), ``calibration`` and ``percentile`` as in `QuantSpec`. ``calib``: model
     inputs [N, in_features] (or a dataset dict with ``train_input``), run through the float model to
     calibrate each layer's input. Layers trained with QAT (`QATBSplineKAN`) keep their learned scales.
-    ``backend``: where the layers run, as `BSplineKAN`'s: ``"auto"`` (Triton on CUDA, the CPU kernels on the
-    CPU), ``"torch"`` or ``"triton"`` (on the CPU only under the Triton interpreter, for tests).
+    ``backend``: where the layers run (:data:`QUANTIZED_BACKENDS`): ``"auto"`` (Triton on CUDA, the numba kernels
+    on the CPU), ``"eager"`` (PyTorch operations), ``"cpu"`` (the numba kernels) or ``"triton"`` (on the CPU only
+    under the Triton interpreter, for tests). The old ``"torch"`` is deprecated: it now means ``"auto"``.
     The original model is not changed.
     """
     spline_spec = QuantSpec(bits, scheme, granularity, calibration, percentile)

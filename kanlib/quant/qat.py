@@ -32,8 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..activations import get_activation
 from ..layers.bspline import BSplineKAN, assemble_weight_matrix
-from ..spline_linear import BASE_ACTIVATIONS, expanded_input, spline_linear
+from ..ops.spline_linear import spline_linear
+from ..ops.spline_linear.reference import window_expanded_input
 from .table import ACTIVATION_BITS, BasisTable, check_table_bits
 from .tensor import AXIS_LAYOUTS, QuantSpec, calibrate
 
@@ -298,8 +300,8 @@ class QATBSplineKAN(BSplineKAN):
         times weight; the spline part's gradient w.r.t. flat taken straight through the exact basis."""
         n_slots = weight.shape[0] // self.in_features
         with torch.no_grad():
-            expanded = expanded_input(flat, self.basis_table().local_basis(flat), self.base_activation, n_slots)
-        activation = self.activation_quant(BASE_ACTIVATIONS[self.base_activation][0](flat)).to(expanded.dtype)
+            expanded = window_expanded_input(flat, self.basis_table().local_basis(flat), self.base_activation, n_slots)
+        activation = self.activation_quant(get_activation(self.base_activation).function(flat)).to(expanded.dtype)
         expanded = torch.cat([activation.unsqueeze(-1), expanded[..., 1:]], dim=-1)
         out = expanded.view(flat.shape[0], -1) @ weight
         if flat.requires_grad:
@@ -307,7 +309,7 @@ class QATBSplineKAN(BSplineKAN):
             spline_rows[:, 0] = 0.0
             spline_rows = spline_rows.view_as(weight)
             exact = spline_linear(flat, spline_rows, self.grid, self.spline_order, self.is_uniform(),
-                                  self.base_activation, self._method_for(flat, spline_rows))
+                                  self.base_activation, self.backend_for(flat, spline_rows))
             out = out + (exact - exact.detach())
         return out
 

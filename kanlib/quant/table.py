@@ -17,31 +17,22 @@ from __future__ import annotations
 
 import torch
 
-from ..basis import (LocalBasis, _align, _window_start, check_grid, cox_de_boor, find_span, is_uniform,
+from ..basis import (LocalBasis, align_window, check_grid, cox_de_boor, find_span, is_uniform, window_start,
                      uniform_basis_matrix)
+from ..checks import check_int
+from ..ops.lut_linear.reference import TABLE_SHIFT
 from .tensor import pack_bits, unpack_bits
 
 __all__ = ["BasisTable", "TABLE_SHIFT", "ACTIVATION_BITS", "check_table_bits"]
 
 MAX_POSITION_BITS = 12
 ACTIVATION_BITS = 8  # the base activation's codes on the lookup-table path
-# 8-bit codes (0..255) enter int8 products shifted by this (code - 128); the integer paths add it back
-# through the weights' column sums
-TABLE_SHIFT = 128
-
-
-def _check_bits(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r} ({type(value).__name__})")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
-    return value
 
 
 def check_table_bits(table_bits, position_bits) -> None:
     """Raise unless ``table_bits`` is an int in 2..8 and ``position_bits`` one in 0..MAX_POSITION_BITS."""
-    _check_bits("table_bits", table_bits, 2, 8)
-    _check_bits("position_bits", position_bits, 0, MAX_POSITION_BITS)
+    check_int("table_bits", table_bits, 2, 8)
+    check_int("position_bits", position_bits, 0, MAX_POSITION_BITS)
 
 
 class BasisTable:
@@ -56,11 +47,11 @@ class BasisTable:
         if not isinstance(grid, torch.Tensor) or grid.dim() != 2 or not grid.is_floating_point():
             raise ValueError(f"grid must be a floating-point [I, G + 2k + 1] tensor, got "
                              f"{getattr(grid, 'shape', type(grid).__name__)}")
-        _check_bits("spline_order", spline_order, 0, 64)
+        check_int("spline_order", spline_order, 0, 64)
         check_grid(grid, spline_order)
         self.spline_order = spline_order
-        self.position_bits = _check_bits("position_bits", position_bits, 0, MAX_POSITION_BITS)
-        self.table_bits = _check_bits("table_bits", table_bits, 2, 8)
+        self.position_bits = check_int("position_bits", position_bits, 0, MAX_POSITION_BITS)
+        self.table_bits = check_int("table_bits", table_bits, 2, 8)
         self.grid = grid
         self.uniform = is_uniform(grid) if uniform is None else bool(uniform)
         values = self._exact_values()
@@ -150,9 +141,9 @@ class BasisTable:
         span, codes = self.window_codes(x)
         k = self.spline_order
         grid_size = self.grid.shape[1] - 2 * k - 1
-        start = _window_start(span, grid_size, k)
+        start = window_start(span, grid_size, k)
         values = codes.to(x.dtype) * self.scale
-        return LocalBasis(start, _align(values, span, start, k), None)
+        return LocalBasis(start, align_window(values, span, start, k), None)
 
     def __repr__(self) -> str:
         kind = "uniform" if self.uniform else "per-input knots"

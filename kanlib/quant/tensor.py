@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import check_int
+
 SCHEMES = ("symmetric", "affine")
 GRANULARITIES = ("tensor", "channel", "edge")
 CALIBRATIONS = ("minmax", "percentile")
@@ -50,10 +52,7 @@ class QuantSpec:
     percentile: float = 99.9
 
     def __post_init__(self):
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise ValueError(f"bits must be an int in 2..8, got {self.bits!r} ({type(self.bits).__name__})")
-        if not 2 <= self.bits <= 8:
-            raise ValueError(f"bits must be in 2..8, got {self.bits}")
+        _check_bits(self.bits)
         for name, value, allowed in (("scheme", self.scheme, SCHEMES),
                                      ("granularity", self.granularity, GRANULARITIES),
                                      ("calibration", self.calibration, CALIBRATIONS)):
@@ -191,8 +190,7 @@ def _storage_width(bits: int) -> int:
 
 
 def _check_bits(bits) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+    check_int("bits", bits, 2, 8)
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:

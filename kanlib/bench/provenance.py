@@ -1,0 +1,154 @@
+"""Where a result was measured: the device, the library versions, the C allocator's setting, the git commit."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import subprocess
+from typing import Any
+
+import torch
+
+from ..checks import MIB, check_device
+
+RESULTS_DIR = "data/results"
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _triton_version() -> str | None:
+    # Read from the package metadata: importing triton here would fix its interpreter mode
+    # (TRITON_INTERPRET) before a notebook has chosen it.
+    from importlib import metadata
+
+    try:
+        return metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+RETAINED_MMAP_THRESHOLD = 32 * MIB
+RETAINED_TRIM_THRESHOLD = 2**30
+_malloc_setting = "default"
+
+
+def _glibc():
+    """The C library as a ctypes handle when it is glibc (it has mallopt), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def can_retain_freed_memory() -> bool:
+    """Whether :func:`retain_freed_memory` can run here (the C library is glibc)."""
+    return _glibc() is not None
+
+
+def retain_freed_memory() -> str:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS; returns the setting.
+
+    By default glibc trims the top of its heap once more than twice its largest recent block is free there,
+    and the next allocation faults those pages back in, page by page. A training step that frees and
+    allocates buffers of several MiB (a KAN layer's expanded input, the gradients) then pays page faults on
+    many steps, which is glibc's heuristic, not the computation. This sets the mmap threshold to glibc's
+    largest (blocks up to 32 MiB come from the heap) and the trim threshold to 1 GiB for the whole process,
+    as ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` would at its start.
+    :func:`device_info` records the setting. RuntimeError where the C library is not glibc.
+    """
+    global _malloc_setting
+    libc = _glibc()
+    if libc is None:
+        raise RuntimeError(f"retain_freed_memory needs glibc's mallopt; this system's C library is "
+                           f"{platform.libc_ver()[0] or 'unknown'} ({platform.system()})")
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_MMAP_THRESHOLD)
+            and libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM_THRESHOLD)):
+        raise RuntimeError("glibc's mallopt refused the mmap or trim threshold")
+    _malloc_setting = (f"glibc, freed memory retained (mmap threshold {RETAINED_MMAP_THRESHOLD // MIB} MiB, "
+                       f"trim threshold {RETAINED_TRIM_THRESHOLD // MIB} MiB)")
+    return _malloc_setting
+
+
+def device_info(device: str | torch.device) -> dict[str, Any]:
+    """What a result needs to say about the machine: device, CPU, and library versions.
+
+    Keys: type ('cpu' or 'cuda'), name (GPU name, or the CPU model on CPU), cpu_model, cpu_count
+    (logical cores), torch_threads, gpu_capability and gpu_memory_bytes (None on CPU), torch, triton
+    (None when not importable), cuda (the CUDA version torch was built with, None for CPU builds),
+    python, os, malloc (the C allocator's setting: "default" unless :func:`retain_freed_memory` ran).
+    """
+    device = check_device(device)
+    gpu = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+    cpu_model = _cpu_model_name()
+    return {
+        "type": device.type,
+        "name": gpu.name if gpu else cpu_model,
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu_capability": f"{gpu.major}.{gpu.minor}" if gpu else None,
+        "gpu_memory_bytes": gpu.total_memory if gpu else None,
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "malloc": _malloc_setting,
+    }
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
+    """Run git in the package's folder; None when git is not installed."""
+    try:
+        return subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+
+
+def _package_in_checkout() -> bool:
+    """Whether the package lies in a git working tree and is not ignored there (as in a .venv)."""
+    result = _git("check-ignore", "-q", str(_PACKAGE_DIR))
+    return result is not None and result.returncode == 1
+
+
+def git_commit() -> str | None:
+    """Hash of the HEAD commit of the checkout holding this package.
+
+    None when there is none: git missing, an installed copy, or a repository without commits.
+    """
+    if not _package_in_checkout():
+        return None
+    result = _git("rev-parse", "--verify", "-q", "HEAD")
+    return result.stdout.strip() if result is not None and result.returncode == 0 else None
+
+
+def git_dirty() -> bool | None:
+    """Whether the checkout holding this package differs from HEAD (changed or untracked files).
+
+    Files under data/results are left out, so writing results does not make the next run dirty.
+    None when the package is not in a git checkout.
+    """
+    if not _package_in_checkout():
+        return None
+    result = _git("status", "--porcelain", "--", ":/", f":(top,exclude){RESULTS_DIR}")
+    if result is None or result.returncode != 0:
+        return None
+    return result.stdout.strip() != ""
+

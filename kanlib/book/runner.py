@@ -1,0 +1,252 @@
+"""Execute the book's notebooks with papermill, stamp each run and strip what changes on every run.
+
+    results = run_notebooks(find_notebooks(), device="auto", mode="auto")       # into _build/executed/
+    run_notebooks([path], device="cuda", mode="full", in_place=True)           # the reference run
+
+A run injects ``device``, ``quick`` and ``seed`` into the cell tagged ``parameters``. The executed notebook
+carries a stamp (device, mode, date, git commit) in ``metadata.kanlib.run`` and in a markdown cell right
+after the title. In-place runs write nothing until every notebook has run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import nbformat
+
+from ..bench.provenance import device_info, git_commit, git_dirty
+from ..checks import resolve_device
+from .paths import EXECUTED_DIR, NOTEBOOKS_DIR, PROJECT_ROOT
+
+MODES = ("auto", "quick", "full")
+DEVICES = ("auto", "cpu", "cuda")
+STAMP_TAG = "kanlib-run-stamp"
+INJECTED_TAG = "injected-parameters"
+HIDDEN_TAG = "remove-cell"
+KERNEL_NAME = "python3"
+_VOLATILE_NOTEBOOK_METADATA = ("papermill",)
+_VOLATILE_CELL_METADATA = ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled")
+
+
+class NotebookError(RuntimeError):
+    """A notebook that cannot be run: missing, malformed, failing, or protected from overwriting."""
+
+
+class NotebookFailed(NotebookError):
+    """A cell raised while the notebook ran; names the notebook, the cell and the error."""
+
+    def __init__(self, notebook: pathlib.Path, cell_index: int, source: str, ename: str, evalue: str):
+        self.notebook, self.cell_index, self.source, self.ename, self.evalue = (
+            notebook, cell_index, source, ename, evalue)
+        first_line = source.strip().splitlines()[0] if source.strip() else ""
+        super().__init__(f"{notebook.name}: cell {cell_index} ({first_line!r}) raised {ename}: {evalue}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStamp:
+    """Which run a notebook shows: device type and name, mode, UTC date, git commit and whether it was dirty."""
+
+    device: str
+    device_name: str
+    mode: str
+    date: str
+    commit: str | None
+    dirty: bool | None
+
+    def describe(self) -> str:
+        commit = self.commit[:10] if self.commit else "unknown commit"
+        dirty = " with uncommitted changes" if self.dirty else ""
+        return (f"a {self.mode}-mode run on {self.device} ({self.device_name}), executed {self.date} "
+                f"at commit {commit}{dirty}")
+
+    def to_markdown(self, notebook_name: str) -> str:
+        return (f"> **Run shown:** {self.describe()}. Re-run it with "
+                f"`python -m kanlib run notebooks/{notebook_name}`.")
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> RunStamp | None:
+        run = metadata.get("kanlib", {}).get("run")
+        if not run:
+            return None
+        return cls(**{field.name: run.get(field.name) for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class NotebookRun:
+    """One executed notebook: where it came from, where it went, how long it took."""
+
+    source: pathlib.Path
+    output: pathlib.Path
+    seconds: float
+    stamp: RunStamp
+
+
+def find_notebooks(folder: str | os.PathLike[str] = NOTEBOOKS_DIR) -> list[pathlib.Path]:
+    """The book's notebooks, ``NN_topic.ipynb`` in reading order."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise NotebookError(f"notebook folder: expected a directory, got {str(folder)!r}")
+    return sorted(path for path in folder.glob("[0-9][0-9]_*.ipynb") if path.is_file())
+
+
+def resolve_mode(mode: str, device: str) -> str:
+    """'quick' or 'full': 'auto' means full on a GPU, quick on a CPU."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "full" if resolve_device(device).type == "cuda" else "quick"
+
+
+def make_stamp(device: str, mode: str) -> RunStamp:
+    """The stamp for a run on `device` ('cpu', 'cuda', 'auto') in `mode` ('quick' or 'full'), dated today (UTC)."""
+    resolved = resolve_device(device)
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    return RunStamp(resolved.type, device_info(resolved)["name"], mode, today, git_commit(), git_dirty())
+
+
+def read_notebook(path: pathlib.Path) -> nbformat.NotebookNode:
+    """The notebook at `path`, checked: it exists and has exactly one cell tagged ``parameters``."""
+    if path.suffix != ".ipynb":
+        raise NotebookError(f"notebook: expected a .ipynb file, got {str(path)!r}")
+    if not path.is_file():
+        raise NotebookError(f"notebook: expected an existing file, got {str(path)!r} (no such file)")
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as error:  # nbformat raises several unrelated types for a damaged file
+        raise NotebookError(f"{path.name}: expected a Jupyter notebook (nbformat 4), "
+                            f"could not read it: {error}") from error
+    tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        raise NotebookError(f"{path.name}: expected exactly one cell tagged 'parameters', got {len(tagged)}")
+    return nb
+
+
+def strip_run(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove a previous run's stamp cell and injected parameters, so a notebook runs from its source."""
+    nb.cells = [cell for cell in nb.cells
+                if not {STAMP_TAG, INJECTED_TAG} & set(cell.metadata.get("tags", []))]
+    nb.metadata.pop("kanlib", None)
+    return nb
+
+
+def clean_volatile(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop timestamps and durations that papermill and nbclient record, so re-runs differ only in content."""
+    for key in _VOLATILE_NOTEBOOK_METADATA:
+        nb.metadata.pop(key, None)
+    for cell in nb.cells:
+        for key in _VOLATILE_CELL_METADATA:
+            cell.metadata.pop(key, None)
+    return nb
+
+
+def finish_executed(nb: nbformat.NotebookNode, stamp: RunStamp, notebook_name: str,
+                    parameters: dict[str, Any]) -> nbformat.NotebookNode:
+    """Stamp an executed notebook, hide its injected parameters cell and clean its volatile metadata."""
+    clean_volatile(nb)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if INJECTED_TAG in tags:
+            cell.id = INJECTED_TAG
+            if HIDDEN_TAG not in tags:
+                cell.metadata["tags"] = [*tags, HIDDEN_TAG]
+            cell.metadata["slideshow"] = {"slide_type": "skip"}
+    stamp_cell = nbformat.v4.new_markdown_cell(stamp.to_markdown(notebook_name))
+    stamp_cell.id = STAMP_TAG
+    stamp_cell.metadata = {"tags": [STAMP_TAG], "slideshow": {"slide_type": "-"}}
+    nb.cells.insert(_after_title(nb), stamp_cell)
+    nb.metadata["kanlib"] = {"run": dataclasses.asdict(stamp), "parameters": parameters}
+    return nb
+
+
+def _after_title(nb: nbformat.NotebookNode) -> int:
+    """Index just after the first markdown cell that holds a level-1 heading (0 when there is none)."""
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and any(line.startswith("# ") for line in cell.source.splitlines()):
+            return index + 1
+    return 0
+
+
+def notebook_stamp(path: pathlib.Path) -> RunStamp | None:
+    """The stamp of a committed or executed notebook, None when it was never run by the runner."""
+    return RunStamp.from_metadata(nbformat.read(path, as_version=4).metadata)
+
+
+def _execute(source: pathlib.Path, output: pathlib.Path, parameters: dict[str, Any], stamp: RunStamp) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    with tempfile.TemporaryDirectory(prefix="kanlib-run-") as scratch:
+        clean_source = pathlib.Path(scratch) / source.name
+        nbformat.write(strip_run(read_notebook(source)), clean_source)
+        raw_output = pathlib.Path(scratch) / f"executed-{source.name}"
+        try:
+            papermill.execute_notebook(
+                str(clean_source), str(raw_output), parameters=parameters, kernel_name=KERNEL_NAME,
+                progress_bar=False, request_save_on_cell_execute=False, cwd=str(PROJECT_ROOT))
+        except PapermillExecutionError as error:
+            raise NotebookFailed(source, error.cell_index, error.source, error.ename, error.evalue) from None
+        nb = nbformat.read(raw_output, as_version=4)
+    finish_executed(nb, stamp, source.name, parameters)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, output)
+
+
+def run_notebooks(notebooks: Sequence[str | os.PathLike[str]], *, device: str = "auto", mode: str = "auto",
+                  seed: int = 0, output_dir: str | os.PathLike[str] | None = None, in_place: bool = False,
+                  force: bool = False, progress: Callable[[str], None] | None = print) -> list[NotebookRun]:
+    """Execute `notebooks` in order; stop at the first failure (NotebookFailed) with nothing committed overwritten.
+
+    Executed copies go to `output_dir` (default _build/executed/), or replace the sources when `in_place`
+    (then only after all of them ran). In place, a committed full-mode run is not replaced by a quick one
+    unless `force`.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    if in_place and output_dir is not None:
+        raise ValueError(f"output_dir: expected None with in_place=True (the sources are replaced), got {output_dir!r}")
+    paths = [pathlib.Path(path).resolve() for path in notebooks]
+    if not paths:
+        raise NotebookError("notebooks: expected at least one notebook, got none")
+    for path in paths:
+        read_notebook(path)
+    resolved_mode = resolve_mode(mode, device)
+    if in_place and not force:
+        _refuse_downgrade(paths, resolved_mode)
+    stamp = make_stamp(device, resolved_mode)
+    parameters = {"device": stamp.device, "quick": resolved_mode == "quick", "seed": seed}
+    target_dir = pathlib.Path(output_dir) if output_dir is not None else EXECUTED_DIR
+    runs: list[NotebookRun] = []
+    with tempfile.TemporaryDirectory(prefix="kanlib-inplace-") as staging:
+        for number, path in enumerate(paths, start=1):
+            output = (pathlib.Path(staging) if in_place else target_dir) / path.name
+            if progress:
+                progress(f"[{number}/{len(paths)}] {path.name}: {resolved_mode} mode on {stamp.device} ...")
+            start = time.perf_counter()
+            _execute(path, output, parameters, stamp)
+            seconds = time.perf_counter() - start
+            if progress:
+                progress(f"[{number}/{len(paths)}] {path.name}: done in {seconds:.1f} s -> "
+                         f"{path if in_place else output}")
+            runs.append(NotebookRun(path, path if in_place else output, seconds, stamp))
+        if in_place:
+            for run in runs:
+                shutil.copyfile(pathlib.Path(staging) / run.source.name, run.source)
+    return runs
+
+
+def _refuse_downgrade(paths: Sequence[pathlib.Path], mode: str) -> None:
+    if mode != "quick":
+        return
+    protected = [path.name for path in paths if (stamp := notebook_stamp(path)) and stamp.mode == "full"]
+    if protected:
+        raise NotebookError(
+            f"in place: expected a full-mode run to replace the committed full-mode notebooks "
+            f"{', '.join(protected)}, got mode 'quick' (pass force=True / --force to overwrite them)")

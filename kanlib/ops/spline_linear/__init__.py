@@ -1,0 +1,258 @@
+"""The KAN layer's product: basis expansion followed by one matrix product, recomputed in backward.
+
+For inputs x [N, I] the expanded matrix A [N, I, S] (S = G + k + 1) holds, per input, the base
+activation in slot 0 and the G + k B-spline bases in slots 1..G+k. The layer is ``A.view(N, I*S) @ W``
+with W [I*S, O]. Forward keeps only x; backward rebuilds what it needs from the local (k + 1 wide) basis.
+:mod:`.reference` writes the same function out in plain PyTorch.
+
+Four backends compute it (``backend``):
+
+- ``"eager"``: PyTorch operations on the local basis (any device); the basis window is materialized.
+- ``"cpu"``: a fused numba kernel (:mod:`.cpu`) writes A, BLAS does the products; backward turns the gradient
+  of A into dx and recomputes A over it in one kernel pass, so it holds one [N, I*S] buffer.
+- ``"sparse"``: CPU only: fused kernels touch only the k + 2 nonzero slots of each input (local support),
+  so the work does not grow with G.
+- ``"triton"``: CUDA: fused Triton kernels (:mod:`.triton`) build A in registers; float32, bfloat16 and
+  float16, spline orders 1 to 5; under autocast it runs in the autocast dtype. On the CPU only under the
+  Triton interpreter (tests).
+
+Under autocast, ``"eager"``'s products (forward and backward) run in the autocast dtype, as autocast
+runs a matmul; ``"cpu"`` and ``"sparse"`` compute in the dtype of x and weight.
+
+``"auto"`` picks ``"triton"`` for CUDA tensors it supports (:func:`triton_supports`), ``"eager"`` for other
+non-CPU tensors and, on the CPU, ``"sparse"`` when an input's slots are mostly zeros
+(:func:`prefers_sparse`), else ``"cpu"``.
+
+Higher derivatives and transforms: with ``create_graph=True`` the fused backends' backward recomputes the
+gradients through :func:`.reference.spline_linear_reference`, so they can be differentiated again; under
+``torch.func`` (vmap, jacrev), ``torch.compile`` or ``torch.export``, ``"auto"`` and ``"eager"`` compute the
+plain formula of :mod:`.reference`, and ``"cpu"``, ``"sparse"`` and ``"triton"`` raise.
+"""
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+
+from ...activations import get_activation
+from ...basis import extend_grid, find_span, local_basis, uniform_basis_matrix
+from .reference import differentiable_backward, spline_linear_reference, window_columns, window_expanded_input
+from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPES, TRITON_SPLINE_ORDERS,
+                      prefers_sparse, triton_supports)
+
+__all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS",
+           "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
+           "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform"]
+
+# The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
+_METHOD_TO_BACKEND = {"auto": "auto", "eager": "eager", "dense": "cpu", "sparse": "sparse", "triton": "triton"}
+
+
+def backend_from_method(method: str, stacklevel: int = 3) -> str:
+    """The backend an old ``method=`` word stands for, with a DeprecationWarning."""
+    if method not in _METHOD_TO_BACKEND:
+        raise ValueError(f"method (deprecated; use backend=) must be one of {tuple(_METHOD_TO_BACKEND)}, "
+                         f"got {method!r}")
+    backend = _METHOD_TO_BACKEND[method]
+    warnings.warn(f"method={method!r} is deprecated and will be removed in the next release; "
+                  f"use backend={backend!r}", DeprecationWarning, stacklevel=stacklevel)
+    return backend
+
+
+def torch_backend(x: torch.Tensor, weight: torch.Tensor, spline_order: int) -> str:
+    """The backend ``"auto"`` stands for when Triton is not used: eager, cpu or sparse."""
+    if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES:
+        return "eager"
+    return "sparse" if prefers_sparse(weight.shape[0] // x.shape[1], spline_order) else "cpu"
+
+
+def under_transform(*tensors: torch.Tensor) -> bool:
+    """Whether the call runs under a transform that cannot look into numba kernels or custom autograd
+    functions: torch.func (vmap, grad, jacrev), torch.compile, torch.export or tracing."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    return any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+
+
+class EagerSplineLinear(torch.autograd.Function):
+    """The product in PyTorch operations, keeping only x and the knot spans for backward (any device)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, grid, spline_order, uniform, activation):
+        n_slots = weight.shape[0] // x.shape[1]
+        span = find_span(x, grid, uniform, spline_order)
+        local = local_basis(x, grid, spline_order, uniform, span=span)
+        out = window_expanded_input(x, local, activation, n_slots).view(x.shape[0], weight.shape[0]) @ weight
+        # Only the knot span (int32, [N, I]) is kept; backward rebuilds the basis from it.
+        ctx.save_for_backward(x, weight, grid, span.int())
+        ctx.config = (spline_order, uniform, activation, n_slots)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, grid, span = ctx.saved_tensors
+        spline_order, uniform, activation, n_slots = ctx.config
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        local = local_basis(x, grid, spline_order, uniform, derivatives=need_x, span=span.long())
+        grad_x = grad_w = None
+        # Under autocast the forward product ran in grad_out's dtype; the backward products do too.
+        dtype = grad_out.dtype
+        if need_w:
+            expanded = window_expanded_input(x, local, activation, n_slots).view(x.shape[0], weight.shape[0])
+            grad_w = expanded.to(dtype).t() @ grad_out
+        if need_x:
+            grad_expanded = (grad_out @ weight.to(dtype).t()).view(*x.shape, n_slots)
+            grad_x = get_activation(activation).derivative(x) * grad_expanded[..., 0]
+            grad_window = grad_expanded.gather(-1, window_columns(local))
+            grad_x = grad_x + (grad_window * local.derivatives).sum(-1)
+        return grad_x, grad_w, None, None, None, None
+
+
+# id(grid) -> (weak reference to the grid, its identity key and the spline order, numpy constants derived from it)
+_GRID_CONSTANTS: dict[int, tuple] = {}
+
+
+def _grid_key(grid: torch.Tensor, spline_order: int) -> tuple:
+    """What identifies a grid's values: its storage, version counter and order. Assigning ``grid.data`` (as
+    pykan code does) swaps the storage without bumping the version, so the storage pointer is part of it."""
+    return grid.untyped_storage().data_ptr(), grid.storage_offset(), grid._version, spline_order
+
+
+def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
+    """(grid, padded grid, inv_steps, basis matrix) as numpy arrays, rebuilt only when the grid changes."""
+    key = id(grid)
+    cached = _GRID_CONSTANTS.get(key)
+    identity = _grid_key(grid, spline_order)
+    if cached is not None and cached[0]() is grid and cached[1] == identity:
+        return cached[2]
+    grid = grid.detach()
+    inv_steps = (grid.shape[1] - 1) / (grid[:, -1] - grid[:, 0]).double()
+    constants = (grid.contiguous().numpy(), extend_grid(grid, spline_order).numpy(), inv_steps.numpy(),
+                 uniform_basis_matrix(spline_order).numpy())
+    reference = weakref.ref(grid, lambda _: _GRID_CONSTANTS.pop(key, None))
+    _GRID_CONSTANTS[key] = (reference, identity, constants)
+    return constants
+
+
+class _CpuKernelArgs:
+    """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
+
+    ``prefix``: the leading arguments of the sparse kernels; ``x``, ``knots`` (grid, padded grid, inv_steps,
+    uniform) and ``matrix``: those of the dense kernel.
+    """
+
+    def __init__(self, x, grid, spline_order, uniform, activation):
+        from . import cpu
+
+        self.kernels = cpu
+        grid_np, padded, inv_steps, self.matrix = grid_constants(grid, int(spline_order))
+        self.x = x.detach().numpy()
+        self.knots = (grid_np, padded, inv_steps, bool(uniform))
+        self.prefix = (self.x, *self.knots, int(spline_order), self.matrix, cpu.ACTIVATION_IDS[activation])
+
+
+def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True):
+    """The dense path's kernel on x [N, I]: (A [N, I*S] or None, grad_x [N, I] or None).
+
+    grad_x is computed when grad_expanded (the gradient of A) is given; A when ``expanded``. When both are,
+    A is written over grad_expanded: one [N, I*S] buffer instead of two.
+    """
+    args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+    entry = get_activation(activation)
+    with_grad = grad_expanded is not None
+    empty = x.new_empty(0, 0)
+    if not expanded:
+        out = empty
+    else:
+        out = grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * n_slots)
+    grad_x = torch.empty_like(x) if with_grad else empty
+    base = entry.function(x) if expanded else empty
+    base_grad = entry.derivative(x) if with_grad else empty
+    args.kernels.dense_kernel(spline_order)(
+        args.x, *args.knots, args.matrix, base.numpy(), base_grad.numpy(),
+        (grad_expanded if with_grad else empty).numpy(), out.numpy(), grad_x.numpy(), expanded, with_grad)
+    return (out if expanded else None), (grad_x if with_grad else None)
+
+
+class FusedCpuSplineLinear(torch.autograd.Function):
+    """The product through the numba kernels: dense (A written by a kernel, BLAS products) or sparse."""
+
+    @staticmethod
+    def forward(ctx, x, weight, grid, spline_order, uniform, activation, sparse):
+        # The inputs themselves are saved: a create_graph backward differentiates through them.
+        ctx.save_for_backward(x, weight, grid)
+        x, weight, grid = x.contiguous(), weight.contiguous(), grid.contiguous()
+        n_slots = weight.shape[0] // x.shape[1]
+        if sparse:
+            args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+            out = x.new_empty(x.shape[0], weight.shape[1])
+            args.kernels.sparse_forward(*args.prefix, weight.detach().numpy(), out.numpy())
+        else:
+            expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
+            out = expanded @ weight.detach()
+        ctx.config = (spline_order, uniform, activation, sparse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, grid = ctx.saved_tensors
+        spline_order, uniform, activation, sparse = ctx.config
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients must themselves be differentiable, which the kernels' are not.
+            return (*differentiable_backward(x, weight, grid, spline_order, activation, grad_out, need_x, need_w),
+                    None, None, None, None, None)
+        grad_out = grad_out.detach().contiguous()
+        x, weight, grid = x.detach().contiguous(), weight.detach().contiguous(), grid.contiguous()
+        grad_x = grad_w = None
+        if sparse:
+            args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+            if need_w:
+                grad_w = torch.empty_like(weight)
+                args.kernels.sparse_grad_weight(*args.prefix, grad_out.numpy(), grad_w.numpy())
+            if need_x:
+                grad_x = torch.empty_like(x)
+                args.kernels.sparse_grad_input(*args.prefix, weight.numpy(), grad_out.numpy(), grad_x.numpy())
+            return grad_x, grad_w, None, None, None, None, None
+        # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
+        grad_expanded = grad_out @ weight.t() if need_x else None
+        expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
+                                         grad_expanded, expanded=need_w)
+        if need_w:
+            grad_w = expanded.t() @ grad_out
+        return grad_x, grad_w, None, None, None, None, None
+
+
+def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                  uniform: bool, activation: str = "silu", backend: str = "auto", *,
+                  method: str | None = None) -> torch.Tensor:
+    """x [N, I], weight [I*(G+k+1), O], grid [I, G+2k+1] -> [N, O]; the basis is never kept for backward.
+
+    ``method`` is the deprecated name of ``backend`` ("dense" is now "cpu").
+    """
+    if method is not None:
+        backend = backend_from_method(method)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if under_transform(x, weight, grid):
+        if backend not in ("auto", "eager"):
+            raise RuntimeError(f"backend={backend!r} runs fused kernels, which torch.func, torch.compile and "
+                               f"torch.export cannot look into; use backend='auto' or 'eager' (plain PyTorch there)")
+        return spline_linear_reference(x, weight, grid, spline_order, activation)
+    if backend == "auto":
+        backend = "triton" if triton_supports(x, spline_order) else torch_backend(x, weight, spline_order)
+    if backend == "triton":
+        from .triton import spline_linear_triton
+
+        return spline_linear_triton(x, weight, grid, spline_order, uniform, activation)
+    if backend == "eager":
+        return EagerSplineLinear.apply(x, weight, grid, spline_order, uniform, activation)
+    if torch.is_autocast_enabled(x.device.type):
+        # The CPU kernels compute in float32 or float64: their products stay out of autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            return spline_linear(x, weight, grid, spline_order, uniform, activation, backend)
+    if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES:
+        raise ValueError(f"backend={backend!r} runs on the CPU in float32 or float64, "
+                         f"got {x.dtype} tensors on {x.device}")
+    return FusedCpuSplineLinear.apply(x, weight, grid, spline_order, uniform, activation, backend == "sparse")

@@ -1,0 +1,390 @@
+"""Fused CPU kernels (numba) for the B-spline KAN product.
+
+Each kernel evaluates the k + 1 nonzero bases of an input value in registers and uses them at once, so
+no basis tensor is ever stored:
+
+- :func:`dense_kernel`: the expanded input A [N, I*S] (S = G + k + 1: base activation, then G + k bases)
+  for the dense path, where BLAS does the product ``A @ W``, and dx [N, I] from the gradient of A (its
+  backward), either or both in one pass. The base activation comes in computed (by PyTorch, vectorized).
+- :func:`sparse_forward`, :func:`sparse_grad_weight`, :func:`sparse_grad_input`: the product and its
+  gradients touching only the k + 2 nonzero slots of each input (local support; pays when G is large).
+
+Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
+each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
+1 / knot spacing of uniform grids. Spans are found
+arithmetically on uniform grids and by binary search otherwise. The reference is
+:func:`kanlib.ops.spline_linear.reference.spline_linear_reference`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH_ID
+
+# numba reads module globals as compile-time constants
+SILU, TANH, RELU = SILU_ID, TANH_ID, RELU_ID
+ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
+MAX_ORDER = 8  # window arrays are sized for spline orders up to this
+FASTMATH = {"reassoc", "contract", "arcp"}
+ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def activation_at(value, kind):
+    if kind == SILU:
+        return value / (1.0 + math.exp(-value))
+    if kind == TANH:
+        return math.tanh(value)
+    if kind == RELU:
+        return value if value > 0.0 else 0.0 * value
+    return value
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def activation_derivative_at(value, kind):
+    if kind == SILU:
+        s = 1.0 / (1.0 + math.exp(-value))
+        return s * (1.0 + value * (1.0 - s))
+    if kind == TANH:
+        th = math.tanh(value)
+        return 1.0 - th * th
+    if kind == RELU:
+        return 1.0 if value > 0.0 else 0.0
+    return 1.0
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def find_span_at(value, grid, inv_steps, i, uniform, spline_order):
+    """Span j with grid[i, j] <= value < grid[i, j+1], or -1 outside [grid[i, 0], grid[i, -1]) or NaN."""
+    n_knots = grid.shape[1]
+    if not (grid[i, 0] <= value < grid[i, n_knots - 1]):
+        return -1
+    if uniform and spline_order > 0:
+        span = int((value - grid[i, 0]) * inv_steps[i])
+        return min(max(span, 0), n_knots - 2)
+    low, high = 0, n_knots - 1  # invariant: grid[low] <= value < grid[high]
+    while high - low > 1:
+        mid = (low + high) // 2
+        if grid[i, mid] <= value:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matrix, values, slopes, with_slopes,
+            left, right):
+    """Fill values[r] (and slopes[r]) with basis ``span - k + r`` at value and its derivative.
+
+    left and right are scratch arrays of at least k + 1 entries.
+    """
+    k = spline_order
+    if uniform:
+        t = (value - grid[i, span]) * inv_steps[i]  # measured from the span's own knot
+        t = min(max(t, 0.0), 1.0)
+        for r in range(k + 1):
+            acc = matrix[k, r]
+            for p in range(k - 1, -1, -1):
+                acc = acc * t + matrix[p, r]
+            values[r] = acc
+            if with_slopes:
+                slope = 0.0
+                for p in range(k, 0, -1):
+                    slope = slope * t + p * matrix[p, r]
+                slopes[r] = slope * inv_steps[i]
+        return
+    # Triangular de Boor scheme on the knots around the span (padded[i, j + k] is grid[i, j]).
+    values[0] = 1.0
+    for d in range(1, k + 1):
+        left[d] = value - padded[i, span + k + 1 - d]
+        right[d] = padded[i, span + k + d] - value
+        saved = 0.0
+        for r in range(d):
+            den = right[r + 1] + left[d - r]
+            temp = values[r] / den if den != 0.0 else 0.0
+            if d == k and with_slopes:
+                slopes[r] = temp  # order k-1 value over its knot width, used below
+            values[r] = saved + right[r + 1] * temp
+            saved = left[d - r] * temp
+        values[d] = saved
+    if with_slopes:
+        if k == 0:
+            slopes[0] = 0.0
+            return
+        # d/dx B_{m,k} = k * (B_{m,k-1}/(t_{m+k}-t_m) - B_{m+1,k-1}/(t_{m+k+1}-t_{m+1})); the scaled order
+        # k-1 values were stashed in slopes[0..k-1] (slopes[r] is for basis span-k+1+r of order k-1).
+        previous = 0.0
+        for r in range(k):
+            current = slopes[r]
+            slopes[r] = k * (previous - current)
+            previous = current
+        slopes[k] = k * previous
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _local_window(value, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch, with_slopes):
+    """The span of value (-1 outside the grid or for NaN); inside it, scratch[0, r] is basis span - k + r at
+    value and, with_slopes, scratch[1, r] its derivative. scratch: [4, at least k + 1]."""
+    span = find_span_at(value, grid, inv_steps, i, uniform, spline_order)
+    if span >= 0:
+        _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch[0], scratch[1],
+                with_slopes, scratch[2], scratch[3])
+    return span
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _uniform_row(x_row, grid, inv_steps, spans, coords):
+    """Spans and coordinates of one row on uniform grids, as flat loops the compiler can vectorize.
+
+    spans[i] is -1 outside the extended grid (or for NaN); coords[i] is measured from the span's knot.
+    """
+    n_knots = grid.shape[1]
+    for i in range(x_row.shape[0]):
+        value = x_row[i]
+        u = (value - grid[i, 0]) * inv_steps[i]
+        span = int(min(max(u, 0.0), n_knots - 2.0))
+        inside = grid[i, 0] <= value < grid[i, n_knots - 1]
+        spans[i] = span if inside else -1
+        t = (value - grid[i, span]) * inv_steps[i]
+        coords[i] = min(max(t, 0.0), 1.0)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _polynomials(coords, matrix, first_power, out):
+    """out[r, i] = sum_{p >= first_power} matrix[p, r] * p!/(p-first_power)! * coords[i]**(p - first_power).
+
+    first_power 0 gives the k + 1 window values, 1 their derivatives in t; loops run over i innermost.
+    """
+    k = matrix.shape[0] - 1
+    for r in range(k + 1):
+        for i in range(coords.shape[0]):
+            out[r, i] = 0.0
+        for p in range(k, first_power - 1, -1):
+            factor = matrix[p, r] * (p if first_power == 1 else 1)
+            for i in range(coords.shape[0]):
+                out[r, i] = out[r, i] * coords[i] + factor
+
+
+def dense_kernel(spline_order: int):
+    """The dense path's kernel for one spline order (compiled with k as a constant, so its loops unroll).
+
+    ``kernel(x, grid, padded, inv_steps, uniform, matrix, base, base_grad, grad_expanded, out, grad_x,
+    write_out, write_grad)``, x [N, I]:
+
+    - write_out: write A [N, I*S] into out: base [N, I] (the base activation) in slot 0 of each input,
+      the G + k bases after it.
+    - write_grad: write grad_x [N, I] from grad_expanded [N, I*S] (the gradient of A), with base_grad
+      [N, I] the base activation's derivative.
+
+    Both at once share the knot spans and the basis polynomials; out may then be grad_expanded itself
+    (each row's gradient is read before A is written over it). Arrays a call does not use may be empty.
+    """
+    return _dense_kernel(int(spline_order))
+
+
+@njit(inline="always", cache=True)
+def _existing_window(span, spline_order, n_basis):
+    """range(first, stop) of the window entries r whose basis span - k + r exists (0 <= it < n_basis);
+    empty for span -1 (outside the grid)."""
+    k = spline_order
+    if span < 0:
+        return 0, 0
+    return max(k - span, 0), min(n_basis + k - span, k + 1)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _put_window(row, offset, span, values, i, n_basis, k):
+    """row[offset + 1 + m] = values[r, i] for the bases m = span - k + r that exist."""
+    if k <= span < n_basis:
+        first = offset + 1 + span - k
+        for r in range(k + 1):
+            row[first + r] = values[r, i]
+    else:
+        first, stop = _existing_window(span, k, n_basis)
+        for r in range(first, stop):
+            row[offset + 1 + span - k + r] = values[r, i]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _dot_window(row, offset, span, slopes, i, n_basis, k):
+    """sum_r slopes[r, i] * row[offset + 1 + m] over the bases m = span - k + r that exist."""
+    acc = 0.0
+    if k <= span < n_basis:
+        first = offset + 1 + span - k
+        for r in range(k + 1):
+            acc += slopes[r, i] * row[first + r]
+    else:
+        first, stop = _existing_window(span, k, n_basis)
+        for r in range(first, stop):
+            acc += slopes[r, i] * row[offset + 1 + span - k + r]
+    return acc
+
+
+@functools.cache
+def _dense_kernel(k):
+    @njit(parallel=True, cache=True, fastmath=FASTMATH)
+    def kernel(x, grid, padded, inv_steps, uniform, matrix, base, base_grad, grad_expanded, out, grad_x,
+               write_out, write_grad):
+        n_rows, n_in = x.shape
+        n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
+        n_basis = n_slots - 1
+        fast = uniform and k > 0
+        n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK  # scratch arrays once per chunk
+        for c in prange(n_chunks):
+            spans = np.empty(n_in, dtype=np.int64)
+            coords = np.empty(n_in, dtype=matrix.dtype)
+            values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
+            slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
+            scratch = np.empty((4, k + 1), dtype=matrix.dtype)
+            for n in range(c * ROWS_PER_CHUNK, min(n_rows, (c + 1) * ROWS_PER_CHUNK)):
+                if fast:
+                    _uniform_row(x[n], grid, inv_steps, spans, coords)
+                    if write_out:
+                        _polynomials(coords, matrix, 0, values)
+                    if write_grad:
+                        _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
+                else:
+                    for i in range(n_in):
+                        spans[i] = _local_window(x[n, i], grid, padded, inv_steps, i, uniform, k, matrix, scratch,
+                                                 write_grad)
+                        for r in range(k + 1):
+                            values[r, i] = scratch[0, r]
+                            slopes[r, i] = scratch[1, r]
+                if write_grad:  # before out's row is written: out may be grad_expanded itself
+                    row = grad_expanded[n]
+                    for i in range(n_in):
+                        spline = _dot_window(row, i * n_slots, spans[i], slopes, i, n_basis, k)
+                        grad_x[n, i] = base_grad[n, i] * row[i * n_slots] + (inv_steps[i] * spline if fast else spline)
+                if write_out:
+                    row = out[n]
+                    row[:] = 0.0  # one contiguous fill, then only the nonzero slots are written
+                    for i in range(n_in):
+                        row[i * n_slots] = base[n, i]
+                        _put_window(row, i * n_slots, spans[i], values, i, n_basis, k)
+
+    return kernel
+
+
+@njit(inline="always", cache=True)
+def _sparse_sizes(x, weight):
+    """(N, I, O, S) of the product of x [N, I] with weight [I*S, O] (or an array of its shape)."""
+    n_rows, n_in = x.shape
+    return n_rows, n_in, weight.shape[1], weight.shape[0] // n_in
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, out):
+    """out [N, O] = A @ weight, touching only the k + 2 nonzero slots of each input; weight [I*S, O]."""
+    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
+    k = spline_order
+    for n in prange(n_rows):
+        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
+        row = np.zeros(n_out, dtype=out.dtype)
+        for i in range(n_in):
+            value = x[n, i]
+            offset = i * n_slots
+            base = activation_at(value, activation)
+            for o in range(n_out):
+                row[o] += base * weight[offset, o]
+            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
+            first, stop = _existing_window(span, k, n_slots - 1)
+            for r in range(first, stop):
+                coefficient = scratch[0, r]
+                slot = offset + 1 + span - k + r
+                for o in range(n_out):
+                    row[o] += coefficient * weight[slot, o]
+        for o in range(n_out):
+            out[n, o] = row[o]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_out, grad_weight):
+    """grad_weight [I*S, O] = A^T @ grad_out; each input's rows are owned by one thread."""
+    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, grad_weight)
+    k = spline_order
+    for i in prange(n_in):
+        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
+        offset = i * n_slots
+        for s in range(n_slots):
+            for o in range(n_out):
+                grad_weight[offset + s, o] = 0.0
+        for n in range(n_rows):
+            value = x[n, i]
+            base = activation_at(value, activation)
+            for o in range(n_out):
+                grad_weight[offset, o] += base * grad_out[n, o]
+            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
+            first, stop = _existing_window(span, k, n_slots - 1)
+            for r in range(first, stop):
+                coefficient = scratch[0, r]
+                slot = offset + 1 + span - k + r
+                for o in range(n_out):
+                    grad_weight[slot, o] += coefficient * grad_out[n, o]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
+    """grad_x [N, I]: the gradient of A at its nonzero slots (grad_out . weight rows) times dA/dx."""
+    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
+    k = spline_order
+    for n in prange(n_rows):
+        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
+        for i in range(n_in):
+            value = x[n, i]
+            offset = i * n_slots
+            dot = 0.0
+            for o in range(n_out):
+                dot += grad_out[n, o] * weight[offset, o]
+            acc = activation_derivative_at(value, activation) * dot
+            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, True)
+            first, stop = _existing_window(span, k, n_slots - 1)
+            for r in range(first, stop):
+                slot = offset + 1 + span - k + r
+                dot = 0.0
+                for o in range(n_out):
+                    dot += grad_out[n, o] * weight[slot, o]
+                acc += scratch[1, r] * dot
+            grad_x[n, i] = acc
+
+
+def set_threads(count: int) -> None:
+    """Threads the kernels use (numba's pool); torch's intra-op count is a separate setting."""
+    numba.set_num_threads(count)
+
+
+@njit(parallel=True, cache=True)
+def assemble_weights(scale_base, scale_sp, mask, coef, out):
+    """out [I, S, O]: per input, ``scale_base * mask`` then the G + k rows ``scale_sp * mask * coef``.
+
+    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k].
+    """
+    n_in, n_out, n_basis = coef.shape
+    for i in prange(n_in):
+        for o in range(n_out):
+            out[i, 0, o] = scale_base[i, o] * mask[i, o]
+        for o in range(n_out):
+            scale = scale_sp[i, o] * mask[i, o]
+            for j in range(n_basis):
+                out[i, 1 + j, o] = scale * coef[i, o, j]
+
+
+@njit(parallel=True, cache=True)
+def assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_scale_sp, grad_coef):
+    """The gradients of :func:`assemble_weights` from grad [I, S, O], the gradient of its output."""
+    n_in, n_out, n_basis = coef.shape
+    for i in prange(n_in):
+        for o in range(n_out):
+            grad_scale_base[i, o] = grad[i, 0, o] * mask[i, o]
+            scale = scale_sp[i, o] * mask[i, o]
+            acc = 0.0
+            for j in range(n_basis):
+                g = grad[i, 1 + j, o]
+                grad_coef[i, o, j] = scale * g
+                acc += g * coef[i, o, j]
+            grad_scale_sp[i, o] = acc * mask[i, o]

@@ -1,0 +1,26 @@
+"""What each backend of :func:`kanlib.ops.spline_linear.spline_linear` runs, known without importing it."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS", "SPARSE_SLOWDOWN",
+           "prefers_sparse", "triton_supports"]
+
+# "cpu": the numba kernels' dense path; "sparse": their local-support path; "eager": PyTorch operations
+BACKENDS = ("auto", "eager", "cpu", "sparse", "triton")
+CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_SPLINE_ORDERS = (1, 2, 3, 4, 5)
+# On the CPU the sparse kernels do about this many times less useful work per second than BLAS; past
+# the break-even density of nonzero slots they win.
+SPARSE_SLOWDOWN = 7.0
+
+
+def prefers_sparse(n_slots: int, spline_order: int) -> bool:
+    """Whether the local-support kernels beat a dense product for S slots per input, k + 2 of them nonzero."""
+    return (spline_order + 2) * SPARSE_SLOWDOWN < n_slots
+
+
+def triton_supports(x: torch.Tensor, spline_order: int) -> bool:
+    """Whether ``backend="auto"`` sends x to the Triton kernels: a CUDA tensor of a dtype and order they run."""
+    return x.device.type == "cuda" and x.dtype in TRITON_DTYPES and spline_order in TRITON_SPLINE_ORDERS

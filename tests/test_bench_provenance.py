@@ -1,0 +1,91 @@
+"""kanlib.bench.provenance: the git commit, the device and the C allocator's setting."""
+import ast
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from kanlib.bench import provenance as bench_provenance
+from kanlib.bench import results as bench_results
+from kanlib.bench import timing as bench_timing
+
+
+
+def make_rows():
+    return [{"grid": 5, **bench_timing.Timing.from_samples([1.0, 2.0, 3.0]).as_dict("fwd_")}]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_commit_and_dirty_follow_the_checkout_of_the_package(tmp_path, monkeypatch):
+    def git(*args):
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        result = subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True)
+        return result.stdout.strip()
+
+    package = tmp_path / "kanlib"
+    package.mkdir()
+    (package / "layer.py").write_text("A = 1\n")
+    (tmp_path / ".gitignore").write_text("venv/\n")
+    git("init", "-q")
+    monkeypatch.setattr(bench_provenance, "_PACKAGE_DIR", package)
+    assert bench_provenance.git_commit() is None  # no commit yet
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    assert bench_provenance.git_commit() == git("rev-parse", "HEAD")
+    assert bench_provenance.git_dirty() is False
+
+    bench_results.write_results("probe", {}, make_rows(), "cpu", out_dir=tmp_path / bench_provenance.RESULTS_DIR)
+    assert bench_provenance.git_dirty() is False
+    (package / "layer.py").write_text("A = 2\n")
+    assert bench_provenance.git_dirty() is True
+
+    installed = tmp_path / "venv" / "kanlib"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(bench_provenance, "_PACKAGE_DIR", installed)
+    assert bench_provenance.git_commit() is None
+    assert bench_provenance.git_dirty() is None
+
+
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from kanlib import bench
+def step():  # three 10 MB blocks freed together: glibc's default trims them off its heap
+    blocks = [torch.ones(2_500_000) for _ in range(3)]
+    del blocks
+def faults_per_step():
+    for _ in range(5):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+default = faults_per_step(), bench.device_info("cpu")["malloc"]
+bench.retain_freed_memory()
+print(repr((default, (faults_per_step(), bench.device_info("cpu")["malloc"]))))
+"""
+
+
+@pytest.mark.skipif(not bench_provenance.can_retain_freed_memory(), reason="needs glibc")
+def test_retain_freed_memory_stops_the_page_faults_of_reallocated_blocks():
+    pages_per_step = 3 * 2_500_000 * 4 / 4096
+    for _ in range(3):  # some processes' heap layout keeps the blocks even by default: try another
+        done = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True,
+                              timeout=120)
+        (default_faults, default_setting), (retained_faults, retained_setting) = ast.literal_eval(done.stdout)
+        assert default_setting == "default"
+        assert "retained" in retained_setting and "32 MiB" in retained_setting
+        if default_faults > pages_per_step / 2:
+            break
+    else:
+        pytest.skip("glibc kept the blocks by default in three processes in a row")
+    assert retained_faults < pages_per_step / 20, (default_faults, retained_faults)
+
+
+def test_retain_freed_memory_says_what_it_needs_without_glibc(monkeypatch):
+    monkeypatch.setattr(bench_provenance.platform, "libc_ver", lambda: ("", ""))
+    assert not bench_provenance.can_retain_freed_memory()
+    with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
+        bench_provenance.retain_freed_memory()

@@ -1,0 +1,179 @@
+"""The notebook runner (kanlib.book.runner, `python -m kanlib run`) on small notebooks written here."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import nbformat
+import pytest
+
+from kanlib.__main__ import main
+from kanlib.book.runner import (INJECTED_TAG, STAMP_TAG, NotebookError, NotebookFailed, RunStamp, clean_volatile,
+                           find_notebooks, notebook_stamp, resolve_mode, run_notebooks)
+
+
+def write_notebook(path: pathlib.Path, body: str = "value = 2 * seed + 1\nprint('value', value)",
+                   parameters: str = 'device = "auto"\nquick = True\nseed = 0', n_parameter_cells: int = 1):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    title = nbformat.v4.new_markdown_cell("# A test notebook\n\nIt checks the runner.")
+    cells = [title]
+    for _ in range(n_parameter_cells):
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    cells.append(nbformat.v4.new_code_cell("print('mode', 'quick' if quick else 'full', 'on', device)"))
+    cells.append(nbformat.v4.new_code_cell(body))
+    nb.cells = cells
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def outputs_text(nb) -> str:
+    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """One notebook run once (a kernel start is slow), read back."""
+    folder = tmp_path_factory.mktemp("run")
+    source = write_notebook(folder / "src" / "01_first.ipynb")
+    runs = run_notebooks([source], device="cpu", mode="quick", seed=3, output_dir=folder / "out", progress=None)
+    return source, runs, nbformat.read(runs[0].output, as_version=4)
+
+
+def test_run_writes_executed_copy_and_leaves_source(executed):
+    source, runs, nb = executed
+    assert runs[0].output.name == "01_first.ipynb" and runs[0].output != source
+    assert not any(cell.get("outputs") for cell in nbformat.read(source, as_version=4).cells)
+    text = outputs_text(nb)
+    assert "value 7" in text, "the injected seed=3 reaches the code"
+    assert "mode quick on cpu" in text
+    assert runs[0].seconds > 0
+
+
+def test_run_stamps_metadata_and_visible_cell(executed):
+    _, runs, nb = executed
+    stamp = RunStamp.from_metadata(nb.metadata)
+    assert stamp == runs[0].stamp
+    assert (stamp.device, stamp.mode) == ("cpu", "quick")
+    assert stamp.commit is None or len(stamp.commit) == 40
+    assert nb.metadata["kanlib"]["parameters"] == {"device": "cpu", "quick": True, "seed": 3}
+    stamp_cells = [i for i, cell in enumerate(nb.cells) if STAMP_TAG in cell.metadata.get("tags", [])]
+    assert stamp_cells == [1], "the stamp comes right after the title"
+    assert "quick-mode run on cpu" in nb.cells[1].source and stamp.date in nb.cells[1].source
+
+
+def test_run_hides_injected_parameters_and_strips_volatile_metadata(executed):
+    _, _, nb = executed
+    injected = [cell for cell in nb.cells if INJECTED_TAG in cell.metadata.get("tags", [])]
+    assert len(injected) == 1
+    assert "remove-cell" in injected[0].metadata["tags"] and injected[0].id == INJECTED_TAG
+    assert "papermill" not in nb.metadata
+    for cell in nb.cells:
+        assert not {"papermill", "execution"} & set(cell.metadata), cell.metadata
+    assert "start_time" not in json.dumps(nb.metadata)
+
+
+def test_rerun_of_an_executed_notebook_changes_only_content(executed, tmp_path):
+    """Running the executed copy again gives the same notebook: no stamp or injected cell piles up."""
+    _, runs, first = executed
+    again = run_notebooks([runs[0].output], device="cpu", mode="quick", seed=3, output_dir=tmp_path, progress=None)
+    second = nbformat.read(again[0].output, as_version=4)
+    assert [cell.source for cell in second.cells] == [cell.source for cell in first.cells]
+    assert [cell.get("id") for cell in second.cells] == [cell.get("id") for cell in first.cells]
+    assert outputs_text(second) == outputs_text(first)
+
+
+def test_failing_notebook_names_cell_and_error_and_overwrites_nothing(tmp_path):
+    good = write_notebook(tmp_path / "01_good.ipynb")
+    bad = write_notebook(tmp_path / "02_bad.ipynb", body="raise ValueError('boom at step 4')")
+    before = {path: path.read_bytes() for path in (good, bad)}
+    with pytest.raises(NotebookFailed) as info:
+        run_notebooks([good, bad], device="cpu", mode="quick", in_place=True, progress=None)
+    error = info.value
+    assert error.notebook == bad and error.ename == "ValueError" and "boom at step 4" in error.evalue
+    assert "02_bad.ipynb" in str(error) and f"cell {error.cell_index}" in str(error)
+    assert {path: path.read_bytes() for path in (good, bad)} == before, "in place: nothing replaced on failure"
+
+
+def test_in_place_refuses_quick_over_full_unless_forced(tmp_path, monkeypatch):
+    path = write_notebook(tmp_path / "01_ref.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["kanlib"] = {"run": {"device": "cuda", "device_name": "GPU", "mode": "full", "date": "2026-01-01",
+                                     "commit": "0" * 40, "dirty": False}}
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    with pytest.raises(NotebookError, match="full-mode.*01_ref.ipynb.*got mode 'quick'.*--force"):
+        run_notebooks([path], device="cpu", mode="quick", in_place=True, progress=None)
+    assert path.read_bytes() == before
+    run_notebooks([path], device="cpu", mode="quick", in_place=True, force=True, progress=None)
+    assert notebook_stamp(path).mode == "quick"
+
+
+def test_clean_volatile_removes_timings():
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"start_time": "x", "duration": 1.0}
+    cell = nbformat.v4.new_code_cell("1")
+    cell.metadata.update({"papermill": {"duration": 1.0}, "execution": {"iopub.status.busy": "t"}, "tags": ["a"]})
+    nb.cells = [cell]
+    clean_volatile(nb)
+    assert "papermill" not in nb.metadata and cell.metadata == {"tags": ["a"]}
+
+
+def test_resolve_mode():
+    assert resolve_mode("quick", "cpu") == "quick" and resolve_mode("full", "cpu") == "full"
+    assert resolve_mode("auto", "cpu") == "quick"
+    with pytest.raises(ValueError, match="mode: expected one of .* got 'fast'"):
+        resolve_mode("fast", "cpu")
+
+
+@pytest.mark.parametrize("params, n_cells, match", [
+    ('device = "auto"\nquick = True\nseed = 0', 0, "exactly one cell tagged 'parameters', got 0"),
+    ('device = "auto"\nquick = True\nseed = 0', 2, "exactly one cell tagged 'parameters', got 2"),
+])
+def test_bad_notebooks_are_refused_before_running(tmp_path, params, n_cells, match):
+    path = write_notebook(tmp_path / "01_x.ipynb", parameters=params, n_parameter_cells=n_cells)
+    with pytest.raises(NotebookError, match=match):
+        run_notebooks([path], device="cpu", mode="quick", output_dir=tmp_path / "out", progress=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments(tmp_path):
+    path = write_notebook(tmp_path / "01_x.ipynb")
+    with pytest.raises(NotebookError, match="expected an existing file"):
+        run_notebooks([tmp_path / "02_missing.ipynb"], device="cpu", progress=None)
+    with pytest.raises(NotebookError, match="expected a .ipynb file"):
+        run_notebooks([tmp_path / "notes.txt"], device="cpu", progress=None)
+    with pytest.raises(ValueError, match="device: expected one of .* got 'tpu'"):
+        run_notebooks([path], device="tpu", progress=None)
+    with pytest.raises(ValueError, match="output_dir: expected None with in_place=True"):
+        run_notebooks([path], device="cpu", in_place=True, output_dir=tmp_path, progress=None)
+    with pytest.raises(NotebookError, match="at least one notebook"):
+        run_notebooks([], device="cpu", progress=None)
+    (tmp_path / "02_broken.ipynb").write_text("{ not json")
+    with pytest.raises(NotebookError, match="02_broken.ipynb: expected a Jupyter notebook"):
+        run_notebooks([tmp_path / "02_broken.ipynb"], device="cpu", progress=None)
+
+
+def test_find_notebooks_in_reading_order(tmp_path):
+    for name in ("10_c.ipynb", "02_b.ipynb", "01_a.ipynb", "notes.ipynb", "1_x.ipynb"):
+        (tmp_path / name).write_text("{}")
+    assert [path.name for path in find_notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "10_c.ipynb"]
+    with pytest.raises(NotebookError, match="expected a directory"):
+        find_notebooks(tmp_path / "nope")
+
+
+def test_cli_run_prints_a_line_per_notebook_and_fails_with_nonzero_exit(tmp_path, capsys):
+    good = write_notebook(tmp_path / "01_good.ipynb")
+    assert main(["run", str(good), "--device", "cpu", "--mode", "quick", "--output-dir", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "[1/1] 01_good.ipynb: done in" in out and (tmp_path / "o" / "01_good.ipynb").is_file()
+    bad = write_notebook(tmp_path / "02_bad.ipynb", body="1 / 0")
+    assert main(["run", str(bad), "--device", "cpu", "--output-dir", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert "02_bad.ipynb" in err and "ZeroDivisionError" in err and "cell" in err
+    with pytest.raises(SystemExit):
+        main(["run", str(good), "--force"])
+    assert "--force: expected together with --in-place" in capsys.readouterr().err

@@ -1,0 +1,358 @@
+"""BSplineKAN against pykan's KANLayer, a float64 evaluation, and its own reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+from kan import KANLayer
+
+from kanlib import BSplineKAN
+from kanlib.basis import cox_de_boor
+from kanlib.layers.bspline import assemble_weight_matrix
+from kanlib.ops.spline_linear import torch_backend
+
+
+def random_pykan_layer(n_in, n_out, grid_size, k, seed, update_grid=False, mask=True):
+    """A pykan layer with random coefficients, scales, edge mask and (optionally) a sample-fitted grid."""
+    torch.manual_seed(seed)
+    layer = KANLayer(n_in, n_out, num=grid_size, k=k, grid_range=[-1.5, 1.0])
+    with torch.no_grad():
+        layer.coef.normal_()
+        layer.scale_base.normal_()
+        layer.scale_sp.normal_()
+        if mask:
+            layer.mask.copy_((torch.rand(n_in, n_out) > 0.3).float())
+    if update_grid:
+        layer.update_grid_from_samples(torch.randn(257, n_in) * 1.3 + 0.2)
+    return layer
+
+
+def inputs_in_and_out(n, n_in, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, n_in, generator=gen, dtype=dtype) * 8 - 4)  # the grid spans about [-2.5, 2]
+
+
+def reference_forward(layer: BSplineKAN, x):
+    """The layer's function written out: base branch plus spline branch over the dense Cox-de Boor basis."""
+    bases = cox_de_boor(x, layer.grid, layer.spline_order)
+    spline = torch.einsum("nij,ioj->nio", bases, layer.coef)
+    edges = layer.scale_base * F.silu(x).unsqueeze(-1) + layer.scale_sp * spline
+    return (edges * layer.mask).sum(1)
+
+
+# pykan 0.2.8 cannot build a layer of order 0 (its curve2coef fails), so k = 0 is checked against the reference.
+PYKAN_CASES = [(7, 5, 5, 3), (3, 1, 1, 1), (33, 17, 13, 2), (4, 9, 20, 3), (5, 3, 6, 5)]
+
+
+BACKENDS = ["eager", "cpu", "sparse"]
+
+
+@pytest.mark.parametrize("n_in,n_out,grid_size,k", PYKAN_CASES)
+@pytest.mark.parametrize("update_grid", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_outputs_as_pykan(n_in, n_out, grid_size, k, update_grid, backend):
+    ref = random_pykan_layer(n_in, n_out, grid_size, k, seed=grid_size + k, update_grid=update_grid)
+    layer = BSplineKAN.from_pykan(ref)
+    layer.backend = backend
+    assert layer.is_uniform() != update_grid or grid_size == 1
+    x = inputs_in_and_out(301, n_in, seed=n_in)
+    torch.testing.assert_close(layer(x), ref(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_to_pykan_round_trip():
+    layer = BSplineKAN(6, 4, grid_size=7, spline_order=2)
+    layer.update_grid(torch.randn(100, 6))
+    back = layer.to_pykan()
+    x = inputs_in_and_out(50, 6, seed=1)
+    torch.testing.assert_close(back(x)[0], layer(x), rtol=1e-5, atol=1e-5)
+    again = BSplineKAN.from_pykan(back)
+    for name in ("grid", "coef", "scale_base", "scale_sp", "mask"):
+        assert torch.equal(getattr(again, name), getattr(layer, name))
+
+
+@pytest.mark.parametrize("grid_size", [5, 20])
+@pytest.mark.parametrize("update_grid", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_less_accurate_than_pykan_against_float64(grid_size, update_grid, backend):
+    ref = random_pykan_layer(16, 8, grid_size, 3, seed=grid_size, update_grid=update_grid)
+    layer = BSplineKAN.from_pykan(ref)
+    layer.backend = backend
+    x = inputs_in_and_out(4000, 16, seed=5)
+    exact_layer = BSplineKAN.from_pykan(ref).double()
+    exact_edges = exact_layer.activations(x.double())
+    kanlib_error = (layer.activations(x).double() - exact_edges).abs().max().item()
+    pykan_error = (ref(x)[2].transpose(1, 2).double() - exact_edges).abs().max().item()
+    assert kanlib_error <= pykan_error, (kanlib_error, pykan_error)
+    # the summed output adds only the float32 rounding of one dot product per output
+    torch.testing.assert_close(layer(x).double(), exact_layer(x.double()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_any_order_matches_the_reference(k, backend):
+    torch.manual_seed(k)
+    layer = BSplineKAN(5, 3, grid_size=6, spline_order=k, backend=backend)
+    with torch.no_grad():
+        layer.coef.normal_()
+    x = inputs_in_and_out(400, 5, seed=k)
+    torch.testing.assert_close(layer(x), reference_forward(layer, x), rtol=1e-5, atol=1e-5)
+    layer.update_grid(torch.randn(100, 5))
+    torch.testing.assert_close(layer(x), reference_forward(layer, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(uniform, k, backend):
+    torch.manual_seed(k)
+    layer = BSplineKAN(3, 2, grid_size=4, spline_order=k, backend=backend).double()
+    if not uniform:
+        layer.update_grid(torch.randn(64, 3, dtype=torch.float64))
+    assert layer.is_uniform() == uniform
+    with torch.no_grad():
+        layer.coef.normal_()
+    x = (torch.rand(5, 3, dtype=torch.float64) * 5 - 2.5).requires_grad_()
+    names = ("coef", "scale_base", "scale_sp")
+
+    def run(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    inputs = (x,) + tuple(getattr(layer, n).detach().clone().requires_grad_() for n in names)
+    assert torch.autograd.gradcheck(run, inputs)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_match_the_reference(uniform, backend):
+    torch.manual_seed(11)
+    layer = BSplineKAN(33, 17, grid_size=13, spline_order=3, backend=backend)
+    if not uniform:
+        layer.update_grid(torch.randn(300, 33))
+    x = inputs_in_and_out(130, 33, seed=2).requires_grad_()
+    grad_out = torch.randn(130, 17)
+    outputs = {}
+    for name, fn in (("fast", layer), ("reference", lambda t: reference_forward(layer, t))):
+        layer.zero_grad()
+        x.grad = None
+        fn(x).backward(grad_out)
+        outputs[name] = [x.grad.clone()] + [p.grad.clone() for p in (layer.coef, layer.scale_base, layer.scale_sp)]
+    for fast, ref in zip(outputs["fast"], outputs["reference"]):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("k", [0, 2, 3])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wanted", ["input", "weights"])
+def test_gradients_when_only_the_input_or_only_the_weights_need_them(wanted, backend, k, uniform):
+    torch.manual_seed(5 + k)
+    layer = BSplineKAN(9, 4, grid_size=6, spline_order=k, backend=backend)
+    if not uniform:
+        layer.update_grid(torch.randn(200, 9))
+    layer.requires_grad_(wanted == "weights")
+    x = inputs_in_and_out(37, 9, seed=k).requires_grad_(wanted == "input")
+    grad_out = torch.randn(37, 4)
+    leaves = [x] if wanted == "input" else [layer.coef, layer.scale_base, layer.scale_sp]
+    fast = torch.autograd.grad(layer(x), leaves, grad_out)
+    reference = torch.autograd.grad(reference_forward(layer, x), leaves, grad_out)
+    for got, expected in zip(fast, reference):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_matrix_kernel_matches_its_torch_assembly(dtype):
+    torch.manual_seed(8)
+    layer = BSplineKAN(7, 5, grid_size=4, spline_order=2).to(dtype)
+    with torch.no_grad():
+        layer.mask.bernoulli_(0.6)
+        for param in (layer.scale_base, layer.scale_sp, layer.coef):
+            param.normal_()
+    params = (layer.scale_base, layer.scale_sp, layer.coef)
+    fast = layer.weight_matrix()
+    assert fast.grad_fn is not None and "WeightMatrix" in type(fast.grad_fn).__name__  # the kernel ran
+    reference = assemble_weight_matrix(layer.base_weight(), layer.spline_weight())
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0)
+    grad = torch.randn_like(fast)
+    for got, expected in zip(torch.autograd.grad(fast, params, grad), torch.autograd.grad(reference, params, grad)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_drop_in_for_linear_with_leading_dimensions():
+    layer = BSplineKAN(5, 3)
+    x = torch.randn(2, 7, 4, 5)
+    out = layer(x)
+    assert out.shape == (2, 7, 4, 3)
+    torch.testing.assert_close(out, layer(x.reshape(-1, 5)).reshape(2, 7, 4, 3))
+    strided = torch.randn(5, 9)[:, :5].t()  # non-contiguous
+    torch.testing.assert_close(layer(strided), layer(strided.contiguous()))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), layer, torch.nn.Linear(3, 1))
+    assert model(torch.randn(10, 4)).shape == (10, 1)
+
+
+def test_bias_adds_to_outputs():
+    layer = BSplineKAN(4, 3, bias=True)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([1.0, -2.0, 3.0]))
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(layer(x), reference_forward(layer, x) + layer.bias)
+
+
+def test_state_dict_round_trip_after_grid_change():
+    layer = BSplineKAN(4, 3, grid_size=5)
+    layer.refine(9)
+    layer.update_grid(torch.randn(50, 4))
+    fresh = BSplineKAN(4, 3, grid_size=9)
+    fresh.load_state_dict(layer.state_dict())
+    assert not fresh.is_uniform()
+    x = torch.randn(20, 4)
+    torch.testing.assert_close(fresh(x), layer(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_and_nan_rows(backend):
+    layer = BSplineKAN(4, 3, backend=backend)
+    assert layer(torch.empty(0, 4)).shape == (0, 3)
+    x = torch.randn(5, 4)
+    x[2, 1] = float("nan")
+    out = layer(x)
+    assert torch.isnan(out[2]).all()
+    assert torch.isfinite(out[[0, 1, 3, 4]]).all()
+    torch.testing.assert_close(out[[0, 1, 3, 4]], layer(x[[0, 1, 3, 4]]))
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    ({"grid_size": 0}, ValueError, "grid_size must be an int >= 1, got 0"),
+    ({"spline_order": -1}, ValueError, "spline_order must be an int >= 0, got -1"),
+    ({"grid_size": 2.5}, TypeError, "grid_size must be an int"),
+    ({"grid_range": (1, 1)}, ValueError, "low < high, got (1, 1)"),
+    ({"grid_range": (2, -1)}, ValueError, "low < high, got (2, -1)"),
+    ({"grid_range": ()}, ValueError, "pair of numbers (low, high), got ()"),
+    ({"base_activation": "swish"}, ValueError, "got 'swish'"),
+    ({"backend": "fast"}, ValueError, "got 'fast'"),
+])
+def test_bad_settings_are_named(kwargs, error, words):
+    with pytest.raises(error) as info:
+        BSplineKAN(3, 2, **kwargs)
+    assert words in str(info.value)
+
+
+def test_bad_inputs_are_named():
+    layer = BSplineKAN(3, 2)
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\), got \(4, 5\)"):
+        layer(torch.randn(4, 5))
+    with pytest.raises(TypeError, match="floating-point tensor, got dtype torch.int64"):
+        layer(torch.ones(4, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.float64 does not match"):
+        layer(torch.ones(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="must be a torch.Tensor, got list"):
+        layer([[0.0, 0.0, 0.0]])
+
+
+def smooth_coefficients(layer, seed):
+    """Coefficients sampling smooth curves at the Greville abscissae, so the splines are smooth too."""
+    gen = torch.Generator().manual_seed(seed)
+    k = layer.spline_order
+    greville = layer.grid.unfold(1, k, 1)[:, 1:1 + layer.n_basis].mean(-1) if k else layer.grid[:, :-1]
+    phase = torch.rand(layer.in_features, layer.out_features, 1, generator=gen) * 6
+    return torch.sin(2 * greville.unsqueeze(1) + phase)
+
+
+def test_update_grid_matches_pykan_and_preserves_the_function():
+    ref = random_pykan_layer(5, 4, 8, 3, seed=3, mask=False)
+    with torch.no_grad():
+        ref.coef.copy_(smooth_coefficients(BSplineKAN.from_pykan(ref), seed=3))
+    layer = BSplineKAN.from_pykan(ref)
+    samples = torch.randn(400, 5) * 0.6
+    before = layer(samples)
+    ref.update_grid_from_samples(samples)
+    layer.update_grid(samples)
+    torch.testing.assert_close(layer.grid, ref.grid, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(layer(samples), ref(samples)[0], rtol=1e-4, atol=1e-4)
+    # Quantile knots leave wide intervals in the tails, so bound the typical change there and the largest
+    # change when the new grid is uniform over the samples.
+    rms = lambda t: t.pow(2).mean().sqrt()
+    assert rms(layer(samples) - before) / rms(before) < 0.05
+    assert not layer.is_uniform()
+    uniform = BSplineKAN.from_pykan(random_pykan_layer(5, 4, 8, 3, seed=3, mask=False))
+    with torch.no_grad():
+        uniform.coef.copy_(smooth_coefficients(uniform, seed=3))
+    before = uniform(samples)
+    uniform.update_grid(samples, grid_eps=1.0)
+    assert uniform.is_uniform()
+    assert (uniform(samples) - before).abs().max() / before.abs().max() < 0.05
+
+
+@pytest.mark.parametrize("new_size,bound", [(10, 1e-4), (20, 1e-4), (7, 0.05), (3, 0.5)])
+def test_refine_keeps_the_function_in_range(new_size, bound):
+    torch.manual_seed(new_size)
+    layer = BSplineKAN(3, 2, grid_size=5, spline_order=3)
+    with torch.no_grad():
+        layer.coef.copy_(smooth_coefficients(layer, seed=new_size))
+    x = torch.rand(500, 3) * 2 - 1
+    before = layer(x)
+    layer.refine(new_size)
+    assert layer.grid_size == new_size and layer.coef.shape == (3, 2, new_size + 3)
+    assert layer.is_uniform()
+    change = (layer(x) - before).abs().max() / before.abs().max()
+    assert change < bound, change
+
+
+def test_refine_keeps_a_trainable_parameter_registered():
+    layer = BSplineKAN(3, 2, grid_size=5)
+    layer.refine(10)
+    assert any(p is layer.coef for p in layer.parameters())
+    layer(torch.randn(4, 3)).sum().backward()
+    assert layer.coef.grad.shape == (3, 2, 13)
+
+
+def test_regularization_loss_is_differentiable_and_sparsity_seeking():
+    layer = BSplineKAN(4, 3)
+    loss = layer.regularization_loss()
+    loss.backward()
+    assert loss.item() > 0 and layer.coef.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "sparse"])
+def test_cpu_kernels_refuse_what_they_cannot_run(backend):
+    layer = BSplineKAN(3, 2, backend=backend).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 or float64, got torch.bfloat16"):
+        layer(torch.randn(4, 3, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("grid_size,expected", [(5, "cpu"), (20, "cpu"), (50, "sparse"), (80, "sparse")])
+def test_auto_picks_the_sparse_kernels_only_for_large_grids_on_the_cpu(grid_size, expected):
+    # The benchmark's grids: local support pays once most of an input's G + k + 1 slots are zeros.
+    layer = BSplineKAN(6, 2, grid_size=grid_size)
+    x = torch.randn(4, 6)
+    assert torch_backend(x, layer.weight_matrix(), layer.spline_order) == expected
+
+
+def test_auto_falls_back_to_eager_for_half_types():
+    layer = BSplineKAN(3, 2)
+    x = torch.randn(9, 3)
+    expected = layer(x)
+    out = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
+    torch.testing.assert_close(out.float(), expected, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_backends_train_under_autocast(backend):
+    torch.manual_seed(3)
+    layer = BSplineKAN(4, 3, backend=backend)
+    x = torch.randn(16, 4, requires_grad=True)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    # eager's product follows autocast (as a matmul would); the CPU kernels compute in float32
+    assert out.dtype == (torch.bfloat16 if backend == "eager" else torch.float32)
+    torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.02)
+    out.float().sum().backward()  # the backward products once mixed float32 and bfloat16 here
+    assert x.grad.dtype == torch.float32 and layer.coef.grad.dtype == torch.float32
+    expected_grad = torch.autograd.grad(expected.sum(), layer.coef)[0]
+    torch.testing.assert_close(layer.coef.grad, expected_grad, rtol=0.02, atol=0.02)
+
+
+def test_backend_is_checked_and_kept():
+    assert BSplineKAN(3, 2).backend == "auto" and BSplineKAN(3, 2, backend="sparse").backend == "sparse"
+    with pytest.raises(ValueError, match="backend must be one of .*got 'gpu'"):
+        BSplineKAN(3, 2, backend="gpu")
+    with pytest.raises(ValueError, match="spline_order 1 to 5, got 0"):
+        BSplineKAN(3, 2, spline_order=0, backend="triton")

@@ -1,0 +1,335 @@
+"""The Triton kernels (kanlib.ops.spline_linear.triton) against the torch reference, spline_linear's
+``"eager"`` method run in float64. Without a GPU they run under Triton's interpreter (tests/conftest.py).
+
+Sizes: every value of each axis of the issue's grid (B in {1, 7, 130}, I in {3, 33}, O in {1, 17},
+G in {1, 5, 13}, k in {1, 2, 3}, uniform and not) appears in some case, not in every combination: the
+interpreter is slow. Orders 4 and 5 and the half types get a few cases of their own.
+"""
+import copy
+import textwrap
+
+import pytest
+from conftest import inputs_around, random_grid
+import torch
+
+triton = pytest.importorskip("triton")
+
+from gpu_compile import assert_compiles  # noqa: E402
+
+from kanlib import KAN, BSplineKAN
+from kanlib.basis import cox_de_boor
+from kanlib.ops.spline_linear import triton as kernels
+from kanlib.activations import BASE_ACTIVATIONS
+from kanlib.ops.spline_linear import spline_linear, torch_backend
+from kanlib.training import fit
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+ACTIVATIONS = ("silu", "tanh", "relu", "identity")
+
+# (B, I, O, G, k, uniform)
+CASES = [
+    (1, 3, 1, 1, 1, False),
+    (7, 3, 17, 5, 2, False),
+    (130, 33, 17, 13, 3, True),
+    (130, 33, 1, 5, 3, False),
+    (7, 33, 17, 13, 1, True),
+    (130, 3, 17, 1, 2, True),
+    (7, 3, 1, 13, 3, False),
+    (7, 5, 5, 4, 4, True),
+    (7, 5, 5, 4, 4, False),
+    (7, 5, 5, 2, 5, True),
+    (7, 5, 5, 2, 5, False),
+]
+HALF_CASES = [(CASES[2], torch.bfloat16), (CASES[3], torch.bfloat16), (CASES[1], torch.bfloat16),
+              (CASES[2], torch.float16), (CASES[6], torch.float16)]
+
+
+def case_id(case):
+    batch, n_in, n_out, grid_size, k, uniform = case
+    return f"B{batch}-I{n_in}-O{n_out}-G{grid_size}-k{k}-{'uniform' if uniform else 'knots'}"
+
+
+def random_inputs(batch, grid, gen, dtype, layout):
+    """x [B, I] across the extended grid and up to half its width beyond either end; contiguous or not."""
+    x = inputs_around(grid, batch, gen, outside=0.5, dtype=torch.float32).to(DEVICE, dtype)
+    if layout == "strided":  # every other column of a wider tensor
+        wide = torch.zeros(batch, 2 * grid.shape[0], device=DEVICE, dtype=dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    if layout == "transposed":
+        return x.t().contiguous().t()
+    return x
+
+
+def relative_error(got, want):
+    return ((got.double() - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+
+
+def reference(x, weight, grid, k, uniform, activation, grad_out):
+    """Output and gradients of x and weight from the eager method in float64, on the same (rounded) values."""
+    x64 = x.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    out = spline_linear(x64, w64, grid.double(), k, uniform, activation, backend="eager")
+    return (out, *torch.autograd.grad(out, (x64, w64), grad_out.double()))
+
+
+def check_against_reference(case, dtype, activation, layout, seed, repeat_knot=False):
+    batch, n_in, n_out, grid_size, k, uniform = case
+    gen = torch.Generator().manual_seed(seed)
+    grid = random_grid(n_in, grid_size, k, gen, uniform=uniform, repeat_knot=repeat_knot).to(DEVICE)
+    x = random_inputs(batch, grid.cpu(), gen, dtype, layout).requires_grad_()
+    weight = (torch.randn(n_in * (grid_size + k + 1), n_out, generator=gen) / n_in ** 0.5).to(DEVICE, dtype)
+    if layout == "transposed":
+        weight = weight.t().contiguous().t()
+    weight.requires_grad_()
+    grad_out = torch.randn(batch, n_out, generator=gen).to(DEVICE, dtype)
+
+    out = spline_linear(x, weight, grid, k, uniform, activation, backend="triton")
+    grads = torch.autograd.grad(out, (x, weight), grad_out)
+    expected = reference(x, weight, grid, k, uniform, activation, grad_out)
+    for name, got, want in zip(("output", "grad_x", "grad_weight"), (out, *grads), expected):
+        assert got.dtype == dtype, f"{name} has dtype {got.dtype}, expected {dtype}"
+        error = relative_error(got, want)
+        assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.2e} > {TOLERANCE[dtype]:.0e}"
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[case_id(case) for case in CASES])
+def test_float32_output_and_gradients_match_the_reference(index):
+    layout = ("contiguous", "strided", "transposed")[index % 3]
+    check_against_reference(CASES[index], torch.float32, ACTIVATIONS[index % 4], layout, seed=index)
+
+
+@pytest.mark.parametrize("case,dtype", HALF_CASES, ids=[f"{case_id(c)}-{str(d)[6:]}" for c, d in HALF_CASES])
+def test_half_types_match_the_reference(case, dtype):
+    check_against_reference(case, dtype, "silu", "contiguous", seed=case[0] + case[3])
+
+
+def test_repeated_knots_match_the_reference():
+    check_against_reference((9, 4, 6, 5, 3, False), torch.float32, "silu", "contiguous", seed=3, repeat_knot=True)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """16 x 16 x 16 tiles, so that small inputs span several tiles along every axis."""
+    config = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_I": 16}, num_warps=4, num_stages=1)
+    for kernel in (kernels._forward_kernel, kernels._grad_x_kernel, kernels._grad_weight_kernel):
+        monkeypatch.setattr(kernel, "configs", [config])
+        monkeypatch.setattr(kernel, "cache", {})
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_several_tiles_along_every_axis(small_tiles, uniform):
+    check_against_reference((33, 20, 20, 3, 2, uniform), torch.float32, "silu", "strided", seed=int(uniform))
+
+
+def test_values_on_knots_and_far_outside_the_grid():
+    gen = torch.Generator().manual_seed(4)
+    for uniform in (True, False):
+        grid = random_grid(3, 4, 2, gen, uniform=uniform).to(DEVICE)
+        far = torch.tensor([[-1e4] * 3, [1e4] * 3], device=DEVICE)
+        x = torch.cat([grid.t(), far, grid.t() + 1e-3])
+        weight = torch.randn(3 * 7, 5, generator=gen).to(DEVICE)
+        out = spline_linear(x, weight, grid, 2, uniform, "identity", backend="triton")
+        want = spline_linear(x.double(), weight.double(), grid.double(), 2, uniform, "identity", backend="eager")
+        assert relative_error(out, want) <= 1e-5
+
+
+def test_nan_rows_stay_nan_and_an_empty_batch_works():
+    layer = BSplineKAN(4, 3, backend="triton", device=DEVICE)
+    x = torch.randn(5, 4, device=DEVICE)
+    x[2, 1] = float("nan")
+    out = layer(x)
+    assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3, 4]]).all()
+    empty = torch.empty(0, 4, device=DEVICE, requires_grad=True)
+    out = layer(empty)
+    assert out.shape == (0, 3)
+    out.sum().backward()
+    assert empty.grad.shape == (0, 4) and layer.coef.grad.abs().sum() == 0
+
+
+def float64_copy(layer):
+    reference = copy.deepcopy(layer).double()
+    reference.backend = "eager"
+    return reference
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_layer_gradients_of_coef_scales_bias_and_input(uniform):
+    torch.manual_seed(5)
+    layer = BSplineKAN(6, 4, grid_size=5, spline_order=3, bias=True, backend="triton", device=DEVICE)
+    with torch.no_grad():
+        layer.coef.normal_()
+        layer.mask[0, 1] = 0.0
+        layer.bias.normal_()
+    if not uniform:
+        layer.update_grid(torch.randn(200, 6, device=DEVICE))
+    assert layer.is_uniform() == uniform
+    reference = float64_copy(layer)
+    x = torch.randn(2, 5, 12, device=DEVICE)[..., ::2] * 1.5  # leading dimensions, non-contiguous
+    x64 = x.double().requires_grad_()
+    x.requires_grad_()
+    grad_out = torch.randn(2, 5, 4, device=DEVICE)
+    names = ("coef", "scale_base", "scale_sp", "bias")
+    got = torch.autograd.grad(layer(x), [x] + [getattr(layer, n) for n in names], grad_out)
+    want = torch.autograd.grad(reference(x64), [x64] + [getattr(reference, n) for n in names], grad_out.double())
+    assert relative_error(layer(x), reference(x64)) <= 1e-4
+    for name, g, w in zip(("x",) + names, got, want):
+        assert relative_error(g, w) <= 1e-4, name
+
+
+def test_a_changed_grid_is_seen():
+    """The kernels cache the knots' float32 form per grid: an in-place change must reach them."""
+    torch.manual_seed(8)
+    layer = BSplineKAN(3, 2, grid_size=4, backend="triton", device=DEVICE)
+    x = torch.rand(10, 3, device=DEVICE) * 4 - 2
+    before = layer(x)
+    with torch.no_grad():
+        layer.grid.mul_(1.5)  # still uniform, other knots
+    after = layer(x)
+    reference = float64_copy(layer)
+    assert relative_error(after, reference(x.double())) <= 1e-5 < relative_error(before, reference(x.double()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_the_kernels_in_the_autocast_dtype(dtype, monkeypatch):
+    seen = []
+    original = kernels.SplineLinearFunction.forward
+
+    def recording_forward(ctx, x, weight, *args):
+        seen.append((x.dtype, weight.dtype))
+        return original(ctx, x, weight, *args)
+
+    monkeypatch.setattr(kernels.SplineLinearFunction, "forward", staticmethod(recording_forward))
+    torch.manual_seed(6)
+    layer = BSplineKAN(5, 3, grid_size=5, backend="triton", device=DEVICE)
+    x = (torch.rand(20, 5, device=DEVICE) * 3 - 1.5).requires_grad_()
+    with torch.autocast(DEVICE, dtype=dtype):
+        out = layer(x)
+    assert out.dtype == dtype and seen == [(dtype, dtype)]
+    out.float().sum().backward()
+    assert layer.coef.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    reference = float64_copy(layer)
+    x64 = x.detach().double().requires_grad_()
+    reference(x64).sum().backward()
+    assert relative_error(out, reference(x64)) <= 1e-2
+    assert relative_error(layer.coef.grad, reference.coef.grad) <= 1e-2
+    assert relative_error(x.grad, x64.grad) <= 1e-2
+
+
+def test_fit_with_amp_trains_a_triton_kan(monkeypatch):
+    dtypes = []
+    original = kernels.SplineLinearFunction.forward
+
+    def recording_forward(ctx, x, *args):
+        dtypes.append(x.dtype)
+        return original(ctx, x, *args)
+
+    monkeypatch.setattr(kernels.SplineLinearFunction, "forward", staticmethod(recording_forward))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 2, generator=gen) * 2 - 1
+    y = x[:, :1] * x[:, 1:]
+    data = {"train_input": x, "train_label": y, "test_input": x[:8], "test_label": y[:8]}
+    model = KAN([2, 3, 1], grid_size=3, backend="triton", seed=0).to(DEVICE)
+    history = fit(model, data, steps=3, amp="bf16", eval_every=3, progress=False)
+    assert set(dtypes) == {torch.bfloat16} and len(history.train_loss) == 2
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in model.parameters())
+
+
+def inputs_for_errors():
+    grid = random_grid(3, 5, 3, torch.Generator().manual_seed(0), uniform=True)
+    return torch.randn(4, 3), torch.randn(3 * 9, 2), grid
+
+
+@pytest.mark.parametrize("change,error,words", [
+    ({"spline_order": 0}, ValueError, "spline_order 1 to 5, got 0"),
+    ({"spline_order": 6}, ValueError, "spline_order 1 to 5, got 6"),
+    ({"activation": "gelu"}, ValueError, "got 'gelu'"),
+    ({"x": torch.randn(4, 3, dtype=torch.float64)}, TypeError, "got torch.float64"),
+    ({"weight": torch.randn(27, 2, dtype=torch.bfloat16)}, TypeError,
+     "same dtype (or run under torch.autocast), got x torch.float32 and weight torch.bfloat16"),
+    ({"weight": torch.randn(27, 2, device="meta")}, ValueError,
+     "one device, got x on cpu, weight on meta, grid on cpu"),
+    ({"weight": torch.randn(26, 2)}, ValueError, "I*(G+k+1) = 3*9 rows for grid (3, 12) and spline_order 3, got 26"),
+    ({"x": torch.randn(4, 2)}, ValueError, "expected x [N, I], weight [I*S, O], grid [I, G + 2k + 1], got x (4, 2)"),
+])
+def test_bad_inputs_name_what_was_expected_and_what_came(change, error, words):
+    x, weight, grid = inputs_for_errors()
+    args = {"x": x, "weight": weight, "grid": grid, "spline_order": 3, "uniform": True, "activation": "silu", **change}
+    with pytest.raises(error) as info:
+        spline_linear(args["x"], args["weight"], args["grid"], args["spline_order"], args["uniform"],
+                      args["activation"], backend="triton")
+    assert words in str(info.value)
+
+
+def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    with pytest.raises(ValueError, match="needs CUDA tensors, got tensors on cpu"):
+        spline_linear(*inputs_for_errors(), 3, True, backend="triton")
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"backend": "cuda"}, "backend must be one of ('auto', 'eager', 'cpu', 'sparse', 'triton'), got 'cuda'"),
+    ({"backend": "triton", "spline_order": 0}, "the triton backend supports spline_order 1 to 5, got 0"),
+])
+def test_bad_layer_settings_are_named(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        BSplineKAN(3, 2, **kwargs)
+    assert words in str(info.value)
+
+
+def test_backend_choice():
+    x = torch.randn(4, 3)
+    auto = BSplineKAN(3, 2)
+    weight = auto.weight_matrix()
+    assert auto.backend_for(x, weight) == "auto"  # spline_linear picks Triton only for CUDA tensors
+    assert torch_backend(x, weight, 3) in ("cpu", "sparse")
+    assert torch_backend(x.bfloat16(), weight.bfloat16(), 3) == "eager"
+    assert BSplineKAN(3, 2, backend="triton").backend_for(x, weight) == "triton"
+    assert set(kernels.ACTIVATION_IDS) == set(BASE_ACTIVATIONS)
+
+
+@pytest.mark.parametrize("k", kernels.SPLINE_ORDERS)
+def test_symmetric_pieces_give_the_cardinal_b_spline(k):
+    """The uniform path's coefficient table: B_k on [0, k+1) from its symmetric half, against Cox-de Boor."""
+    w = torch.linspace(0, k + 1, 97, dtype=torch.float64)[:-1]
+    pieces = kernels.symmetric_pieces(k)
+    v = torch.minimum(w, k + 1 - w)
+    first = v.floor().clamp(max=len(pieces) - 1)
+    values = torch.zeros_like(w)
+    for p, coefficients in enumerate(pieces):
+        poly = sum(c * (v - p) ** q for q, c in enumerate(coefficients))
+        values = torch.where(first == p, poly, values)
+    knots = torch.arange(k + 2, dtype=torch.float64).unsqueeze(0)
+    torch.testing.assert_close(values, cox_de_boor(w.unsqueeze(-1), knots, k)[:, 0, 0], rtol=0, atol=1e-12)
+
+
+COMPILE_FOR_H100 = textwrap.dedent("""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import kanlib.ops.spline_linear.triton as kernels
+
+    POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 6}
+    for name, n_pointers in POINTERS.items():
+        tuner = getattr(kernels, name)
+        for dtype, k, uniform, precision, config in (("bf16", 3, True, "ieee", tuner.configs[0]),
+                                                     ("fp32", 2, False, "ieee", tuner.configs[-1])):
+            constants = {"K": k, "PIECES": kernels.symmetric_pieces(k), "UNIFORM": uniform, "ACT": 1,
+                         "PRECISION": precision, "INTERPRET": False, **config.kwargs}
+            names = tuner.fn.arg_names
+            signature = {n: ("*fp32" if "grid" in n or "scale" in n or "shift" in n else f"*{dtype}")
+                         for n in names[:n_pointers]}
+            signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
+            signature.update({n: "constexpr" for n in constants})
+            compiled = triton.compile(ASTSource(tuner.fn, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+            assert "cubin" in compiled.asm, name
+            if dtype == "bf16":
+                assert "wgmma" in compiled.asm["ptx"], f"{name} does not use the tensor cores"
+    print("compiled")
+""")
+
+
+def test_kernels_compile_for_an_h100():
+    assert_compiles(COMPILE_FOR_H100)
