@@ -356,3 +356,42 @@ def test_backend_is_checked_and_kept():
         BSplineKAN(3, 2, backend="gpu")
     with pytest.raises(ValueError, match="spline_order 1 to 5, got 0"):
         BSplineKAN(3, 2, spline_order=0, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["auto", "eager", "cpu", "sparse"])
+def test_assigning_grid_data_is_seen_by_every_backend(backend):
+    """pykan's code updates a grid with ``grid.data = ...``, which changes neither the tensor nor its version."""
+    torch.manual_seed(0)
+    layer = BSplineKAN(3, 2, grid_size=6, backend=backend)
+    x = torch.rand(20, 3) * 4 - 2
+    before = layer(x)
+    layer.grid.data = layer.grid.data * 2
+    fresh = BSplineKAN(3, 2, grid_size=6, backend="eager")
+    fresh.load_state_dict(layer.state_dict())
+    after = layer(x)
+    torch.testing.assert_close(after, fresh(x), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after, before)
+
+
+def test_update_grid_refuses_samples_whose_knots_overflow_and_changes_nothing():
+    layer = BSplineKAN(2, 3, grid_size=5)
+    state = {name: t.clone() for name, t in layer.state_dict().items()}
+    x = torch.rand(50, 2) - 0.5
+    x[7, 0] = 3e38  # finite, but the extended grid beyond it is not
+    with pytest.raises(ValueError, match="new grid is not finite.*left unchanged"):
+        layer.update_grid(x)
+    for name, value in layer.state_dict().items():
+        torch.testing.assert_close(value, state[name], rtol=0, atol=0)
+
+
+def test_update_grid_on_constant_samples_keeps_that_input_grid_with_a_warning():
+    torch.manual_seed(1)
+    layer = BSplineKAN(3, 2, grid_size=5)
+    old_grid = layer.grid.clone()
+    x = torch.rand(40, 3) * 2 - 1
+    x[:, 1] = 0.25
+    with pytest.warns(RuntimeWarning, match=r"input\(s\) \[1\] are all equal.*keep their old grid"):
+        layer.update_grid(x)
+    torch.testing.assert_close(layer.grid[1], old_grid[1], rtol=0, atol=0)
+    assert not torch.equal(layer.grid[0], old_grid[0])
+    assert torch.isfinite(layer(x)).all()

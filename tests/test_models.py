@@ -212,3 +212,16 @@ def test_bad_settings_are_named():
         mlp_with_parameter_count(2, 1, 0)
     with pytest.raises(ValueError, match="activation must be one of"):
         mlp_with_parameter_count(2, 1, 100, activation="swish")
+
+
+def test_kan_update_grid_is_all_or_nothing():
+    """A sample the first layer can take but whose image a later layer cannot leaves every layer as it was."""
+    model = KAN([2, 3, 1], grid_size=5, seed=0)
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    x = torch.rand(30, 2) - 0.5
+    x[3, 1] = 3e38
+    with pytest.raises(ValueError, match=r"KAN.update_grid: layer \d .*no layer was changed"):
+        model.update_grid(x)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[name], rtol=0, atol=0)
+    model.update_grid(torch.rand(30, 2) - 0.5)  # and it still works afterwards

@@ -17,20 +17,20 @@ half types get cases of their own.
 import textwrap
 
 import pytest
-from conftest import inputs_around
 import torch
+from conftest import inputs_around
 
 triton = pytest.importorskip("triton")
 
 from gpu_compile import assert_compiles  # noqa: E402
 
+from kanlib.activations import get_activation
 from kanlib.basis import extend_grid, is_uniform
-from kanlib.ops.lut_linear import triton as kernels
 from kanlib.layers import BSplineKAN
 from kanlib.ops.lut_linear import IntegerWeights, lut_linear
+from kanlib.ops.lut_linear import triton as kernels
 from kanlib.quant.table import BasisTable
 from kanlib.quant.tensor import QuantizedTensor, QuantSpec
-from kanlib.activations import get_activation
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # numpy's warnings from the interpreter on inf and NaN inputs (exp overflow in the sigmoid, inf * 0)
@@ -151,6 +151,17 @@ def test_repeated_knots_match_the_torch_reference():
     x = torch.cat([random_inputs(40, grid, torch.Generator().manual_seed(20)), grid.t()]).to(DEVICE)
     got = lut_linear(x, table, weights, 0.05, "silu", backend="triton")
     check_matches(got, lut_linear(x, table, weights, 0.05, "silu", backend="eager"), weights, 0.05)
+
+
+@pytest.mark.parametrize("method,backend", [("torch", "eager"), ("cpu", "cpu")])
+def test_the_old_method_words_still_work_with_a_deprecation_warning(method, backend):
+    layer = make_layer(3, 4, 5, 3, True, seed=25)
+    table = BasisTable(layer.grid, 3, 4, 8)
+    weights = integer_weights(layer, device="cpu")
+    x = random_inputs(9, layer.grid, torch.Generator().manual_seed(25))
+    with pytest.warns(DeprecationWarning, match=f"method='{method}' is deprecated.*backend='{backend}'"):
+        got = lut_linear(x, table, weights, 0.05, method=method)
+    torch.testing.assert_close(got, lut_linear(x, table, weights, 0.05, backend=backend), equal_nan=True)
 
 
 @pytest.mark.parametrize("uniform", [True, False])

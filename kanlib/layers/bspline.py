@@ -216,7 +216,10 @@ class BSplineKAN(nn.Module):
         # product follows autocast's own rules.
         flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
         weight = self.weight_matrix()
-        out = spline_linear(flat, weight, self.grid, self.spline_order, self.is_uniform(), self.base_activation,
+        # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does not
+        # look at uniformity; detecting it would read the grid's values.
+        uniform = False if under_transform(flat, weight, self.grid) else self.is_uniform()
+        out = spline_linear(flat, weight, self.grid, self.spline_order, uniform, self.base_activation,
                             self.backend_for(flat, weight))
         if self.bias is not None:
             out = out + self.bias

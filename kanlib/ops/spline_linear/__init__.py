@@ -20,8 +20,8 @@ Under autocast, ``"eager"``'s products (forward and backward) run in the autocas
 runs a matmul; ``"cpu"`` and ``"sparse"`` compute in the dtype of x and weight.
 
 ``"auto"`` picks ``"triton"`` for CUDA tensors it supports (:func:`triton_supports`), ``"eager"`` for other
-non-CPU tensors and, on the CPU, ``"sparse"`` when an input's slots are mostly zeros
-(:func:`prefers_sparse`), else ``"cpu"``.
+non-CPU tensors and under CPU autocast and, on the CPU otherwise, ``"sparse"`` when an input's slots are mostly
+zeros (:func:`prefers_sparse`), else ``"cpu"``.
 
 Higher derivatives and transforms: with ``create_graph=True`` the fused backends' backward recomputes the
 gradients through :func:`.reference.spline_linear_reference`, so they can be differentiated again; under
@@ -61,8 +61,9 @@ def backend_from_method(method: str, stacklevel: int = 3) -> str:
 
 
 def torch_backend(x: torch.Tensor, weight: torch.Tensor, spline_order: int) -> str:
-    """The backend ``"auto"`` stands for when Triton is not used: eager, cpu or sparse."""
-    if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES:
+    """The backend ``"auto"`` stands for when Triton is not used: eager, cpu or sparse. Under CPU autocast it is
+    eager, whose products run in the autocast dtype (the numba kernels compute in float32 or float64)."""
+    if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES or torch.is_autocast_enabled("cpu"):
         return "eager"
     return "sparse" if prefers_sparse(weight.shape[0] // x.shape[1], spline_order) else "cpu"
 
@@ -72,6 +73,11 @@ def under_transform(*tensors: torch.Tensor) -> bool:
     functions: torch.func (vmap, grad, jacrev), torch.compile, torch.export or tracing."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return True
+    # torch.func's wrapped tensors look like plain tensors from Python; torch keeps a flag while they live.
+    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if functorch_active is not None and functorch_active():
+        return True
+    # torch.export and fake-tensor tracing pass tensor subclasses (FakeTensor, FunctionalTensor)
     return any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
 
 

@@ -1,0 +1,115 @@
+"""kanlib.ops.spline_linear's dispatcher: every backend against the plain formula of its reference module, higher
+derivatives, torch.func and torch.export, the deprecated method= words. (The Triton kernels have their own file.)"""
+import pytest
+import torch
+from conftest import inputs_around, random_grid
+from torch.func import jacrev, vmap
+
+from kanlib import KAN, BSplineKAN
+from kanlib.ops.spline_linear import BACKENDS, spline_linear
+from kanlib.ops.spline_linear.reference import spline_linear_reference
+
+CPU_BACKENDS = ("auto", "eager", "cpu", "sparse")
+
+
+def random_problem(seed, n=9, n_in=4, n_out=3, grid_size=6, k=3, uniform=True):
+    gen = torch.Generator().manual_seed(seed)
+    grid = random_grid(n_in, grid_size, k, gen, uniform=uniform, dtype=torch.float64)
+    x = inputs_around(grid, n, gen, outside=0.25, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(n_in * (grid_size + k + 1), n_out, generator=gen, dtype=torch.float64).requires_grad_()
+    return x, weight, grid, k, uniform
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_every_backend_computes_the_reference(backend, uniform):
+    x, weight, grid, k, uniform = random_problem(1, n=23, n_in=5, n_out=7, grid_size=9, uniform=uniform)
+    got = spline_linear(x, weight, grid, k, uniform, "silu", backend)
+    want = spline_linear_reference(x, weight, grid, k, "silu")
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_second_derivatives_match_the_reference(backend, uniform):
+    """create_graph=True: the gradients are themselves differentiable (PINN-style losses on dy/dx)."""
+    x, weight, grid, k, uniform = random_problem(2, uniform=uniform)
+    results = []
+    for compute in (lambda: spline_linear(x, weight, grid, k, uniform, "tanh", backend),
+                    lambda: spline_linear_reference(x, weight, grid, k, "tanh")):
+        out = compute()
+        grad_x, = torch.autograd.grad(out.sum(), x, create_graph=True)
+        results.append(torch.autograd.grad((grad_x ** 2).sum(), (x, weight)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "sparse"])
+def test_gradgradcheck_float64(backend):
+    x, weight, grid, k, uniform = random_problem(3, n=5, n_in=3, n_out=2, grid_size=4, uniform=False)
+    assert torch.autograd.gradgradcheck(
+        lambda x, w: spline_linear(x, w, grid, k, uniform, "silu", backend), (x, weight))
+
+
+def test_a_layer_trains_on_a_loss_of_its_input_gradient():
+    """The default CPU path (numba kernels, numba weight matrix) under double backward."""
+    torch.manual_seed(0)
+    layer = BSplineKAN(2, 1, grid_size=5).double()
+    reference = BSplineKAN(2, 1, grid_size=5, backend="eager").double()
+    reference.load_state_dict(layer.state_dict())
+    x = torch.rand(16, 2, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for model in (layer, reference):
+        dy_dx, = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(dy_dx.pow(2).mean(), (model.coef, model.scale_base, model.scale_sp)))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_torch_func_vmap_of_jacrev_matches_autograd():
+    model = KAN([3, 4, 2], seed=0)
+    x = torch.randn(5, 3)
+    jacobians = vmap(jacrev(model))(x)
+    want = torch.stack([torch.autograd.functional.jacobian(model, row) for row in x])
+    torch.testing.assert_close(jacobians, want, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_export_runs_the_plain_formula_on_the_cpu():
+    model = KAN([3, 4, 2], seed=0)
+    x = torch.randn(6, 3)
+    exported = torch.export.export(model, (x,))
+    fresh = torch.randn(6, 3) * 2
+    torch.testing.assert_close(exported.module()(fresh), model(fresh), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "sparse", "triton"])
+def test_fused_backends_say_they_cannot_run_under_torch_func(backend):
+    layer = BSplineKAN(3, 2, backend=backend)
+    with pytest.raises(RuntimeError, match=f"backend='{backend}' runs fused kernels.*use backend='auto' or 'eager'"):
+        vmap(layer)(torch.randn(4, 3))
+
+
+def test_auto_follows_cpu_autocast_through_the_eager_path():
+    layer = BSplineKAN(4, 3)
+    x = torch.randn(8, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method,backend", [("dense", "cpu"), ("eager", "eager"), ("sparse", "sparse")])
+def test_the_old_method_words_still_work_with_a_deprecation_warning(method, backend):
+    x, weight, grid, k, uniform = random_problem(4)
+    with pytest.warns(DeprecationWarning, match=f"method='{method}' is deprecated.*backend='{backend}'"):
+        got = spline_linear(x, weight, grid, k, uniform, method=method)
+    torch.testing.assert_close(got, spline_linear(x, weight, grid, k, uniform, backend=backend))
+    with pytest.warns(DeprecationWarning, match="use backend="):
+        assert BSplineKAN(3, 2, method=method).backend == backend
+
+
+def test_bad_backend_names_the_choices():
+    x, weight, grid, k, uniform = random_problem(5)
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'eager', 'cpu', 'sparse', 'triton'\)"):
+        spline_linear(x, weight, grid, k, uniform, backend="dense")
+    assert BACKENDS == ("auto", "eager", "cpu", "sparse", "triton")
+    with pytest.warns(DeprecationWarning, match="backend='torch' is deprecated"):
+        BSplineKAN(3, 2, backend="torch")
