@@ -4,11 +4,12 @@ and the dense-product floor, over batch sizes, widths, grid sizes and dtypes, al
 For each dtype, batch B, width I = O and grid size G (spline order k, uniform grid), the candidates are:
 
 - ``dense``: the floor, ``X @ W`` with X [B, K], W [K, O], K = I*(G+k+1), both requiring grad.
-- ``triton_op``: :func:`kanlib.kernels.spline_linear_triton.spline_linear_triton` on x [B, I] and a weight
+- ``triton_op``: :func:`kanlib.ops.spline_linear.triton.spline_linear_triton` on x [B, I] and a weight
   leaf [K, O]: the fused op alone, as the dense product takes its X and W.
 - ``triton``: ``BSplineKAN(backend="triton")``: the op plus building its weight matrix from coef and scales.
-- ``torch``: ``BSplineKAN(backend="torch")``, the same layer on kanlib's torch path (eager on a GPU).
-- ``unfused``: :class:`kanlib.benchmarks.layer.UnfusedKAN`, efficient-kan's way: the [B, I, G+k] basis is
+- ``torch``: the same layer on kanlib's PyTorch-side path: ``backend="eager"`` on a GPU, ``"auto"`` (the numba
+  kernels) on the CPU.
+- ``unfused``: :class:`kanlib.bench.candidates.UnfusedKAN`, efficient-kan's way: the [B, I, G+k] basis is
   materialized by Cox-de Boor, then one matrix product; it holds the same function.
 - ``matrixkan``: the same, with the basis from :func:`kanlib.basis.matrix_kan` (MatrixKAN: powers of the
   span coordinate times a precomputed matrix).
@@ -26,7 +27,7 @@ check the benchmark; the rows say ``interpreted``) and are otherwise reported wi
 figures; so is a candidate that runs out of GPU memory.
 
 Figures of each row, besides those of the layer benchmark (``fwd_*_ms``, ``fwdbwd_*_ms``, ``state_bytes``,
-``peak_bytes``, see :mod:`kanlib.benchmarks.layer`):
+``peak_bytes``, see :mod:`kanlib.bench.layer`):
 
 - ``flops``: the work of forward+backward: 3 * 2*B*K*O for the KAN candidates and the dense product (the
   useful work of the layer, as if the basis were dense), the products' own for the MLPs.

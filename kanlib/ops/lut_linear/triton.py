@@ -1,6 +1,6 @@
 """The lookup-table (8-bit) KAN product in Triton: table codes times int8 weight codes, in one fused kernel.
 
-Same function as :func:`kanlib.quant.lut_linear.lut_linear` (its ``"torch"`` method is the reference):
+Same function as :func:`kanlib.ops.lut_linear.lut_linear` (its ``"eager"`` backend is the reference):
 
     out[n, o] = spline_acc[n, o] * (table.scale * spline_scale[o]) + base_acc[n, o] * (act_scale * base_scale[o])
 
@@ -34,7 +34,7 @@ float16 x are cast to float32 first, which is what the reference's type promotio
 agree with it bit for bit (a float64 grid would make the reference compute in float64).
 
 The base codes round half to even (as ``torch.round``), map NaN to 0 and clamp to
-``[-2**(b-1), 2**(b-1) - 1]``; silu and tanh come from :mod:`kanlib.kernels.spline_linear_triton`'s
+``[-2**(b-1), 2**(b-1) - 1]``; silu and tanh come from :mod:`kanlib.ops.spline_linear.triton`'s
 ``activation`` (via ``tl.sigmoid``), which can differ from torch's by an ulp, so a value within an ulp of a
 rounding boundary may get the neighbouring base code (relu and identity are exact).
 
@@ -298,7 +298,7 @@ def lut_linear_triton(x: torch.Tensor, table, weights, act_scale, activation: st
     """x [N, I] (float32, bfloat16 or float16) -> float32 [N, O], fused (see the module docstring).
 
     ``table`` is a :class:`kanlib.quant.table.BasisTable`, ``weights`` a
-    :class:`kanlib.quant.lut_linear.IntegerWeights`; half-precision x is cast to float32 for the span,
+    :class:`kanlib.ops.lut_linear.IntegerWeights`; half-precision x is cast to float32 for the span,
     position and activation arithmetic.
     """
     check_inputs(x, table, weights, act_scale, activation, act_bits)

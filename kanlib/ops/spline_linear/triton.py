@@ -1,6 +1,6 @@
 """The KAN layer's product in Triton: ``out = A(x) @ W`` with the expanded input A built in registers.
 
-Same function and layout as :func:`kanlib.spline_linear.spline_linear` (its ``"eager"`` method is the
+Same function and layout as :func:`kanlib.ops.spline_linear.spline_linear` (its ``"eager"`` backend is the
 reference): x [N, I], weight [I*S, O] with S = G + k + 1 rows per input (the base activation's row, then
 the G + k spline rows), grid [I, G + 2k + 1]. Neither the [N, I, G+k] basis nor A is ever stored.
 
