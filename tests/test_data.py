@@ -221,6 +221,35 @@ def test_toys_and_feynman_entries_on_hand_computed_points():
     assert value("feynman_III_9_52", [1, 2, 3, 2 * math.pi, 4, 4]) == pytest.approx(6.0)
 
 
+HALF_DTYPES = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+@pytest.mark.parametrize("name", list_formulas())
+def test_every_registry_entry_works_in_half_precision_on_the_cpu(name, dtype):
+    formula = FORMULAS[name]
+    box = torch.tensor(formula.ranges, dtype=torch.float64)
+    unit = torch.rand(512, formula.n_var, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x = (box[:, 0] + (box[:, 1] - box[:, 0]) * unit).to(dtype)
+    labels = formula(x)
+    reference = formula(x.float())
+    assert labels.dtype == dtype
+    assert torch.isfinite(labels).all()
+    # Rounding of the half-precision intermediates: a few eps of the largest label.
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(labels.float(), reference, rtol=eps, atol=16 * eps * reference.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+def test_bessel_in_half_precision_is_the_float32_value_rounded(dtype):
+    data = symbolic_dataset("bessel_j0_20x", n_train=50, n_test=10, dtype=dtype)
+    for split in ("train", "test"):
+        x, labels = data[f"{split}_input"], data[f"{split}_label"]
+        assert x.dtype == labels.dtype == dtype
+        expected = torch.special.bessel_j0(20 * x.float()).to(dtype)
+        assert torch.equal(labels, expected)
+
+
 def test_aliases_resolve_but_are_not_listed():
     assert FORMULAS["feynman_I_6_2a"] is FORMULAS["feynman_I_6_20a"]
     assert get_formula("feynman_I_15_1") is FORMULAS["feynman_I_15_10"]
@@ -510,6 +539,15 @@ def test_load_mnist_count_mismatch_and_bad_class_are_value_errors(tmp_path):
         load_mnist(tmp_path)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_load_mnist_file_with_no_images_is_a_value_error_naming_it(tmp_path, split):
+    fake_mnist(tmp_path, **{f"n_{split}": 0})
+    image_file = tmp_path / MNIST_NAMES[f"{split}_input"]
+    with pytest.raises(ValueError, match=r"holds no images \(shape \(0, 28, 28\)\)") as info:
+        load_mnist(tmp_path)
+    assert str(image_file) in str(info.value)
+
+
 def test_load_mnist_corrupt_gzip_is_a_value_error(tmp_path):
     fake_mnist(tmp_path, compress=True)
     path = tmp_path / "train-labels-idx1-ubyte.gz"
@@ -538,3 +576,14 @@ def test_read_idx_round_trips_other_element_types(tmp_path, array):
     assert parsed.shape == array.shape
     assert parsed.dtype.isnative
     np.testing.assert_array_equal(parsed, array)
+
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("shape", [(0, 28, 28), (3, 0), (0,)])
+def test_read_idx_of_a_zero_length_dimension_is_an_empty_array(tmp_path, shape, compress):
+    path = tmp_path / "empty.idx"
+    write_idx(path, np.zeros(shape, dtype=np.int16), compress)
+    parsed = read_idx(path)
+    assert parsed.shape == shape
+    assert parsed.dtype == np.int16 and parsed.dtype.isnative

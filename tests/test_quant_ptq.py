@@ -11,6 +11,7 @@ from kanlib.quant.cost import FLOAT_BITS, bitops, model_size_bytes
 from kanlib.ops.lut_linear import IntegerWeights, lut_linear
 from kanlib.quant.ptq import QuantizedBSplineKAN, quantize
 from kanlib.quant.table import BasisTable
+from kanlib.quant.tensor import QuantSpec
 from kanlib.activations import get_activation
 
 
@@ -213,6 +214,30 @@ def test_bad_input():
         lut_linear(x, BasisTable(model.layers[0].grid, 3), IntegerWeights(
             torch.zeros(24, 2, dtype=torch.int8), torch.ones(2), torch.zeros(3, 2, dtype=torch.int8), torch.ones(2)),
             0.1, backend="gpu")
+
+
+@pytest.mark.parametrize("table_bits,input_bits", [(None, 8), (4, 8), (4, None)])
+def test_all_non_finite_calibration_data_says_it_has_no_finite_values(table_bits, input_bits):
+    model = KAN([3, 2], seed=0)
+    match = (r"calibration data has no finite values: all 12 element\(s\) of calib \(shape \(4, 3\)\) are NaN or "
+             r"infinite \(8 NaN, 4 inf\); expected model inputs with finite values")
+    calib = torch.tensor([float("nan"), float("nan"), float("inf")] * 4).reshape(4, 3)
+    for data in (calib, {"train_input": calib}):
+        with pytest.raises(ValueError, match=match):
+            quantize(model, bits=8, table_bits=table_bits, input_bits=input_bits, calib=data)
+
+
+def test_calibration_rows_that_all_hold_nan_or_inf_say_no_row_is_finite():
+    nan, inf = float("nan"), float("inf")
+    calib = torch.tensor([[nan, 1.0, 2.0], [3.0, -inf, 1.0]])
+    match = (r"calibration samples have no finite row: each of the 2 row\(s\) of this layer's input holds a NaN "
+             r"or infinite value; expected at least one row of 3 finite values")
+    with pytest.raises(ValueError, match=match):
+        quantize(KAN([3, 2], seed=0), bits=8, calib=calib)
+    with pytest.raises(ValueError, match=match):
+        QuantizedBSplineKAN(_layer(3, 2), QuantSpec(8), QuantSpec(8), QuantSpec(8), samples=calib)
+    with pytest.raises(ValueError, match=match):
+        QuantizedBSplineKAN(_layer(3, 2), QuantSpec(8), QuantSpec(8), samples=calib, table_bits=4)
 
 
 def test_integer_product_with_a_strided_single_column():

@@ -250,6 +250,26 @@ def test_bad_tensors():
         QuantizedTensor.quantize(x, spec)
 
 
+@pytest.mark.parametrize("values,counts", [
+    ([float("nan")] * 12, "12 NaN, 0 inf"),
+    ([float("inf"), float("-inf")] * 6, "0 NaN, 12 inf"),
+    ([float("nan"), float("inf"), float("-inf")] * 4, "4 NaN, 8 inf"),
+])
+def test_all_non_finite_calibration_data_says_it_has_no_finite_values(values, counts):
+    from kanlib.quant.qat import FakeQuantize
+
+    x = torch.tensor(values).reshape(4, 3)
+    match = (r"calibration data has no finite values: all 12 element\(s\) of the tensor of shape \(4, 3\) are "
+             rf"NaN or infinite \({counts}\); expected finite values")
+    for spec in (QuantSpec(8), QuantSpec(4, "affine", "channel", "percentile")):
+        with pytest.raises(ValueError, match=match):
+            calibrate(x, spec)
+        with pytest.raises(ValueError, match=match):
+            QuantizedTensor.quantize(x, spec)
+        with pytest.raises(ValueError, match=match):
+            FakeQuantize(spec)(x)
+
+
 def test_bad_granularity_for_shape_and_layout():
     with pytest.raises(ValueError, match=r"'edge' .*at least 3 dimensions.*got shape \(33, 17\)"):
         calibrate(torch.randn(33, 17), QuantSpec(4, granularity="edge"))

@@ -100,12 +100,19 @@ def _toy(name: str, expression: str, f: Callable[..., torch.Tensor]) -> Formula:
     )
 
 
+def _bessel_j0_20x(x: torch.Tensor) -> torch.Tensor:
+    """J0(20 x); float16 and bfloat16, which torch's Bessel functions lack, are computed in float32."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return torch.special.bessel_j0(20 * x.float()).to(x.dtype)
+    return torch.special.bessel_j0(20 * x)
+
+
 def _exp_mean_sin_sq(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.sin(_PI * x / 2).square().mean(dim=1))
 
 
 _TOY_FORMULAS = [
-    _toy("bessel_j0_20x", "besselj(0, 20*x)", lambda x: torch.special.bessel_j0(20 * x)),
+    _toy("bessel_j0_20x", "besselj(0, 20*x)", _bessel_j0_20x),
     _toy(
         "exp_sin_sq",
         "exp(sin(pi*x) + y**2)",

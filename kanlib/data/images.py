@@ -112,8 +112,11 @@ def _read_idx_file(path: Path) -> tuple[int, np.ndarray]:
             f"{path}: expected {expected_bytes} data bytes for shape {shape} of {dtype.name}, "
             f"got {len(data) - header_size}"
         )
+    native = dtype.newbyteorder("=")
+    if expected_bytes == 0:  # a zero-length dimension: nothing for frombuffer to read
+        return magic, np.empty(shape, dtype=native)
     array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
-    return magic, array.astype(dtype.newbyteorder("="))
+    return magic, array.astype(native)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -179,7 +182,8 @@ def load_mnist(
     Returns train_input / test_input [n, rows*cols] ([n, 784] for MNIST) when ``flatten``, else
     [n, 1, rows, cols], as 0..255 divided by 255 into [0, 1] when ``normalize``;
     train_label / test_label [n] int64 class indices 0..9.
-    Raises FileNotFoundError naming the folder and every missing file, ValueError for a bad file.
+    Raises FileNotFoundError naming the folder and every missing file, ValueError for a bad file
+    or one that holds no images.
     """
     if variant not in _TORCHVISION_FOLDERS:
         raise ValueError(f"variant must be one of {sorted(_TORCHVISION_FOLDERS)}, got {variant!r}")
@@ -191,6 +195,11 @@ def load_mnist(
         image_path, label_path = paths[f"{split}_input"], paths[f"{split}_label"]
         images = _read_mnist_part(image_path, _IMAGES_MAGIC)
         labels = _read_mnist_part(label_path, _LABELS_MAGIC)
+        if len(images) == 0:
+            raise ValueError(
+                f"{image_path}: expected at least one image, got an IDX file that holds no images "
+                f"(shape {images.shape})"
+            )
         if len(images) != len(labels):
             raise ValueError(
                 f"expected as many labels as images, got {len(images)} images in {image_path} "

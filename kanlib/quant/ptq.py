@@ -8,10 +8,10 @@ What is quantized, per layer:
 - with ``table_bits``, the B-spline basis: a `BasisTable` of ``table_bits``-bit values at
   ``2**position_bits`` positions per knot interval replaces its evaluation, and the base activation is
   quantized to 8 bits. Then, when the weights are symmetric per tensor or per channel, the layer runs in
-  integers (:mod:`kanlib.quant.lut_linear`); per-edge or affine weights run the same function with the
+  integers (:mod:`kanlib.ops.lut_linear`); per-edge or affine weights run the same function with the
   dequantized weights in float.
 
-Without ``table_bits`` the layer runs the float product of :mod:`kanlib.spline_linear` on the dequantized
+Without ``table_bits`` the layer runs the float product of :mod:`kanlib.ops.spline_linear` on the dequantized
 weights (weight-only quantization, plus the quantized input).
 """
 from __future__ import annotations
@@ -95,7 +95,12 @@ class QuantizedBSplineKAN(nn.Module):
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
         if samples is not None:
             samples = samples.detach().reshape(-1, self.in_features).to(self.dtype)
-            samples = samples[torch.isfinite(samples).all(-1)]
+            finite_rows = torch.isfinite(samples).all(-1)
+            if needs_samples and not finite_rows.any():
+                raise ValueError(f"calibration samples have no finite row: each of the {samples.shape[0]} row(s) "
+                                 f"of this layer's input holds a NaN or infinite value; expected at least one row "
+                                 f"of {self.in_features} finite values (rows with NaN or inf are skipped)")
+            samples = samples[finite_rows]
         if input_spec is not None:
             scale, zero_point = input_qparams if input_qparams is not None else calibrate(samples, input_spec)
             self.register_buffer("input_scale", scale.reshape(()).clone())
@@ -227,6 +232,11 @@ def _calibration_input(calib) -> torch.Tensor:
                         f"{calib.dtype if isinstance(calib, torch.Tensor) else type(calib).__name__}")
     if calib.numel() == 0:
         raise ValueError(f"calibration data is empty: shape {tuple(calib.shape)}")
+    if not torch.isfinite(calib).any():
+        nan = int(torch.isnan(calib).sum())
+        raise ValueError(f"calibration data has no finite values: all {calib.numel()} element(s) of calib (shape "
+                         f"{tuple(calib.shape)}) are NaN or infinite ({nan} NaN, {calib.numel() - nan} inf); "
+                         f"expected model inputs with finite values")
     return calib
 
 

@@ -79,7 +79,10 @@ def _check_tensor(x) -> None:
         raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"expected a non-empty tensor, got shape {tuple(x.shape)}")
-    bad = (~torch.isfinite(x)).sum().item()
+    nan, bad = torch.isnan(x).sum().item(), (~torch.isfinite(x)).sum().item()
+    if bad == x.numel():
+        raise ValueError(f"calibration data has no finite values: all {bad} element(s) of the tensor of shape "
+                         f"{tuple(x.shape)} are NaN or infinite ({nan} NaN, {bad - nan} inf); expected finite values")
     if bad:
         raise ValueError(f"expected finite values, got {bad} NaN or infinite element(s)")
 
