@@ -2,12 +2,12 @@
 from .data import FORMULAS, list_formulas, load_digits, load_mnist, symbolic_dataset
 from .layers import MLP, BSplineKAN
 from .models import KAN, LAYERS, count_parameters, forward_flops, mlp_with_parameter_count
-from .training import History, fit
+from .training import FitCallback, History, fit
 from .quant import QATConfig, quantize
 
 __all__ = [
     "BSplineKAN", "MLP", "KAN", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count",
-    "fit", "History", "symbolic_dataset", "FORMULAS", "list_formulas", "load_digits", "load_mnist",
+    "fit", "History", "FitCallback", "symbolic_dataset", "FORMULAS", "list_formulas", "load_digits", "load_mnist",
     "quantize", "QATConfig",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""kanlib's command line: ``python -m kanlib <command> ...``; each command is a subparser with a handler.
+"""kanlib's command line: ``python -m kanlib <command> ...``; each command is a subparser with a handler,
+which gets that subparser for its errors (their usage line is the command's).
 
     python -m kanlib bench layer --device cpu --batch 1024 --width 256 --grid 5 10 20 50
     python -m kanlib bench kernel --device cuda
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import pathlib
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 
 from .bench import (RESULTS_DIR, can_retain_freed_memory, format_table, resolve_device, retain_freed_memory,
                     write_results)
 from .bench import kernel
 from .bench.candidates import DTYPES
+from .checks import OutputDirError, check_output_dir
 from .bench.layer import CANDIDATES, TABLE_COLUMNS, run_layer_benchmark
 
 
@@ -65,14 +69,32 @@ def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "tim
 
 
 def _benchmark_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    """The device --device names, once --malloc is applied (before anything is measured)."""
+    """The device --device names, once --out-dir is checked and --malloc applied (before anything is measured)."""
     try:
         device = resolve_device(args.device)
     except ValueError as error:
         parser.error(str(error))
+    if not args.no_write:
+        with _fails_on(OutputDirError):
+            check_output_dir(args.out_dir, "--out-dir")
     if args.malloc == "retain":
         retain_freed_memory()
     return device
+
+
+def _write_results(name: str, params: dict, rows: list[dict], device, args: argparse.Namespace) -> int:
+    """Write the results to --out-dir and return 0; if that fails, to a temporary folder named on stderr, and 1."""
+    if args.no_write:
+        return 0
+    try:
+        path = write_results(name, params, rows, device, out_dir=args.out_dir)
+    except (OSError, OutputDirError) as error:
+        kept = write_results(name, params, rows, device, out_dir=tempfile.mkdtemp(prefix=f"kanlib-{name}-"))
+        print(f"kanlib bench: could not write the results to {args.out_dir} ({error}); wrote them to {kept} instead",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
 
 
 def _print_targets(targets: list[dict], value_format: str) -> None:
@@ -104,7 +126,7 @@ def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
                        metavar="G", help="grid size(s); repeat or list several (default: 5)")
     layer.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: float32)")
     _add_run_options(layer)
-    layer.set_defaults(handler=_bench_layer)
+    layer.set_defaults(handler=_bench_layer, command_parser=layer)
 
 
 def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -120,9 +142,7 @@ def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                                repeat=args.repeat, warmup=args.warmup, skip_pykan=args.skip_pykan, seed=args.seed)
     print(f"layer benchmark on {device}: batch {args.batch}, width {args.width}, order {args.order}, {args.dtype}")
     print(format_table(rows, TABLE_COLUMNS))
-    if not args.no_write:
-        print(f"wrote {write_results('layer', params, rows, device, out_dir=args.out_dir)}")
-    return 0
+    return _write_results("layer", params, rows, device, args)
 
 
 def _add_book_commands(commands: argparse._SubParsersAction) -> None:
@@ -141,7 +161,7 @@ def _add_book_commands(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--in-place", action="store_true",
                        help="replace the committed notebooks (the reference run), after all of them ran")
     run.add_argument("--force", action="store_true", help="with --in-place: let a quick run replace a full one")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, command_parser=run)
 
     book = commands.add_parser(
         "book", help="build the website with Jupyter Book from executed notebooks",
@@ -150,13 +170,13 @@ def _add_book_commands(commands: argparse._SubParsersAction) -> None:
     book.add_argument("--notebooks", default=str(EXECUTED_DIR),
                       help="folder of executed notebooks: _build/executed (make book) or notebooks (make site)")
     book.add_argument("--build-dir", default=None, help="(default: _build)")
-    book.set_defaults(handler=_book)
+    book.set_defaults(handler=_book, command_parser=book)
 
     slides = commands.add_parser("slides", help="reveal.js decks from the cells marked for slides",
                                  description="One reveal.js deck per notebook, with its assets, for offline use.")
     slides.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="(default: every committed notebook)")
     slides.add_argument("--output-dir", default="_build/html/slides", help="(default: _build/html/slides)")
-    slides.set_defaults(handler=_slides)
+    slides.set_defaults(handler=_slides, command_parser=slides)
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -178,7 +198,7 @@ def _book(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .book.runner import NotebookError
     from .book.web_assets import MissingAssetsError
 
-    with _fails_on(BookBuildError, MissingAssetsError, NotebookError):
+    with _fails_on(BookBuildError, MissingAssetsError, NotebookError, OutputDirError):
         index = build_site(args.notebooks, build_dir=args.build_dir or BUILD_DIR)
     print(f"built the site: open {index} (or: python -m http.server -d {index.parent})")
     return 0
@@ -218,7 +238,7 @@ def _add_bench_kernel(benchmarks: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), nargs="+", action="extend",
                         dest="dtypes", help=f"(default: {' '.join(kernel.DEFAULTS['dtypes'])})")
     _add_run_options(parser)
-    parser.set_defaults(handler=_bench_kernel)
+    parser.set_defaults(handler=_bench_kernel, command_parser=parser)
 
 
 def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -237,9 +257,7 @@ def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     print(format_table(rows, [column for column in kernel.TABLE_COLUMNS if any(column in row for row in rows)]))
     print("targets (set for an H100; bfloat16, B=4096, I=O=1024, G=5):")
     _print_targets(kernel.target_report(rows), ".2f")
-    if not args.no_write:
-        print(f"wrote {write_results('kernel', params, rows, device, out_dir=args.out_dir)}")
-    return 0
+    return _write_results("kernel", params, rows, device, args)
 
 
 def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
@@ -253,7 +271,7 @@ def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer settings, smaller layer, shorter training")
     _add_common_options(parser)
-    parser.set_defaults(handler=_bench_quant)
+    parser.set_defaults(handler=_bench_quant, command_parser=parser)
 
 
 def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -268,16 +286,16 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         print(format_table(chosen, [c for c in quant.TABLE_COLUMNS if any(c in row for row in chosen)]))
     print("targets:")
     _print_targets(quant.target_report(rows), ".3g")
-    if not args.no_write:
-        params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
-                  **{k: list(v) if isinstance(v, tuple) else v
-                     for k, v in (quant.QUICK if args.quick else quant.DEFAULTS).items()}}
-        print(f"wrote {write_results('quant', params, rows, device, out_dir=args.out_dir)}")
-    return 0
+    params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
+              **{k: list(v) if isinstance(v, tuple) else v
+                 for k, v in (quant.QUICK if args.quick else quant.DEFAULTS).items()}}
+    return _write_results("quant", params, rows, device, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kanlib", description="Fast, exact KAN layers: benchmarks and tools.")
+    # The usage lines name the command as typed: the console script, else the module (python -m, tests).
+    prog = "kanlib" if pathlib.Path(sys.argv[0]).name == "kanlib" else "python -m kanlib"
+    parser = argparse.ArgumentParser(prog=prog, description="Fast, exact KAN layers: benchmarks and tools.")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     bench = commands.add_parser("bench", help="run a benchmark, print its table and write its results",
                                 description="Run a benchmark, print its table and write its results.")
@@ -291,10 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]), run the chosen command and return its exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return args.handler(args, parser)
+        return args.handler(args, args.command_parser)
     except _CommandFailed as failure:
         print(f"kanlib {args.command}: {failure.__cause__}", file=sys.stderr)
         return 1

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import pathlib
 
 import torch
 
 __all__ = ["MIB", "check_int", "check_positive_int", "check_real", "is_real", "check_device", "resolve_device",
-           "check_choice"]
+           "check_choice", "OutputDirError", "check_output_dir"]
 
 MIB = 2**20
 _DEVICE_EXPECTED = "'cpu', 'cuda' or 'cuda:<index>' (a str or torch.device)"
@@ -108,3 +110,28 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(
             f"device: got {str(device)!r}, but torch.cuda.is_available() is False; expected 'cpu' or 'auto'")
     return resolved
+
+
+class OutputDirError(ValueError):
+    """A folder outputs would go to that is not a folder, cannot be created or is not writable."""
+
+
+def check_output_dir(folder: str | os.PathLike[str], name: str = "out_dir") -> pathlib.Path:
+    """`folder` resolved, once it is a writable folder or one that can be created; else OutputDirError.
+
+    Creates nothing: call it before the work whose results go there. `name` is the option named in the error.
+    """
+    folder = pathlib.Path(folder).resolve()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if existing == folder and not folder.is_dir():
+        problem = "which exists and is not a folder"
+    elif not existing.is_dir():
+        problem = f"which cannot be created: {existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = ("which is not writable" if existing == folder
+                   else f"which cannot be created: {existing} is not writable")
+    else:
+        return folder
+    raise OutputDirError(f"{name}: expected a writable folder, got {folder}, {problem}")

@@ -2,25 +2,29 @@
 
 `data` uses pykan's `create_dataset` keys: `train_input` [n, in], `train_label`,
 `test_input` [m, in], `test_label`. Floating labels ([n] or [n, out]) mean regression
-(MSE loss, RMSE metric); integer class indices ([n]) mean classification (cross-entropy
-loss, accuracy metric; the model returns logits [n, classes]).
+(MSE loss, RMSE metric); int64 class indices ([n], in [0, classes)) mean classification
+(cross-entropy loss, accuracy metric; the model returns logits [n, classes]).
+
+`fit` checks its arguments into a `_Settings`, moves model and data, runs the `FitCallback`s'
+`on_fit_start`, then a `_Trainer` runs the steps and evaluations.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from .checks import check_device, check_int, check_positive_int, check_real
 
 if TYPE_CHECKING:
     from .quant.qat import QATConfig
@@ -74,6 +78,78 @@ class History:
         return {name: getattr(self, name)[-1] for name in EVALUATION_FIELDS}
 
 
+@runtime_checkable
+class FitCallback(Protocol):
+    """A hook into `fit`: any object with these two methods. Subclass it to inherit methods that
+    do nothing and override what you need.
+
+    `fit(..., qat=QATConfig(...))` is such a hook (`kanlib.quant.qat.QATCallback`).
+    """
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise when `model` cannot be trained with this callback. Runs while fit checks its
+        arguments, before the model moves or changes."""
+
+    def on_fit_start(self, model: nn.Module, train_input: torch.Tensor) -> None:
+        """Prepare `model` in place before training. Runs once model and data are on the training
+        device and the seed is set, before the optimizer is built and the first evaluation, so
+        Parameters added or swapped in here train. train_input: [n, in]."""
+
+
+class _Splits(NamedTuple):
+    """The four tensors of `data`: inputs [n, in] / [m, in] and their labels."""
+
+    train_input: torch.Tensor
+    train_label: torch.Tensor
+    test_input: torch.Tensor
+    test_label: torch.Tensor
+
+    def to(self, device: torch.device) -> "_Splits":
+        return _Splits(*(t.to(device) for t in self))
+
+    @property
+    def is_classification(self) -> bool:
+        return not self.train_label.is_floating_point()
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """fit's checked arguments, with `lr`, the step count and the evaluation interval resolved."""
+
+    opt: str
+    lr: float
+    amp: str | None
+    lamb: float
+    batch_size: int | None
+    update_grid_every: int | None
+    stop_grid_update_step: int | None
+    total_steps: int
+    eval_every: int
+    device: torch.device | None
+    seed: int | None
+    loss: LossFn | None
+    progress: bool
+    callbacks: tuple[FitCallback, ...]
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES.get(self.amp)
+
+    def updates_grid_before(self, step: int) -> bool:
+        """Whether the grid is updated before optimizer step `step` (1-based): when the steps
+        already taken are a multiple of `update_grid_every` and below `stop_grid_update_step`."""
+        taken = step - 1
+        return (
+            self.update_grid_every is not None
+            and taken % self.update_grid_every == 0
+            and (self.stop_grid_update_step is None or taken < self.stop_grid_update_step)
+        )
+
+    def evaluates_after(self, step: int) -> bool:
+        """Whether fit evaluates after optimizer step `step` (1-based)."""
+        return step % self.eval_every == 0 or step == self.total_steps
+
+
 def fit(
     model: nn.Module,
     data: Mapping[str, torch.Tensor],
@@ -93,171 +169,204 @@ def fit(
     eval_every: int | None = None,
     progress: bool = True,
     qat: QATConfig | None = None,
+    callbacks: Sequence[FitCallback] = (),
 ) -> History:
     """Train `model` in place on `data` and return its `History`.
 
     Give exactly one of `steps` (optimizer steps) or `epochs` (passes over the training
     set; an epoch is ceil(n_train / batch_size) steps, 1 when full batch).
 
+    data: pykan's dict, see the module docstring. Integer labels must be int64 (`.long()`)
+        class indices in [0, classes), classes being the width of the model's output; the
+        range is checked on the first evaluation, before any step.
     opt: "adam" (default lr 1e-2) or "lbfgs" (default lr 1.0, history_size 10,
         strong-Wolfe line search, torch's default max_iter 20 within one step).
     batch_size: None trains on the full training set each step; otherwise shuffled
         minibatches, reshuffled every epoch.
     lamb: adds `lamb * model.regularization_loss()` to the training objective.
-    update_grid_every: before a step, when the number of steps already taken is a multiple
-        of it and below `stop_grid_update_step` (None: no limit), calls
-        `model.update_grid(x_batch)` under no_grad (as pykan does: steps 1, n+1, ...).
+    update_grid_every: before a step, when the number of steps already taken is a multiple of
+        it and below `stop_grid_update_step` (None: no limit), calls
+        `model.update_grid(train_input)` under no_grad (steps 1, n+1, ..., as pykan). The grid
+        always comes from the whole training set, also with minibatches (pykan uses its
+        minibatch there), so it does not follow one batch's samples.
     amp: None, "bf16" or "fp16" autocast on the model's device type; "fp16" uses a
         GradScaler. Only with "adam": LBFGS's line search needs full-precision losses.
-    device: None keeps the model's device; otherwise the model moves there. Data always
-        moves to the model's device.
+        On the CPU, torch's autocast runs matmuls in the low precision, and a kanlib layer
+        with backend "auto" takes its eager PyTorch path, whose products follow autocast: the
+        losses differ from fp32's. Layers built with backend "cpu" or "sparse" keep computing
+        in their parameters' dtype under autocast.
+    device: None keeps the model's device; otherwise "cpu" or an available CUDA device, checked
+        before the model moves there. Data always moves to the model's device.
     seed: seeds torch's global RNG and the batch shuffling, so a run is reproducible.
     loss: callable(pred, target) -> scalar replacing MSE / cross-entropy; half-precision
         predictions are upcast to float32 first.
     eval_every: evaluate every this many steps (default ceil(steps / 50)), plus before the
         first step and after the last, on the full train and test sets.
     progress: show a tqdm bar with the latest train loss and test metric.
-    qat: a `kanlib.quant.QATConfig` trains quantization-aware: every BSplineKAN in the model
-        is swapped in place for a QATBSplineKAN (`prepare_qat`; layers already prepared are
-        kept), the input scales are calibrated on the training inputs (`calibrate_inputs`),
-        and the learned scales train with the weights. A bare BSplineKAN cannot be swapped
-        in place: pass `prepare_qat(layer, qat)` instead.
+    qat: a `kanlib.quant.QATConfig` trains quantization-aware, through the callback
+        `kanlib.quant.qat.QATCallback(qat)`, which runs before `callbacks`: every BSplineKAN in
+        the model is swapped in place for a QATBSplineKAN (`prepare_qat`; layers already
+        prepared are kept), the input scales are calibrated on the training inputs
+        (`calibrate_inputs`), and the learned scales train with the weights. A bare BSplineKAN
+        cannot be swapped in place: pass `prepare_qat(layer, qat)` instead.
+    callbacks: `FitCallback`s, in order. Each one's `check_model(model)` runs while the
+        arguments are checked, before anything moves; its `on_fit_start(model, train_input)`
+        runs after model and data are on the device and the seed is set, before the optimizer
+        is built, so it may swap submodules or add Parameters.
 
     Raises NonFiniteLossError (a FloatingPointError) when the training loss is inf/NaN.
     """
-    opt = _check_opt(opt)
-    lr = DEFAULT_LR[opt] if lr is None else _check_lr(lr)
-    amp_dtype = _check_amp(amp, opt)
-    _check_regularization_and_grid(model, lamb, update_grid_every, stop_grid_update_step)
-    train_input, train_label, test_input, test_label = _check_data(data)
-    if loss is not None and not callable(loss):
-        raise TypeError(f"loss must be a callable(pred, target), got {type(loss).__name__}")
-    if batch_size is not None:
-        _check_positive_int("batch_size", batch_size)
-    total_steps = _total_steps(steps, epochs, len(train_input), batch_size)
-    eval_every = (
-        math.ceil(total_steps / TARGET_EVALUATIONS)
-        if eval_every is None
-        else _check_positive_int("eval_every", eval_every)
+    splits = _check_data(data)
+    settings = _check_settings(
+        model, len(splits.train_input),
+        steps=steps, epochs=epochs, opt=opt, lr=lr, batch_size=batch_size, lamb=lamb,
+        update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
+        amp=amp, device=device, seed=seed, loss=loss, eval_every=eval_every,
+        progress=progress, qat=qat, callbacks=callbacks,
     )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
-    if qat is not None:
-        _check_qat(model, qat)
-
-    if device is not None:
-        model.to(device)
+    if settings.device is not None:
+        model.to(settings.device)
     device = _model_device(model)
-    train_input, train_label, test_input, test_label = (
-        t.to(device) for t in (train_input, train_label, test_input, test_label)
-    )
-    if seed is not None:
-        torch.manual_seed(seed)
-    if qat is not None:
-        from .quant.qat import calibrate_inputs, prepare_qat
+    splits = splits.to(device)
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    for callback in settings.callbacks:
+        callback.on_fit_start(model, splits.train_input)
+    return _Trainer(model, splits, settings, device).run()
 
-        prepare_qat(model, qat)
-        calibrate_inputs(model, train_input)
 
-    is_classification = not train_label.is_floating_point()
-    loss_fn = loss if loss is not None else (_cross_entropy if is_classification else _mse)
-    metric_fn = _accuracy if is_classification else _rmse
-    history = History(metric_name="accuracy" if is_classification else "rmse")
+class _Trainer:
+    """One run of fit: model, data on its device, optimizer, grad scaler and the History."""
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    def __init__(
+        self, model: nn.Module, splits: _Splits, settings: _Settings, device: torch.device
+    ):
+        self.model, self.splits, self.settings, self.device = model, splits, settings, device
+        classification = splits.is_classification
+        self.loss_fn = settings.loss or (_cross_entropy if classification else _mse)
+        self.metric_fn = _accuracy if classification else _rmse
+        self.history = History(metric_name="accuracy" if classification else "rmse")
+        self.optimizer = _build_optimizer(model, settings.opt, settings.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
+        self.last_finite_loss: float | None = None
 
-    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            pred = model(x)
-        value = loss_fn(_upcast(pred), y)
-        if lamb:
-            value = value + lamb * model.regularization_loss()
-        return value
-
-    @torch.no_grad()
-    def evaluate(step: int) -> None:
-        model.eval()
-        try:
-            with autocast():
-                train_pred, test_pred = model(train_input), model(test_input)
-            train_pred, test_pred = _upcast(train_pred), _upcast(test_pred)
-            history.step.append(step)
-            history.train_loss.append(loss_fn(train_pred, train_label).item())
-            history.test_loss.append(loss_fn(test_pred, test_label).item())
-            history.train_metric.append(metric_fn(train_pred, train_label).item())
-            history.test_metric.append(metric_fn(test_pred, test_label).item())
-        finally:
-            model.train()
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if opt == "adam":
-        optimizer = torch.optim.Adam(trainable, lr=lr)
-    else:
-        # pykan's tolerances: torch's defaults (1e-7, 1e-9) end each step early once the error is small,
-        # and training stalls after a grid refinement.
-        optimizer = torch.optim.LBFGS(
-            trainable, lr=lr, history_size=10, line_search_fn="strong_wolfe",
-            tolerance_grad=1e-32, tolerance_change=1e-32,
+    def run(self) -> History:
+        """Evaluate, take `total_steps` steps with the scheduled evaluations, restore the mode."""
+        settings, model = self.settings, self.model
+        batches = _batches(
+            self.splits.train_input, self.splits.train_label, settings.batch_size, settings.seed
         )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    batches = _batches(train_input, train_label, batch_size, seed)
-    step = 0
-    last_finite_loss = None
+        was_training = model.training
+        model.train()
+        bar = tqdm(total=settings.total_steps, disable=not settings.progress, unit="step")
+        try:
+            self.evaluate(0)
+            for step in range(1, settings.total_steps + 1):
+                x, y = next(batches)
+                self.history.seconds_per_step.append(self.timed_step(step, x, y))
+                bar.update()
+                if settings.evaluates_after(step):
+                    self.evaluate(step)
+                    bar.set_postfix(self.postfix())
+        finally:
+            bar.close()
+            model.train(was_training)
+        return self.history
 
-    def forward_backward(x: torch.Tensor, y: torch.Tensor, check_finite: bool) -> torch.Tensor:
-        nonlocal last_finite_loss
-        optimizer.zero_grad(set_to_none=True)
-        value = objective(x, y)
+    def autocast(self):
+        """The `amp` autocast context on the model's device type, or a no-op."""
+        dtype = self.settings.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
+
+    def timed_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> float:
+        """The scheduled grid update, then optimizer step `step` (1-based) on x [b, in], y [b, ...];
+        returns the seconds both took."""
+        _synchronize(self.device)
+        start = time.perf_counter()
+        if self.settings.updates_grid_before(step):
+            with torch.no_grad():
+                self.model.update_grid(self.splits.train_input)
+        self.optimizer_step(step, x, y)
+        _synchronize(self.device)
+        return time.perf_counter() - start
+
+    def optimizer_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One Adam step (through the grad scaler) or one LBFGS step on the batch x, y."""
+        if self.settings.opt == "lbfgs":
+            # Only a step's first evaluation is checked: later ones are line-search trials,
+            # which may overshoot; the next step's first evaluation catches a real blow-up.
+            calls = itertools.count()
+            self.optimizer.step(lambda: self.forward_backward(step, x, y, next(calls) == 0))
+        else:
+            self.forward_backward(step, x, y, check_finite=True)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def forward_backward(
+        self, step: int, x: torch.Tensor, y: torch.Tensor, check_finite: bool
+    ) -> torch.Tensor:
+        """Zero the gradients, compute the objective on x, y and backpropagate it (scaled);
+        with `check_finite`, raise NonFiniteLossError on an inf/NaN loss. Returns the objective."""
+        self.optimizer.zero_grad(set_to_none=True)
+        value = self.objective(x, y)
         if check_finite:
             loss_value = value.item()
             if not math.isfinite(loss_value):
-                raise NonFiniteLossError(step, loss_value, last_finite_loss)
-            last_finite_loss = loss_value
-        scaler.scale(value).backward()
+                raise NonFiniteLossError(step, loss_value, self.last_finite_loss)
+            self.last_finite_loss = loss_value
+        self.scaler.scale(value).backward()
         return value
 
-    was_training = model.training
-    model.train()
-    bar = tqdm(total=total_steps, disable=not progress, unit="step")
-    try:
-        evaluate(0)
-        for step in range(1, total_steps + 1):
-            x, y = next(batches)
-            _synchronize(device)
-            start = time.perf_counter()
-            steps_taken = step - 1
-            if (
-                update_grid_every is not None
-                and steps_taken % update_grid_every == 0
-                and (stop_grid_update_step is None or steps_taken < stop_grid_update_step)
-            ):
-                with torch.no_grad():
-                    model.update_grid(x)
-            if opt == "lbfgs":
-                # Only a step's first evaluation is checked: later ones are line-search trials,
-                # which may overshoot; the next step's first evaluation catches a real blow-up.
-                calls = itertools.count()
-                optimizer.step(lambda: forward_backward(x, y, check_finite=next(calls) == 0))
-            else:
-                forward_backward(x, y, check_finite=True)
-                scaler.step(optimizer)
-                scaler.update()
-            _synchronize(device)
-            history.seconds_per_step.append(time.perf_counter() - start)
-            bar.update()
-            if step % eval_every == 0 or step == total_steps:
-                evaluate(step)
-                bar.set_postfix(
-                    {
-                        "train_loss": f"{history.train_loss[-1]:.4g}",
-                        f"test_{history.metric_name}": f"{history.test_metric[-1]:.4g}",
-                    }
-                )
-    finally:
-        bar.close()
-        model.train(was_training)
-    return history
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of model(x) against y plus `lamb * model.regularization_loss()`: a scalar."""
+        with self.autocast():
+            pred = self.model(x)
+        value = self.loss_fn(_upcast(pred), y)
+        if self.settings.lamb:
+            value = value + self.settings.lamb * self.model.regularization_loss()
+        return value
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> None:
+        """Record losses and metrics on the full train and test sets, in eval mode. At step 0
+        the class labels are checked against the width of the model's logits first."""
+        model, splits = self.model, self.splits
+        model.eval()
+        try:
+            with self.autocast():
+                train_pred, test_pred = model(splits.train_input), model(splits.test_input)
+            train_pred, test_pred = _upcast(train_pred), _upcast(test_pred)
+            if step == 0 and splits.is_classification:
+                _check_class_indices(train_pred, splits)
+            history = self.history
+            history.step.append(step)
+            history.train_loss.append(self.loss_fn(train_pred, splits.train_label).item())
+            history.test_loss.append(self.loss_fn(test_pred, splits.test_label).item())
+            history.train_metric.append(self.metric_fn(train_pred, splits.train_label).item())
+            history.test_metric.append(self.metric_fn(test_pred, splits.test_label).item())
+        finally:
+            model.train()
+
+    def postfix(self) -> dict[str, str]:
+        """The progress bar's latest train loss and test metric."""
+        history = self.history
+        return {
+            "train_loss": f"{history.train_loss[-1]:.4g}",
+            f"test_{history.metric_name}": f"{history.test_metric[-1]:.4g}",
+        }
+
+
+def _build_optimizer(model: nn.Module, opt: str, lr: float) -> torch.optim.Optimizer:
+    """Adam, or LBFGS with pykan's settings, over the parameters that require grad."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if opt == "adam":
+        return torch.optim.Adam(trainable, lr=lr)
+    # pykan's tolerances: torch's defaults (1e-7, 1e-9) end each step early once the error is small,
+    # and training stalls after a grid refinement.
+    return torch.optim.LBFGS(
+        trainable, lr=lr, history_size=10, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-32, tolerance_change=1e-32,
+    )
 
 
 def _mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -315,6 +424,86 @@ def _model_device(model: nn.Module) -> torch.device:
     return parameter.device
 
 
+def _check_settings(
+    model: nn.Module,
+    n_train: int,
+    *,
+    steps: int | None,
+    epochs: int | None,
+    opt: str,
+    lr: float | None,
+    batch_size: int | None,
+    lamb: float,
+    update_grid_every: int | None,
+    stop_grid_update_step: int | None,
+    amp: str | None,
+    device: str | torch.device | None,
+    seed: int | None,
+    loss: LossFn | None,
+    eval_every: int | None,
+    progress: bool,
+    qat: QATConfig | None,
+    callbacks: Sequence[FitCallback],
+) -> _Settings:
+    """fit's arguments checked against `model` and `n_train` training samples; nothing moves."""
+    if opt not in DEFAULT_LR:
+        raise ValueError(f"opt must be one of {sorted(DEFAULT_LR)}, got {opt!r}")
+    lr = DEFAULT_LR[opt] if lr is None else check_real("lr", lr, positive=True)
+    _check_amp(amp, opt)
+    lamb = check_real("lamb", lamb, minimum=0)
+    if update_grid_every is not None:
+        update_grid_every = check_positive_int("update_grid_every", update_grid_every)
+    if stop_grid_update_step is not None:
+        if update_grid_every is None:
+            raise ValueError("stop_grid_update_step needs update_grid_every, got None")
+        stop_grid_update_step = check_int("stop_grid_update_step", stop_grid_update_step, 0)
+    _check_model_methods(model, lamb, update_grid_every)
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be a callable(pred, target), got {type(loss).__name__}")
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
+    total_steps = _total_steps(steps, epochs, n_train, batch_size)
+    eval_every = (
+        math.ceil(total_steps / TARGET_EVALUATIONS)
+        if eval_every is None
+        else check_positive_int("eval_every", eval_every)
+    )
+    if seed is not None:
+        seed = check_int("seed", seed, expected="an int or None")
+    if device is not None:
+        device = check_device(device)
+    _model_device(model)  # raises for a model without parameters
+    hooks = _callbacks(qat, callbacks)
+    for hook in hooks:
+        hook.check_model(model)
+    return _Settings(
+        opt=opt, lr=lr, amp=amp, lamb=lamb, batch_size=batch_size,
+        update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
+        total_steps=total_steps, eval_every=eval_every, device=device, seed=seed, loss=loss,
+        progress=progress, callbacks=hooks,
+    )
+
+
+def _callbacks(qat: object, callbacks: object) -> tuple[FitCallback, ...]:
+    """The QAT callback for `qat` (unless None) followed by `callbacks`, each checked."""
+    if isinstance(callbacks, FitCallback) or not isinstance(callbacks, Sequence):
+        raise TypeError(
+            "callbacks must be a list or tuple of kanlib.training.FitCallback objects, "
+            f"got {type(callbacks).__name__}"
+        )
+    for index, callback in enumerate(callbacks):
+        if not isinstance(callback, FitCallback):
+            raise TypeError(
+                f"callbacks[{index}] must be a kanlib.training.FitCallback (with methods "
+                f"check_model and on_fit_start), got {type(callback).__name__}"
+            )
+    if qat is None:
+        return tuple(callbacks)
+    from .quant.qat import QATCallback
+
+    return (QATCallback(qat), *callbacks)
+
+
 def _total_steps(
     steps: int | None, epochs: int | None, n_train: int, batch_size: int | None
 ) -> int:
@@ -323,36 +512,14 @@ def _total_steps(
             f"give exactly one of steps or epochs, got steps={steps!r}, epochs={epochs!r}"
         )
     if steps is not None:
-        return _check_positive_int("steps", steps)
+        return check_positive_int("steps", steps)
     steps_per_epoch = 1 if batch_size is None else math.ceil(n_train / batch_size)
-    return _check_positive_int("epochs", epochs) * steps_per_epoch
+    return check_positive_int("epochs", epochs) * steps_per_epoch
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_opt(opt: object) -> str:
-    if opt not in DEFAULT_LR:
-        raise ValueError(f"opt must be one of {sorted(DEFAULT_LR)}, got {opt!r}")
-    return opt
-
-
-def _check_lr(lr: object) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(f"lr must be a positive number, got {lr!r}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    return float(lr)
-
-
-def _check_amp(amp: object, opt: str) -> torch.dtype | None:
+def _check_amp(amp: object, opt: str) -> None:
     if amp is None:
-        return None
+        return
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     if opt == "lbfgs":
@@ -360,57 +527,24 @@ def _check_amp(amp: object, opt: str) -> torch.dtype | None:
             f"amp={amp!r} needs opt='adam': LBFGS's line search compares losses "
             "that reduced precision cannot resolve"
         )
-    return AMP_DTYPES[amp]
 
 
-def _check_regularization_and_grid(
-    model: nn.Module,
-    lamb: object,
-    update_grid_every: int | None,
-    stop_grid_update_step: int | None,
-) -> None:
-    if isinstance(lamb, bool) or not isinstance(lamb, numbers.Real):
-        raise TypeError(f"lamb must be a number >= 0, got {lamb!r}")
-    if not (math.isfinite(lamb) and lamb >= 0):
-        raise ValueError(f"lamb must be a number >= 0, got {lamb!r}")
+def _check_model_methods(model: nn.Module, lamb: float, update_grid_every: int | None) -> None:
+    """The model has the methods that `lamb` > 0 and a grid schedule call."""
     if lamb > 0 and not callable(getattr(model, "regularization_loss", None)):
         raise TypeError(
             f"lamb={lamb} needs a model with a regularization_loss() method, "
             f"{type(model).__name__} has none"
         )
-    if update_grid_every is not None:
-        _check_positive_int("update_grid_every", update_grid_every)
-        if not callable(getattr(model, "update_grid", None)):
-            raise TypeError(
-                "update_grid_every needs a model with an update_grid(x) method, "
-                f"{type(model).__name__} has none"
-            )
-    if stop_grid_update_step is not None:
-        if update_grid_every is None:
-            raise ValueError("stop_grid_update_step needs update_grid_every, got None")
-        expected = f"stop_grid_update_step must be an int >= 0, got {stop_grid_update_step!r}"
-        if isinstance(stop_grid_update_step, bool) or not isinstance(stop_grid_update_step, int):
-            raise TypeError(expected)
-        if stop_grid_update_step < 0:
-            raise ValueError(expected)
-
-
-def _check_qat(model: nn.Module, qat: object) -> None:
-    from .layers.bspline import BSplineKAN
-    from .quant.qat import QATBSplineKAN, QATConfig, no_bspline_error
-
-    if not isinstance(qat, QATConfig):
-        raise TypeError(f"qat must be a kanlib.quant.QATConfig or None, got {type(qat).__name__}")
-    if not any(isinstance(module, BSplineKAN) for module in model.modules()):
-        raise no_bspline_error(model, "fit(qat=...)")
-    if isinstance(model, BSplineKAN) and not isinstance(model, QATBSplineKAN):
-        raise ValueError(
-            "fit(qat=...) cannot swap a bare BSplineKAN in place; "
-            "train model = kanlib.quant.prepare_qat(model, qat) instead"
+    if update_grid_every is not None and not callable(getattr(model, "update_grid", None)):
+        raise TypeError(
+            "update_grid_every needs a model with an update_grid(x) method, "
+            f"{type(model).__name__} has none"
         )
 
 
-def _check_data(data: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_data(data: object) -> _Splits:
+    """The four tensors of `data`, checked for keys, types, lengths and label dtypes."""
     if not isinstance(data, Mapping):
         raise TypeError(
             f"data must be a dict with keys {list(DATA_KEYS)}, got {type(data).__name__}"
@@ -445,4 +579,29 @@ def _check_data(data: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
             "train_label and test_label must both be floating or both integer, "
             f"got {data['train_label'].dtype} and {data['test_label'].dtype}"
         )
-    return tuple(data[key] for key in DATA_KEYS)
+    for split in ("train", "test"):
+        labels = data[f"{split}_label"]
+        if not labels.is_floating_point() and labels.dtype != torch.int64:
+            raise TypeError(
+                f"{split}_label holds class indices, which must be torch.int64, "
+                f"got {labels.dtype}; convert them with .long()"
+            )
+    return _Splits(*(data[key] for key in DATA_KEYS))
+
+
+def _check_class_indices(logits: torch.Tensor, splits: _Splits) -> None:
+    """Check that the class labels index the model's logits [n, classes]: each in [0, classes)."""
+    if logits.dim() != 2:
+        raise ValueError(
+            "integer labels are class indices, so the model must return logits [n, classes], "
+            f"got an output of shape {tuple(logits.shape)}"
+        )
+    classes = logits.shape[1]
+    for split, labels in (("train", splits.train_label), ("test", splits.test_label)):
+        outside = labels[(labels < 0) | (labels >= classes)]
+        if len(outside):
+            raise ValueError(
+                f"{split}_label holds class index {outside[0].item()}, expected indices in "
+                f"[0, {classes}) for the model's {classes} outputs "
+                f"({len(outside)} of {len(labels)} {split} labels are outside)"
+            )

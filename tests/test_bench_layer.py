@@ -1,8 +1,10 @@
 """The layer benchmark: the unfused reference, run_layer_benchmark's rows, and `python -m kanlib bench layer`."""
 import math
+import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -185,3 +187,54 @@ def test_cli_grid_sizes_accumulate():
     parser = build_parser()
     assert parser.parse_args(["bench", "layer", "--grid", "5", "--grid", "10", "20"]).grids == [5, 10, 20]
     assert parser.parse_args(["bench", "layer", "--grid", "10"]).grids == [10]
+
+
+def test_cli_cross_option_error_shows_the_layer_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "layer", "--grid", "5", "5"])
+    assert exit_info.value.code != 0
+    assert capsys.readouterr().err.startswith("usage: python -m kanlib bench layer ")
+
+
+def not_measured(*args, **kwargs):
+    raise AssertionError("measured although the results could not be written")
+
+
+@pytest.mark.parametrize("where, problem", [
+    ("a_file", "which exists and is not a folder"),
+    ("a_file/sub", "cannot be created"),
+    ("read_only", "is not writable"),
+])
+def test_cli_refuses_an_unusable_out_dir_before_measuring(where, problem, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "read_only").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: pathlib.Path(path).name != "read_only"
+                        and real_access(path, mode, **kw))
+    monkeypatch.setattr("kanlib.__main__.run_layer_benchmark", not_measured)
+    out = tmp_path / where
+    assert main([*TINY_CLI, "--skip-pykan", "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"--out-dir: expected a writable folder, got {out}" in err, err
+    assert problem in err
+
+
+def test_cli_keeps_the_results_when_writing_fails_at_the_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "results"
+
+    def measure_then_lose_the_folder(*args, **kwargs):
+        rows = run_layer_benchmark(*args, **kwargs)
+        out.write_text("the folder went")
+        return rows
+
+    monkeypatch.setattr("kanlib.__main__.run_layer_benchmark", measure_then_lose_the_folder)
+    assert main(["bench", "layer", "--device", "cpu", "--batch", "4", "--width", "2", "--grid", "3", "--repeat", "1",
+                 "--warmup", "0", "--skip-pykan", "--out-dir", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "bsplinekan" in captured.out, "the table is printed"
+    [kept] = list((tmp_path / "tmp").rglob("layer-cpu-*.json"))
+    assert len(captured.err.strip().splitlines()) == 1 and str(out) in captured.err and str(kept) in captured.err
+    [result] = load_results(kept.parent)
+    assert result["params"]["grids"] == [3] and "bsplinekan" in [row["candidate"] for row in result["rows"]]

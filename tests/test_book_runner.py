@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 import nbformat
 import pytest
@@ -10,6 +16,8 @@ import pytest
 from kanlib.__main__ import main
 from kanlib.book.runner import (INJECTED_TAG, STAMP_TAG, NotebookError, NotebookFailed, RunStamp, clean_volatile,
                            find_notebooks, notebook_stamp, resolve_mode, run_notebooks)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def write_notebook(path: pathlib.Path, body: str = "value = 2 * seed + 1\nprint('value', value)",
@@ -177,3 +185,143 @@ def test_cli_run_prints_a_line_per_notebook_and_fails_with_nonzero_exit(tmp_path
     with pytest.raises(SystemExit):
         main(["run", str(good), "--force"])
     assert "--force: expected together with --in-place" in capsys.readouterr().err
+
+
+def test_in_place_keeps_notebooks_of_the_same_name_apart(tmp_path):
+    first = write_notebook(tmp_path / "dupA" / "10_x.ipynb", body="print('from', 'A')")
+    second = write_notebook(tmp_path / "dupB" / "10_x.ipynb", body="print('from', 'B')")
+    run_notebooks([first, second], device="cpu", mode="quick", in_place=True, progress=None)
+    assert "from A" in outputs_text(nbformat.read(first, as_version=4))
+    assert "from B" in outputs_text(nbformat.read(second, as_version=4))
+
+
+def test_two_notebooks_with_one_output_are_refused_before_running(tmp_path):
+    first = write_notebook(tmp_path / "dupA" / "10_x.ipynb")
+    second = write_notebook(tmp_path / "dupB" / "10_x.ipynb")
+    out = tmp_path / "out"
+    with pytest.raises(NotebookError) as info:
+        run_notebooks([first, second], device="cpu", mode="quick", output_dir=out, progress=None)
+    assert all(str(path) in str(info.value) for path in (first, second, out / "10_x.ipynb")), info.value
+    assert not out.exists()
+    with pytest.raises(NotebookError, match="10_x.ipynb.*10_x.ipynb"):
+        run_notebooks([first, first], device="cpu", mode="quick", in_place=True, progress=None)
+
+
+@pytest.mark.parametrize("where, problem", [
+    ("a_file", "which exists and is not a folder"),
+    ("a_file/sub", "cannot be created"),
+])
+def test_an_unusable_output_folder_is_refused_before_running(tmp_path, capsys, where, problem):
+    path = write_notebook(tmp_path / "01_x.ipynb", body=f"open({str(tmp_path / 'ran')!r}, 'w').close()")
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / where
+    with pytest.raises(ValueError, match=problem):
+        run_notebooks([path], device="cpu", mode="quick", output_dir=out, progress=None)
+    assert main(["run", str(path), "--device", "cpu", "--mode", "quick", "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(out) in err and problem in err, err
+    assert not (tmp_path / "ran").exists(), "nothing ran"
+
+
+def test_a_read_only_output_folder_is_refused_before_running(tmp_path, monkeypatch):
+    path = write_notebook(tmp_path / "01_x.ipynb")
+    out = tmp_path / "out"
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: pathlib.Path(p) != out and real_access(p, mode, **kw))
+    with pytest.raises(ValueError, match=f"{out}.*is not writable"):
+        run_notebooks([path], device="cpu", mode="quick", output_dir=out, progress=None)
+
+
+def test_in_place_refuses_read_only_notebooks_before_running(tmp_path, monkeypatch):
+    path = write_notebook(tmp_path / "01_x.ipynb")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: pathlib.Path(p) != path and real_access(p, mode, **kw))
+    with pytest.raises(NotebookError, match=f"expected notebooks that can be replaced, got read-only {path}"):
+        run_notebooks([path], device="cpu", mode="quick", in_place=True, progress=None)
+
+
+def test_outputs_that_cannot_be_written_at_the_end_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out"
+    path = write_notebook(tmp_path / "01_x.ipynb", body=f"open({str(out)!r}, 'w').close()  # the folder goes")
+    with pytest.raises(NotebookError, match="could not write") as info:
+        run_notebooks([path], device="cpu", mode="quick", output_dir=out, progress=None)
+    [kept] = list((tmp_path / "tmp").iterdir())
+    assert str(kept) in str(info.value) and len(str(info.value).splitlines()) == 1
+    [executed_copy] = list(kept.rglob("01_x.ipynb"))
+    assert RunStamp.from_metadata(nbformat.read(executed_copy, as_version=4).metadata).mode == "quick"
+
+
+def test_failing_cell_is_numbered_as_in_the_users_notebook(tmp_path):
+    """The injected parameters cell, and a previous run's stamp and parameters, do not shift the number."""
+    path = write_notebook(tmp_path / "01_bad.ipynb", body="raise ValueError('boom')")
+    nb = nbformat.read(path, as_version=4)
+    stamp = nbformat.v4.new_markdown_cell("> **Run shown:** an older run")
+    stamp.metadata["tags"] = [STAMP_TAG]
+    injected = nbformat.v4.new_code_cell("seed = 5")
+    injected.metadata["tags"] = [INJECTED_TAG]
+    nb.cells[1:1] = [stamp]
+    nb.cells[3:3] = [injected]
+    nbformat.write(nb, path)
+    assert nb.cells[5].source == "raise ValueError('boom')"
+    with pytest.raises(NotebookFailed) as info:
+        run_notebooks([path], device="cpu", mode="quick", output_dir=tmp_path / "out", progress=None)
+    assert info.value.cell_index == 5
+    assert "cell 5 " in str(info.value) and "raise ValueError('boom')" in str(info.value), str(info.value)
+
+
+def test_a_notebook_without_a_language_is_named(tmp_path):
+    path = write_notebook(tmp_path / "01_x.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("kernelspec")
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError, match=f"{path}: expected .*language.*metadata"):
+        run_notebooks([path], device="cpu", mode="quick", output_dir=tmp_path / "out", progress=None)
+
+
+def test_sigterm_removes_the_staging_folders(tmp_path):
+    tmp, marker = tmp_path / "tmp", tmp_path / "started"
+    tmp.mkdir()
+    path = write_notebook(tmp_path / "01_sleep.ipynb",
+                          body=f"import time\nopen({str(marker)!r}, 'w').close()\ntime.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-m", "kanlib", "run", str(path), "--device", "cpu", "--mode", "quick",
+                              "--output-dir", str(tmp_path / "out")], cwd=REPO, env={**os.environ, "TMPDIR": str(tmp)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), child.communicate(timeout=5) if child.poll() is not None else "not started"
+        assert list(tmp.glob("kanlib-*")), "the run stages in TMPDIR"
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "runner.py" not in err, "no traceback of the run (the stopped kernel may print its own)"
+    assert list(tmp.glob("kanlib-*")) == []
+
+
+def test_run_restores_the_previous_sigterm_handler(tmp_path):
+    def previous(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        path = write_notebook(tmp_path / "01_x.ipynb")
+        run_notebooks([path], device="cpu", mode="quick", output_dir=tmp_path / "out", progress=None)
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("arguments, usage", [
+    (["run", "x.ipynb", "--force"], "usage: python -m kanlib run "),
+])
+def test_cross_option_errors_show_the_subcommands_usage(arguments, usage, capsys):
+    with pytest.raises(SystemExit):
+        main(arguments)
+    assert capsys.readouterr().err.startswith(usage)

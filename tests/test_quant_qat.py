@@ -10,7 +10,9 @@ from torch import nn
 import kanlib
 from kanlib.layers.bspline import BSplineKAN
 from kanlib.quant import QuantizedTensor, QuantSpec, calibrate
-from kanlib.quant.qat import FakeQuantize, QATBSplineKAN, QATConfig, calibrate_inputs, prepare_qat
+from kanlib.quant.qat import (FakeQuantize, QATBSplineKAN, QATCallback, QATConfig, calibrate_inputs,
+                              prepare_qat)
+from kanlib.training import FitCallback
 
 SCHEMES = ["symmetric", "affine"]
 # (shape, axis_layout, granularities that apply to it)
@@ -378,6 +380,47 @@ def test_fit_qat_argument_errors():
         kanlib.fit(BSplineKAN(2, 1), data, steps=1, qat=QATConfig(), progress=False)
     with pytest.raises(ValueError, match="bits"):
         QATConfig(bits=9)
+
+
+def test_fit_qat_is_the_qat_callback():
+    data = kanlib.symbolic_dataset("exp_sin_sq", n_train=100, n_test=100)
+    model = _float_kan([2, 3, 1], seed=0)
+    config = QATConfig(bits=4)
+    runs = []
+    for arguments in ({"qat": config}, {"callbacks": [QATCallback(config)]}):
+        trained = copy.deepcopy(model)
+        history = kanlib.fit(trained, data, steps=5, batch_size=32, seed=0, progress=False, **arguments)
+        del history.seconds_per_step[:]
+        runs.append((history, trained.state_dict()))
+    (first, first_state), (second, second_state) = runs
+    assert first == second
+    assert first_state.keys() == second_state.keys()
+    assert all(torch.equal(first_state[name], second_state[name]) for name in first_state)
+
+
+def test_fit_runs_the_qat_callback_before_the_given_callbacks():
+    data = kanlib.symbolic_dataset("exp_sin_sq", n_train=50, n_test=50)
+    seen = []
+
+    class Inspect(FitCallback):
+        def on_fit_start(self, model, train_input):
+            seen.extend((type(layer), layer.input_quant.initialized) for layer in model.layers)
+
+    kanlib.fit(_float_kan([2, 3, 1]), data, steps=2, qat=QATConfig(bits=4), callbacks=[Inspect()],
+               progress=False)
+    assert seen == [(QATBSplineKAN, True), (QATBSplineKAN, True)]
+
+
+def test_qat_callback_errors():
+    with pytest.raises(TypeError, match=r"qat must be a kanlib.quant.QATConfig or None, got dict"):
+        QATCallback({"bits": 4})
+    callback = QATCallback(QATConfig())
+    assert isinstance(callback, FitCallback)
+    with pytest.raises(ValueError, match=r"fit\(qat=...\) found no kanlib B-spline layers"):
+        callback.check_model(nn.Sequential(nn.Linear(2, 1)))
+    with pytest.raises(ValueError, match="cannot swap a bare BSplineKAN"):
+        callback.check_model(BSplineKAN(2, 1))
+    callback.check_model(prepare_qat(BSplineKAN(2, 1), QATConfig()))
 
 
 def test_table_config_validation():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from kanlib.training import History, fit
+from kanlib.training import FitCallback, History, fit
 
 
 def mlp(in_features=1, out_features=1, hidden=16, dropout=0.0):
@@ -266,13 +266,14 @@ def test_same_seed_is_bitwise_reproducible_and_different_seeds_differ():
         (5, 1, 0, []),
     ],
 )
-def test_update_grid_runs_on_the_training_batch_at_the_scheduled_steps(
+def test_update_grid_runs_on_the_whole_training_set_at_the_scheduled_steps(
     steps, every, stop, expected_steps_taken
 ):
     model = GridRecorder()
+    data = sine_data(n_train=40)
     fit(
         model,
-        sine_data(n_train=40),
+        data,
         steps=steps,
         batch_size=8,
         update_grid_every=every,
@@ -280,13 +281,28 @@ def test_update_grid_runs_on_the_training_batch_at_the_scheduled_steps(
         seed=0,
         progress=False,
     )
-    training_calls = model.training_calls()
     steps_taken = [update["training_forwards_before"] for update in model.grid_updates]
     assert steps_taken == expected_steps_taken
     for update in model.grid_updates:
-        step_batch = training_calls[update["training_forwards_before"]]["input"]
-        assert torch.equal(update["input"], step_batch)
+        assert torch.equal(update["input"], data["train_input"])
         assert not update["grad_enabled"]
+
+
+def test_update_grid_on_a_one_sample_minibatch_step_uses_the_training_set():
+    """1000 = 3 * 333 + 1: an epoch's fourth minibatch has one sample, and the grid update before
+    step 4 used to run on it and fail ("update_grid needs at least 2 samples, got 1")."""
+    from kanlib import KAN
+
+    model = KAN([1, 3, 1], grid_size=3, seed=0)
+    data = sine_data(n_train=1000)
+    history = fit(
+        model, data, steps=8, batch_size=333, update_grid_every=3, seed=0, progress=False
+    )
+    assert history.step[-1] == 8
+    k = model.layers[0].spline_order
+    inner_knots = model.layers[0].grid[0, k : model.layers[0].grid.shape[1] - k]
+    assert inner_knots[0] == data["train_input"].min()
+    assert inner_knots[-1] == data["train_input"].max()
 
 
 def test_update_grid_gets_the_full_training_set_without_batching():
@@ -481,14 +497,14 @@ def sine_data_with(**replacements):
         ({"epochs": 1}, ValueError, r"exactly one of steps or epochs, got steps=2, epochs=1"),
         ({"steps": None, "epochs": 0}, ValueError, r"epochs must be a positive int, got 0"),
         ({"opt": "sgd"}, ValueError, r"opt must be one of \['adam', 'lbfgs'\], got 'sgd'"),
-        ({"lr": 0}, ValueError, r"lr must be a positive number, got 0"),
-        ({"lr": -0.1}, ValueError, r"lr must be a positive number, got -0.1"),
-        ({"lr": "fast"}, TypeError, r"lr must be a positive number, got 'fast'"),
+        ({"lr": 0}, ValueError, r"lr must be a finite number > 0, got 0"),
+        ({"lr": -0.1}, ValueError, r"lr must be a finite number > 0, got -0.1"),
+        ({"lr": "fast"}, TypeError, r"lr must be a finite number > 0, got str 'fast'"),
         ({"batch_size": 0}, ValueError, r"batch_size must be a positive int, got 0"),
         ({"batch_size": -8}, ValueError, r"batch_size must be a positive int, got -8"),
         ({"eval_every": 0}, ValueError, r"eval_every must be a positive int, got 0"),
         ({"amp": "fp8"}, ValueError, r"amp must be None, 'bf16' or 'fp16', got 'fp8'"),
-        ({"lamb": -1.0}, ValueError, r"lamb must be a number >= 0, got -1.0"),
+        ({"lamb": -1.0}, ValueError, r"lamb must be a finite number >= 0, got -1.0"),
         ({"lamb": 0.1}, TypeError, r"regularization_loss\(\) method, Sequential has none"),
         ({"update_grid_every": 2}, TypeError, r"update_grid\(x\) method, Sequential has none"),
         ({"update_grid_every": 0}, ValueError, r"update_grid_every must be a positive int, got 0"),
@@ -515,3 +531,141 @@ def test_amp_trains_a_kan_on_the_torch_path():
     history = fit(model, sine_data(), steps=30, amp="bf16", progress=False)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert history.train_loss[-1] < history.train_loss[0]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_class_labels_that_are_not_int64_are_rejected(split, dtype):
+    data = blobs_data()
+    data[f"{split}_label"] = data[f"{split}_label"].to(dtype)
+    message = (
+        rf"{split}_label holds class indices, which must be torch.int64, got {dtype}; "
+        r"convert them with \.long\(\)"
+    )
+    with pytest.raises(TypeError, match=message):
+        fit(mlp(in_features=2, out_features=2), data, steps=2, progress=False)
+
+
+@pytest.mark.parametrize(("split", "bad"), [("train", 4), ("train", -1), ("test", 2)])
+def test_class_labels_outside_the_model_outputs_are_rejected_before_training(split, bad):
+    model = Recorder(in_features=2, out_features=2)
+    data = blobs_data()
+    labels = data[f"{split}_label"].clone()
+    labels[5] = bad
+    data[f"{split}_label"] = labels
+    message = (
+        rf"{split}_label holds class index {bad}, expected indices in \[0, 2\) for the model's "
+        rf"2 outputs \(1 of {len(labels)} {split} labels are outside\)"
+    )
+    with CountOptimizerSteps() as counter, pytest.raises(ValueError, match=message):
+        fit(model, data, steps=3, progress=False)
+    assert counter.count == 0
+    assert model.training_calls() == []
+
+
+def test_class_labels_need_two_dimensional_logits():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.linear(x)[:, 0]
+
+    def loss(pred, target):
+        return (pred - target).pow(2).mean()
+
+    with pytest.raises(ValueError, match=r"logits \[n, classes\], got an output of shape \(200,\)"):
+        fit(Flat(), blobs_data(), steps=2, loss=loss, progress=False)
+
+
+def test_amp_bf16_on_the_cpu_changes_a_kan_s_losses():
+    """The default backend ("auto") takes the eager path under CPU autocast, whose products run
+    in bfloat16; the CPU kernels it used to take computed in float32, giving fp32's losses."""
+    from kanlib import KAN
+
+    initial = KAN([1, 4, 1], grid_size=4, seed=0)
+    data = sine_data()
+    fp32 = fit(copy.deepcopy(initial), data, steps=30, seed=0, progress=False)
+    bf16 = fit(copy.deepcopy(initial), data, steps=30, seed=0, amp="bf16", progress=False)
+    assert bf16.train_loss != fp32.train_loss
+    assert bf16.train_loss[-1] < 0.5 * bf16.train_loss[0]
+
+
+@pytest.mark.parametrize(
+    ("device", "error", "message"),
+    [
+        ("meta", ValueError, r"device: expected 'cpu', 'cuda' or 'cuda:<index>'.*got 'meta'"),
+        ("cuda:99", ValueError, r"device: got 'cuda:99'"),
+        ("gpu", ValueError, r"device: expected .* got 'gpu'"),
+        (3, TypeError, r"device: expected .* got int 3"),
+    ],
+)
+def test_bad_device_is_rejected_before_the_model_moves(device, error, message):
+    model = mlp()
+    with pytest.raises(error, match=message):
+        fit(model, sine_data(), steps=1, device=device, progress=False)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+class SwapHead(FitCallback):
+    """Replaces the last layer of an nn.Sequential at fit start and records the calls."""
+
+    def __init__(self, calls, name="swap"):
+        self.calls, self.name = calls, name
+        self.head = self.initial_weight = None
+
+    def check_model(self, model):
+        self.calls.append((self.name, "check_model", model))
+
+    def on_fit_start(self, model, train_input):
+        self.calls.append((self.name, "on_fit_start", model, train_input))
+        self.head = nn.Linear(model[-1].in_features, model[-1].out_features)
+        self.initial_weight = self.head.weight.detach().clone()
+        model[-1] = self.head
+
+
+def test_callbacks_run_in_order_and_their_new_parameters_train():
+    model = mlp()
+    data = sine_data()
+    calls = []
+    first, second = SwapHead(calls, "first"), SwapHead(calls, "second")
+    fit(model, data, steps=5, callbacks=[first, second], progress=False)
+
+    assert [call[:2] for call in calls] == [
+        ("first", "check_model"),
+        ("second", "check_model"),
+        ("first", "on_fit_start"),
+        ("second", "on_fit_start"),
+    ]
+    assert all(call[2] is model for call in calls)
+    assert all(torch.equal(call[3], data["train_input"]) for call in calls[2:])
+    assert model[-1] is second.head
+    assert not torch.equal(second.head.weight, second.initial_weight)
+
+
+def test_a_callback_check_failure_stops_fit_before_anything_changes():
+    class Refuses(FitCallback):
+        def check_model(self, model):
+            raise ValueError("not this model")
+
+        def on_fit_start(self, model, train_input):
+            raise AssertionError("on_fit_start must not run")
+
+    model = Recorder()
+    with pytest.raises(ValueError, match="not this model"):
+        fit(model, sine_data(), steps=2, callbacks=[Refuses()], progress=False)
+    assert model.calls == []
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "message"),
+    [
+        (SwapHead([]), r"callbacks must be a list or tuple of .*FitCallback objects, got SwapHead"),
+        ([SwapHead([]), "print"], r"callbacks\[1\] must be a .*FitCallback .* got str"),
+        (None, r"callbacks must be a list or tuple .* got NoneType"),
+    ],
+)
+def test_callbacks_must_be_fit_callbacks(callbacks, message):
+    with pytest.raises(TypeError, match=message):
+        fit(mlp(), sine_data(), steps=1, callbacks=callbacks, progress=False)

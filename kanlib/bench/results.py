@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import MIB, check_device
+from ..checks import MIB, check_device, check_output_dir
 from .provenance import RESULTS_DIR, device_info, git_commit, git_dirty
 
 RESULT_KEYS = ("benchmark", "params", "device", "git", "created_utc", "rows")
@@ -83,7 +83,8 @@ def write_results(
     The file holds the keys RESULT_KEYS: benchmark (name), params, device (device_info), git
     ({commit, dirty}), created_utc (ISO 8601) and rows. Each row is a flat dict of figures; times are
     written as a median with its quartiles (Timing.as_dict). A relative out_dir is taken from the
-    current working directory. An existing file is never overwritten.
+    current working directory; one that is not a writable folder raises OutputDirError (check_output_dir).
+    An existing file is never overwritten.
     """
     if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
         raise ValueError(f"name: expected letters, digits, '_', '.' and inner '-', got {name!r}")
@@ -102,7 +103,7 @@ def write_results(
         "rows": [_checked_row(row, f"rows[{index}]") for index, row in enumerate(rows)],
     }
     text = json.dumps(result, indent=1, allow_nan=False)
-    folder = pathlib.Path(out_dir).resolve()
+    folder = check_output_dir(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{device.type}-{created:%Y%m%dT%H%M%S.%fZ}.json"
     with path.open("x") as file:

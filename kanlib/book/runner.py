@@ -5,24 +5,28 @@
 
 A run injects ``device``, ``quick`` and ``seed`` into the cell tagged ``parameters``. The executed notebook
 carries a stamp (device, mode, date, git commit) in ``metadata.kanlib.run`` and in a markdown cell right
-after the title. In-place runs write nothing until every notebook has run.
+after the title. In-place runs write nothing until every notebook has run. Where the outputs go is checked
+before anything runs; an output that still cannot be written leaves the executed copies in a folder it names.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import nbformat
 
 from ..bench.provenance import device_info, git_commit, git_dirty
-from ..checks import resolve_device
+from ..checks import check_output_dir, resolve_device
 from .paths import EXECUTED_DIR, NOTEBOOKS_DIR, PROJECT_ROOT
 
 MODES = ("auto", "quick", "full")
@@ -30,6 +34,7 @@ DEVICES = ("auto", "cpu", "cuda")
 STAMP_TAG = "kanlib-run-stamp"
 INJECTED_TAG = "injected-parameters"
 HIDDEN_TAG = "remove-cell"
+_RUN_TAGS = {STAMP_TAG, INJECTED_TAG}
 KERNEL_NAME = "python3"
 _VOLATILE_NOTEBOOK_METADATA = ("papermill",)
 _VOLATILE_CELL_METADATA = ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled")
@@ -40,13 +45,26 @@ class NotebookError(RuntimeError):
 
 
 class NotebookFailed(NotebookError):
-    """A cell raised while the notebook ran; names the notebook, the cell and the error."""
+    """A cell raised while the notebook ran; names the notebook, the cell and the error.
 
-    def __init__(self, notebook: pathlib.Path, cell_index: int, source: str, ename: str, evalue: str):
+    cell_index counts the cells of the notebook as the user has it; None is the parameters cell papermill injected.
+    """
+
+    def __init__(self, notebook: pathlib.Path, cell_index: int | None, source: str, ename: str, evalue: str):
         self.notebook, self.cell_index, self.source, self.ename, self.evalue = (
             notebook, cell_index, source, ename, evalue)
         first_line = source.strip().splitlines()[0] if source.strip() else ""
-        super().__init__(f"{notebook.name}: cell {cell_index} ({first_line!r}) raised {ename}: {evalue}")
+        cell = "the injected parameters cell" if cell_index is None else f"cell {cell_index}"
+        super().__init__(f"{notebook.name}: {cell} ({first_line!r}) raised {ename}: {evalue}")
+
+
+class NotebookNotWritten(NotebookError):
+    """An executed notebook that could not be written where it goes; the executed copies are left in `kept`."""
+
+    def __init__(self, output: pathlib.Path, error: OSError, kept: pathlib.Path):
+        self.output, self.kept = output, kept
+        super().__init__(f"{output}: could not write the executed notebook ({error}); "
+                         f"the executed notebooks are kept in {kept}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +131,7 @@ def make_stamp(device: str, mode: str) -> RunStamp:
 
 
 def read_notebook(path: pathlib.Path) -> nbformat.NotebookNode:
-    """The notebook at `path`, checked: it exists and has exactly one cell tagged ``parameters``."""
+    """The notebook at `path`, checked: it exists, names its language and has one cell tagged ``parameters``."""
     if path.suffix != ".ipynb":
         raise NotebookError(f"notebook: expected a .ipynb file, got {str(path)!r}")
     if not path.is_file():
@@ -123,6 +141,10 @@ def read_notebook(path: pathlib.Path) -> nbformat.NotebookNode:
     except Exception as error:  # nbformat raises several unrelated types for a damaged file
         raise NotebookError(f"{path.name}: expected a Jupyter notebook (nbformat 4), "
                             f"could not read it: {error}") from error
+    # papermill needs the language to write the injected parameters ("No language found in notebook")
+    if not (nb.metadata.get("kernelspec", {}).get("language") or nb.metadata.get("language_info", {}).get("name")):
+        raise NotebookError(f"{path}: expected the notebook's language in its metadata (kernelspec.language or "
+                            "language_info.name), got neither: save it from Jupyter with a Python kernel")
     tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", [])]
     if len(tagged) != 1:
         raise NotebookError(f"{path.name}: expected exactly one cell tagged 'parameters', got {len(tagged)}")
@@ -131,8 +153,7 @@ def read_notebook(path: pathlib.Path) -> nbformat.NotebookNode:
 
 def strip_run(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Remove a previous run's stamp cell and injected parameters, so a notebook runs from its source."""
-    nb.cells = [cell for cell in nb.cells
-                if not {STAMP_TAG, INJECTED_TAG} & set(cell.metadata.get("tags", []))]
+    nb.cells = [cell for cell in nb.cells if not _RUN_TAGS & set(cell.metadata.get("tags", []))]
     nb.metadata.pop("kanlib", None)
     return nb
 
@@ -183,16 +204,23 @@ def _execute(source: pathlib.Path, output: pathlib.Path, parameters: dict[str, A
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    nb = read_notebook(source)
+    kept = [index for index, cell in enumerate(nb.cells) if not _RUN_TAGS & set(cell.metadata.get("tags", []))]
+    strip_run(nb)
+    tagged = next(index for index, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
+    # papermill runs the kept cells with its injected parameters cell right after the one tagged 'parameters'
+    index_in_source = [*kept[:tagged + 1], None, *kept[tagged + 1:]]
     with tempfile.TemporaryDirectory(prefix="kanlib-run-") as scratch:
         clean_source = pathlib.Path(scratch) / source.name
-        nbformat.write(strip_run(read_notebook(source)), clean_source)
+        nbformat.write(nb, clean_source)
         raw_output = pathlib.Path(scratch) / f"executed-{source.name}"
         try:
             papermill.execute_notebook(
                 str(clean_source), str(raw_output), parameters=parameters, kernel_name=KERNEL_NAME,
                 progress_bar=False, request_save_on_cell_execute=False, cwd=str(PROJECT_ROOT))
         except PapermillExecutionError as error:
-            raise NotebookFailed(source, error.cell_index, error.source, error.ename, error.evalue) from None
+            raise NotebookFailed(source, index_in_source[error.cell_index], error.source, error.ename,
+                                 error.evalue) from None
         nb = nbformat.read(raw_output, as_version=4)
     finish_executed(nb, stamp, source.name, parameters)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +234,10 @@ def run_notebooks(notebooks: Sequence[str | os.PathLike[str]], *, device: str = 
 
     Executed copies go to `output_dir` (default _build/executed/), or replace the sources when `in_place`
     (then only after all of them ran). In place, a committed full-mode run is not replaced by a quick one
-    unless `force`.
+    unless `force`. Before anything runs: two notebooks with one output, and an output folder that is not a
+    writable folder (OutputDirError, a ValueError), are refused. An output that cannot be written at the end
+    raises NotebookNotWritten, which names the folder the executed copies are kept in. SIGTERM ends the run as
+    SystemExit, after the temporary folders are removed.
     """
     if device not in DEVICES:
         raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
@@ -217,29 +248,90 @@ def run_notebooks(notebooks: Sequence[str | os.PathLike[str]], *, device: str = 
         raise NotebookError("notebooks: expected at least one notebook, got none")
     for path in paths:
         read_notebook(path)
+    target_dir = pathlib.Path(output_dir) if output_dir is not None else EXECUTED_DIR
+    outputs = paths if in_place else [target_dir / path.name for path in paths]
+    _refuse_shared_outputs(paths, outputs)
+    if in_place:
+        _refuse_read_only(paths)
+    else:
+        check_output_dir(target_dir, "output_dir")
     resolved_mode = resolve_mode(mode, device)
     if in_place and not force:
         _refuse_downgrade(paths, resolved_mode)
     stamp = make_stamp(device, resolved_mode)
     parameters = {"device": stamp.device, "quick": resolved_mode == "quick", "seed": seed}
-    target_dir = pathlib.Path(output_dir) if output_dir is not None else EXECUTED_DIR
     runs: list[NotebookRun] = []
-    with tempfile.TemporaryDirectory(prefix="kanlib-inplace-") as staging:
-        for number, path in enumerate(paths, start=1):
-            output = (pathlib.Path(staging) if in_place else target_dir) / path.name
-            if progress:
-                progress(f"[{number}/{len(paths)}] {path.name}: {resolved_mode} mode on {stamp.device} ...")
-            start = time.perf_counter()
-            _execute(path, output, parameters, stamp)
-            seconds = time.perf_counter() - start
-            if progress:
-                progress(f"[{number}/{len(paths)}] {path.name}: done in {seconds:.1f} s -> "
-                         f"{path if in_place else output}")
-            runs.append(NotebookRun(path, path if in_place else output, seconds, stamp))
+    staging = pathlib.Path(tempfile.mkdtemp(prefix="kanlib-run-"))
+    # Keyed by the whole path: notebooks of one name from different folders stay apart.
+    staged = [staging.joinpath(*path.parts[1:]) for path in paths]
+    try:
+        with _sigterm_raises():
+            for number, (path, copy, output) in enumerate(zip(paths, staged, outputs), start=1):
+                if progress:
+                    progress(f"[{number}/{len(paths)}] {path.name}: {resolved_mode} mode on {stamp.device} ...")
+                start = time.perf_counter()
+                _execute(path, copy, parameters, stamp)
+                seconds = time.perf_counter() - start
+                if not in_place:
+                    _write_output(copy, output, staging)
+                if progress:
+                    progress(f"[{number}/{len(paths)}] {path.name}: done in {seconds:.1f} s -> {output}")
+                runs.append(NotebookRun(path, output, seconds, stamp))
+        # Outside the SIGTERM handler: an exception in the middle of a copy would leave a source cut short.
         if in_place:
-            for run in runs:
-                shutil.copyfile(pathlib.Path(staging) / run.source.name, run.source)
+            for copy, output in zip(staged, outputs):
+                _write_output(copy, output, staging)
+    except NotebookNotWritten:  # the executed copies stay where its message says
+        raise
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    shutil.rmtree(staging)
     return runs
+
+
+def _write_output(staged: pathlib.Path, output: pathlib.Path, staging: pathlib.Path) -> None:
+    """Copy an executed notebook from the staging folder to where it goes; NotebookNotWritten keeps the folder."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(staged, output)
+    except OSError as error:
+        raise NotebookNotWritten(output, error, staging) from error
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block SIGTERM raises SystemExit(143), so the cleanup runs; the handler before is restored."""
+    previous = signal.getsignal(signal.SIGTERM)
+    # Only the main thread may set a handler; one set outside Python (None) could not be restored; an ignored
+    # SIGTERM stays ignored.
+    if threading.current_thread() is not threading.main_thread() or previous in (None, signal.SIG_IGN):
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _refuse_shared_outputs(paths: Sequence[pathlib.Path], outputs: Sequence[pathlib.Path]) -> None:
+    first: dict[pathlib.Path, pathlib.Path] = {}
+    for path, output in zip(paths, outputs):
+        if output in first:
+            raise NotebookError(f"notebooks: expected one output each, got {first[output]} and {path} both "
+                                f"written to {output}")
+        first[output] = path
+
+
+def _refuse_read_only(paths: Sequence[pathlib.Path]) -> None:
+    read_only = [str(path) for path in paths if not os.access(path, os.W_OK)]
+    if read_only:
+        raise NotebookError(f"in place: expected notebooks that can be replaced, got read-only {', '.join(read_only)}")
 
 
 def _refuse_downgrade(paths: Sequence[pathlib.Path], mode: str) -> None:

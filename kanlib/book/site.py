@@ -18,6 +18,7 @@ import sys
 import nbformat
 import yaml
 
+from ..checks import check_output_dir
 from .paths import BUILD_DIR, LOGO, NOTEBOOKS_DIR, PROJECT_ROOT
 from .runner import RunStamp, find_notebooks
 from .slides import deck_name, write_decks
@@ -111,7 +112,11 @@ def stage(notebooks_dir: str | os.PathLike[str], stage_dir: str | os.PathLike[st
 
 def build_site(notebooks_dir: str | os.PathLike[str], *, build_dir: str | os.PathLike[str] = BUILD_DIR,
                slides: bool = True, quiet: bool = True, require_all: bool = True) -> pathlib.Path:
-    """Stage, build with Jupyter Book (warnings are errors) into build_dir/html, add the decks; returns index.html."""
+    """Stage, build with Jupyter Book (warnings are errors) into build_dir/html, add the decks; returns index.html.
+
+    A build_dir that is not a writable folder raises OutputDirError (a ValueError) before anything is staged.
+    """
+    check_output_dir(build_dir, "build_dir")
     build_dir = pathlib.Path(build_dir)
     stage_dir = stage(notebooks_dir, build_dir / "site-src", require_all=require_all)
     log = build_dir / "jupyter-book.log"

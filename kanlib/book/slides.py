@@ -3,7 +3,7 @@
     write_decks(find_notebooks(), "_build/html/slides")   # one NN_topic.slides.html per notebook
 
 The decks load reveal.js, jQuery, RequireJS and MathJax from an ``_assets/`` folder beside them, copied
-from the npm packages (see kanlib.web_assets), so they work without a network.
+from the npm packages (see kanlib.book.web_assets), so they work without a network.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import nbformat
 
+from ..checks import check_output_dir
 from .paths import LOGO, TEMPLATE_DIR
 from .web_assets import asset_dir, copy_tree
 
@@ -70,7 +71,11 @@ def _exporter():
 
 
 def write_decks(notebooks: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> list[pathlib.Path]:
-    """One reveal.js deck per notebook in out_dir, with the assets copied beside them; returns the decks."""
+    """One reveal.js deck per notebook in out_dir, with the assets copied beside them; returns the decks.
+
+    An out_dir that is not a writable folder raises OutputDirError (a ValueError) before anything is written.
+    """
+    check_output_dir(out_dir, "output_dir")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_slide_assets(out_dir)

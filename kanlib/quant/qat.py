@@ -17,7 +17,8 @@ overshoots zero, as an optimizer's first steps can, is not lost.
 
 :func:`prepare_qat` swaps every :class:`~kanlib.layers.bspline.BSplineKAN` of a model for a
 :class:`QATBSplineKAN`, which fake-quantizes its input, base weights and spline weights;
-:func:`calibrate_inputs` sets the input scales from real activations. ``fit(..., qat=QATConfig())`` does both.
+:func:`calibrate_inputs` sets the input scales from real activations. ``fit(..., qat=QATConfig())`` does both,
+through the fit callback :class:`QATCallback`.
 
 With ``QATConfig(table_bits=...)`` the layer trains through the lookup-table basis that ``quantize(...,
 table_bits=...)`` will use (:class:`~kanlib.quant.table.BasisTable`), its base activation fake-quantized to
@@ -39,7 +40,8 @@ from ..ops.spline_linear.reference import window_expanded_input
 from .table import ACTIVATION_BITS, BasisTable, check_table_bits
 from .tensor import AXIS_LAYOUTS, QuantSpec, calibrate
 
-__all__ = ["QATConfig", "FakeQuantize", "QATBSplineKAN", "prepare_qat", "calibrate_inputs", "effective_scale"]
+__all__ = ["QATConfig", "FakeQuantize", "QATBSplineKAN", "prepare_qat", "calibrate_inputs", "effective_scale",
+           "QATCallback"]
 
 
 @dataclass(frozen=True)
@@ -374,3 +376,31 @@ def calibrate_inputs(model: nn.Module, x: torch.Tensor, recalibrate: bool = Fals
         model(x)
     finally:
         model.train(was_training)
+
+
+class QATCallback:
+    """The :class:`~kanlib.training.FitCallback` behind ``fit(..., qat=QATConfig(...))`` (it has the protocol's
+    methods; kanlib.training imports this module lazily, so this one does not import it).
+
+    Before training it swaps every BSplineKAN of the model for a :class:`QATBSplineKAN` (:func:`prepare_qat`;
+    layers already prepared are kept) and calibrates the input scales not yet set on the training inputs
+    (:func:`calibrate_inputs`); the optimizer fit builds afterwards trains the learned scales with the weights.
+    """
+
+    def __init__(self, qat: QATConfig):
+        if not isinstance(qat, QATConfig):
+            raise TypeError(f"qat must be a kanlib.quant.QATConfig or None, got {type(qat).__name__}")
+        self.qat = qat
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise unless ``model`` holds BSplineKAN layers that can be swapped in place."""
+        if not _has_bspline(model):
+            raise no_bspline_error(model, "fit(qat=...)")
+        if isinstance(model, BSplineKAN) and not isinstance(model, QATBSplineKAN):
+            raise ValueError("fit(qat=...) cannot swap a bare BSplineKAN in place; "
+                             "train model = kanlib.quant.prepare_qat(model, qat) instead")
+
+    def on_fit_start(self, model: nn.Module, train_input: torch.Tensor) -> None:
+        """Prepare ``model`` in place and calibrate its input quantizers on train_input [n, in]."""
+        prepare_qat(model, self.qat)
+        calibrate_inputs(model, train_input)
