@@ -19,8 +19,9 @@ from .bench import (RESULTS_DIR, can_retain_freed_memory, format_table, resolve_
                     write_results)
 from .bench import kernel
 from .bench.candidates import DTYPES
-from .checks import OutputDirError, check_output_dir
 from .bench.layer import CANDIDATES, TABLE_COLUMNS, run_layer_benchmark
+from .bench.targets import format_targets
+from .checks import OutputDirError, check_output_dir
 
 
 def _int_at_least(minimum: int):
@@ -95,14 +96,6 @@ def _write_results(name: str, params: dict, rows: list[dict], device, args: argp
         return 1
     print(f"wrote {path}")
     return 0
-
-
-def _print_targets(targets: list[dict], value_format: str) -> None:
-    """A line per target of a benchmark's ``target_report``: its value (in value_format), goal and verdict."""
-    for target in targets:
-        value = "missing" if target["value"] is None else format(target["value"], value_format)
-        met = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
-        print(f"  {target['target']}: {value} (goal {target['goal']}){met}")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -256,7 +249,7 @@ def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     print(f"kernel benchmark on {device}, order {args.order}")
     print(format_table(rows, [column for column in kernel.TABLE_COLUMNS if any(column in row for row in rows)]))
     print("targets (set for an H100; bfloat16, B=4096, I=O=1024, G=5):")
-    _print_targets(kernel.target_report(rows), ".2f")
+    print(format_targets(kernel.target_report(rows), ".2f"))
     return _write_results("kernel", params, rows, device, args)
 
 
@@ -285,7 +278,7 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         chosen = [row for row in rows if row["kind"] == kind]
         print(format_table(chosen, [c for c in quant.TABLE_COLUMNS if any(c in row for row in chosen)]))
     print("targets:")
-    _print_targets(quant.target_report(rows), ".3g")
+    print(format_targets(quant.target_report(rows), ".3g"))
     params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
               **{k: list(v) if isinstance(v, tuple) else v
                  for k, v in (quant.QUICK if args.quick else quant.DEFAULTS).items()}}

@@ -113,3 +113,17 @@ def test_bad_backend_names_the_choices():
     assert BACKENDS == ("auto", "eager", "cpu", "sparse", "triton")
     with pytest.warns(DeprecationWarning, match="backend='torch' is deprecated"):
         BSplineKAN(3, 2, backend="torch")
+
+
+def test_the_cpu_kernels_reuse_a_grid_s_constants_until_it_changes():
+    from kanlib.ops.spline_linear import grid_constants
+
+    grid = random_grid(3, 5, 3, torch.Generator().manual_seed(6))
+    first = grid_constants(grid, 3)
+    assert grid_constants(grid, 3) is first
+    grid.data = grid.data * 2  # a new storage, the same tensor object and version
+    assert grid_constants(grid, 3) is not first
+    second = grid_constants(grid, 3)
+    with torch.no_grad():
+        grid.mul_(0.5)  # in place: a new version
+    assert grid_constants(grid, 3) is not second

@@ -1,7 +1,8 @@
-"""The Triton kernels (kanlib.ops.spline_linear.triton) against the torch reference, spline_linear's
-``"eager"`` method run in float64. Without a GPU they run under Triton's interpreter (tests/conftest.py).
+"""The Triton kernels (kanlib.ops.spline_linear.triton) against the plain formula of
+kanlib.ops.spline_linear.reference, run in float64. Without a GPU they run under Triton's interpreter
+(tests/conftest.py).
 
-Sizes: every value of each axis of the issue's grid (B in {1, 7, 130}, I in {3, 33}, O in {1, 17},
+Sizes: every value of each axis of the test grid (B in {1, 7, 130}, I in {3, 33}, O in {1, 17},
 G in {1, 5, 13}, k in {1, 2, 3}, uniform and not) appears in some case, not in every combination: the
 interpreter is slow. Orders 4 and 5 and the half types get a few cases of their own.
 """
@@ -21,6 +22,7 @@ from kanlib.basis import cox_de_boor
 from kanlib.ops.spline_linear import triton as kernels
 from kanlib.activations import BASE_ACTIVATIONS
 from kanlib.ops.spline_linear import spline_linear, torch_backend
+from kanlib.ops.spline_linear.reference import spline_linear_reference
 from kanlib.training import fit
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,10 +69,10 @@ def relative_error(got, want):
 
 
 def reference(x, weight, grid, k, uniform, activation, grad_out):
-    """Output and gradients of x and weight from the eager method in float64, on the same (rounded) values."""
+    """Output and gradients of x and weight from the reference formula in float64, on the same (rounded) values."""
     x64 = x.detach().double().requires_grad_()
     w64 = weight.detach().double().requires_grad_()
-    out = spline_linear(x64, w64, grid.double(), k, uniform, activation, backend="eager")
+    out = spline_linear_reference(x64, w64, grid.double(), k, activation)
     return (out, *torch.autograd.grad(out, (x64, w64), grad_out.double()))
 
 
@@ -131,7 +133,7 @@ def test_values_on_knots_and_far_outside_the_grid():
         x = torch.cat([grid.t(), far, grid.t() + 1e-3])
         weight = torch.randn(3 * 7, 5, generator=gen).to(DEVICE)
         out = spline_linear(x, weight, grid, 2, uniform, "identity", backend="triton")
-        want = spline_linear(x.double(), weight.double(), grid.double(), 2, uniform, "identity", backend="eager")
+        want = spline_linear_reference(x.double(), weight.double(), grid.double(), 2, "identity")
         assert relative_error(out, want) <= 1e-5
 
 

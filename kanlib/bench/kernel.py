@@ -55,6 +55,7 @@ from ..layers import BSplineKAN
 from ..models import count_parameters, mlp_with_parameter_count
 from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, measure,
                          module_candidate, nbytes, pykan_layer, uniform_inputs)
+from .targets import target_entry
 
 __all__ = ["CANDIDATES", "TABLE_COLUMNS", "DEFAULTS", "TARGETS", "run_kernel_benchmark", "target_report",
            "matrix_kan_layer"]
@@ -264,8 +265,8 @@ def run_kernel_benchmark(device: str | torch.device, batches: Sequence[int] = DE
 
 
 def target_report(rows: Sequence[dict]) -> list[dict]:
-    """The issue's targets (TARGETS) at TARGET_CONFIGURATION: one dict per target with its value (None when
-    the rows lack it), goal and whether it is met. Meaningful only for rows measured on an H100."""
+    """The targets (TARGETS) at TARGET_CONFIGURATION: one :func:`~kanlib.bench.targets.target_entry` per target.
+    Meaningful only for rows measured on an H100 or H200."""
     chosen = {row["candidate"]: row for row in rows
               if all(row.get(key) == value for key, value in TARGET_CONFIGURATION.items())}
     report = []
@@ -273,6 +274,5 @@ def target_report(rows: Sequence[dict]) -> list[dict]:
         top, bottom = chosen.get(numerator, {}).get(figure), chosen.get(denominator, {}).get(figure)
         interpreted = chosen.get("triton", {}).get("interpreted", False)
         value = top / bottom if top is not None and bottom and not interpreted else None
-        met = None if value is None else (value <= goal if direction == "<=" else value >= goal)
-        report.append({"target": name, "value": value, "goal": f"{direction} {goal}", "met": met})
+        report.append(target_entry(name, value, direction, goal))
     return report

@@ -30,6 +30,7 @@ from ..quant.cost import bitops, model_size_bytes
 from ..quant.ptq import quantize
 from ..quant.qat import QATConfig
 from ..training import fit
+from .targets import target_entry
 from .timing import Timing, time_interleaved
 
 __all__ = ["DEFAULTS", "QUICK", "TARGETS", "TABLE_COLUMNS", "run_quant_benchmark", "target_report"]
@@ -179,8 +180,7 @@ def _pick(rows, **fields) -> dict | None:
 
 
 def target_report(rows: Sequence[dict]) -> list[dict]:
-    """The issue's goals on these rows: per target its value (None when the rows lack it), goal and whether met."""
-    report = []
+    """The goals (TARGETS) on these rows: one :func:`~kanlib.bench.targets.target_entry` per target."""
     digits = _pick(rows, kind="accuracy", task="digits", method="ptq", bits=8, table_bits=3, granularity="channel",
                    calibration="minmax")
     symbolic = _pick(rows, kind="accuracy", task="symbolic", method="ptq", bits=8, table_bits=3,
@@ -195,7 +195,4 @@ def target_report(rows: Sequence[dict]) -> list[dict]:
         (size4 and size4["size_ratio"], ">=", 7.0),
         (table8 and table8["ratio_to_float"], ">", 1.0),
     )
-    for name, (value, direction, goal) in zip(TARGETS, checks):
-        met = None if value is None else {"<=": value <= goal, ">=": value >= goal, ">": value > goal}[direction]
-        report.append({"target": name, "value": value, "goal": f"{direction} {goal}", "met": met})
-    return report
+    return [target_entry(name, value, direction, goal) for name, (value, direction, goal) in zip(TARGETS, checks)]

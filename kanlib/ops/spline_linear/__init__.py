@@ -132,9 +132,9 @@ def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
     identity = _grid_key(grid, spline_order)
     if cached is not None and cached[0]() is grid and cached[1] == identity:
         return cached[2]
-    grid = grid.detach()
-    inv_steps = (grid.shape[1] - 1) / (grid[:, -1] - grid[:, 0]).double()
-    constants = (grid.contiguous().numpy(), extend_grid(grid, spline_order).numpy(), inv_steps.numpy(),
+    values = grid.detach()
+    inv_steps = (values.shape[1] - 1) / (values[:, -1] - values[:, 0]).double()
+    constants = (values.contiguous().numpy(), extend_grid(values, spline_order).numpy(), inv_steps.numpy(),
                  uniform_basis_matrix(spline_order).numpy())
     reference = weakref.ref(grid, lambda _: _GRID_CONSTANTS.pop(key, None))
     _GRID_CONSTANTS[key] = (reference, identity, constants)
