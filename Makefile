@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ASSETS := _build/npm/.installed
 
-.PHONY: install assets browser test book site slides reference clean
+.PHONY: install assets browser test book site slides reference gpu-wheels gpu-reference gpu-import clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,24 @@ slides: $(VENV)/.installed $(ASSETS)
 # The reference run, on a GPU VM: replaces the committed notebooks with a full-mode run.
 reference: $(VENV)/.installed
 	$(PY) -m kanlib run --device cuda --mode full --in-place
+
+# The GPU reference run on a lent GPU machine (kanlib/book/gpu.py; book/reproduce.md says how).
+# Here, where the package registries are reachable: the wheels the bare GPU image lacks, into .whl/.
+gpu-wheels: $(VENV)/.installed
+	$(PY) -m kanlib gpu-wheels
+
+# There, as one command (no venv there: its python3 holds torch and Triton): install the carried wheels, then
+# the CUDA tests, the benchmarks and the full-mode notebooks within 9 minutes, packed into $$OUT.
+GPU_SITE ?= /tmp/kanlib-site
+gpu-reference:
+	@if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --no-compile \
+	  --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl || exit 1; fi
+	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} python3 -m kanlib gpu-reference $(if $(OUT),--out $(OUT))
+
+# Back here: the results into data/results/ and the notebooks into notebooks/ (make gpu-import FROM=folder).
+gpu-import: $(VENV)/.installed
+	@test -n "$(FROM)" || { echo "make gpu-import: expected FROM=<folder the GPU run packed>, got none"; exit 2; }
+	$(PY) -m kanlib gpu-import $(FROM)
 
 clean:
 	rm -rf _build .pytest_cache

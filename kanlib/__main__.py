@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import pathlib
 import sys
 import tempfile
@@ -263,6 +264,12 @@ def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
                     "data/results/quant-*.json.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer settings, smaller layer, shorter training")
+    parser.add_argument("--bits", type=_int_at_least(2), nargs="+", metavar="B",
+                        help="weight bits to sweep, each in 2..8 (default: 8 4 3 2)")
+    parser.add_argument("--train-steps", type=_int_at_least(1), default=None, metavar="N",
+                        help="steps of each float training (default: 400, quick 120)")
+    parser.add_argument("--qat-steps", type=_int_at_least(1), default=None, metavar="N",
+                        help="steps of each quantization-aware fine-tuning (default: 200, quick 40)")
     _add_common_options(parser)
     parser.set_defaults(handler=_bench_quant, command_parser=parser)
 
@@ -271,8 +278,12 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from .bench import quant
 
     device = _benchmark_device(args, parser)
+    if args.bits and not all(2 <= bits <= 8 for bits in args.bits):
+        parser.error(f"--bits: expected bit widths in 2..8, got {args.bits}")
+    given = {"bits": tuple(args.bits or ()), "train_steps": args.train_steps, "qat_steps": args.qat_steps}
+    overrides = {name: value for name, value in given.items() if value}
     rows = quant.run_quant_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,
-                                     warmup=args.warmup)
+                                     warmup=args.warmup, **overrides)
     print(f"quantization benchmark on {device}{' (quick)' if args.quick else ''}")
     for kind in ("accuracy", "inference", "training"):
         chosen = [row for row in rows if row["kind"] == kind]
@@ -281,8 +292,71 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     print(format_targets(quant.target_report(rows), ".3g"))
     params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
               **{k: list(v) if isinstance(v, tuple) else v
-                 for k, v in (quant.QUICK if args.quick else quant.DEFAULTS).items()}}
+                 for k, v in {**(quant.QUICK if args.quick else quant.DEFAULTS), **overrides}.items()}}
     return _write_results("quant", params, rows, device, args)
+
+
+def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
+    wheels = commands.add_parser(
+        "gpu-wheels", help="download the wheels a bare GPU machine lacks into .whl/ (needs the package registries)",
+        description="Download the Python 3.12 manylinux wheels of pykan, papermill, nbformat, nbclient, ipykernel "
+                    "and what they need beyond the GPU image, and a wheel of kanlib, into .whl/; check that the "
+                    "tree and the wheels fit the 64 MiB a lent GPU machine receives.")
+    wheels.set_defaults(handler=_gpu_wheels, command_parser=wheels)
+    reference = commands.add_parser(
+        "gpu-reference", help="the GPU reference run: CUDA tests, benchmarks, full-mode notebooks, in one budget",
+        description="Run the CUDA tests, bench kernel, bench quant and bench layer on cuda and the full-mode "
+                    "notebooks with GPU figures, each under its own timeout within --deadline seconds; pack the "
+                    "new results, the executed notebooks, the log and a summary into --out.")
+    reference.add_argument("--out", default=os.environ.get("OUT") or "_build/gpu-reference",
+                           help="where the packed files go (default: $OUT, else _build/gpu-reference)")
+    reference.add_argument("--deadline", type=_int_at_least(60), default=None,
+                           help="seconds for the whole run (default: 540)")
+    reference.add_argument("--rehearse", action="store_true",
+                           help="the same steps on the CPU with tiny sizes (Triton under its interpreter)")
+    reference.set_defaults(handler=_gpu_reference, command_parser=reference)
+    imports = commands.add_parser(
+        "gpu-import", help="put a GPU run's results and notebooks into data/results and notebooks/",
+        description="Unpack what gpu-reference packed into data/results/ and notebooks/, refusing files that "
+                    "were not measured on cuda.")
+    imports.add_argument("folder", help="the folder holding results.tar.gz and notebooks.tar.gz")
+    imports.set_defaults(handler=_gpu_import, command_parser=imports)
+
+
+def _gpu_wheels(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .book.gpu import download_wheels
+
+    with _fails_on(RuntimeError):
+        wheels = download_wheels()
+    print(f"{len(wheels)} wheel(s) in {wheels[0].parent if wheels else '.whl'}: "
+          + ", ".join(wheel.name.split("-")[0] for wheel in wheels))
+    return 0
+
+
+def _gpu_reference(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .book.gpu import DEADLINE_S, run_reference
+
+    if not args.rehearse and not _cuda_available():
+        parser.error("expected a CUDA device for the GPU reference run, got none; --rehearse runs it on the CPU")
+    with _fails_on(OutputDirError):
+        summary = run_reference(args.out, rehearse=args.rehearse, deadline_s=args.deadline or DEADLINE_S)
+    return 0 if all(record["status"] == "passed" for record in summary["steps"]) else 1
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gpu_import(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .book.gpu import GPUImportError, import_reference
+
+    with _fails_on(GPUImportError, OSError):
+        written = import_reference(args.folder)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_kernel(benchmarks)
     _add_bench_quant(benchmarks)
     _add_book_commands(commands)
+    _add_gpu_commands(commands)
     return parser
 
 

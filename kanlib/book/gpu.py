@@ -1,0 +1,313 @@
+"""The GPU reference run: one prepared command that checks and measures everything on a GPU inside a fixed
+time budget, and the tools around it.
+
+- :func:`download_wheels` (``make gpu-wheels``, where the package registries are reachable): the Python 3.12
+  wheels of what a bare GPU image lacks (pykan, papermill and the Jupyter kernel) and kanlib itself, into
+  ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
+  machine receives.
+- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, ``bench kernel``, ``bench quant``
+  and ``bench layer`` with ``--device cuda``, then the full-mode runs of the notebooks that carry GPU figures,
+  each step under its own timeout inside one deadline, a failing step recorded without stopping the next; it
+  packs the new results, the executed notebooks and the log into a few files and prints the targets.
+  ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's interpreter),
+  which is how the tests check the run end to end.
+- :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/`` and
+  ``notebooks/``, refusing anything that was not measured on a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+
+from ..checks import MIB, check_output_dir
+from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_PATH
+
+__all__ = ["WHEEL_DIR", "GPU_IMAGE_PACKAGES", "download_wheels", "Step", "reference_steps", "run_reference",
+           "import_reference", "GPUImportError"]
+
+WHEEL_DIR = PROJECT_ROOT / ".whl"
+TREE_LIMIT_BYTES = 64 * MIB  # what a lent GPU machine receives: the working tree and the carried wheels
+WHEEL_REQUIREMENTS = ("pykan==0.2.8", "papermill", "nbformat", "nbclient", "ipykernel")
+# The notebooks' `from myst_nb import glue` needs myst-nb and docutils alone, not the Sphinx stack it requires.
+WHEELS_WITHOUT_REQUIREMENTS = ("myst-nb>=1,<2", "docutils<0.22")
+WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+                   "manylinux1_x86_64")
+# What the GPU machines' image already holds (its package list, read 2026-11-17): carried wheels of these would
+# shadow the image's own builds.
+GPU_IMAGE_PACKAGES = frozenset("""
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
+charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core cuda-pathfinder
+cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fonttools
+formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize hypothesis idna
+imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver
+lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml markdown markdown-it-py markupsafe
+matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict multipledispatch mypy-extensions nanobind narwhals
+networkx ninja numba numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime
+nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13
+nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript
+opencv-python-headless optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint packaging pandas pathspec patsy peft
+pillow pip pluggy portalocker prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments
+pyparsing pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout pytest-xdist
+python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors scikit-build-core scikit-image
+scikit-learn scipy seaborn sentencepiece sentence-transformers setuptools shellingham simplejson six
+sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile
+tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm
+transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel
+wrapt xarray xxhash yarl zipp
+""".split())
+# The notebooks whose full-mode runs carry GPU figures, in the order they run.
+GPU_NOTEBOOKS = ("02_fast_path.ipynb", "04_triton_kernels.ipynb", "90_findings.ipynb")
+CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py",
+              "tests/test_gpu.py")
+DEADLINE_S = 540  # the whole run on the GPU, under the 10 minutes one command may take there
+PACK_LIMIT_BYTES = 16 * MIB  # one file that comes back from a lent machine
+MIN_STEP_S = 10  # a step is not started with less of the deadline left
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel_name(path: pathlib.Path) -> str:
+    return _normalized(path.name.split("-")[0])
+
+
+def _tree_bytes(root: pathlib.Path = PROJECT_ROOT) -> int:
+    """Bytes of what travels to a lent machine: the tracked files and the untracked ones git does not ignore."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    return sum((root / name).stat().st_size for name in listed if name and (root / name).is_file())
+
+
+def download_wheels(folder: str | os.PathLike[str] = WHEEL_DIR, *, python: str = sys.executable) -> list[pathlib.Path]:
+    """Fill ``folder`` (emptied first) with the Python 3.12 manylinux x86-64 wheels the GPU run needs beyond the
+    image (WHEEL_REQUIREMENTS and what they require, less GPU_IMAGE_PACKAGES; WHEELS_WITHOUT_REQUIREMENTS alone)
+    and a wheel of kanlib; returns them.
+
+    RuntimeError when pip fails or the tree plus the wheels exceed TREE_LIMIT_BYTES.
+    """
+    folder = pathlib.Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    platforms = [arg for platform in WHEEL_PLATFORMS for arg in ("--platform", platform)]
+    download = [python, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", "3.12",
+                "--implementation", "cp", "--abi", "cp312", *platforms, "--dest", str(folder), *WHEEL_REQUIREMENTS]
+    alone = [*download[:4], "--no-deps", *download[4:-len(WHEEL_REQUIREMENTS)], *WHEELS_WITHOUT_REQUIREMENTS]
+    build = [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), str(PROJECT_ROOT)]
+    build_dir = PROJECT_ROOT / "build"  # setuptools' scratch folder when it builds kanlib's wheel
+    had_build_dir = build_dir.exists()
+    try:
+        for command in (download, alone, build):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{done.stderr[-2000:]}")
+    finally:
+        if not had_build_dir and build_dir.exists():
+            shutil.rmtree(build_dir)
+    wanted = {_normalized(re.split(r"[=<>]", requirement)[0])
+              for requirement in (*WHEEL_REQUIREMENTS, *WHEELS_WITHOUT_REQUIREMENTS)}
+    for wheel in folder.glob("*.whl"):
+        if _wheel_name(wheel) in GPU_IMAGE_PACKAGES and _wheel_name(wheel) not in wanted:
+            wheel.unlink()
+    wheels = sorted(folder.glob("*.whl"))
+    names = [_wheel_name(wheel) for wheel in wheels]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise RuntimeError(f"expected one wheel of each package in {folder}, got several of {twice}")
+    total = _tree_bytes() + sum(wheel.stat().st_size for wheel in wheels)
+    if total > TREE_LIMIT_BYTES:
+        raise RuntimeError(f"the tree and {folder.name}/ come to {total / MIB:.1f} MiB; a GPU machine receives at "
+                           f"most {TREE_LIMIT_BYTES // MIB} MiB")
+    return wheels
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of the run: ``python -m <args>`` in the project root, stopped after ``timeout_s``."""
+
+    name: str
+    args: tuple[str, ...]
+    timeout_s: float
+
+
+def reference_steps(rehearse: bool, results_dir: pathlib.Path, notebooks_dir: pathlib.Path) -> list[Step]:
+    """The steps of the run: on CUDA the full sizes, in rehearsal tiny ones on the CPU (same commands)."""
+    device = "cpu" if rehearse else "cuda"
+    out = ("--out-dir", str(results_dir))
+    if rehearse:
+        tests = ("pytest", "-q", "-p", "no:cacheprovider", "-k", "empty_batch or nan_rows or bf16", *CUDA_TESTS)
+        kernel = ("--batch", "7", "--width", "8", "--grid", "3", "--dtype", "float32", "--repeat", "2",
+                  "--warmup", "1", "--skip-pykan")
+        layer = ("--batch", "16", "--width", "8", "--grid", "3", "5", "--repeat", "2", "--warmup", "1", "--skip-pykan")
+        quant = ("--quick", "--bits", "8", "--train-steps", "10", "--qat-steps", "3",
+                 "--repeat", "2", "--warmup", "1")
+        mode = "quick"
+    else:
+        tests = ("pytest", "-q", "-p", "no:cacheprovider", *CUDA_TESTS)
+        kernel = ("--batch", "4096", "--width", "1024", "--grid", "5", "10", "20", "50", "100", "--dtype", "bfloat16",
+                  "float32")
+        layer = ("--batch", "4096", "--width", "1024", "--grid", "5", "10", "20", "50", "--skip-pykan")
+        quant = ()
+        mode = "full"
+    notebooks = [str(NOTEBOOKS_DIR / name) for name in GPU_NOTEBOOKS]
+    return [
+        Step("cuda tests", tests, 120),
+        Step("bench kernel", ("kanlib", "bench", "kernel", "--device", device, *kernel, *out), 150),
+        Step("bench quant", ("kanlib", "bench", "quant", "--device", device, *quant, *out), 100),
+        Step("bench layer", ("kanlib", "bench", "layer", "--device", device, *layer, *out), 60),
+        Step("notebooks", ("kanlib", "run", *notebooks, "--device", device, "--mode", mode,
+                           "--output-dir", str(notebooks_dir)), 200),
+    ]
+
+
+def _run_step(step: Step, log, seconds_left: float) -> dict:
+    """Run one step with its output in the log; a dict of its name, status, return code and seconds."""
+    timeout = min(step.timeout_s, seconds_left)
+    record = {"step": step.name, "command": "python -m " + " ".join(step.args), "timeout_s": round(timeout)}
+    if seconds_left < MIN_STEP_S:
+        return {**record, "status": "skipped: the deadline has passed", "returncode": None, "seconds": 0.0}
+    log.write(f"\n===== {step.name}: {record['command']} (at most {timeout:.0f} s)\n")
+    log.flush()
+    start = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", *step.args], cwd=PROJECT_ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=timeout, env=env)
+        status = "passed" if done.returncode == 0 else "failed"
+        returncode = done.returncode
+    except subprocess.TimeoutExpired:
+        status, returncode = f"timed out after {timeout:.0f} s", None
+    seconds = time.perf_counter() - start
+    log.write(f"===== {step.name}: {status} in {seconds:.1f} s\n")
+    log.flush()
+    return {**record, "status": status, "returncode": returncode, "seconds": round(seconds, 1)}
+
+
+def _targets(result_files: Sequence[pathlib.Path]) -> list[dict]:
+    """The targets of the kernel and quantization benchmarks in the new result files."""
+    from ..bench import kernel, quant
+
+    report = []
+    for path in result_files:
+        result = json.loads(path.read_text())
+        benchmark = {"kernel": kernel, "quant": quant}.get(result["benchmark"])
+        if benchmark is not None:
+            report += [{**target, "benchmark": result["benchmark"]} for target in benchmark.target_report(result["rows"])]
+    return report
+
+
+def _tar(path: pathlib.Path, files: Sequence[pathlib.Path]) -> pathlib.Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for file in files:
+            archive.add(file, arcname=file.name)
+    return path
+
+
+def run_reference(out_dir: str | os.PathLike[str], *, rehearse: bool = False, deadline_s: float = DEADLINE_S,
+                  steps: Sequence[Step] | None = None) -> dict:
+    """Run every step (:func:`reference_steps`) and pack into ``out_dir``: ``results.tar.gz`` (the new result
+    JSONs, also left in data/results on a GPU run), ``notebooks.tar.gz`` (the executed notebooks), ``log.txt`` and
+    ``summary.json`` (each step's status, the targets); returns the summary and prints it."""
+    out_dir = check_output_dir(out_dir, "out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kanlib-gpu-") as scratch:
+        notebooks_dir = pathlib.Path(scratch) / "notebooks"
+        # A GPU run writes into data/results, where the findings notebook reads them; a rehearsal leaves the
+        # checkout's results alone.
+        results_dir = pathlib.Path(scratch) / "results" if rehearse else RESULTS_PATH
+        results_dir.mkdir(parents=True, exist_ok=True)
+        before = set(results_dir.glob("*.json"))
+        planned = steps if steps is not None else reference_steps(rehearse, results_dir, notebooks_dir)
+        records = []
+        with (out_dir / "log.txt").open("w") as log:
+            log.write(f"kanlib GPU reference run ({'rehearsal on the CPU' if rehearse else 'cuda'})\n")
+            for step in planned:
+                records.append(_run_step(step, log, deadline_s - (time.perf_counter() - start)))
+        results = sorted(set(results_dir.glob("*.json")) - before)
+        notebooks = sorted(notebooks_dir.glob("*.ipynb"))
+        packed = [_tar(out_dir / "results.tar.gz", results), _tar(out_dir / "notebooks.tar.gz", notebooks)]
+        targets = _targets(results)
+    summary = {"rehearsal": rehearse, "seconds": round(time.perf_counter() - start, 1), "steps": records,
+               "results": [path.name for path in results], "notebooks": [path.name for path in notebooks],
+               "targets": targets,
+               "too_large": [path.name for path in packed if path.stat().st_size > PACK_LIMIT_BYTES]}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The steps' statuses and the targets met and missed, a line each."""
+    lines = [f"{'rehearsal' if summary['rehearsal'] else 'GPU reference run'} in {summary['seconds']:.0f} s:"]
+    lines += [f"  {record['step']}: {record['status']} ({record['seconds']:.0f} s)" for record in summary["steps"]]
+    lines.append(f"  {len(summary['results'])} result file(s), {len(summary['notebooks'])} notebook(s)")
+    for target in summary["targets"]:
+        value = "missing" if target["value"] is None else f"{target['value']:.3g}"
+        verdict = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
+        lines.append(f"  [{target['benchmark']}] {target['target']}: {value} (goal {target['goal']}){verdict}")
+    if summary["too_large"]:
+        lines.append(f"  too large to come back: {summary['too_large']}")
+    return "\n".join(lines)
+
+
+class GPUImportError(ValueError):
+    """What came back is not a GPU run (or not one of this run's files)."""
+
+
+def _members(archive_path: pathlib.Path, suffix: str) -> list[tuple[str, bytes]]:
+    with tarfile.open(archive_path) as archive:
+        members = []
+        for member in archive.getmembers():
+            name = pathlib.PurePosixPath(member.name).name
+            if not member.isfile() or name != member.name or not name.endswith(suffix):
+                raise GPUImportError(f"{archive_path}: expected plain {suffix} files, got {member.name!r}")
+            members.append((name, archive.extractfile(member).read()))
+        return members
+
+
+def import_reference(folder: str | os.PathLike[str], *, results_dir: pathlib.Path = RESULTS_PATH,
+                     notebooks_dir: pathlib.Path = NOTEBOOKS_DIR) -> list[pathlib.Path]:
+    """Put the result files and notebooks of a GPU run (``folder`` as :func:`run_reference` packed it) into
+    data/results and notebooks/; returns what was written. GPUImportError, before anything is written, when a
+    result was not measured on CUDA, a notebook's run stamp does not say cuda, or a notebook is not one of the
+    book's."""
+    from .runner import notebook_stamp, read_notebook
+
+    folder = pathlib.Path(folder)
+    missing = [name for name in ("results.tar.gz", "notebooks.tar.gz") if not (folder / name).is_file()]
+    if missing:
+        raise GPUImportError(f"{folder}: expected the files a GPU run packs, missing {missing}")
+    writes = []
+    for name, data in _members(folder / "results.tar.gz", ".json"):
+        device = json.loads(data).get("device", {})
+        if device.get("type") != "cuda":
+            raise GPUImportError(f"{name}: expected a result measured on cuda, got device type {device.get('type')!r}")
+        writes.append((results_dir / name, data))
+    with tempfile.TemporaryDirectory(prefix="kanlib-gpu-import-") as scratch:
+        for name, data in _members(folder / "notebooks.tar.gz", ".ipynb"):
+            if not (notebooks_dir / name).is_file():
+                raise GPUImportError(f"{name}: expected one of the book's notebooks in {notebooks_dir}")
+            staged = pathlib.Path(scratch) / name
+            staged.write_bytes(data)
+            read_notebook(staged)
+            stamp = notebook_stamp(staged)
+            if stamp is None or stamp.device != "cuda":
+                raise GPUImportError(f"{name}: expected a notebook run on cuda, got "
+                                     f"{'no run stamp' if stamp is None else stamp.device!r}")
+            writes.append((notebooks_dir / name, data))
+    for path, data in writes:
+        path.write_bytes(data)
+    return [path for path, _ in writes]
+

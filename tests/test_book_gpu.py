@@ -1,0 +1,158 @@
+"""kanlib.book.gpu: the GPU reference run rehearsed end to end on the CPU, its deadline and failure handling,
+the import of what comes back, and the choice of wheels to carry (pip stubbed: no network in tests)."""
+import copy
+import json
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import nbformat
+import pytest
+
+from kanlib.__main__ import main
+from kanlib.book import gpu
+from kanlib.book.paths import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_PATH
+
+
+def test_the_rehearsal_runs_every_step_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    before = sorted(RESULTS_PATH.iterdir())
+    done = subprocess.run([sys.executable, "-m", "kanlib", "gpu-reference", "--rehearse", "--out", str(out)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    summary = json.loads((out / "summary.json").read_text())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [step["status"] for step in summary["steps"]] == ["passed"] * 5, summary["steps"]
+    assert sorted(path.name for path in out.iterdir()) == ["log.txt", "notebooks.tar.gz", "results.tar.gz",
+                                                          "summary.json"]
+    with tarfile.open(out / "results.tar.gz") as archive:
+        names = archive.getnames()
+    assert sorted(name.split("-")[0] for name in names) == ["kernel", "layer", "quant"]
+    assert summary["notebooks"] == list(gpu.GPU_NOTEBOOKS)
+    assert {target["benchmark"] for target in summary["targets"]} == {"kernel", "quant"}
+    assert "rehearsal in" in done.stdout and "bench kernel: passed" in done.stdout
+    assert sorted(RESULTS_PATH.iterdir()) == before, "a rehearsal leaves the checkout's results alone"
+    # and what a rehearsal packs is refused by the import: it was not measured on a GPU
+    assert main(["gpu-import", str(out)]) == 1
+
+
+def test_a_step_that_fails_or_hangs_is_recorded_and_the_next_runs(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text("{}")
+    steps = [gpu.Step("fails", ("json.tool", str(tmp_path / "missing.json")), 30),
+             gpu.Step("hangs", ("http.server", "0", "--bind", "127.0.0.1"), 3),
+             gpu.Step("passes", ("json.tool", str(good)), 30),
+             gpu.Step("too late", ("json.tool", str(good)), 30)]
+    summary = gpu.run_reference(tmp_path / "out", rehearse=True, steps=steps, deadline_s=25)
+    statuses = [step["status"] for step in summary["steps"]]
+    assert statuses[0] == "failed" and statuses[1].startswith("timed out") and statuses[2] == "passed"
+    assert statuses[3] == "passed" or statuses[3].startswith("skipped")
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "===== fails:" in log and "===== passes: passed" in log
+    assert "fails: failed" in capsys.readouterr().out
+
+
+def test_the_deadline_skips_what_cannot_start(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text("{}")
+    late = [gpu.Step("late", ("json.tool", str(good)), 30)]
+    summary = gpu.run_reference(tmp_path / "out", rehearse=True, steps=late, deadline_s=5)
+    assert summary["steps"][0]["status"].startswith("skipped")
+
+
+def packed_run(folder, result, notebook_name="04_triton_kernels.ipynb", device="cuda"):
+    """A folder as run_reference packs it, with one result and one notebook stamped as run on ``device``."""
+    folder.mkdir()
+    result_path = folder / "kernel-cuda-20261130T000000.000000Z.json"
+    result_path.write_text(json.dumps(result))
+    notebook = nbformat.read(NOTEBOOKS_DIR / notebook_name, as_version=4)
+    notebook.metadata = copy.deepcopy(notebook.metadata)
+    notebook.metadata["kanlib"]["run"]["device"] = device
+    notebook_path = folder / notebook_name
+    nbformat.write(notebook, notebook_path)
+    for archive_name, member in (("results.tar.gz", result_path), ("notebooks.tar.gz", notebook_path)):
+        with tarfile.open(folder / archive_name, "w:gz") as archive:
+            archive.add(member, arcname=member.name)
+    return folder
+
+
+@pytest.fixture
+def cuda_result():
+    result = json.loads(sorted(RESULTS_PATH.glob("layer-*.json"))[-1].read_text())
+    result["device"]["type"] = "cuda"
+    return result
+
+
+def test_import_puts_a_gpu_run_in_place(tmp_path, cuda_result):
+    folder = packed_run(tmp_path / "back", cuda_result)
+    results, notebooks = tmp_path / "results", tmp_path / "notebooks"
+    results.mkdir()
+    notebooks.mkdir()
+    (notebooks / "04_triton_kernels.ipynb").write_text("{}")
+    written = gpu.import_reference(folder, results_dir=results, notebooks_dir=notebooks)
+    assert sorted(path.name for path in written) == ["04_triton_kernels.ipynb",
+                                                     "kernel-cuda-20261130T000000.000000Z.json"]
+    assert nbformat.read(notebooks / "04_triton_kernels.ipynb", as_version=4).metadata["kanlib"]["run"]["device"] \
+        == "cuda"
+
+
+@pytest.mark.parametrize("spoil,words", [
+    ("cpu result", "expected a result measured on cuda, got device type 'cpu'"),
+    ("cpu notebook", "expected a notebook run on cuda, got 'cpu'"),
+    ("unknown notebook", "expected one of the book's notebooks"),
+    ("missing archive", "missing ['notebooks.tar.gz']"),
+])
+def test_import_refuses_what_is_not_a_gpu_run_and_writes_nothing(tmp_path, cuda_result, spoil, words):
+    if spoil == "cpu result":
+        cuda_result["device"]["type"] = "cpu"
+    folder = packed_run(tmp_path / "back", cuda_result, device="cpu" if spoil == "cpu notebook" else "cuda")
+    if spoil == "missing archive":
+        (folder / "notebooks.tar.gz").unlink()
+    results, notebooks = tmp_path / "results", tmp_path / "notebooks"
+    results.mkdir()
+    notebooks.mkdir()
+    if spoil != "unknown notebook":
+        (notebooks / "04_triton_kernels.ipynb").write_text("{}")
+    with pytest.raises(gpu.GPUImportError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        gpu.import_reference(folder, results_dir=results, notebooks_dir=notebooks)
+    assert list(results.iterdir()) == []
+
+
+def fake_pip(downloads):
+    """A stand-in for subprocess.run that writes the named wheel files where pip would."""
+    def run(command, **kwargs):
+        folder = pathlib.Path(command[command.index("--dest" if "download" in command else "--wheel-dir") + 1])
+        for name in (downloads if "download" in command else ["kanlib-0.1.0-py3-none-any.whl"]):
+            (folder / name).write_bytes(b"wheel")
+        return subprocess.CompletedProcess(command, 0, "", "")
+    return run
+
+
+def test_wheels_leave_out_what_the_gpu_image_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu.subprocess, "run", fake_pip([
+        "pykan-0.2.8-py3-none-any.whl", "papermill-2.7.0-py3-none-any.whl", "nbformat-5.11.1-py3-none-any.whl",
+        "numpy-2.5.2-cp312-cp312-manylinux_2_28_x86_64.whl", "packaging-26.4-py3-none-any.whl",
+        "python_dateutil-4.0.0-py3-none-any.whl", "pyzmq-27.3.0-cp312-abi3-manylinux_2_28_x86_64.whl"]))
+    monkeypatch.setattr(gpu, "_tree_bytes", lambda: 1000)
+    wheels = gpu.download_wheels(tmp_path / "whl")
+    assert sorted(wheel.name.split("-")[0] for wheel in wheels) == ["kanlib", "nbformat", "papermill", "pykan",
+                                                                   "pyzmq"]
+
+
+def test_wheels_refuse_two_versions_and_a_tree_that_would_not_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu, "_tree_bytes", lambda: 1000)
+    monkeypatch.setattr(gpu.subprocess, "run", fake_pip(["nbformat-5.11.1-py3-none-any.whl",
+                                                         "nbformat-5.10.0-py3-none-any.whl"]))
+    with pytest.raises(RuntimeError, match=r"one wheel of each package .* several of \['nbformat'\]"):
+        gpu.download_wheels(tmp_path / "a")
+    monkeypatch.setattr(gpu.subprocess, "run", fake_pip(["nbformat-5.11.1-py3-none-any.whl"]))
+    monkeypatch.setattr(gpu, "_tree_bytes", lambda: gpu.TREE_LIMIT_BYTES)
+    with pytest.raises(RuntimeError, match="a GPU machine receives at most 64 MiB"):
+        gpu.download_wheels(tmp_path / "b")
+
+
+def test_the_gpu_run_needs_a_gpu_unless_rehearsed(capsys, monkeypatch):
+    monkeypatch.setattr("kanlib.__main__._cuda_available", lambda: False)
+    with pytest.raises(SystemExit):
+        main(["gpu-reference", "--out", "unused"])
+    assert "expected a CUDA device for the GPU reference run, got none; --rehearse" in capsys.readouterr().err
