@@ -57,13 +57,11 @@ reference: $(VENV)/.installed
 gpu-wheels: $(VENV)/.installed
 	$(PY) -m kanlib gpu-wheels
 
-# There, as one command (no venv there: its python3 holds torch and Triton): install the carried wheels, then
-# the CUDA tests, the benchmarks and the full-mode notebooks within 9 minutes, packed into $$OUT.
-GPU_SITE ?= /tmp/kanlib-site
+# There, as one command (no venv there: its python3 holds torch and Triton; `python3 -m kanlib gpu-reference`
+# is the same where make is missing): the carried wheels installed, then the CUDA tests, the benchmarks and
+# the full-mode notebooks within 9 minutes, packed into $$OUT.
 gpu-reference:
-	@if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --no-compile \
-	  --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl || exit 1; fi
-	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} python3 -m kanlib gpu-reference $(if $(OUT),--out $(OUT))
+	python3 -m kanlib gpu-reference $(if $(OUT),--out $(OUT))
 
 # Back here: the results into data/results/ and the notebooks into notebooks/ (make gpu-import FROM=folder).
 gpu-import: $(VENV)/.installed

@@ -314,6 +314,9 @@ def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
                            help="seconds for the whole run (default: 540)")
     reference.add_argument("--rehearse", action="store_true",
                            help="the same steps on the CPU with tiny sizes (Triton under its interpreter)")
+    reference.add_argument("--wheels", default=None, metavar="FOLDER",
+                           help="install these wheels (make gpu-wheels) for the steps first (default: .whl when it "
+                                "holds wheels and the run is not a rehearsal)")
     reference.set_defaults(handler=_gpu_reference, command_parser=reference)
     imports = commands.add_parser(
         "gpu-import", help="put a GPU run's results and notebooks into data/results and notebooks/",
@@ -334,12 +337,18 @@ def _gpu_wheels(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _gpu_reference(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .book.gpu import DEADLINE_S, run_reference
+    from .book.gpu import DEADLINE_S, WHEEL_DIR, run_reference
 
     if not args.rehearse and not _cuda_available():
         parser.error("expected a CUDA device for the GPU reference run, got none; --rehearse runs it on the CPU")
+    wheels = args.wheels
+    if wheels is None and not args.rehearse and any(WHEEL_DIR.glob("*.whl")):
+        wheels = WHEEL_DIR
+    if wheels is not None and not any(pathlib.Path(wheels).glob("*.whl")):
+        parser.error(f"--wheels: expected a folder of .whl files, got {wheels}")
     with _fails_on(OutputDirError):
-        summary = run_reference(args.out, rehearse=args.rehearse, deadline_s=args.deadline or DEADLINE_S)
+        summary = run_reference(args.out, rehearse=args.rehearse, deadline_s=args.deadline or DEADLINE_S,
+                                wheels=wheels)
     return 0 if all(record["status"] == "passed" for record in summary["steps"]) else 1
 
 

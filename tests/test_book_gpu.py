@@ -156,3 +156,26 @@ def test_the_gpu_run_needs_a_gpu_unless_rehearsed(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["gpu-reference", "--out", "unused"])
     assert "expected a CUDA device for the GPU reference run, got none; --rehearse" in capsys.readouterr().err
+
+
+def write_probe_wheel(folder):
+    """A one-module wheel: ``python -m kanlibprobe`` prints a line, if the module was installed and found."""
+    import zipfile
+
+    folder.mkdir()
+    wheel = folder / "kanlibprobe-0.1-py3-none-any.whl"
+    info = "kanlibprobe-0.1.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("kanlibprobe.py", "print('probe installed and found')\n")
+        archive.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: kanlibprobe\nVersion: 0.1\n")
+        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{info}/RECORD", "")
+    return folder
+
+
+def test_carried_wheels_are_installed_for_the_steps(tmp_path):
+    wheels = write_probe_wheel(tmp_path / "whl")
+    summary = gpu.run_reference(tmp_path / "out", rehearse=True, steps=[gpu.Step("probe", ("kanlibprobe",), 60)],
+                                wheels=wheels)
+    assert [step["status"] for step in summary["steps"]] == ["passed", "passed"], summary["steps"]
+    assert "probe installed and found" in (tmp_path / "out" / "log.txt").read_text()

@@ -171,7 +171,20 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path, notebooks_dir: pa
     ]
 
 
-def _run_step(step: Step, log, seconds_left: float) -> dict:
+def _install_wheels(wheels: pathlib.Path, target: pathlib.Path, log) -> dict:
+    """pip-install the carried wheels into ``target`` (no index, no dependencies: they were chosen to fit)."""
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
+               "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, sorted(wheels.glob("*.whl")))]
+    log.write(f"\n===== install wheels: {len(command) - 12} from {wheels}\n")
+    log.flush()
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    status = "passed" if done.returncode == 0 else "failed"
+    return {"step": "install wheels", "command": " ".join(command[:12]) + " ...", "timeout_s": None, "status": status,
+            "returncode": done.returncode, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _run_step(step: Step, log, seconds_left: float, pythonpath: str | None = None) -> dict:
     """Run one step with its output in the log; a dict of its name, status, return code and seconds."""
     timeout = min(step.timeout_s, seconds_left)
     record = {"step": step.name, "command": "python -m " + " ".join(step.args), "timeout_s": round(timeout)}
@@ -181,6 +194,8 @@ def _run_step(step: Step, log, seconds_left: float) -> dict:
     log.flush()
     start = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (pythonpath, env.get("PYTHONPATH"))))
     try:
         done = subprocess.run([sys.executable, "-m", *step.args], cwd=PROJECT_ROOT, stdout=log,
                               stderr=subprocess.STDOUT, timeout=timeout, env=env)
@@ -215,10 +230,11 @@ def _tar(path: pathlib.Path, files: Sequence[pathlib.Path]) -> pathlib.Path:
 
 
 def run_reference(out_dir: str | os.PathLike[str], *, rehearse: bool = False, deadline_s: float = DEADLINE_S,
-                  steps: Sequence[Step] | None = None) -> dict:
+                  steps: Sequence[Step] | None = None, wheels: str | os.PathLike[str] | None = None) -> dict:
     """Run every step (:func:`reference_steps`) and pack into ``out_dir``: ``results.tar.gz`` (the new result
     JSONs, also left in data/results on a GPU run), ``notebooks.tar.gz`` (the executed notebooks), ``log.txt`` and
-    ``summary.json`` (each step's status, the targets); returns the summary and prints it."""
+    ``summary.json`` (each step's status, the targets); returns the summary and prints it. ``wheels``: a folder
+    of wheels (``make gpu-wheels``) installed into a scratch folder first and put on the steps' PYTHONPATH."""
     out_dir = check_output_dir(out_dir, "out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -230,11 +246,15 @@ def run_reference(out_dir: str | os.PathLike[str], *, rehearse: bool = False, de
         results_dir.mkdir(parents=True, exist_ok=True)
         before = set(results_dir.glob("*.json"))
         planned = steps if steps is not None else reference_steps(rehearse, results_dir, notebooks_dir)
-        records = []
+        records, pythonpath = [], None
         with (out_dir / "log.txt").open("w") as log:
             log.write(f"kanlib GPU reference run ({'rehearsal on the CPU' if rehearse else 'cuda'})\n")
+            if wheels is not None:
+                site = pathlib.Path(scratch) / "site"
+                records.append(_install_wheels(pathlib.Path(wheels), site, log))
+                pythonpath = str(site)
             for step in planned:
-                records.append(_run_step(step, log, deadline_s - (time.perf_counter() - start)))
+                records.append(_run_step(step, log, deadline_s - (time.perf_counter() - start), pythonpath))
         results = sorted(set(results_dir.glob("*.json")) - before)
         notebooks = sorted(notebooks_dir.glob("*.ipynb"))
         packed = [_tar(out_dir / "results.tar.gz", results), _tar(out_dir / "notebooks.tar.gz", notebooks)]
