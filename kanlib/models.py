@@ -9,12 +9,13 @@ from torch import nn
 
 from .activations import ACTIVATIONS, MLP_ACTIVATIONS
 from .checks import check_positive_int
-from .layers.bspline import BSplineKAN
+from .layers import RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, ReLUKAN
 from .layers.mlp import MLP, Stack, check_activation, check_widths
 
 __all__ = ["KAN", "MLP", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count"]
 
-LAYERS: dict[str, type[nn.Module]] = {"bspline": BSplineKAN}
+LAYERS: dict[str, type[nn.Module]] = {"bspline": BSplineKAN, "rbf": RBFKAN, "rswaf": RSWAFKAN, "relu": ReLUKAN,
+                                      "chebyshev": ChebyKAN}
 
 
 

@@ -200,7 +200,8 @@ def test_bad_widths_are_named(widths):
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match=r"activation must be one of \['gelu', 'relu', 'silu', 'tanh'\], got 'swish'"):
         MLP([2, 3], activation="swish")
-    with pytest.raises(ValueError, match=r"layer must be one of \['bspline'\].*got 'fourier'"):
+    with pytest.raises(ValueError,
+                       match=r"layer must be one of \['bspline', 'chebyshev', 'rbf', 'relu', 'rswaf'\].*got 'fourier'"):
         KAN([2, 3], layer="fourier")
     with pytest.raises(TypeError, match="layer must be a name"):
         KAN([2, 3], layer=BSplineKAN(2, 3))

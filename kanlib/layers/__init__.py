@@ -1,5 +1,11 @@
-"""KAN layers, each a drop-in for ``nn.Linear``."""
+"""KAN layers, one file per family, each a drop-in for ``nn.Linear``: B-splines (pykan's layer), Gaussian radial
+bases (FastKAN), reflectional switch functions (FasterKAN), squared ReLU bumps (ReLU-KAN), Chebyshev polynomials
+(ChebyKAN); and the MLP baseline."""
 from .bspline import BSplineKAN
+from .chebyshev import ChebyKAN
 from .mlp import MLP
+from .rbf import RBFKAN
+from .relu_kan import ReLUKAN
+from .rswaf import RSWAFKAN
 
-__all__ = ["BSplineKAN", "MLP"]
+__all__ = ["BSplineKAN", "RBFKAN", "RSWAFKAN", "ReLUKAN", "ChebyKAN", "MLP"]

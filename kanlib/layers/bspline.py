@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -332,6 +332,46 @@ class BSplineKAN(nn.Module):
             new.scale_base.copy_(layer.scale_base)
             new.scale_sp.copy_(layer.scale_sp)
             new.mask.copy_(layer.mask)
+        return new
+
+    @classmethod
+    def from_efficient_kan(cls, layer) -> "BSplineKAN":
+        """The BSplineKAN computing exactly what efficient-kan's ``KANLinear`` computes, from the layer or its
+        state dict: ``grid`` [I, G+2k+1], ``base_weight`` [O, I], ``spline_weight`` [O, I, G+k] and, with the
+        standalone spline scaler, ``spline_scaler`` [O, I]. efficient-kan's output
+        ``b(x) @ base_weight^T + B(x) @ (spline_weight * spline_scaler)^T`` is pykan's function with
+        ``scale_base = base_weight^T``, ``scale_sp = spline_scaler^T`` (ones without it), ``coef`` =
+        spline_weight with inputs first. A module's base activation and grid_eps are read; a state dict means
+        efficient-kan's defaults (SiLU, 0.02)."""
+        state = layer.state_dict() if isinstance(layer, nn.Module) else layer
+        if not isinstance(state, Mapping):
+            raise TypeError(f"expected an efficient-kan KANLinear or its state dict, got {type(layer).__name__}")
+        needed = ("grid", "base_weight", "spline_weight")
+        missing = [key for key in needed if key not in state]
+        if missing:
+            raise ValueError(f"expected a KANLinear state dict with keys {list(needed)} (and spline_scaler), "
+                             f"missing {missing}; got keys {sorted(state)}")
+        grid, base, spline = state["grid"], state["base_weight"], state["spline_weight"]
+        n_out, n_in = base.shape if base.dim() == 2 else (None, None)
+        k = grid.shape[-1] - spline.shape[-1] - 1 if grid.dim() == 2 and spline.dim() == 3 else -1
+        if (n_in is None or grid.shape[0] != n_in or spline.shape[:2] != (n_out, n_in) or k < 0
+                or spline.shape[2] <= k):
+            raise ValueError(f"expected grid [I, G+2k+1], base_weight [O, I], spline_weight [O, I, G+k], got "
+                             f"{tuple(grid.shape)}, {tuple(base.shape)}, {tuple(spline.shape)}")
+        scaler = state.get("spline_scaler")
+        if scaler is not None and tuple(scaler.shape) != (n_out, n_in):
+            raise ValueError(f"expected spline_scaler [O, I] = {(n_out, n_in)}, got {tuple(scaler.shape)}")
+        activation = "silu"
+        if isinstance(layer, nn.Module) and hasattr(layer, "base_activation"):
+            activation = _activation_name(layer.base_activation)
+        new = cls(n_in, n_out, grid_size=spline.shape[2] - k, spline_order=k, base_activation=activation,
+                  grid_eps=float(getattr(layer, "grid_eps", 0.02)), device=grid.device, dtype=spline.dtype)
+        with torch.no_grad():
+            new.grid.copy_(grid)
+            new.coef.copy_(spline.permute(1, 0, 2))
+            new.scale_base.copy_(base.t())
+            new.scale_sp.copy_(scaler.t() if scaler is not None else torch.ones_like(new.scale_sp))
+            new.mask.fill_(1.0)
         return new
 
     def to_pykan(self):

@@ -1,0 +1,48 @@
+"""The published bases of the KAN families other than B-splines, written out in plain PyTorch.
+
+Each maps x [..., I] to [..., I, S], S bases per input:
+
+- :func:`gaussian_rbf_basis`: FastKAN (Li 2024, "Kolmogorov-Arnold Networks are Radial Basis Function
+  Networks"): ``exp(-((x - u_s) / h)^2)`` on grid points u_s [S] with width h.
+- :func:`rswaf_basis`: FasterKAN (Delis 2024), reflectional switch functions ``1 - tanh((x - u_s) / h)^2``.
+- :func:`relu_bump_basis`: ReLU-KAN (Qiu et al. 2024): ``(r * relu(e_s - x) * relu(x - s_s))^2`` with
+  per-input starts s [I, S] and ends e [I, S], ``r = 4 / (e - s)^2`` so that each bump peaks at 1.
+- :func:`chebyshev_basis`: ChebyKAN: Chebyshev polynomials of the first kind ``T_d(tanh x)``, d = 0..S-1,
+  by the three-term recurrence (the same values as ``cos(d * acos(tanh x))``, without its infinite
+  derivative where tanh saturates at +-1).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["gaussian_rbf_basis", "rswaf_basis", "relu_bump_basis", "chebyshev_basis", "basis_linear_reference"]
+
+
+def gaussian_rbf_basis(x: torch.Tensor, grid: torch.Tensor, width: float | torch.Tensor) -> torch.Tensor:
+    """x [..., I], grid [S] -> [..., I, S]: ``exp(-((x - grid) / width)^2)``."""
+    return torch.exp(-((x.unsqueeze(-1) - grid) / width) ** 2)
+
+
+def rswaf_basis(x: torch.Tensor, grid: torch.Tensor, inv_width: float | torch.Tensor) -> torch.Tensor:
+    """x [..., I], grid [S] -> [..., I, S]: ``1 - tanh((x - grid) * inv_width)^2``."""
+    return 1 - torch.tanh((x.unsqueeze(-1) - grid) * inv_width) ** 2
+
+
+def relu_bump_basis(x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """x [..., I], starts and ends [I, S] -> [..., I, S]: ``(4 relu(e - x) relu(x - s) / (e - s)^2)^2``."""
+    u = x.unsqueeze(-1)
+    return (4 * torch.relu(ends - u) * torch.relu(u - starts) / (ends - starts) ** 2) ** 2
+
+
+def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """x [..., I] -> [..., I, degree + 1]: T_0 .. T_degree at tanh(x)."""
+    t = torch.tanh(x)
+    values = [torch.ones_like(t), t]
+    for _ in range(2, degree + 1):
+        values.append(2 * t * values[-1] - values[-2])
+    return torch.stack(values[: degree + 1], dim=-1)
+
+
+def basis_linear_reference(basis: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """basis [N, I, S], weight [I*S, O] -> [N, O]."""
+    return basis.reshape(basis.shape[0], -1) @ weight

@@ -1,0 +1,233 @@
+"""The KAN families besides B-splines (kanlib.layers: rbf, rswaf, relu_kan, chebyshev) against their published
+formulas written out here, at odd sizes, with float64 gradient checks; and the converters from efficient-kan and
+fast-kan, checked against those libraries' forward formulas rebuilt from their documented definitions."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kanlib import KAN, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, ReLUKAN
+
+SIZES = [(1, 1, 1), (7, 3, 5), (33, 17, 4)]  # (batch, in, out)
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def rbf_formula(layer, x):
+    """FastKAN: phi_s(u) = exp(-((u - u_s) / h)^2) of the layer-normed input, summed with weights, plus
+    silu(x) through the base weights and the bias."""
+    u = layer_norm(x, layer.layernorm.weight, layer.layernorm.bias)
+    out = torch.zeros(x.shape[0], layer.out_features, dtype=x.dtype)
+    w = layer.weight.view(layer.in_features, layer.n_basis, layer.out_features)
+    for i in range(layer.in_features):
+        for s, point in enumerate(layer.grid):
+            out += torch.exp(-((u[:, i:i + 1] - point) / layer.width) ** 2) * w[i, s]
+    return out + F.silu(x) @ layer.base_weight + layer.bias
+
+
+def rswaf_formula(layer, x):
+    u = layer_norm(x, layer.layernorm.weight, layer.layernorm.bias)
+    w = layer.weight.view(layer.in_features, layer.n_basis, layer.out_features)
+    phi = 1 - torch.tanh((u[:, :, None] - layer.grid) * layer.inv_width) ** 2
+    return torch.einsum("nis,iso->no", phi, w)
+
+
+def relu_formula(layer, x):
+    """ReLU-KAN: R_s(x) = [relu(e_s - x) relu(x - s_s)]^2 * 16 / (e_s - s_s)^4."""
+    w = layer.weight.view(layer.in_features, layer.n_basis, layer.out_features)
+    u = x[:, :, None]
+    bumps = (F.relu(layer.ends - u) * F.relu(u - layer.starts)) ** 2 * 16 / (layer.ends - layer.starts) ** 4
+    return torch.einsum("nis,iso->no", bumps, w) + layer.bias
+
+
+def cheby_formula(layer, x):
+    """ChebyKAN: T_d(tanh x) = cos(d arccos(tanh x))."""
+    w = layer.weight.view(layer.in_features, layer.n_basis, layer.out_features)
+    theta = torch.acos(torch.tanh(x).clamp(-1, 1))[:, :, None]
+    polys = torch.cos(theta * torch.arange(layer.degree + 1, dtype=x.dtype))
+    return torch.einsum("nid,ido->no", polys, w)
+
+
+FAMILIES = {
+    "rbf": (lambda i, o: RBFKAN(i, o, grid_size=7, grid_range=(-1.5, 2.0)), rbf_formula),
+    "rswaf": (lambda i, o: RSWAFKAN(i, o, grid_size=9), rswaf_formula),
+    "relu": (lambda i, o: ReLUKAN(i, o, grid_size=5, spline_order=2, grid_range=(-1.0, 1.0)), relu_formula),
+    "chebyshev": (lambda i, o: ChebyKAN(i, o, degree=5), cheby_formula),
+}
+
+
+def randomized(layer, seed):
+    """Every parameter drawn afresh, so that no default (zeros, ones) hides a term of the formula."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if name in ("starts", "ends"):
+                continue
+            parameter.copy_(torch.randn(parameter.shape, generator=gen, dtype=parameter.dtype) * 0.5
+                            + (1.0 if name in ("inv_width", "layernorm.weight") else 0.0))
+    return layer
+
+
+@pytest.mark.parametrize("batch,n_in,n_out", SIZES)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_computes_its_published_formula(family, batch, n_in, n_out):
+    build, formula = FAMILIES[family]
+    layer = randomized(build(n_in, n_out).double(), seed=batch + n_in)
+    gen = torch.Generator().manual_seed(n_out)
+    x = torch.randn(batch, n_in, generator=gen, dtype=torch.float64) * 2  # inside and well outside the grids
+    torch.testing.assert_close(layer(x), formula(layer, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.activations(x).sum(1) + (layer.bias if layer.bias is not None else 0),
+                               layer(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_gradcheck_float64(family):
+    layer = randomized(FAMILIES[family][0](3, 2).double(), seed=1)
+    x = (torch.randn(5, 3, dtype=torch.float64) * 1.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *[p for p in layer.parameters() if p.requires_grad]))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_kan_of_each_family_trains_and_keeps_leading_dimensions(family):
+    model = KAN([2, 5, 1], layer=family, seed=0)
+    x = torch.rand(4, 3, 2)
+    assert model(x).shape == (4, 3, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data = torch.rand(64, 2) * 2 - 1
+    target = torch.sin(math.pi * data[:, :1]) * data[:, 1:]
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(data), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_chebyshev_gradients_stay_finite_where_tanh_saturates():
+    layer = ChebyKAN(2, 3, degree=6).double()
+    x = torch.tensor([[40.0, -40.0]], dtype=torch.float64, requires_grad=True)
+    layer(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(layer.weight.grad).all()
+
+
+@pytest.mark.parametrize("build,error,words", [
+    (lambda: RBFKAN(3, 2, grid_size=1), ValueError, "grid_size must be an int >= 2, got 1"),
+    (lambda: RBFKAN(3, 2, grid_range=(1.0, -1.0)), ValueError, "grid_range must have low < high"),
+    (lambda: RBFKAN(3, 2, width=0.0), ValueError, "width must be a finite number > 0"),
+    (lambda: RSWAFKAN(3, 2, inv_width=-1.0), ValueError, "inv_width must be a finite number > 0"),
+    (lambda: ReLUKAN(3, 2, spline_order=-1), ValueError, "spline_order must be an int >= 0"),
+    (lambda: ChebyKAN(3, 2, degree=2.5), TypeError, "degree must be an int >= 0, got 2.5"),
+    (lambda: RBFKAN(0, 2), ValueError, "in_features must be an int >= 1, got 0"),
+    (lambda: RBFKAN(3, 2, base_activation="gelu"), ValueError, "base_activation must be one of"),
+    (lambda: KAN([2, 1], layer="wavelet"), ValueError, "layer must be one of ['bspline', 'chebyshev', 'rbf', 'relu', "
+                                                        "'rswaf']"),
+])
+def test_bad_settings_are_named(build, error, words):
+    with pytest.raises(error) as info:
+        build()
+    assert words in str(info.value)
+
+
+def test_bad_inputs_are_named():
+    layer = RBFKAN(3, 2)
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\), got \(4, 2\)"):
+        layer(torch.zeros(4, 2))
+    with pytest.raises(TypeError, match="floating-point tensor, got dtype torch.int64"):
+        layer(torch.zeros(4, 3, dtype=torch.int64))
+
+
+# --- converters -------------------------------------------------------------------------------------------
+
+
+def efficient_kan_state(n_in, n_out, grid_size, k, seed, scaler=True):
+    """A state dict of efficient-kan's KANLinear as its documentation defines it: a uniform grid of
+    ``grid_size`` intervals on [-1, 1] extended by k intervals on each side, and random weights."""
+    gen = torch.Generator().manual_seed(seed)
+    h = 2 / grid_size
+    grid = (torch.arange(-k, grid_size + k + 1, dtype=torch.float64) * h - 1).expand(n_in, -1).contiguous()
+    state = {"grid": grid, "base_weight": torch.randn(n_out, n_in, generator=gen, dtype=torch.float64),
+             "spline_weight": torch.randn(n_out, n_in, grid_size + k, generator=gen, dtype=torch.float64)}
+    if scaler:
+        state["spline_scaler"] = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+    return state
+
+
+def efficient_kan_forward(state, x, k):
+    """efficient-kan's KANLinear output: silu(x) through base_weight, plus the order-k B-spline bases of x
+    (Cox-de Boor on the grid, half-open intervals) through spline_weight scaled by spline_scaler."""
+    grid = state["grid"]
+    u = x.unsqueeze(-1)
+    bases = ((u >= grid[:, :-1]) & (u < grid[:, 1:])).to(x.dtype)
+    for p in range(1, k + 1):
+        left = (u - grid[:, :-(p + 1)]) / (grid[:, p:-1] - grid[:, :-(p + 1)]) * bases[..., :-1]
+        right = (grid[:, p + 1:] - u) / (grid[:, p + 1:] - grid[:, 1:-p]) * bases[..., 1:]
+        bases = left + right
+    weights = state["spline_weight"] * state.get("spline_scaler", torch.ones(1, dtype=x.dtype)).unsqueeze(-1)
+    return F.silu(x) @ state["base_weight"].t() + bases.reshape(x.shape[0], -1) @ weights.reshape(
+        weights.shape[0], -1).t()
+
+
+@pytest.mark.parametrize("n_in,n_out,grid_size,k,scaler", [(3, 2, 5, 3, True), (7, 5, 4, 2, False),
+                                                            (1, 1, 1, 1, True)])
+def test_from_efficient_kan_is_exact(n_in, n_out, grid_size, k, scaler):
+    state = efficient_kan_state(n_in, n_out, grid_size, k, seed=n_in, scaler=scaler)
+    layer = BSplineKAN.from_efficient_kan(state)
+    x = torch.rand(29, n_in, dtype=torch.float64) * 3 - 1.5  # inside and outside [-1, 1]
+    torch.testing.assert_close(layer(x), efficient_kan_forward(state, x, k), rtol=1e-12, atol=1e-12)
+
+
+def fastkan_state(n_in, n_out, num_grids, seed, base=True):
+    """A state dict of fast-kan's FastKANLayer as documented: LayerNorm, Gaussian RBFs on linspace(-2, 2),
+    spline_linear [O, I*S] and the base update base_linear."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {"layernorm.weight": torch.rand(n_in, generator=gen, dtype=torch.float64) + 0.5,
+             "layernorm.bias": torch.randn(n_in, generator=gen, dtype=torch.float64) * 0.1,
+             "rbf.grid": torch.linspace(-2, 2, num_grids, dtype=torch.float64),
+             "spline_linear.weight": torch.randn(n_out, n_in * num_grids, generator=gen, dtype=torch.float64)}
+    if base:
+        state["base_linear.weight"] = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+        state["base_linear.bias"] = torch.randn(n_out, generator=gen, dtype=torch.float64)
+    return state
+
+
+def fastkan_forward(state, x):
+    """FastKANLayer: exp(-((LayerNorm(x) - grid) / h)^2), h the grid spacing, flattened input-major through
+    spline_linear, plus base_linear(silu(x))."""
+    grid = state["rbf.grid"]
+    u = layer_norm(x, state["layernorm.weight"], state["layernorm.bias"])
+    phi = torch.exp(-((u[..., None] - grid) / (grid[1] - grid[0])) ** 2)
+    out = phi.reshape(x.shape[0], -1) @ state["spline_linear.weight"].t()
+    if "base_linear.weight" in state:
+        out = out + F.silu(x) @ state["base_linear.weight"].t() + state["base_linear.bias"]
+    return out
+
+
+@pytest.mark.parametrize("n_in,n_out,num_grids,base", [(3, 2, 8, True), (5, 7, 3, False), (1, 1, 2, True)])
+def test_from_fastkan_is_exact(n_in, n_out, num_grids, base):
+    state = fastkan_state(n_in, n_out, num_grids, seed=n_out, base=base)
+    layer = RBFKAN.from_fastkan(state)
+    x = torch.randn(13, n_in, dtype=torch.float64) * 3
+    torch.testing.assert_close(layer(x), fastkan_forward(state, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("convert,state,words", [
+    (BSplineKAN.from_efficient_kan, {"grid": torch.zeros(3, 12)}, "missing ['base_weight', 'spline_weight']"),
+    (BSplineKAN.from_efficient_kan, {**efficient_kan_state(3, 2, 5, 3, 0), "base_weight": torch.zeros(2, 4)},
+     "expected grid [I, G+2k+1], base_weight [O, I], spline_weight [O, I, G+k]"),
+    (RBFKAN.from_fastkan, efficient_kan_state(3, 2, 5, 3, 0), "expected a FastKANLayer state dict"),
+    (RBFKAN.from_fastkan, {**fastkan_state(3, 2, 8, 0), "spline_linear.weight": torch.zeros(2, 20)},
+     "expected rbf.grid [S] and spline_linear.weight [O, I*S] with I = 3"),
+    (RBFKAN.from_fastkan, {**fastkan_state(3, 2, 4, 0), "rbf.grid": torch.tensor([0.0, 1.0, 3.0, 4.0])},
+     "expected an evenly spaced rbf.grid"),
+])
+def test_converters_name_a_state_dict_of_another_library_or_shape(convert, state, words):
+    with pytest.raises(ValueError) as info:
+        convert(state)
+    assert words in str(info.value)
