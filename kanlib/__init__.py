@@ -1,12 +1,13 @@
 """kanlib: fast, exact Kolmogorov-Arnold Network layers."""
 from .data import FORMULAS, list_formulas, load_digits, load_mnist, symbolic_dataset
-from .layers import MLP, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, ReLUKAN
+from .layers import MLP, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, KANConv2d, ReLUKAN
 from .models import KAN, LAYERS, count_parameters, forward_flops, mlp_with_parameter_count
 from .training import FitCallback, History, fit
 from .quant import QATConfig, quantize
 
 __all__ = [
-    "BSplineKAN", "RBFKAN", "RSWAFKAN", "ReLUKAN", "ChebyKAN", "MLP", "KAN", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count",
+    "BSplineKAN", "RBFKAN", "RSWAFKAN", "ReLUKAN", "ChebyKAN", "KANConv2d", "MLP", "KAN", "LAYERS",
+    "count_parameters", "forward_flops", "mlp_with_parameter_count",
     "fit", "History", "FitCallback", "symbolic_dataset", "FORMULAS", "list_formulas", "load_digits", "load_mnist",
     "quantize", "QATConfig",
 ]

@@ -9,25 +9,13 @@ from torch import nn
 
 from .activations import ACTIVATIONS, MLP_ACTIVATIONS
 from .checks import check_positive_int
-from .layers import RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, ReLUKAN
+from .layers.bspline import BSplineKAN
 from .layers.mlp import MLP, Stack, check_activation, check_widths
+from .layers.registry import LAYERS, resolve_layer
 
 __all__ = ["KAN", "MLP", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count"]
 
-LAYERS: dict[str, type[nn.Module]] = {"bspline": BSplineKAN, "rbf": RBFKAN, "rswaf": RSWAFKAN, "relu": ReLUKAN,
-                                      "chebyshev": ChebyKAN}
 
-
-
-def _resolve_layer(layer) -> type[nn.Module]:
-    if isinstance(layer, str):
-        if layer not in LAYERS:
-            raise ValueError(f"layer must be one of {sorted(LAYERS)} or an nn.Module class, got {layer!r}")
-        return LAYERS[layer]
-    if isinstance(layer, type) and issubclass(layer, nn.Module):
-        return layer
-    raise TypeError(f"layer must be a name in {sorted(LAYERS)} or an nn.Module class, "
-                    f"got {type(layer).__name__} ({layer!r})")
 
 
 @contextmanager
@@ -54,7 +42,7 @@ class KAN(Stack, nn.Module):
     def __init__(self, widths: Sequence[int], layer=BSplineKAN, seed: int | None = None, **layer_kwargs):
         super().__init__()
         self.widths = check_widths(widths)
-        layer_type = _resolve_layer(layer)
+        layer_type = resolve_layer(layer)
         with _seeded(seed):
             self.layers = nn.ModuleList(layer_type(n_in, n_out, **layer_kwargs)
                                         for n_in, n_out in zip(self.widths[:-1], self.widths[1:]))

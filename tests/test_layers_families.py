@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kanlib import KAN, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, ReLUKAN
+from kanlib import KAN, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, KANConv2d, ReLUKAN
 
 SIZES = [(1, 1, 1), (7, 3, 5), (33, 17, 4)]  # (batch, in, out)
 
@@ -230,4 +230,69 @@ def test_from_fastkan_is_exact(n_in, n_out, num_grids, base):
 def test_converters_name_a_state_dict_of_another_library_or_shape(convert, state, words):
     with pytest.raises(ValueError) as info:
         convert(state)
+    assert words in str(info.value)
+
+
+# --- convolutions -----------------------------------------------------------------------------------------
+
+
+def conv_by_loops(conv, x):
+    """Each output pixel of each group: that group's KAN layer on the flattened receptive field (channel, row,
+    column order, as nn.Conv2d's weight is laid out), zeros outside the input."""
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    ph, pw = conv.padding
+    padded = F.pad(x, (pw, pw, ph, ph))
+    n, height, width = x.shape[0], padded.shape[-2], padded.shape[-1]
+    out_h, out_w = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
+    per_group_in, per_group_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    out = torch.zeros(n, conv.out_channels, out_h, out_w, dtype=x.dtype)
+    for g, kan in enumerate(conv.kans):
+        channels = padded[:, g * per_group_in:(g + 1) * per_group_in]
+        for r in range(out_h):
+            for c in range(out_w):
+                field = channels[:, :, r * sh:r * sh + dh * (kh - 1) + 1:dh, c * sw:c * sw + dw * (kw - 1) + 1:dw]
+                out[:, g * per_group_out:(g + 1) * per_group_out, r, c] = kan(field.reshape(n, -1))
+    return out
+
+
+@pytest.mark.parametrize("family", ["bspline", "rbf", "chebyshev"])
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3), dict(kernel_size=(2, 3), stride=2, padding=1),
+    dict(kernel_size=2, dilation=2, padding=(1, 0)), dict(kernel_size=3, groups=2, stride=(1, 2)),
+])
+def test_kan_conv2d_applies_the_layer_to_every_receptive_field(family, kwargs):
+    torch.manual_seed(0)
+    conv = KANConv2d(4, 6, layer=family, **kwargs).double()
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), conv_by_loops(conv, x), rtol=1e-10, atol=1e-10)
+    assert conv(x[0]).shape == conv(x).shape[1:]
+
+
+def test_kan_conv2d_same_padding_keeps_the_size_and_matches_explicit_padding():
+    torch.manual_seed(1)
+    same = KANConv2d(2, 3, kernel_size=3, padding="same", layer="chebyshev").double()
+    explicit = KANConv2d(2, 3, kernel_size=3, padding=1, layer="chebyshev").double()
+    explicit.load_state_dict(same.state_dict())
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64)
+    assert same(x).shape == (1, 3, 5, 4)
+    torch.testing.assert_close(same(x), explicit(x))
+
+
+def test_kan_conv2d_gradcheck_float64():
+    conv = KANConv2d(2, 2, kernel_size=2, stride=1, layer="bspline", grid_size=3).double()
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(conv, (x,))
+
+
+@pytest.mark.parametrize("build,x,words", [
+    (lambda: KANConv2d(3, 4, kernel_size=5), torch.zeros(1, 3, 4, 4),
+     "the kernel reaches (5, 5) (kernel_size (5, 5), dilation (1, 1)), more than the padded input (4, 4)"),
+    (lambda: KANConv2d(3, 4, kernel_size=2), torch.zeros(1, 2, 4, 4), "input must have shape (N, 3, H, W)"),
+    (lambda: KANConv2d(3, 4, kernel_size=2, groups=2), None, "divisible by groups, got 3, 4 and groups=2"),
+    (lambda: KANConv2d(3, 4, kernel_size=3, stride=2, padding="same"), None, "padding='same' needs stride 1"),
+    (lambda: KANConv2d(3, 4, kernel_size=0), None, "kernel_size must be an int >= 1, got 0"),
+])
+def test_kan_conv2d_bad_settings_and_inputs_are_named(build, x, words):
+    with pytest.raises(ValueError) as info:
+        build()(x)
     assert words in str(info.value)
