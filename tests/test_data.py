@@ -1,6 +1,11 @@
+import dataclasses
 import gzip
+import hashlib
+import io
 import math
+import pickle
 import struct
+import tarfile
 
 import numpy as np
 import pytest
@@ -9,9 +14,14 @@ import torch
 
 from kanlib.data import (
     FORMULAS,
+    ChecksumError,
+    DatasetNotFoundError,
     Formula,
+    download,
     get_formula,
+    images,
     list_formulas,
+    load_cifar10,
     load_digits,
     load_mnist,
     read_idx,
@@ -587,3 +597,108 @@ def test_read_idx_of_a_zero_length_dimension_is_an_empty_array(tmp_path, shape, 
     parsed = read_idx(path)
     assert parsed.shape == shape
     assert parsed.dtype == np.int16 and parsed.dtype.isnative
+
+
+# ---------------------------------------------------------------- downloads (no network: urlopen stubbed)
+
+
+class FakeServer:
+    """Stands in for urllib.request.urlopen: serves the bytes registered for each URL, else no network."""
+
+    def __init__(self, files):
+        self.files, self.requests = files, []
+
+    def __call__(self, url, timeout=None):
+        self.requests.append(url)
+        if url not in self.files:
+            raise download.urllib.error.URLError("no network")
+        return io.BytesIO(self.files[url])
+
+
+def served_mnist(tmp_path, monkeypatch, resources_name="MNIST_RESOURCES", corrupt=None):
+    """Gzipped fake MNIST files served at the first mirror of each resource, the resources' MD5s replaced by
+    theirs (the real checksums belong to the real files)."""
+    source = tmp_path / "source"
+    parts = fake_mnist(source, compress=True)
+    resources, files = [], {}
+    for resource in getattr(download, resources_name):
+        data = (source / resource.filename).read_bytes()
+        files[resource.urls[0]] = data + b"x" if resource.filename == corrupt else data
+        resources.append(dataclasses.replace(resource, md5=hashlib.md5(data).hexdigest()))
+    monkeypatch.setattr(download, resources_name, tuple(resources))
+    monkeypatch.setattr(images, resources_name, tuple(resources))
+    server = FakeServer(files)
+    monkeypatch.setattr(download.urllib.request, "urlopen", server)
+    return parts, server
+
+
+@pytest.mark.parametrize("variant,resources_name,folder", [("mnist", "MNIST_RESOURCES", "MNIST"),
+                                                           ("fashion", "FASHION_MNIST_RESOURCES", "FashionMNIST")])
+def test_load_mnist_downloads_missing_files_into_the_torchvision_layout(tmp_path, monkeypatch, variant,
+                                                                        resources_name, folder):
+    parts, server = served_mnist(tmp_path, monkeypatch, resources_name)
+    root = tmp_path / "root"
+    data = load_mnist(root, variant=variant, download=True)
+    assert sorted(p.name for p in (root / folder / "raw").iterdir()) == sorted(
+        name + ".gz" for name in MNIST_NAMES.values())
+    assert torch.equal(data["train_label"], torch.from_numpy(parts["train_label"]).long())
+    load_mnist(root, variant=variant, download=True)  # present now: nothing fetched again
+    assert len(server.requests) == 4
+
+
+def test_a_download_whose_checksum_differs_is_refused_and_removed(tmp_path, monkeypatch):
+    served_mnist(tmp_path, monkeypatch, corrupt="t10k-images-idx3-ubyte.gz")
+    root = tmp_path / "root"
+    with pytest.raises(ChecksumError, match=r"t10k-images-idx3-ubyte.gz.*expected MD5 [0-9a-f]{32} .* got"):
+        load_mnist(root, download=True)
+    assert not any(p.name.startswith("t10k-images") for p in (root / "MNIST" / "raw").iterdir())
+
+
+def test_offline_download_names_every_file_to_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(download.urllib.request, "urlopen", FakeServer({}))
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_mnist(tmp_path, download=True)
+    message = str(info.value)
+    assert "downloading failed" in message and "no network" in message and str(tmp_path / "MNIST" / "raw") in message
+    assert all(f"{name}.gz (MD5 " in message for name in MNIST_NAMES.values())
+
+
+def write_cifar(folder, n=4, seed=0):
+    """CIFAR-10's python batches: pickled dicts of uint8 data [n, 3072] and labels."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+        written[name] = batch
+    return written
+
+
+def test_load_cifar10_reads_the_python_batches(tmp_path):
+    batches = write_cifar(tmp_path / "cifar-10-batches-py")
+    data = load_cifar10(tmp_path)
+    assert data["train_input"].shape == (20, 3, 32, 32) and data["test_input"].shape == (4, 3, 32, 32)
+    first = torch.from_numpy(batches["data_batch_1"][b"data"][0].reshape(3, 32, 32)).float() / 255
+    torch.testing.assert_close(data["train_input"][0], first)
+    assert data["test_label"].tolist() == [int(v) for v in batches["test_batch"][b"labels"]]
+    assert load_cifar10(tmp_path, flatten=True)["train_input"].shape == (20, 3072)
+
+
+def test_load_cifar10_extracts_a_checked_archive(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    write_cifar(source / "cifar-10-batches-py")
+    archive = tmp_path / "root" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    checksum = hashlib.md5(archive.read_bytes()).hexdigest()
+    resources = (dataclasses.replace(download.CIFAR10_RESOURCES[0], md5=checksum),)
+    monkeypatch.setattr(images, "CIFAR10_RESOURCES", resources)
+    assert load_cifar10(archive.parent)["train_label"].shape == (20,)
+
+
+def test_load_cifar10_without_files_names_the_archive_to_place(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10: files missing from .*download=True.*"
+                                                   r"cifar-10-python.tar.gz \(MD5 c58f30108f718f92721af3b95e74349a\)"):
+        load_cifar10(tmp_path)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from ..checks import check_int, is_real
+from .download import CIFAR10_RESOURCES, FASHION_MNIST_RESOURCES, MNIST_RESOURCES, DatasetNotFoundError, fetch
 from .symbolic import check_float_dtype
 
-__all__ = ["load_digits", "load_mnist", "read_idx"]
+__all__ = ["load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10", "read_idx"]
 
 Dataset = dict[str, torch.Tensor]
 
@@ -173,12 +174,15 @@ def load_mnist(
     dtype: torch.dtype = torch.float32,
     normalize: bool = True,
     flatten: bool = True,
+    download: bool = False,
 ) -> Dataset:
-    """MNIST or Fashion-MNIST (``variant`` "mnist" / "fashion") from local IDX files; no download.
+    """MNIST or Fashion-MNIST (``variant`` "mnist" / "fashion") from the IDX files in ``folder``.
 
     ``folder`` holds the four standard files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
     t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte), each raw or gzipped with a ``.gz`` suffix,
-    either directly or in torchvision's ``MNIST/raw`` or ``FashionMNIST/raw`` below it.
+    either directly or in torchvision's ``MNIST/raw`` or ``FashionMNIST/raw`` below it. With ``download``,
+    missing files are fetched into that torchvision folder (their published MD5s checked); offline, the error
+    names the files to place there.
     Returns train_input / test_input [n, rows*cols] ([n, 784] for MNIST) when ``flatten``, else
     [n, 1, rows, cols], as 0..255 divided by 255 into [0, 1] when ``normalize``;
     train_label / test_label [n] int64 class indices 0..9.
@@ -188,6 +192,12 @@ def load_mnist(
     if variant not in _TORCHVISION_FOLDERS:
         raise ValueError(f"variant must be one of {sorted(_TORCHVISION_FOLDERS)}, got {variant!r}")
     check_float_dtype(dtype)
+    if download:
+        try:
+            _locate_mnist(Path(folder), variant)
+        except FileNotFoundError:
+            resources = MNIST_RESOURCES if variant == "mnist" else FASHION_MNIST_RESOURCES
+            fetch(resources, Path(folder) / _TORCHVISION_FOLDERS[variant] / "raw", download=True, name=variant)
     paths = _locate_mnist(Path(folder), variant)
 
     dataset: Dataset = {}
@@ -215,4 +225,73 @@ def load_mnist(
         inputs = inputs.reshape(len(images), -1) if flatten else inputs.unsqueeze(1)
         dataset[f"{split}_input"] = inputs.to(device)
         dataset[f"{split}_label"] = torch.from_numpy(labels.astype(np.int64)).to(device)
+    return dataset
+
+
+def load_fashion_mnist(folder: str | os.PathLike, **kwargs) -> Dataset:
+    """Fashion-MNIST: ``load_mnist(folder, variant="fashion", **kwargs)``."""
+    return load_mnist(folder, variant="fashion", **kwargs)
+
+
+_CIFAR10_FOLDER = "cifar-10-batches-py"
+_CIFAR10_SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pickle
+
+    with path.open("rb") as file:
+        batch = pickle.load(file, encoding="bytes")
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        keys = f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""
+        raise ValueError(f"{path}: expected a CIFAR-10 batch (a pickled dict with data and labels), got "
+                         f"{type(batch).__name__}{keys}")
+    data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected data [n, 3072] and n labels, got {data.shape} and {labels.shape}")
+    return data, labels
+
+
+def load_cifar10(
+    folder: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    normalize: bool = True,
+    flatten: bool = False,
+    download: bool = False,
+) -> Dataset:
+    """CIFAR-10 from ``folder``: its ``cifar-10-batches-py`` (the python version's batches), else its
+    ``cifar-10-python.tar.gz`` (MD5 checked), which ``download`` fetches when missing.
+
+    Returns train_input [50000, 3, 32, 32] and test_input [10000, 3, 32, 32] (or [n, 3072] when ``flatten``),
+    0..255 divided by 255 when ``normalize``; train_label / test_label [n] int64 classes 0..9.
+    """
+    check_float_dtype(dtype)
+    folder = Path(folder)
+    batches = folder / _CIFAR10_FOLDER
+    if not batches.is_dir():
+        import tarfile
+
+        archive = fetch(CIFAR10_RESOURCES, folder, download=download, name="cifar10")[0]
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(_CIFAR10_FOLDER + "/") and m.isfile()]
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4
+            tar.extractall(folder, members=members, **safe)
+    dataset: Dataset = {}
+    for split, names in _CIFAR10_SPLITS.items():
+        missing = [name for name in names if not (batches / name).is_file()]
+        if missing:
+            raise DatasetNotFoundError(f"cifar10: expected the batches {names} in {batches}, missing {missing}")
+        parts = [_read_cifar_batch(batches / name) for name in names]
+        images = np.concatenate([data for data, _ in parts])
+        labels = np.concatenate([labels for _, labels in parts])
+        if labels.size and (labels.min() < 0 or labels.max() >= _N_CLASSES):
+            raise ValueError(f"{batches}: expected class indices 0..{_N_CLASSES - 1}, "
+                             f"got {labels.min()}..{labels.max()}")
+        inputs = torch.from_numpy(images).to(dtype=dtype)
+        if normalize:
+            inputs = inputs / 255
+        inputs = inputs if flatten else inputs.reshape(len(images), 3, 32, 32)
+        dataset[f"{split}_input"] = inputs.to(device)
+        dataset[f"{split}_label"] = torch.from_numpy(labels).to(device)
     return dataset
