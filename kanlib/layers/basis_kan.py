@@ -8,7 +8,7 @@ from torch import nn
 
 from ..activations import BASE_ACTIVATIONS, get_activation
 from ..checks import check_int, check_real
-from ..ops.basis_linear import basis_linear_reference
+from ..ops.basis_linear import BACKENDS, BasisSpec, basis_linear
 
 __all__ = ["BasisKAN"]
 
@@ -18,13 +18,19 @@ class BasisKAN(nn.Module):
 
     Drop-in for ``nn.Linear``: input ``[..., in_features]``, output ``[..., out_features]``. ``weight`` is
     [I*S, O] (row ``i*S + s``: input i's basis s); ``layernorm`` normalizes each sample's inputs before the bases
-    (FastKAN, FasterKAN), the base branch sees the raw input. Subclasses define :meth:`basis`.
+    (FastKAN, FasterKAN), the base branch sees the raw input. ``backend``: "auto" (for now the eager path), "eager"
+    (PyTorch operations) or "cpu" (a fused numba kernel that keeps only x for backward; see
+    :mod:`kanlib.ops.basis_linear`). Subclasses
+    define :meth:`spec`.
     """
 
     def __init__(self, in_features: int, out_features: int, n_basis: int, *, layernorm: bool = False,
                  base_activation: str | None = None, bias: bool = False, weight_std: float = 0.1,
-                 device=None, dtype=None):
+                 backend: str = "auto", device=None, dtype=None):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         check_int("in_features", in_features, 1)
         check_int("out_features", out_features, 1)
         check_int("n_basis", n_basis, 1)
@@ -41,9 +47,13 @@ class BasisKAN(nn.Module):
                             if base_activation is not None else None)
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
 
+    def spec(self) -> BasisSpec:
+        """The family's basis with its current parameters."""
+        raise NotImplementedError
+
     def basis(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, I] (after the layer norm) -> [N, I, S]."""
-        raise NotImplementedError
+        return self.spec().expand(x)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, n_basis={self.n_basis}, "
@@ -65,7 +75,7 @@ class BasisKAN(nn.Module):
         self._check_input(x)
         flat = x.reshape(-1, self.in_features)
         normed = self.layernorm(flat) if self.layernorm is not None else flat
-        out = basis_linear_reference(self.basis(normed), self.weight.to(flat.dtype))
+        out = basis_linear(normed, self.weight.to(flat.dtype), self.spec(), self.backend)
         if self.base_weight is not None:
             out = out + get_activation(self.base_activation).function(flat) @ self.base_weight.to(flat.dtype)
         if self.bias is not None:

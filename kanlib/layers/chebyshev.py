@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..checks import check_int
-from ..ops.basis_linear import chebyshev_basis
+from ..ops.basis_linear import BasisSpec
 from .basis_kan import BasisKAN
 
 __all__ = ["ChebyKAN"]
@@ -16,12 +16,13 @@ class ChebyKAN(BasisKAN):
     """
 
     def __init__(self, in_features: int, out_features: int, degree: int = 4, base_activation: str | None = None,
-                 bias: bool = False, device=None, dtype=None):
+                 bias: bool = False, backend: str = "auto", device=None, dtype=None):
         check_int("degree", degree, 0)
         check_int("in_features", in_features, 1)
         super().__init__(in_features, out_features, degree + 1, layernorm=False, base_activation=base_activation,
-                         bias=bias, weight_std=1 / (in_features * (degree + 1)), device=device, dtype=dtype)
+                         bias=bias, weight_std=1 / (in_features * (degree + 1)), backend=backend,
+                         device=device, dtype=dtype)
         self.degree = degree
 
-    def basis(self, x):
-        return chebyshev_basis(x, self.degree)
+    def spec(self) -> BasisSpec:
+        return BasisSpec("chebyshev", self.n_basis)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..checks import check_int, check_real
-from ..ops.basis_linear import gaussian_rbf_basis
+from ..ops.basis_linear import BasisSpec
 from .basis_kan import BasisKAN
 
 __all__ = ["RBFKAN", "uniform_points"]
@@ -34,16 +34,16 @@ class RBFKAN(BasisKAN):
 
     def __init__(self, in_features: int, out_features: int, grid_size: int = 8, grid_range=(-2.0, 2.0),
                  width: float | None = None, layernorm: bool = True, base_activation: str | None = "silu",
-                 bias: bool = True, weight_std: float = 0.1, device=None, dtype=None):
+                 bias: bool = True, weight_std: float = 0.1, backend: str = "auto", device=None, dtype=None):
         points = uniform_points(grid_size, grid_range)
         super().__init__(in_features, out_features, grid_size, layernorm=layernorm, base_activation=base_activation,
-                         bias=bias, weight_std=weight_std, device=device, dtype=dtype)
+                         bias=bias, weight_std=weight_std, backend=backend, device=device, dtype=dtype)
         self.register_buffer("grid", points.to(device=self.weight.device, dtype=self.weight.dtype))
         self.width = (float(points[1] - points[0]) if width is None
                       else check_real("width", width, positive=True))
 
-    def basis(self, x: torch.Tensor) -> torch.Tensor:
-        return gaussian_rbf_basis(x, self.grid.to(x.dtype), self.width)
+    def spec(self) -> BasisSpec:
+        return BasisSpec("rbf", self.n_basis, grid=self.grid, scale=self.width)
 
     @classmethod
     def from_fastkan(cls, layer) -> "RBFKAN":
