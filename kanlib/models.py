@@ -10,10 +10,12 @@ from torch import nn
 from .activations import ACTIVATIONS, MLP_ACTIVATIONS
 from .checks import check_positive_int
 from .layers.bspline import BSplineKAN
+from .layers.conv import KANConv2d
 from .layers.mlp import MLP, Stack, check_activation, check_widths
 from .layers.registry import LAYERS, resolve_layer
 
-__all__ = ["KAN", "MLP", "LAYERS", "count_parameters", "forward_flops", "mlp_with_parameter_count"]
+__all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "count_parameters", "forward_flops",
+           "mlp_with_parameter_count"]
 
 
 
@@ -95,6 +97,58 @@ class KAN(Stack, nn.Module):
             if not callable(getattr(layer, method, None)):
                 raise TypeError(f"KAN.{method} needs every layer to have a {method} method; "
                                 f"layer {index} ({type(layer).__name__}) has none")
+
+
+def _check_image_model(in_channels, n_classes, channels) -> tuple[int, ...]:
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("n_classes", n_classes)
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not channels:
+        raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
+    return tuple(check_positive_int(f"channels[{index}]", c) for index, c in enumerate(channels))
+
+
+class ConvKAN(nn.Module):
+    """A convolutional KAN for images: per entry of ``channels`` a ``KANConv2d`` (``kernel_size``, padding
+    "same", ``layer`` and ``layer_kwargs``) and a 2x2 max pool, then a global average pool and a KAN head
+    ``[channels[-1], *head_hidden, n_classes]``. Input [N, in_channels, H, W] -> logits [N, n_classes]."""
+
+    def __init__(self, in_channels: int, n_classes: int, channels: Sequence[int] = (8, 16), kernel_size: int = 3,
+                 head_hidden: Sequence[int] = (), layer="bspline", seed: int | None = None, **layer_kwargs):
+        super().__init__()
+        channels = _check_image_model(in_channels, n_classes, channels)
+        with _seeded(seed):
+            blocks = []
+            for c_in, c_out in zip((in_channels, *channels[:-1]), channels):
+                blocks += [KANConv2d(c_in, c_out, kernel_size, padding="same", layer=layer, **layer_kwargs),
+                           nn.MaxPool2d(2, ceil_mode=True)]
+            self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = KAN([channels[-1], *head_hidden, n_classes], layer=layer, **layer_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] -> [N, n_classes]."""
+        return self.head(self.features(x))
+
+
+class CNNWithKANHead(nn.Module):
+    """A plain CNN (per entry of ``channels``: Conv2d ``kernel_size`` padding "same", ReLU, 2x2 max pool), a global
+    average pool and a KAN head ``[channels[-1], *head_hidden, n_classes]`` of family ``layer``.
+    Input [N, in_channels, H, W] -> logits [N, n_classes]."""
+
+    def __init__(self, in_channels: int, n_classes: int, channels: Sequence[int] = (16, 32), kernel_size: int = 3,
+                 head_hidden: Sequence[int] = (16,), layer="bspline", seed: int | None = None, **layer_kwargs):
+        super().__init__()
+        channels = _check_image_model(in_channels, n_classes, channels)
+        with _seeded(seed):
+            blocks = []
+            for c_in, c_out in zip((in_channels, *channels[:-1]), channels):
+                blocks += [nn.Conv2d(c_in, c_out, kernel_size, padding="same"), nn.ReLU(),
+                           nn.MaxPool2d(2, ceil_mode=True)]
+            self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = KAN([channels[-1], *head_hidden, n_classes], layer=layer, **layer_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] -> [N, n_classes]."""
+        return self.head(self.features(x))
 
 
 def count_parameters(model: nn.Module) -> int:

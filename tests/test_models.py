@@ -226,3 +226,27 @@ def test_kan_update_grid_is_all_or_nothing():
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, state[name], rtol=0, atol=0)
     model.update_grid(torch.rand(30, 2) - 0.5)  # and it still works afterwards
+
+
+@pytest.mark.parametrize("model_type", ["ConvKAN", "CNNWithKANHead"])
+@pytest.mark.parametrize("layer", ["bspline", "rbf"])
+def test_image_models_classify_and_train(model_type, layer):
+    import kanlib
+
+    model = getattr(kanlib, model_type)(1, 10, channels=(4, 6), layer=layer, seed=0)
+    x = torch.rand(5, 1, 8, 8)
+    assert model(x).shape == (5, 10)
+    again = getattr(kanlib, model_type)(1, 10, channels=(4, 6), layer=layer, seed=0)
+    torch.testing.assert_close(again(x), model(x))
+    loss = torch.nn.functional.cross_entropy(model(x), torch.arange(5))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_image_models_name_bad_settings():
+    import kanlib
+
+    with pytest.raises(ValueError, match=r"channels must be a non-empty sequence of positive ints, got \(\)"):
+        kanlib.ConvKAN(1, 10, channels=())
+    with pytest.raises(ValueError, match="n_classes must be a positive int, got 0"):
+        kanlib.CNNWithKANHead(1, 0)
