@@ -13,7 +13,8 @@ import pathlib
 import torch
 
 __all__ = ["MIB", "check_int", "check_positive_int", "check_real", "is_real", "check_device", "resolve_device",
-           "check_choice", "OutputDirError", "check_output_dir"]
+           "check_choice", "OutputDirError", "check_output_dir",
+           "check_layer_input"]
 
 MIB = 2**20
 _DEVICE_EXPECTED = "'cpu', 'cuda' or 'cuda:<index>' (a str or torch.device)"
@@ -135,3 +136,18 @@ def check_output_dir(folder: str | os.PathLike[str], name: str = "out_dir") -> p
     else:
         return folder
     raise OutputDirError(f"{name}: expected a writable folder, got {folder}, {problem}")
+
+
+def check_layer_input(x: object, in_features: int, parameter: torch.Tensor) -> None:
+    """What a layer with ``in_features`` inputs and a ``parameter`` takes: a floating-point tensor [..., in_features]
+    of the parameter's dtype (any, under autocast) on its device."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"input must have shape (..., {in_features}), got {tuple(x.shape)}")
+    if x.dtype != parameter.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"input dtype {x.dtype} does not match the layer's parameters ({parameter.dtype})")
+    if x.device != parameter.device:
+        raise ValueError(f"input is on {x.device} but the layer's parameters are on {parameter.device}")

@@ -165,15 +165,3 @@ def test_cli_cross_option_error_shows_the_kernel_usage(capsys):
     with pytest.raises(SystemExit):
         main([*TINY_CLI, "--grid", "2"])
     assert capsys.readouterr().err.startswith("usage: python -m kanlib bench kernel ")
-
-
-def test_cli_refuses_an_out_dir_that_is_a_file_before_measuring(tmp_path, monkeypatch, capsys):
-    def not_measured(*args, **kwargs):
-        raise AssertionError("measured although the results could not be written")
-
-    monkeypatch.setattr(kernel, "run_kernel_benchmark", not_measured)
-    out = tmp_path / "a_file"
-    out.write_text("not a folder")
-    assert main([*TINY_CLI, "--skip-pykan", "--out-dir", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and f"got {out}, which exists and is not a folder" in err, err

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..activations import BASE_ACTIVATIONS, get_activation
-from ..checks import check_int, check_real
+from ..checks import check_int, check_layer_input, check_real
 from ..ops.basis_linear import BACKENDS, BasisSpec, basis_linear
 
 __all__ = ["BasisKAN"]
@@ -61,14 +61,7 @@ class BasisKAN(nn.Module):
                 f"bias={self.bias is not None}")
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}")
-        if x.device != self.weight.device:
-            raise ValueError(f"input is on {x.device} but the layer's parameters are on {self.weight.device}")
+        check_layer_input(x, self.in_features, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., I] -> [..., O]."""

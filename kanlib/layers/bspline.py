@@ -10,7 +10,7 @@ from torch import nn
 
 from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, get_activation
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
-from ..checks import check_int, is_real
+from ..checks import check_int, check_layer_input, is_real
 from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, backend_from_method,
                                  spline_linear, torch_backend, under_transform)
 
@@ -198,16 +198,7 @@ class BSplineKAN(nn.Module):
         return assemble_weight_matrix(self.base_weight(), self.spline_weight())
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}")
-        if x.dtype != self.coef.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"input dtype {x.dtype} does not match the layer's parameters ({self.coef.dtype})")
-        if x.device != self.coef.device:
-            raise ValueError(f"input is on {x.device} but the layer's parameters are on {self.coef.device}")
+        check_layer_input(x, self.in_features, self.coef)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., I] -> [..., O]."""
