@@ -6,7 +6,8 @@ from .training import FitCallback, History, fit
 from .quant import QATConfig, quantize
 
 __all__ = [
-    "BSplineKAN", "RBFKAN", "RSWAFKAN", "ReLUKAN", "ChebyKAN", "KANConv2d", "MLP", "KAN", "ConvKAN", "CNNWithKANHead", "LAYERS",
+    "BSplineKAN", "RBFKAN", "RSWAFKAN", "ReLUKAN", "ChebyKAN", "KANConv2d", "MLP", "KAN", "ConvKAN",
+    "CNNWithKANHead", "LAYERS",
     "count_parameters", "forward_flops", "mlp_with_parameter_count",
     "fit", "History", "FitCallback", "symbolic_dataset", "FORMULAS", "list_formulas", "load_digits", "load_mnist",
     "quantize", "QATConfig",

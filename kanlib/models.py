@@ -10,11 +10,12 @@ from torch import nn
 from .activations import ACTIVATIONS, MLP_ACTIVATIONS
 from .checks import check_positive_int
 from .layers.bspline import BSplineKAN
+from .layers.basis_kan import BasisKAN
 from .layers.conv import KANConv2d
 from .layers.mlp import MLP, Stack, check_activation, check_widths
 from .layers.registry import LAYERS, resolve_layer
 
-__all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "count_parameters", "forward_flops",
+__all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
            "mlp_with_parameter_count"]
 
 
@@ -151,6 +152,13 @@ class CNNWithKANHead(nn.Module):
         return self.head(self.features(x))
 
 
+# Estimated FLOPs of one basis value of each family: RBF (subtract, scale, square, exp), RSWAF (subtract, scale,
+# tanh, square, subtract), ReLU bumps (two differences, two max, product, scale, square), Chebyshev (the
+# three-term recurrence, its tanh shared by the input's bases).
+BASIS_FLOPS = {"rbf": 6, "rswaf": 8, "relu": 7, "chebyshev": 3}
+LAYERNORM_FLOPS = 8  # per input value: mean, variance, normalize, scale and shift
+
+
 def count_parameters(model: nn.Module) -> int:
     """The number of trainable (requires_grad) parameter elements, each shared tensor counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -165,10 +173,11 @@ def forward_flops(model: nn.Module, batch_size: int = 1) -> int:
     """Estimated FLOPs of one forward pass on ``batch_size`` samples, a multiply-add counting as 2.
 
     Per sample: ``nn.Linear`` 2*I*O (+O for a bias); ``BSplineKAN`` 2*I*(G+k+1)*O for its matrix product plus,
-    per input, ``bspline_basis_flops(k)`` for the basis and the activation's ``flops`` (:mod:`kanlib.activations`) for the base activation
-    (+O for a bias); an activation module in an ``nn.Sequential`` (so in an MLP) the activation's ``flops`` (:mod:`kanlib.activations`) per
-    element. Parameter-free modules such as dropout count 0; a module of another kind with parameters,
-    or an activation whose input size is unknown, raises ValueError.
+    per input, ``bspline_basis_flops(k)`` for the basis and the activation's ``flops`` (:mod:`kanlib.activations`)
+    for the base activation (+O for a bias); the other KAN families 2*I*S*O plus ``BASIS_FLOPS`` per basis value
+    (and their layer norm, base branch and bias); an activation module in an ``nn.Sequential`` (so in an MLP) the
+    activation's ``flops`` per element. Parameter-free modules such as dropout count 0; a convolution, a module
+    of another kind with parameters, or an activation whose input size is unknown, raises ValueError.
     """
     check_positive_int("batch_size", batch_size)
     return batch_size * _per_sample_flops(model)
@@ -192,13 +201,24 @@ def _per_sample_flops(module: nn.Module) -> int:
         per_input = bspline_basis_flops(k) + ACTIVATIONS[module.base_activation].flops
         bias = n_out if module.bias is not None else 0
         return product + n_in * per_input + bias
+    if isinstance(module, BasisKAN):
+        n_in, n_out, n_basis = module.in_features, module.out_features, module.n_basis
+        product = 2 * n_in * n_basis * n_out
+        base = (2 * n_in * n_out + n_in * ACTIVATIONS[module.base_activation].flops
+                if module.base_weight is not None else 0)
+        norm = LAYERNORM_FLOPS * n_in if module.layernorm is not None else 0
+        bias = n_out if module.bias is not None else 0
+        return product + n_in * n_basis * BASIS_FLOPS[module.spec().kind] + base + norm + bias
+    if isinstance(module, (KANConv2d, nn.Conv2d)):
+        raise ValueError(f"forward_flops counts per sample without the image size; a {type(module).__name__} "
+                         f"costs its layer's FLOPs times the output pixels, which depend on the input")
     if isinstance(module, nn.Sequential):
         return _sequential_flops(module)
     if _activation_name(module) is not None:
         raise ValueError(f"forward_flops cannot size the input of {type(module).__name__} outside an nn.Sequential")
     if _has_parameters(module, recurse=False):
         raise ValueError(f"forward_flops has no FLOP model for {type(module).__name__}; "
-                         f"it knows nn.Linear, BSplineKAN and activations {sorted(MLP_ACTIVATIONS)}")
+                         f"it knows nn.Linear, the KAN layers and activations {sorted(MLP_ACTIVATIONS)}")
     return sum(_per_sample_flops(child) for child in module.children())
 
 

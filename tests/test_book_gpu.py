@@ -168,7 +168,8 @@ def write_probe_wheel(folder):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("kanlibprobe.py", "print('probe installed and found')\n")
         archive.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: kanlibprobe\nVersion: 0.1\n")
-        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{info}/WHEEL",
+                         "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         archive.writestr(f"{info}/RECORD", "")
     return folder
 

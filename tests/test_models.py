@@ -250,3 +250,17 @@ def test_image_models_name_bad_settings():
         kanlib.ConvKAN(1, 10, channels=())
     with pytest.raises(ValueError, match="n_classes must be a positive int, got 0"):
         kanlib.CNNWithKANHead(1, 0)
+
+
+def test_forward_flops_of_the_other_families():
+    from kanlib import KANConv2d, RBFKAN
+    from kanlib.models import BASIS_FLOPS, LAYERNORM_FLOPS
+
+    layer = RBFKAN(5, 3, grid_size=7)  # layer norm, SiLU base branch and bias by default
+    expected = (2 * 5 * 7 * 3 + 5 * 7 * BASIS_FLOPS["rbf"] + 2 * 5 * 3 + 5 * ACTIVATIONS["silu"].flops
+                + LAYERNORM_FLOPS * 5 + 3)
+    assert forward_flops(layer, batch_size=2) == 2 * expected
+    cheby = KAN([4, 2], layer="chebyshev", degree=3)
+    assert forward_flops(cheby) == 2 * 4 * 4 * 2 + 4 * 4 * BASIS_FLOPS["chebyshev"]
+    with pytest.raises(ValueError, match="without the image size; a KANConv2d"):
+        forward_flops(KANConv2d(1, 2, 3))

@@ -37,7 +37,8 @@ def check_sizes(name: str, values: Sequence[int], what: str = "sizes") -> None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One thing timed. forward() gives the output [B, O]; leaves are what backward differentiates (input, trainable params)."""
+    """One thing timed. forward() gives the output [B, O]; leaves are what backward differentiates (input,
+    trainable params)."""
 
     name: str
     forward: Callable[[], torch.Tensor]

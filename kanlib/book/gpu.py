@@ -218,7 +218,8 @@ def _targets(result_files: Sequence[pathlib.Path]) -> list[dict]:
         result = json.loads(path.read_text())
         benchmark = {"kernel": kernel, "quant": quant}.get(result["benchmark"])
         if benchmark is not None:
-            report += [{**target, "benchmark": result["benchmark"]} for target in benchmark.target_report(result["rows"])]
+            report += [{**target, "benchmark": result["benchmark"]}
+                       for target in benchmark.target_report(result["rows"])]
     return report
 
 

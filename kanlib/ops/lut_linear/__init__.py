@@ -46,7 +46,8 @@ class IntegerWeights:
 
     @classmethod
     def from_quantized(cls, spline, base) -> "IntegerWeights":
-        """From :class:`kanlib.quant.QuantizedTensor` s: symmetric 5..8-bit or packed codes with one scale per tensor or per output channel:
+        """From :class:`kanlib.quant.QuantizedTensor` s: symmetric 5..8-bit or packed codes with one scale per
+        tensor or per output channel:
         spline weights [I, O, G+k] and base weights [I, O]."""
         n_out = base.shape[1]
         return cls(spline.codes().permute(0, 2, 1).reshape(-1, n_out).to(torch.int8).contiguous(),
