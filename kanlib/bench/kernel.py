@@ -36,7 +36,7 @@ Figures of each row, besides those of the layer benchmark (``fwd_*_ms``, ``fwdbw
   ``fraction_of_dense``: the dense product's fwd+bwd time over the candidate's (its fraction of the floor's speed).
 - ``memory_ratio_to_mlp_params``: peak training memory over the same-parameter-count MLP's.
 
-:func:`target_report` checks the issue's goals (H100, bf16, B=4096, I=O=1024, G=5) on the rows.
+:func:`target_report` checks the goals (H100, bf16, B=4096, I=O=1024, G=5) on the rows.
 """
 from __future__ import annotations
 
