@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..activations import BASE_ACTIVATIONS, get_activation
-from ..checks import check_int, check_layer_input, check_real
+from ..checks import check_choice, check_int, check_layer_input, check_real
 from ..ops.basis_linear import BACKENDS, BasisSpec, basis_linear
 
 __all__ = ["BasisKAN"]
@@ -28,8 +28,7 @@ class BasisKAN(nn.Module):
                  base_activation: str | None = None, bias: bool = False, weight_std: float = 0.1,
                  backend: str = "auto", device=None, dtype=None):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_choice("backend", backend, BACKENDS)
         self.backend = backend
         check_int("in_features", in_features, 1)
         check_int("out_features", out_features, 1)

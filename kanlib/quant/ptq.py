@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..activations import get_activation
+from ..checks import check_choice
 from ..layers.bspline import BSplineKAN, assemble_weight_matrix
 from ..ops.lut_linear import IntegerWeights, lut_linear, quantize_activation
 from ..ops.spline_linear import spline_linear
@@ -43,8 +44,7 @@ def check_quantized_backend(backend: str) -> str:
         warnings.warn("backend='torch' is deprecated and will be removed in the next release; use backend='auto' "
                       "(or 'eager', 'cpu')", DeprecationWarning, stacklevel=3)
         return "auto"
-    if backend not in QUANTIZED_BACKENDS:
-        raise ValueError(f"backend must be one of {QUANTIZED_BACKENDS}, got {backend!r}")
+    check_choice("backend", backend, QUANTIZED_BACKENDS)
     return backend
 
 

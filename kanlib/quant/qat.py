@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..activations import get_activation
+from ..checks import check_choice
 from ..layers.bspline import BSplineKAN, assemble_weight_matrix
 from ..ops.spline_linear import spline_linear
 from ..ops.spline_linear.reference import window_expanded_input
@@ -145,8 +146,7 @@ class FakeQuantize(nn.Module):
         super().__init__()
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-        if axis_layout not in AXIS_LAYOUTS:
-            raise ValueError(f"axis_layout must be one of {AXIS_LAYOUTS}, got {axis_layout!r}")
+        check_choice("axis_layout", axis_layout, AXIS_LAYOUTS)
         if not isinstance(learn_scale, bool):
             raise TypeError(f"learn_scale must be a bool, got {type(learn_scale).__name__} ({learn_scale!r})")
         self.spec, self.axis_layout, self.learn_scale = spec, axis_layout, learn_scale

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
 
 SCHEMES = ("symmetric", "affine")
 GRANULARITIES = ("tensor", "channel", "edge")
@@ -89,8 +89,7 @@ def _check_tensor(x) -> None:
 
 def _kept_dims(x: torch.Tensor, spec: QuantSpec, axis_layout: str) -> tuple[int, ...]:
     """The dimensions that keep their own scale (the others are reduced over)."""
-    if axis_layout not in AXIS_LAYOUTS:
-        raise ValueError(f"axis_layout must be one of {AXIS_LAYOUTS}, got {axis_layout!r}")
+    check_choice("axis_layout", axis_layout, AXIS_LAYOUTS)
     if axis_layout == "coef" and x.dim() != 3:
         raise ValueError(f"axis_layout 'coef' expects a 3-D [I, O, G+k] tensor, got shape {tuple(x.shape)}")
     if axis_layout == "weight" and x.dim() != 2:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...checks import check_choice
 from ..spline_linear import under_transform
 from .reference import basis_linear_reference, chebyshev_basis, gaussian_rbf_basis, relu_bump_basis, rswaf_basis
 
@@ -130,8 +131,7 @@ def cpu_runs(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec) -> str | No
 
 def basis_linear(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec, backend: str = "auto") -> torch.Tensor:
     """x [N, I], weight [I*S, O] -> [N, O] = spec's expansion of x times weight."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     if backend == "cpu":
         reason = cpu_runs(x, weight, spec)
         if reason is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ...activations import get_activation
+from ...checks import check_choice
 from .reference import TABLE_SHIFT, expand_codes, quantize_activation
 
 __all__ = ["IntegerWeights", "BACKENDS", "lut_linear", "quantize_activation", "expand_codes", "TABLE_SHIFT",
@@ -92,8 +93,7 @@ def lut_linear(x: torch.Tensor, table, weights: IntegerWeights, act_scale: float
         backend = _METHOD_TO_BACKEND[method]
         warnings.warn(f"method={method!r} is deprecated and will be removed in the next release; "
                       f"use backend={backend!r}", DeprecationWarning, stacklevel=2)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     if backend == "auto":
         on_cpu = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
         backend = "cpu" if on_cpu else "triton" if x.device.type == "cuda" else "eager"

@@ -37,6 +37,7 @@ import torch
 
 from ...activations import get_activation
 from ...basis import extend_grid, find_span, local_basis, uniform_basis_matrix
+from ...checks import check_choice
 from .reference import differentiable_backward, spline_linear_reference, window_columns, window_expanded_input
 from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPES, TRITON_SPLINE_ORDERS,
                       prefers_sparse, triton_supports)
@@ -239,8 +240,7 @@ def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spl
     """
     if method is not None:
         backend = backend_from_method(method)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     if under_transform(x, weight, grid):
         if backend not in ("auto", "eager"):
             raise RuntimeError(f"backend={backend!r} runs fused kernels, which torch.func, torch.compile and "
