@@ -72,3 +72,11 @@ def test_bad_input_is_named():
         show_table(pd.DataFrame({"x": [1]}), {"x": 3})
     with pytest.raises(TypeError, match="format: expected a format string"):
         show_table(pd.DataFrame({"x": [1]}), default=".2f")
+
+
+def test_formats_apply_to_columns_kept_under_their_own_name():
+    frame = pd.DataFrame({"outside": [0.25], "error": [1.5e-9], "n": [3]})
+    headers, rows = _cells(show_table(frame, formats={"outside": "{:.0%}", "error": "{:.1e}"}))
+    assert headers == ["outside", "error", "n"] and rows == [["25%", "1.5e-09", "3"]]
+    with pytest.raises(KeyError, match=r"formats: expected names among"):
+        show_table(frame, formats={"nope": "{:.1f}"})

@@ -75,18 +75,24 @@ def _flat_headers(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def show_table(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec] | None = None, *,
-               default: Format | None = None, caption: str | None = None):
+               formats: Mapping[str, Format] | None = None, default: Format | None = None,
+               caption: str | None = None):
     """`frame` as a pandas Styler for display.
 
     ``columns``: {column: header} or {column: (header, format)}, in the order to show; columns not named are
-    left out. Without it every column is shown under its own name. ``default``: the format of columns without
+    left out. Without it every column is shown under its own name. ``formats``: {column: format} for columns
+    kept under their own name. ``default``: the format of columns without
     one (default: four significant digits, integers with separators). Formats are ``str.format`` strings
     ("{:.2f}", "{:.0%}") or callables value -> str; missing values show as a dash.
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"frame: expected a pandas DataFrame, got {type(frame).__name__}")
     flat = _flat_headers(frame)
-    formats: dict[str, Callable[[object], str]] = {}
+    formats = {} if formats is None else dict(formats)
+    unknown = [name for name in formats if name not in flat.columns]
+    if unknown:
+        raise KeyError(f"formats: expected names among {list(flat.columns)}, got {unknown}")
+    by_header = {name: _formatter(fmt) for name, fmt in formats.items()}
     if columns is not None:
         if not isinstance(columns, Mapping):
             raise TypeError(f"columns: expected a mapping {{column: header or (header, format)}}, "
@@ -98,14 +104,16 @@ def show_table(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec] | None = N
         for name, spec in columns.items():
             if isinstance(spec, str):
                 headers[name] = spec
+                if name in by_header:
+                    by_header[spec] = by_header.pop(name)
             elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
                 headers[name] = spec[0]
-                formats[spec[0]] = _formatter(spec[1])
+                by_header[spec[0]] = _formatter(spec[1])
             else:
                 raise TypeError(f"columns[{name!r}]: expected a header or (header, format), got {spec!r}")
         flat = flat[list(columns)].rename(columns=headers)
     fallback = _formatter(default) if default is not None else _default_format
-    styler = flat.style.format({column: formats.get(column, fallback) for column in flat.columns})
+    styler = flat.style.format({column: by_header.get(column, fallback) for column in flat.columns})
     styler = styler.hide(axis="index")
     if caption is not None:
         styler = styler.set_caption(caption)
