@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ASSETS := _build/npm/.installed
 
-.PHONY: install assets browser test book site slides reference gpu-wheels gpu-reference gpu-import clean
+.PHONY: install assets browser test book site slides lab reference gpu-wheels gpu-reference gpu-import clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ site: $(VENV)/.installed $(ASSETS)
 
 slides: $(VENV)/.installed $(ASSETS)
 	$(PY) -m kanlib slides --output-dir _build/html/slides
+
+# JupyterLab on notebooks/: each notebook's cell tagged `parameters` holds its defaults (quick mode on a CPU).
+# LAB_ARGS passes options, e.g. make lab LAB_ARGS="--no-browser --allow-root" in a container.
+lab: $(VENV)/.installed
+	$(PY) -m jupyterlab --ServerApp.root_dir=notebooks $(LAB_ARGS)
 
 # The reference run, on a GPU VM: replaces the committed notebooks with a full-mode run.
 reference: $(VENV)/.installed

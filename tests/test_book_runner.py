@@ -14,8 +14,9 @@ import nbformat
 import pytest
 
 from kanlib.__main__ import main
-from kanlib.book.runner import (INJECTED_TAG, STAMP_TAG, NotebookError, NotebookFailed, RunStamp, clean_volatile,
-                           find_notebooks, notebook_stamp, resolve_mode, run_notebooks)
+from kanlib.book.runner import (INJECTED_TAG, STAMP_TAG, NotebookError, NotebookFailed, RunStamp, cell_duration,
+                                clean_volatile, find_notebooks, finish_executed, format_duration, notebook_stamp,
+                                resolve_mode, round_seconds, run_notebooks, strip_run)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,18 @@ def test_run_stamps_metadata_and_visible_cell(executed):
     stamp_cells = [i for i, cell in enumerate(nb.cells) if STAMP_TAG in cell.metadata.get("tags", [])]
     assert stamp_cells == [1], "the stamp comes right after the title"
     assert "quick-mode run on cpu" in nb.cells[1].source and stamp.date in nb.cells[1].source
+    assert stamp.duration_s > 0 and stamp.duration_s == round_seconds(stamp.duration_s)
+    assert f"that took {format_duration(stamp.duration_s)}," in nb.cells[1].source, nb.cells[1].source
+
+
+def test_run_keeps_each_code_cells_wall_time(executed):
+    _, _, nb = executed
+    for cell in nb.cells:
+        seconds = cell_duration(cell)
+        if cell.cell_type == "code":
+            assert seconds is not None and seconds >= 0 and seconds == round_seconds(seconds), cell.metadata
+        else:
+            assert seconds is None, cell.metadata
 
 
 def test_run_hides_injected_parameters_and_strips_volatile_metadata(executed):
@@ -89,7 +102,9 @@ def test_rerun_of_an_executed_notebook_changes_only_content(executed, tmp_path):
     _, runs, first = executed
     again = run_notebooks([runs[0].output], device="cpu", mode="quick", seed=3, output_dir=tmp_path, progress=None)
     second = nbformat.read(again[0].output, as_version=4)
-    assert [cell.source for cell in second.cells] == [cell.source for cell in first.cells]
+    assert second.cells[1].source == again[0].stamp.to_markdown("01_first.ipynb"), "the stamp names this run's time"
+    assert [cell.source for cell in second.cells[2:]] == [cell.source for cell in first.cells[2:]]
+    assert len(second.cells) == len(first.cells)
     assert [cell.get("id") for cell in second.cells] == [cell.get("id") for cell in first.cells]
     assert outputs_text(second) == outputs_text(first)
 
@@ -118,6 +133,63 @@ def test_in_place_refuses_quick_over_full_unless_forced(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     run_notebooks([path], device="cpu", mode="quick", in_place=True, force=True, progress=None)
     assert notebook_stamp(path).mode == "quick"
+
+
+def test_cell_times_are_kept_rounded_and_the_rest_of_papermills_metadata_dropped():
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"start_time": "x", "duration": 9.87654}
+    timed = nbformat.v4.new_code_cell("1")
+    timed.metadata.update({"papermill": {"duration": 1.23456, "start_time": "t"}, "tags": ["a"]})
+    tiny = nbformat.v4.new_code_cell("2")
+    tiny.metadata["papermill"] = {"duration": 0.000123456}
+    skipped = nbformat.v4.new_code_cell("3")
+    skipped.metadata["papermill"] = {"duration": None}
+    text = nbformat.v4.new_markdown_cell("# T")
+    text.metadata["papermill"] = {"duration": 0.5}
+    nb.cells = [text, timed, tiny, skipped]
+    stamp = RunStamp("cpu", "CPU", "quick", "2026-11-30", None, None, 9.88)
+    finish_executed(nb, stamp, "01_t.ipynb", {"quick": True})
+    assert timed.metadata == {"tags": ["a"], "kanlib": {"duration_s": 1.23}}
+    assert cell_duration(tiny) == 0.000123 and cell_duration(skipped) is None and cell_duration(text) is None
+    assert "papermill" not in nb.metadata and nb.metadata["kanlib"]["run"]["duration_s"] == 9.88
+    assert "that took 9.9 s" in nb.cells[1].source
+
+
+def test_strip_run_drops_cell_times_and_keeps_other_cell_metadata():
+    nb = nbformat.v4.new_notebook()
+    timed, other = nbformat.v4.new_code_cell("1"), nbformat.v4.new_code_cell("2")
+    timed.metadata["kanlib"] = {"duration_s": 3.0}
+    other.metadata["kanlib"] = {"duration_s": 3.0, "note": "kept"}
+    nb.cells = [timed, other]
+    strip_run(nb)
+    assert "kanlib" not in timed.metadata and other.metadata["kanlib"] == {"note": "kept"}
+
+
+def test_stamps_of_runs_before_times_were_recorded_load_and_say_so():
+    old = {"kanlib": {"run": {"device": "cuda", "device_name": "NVIDIA H100", "mode": "full", "date": "2026-11-24",
+                              "commit": "a" * 40, "dirty": False}}}
+    stamp = RunStamp.from_metadata(old)
+    assert stamp.duration_s is None
+    assert stamp.describe() == ("a full-mode run on cuda (NVIDIA H100), executed 2026-11-24 at commit aaaaaaaaaa "
+                                "(its times were not recorded)")
+    old["kanlib"]["run"]["duration_s"] = 125.0
+    assert RunStamp.from_metadata(old).describe() == (
+        "a full-mode run on cuda (NVIDIA H100) that took 2 min 05 s, executed 2026-11-24 at commit aaaaaaaaaa")
+    assert RunStamp.from_metadata(old).describe(duration=False) == (
+        "a full-mode run on cuda (NVIDIA H100), executed 2026-11-24 at commit aaaaaaaaaa")
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.4234, "0.42 s"), (1.04, "1.0 s"), (9.94, "9.9 s"), (42.4, "42 s"), (59.4, "59 s"), (59.6, "1 min 00 s"),
+    (125.0, "2 min 05 s"), (3725.0, "1 h 02 min"),
+])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("seconds, rounded", [(1.23456, 1.23), (123.456, 123.0), (0.0123456, 0.0123), (4321.0, 4320.0)])
+def test_round_seconds_keeps_three_significant_digits(seconds, rounded):
+    assert round_seconds(seconds) == rounded
 
 
 def test_clean_volatile_removes_timings():

@@ -1,12 +1,13 @@
-"""Execute the book's notebooks with papermill, stamp each run and strip what changes on every run.
+"""Execute the book's notebooks with papermill, stamp each run with its times and strip the rest of what changes.
 
     results = run_notebooks(find_notebooks(), device="auto", mode="auto")       # into _build/executed/
     run_notebooks([path], device="cuda", mode="full", in_place=True)           # the reference run
 
 A run injects ``device``, ``quick`` and ``seed`` into the cell tagged ``parameters``. The executed notebook
-carries a stamp (device, mode, date, git commit) in ``metadata.kanlib.run`` and in a markdown cell right
-after the title. In-place runs write nothing until every notebook has run. Where the outputs go is checked
-before anything runs; an output that still cannot be written leaves the executed copies in a folder it names.
+carries a stamp (device, mode, date, git commit, wall time) in ``metadata.kanlib.run`` and in a markdown cell
+right after the title; each executed code cell keeps its wall time in ``metadata.kanlib.duration_s``. In-place
+runs write nothing until every notebook has run. Where the outputs go is checked before anything runs; an
+output that still cannot be written leaves the executed copies in a folder it names.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ _RUN_TAGS = {STAMP_TAG, INJECTED_TAG}
 KERNEL_NAME = "python3"
 _VOLATILE_NOTEBOOK_METADATA = ("papermill",)
 _VOLATILE_CELL_METADATA = ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled")
+DURATION_KEY = "duration_s"  # in a code cell's metadata.kanlib: its wall time in the run shown, in seconds
 
 
 class NotebookError(RuntimeError):
@@ -69,7 +71,8 @@ class NotebookNotWritten(NotebookError):
 
 @dataclasses.dataclass(frozen=True)
 class RunStamp:
-    """Which run a notebook shows: device type and name, mode, UTC date, git commit and whether it was dirty."""
+    """Which run a notebook shows: device type and name, mode, UTC date, git commit, whether it was dirty, and
+    how long the notebook took (seconds; None for notebooks run before the runner recorded it)."""
 
     device: str
     device_name: str
@@ -77,12 +80,19 @@ class RunStamp:
     date: str
     commit: str | None
     dirty: bool | None
+    duration_s: float | None = None
 
-    def describe(self) -> str:
+    def describe(self, *, duration: bool = True) -> str:
+        """One sentence: mode, device, wall time (unless `duration` is False), date and commit."""
         commit = self.commit[:10] if self.commit else "unknown commit"
         dirty = " with uncommitted changes" if self.dirty else ""
-        return (f"a {self.mode}-mode run on {self.device} ({self.device_name}), executed {self.date} "
-                f"at commit {commit}{dirty}")
+        run = f"a {self.mode}-mode run on {self.device} ({self.device_name})"
+        when = f"executed {self.date} at commit {commit}{dirty}"
+        if not duration:
+            return f"{run}, {when}"
+        if self.duration_s is None:
+            return f"{run}, {when} (its times were not recorded)"
+        return f"{run} that took {format_duration(self.duration_s)}, {when}"
 
     def to_markdown(self, notebook_name: str) -> str:
         return (f"> **Run shown:** {self.describe()}. Re-run it with "
@@ -94,6 +104,31 @@ class RunStamp:
         if not run:
             return None
         return cls(**{field.name: run.get(field.name) for field in dataclasses.fields(cls)})
+
+
+def round_seconds(seconds: float) -> float:
+    """`seconds` to three significant digits (0.0123, 1.23, 123.0): what a reader can use, less churn."""
+    return float(f"{seconds:.3g}")
+
+
+def format_duration(seconds: float) -> str:
+    """A wall time for readers: '0.42 s', '3.1 s', '42 s', '2 min 05 s', '1 h 02 min'."""
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def cell_duration(cell: nbformat.NotebookNode) -> float | None:
+    """The wall time a code cell took in the run shown (seconds), None when it was not recorded."""
+    seconds = cell.get("metadata", {}).get("kanlib", {}).get(DURATION_KEY)
+    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +187,15 @@ def read_notebook(path: pathlib.Path) -> nbformat.NotebookNode:
 
 
 def strip_run(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Remove a previous run's stamp cell and injected parameters, so a notebook runs from its source."""
+    """Remove a previous run's stamp cell, injected parameters and cell times, so a notebook runs from its source."""
     nb.cells = [cell for cell in nb.cells if not _RUN_TAGS & set(cell.metadata.get("tags", []))]
     nb.metadata.pop("kanlib", None)
+    for cell in nb.cells:
+        kanlib = cell.metadata.get("kanlib")
+        if isinstance(kanlib, dict):
+            kanlib.pop(DURATION_KEY, None)
+            if not kanlib:
+                del cell.metadata["kanlib"]
     return nb
 
 
@@ -168,9 +209,19 @@ def clean_volatile(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def keep_cell_times(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Copy each code cell's wall time from papermill's metadata into ``metadata.kanlib.duration_s``, rounded."""
+    for cell in nb.cells:
+        seconds = cell.metadata.get("papermill", {}).get("duration")
+        if cell.cell_type == "code" and isinstance(seconds, (int, float)):
+            cell.metadata.setdefault("kanlib", {})[DURATION_KEY] = round_seconds(seconds)
+    return nb
+
+
 def finish_executed(nb: nbformat.NotebookNode, stamp: RunStamp, notebook_name: str,
                     parameters: dict[str, Any]) -> nbformat.NotebookNode:
-    """Stamp an executed notebook, hide its injected parameters cell and clean its volatile metadata."""
+    """Stamp an executed notebook, keep its cell times, hide its injected parameters, clean its volatile metadata."""
+    keep_cell_times(nb)
     clean_volatile(nb)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
@@ -200,7 +251,8 @@ def notebook_stamp(path: pathlib.Path) -> RunStamp | None:
     return RunStamp.from_metadata(nbformat.read(path, as_version=4).metadata)
 
 
-def _execute(source: pathlib.Path, output: pathlib.Path, parameters: dict[str, Any], stamp: RunStamp) -> None:
+def _execute(source: pathlib.Path, output: pathlib.Path, parameters: dict[str, Any], stamp: RunStamp) -> RunStamp:
+    """Run `source` into `output`; returns the stamp it got (the run's, with this notebook's wall time)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -214,6 +266,7 @@ def _execute(source: pathlib.Path, output: pathlib.Path, parameters: dict[str, A
         clean_source = pathlib.Path(scratch) / source.name
         nbformat.write(nb, clean_source)
         raw_output = pathlib.Path(scratch) / f"executed-{source.name}"
+        start = time.perf_counter()
         try:
             papermill.execute_notebook(
                 str(clean_source), str(raw_output), parameters=parameters, kernel_name=KERNEL_NAME,
@@ -221,10 +274,12 @@ def _execute(source: pathlib.Path, output: pathlib.Path, parameters: dict[str, A
         except PapermillExecutionError as error:
             raise NotebookFailed(source, index_in_source[error.cell_index], error.source, error.ename,
                                  error.evalue) from None
+        stamp = dataclasses.replace(stamp, duration_s=round_seconds(time.perf_counter() - start))
         nb = nbformat.read(raw_output, as_version=4)
     finish_executed(nb, stamp, source.name, parameters)
     output.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, output)
+    return stamp
 
 
 def run_notebooks(notebooks: Sequence[str | os.PathLike[str]], *, device: str = "auto", mode: str = "auto",
@@ -270,13 +325,13 @@ def run_notebooks(notebooks: Sequence[str | os.PathLike[str]], *, device: str = 
                 if progress:
                     progress(f"[{number}/{len(paths)}] {path.name}: {resolved_mode} mode on {stamp.device} ...")
                 start = time.perf_counter()
-                _execute(path, copy, parameters, stamp)
+                ran = _execute(path, copy, parameters, stamp)
                 seconds = time.perf_counter() - start
                 if not in_place:
                     _write_output(copy, output, staging)
                 if progress:
                     progress(f"[{number}/{len(paths)}] {path.name}: done in {seconds:.1f} s -> {output}")
-                runs.append(NotebookRun(path, output, seconds, stamp))
+                runs.append(NotebookRun(path, output, seconds, ran))
         # Outside the SIGTERM handler: an exception in the middle of a copy would leave a source cut short.
         if in_place:
             for copy, output in zip(staged, outputs):

@@ -1,12 +1,114 @@
-"""A Sphinx extension for the book: pages without JavaScript errors.
+"""A Sphinx extension for the book, loaded by ``_config.yml`` whether `make book` or `jupyter-book build .` builds it.
 
-Jupyter Book 1 registers sphinx-thebe's configuration script twice, and the second copy
-(``const THEBE_JS_URL = ...``) is a JavaScript error in the browser: each script is kept once. And the
-theme's colour mode, left empty by sphinx-book-theme, is set to 'auto'.
+- Pages without JavaScript errors: Jupyter Book 1 registers sphinx-thebe's configuration script twice, and
+  the second copy (``const THEBE_JS_URL = ...``) is an error in the browser, so each script is kept once; the
+  theme's colour mode, left empty by sphinx-book-theme, is set to 'auto'.
+- Offline: MathJax 3 (from its npm package, `make assets`) goes to the site's ``mathjax/``, plotly.js (from
+  the plotly package) to ``_static/plotly.min.js`` and the favicon to ``favicon.ico`` at the site's root.
+- Wide tables: a table a cell printed scrolls sideways inside its own box (``div.table-wrapper``).
+- Cell times: a code cell that took more than a second in the run shown (``metadata.kanlib.duration_s``,
+  written by the runner) gets a small badge with its wall time, ``<div class="kanlib-cell-time">``. The badge
+  is made here, on the page, so the slide decks never see it.
+- One setting for the repository: when ``repository.url`` is set in ``_config.yml``, the pages show the
+  repository and "suggest edit" buttons, and the notebook pages Binder (and, on GitHub, Colab) launch buttons.
 """
 from __future__ import annotations
 
+import os
+import pathlib
+import shutil
 from typing import Any
+
+from docutils import nodes
+
+from .runner import DURATION_KEY, format_duration
+from .web_assets import asset_dir, copy_tree
+
+BADGE_CLASS = "kanlib-cell-time"
+BADGE_MIN_S = 1.0
+BINDER_URL = "https://mybinder.org"
+COLAB_URL = "https://colab.research.google.com"
+PLOTLY_JS = "plotly.min.js"
+TABLE_WRAPPER = '<div class="table-wrapper">'
+
+
+def plotly_js() -> pathlib.Path:
+    """plotly.min.js as the installed plotly package ships it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("plotly")
+    path = pathlib.Path(spec.origin).parent / "package_data" / PLOTLY_JS if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"expected {PLOTLY_JS} in the plotly package (package_data/), got "
+                                f"{'no plotly package' if path is None else f'nothing at {path}'}: "
+                                "pip install -e '.[book]'")
+    return path
+
+
+def cell_time_badge(seconds: float) -> nodes.raw:
+    """The badge a code cell that took `seconds` gets on its page."""
+    text = format_duration(seconds)
+    return nodes.raw("", f'<div class="{BADGE_CLASS}" title="Wall time of this cell in the run shown">'
+                         f'wall time {text}</div>\n', format="html")
+
+
+def add_cell_time_badges(app, doctree: nodes.document) -> None:
+    """Put a badge after the code of every notebook cell that took more than BADGE_MIN_S."""
+    for cell in doctree.findall(nodes.container):
+        if cell.get("nb_element") != "cell_code":
+            continue
+        seconds = (cell.get("cell_metadata") or {}).get("kanlib", {}).get(DURATION_KEY)
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= BADGE_MIN_S:
+            continue
+        after_code = [i + 1 for i, child in enumerate(cell.children)
+                      if isinstance(child, nodes.container) and child.get("nb_element") == "cell_code_source"]
+        cell.insert(after_code[0] if after_code else 0, cell_time_badge(seconds))
+
+
+def wrap_output_tables(app, doctree: nodes.document, docname: str) -> None:
+    """Put every HTML table a cell printed into a ``<div class="table-wrapper">`` that scrolls sideways, so a
+    wide table stays inside the content column."""
+    for node in list(doctree.findall(nodes.raw)):
+        text = node.astext()
+        if node.get("format") == "html" and "<table" in text and not text.startswith(TABLE_WRAPPER):
+            node.replace_self(nodes.raw("", f"{TABLE_WRAPPER}\n{text}\n</div>", format="html"))
+
+
+def repository_buttons(app, config) -> None:
+    """Turn on the repository, edit and launch buttons when the theme got a repository URL."""
+    options = config.html_theme_options
+    url = (options.get("repository_url") or "").strip()
+    if not url:
+        return
+    options["use_repository_button"] = True
+    options["use_edit_page_button"] = True
+    launch = dict(options.get("launch_buttons") or {})
+    launch["notebook_interface"] = "jupyterlab"
+    launch["binderhub_url"] = launch.get("binderhub_url") or BINDER_URL
+    if "github.com" in url.lower():  # the theme makes Colab links for GitHub only (and warns otherwise)
+        launch["colab_url"] = launch.get("colab_url") or COLAB_URL
+    options["launch_buttons"] = launch
+
+
+def check_offline_assets(app) -> None:
+    """Fail before reading any page when what copy_offline_assets copies is missing."""
+    if app.builder.format == "html":
+        asset_dir("mathjax")
+        plotly_js()
+
+
+def copy_offline_assets(app, exception: Exception | None) -> None:
+    """MathJax to mathjax/, plotly.min.js to _static/, the favicon to favicon.ico, in the built site."""
+    if exception is not None or app.builder.format != "html":
+        return
+    out = pathlib.Path(app.outdir)
+    copy_tree(asset_dir("mathjax") / "es5", out / "mathjax", ignore=("*.md",))
+    (out / "_static").mkdir(exist_ok=True)
+    shutil.copyfile(plotly_js(), out / "_static" / PLOTLY_JS)
+    # The root index.html is a redirect page without an icon link; browsers then ask for /favicon.ico.
+    favicon = app.config.html_favicon
+    if favicon and "://" not in favicon and os.path.isfile(os.path.join(app.confdir, favicon)):
+        shutil.copyfile(os.path.join(app.confdir, favicon), out / "favicon.ico")
 
 
 def _unique_scripts(app, pagename: str, templatename: str, context: dict[str, Any], doctree) -> None:
@@ -28,5 +130,10 @@ def _unique_scripts(app, pagename: str, templatename: str, context: dict[str, An
 
 
 def setup(app) -> dict[str, Any]:
+    app.connect("config-inited", repository_buttons)
+    app.connect("builder-inited", check_offline_assets)
+    app.connect("doctree-read", add_cell_time_badges)
+    app.connect("doctree-resolved", wrap_output_tables)
     app.connect("html-page-context", _unique_scripts, priority=900)
+    app.connect("build-finished", copy_offline_assets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
