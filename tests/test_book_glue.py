@@ -35,10 +35,10 @@ def test_glued_text_formats_as_myst_nb_does(fmt):
 def test_paste_glue_replaces_every_role_form():
     here = glued(_notebook(ratio=("text/plain", "2.3456"), n=("text/plain", "7"), md=("text/markdown", "**b**")))
     other = glued(_notebook(speed=("text/plain", "0.5")))
-    text = ("r {glue:text}`ratio:.1f`, n {glue:text}`n:d`, plain {glue}`n`, {glue:}`n`, md {glue:md}`md`, "
+    text = ("r {glue:text}`ratio:.1f`, n {glue:text}`n:d`, plain {glue}`n`, {glue:}`n`, md {glue:md}`md` {glue}`md`, "
             "other {glue:text}`../notebooks/x.ipynb::speed:.2f`, bare {glue:text}`ratio`")
     assert paste_glue(text, {"": here, "../notebooks/x.ipynb": other}) == \
-        "r 2.3, n 7, plain 7, 7, md **b**, other 0.50, bare 2.3456"
+        "r 2.3, n 7, plain 7, 7, md **b** **b**, other 0.50, bare 2.3456"
 
 
 def test_missing_keys_notebooks_and_bad_formats_are_named():

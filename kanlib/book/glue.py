@@ -70,8 +70,8 @@ def glued_value(values: Mapping[str, Mapping[str, Any]], key: str) -> Any:
 
 def paste_glue(markdown: str, notebooks: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """`markdown` with every glue role replaced by its text; `notebooks` maps a notebook's path as the role
-    names it (``""`` for the notebook itself) to its :func:`glued` values. Markdown and mime bundles
-    without text are pasted as their text/markdown or text/plain."""
+    names it (``""`` for the notebook itself) to its :func:`glued` values. {glue}, {glue:} and {glue:md} paste a
+    glued Markdown object as its Markdown, as the page shows it; everything else as its text."""
 
     def replace(match: re.Match[str]) -> str:
         kind, target = match.group("kind") or "", match.group("target")
@@ -83,7 +83,7 @@ def paste_glue(markdown: str, notebooks: Mapping[str, Mapping[str, Mapping[str, 
         if path not in notebooks:
             raise GlueError(f"glue role {match.group(0)!r}: expected a notebook among {sorted(notebooks)}, got {path!r}")
         values = notebooks[path]
-        if kind == "md" and key in values and "text/markdown" in values[key]:
+        if kind in ("", "any", "md") and key in values and "text/markdown" in values[key]:
             return values[key]["text/markdown"]
         return glued_text(values, key, fmt)
 
