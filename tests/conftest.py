@@ -53,3 +53,104 @@ def inputs_around(grid: torch.Tensor, n: int, generator: torch.Generator, *, out
         x[first, 0], x[first, -1] = float("inf"), float("-inf")
         x[-1] = float("nan")
     return x
+
+
+# --- the built website and a real browser (shared by the site tests) ----------------------------------------
+# Imports are lazy: most test files need neither selenium nor the book.
+
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
+
+import pytest  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def assets_installed() -> bool:
+    """Whether the npm assets the site serves (reveal.js, MathJax) are installed (`make assets`)."""
+    from kanlib.book.web_assets import MissingAssetsError, asset_dir
+
+    try:
+        asset_dir("reveal.js")
+        asset_dir("mathjax")
+    except MissingAssetsError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> pathlib.Path:
+    """The folder of the site built from the committed notebooks (what `make site` publishes); skipped without
+    the npm assets, except under CI."""
+    if not assets_installed():
+        if os.environ.get("CI"):
+            pytest.fail("npm assets missing: run `make assets` (required under CI)")
+        pytest.skip("npm assets missing: run `make assets` (required under CI)")
+    from kanlib.book.site import build_site
+
+    return build_site("notebooks", build_dir=tmp_path_factory.mktemp("site")).parent
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: pathlib.Path):
+    """Serve `folder` over HTTP on a free local port; yields the base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through selenium; skipped where it is not installed, except under CI."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are required under CI (make test installs them)")
+        pytest.skip("chromium/chromedriver not installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,900"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def open_page(driver, url: str, screenshot: pathlib.Path | None = None) -> list[dict]:
+    """Load `url`, wait until its images are complete, optionally save a screenshot; the console's errors."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get_log("browser")  # drop what earlier pages left
+    driver.get(url)
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
+    driver.execute_script("return new Promise(r => setTimeout(r, 500))")
+    if screenshot is not None:
+        driver.save_screenshot(str(screenshot))
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def broken_images(driver) -> list[str]:
+    """The addresses of the page's images that did not load."""
+    return driver.execute_script(
+        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")

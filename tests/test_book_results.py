@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from kanlib.book import results as R  # noqa: E402
 from kanlib.bench import load_results  # noqa: E402
 from kanlib.book.notebook import results_dir  # noqa: E402
+from kanlib.book.tables import MISSING  # noqa: E402
 
 CANDIDATE_MS = {"dense": 10.0, "mlp": 2.0, "bsplinekan": 15.0, "unfused": 45.0, "pykan": 600.0}
 CANDIDATE_PEAK = {"dense": 100, "mlp": 20, "bsplinekan": 120, "unfused": 480, "pykan": 6000}
@@ -212,7 +213,7 @@ def test_layer_summary_states_the_headline_in_words(runs):
 
 def test_style_formats_floats_and_missing_values():
     html = R.style(pd.DataFrame({"a": [1.23456789, math.nan], "b": ["x", None]})).to_html()
-    assert "1.235" in html and "1.23456789" not in html and "-" in html
+    assert "1.235" in html and "1.23456789" not in html and MISSING in html
 
 
 def test_kernel_like_rows_plot_one_line_per_candidate_with_the_other_sweeps_held_fixed():
@@ -235,3 +236,37 @@ def test_kernel_like_rows_plot_one_line_per_candidate_with_the_other_sweeps_held
     grid = R.plot_timings(frame)
     assert grid is not None and caption in grid.figure._suptitle.get_text()
     plt.close("all")
+
+
+def test_a_column_derived_from_the_swept_one_is_not_held_fixed():
+    """The layer benchmark's rows carry dense_k = width*(G+k+1): it follows the grid, so holding it fixed would
+    leave one grid on the axis. Every grid measured must stay, before and after an independent sweep."""
+    def with_k(rows, width=8):
+        return [{**row, "width": width, "dense_k": width * (row["grid"] + 4)} for row in rows]
+
+    grids = (5, 10, 20, 50)
+    frame = R.results_frame([result("layer", "cpu", "2026-03-01T00:00:00+00:00", with_k(layer_rows(grids=grids)))])
+    x, hue = R.sweep_column(frame), R.hue_column(frame)
+    assert (x, hue) == ("grid", "candidate")
+    kept, caption = R.fix_other_parameters(frame, x, hue)
+    assert sorted(set(kept["grid"])) == list(grids) and len(kept) == len(frame)
+    assert caption == ""
+    # K ahead of a truly swept width: the width is held fixed, K is not, and no grid is lost
+    rows = [{"dense_k": row["dense_k"], **row} for width in (8, 16) for row in with_k(layer_rows(grids=grids), width)]
+    frame = R.results_frame([result("layer", "cpu", "2026-03-01T00:00:00+00:00", rows)])
+    kept, caption = R.fix_other_parameters(frame, "grid", "candidate")
+    assert sorted(set(kept["grid"])) == list(grids) and set(kept["width"]) == {8}
+    assert caption == "width = 8"
+    for figure in (R.plot_timings(frame, x="grid"), R.plot_ratios(frame, x="grid")):
+        ticks = sorted({tick for ax in figure.axes.flat for tick in ax.get_xticks()})
+        assert ticks == list(grids), "the x axis is ticked at every grid measured"
+    plt.close("all")
+
+
+def test_the_committed_layer_runs_plot_every_grid_they_measured():
+    layer_runs = [run for run in R.latest_runs(load_results(results_dir())) if run["benchmark"] == "layer"]
+    if not layer_runs:
+        pytest.skip("no layer benchmark on file")
+    frame = R.results_frame(layer_runs)
+    kept, _ = R.fix_other_parameters(frame, R.sweep_column(frame), R.hue_column(frame))
+    assert set(kept["grid"]) == set(frame["grid"])

@@ -275,18 +275,34 @@ def _draw_median_with_quartiles(data: pd.DataFrame, x: str, color=None, label=No
                        marker="o", markersize=4, capsize=3, **kwargs)
 
 
+def _follows(frame: pd.DataFrame, column: str, keys: list[str]) -> bool:
+    """Whether `column` takes at most one value for each value of `keys` within each run (e.g. the dense
+    product's K = I*(G+k+1) follows the grid G): it is derived from them, not swept beside them."""
+    return bool((frame.groupby(["run", *keys], dropna=False)[column].nunique() <= 1).all())
+
+
 def fix_other_parameters(frame: pd.DataFrame, x: str, hue: str | None) -> tuple[pd.DataFrame, str]:
     """The rows where every swept parameter other than `x` and `hue` takes its first value, so that each
-    line of a figure is one `hue` value; and a caption naming the values held fixed ('' when none)."""
+    line of a figure is one `hue` value; and a caption naming the values held fixed ('' when none).
+
+    A column derived from `x` and `hue` (one value per x, hue and run), or one whose first value would drop
+    some measured x (it changes with x), is not held fixed: every x measured stays on the axis.
+    """
     fixed = []
+    keys = [x] if hue is None else [x, hue]
     for column in _row_columns(frame):
         if column in (x, hue) or column.endswith(MEASURE_SUFFIXES) or not _varies(frame, column):
             continue
         values = frame[column].dropna()
         if values.empty or not all(isinstance(v, (str, int, float, bool)) for v in values):
             continue
+        if _follows(frame, column, keys):
+            continue
         first = values.iloc[0]
-        frame = frame[frame[column] == first]
+        kept = frame[frame[column] == first]
+        if set(kept[x].dropna()) != set(frame[x].dropna()):
+            continue
+        frame = kept
         fixed.append(f"{column} = {first}")
     return frame, ", ".join(fixed)
 
@@ -434,11 +450,8 @@ def layer_summary(headline: Mapping[str, Any]) -> str:
 
 
 def style(frame: pd.DataFrame):
-    """`frame` as a pandas Styler for display: floats with 4 significant digits, missing values as '-',
-    no index."""
-    def number(value):
-        if isinstance(value, float):
-            return "-" if math.isnan(value) else f"{value:.4g}"
-        return value
+    """`frame` for display, as every table of the book is shown (:func:`kanlib.book.tables.show_table`): floats
+    with 4 significant digits, missing values as a dash, no index."""
+    from .tables import show_table
 
-    return frame.style.format(number, na_rep="-").hide(axis="index")
+    return show_table(frame)

@@ -3,29 +3,37 @@
     build_site(notebooks_dir="_build/executed")   # make book: the notebooks the runner just executed
     build_site(notebooks_dir="notebooks")         # make site: the committed notebooks, not executed
 
-The staging folder holds _config.yml, _toc.yml, book/ and the notebooks; the banner on every page names
-the run(s) the notebooks show, read from their stamps. The slides go beside the pages, under slides/.
+The staging folder holds _config.yml, _toc.yml, book/, _static/, references.bib and the notebooks; the
+banner on every page names the run(s) the notebooks show, read from their stamps. In the staged copies, which
+the pages and the decks are built from, each stamp cell is written anew from the stamp (the wall time, or that
+it was not recorded) and the cell tagged ``parameters`` shows the values the run used; the committed
+notebooks keep their defaults. The slides go beside the pages, under slides/.
 """
 from __future__ import annotations
 
+import ast
 import html
+import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import nbformat
 import yaml
 
 from ..checks import check_output_dir
-from .paths import BUILD_DIR, LOGO, NOTEBOOKS_DIR, PROJECT_ROOT
-from .runner import RunStamp, find_notebooks
-from .slides import deck_name, write_decks
-from .web_assets import asset_dir, copy_tree
+from .paths import BUILD_DIR, NOTEBOOKS_DIR, PROJECT_ROOT
+from .runner import STAMP_TAG, RunStamp, find_notebooks, format_duration
+from .slides import TALK_DECK, deck_name, notebook_title, write_decks
+from .verdict import write_verdict
 
 STAGE_DIR = BUILD_DIR / "site-src"
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "_static")
+OPTIONAL_SOURCES = ("references.bib",)  # staged when it exists; the build names it when _config.yml needs it
 SLIDES_MARKER = "<!-- kanlib:slide-decks -->"
 SLIDES_DIR = "slides"
 
@@ -35,41 +43,115 @@ class BookBuildError(RuntimeError):
 
 
 def run_banner(notebooks: list[pathlib.Path]) -> str:
-    """One line for the top of every page: which run the notebooks show."""
-    described: dict[str, list[str]] = {}
+    """One line for the top of every page: which run the notebooks show, and how long their notebooks took."""
+    runs: dict[str, list[tuple[str, RunStamp | None]]] = {}
     for path in notebooks:
         stamp = RunStamp.from_metadata(nbformat.read(path, as_version=4).metadata)
-        text = stamp.describe() if stamp else "not executed by the runner"
-        described.setdefault(text, []).append(path.stem)
+        text = stamp.describe(duration=False) if stamp else "not executed by the runner"
+        runs.setdefault(text, []).append((path.stem, stamp))
+    described = {f"{text}{_time_in_all(members)}": [name for name, _ in members] for text, members in runs.items()}
     if len(described) == 1:
         return f"This site shows {next(iter(described))}."
     parts = [f"{', '.join(names)}: {text}" for text, names in described.items()]
     return "This site shows several runs. " + "; ".join(parts) + "."
 
 
+def _time_in_all(members: list[tuple[str, RunStamp | None]]) -> str:
+    """' (it took 42 s)', ' (3 min 05 s in all)'; '' where no time was recorded (each page's stamp says so)."""
+    stamps = [stamp for _, stamp in members if stamp is not None]
+    times = [stamp.duration_s for stamp in stamps if stamp.duration_s is not None]
+    if not times:
+        return ""
+    total = format_duration(sum(times))
+    missing = len(stamps) - len(times)
+    if len(stamps) == 1:
+        return f" (it took {total})"
+    return f" ({total} in all{f', {missing} without recorded times' if missing else ''})"
+
+
+def show_parameters(source: str, values: Mapping[str, Any]) -> str:
+    """The parameters cell `source` with every name of `values` assigned the value used, its comment kept.
+
+    A value that reads the same as the one in the cell keeps the cell's text; a name the cell does not assign
+    is added at the end. Raises ValueError when the cell is not Python.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        raise ValueError(f"parameters cell: expected Python, got {error.msg} at line {error.lineno}") from None
+    lines = source.split("\n")
+    assigned: set[str] = set()
+    targets = []
+    for node in tree.body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None)
+        if isinstance(target, ast.Name) and target.id in values:
+            assigned.add(target.id)
+            targets.append((target.id, node.value))
+    for name, value in reversed(targets):  # from the bottom, so earlier positions stay valid
+        try:
+            if _same(ast.literal_eval(value), values[name]):
+                continue
+        except (ValueError, TypeError, SyntaxError):  # an expression, not a literal: always replaced
+            pass
+        # ast counts columns in UTF-8 bytes
+        first, last = lines[value.lineno - 1].encode(), lines[value.end_lineno - 1].encode()
+        head, tail = first[:value.col_offset].decode(), last[value.end_col_offset:].decode()
+        new = head + _literal(values[name])
+        comment = tail.lstrip()
+        if comment.startswith("#"):  # the comment stays in its column, at least two spaces after the value
+            column = len(last[:value.end_col_offset].decode()) + len(tail) - len(comment)
+            if value.lineno != value.end_lineno:
+                column = 0
+            tail = " " * max(column - len(new), 2) + comment
+        lines[value.lineno - 1:value.end_lineno] = [new + tail]
+    added = [f"{name} = {_literal(value)}  # set by the run" for name, value in values.items() if name not in assigned]
+    return "\n".join(lines + added) if added else "\n".join(lines)
+
+
+def _same(old: Any, new: Any) -> bool:
+    return type(old) is type(new) and old == new
+
+
+def _literal(value: Any) -> str:
+    """`value` as Python source, strings in double quotes as the notebooks write them."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
+def prepare_page(nb: nbformat.NotebookNode, notebook_name: str) -> nbformat.NotebookNode:
+    """The staged copy of a notebook: its stamp cell written anew from its stamp, its parameters cell showing
+    the values the run used (``metadata.kanlib.parameters``)."""
+    stamp = RunStamp.from_metadata(nb.metadata)
+    parameters = nb.metadata.get("kanlib", {}).get("parameters") or {}
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if stamp and STAMP_TAG in tags:
+            cell.source = stamp.to_markdown(notebook_name)
+        elif parameters and "parameters" in tags and cell.cell_type == "code":
+            try:
+                cell.source = show_parameters(cell.source, parameters)
+            except ValueError as error:
+                raise BookBuildError(f"{notebook_name}: {error}") from None
+    return nb
+
+
 def slide_list_html(notebooks: list[pathlib.Path]) -> str:
-    """An HTML list linking each notebook's deck, as seen from a page in book/."""
-    items = []
+    """An HTML list linking the talk, then each notebook's deck, as seen from a page in book/."""
+    talk = f"../{SLIDES_DIR}/{TALK_DECK}"
+    items = [f'<li><a href="{html.escape(talk)}">The talk: the headline slides of every notebook</a> '
+             f'<code>{html.escape(TALK_DECK)}</code></li>']
     for path in notebooks:
-        title = _title(nbformat.read(path, as_version=4)) or path.stem
+        title = notebook_title(nbformat.read(path, as_version=4)) or path.stem
         href = f"../{SLIDES_DIR}/{deck_name(path)}"
         items.append(f'<li><a href="{html.escape(href)}">{html.escape(title)}</a> '
                      f'<code>{html.escape(path.name)}</code></li>')
     return "<ul class=\"kanlib-decks\">\n" + "\n".join(items) + "\n</ul>"
 
 
-def _title(nb: nbformat.NotebookNode) -> str | None:
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return None
-
-
 def stage(notebooks_dir: str | os.PathLike[str], stage_dir: str | os.PathLike[str] = STAGE_DIR, *,
           require_all: bool = True) -> pathlib.Path:
-    """Copy the book's sources and the notebooks of `notebooks_dir` into `stage_dir`, banner and deck list filled.
+    """Copy the book's sources and the notebooks of `notebooks_dir` into `stage_dir`, banner and deck list filled,
+    each notebook as `prepare_page` leaves it.
 
     With `require_all`, every committed notebook must have a copy in `notebooks_dir`.
     """
@@ -85,15 +167,15 @@ def stage(notebooks_dir: str | os.PathLike[str], stage_dir: str | os.PathLike[st
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
-    for name in BOOK_SOURCES:
+    for name in BOOK_SOURCES + OPTIONAL_SOURCES:
         source = PROJECT_ROOT / name
         if source.is_dir():
             shutil.copytree(source, stage_dir / name)
-        else:
+        elif source.is_file() or name not in OPTIONAL_SOURCES:
             shutil.copyfile(source, stage_dir / name)
     (stage_dir / "notebooks").mkdir()
     for path in notebooks:
-        shutil.copyfile(path, stage_dir / "notebooks" / path.name)
+        nbformat.write(prepare_page(nbformat.read(path, as_version=4), path.name), stage_dir / "notebooks" / path.name)
     config_path = stage_dir / "_config.yml"
     config = yaml.safe_load(config_path.read_text())
     config.setdefault("html", {})["announcement"] = html.escape(run_banner(notebooks))
@@ -104,9 +186,7 @@ def stage(notebooks_dir: str | os.PathLike[str], stage_dir: str | os.PathLike[st
         if SLIDES_MARKER not in text:
             raise BookBuildError(f"book/slides.md: expected the marker {SLIDES_MARKER!r}, found none")
         slides_page.write_text(text.replace(SLIDES_MARKER, slide_list_html(notebooks)))
-    copy_tree(asset_dir("mathjax") / "es5", stage_dir / "_extra" / "mathjax", ignore=("*.md",))
-    # The root index.html is a redirect page without an icon link; browsers then ask for /favicon.ico.
-    shutil.copyfile(LOGO, stage_dir / "_extra" / "favicon.ico")
+    write_verdict(stage_dir / "book" / "intro.md", stage_dir / "notebooks")  # the verdict table and figure
     return stage_dir
 
 
@@ -119,6 +199,13 @@ def build_site(notebooks_dir: str | os.PathLike[str], *, build_dir: str | os.Pat
     check_output_dir(build_dir, "build_dir")
     build_dir = pathlib.Path(build_dir)
     stage_dir = stage(notebooks_dir, build_dir / "site-src", require_all=require_all)
+    return build_staged(stage_dir, build_dir=build_dir, slides=slides, quiet=quiet)
+
+
+def build_staged(stage_dir: str | os.PathLike[str], *, build_dir: str | os.PathLike[str] = BUILD_DIR,
+                 slides: bool = True, quiet: bool = True) -> pathlib.Path:
+    """Build a folder made by `stage` (warnings are errors) into build_dir/html, add the decks; returns index.html."""
+    stage_dir, build_dir = pathlib.Path(stage_dir), pathlib.Path(build_dir)
     log = build_dir / "jupyter-book.log"
     command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(stage_dir),
                "--path-output",
