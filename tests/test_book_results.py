@@ -270,3 +270,11 @@ def test_the_committed_layer_runs_plot_every_grid_they_measured():
     frame = R.results_frame(layer_runs)
     kept, _ = R.fix_other_parameters(frame, R.sweep_column(frame), R.hue_column(frame))
     assert set(kept["grid"]) == set(frame["grid"])
+
+
+@pytest.mark.parametrize("column, header", [("fwdbwd_median_ms", "fwdbwd median (ms)"), ("fwd_q25_ms", "fwd 25th pct (ms)"),
+                                            ("peak_bytes", "peak (bytes)"), ("dense_k", "dense k"),
+                                            ("ratio_to_dense", "ratio to dense"), ("candidate", "candidate")])
+def test_style_gives_benchmark_columns_readable_headers(column, header):
+    assert R.readable_name(column) == header
+    assert f">{header}</th>" in R.style(pd.DataFrame({column: [1.0]})).to_html()

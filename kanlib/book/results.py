@@ -31,8 +31,8 @@ from ..checks import MIB
 
 __all__ = [
     "META_COLUMNS", "device_label", "hue_column", "latest", "latest_runs", "layer_headline", "layer_summary",
-    "plot_ratios", "plot_timings", "ratio_columns", "results_frame", "runs_frame", "style", "sweep_column", "table",
-    "timing_prefixes", "timings_long",
+    "plot_ratios", "plot_timings", "ratio_columns", "readable_name", "results_frame", "runs_frame", "style",
+    "sweep_column", "table", "timing_prefixes", "timings_long",
 ]
 
 META_COLUMNS = ("benchmark", "device_type", "device", "created_utc", "commit", "run")
@@ -449,9 +449,22 @@ def layer_summary(headline: Mapping[str, Any]) -> str:
             f"times the dense product's, the unfused layer's {pair('unfused_memory_ratio')} times kanlib's.")
 
 
+# Column-name endings of the benchmarks' rows and how a reader reads them.
+_READABLE_ENDINGS = (("_median_ms", " median (ms)"), ("_q25_ms", " 25th pct (ms)"), ("_q75_ms", " 75th pct (ms)"),
+                     ("_bytes", " (bytes)"), ("_MiB", " (MiB)"))
+
+
+def readable_name(column: str) -> str:
+    """A benchmark column as a table header: 'fwdbwd_median_ms' -> 'fwdbwd median (ms)', 'dense_k' -> 'dense k'."""
+    for ending, readable in _READABLE_ENDINGS:
+        if column.endswith(ending):
+            return column[: -len(ending)].replace("_", " ") + readable
+    return column.replace("_", " ")
+
+
 def style(frame: pd.DataFrame):
-    """`frame` for display, as every table of the book is shown (:func:`kanlib.book.tables.show_table`): floats
-    with 4 significant digits, missing values as a dash, no index."""
+    """`frame` for display, as every table of the book is shown (:func:`kanlib.book.tables.show_table`): readable
+    headers, floats with 4 significant digits, missing values as a dash, no index."""
     from .tables import show_table
 
-    return show_table(frame)
+    return show_table(frame.rename(columns=lambda column: readable_name(str(column))))
