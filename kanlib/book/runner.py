@@ -125,10 +125,15 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
+def recorded_duration(metadata: dict[str, Any]) -> float | None:
+    """The wall time a code cell's metadata records for the run shown (seconds), None when there is none."""
+    seconds = (metadata or {}).get("kanlib", {}).get(DURATION_KEY)
+    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
+
+
 def cell_duration(cell: nbformat.NotebookNode) -> float | None:
     """The wall time a code cell took in the run shown (seconds), None when it was not recorded."""
-    seconds = cell.get("metadata", {}).get("kanlib", {}).get(DURATION_KEY)
-    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
+    return recorded_duration(cell.get("metadata", {}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,8 +32,7 @@ from .slides import TALK_DECK, deck_name, notebook_title, write_decks
 from .verdict import write_verdict
 
 STAGE_DIR = BUILD_DIR / "site-src"
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "_static")
-OPTIONAL_SOURCES = ("references.bib",)  # staged when it exists; the build names it when _config.yml needs it
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "_static", "references.bib")
 SLIDES_MARKER = "<!-- kanlib:slide-decks -->"
 SLIDES_DIR = "slides"
 
@@ -167,11 +166,11 @@ def stage(notebooks_dir: str | os.PathLike[str], stage_dir: str | os.PathLike[st
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
-    for name in BOOK_SOURCES + OPTIONAL_SOURCES:
+    for name in BOOK_SOURCES:
         source = PROJECT_ROOT / name
         if source.is_dir():
             shutil.copytree(source, stage_dir / name)
-        elif source.is_file() or name not in OPTIONAL_SOURCES:
+        else:
             shutil.copyfile(source, stage_dir / name)
     (stage_dir / "notebooks").mkdir()
     for path in notebooks:

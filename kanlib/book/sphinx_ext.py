@@ -21,7 +21,7 @@ from typing import Any
 
 from docutils import nodes
 
-from .runner import DURATION_KEY, format_duration
+from .runner import format_duration, recorded_duration
 from .web_assets import asset_dir, copy_tree
 
 BADGE_CLASS = "kanlib-cell-time"
@@ -57,8 +57,8 @@ def add_cell_time_badges(app, doctree: nodes.document) -> None:
     for cell in doctree.findall(nodes.container):
         if cell.get("nb_element") != "cell_code":
             continue
-        seconds = (cell.get("cell_metadata") or {}).get("kanlib", {}).get(DURATION_KEY)
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= BADGE_MIN_S:
+        seconds = recorded_duration(cell.get("cell_metadata"))
+        if seconds is None or seconds <= BADGE_MIN_S:
             continue
         after_code = [i + 1 for i, child in enumerate(cell.children)
                       if isinstance(child, nodes.container) and child.get("nb_element") == "cell_code_source"]
