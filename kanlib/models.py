@@ -54,10 +54,32 @@ class KAN(Stack, nn.Module):
         return f"widths={self.widths}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., widths[0]] -> [..., widths[-1]]."""
+        """x [..., widths[0]] -> [..., widths[-1]]. The input is kept (detached, not copied) as the samples that
+        ``attribute``, ``prune``, ``plot`` and the symbolic fits use when they are given none, as pykan does."""
+        self._last_input = x.detach()
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def samples(self, x: torch.Tensor | None, method: str) -> torch.Tensor:
+        """x [N, widths[0]], or when None the input of the last forward call, for ``method``'s error message."""
+        if x is None:
+            x = getattr(self, "_last_input", None)
+            if x is None:
+                raise ValueError(f"KAN.{method} needs samples: pass x=[N, {self.in_features}] or call model(x) "
+                                 f"first, whose input is used")
+        x = x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x
+        if x.dim() != 2 or x.shape[-1] != self.in_features:
+            raise ValueError(f"KAN.{method} needs samples of shape [N, {self.in_features}], got {tuple(x.shape)}")
+        return x
+
+    def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The input of every layer for samples x [N, widths[0]]: [x, layer0(x), ...], len(widths) - 1 tensors."""
+        inputs = []
+        for layer in self.layers:
+            inputs.append(x)
+            x = layer(x)
+        return inputs
 
     @torch.no_grad()
     def update_grid(self, x: torch.Tensor) -> None:
