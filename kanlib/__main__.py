@@ -296,6 +296,57 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return _write_results("quant", params, rows, device, args)
 
 
+def _add_bench_workflow(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "workflow",
+        help="pykan's Example 1 (fit, refine, fit, ...) over model seeds, kanlib and pykan side by side",
+        description="Train pykan's Example 1, f(x, y) = exp(sin(pi x) + y^2) with a [2, 1, 1] KAN, as pykan's "
+                    "tutorial does (LBFGS with each library's fit defaults, then refine and fit again per grid "
+                    "size), with kanlib and with pykan on the same data; print the test RMSE and seconds per "
+                    "seed and stage, the targets, and write data/results/workflow-*.json.",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="auto: cuda if available, else cpu (default: cpu)")
+    parser.add_argument("--seeds", type=_int_at_least(0), nargs="+", metavar="S",
+                        help="model seeds (default: 0 to 9; quick: 0 1)")
+    parser.add_argument("--grid", type=_int_at_least(1), nargs="+", dest="grids", metavar="G",
+                        help="grid sizes, the first at construction (default: 3 10 20; quick: 3 10)")
+    parser.add_argument("--steps", type=_int_at_least(1), default=None,
+                        help="LBFGS steps per grid size (default: 200; quick: 20)")
+    parser.add_argument("--quick", action="store_true", help="two seeds, two grid sizes, 20 steps each")
+    parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.set_defaults(handler=_bench_workflow, command_parser=parser)
+
+
+def _bench_workflow(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench import workflow
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds: expected distinct seeds, got {args.seeds}")
+    if not args.no_write:
+        with _fails_on(OutputDirError):
+            check_output_dir(args.out_dir, "--out-dir")
+    settings = workflow.QUICK if args.quick else workflow.DEFAULTS
+    seeds = tuple(args.seeds or settings["seeds"])
+    grids = tuple(args.grids or settings["grids"])
+    steps = args.steps or settings["steps"]
+    rows = workflow.run_workflow_benchmark(device, seeds=seeds, grids=grids, steps=steps)
+    print(f"workflow benchmark (pykan's Example 1) on {device}{' (quick)' if args.quick else ''}")
+    print(format_table([row for row in rows if row["kind"] == "seed"], workflow.table_columns(grids)))
+    print(format_table([row for row in rows if row["kind"] == "summary"]))
+    print("targets:")
+    print(format_targets(workflow.target_report(rows), ".3g"))
+    params = {"quick": args.quick, "seeds": list(seeds), "grids": list(grids), "steps": steps,
+              "dataset_seed": workflow.DATASET_SEED, "rmse_goal": workflow.RMSE_GOAL,
+              "pykan": {"auto_save": False, "ckpt_path": "a temporary folder, removed after the run"}}
+    return _write_results("workflow", params, rows, device, args)
+
+
 def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
     wheels = commands.add_parser(
         "gpu-wheels", help="download the wheels a bare GPU machine lacks into .whl/ (needs the package registries)",
@@ -379,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_layer(benchmarks)
     _add_bench_kernel(benchmarks)
     _add_bench_quant(benchmarks)
+    _add_bench_workflow(benchmarks)
     _add_book_commands(commands)
     _add_gpu_commands(commands)
     return parser

@@ -1,6 +1,7 @@
 """Whole networks: the `KAN` stack, the `MLP` baseline, and their parameter and FLOP counts."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -8,15 +9,20 @@ import torch
 from torch import nn
 
 from .activations import ACTIVATIONS, MLP_ACTIVATIONS
-from .checks import check_positive_int
+from .checks import check_int, check_positive_int, is_real
 from .layers.bspline import BSplineKAN
 from .layers.basis_kan import BasisKAN
 from .layers.conv import KANConv2d
 from .layers.mlp import MLP, Stack, check_activation, check_widths
 from .layers.registry import LAYERS, resolve_layer
+from .prune import Attribution, attribution, kept_edges, kept_nodes, sample_std
+from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
 
 __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
            "mlp_with_parameter_count"]
+
+# pykan's MultKAN initializes its splines with this noise (its KANLayer's own default is 0.5).
+MULTKAN_NOISE_SCALE = 0.3
 
 
 
@@ -39,13 +45,17 @@ class KAN(Stack, nn.Module):
 
     Input ``[..., widths[0]]``, output ``[..., widths[-1]]``. ``layer`` is a layer class or a name in
     ``LAYERS``; ``layer_kwargs`` go to every layer (e.g. grid_size, spline_order). An int ``seed`` makes the
-    initial parameters reproducible and leaves the global RNG untouched.
+    initial parameters reproducible and leaves the global RNG untouched. B-spline layers start as pykan's
+    ``MultKAN`` starts them: ``noise_scale`` 0.3 unless given, so ``KAN(widths, seed=s)`` draws the same initial
+    coefficients and scales as ``MultKAN(width=widths, seed=s)`` with the same grid size and order.
     """
 
     def __init__(self, widths: Sequence[int], layer=BSplineKAN, seed: int | None = None, **layer_kwargs):
         super().__init__()
         self.widths = check_widths(widths)
         layer_type = resolve_layer(layer)
+        if isinstance(layer_type, type) and issubclass(layer_type, BSplineKAN):
+            layer_kwargs.setdefault("noise_scale", MULTKAN_NOISE_SCALE)
         with _seeded(seed):
             self.layers = nn.ModuleList(layer_type(n_in, n_out, **layer_kwargs)
                                         for n_in, n_out in zip(self.widths[:-1], self.widths[1:]))
@@ -103,17 +113,308 @@ class KAN(Stack, nn.Module):
             raise
 
     @torch.no_grad()
-    def refine(self, grid_size: int) -> None:
-        """Every layer keeps its function on ``grid_size`` intervals. New coefficient tensors replace the old
-        ones when the size changes, so build the optimizer afterwards."""
-        self._require("refine")
-        for layer in self.layers:
-            layer.refine(grid_size)
+    def refine(self, grid_size: int, x: torch.Tensor | None = None) -> "KAN":
+        """Every layer keeps its function on ``grid_size`` intervals, refined in place; returns self, so pykan's
+        ``model = model.refine(10)`` works too.
 
-    def regularization_loss(self, **kwargs) -> torch.Tensor:
-        """The sum of the layers' ``regularization_loss(**kwargs)``."""
+        As pykan's ``refine``, each layer's splines are fitted by least squares to the old ones at the inputs
+        it receives from samples x [N, widths[0]] (default: the input of the last forward call, which after
+        ``fit`` is the training input). Its new knots follow those inputs as in ``update_grid`` (pykan
+        interpolates the old knots instead, which leaves a hidden layer's inputs that drifted since the last
+        grid update outside its grid). The coefficient Parameters are replaced, so build the optimizer
+        afterwards. On an error no layer is changed.
+        """
+        self._require("refine")
+        check_int("grid_size", grid_size, 1)
+        inputs = self.layer_inputs(self.samples(x, "refine"))
+        saved = [{name: t.clone() for name, t in layer.state_dict().items()} for layer in self.layers]
+        try:
+            for index, (layer, layer_input) in enumerate(zip(self.layers, inputs)):
+                try:
+                    layer.refine(grid_size, layer_input)
+                except ValueError as error:
+                    raise ValueError(f"KAN.refine: layer {index} ({layer.in_features} -> {layer.out_features}) "
+                                     f"cannot take a grid from its inputs: {error}; no layer was changed") from error
+        except BaseException:
+            for layer, state in zip(self.layers, saved):
+                _restore(layer, state)
+            raise
+        return self
+
+    def regularization_loss(self, x: torch.Tensor, l1: float = 1.0, entropy: float = 2.0, coef: float = 0.0,
+                            coefdiff: float = 0.0) -> torch.Tensor:
+        """pykan's sparsity penalty on the batch x [N, widths[0]] (N >= 2): the sum over layers of
+        ``layer.regularization_loss(layer input, ...)``, differentiable through the layer inputs as pykan's."""
         self._require("regularization_loss")
-        return sum(layer.regularization_loss(**kwargs) for layer in self.layers)
+        x = self.samples(x, "regularization_loss")
+        total = 0
+        for layer in self.layers:
+            total = total + layer.regularization_loss(x, l1=l1, entropy=entropy, coef=coef, coefdiff=coefdiff)
+            x = layer(x)
+        return total
+
+    @classmethod
+    def from_pykan(cls, multkan) -> "KAN":
+        """The KAN of BSplineKAN layers computing what a pykan ``MultKAN`` computes (sum nodes only).
+
+        pykan's node and subnode biases become the layers' bias; multiplication nodes, node or subnode scales
+        other than 1, fixed symbolic functions and pruned inputs (``input_id``) are refused with a ValueError.
+        """
+        if not all(hasattr(multkan, name) for name in ("act_fun", "width", "symbolic_fun", "node_scale")):
+            raise TypeError(f"KAN.from_pykan expects a pykan MultKAN, got {type(multkan).__name__}")
+        widths = [int(sum(w)) if isinstance(w, (list, tuple)) else int(w) for w in multkan.width]
+        mult = [index for index, w in enumerate(multkan.width) if isinstance(w, (list, tuple)) and w[1]]
+        if mult:
+            raise ValueError(f"KAN.from_pykan converts sum nodes only; layers {mult} of width {multkan.width} "
+                             f"have multiplication nodes")
+        input_id = torch.as_tensor(multkan.input_id).cpu().long()
+        if not torch.equal(input_id, torch.arange(widths[0])):
+            raise ValueError(f"KAN.from_pykan needs a model that reads all its inputs in order; input_id is "
+                             f"{input_id.tolist()} (after prune_input), expected {list(range(widths[0]))}")
+        layers = []
+        for index, (numeric, symbolic) in enumerate(zip(multkan.act_fun, multkan.symbolic_fun)):
+            fixed = symbolic.mask.nonzero().tolist()
+            if fixed:
+                raise ValueError(f"KAN.from_pykan cannot convert fixed symbolic functions; layer {index} has "
+                                 f"symbolic (output, input) edges {fixed}")
+            for name in ("node_scale", "subnode_scale"):
+                scale = getattr(multkan, name)[index].detach()
+                if not bool((scale == 1).all()):
+                    raise ValueError(f"KAN.from_pykan needs {name} = 1 (it changes pykan's attribution, so it is "
+                                     f"not folded in); layer {index} has {scale.tolist()}")
+            layer = BSplineKAN.from_pykan(numeric)
+            bias = (multkan.subnode_bias[index] + multkan.node_bias[index]).detach().to(layer.coef)
+            if bool((bias != 0).any()):
+                layer.bias = nn.Parameter(bias.clone())
+            layers.append(layer)
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.widths = check_widths(widths)
+        model.layers = nn.ModuleList(layers)
+        return model
+
+    def to_pykan(self):
+        """pykan's ``MultKAN`` with these layers (each layer's bias as pykan's node_bias). The global RNG states
+        (torch, numpy, random), which pykan's constructor reseeds, are left as they were."""
+        import random
+
+        import numpy as np
+        from kan import MultKAN
+
+        for index, layer in enumerate(self.layers):
+            if type(layer) is not BSplineKAN:
+                raise TypeError(f"KAN.to_pykan needs plain BSplineKAN layers; layer {index} is "
+                                f"{type(layer).__name__}")
+            if getattr(layer, "symbolic", None) is not None and bool(layer.symbolic.mask.any()):
+                raise ValueError(f"KAN.to_pykan cannot convert fixed symbolic functions (layer {index})")
+        first = self.layers[0]
+        grids = [layer.grid_size for layer in self.layers]
+        orders = [layer.spline_order for layer in self.layers]
+        base = first.base_activation if first.base_activation in ("silu", "identity") \
+            else ACTIVATIONS[first.base_activation].module()
+        device = str(first.coef.device)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                model = MultKAN(width=list(self.widths), grid=grids if len(set(grids)) > 1 else grids[0],
+                                k=orders if len(set(orders)) > 1 else orders[0], base_fun=base,
+                                grid_eps=first.grid_eps, auto_save=False, device=device)
+                for index, layer in enumerate(self.layers):
+                    plain = layer
+                    if layer.bias is not None:
+                        plain = copy.deepcopy(layer)
+                        plain.bias = None
+                    model.act_fun[index] = plain.to_pykan()
+                    for name in ("node_bias", "node_scale", "subnode_bias", "subnode_scale"):
+                        getattr(model, name)[index].data = getattr(model, name)[index].data.to(layer.coef)
+                    if layer.bias is not None:
+                        model.node_bias[index].data = layer.bias.detach().clone()
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        return model
+
+    def plot(self, x: torch.Tensor | None = None, beta: float = 3.0, metric: str = "backward", in_vars=None,
+             out_vars=None, title: str | None = None, scale: float = 1.0, ax=None, path=None):
+        """The network with every edge's learned function, as pykan's ``plot()``; see
+        :func:`kanlib.plot.plot_model`. x [N, widths[0]] (None: the last input). Returns a matplotlib Figure."""
+        from .plot import plot_model
+
+        return plot_model(self, x, beta=beta, metric=metric, in_vars=in_vars, out_vars=out_vars, title=title,
+                          scale=scale, ax=ax, path=path)
+
+    def plot_activation(self, l: int, i: int, j: int, x: torch.Tensor | None = None, ax=None, path=None):
+        """Edge (l, i, j)'s function with the samples it saw; see :func:`kanlib.plot.plot_activation`.
+        Returns a matplotlib Figure."""
+        from .plot import plot_activation
+
+        return plot_activation(self, l, i, j, x, ax=ax, path=path)
+
+    @torch.no_grad()
+    def attribute(self, x: torch.Tensor | None = None) -> Attribution:
+        """pykan's ``attribute()`` scores from samples x [N, widths[0]], N >= 2 (default: the last forward's input).
+
+        Each edge's std over the samples (symbolic edges included) and each node's output std feed
+        :func:`kanlib.prune.attribution`: ``node_scores`` [widths[l]] per node layer, ``edge_scores`` [I, O].
+        """
+        self._require_bspline("attribute")
+        x = self.samples(x, "attribute")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("KAN.attribute needs finite samples; x has NaN or inf (the scores would be NaN)")
+        inputs = self.layer_inputs(x)
+        edge_stds = [sample_std(layer.activations(inp)) for layer, inp in zip(self.layers, inputs)]
+        output_stds = [sample_std(layer(inp)) for layer, inp in zip(self.layers, inputs)]
+        return attribution(edge_stds, output_stds)
+
+    def prune_node(self, threshold: float = 1e-2, x: torch.Tensor | None = None) -> "KAN":
+        """A new, narrower KAN without the hidden nodes whose attribution score (on x, see ``attribute``) is at
+        most ``threshold``, with the edges into and out of them (pykan's ``prune_node``). Inputs and outputs stay.
+        ValueError when a hidden layer would lose every node. The model itself is left as it is."""
+        self._require_bspline("prune_node")
+        kept = kept_nodes(self.attribute(x), threshold)
+        layers = [layer.select(kept[l], kept[l + 1]) for l, layer in enumerate(self.layers)]
+        return self._with_layers(layers)
+
+    def prune_edge(self, threshold: float = 3e-2, x: torch.Tensor | None = None) -> "KAN":
+        """A copy whose edges scoring at most ``threshold`` (on x, see ``attribute``) are masked off (pykan's
+        ``prune_edge``: only the spline mask; edges fixed to symbolic functions stay). The model is left as it is."""
+        self._require_bspline("prune_edge")
+        masks = kept_edges(self.attribute(x), threshold)
+        model = copy.deepcopy(self)
+        with torch.no_grad():
+            for layer, keep in zip(model.layers, masks):
+                layer.mask.mul_(keep.to(layer.mask))
+        return model
+
+    def prune(self, node_th: float = 1e-2, edge_th: float = 3e-2, x: torch.Tensor | None = None) -> "KAN":
+        """``prune_node(node_th)``, then on that model, scored again on the same samples, ``prune_edge(edge_th)``
+        (pykan's ``prune``). Returns a new KAN; the model is left as it is."""
+        self._require_bspline("prune")
+        x = self.samples(x, "prune")
+        return self.prune_node(node_th, x).prune_edge(edge_th, x)
+
+    def remove_edge(self, l: int, i: int, j: int) -> None:
+        """Switch edge (l, i, j) off in place (``layers[l].mask[i, j] = 0``, pykan's ``remove_edge``)."""
+        self._require_bspline("remove_edge")
+        check_int("l", l, 0, len(self.layers) - 1)
+        check_int("i", i, 0, self.widths[l] - 1)
+        check_int("j", j, 0, self.widths[l + 1] - 1)
+        with torch.no_grad():
+            self.layers[l].mask[i, j] = 0
+
+    def suggest_symbolic(self, l: int, i: int, j: int, lib=None, topk: int = 5, x: torch.Tensor | None = None,
+                         a_range=(-10.0, 10.0), b_range=(-10.0, 10.0), weight_simple: float = 0.8) -> list[Candidate]:
+        """The ``topk`` library functions that best fit edge (l, i, j), best first (pykan's ``suggest_symbolic``).
+
+        Each function of ``lib`` (names; None: the whole library, see ``kanlib.symbolic.FUNCTION_NAMES``) is fitted
+        as ``c * f(a * x + b) + d`` to the edge's values at the layer-l inputs of samples x [N, widths[0]] (default:
+        the last forward call's input) and scored ``weight_simple * complexity + (1 - weight_simple) *
+        log2(1 + 1e-5 - r2)`` (lower is better). Returns ``Candidate`` tuples (name, r2, complexity, score, a, b,
+        c, d); ``pandas.DataFrame(...)`` shows them as a table. The model is not changed.
+        """
+        layer = self._symbolic_edge(l, i, j, "suggest_symbolic")
+        with torch.no_grad():
+            inputs = self.layer_inputs(self.samples(x, "suggest_symbolic"))[l]
+            values = layer.activations(inputs)[:, i, j]
+        return rank_candidates(inputs[:, i], values, lib, topk, a_range, b_range, weight_simple)
+
+    def fix_symbolic(self, l: int, i: int, j: int, name: str, fit_params: bool = True, x: torch.Tensor | None = None,
+                     a_range=(-10.0, 10.0), b_range=(-10.0, 10.0)) -> float | None:
+        """Fix edge (l, i, j) to the library function ``name`` (pykan's ``fix_symbolic``); returns the fit's R^2.
+
+        With ``fit_params`` the constants of ``c * f(a * x + b) + d`` are fitted to the edge's values at the
+        layer-l inputs of samples x [N, widths[0]] (default: the last forward call's input); otherwise
+        a = c = 1, b = d = 0 and None is returned. The edge's spline is switched off (``layers[l].mask[i, j] = 0``)
+        and (a, b, c, d) are trainable parameters of ``layers[l].symbolic``.
+        """
+        layer = self._symbolic_edge(l, i, j, "fix_symbolic")
+        if not fit_params:
+            return layer.fix_symbolic(i, j, name, fit_params=False)
+        get_function(name)
+        with torch.no_grad():
+            inputs = self.layer_inputs(self.samples(x, "fix_symbolic"))[l]
+        return layer.fix_symbolic(i, j, name, inputs, True, a_range, b_range)
+
+    def unfix_symbolic(self, l: int, i: int, j: int) -> None:
+        """Edge (l, i, j) is a spline again (pykan's ``unfix_symbolic``: its mask is set to 1)."""
+        self._symbolic_edge(l, i, j, "unfix_symbolic").unfix_symbolic(i, j)
+
+    def auto_symbolic(self, lib=None, r2_threshold: float = 0.0, weight_simple: float = 0.8,
+                      x: torch.Tensor | None = None, a_range=(-10.0, 10.0), b_range=(-10.0, 10.0),
+                      verbose: int = 1) -> list[EdgeChoice]:
+        """Fix every edge to its best library function (pykan's ``auto_symbolic``); returns an ``EdgeChoice``
+        per edge.
+
+        Edges already fixed are skipped; switched-off edges get ``"0"``; every other edge gets the best
+        candidate of ``suggest_symbolic(lib=lib, weight_simple=weight_simple)`` when its R^2 is at least
+        ``r2_threshold`` and stays a spline otherwise. As pykan, every layer's samples are the layer inputs of
+        x [N, widths[0]] (default: the last forward call's input) computed once, before any edge is fixed.
+        ``verbose`` >= 1 prints a line per edge.
+        """
+        self._require_bspline("auto_symbolic")
+        if not is_real(r2_threshold):
+            raise TypeError(f"r2_threshold must be a number, got {r2_threshold!r}")
+        resolve_library(lib)
+        with torch.no_grad():
+            inputs = self.layer_inputs(self.samples(x, "auto_symbolic"))
+            values = [layer.activations(layer_input) for layer, layer_input in zip(self.layers, inputs)]
+        choices = []
+        for l, layer in enumerate(self.layers):
+            for i in range(layer.in_features):
+                for j in range(layer.out_features):
+                    fixed = layer.symbolic is not None and bool(layer.symbolic.mask[i, j])
+                    if fixed and not bool(layer.mask[i, j]):
+                        choice = EdgeChoice(l, i, j, None, None, False)
+                        message = f"skipping ({l},{i},{j}): already fixed to {layer.symbolic.name(i, j)}"
+                    elif not fixed and not bool(layer.mask[i, j]):
+                        layer.set_symbolic(i, j, "0")
+                        choice = EdgeChoice(l, i, j, "0", None, True)
+                        message = f"fixing ({l},{i},{j}) with 0 (the edge is switched off)"
+                    else:
+                        best = rank_candidates(inputs[l][:, i], values[l][:, i, j], lib, 1, a_range, b_range,
+                                               weight_simple)[0]
+                        keep = best.r2 >= r2_threshold
+                        if keep:
+                            layer.set_symbolic(i, j, best.name, (best.a, best.b, best.c, best.d))
+                            message = f"fixing ({l},{i},{j}) with {best.name}, r2={best.r2:.6g}, c={best.complexity}"
+                        else:
+                            message = (f"({l},{i},{j}) stays a spline: its best fit {best.name} has r2={best.r2:.6g} "
+                                       f"< r2_threshold={r2_threshold}")
+                        choice = EdgeChoice(l, i, j, best.name, best.r2, keep)
+                    choices.append(choice)
+                    if verbose >= 1:
+                        print(message)
+        return choices
+
+    def symbolic_formula(self, var=None, digits: int | None = None) -> list:
+        """One sympy expression per output, composed through the layers from the fixed edges' ``c * f(a x + b) + d``
+        (a node is the sum of its incoming edges, plus the layer's bias if any). ``var``: input names or sympy
+        symbols (default x_1, x_2, ...); ``digits`` rounds the constants. Needs every live edge fixed
+        (``auto_symbolic()`` or ``fix_symbolic``): otherwise a ValueError lists the edges still splines.
+        """
+        self._require_bspline("symbolic_formula")
+        return symbolic_formula(self.layers, var, digits)
+
+    def _symbolic_edge(self, l: int, i: int, j: int, method: str) -> BSplineKAN:
+        """Layer l after checking that edge (l, i, j) exists."""
+        self._require_bspline(method)
+        depth = len(self.layers)
+        check_int("l", l, 0, depth - 1, expected=f"a layer index in 0..{depth - 1}")
+        layer = self.layers[l]
+        for name, value, size, what in (("i", i, layer.in_features, "inputs"), ("j", j, layer.out_features, "outputs")):
+            check_int(name, value, 0, size - 1, expected=f"in 0..{size - 1} (layer {l} has {size} {what})")
+        return layer
+
+    def _with_layers(self, layers: list[BSplineKAN]) -> "KAN":
+        """A copy of this model (its last input included) whose layers are ``layers``."""
+        model = copy.deepcopy(self, memo={id(self.layers): nn.ModuleList(layers)})
+        model.widths = [layers[0].in_features] + [layer.out_features for layer in layers]
+        return model
+
+    def _require_bspline(self, method: str) -> None:
+        for index, layer in enumerate(self.layers):
+            if not isinstance(layer, BSplineKAN):
+                raise TypeError(f"KAN.{method} needs BSplineKAN layers; layer {index} is {type(layer).__name__}")
 
     def _require(self, method: str) -> None:
         for index, layer in enumerate(self.layers):

@@ -33,6 +33,15 @@ DATA_KEYS = ("train_input", "train_label", "test_input", "test_label")
 DEFAULT_LR = {"adam": 1e-2, "lbfgs": 1.0}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_EVALUATIONS = 50
+# pykan's grid schedule: update_grid_num updates spread over the first stop_grid_update_step steps.
+GRID_UPDATE_NUM = 10
+STOP_GRID_UPDATE_STEP = 50
+# torch's LBFGS keeps a curvature pair only when y.s > 1e-10, an absolute bound: once a KAN's loss is
+# small (after grid refinement) most pairs fall below it and LBFGS decays to steepest descent (pykan
+# ships its own LBFGS with the bound at 1e-32). LBFGS is invariant to the objective's scale apart from
+# that bound and its first step, so fit hands it the objective times this factor. Not more: the line
+# search's cubic interpolation squares products of gradients, which must stay finite in float32.
+LBFGS_OBJECTIVE_SCALE = 2.0**12
 EVALUATION_FIELDS = ("step", "train_loss", "test_loss", "train_metric", "test_metric")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -120,6 +129,7 @@ class _Settings:
     lr: float
     amp: str | None
     lamb: float
+    penalty: dict[str, float]
     batch_size: int | None
     update_grid_every: int | None
     stop_grid_update_step: int | None
@@ -160,6 +170,11 @@ def fit(
     lr: float | None = None,
     batch_size: int | None = None,
     lamb: float = 0.0,
+    lamb_l1: float = 1.0,
+    lamb_entropy: float = 2.0,
+    lamb_coef: float = 0.0,
+    lamb_coefdiff: float = 0.0,
+    update_grid: bool = True,
     update_grid_every: int | None = None,
     stop_grid_update_step: int | None = None,
     amp: str | None = None,
@@ -180,15 +195,29 @@ def fit(
         class indices in [0, classes), classes being the width of the model's output; the
         range is checked on the first evaluation, before any step.
     opt: "adam" (default lr 1e-2) or "lbfgs" (default lr 1.0, history_size 10,
-        strong-Wolfe line search, torch's default max_iter 20 within one step).
+        strong-Wolfe line search, torch's default max_iter 20 within one step). LBFGS works on
+        the objective times LBFGS_OBJECTIVE_SCALE, so that torch's absolute curvature bound
+        does not stall it at small losses (pykan's own LBFGS lowers that bound instead).
     batch_size: None trains on the full training set each step; otherwise shuffled
         minibatches, reshuffled every epoch.
-    lamb: adds `lamb * model.regularization_loss()` to the training objective.
-    update_grid_every: before a step, when the number of steps already taken is a multiple of
-        it and below `stop_grid_update_step` (None: no limit), calls
-        `model.update_grid(train_input)` under no_grad (steps 1, n+1, ..., as pykan). The grid
-        always comes from the whole training set, also with minibatches (pykan uses its
-        minibatch there), so it does not follow one batch's samples.
+    lamb: adds `lamb * model.regularization_loss(x, l1=lamb_l1, entropy=lamb_entropy,
+        coef=lamb_coef, coefdiff=lamb_coefdiff)` to the training objective, x being the step's
+        training batch [b, in] (pykan's names and defaults for the four weights).
+    update_grid: pykan's grid schedule, on by default for a model whose grid can follow its
+        samples (a `model.update_grid(x)` method and, for a stack with `layers`, one on every
+        layer): before a step, when the number of steps already taken is a multiple of
+        `update_grid_every` and below `stop_grid_update_step`, fit calls
+        `model.update_grid(train_input)` under no_grad. pykan's defaults are 10 updates over
+        the first 50 steps: every 5 steps, before steps 1, 6, ..., 46. `update_grid=False`
+        turns the schedule off; other models (an MLP, an nn.Linear) train without it, and so
+        does QAT fine-tuning (`qat=`), whose grid changes would recalibrate the quantizers,
+        unless `update_grid_every` or `stop_grid_update_step` is given.
+    update_grid_every: the interval; when given, the model must have `update_grid`, and the
+        updates go on to the end unless `stop_grid_update_step` is given too.
+    stop_grid_update_step: no update once this many steps are taken; given alone, the
+        interval is pykan's `stop_grid_update_step // 10` (at least 1). The grid always comes
+        from the whole training set, also with minibatches (pykan uses its minibatch there),
+        so it does not follow one batch's samples.
     amp: None, "bf16" or "fp16" autocast on the model's device type; "fp16" uses a
         GradScaler. Only with "adam": LBFGS's line search needs full-precision losses.
         On the CPU, torch's autocast runs matmuls in the low precision, and a kanlib layer
@@ -214,13 +243,19 @@ def fit(
         runs after model and data are on the device and the seed is set, before the optimizer
         is built, so it may swap submodules or add Parameters.
 
+    When fit returns, its last forward call was on the full training input, so a KAN's
+    default samples (`model.samples`, used by `refine`, pruning, plots) are the training
+    inputs.
+
     Raises NonFiniteLossError (a FloatingPointError) when the training loss is inf/NaN.
     """
     splits = _check_data(data)
     settings = _check_settings(
         model, len(splits.train_input),
         steps=steps, epochs=epochs, opt=opt, lr=lr, batch_size=batch_size, lamb=lamb,
-        update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
+        penalty={"l1": lamb_l1, "entropy": lamb_entropy, "coef": lamb_coef, "coefdiff": lamb_coefdiff},
+        update_grid=update_grid, update_grid_every=update_grid_every,
+        stop_grid_update_step=stop_grid_update_step,
         amp=amp, device=device, seed=seed, loss=loss, eval_every=eval_every,
         progress=progress, qat=qat, callbacks=callbacks,
     )
@@ -296,17 +331,27 @@ class _Trainer:
             # Only a step's first evaluation is checked: later ones are line-search trials,
             # which may overshoot; the next step's first evaluation catches a real blow-up.
             calls = itertools.count()
-            self.optimizer.step(lambda: self.forward_backward(step, x, y, next(calls) == 0))
+            self.optimizer.step(
+                lambda: self.forward_backward(
+                    step, x, y, next(calls) == 0, scale=LBFGS_OBJECTIVE_SCALE
+                )
+            )
         else:
             self.forward_backward(step, x, y, check_finite=True)
             self.scaler.step(self.optimizer)
             self.scaler.update()
 
     def forward_backward(
-        self, step: int, x: torch.Tensor, y: torch.Tensor, check_finite: bool
+        self,
+        step: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        check_finite: bool,
+        scale: float = 1.0,
     ) -> torch.Tensor:
-        """Zero the gradients, compute the objective on x, y and backpropagate it (scaled);
-        with `check_finite`, raise NonFiniteLossError on an inf/NaN loss. Returns the objective."""
+        """Zero the gradients, compute the objective on x, y times `scale` and backpropagate it
+        (through the grad scaler); with `check_finite`, raise NonFiniteLossError on an inf/NaN
+        loss. Returns the scaled objective."""
         self.optimizer.zero_grad(set_to_none=True)
         value = self.objective(x, y)
         if check_finite:
@@ -314,16 +359,18 @@ class _Trainer:
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(step, loss_value, self.last_finite_loss)
             self.last_finite_loss = loss_value
+        if scale != 1.0:
+            value = value * scale
         self.scaler.scale(value).backward()
         return value
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of model(x) against y plus `lamb * model.regularization_loss()`: a scalar."""
+        """The loss of model(x) against y plus `lamb * model.regularization_loss(x, ...)`: a scalar."""
         with self.autocast():
             pred = self.model(x)
         value = self.loss_fn(_upcast(pred), y)
         if self.settings.lamb:
-            value = value + self.settings.lamb * self.model.regularization_loss()
+            value = value + self.settings.lamb * self.model.regularization_loss(x, **self.settings.penalty)
         return value
 
     @torch.no_grad()
@@ -334,7 +381,9 @@ class _Trainer:
         model.eval()
         try:
             with self.autocast():
-                train_pred, test_pred = model(splits.train_input), model(splits.test_input)
+                # The training input goes last: a KAN keeps it as its default samples.
+                test_pred = model(splits.test_input)
+                train_pred = model(splits.train_input)
             train_pred, test_pred = _upcast(train_pred), _upcast(test_pred)
             if step == 0 and splits.is_classification:
                 _check_class_indices(train_pred, splits)
@@ -434,6 +483,8 @@ def _check_settings(
     lr: float | None,
     batch_size: int | None,
     lamb: float,
+    penalty: dict[str, float],
+    update_grid: bool,
     update_grid_every: int | None,
     stop_grid_update_step: int | None,
     amp: str | None,
@@ -451,12 +502,12 @@ def _check_settings(
     lr = DEFAULT_LR[opt] if lr is None else check_real("lr", lr, positive=True)
     _check_amp(amp, opt)
     lamb = check_real("lamb", lamb, minimum=0)
-    if update_grid_every is not None:
-        update_grid_every = check_positive_int("update_grid_every", update_grid_every)
-    if stop_grid_update_step is not None:
-        if update_grid_every is None:
-            raise ValueError("stop_grid_update_step needs update_grid_every, got None")
-        stop_grid_update_step = check_int("stop_grid_update_step", stop_grid_update_step, 0)
+    penalty = {name: check_real(f"lamb_{name}", value, minimum=0) for name, value in penalty.items()}
+    hooks = _callbacks(qat, callbacks)
+    update_grid_every, stop_grid_update_step = _grid_schedule(
+        model, update_grid, update_grid_every, stop_grid_update_step,
+        default=not _quantization_aware(model, hooks),
+    )
     _check_model_methods(model, lamb, update_grid_every)
     if loss is not None and not callable(loss):
         raise TypeError(f"loss must be a callable(pred, target), got {type(loss).__name__}")
@@ -473,15 +524,64 @@ def _check_settings(
     if device is not None:
         device = check_device(device)
     _model_device(model)  # raises for a model without parameters
-    hooks = _callbacks(qat, callbacks)
     for hook in hooks:
         hook.check_model(model)
     return _Settings(
-        opt=opt, lr=lr, amp=amp, lamb=lamb, batch_size=batch_size,
+        opt=opt, lr=lr, amp=amp, lamb=lamb, penalty=penalty, batch_size=batch_size,
         update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
         total_steps=total_steps, eval_every=eval_every, device=device, seed=seed, loss=loss,
         progress=progress, callbacks=hooks,
     )
+
+
+def _grid_schedule(
+    model: nn.Module,
+    update_grid: object,
+    every: int | None,
+    stop: int | None,
+    default: bool = True,
+) -> tuple[int | None, int | None]:
+    """(update_grid_every, stop_grid_update_step) from fit's three grid arguments; (None, None)
+    when the grid is not updated. Explicit values win over pykan's defaults, which apply only
+    when `default` (not for QAT fine-tuning)."""
+    if not isinstance(update_grid, bool):
+        raise TypeError(f"update_grid must be True or False, got {type(update_grid).__name__}")
+    if not update_grid:
+        if every is not None or stop is not None:
+            raise ValueError(
+                "update_grid=False turns the grid schedule off, so update_grid_every and "
+                f"stop_grid_update_step must be None, got {every!r} and {stop!r}"
+            )
+        return None, None
+    if stop is not None:
+        stop = check_int("stop_grid_update_step", stop, 0)
+    if every is not None:
+        return check_positive_int("update_grid_every", every), stop
+    if stop is not None:
+        return max(1, stop // GRID_UPDATE_NUM), stop
+    if not default or not _has_grid(model):
+        return None, None
+    return STOP_GRID_UPDATE_STEP // GRID_UPDATE_NUM, STOP_GRID_UPDATE_STEP
+
+
+def _quantization_aware(model: nn.Module, hooks: Sequence[FitCallback]) -> bool:
+    """Whether fit trains quantization-aware: a QATCallback among the hooks (`qat=` adds one) or
+    QAT layers already in the model."""
+    from .quant.qat import QATBSplineKAN, QATCallback
+
+    return any(isinstance(hook, QATCallback) for hook in hooks) or any(
+        isinstance(module, QATBSplineKAN) for module in model.modules()
+    )
+
+
+def _has_grid(model: nn.Module) -> bool:
+    """Whether `model.update_grid` exists and, for a stack with `layers`, every layer has one."""
+    if not callable(getattr(model, "update_grid", None)):
+        return False
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        return True
+    return all(callable(getattr(layer, "update_grid", None)) for layer in layers)
 
 
 def _callbacks(qat: object, callbacks: object) -> tuple[FitCallback, ...]:
@@ -536,10 +636,10 @@ def _check_model_methods(model: nn.Module, lamb: float, update_grid_every: int |
             f"lamb={lamb} needs a model with a regularization_loss() method, "
             f"{type(model).__name__} has none"
         )
-    if update_grid_every is not None and not callable(getattr(model, "update_grid", None)):
+    if update_grid_every is not None and not _has_grid(model):
         raise TypeError(
-            "update_grid_every needs a model with an update_grid(x) method, "
-            f"{type(model).__name__} has none"
+            "update_grid_every and stop_grid_update_step need a model with an update_grid(x) "
+            f"method, {type(model).__name__} has none (a stack needs one on every layer)"
         )
 
 

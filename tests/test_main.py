@@ -9,6 +9,7 @@ COMMANDS = {
     "kernel": ("kanlib.bench.kernel.run_kernel_benchmark",
                ["bench", "kernel", "--device", "cpu", "--batch", "4", "--width", "2", "--grid", "3", "--skip-pykan"]),
     "quant": ("kanlib.bench.quant.run_quant_benchmark", ["bench", "quant", "--device", "cpu", "--quick"]),
+    "workflow": ("kanlib.bench.workflow.run_workflow_benchmark", ["bench", "workflow", "--device", "cpu", "--quick"]),
 }
 
 

@@ -104,19 +104,22 @@ def test_refine_sets_every_layer_grid_size():
 
 
 @pytest.mark.parametrize("method,args", [("update_grid", (torch.randn(10, 2),)), ("refine", (8,)),
-                                         ("regularization_loss", ())])
+                                         ("regularization_loss", (torch.randn(10, 2),))])
 def test_grid_methods_name_the_layer_that_lacks_them(method, args):
     model = KAN([2, 3, 1], layer=nn.Linear)
     with pytest.raises(TypeError, match=f"{method}.*layer 0 \\(Linear\\)"):
         getattr(model, method)(*args)
 
 
-def test_regularization_loss_is_the_sum_over_layers():
+def test_regularization_loss_is_the_sum_over_layers_of_their_inputs_penalties():
     model = KAN([2, 3, 2, 1], seed=0)
-    loss = model.regularization_loss(l1=0.5, entropy=0.1)
-    expected = sum(layer.regularization_loss(l1=0.5, entropy=0.1) for layer in model.layers)
+    x = torch.randn(20, 2)
+    weights = {"l1": 0.5, "entropy": 0.1, "coef": 0.2, "coefdiff": 0.3}
+    loss = model.regularization_loss(x, **weights)
+    expected = sum(layer.regularization_loss(inp, **weights) for layer, inp in zip(model.layers,
+                                                                                    model.layer_inputs(x)))
     torch.testing.assert_close(loss, expected)
-    assert not torch.allclose(loss, model.regularization_loss())
+    assert not torch.allclose(loss, model.regularization_loss(x))
     loss.backward()
     assert all(layer.coef.grad.abs().sum() > 0 for layer in model.layers)
 

@@ -98,12 +98,14 @@ class PenalizedLinear(nn.Module):
         self.unused = nn.Parameter(torch.zeros(3))
         self.scale = scale
         self.unused_gradients = []
+        self.penalty_calls = []
         self.unused.register_hook(lambda grad: self.unused_gradients.append(grad.clone()))
 
     def forward(self, x):
         return self.linear(x)
 
-    def regularization_loss(self):
+    def regularization_loss(self, x, l1=1.0, entropy=2.0, coef=0.0, coefdiff=0.0):
+        self.penalty_calls.append({"x": x, "l1": l1, "entropy": entropy, "coef": coef, "coefdiff": coefdiff})
         return self.scale * self.unused.sum()
 
 
@@ -510,9 +512,18 @@ def sine_data_with(**replacements):
         ({"update_grid_every": 0}, ValueError, r"update_grid_every must be a positive int, got 0"),
         (
             {"stop_grid_update_step": 5},
-            ValueError,
-            r"stop_grid_update_step needs update_grid_every, got None",
+            TypeError,
+            r"stop_grid_update_step need a model with an update_grid\(x\) method, Sequential has none",
         ),
+        (
+            {"update_grid": False, "update_grid_every": 5},
+            ValueError,
+            r"update_grid=False turns the grid schedule off, so update_grid_every and "
+            r"stop_grid_update_step must be None, got 5 and None",
+        ),
+        ({"update_grid": 1}, TypeError, r"update_grid must be True or False, got int"),
+        ({"lamb_l1": -1.0}, ValueError, r"lamb_l1 must be a finite number >= 0, got -1.0"),
+        ({"lamb_coefdiff": "x"}, TypeError, r"lamb_coefdiff must be a finite number >= 0, got str"),
         ({"loss": "mse"}, TypeError, r"loss must be a callable\(pred, target\), got str"),
         ({"seed": 1.5}, TypeError, r"seed must be an int or None, got 1.5"),
         ({"model": nn.SiLU()}, ValueError, r"model SiLU has no parameters"),

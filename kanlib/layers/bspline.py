@@ -13,6 +13,10 @@ from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basi
 from ..checks import check_int, check_layer_input, is_real
 from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, backend_from_method,
                                  spline_linear, torch_backend, under_transform)
+from ..prune.penalty import sparsity_penalty
+from ..symbolic.branch import SymbolicBranch
+from ..symbolic.fit import fit_affine
+from ..symbolic.library import get_function
 
 __all__ = ["BSplineKAN", "BACKENDS", "assemble_weight_matrix", "fit_spline_coefficients"]
 
@@ -123,6 +127,8 @@ class BSplineKAN(nn.Module):
     is large), eager elsewhere. All compute the same function; under autocast the Triton path runs in the
     autocast dtype. ``method`` is the deprecated name of ``backend`` ("dense" is now "cpu").
     The knots ``grid`` [I, G+2k+1] are pykan's extended grid; ``mask`` [I, O] switches edges off.
+    ``symbolic`` is None or the :class:`~kanlib.symbolic.SymbolicBranch` of the edges fixed to symbolic functions
+    (``fix_symbolic``), whose values are added to the output.
     """
 
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
@@ -158,6 +164,8 @@ class BSplineKAN(nn.Module):
                                                 **factory))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         self._uniform_cache = None
+        # Edges fixed to symbolic functions (kanlib.symbolic): None until one is fixed, so the fast path is untouched.
+        self.symbolic: SymbolicBranch | None = None
 
     @property
     def grid_size(self) -> int:
@@ -214,6 +222,8 @@ class BSplineKAN(nn.Module):
                             self.backend_for(flat, weight))
         if self.bias is not None:
             out = out + self.bias
+        if self.symbolic is not None:
+            out = out + self.symbolic(flat)
         return out.view(*x.shape[:-1], self.out_features)
 
     def backend_for(self, flat: torch.Tensor, weight: torch.Tensor) -> str:
@@ -223,12 +233,74 @@ class BSplineKAN(nn.Module):
         return self.backend
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Every edge's learnable activation phi_{i,o}(x_i) (pykan's postacts): x [N, I] -> [N, I, O]."""
+        """Every edge's activation phi_{i,o}(x_i) (pykan's postacts), symbolic edges included: x [N, I] -> [N, I, O]."""
         self._check_input(x)
         bases = local_basis(x, self.grid, self.spline_order, self.is_uniform()).to_dense(self.n_basis)
         spline = torch.einsum("nij,ioj->nio", bases, self.coef)
         base = get_activation(self.base_activation).function(x).unsqueeze(-1)
-        return (self.scale_base * base + self.scale_sp * spline) * self.mask
+        values = (self.scale_base * base + self.scale_sp * spline) * self.mask
+        return values if self.symbolic is None else values + self.symbolic.edge_values(x)
+
+    def fix_symbolic(self, i: int, j: int, name: str, x: torch.Tensor | None = None, fit_params: bool = True,
+                     a_range=(-10.0, 10.0), b_range=(-10.0, 10.0)) -> float | None:
+        """Fix edge (i, j) to the library function ``name`` (:mod:`kanlib.symbolic.library`); returns the R^2.
+
+        With ``fit_params``, ``c * f(a x_i + b) + d`` is fitted (:func:`kanlib.symbolic.fit_affine`) to the edge's
+        current values at samples x [N, I]; otherwise a = c = 1, b = d = 0 and None is returned. As pykan, the
+        edge's spline is switched off (``mask[i, j] = 0``) and its symbolic mask on.
+        """
+        self._check_edge(i, j)
+        function = get_function(name)
+        if not fit_params:
+            self.set_symbolic(i, j, name)
+            return None
+        if x is None:
+            raise ValueError(f"fix_symbolic with fit_params=True needs samples x [N, {self.in_features}] of the "
+                             f"layer's input; pass x, or fit_params=False for a = c = 1, b = d = 0")
+        self._check_input(x)
+        x = x.reshape(-1, self.in_features)
+        with torch.no_grad():
+            y = self.activations(x)[:, i, j]
+        fit = fit_affine(x[:, i].detach(), y, function.torch, a_range, b_range)
+        self.set_symbolic(i, j, name, (fit.a, fit.b, fit.c, fit.d))
+        return fit.r2
+
+    def set_symbolic(self, i: int, j: int, name: str, params=(1.0, 0.0, 1.0, 0.0)) -> None:
+        """Fix edge (i, j) to ``c * name(a x_i + b) + d`` with params (a, b, c, d); its spline is switched off."""
+        self._check_edge(i, j)
+        if self.symbolic is None:
+            self.symbolic = SymbolicBranch(self.in_features, self.out_features, device=self.coef.device,
+                                           dtype=self.coef.dtype)
+        self.symbolic.set_edge(i, j, name, params)
+        with torch.no_grad():
+            self.mask[i, j] = 0.0
+
+    def unfix_symbolic(self, i: int, j: int) -> None:
+        """Edge (i, j) is a spline again (mask 1, as pykan, even if it had been removed); the branch goes away
+        with its last fixed edge."""
+        self._check_edge(i, j)
+        with torch.no_grad():
+            self.mask[i, j] = 1.0
+        if self.symbolic is not None:
+            self.symbolic.clear_edge(i, j)
+            if not bool(self.symbolic.mask.any()):
+                self.symbolic = None
+
+    def _check_edge(self, i: int, j: int) -> None:
+        check_int("i", i, 0, self.in_features - 1, expected=f"an input index in 0..{self.in_features - 1}")
+        check_int("j", j, 0, self.out_features - 1, expected=f"an output index in 0..{self.out_features - 1}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A state with fixed edges builds the branch it loads into; a strict load of one without removes it.
+        has_branch = any(key.startswith(prefix + "symbolic.") for key in state_dict)
+        if has_branch and self.symbolic is None:
+            self.symbolic = SymbolicBranch(self.in_features, self.out_features, device=self.coef.device,
+                                           dtype=self.coef.dtype)
+        elif strict and not has_branch and self.symbolic is not None:
+            self.symbolic = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
         """The spline part of every edge, ``sum_j coef[i,o,j] B_j(x_i)``: x [N, I] -> [N, I, O]."""
@@ -240,47 +312,70 @@ class BSplineKAN(nn.Module):
 
         The new grid is ``grid_eps * uniform + (1 - grid_eps) * quantiles`` over the samples' range, as pykan.
         """
-        self._check_input(x)
-        x = x.reshape(-1, self.in_features)
-        if x.shape[0] < 2:
-            raise ValueError(f"update_grid needs at least 2 samples, got {x.shape[0]}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("update_grid needs finite samples; the input has NaN or inf")
-        eps = self.grid_eps if grid_eps is None else grid_eps
-        grid_size = self.grid_size
-        ordered = torch.sort(x, dim=0).values
-        targets = self.spline_values(ordered)
-        picks = [int(x.shape[0] / grid_size * i) for i in range(grid_size)] + [x.shape[0] - 1]
-        adaptive = ordered[picks].t()  # [I, G+1]
-        steps = torch.arange(grid_size + 1, device=x.device, dtype=x.dtype)
-        uniform = adaptive[:, :1] + (adaptive[:, -1:] - adaptive[:, :1]) / grid_size * steps
-        knots = eps * uniform + (1 - eps) * adaptive
-        k = self.spline_order
-        old_knots = self.grid[:, k:self.grid.shape[1] - k]
-        collapsed = adaptive[:, -1] <= adaptive[:, 0]
-        if bool(collapsed.any()):
-            rows = collapsed.nonzero().flatten().tolist()
-            warnings.warn(f"update_grid: the samples of input(s) {rows} are all equal, which would collapse their "
-                          f"grid to a point; those inputs keep their old grid", RuntimeWarning, stacklevel=2)
-            knots = torch.where(collapsed.unsqueeze(-1), old_knots, knots)
-        self._set_grid_and_fit(knots, ordered, targets)
+        ordered = self._ordered_samples(x, "update_grid")
+        knots = self._knots_from_samples(ordered, self.grid_size, self.grid_eps if grid_eps is None else grid_eps)
+        self._set_grid_and_fit(knots, ordered, self.spline_values(ordered))
 
     @torch.no_grad()
-    def refine(self, grid_size: int) -> None:
-        """The same function on ``grid_size`` intervals (pykan's grid extension).
+    def refine(self, grid_size: int, x: torch.Tensor | None = None) -> "BSplineKAN":
+        """The same function on ``grid_size`` intervals (pykan's grid extension); returns self.
 
-        New knots interpolate the old ones piecewise linearly, so a uniform grid stays uniform; coef are
-        fitted by least squares on dense points of the grid range.
+        With samples x [N, I] (the inputs the layer sees), the new knots follow them as in ``update_grid`` and
+        coef are fitted by least squares to the old splines at those samples. Without x, the new knots
+        interpolate the old ones piecewise linearly (a uniform grid stays uniform) and coef are fitted on dense
+        points of the grid range. When the size changes, ``coef`` is a new Parameter: build optimizers after.
         """
         check_int("grid_size", grid_size, 1)
-        k = self.spline_order
-        old_knots = self.grid[:, k:self.grid.shape[1] - k]
-        positions = torch.linspace(0, self.grid_size, grid_size + 1, device=self.grid.device, dtype=torch.float64)
-        knots = _interpolate_rows(old_knots.double(), positions).to(self.grid.dtype)
-        samples_per_row = 8 * (max(grid_size, self.grid_size) + k + 1)
+        if x is not None:
+            ordered = self._ordered_samples(x, "refine")
+            knots = self._knots_from_samples(ordered, grid_size, self.grid_eps)
+            self._set_grid_and_fit(knots, ordered, self.spline_values(ordered))
+            return self
+        old_knots = self._interior_knots()
+        knots = self._interpolated_knots(grid_size)
+        samples_per_row = 8 * (max(grid_size, self.grid_size) + self.spline_order + 1)
         fractions = torch.linspace(0, 1, samples_per_row, device=self.grid.device, dtype=self.grid.dtype)
         samples = (old_knots[:, :1] + (old_knots[:, -1:] - old_knots[:, :1]) * fractions).t()  # [P, I]
         self._set_grid_and_fit(knots, samples, self.spline_values(samples))
+        return self
+
+    def _interior_knots(self) -> torch.Tensor:
+        """The grid without its k extension knots on each side: [I, G+1]."""
+        k = self.spline_order
+        return self.grid[:, k:self.grid.shape[1] - k]
+
+    def _interpolated_knots(self, grid_size: int) -> torch.Tensor:
+        """``grid_size + 1`` knots per input spaced evenly along the old knots' index: [I, grid_size+1]."""
+        positions = torch.linspace(0, self.grid_size, grid_size + 1, device=self.grid.device, dtype=torch.float64)
+        return _interpolate_rows(self._interior_knots().double(), positions).to(self.grid.dtype)
+
+    def _ordered_samples(self, x: torch.Tensor, method: str) -> torch.Tensor:
+        """x [..., I] checked (at least 2 finite samples) and sorted per input: [N, I]."""
+        self._check_input(x)
+        x = x.reshape(-1, self.in_features)
+        if x.shape[0] < 2:
+            raise ValueError(f"{method} needs at least 2 samples, got {x.shape[0]}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{method} needs finite samples; the input has NaN or inf")
+        return torch.sort(x, dim=0).values
+
+    def _knots_from_samples(self, ordered: torch.Tensor, grid_size: int, eps: float) -> torch.Tensor:
+        """``grid_size + 1`` knots per input, ``eps * uniform + (1 - eps) * quantiles`` of the sorted samples
+        ordered [N, I] over their range: [I, grid_size+1]. An input whose samples are all equal would collapse
+        to a point; it keeps its old grid (interpolated to ``grid_size``), with a RuntimeWarning."""
+        n = ordered.shape[0]
+        picks = [int(n / grid_size * i) for i in range(grid_size)] + [n - 1]
+        adaptive = ordered[picks].t()  # [I, G+1]
+        steps = torch.arange(grid_size + 1, device=ordered.device, dtype=ordered.dtype)
+        uniform = adaptive[:, :1] + (adaptive[:, -1:] - adaptive[:, :1]) / grid_size * steps
+        knots = eps * uniform + (1 - eps) * adaptive
+        collapsed = adaptive[:, -1] <= adaptive[:, 0]
+        if bool(collapsed.any()):
+            rows = collapsed.nonzero().flatten().tolist()
+            warnings.warn(f"the samples of input(s) {rows} are all equal, which would collapse their grid to a "
+                          f"point; those inputs keep their old grid", RuntimeWarning, stacklevel=3)
+            knots = torch.where(collapsed.unsqueeze(-1), self._interpolated_knots(grid_size), knots)
+        return knots
 
     def _set_grid_and_fit(self, knots: torch.Tensor, samples: torch.Tensor, targets: torch.Tensor) -> None:
         """Replace the grid by ``knots`` [I, G+1] (extended) and refit coef so the splines match targets
@@ -302,12 +397,44 @@ class BSplineKAN(nn.Module):
             self.grid.copy_(new_grid)
             self.coef.copy_(coef)
 
-    def regularization_loss(self, l1: float = 1.0, entropy: float = 2.0) -> torch.Tensor:
-        """Sparsity penalty on edge strengths (mean |scale_sp * coef| per edge): L1 plus entropy, as pykan."""
-        strength = (self.scale_sp.unsqueeze(-1) * self.coef).abs().mean(-1) * self.mask
-        total = strength.sum()
-        p = strength / total.clamp(min=1e-12)
-        return l1 * total - entropy * (p * torch.log(p + 1e-12)).sum()
+    def regularization_loss(self, x: torch.Tensor, l1: float = 1.0, entropy: float = 2.0, coef: float = 0.0,
+                            coefdiff: float = 0.0) -> torch.Tensor:
+        """pykan's sparsity penalty (``reg('edge_forward_spline_n', ...)``) on the batch x [N, I], N >= 2: a
+        scalar, differentiable in the parameters and in x (see :func:`kanlib.prune.sparsity_penalty`). It looks
+        at the numerical edges only (base and spline, masked), not at edges fixed to symbolic functions."""
+        self._check_input(x)
+        x = x.reshape(-1, self.in_features)
+        base = get_activation(self.base_activation).function(x).unsqueeze(-1)
+        edges = (self.scale_base * base + self.scale_sp * self.spline_values(x)) * self.mask
+        return sparsity_penalty(edges, x, self.coef, l1=l1, entropy=entropy, coef_l1=coef, coefdiff_l1=coefdiff)
+
+    def select(self, inputs, outputs) -> "BSplineKAN":
+        """A new layer (same settings, backend, dtype and device) on the given input and output indices: their
+        grid rows, coef, scales and mask entries and bias entries (and the symbolic branch's, when present)."""
+        if type(self) is not BSplineKAN:
+            raise TypeError(f"select makes a plain BSplineKAN; a {type(self).__name__} holds more state (prune "
+                            f"before converting the layer)")
+        rows = _indices("inputs", inputs, self.in_features, self.grid.device)
+        columns = _indices("outputs", outputs, self.out_features, self.grid.device)
+        with torch.random.fork_rng(devices=[]):
+            new = BSplineKAN(len(rows), len(columns), grid_size=self.grid_size, spline_order=self.spline_order,
+                             base_activation=self.base_activation, grid_eps=self.grid_eps,
+                             bias=self.bias is not None, device=self.grid.device, dtype=self.coef.dtype)
+        new.backend = self.backend
+        with torch.no_grad():
+            new.grid.copy_(self.grid[rows])
+            new.mask.copy_(self.mask[rows][:, columns])
+            for name in ("coef", "scale_base", "scale_sp"):
+                old = getattr(self, name)
+                getattr(new, name).copy_(old[rows][:, columns])
+                getattr(new, name).requires_grad_(old.requires_grad)
+            if self.bias is not None:
+                new.bias.copy_(self.bias[columns])
+                new.bias.requires_grad_(self.bias.requires_grad)
+        symbolic = getattr(self, "symbolic", None)
+        if symbolic is not None:
+            new.symbolic = symbolic.select(rows.tolist(), columns.tolist())
+        return new
 
     @classmethod
     def from_pykan(cls, layer) -> "BSplineKAN":
@@ -388,6 +515,22 @@ def _activation_name(module) -> str:
         return name
     raise ValueError(f"base_fun must be one of {[ACTIVATIONS[n].module.__name__ for n in BASE_ACTIVATIONS]}, "
                      f"got {type(module).__name__}")
+
+
+def _indices(name: str, indices, size: int, device) -> torch.Tensor:
+    """indices (a sequence of ints or a 1-D integer tensor, non-empty, each in 0..size-1) as a long tensor."""
+    if isinstance(indices, torch.Tensor):
+        if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D integer tensor or a sequence of ints, got a "
+                             f"{indices.dtype} tensor of shape {tuple(indices.shape)}")
+        values = indices.tolist()
+    elif isinstance(indices, Sequence) and not isinstance(indices, str):
+        values = [check_int(f"{name}[{k}]", v) for k, v in enumerate(indices)]
+    else:
+        raise TypeError(f"{name} must be a sequence of ints or a 1-D integer tensor, got {type(indices).__name__}")
+    if not values or not all(0 <= v < size for v in values):
+        raise ValueError(f"{name} must be a non-empty list of indices in 0..{size - 1}, got {values}")
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 def _interpolate_rows(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -32,6 +33,36 @@ ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS
 MAX_ORDER = 8  # window arrays are sized for spline orders up to this
 FASTMATH = {"reassoc", "contract", "arcp"}
 ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
+# Calls whose largest array has fewer elements run on one thread: waking numba's thread pool costs more than
+# the work (and far more when other processes hold the cores), e.g. in LBFGS on a small model.
+SERIAL_BELOW = 1 << 16
+
+
+@contextmanager
+def threads_for(work: int):
+    """Inside, numba's kernels use one thread when ``work`` (array elements) is below SERIAL_BELOW."""
+    threads = numba.get_num_threads()
+    if work >= SERIAL_BELOW or threads == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _sized(kernel):
+    """``kernel`` called under :func:`threads_for` the size of its largest array argument."""
+
+    @functools.wraps(kernel)
+    def call(*args):
+        work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
+        with threads_for(work):
+            return kernel(*args)
+
+    call.kernel = kernel
+    return call
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -185,7 +216,12 @@ def dense_kernel(spline_order: int):
     Both at once share the knot spans and the basis polynomials; out may then be grad_expanded itself
     (each row's gradient is read before A is written over it). Arrays a call does not use may be empty.
     """
-    return _dense_kernel(int(spline_order))
+    return _sized_dense_kernel(int(spline_order))
+
+
+@functools.cache
+def _sized_dense_kernel(k):
+    return _sized(_dense_kernel(k))
 
 
 @njit(inline="always", cache=True)
@@ -279,7 +315,7 @@ def _sparse_sizes(x, weight):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, out):
+def _sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, out):
     """out [N, O] = A @ weight, touching only the k + 2 nonzero slots of each input; weight [I*S, O]."""
     n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
     k = spline_order
@@ -304,7 +340,7 @@ def sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, ac
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_out, grad_weight):
+def _sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_out, grad_weight):
     """grad_weight [I*S, O] = A^T @ grad_out; each input's rows are owned by one thread."""
     n_rows, n_in, n_out, n_slots = _sparse_sizes(x, grad_weight)
     k = spline_order
@@ -329,7 +365,7 @@ def sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
+def _sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
     """grad_x [N, I]: the gradient of A at its nonzero slots (grad_out . weight rows) times dA/dx."""
     n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
     k = spline_order
@@ -359,7 +395,7 @@ def set_threads(count: int) -> None:
 
 
 @njit(parallel=True, cache=True)
-def assemble_weights(scale_base, scale_sp, mask, coef, out):
+def _assemble_weights(scale_base, scale_sp, mask, coef, out):
     """out [I, S, O]: per input, ``scale_base * mask`` then the G + k rows ``scale_sp * mask * coef``.
 
     scale_base, scale_sp, mask [I, O]; coef [I, O, G+k].
@@ -375,7 +411,7 @@ def assemble_weights(scale_base, scale_sp, mask, coef, out):
 
 
 @njit(parallel=True, cache=True)
-def assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_scale_sp, grad_coef):
+def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_scale_sp, grad_coef):
     """The gradients of :func:`assemble_weights` from grad [I, S, O], the gradient of its output."""
     n_in, n_out, n_basis = coef.shape
     for i in prange(n_in):
@@ -388,3 +424,10 @@ def assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_scal
                 grad_coef[i, o, j] = scale * g
                 acc += g * coef[i, o, j]
             grad_scale_sp[i, o] = acc * mask[i, o]
+
+
+sparse_forward = _sized(_sparse_forward)
+sparse_grad_weight = _sized(_sparse_grad_weight)
+sparse_grad_input = _sized(_sparse_grad_input)
+assemble_weights = _sized(_assemble_weights)
+assemble_weights_grad = _sized(_assemble_weights_grad)

@@ -1,0 +1,9 @@
+"""Pruning with pykan's semantics: attribution scores, the sparsity penalty, and which nodes and edges stay.
+
+The KAN methods (``KAN.attribute``, ``prune_node``, ``prune_edge``, ``prune``, ``regularization_loss``) use these.
+"""
+from .penalty import sparsity_penalty
+from .prune import kept_edges, kept_nodes
+from .scores import Attribution, attribution, sample_std
+
+__all__ = ["Attribution", "attribution", "sample_std", "sparsity_penalty", "kept_nodes", "kept_edges"]
