@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
@@ -42,6 +42,7 @@ STOP_GRID_UPDATE_STEP = 50
 # that bound and its first step, so fit hands it the objective times this factor. Not more: the line
 # search's cubic interpolation squares products of gradients, which must stay finite in float32.
 LBFGS_OBJECTIVE_SCALE = 2.0**12
+FIRST_LAYER_STEPS = 2
 EVALUATION_FIELDS = ("step", "train_loss", "test_loss", "train_metric", "test_metric")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -140,6 +141,7 @@ class _Settings:
     loss: LossFn | None
     progress: bool
     callbacks: tuple[FitCallback, ...]
+    first_layer_steps: int = 0
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -175,6 +177,7 @@ def fit(
     lamb_coef: float = 0.0,
     lamb_coefdiff: float = 0.0,
     update_grid: bool = True,
+    first_layer_steps: int = FIRST_LAYER_STEPS,
     update_grid_every: int | None = None,
     stop_grid_update_step: int | None = None,
     amp: str | None = None,
@@ -212,6 +215,14 @@ def fit(
         turns the schedule off; other models (an MLP, an nn.Linear) train without it, and so
         does QAT fine-tuning (`qat=`), whose grid changes would recalibrate the quantizers,
         unless `update_grid_every` or `stop_grid_update_step` is given.
+    first_layer_steps: with LBFGS, a stack of layers (`model.layers`, at least two) trains
+        only its first layer during its first `first_layer_steps` steps (a separate LBFGS),
+        then every layer. Trained jointly from the start, an outer function can fold (stop
+        being monotonic over its inputs) before the inner ones have taken the target's shape,
+        and the fit sticks in a minimum that ignores an input; on pykan's Example 1 that is the
+        fate of many random initializations (`python -m kanlib bench workflow` counts them).
+        Longer warm-ups let the hidden values shrink into a narrow range that float32 cannot
+        resolve. 0 trains every layer from the first step; Adam fits ignore it.
     update_grid_every: the interval; when given, the model must have `update_grid`, and the
         updates go on to the end unless `stop_grid_update_step` is given too.
     stop_grid_update_step: no update once this many steps are taken; given alone, the
@@ -254,8 +265,8 @@ def fit(
         model, len(splits.train_input),
         steps=steps, epochs=epochs, opt=opt, lr=lr, batch_size=batch_size, lamb=lamb,
         penalty={"l1": lamb_l1, "entropy": lamb_entropy, "coef": lamb_coef, "coefdiff": lamb_coefdiff},
-        update_grid=update_grid, update_grid_every=update_grid_every,
-        stop_grid_update_step=stop_grid_update_step,
+        update_grid=update_grid, first_layer_steps=first_layer_steps,
+        update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
         amp=amp, device=device, seed=seed, loss=loss, eval_every=eval_every,
         progress=progress, qat=qat, callbacks=callbacks,
     )
@@ -281,7 +292,11 @@ class _Trainer:
         self.loss_fn = settings.loss or (_cross_entropy if classification else _mse)
         self.metric_fn = _accuracy if classification else _rmse
         self.history = History(metric_name="accuracy" if classification else "rmse")
-        self.optimizer = _build_optimizer(model, settings.opt, settings.lr)
+        self.optimizer = _build_optimizer(model.parameters(), settings.opt, settings.lr)
+        self.first_layer_optimizer = (
+            _build_optimizer(model.layers[0].parameters(), settings.opt, settings.lr)
+            if settings.first_layer_steps else None
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
         self.last_finite_loss: float | None = None
 
@@ -331,7 +346,7 @@ class _Trainer:
             # Only a step's first evaluation is checked: later ones are line-search trials,
             # which may overshoot; the next step's first evaluation catches a real blow-up.
             calls = itertools.count()
-            self.optimizer.step(
+            self.optimizer_for(step).step(
                 lambda: self.forward_backward(
                     step, x, y, next(calls) == 0, scale=LBFGS_OBJECTIVE_SCALE
                 )
@@ -340,6 +355,12 @@ class _Trainer:
             self.forward_backward(step, x, y, check_finite=True)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+
+    def optimizer_for(self, step: int) -> torch.optim.Optimizer:
+        """The first layer's optimizer during the first `first_layer_steps` steps, then the model's."""
+        if self.first_layer_optimizer is not None and step <= self.settings.first_layer_steps:
+            return self.first_layer_optimizer
+        return self.optimizer
 
     def forward_backward(
         self,
@@ -352,7 +373,7 @@ class _Trainer:
         """Zero the gradients, compute the objective on x, y times `scale` and backpropagate it
         (through the grad scaler); with `check_finite`, raise NonFiniteLossError on an inf/NaN
         loss. Returns the scaled objective."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
         value = self.objective(x, y)
         if check_finite:
             loss_value = value.item()
@@ -405,9 +426,15 @@ class _Trainer:
         }
 
 
-def _build_optimizer(model: nn.Module, opt: str, lr: float) -> torch.optim.Optimizer:
+def _is_stack(model: nn.Module) -> bool:
+    """Whether model is a stack of at least two layers in a `layers` ModuleList (a KAN)."""
+    layers = getattr(model, "layers", None)
+    return isinstance(layers, nn.ModuleList) and len(layers) >= 2
+
+
+def _build_optimizer(parameters: Iterable[nn.Parameter], opt: str, lr: float) -> torch.optim.Optimizer:
     """Adam, or LBFGS with pykan's settings, over the parameters that require grad."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in parameters if p.requires_grad]
     if opt == "adam":
         return torch.optim.Adam(trainable, lr=lr)
     # pykan's tolerances: torch's defaults (1e-7, 1e-9) end each step early once the error is small,
@@ -495,6 +522,7 @@ def _check_settings(
     progress: bool,
     qat: QATConfig | None,
     callbacks: Sequence[FitCallback],
+    first_layer_steps: int = 0,
 ) -> _Settings:
     """fit's arguments checked against `model` and `n_train` training samples; nothing moves."""
     if opt not in DEFAULT_LR:
@@ -509,6 +537,9 @@ def _check_settings(
         default=not _quantization_aware(model, hooks),
     )
     _check_model_methods(model, lamb, update_grid_every)
+    first_layer_steps = check_int("first_layer_steps", first_layer_steps, 0)
+    if opt != "lbfgs" or not _is_stack(model):
+        first_layer_steps = 0
     if loss is not None and not callable(loss):
         raise TypeError(f"loss must be a callable(pred, target), got {type(loss).__name__}")
     if batch_size is not None:
@@ -530,7 +561,7 @@ def _check_settings(
         opt=opt, lr=lr, amp=amp, lamb=lamb, penalty=penalty, batch_size=batch_size,
         update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
         total_steps=total_steps, eval_every=eval_every, device=device, seed=seed, loss=loss,
-        progress=progress, callbacks=hooks,
+        progress=progress, callbacks=hooks, first_layer_steps=first_layer_steps,
     )
 
 

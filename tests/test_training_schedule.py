@@ -178,3 +178,57 @@ def test_qat_fine_tuning_keeps_the_grid_unless_a_schedule_is_given():
     assert all(torch.equal(layer.grid, grid) for layer, grid in zip(model.layers, grids))
     fit(model, data, steps=3, opt="adam", qat=QATConfig(bits=8), update_grid_every=1, progress=False)
     assert not torch.equal(model.layers[0].grid, grids[0])
+
+
+def _snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before, module):
+    return [not torch.equal(old, new) for old, new in zip(before, module.parameters())]
+
+
+@pytest.mark.parametrize("warmup", [1, 2, 3])
+def test_lbfgs_trains_only_the_first_layer_during_first_layer_steps(warmup):
+    data = sine_data()
+    model = KAN([1, 3, 2, 1], grid_size=4, seed=0)
+    outer = _snapshot(model.layers[1:])
+    fit(model, data, opt="lbfgs", steps=warmup, update_grid=False, first_layer_steps=warmup, progress=False)
+    assert not any(_changed(outer, model.layers[1:])), "an outer layer moved during the first-layer steps"
+    inner = _snapshot(model.layers[0])
+    fresh = KAN([1, 3, 2, 1], grid_size=4, seed=0)
+    assert all(_changed(_snapshot(fresh.layers[0]), model.layers[0]))
+    fit(model, data, opt="lbfgs", steps=1, update_grid=False, first_layer_steps=0, progress=False)
+    assert all(_changed(outer, model.layers[1:])) and any(_changed(inner, model.layers[0]))
+
+
+def test_the_warm_up_then_hands_over_to_every_layer():
+    data = sine_data()
+    model = KAN([1, 3, 1], grid_size=4, seed=1)
+    outer = _snapshot(model.layers[1])
+    fit(model, data, opt="lbfgs", steps=3, update_grid=False, first_layer_steps=2, progress=False)
+    assert all(_changed(outer, model.layers[1]))
+
+
+@pytest.mark.parametrize("opt,widths", [("lbfgs", [1, 1]), ("adam", [1, 3, 1])])
+def test_first_layer_steps_apply_only_to_lbfgs_on_a_stack(opt, widths):
+    data = sine_data()
+    model = KAN(widths, grid_size=4, seed=0)
+    before = _snapshot(model.layers[-1])
+    fit(model, data, opt=opt, steps=1, update_grid=False, first_layer_steps=5, progress=False)
+    assert all(_changed(before, model.layers[-1]))
+
+
+def test_first_layer_steps_zero_matches_a_joint_fit_and_default_differs():
+    data = sine_data()
+    joint, default = KAN([1, 3, 1], grid_size=4, seed=2), KAN([1, 3, 1], grid_size=4, seed=2)
+    fit(joint, data, opt="lbfgs", steps=1, update_grid=False, first_layer_steps=0, progress=False)
+    fit(default, data, opt="lbfgs", steps=1, update_grid=False, progress=False)
+    assert training.FIRST_LAYER_STEPS >= 1
+    assert not torch.equal(joint.layers[1].coef, default.layers[1].coef)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_bad_first_layer_steps(bad):
+    with pytest.raises((TypeError, ValueError), match="first_layer_steps"):
+        fit(KAN([1, 2, 1], seed=0), sine_data(), opt="lbfgs", steps=1, first_layer_steps=bad, progress=False)
