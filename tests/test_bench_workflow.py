@@ -66,7 +66,7 @@ def test_summary_and_targets():
     assert summary["kanlib"]["median_last_rmse"] == pytest.approx(3.5e-4)
     assert summary["pykan"]["seconds_total"] == 16.0
     report = workflow.target_report(rows)
-    assert [entry["value"] for entry in report] == pytest.approx([0.75, 1, 3.5e-4 / 0.25015, 0.25])
+    assert [entry["value"] for entry in report] == pytest.approx([0.75, 1.5, 3.5e-4 / 0.25015, 0.25])
     assert [entry["met"] for entry in report] == [False, True, True, True]
 
 
@@ -103,3 +103,11 @@ def test_command_line_refuses_repeated_seeds(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "workflow", "--seeds", "1", "1", "--no-write"])
     assert "--seeds: expected distinct seeds, got [1, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ours,theirs,met", [([1e-4], [0.5], True), ([0.5], [0.5], True), ([0.5], [1e-4], False)])
+def test_as_many_seeds_as_pykan_when_pykan_has_none(ours, theirs, met):
+    rows = [seed_row("kanlib", s, r, 1.0) for s, r in enumerate(ours)]
+    rows += [seed_row("pykan", s, r, 4.0) for s, r in enumerate(theirs)]
+    report = workflow.target_report(rows + workflow.summarize(rows, (3,)))
+    assert report[1]["met"] is met

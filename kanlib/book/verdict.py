@@ -25,7 +25,7 @@ from typing import Any
 import nbformat
 import pandas as pd
 
-from ..bench import kernel, quant
+from ..bench import kernel, quant, workflow
 from ..bench.targets import DIRECTIONS, target_entry
 from .glue import GlueError, glued, glued_value
 from .paths import RESULTS_PATH
@@ -72,6 +72,7 @@ QUANT_GLUE = ("quant_digits_loss_table3", "quant_symbolic_ratio_table3", "quant_
 
 NB_FAST_PATH, NB_VS_MLP, NB_KERNELS = "02_fast_path.ipynb", "03_kan_vs_mlp.ipynb", "04_triton_kernels.ipynb"
 NB_QUANT, NB_IMAGES, NB_FINDINGS = "05_quantization.ipynb", "06_kans_on_images.ipynb", "90_findings.ipynb"
+NB_FORMULA = "07_data_to_formula.ipynb"
 SECTIONS = {  # (notebook, heading) where each group of goals is measured
     "fast path": (NB_FAST_PATH, "The layers side by side"),
     "layer": (NB_FINDINGS, "The layer against its floor"),
@@ -81,6 +82,7 @@ SECTIONS = {  # (notebook, heading) where each group of goals is measured
     "quant notebook": (NB_QUANT, "The goals"),
     "quant benchmark": (NB_FINDINGS, "Quantization"),
     "images": (NB_IMAGES, "What it means"),
+    "workflow": (NB_FORMULA, "Ten initializations: how often does fitting work?"),
 }
 AREAS = {  # the heading each group of goals has in the table
     "fast path": "kanlib's layer against the dense product and the unfused layer",
@@ -91,6 +93,14 @@ AREAS = {  # the heading each group of goals has in the table
     "quant notebook": "Quantization",
     "quant benchmark": "Quantization",
     "images": "KANs on images",
+    "workflow": "pykan's workflow",
+}
+WORKFLOW_NAMES = {  # readable name, short name, unit
+    workflow.TARGETS[0]: ("Example 1: share of seeds reaching test RMSE 1e-3 at G = 20", "seeds reaching 1e-3", ""),
+    workflow.TARGETS[1]: ("Example 1: seeds reaching 1e-3, kanlib / pykan", "seeds, kanlib / pykan", TIMES),
+    workflow.TARGETS[2]: ("Example 1: median test RMSE at G = 20, kanlib / pykan", "median RMSE, kanlib / pykan",
+                          TIMES),
+    workflow.TARGETS[3]: ("Example 1: total time, kanlib / pykan", "time, kanlib / pykan", TIMES),
 }
 
 
@@ -366,6 +376,19 @@ def _quant_goals(results: Sequence[Mapping[str, Any]], quantization: _Notebook) 
     return goals
 
 
+def _workflow_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
+    """The goals of `python -m kanlib bench workflow` (pykan's Example 1 over model seeds), from its newest run."""
+    run = latest(results, "workflow")
+    goals = []
+    for entry in workflow.target_report(run["rows"] if run is not None else []):
+        name, short, unit = WORKFLOW_NAMES[entry["target"]]
+        goals.append(_goal("workflow", name, short, entry["value"], _parse_goal(entry["goal"], entry["target"]), unit,
+                           device=device_label(run) if run is not None else "–",
+                           mode=run_mode(run) if run is not None else "–",
+                           reason="needs `python -m kanlib bench workflow`" if run is None else "no value on file"))
+    return goals
+
+
 def _images_goals(images: _Notebook) -> list[Goal]:
     reason = images.missing_reason
     value = None if reason else images.number("images_bspline_time_ratio")
@@ -391,11 +414,11 @@ def collect_goals(results: Sequence[Mapping[str, Any]], notebooks: Mapping[str, 
     latest(results, "layer")  # checks results, naming what was expected
     notebooks = _check_notebooks(notebooks)
     read = {name: _Notebook(name, notebooks.get(name))
-            for name in (NB_FAST_PATH, NB_VS_MLP, NB_KERNELS, NB_QUANT, NB_IMAGES, NB_FINDINGS)}
+            for name in (NB_FAST_PATH, NB_VS_MLP, NB_KERNELS, NB_QUANT, NB_IMAGES, NB_FORMULA, NB_FINDINGS)}
     for name, heading in SECTIONS.values():
         read[name].check_heading(heading)
     return [*_layer_goals(results, read[NB_FAST_PATH]), *_kernel_goals(results), *_vs_mlp_goals(read[NB_VS_MLP]),
-            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES])]
+            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES]), *_workflow_goals(results)]
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
