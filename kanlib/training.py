@@ -200,7 +200,9 @@ def fit(
     opt: "adam" (default lr 1e-2) or "lbfgs" (default lr 1.0, history_size 10,
         strong-Wolfe line search, torch's default max_iter 20 within one step). LBFGS works on
         the objective times LBFGS_OBJECTIVE_SCALE, so that torch's absolute curvature bound
-        does not stall it at small losses (pykan's own LBFGS lowers that bound instead).
+        does not stall it at small losses (pykan's own LBFGS lowers that bound instead); when
+        the scaled objective overflows in a line-search trial (an exp edge of a symbolic
+        formula far from its data, say), the step starts again and the fit goes on unscaled.
     batch_size: None trains on the full training set each step; otherwise shuffled
         minibatches, reshuffled every epoch.
     lamb: adds `lamb * model.regularization_loss(x, l1=lamb_l1, entropy=lamb_entropy,
@@ -281,6 +283,16 @@ def fit(
     return _Trainer(model, splits, settings, device).run()
 
 
+class _ScaledTrialOverflow(ArithmeticError):
+    """A line-search trial of LBFGS on the scaled objective gave an inf/NaN value or gradient."""
+
+
+def _finite(value: torch.Tensor, parameters: Iterable[nn.Parameter]) -> bool:
+    """Whether value and every gradient of parameters are finite."""
+    sums = [p.grad.sum() for p in parameters if p.grad is not None]
+    return bool(torch.isfinite(value + sum(sums)))  # inf or NaN anywhere makes the sum so
+
+
 class _Trainer:
     """One run of fit: model, data on its device, optimizer, grad scaler and the History."""
 
@@ -298,6 +310,7 @@ class _Trainer:
             if settings.first_layer_steps else None
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
+        self.lbfgs_scale = LBFGS_OBJECTIVE_SCALE
         self.last_finite_loss: float | None = None
 
     def run(self) -> History:
@@ -343,18 +356,41 @@ class _Trainer:
     def optimizer_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """One Adam step (through the grad scaler) or one LBFGS step on the batch x, y."""
         if self.settings.opt == "lbfgs":
-            # Only a step's first evaluation is checked: later ones are line-search trials,
-            # which may overshoot; the next step's first evaluation catches a real blow-up.
-            calls = itertools.count()
-            self.optimizer_for(step).step(
-                lambda: self.forward_backward(
-                    step, x, y, next(calls) == 0, scale=LBFGS_OBJECTIVE_SCALE
-                )
-            )
+            if self.lbfgs_scale == 1.0:
+                self.lbfgs_step(step, x, y)
+                return
+            start = [p.detach().clone() for p in self.model.parameters()]
+            try:
+                self.lbfgs_step(step, x, y)
+            except _ScaledTrialOverflow:
+                # The scaled objective overflowed in a line-search trial where the plain one may
+                # not: start the step again, and the rest of the fit, unscaled with a fresh LBFGS.
+                with torch.no_grad():
+                    for parameter, value in zip(self.model.parameters(), start):
+                        parameter.copy_(value)
+                self.lbfgs_scale = 1.0
+                settings, model = self.settings, self.model
+                self.optimizer = _build_optimizer(model.parameters(), settings.opt, settings.lr)
+                if self.first_layer_optimizer is not None:
+                    self.first_layer_optimizer = _build_optimizer(
+                        model.layers[0].parameters(), settings.opt, settings.lr
+                    )
+                self.lbfgs_step(step, x, y)
         else:
             self.forward_backward(step, x, y, check_finite=True)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+
+    def lbfgs_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One LBFGS step on the objective times `lbfgs_scale`. Only a step's first evaluation is
+        checked: later ones are line-search trials, which may overshoot; the next step's first
+        evaluation catches a real blow-up."""
+        calls = itertools.count()
+        self.optimizer_for(step).step(
+            lambda: self.forward_backward(
+                step, x, y, next(calls) == 0, scale=self.lbfgs_scale
+            )
+        )
 
     def optimizer_for(self, step: int) -> torch.optim.Optimizer:
         """The first layer's optimizer during the first `first_layer_steps` steps, then the model's."""
@@ -383,6 +419,8 @@ class _Trainer:
         if scale != 1.0:
             value = value * scale
         self.scaler.scale(value).backward()
+        if scale != 1.0 and not check_finite and not _finite(value, self.model.parameters()):
+            raise _ScaledTrialOverflow
         return value
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
