@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ STOP_GRID_UPDATE_STEP = 50
 # search's cubic interpolation squares products of gradients, which must stay finite in float32.
 LBFGS_OBJECTIVE_SCALE = 2.0**12
 FIRST_LAYER_STEPS = 2
+CONSTANT_INPUT_WARNING = r"the samples of input\(s\) .* are all equal"
 EVALUATION_FIELDS = ("step", "train_loss", "test_loss", "train_metric", "test_metric")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -348,7 +350,11 @@ class _Trainer:
         start = time.perf_counter()
         if self.settings.updates_grid_before(step):
             with torch.no_grad():
-                self.model.update_grid(self.splits.train_input)
+                with warnings.catch_warnings():
+                    # Constant inputs (blank pixels, a pruned node) keep their grid; said once per
+                    # explicit update_grid call, not at every scheduled one.
+                    warnings.filterwarnings("ignore", message=CONSTANT_INPUT_WARNING)
+                    self.model.update_grid(self.splits.train_input)
         self.optimizer_step(step, x, y)
         _synchronize(self.device)
         return time.perf_counter() - start

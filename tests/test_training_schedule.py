@@ -232,3 +232,17 @@ def test_first_layer_steps_zero_matches_a_joint_fit_and_default_differs():
 def test_bad_first_layer_steps(bad):
     with pytest.raises((TypeError, ValueError), match="first_layer_steps"):
         fit(KAN([1, 2, 1], seed=0), sine_data(), opt="lbfgs", steps=1, first_layer_steps=bad, progress=False)
+
+
+def test_scheduled_updates_keep_constant_inputs_quietly_and_an_explicit_update_says_so():
+    import warnings
+
+    x = torch.rand(200, 4, generator=torch.Generator().manual_seed(0))
+    x[:, 0] = 0.0  # a blank input, as a border pixel of the digits
+    data = {"train_input": x, "train_label": x[:, 1:2], "test_input": x[:20], "test_label": x[:20, 1:2]}
+    model = KAN([4, 3, 1], seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(model, data, steps=12, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"input\(s\) \[0\] are all equal"):
+        model.update_grid(x)
