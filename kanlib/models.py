@@ -15,6 +15,7 @@ from .layers.basis_kan import BasisKAN
 from .layers.conv import KANConv2d
 from .layers.mlp import MLP, Stack, check_activation, check_widths
 from .layers.registry import LAYERS, resolve_layer
+from .ops.spline_linear import under_transform
 from .prune import Attribution, attribution, kept_edges, kept_nodes, sample_std
 from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
 
@@ -66,7 +67,8 @@ class KAN(Stack, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., widths[0]] -> [..., widths[-1]]. The input is kept (detached, not copied) as the samples that
         ``attribute``, ``prune``, ``plot`` and the symbolic fits use when they are given none, as pykan does."""
-        self._last_input = x.detach()
+        if not under_transform(x):  # a traced or compiled forward has no samples to keep
+            self._last_input = x.detach()
         for layer in self.layers:
             x = layer(x)
         return x
