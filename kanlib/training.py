@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .checks import check_device, check_int, check_positive_int, check_real
+from .distributed import TrainingGroup, smallest_batch, training_group
 
 if TYPE_CHECKING:
     from .quant.qat import QATConfig
@@ -144,6 +145,7 @@ class _Settings:
     progress: bool
     callbacks: tuple[FitCallback, ...]
     first_layer_steps: int = 0
+    group: TrainingGroup | None = None
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -190,6 +192,7 @@ def fit(
     progress: bool = True,
     qat: QATConfig | None = None,
     callbacks: Sequence[FitCallback] = (),
+    distributed: bool = False,
 ) -> History:
     """Train `model` in place on `data` and return its `History`.
 
@@ -258,6 +261,27 @@ def fit(
         runs after model and data are on the device and the seed is set, before the optimizer
         is built, so it may swap submodules or add Parameters.
 
+    distributed: train with torch's DistributedDataParallel in the initialised default
+        process group, one process per device (`torchrun --nproc-per-node N script.py`, the
+        script calling `torch.distributed.init_process_group("nccl")`, or "gloo" on CPUs).
+        Every rank calls fit with the same arguments and the same full `data`, and its model
+        on its own device (cuda:LOCAL_RANK, or the CPU); rank 0's parameters and buffers are
+        copied to the others first. Each step's batch (the training set, or the minibatch
+        from one seeded order, rank 0 drawing the seed when `seed` is None) is cut into
+        world-size contiguous shards; rank r computes the loss on shard r, weighted by
+        world_size * n_r / n, so that the averaged gradients are those of the batch's mean
+        loss: a custom `loss` must be a batch mean for this to hold. The objective LBFGS sees
+        is the mean of the ranks' values, the same on every rank, so the line search decides
+        alike everywhere. The `lamb` penalty is computed on the step's whole batch on every
+        rank (the same on all, so averaging keeps it exact, at the cost of a forward pass of
+        the batch per rank). Grid updates use the whole training input on every rank, so the
+        grids stay identical without communication. Evaluations run on the whole sets on every
+        rank: every rank returns the same History (the step times aside) and holds the same
+        trained model, equal to one process's fit on the same batches up to rounding (not with
+        `qat`: the gradients of the input quantizers' step sizes depend on the batch's size).
+        Pass the model itself, not wrapped. Every trainable parameter must get a gradient in
+        each step; the progress bar shows on rank 0 only.
+
     When fit returns, its last forward call was on the full training input, so a KAN's
     default samples (`model.samples`, used by `refine`, pruning, plots) are the training
     inputs.
@@ -272,12 +296,18 @@ def fit(
         update_grid=update_grid, first_layer_steps=first_layer_steps,
         update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
         amp=amp, device=device, seed=seed, loss=loss, eval_every=eval_every,
-        progress=progress, qat=qat, callbacks=callbacks,
+        progress=progress, qat=qat, callbacks=callbacks, distributed=distributed,
     )
     if settings.device is not None:
         model.to(settings.device)
     device = _model_device(model)
+    if settings.group is not None:
+        settings.group.check_device(device)
     splits = splits.to(device)
+    if settings.group is not None:
+        settings.group.check_same(
+            splits._asdict(), "data", "each rank takes its shard of every batch of the whole set"
+        )
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     for callback in settings.callbacks:
@@ -296,7 +326,9 @@ def _finite(value: torch.Tensor, parameters: Iterable[nn.Parameter]) -> bool:
 
 
 class _Trainer:
-    """One run of fit: model, data on its device, optimizer, grad scaler and the History."""
+    """One run of fit: model, data on its device, optimizer, grad scaler and the History. With a
+    process group, `network` is the model in DistributedDataParallel, which computes the training
+    shards; evaluations, grid updates and the penalty use the model itself."""
 
     def __init__(
         self, model: nn.Module, splits: _Splits, settings: _Settings, device: torch.device
@@ -314,16 +346,23 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
         self.lbfgs_scale = LBFGS_OBJECTIVE_SCALE
         self.last_finite_loss: float | None = None
+        self.group = settings.group
+        self.network: nn.Module = model
+        if self.group is not None:
+            # After the callbacks swapped their modules in; the optimizers hold the same Parameters.
+            self.network = self.group.wrap(model, device)
 
     def run(self) -> History:
         """Evaluate, take `total_steps` steps with the scheduled evaluations, restore the mode."""
-        settings, model = self.settings, self.model
-        batches = _batches(
-            self.splits.train_input, self.splits.train_label, settings.batch_size, settings.seed
-        )
+        settings, model, group = self.settings, self.model, self.group
+        seed = settings.seed
+        if group is not None and settings.batch_size is not None:
+            seed = group.share_seed(seed)  # one batch order for all ranks
+        batches = _batches(self.splits.train_input, self.splits.train_label, settings.batch_size, seed)
         was_training = model.training
         model.train()
-        bar = tqdm(total=settings.total_steps, disable=not settings.progress, unit="step")
+        shows_progress = settings.progress and (group is None or group.rank == 0)
+        bar = tqdm(total=settings.total_steps, disable=not shows_progress, unit="step")
         try:
             self.evaluate(0)
             for step in range(1, settings.total_steps + 1):
@@ -336,6 +375,9 @@ class _Trainer:
         finally:
             bar.close()
             model.train(was_training)
+            # DistributedDataParallel's gradient hooks stay on the Parameters but act only on a
+            # backward after its own forward: the model goes on alone.
+            self.network = model
         return self.history
 
     def autocast(self):
@@ -414,29 +456,52 @@ class _Trainer:
     ) -> torch.Tensor:
         """Zero the gradients, compute the objective on x, y times `scale` and backpropagate it
         (through the grad scaler); with `check_finite`, raise NonFiniteLossError on an inf/NaN
-        loss. Returns the scaled objective."""
+        loss. Returns the scaled objective, detached; with a process group, the mean of the
+        ranks' objectives, the same on every rank (as the averaged gradients are)."""
         self.model.zero_grad(set_to_none=True)
         value = self.objective(x, y)
+        total = value.detach() if self.group is None else self.group.mean(value)
         if check_finite:
-            loss_value = value.item()
+            loss_value = total.item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(step, loss_value, self.last_finite_loss)
             self.last_finite_loss = loss_value
         if scale != 1.0:
-            value = value * scale
+            value, total = value * scale, total * scale
         self.scaler.scale(value).backward()
-        if scale != 1.0 and not check_finite and not _finite(value, self.model.parameters()):
+        if self.group is not None:
+            self.check_gradients()
+        if scale != 1.0 and not check_finite and not _finite(total, self.model.parameters()):
             raise _ScaledTrialOverflow
-        return value
+        return total
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of model(x) against y plus `lamb * model.regularization_loss(x, ...)`: a scalar."""
+        """The loss of model(x) against y plus `lamb * model.regularization_loss(x, ...)`: a scalar.
+        With a process group, the loss is this rank's shard's, weighted (see `fit`), and the
+        penalty the whole batch's."""
+        x_part, y_part = x, y
+        if self.group is not None:
+            x_part, y_part = self.group.shard(x), self.group.shard(y)
         with self.autocast():
-            pred = self.model(x)
-        value = self.loss_fn(_upcast(pred), y)
+            pred = self.network(x_part)
+        value = self.loss_fn(_upcast(pred), y_part)
+        if self.group is not None:
+            value = value * self.group.shard_weight(len(x))
         if self.settings.lamb:
             value = value + self.settings.lamb * self.model.regularization_loss(x, **self.settings.penalty)
         return value
+
+    def check_gradients(self) -> None:
+        """Raise unless every trainable parameter got a gradient: DistributedDataParallel waits
+        for all of them before it averages the last ones."""
+        missing = [
+            name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None
+        ]
+        if missing:
+            raise ValueError(
+                "fit(distributed=True) needs a gradient for every trainable parameter in every "
+                f"step; {missing} got none (freeze them with requires_grad_(False))"
+            )
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:
@@ -567,8 +632,14 @@ def _check_settings(
     qat: QATConfig | None,
     callbacks: Sequence[FitCallback],
     first_layer_steps: int = 0,
+    distributed: bool = False,
 ) -> _Settings:
     """fit's arguments checked against `model` and `n_train` training samples; nothing moves."""
+    if distributed is True and isinstance(model, nn.parallel.DistributedDataParallel):
+        raise TypeError(
+            "fit(distributed=True) wraps the model in DistributedDataParallel itself: pass the "
+            "model (the wrapper's .module), got a DistributedDataParallel"
+        )
     if opt not in DEFAULT_LR:
         raise ValueError(f"opt must be one of {sorted(DEFAULT_LR)}, got {opt!r}")
     lr = DEFAULT_LR[opt] if lr is None else check_real("lr", lr, positive=True)
@@ -601,12 +672,33 @@ def _check_settings(
     _model_device(model)  # raises for a model without parameters
     for hook in hooks:
         hook.check_model(model)
+    group = _check_distributed(distributed, n_train, batch_size)
     return _Settings(
         opt=opt, lr=lr, amp=amp, lamb=lamb, penalty=penalty, batch_size=batch_size,
         update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
         total_steps=total_steps, eval_every=eval_every, device=device, seed=seed, loss=loss,
-        progress=progress, callbacks=hooks, first_layer_steps=first_layer_steps,
+        progress=progress, callbacks=hooks, first_layer_steps=first_layer_steps, group=group,
     )
+
+
+def _check_distributed(
+    distributed: object, n_train: int, batch_size: int | None
+) -> TrainingGroup | None:
+    """The process group for `distributed=True` (None for False), checked to give every rank at
+    least one sample of every batch."""
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False, got {type(distributed).__name__}")
+    if not distributed:
+        return None
+    group = training_group()
+    smallest = smallest_batch(n_train, batch_size)
+    if smallest < group.world_size:
+        raise ValueError(
+            f"fit(distributed=True) gives each of the {group.world_size} ranks a shard of every "
+            f"batch, so every batch needs at least {group.world_size} samples; with "
+            f"{n_train} training samples and batch_size={batch_size} the smallest holds {smallest}"
+        )
+    return group
 
 
 def _grid_schedule(

@@ -64,7 +64,8 @@ def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     rhs = basis.transpose(1, 2) @ y.double().permute(1, 0, 2)  # [I, G+k, O]
     coef = torch.linalg.solve(gram + ridge * scale * eye, rhs)
-    return coef.transpose(1, 2).to(y.dtype)
+    # Standard strides also when O = 1 (DistributedDataParallel's gradient buckets expect them).
+    return coef.transpose(1, 2).to(y.dtype).clone(memory_format=torch.contiguous_format)
 
 
 def assemble_weight_matrix(base_weight: torch.Tensor, spline_weight: torch.Tensor) -> torch.Tensor:
