@@ -72,12 +72,13 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def assets_installed() -> bool:
-    """Whether the npm assets the site serves (reveal.js, MathJax) are installed (`make assets`)."""
+    """Whether the npm assets the site serves (reveal.js, MathJax, ONNX Runtime Web) are installed (`make assets`)."""
     from kanlib.book.web_assets import MissingAssetsError, asset_dir
 
     try:
         asset_dir("reveal.js")
         asset_dir("mathjax")
+        asset_dir("onnxruntime-web")
     except MissingAssetsError:
         return False
     return True

@@ -13,4 +13,5 @@ BUILD_DIR = PROJECT_ROOT / "_build"
 EXECUTED_DIR = BUILD_DIR / "executed"
 NPM_PREFIX = BUILD_DIR / "npm"
 RESULTS_PATH = PROJECT_ROOT / RESULTS_DIR
+DEMO_DIR = PROJECT_ROOT / "data" / "demo"  # the live demo page's models and manifest (kanlib.book.demo)
 TEMPLATE_DIR = pathlib.Path(__file__).resolve().parent / "templates"

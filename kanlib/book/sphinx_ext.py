@@ -5,6 +5,8 @@
   theme's colour mode, left empty by sphinx-book-theme, is set to 'auto'.
 - Offline: MathJax 3 (from its npm package, `make assets`) goes to the site's ``mathjax/``, plotly.js (from
   the plotly package) to ``_static/plotly.min.js`` and the favicon to ``favicon.ico`` at the site's root.
+- The live demo (book/demo.md): ONNX Runtime Web's WebAssembly build (npm, `make assets`) goes to
+  ``_static/ort/``, the demo's models and manifest (data/demo/, written by chapter 08) to ``_static/demo/``.
 - Wide tables: a table a cell printed scrolls sideways inside its own box (``div.table-wrapper``).
 - Cell times: a code cell that took more than a second in the run shown (``metadata.kanlib.duration_s``,
   written by the runner) gets a small badge with its wall time, ``<div class="kanlib-cell-time">``. The badge
@@ -21,6 +23,8 @@ from typing import Any
 
 from docutils import nodes
 
+from .demo import DEMO_FILES, MANIFEST
+from .paths import DEMO_DIR
 from .runner import format_duration, recorded_duration
 from .web_assets import asset_dir, copy_tree
 
@@ -29,6 +33,11 @@ BADGE_MIN_S = 1.0
 BINDER_URL = "https://mybinder.org"
 COLAB_URL = "https://colab.research.google.com"
 PLOTLY_JS = "plotly.min.js"
+# ONNX Runtime Web without WebGL/WebGPU: the script, and the WebAssembly module it imports (one build, threads
+# optional: with numThreads = 1 it runs where the host is not cross-origin isolated).
+ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+ORT_STATIC, DEMO_STATIC = "ort", "demo"  # folders under the site's _static/
+DEMO_COMMAND = "python -m kanlib run notebooks/08_deploying.ipynb --in-place"
 TABLE_WRAPPER = '<div class="table-wrapper">'
 
 
@@ -90,21 +99,49 @@ def repository_buttons(app, config) -> None:
     options["launch_buttons"] = launch
 
 
+def ort_files() -> list[pathlib.Path]:
+    """The ORT_FILES of the installed onnxruntime-web package."""
+    dist = asset_dir("onnxruntime-web") / "dist"
+    missing = [name for name in ORT_FILES if not (dist / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"expected {missing} in {dist} (the onnxruntime-web version of "
+                                f"kanlib.book.web_assets.PACKAGES), found none; run `make assets`")
+    return [dist / name for name in ORT_FILES]
+
+
+def demo_files(folder: pathlib.Path = DEMO_DIR) -> list[pathlib.Path]:
+    """The live demo's manifest and models in `folder` (kanlib.book.demo.export_demo writes them)."""
+    paths = [folder / MANIFEST, *(folder / name for name in DEMO_FILES.values())]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"expected the live demo's files {missing} in {folder}, found none; run "
+                                f"`{DEMO_COMMAND}` (its last cells write them)")
+    return paths
+
+
 def check_offline_assets(app) -> None:
     """Fail before reading any page when what copy_offline_assets copies is missing."""
     if app.builder.format == "html":
         asset_dir("mathjax")
         plotly_js()
+        ort_files()
+        demo_files()
 
 
 def copy_offline_assets(app, exception: Exception | None) -> None:
-    """MathJax to mathjax/, plotly.min.js to _static/, the favicon to favicon.ico, in the built site."""
+    """MathJax to mathjax/, plotly.min.js to _static/, ONNX Runtime Web to _static/ort/, the demo's files to
+    _static/demo/, the favicon to favicon.ico, in the built site."""
     if exception is not None or app.builder.format != "html":
         return
     out = pathlib.Path(app.outdir)
     copy_tree(asset_dir("mathjax") / "es5", out / "mathjax", ignore=("*.md",))
     (out / "_static").mkdir(exist_ok=True)
     shutil.copyfile(plotly_js(), out / "_static" / PLOTLY_JS)
+    for folder, files in ((ORT_STATIC, ort_files()), (DEMO_STATIC, demo_files())):
+        target = out / "_static" / folder
+        target.mkdir(exist_ok=True)
+        for path in files:
+            shutil.copyfile(path, target / path.name)
     # The root index.html is a redirect page without an icon link; browsers then ask for /favicon.ico.
     favicon = app.config.html_favicon
     if favicon and "://" not in favicon and os.path.isfile(os.path.join(app.confdir, favicon)):

@@ -1,7 +1,8 @@
 """The JavaScript the website and the slides load, installed from the npm registry so both work offline.
 
 ``make assets`` (or ``install_assets()``) runs ``npm install`` into _build/npm/; the book copies MathJax 3
-from there, the slides reveal.js, jQuery, RequireJS and MathJax 2 (which nbconvert's reveal template uses).
+and ONNX Runtime Web (the live demo page) from there, the slides reveal.js, jQuery, RequireJS and MathJax 2
+(which nbconvert's reveal template uses).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PACKAGES = {
     "requirejs": "requirejs@2",
     "mathjax2": "mathjax2@npm:mathjax@2",
     "mathjax": "mathjax@3",
+    "onnxruntime-web": "onnxruntime-web@1.30",
 }
 
 
