@@ -16,7 +16,7 @@ from .layers.conv import KANConv2d
 from .layers.mlp import MLP, Stack, check_activation, check_widths
 from .layers.registry import LAYERS, resolve_layer
 from .ops.spline_linear import under_transform
-from .prune import Attribution, attribution, kept_edges, kept_nodes, sample_std
+from .prune import Attribution, attribution, compact_layers, kept_edges, kept_nodes, sample_std
 from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
 
 __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
@@ -294,6 +294,15 @@ class KAN(Stack, nn.Module):
         self._require_bspline("prune")
         x = self.samples(x, "prune")
         return self.prune_node(node_th, x).prune_edge(edge_th, x)
+
+    def compact(self, inputs=None) -> "KAN":
+        """A new, smaller KAN without the dead hidden nodes, computing the same outputs (on ``x[:, inputs]`` when
+        inputs are given); see :func:`kanlib.prune.compact`. The model is left as it is."""
+        layers, kept_inputs = compact_layers(self, inputs)
+        model = self._with_layers(layers)
+        if inputs is not None and getattr(model, "_last_input", None) is not None:
+            model._last_input = model._last_input[..., kept_inputs]
+        return model
 
     def remove_edge(self, l: int, i: int, j: int) -> None:
         """Switch edge (l, i, j) off in place (``layers[l].mask[i, j] = 0``, pykan's ``remove_edge``)."""
