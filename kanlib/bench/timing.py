@@ -154,20 +154,20 @@ def peak_memory_bytes(fn: Callable[[], object], *, device: str | torch.device) -
             fn()
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - baseline_bytes
+    # The profiler's C++ side logs on start and stop, and when a block allocated before it started is freed.
     with native_stderr_silenced():
         profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         profiler.start()
-    try:
-        fn()
-    finally:
-        with native_stderr_silenced():
+        try:
+            fn()
+        finally:
             profiler.stop()
     return _peak_of_allocation_events(profiler.profiler.kineto_results.experimental_event_tree())
 
 
 @contextlib.contextmanager
 def native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null: the profiler's C++ side logs a line on every start and stop."""
+    """Send file descriptor 2 to /dev/null (native log lines; Python's sys.stderr in a notebook is not fd 2)."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
