@@ -1,0 +1,265 @@
+"""prune_to_sparsity: exact dead-edge counts per round on the cubic and linear schedules, no edge revived, grids
+kept after the first round, symbolic edges kept, fine-tuning, compaction, score order, and bad input."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import kanlib
+from kanlib import KAN, FitCallback
+from kanlib.prune import live_edges
+from kanlib.prune.schedule import prune_to_sparsity, sparsity_targets
+
+FIT = dict(steps=4, finetune_steps=15, opt="adam", lamb=0.01)
+
+
+def classification_data(seed=0, n_train=100, n_test=50):
+    """Random inputs [n, 6] in [-1, 1]; the class is the argmax of three fixed linear functions."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randn(6, 3, generator=generator)
+    data = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = torch.rand(n, 6, generator=generator) * 2 - 1
+        data[f"{split}_input"], data[f"{split}_label"] = x, (x @ weights).argmax(1)
+    return data
+
+
+def regression_data():
+    return kanlib.symbolic_dataset("exp_sin_sq", n_train=200, n_test=100, seed=0)
+
+
+class Snapshots(FitCallback):
+    """At the start of every fit: each layer's dead edges [I, O] and grid."""
+
+    def __init__(self):
+        self.dead, self.grids = [], []
+
+    def on_fit_start(self, model, train_input):
+        self.dead.append([~live_edges(layer) for layer in model.layers])
+        self.grids.append([layer.grid.clone() for layer in model.layers])
+
+
+def dead_masks(model):
+    return [~live_edges(layer) for layer in model.layers]
+
+
+def n_edges(model):
+    return sum(layer.mask.numel() for layer in model.layers)
+
+
+def formula(start, final, rounds, schedule):
+    if schedule == "cubic":
+        return [final + (start - final) * (1 - t / rounds) ** 3 for t in range(1, rounds + 1)]
+    return [start + (final - start) * t / rounds for t in range(1, rounds + 1)]
+
+
+def run(model, data, sparsity, **kwargs):
+    snapshots = Snapshots()
+    settings = {**FIT, **kwargs}
+    result = prune_to_sparsity(model, data, sparsity, seed=0, fit_kwargs={"callbacks": [snapshots]}, **settings)
+    return result, snapshots
+
+
+@pytest.mark.parametrize("sparsity, schedule", [(0.5, "cubic"), (0.75, "cubic"), (0.9, "cubic"), (0.9, "linear")])
+def test_rounds_follow_the_schedule_with_exact_counts(sparsity, schedule):
+    model = KAN([6, 7, 3], seed=1, grid_size=4)
+    data = classification_data()
+    rounds = 4
+    result, snapshots = run(model, data, sparsity, rounds=rounds, schedule=schedule, steps=3, finetune_steps=5)
+    edges = n_edges(model)
+    assert edges == 6 * 7 + 7 * 3 == result.edges
+    targets = formula(0.0, sparsity, rounds, schedule)
+    assert [r.round for r in result.rounds] == list(range(1, rounds + 1))
+    for record, target in zip(result.rounds, targets):
+        assert record.target == pytest.approx(target, abs=1e-12)
+        assert record.dead_edges == round(target * edges)
+        assert record.sparsity == record.dead_edges / edges
+    final = sum(int(dead.sum()) for dead in dead_masks(model))
+    assert final == round(sparsity * edges) == result.rounds[-1].dead_edges
+    assert result.sparsity == final / edges
+    # one snapshot per fit: the rounds, then the fine-tuning; each round's pruning shows at the next fit's start
+    assert len(snapshots.dead) == rounds + 1
+    assert [sum(int(d.sum()) for d in dead) for dead in snapshots.dead] == \
+        [0] + [record.dead_edges for record in result.rounds]
+    states = snapshots.dead + [dead_masks(model)]
+    for before, after in zip(states, states[1:]):
+        for b, a in zip(before, after):
+            assert bool((a | ~b).all()), "an edge came back to life"
+    # grids move in the first round only
+    for later in snapshots.grids[2:] + [[layer.grid for layer in model.layers]]:
+        for grid, first in zip(later, snapshots.grids[1]):
+            assert torch.equal(grid, first)
+
+
+def test_schedule_helper_matches_the_formula():
+    for schedule in ("cubic", "linear"):
+        assert sparsity_targets(0.2, 0.8, 5, schedule) == pytest.approx(formula(0.2, 0.8, 5, schedule), abs=1e-15)
+    cubic = sparsity_targets(0.0, 0.9, 4)
+    assert cubic[-1] == 0.9 and all(a < b for a, b in zip(cubic, cubic[1:]))
+    assert cubic[0] > 0.9 / 4  # cubic prunes most in the first rounds
+
+
+def test_regression_fine_tunes_and_compacts():
+    model = KAN([2, 5, 1], seed=0, grid_size=5)
+    data = regression_data()
+    result, _ = run(model, data, 0.5, rounds=3, lamb=(0.02, 0.0), finetune_steps=30)
+    assert [r.lamb for r in result.rounds] == pytest.approx([0.02, 0.01, 0.0])
+    last = result.rounds[-1]
+    history = result.history
+    assert history.train_loss[0] == last.train_loss and history.test_loss[0] == last.test_loss
+    assert torch.isfinite(torch.tensor(history.train_loss)).all()
+    assert history.train_loss[-1] < history.train_loss[0]  # fine-tuning happened and helped
+    assert sum(int(d.sum()) for d in dead_masks(model)) == round(0.5 * 15)
+    x = data["test_input"]
+    small = model.compact()
+    assert sum(small.widths[1:-1]) < sum(model.widths[1:-1])
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_previous_dead_edges_count_and_the_lamb_callable_is_used():
+    model = KAN([6, 7, 3], seed=2, grid_size=4)
+    model.remove_edge(0, 1, 1)
+    model.remove_edge(1, 4, 2)
+    before = dead_masks(model)
+    seen = []
+
+    def lamb(t):
+        seen.append(t)
+        return 0.01 * t
+
+    result, snapshots = run(model, classification_data(1), 0.6, rounds=3, lamb=lamb, steps=2, finetune_steps=2)
+    assert seen == [1, 2, 3] and [r.lamb for r in result.rounds] == pytest.approx([0.01, 0.02, 0.03])
+    edges = n_edges(model)
+    for record, target in zip(result.rounds, formula(2 / edges, 0.6, 3, "cubic")):
+        assert record.dead_edges == round(target * edges)
+    assert all(bool(a[b].all()) for a, b in zip(dead_masks(model), before))
+    # a model with dead edges keeps its grids from the start
+    for grid, first in zip(snapshots.grids[0], [layer.grid for layer in model.layers]):
+        assert torch.equal(grid, first)
+
+
+def with_symbolic(fixed):
+    model = KAN([2, 5, 1], seed=0, grid_size=5)
+    for l, i, j, name in fixed:
+        model.fix_symbolic(l, i, j, name, fit_params=False)
+    return model
+
+
+def test_symbolic_edges_are_live_and_never_pruned():
+    fixed = [(0, 0, 3, "sin"), (1, 2, 0, "x^2")]
+    model = with_symbolic(fixed)
+    result, _ = run(model, regression_data(), 0.8, rounds=2, finetune_steps=2)
+    assert result.rounds[-1].dead_edges == round(0.8 * 15) == 12
+    for l, i, j, _ in fixed:
+        assert bool(model.layers[l].symbolic.mask[i, j]) and bool(live_edges(model.layers[l])[i, j])
+    live = sum(int(live_edges(layer).sum()) for layer in model.layers)
+    assert live == 3
+    # 0.9 needs 14 of 15 dead, but the two symbolic edges stay
+    with pytest.raises(ValueError, match="symbolic"):
+        prune_to_sparsity(with_symbolic(fixed), regression_data(), 0.9, **FIT)
+
+
+def test_a_symbolic_edge_with_its_spline_on_is_not_pruned():
+    """Edge (0, 1, 2) is fixed to the zero function and its spline, switched back on, starts at zero: the
+    lowest score of all, which pruning must pass over."""
+    model = KAN([2, 5, 1], seed=0, grid_size=5)
+    model.fix_symbolic(0, 1, 2, "0", fit_params=False)
+    with torch.no_grad():
+        model.layers[0].mask[1, 2] = 1
+        model.layers[0].scale_base[1, 2] = model.layers[0].scale_sp[1, 2] = 0
+    for score in ("attribution", "magnitude"):
+        trial = copy.deepcopy(model)
+        result = prune_to_sparsity(trial, regression_data(), 0.4, rounds=1, steps=1, finetune_steps=1,
+                                   lamb=0.0, lr=1e-6, update_grid=False, score=score)
+        assert result.rounds[0].dead_edges == round(0.4 * 15) == 6
+        assert trial.layers[0].mask[1, 2] == 1 and bool(trial.layers[0].symbolic.mask[1, 2]), score
+
+
+def frozen_first_layer_model(quiet):
+    """KAN([4, 3, 2]) whose first layer does not train, its edges ``quiet`` scaled by 1e-4 (base and spline)."""
+    model = KAN([4, 3, 2], seed=3, grid_size=4)
+    with torch.no_grad():
+        for i, j, factor in quiet:
+            model.layers[0].scale_base[i, j] *= factor
+            model.layers[0].scale_sp[i, j] *= factor
+    for parameter in model.layers[0].parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def regression_data_4():
+    return kanlib.symbolic_dataset(lambda x: torch.stack([x.sum(1), (x[:, 0] * x[:, 1])], 1), n_var=4,
+                                   n_train=100, n_test=50, seed=1)
+
+
+def test_magnitude_removes_the_smallest_activations_first():
+    quiet = [(1, 2, 1e-4), (3, 0, 3e-4), (0, 1, 2e-4)]
+    model = frozen_first_layer_model(quiet)
+    data = regression_data_4()
+    edges = n_edges(model)  # 12 + 6
+    stds = model.layers[0].activations(data["train_input"]).std(0)
+    order = stds.flatten().argsort()[:3].tolist()
+    assert sorted(order) == sorted(i * 3 + j for i, j, _ in quiet)  # the model is built as meant
+    sparsity = 2 / edges
+    prune_to_sparsity(model, data, sparsity, rounds=1, steps=2, finetune_steps=1, score="magnitude",
+                      update_grid=False)
+    dead = dead_masks(model)
+    assert not bool(dead[1].any())
+    # the two smallest stds go, in their order: (1, 2) at 1e-4 scale and (0, 1) at 2e-4
+    assert dead[0].nonzero().tolist() == sorted([[1, 2], [0, 1]])
+
+
+def test_ties_are_broken_by_position():
+    silent = [(3, 1), (0, 2), (2, 0), (1, 1)]
+    model = frozen_first_layer_model([(i, j, 0.0) for i, j in silent])
+    data = regression_data_4()
+    for score in ("magnitude", "attribution"):
+        trial = copy.deepcopy(model)
+        prune_to_sparsity(trial, data, 3 / n_edges(trial), rounds=1, steps=1, finetune_steps=1, score=score,
+                          update_grid=False, lamb=0.0)
+        assert dead_masks(trial)[0].nonzero().tolist() == [[0, 2], [1, 1], [2, 0]], score
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan")])
+def test_sparsity_outside_the_range(sparsity):
+    model = KAN([2, 3, 1], seed=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"\[0, 1\).*" + str(sparsity)):
+        prune_to_sparsity(model, regression_data(), sparsity, **FIT)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(sparsity="0.5"), TypeError, "sparsity must be a number"),
+    (dict(sparsity=True), TypeError, "sparsity must be a number"),
+    (dict(rounds=0), ValueError, "rounds"),
+    (dict(rounds=2.0), TypeError, "rounds"),
+    (dict(schedule="exponential"), ValueError, "schedule must be one of"),
+    (dict(score="random"), ValueError, "score must be one of"),
+    (dict(lamb=-0.1), ValueError, "lamb"),
+    (dict(lamb=(0.1, 0.2, 0.3)), ValueError, "pair"),
+    (dict(lamb=lambda t: -t), ValueError, r"lamb\(1\)"),
+    (dict(lamb="big"), TypeError, "lamb"),
+    (dict(finetune_steps=0), ValueError, "finetune_steps"),
+    (dict(fit_kwargs={"steps": 3}), TypeError, "fit_kwargs"),
+])
+def test_bad_arguments(kwargs, error, match):
+    settings = {**FIT, "sparsity": 0.5, **kwargs}
+    with pytest.raises(error, match=match):
+        prune_to_sparsity(KAN([2, 3, 1], seed=0), regression_data(), **settings)
+
+
+@pytest.mark.parametrize("model", [nn.Linear(2, 1), KAN([2, 3, 1], layer="rbf"), kanlib.MLP([2, 3, 1])],
+                         ids=["linear", "rbf-kan", "mlp"])
+def test_models_without_edge_masks(model):
+    with pytest.raises(TypeError, match="B-spline"):
+        prune_to_sparsity(model, regression_data(), 0.5, **FIT)
+
+
+def test_already_sparser_than_asked():
+    model = KAN([2, 3, 1], seed=0)
+    for i, j in [(0, 0), (0, 1), (1, 0), (1, 2)]:
+        model.remove_edge(0, i, j)
+    with pytest.raises(ValueError, match="already has 4 of its 9 edges dead"):
+        prune_to_sparsity(model, regression_data(), 0.3, **FIT)
