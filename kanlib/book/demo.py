@@ -133,18 +133,18 @@ def _features(model: object, name: str) -> tuple[int, int]:
     """(inputs, outputs) of a kanlib KAN stack (``widths``) or layer (``in_features``, ``out_features``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name}: expected a kanlib KAN model (torch.nn.Module), got {type(model).__name__}")
-    widths = getattr(model, "widths", None)
-    if widths is not None:
-        return int(widths[0]), int(widths[-1])
-    if hasattr(model, "in_features") and hasattr(model, "out_features"):
-        return int(model.in_features), int(model.out_features)
-    raise TypeError(f"{name}: expected a kanlib KAN stack or layer (with widths or in_features/out_features), "
-                    f"got {type(model).__name__}")
+    if getattr(model, "widths", None) is None and not (hasattr(model, "in_features")
+                                                        and hasattr(model, "out_features")):
+        raise TypeError(f"{name}: expected a kanlib KAN stack or layer (with widths or in_features/out_features), "
+                        f"got {type(model).__name__}")
+    widths = _widths(model)
+    return widths[0], widths[-1]
 
 
 def _widths(model: nn.Module) -> list[int]:
+    """A KAN stack's widths, or [in_features, out_features] of a layer."""
     widths = getattr(model, "widths", None)
-    return [int(w) for w in widths] if widths is not None else [model.in_features, model.out_features]
+    return [int(w) for w in widths] if widths is not None else [int(model.in_features), int(model.out_features)]
 
 
 def _quantized_layers(model: nn.Module) -> list[QuantizedBSplineKAN]:

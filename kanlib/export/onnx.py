@@ -22,7 +22,7 @@ from importlib import metadata
 import torch
 from torch import nn
 
-from ..activations import ACTIVATIONS, get_activation
+from ..activations import ACTIVATIONS
 from ..layers.basis_kan import BasisKAN
 from ..layers.bspline import BSplineKAN
 from ..layers.conv import KANConv2d
@@ -204,13 +204,6 @@ def _edge_layers(model: nn.Module, exported: nn.Module) -> list[BSplineKAN]:
                      f"BSplineKAN), got a {got}")
 
 
-def _edge_values(layer: BSplineKAN, x: torch.Tensor) -> torch.Tensor:
-    """Every edge's activation phi_{i,o}(x_i) of a B-spline layer without symbolic edges, from the Cox-de Boor
-    basis (the function ``layer.activations`` computes, in traceable operations): x [N, I] -> [N, I, O]."""
-    base = get_activation(layer.base_activation).function(x).unsqueeze(-1)
-    return (layer.scale_base * base + layer.scale_sp * layer.spline_values(x)) * layer.mask
-
-
 class _WithEdges(nn.Module):
     """B-spline layers run in turn: x [N, I_0] -> (output [N, O_L], edges_0 [N, I_0, O_0], ...)."""
 
@@ -221,7 +214,7 @@ class _WithEdges(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         edges = []
         for layer in self.layers:
-            edges.append(_edge_values(layer, x))
+            edges.append(layer.numerical_edges(x))
             x = layer(x)
         return (x, *edges)
 

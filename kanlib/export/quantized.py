@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..activations import get_activation
+from ..basis import find_span
 from ..layers.bspline import assemble_weight_matrix
 from ..ops.lut_linear import IntegerWeights
 from ..ops.spline_linear.reference import spline_linear_reference
@@ -90,10 +91,8 @@ class OnnxQuantizedBSplineKAN(nn.Module):
         self.register_buffer("act_scale", layer.act_scale.detach().float().clone())
         grid = self.grid
         if self.uniform:
-            # what find_span and BasisTable.lookup compute from the grid, in the same dtype
+            # what BasisTable.lookup computes from the grid, in the same dtype
             first = grid[:, 0]
-            self.register_buffer("first", first.clone())
-            self.register_buffer("step", (grid[:, -1] - first) / (grid.shape[1] - 1))
             self.register_buffer("inv_steps", ((grid.shape[1] - 1) / (grid[:, -1] - first).double()).to(grid.dtype))
         if self.kind == "table":
             self.table_scale = table.scale
@@ -148,18 +147,11 @@ class OnnxQuantizedBSplineKAN(nn.Module):
 
     def span(self, x: torch.Tensor) -> torch.Tensor:
         """The knot interval of each x [N, I] as :func:`kanlib.basis.find_span` finds it: int64 [N, I]."""
-        n_knots = self.grid.shape[1]
-        if not self.uniform:
-            below = (x.unsqueeze(-1) >= self.grid).sum(-1)  # knots <= x (0 for NaN)
-            return (below - 1).clamp(0, n_knots - 2)
-        ratio = (x - self.first) / self.step
-        span = torch.where(torch.isnan(ratio), 0.0, ratio).clamp(0, n_knots - 2).long()
-        if self.spline_order == 0:
-            flat_grid = self.grid.flatten()
-            flat_index = span + torch.arange(self.in_features, device=x.device) * n_knots
-            span = span - (x < flat_grid[flat_index]).long() + (x >= flat_grid[flat_index + 1]).long()
-            span = span.clamp(0, n_knots - 2)
-        return span
+        if self.uniform:
+            return find_span(x, self.grid, True, self.spline_order)
+        # find_span's binary search (searchsorted) has no ONNX operator: count the knots <= x (0 for NaN)
+        below = (x.unsqueeze(-1) >= self.grid).sum(-1)
+        return (below - 1).clamp(0, self.grid.shape[1] - 2)
 
     def code_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """The table codes of x [N, I] spread over every input's G+k bases: uint8 [N, I * (G+k)].

@@ -303,6 +303,12 @@ class BSplineKAN(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
+    def numerical_edges(self, x: torch.Tensor) -> torch.Tensor:
+        """Every edge's base and spline value, masked, from the Cox-de Boor basis (traceable; edges fixed to symbolic
+        functions not included): x [N, I] -> [N, I, O]."""
+        base = get_activation(self.base_activation).function(x).unsqueeze(-1)
+        return (self.scale_base * base + self.scale_sp * self.spline_values(x)) * self.mask
+
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
         """The spline part of every edge, ``sum_j coef[i,o,j] B_j(x_i)``: x [N, I] -> [N, I, O]."""
         return torch.einsum("nij,ioj->nio", cox_de_boor(x, self.grid, self.spline_order), self.coef)
@@ -405,9 +411,7 @@ class BSplineKAN(nn.Module):
         at the numerical edges only (base and spline, masked), not at edges fixed to symbolic functions."""
         self._check_input(x)
         x = x.reshape(-1, self.in_features)
-        base = get_activation(self.base_activation).function(x).unsqueeze(-1)
-        edges = (self.scale_base * base + self.scale_sp * self.spline_values(x)) * self.mask
-        return sparsity_penalty(edges, x, self.coef, l1=l1, entropy=entropy, coef_l1=coef, coefdiff_l1=coefdiff)
+        return sparsity_penalty(self.numerical_edges(x), x, self.coef, l1=l1, entropy=entropy, coef_l1=coef, coefdiff_l1=coefdiff)
 
     def select(self, inputs, outputs) -> "BSplineKAN":
         """A new layer (same settings, backend, dtype and device) on the given input and output indices: their
