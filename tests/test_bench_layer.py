@@ -13,7 +13,7 @@ from kanlib import BSplineKAN
 from kanlib.__main__ import build_parser, main
 from kanlib.bench import can_retain_freed_memory, load_results
 from kanlib.bench.candidates import UnfusedKAN, bspline_weights
-from kanlib.bench.layer import CANDIDATES, run_layer_benchmark
+from kanlib.bench.layer import CANDIDATES, TARGETS, run_layer_benchmark, target_report
 from kanlib.ops.spline_linear.reference import unfused_kan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -238,3 +238,28 @@ def test_cli_keeps_the_results_when_writing_fails_at_the_end(tmp_path, monkeypat
     assert len(captured.err.strip().splitlines()) == 1 and str(out) in captured.err and str(kept) in captured.err
     [result] = load_results(kept.parent)
     assert result["params"]["grids"] == [3] and "bsplinekan" in [row["candidate"] for row in result["rows"]]
+
+
+def _sweep_rows(times: dict, **configuration) -> list[dict]:
+    """Hand-made layer rows: {(grid, candidate): fwd+bwd median ms} at the target configuration unless changed."""
+    base = {"batch": 1024, "width": 256, "order": 3, "dtype": "float32", **configuration}
+    return [{**base, "grid": grid, "candidate": candidate, "fwdbwd_median_ms": ms}
+            for (grid, candidate), ms in times.items()]
+
+
+def test_layer_targets_from_the_grid_sweep():
+    rows = _sweep_rows({(5, "dense"): 10.0, (5, "bsplinekan"): 11.0, (50, "dense"): 100.0, (50, "bsplinekan"): 30.0,
+                        (100, "bsplinekan"): 44.0, (200, "bsplinekan"): 46.0})
+    report = {entry["target"]: entry for entry in target_report(rows)}
+    assert [entry[0] for entry in TARGETS] == list(report)
+    assert report["fwd+bwd time of bsplinekan / dense at G = 50"]["value"] == pytest.approx(0.3)
+    assert report["fwd+bwd time of bsplinekan at G = 100 / at G = 50"]["value"] == pytest.approx(44 / 30)
+    assert report["fwd+bwd time of bsplinekan at G = 200 / at G = 50"]["met"] is False
+    assert report["fwd+bwd time of bsplinekan / dense at G = 5"]["value"] == pytest.approx(1.1)
+    assert [entry["met"] for entry in report.values()] == [True, True, False, True]
+
+
+def test_layer_targets_are_missing_without_their_grids_or_configuration():
+    assert all(entry["value"] is None for entry in target_report(_sweep_rows({(5, "dense"): 1.0})))
+    other = _sweep_rows({(5, "dense"): 10.0, (5, "bsplinekan"): 11.0}, width=128)
+    assert all(entry["met"] is None for entry in target_report(other))

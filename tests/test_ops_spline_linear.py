@@ -1,11 +1,13 @@
 """kanlib.ops.spline_linear's dispatcher: every backend against the plain formula of its reference module, higher
 derivatives, torch.func and torch.export, the deprecated method= words. (The Triton kernels have their own file.)"""
+import numba
 import pytest
 import torch
 from conftest import inputs_around, random_grid
 from torch.func import jacrev, vmap
 
 from kanlib import KAN, BSplineKAN
+import kanlib.ops.spline_linear as spline_linear_module
 from kanlib.ops.spline_linear import BACKENDS, spline_linear
 from kanlib.ops.spline_linear.reference import spline_linear_reference
 
@@ -42,6 +44,34 @@ def test_second_derivatives_match_the_reference(backend, uniform):
         results.append(torch.autograd.grad((grad_x ** 2).sum(), (x, weight)))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_sparse_kernels_across_many_tiles(monkeypatch, k, uniform, threads):
+    """Tiles far smaller than the problem: several row, column and input blocks, a partial last block of each,
+    and grad_x summed over column blocks; grids small enough that windows meet both ends of the basis."""
+    monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
+    monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for grid_size in (1, 2, 13):
+            gen = torch.Generator().manual_seed(10 * k + grid_size)
+            grid = random_grid(7, grid_size, k, gen, uniform=uniform, dtype=torch.float64)
+            x = inputs_around(grid, 37, gen, outside=0.3).requires_grad_()
+            weight = torch.randn(7 * (grid_size + k + 1), 11, generator=gen, dtype=torch.float64).requires_grad_()
+            grad_out = torch.randn(37, 11, generator=gen, dtype=torch.float64)
+            results = []
+            for compute in (lambda: spline_linear(x, weight, grid, k, uniform, "silu", "sparse"),
+                            lambda: spline_linear_reference(x, weight, grid, k, "silu")):
+                out = compute()
+                results.append((out, *torch.autograd.grad(out, (x, weight), grad_out)))
+            for got, want in zip(*results):
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True)
+    finally:
+        numba.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "sparse"])

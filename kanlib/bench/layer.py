@@ -7,7 +7,8 @@ For each grid size G, with batch B, I = O = width and spline order k, the candid
   the expanded input and the weight of an unfused layer would.
 - ``mlp``: ``silu(nn.Linear(I, O)(x))``, an MLP layer of the same width.
 - ``bsplinekan``: ``kanlib.BSplineKAN(I, O, grid_size=G, spline_order=k)`` with ``backend="auto"``: the
-  numba CPU kernels on the CPU, the Triton kernels on CUDA.
+  numba CPU kernels on the CPU (the local-support ones once G is large, see
+  :func:`kanlib.ops.spline_linear.prefers_sparse`), the Triton kernels on CUDA.
 - ``unfused``: :class:`UnfusedKAN` (efficient-kan's layout) holding the same function as ``bsplinekan``;
   it keeps the [B, I, G+k] basis for backward.
 - ``pykan``: pykan's ``KANLayer(I, O, num=G, k=k)`` (its first output), timed with fewer repeats.
@@ -41,12 +42,16 @@ from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
 from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, measure,
                          module_candidate, nbytes, pykan_layer, uniform_inputs)
+from .targets import target_entry
 
 __all__ = [
     "CANDIDATES",
     "DTYPES",
     "TABLE_COLUMNS",
+    "TARGETS",
+    "TARGET_CONFIGURATION",
     "run_layer_benchmark",
+    "target_report",
 ]
 
 CANDIDATES = ("dense", "mlp", "bsplinekan", "unfused", "pykan")
@@ -54,6 +59,31 @@ TABLE_COLUMNS = (
     "grid", "candidate", "fwd_median_ms", "fwdbwd_median_ms", "fwdbwd_q25_ms", "fwdbwd_q75_ms",
     "ratio_to_dense", "peak_bytes", "memory_ratio_to_dense", "gflops_per_s",
 )
+# The goals, for bsplinekan at TARGET_CONFIGURATION: (name, grid, figure, reference grid or None for dense's
+# figure at the same grid, goal, direction). The grid sweep's: a layer near the nonzero work of its local
+# support at large G (its time no longer growing with G), and near the dense product where the dense path runs.
+TARGETS = (
+    ("fwd+bwd time of bsplinekan / dense at G = 50", 50, None, 0.35, "<="),
+    ("fwd+bwd time of bsplinekan at G = 100 / at G = 50", 100, 50, 1.5, "<="),
+    ("fwd+bwd time of bsplinekan at G = 200 / at G = 50", 200, 50, 1.5, "<="),
+    ("fwd+bwd time of bsplinekan / dense at G = 5", 5, None, 1.15, "<="),
+)
+TARGET_CONFIGURATION = {"batch": 1024, "width": 256, "order": 3, "dtype": "float32"}
+
+
+def target_report(rows: Sequence[dict]) -> list[dict]:
+    """The goals (TARGETS) on rows measured at TARGET_CONFIGURATION; a value is None when its grid sizes were not
+    measured. ``python -m kanlib bench layer --grid 5 50 100 200`` measures them all."""
+    times = {(row["grid"], row["candidate"]): row["fwdbwd_median_ms"] for row in rows
+             if all(row.get(key) == value for key, value in TARGET_CONFIGURATION.items())}
+    report = []
+    for name, grid_size, reference_grid, goal, direction in TARGETS:
+        top = times.get((grid_size, "bsplinekan"))
+        bottom = times.get((grid_size, "dense") if reference_grid is None else (reference_grid, "bsplinekan"))
+        report.append(target_entry(name, top / bottom if top is not None and bottom else None, direction, goal))
+    return report
+
+
 def _candidates(batch: int, width: int, grid_size: int, order: int, device: torch.device, dtype: torch.dtype,
                 seed: int, skip_pykan: bool) -> list[Candidate]:
     """The candidates for one grid size, each with its own inputs drawn from the same seed."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import warnings
 import weakref
 
+import numpy as np
 import torch
 
 from ...activations import get_activation
@@ -145,8 +146,8 @@ def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
 class _CpuKernelArgs:
     """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
 
-    ``prefix``: the leading arguments of the sparse kernels; ``x``, ``knots`` (grid, padded grid, inv_steps,
-    uniform) and ``matrix``: those of the dense kernel.
+    ``x``, ``knots`` (grid, padded grid, inv_steps, uniform), ``matrix`` (the uniform basis matrix), ``spline_order``
+    and ``activation`` (the kernels' id of the base activation).
     """
 
     def __init__(self, x, grid, spline_order, uniform, activation):
@@ -156,7 +157,8 @@ class _CpuKernelArgs:
         grid_np, padded, inv_steps, self.matrix = grid_constants(grid, int(spline_order))
         self.x = x.detach().numpy()
         self.knots = (grid_np, padded, inv_steps, bool(uniform))
-        self.prefix = (self.x, *self.knots, int(spline_order), self.matrix, cpu.ACTIVATION_IDS[activation])
+        self.spline_order = int(spline_order)
+        self.activation = cpu.ACTIVATION_IDS[activation]
 
 
 def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True):
@@ -182,6 +184,70 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
     return (out if expanded else None), (grad_x if with_grad else None)
 
 
+# The sparse kernels' tiles: a tile's accumulators (rows x columns) and the weight rows of one input (slots x
+# columns) are meant to stay in a core's L2 cache.
+TILE_COLUMNS = 256
+TILE_BYTES = 1 << 19
+
+
+def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool):
+    """(starts [I, N] int32, values [I, N, k+2], slopes [I, N, k+2] or an empty array) for :mod:`.cpu`'s kernels."""
+    n_rows, n_in = args.x.shape
+    starts = np.empty((n_in, n_rows), dtype=np.int32)
+    values = np.empty((n_in, n_rows, args.spline_order + 2), dtype=args.x.dtype)
+    slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
+    args.kernels.sparse_windows(args.x, *args.knots, args.spline_order, args.matrix, args.activation, n_slots - 1,
+                                starts, values, slopes, with_slopes)
+    return starts, values, slopes
+
+
+def _row_column_tiles(n_rows: int, n_out: int, itemsize: int, threads: int) -> tuple[int, int]:
+    """(row_block, col_block) for the forward and grad_input kernels: column blocks of up to TILE_COLUMNS, and
+    row blocks that give every thread a tile while the accumulators stay within TILE_BYTES."""
+    col_block = min(n_out, TILE_COLUMNS)
+    row_blocks = max(1, -(-threads // -(-n_out // col_block)))
+    return max(1, min(-(-n_rows // row_blocks), TILE_BYTES // (col_block * itemsize))), col_block
+
+
+def _input_column_tiles(n_in: int, n_slots: int, n_out: int, itemsize: int, threads: int) -> tuple[int, int]:
+    """(in_block, col_block) for the grad_weight kernel: the weight gradient rows of in_block inputs within
+    TILE_BYTES, and at least one tile per thread."""
+    col_block = min(n_out, TILE_COLUMNS)
+    tiles_per_input = -(-n_out // col_block)
+    in_block = min(TILE_BYTES // (n_slots * col_block * itemsize), n_in * tiles_per_input // threads)
+    return max(1, in_block), col_block
+
+
+def _sparse_forward(x, weight, grid, spline_order, uniform, activation) -> torch.Tensor:
+    """A @ weight [N, O] through the local-support kernels."""
+    args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+    starts, values, _ = _sparse_windows(args, weight.shape[0] // x.shape[1], with_slopes=False)
+    out = x.new_empty(x.shape[0], weight.shape[1])
+    tiles = _row_column_tiles(*out.shape, out.element_size(), args.kernels.thread_count())
+    args.kernels.sparse_forward(starts, values, weight.numpy(), out.numpy(), *tiles)
+    return out
+
+
+def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w):
+    """(grad_x or None, grad_weight or None) through the local-support kernels."""
+    args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+    n_slots = weight.shape[0] // x.shape[1]
+    starts, values, slopes = _sparse_windows(args, n_slots, with_slopes=need_x)
+    threads = args.kernels.thread_count()
+    grad_x = grad_w = None
+    if need_w:
+        grad_w = torch.empty_like(weight)
+        tiles = _input_column_tiles(x.shape[1], n_slots, weight.shape[1], weight.element_size(), threads)
+        args.kernels.sparse_grad_weight(starts, values, grad_out.numpy(), grad_w.numpy(), *tiles)
+    if need_x:
+        row_block, col_block = _row_column_tiles(x.shape[0], weight.shape[1], weight.element_size(), threads)
+        partial = x.new_empty(-(-weight.shape[1] // col_block), *x.shape)
+        args.kernels.sparse_grad_input(starts, slopes, weight.numpy(), grad_out.numpy(), partial.numpy(),
+                                       row_block, col_block)
+        grad_x = partial[0] if partial.shape[0] == 1 else partial.sum(0)
+    return grad_x, grad_w
+
+
 class FusedCpuSplineLinear(torch.autograd.Function):
     """The product through the numba kernels: dense (A written by a kernel, BLAS products) or sparse."""
 
@@ -192,9 +258,7 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         x, weight, grid = x.contiguous(), weight.contiguous(), grid.contiguous()
         n_slots = weight.shape[0] // x.shape[1]
         if sparse:
-            args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
-            out = x.new_empty(x.shape[0], weight.shape[1])
-            args.kernels.sparse_forward(*args.prefix, weight.detach().numpy(), out.numpy())
+            out = _sparse_forward(x, weight.detach(), grid, spline_order, uniform, activation)
         else:
             expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
             out = expanded @ weight.detach()
@@ -214,14 +278,8 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         x, weight, grid = x.detach().contiguous(), weight.detach().contiguous(), grid.contiguous()
         grad_x = grad_w = None
         if sparse:
-            args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
-            if need_w:
-                grad_w = torch.empty_like(weight)
-                args.kernels.sparse_grad_weight(*args.prefix, grad_out.numpy(), grad_w.numpy())
-            if need_x:
-                grad_x = torch.empty_like(x)
-                args.kernels.sparse_grad_input(*args.prefix, weight.numpy(), grad_out.numpy(), grad_x.numpy())
-            return grad_x, grad_w, None, None, None, None, None
+            return (*_sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w),
+                    None, None, None, None, None)
         # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
         grad_expanded = grad_out @ weight.t() if need_x else None
         expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],

@@ -1,13 +1,27 @@
 """Fused CPU kernels (numba) for the B-spline KAN product.
 
-Each kernel evaluates the k + 1 nonzero bases of an input value in registers and uses them at once, so
-no basis tensor is ever stored:
+The kernels evaluate the k + 1 nonzero bases of an input value from its knots; no [N, I, G+k] basis tensor is
+ever stored:
 
 - :func:`dense_kernel`: the expanded input A [N, I*S] (S = G + k + 1: base activation, then G + k bases)
   for the dense path, where BLAS does the product ``A @ W``, and dx [N, I] from the gradient of A (its
   backward), either or both in one pass. The base activation comes in computed (by PyTorch, vectorized).
-- :func:`sparse_forward`, :func:`sparse_grad_weight`, :func:`sparse_grad_input`: the product and its
-  gradients touching only the k + 2 nonzero slots of each input (local support; pays when G is large).
+- the local-support kernels, touching only the k + 2 slots of each input that can be nonzero (its base
+  activation and k + 1 consecutive bases; pays when G is large). :func:`sparse_windows` finds them once per call
+  for all rows, as [I, N, k+2] values whose size does not depend on G; :func:`sparse_forward`,
+  :func:`sparse_grad_input` and :func:`sparse_grad_weight` then run over tiles of rows and output columns (or of
+  inputs and columns), so that one input's weight rows and the tile's accumulators stay in cache, and over up to
+  four weight rows per vectorized pass along the columns.
+
+  - ``sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, n_basis, starts,
+    values, slopes, with_slopes)``: starts [I, N] int32, the first spline row (basis index) of each window;
+    values [I, N, k+2], the base activation then the bases starts..starts+k (zeros for bases that do not exist
+    and outside the grid); slopes the same differentiated in x (when with_slopes).
+  - ``sparse_forward(starts, values, weight, out, row_block, col_block)``: out [N, O] = A @ weight.
+  - ``sparse_grad_input(starts, slopes, weight, grad_out, partial, row_block, col_block)``: partial [C, N, I],
+    each block of col_block columns' share of grad_x (C blocks; grad_x is their sum).
+  - ``sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_block)``: grad_weight [I*S, O] =
+    A^T @ grad_out.
 
 Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
 each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
@@ -30,9 +44,9 @@ from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH
 # numba reads module globals as compile-time constants
 SILU, TANH, RELU = SILU_ID, TANH_ID, RELU_ID
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
-MAX_ORDER = 8  # window arrays are sized for spline orders up to this
 FASTMATH = {"reassoc", "contract", "arcp"}
 ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
+WINDOW_ROWS = 256  # the sparse windows kernel's unit of parallel work (rows of one input)
 # Calls whose largest array has fewer elements run on one thread: waking numba's thread pool costs more than
 # the work (and far more when other processes hold the cores), e.g. in LBFGS on a small model.
 SERIAL_BELOW = 1 << 16
@@ -308,85 +322,167 @@ def _dense_kernel(k):
 
 
 @njit(inline="always", cache=True)
-def _sparse_sizes(x, weight):
-    """(N, I, O, S) of the product of x [N, I] with weight [I*S, O] (or an array of its shape)."""
+def _blocks(total, block, index):
+    """The range (start, stop) of block ``index`` when ``total`` items are cut into blocks of ``block``."""
+    start = index * block
+    return start, min(total, start + block)
+
+
+@njit(inline="always", cache=True)
+def _window_row(q, base, first):
+    """The weight row of window slot q: the base activation's row, then the spline rows from ``first``."""
+    return base if q == 0 else first + q - 1
+
+
+# The helpers below combine a window's k + 2 weight rows in one pass over the columns when k = 3 (five rows, the
+# coefficients held as scalars, so that the loop vectorizes) and one pass per row for other orders, which the
+# compiler cannot keep in registers as well.
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _add_window_rows(acc, weight, base, first, coefficients, c0, c1):
+    """acc [c1 - c0] += sum_q coefficients[q] * weight[row q, c0:c1] over the window's k + 2 rows."""
+    if coefficients.shape[0] == 5:
+        a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
+        wa, wb, wc = weight[base, c0:c1], weight[first, c0:c1], weight[first + 1, c0:c1]
+        wd, we = weight[first + 2, c0:c1], weight[first + 3, c0:c1]
+        for o in range(c1 - c0):
+            acc[o] += a * wa[o] + b * wb[o] + c * wc[o] + d * wd[o] + e * we[o]
+        return
+    for q in range(coefficients.shape[0]):
+        a = coefficients[q]
+        wa = weight[_window_row(q, base, first), c0:c1]
+        for o in range(c1 - c0):
+            acc[o] += a * wa[o]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _dot_window_rows(g, weight, base, first, coefficients, c0, c1):
+    """sum_q coefficients[q] * (g . weight[row q, c0:c1]) over the window's k + 2 rows; g [c1 - c0]."""
+    result = 0.0
+    if coefficients.shape[0] == 5:
+        a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
+        wa, wb, wc = weight[base, c0:c1], weight[first, c0:c1], weight[first + 1, c0:c1]
+        wd, we = weight[first + 2, c0:c1], weight[first + 3, c0:c1]
+        for o in range(c1 - c0):
+            result += g[o] * (a * wa[o] + b * wb[o] + c * wc[o] + d * wd[o] + e * we[o])
+        return result
+    for q in range(coefficients.shape[0]):
+        wa = weight[_window_row(q, base, first), c0:c1]
+        dot = 0.0
+        for o in range(c1 - c0):
+            dot += g[o] * wa[o]
+        result += coefficients[q] * dot
+    return result
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _scatter_window_rows(grad_weight, base, first, coefficients, g, c0, c1):
+    """grad_weight[row q, c0:c1] += coefficients[q] * g over the window's k + 2 rows."""
+    if coefficients.shape[0] == 5:
+        a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
+        wa, wb, wc = grad_weight[base, c0:c1], grad_weight[first, c0:c1], grad_weight[first + 1, c0:c1]
+        wd, we = grad_weight[first + 2, c0:c1], grad_weight[first + 3, c0:c1]
+        for o in range(c1 - c0):
+            value = g[o]
+            wa[o] += a * value
+            wb[o] += b * value
+            wc[o] += c * value
+            wd[o] += d * value
+            we[o] += e * value
+        return
+    for q in range(coefficients.shape[0]):
+        a = coefficients[q]
+        wa = grad_weight[_window_row(q, base, first), c0:c1]
+        for o in range(c1 - c0):
+            wa[o] += a * g[o]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, n_basis, starts, values,
+                    slopes, with_slopes):
     n_rows, n_in = x.shape
-    return n_rows, n_in, weight.shape[1], weight.shape[0] // n_in
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_forward(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, out):
-    """out [N, O] = A @ weight, touching only the k + 2 nonzero slots of each input; weight [I*S, O]."""
-    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
     k = spline_order
-    for n in prange(n_rows):
-        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
-        row = np.zeros(n_out, dtype=out.dtype)
-        for i in range(n_in):
+    window = k + 1
+    n_chunks = (n_rows + WINDOW_ROWS - 1) // WINDOW_ROWS
+    for task in prange(n_in * n_chunks):
+        i = task // n_chunks
+        scratch = np.empty((4, window), dtype=matrix.dtype)
+        first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, task % n_chunks)
+        for n in range(first_row, stop_row):
             value = x[n, i]
-            offset = i * n_slots
-            base = activation_at(value, activation)
-            for o in range(n_out):
-                row[o] += base * weight[offset, o]
-            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
-            first, stop = _existing_window(span, k, n_slots - 1)
-            for r in range(first, stop):
-                coefficient = scratch[0, r]
-                slot = offset + 1 + span - k + r
-                for o in range(n_out):
-                    row[o] += coefficient * weight[slot, o]
-        for o in range(n_out):
-            out[n, o] = row[o]
+            values[i, n, 0] = activation_at(value, activation)
+            if with_slopes:
+                slopes[i, n, 0] = activation_derivative_at(value, activation)
+            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, with_slopes)
+            # The window's k + 1 rows are kept inside the grid's bases; near an end it is shifted inwards and the
+            # bases that do not exist get zeros, so every window is k + 1 rows long.
+            start = min(max(span - k, 0), n_basis - window) if span >= 0 else 0
+            starts[i, n] = start
+            shift = start - (span - k)
+            for q in range(window):
+                r = q + shift
+                inside = span >= 0 and 0 <= r <= k
+                values[i, n, 1 + q] = scratch[0, r] if inside else 0.0
+                if with_slopes:
+                    slopes[i, n, 1 + q] = scratch[1, r] if inside else 0.0
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_weight(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, grad_out, grad_weight):
-    """grad_weight [I*S, O] = A^T @ grad_out; each input's rows are owned by one thread."""
-    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, grad_weight)
-    k = spline_order
-    for i in prange(n_in):
-        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
-        offset = i * n_slots
-        for s in range(n_slots):
-            for o in range(n_out):
-                grad_weight[offset + s, o] = 0.0
+def _sparse_forward(starts, values, weight, out, row_block, col_block):
+    n_in, n_rows = starts.shape
+    n_out = weight.shape[1]
+    n_slots = weight.shape[0] // n_in
+    n_col_blocks = (n_out + col_block - 1) // col_block
+    n_row_blocks = (n_rows + row_block - 1) // row_block
+    for tile in prange(n_row_blocks * n_col_blocks):
+        r0, r1 = _blocks(n_rows, row_block, tile // n_col_blocks)
+        c0, c1 = _blocks(n_out, col_block, tile % n_col_blocks)
+        acc = np.zeros((r1 - r0, c1 - c0), dtype=out.dtype)
+        for i in range(n_in):
+            base = i * n_slots
+            for n in range(r0, r1):
+                _add_window_rows(acc[n - r0], weight, base, base + 1 + starts[i, n], values[i, n], c0, c1)
+        out[r0:r1, c0:c1] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_grad_input(starts, slopes, weight, grad_out, partial, row_block, col_block):
+    n_in, n_rows = starts.shape
+    n_out = weight.shape[1]
+    n_slots = weight.shape[0] // n_in
+    n_col_blocks = (n_out + col_block - 1) // col_block
+    n_row_blocks = (n_rows + row_block - 1) // row_block
+    for tile in prange(n_row_blocks * n_col_blocks):
+        block = tile % n_col_blocks
+        r0, r1 = _blocks(n_rows, row_block, tile // n_col_blocks)
+        c0, c1 = _blocks(n_out, col_block, block)
+        for i in range(n_in):
+            base = i * n_slots
+            for n in range(r0, r1):
+                partial[block, n, i] = _dot_window_rows(grad_out[n, c0:c1], weight, base, base + 1 + starts[i, n],
+                                                        slopes[i, n], c0, c1)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_block):
+    n_in, n_rows = starts.shape
+    n_out = grad_weight.shape[1]
+    n_slots = grad_weight.shape[0] // n_in
+    n_col_blocks = (n_out + col_block - 1) // col_block
+    n_in_blocks = (n_in + in_block - 1) // in_block
+    for tile in prange(n_in_blocks * n_col_blocks):
+        i0, i1 = _blocks(n_in, in_block, tile // n_col_blocks)
+        c0, c1 = _blocks(n_out, col_block, tile % n_col_blocks)
+        grad_weight[i0 * n_slots:i1 * n_slots, c0:c1] = 0.0
         for n in range(n_rows):
-            value = x[n, i]
-            base = activation_at(value, activation)
-            for o in range(n_out):
-                grad_weight[offset, o] += base * grad_out[n, o]
-            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, False)
-            first, stop = _existing_window(span, k, n_slots - 1)
-            for r in range(first, stop):
-                coefficient = scratch[0, r]
-                slot = offset + 1 + span - k + r
-                for o in range(n_out):
-                    grad_weight[slot, o] += coefficient * grad_out[n, o]
+            g = grad_out[n, c0:c1]
+            for i in range(i0, i1):
+                base = i * n_slots
+                _scatter_window_rows(grad_weight, base, base + 1 + starts[i, n], values[i, n], g, c0, c1)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_input(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, weight, grad_out, grad_x):
-    """grad_x [N, I]: the gradient of A at its nonzero slots (grad_out . weight rows) times dA/dx."""
-    n_rows, n_in, n_out, n_slots = _sparse_sizes(x, weight)
-    k = spline_order
-    for n in prange(n_rows):
-        scratch = np.empty((4, MAX_ORDER + 1), dtype=matrix.dtype)
-        for i in range(n_in):
-            value = x[n, i]
-            offset = i * n_slots
-            dot = 0.0
-            for o in range(n_out):
-                dot += grad_out[n, o] * weight[offset, o]
-            acc = activation_derivative_at(value, activation) * dot
-            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, True)
-            first, stop = _existing_window(span, k, n_slots - 1)
-            for r in range(first, stop):
-                slot = offset + 1 + span - k + r
-                dot = 0.0
-                for o in range(n_out):
-                    dot += grad_out[n, o] * weight[slot, o]
-                acc += scratch[1, r] * dot
-            grad_x[n, i] = acc
+def thread_count() -> int:
+    """Threads the kernels use now."""
+    return numba.get_num_threads()
 
 
 def set_threads(count: int) -> None:
@@ -426,8 +522,9 @@ def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_sca
             grad_scale_sp[i, o] = acc * mask[i, o]
 
 
+sparse_windows = _sized(_sparse_windows)
 sparse_forward = _sized(_sparse_forward)
-sparse_grad_weight = _sized(_sparse_grad_weight)
 sparse_grad_input = _sized(_sparse_grad_input)
+sparse_grad_weight = _sized(_sparse_grad_weight)
 assemble_weights = _sized(_assemble_weights)
 assemble_weights_grad = _sized(_assemble_weights_grad)

@@ -11,9 +11,9 @@ BACKENDS = ("auto", "eager", "cpu", "sparse", "triton")
 CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TRITON_SPLINE_ORDERS = (1, 2, 3, 4, 5)
-# On the CPU the sparse kernels do about this many times less useful work per second than BLAS; past
-# the break-even density of nonzero slots they win.
-SPARSE_SLOWDOWN = 7.0
+# On the CPU the local-support kernels do about this many times less useful work per second than BLAS (measured
+# with ``python -m kanlib bench layer`` over grid sizes): past that density of nonzero slots they win.
+SPARSE_SLOWDOWN = 2.0
 
 
 def prefers_sparse(n_slots: int, spline_order: int) -> bool:
