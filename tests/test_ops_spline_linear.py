@@ -1,5 +1,9 @@
 """kanlib.ops.spline_linear's dispatcher: every backend against the plain formula of its reference module, higher
 derivatives, torch.func and torch.export, the deprecated method= words. (The Triton kernels have their own file.)"""
+import json
+import subprocess
+import sys
+
 import numba
 import pytest
 import torch
@@ -157,3 +161,28 @@ def test_the_cpu_kernels_reuse_a_grid_s_constants_until_it_changes():
     with torch.no_grad():
         grid.mul_(0.5)  # in place: a new version
     assert grid_constants(grid, 3) is not second
+
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2])
+def test_the_kernels_follow_torchs_thread_count_and_leave_it_alone(torch_threads):
+    """One setting, torch.set_num_threads, governs the numba kernels, and they never change it (numba's OpenMP
+    layer resets torch's count when it starts: a fresh process sees that first start)."""
+    script = f"""
+import json, numba, torch
+torch.set_num_threads({torch_threads})
+from kanlib import BSplineKAN
+from kanlib.ops.spline_linear import cpu
+BSplineKAN(64, 64, grid_size=40, backend="sparse")(torch.rand(2048, 64) * 2 - 1)
+with cpu.threads_for(cpu.SERIAL_BELOW):
+    large = numba.get_num_threads()
+with cpu.threads_for(cpu.SERIAL_BELOW - 1):
+    small = numba.get_num_threads()
+print(json.dumps(dict(large=large, small=small, torch=torch.get_num_threads(),
+                      available=numba.config.NUMBA_NUM_THREADS)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["large"] == min(torch_threads, seen["available"]) and seen["small"] == 1
+    assert seen["torch"] == torch_threads

@@ -64,8 +64,8 @@ def seed_everything(seed: int) -> None:
 
 
 def set_cpu_threads(count: int) -> None:
-    """Use ``count`` CPU threads in both torch and the numba kernels (their pools are separate; together at
-    their defaults they can oversubscribe a small machine)."""
+    """Use ``count`` CPU threads in torch and in numba (kanlib's kernels follow torch's count by themselves; numba's
+    caps it)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"threads: expected an int >= 1 or None, got {count!r}")
     import numba

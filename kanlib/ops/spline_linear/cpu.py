@@ -37,6 +37,7 @@ from contextlib import contextmanager
 
 import numba
 import numpy as np
+import torch
 from numba import njit, prange
 
 from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH_ID
@@ -52,14 +53,34 @@ WINDOW_ROWS = 256  # the sparse windows kernel's unit of parallel work (rows of 
 SERIAL_BELOW = 1 << 16
 
 
+def _numba_threads() -> int:
+    """numba's thread count, leaving torch's as it was: numba's OpenMP layer, started by its first call, sets
+    the OpenMP thread count, which torch reads as its own."""
+    torch_threads = torch.get_num_threads()
+    threads = numba.get_num_threads()
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
+    return threads
+
+
+def kernel_threads(work: int) -> int:
+    """Threads a kernel call on ``work`` array elements uses: one below SERIAL_BELOW, else torch's intra-op
+    count (``torch.set_num_threads``), so that one setting governs both libraries, capped by numba's own."""
+    if work < SERIAL_BELOW:
+        return 1
+    return max(1, min(torch.get_num_threads(), _numba_threads()))
+
+
 @contextmanager
 def threads_for(work: int):
-    """Inside, numba's kernels use one thread when ``work`` (array elements) is below SERIAL_BELOW."""
-    threads = numba.get_num_threads()
-    if work >= SERIAL_BELOW or threads == 1:
+    """Inside, numba's kernels use :func:`kernel_threads` threads for ``work`` array elements; torch's thread
+    count is left as it was."""
+    threads = _numba_threads()
+    wanted = kernel_threads(work)
+    if wanted == threads:
         yield
         return
-    numba.set_num_threads(1)
+    numba.set_num_threads(wanted)
     try:
         yield
     finally:
@@ -481,13 +502,8 @@ def _sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_blo
 
 
 def thread_count() -> int:
-    """Threads the kernels use now."""
-    return numba.get_num_threads()
-
-
-def set_threads(count: int) -> None:
-    """Threads the kernels use (numba's pool); torch's intra-op count is a separate setting."""
-    numba.set_num_threads(count)
+    """Threads a large kernel call uses now (:func:`kernel_threads`)."""
+    return kernel_threads(SERIAL_BELOW)
 
 
 @njit(parallel=True, cache=True)

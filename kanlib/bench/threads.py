@@ -1,0 +1,148 @@
+"""Thread benchmark: the B-spline layer's training step with the thread settings a user never chose, against
+explicit ones, alone and beside a second process that keeps every core busy.
+
+kanlib's CPU path runs numba kernels (their own thread pool) between torch's products (torch's pool). By default
+the kernels take torch's intra-op thread count (``torch.set_num_threads``; see
+:func:`kanlib.ops.spline_linear.cpu.kernel_threads`), so one setting governs both. This benchmark shows whether
+that default is as fast as the settings a careful user would pick.
+
+Each configuration runs in a fresh Python process, since numba's threading layer is fixed per process:
+
+- ``default``: nothing set.
+- ``one thread``: ``torch.set_num_threads(1)`` (the kernels follow).
+- ``numba omp``, ``numba workqueue``: numba's OpenMP or its own work-queue threading layer
+  (``NUMBA_THREADING_LAYER``), thread counts at their defaults.
+
+Each runs alone and beside a neighbour: a second process multiplying 1024 x 1024 matrices in a loop on torch's
+default thread count, started before and stopped after the measurement. Per grid size G (I = O = width,
+batch B, k = 3, float32, ``backend="auto"``), the figures are the forward+backward step's time
+(``fwdbwd_*_ms``: median, quartiles, min, max; ``torch.autograd.grad`` against the input and every parameter)
+and ``ratio_to_best``: the median over the fastest configuration's median with the same neighbour and G.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from ..checks import check_int
+from .candidates import GRID_RANGE, check_sizes
+from .targets import target_entry
+from .timing import time_fn
+
+__all__ = ["CONFIGURATIONS", "NEIGHBOURS", "TABLE_COLUMNS", "TARGETS", "measure_here", "run_threads_benchmark",
+           "target_report"]
+
+# name -> (environment variables, torch threads or None)
+CONFIGURATIONS = {
+    "default": ({}, None),
+    "one thread": ({}, 1),
+    "numba omp": ({"NUMBA_THREADING_LAYER": "omp"}, None),
+    "numba workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, None),
+}
+NEIGHBOURS = ("none", "busy")
+TABLE_COLUMNS = ("neighbour", "grid", "configuration", "backend", "threading_layer", "kernel_threads",
+                 "fwdbwd_median_ms", "fwdbwd_q25_ms", "fwdbwd_q75_ms", "ratio_to_best")
+# The default's median over the best configuration's, for each neighbour: a user who sets nothing loses little.
+TARGETS = tuple((f"fwd+bwd time of default / best configuration, neighbour {neighbour}", neighbour, 1.1, "<=")
+                for neighbour in NEIGHBOURS)
+_BUSY_LOOP = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+_WORKER = ("import json, sys\nfrom kanlib.bench.threads import measure_here\n"
+           "print(json.dumps(measure_here(**json.loads(sys.argv[1]))))")
+
+
+def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warmup: int, seed: int,
+                 torch_threads: int | None) -> list[dict]:
+    """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers)."""
+    import numba
+
+    from ..layers import BSplineKAN
+    from ..ops.spline_linear import torch_backend
+    from ..ops.spline_linear.cpu import thread_count
+
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    results = []
+    for grid_size in grids:
+        torch.manual_seed(seed)
+        layer = BSplineKAN(width, width, grid_size=grid_size, grid_range=GRID_RANGE)
+        generator = torch.Generator().manual_seed(seed)
+        x = (torch.rand(batch, width, generator=generator) * 2.4 - 1.2).requires_grad_()
+        grad_out = torch.randn(batch, width, generator=generator)
+        leaves = [x, *(p for p in layer.parameters() if p.requires_grad)]
+        timing = time_fn(lambda: torch.autograd.grad(layer(x), leaves, grad_out), device="cpu", warmup=warmup,
+                         repeat=repeat)
+        results.append({"grid": grid_size, "backend": torch_backend(x, layer.weight_matrix(), layer.spline_order),
+                        "threading_layer": numba.threading_layer(), "kernel_threads": thread_count(),
+                        "torch_threads": torch.get_num_threads(), **timing.as_dict("fwdbwd_")})
+    return results
+
+
+def _run_worker(configuration: str, arguments: dict) -> list[dict]:
+    environment, torch_threads = CONFIGURATIONS[configuration]
+    done = subprocess.run([sys.executable, "-c", _WORKER, json.dumps({**arguments, "torch_threads": torch_threads})],
+                          env={**os.environ, **environment}, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {configuration!r} worker failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _neighbour(kind: str) -> subprocess.Popen | None:
+    """The busy neighbour process, running once this returns (None for "none")."""
+    if kind == "none":
+        return None
+    process = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(2.0)  # past its import, into the loop
+    if process.poll() is not None:
+        raise RuntimeError(f"the busy neighbour process exited at once (exit {process.returncode})")
+    return process
+
+
+def run_threads_benchmark(grids: Sequence[int] = (5, 50), batch: int = 1024, width: int = 256, repeat: int = 20,
+                          warmup: int = 3, seed: int = 0, configurations: Sequence[str] = tuple(CONFIGURATIONS),
+                          neighbours: Sequence[str] = NEIGHBOURS) -> list[dict]:
+    """One row per neighbour, grid size and configuration (CPU only). Row keys: see the module docstring."""
+    check_sizes("grids", grids, "grid sizes")
+    for name, value, minimum in (("batch", batch, 1), ("width", width, 1), ("repeat", repeat, 1),
+                                 ("warmup", warmup, 0), ("seed", seed, 0)):
+        check_int(name, value, minimum)
+    for name, chosen, allowed in (("configurations", configurations, CONFIGURATIONS),
+                                  ("neighbours", neighbours, NEIGHBOURS)):
+        unknown = [value for value in chosen if value not in allowed]
+        if unknown or not chosen:
+            raise ValueError(f"{name}: expected a non-empty selection of {tuple(allowed)}, got {list(chosen)}")
+    arguments = {"grids": list(grids), "batch": batch, "width": width, "repeat": repeat, "warmup": warmup,
+                 "seed": seed}
+    rows = []
+    for neighbour in neighbours:
+        process = _neighbour(neighbour)
+        try:
+            measured = [{"neighbour": neighbour, "configuration": configuration, **figures}
+                        for configuration in configurations for figures in _run_worker(configuration, arguments)]
+        finally:
+            if process is not None:
+                process.kill()
+                process.wait()
+        for grid_size in grids:
+            same = [row for row in measured if row["grid"] == grid_size]
+            best = min(row["fwdbwd_median_ms"] for row in same)
+            for row in same:
+                row["ratio_to_best"] = row["fwdbwd_median_ms"] / best
+        rows.extend(measured)
+    return rows
+
+
+def target_report(rows: Sequence[dict]) -> list[dict]:
+    """The goals (TARGETS): per neighbour, the largest ratio_to_best of the default over the grid sizes."""
+    report = []
+    for name, neighbour, goal, direction in TARGETS:
+        ratios = [row["ratio_to_best"] for row in rows
+                  if row["neighbour"] == neighbour and row["configuration"] == "default"]
+        report.append(target_entry(name, max(ratios) if ratios else None, direction, goal))
+    return report

@@ -1,0 +1,59 @@
+"""kanlib.bench.threads: the layer's step with default and explicit thread settings, alone and beside a busy
+process, each configuration in its own process."""
+import pytest
+
+from kanlib.bench.threads import CONFIGURATIONS, NEIGHBOURS, TARGETS, run_threads_benchmark, target_report
+
+
+@pytest.fixture(scope="module")
+def tiny_rows():
+    return run_threads_benchmark(grids=(3, 9), batch=16, width=8, repeat=2, warmup=1,
+                                 configurations=("default", "one thread", "numba workqueue"))
+
+
+def test_rows_cover_every_neighbour_grid_and_configuration(tiny_rows):
+    keys = [(row["neighbour"], row["grid"], row["configuration"]) for row in tiny_rows]
+    assert sorted(keys) == sorted((n, g, c) for n in NEIGHBOURS for g in (3, 9)
+                                  for c in ("default", "one thread", "numba workqueue"))
+    by_configuration = {(row["configuration"], row["grid"]): row for row in tiny_rows if row["neighbour"] == "none"}
+    assert by_configuration["one thread", 3]["kernel_threads"] == 1
+    assert by_configuration["one thread", 3]["torch_threads"] == 1
+    assert by_configuration["numba workqueue", 9]["threading_layer"] == "workqueue"
+    assert {by_configuration["default", 3]["backend"], by_configuration["default", 9]["backend"]} == {"cpu", "sparse"}
+
+
+def test_ratios_are_to_the_fastest_of_the_same_neighbour_and_grid(tiny_rows):
+    for neighbour in NEIGHBOURS:
+        for grid in (3, 9):
+            same = [row for row in tiny_rows if row["neighbour"] == neighbour and row["grid"] == grid]
+            best = min(row["fwdbwd_median_ms"] for row in same)
+            for row in same:
+                assert row["ratio_to_best"] == pytest.approx(row["fwdbwd_median_ms"] / best)
+            assert min(row["ratio_to_best"] for row in same) == 1.0
+
+
+def test_targets_take_the_defaults_worst_grid():
+    rows = [{"neighbour": n, "configuration": c, "grid": g, "ratio_to_best": r}
+            for n, c, g, r in [("none", "default", 5, 1.0), ("none", "default", 50, 1.05),
+                               ("busy", "default", 5, 1.3), ("busy", "default", 50, 1.0),
+                               ("busy", "one thread", 5, 1.0)]]
+    report = target_report(rows)
+    assert [entry["target"] for entry in report] == [target[0] for target in TARGETS]
+    assert [entry["value"] for entry in report] == [1.05, 1.3]
+    assert [entry["met"] for entry in report] == [True, False]
+    assert all(entry["value"] is None for entry in target_report(rows[-1:]))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"configurations": ("fast",)}, r"configurations: expected a non-empty selection of \('default'"),
+    ({"neighbours": ()}, "neighbours: expected a non-empty selection"),
+    ({"grids": ()}, "grids"),
+    ({"repeat": 0}, "repeat"),
+])
+def test_bad_arguments_are_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        run_threads_benchmark(**{"grids": (3,), "batch": 4, "width": 2, **change})
+
+
+def test_every_configuration_is_named_in_the_table():
+    assert set(CONFIGURATIONS) == {"default", "one thread", "numba omp", "numba workqueue"}
