@@ -1,14 +1,14 @@
 """kanlib: fast, exact Kolmogorov-Arnold Network layers."""
 from .data import FORMULAS, list_formulas, load_digits, load_mnist, symbolic_dataset
-from .layers import MLP, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, KANConv2d, ReLUKAN
+from .layers import MLP, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, KANConv2d, ReLUKAN, SparseBSplineKAN
 from .models import KAN, LAYERS, CNNWithKANHead, ConvKAN, count_parameters, forward_flops, mlp_with_parameter_count
 from .training import FitCallback, History, fit
 from .quant import QATConfig, quantize
 from .prune.schedule import prune_to_sparsity
 
 __all__ = [
-    "BSplineKAN", "RBFKAN", "RSWAFKAN", "ReLUKAN", "ChebyKAN", "KANConv2d", "MLP", "KAN", "ConvKAN",
-    "CNNWithKANHead", "LAYERS",
+    "BSplineKAN", "SparseBSplineKAN", "RBFKAN", "RSWAFKAN", "ReLUKAN", "ChebyKAN", "KANConv2d", "MLP", "KAN",
+    "ConvKAN", "CNNWithKANHead", "LAYERS",
     "count_parameters", "forward_flops", "mlp_with_parameter_count",
     "fit", "History", "FitCallback", "symbolic_dataset", "FORMULAS", "list_formulas", "load_digits", "load_mnist",
     "quantize", "QATConfig", "prune_to_sparsity",

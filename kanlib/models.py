@@ -14,6 +14,7 @@ from .layers.bspline import BSplineKAN
 from .layers.basis_kan import BasisKAN
 from .layers.conv import KANConv2d
 from .layers.mlp import MLP, Stack, check_activation, check_widths
+from .layers.sparse_bspline import SparseBSplineKAN
 from .layers.registry import LAYERS, resolve_layer
 from .ops.spline_linear import under_transform
 from .prune import Attribution, attribution, compact_layers, kept_edges, kept_nodes, sample_std
@@ -415,6 +416,31 @@ class KAN(Stack, nn.Module):
         for name, value, size, what in (("i", i, layer.in_features, "inputs"), ("j", j, layer.out_features, "outputs")):
             check_int(name, value, 0, size - 1, expected=f"in 0..{size - 1} (layer {l} has {size} {what})")
         return layer
+
+    def to_sparse(self) -> "KAN":
+        """A new KAN whose BSplineKAN layers are :class:`~kanlib.layers.sparse_bspline.SparseBSplineKAN` (only the
+        live edges, mask != 0, are stored and computed), computing the same outputs; the model is left as it is.
+        Layers already sparse are copied; layers of other families raise."""
+        layers = []
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer, SparseBSplineKAN):
+                layers.append(copy.deepcopy(layer))
+            elif isinstance(layer, BSplineKAN):
+                try:
+                    layers.append(SparseBSplineKAN.from_dense(layer))
+                except (TypeError, ValueError) as error:
+                    raise type(error)(f"KAN.to_sparse: layer {index}: {error}") from error
+            else:
+                raise TypeError(f"KAN.to_sparse converts BSplineKAN layers; layer {index} is "
+                                f"{type(layer).__name__}")
+        return self._with_layers(layers)
+
+    def to_dense(self) -> "KAN":
+        """A new KAN whose SparseBSplineKAN layers are masked BSplineKAN layers again (the inverse of
+        :meth:`to_sparse`); other layers are copied. The model is left as it is."""
+        layers = [layer.to_dense() if isinstance(layer, SparseBSplineKAN) else copy.deepcopy(layer)
+                  for layer in self.layers]
+        return self._with_layers(layers)
 
     def _with_layers(self, layers: list[BSplineKAN]) -> "KAN":
         """A copy of this model (its last input included) whose layers are ``layers``."""

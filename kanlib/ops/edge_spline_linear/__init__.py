@@ -1,0 +1,173 @@
+"""The edge-sparse B-spline KAN product: only the live edges of a pruned layer are stored and computed.
+
+Edges are sorted by input, then output (CSR by input): ``edge_inputs`` [E], ``edge_outputs`` [E] (int64) and
+``input_offsets`` [I+1] (edges of input i: ``input_offsets[i] .. input_offsets[i+1] - 1``). Per edge:
+``coef`` [E, G+k], ``scale_base`` [E], ``scale_sp`` [E]. For x [N, I]:
+
+    y[n, o] = sum over edges e = (i, o) of scale_base[e] * b(x[n, i]) + scale_sp[e] * sum_j coef[e, j] B_j(x[n, i])
+
+Backends (``backend``):
+
+- ``"eager"``: :mod:`.reference`'s plain PyTorch formula, autograd through it (any device).
+- ``"cpu"``: numba kernels (:mod:`.cpu`), float32 and float64, forward and backward.
+- ``"triton"``: CUDA kernels (:mod:`.triton`) on the gathered live edges; on the CPU only under the Triton
+  interpreter (tests).
+- ``"auto"``: triton for CUDA tensors it supports, cpu for CPU float32/float64 tensors (outside CPU autocast),
+  eager otherwise and under torch.func, torch.compile and torch.export (which cannot look into the kernels;
+  the explicit ``"cpu"`` and ``"triton"`` raise there).
+
+With ``create_graph=True`` the fused backends' backward recomputes the gradients through the reference, so they
+can be differentiated again.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...activations import get_activation
+from ...checks import check_choice
+from ..spline_linear import CPU_KERNEL_DTYPES, grid_constants, under_transform
+from .reference import edge_spline_linear_reference
+from .support import (EDGE_BACKENDS, EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
+                      edge_triton_supports, edge_weights, nan_where_dead_edges_meet_nonfinite)
+
+__all__ = ["edge_spline_linear", "EDGE_BACKENDS", "EDGE_TRITON_DTYPES", "EDGE_TRITON_SPLINE_ORDERS",
+           "CpuEdgeSplineLinear", "edge_triton_supports", "resolve_edge_backend"]
+
+
+def resolve_edge_backend(backend: str, x: torch.Tensor, spline_order: int) -> str:
+    """The backend ``"auto"`` stands for on x (others are returned as they are)."""
+    if backend != "auto":
+        return backend
+    if edge_triton_supports(x, spline_order):
+        return "triton"
+    if x.device.type == "cpu" and x.dtype in CPU_KERNEL_DTYPES and not torch.is_autocast_enabled("cpu"):
+        return "cpu"
+    return "eager"
+
+
+class _CpuArgs:
+    """The numpy arrays the CPU kernels share: x and its base activation transposed, knots and constants."""
+
+    def __init__(self, x, grid, spline_order, activation, with_slope=False):
+        from . import cpu
+
+        self.kernels = cpu
+        self.grid_np, self.padded, self.inv_steps, matrix = grid_constants(grid, int(spline_order))
+        self.matrix = matrix.astype(self.grid_np.dtype)
+        entry = get_activation(activation)
+        self.x_t = x.detach().t().contiguous()
+        self.base_t = entry.function(self.x_t)
+        self.base_slope_t = entry.derivative(self.x_t) if with_slope else None
+
+    def nan_where_dead_edges_meet_nonfinite(self, out, edge_inputs, edge_outputs):
+        """out, with the dense layer's NaN where an input's base activation is not finite (rarely any)."""
+        if self.kernels.all_finite(self.base_t.numpy()):
+            return out
+        return nan_where_dead_edges_meet_nonfinite(out, self.base_t.t(), edge_inputs, edge_outputs)
+
+    def knots(self, uniform):
+        return self.grid_np, self.padded, self.inv_steps, bool(uniform), self.matrix
+
+
+class CpuEdgeSplineLinear(torch.autograd.Function):
+    """The product through the numba kernels, gradients for x, coef, scale_base and scale_sp."""
+
+    @staticmethod
+    def forward(ctx, x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out,
+                spline_order, uniform, activation):
+        ctx.save_for_backward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets)
+        ctx.config = (n_out, spline_order, uniform, activation)
+        args = _CpuArgs(x, grid, spline_order, activation)
+        weights = edge_weights(coef.detach(), scale_base.detach(), scale_sp.detach()).contiguous()
+        out = x.new_empty(x.shape[0], n_out)
+        args.kernels.forward_kernel(spline_order)(args.x_t.numpy(), args.base_t.numpy(), *args.knots(uniform),
+                                                  weights.numpy(), edge_outputs.numpy(), input_offsets.numpy(),
+                                                  out.numpy())
+        return args.nan_where_dead_edges_meet_nonfinite(out, edge_inputs, edge_outputs)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets = ctx.saved_tensors
+        n_out, spline_order, uniform, activation = ctx.config
+        needs = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():
+            grads = differentiable_gradients((x, coef, scale_base, scale_sp), grad_out, needs,
+                                             (grid, edge_inputs, edge_outputs, n_out, spline_order, uniform,
+                                              activation))
+            return (*grads, *([None] * 8))
+        args = _CpuArgs(x, grid, spline_order, activation, with_slope=needs[0])
+        coef, scale_base, scale_sp = (t.detach() for t in (coef, scale_base, scale_sp))
+        weights = edge_weights(coef, scale_base, scale_sp).contiguous()
+        grad_out_t = grad_out.detach().t().contiguous()
+        empty = x.new_empty(0, 0)
+        grad_x_t = torch.empty_like(args.x_t)
+        grad_weights = torch.empty_like(weights)
+        args.kernels.backward_kernel(spline_order)(
+            args.x_t.numpy(), args.base_t.numpy(), (args.base_slope_t if needs[0] else empty).numpy(),
+            *args.knots(uniform), weights.numpy(), edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(),
+            bool(needs[0]), grad_x_t.numpy(), grad_weights.numpy())
+        grad_x = grad_x_t.t() if needs[0] else None
+        grad_coef = scale_sp.unsqueeze(-1) * grad_weights[:, 1:] if needs[1] else None
+        grad_scale_base = grad_weights[:, 0].clone() if needs[2] else None
+        grad_scale_sp = (grad_weights[:, 1:] * coef).sum(-1) if needs[3] else None
+        return (grad_x, grad_coef, grad_scale_base, grad_scale_sp, *([None] * 8))
+
+
+def check_arguments(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
+                    spline_order) -> None:
+    """Raise with what was expected and what came unless the shapes and index dtypes fit together (the
+    indices' values are not read: the layer builds them)."""
+    n_edges = edge_inputs.shape[0] if edge_inputs.dim() == 1 else -1
+    n_basis = grid.shape[-1] - spline_order - 1
+    expected = {"x": (x.shape[0] if x.dim() == 2 else -1, grid.shape[0]), "coef": (n_edges, n_basis),
+                "scale_base": (n_edges,), "scale_sp": (n_edges,), "edge_outputs": (n_edges,),
+                "input_offsets": (grid.shape[0] + 1,)}
+    given = {"x": x, "coef": coef, "scale_base": scale_base, "scale_sp": scale_sp, "edge_outputs": edge_outputs,
+             "input_offsets": input_offsets}
+    wrong = [f"{name} {tuple(given[name].shape)} (expected {shape})" for name, shape in expected.items()
+             if tuple(given[name].shape) != shape]
+    if grid.dim() != 2 or edge_inputs.dim() != 1 or n_basis < 1 or wrong:
+        raise ValueError(f"expected x [N, I], coef [E, G+k], scale_base, scale_sp, edge_inputs and edge_outputs [E], "
+                         f"input_offsets [I+1] for grid [I, G+2k+1] = {tuple(grid.shape)} and spline_order "
+                         f"{spline_order}, E = {n_edges}; got " + (", ".join(wrong) or
+                                                                    f"edge_inputs {tuple(edge_inputs.shape)}"))
+    indices = {"edge_inputs": edge_inputs, "edge_outputs": edge_outputs, "input_offsets": input_offsets}
+    odd = [f"{name} {t.dtype}" for name, t in indices.items() if t.dtype != torch.int64]
+    if odd:
+        raise TypeError(f"edge_inputs, edge_outputs and input_offsets must be int64, got {', '.join(odd)}")
+
+
+def edge_spline_linear(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor,
+                       grid: torch.Tensor, edge_inputs: torch.Tensor, edge_outputs: torch.Tensor,
+                       input_offsets: torch.Tensor, n_out: int, spline_order: int, uniform: bool,
+                       activation: str = "silu", backend: str = "auto") -> torch.Tensor:
+    """x [N, I] -> [N, n_out] over the live edges (see the module docstring for the layout).
+
+    ``uniform`` says whether every row of grid [I, G+2k+1] is evenly spaced (then the closed-form basis is used).
+    """
+    check_choice("backend", backend, EDGE_BACKENDS)
+    check_arguments(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, spline_order)
+    if under_transform(x, coef, scale_base, scale_sp, grid):
+        if backend not in ("auto", "eager"):
+            raise RuntimeError(f"backend={backend!r} runs fused kernels, which torch.func, torch.compile and "
+                               f"torch.export cannot look into; use backend='auto' or 'eager' (plain PyTorch there)")
+        backend = "eager"
+    backend = resolve_edge_backend(backend, x, spline_order)
+    if backend == "eager":
+        return edge_spline_linear_reference(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out,
+                                            spline_order, uniform, activation)
+    if backend == "triton":
+        from .triton import edge_spline_linear_triton
+
+        return edge_spline_linear_triton(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs,
+                                         input_offsets, n_out, spline_order, uniform, activation)
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return edge_spline_linear(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
+                                      n_out, spline_order, uniform, activation, backend)
+    tensors = {"x": x, "coef": coef, "scale_base": scale_base, "scale_sp": scale_sp, "grid": grid}
+    if any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors.values()) or x.dtype not in CPU_KERNEL_DTYPES:
+        got = ", ".join(f"{name} {t.dtype} on {t.device}" for name, t in tensors.items())
+        raise ValueError(f"backend='cpu' runs on CPU tensors of one dtype, float32 or float64; got {got}")
+    return CpuEdgeSplineLinear.apply(x.contiguous(), coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs,
+                                     input_offsets, n_out, spline_order, bool(uniform), activation)

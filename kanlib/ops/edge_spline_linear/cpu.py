@@ -1,0 +1,324 @@
+"""Fused CPU kernels (numba) for the edge-sparse B-spline KAN product.
+
+Live edges are sorted by input (CSR): the edges of input i are ``input_offsets[i] .. input_offsets[i+1] - 1``;
+``edge_outputs[e]`` is the output of edge e; ``weights`` [E, S] (S = G + k + 1) holds per edge ``scale_base``
+then ``scale_sp * coef``. The kernels take x, its base activation (computed by PyTorch, vectorized) and the
+output gradient transposed ([I, N], [O, N]), so that each row loop runs over contiguous memory.
+
+For a block of rows and one input, the input's S slots (its base activation, then the G + k bases, of which
+only the k + 1 of each value's window are nonzero) are expanded once into an [S, rows] tile; then every live
+edge of the input is a weighted sum of that tile's rows. The work is proportional to the live edges, and the
+row loops vectorize.
+
+- :func:`forward_kernel`: out [N, O]. Parallel over row blocks; a block accumulates its [O, rows] output tile
+  (in cache) over the inputs and their edges.
+- :func:`backward_kernel`: the gradients of the edge weights [E, S] (coef, scale_base and scale_sp follow from
+  them) and of x, in one pass. Parallel over inputs: every gradient entry belongs to one input's edges.
+
+Knot spans: arithmetic on uniform grids (the k + 1 window values then come from the closed form
+``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`), otherwise by binary search
+(:func:`kanlib.ops.spline_linear.cpu.find_span_at`) and the triangular Cox-de Boor scheme (Piegl and Tiller,
+The NURBS Book, algorithm A2.2), derivatives from the order k-1 values (de Boor, A Practical Guide to Splines:
+dB_{m,k}/dx = k (B_{m,k-1}/(t_{m+k}-t_m) - B_{m+1,k-1}/(t_{m+k+1}-t_{m+1}))). Outside the extended grid (and
+for NaN) only the base slot is nonzero. The NaN that dead edges give the dense layer for non-finite inputs are
+added by the caller (see :mod:`.reference`).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from ..spline_linear.cpu import FASTMATH, find_span_at, threads_for
+
+__all__ = ["forward_kernel", "backward_kernel", "all_finite", "ROWS_PER_BLOCK"]
+
+# Rows per block: long enough for the vectorized row loops to pay their set-up, short enough that the block's
+# [O, ROWS_PER_BLOCK] output tile stays in L2 for O ~ 256.
+ROWS_PER_BLOCK = 256
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _basis_window(value, span, padded, i, k, values, slopes, with_slopes, lower, left, right):
+    """values[r] (and slopes[r]) <- basis span - k + r of order k at value (and its derivative), r = 0..k, by
+    Cox-de Boor on any knots. span must be a real span (>= 0). lower, left, right: scratch of at least k + 1
+    entries. padded is the grid extended by k knots on each side (padded[i, j + k] == grid[i, j])."""
+    values[0] = 1.0
+    for d in range(1, k + 1):
+        left[d] = value - padded[i, span + k + 1 - d]  # x - t_{span+1-d}
+        right[d] = padded[i, span + k + d] - value  # t_{span+d} - x
+        carried = 0.0
+        for r in range(d):
+            width = right[r + 1] + left[d - r]
+            ratio = values[r] / width if width != 0.0 else 0.0
+            if d == k:
+                lower[r] = ratio  # B_{span-k+1+r, k-1} / (its support's width)
+            values[r] = carried + right[r + 1] * ratio
+            carried = left[d - r] * ratio
+        values[d] = carried
+    if with_slopes:
+        if k == 0:
+            slopes[0] = 0.0
+            return
+        previous = 0.0
+        for r in range(k):
+            slopes[r] = k * (previous - lower[r])
+            previous = lower[r]
+        slopes[k] = k * previous
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _pick_window(spans, coords, matrix, k, n_block, derivative, polynomial, out, factor):
+    """out[1 + m, r] <- basis m (derivative 0) or its derivative in t times factor (derivative 1) at coords[r]
+    of a uniform grid, where spans[r] is the window entry of basis 0 (k - span, as a float so that the row loops
+    stay in one lane width): zero unless m is in the window. polynomial [k+1, rows]: work."""
+    for q in range(k + 1):
+        for r in range(n_block):
+            if derivative:
+                acc = k * matrix[k, q]
+                for p in range(k - 1, 0, -1):
+                    acc = acc * coords[r] + p * matrix[p, q]
+                polynomial[q, r] = acc * factor
+            else:
+                acc = matrix[k, q]
+                for p in range(k - 1, -1, -1):
+                    acc = acc * coords[r] + matrix[p, q]
+                polynomial[q, r] = acc
+    for s in range(1, out.shape[0]):
+        for r in range(n_block):
+            entry = spans[r] + (s - 1)  # window entry q of basis s - 1, if 0 <= q <= k
+            value = 0.0
+            for q in range(k + 1):
+                value = polynomial[q, r] if entry == q else value
+            out[s, r] = value
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform, k, matrix, expanded, slopes,
+                  with_slopes, spans, coords, polynomial, scratch):
+    """expanded[s, r] <- slot s of input i at row r0 + r: the base activation (from base_t [I, N]) in slot 0,
+    basis s - 1 after it (only the window of k + 1 can be nonzero); with_slopes, slopes[s, r] <- d(slot)/dx
+    without the base activation's (slot 0 is left to the caller). spans, coords [rows], polynomial [k+1, rows]
+    and scratch [5, k+1] are work arrays."""
+    n_slots = expanded.shape[0]
+    n_basis = n_slots - 1
+    n_knots = grid.shape[1]
+    for r in range(n_block):
+        expanded[0, r] = base_t[i, r0 + r]
+    if uniform and k > 0:
+        # flat loops over the rows (vectorized): spans, coordinates in the span, the k + 1 polynomials, then
+        # each slot picks its row's window entry (none outside the grid)
+        low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
+        for r in range(n_block):
+            value = x_t[i, r0 + r]
+            inside = low <= value < high
+            u = (value - low) * inv if inside else 0.0
+            span = np.floor(min(max(u, 0.0), n_knots - 2.0))
+            spans[r] = k - span if inside else n_knots + k  # window entry of basis 0; outside: none
+            coords[r] = min(max(u - span, 0.0), 1.0)
+        _pick_window(spans, coords, matrix, k, n_block, 0, polynomial, expanded, 1.0)
+        if with_slopes:
+            _pick_window(spans, coords, matrix, k, n_block, 1, polynomial, slopes, inv)
+        return
+    for s in range(1, n_slots):
+        for r in range(n_block):
+            expanded[s, r] = 0.0
+            if with_slopes:
+                slopes[s, r] = 0.0
+    for r in range(n_block):
+        value = x_t[i, r0 + r]
+        span = find_span_at(value, grid, inv_steps, i, uniform, k)
+        if span < 0:
+            continue
+        _basis_window(value, span, padded, i, k, scratch[0], scratch[1], with_slopes, scratch[2], scratch[3],
+                      scratch[4])
+        for q in range(k + 1):
+            m = span - k + q
+            if 0 <= m < n_basis:
+                expanded[1 + m, r] = scratch[0, q]
+                if with_slopes:
+                    slopes[1 + m, r] = scratch[1, q]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _add_edge(row, expanded, weights, n_slots, n_block):
+    """row[r] += sum_s weights[s] * expanded[s, r]: eight slots per pass over the row (each pass loads and stores
+    the row once), then four, then one at a time."""
+    s = 0
+    while s + 8 <= n_slots:
+        w0, w1, w2, w3 = weights[s], weights[s + 1], weights[s + 2], weights[s + 3]
+        w4, w5, w6, w7 = weights[s + 4], weights[s + 5], weights[s + 6], weights[s + 7]
+        a0, a1, a2, a3 = expanded[s], expanded[s + 1], expanded[s + 2], expanded[s + 3]
+        a4, a5, a6, a7 = expanded[s + 4], expanded[s + 5], expanded[s + 6], expanded[s + 7]
+        for r in range(n_block):
+            row[r] += ((w0 * a0[r] + w1 * a1[r]) + (w2 * a2[r] + w3 * a3[r])
+                       + ((w4 * a4[r] + w5 * a5[r]) + (w6 * a6[r] + w7 * a7[r])))
+        s += 8
+    if s + 4 <= n_slots:
+        w0, w1, w2, w3 = weights[s], weights[s + 1], weights[s + 2], weights[s + 3]
+        a0, a1, a2, a3 = expanded[s], expanded[s + 1], expanded[s + 2], expanded[s + 3]
+        for r in range(n_block):
+            row[r] += w0 * a0[r] + w1 * a1[r] + w2 * a2[r] + w3 * a3[r]
+        s += 4
+    while s < n_slots:
+        w0, a0 = weights[s], expanded[s]
+        for r in range(n_block):
+            row[r] += w0 * a0[r]
+        s += 1
+
+
+@functools.cache
+def _forward_kernel(k):
+    @njit(parallel=True, cache=True, fastmath=FASTMATH)
+    def kernel(x_t, base_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs, input_offsets, out):
+        n_in, n_rows = x_t.shape
+        n_out = out.shape[1]
+        n_slots = weights.shape[1]
+        n_blocks = (n_rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+        for b in prange(n_blocks):
+            r0 = b * ROWS_PER_BLOCK
+            n_block = min(ROWS_PER_BLOCK, n_rows - r0)
+            tile = np.zeros((n_out, ROWS_PER_BLOCK), dtype=out.dtype)
+            expanded = np.empty((n_slots, ROWS_PER_BLOCK), dtype=out.dtype)
+            spans = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
+            coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
+            polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
+            scratch = np.empty((5, k + 1), dtype=out.dtype)
+            for i in range(n_in):
+                e0, e1 = input_offsets[i], input_offsets[i + 1]
+                if e1 == e0:
+                    continue
+                _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform, k, matrix, expanded,
+                              expanded, False, spans, coords, polynomial, scratch)
+                for e in range(e0, e1):
+                    _add_edge(tile[edge_outputs[e]], expanded, weights[e], n_slots, n_block)
+            for r in range(n_block):
+                for o in range(n_out):
+                    out[r0 + r, o] = tile[o, r]
+
+    return kernel
+
+
+def forward_kernel(spline_order: int):
+    """The forward kernel for one spline order (a compile-time constant, so the window loops unroll).
+
+    ``kernel(x_t, base_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs, input_offsets, out)``:
+    x_t and base_t [I, N] (x and its base activation, transposed), weights [E, G+k+1] (per edge ``scale_base``
+    then ``scale_sp * coef``), out [N, O] (written).
+    """
+    return _sized(_forward_kernel(int(spline_order)))
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _edge_gradients(grads, expanded, slopes, weights, grad_weights, grad_x, n_slots, n_block, need_x):
+    """One edge on a block of rows, grads [rows] the gradient of its output there: grad_weights[s] +=
+    sum_r grads[r] * expanded[s, r] and, need_x, grad_x[r] += grads[r] * sum_s weights[s] * slopes[s, r]; four
+    slots per pass over the rows, then the remaining ones."""
+    zero = grads[0] * 0.0
+    s = 0
+    while s + 4 <= n_slots:
+        a0, a1, a2, a3 = expanded[s], expanded[s + 1], expanded[s + 2], expanded[s + 3]
+        c0, c1, c2, c3 = zero, zero, zero, zero
+        for r in range(n_block):
+            g = grads[r]
+            c0 += g * a0[r]
+            c1 += g * a1[r]
+            c2 += g * a2[r]
+            c3 += g * a3[r]
+        grad_weights[s] += c0
+        grad_weights[s + 1] += c1
+        grad_weights[s + 2] += c2
+        grad_weights[s + 3] += c3
+        if need_x:
+            w0, w1, w2, w3 = weights[s], weights[s + 1], weights[s + 2], weights[s + 3]
+            d0, d1, d2, d3 = slopes[s], slopes[s + 1], slopes[s + 2], slopes[s + 3]
+            for r in range(n_block):
+                grad_x[r] += grads[r] * (w0 * d0[r] + w1 * d1[r] + w2 * d2[r] + w3 * d3[r])
+        s += 4
+    while s < n_slots:
+        a0 = expanded[s]
+        c0 = zero
+        for r in range(n_block):
+            c0 += grads[r] * a0[r]
+        grad_weights[s] += c0
+        if need_x:
+            w0, d0 = weights[s], slopes[s]
+            for r in range(n_block):
+                grad_x[r] += grads[r] * w0 * d0[r]
+        s += 1
+
+
+@functools.cache
+def _backward_kernel(k):
+    @njit(parallel=True, cache=True, fastmath=FASTMATH)
+    def kernel(x_t, base_t, base_slope_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs,
+               input_offsets, grad_out_t, need_x, grad_x_t, grad_weights):
+        n_in, n_rows = x_t.shape
+        n_slots = weights.shape[1]
+        for i in prange(n_in):
+            e0, e1 = input_offsets[i], input_offsets[i + 1]
+            for e in range(e0, e1):
+                for s in range(n_slots):
+                    grad_weights[e, s] = 0.0
+            if need_x:
+                for n in range(n_rows):
+                    grad_x_t[i, n] = 0.0
+            if e1 == e0:
+                continue
+            expanded = np.empty((n_slots, ROWS_PER_BLOCK), dtype=weights.dtype)
+            slopes = np.empty((n_slots, ROWS_PER_BLOCK), dtype=weights.dtype)
+            spans = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
+            coords = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
+            polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=weights.dtype)
+            scratch = np.empty((5, k + 1), dtype=weights.dtype)
+            for r0 in range(0, n_rows, ROWS_PER_BLOCK):
+                n_block = min(ROWS_PER_BLOCK, n_rows - r0)
+                _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform, k, matrix, expanded,
+                              slopes, need_x, spans, coords, polynomial, scratch)
+                if need_x:
+                    for r in range(n_block):
+                        slopes[0, r] = base_slope_t[i, r0 + r]
+                for e in range(e0, e1):
+                    _edge_gradients(grad_out_t[edge_outputs[e], r0:r0 + n_block], expanded, slopes, weights[e],
+                                    grad_weights[e], grad_x_t[i, r0:r0 + n_block], n_slots, n_block,
+                                    need_x)
+
+    return kernel
+
+
+def backward_kernel(spline_order: int):
+    """The backward kernel for one spline order.
+
+    ``kernel(x_t, base_t, base_slope_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs,
+    input_offsets, grad_out_t, need_x, grad_x_t, grad_weights)``: x_t, base_t, base_slope_t [I, N] (x, its base
+    activation and that one's derivative, transposed), weights [E, G+k+1] as in :func:`forward_kernel`,
+    grad_out_t [O, N]; writes grad_weights [E, G+k+1] and, when need_x, grad_x_t [I, N] (left as it is otherwise).
+    """
+    return _sized(_backward_kernel(int(spline_order)))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _all_finite(values):
+    check = 0.0
+    for v in values.ravel():
+        check += v * 0.0  # NaN once any value is inf or NaN
+    return check == 0.0
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every entry of the contiguous array values is finite (one vectorized pass)."""
+    return bool(_all_finite(values))
+
+
+def _sized(kernel):
+    """kernel called on one thread when its largest array is small (see ``threads_for``)."""
+
+    @functools.wraps(kernel)
+    def call(*args):
+        work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
+        with threads_for(work):
+            return kernel(*args)
+
+    call.kernel = kernel
+    return call

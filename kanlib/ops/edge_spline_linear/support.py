@@ -1,0 +1,46 @@
+"""What the backends of :func:`kanlib.ops.edge_spline_linear.edge_spline_linear` share: their names, what the
+Triton kernels run, the per-edge weight rows, NaN rows, and differentiable gradients through the reference."""
+from __future__ import annotations
+
+import torch
+
+from .reference import dead_edge_nans, edge_spline_linear_reference
+
+__all__ = ["EDGE_BACKENDS", "EDGE_TRITON_DTYPES", "EDGE_TRITON_SPLINE_ORDERS", "edge_triton_supports",
+           "edge_weights", "nan_where_dead_edges_meet_nonfinite", "differentiable_gradients"]
+
+EDGE_BACKENDS = ("auto", "eager", "cpu", "triton")
+EDGE_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+EDGE_TRITON_SPLINE_ORDERS = (1, 2, 3, 4, 5)
+
+
+def edge_triton_supports(x: torch.Tensor, spline_order: int) -> bool:
+    """Whether ``"auto"`` sends x to the Triton kernels: a CUDA tensor of a dtype and order they run."""
+    return x.device.type == "cuda" and x.dtype in EDGE_TRITON_DTYPES and spline_order in EDGE_TRITON_SPLINE_ORDERS
+
+
+def edge_weights(coef: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor) -> torch.Tensor:
+    """Per edge its S = G+k+1 weights: ``scale_base`` then ``scale_sp * coef``: [E, S]."""
+    return torch.cat([scale_base.unsqueeze(-1), scale_sp.unsqueeze(-1) * coef], dim=-1)
+
+
+def nan_where_dead_edges_meet_nonfinite(out: torch.Tensor, base: torch.Tensor, edge_inputs: torch.Tensor,
+                                        edge_outputs: torch.Tensor) -> torch.Tensor:
+    """out [N, O] (changed in place) with NaN where the dense masked layer has one: output o of row n when an
+    input with a non-finite base activation base [N, I] has no live edge to o (see :mod:`.reference`)."""
+    if not bool(torch.isfinite(base).all()):
+        out[dead_edge_nans(base, edge_inputs, edge_outputs, out.shape[1])] = float("nan")
+    return out
+
+
+def differentiable_gradients(inputs, grad_out, needs, config):
+    """The gradients of the reference at ``inputs`` (x, coef, scale_base, scale_sp) for grad_out, themselves
+    differentiable: the backward of a fused path under ``create_graph=True``. config: (grid, edge_inputs,
+    edge_outputs, n_out, spline_order, uniform, activation)."""
+    grid, edge_inputs, edge_outputs, n_out, spline_order, uniform, activation = config
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        out = edge_spline_linear_reference(*inputs[:4], grid, edge_inputs, edge_outputs, n_out, spline_order,
+                                           uniform, activation)
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs)

@@ -1,0 +1,226 @@
+"""The edge-sparse B-spline KAN product in Triton, on the gathered live edges.
+
+Same function and layout as :func:`kanlib.ops.edge_spline_linear.edge_spline_linear` (the ``"eager"`` backend,
+:mod:`.reference`, is what it is tested against). A program takes a block of rows and a block of live edges:
+it gathers ``x[rows, edge_inputs[edges]]``, finds each value's knot span by counting the knots at or below it,
+evaluates the k + 1 bases of the span's window by Cox-de Boor on their own knots (uniform or not), gathers the
+coefficients under the window and adds each edge's activation into ``y[rows, edge_outputs[edges]]`` with
+atomics (edges that share an output meet there).
+
+- forward: y [N, O] (float32 accumulator, cast to x's dtype).
+- backward: one kernel for grad x (atomics into [N, I]), grad coef (atomics into the window's coefficients),
+  grad scale_base and grad scale_sp (summed over the program's rows, then one atomic per edge).
+
+float32, bfloat16 and float16 x and parameters; everything is computed in float32. Spline orders 1 to 5 (a
+compile-time constant). Outputs that a dead edge would make NaN in the dense masked layer (a non-finite base
+activation times its zero weight) are set to NaN afterwards. Under ``TRITON_INTERPRET=1`` (set before triton is
+imported) the kernels run on the CPU, for tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ...activations import get_activation
+from ..spline_linear.triton import ACTIVATION_IDS, activation, activation_derivative, check_devices
+from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
+                      nan_where_dead_edges_meet_nonfinite)
+
+__all__ = ["edge_spline_linear_triton", "TritonEdgeSplineLinear", "BLOCK_ROWS", "BLOCK_EDGES"]
+
+INTERPRET = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
+             else os.environ.get("TRITON_INTERPRET", "0") == "1")
+BLOCK_ROWS = 16 if INTERPRET else 64
+BLOCK_EDGES = 16 if INTERPRET else 64
+
+
+@triton.jit
+def _inverse_or_zero(width):
+    """1 / width, and 0 where the width is 0 (repeated knots): the convention of kanlib.basis."""
+    zero = width == 0.0
+    return tl.where(zero, 0.0, 1.0 / tl.where(zero, 1.0, width))
+
+
+@triton.jit
+def _basis_at(x, knot_ptrs, valid, K: tl.constexpr, DERIV: tl.constexpr):
+    """The basis whose knots t_0 .. t_{K+1} start at knot_ptrs, at x (or its derivative); 0 where not valid."""
+    t = ()
+    for q in tl.static_range(K + 2):
+        t = t + (tl.load(knot_ptrs + q, mask=valid, other=0.0),)
+    lower = ()  # order 0: the indicators of the K + 1 knot intervals
+    for q in tl.static_range(K + 1):
+        lower = lower + (tl.where((x >= t[q]) & (x < t[q + 1]), 1.0, 0.0),)
+    for d in tl.static_range(1, K):  # raise to order K - 1: K + 1 - d bases of order d
+        raised = ()
+        for q in tl.static_range(K + 1 - d):
+            rising = (x - t[q]) * _inverse_or_zero(t[q + d] - t[q])
+            falling = (t[q + d + 1] - x) * _inverse_or_zero(t[q + d + 1] - t[q + 1])
+            raised = raised + (rising * lower[q] + falling * lower[q + 1],)
+        lower = raised
+    first = lower[0] * _inverse_or_zero(t[K] - t[0])
+    second = lower[1] * _inverse_or_zero(t[K + 1] - t[1])
+    if DERIV:
+        out = K * (first - second)
+    else:
+        out = (x - t[0]) * first + (t[K + 1] - x) * second
+    return tl.where(valid, out, 0.0)
+
+
+@triton.jit
+def _spans(x, knot_rows, n_knots, valid):
+    """Knot span j of each x (t_j <= x < t_{j+1}) by counting knots; -1 below the grid and for NaN."""
+    count = tl.zeros(x.shape, tl.int32)
+    for j in range(0, n_knots):
+        knot = tl.load(knot_rows + j, mask=valid, other=float("inf"))
+        count += tl.where(x >= knot, 1, 0)
+    return count - 1
+
+
+@triton.jit
+def _forward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, inputs_ptr, outputs_ptr, out_ptr,
+                    n_rows, n_edges, n_out, n_knots, n_basis, stride_xn, stride_xi,
+                    K: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    edges = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    row_ok = rows < n_rows
+    edge_ok = edges < n_edges
+    ins = tl.load(inputs_ptr + edges, mask=edge_ok, other=0)
+    outs = tl.load(outputs_ptr + edges, mask=edge_ok, other=0)
+    ok = row_ok[:, None] & edge_ok[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xn + ins[None, :] * stride_xi, mask=ok,
+                other=0.0).to(tl.float32)
+    knot_rows = (grid_ptr + ins.to(tl.int64) * n_knots)[None, :]
+    span = _spans(x, knot_rows, n_knots, ok)
+    coef_rows = (coef_ptr + edges.to(tl.int64) * n_basis)[None, :]
+    spline = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
+    for r in tl.static_range(K + 1):
+        m = span - K + r
+        valid = ok & (m >= 0) & (m < n_basis)
+        coefficient = tl.load(coef_rows + m, mask=valid, other=0.0).to(tl.float32)
+        spline += coefficient * _basis_at(x, knot_rows + m, valid, K, False)
+    scale_base = tl.load(scale_base_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
+    scale_sp = tl.load(scale_sp_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
+    value = scale_base * activation(x, ACT) + scale_sp * spline
+    tl.atomic_add(out_ptr + rows.to(tl.int64)[:, None] * n_out + outs[None, :], value, mask=ok)
+
+
+@triton.jit
+def _backward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, inputs_ptr, outputs_ptr, go_ptr,
+                     gx_ptr, gcoef_ptr, gbase_ptr, gsp_ptr,
+                     n_rows, n_edges, n_in, n_out, n_knots, n_basis, stride_xn, stride_xi, stride_gn, stride_go,
+                     K: tl.constexpr, ACT: tl.constexpr, NEED_X: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    edges = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    row_ok = rows < n_rows
+    edge_ok = edges < n_edges
+    ins = tl.load(inputs_ptr + edges, mask=edge_ok, other=0)
+    outs = tl.load(outputs_ptr + edges, mask=edge_ok, other=0)
+    ok = row_ok[:, None] & edge_ok[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xn + ins[None, :] * stride_xi, mask=ok,
+                other=0.0).to(tl.float32)
+    g = tl.load(go_ptr + rows.to(tl.int64)[:, None] * stride_gn + outs[None, :] * stride_go, mask=ok,
+                other=0.0).to(tl.float32)
+    scale_base = tl.load(scale_base_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
+    scale_sp = tl.load(scale_sp_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
+    knot_rows = (grid_ptr + ins.to(tl.int64) * n_knots)[None, :]
+    span = _spans(x, knot_rows, n_knots, ok)
+    coef_offsets = (edges.to(tl.int64) * n_basis)[None, :]
+    spline = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
+    slope = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
+    for r in tl.static_range(K + 1):
+        m = span - K + r
+        valid = ok & (m >= 0) & (m < n_basis)
+        coefficient = tl.load(coef_ptr + coef_offsets + m, mask=valid, other=0.0).to(tl.float32)
+        basis = _basis_at(x, knot_rows + m, valid, K, False)
+        spline += coefficient * basis
+        tl.atomic_add(gcoef_ptr + coef_offsets + m, g * scale_sp * basis, mask=valid)
+        if NEED_X:
+            slope += coefficient * _basis_at(x, knot_rows + m, valid, K, True)
+    tl.atomic_add(gbase_ptr + edges, tl.sum(tl.where(ok, g * activation(x, ACT), 0.0), axis=0), mask=edge_ok)
+    tl.atomic_add(gsp_ptr + edges, tl.sum(g * spline, axis=0), mask=edge_ok)
+    if NEED_X:
+        grad = g * (scale_base * activation_derivative(x, ACT) + scale_sp * slope)
+        tl.atomic_add(gx_ptr + rows.to(tl.int64)[:, None] * n_in + ins[None, :], grad, mask=ok)
+
+
+def _launch_grid(n_rows: int, n_edges: int):
+    return triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(n_edges, BLOCK_EDGES)
+
+
+class TritonEdgeSplineLinear(torch.autograd.Function):
+    """The Triton product with gradients for x, coef, scale_base and scale_sp."""
+
+    @staticmethod
+    def forward(ctx, x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out, spline_order,
+                activation_name):
+        ctx.save_for_backward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs)
+        ctx.config = (n_out, spline_order, activation_name)
+        grid32 = grid.detach().float().contiguous()
+        out = torch.zeros(x.shape[0], n_out, device=x.device, dtype=torch.float32)
+        n_rows, n_edges = x.shape[0], edge_inputs.shape[0]
+        if n_rows and n_edges:
+            with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+                _forward_kernel[_launch_grid(n_rows, n_edges)](
+                    x, coef, scale_base, scale_sp, grid32, edge_inputs, edge_outputs, out,
+                    n_rows, n_edges, n_out, grid.shape[1], coef.shape[1], *x.stride(),
+                    K=spline_order, ACT=ACTIVATION_IDS[activation_name], BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
+        base = get_activation(activation_name).function(x.detach().float())
+        return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs = ctx.saved_tensors
+        n_out, spline_order, activation_name = ctx.config
+        needs = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():
+            grads = differentiable_gradients((x, coef, scale_base, scale_sp), grad_out, needs,
+                                             (grid, edge_inputs, edge_outputs, n_out, spline_order, False,
+                                              activation_name))
+            return (*grads, *([None] * 6))
+        grad_out = grad_out.contiguous()
+        float32 = {"device": x.device, "dtype": torch.float32}
+        grad_x = torch.zeros(x.shape, **float32)
+        grad_coef = torch.zeros(coef.shape, **float32)
+        grad_base, grad_sp = torch.zeros(scale_base.shape, **float32), torch.zeros(scale_sp.shape, **float32)
+        n_rows, n_edges = x.shape[0], edge_inputs.shape[0]
+        if n_rows and n_edges:
+            with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+                _backward_kernel[_launch_grid(n_rows, n_edges)](
+                    x, coef, scale_base, scale_sp, grid.detach().float().contiguous(), edge_inputs, edge_outputs,
+                    grad_out, grad_x, grad_coef, grad_base, grad_sp,
+                    n_rows, n_edges, x.shape[1], n_out, grid.shape[1], coef.shape[1], *x.stride(), *grad_out.stride(),
+                    K=spline_order, ACT=ACTIVATION_IDS[activation_name], NEED_X=bool(needs[0]),
+                    BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
+        grads = (grad_x.to(x.dtype), grad_coef.to(coef.dtype), grad_base.to(scale_base.dtype),
+                 grad_sp.to(scale_sp.dtype))
+        return (*(grad if need else None for grad, need in zip(grads, needs)), *([None] * 6))
+
+
+def edge_spline_linear_triton(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
+                              n_out: int, spline_order: int, uniform: bool, activation_name: str = "silu"):
+    """x [N, I] -> [N, n_out] on the live edges (layout: :mod:`kanlib.ops.edge_spline_linear`); ``uniform`` and
+    ``input_offsets`` are not needed here (spans are found by counting knots, edges are taken in any order)."""
+    if isinstance(spline_order, bool) or spline_order not in EDGE_TRITON_SPLINE_ORDERS:
+        raise ValueError(f"the triton backend supports spline_order {EDGE_TRITON_SPLINE_ORDERS[0]} to "
+                         f"{EDGE_TRITON_SPLINE_ORDERS[-1]}, got {spline_order!r}")
+    if activation_name not in ACTIVATION_IDS:
+        raise ValueError(f"the triton backend supports base activations {sorted(ACTIVATION_IDS)}, "
+                         f"got {activation_name!r}")
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, coef, scale_base, scale_sp = (t.to(dtype) for t in (x, coef, scale_base, scale_sp))
+    check_devices("the triton backend", {"x": x.device, "coef": coef.device, "grid": grid.device,
+                                         "edge_inputs": edge_inputs.device})
+    if x.dtype not in EDGE_TRITON_DTYPES or any(t.dtype != x.dtype for t in (coef, scale_base, scale_sp)):
+        raise TypeError(f"the triton backend needs x, coef, scale_base and scale_sp of one dtype in "
+                        f"{[str(d) for d in EDGE_TRITON_DTYPES]}, got {x.dtype}, {coef.dtype}, "
+                        f"{scale_base.dtype}, {scale_sp.dtype}")
+    coef, scale_base, scale_sp = (t.contiguous() for t in (coef, scale_base, scale_sp))
+    return TritonEdgeSplineLinear.apply(x, coef, scale_base, scale_sp, grid, edge_inputs.contiguous(),
+                                        edge_outputs.contiguous(), n_out, spline_order, activation_name)
+

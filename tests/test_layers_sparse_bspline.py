@@ -1,0 +1,235 @@
+"""kanlib.SparseBSplineKAN and KAN.to_sparse / to_dense: the same function as the dense masked layers they come
+from, exact round trips, fine-tuning, state dicts, and the errors for bad edges, inputs and conversions."""
+import io
+
+import pytest
+import torch
+from conftest import inputs_around
+
+from kanlib import KAN, BSplineKAN, SparseBSplineKAN, fit
+from kanlib.quant.qat import QATBSplineKAN, QATConfig
+
+
+def masked_layer(seed, n_in=7, n_out=5, dead=0.6, bias=False, dtype=torch.float64, **kwargs):
+    """A BSplineKAN with a random 0/1 mask and non-trivial parameters (and bias)."""
+    torch.manual_seed(seed)
+    layer = BSplineKAN(n_in, n_out, bias=bias, dtype=dtype, **kwargs)
+    with torch.no_grad():
+        layer.mask.copy_((torch.rand(n_in, n_out) >= dead).to(dtype))
+        layer.coef.normal_()
+        layer.scale_sp.uniform_(-1, 1)
+        if bias:
+            layer.bias.normal_()
+    return layer
+
+
+def pruned_kan(seed, widths=(5, 7, 3), dead=0.6, **kwargs):
+    torch.manual_seed(seed)
+    model = KAN(list(widths), dtype=torch.float64, bias=True, **kwargs)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mask.copy_((torch.rand_like(layer.mask) >= dead).double())
+            layer.bias.normal_()
+    return model
+
+
+def test_from_dense_computes_the_masked_layer():
+    layer = masked_layer(0, bias=True)
+    layer.update_grid(torch.randn(50, 7, dtype=torch.float64))  # a non-uniform grid
+    sparse = SparseBSplineKAN.from_dense(layer)
+    assert sparse.n_edges == int(layer.mask.sum()) and sparse.density == pytest.approx(layer.mask.mean().item())
+    x = inputs_around(layer.grid, 17, torch.Generator().manual_seed(1), outside=0.3, dtype=torch.float64)
+    for backend in ("auto", "eager", "cpu"):
+        sparse.backend = backend
+        torch.testing.assert_close(sparse(x), layer(x), rtol=1e-12, atol=1e-12)
+    batched = x.view(17, 1, 7).expand(17, 2, 7)
+    torch.testing.assert_close(sparse(batched), layer(batched), rtol=1e-12, atol=1e-12)
+
+
+def test_round_trips_are_exact():
+    layer = masked_layer(1, bias=True)
+    sparse = SparseBSplineKAN.from_dense(layer)
+    dense = sparse.to_dense()
+    assert type(dense) is BSplineKAN and torch.equal(dense.mask, layer.mask)
+    live = layer.mask.bool()
+    for name in ("coef", "scale_base", "scale_sp"):
+        assert torch.equal(getattr(dense, name)[live], getattr(layer, name)[live])
+        assert not bool(getattr(dense, name)[~live].any())  # dead edges hold zeros
+    assert torch.equal(dense.grid, layer.grid) and torch.equal(dense.bias, layer.bias)
+    again = SparseBSplineKAN.from_dense(dense)
+    assert sparse.state_dict().keys() == again.state_dict().keys()
+    for key, value in sparse.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    x = torch.randn(9, 7, dtype=torch.float64)
+    assert torch.equal(dense(x), layer(x)) or torch.allclose(dense(x), layer(x), rtol=1e-13, atol=1e-13)
+
+
+def test_kan_to_sparse_and_back():
+    model = pruned_kan(2)
+    model.layers[0].update_grid(torch.randn(40, 5, dtype=torch.float64))
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    sparse = model.to_sparse()
+    assert all(type(layer) is SparseBSplineKAN for layer in sparse.layers)
+    assert all(type(layer) is BSplineKAN for layer in model.layers)  # the original is untouched
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    x = inputs_around(model.layers[0].grid, 33, torch.Generator().manual_seed(3), outside=0.5, dtype=torch.float64)
+    torch.testing.assert_close(sparse(x), model(x), rtol=1e-12, atol=1e-12)
+    dense = sparse.to_dense()
+    assert all(type(layer) is BSplineKAN for layer in dense.layers)
+    torch.testing.assert_close(dense(x), model(x), rtol=1e-12, atol=1e-12)
+    assert dense.widths == model.widths == sparse.widths
+
+
+def test_kan_to_sparse_refuses_other_families_and_layer_errors():
+    with pytest.raises(TypeError, match="layer 0 is RBFKAN"):
+        KAN([3, 2], layer="rbf").to_sparse()
+    model = pruned_kan(3)
+    with torch.no_grad():
+        model.layers[1].mask[0, 0] = 0.5
+    with pytest.raises(ValueError, match="layer 1.*0 \\(dead\\) and 1"):
+        model.to_sparse()
+
+
+def test_kan_methods_that_need_dense_layers_say_so():
+    sparse = pruned_kan(4).to_sparse()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    for method in ("prune", "attribute"):
+        with pytest.raises(TypeError, match=f"KAN.{method} needs BSplineKAN layers; layer 0 is SparseBSplineKAN"):
+            getattr(sparse, method)(x=x)
+    with pytest.raises(TypeError, match="update_grid"):
+        sparse.update_grid(x)
+
+
+def test_fine_tuning_decreases_the_loss():
+    torch.manual_seed(5)
+    x = torch.rand(128, 3, dtype=torch.float64) * 2 - 1
+    data = {"train_input": x[:96], "train_label": (torch.sin(3 * x[:, :1]) + x[:, 1:2] * x[:, 2:]),
+            "test_input": x[96:]}
+    data["train_label"], data["test_label"] = data["train_label"][:96], data["train_label"][96:]
+    model = pruned_kan(5, widths=(3, 4, 1), dead=0.3).to_sparse()
+    edges = [layer.edges.clone() for layer in model.layers]
+    history = fit(model, data, steps=15, lr=1e-2, progress=False)
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert all(torch.equal(layer.edges, e) for layer, e in zip(model.layers, edges))  # dead edges stay dead
+    assert all(layer.coef.grad is not None for layer in model.layers)
+
+
+def test_every_parameter_gets_a_gradient():
+    sparse = SparseBSplineKAN.from_dense(masked_layer(6, bias=True))
+    x = torch.randn(11, 7, dtype=torch.float64, requires_grad=True)
+    sparse(x).square().sum().backward()
+    assert x.grad is not None
+    for name, parameter in sparse.named_parameters():
+        assert parameter.grad is not None and bool(parameter.grad.any()), name
+
+
+def test_state_dict_round_trip():
+    sparse = SparseBSplineKAN.from_dense(masked_layer(7, bias=True))
+    buffer = io.BytesIO()
+    torch.save(sparse.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = SparseBSplineKAN(7, 5, sparse.edges, bias=True, dtype=torch.float64)
+    fresh.load_state_dict(torch.load(buffer))
+    x = torch.randn(6, 7, dtype=torch.float64)
+    assert torch.equal(fresh(x), sparse(x))
+
+
+def test_state_dict_errors_name_expected_and_got():
+    sparse = SparseBSplineKAN.from_dense(masked_layer(8))
+    dense_state = masked_layer(8).state_dict()
+    with pytest.raises(ValueError, match=r"dense BSplineKAN state dict.*\(7, 5, 8\).*\(\d+, 8\)"):
+        sparse.load_state_dict(dense_state)
+    fewer = SparseBSplineKAN(7, 5, sparse.edges[1:], dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"coef: expected \[E, G\+k\] = \({sparse.n_edges - 1}, 8\).*got "
+                                         rf"\({sparse.n_edges}, 8\)"):
+        fewer.load_state_dict(sparse.state_dict())
+    finer = SparseBSplineKAN(7, 5, sparse.edges, grid_size=7, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"coef: expected .*\(\d+, 10\).*got \(\d+, 8\)"):
+        finer.load_state_dict(sparse.state_dict())
+    moved = sparse.edges.clone()
+    moved[0] = torch.tensor([o for o in [(i, j) for i in range(7) for j in range(5)]
+                             if not any((moved == torch.tensor(o)).all(1))][0])
+    other = SparseBSplineKAN(7, 5, moved, dtype=torch.float64)
+    with pytest.raises(ValueError, match="live edges differ"):
+        other.load_state_dict(sparse.state_dict())
+
+
+def test_constructor_draws_the_dense_initialization_on_the_edges():
+    edges = [(0, 1), (2, 0), (2, 3), (6, 4)]
+    torch.manual_seed(9)
+    sparse = SparseBSplineKAN(7, 5, edges, grid_size=4, spline_order=2, grid_range=(-2, 3), bias=True)
+    torch.manual_seed(9)
+    dense = BSplineKAN(7, 5, grid_size=4, spline_order=2, grid_range=(-2, 3), bias=True)
+    rows, columns = torch.tensor(edges).t()
+    assert torch.equal(sparse.coef, dense.coef[rows, columns]) and torch.equal(sparse.grid, dense.grid)
+    assert torch.equal(sparse.scale_base, dense.scale_base[rows, columns])
+    assert sparse.edges.tolist() == [list(e) for e in edges] and sparse.input_offsets.tolist() == [0, 1, 1, 3, 3, 3,
+                                                                                                   3, 4]
+    shuffled = SparseBSplineKAN(7, 5, torch.tensor(edges[::-1]))
+    assert shuffled.edges.tolist() == sparse.edges.tolist()  # sorted by input, then output
+
+
+def test_an_empty_layer_gives_the_bias():
+    layer = SparseBSplineKAN(4, 3, [], bias=True)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    assert layer.n_edges == 0 and layer.density == 0.0
+    x = torch.randn(5, 4, requires_grad=True)
+    for backend in ("eager", "cpu"):
+        layer.backend = backend
+        out = layer(x)
+        assert torch.equal(out, layer.bias.expand(5, 3))
+        grad, = torch.autograd.grad(out.sum(), x)
+        assert not bool(grad.any())
+
+
+@pytest.mark.parametrize("edges, error, message", [
+    ([(0, 1), (0, 1)], ValueError, r"duplicates \[\(0, 1\)\]"),
+    ([(0, 5)], ValueError, r"outputs in 0..4, got \[\[0, 5\]\]"),
+    ([(-1, 0)], ValueError, "inputs in 0..6"),
+    ([(0, 1, 2)], ValueError, "pairs"),
+    (torch.zeros(3, 2), TypeError, "integer tensor"),
+    (torch.zeros(3, 3, dtype=torch.long), ValueError, r"shape \[E, 2\].*\(3, 3\)"),
+    (5, TypeError, "sequence of \\(input, output\\) pairs"),
+])
+def test_bad_edges(edges, error, message):
+    with pytest.raises(error, match=message):
+        SparseBSplineKAN(7, 5, edges)
+
+
+def test_bad_inputs_and_settings():
+    layer = SparseBSplineKAN(7, 5, [(0, 0), (3, 2)])
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 7\), got \(4, 6\)"):
+        layer(torch.randn(4, 6))
+    with pytest.raises(TypeError, match="float64 does not match the layer's parameters \\(torch.float32\\)"):
+        layer(torch.randn(4, 7, dtype=torch.float64))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.ones(4, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SparseBSplineKAN(7, 5, [(0, 0)], backend="sparse")
+    with pytest.raises(ValueError, match="spline_order 1 to 5, got 7"):
+        SparseBSplineKAN(7, 5, [(0, 0)], spline_order=7, backend="triton")
+
+
+def test_from_dense_refuses_what_it_cannot_keep():
+    layer = masked_layer(10, n_in=3, n_out=2, dead=0.0)
+    with torch.no_grad():
+        layer.mask[0, 1] = 0.25
+    with pytest.raises(ValueError, match=r"0 \(dead\) and 1 \(live\).*\[0.25\]"):
+        SparseBSplineKAN.from_dense(layer)
+    symbolic = masked_layer(10, n_in=3, n_out=2, dead=0.0)
+    symbolic.fix_symbolic(0, 1, "sin", fit_params=False)
+    with pytest.raises(ValueError, match="symbolic"):
+        SparseBSplineKAN.from_dense(symbolic)
+    qat = QATBSplineKAN.from_float(masked_layer(10, n_in=3, n_out=2, dtype=torch.float32), QATConfig())
+    with pytest.raises(TypeError, match="not quantized, not QAT.*QATBSplineKAN"):
+        SparseBSplineKAN.from_dense(qat)
+    with pytest.raises(TypeError, match="RBFKAN"):
+        from kanlib import RBFKAN
+        SparseBSplineKAN.from_dense(RBFKAN(3, 2))
+
+
+def test_backend_follows_the_dense_layer():
+    for dense_backend, sparse_backend in (("eager", "eager"), ("cpu", "cpu"), ("sparse", "cpu"), ("auto", "auto")):
+        layer = masked_layer(11, n_in=3, n_out=2, backend=dense_backend)
+        assert SparseBSplineKAN.from_dense(layer).backend == sparse_backend
