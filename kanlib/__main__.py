@@ -299,6 +299,93 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return _write_results("quant", params, rows, device, args)
 
 
+def _add_bench_prune(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "prune",
+        help="pruning: accuracy and inference time against edge sparsity, masked, compacted and edge-sparse",
+        description="Train KANs on digits and on pykan's Example 1, prune copies to each sparsity with "
+                    "prune_to_sparsity (fine-tuned), time the dense model against the masked, compacted and "
+                    "edge-sparse forms of each pruned one, and one layer with scattered masks against its "
+                    "edge-sparse form; print the tables and targets and write data/results/prune-*.json.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer sparsities, smaller models, shorter training")
+    parser.add_argument("--sparsity", type=float, nargs="+", dest="sparsities", metavar="S",
+                        help="edge sparsities in [0, 1) (default: 0 0.5 0.75 0.9 0.95; quick: 0 0.5 0.9)")
+    parser.add_argument("--train-steps", type=_int_at_least(1), default=None, metavar="N",
+                        help="steps of the dense training (default: 400, quick 60)")
+    parser.add_argument("--finetune-steps", type=_int_at_least(1), default=None, metavar="N",
+                        help="steps of the fine-tuning after the last pruning round (default: 100, quick 20)")
+    _add_common_options(parser)
+    parser.set_defaults(handler=_bench_prune, command_parser=parser)
+
+
+def _bench_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench import prune
+
+    device = _benchmark_device(args, parser)
+    if args.sparsities is not None:
+        bad = [value for value in args.sparsities if not 0.0 <= value < 1.0]
+        if bad or len(set(args.sparsities)) != len(args.sparsities):
+            parser.error(f"--sparsity: expected distinct fractions in [0, 1), got {args.sparsities}")
+    given = {"sparsities": tuple(args.sparsities or ()), "train_steps": args.train_steps,
+             "finetune_steps": args.finetune_steps}
+    overrides = {name: value for name, value in given.items() if value}
+    rows = prune.run_prune_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,
+                                     warmup=args.warmup, **overrides)
+    print(f"pruning benchmark on {device}{' (quick)' if args.quick else ''}")
+    if not prune.sparse_available():
+        print("the edge-sparse layer (kanlib.SparseBSplineKAN) is not in this kanlib: its columns are missing")
+    for kind in ("model", "layer"):
+        chosen = [row for row in rows if row["kind"] == kind]
+        print(format_table(chosen, [c for c in prune.TABLE_COLUMNS if any(row.get(c) is not None for row in chosen)]))
+    print("targets:")
+    print(format_targets(prune.target_report(rows), ".3g"))
+    params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
+              "sparse_measured": prune.sparse_available(),
+              **{k: list(v) if isinstance(v, tuple) else v
+                 for k, v in {**(prune.QUICK if args.quick else prune.DEFAULTS), **overrides}.items()}}
+    return _write_results("prune", params, rows, device, args)
+
+
+def _add_bench_threads(benchmarks: argparse._SubParsersAction) -> None:
+    from .bench.threads import CONFIGURATIONS
+
+    parser = benchmarks.add_parser(
+        "threads",
+        help="the layer's training step with default thread settings against explicit ones, alone and beside a "
+             "busy process",
+        description="Time one B-spline layer's forward+backward (CPU) in a fresh process per configuration "
+                    f"({', '.join(CONFIGURATIONS)}), alone and beside a process that keeps every core busy; "
+                    "print the table and targets and write data/results/threads-*.json.",
+    )
+    parser.add_argument("--batch", type=_int_at_least(1), default=1024, help="batch size B (default: 1024)")
+    parser.add_argument("--width", type=_int_at_least(1), default=256, help="layer width I = O (default: 256)")
+    parser.add_argument("--grid", type=_int_at_least(1), nargs="+", dest="grids", default=None,
+                        help="grid sizes G (default: 5 50: the dense and the local-support kernels)")
+    _add_common_options(parser)
+    parser.set_defaults(handler=_bench_threads, command_parser=parser)
+
+
+def _bench_threads(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench import threads
+
+    device = _benchmark_device(args, parser)
+    if device.type != "cpu":
+        parser.error(f"--device: the thread benchmark measures the CPU kernels, got {device}")
+    grids = args.grids or [5, 50]
+    if len(set(grids)) != len(grids):
+        parser.error(f"--grid: expected distinct grid sizes, got {grids}")
+    rows = threads.run_threads_benchmark(grids, batch=args.batch, width=args.width, repeat=args.repeat,
+                                         warmup=args.warmup, seed=args.seed)
+    print(f"thread benchmark on {device}: batch {args.batch}, width {args.width}")
+    print(format_table(rows, threads.TABLE_COLUMNS))
+    print("targets:")
+    print(format_targets(threads.target_report(rows), ".3g"))
+    params = {"grids": grids, "batch": args.batch, "width": args.width, "repeat": args.repeat,
+              "warmup": args.warmup, "seed": args.seed}
+    return _write_results("threads", params, rows, device, args)
+
+
 def _add_bench_workflow(benchmarks: argparse._SubParsersAction) -> None:
     parser = benchmarks.add_parser(
         "workflow",
@@ -434,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_kernel(benchmarks)
     _add_bench_quant(benchmarks)
     _add_bench_workflow(benchmarks)
+    _add_bench_threads(benchmarks)
+    _add_bench_prune(benchmarks)
     _add_book_commands(commands)
     _add_gpu_commands(commands)
     return parser

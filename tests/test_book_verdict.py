@@ -13,7 +13,7 @@ import pytest
 matplotlib.use("Agg")
 
 from conftest import broken_images, open_page, serve  # noqa: E402
-from kanlib.bench import kernel, load_results  # noqa: E402
+from kanlib.bench import kernel, layer, load_results  # noqa: E402
 from kanlib.book import verdict as V  # noqa: E402
 from kanlib.book.notebook import results_dir  # noqa: E402
 from kanlib.book.site import stage  # noqa: E402
@@ -301,3 +301,37 @@ def test_the_landing_page_in_a_browser_has_a_row_and_a_working_link_per_goal(sit
             assert open_page(browser, href) == []
             assert browser.execute_script("return document.getElementById(arguments[0]) !== null", anchor), href
     assert (tmp_path / "index.png").stat().st_size > 10_000
+
+
+def sweep_run(at_200: float) -> dict:
+    """A CPU layer run at the sweep's sizes: the layer 0.3x dense at G = 50, 1.1x at G = 5, `at_200` x its G = 50
+    time at G = 200 and 1.2x at G = 100."""
+    times = {(5, "dense"): 10.0, (5, "bsplinekan"): 11.0, (50, "dense"): 100.0, (50, "bsplinekan"): 30.0,
+             (100, "dense"): 200.0, (100, "bsplinekan"): 36.0, (200, "dense"): 400.0, (200, "bsplinekan"): 30 * at_200}
+    rows = [{**layer.TARGET_CONFIGURATION, "grid": grid, "candidate": candidate, **timing("fwdbwd_", ms),
+             "peak_bytes": 1000, "ratio_to_dense": ms / times[grid, "dense"]} for (grid, candidate), ms in times.items()]
+    return {"benchmark": "layer", "params": {"batch": 1024, "width": 256}, "created_utc": "2026-05-05T00:00:00+00:00",
+            "device": {"type": "cpu", "name": "Test CPU", "cpu_count": 2}, "git": {"commit": "e" * 40}, "rows": rows}
+
+
+def prune_run(layer_speedup: float) -> dict:
+    rows = [{"kind": "layer", "sparsity": 0.9, "speedup": layer_speedup},
+            {"kind": "model", "task": "digits", "sparsity": 0.9, "dense_value": 96.0, "value": 95.5,
+             "compact_max_diff": 1e-7, "sparse_max_diff": 2e-7, "rounding_bound": 1e-6}]
+    return {"benchmark": "prune", "params": {"quick": False}, "created_utc": "2026-05-06T00:00:00+00:00",
+            "device": {"type": "cpu", "name": "Test CPU", "cpu_count": 2}, "git": {"commit": "f" * 40}, "rows": rows}
+
+
+def test_the_sparsity_goals_come_from_the_sweep_pruning_and_thread_runs(results):
+    assert {goal.status for goal in V.collect_goals(results, notebooks())
+            if goal.area.startswith("Sparsity")} == {"not measured yet"}
+    goals = V.collect_goals([*results, sweep_run(1.3), prune_run(4.5)], notebooks())
+    assert find(goals, "G = 50 (local support").value == pytest.approx(0.3)
+    assert find(goals, "at G = 200 / at G = 50").status == "met"
+    assert find(goals, "dense time / edge-sparse time").status == "met"
+    assert find(goals, "accuracy lost at 90%").value_text == "0.5 points"
+    assert find(goals, "default threads", "busy").verdict == "not measured yet: needs `python -m kanlib bench threads`"
+    slower = V.collect_goals([*results, sweep_run(1.7), prune_run(3.0)], notebooks())
+    assert find(slower, "at G = 200 / at G = 50").status == "missed"
+    assert find(slower, "dense time / edge-sparse time").status == "missed"
+    assert find(goals, "at G = 200").href.endswith("09_pruning_and_sparsity.html#time-against-the-grid-size")

@@ -25,7 +25,7 @@ from typing import Any
 import nbformat
 import pandas as pd
 
-from ..bench import kernel, quant, workflow
+from ..bench import kernel, layer, prune, quant, threads, workflow
 from ..bench.targets import DIRECTIONS, target_entry
 from .glue import GlueError, glued, glued_value
 from .paths import RESULTS_PATH
@@ -72,7 +72,7 @@ QUANT_GLUE = ("quant_digits_loss_table3", "quant_symbolic_ratio_table3", "quant_
 
 NB_FAST_PATH, NB_VS_MLP, NB_KERNELS = "02_fast_path.ipynb", "03_kan_vs_mlp.ipynb", "04_triton_kernels.ipynb"
 NB_QUANT, NB_IMAGES, NB_FINDINGS = "05_quantization.ipynb", "06_kans_on_images.ipynb", "90_findings.ipynb"
-NB_FORMULA = "07_data_to_formula.ipynb"
+NB_FORMULA, NB_PRUNE = "07_data_to_formula.ipynb", "09_pruning_and_sparsity.ipynb"
 SECTIONS = {  # (notebook, heading) where each group of goals is measured
     "fast path": (NB_FAST_PATH, "The layers side by side"),
     "layer": (NB_FINDINGS, "The layer against its floor"),
@@ -83,6 +83,9 @@ SECTIONS = {  # (notebook, heading) where each group of goals is measured
     "quant benchmark": (NB_FINDINGS, "Quantization"),
     "images": (NB_IMAGES, "What it means"),
     "workflow": (NB_FORMULA, "Ten initializations: how often does fitting work?"),
+    "sweep": (NB_PRUNE, "Time against the grid size"),
+    "prune": (NB_PRUNE, "The goals"),
+    "threads": (NB_PRUNE, "One thread setting"),
 }
 AREAS = {  # the heading each group of goals has in the table
     "fast path": "kanlib's layer against the dense product and the unfused layer",
@@ -94,6 +97,33 @@ AREAS = {  # the heading each group of goals has in the table
     "quant benchmark": "Quantization",
     "images": "KANs on images",
     "workflow": "pykan's workflow",
+    "sweep": "Sparsity: the grid's zeros, pruned edges, threads",
+    "prune": "Sparsity: the grid's zeros, pruned edges, threads",
+    "threads": "Sparsity: the grid's zeros, pruned edges, threads",
+}
+SWEEP_NAMES = {  # readable name, short name, unit (layer.TARGETS, on the CPU)
+    layer.TARGETS[0][0]: ("Training step / dense product, G = 50 (local support, CPU)", "layer / dense, G = 50",
+                          TIMES),
+    layer.TARGETS[1][0]: ("Training step at G = 100 / at G = 50 (CPU)", "G = 100 / G = 50", TIMES),
+    layer.TARGETS[2][0]: ("Training step at G = 200 / at G = 50 (CPU)", "G = 200 / G = 50", TIMES),
+    layer.TARGETS[3][0]: ("Training step / dense product, G = 5, at most 1.15 (CPU)", "layer / dense, G = 5 (sweep)",
+                          TIMES),
+}
+PRUNE_NAMES = {  # readable name, short name, unit
+    prune.TARGETS[0]: ("Layer at 90% scattered edge sparsity: dense time / edge-sparse time", "edge-sparse speedup",
+                       TIMES),
+    prune.TARGETS[1]: ("Digits accuracy lost at 90% edge sparsity, fine-tuned", "pruned digits accuracy lost",
+                       POINTS),
+    prune.TARGETS[2]: ("Compacted model: largest difference / float32 rounding bound", "compacted error / bound",
+                       TIMES),
+    prune.TARGETS[3]: ("Edge-sparse model: largest difference / float32 rounding bound", "edge-sparse error / bound",
+                       TIMES),
+}
+THREAD_NAMES = {  # readable name, short name, unit
+    threads.TARGETS[0][0]: ("Training step with default threads / best setting, alone", "default threads, alone",
+                            TIMES),
+    threads.TARGETS[1][0]: ("Training step with default threads / best setting, beside a busy process",
+                            "default threads, busy", TIMES),
 }
 WORKFLOW_NAMES = {  # readable name, short name, unit
     workflow.TARGETS[0]: ("Example 1: share of seeds reaching test RMSE 1e-3 at G = 20", "seeds reaching 1e-3", ""),
@@ -378,15 +408,33 @@ def _quant_goals(results: Sequence[Mapping[str, Any]], quantization: _Notebook) 
 
 def _workflow_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
     """The goals of `python -m kanlib bench workflow` (pykan's Example 1 over model seeds), from its newest run."""
-    run = latest(results, "workflow")
+    return _benchmark_goals(results, "workflow", "workflow", workflow.target_report, WORKFLOW_NAMES,
+                            "python -m kanlib bench workflow", device_type=None)
+
+
+def _benchmark_goals(results: Sequence[Mapping[str, Any]], section: str, benchmark: str, report, names: Mapping,
+                     command: str, device_type: str | None = "cpu") -> list[Goal]:
+    """The goals of one benchmark's target report on its newest run on ``device_type`` (None: any); ``names`` maps
+    each target to its (readable name, short name, unit)."""
+    run = latest(results, benchmark, device_type)
     goals = []
-    for entry in workflow.target_report(run["rows"] if run is not None else []):
-        name, short, unit = WORKFLOW_NAMES[entry["target"]]
-        goals.append(_goal("workflow", name, short, entry["value"], _parse_goal(entry["goal"], entry["target"]), unit,
+    for entry in report(run["rows"] if run is not None else []):
+        name, short, unit = names[entry["target"]]
+        goals.append(_goal(section, name, short, entry["value"], _parse_goal(entry["goal"], entry["target"]), unit,
                            device=device_label(run) if run is not None else "–",
                            mode=run_mode(run) if run is not None else "–",
-                           reason="needs `python -m kanlib bench workflow`" if run is None else "no value on file"))
+                           reason=f"needs `{command}`" if run is None else "no value on file"))
     return goals
+
+
+def _sparsity_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
+    """The grid sweep's goals (the newest CPU layer run), pruning's and the thread settings'."""
+    return [*_benchmark_goals(results, "sweep", "layer", layer.target_report, SWEEP_NAMES,
+                              "python -m kanlib bench layer --grid 5 50 100 200"),
+            *_benchmark_goals(results, "prune", "prune", prune.target_report, PRUNE_NAMES,
+                              "python -m kanlib bench prune"),
+            *_benchmark_goals(results, "threads", "threads", threads.target_report, THREAD_NAMES,
+                              "python -m kanlib bench threads")]
 
 
 def _images_goals(images: _Notebook) -> list[Goal]:
@@ -414,11 +462,12 @@ def collect_goals(results: Sequence[Mapping[str, Any]], notebooks: Mapping[str, 
     latest(results, "layer")  # checks results, naming what was expected
     notebooks = _check_notebooks(notebooks)
     read = {name: _Notebook(name, notebooks.get(name))
-            for name in (NB_FAST_PATH, NB_VS_MLP, NB_KERNELS, NB_QUANT, NB_IMAGES, NB_FORMULA, NB_FINDINGS)}
+            for name in (NB_FAST_PATH, NB_VS_MLP, NB_KERNELS, NB_QUANT, NB_IMAGES, NB_FORMULA, NB_PRUNE, NB_FINDINGS)}
     for name, heading in SECTIONS.values():
         read[name].check_heading(heading)
     return [*_layer_goals(results, read[NB_FAST_PATH]), *_kernel_goals(results), *_vs_mlp_goals(read[NB_VS_MLP]),
-            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES]), *_workflow_goals(results)]
+            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES]), *_workflow_goals(results),
+            *_sparsity_goals(results)]
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
