@@ -333,15 +333,12 @@ def _bench_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     rows = prune.run_prune_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,
                                      warmup=args.warmup, **overrides)
     print(f"pruning benchmark on {device}{' (quick)' if args.quick else ''}")
-    if not prune.sparse_available():
-        print("the edge-sparse layer (kanlib.SparseBSplineKAN) is not in this kanlib: its columns are missing")
     for kind in ("model", "layer"):
         chosen = [row for row in rows if row["kind"] == kind]
         print(format_table(chosen, [c for c in prune.TABLE_COLUMNS if any(row.get(c) is not None for row in chosen)]))
     print("targets:")
     print(format_targets(prune.target_report(rows), ".3g"))
     params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
-              "sparse_measured": prune.sparse_available(),
               **{k: list(v) if isinstance(v, tuple) else v
                  for k, v in {**(prune.QUICK if args.quick else prune.DEFAULTS), **overrides}.items()}}
     return _write_results("prune", params, rows, device, args)

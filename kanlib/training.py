@@ -577,6 +577,17 @@ def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == target).float().mean()
 
 
+def metric_on_test_set(model: nn.Module, data: Mapping[str, torch.Tensor], metric: str) -> float:
+    """The model's ``"rmse"`` on data's test_input/test_label, or its ``"accuracy"`` in percent (class indices)."""
+    with torch.no_grad():
+        pred = model(data["test_input"]).float()
+    if metric == "rmse":
+        return float(torch.sqrt(torch.mean((pred - data["test_label"]) ** 2)))
+    if metric == "accuracy":
+        return 100.0 * float(_accuracy(pred, data["test_label"]))
+    raise ValueError(f"metric: expected 'rmse' or 'accuracy', got {metric!r}")
+
+
 def _upcast(pred: torch.Tensor) -> torch.Tensor:
     return pred.float() if pred.dtype in (torch.float16, torch.bfloat16) else pred
 

@@ -7,12 +7,10 @@ import torch
 
 from kanlib.__main__ import main
 from kanlib.bench import prune
-from kanlib.layers import BSplineKAN
+from kanlib.layers import BSplineKAN, SparseBSplineKAN
 
 TINY = {"sparsities": (0.0, 0.5, 0.9), "digits_hidden": 8, "symbolic_hidden": 5, "grid_size": 3, "train_steps": 8,
         "rounds": 1, "prune_steps": 4, "finetune_steps": 4, "layer_width": 12, "layer_grid": 3, "layer_batch": 17}
-SPARSE = prune.sparse_available()
-needs_sparse = pytest.mark.skipif(not SPARSE, reason="kanlib.SparseBSplineKAN is not in this kanlib yet")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,7 @@ def test_model_rows(rows):
         assert row["widths"] == "-".join(map(str, widths)) and row["edges"] == edges
         assert row["live_edges"] == edges - round(row["sparsity"] * edges)
         assert row["achieved_sparsity"] == pytest.approx(1 - row["live_edges"] / edges)
-        forms = ["dense", "masked"]
+        forms = ["dense", "masked", "sparse"]
         if row["compactable"]:
             forms.append("compact")
             # compaction drops dead-end hidden nodes with their (live) incoming edges
@@ -43,7 +41,6 @@ def test_model_rows(rows):
             assert 0 < row[f"{form}_q25_ms"] <= row[f"{form}_median_ms"] <= row[f"{form}_q75_ms"]
             if form != "dense":
                 assert row[f"{form}_speedup"] == pytest.approx(row["dense_median_ms"] / row[f"{form}_median_ms"])
-        assert row["sparse_measured"] is SPARSE
         if row["task"] == "digits":
             assert row["metric"] == "accuracy" and 0 <= row["value"] <= 100 and row["batch"] == 360
         else:
@@ -62,15 +59,12 @@ def test_layer_rows(rows):
     for row in layers:
         assert (row["width"], row["grid_size"], row["batch"]) == (width, TINY["layer_grid"], TINY["layer_batch"])
         assert row["live_edges"] == width * width - round(row["sparsity"] * width * width)
-        assert row["dense_median_ms"] > 0
-        if SPARSE:
-            assert row["speedup"] == pytest.approx(row["dense_median_ms"] / row["sparse_median_ms"])
-            assert 0 <= row["max_diff"] <= row["rounding_bound"]
-        else:
-            assert row["speedup"] is None and row["max_diff"] is None
-    sparse_columns = {"sparse_median_ms"}
-    assert all(any(column in row for row in rows) for column in prune.TABLE_COLUMNS
-               if SPARSE or column not in sparse_columns)
+        for form in ("dense", "sparse"):
+            assert 0 < row[f"{form}_q25_ms"] <= row[f"{form}_median_ms"] <= row[f"{form}_q75_ms"]
+        assert row["speedup"] == pytest.approx(row["dense_median_ms"] / row["sparse_median_ms"])
+        assert 0 <= row["max_diff"] <= row["rounding_bound"]
+    missing = [column for column in prune.TABLE_COLUMNS if not any(column in row for row in rows)]
+    assert not missing
 
 
 def test_targets_from_the_run(rows):
@@ -78,11 +72,8 @@ def test_targets_from_the_run(rows):
     assert [t["target"] for t in report] == list(prune.TARGETS)
     layer, digits, compact, sparse = report
     assert digits["value"] is not None and digits["met"] in (True, False)
-    assert compact["met"] is True
-    if SPARSE:
-        assert layer["value"] is not None and sparse["met"] is True
-    else:
-        assert layer["value"] is None and layer["met"] is None and sparse["value"] is None
+    assert layer["value"] is not None and layer["met"] in (True, False)
+    assert compact["met"] is True and sparse["met"] is True
 
 
 def _hand_rows(layer_speedup, dense_accuracy, accuracy, compact_diff, sparse_diff, bound=1e-4):
@@ -107,11 +98,11 @@ def test_targets_met_and_not_met():
 
 def test_targets_missing():
     assert all(t["value"] is None and t["met"] is None for t in prune.target_report([]))
-    # a run without the 90% setting and without the edge-sparse layer: only the compaction's goal has a value
-    rows = [{**row, "sparsity": 0.5, "sparse_max_diff": None} for row in _hand_rows(None, 97.0, 96.0, 0.0, None)]
+    # a run without the 90% setting: only the goals on the differences, taken over every sparsity, have a value
+    rows = [{**row, "sparsity": 0.5} for row in _hand_rows(None, 97.0, 96.0, 0.0, 5e-5)]
     report = prune.target_report(rows)
-    assert [t["value"] for t in report] == [None, None, 0.0, None]
-    assert [t["met"] for t in report] == [None, None, True, None]
+    assert [t["value"] for t in report] == [None, None, 0.0, pytest.approx(0.5)]
+    assert [t["met"] for t in report] == [None, None, True, True]
 
 
 def test_rounding_bound():
@@ -137,13 +128,6 @@ def test_bad_settings():
             prune.run_prune_benchmark("cpu", quick=True, sparsities=sparsities)
 
 
-@pytest.mark.skipif(SPARSE, reason="kanlib has the edge-sparse layer")
-def test_sparse_demanded_without_the_layer():
-    with pytest.raises(RuntimeError, match="SparseBSplineKAN"):
-        prune.run_prune_benchmark("cpu", quick=True, sparse=True, **TINY)
-
-
-@needs_sparse
 def test_sparse_forms_are_exact(rows):
     for row in rows:
         if row["kind"] == "model":
@@ -151,14 +135,33 @@ def test_sparse_forms_are_exact(rows):
             assert row["sparse_speedup"] == pytest.approx(row["dense_median_ms"] / row["sparse_median_ms"])
 
 
-def test_layer_sweep_alone_and_a_single_task():
-    rows = prune.run_prune_benchmark("cpu", quick=True, repeat=1, warmup=0, tasks=(), sparse=False,
+def _record_sparse_forwards(monkeypatch) -> dict[int, int]:
+    """Patch SparseBSplineKAN.forward to record each layer that runs: id -> its stored edges."""
+    ran = {}
+    forward = SparseBSplineKAN.forward
+
+    def recording_forward(self, x):
+        ran[id(self)] = self.n_edges
+        return forward(self, x)
+
+    monkeypatch.setattr(SparseBSplineKAN, "forward", recording_forward)
+    return ran
+
+
+def test_layer_sweep_alone_and_a_single_task(monkeypatch):
+    # the edge-sparse forms are SparseBSplineKAN layers storing exactly the live edges
+    ran = _record_sparse_forwards(monkeypatch)
+    rows = prune.run_prune_benchmark("cpu", quick=True, repeat=1, warmup=0, tasks=(),
                                      **{**TINY, "sparsities": (0.25,)})
     assert [r["kind"] for r in rows] == ["layer"] and rows[0]["live_edges"] == 144 - 36
+    assert list(ran.values()) == [144 - 36]
+    assert 0 <= rows[0]["max_diff"] <= rows[0]["rounding_bound"]
+    ran.clear()
     rows = prune.run_prune_benchmark("cpu", quick=True, repeat=1, warmup=0, tasks=("symbolic",), layer=False,
-                                     sparse=False, **{**TINY, "sparsities": (0.4,)})
+                                     **{**TINY, "sparsities": (0.4,)})
     assert [(r["kind"], r["task"]) for r in rows] == [("model", "symbolic")]
-    assert rows[0]["sparse_max_diff"] is None and rows[0]["sparse_speedup"] is None
+    assert len(ran) == 2 and sum(ran.values()) == rows[0]["live_edges"] == 15 - 6
+    assert 0 <= rows[0]["sparse_max_diff"] <= rows[0]["rounding_bound"] and rows[0]["sparse_speedup"] > 0
     assert math.isclose(rows[0]["achieved_sparsity"], 6 / 15)  # round(0.4 * 15) = 6 of the 15 edges dead
 
 
@@ -176,6 +179,7 @@ def test_command_line_writes_results(tmp_path, monkeypatch, capsys):
     assert result["device"]["type"] == "cpu"
     assert {(r["kind"], r["sparsity"]) for r in result["rows"]} == {("model", 0.0), ("model", 0.9), ("layer", 0.0),
                                                                      ("layer", 0.9)}
+    assert all(r["sparse_median_ms"] > 0 for r in result["rows"])
 
 
 @pytest.mark.parametrize("values", [["1.0"], ["0.5", "0.5"], ["-0.1"]])

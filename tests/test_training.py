@@ -680,3 +680,16 @@ def test_a_callback_check_failure_stops_fit_before_anything_changes():
 def test_callbacks_must_be_fit_callbacks(callbacks, message):
     with pytest.raises(TypeError, match=message):
         fit(mlp(), sine_data(), steps=1, callbacks=callbacks, progress=False)
+
+
+def test_metric_on_test_set_gives_rmse_or_accuracy_in_percent():
+    from kanlib.training import metric_on_test_set
+
+    regression = {"test_input": torch.tensor([[0.0], [1.0]]), "test_label": torch.tensor([[1.0], [3.0]])}
+    assert metric_on_test_set(torch.nn.Identity(), regression, "rmse") == pytest.approx((2.5) ** 0.5)
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    assert metric_on_test_set(torch.nn.Identity(), {"test_input": logits, "test_label": labels},
+                              "accuracy") == pytest.approx(75.0)
+    with pytest.raises(ValueError, match="metric: expected 'rmse' or 'accuracy', got 'mae'"):
+        metric_on_test_set(torch.nn.Identity(), regression, "mae")

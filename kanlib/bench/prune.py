@@ -24,9 +24,6 @@ Two kinds of rows (``kind``):
 Why H = 64 for digits: with pykan's [64, 16, 10] the first layer has 1,024 edges and a forward pass on the 360
 test digits is so short that the call overheads dominate it; a hidden width of 64 gives a first layer of 4,096
 edges whose product dominates, so the question whether fewer edges make it faster has an answer in the timing.
-
-The edge-sparse layer (``kanlib.SparseBSplineKAN``, ``KAN.to_sparse``) is measured when kanlib has it
-(``sparse=None``); without it the sparse fields are None and ``sparse_measured`` is False.
 """
 from __future__ import annotations
 
@@ -38,16 +35,16 @@ import torch
 
 from ..checks import resolve_device
 from ..data import load_digits, symbolic_dataset
-from ..layers import BSplineKAN
+from ..layers import BSplineKAN, SparseBSplineKAN
 from ..models import KAN
 from ..prune.compact import live_edges
 from ..prune.schedule import prune_to_sparsity
-from ..training import fit
+from ..training import fit, metric_on_test_set
 from .targets import target_entry
 from .timing import time_interleaved
 
-__all__ = ["DEFAULTS", "QUICK", "TASKS", "TARGETS", "TABLE_COLUMNS", "FORMS", "rounding_bound", "sparse_available",
-           "run_prune_benchmark", "target_report"]
+__all__ = ["DEFAULTS", "QUICK", "TASKS", "TARGETS", "TABLE_COLUMNS", "FORMS", "rounding_bound", "run_prune_benchmark",
+           "target_report"]
 
 DEFAULTS = {"sparsities": (0.0, 0.5, 0.75, 0.9, 0.95), "digits_hidden": 64, "symbolic_hidden": 16,
             "grid_size": 5, "train_steps": 400, "rounds": 5, "prune_steps": 50, "finetune_steps": 100,
@@ -72,13 +69,6 @@ SYMBOLIC_SAMPLES = 1000
 # LBFGS steps are each worth several Adam steps (a line search of up to 20 evaluations): the symbolic task takes
 # this fraction of the step counts.
 LBFGS_STEP_FRACTION = 0.125
-
-
-def sparse_available() -> bool:
-    """Whether kanlib has the edge-sparse layer (``kanlib.layers.SparseBSplineKAN`` and ``KAN.to_sparse``)."""
-    from .. import layers
-
-    return hasattr(layers, "SparseBSplineKAN") and callable(getattr(KAN, "to_sparse", None))
 
 
 def rounding_bound(layers: Sequence[torch.nn.Module], output: torch.Tensor) -> float:
@@ -116,14 +106,6 @@ def _optimizer(task: str, steps: int) -> dict:
     if task == "symbolic":
         return {"opt": "lbfgs", "steps": max(1, round(steps * LBFGS_STEP_FRACTION))}
     return {"opt": "adam", "lr": 1e-2, "batch_size": 256, "steps": steps}
-
-
-def _metric(model, data, metric: str) -> float:
-    with torch.no_grad():
-        pred = model(data["test_input"]).float()
-    if metric == "rmse":
-        return float(torch.sqrt(torch.mean((pred - data["test_label"]) ** 2)))
-    return 100.0 * float((pred.argmax(-1) == data["test_label"]).float().mean())
 
 
 def _live_edge_count(model) -> int:
@@ -164,14 +146,13 @@ def _call(module, x: torch.Tensor):
     return run
 
 
-def _model_rows(task: str, settings: dict, seed: int, device: torch.device, repeat: int, warmup: int,
-                sparse: bool) -> list[dict]:
+def _model_rows(task: str, settings: dict, seed: int, device: torch.device, repeat: int, warmup: int) -> list[dict]:
     metric = TASKS[task]["metric"]
     data = _data(task, seed, device)
     model = KAN(_widths(task, settings), grid_size=settings["grid_size"], seed=seed).to(device)
     fit(model, data, seed=seed, progress=False, **_optimizer(task, settings["train_steps"]))
     model.eval()
-    dense_value = _metric(model, data, metric)
+    dense_value = metric_on_test_set(model, data, metric)
     x = data["test_input"]
     rows = []
     for sparsity in settings["sparsities"]:
@@ -182,8 +163,7 @@ def _model_rows(task: str, settings: dict, seed: int, device: torch.device, repe
         compacted = _compact(pruned)
         if compacted is not None:
             forms["compact"] = compacted
-        if sparse:
-            forms["sparse"] = pruned.to_sparse().eval()
+        forms["sparse"] = pruned.to_sparse().eval()
         timings = time_interleaved({name: _call(form, x) for name, form in forms.items()}, device=device,
                                    warmup=warmup, repeat=repeat)
         edges = sum(layer.mask.numel() for layer in pruned.layers)
@@ -194,9 +174,9 @@ def _model_rows(task: str, settings: dict, seed: int, device: torch.device, repe
                "edges": edges, "live_edges": live,
                "compact_edges": compacted and sum(layer.mask.numel() for layer in compacted.layers),
                "batch": int(x.shape[0]), "metric": metric, "dense_value": dense_value,
-               "value": _metric(pruned, data, metric), "rounding_bound": rounding_bound(pruned.layers, reference),
-               "compact_max_diff": compacted and _max_diff(compacted, reference, x), "sparse_measured": sparse,
-               "sparse_max_diff": _max_diff(forms["sparse"], reference, x) if sparse else None}
+               "value": metric_on_test_set(pruned, data, metric), "rounding_bound": rounding_bound(pruned.layers, reference),
+               "compact_max_diff": compacted and _max_diff(compacted, reference, x),
+               "sparse_max_diff": _max_diff(forms["sparse"], reference, x)}
         dense_ms = timings["dense"].median_ms
         for name in FORMS:
             if name in timings:
@@ -217,7 +197,7 @@ def _scattered_mask(width: int, sparsity: float, generator: torch.Generator) -> 
     return mask.view(width, width)
 
 
-def _layer_rows(settings: dict, seed: int, device: torch.device, repeat: int, warmup: int, sparse: bool) -> list[dict]:
+def _layer_rows(settings: dict, seed: int, device: torch.device, repeat: int, warmup: int) -> list[dict]:
     width, grid, batch = settings["layer_width"], settings["layer_grid"], settings["layer_batch"]
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -229,24 +209,17 @@ def _layer_rows(settings: dict, seed: int, device: torch.device, repeat: int, wa
         with torch.no_grad():
             masked.mask.copy_(_scattered_mask(width, sparsity, generator).to(device))
         row = {"kind": "layer", "sparsity": sparsity, "width": width, "grid_size": grid, "batch": batch,
-               "edges": width * width, "live_edges": int((masked.mask != 0).sum()), "sparse_measured": sparse}
-        candidates = {"dense": masked}
-        if sparse:
-            from ..layers import SparseBSplineKAN
-
-            candidates["sparse"] = SparseBSplineKAN.from_dense(masked).to(device)
-        timings = time_interleaved({name: _call(module, x) for name, module in candidates.items()}, device=device,
+               "edges": width * width, "live_edges": int((masked.mask != 0).sum())}
+        sparse_layer = SparseBSplineKAN.from_dense(masked).to(device)
+        timings = time_interleaved({"dense": _call(masked, x), "sparse": _call(sparse_layer, x)}, device=device,
                                    warmup=warmup, repeat=repeat)
+        with torch.no_grad():
+            reference = masked(x)
         row.update(timings["dense"].as_dict("dense_"))
-        if sparse:
-            with torch.no_grad():
-                reference = masked(x)
-            row.update(timings["sparse"].as_dict("sparse_"))
-            row["speedup"] = timings["dense"].median_ms / timings["sparse"].median_ms
-            row["max_diff"] = _max_diff(candidates["sparse"], reference, x)
-            row["rounding_bound"] = rounding_bound([masked], reference)
-        else:
-            row["speedup"] = row["max_diff"] = None
+        row.update(timings["sparse"].as_dict("sparse_"))
+        row["speedup"] = timings["dense"].median_ms / timings["sparse"].median_ms
+        row["max_diff"] = _max_diff(sparse_layer, reference, x)
+        row["rounding_bound"] = rounding_bound([masked], reference)
         rows.append(row)
     return rows
 
@@ -265,12 +238,11 @@ def _check_sparsities(sparsities: object) -> tuple[float, ...]:
 
 
 def run_prune_benchmark(device: str | torch.device = "cpu", quick: bool = False, seed: int = 0, repeat: int = 20,
-                        warmup: int = 3, tasks: Sequence[str] = tuple(TASKS), sparse: bool | None = None,
-                        layer: bool = True, **overrides) -> list[dict]:
+                        warmup: int = 3, tasks: Sequence[str] = tuple(TASKS), layer: bool = True,
+                        **overrides) -> list[dict]:
     """All rows of one run (see the module docstring): the "model" rows of each task, then the "layer" rows.
 
     ``quick`` uses the smaller QUICK settings; ``overrides`` replace single settings (keys of DEFAULTS).
-    sparse: measure the edge-sparse forms (True: error when kanlib lacks them; None: when kanlib has them).
     layer: whether to run the layer-level sweep.
     """
     device = resolve_device(device)
@@ -283,16 +255,11 @@ def run_prune_benchmark(device: str | torch.device = "cpu", quick: bool = False,
     if bad or isinstance(tasks, str) or len(set(tasks)) != len(tasks) or (not tasks and not layer):
         raise ValueError(f"tasks must be distinct names among {sorted(TASKS)} (none only with the layer sweep), "
                          f"got {tasks!r}")
-    if sparse is None:
-        sparse = sparse_available()
-    elif sparse and not sparse_available():
-        raise RuntimeError("sparse=True: expected kanlib.layers.SparseBSplineKAN and KAN.to_sparse, got a kanlib "
-                           "without them; pass sparse=None to measure the other forms only")
     rows = []
     for task in tasks:
-        rows += _model_rows(task, settings, seed, device, repeat, warmup, sparse)
+        rows += _model_rows(task, settings, seed, device, repeat, warmup)
     if layer:
-        rows += _layer_rows(settings, seed, device, repeat, warmup, sparse)
+        rows += _layer_rows(settings, seed, device, repeat, warmup)
     return rows
 
 

@@ -29,7 +29,7 @@ from ..models import KAN, MLP
 from ..quant.cost import bitops, model_size_bytes
 from ..quant.ptq import quantize
 from ..quant.qat import QATConfig
-from ..training import fit
+from ..training import fit, metric_on_test_set
 from .targets import target_entry
 from .timing import Timing, time_interleaved
 
@@ -59,14 +59,6 @@ def _data(task: str, seed: int, device: torch.device) -> dict:
     return load_digits(seed=seed, device=device)
 
 
-def _metric(model, data, metric: str) -> float:
-    with torch.no_grad():
-        pred = model(data["test_input"]).float()
-    if metric == "rmse":
-        return float(torch.sqrt(torch.mean((pred - data["test_label"]) ** 2)))
-    return 100.0 * float((pred.argmax(-1) == data["test_label"]).float().mean())
-
-
 def _train(model, data, task: str, steps: int, seed: int, **kwargs):
     if task == "symbolic":
         return fit(model, data, steps=max(1, steps // 8), opt="lbfgs", seed=seed, progress=False, **kwargs)
@@ -78,13 +70,13 @@ def _accuracy_rows(task: str, settings: dict, seed: int, device: torch.device) -
     data = _data(task, seed, device)
     model = KAN(spec["widths"], grid_size=5, seed=seed).to(device)
     history = _train(model, data, task, settings["train_steps"], seed)
-    float_value, float_size, float_bitops = _metric(model, data, spec["metric"]), model_size_bytes(model), bitops(model)
+    float_value, float_size, float_bitops = metric_on_test_set(model, data, spec["metric"]), model_size_bytes(model), bitops(model)
     base = {"kind": "accuracy", "task": task, "metric": spec["metric"], "float_value": float_value,
             "float_size_bytes": float_size, "float_bitops": float_bitops}
 
     def row(quantized, **fields) -> dict:
         size, ops = model_size_bytes(quantized), bitops(quantized)
-        return {**base, **fields, "value": _metric(quantized, data, spec["metric"]), "size_bytes": size,
+        return {**base, **fields, "value": metric_on_test_set(quantized, data, spec["metric"]), "size_bytes": size,
                 "bitops": ops, "size_ratio": float_size / size, "bitops_ratio": float_bitops / ops}
 
     rows = [{**base, "method": "float", "bits": 32, "table_bits": 0, "value": float_value, "size_bytes": float_size,

@@ -18,7 +18,7 @@ from ..symbolic.branch import SymbolicBranch
 from ..symbolic.fit import fit_affine
 from ..symbolic.library import get_function
 
-__all__ = ["BSplineKAN", "BACKENDS", "assemble_weight_matrix", "fit_spline_coefficients"]
+__all__ = ["BSplineKAN", "SplineGrid", "BACKENDS", "assemble_weight_matrix", "fit_spline_coefficients"]
 
 # The old ``backend="torch"`` (deprecated): the PyTorch-side paths only, chosen as "auto" would among them.
 _LEGACY_TORCH = "torch"
@@ -117,7 +117,32 @@ class _WeightMatrix(torch.autograd.Function):
         return grad_scale_base, grad_scale_sp, None, grad_coef
 
 
-class BSplineKAN(nn.Module):
+class SplineGrid:
+    """What a B-spline layer's knots ``grid`` [I, G+2k+1] and ``spline_order`` k tell: its grid size G, its
+    G + k bases per edge, and whether the grid is uniform."""
+
+    grid: torch.Tensor
+    spline_order: int
+    _uniform_cache: tuple | None = None
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid.shape[1] - 2 * self.spline_order - 1
+
+    @property
+    def n_basis(self) -> int:
+        """G + k: spline coefficients per edge."""
+        return self.grid.shape[1] - self.spline_order - 1
+
+    def is_uniform(self) -> bool:
+        """Whether the grid is uniform (then the closed-form local basis is used); cached per grid version."""
+        key = (self.grid.data_ptr(), self.grid._version)
+        if self._uniform_cache is None or self._uniform_cache[0] != key:
+            self._uniform_cache = (key, is_uniform(self.grid))
+        return self._uniform_cache[1]
+
+
+class BSplineKAN(SplineGrid, nn.Module):
     """A KAN layer: ``y_o = sum_i scale_base[i,o] * b(x_i) + scale_sp[i,o] * sum_j coef[i,o,j] B_j(x_i)``.
 
     Drop-in for ``nn.Linear``: input ``[..., in_features]``, output ``[..., out_features]``.
@@ -168,26 +193,10 @@ class BSplineKAN(nn.Module):
         # Edges fixed to symbolic functions (kanlib.symbolic): None until one is fixed, so the fast path is untouched.
         self.symbolic: SymbolicBranch | None = None
 
-    @property
-    def grid_size(self) -> int:
-        return self.grid.shape[1] - 2 * self.spline_order - 1
-
-    @property
-    def n_basis(self) -> int:
-        """G + k: spline coefficients per edge."""
-        return self.grid.shape[1] - self.spline_order - 1
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, "
                 f"spline_order={self.spline_order}, base_activation={self.base_activation!r}, "
                 f"bias={self.bias is not None}")
-
-    def is_uniform(self) -> bool:
-        """Whether the grid is uniform (then the closed-form local basis is used); cached per grid version."""
-        key = (self.grid.data_ptr(), self.grid._version)
-        if self._uniform_cache is None or self._uniform_cache[0] != key:
-            self._uniform_cache = (key, is_uniform(self.grid))
-        return self._uniform_cache[1]
 
     def base_weight(self) -> torch.Tensor:
         """The base branch's weights ``scale_base * mask``: [I, O]."""

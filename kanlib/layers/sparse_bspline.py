@@ -4,11 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..basis import is_uniform
 from ..checks import check_int, check_layer_input
 from ..ops.edge_spline_linear import EDGE_BACKENDS, EDGE_TRITON_SPLINE_ORDERS, edge_spline_linear
 from ..ops.spline_linear import under_transform
-from .bspline import BSplineKAN
+from .bspline import BSplineKAN, SplineGrid
 
 __all__ = ["SparseBSplineKAN", "edge_list"]
 
@@ -46,7 +45,7 @@ def edge_list(edges, in_features: int, out_features: int, device=None) -> torch.
     return pairs[order].to(device)
 
 
-class SparseBSplineKAN(nn.Module):
+class SparseBSplineKAN(SplineGrid, nn.Module):
     """A B-spline KAN layer on a given set of live edges e = (i, o):
     ``y_o = sum over live edges (i, o) of scale_base[e] * b(x_i) + scale_sp[e] * sum_j coef[e, j] B_j(x_i)``.
 
@@ -152,26 +151,10 @@ class SparseBSplineKAN(nn.Module):
         """The live edges (input, output), sorted: int64 [E, 2]."""
         return torch.stack([self.edge_inputs, self.edge_outputs], dim=1)
 
-    @property
-    def grid_size(self) -> int:
-        return self.grid.shape[1] - 2 * self.spline_order - 1
-
-    @property
-    def n_basis(self) -> int:
-        """G + k: spline coefficients per edge."""
-        return self.grid.shape[1] - self.spline_order - 1
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, n_edges={self.n_edges}, "
                 f"density={self.density:.3g}, grid_size={self.grid_size}, spline_order={self.spline_order}, "
                 f"base_activation={self.base_activation!r}, bias={self.bias is not None}")
-
-    def is_uniform(self) -> bool:
-        """Whether the grid is uniform (then the closed-form local basis is used); cached per grid version."""
-        key = (self.grid.data_ptr(), self.grid._version)
-        if self._uniform_cache is None or self._uniform_cache[0] != key:
-            self._uniform_cache = (key, is_uniform(self.grid))
-        return self._uniform_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., I] -> [..., O]."""

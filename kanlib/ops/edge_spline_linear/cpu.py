@@ -16,11 +16,9 @@ row loops vectorize.
   them) and of x, in one pass. Parallel over inputs: every gradient entry belongs to one input's edges.
 
 Knot spans: arithmetic on uniform grids (the k + 1 window values then come from the closed form
-``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`), otherwise by binary search
-(:func:`kanlib.ops.spline_linear.cpu.find_span_at`) and the triangular Cox-de Boor scheme (Piegl and Tiller,
-The NURBS Book, algorithm A2.2), derivatives from the order k-1 values (de Boor, A Practical Guide to Splines:
-dB_{m,k}/dx = k (B_{m,k-1}/(t_{m+k}-t_m) - B_{m+1,k-1}/(t_{m+k+1}-t_{m+1}))). Outside the extended grid (and
-for NaN) only the base slot is nonzero. The NaN that dead edges give the dense layer for non-finite inputs are
+``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`), otherwise the span and its window
+from :func:`kanlib.ops.spline_linear.cpu.local_window` (binary search, the triangular Cox-de Boor scheme).
+Outside the extended grid (and for NaN) only the base slot is nonzero. The NaN that dead edges give the dense layer for non-finite inputs are
 added by the caller (see :mod:`.reference`).
 """
 from __future__ import annotations
@@ -30,42 +28,13 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..spline_linear.cpu import FASTMATH, find_span_at, threads_for
+from ..spline_linear.cpu import FASTMATH, local_window, sized_kernel
 
 __all__ = ["forward_kernel", "backward_kernel", "all_finite", "ROWS_PER_BLOCK"]
 
 # Rows per block: long enough for the vectorized row loops to pay their set-up, short enough that the block's
 # [O, ROWS_PER_BLOCK] output tile stays in L2 for O ~ 256.
 ROWS_PER_BLOCK = 256
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _basis_window(value, span, padded, i, k, values, slopes, with_slopes, lower, left, right):
-    """values[r] (and slopes[r]) <- basis span - k + r of order k at value (and its derivative), r = 0..k, by
-    Cox-de Boor on any knots. span must be a real span (>= 0). lower, left, right: scratch of at least k + 1
-    entries. padded is the grid extended by k knots on each side (padded[i, j + k] == grid[i, j])."""
-    values[0] = 1.0
-    for d in range(1, k + 1):
-        left[d] = value - padded[i, span + k + 1 - d]  # x - t_{span+1-d}
-        right[d] = padded[i, span + k + d] - value  # t_{span+d} - x
-        carried = 0.0
-        for r in range(d):
-            width = right[r + 1] + left[d - r]
-            ratio = values[r] / width if width != 0.0 else 0.0
-            if d == k:
-                lower[r] = ratio  # B_{span-k+1+r, k-1} / (its support's width)
-            values[r] = carried + right[r + 1] * ratio
-            carried = left[d - r] * ratio
-        values[d] = carried
-    if with_slopes:
-        if k == 0:
-            slopes[0] = 0.0
-            return
-        previous = 0.0
-        for r in range(k):
-            slopes[r] = k * (previous - lower[r])
-            previous = lower[r]
-        slopes[k] = k * previous
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -100,7 +69,7 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform,
     """expanded[s, r] <- slot s of input i at row r0 + r: the base activation (from base_t [I, N]) in slot 0,
     basis s - 1 after it (only the window of k + 1 can be nonzero); with_slopes, slopes[s, r] <- d(slot)/dx
     without the base activation's (slot 0 is left to the caller). spans, coords [rows], polynomial [k+1, rows]
-    and scratch [5, k+1] are work arrays."""
+    and scratch [4, k+1] are work arrays."""
     n_slots = expanded.shape[0]
     n_basis = n_slots - 1
     n_knots = grid.shape[1]
@@ -127,12 +96,9 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform,
             if with_slopes:
                 slopes[s, r] = 0.0
     for r in range(n_block):
-        value = x_t[i, r0 + r]
-        span = find_span_at(value, grid, inv_steps, i, uniform, k)
+        span = local_window(x_t[i, r0 + r], grid, padded, inv_steps, i, False, k, matrix, scratch, with_slopes)
         if span < 0:
             continue
-        _basis_window(value, span, padded, i, k, scratch[0], scratch[1], with_slopes, scratch[2], scratch[3],
-                      scratch[4])
         for q in range(k + 1):
             m = span - k + q
             if 0 <= m < n_basis:
@@ -184,7 +150,7 @@ def _forward_kernel(k):
             spans = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
-            scratch = np.empty((5, k + 1), dtype=out.dtype)
+            scratch = np.empty((4, k + 1), dtype=out.dtype)
             for i in range(n_in):
                 e0, e1 = input_offsets[i], input_offsets[i + 1]
                 if e1 == e0:
@@ -207,7 +173,7 @@ def forward_kernel(spline_order: int):
     x_t and base_t [I, N] (x and its base activation, transposed), weights [E, G+k+1] (per edge ``scale_base``
     then ``scale_sp * coef``), out [N, O] (written).
     """
-    return _sized(_forward_kernel(int(spline_order)))
+    return sized_kernel(_forward_kernel(int(spline_order)))
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -271,7 +237,7 @@ def _backward_kernel(k):
             spans = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=weights.dtype)
-            scratch = np.empty((5, k + 1), dtype=weights.dtype)
+            scratch = np.empty((4, k + 1), dtype=weights.dtype)
             for r0 in range(0, n_rows, ROWS_PER_BLOCK):
                 n_block = min(ROWS_PER_BLOCK, n_rows - r0)
                 _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform, k, matrix, expanded,
@@ -295,7 +261,7 @@ def backward_kernel(spline_order: int):
     activation and that one's derivative, transposed), weights [E, G+k+1] as in :func:`forward_kernel`,
     grad_out_t [O, N]; writes grad_weights [E, G+k+1] and, when need_x, grad_x_t [I, N] (left as it is otherwise).
     """
-    return _sized(_backward_kernel(int(spline_order)))
+    return sized_kernel(_backward_kernel(int(spline_order)))
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -310,15 +276,3 @@ def all_finite(values: np.ndarray) -> bool:
     """Whether every entry of the contiguous array values is finite (one vectorized pass)."""
     return bool(_all_finite(values))
 
-
-def _sized(kernel):
-    """kernel called on one thread when its largest array is small (see ``threads_for``)."""
-
-    @functools.wraps(kernel)
-    def call(*args):
-        work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
-        with threads_for(work):
-            return kernel(*args)
-
-    call.kernel = kernel
-    return call

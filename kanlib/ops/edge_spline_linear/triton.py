@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ...activations import get_activation
-from ..spline_linear.triton import ACTIVATION_IDS, activation, activation_derivative, check_devices
+from ..spline_linear.triton import ACTIVATION_IDS, activation, activation_derivative, check_devices, knot_basis
 from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       nan_where_dead_edges_meet_nonfinite)
 
@@ -39,35 +39,9 @@ BLOCK_EDGES = 16 if INTERPRET else 64
 
 
 @triton.jit
-def _inverse_or_zero(width):
-    """1 / width, and 0 where the width is 0 (repeated knots): the convention of kanlib.basis."""
-    zero = width == 0.0
-    return tl.where(zero, 0.0, 1.0 / tl.where(zero, 1.0, width))
-
-
-@triton.jit
-def _basis_at(x, knot_ptrs, valid, K: tl.constexpr, DERIV: tl.constexpr):
+def _masked_basis(x, knot_ptrs, valid, K: tl.constexpr, DERIV: tl.constexpr):
     """The basis whose knots t_0 .. t_{K+1} start at knot_ptrs, at x (or its derivative); 0 where not valid."""
-    t = ()
-    for q in tl.static_range(K + 2):
-        t = t + (tl.load(knot_ptrs + q, mask=valid, other=0.0),)
-    lower = ()  # order 0: the indicators of the K + 1 knot intervals
-    for q in tl.static_range(K + 1):
-        lower = lower + (tl.where((x >= t[q]) & (x < t[q + 1]), 1.0, 0.0),)
-    for d in tl.static_range(1, K):  # raise to order K - 1: K + 1 - d bases of order d
-        raised = ()
-        for q in tl.static_range(K + 1 - d):
-            rising = (x - t[q]) * _inverse_or_zero(t[q + d] - t[q])
-            falling = (t[q + d + 1] - x) * _inverse_or_zero(t[q + d + 1] - t[q + 1])
-            raised = raised + (rising * lower[q] + falling * lower[q + 1],)
-        lower = raised
-    first = lower[0] * _inverse_or_zero(t[K] - t[0])
-    second = lower[1] * _inverse_or_zero(t[K + 1] - t[1])
-    if DERIV:
-        out = K * (first - second)
-    else:
-        out = (x - t[0]) * first + (t[K + 1] - x) * second
-    return tl.where(valid, out, 0.0)
+    return tl.where(valid, knot_basis(x, knot_ptrs, valid, K, DERIV), 0.0)
 
 
 @triton.jit
@@ -81,18 +55,27 @@ def _spans(x, knot_rows, n_knots, valid):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, inputs_ptr, outputs_ptr, out_ptr,
-                    n_rows, n_edges, n_out, n_knots, n_basis, stride_xn, stride_xi,
-                    K: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+def _tile(x_ptr, inputs_ptr, outputs_ptr, n_rows, n_edges, stride_xn, stride_xi, BLOCK_M: tl.constexpr,
+          BLOCK_E: tl.constexpr):
+    """This program's rows [BLOCK_M] and edges [BLOCK_E], which edges exist, their inputs and outputs, which
+    (row, edge) pairs exist [BLOCK_M, BLOCK_E], and x at each pair's input (float32)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     edges = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    row_ok = rows < n_rows
     edge_ok = edges < n_edges
     ins = tl.load(inputs_ptr + edges, mask=edge_ok, other=0)
     outs = tl.load(outputs_ptr + edges, mask=edge_ok, other=0)
-    ok = row_ok[:, None] & edge_ok[None, :]
+    ok = (rows < n_rows)[:, None] & edge_ok[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xn + ins[None, :] * stride_xi, mask=ok,
                 other=0.0).to(tl.float32)
+    return rows, edges, edge_ok, ins, outs, ok, x
+
+
+@triton.jit
+def _forward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, inputs_ptr, outputs_ptr, out_ptr,
+                    n_rows, n_edges, n_out, n_knots, n_basis, stride_xn, stride_xi,
+                    K: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    rows, edges, edge_ok, ins, outs, ok, x = _tile(x_ptr, inputs_ptr, outputs_ptr, n_rows, n_edges, stride_xn,
+                                                   stride_xi, BLOCK_M, BLOCK_E)
     knot_rows = (grid_ptr + ins.to(tl.int64) * n_knots)[None, :]
     span = _spans(x, knot_rows, n_knots, ok)
     coef_rows = (coef_ptr + edges.to(tl.int64) * n_basis)[None, :]
@@ -101,7 +84,7 @@ def _forward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, inp
         m = span - K + r
         valid = ok & (m >= 0) & (m < n_basis)
         coefficient = tl.load(coef_rows + m, mask=valid, other=0.0).to(tl.float32)
-        spline += coefficient * _basis_at(x, knot_rows + m, valid, K, False)
+        spline += coefficient * _masked_basis(x, knot_rows + m, valid, K, False)
     scale_base = tl.load(scale_base_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
     scale_sp = tl.load(scale_sp_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
     value = scale_base * activation(x, ACT) + scale_sp * spline
@@ -114,15 +97,8 @@ def _backward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, in
                      n_rows, n_edges, n_in, n_out, n_knots, n_basis, stride_xn, stride_xi, stride_gn, stride_go,
                      K: tl.constexpr, ACT: tl.constexpr, NEED_X: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    edges = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    row_ok = rows < n_rows
-    edge_ok = edges < n_edges
-    ins = tl.load(inputs_ptr + edges, mask=edge_ok, other=0)
-    outs = tl.load(outputs_ptr + edges, mask=edge_ok, other=0)
-    ok = row_ok[:, None] & edge_ok[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xn + ins[None, :] * stride_xi, mask=ok,
-                other=0.0).to(tl.float32)
+    rows, edges, edge_ok, ins, outs, ok, x = _tile(x_ptr, inputs_ptr, outputs_ptr, n_rows, n_edges, stride_xn,
+                                                   stride_xi, BLOCK_M, BLOCK_E)
     g = tl.load(go_ptr + rows.to(tl.int64)[:, None] * stride_gn + outs[None, :] * stride_go, mask=ok,
                 other=0.0).to(tl.float32)
     scale_base = tl.load(scale_base_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
@@ -136,11 +112,11 @@ def _backward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, in
         m = span - K + r
         valid = ok & (m >= 0) & (m < n_basis)
         coefficient = tl.load(coef_ptr + coef_offsets + m, mask=valid, other=0.0).to(tl.float32)
-        basis = _basis_at(x, knot_rows + m, valid, K, False)
+        basis = _masked_basis(x, knot_rows + m, valid, K, False)
         spline += coefficient * basis
         tl.atomic_add(gcoef_ptr + coef_offsets + m, g * scale_sp * basis, mask=valid)
         if NEED_X:
-            slope += coefficient * _basis_at(x, knot_rows + m, valid, K, True)
+            slope += coefficient * _masked_basis(x, knot_rows + m, valid, K, True)
     tl.atomic_add(gbase_ptr + edges, tl.sum(tl.where(ok, g * activation(x, ACT), 0.0), axis=0), mask=edge_ok)
     tl.atomic_add(gsp_ptr + edges, tl.sum(g * spline, axis=0), mask=edge_ok)
     if NEED_X:

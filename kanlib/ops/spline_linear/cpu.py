@@ -87,8 +87,9 @@ def threads_for(work: int):
         numba.set_num_threads(threads)
 
 
-def _sized(kernel):
-    """``kernel`` called under :func:`threads_for` the size of its largest array argument."""
+def sized_kernel(kernel):
+    """``kernel`` called under :func:`threads_for` the size of its largest array argument (the undecorated kernel
+    is its ``.kernel``)."""
 
     @functools.wraps(kernel)
     def call(*args):
@@ -194,7 +195,7 @@ def _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matr
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _local_window(value, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch, with_slopes):
+def local_window(value, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch, with_slopes):
     """The span of value (-1 outside the grid or for NaN); inside it, scratch[0, r] is basis span - k + r at
     value and, with_slopes, scratch[1, r] its derivative. scratch: [4, at least k + 1]."""
     span = find_span_at(value, grid, inv_steps, i, uniform, spline_order)
@@ -256,7 +257,7 @@ def dense_kernel(spline_order: int):
 
 @functools.cache
 def _sized_dense_kernel(k):
-    return _sized(_dense_kernel(k))
+    return sized_kernel(_dense_kernel(k))
 
 
 @njit(inline="always", cache=True)
@@ -322,7 +323,7 @@ def _dense_kernel(k):
                         _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
                 else:
                     for i in range(n_in):
-                        spans[i] = _local_window(x[n, i], grid, padded, inv_steps, i, uniform, k, matrix, scratch,
+                        spans[i] = local_window(x[n, i], grid, padded, inv_steps, i, uniform, k, matrix, scratch,
                                                  write_grad)
                         for r in range(k + 1):
                             values[r, i] = scratch[0, r]
@@ -350,9 +351,31 @@ def _blocks(total, block, index):
 
 
 @njit(inline="always", cache=True)
+def _tile_count(n_first, first_block, n_columns, col_block):
+    """Tiles of first_block items (rows or inputs) by col_block columns."""
+    return ((n_first + first_block - 1) // first_block) * ((n_columns + col_block - 1) // col_block)
+
+
+@njit(inline="always", cache=True)
+def _tile_ranges(tile, n_first, first_block, n_columns, col_block):
+    """(first, stop, c0, c1, column block) of tile number ``tile`` (see :func:`_tile_count`)."""
+    n_col_blocks = (n_columns + col_block - 1) // col_block
+    first, stop = _blocks(n_first, first_block, tile // n_col_blocks)
+    c0, c1 = _blocks(n_columns, col_block, tile % n_col_blocks)
+    return first, stop, c0, c1, tile % n_col_blocks
+
+
+@njit(inline="always", cache=True)
 def _window_row(q, base, first):
     """The weight row of window slot q: the base activation's row, then the spline rows from ``first``."""
     return base if q == 0 else first + q - 1
+
+
+@njit(inline="always", cache=True)
+def _five_rows(matrix, base, first, c0, c1):
+    """Columns c0:c1 of a k = 3 window's five rows: the base activation's, then the spline rows first..first+3."""
+    return (matrix[base, c0:c1], matrix[first, c0:c1], matrix[first + 1, c0:c1], matrix[first + 2, c0:c1],
+            matrix[first + 3, c0:c1])
 
 
 # The helpers below combine a window's k + 2 weight rows in one pass over the columns when k = 3 (five rows, the
@@ -363,8 +386,7 @@ def _add_window_rows(acc, weight, base, first, coefficients, c0, c1):
     """acc [c1 - c0] += sum_q coefficients[q] * weight[row q, c0:c1] over the window's k + 2 rows."""
     if coefficients.shape[0] == 5:
         a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
-        wa, wb, wc = weight[base, c0:c1], weight[first, c0:c1], weight[first + 1, c0:c1]
-        wd, we = weight[first + 2, c0:c1], weight[first + 3, c0:c1]
+        wa, wb, wc, wd, we = _five_rows(weight, base, first, c0, c1)
         for o in range(c1 - c0):
             acc[o] += a * wa[o] + b * wb[o] + c * wc[o] + d * wd[o] + e * we[o]
         return
@@ -381,8 +403,7 @@ def _dot_window_rows(g, weight, base, first, coefficients, c0, c1):
     result = 0.0
     if coefficients.shape[0] == 5:
         a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
-        wa, wb, wc = weight[base, c0:c1], weight[first, c0:c1], weight[first + 1, c0:c1]
-        wd, we = weight[first + 2, c0:c1], weight[first + 3, c0:c1]
+        wa, wb, wc, wd, we = _five_rows(weight, base, first, c0, c1)
         for o in range(c1 - c0):
             result += g[o] * (a * wa[o] + b * wb[o] + c * wc[o] + d * wd[o] + e * we[o])
         return result
@@ -400,8 +421,7 @@ def _scatter_window_rows(grad_weight, base, first, coefficients, g, c0, c1):
     """grad_weight[row q, c0:c1] += coefficients[q] * g over the window's k + 2 rows."""
     if coefficients.shape[0] == 5:
         a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
-        wa, wb, wc = grad_weight[base, c0:c1], grad_weight[first, c0:c1], grad_weight[first + 1, c0:c1]
-        wd, we = grad_weight[first + 2, c0:c1], grad_weight[first + 3, c0:c1]
+        wa, wb, wc, wd, we = _five_rows(grad_weight, base, first, c0, c1)
         for o in range(c1 - c0):
             value = g[o]
             wa[o] += a * value
@@ -433,7 +453,7 @@ def _sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, a
             values[i, n, 0] = activation_at(value, activation)
             if with_slopes:
                 slopes[i, n, 0] = activation_derivative_at(value, activation)
-            span = _local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, with_slopes)
+            span = local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, with_slopes)
             # The window's k + 1 rows are kept inside the grid's bases; near an end it is shifted inwards and the
             # bases that do not exist get zeros, so every window is k + 1 rows long.
             start = min(max(span - k, 0), n_basis - window) if span >= 0 else 0
@@ -450,13 +470,9 @@ def _sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, a
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_forward(starts, values, weight, out, row_block, col_block):
     n_in, n_rows = starts.shape
-    n_out = weight.shape[1]
     n_slots = weight.shape[0] // n_in
-    n_col_blocks = (n_out + col_block - 1) // col_block
-    n_row_blocks = (n_rows + row_block - 1) // row_block
-    for tile in prange(n_row_blocks * n_col_blocks):
-        r0, r1 = _blocks(n_rows, row_block, tile // n_col_blocks)
-        c0, c1 = _blocks(n_out, col_block, tile % n_col_blocks)
+    for tile in prange(_tile_count(n_rows, row_block, weight.shape[1], col_block)):
+        r0, r1, c0, c1, _ = _tile_ranges(tile, n_rows, row_block, weight.shape[1], col_block)
         acc = np.zeros((r1 - r0, c1 - c0), dtype=out.dtype)
         for i in range(n_in):
             base = i * n_slots
@@ -468,14 +484,9 @@ def _sparse_forward(starts, values, weight, out, row_block, col_block):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_grad_input(starts, slopes, weight, grad_out, partial, row_block, col_block):
     n_in, n_rows = starts.shape
-    n_out = weight.shape[1]
     n_slots = weight.shape[0] // n_in
-    n_col_blocks = (n_out + col_block - 1) // col_block
-    n_row_blocks = (n_rows + row_block - 1) // row_block
-    for tile in prange(n_row_blocks * n_col_blocks):
-        block = tile % n_col_blocks
-        r0, r1 = _blocks(n_rows, row_block, tile // n_col_blocks)
-        c0, c1 = _blocks(n_out, col_block, block)
+    for tile in prange(_tile_count(n_rows, row_block, weight.shape[1], col_block)):
+        r0, r1, c0, c1, block = _tile_ranges(tile, n_rows, row_block, weight.shape[1], col_block)
         for i in range(n_in):
             base = i * n_slots
             for n in range(r0, r1):
@@ -486,13 +497,9 @@ def _sparse_grad_input(starts, slopes, weight, grad_out, partial, row_block, col
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_block):
     n_in, n_rows = starts.shape
-    n_out = grad_weight.shape[1]
     n_slots = grad_weight.shape[0] // n_in
-    n_col_blocks = (n_out + col_block - 1) // col_block
-    n_in_blocks = (n_in + in_block - 1) // in_block
-    for tile in prange(n_in_blocks * n_col_blocks):
-        i0, i1 = _blocks(n_in, in_block, tile // n_col_blocks)
-        c0, c1 = _blocks(n_out, col_block, tile % n_col_blocks)
+    for tile in prange(_tile_count(n_in, in_block, grad_weight.shape[1], col_block)):
+        i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, grad_weight.shape[1], col_block)
         grad_weight[i0 * n_slots:i1 * n_slots, c0:c1] = 0.0
         for n in range(n_rows):
             g = grad_out[n, c0:c1]
@@ -538,9 +545,9 @@ def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_sca
             grad_scale_sp[i, o] = acc * mask[i, o]
 
 
-sparse_windows = _sized(_sparse_windows)
-sparse_forward = _sized(_sparse_forward)
-sparse_grad_input = _sized(_sparse_grad_input)
-sparse_grad_weight = _sized(_sparse_grad_weight)
-assemble_weights = _sized(_assemble_weights)
-assemble_weights_grad = _sized(_assemble_weights_grad)
+sparse_windows = sized_kernel(_sparse_windows)
+sparse_forward = sized_kernel(_sparse_forward)
+sparse_grad_input = sized_kernel(_sparse_grad_input)
+sparse_grad_weight = sized_kernel(_sparse_grad_weight)
+assemble_weights = sized_kernel(_assemble_weights)
+assemble_weights_grad = sized_kernel(_assemble_weights_grad)

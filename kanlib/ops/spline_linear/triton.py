@@ -138,7 +138,7 @@ def _reciprocal(span):
 
 
 @triton.jit
-def _knot_basis(x, knots, mask, K: tl.constexpr, DERIV: tl.constexpr):
+def knot_basis(x, knots, mask, K: tl.constexpr, DERIV: tl.constexpr):
     """Basis m (or its derivative) at x by Cox-de Boor on its knots t_0..t_{k+1} = knots[0..k+1].
 
     knots: pointers to grid[i, m], broadcastable against x; mask: which of them are real inputs.
@@ -173,7 +173,7 @@ def _basis(x, u, scale, knots, mask, m, K: tl.constexpr, PIECES: tl.constexpr, U
         if DERIV:
             out = out * scale
     else:
-        out = _knot_basis(x, knots + m, mask, K, DERIV)
+        out = knot_basis(x, knots + m, mask, K, DERIV)
     return out
 
 
