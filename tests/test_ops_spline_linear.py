@@ -186,3 +186,69 @@ print(json.dumps(dict(large=large, small=small, torch=torch.get_num_threads(),
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["large"] == min(torch_threads, seen["available"]) and seen["small"] == 1
     assert seen["torch"] == torch_threads
+
+
+def _layer_parameters(gen, n_in, n_out, n_basis, dead=0.3):
+    scale_base, scale_sp = (torch.randn(n_in, n_out, generator=gen, dtype=torch.float64) for _ in range(2))
+    mask = (torch.rand(n_in, n_out, generator=gen, dtype=torch.float64) > dead).double()
+    coef = torch.randn(n_in, n_out, n_basis, generator=gen, dtype=torch.float64)
+    return [t.requires_grad_() for t in (scale_base, scale_sp)], mask, coef.requires_grad_()
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_sparse_layer_from_parameters_matches_the_reference(monkeypatch, k, uniform):
+    """The parameters' gradients straight from the windows, over several input and column tiles."""
+    monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
+    monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
+    gen = torch.Generator().manual_seed(k)
+    for grid_size in (1, 11):
+        grid = random_grid(6, grid_size, k, gen, uniform=uniform, dtype=torch.float64)
+        x = inputs_around(grid, 29, gen, outside=0.3).requires_grad_()
+        (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 6, 9, grid_size + k)
+        grad_out = torch.randn(29, 9, generator=gen, dtype=torch.float64)
+        leaves = (x, scale_base, scale_sp, coef)
+        results = []
+        for compute in (lambda: spline_linear_module.sparse_spline_layer(x, scale_base, scale_sp, mask, coef, grid, k,
+                                                                         uniform, "silu"),
+                        lambda: spline_linear_reference(
+                            x, spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef), grid, k,
+                            "silu")):
+            out = compute()
+            results.append((out, *torch.autograd.grad(out, leaves, grad_out)))
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_sparse_layer_from_parameters_gradcheck_and_second_derivatives():
+    gen = torch.Generator().manual_seed(5)
+    grid = random_grid(3, 6, 3, gen, uniform=False, dtype=torch.float64)
+    x = inputs_around(grid, 5, gen, outside=0.2).requires_grad_()
+    (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 3, 2, 9)
+
+    def layer(x, scale_base, scale_sp, coef):
+        return spline_linear_module.sparse_spline_layer(x, scale_base, scale_sp, mask, coef, grid, 3, False, "tanh")
+
+    assert torch.autograd.gradcheck(layer, (x, scale_base, scale_sp, coef))
+    assert torch.autograd.gradgradcheck(layer, (x, scale_base, scale_sp, coef))
+
+
+def test_sparse_layer_from_parameters_refuses_what_it_cannot_run():
+    grid = random_grid(2, 4, 3, torch.Generator().manual_seed(0), uniform=True)
+    x, mask = torch.rand(3, 2), torch.ones(2, 2)
+    scale, coef = torch.ones(2, 2), torch.ones(2, 2, 7)
+    with pytest.raises(ValueError, match="float32 or float64 with every tensor of one dtype"):
+        spline_linear_module.sparse_spline_layer(x.double(), scale, scale, mask, coef, grid, 3, True)
+    with pytest.raises(ValueError, match="the mask takes no gradient"):
+        spline_linear_module.sparse_spline_layer(x, scale, scale, mask.requires_grad_(), coef, grid, 3, True)
+
+
+def test_a_layer_at_a_large_grid_runs_the_parameter_path():
+    layer = BSplineKAN(4, 3, grid_size=40)
+    x = torch.randn(7, 4)
+    assert layer._runs_sparse_from_parameters(x)
+    assert not BSplineKAN(4, 3, grid_size=3)._runs_sparse_from_parameters(x)
+    assert not BSplineKAN(4, 3, grid_size=40, backend="cpu")._runs_sparse_from_parameters(x)
+    reference = BSplineKAN(4, 3, grid_size=40, backend="eager")
+    reference.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-6)

@@ -12,7 +12,8 @@ from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, g
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
 from ..checks import check_int, check_layer_input, is_real
 from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, backend_from_method,
-                                 spline_linear, torch_backend, under_transform)
+                                 slots_backend, sparse_spline_layer, spline_linear, torch_backend, under_transform)
+from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
 from ..prune.penalty import sparsity_penalty
 from ..symbolic.branch import SymbolicBranch
 from ..symbolic.fit import fit_affine
@@ -68,12 +69,6 @@ def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
     return coef.transpose(1, 2).to(y.dtype).clone(memory_format=torch.contiguous_format)
 
 
-def assemble_weight_matrix(base_weight: torch.Tensor, spline_weight: torch.Tensor) -> torch.Tensor:
-    """base [I, O] and spline [I, O, G+k] weights -> the product's [I * (G+k+1), O] matrix (base row first)."""
-    rows = torch.cat([base_weight.unsqueeze(1), spline_weight.transpose(1, 2)], dim=1)
-    return rows.reshape(-1, base_weight.shape[1])
-
-
 class _WeightMatrix(torch.autograd.Function):
     """``assemble_weight_matrix(scale_base * mask, scale_sp * mask * coef)`` in one CPU kernel pass each way.
 
@@ -100,7 +95,7 @@ class _WeightMatrix(torch.autograd.Function):
             # create_graph=True: differentiable gradients, through the plain formula.
             scale_base, scale_sp, mask, coef = ctx.differentiable_inputs
             with torch.enable_grad():
-                out = assemble_weight_matrix(scale_base * mask, (scale_sp * mask).unsqueeze(-1) * coef)
+                out = layer_weight_matrix(scale_base, scale_sp, mask, coef)
                 wanted = [(i, t) for i, t in enumerate((scale_base, scale_sp, None, coef))
                           if t is not None and ctx.needs_input_grad[i]]
                 grads = torch.autograd.grad(out, [t for _, t in wanted], grad, create_graph=True, allow_unused=True)
@@ -224,17 +219,32 @@ class BSplineKAN(SplineGrid, nn.Module):
         # Under autocast the Triton path casts x and the weights to the autocast dtype; the torch path's
         # product follows autocast's own rules.
         flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
-        weight = self.weight_matrix()
-        # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does not
-        # look at uniformity; detecting it would read the grid's values.
-        uniform = False if under_transform(flat, weight, self.grid) else self.is_uniform()
-        out = spline_linear(flat, weight, self.grid, self.spline_order, uniform, self.base_activation,
-                            self.backend_for(flat, weight))
+        if self._runs_sparse_from_parameters(flat):
+            out = sparse_spline_layer(flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid,
+                                      self.spline_order, self.is_uniform(), self.base_activation)
+        else:
+            weight = self.weight_matrix()
+            # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does
+            # not look at uniformity; detecting it would read the grid's values.
+            uniform = False if under_transform(flat, weight, self.grid) else self.is_uniform()
+            out = spline_linear(flat, weight, self.grid, self.spline_order, uniform, self.base_activation,
+                                self.backend_for(flat, weight))
         if self.bias is not None:
             out = out + self.bias
         if self.symbolic is not None:
             out = out + self.symbolic(flat)
         return out.view(*x.shape[:-1], self.out_features)
+
+    def _runs_sparse_from_parameters(self, flat: torch.Tensor) -> bool:
+        """Whether forward takes the local-support kernels straight from the parameters (:func:`sparse_spline_layer`,
+        one pass for their gradients): where the product's backend is "sparse", outside autocast and transforms."""
+        if self.backend not in ("auto", "sparse", _LEGACY_TORCH) or torch.is_autocast_enabled("cpu"):
+            return False
+        tensors = (flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid)
+        if (any(t.device.type != "cpu" or t.dtype != flat.dtype for t in tensors) or flat.dtype not in CPU_KERNEL_DTYPES
+                or self.mask.requires_grad or under_transform(*tensors)):
+            return False
+        return self.backend == "sparse" or slots_backend(flat, self.n_basis + 1, self.spline_order) == "sparse"
 
     def backend_for(self, flat: torch.Tensor, weight: torch.Tensor) -> str:
         """The :func:`spline_linear` backend a call on flat [N, I] with weight [I*S, O] uses."""

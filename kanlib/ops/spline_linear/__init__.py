@@ -39,13 +39,15 @@ import torch
 from ...activations import get_activation
 from ...basis import extend_grid, find_span, local_basis, uniform_basis_matrix
 from ...checks import check_choice
-from .reference import differentiable_backward, spline_linear_reference, window_columns, window_expanded_input
+from .reference import (differentiable_backward, layer_weight_matrix, spline_linear_reference, window_columns,
+                        window_expanded_input)
 from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPES, TRITON_SPLINE_ORDERS,
                       prefers_sparse, triton_supports)
 
 __all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS",
            "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
-           "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform"]
+           "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform", "slots_backend",
+           "SparseSplineLayer", "sparse_spline_layer"]
 
 # The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
 _METHOD_TO_BACKEND = {"auto": "auto", "eager": "eager", "dense": "cpu", "sparse": "sparse", "triton": "triton"}
@@ -65,9 +67,14 @@ def backend_from_method(method: str, stacklevel: int = 3) -> str:
 def torch_backend(x: torch.Tensor, weight: torch.Tensor, spline_order: int) -> str:
     """The backend ``"auto"`` stands for when Triton is not used: eager, cpu or sparse. Under CPU autocast it is
     eager, whose products run in the autocast dtype (the numba kernels compute in float32 or float64)."""
+    return slots_backend(x, weight.shape[0] // x.shape[1], spline_order)
+
+
+def slots_backend(x: torch.Tensor, n_slots: int, spline_order: int) -> str:
+    """:func:`torch_backend` for a weight of ``n_slots`` rows per input."""
     if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES or torch.is_autocast_enabled("cpu"):
         return "eager"
-    return "sparse" if prefers_sparse(weight.shape[0] // x.shape[1], spline_order) else "cpu"
+    return "sparse" if prefers_sparse(n_slots, spline_order) else "cpu"
 
 
 def under_transform(*tensors: torch.Tensor) -> bool:
@@ -240,12 +247,18 @@ def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_ou
         tiles = _input_column_tiles(x.shape[1], n_slots, weight.shape[1], weight.element_size(), threads)
         args.kernels.sparse_grad_weight(starts, values, grad_out.numpy(), grad_w.numpy(), *tiles)
     if need_x:
-        row_block, col_block = _row_column_tiles(x.shape[0], weight.shape[1], weight.element_size(), threads)
-        partial = x.new_empty(-(-weight.shape[1] // col_block), *x.shape)
-        args.kernels.sparse_grad_input(starts, slopes, weight.numpy(), grad_out.numpy(), partial.numpy(),
-                                       row_block, col_block)
-        grad_x = partial[0] if partial.shape[0] == 1 else partial.sum(0)
+        grad_x = _sparse_grad_x(args, starts, slopes, weight, grad_out, threads)
     return grad_x, grad_w
+
+
+def _sparse_grad_x(args: _CpuKernelArgs, starts, slopes, weight, grad_out, threads: int) -> torch.Tensor:
+    """grad_x [N, I] from the windows' slopes through the local-support kernel."""
+    n_rows, n_in = args.x.shape
+    row_block, col_block = _row_column_tiles(n_rows, weight.shape[1], weight.element_size(), threads)
+    partial = weight.new_empty(-(-weight.shape[1] // col_block), n_rows, n_in)
+    args.kernels.sparse_grad_input(starts, slopes, weight.numpy(), grad_out.numpy(), partial.numpy(), row_block,
+                                   col_block)
+    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
 
 
 class FusedCpuSplineLinear(torch.autograd.Function):
@@ -287,6 +300,83 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         if need_w:
             grad_w = expanded.t() @ grad_out
         return grad_x, grad_w, None, None, None, None, None
+
+
+class SparseSplineLayer(torch.autograd.Function):
+    """A B-spline layer's product from its parameters through the local-support kernels: the [I*S, O] weight is
+    assembled once in forward (and kept for grad_x), and backward writes the parameters' gradients straight from
+    the basis windows, without the [I*S, O] weight gradient and its transpose back (see
+    :func:`.cpu.sparse_grad_parameters`)."""
+
+    @staticmethod
+    def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation):
+        from . import cpu
+
+        ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid)
+        n_in, n_out, n_basis = coef.shape
+        weight = coef.new_empty(n_in, n_basis + 1, n_out)
+        cpu.assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
+                             weight.numpy())
+        ctx.weight = weight.view(-1, n_out)
+        ctx.config = (spline_order, uniform, activation)
+        return _sparse_forward(x.detach().contiguous(), ctx.weight, grid.contiguous(), spline_order, uniform,
+                               activation)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, scale_base, scale_sp, mask, coef, grid = ctx.saved_tensors
+        spline_order, uniform, activation = ctx.config
+        need_x, need_base, need_sp, _, need_coef = ctx.needs_input_grad[:5]
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiable gradients, through the plain formula.
+            wanted = [(i, t) for i, (t, need) in enumerate(((x, need_x), (scale_base, need_base),
+                                                             (scale_sp, need_sp), (None, False), (coef, need_coef)))
+                      if need]
+            with torch.enable_grad():
+                weight = layer_weight_matrix(scale_base, scale_sp, mask, coef)
+                out = spline_linear_reference(x, weight, grid, spline_order, activation)
+                grads = torch.autograd.grad(out, [t for _, t in wanted], grad_out, create_graph=True,
+                                            allow_unused=True)
+            result = [None] * 9
+            for (i, _), grad in zip(wanted, grads):
+                result[i] = grad
+            return tuple(result)
+        grad_out = grad_out.detach().contiguous()
+        x = x.detach().contiguous()
+        args = _CpuKernelArgs(x, grid.contiguous(), spline_order, uniform, activation)
+        n_slots = ctx.weight.shape[0] // x.shape[1]
+        starts, values, slopes = _sparse_windows(args, n_slots, with_slopes=need_x)
+        threads = args.kernels.thread_count()
+        grad_x = grad_base = grad_sp = grad_coef = None
+        if need_x:
+            grad_x = _sparse_grad_x(args, starts, slopes, ctx.weight, grad_out, threads)
+        if need_base or need_sp or need_coef:
+            scale_sp, mask, coef = (t.detach().contiguous() for t in (scale_sp, mask, coef))
+            grad_base, grad_sp, grad_coef = torch.empty_like(scale_sp), torch.empty_like(scale_sp), torch.empty_like(coef)
+            tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
+            args.kernels.sparse_grad_parameters(starts, values, grad_out.numpy(), scale_sp.numpy(), mask.numpy(),
+                                                coef.numpy(), grad_base.numpy(), grad_sp.numpy(), grad_coef.numpy(),
+                                                *tiles)
+        return (grad_x, grad_base if need_base else None, grad_sp if need_sp else None, None,
+                grad_coef if need_coef else None, None, None, None, None)
+
+
+def sparse_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
+                        coef: torch.Tensor, grid: torch.Tensor, spline_order: int, uniform: bool,
+                        activation: str = "silu") -> torch.Tensor:
+    """x [N, I] -> [N, O]: ``spline_linear(x, layer_weight_matrix(scale_base, scale_sp, mask, coef), grid, ...,
+    backend="sparse")`` with the parameters' gradients computed in one pass (:class:`SparseSplineLayer`). CPU,
+    float32 or float64, every tensor of x's dtype; the mask takes no gradient."""
+    tensors = (x, scale_base, scale_sp, mask, coef, grid)
+    if any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors) or x.dtype not in CPU_KERNEL_DTYPES:
+        raise ValueError(f"sparse_spline_layer runs on the CPU in float32 or float64 with every tensor of one dtype, "
+                         f"got {[(str(t.dtype), str(t.device)) for t in tensors]}")
+    if mask.requires_grad:
+        raise ValueError("sparse_spline_layer: the mask takes no gradient, got a mask that requires grad")
+    if under_transform(*tensors):
+        raise RuntimeError("sparse_spline_layer runs fused kernels, which torch.func, torch.compile and torch.export "
+                           "cannot look into")
+    return SparseSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation)
 
 
 def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,

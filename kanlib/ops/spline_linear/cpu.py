@@ -22,6 +22,9 @@ ever stored:
     each block of col_block columns' share of grad_x (C blocks; grad_x is their sum).
   - ``sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_block)``: grad_weight [I*S, O] =
     A^T @ grad_out.
+  - ``sparse_grad_parameters(starts, values, grad_out, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
+    grad_coef, in_block, col_block)``: a B-spline layer's parameter gradients from the same windows, without
+    the [I*S, O] weight gradient (see :func:`assemble_weights`).
 
 Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
 each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
@@ -508,6 +511,39 @@ def _sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_blo
                 _scatter_window_rows(grad_weight, base, base + 1 + starts[i, n], values[i, n], g, c0, c1)
 
 
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_grad_parameters(starts, values, grad_out, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
+                            grad_coef, in_block, col_block):
+    """The layer parameters' gradients straight from the windows: grad_scale_base, grad_scale_sp [I, O] and
+    grad_coef [I, O, G+k] for W = assemble_weights(scale_base, scale_sp, mask, coef). Each tile accumulates its
+    inputs' rows of A^T @ grad_out in a local [in_block * S, col_block] block (in cache) and writes the
+    parameters' gradients from it, so the [I*S, O] weight gradient is never stored."""
+    n_in, n_rows = starts.shape
+    n_basis = coef.shape[2]
+    n_slots = n_basis + 1
+    n_out = grad_out.shape[1]
+    for tile in prange(_tile_count(n_in, in_block, n_out, col_block)):
+        i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, n_out, col_block)
+        block = np.zeros(((i1 - i0) * n_slots, c1 - c0), dtype=grad_out.dtype)
+        for n in range(n_rows):
+            g = grad_out[n, c0:c1]
+            for i in range(i0, i1):
+                base = (i - i0) * n_slots
+                _scatter_window_rows(block, base, base + 1 + starts[i, n], values[i, n], g, 0, c1 - c0)
+        for i in range(i0, i1):
+            base = (i - i0) * n_slots
+            for o in range(c0, c1):
+                edge_mask = mask[i, o]
+                grad_scale_base[i, o] = block[base, o - c0] * edge_mask
+                scale = scale_sp[i, o] * edge_mask
+                acc = 0.0
+                for j in range(n_basis):
+                    g_row = block[base + 1 + j, o - c0]
+                    grad_coef[i, o, j] = scale * g_row
+                    acc += g_row * coef[i, o, j]
+                grad_scale_sp[i, o] = acc * edge_mask
+
+
 def thread_count() -> int:
     """Threads a large kernel call uses now (:func:`kernel_threads`)."""
     return kernel_threads(SERIAL_BELOW)
@@ -549,5 +585,6 @@ sparse_windows = sized_kernel(_sparse_windows)
 sparse_forward = sized_kernel(_sparse_forward)
 sparse_grad_input = sized_kernel(_sparse_grad_input)
 sparse_grad_weight = sized_kernel(_sparse_grad_weight)
+sparse_grad_parameters = sized_kernel(_sparse_grad_parameters)
 assemble_weights = sized_kernel(_assemble_weights)
 assemble_weights_grad = sized_kernel(_assemble_weights_grad)

@@ -13,7 +13,7 @@ from ...activations import get_activation
 from ...basis import LocalBasis, cox_de_boor
 
 __all__ = ["spline_linear_reference", "expanded_input", "window_expanded_input", "window_columns", "unfused_kan",
-           "differentiable_backward"]
+           "differentiable_backward", "assemble_weight_matrix", "layer_weight_matrix"]
 
 
 def expanded_input(x: torch.Tensor, grid: torch.Tensor, spline_order: int, activation: str = "silu") -> torch.Tensor:
@@ -26,6 +26,19 @@ def spline_linear_reference(x: torch.Tensor, weight: torch.Tensor, grid: torch.T
                             activation: str = "silu") -> torch.Tensor:
     """x [N, I], weight [I*(G+k+1), O], grid [I, G+2k+1] -> [N, O], every gradient by autograd."""
     return expanded_input(x, grid, spline_order, activation).reshape(x.shape[0], -1) @ weight
+
+
+def assemble_weight_matrix(base_weight: torch.Tensor, spline_weight: torch.Tensor) -> torch.Tensor:
+    """base [I, O] and spline [I, O, G+k] weights -> the product's [I * (G+k+1), O] matrix (base row first)."""
+    rows = torch.cat([base_weight.unsqueeze(1), spline_weight.transpose(1, 2)], dim=1)
+    return rows.reshape(-1, base_weight.shape[1])
+
+
+def layer_weight_matrix(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
+                        coef: torch.Tensor) -> torch.Tensor:
+    """A B-spline layer's [I * (G+k+1), O] matrix from its parameters: base rows ``scale_base * mask``, spline rows
+    ``scale_sp * mask * coef`` (scale_base, scale_sp, mask [I, O], coef [I, O, G+k])."""
+    return assemble_weight_matrix(scale_base * mask, (scale_sp * mask).unsqueeze(-1) * coef)
 
 
 def window_columns(local: LocalBasis) -> torch.Tensor:
