@@ -115,3 +115,32 @@ def test_as_many_seeds_as_pykan_when_pykan_has_none(ours, theirs, met):
     rows += [seed_row("pykan", s, r, 4.0) for s, r in enumerate(theirs)]
     report = workflow.target_report(rows + workflow.summarize(rows, (3,)))
     assert report[1]["met"] is met
+
+
+def test_a_pykan_run_that_raises_is_a_failed_seed_not_a_crash(monkeypatch):
+    """pykan's spline refit can raise once a fit diverged to NaN: that seed fails, the benchmark goes on."""
+
+    def diverging(seed, grids, steps, data):
+        yield torch.nn.Linear(2, 1)
+        raise UnboundLocalError("cannot access local variable 'coef' where it is not associated with a value")
+
+    monkeypatch.setattr(workflow, "_pykan_stages", diverging)
+    data = workflow.example1_data(n_train=16, n_test=8)
+    row = workflow.run_example1("pykan", seed=0, grids=(3, 5, 10), steps=1, data=data)
+    assert row["failed"].startswith("at G = 5: UnboundLocalError")
+    assert row["rmse_g3"] > 0 and row["rmse_g5"] is None and row["seconds_g10"] is None
+    rows = [row, seed_row("pykan", 1, 2e-4, 1.0), seed_row("pykan", 2, 3e-4, 1.0)]
+    rows = [{**r, "rmse_g10": r.get("rmse_g10", r.get("rmse_g3"))} for r in rows]
+    [summary] = workflow.summarize(rows, (3, 5, 10))
+    assert summary["failed"] == 1 and summary["seeds_below_goal"] == 2
+    assert summary["median_last_rmse"] == pytest.approx(3e-4)  # the failed seed counts as above every value
+
+
+def test_a_kanlib_error_is_not_hidden(monkeypatch):
+    def broken(seed, grids, steps, data):
+        raise RuntimeError("a bug")
+        yield
+
+    monkeypatch.setattr(workflow, "_kanlib_stages", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        workflow.run_example1("kanlib", seed=0, grids=(3,), steps=1, data=workflow.example1_data(n_train=16, n_test=8))

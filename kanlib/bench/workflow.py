@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import shutil
 import tempfile
 import time
@@ -115,7 +116,10 @@ def _pykan_stages(seed: int, grids: tuple[int, ...], steps: int, data: dict):
 def run_example1(library: str, seed: int, grids: Sequence[int] = DEFAULTS["grids"], steps: int = DEFAULTS["steps"],
                  data: dict[str, torch.Tensor] | None = None) -> dict:
     """One seed of Example 1 with ``library`` ("kanlib" or "pykan"): the row {"kind": "seed", "library",
-    "seed", "rmse_g<G>" and "seconds_g<G>" per grid, "seconds_total"}. data: default ``example1_data()``."""
+    "seed", "rmse_g<G>" and "seconds_g<G>" per grid, "seconds_total"}. data: default ``example1_data()``.
+
+    A pykan run that raises (its spline refit fails once a fit has diverged to NaN) is a failed fit: the row
+    gets "failed" (the error) and None for the grids it did not reach. kanlib's errors propagate."""
     if library not in LIBRARIES:
         raise ValueError(f"library must be one of {LIBRARIES}, got {library!r}")
     check_int("seed", seed, 0)
@@ -127,7 +131,16 @@ def run_example1(library: str, seed: int, grids: Sequence[int] = DEFAULTS["grids
     total = 0.0
     for grid in grids:
         start = time.perf_counter()
-        model = next(stages)
+        try:
+            model = next(stages)
+        except Exception as error:  # noqa: BLE001 - any error of pykan's is a failed fit of this seed
+            if library == "kanlib":
+                raise
+            total += time.perf_counter() - start
+            row["failed"] = f"at G = {grid}: {type(error).__name__}: {error}"
+            row.update({f"{kind}_g{unreached}": None for unreached in grids[grids.index(grid):]
+                        for kind in ("rmse", "seconds")})
+            break
         seconds = time.perf_counter() - start
         total += seconds
         row[f"rmse_g{grid}"] = _rmse(model, data)
@@ -146,12 +159,15 @@ def summarize(rows: Sequence[dict], grids: Sequence[int]) -> list[dict]:
         mine = [row for row in rows if row.get("kind") == "seed" and row["library"] == library]
         if not mine:
             continue
-        finals = [row[last] for row in mine]
+        finals = [math.inf if row[last] is None else row[last] for row in mine]  # a failed fit never got there
         seconds = [row["seconds_total"] for row in mine]
         q25, median, q75 = np.percentile(seconds, [25, 50, 75])
+        median_last = float(np.median(finals))
         summaries.append({"kind": "summary", "library": library, "seeds": len(mine),
                           "seeds_below_goal": sum(value < RMSE_GOAL for value in finals),
-                          "median_last_rmse": float(np.median(finals)), "seconds_total": float(sum(seconds)),
+                          "failed": sum("failed" in row for row in mine),
+                          "median_last_rmse": median_last if math.isfinite(median_last) else None,
+                          "seconds_total": float(sum(seconds)),
                           "seconds_per_seed_median": float(median), "seconds_per_seed_q25": float(q25),
                           "seconds_per_seed_q75": float(q75)})
     return summaries
@@ -204,8 +220,8 @@ def target_report(rows: Sequence[dict]) -> list[dict]:
     share = ours and ours["seeds_below_goal"] / ours["seeds"]
     both = ours is not None and theirs is not None
     more = both and _seed_ratio(ours["seeds_below_goal"], theirs["seeds_below_goal"])
-    median = both and (ours["median_last_rmse"] / theirs["median_last_rmse"] if theirs["median_last_rmse"] > 0
-                       else None)
+    median = both and (ours["median_last_rmse"] / theirs["median_last_rmse"]
+                       if ours["median_last_rmse"] is not None and theirs["median_last_rmse"] else None)
     seconds = both and ours["seconds_total"] / theirs["seconds_total"]
     checks = ((share, ">=", 0.9), (more if both else None, ">=", 1.0),
               (median if both else None, "<=", 1.0), (seconds if both else None, "<=", 0.333))
