@@ -31,6 +31,26 @@ def test_rows_and_targets():
     assert all(t["value"] is None for t in quant.target_report([]))
 
 
+def test_the_kans_train_on_a_fixed_uniform_grid(monkeypatch):
+    """With pykan's grid updates every input gets its own grid and a table layer one table per input: the
+    benchmark's 8-bit table would then outweigh the float model."""
+    trained = []
+
+    def recording_fit(model, data, **kwargs):
+        result = fit(model, data, **kwargs)
+        trained.append(model)
+        return result
+
+    fit = quant.fit
+    monkeypatch.setattr(quant, "fit", recording_fit)
+    rows = quant.run_quant_benchmark("cpu", quick=True, repeat=1, warmup=0, **{**TINY, "bits": (8,)})
+    kans = [model for model in trained if hasattr(model, "update_grid")]
+    assert kans and all(layer.is_uniform() for model in kans for layer in model.layers)
+    table = next(r for r in rows if r["kind"] == "accuracy" and r["task"] == "digits" and r["method"] == "ptq"
+                 and r["table_bits"] == 3)
+    assert table["size_ratio"] > 1
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="unknown settings"):
         quant.run_quant_benchmark("cpu", quick=True, depth=3)

@@ -60,6 +60,9 @@ def _data(task: str, seed: int, device: torch.device) -> dict:
 
 
 def _train(model, data, task: str, steps: int, seed: int, **kwargs):
+    """fit on the task's settings with a fixed grid: pykan's grid updates would give every input its own
+    non-uniform grid, and a lookup-table layer one table per input (far larger than the weights it replaces)."""
+    kwargs.setdefault("update_grid", False)
     if task == "symbolic":
         return fit(model, data, steps=max(1, steps // 8), opt="lbfgs", seed=seed, progress=False, **kwargs)
     return fit(model, data, steps=steps, opt="adam", lr=1e-2, batch_size=256, seed=seed, progress=False, **kwargs)
