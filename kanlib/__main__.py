@@ -110,7 +110,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
     layer = benchmarks.add_parser(
         "layer",
-        help="a KAN layer against the dense product floor, an MLP, an unfused layer and pykan",
+        help="a KAN layer against the dense product floor, an MLP, an unfused layer, flashkan, inkan and pykan",
         description="Time forward and forward+backward of one layer (I = O = width) for each grid size: "
                     f"{', '.join(CANDIDATES)}; print a table and write data/results/layer-*.json.",
     )

@@ -12,8 +12,9 @@ import torch
 from kanlib import BSplineKAN
 from kanlib.__main__ import build_parser, main
 from kanlib.bench import can_retain_freed_memory, load_results
-from kanlib.bench.candidates import UnfusedKAN, bspline_weights
-from kanlib.bench.layer import CANDIDATES, TARGETS, run_layer_benchmark, target_report
+from kanlib.bench import layer as layer_benchmark
+from kanlib.bench.candidates import PEER_PACKAGES, UnfusedKAN, bspline_weights, flashkan_layer, inkan_layer
+from kanlib.bench.layer import CANDIDATES, PIP_PEERS, TARGETS, run_layer_benchmark, target_report
 from kanlib.ops.spline_linear.reference import unfused_kan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -70,6 +71,108 @@ def test_unfused_keeps_the_basis_and_rejects_a_bias():
         UnfusedKAN.from_bspline(BSplineKAN(3, 2, bias=True))
 
 
+def peer_inputs(layer, batch, seed):
+    """x [batch + G+2k+1 + 2, I] (float64): inside the grid range and beyond it, on every knot, beyond the extended
+    grid; and an output gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    inside = torch.rand(batch, layer.in_features, generator=gen, dtype=torch.float64) * 2.4 - 1.2
+    beyond_extended_grid = torch.tensor([[-4.0], [4.0]], dtype=torch.float64).expand(2, layer.in_features)
+    x = torch.cat([inside, layer.grid.t(), beyond_extended_grid]).requires_grad_()
+    return x, torch.randn(x.shape[0], layer.out_features, generator=gen, dtype=torch.float64)
+
+
+def peer_weight_grads(name, module, grads):
+    """A peer's parameter gradients as UnfusedKAN's (base_weight [O, I], spline_weight [O, I, G+k])."""
+    if name == "flashkan":
+        by_name = dict(zip((n for n, _ in module.named_parameters()), grads))
+        return by_name["base_weight"], by_name["spline_weight"]
+    [packed] = grads  # inkan: [O, I*(G+k) + I] = [spline weights | base weights]
+    n_spline = module.in_features * module.n_bases
+    return packed[:, n_spline:], packed[:, :n_spline].reshape(module.out_features, module.in_features, -1)
+
+
+# flashkan keeps its basis starts in float32 and 1/6 as 0.16666667: float64 agrees to about 1e-7 of the output.
+PEER_TOLERANCE = {"rtol": 1e-6, "atol": 1e-5}
+
+
+@pytest.mark.parametrize("name, build", [("flashkan", flashkan_layer), ("inkan", inkan_layer)])
+@pytest.mark.parametrize("batch, n_in, n_out, grid_size", [(7, 5, 3, 5), (9, 3, 6, 1)])
+def test_each_peer_computes_bsplinekan_on_its_grid(name, build, batch, n_in, n_out, grid_size):
+    layer = random_bspline(n_in, n_out, grid_size, 3, seed=grid_size)
+    peer = build(layer)
+    assert peer.same_function
+    version = PEER_PACKAGES[name].split("==")[1]
+    assert peer.built_as.startswith(f"{name} {version}: KANLayer({n_in}, {n_out}, grid_size={grid_size}, "
+                                    "spline_order=3, grid_range=(-1.0, 1.0)); "), peer.built_as
+    x, grad_out = peer_inputs(layer, batch, seed=grid_size)
+    unfused = UnfusedKAN.from_bspline(layer)  # the same function, with its weights laid out as the peers'
+
+    expected = layer(x)
+    [expected_grad_x] = torch.autograd.grad(expected, x, grad_out)
+    expected_weight_grads = torch.autograd.grad(unfused(x), (unfused.base_weight, unfused.spline_weight), grad_out)
+    actual = peer.module(x)
+    params = tuple(peer.module.parameters())
+    actual_grad_x, *actual_param_grads = torch.autograd.grad(actual, (x, *params), grad_out)
+
+    assert actual.dtype == torch.float64
+    torch.testing.assert_close(actual, expected, **PEER_TOLERANCE)
+    torch.testing.assert_close(actual_grad_x, expected_grad_x, **PEER_TOLERANCE, msg="gradient of x")
+    for weight, got, want in zip(("base", "spline"), peer_weight_grads(name, peer.module, actual_param_grads),
+                                 expected_weight_grads):
+        torch.testing.assert_close(got, want, **PEER_TOLERANCE, msg=f"gradient of the {weight} weight")
+
+
+@pytest.mark.parametrize("build", [flashkan_layer, inkan_layer])
+def test_a_peer_at_another_order_is_the_cubic_layer_on_the_same_grid(build):
+    layer = BSplineKAN(4, 3, grid_size=6, spline_order=2)
+    peer = build(layer)
+    assert not peer.same_function
+    assert "KANLayer(4, 3, grid_size=6, spline_order=3, " in peer.built_as
+    assert peer.module.spline_weight.shape == (3, 4, 6 + 3)
+    x = torch.rand(5, 4, requires_grad=True)
+    out = peer.module(x)
+    assert out.shape == (5, 3)
+    grads = torch.autograd.grad(out.sum(), (x, *peer.module.parameters()))
+    assert all(bool(grad.abs().sum() > 0) for grad in grads)
+
+
+@pytest.mark.parametrize("build", [flashkan_layer, inkan_layer])
+def test_a_peer_refuses_a_layer_it_cannot_hold(build):
+    with pytest.raises(ValueError, match="without bias"):
+        build(BSplineKAN(3, 2, bias=True))
+    with pytest.raises(ValueError, match="base_activation 'silu'"):
+        build(BSplineKAN(3, 2, base_activation="identity"))
+    with pytest.raises(ValueError, match=r"uniform grid on \(-1.0, 1.0\)"):
+        build(BSplineKAN(3, 2, grid_range=(-2.0, 2.0)))
+
+
+@pytest.mark.parametrize("name, build", [("flashkan", flashkan_layer), ("inkan", inkan_layer)])
+def test_a_missing_peer_package_names_its_install(name, build, monkeypatch):
+    monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    with pytest.raises(ImportError, match=f"pip install {PEER_PACKAGES[name]}"):
+        build(BSplineKAN(3, 2))
+
+
+def test_a_peer_missing_or_failing_is_a_skipped_row(monkeypatch):
+    def failing_build(layer):
+        peer = flashkan_layer(layer)
+        peer.module.register_forward_hook(lambda *args: (_ for _ in ()).throw(RuntimeError("no compiler\nmore")))
+        return peer
+
+    monkeypatch.setitem(sys.modules, "inkan", None)
+    monkeypatch.setitem(layer_benchmark.PEER_BUILDERS, "flashkan", failing_build)
+    rows = run_layer_benchmark("cpu", 4, 3, [2], repeat=1, warmup=0, skip_pykan=True)
+    by_name = {row["candidate"]: row for row in rows}
+    assert list(by_name) == [name for name in CANDIDATES if name != "pykan"]
+    assert by_name["flashkan"]["skipped"] == "failed: RuntimeError: no compiler"
+    assert by_name["inkan"]["skipped"].startswith("not installed: the inkan candidate needs inkan==0.5.2")
+    for name in ("flashkan", "inkan"):
+        assert "fwdbwd_median_ms" not in by_name[name] and "ratio_to_dense" not in by_name[name]
+    assert by_name["flashkan"]["built_as"].startswith("flashkan 0.2.0: KANLayer(3, 3, grid_size=2, ")
+    assert all(row["skipped"] is None and row["fwdbwd_median_ms"] > 0 for name, row in by_name.items()
+               if name not in ("flashkan", "inkan"))
+
+
 @pytest.fixture(scope="module")
 def tiny_rows():
     return run_layer_benchmark("cpu", TINY["batch"], TINY["width"], TINY["grids"], repeat=TINY["repeat"],
@@ -80,6 +183,8 @@ def test_rows_cover_every_grid_and_candidate(tiny_rows):
     assert [(row["grid"], row["candidate"]) for row in tiny_rows] == [
         (grid, name) for grid in TINY["grids"] for name in CANDIDATES]
     for row in tiny_rows:
+        assert row["skipped"] is None, row  # the dev extra installs the peers
+        assert ("built_as" in row) == (row["candidate"] in ("flashkan", "inkan")), row
         for stage in ("fwd", "fwdbwd"):
             median, q25, q75 = (row[f"{stage}_{key}_ms"] for key in ("median", "q25", "q75"))
             assert math.isfinite(median) and median > 0, row
@@ -247,16 +352,36 @@ def _sweep_rows(times: dict, **configuration) -> list[dict]:
             for (grid, candidate), ms in times.items()]
 
 
+PEERS_TARGET = "fwd+bwd time of bsplinekan / fastest pip-installable B-spline peer at G = 5"
+
+
 def test_layer_targets_from_the_grid_sweep():
     rows = _sweep_rows({(5, "dense"): 10.0, (5, "bsplinekan"): 11.0, (50, "dense"): 100.0, (50, "bsplinekan"): 30.0,
-                        (100, "bsplinekan"): 44.0, (200, "bsplinekan"): 46.0})
+                        (100, "bsplinekan"): 44.0, (200, "bsplinekan"): 46.0, (5, "flashkan"): 20.0,
+                        (5, "inkan"): 12.5, (5, "pykan"): 500.0, (5, "unfused"): 5.0, (50, "inkan"): 1.0})
     report = {entry["target"]: entry for entry in target_report(rows)}
     assert [entry[0] for entry in TARGETS] == list(report)
     assert report["fwd+bwd time of bsplinekan / dense at G = 50"]["value"] == pytest.approx(0.3)
     assert report["fwd+bwd time of bsplinekan at G = 100 / at G = 50"]["value"] == pytest.approx(44 / 30)
     assert report["fwd+bwd time of bsplinekan at G = 200 / at G = 50"]["met"] is False
     assert report["fwd+bwd time of bsplinekan / dense at G = 5"]["value"] == pytest.approx(1.1)
-    assert [entry["met"] for entry in report.values()] == [True, True, False, True]
+    assert report[PEERS_TARGET]["value"] == pytest.approx(11 / 12.5)  # the fastest peer; unfused is no peer
+    assert [entry["met"] for entry in report.values()] == [True, True, False, True, True]
+
+
+@pytest.mark.parametrize("peer_times, value, met", [
+    ({"flashkan": 10.0, "inkan": 30.0}, 1.1, False),  # not met: a peer is faster
+    ({"inkan": 11.0}, 1.0, False),  # not met: as fast is not faster
+    ({"pykan": 22.0}, 0.5, True),  # pykan alone counts
+    ({}, None, None),  # missing: no peer measured
+])
+def test_layer_peer_target(peer_times, value, met):
+    rows = _sweep_rows({(5, "bsplinekan"): 11.0, **{(5, name): ms for name, ms in peer_times.items()}})
+    rows += [{"batch": 1024, "width": 256, "order": 3, "dtype": "float32", "grid": 5, "candidate": name,
+              "skipped": "not installed"} for name in PIP_PEERS if name not in peer_times]  # skipped: no times
+    [entry] = [entry for entry in target_report(rows) if entry["target"] == PEERS_TARGET]
+    assert entry["value"] == (None if value is None else pytest.approx(value))
+    assert entry["met"] is met and entry["goal"] == "< 1.0"
 
 
 def test_layer_targets_are_missing_without_their_grids_or_configuration():

@@ -1,5 +1,6 @@
 """Layer benchmark: one B-spline KAN layer against the performance model's floor, an MLP layer, an
-unfused layer and pykan, all measured in the same run.
+unfused layer, the exact B-spline layers a user can pip install (flashkan, inkan, pykan), all measured in the
+same run.
 
 For each grid size G, with batch B, I = O = width and spline order k, the candidates are:
 
@@ -11,7 +12,15 @@ For each grid size G, with batch B, I = O = width and spline order k, the candid
   :func:`kanlib.ops.spline_linear.prefers_sparse`), the Triton kernels on CUDA.
 - ``unfused``: :class:`UnfusedKAN` (efficient-kan's layout) holding the same function as ``bsplinekan``;
   it keeps the [B, I, G+k] basis for backward.
+- ``flashkan``, ``inkan``: the B-spline layers of the PyPI packages flashkan 0.2.0 and inkan 0.5.2
+  (:func:`~kanlib.bench.candidates.flashkan_layer`, :func:`~kanlib.bench.candidates.inkan_layer`), with their
+  default settings (torch.compile'd basis), holding the same function as ``bsplinekan`` at k = 3. Both compute
+  only cubic bases: at another k they are built at k = 3 on the same grid (the row's ``built_as`` says so).
 - ``pykan``: pykan's ``KANLayer(I, O, num=G, k=k)`` (its first output), timed with fewer repeats.
+
+A peer whose package is not installed, or whose first training step fails (e.g. torch.compile without a C++
+compiler), gets a row with its reason in ``skipped`` and no figures; the run goes on. Every other row has
+``skipped`` None.
 
 Inputs x [B, I] are uniform on the grid range widened by 10% of its width on each side, drawn from a
 seeded torch.Generator; parameters are initialized after ``torch.manual_seed(seed)``.
@@ -30,6 +39,9 @@ Figures of each row (one row per grid size and candidate); times in ms:
 - ``memory_ratio_to_dense``: peak_bytes over dense's.
 - ``flops``, ``gflops_per_s`` (dense and bsplinekan; None for the others): forward+backward counted as
   3x the dense product's forward 2*B*K*O.
+- ``built_as`` (package and version, the constructor call with I, O, G, k and grid range, the basis and
+  contraction) and ``same_function`` (whether the peer holds bsplinekan's weights, so computes its function):
+  flashkan and inkan rows only.
 """
 from __future__ import annotations
 
@@ -40,13 +52,15 @@ from torch import nn
 
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
-from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, measure,
-                         module_candidate, nbytes, pykan_layer, uniform_inputs)
+from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, flashkan_layer,
+                         inkan_layer, measure, module_candidate, nbytes, pykan_layer, uniform_inputs)
 from .targets import target_entry
 
 __all__ = [
     "CANDIDATES",
     "DTYPES",
+    "PEER_BUILDERS",
+    "PIP_PEERS",
     "TABLE_COLUMNS",
     "TARGETS",
     "TARGET_CONFIGURATION",
@@ -54,19 +68,24 @@ __all__ = [
     "target_report",
 ]
 
-CANDIDATES = ("dense", "mlp", "bsplinekan", "unfused", "pykan")
+CANDIDATES = ("dense", "mlp", "bsplinekan", "unfused", "flashkan", "inkan", "pykan")
+PEER_BUILDERS = {"flashkan": flashkan_layer, "inkan": inkan_layer}
+PIP_PEERS = ("flashkan", "inkan", "pykan")  # the exact B-spline KAN layers a user can pip install
 TABLE_COLUMNS = (
     "grid", "candidate", "fwd_median_ms", "fwdbwd_median_ms", "fwdbwd_q25_ms", "fwdbwd_q75_ms",
-    "ratio_to_dense", "peak_bytes", "memory_ratio_to_dense", "gflops_per_s",
+    "ratio_to_dense", "peak_bytes", "memory_ratio_to_dense", "gflops_per_s", "skipped",
 )
-# The goals, for bsplinekan at TARGET_CONFIGURATION: (name, grid, figure, reference grid or None for dense's
-# figure at the same grid, goal, direction). The grid sweep's: a layer near the nonzero work of its local
-# support at large G (its time no longer growing with G), and near the dense product where the dense path runs.
+# The goals, for bsplinekan at TARGET_CONFIGURATION: (name, grid, reference, goal, direction); the reference is
+# None for dense's figure at the same grid, a grid size for bsplinekan's figure at that grid, "peers" for the
+# fastest of PIP_PEERS measured at the same grid. The grid sweep's: a layer near the nonzero work of its local
+# support at large G (its time no longer growing with G), and near the dense product where the dense path runs;
+# and faster than every pip-installable B-spline layer.
 TARGETS = (
     ("fwd+bwd time of bsplinekan / dense at G = 50", 50, None, 0.35, "<="),
     ("fwd+bwd time of bsplinekan at G = 100 / at G = 50", 100, 50, 1.5, "<="),
     ("fwd+bwd time of bsplinekan at G = 200 / at G = 50", 200, 50, 1.5, "<="),
     ("fwd+bwd time of bsplinekan / dense at G = 5", 5, None, 1.15, "<="),
+    ("fwd+bwd time of bsplinekan / fastest pip-installable B-spline peer at G = 5", 5, "peers", 1.0, "<"),
 )
 TARGET_CONFIGURATION = {"batch": 1024, "width": 256, "order": 3, "dtype": "float32"}
 
@@ -75,18 +94,56 @@ def target_report(rows: Sequence[dict]) -> list[dict]:
     """The goals (TARGETS) on rows measured at TARGET_CONFIGURATION; a value is None when its grid sizes were not
     measured. ``python -m kanlib bench layer --grid 5 50 100 200`` measures them all."""
     times = {(row["grid"], row["candidate"]): row["fwdbwd_median_ms"] for row in rows
-             if all(row.get(key) == value for key, value in TARGET_CONFIGURATION.items())}
+             if all(row.get(key) == value for key, value in TARGET_CONFIGURATION.items())
+             and row.get("fwdbwd_median_ms") is not None}
     report = []
-    for name, grid_size, reference_grid, goal, direction in TARGETS:
+    for name, grid_size, reference, goal, direction in TARGETS:
         top = times.get((grid_size, "bsplinekan"))
-        bottom = times.get((grid_size, "dense") if reference_grid is None else (reference_grid, "bsplinekan"))
+        if reference == "peers":
+            peers = [times[grid_size, peer] for peer in PIP_PEERS if (grid_size, peer) in times]
+            bottom = min(peers) if peers else None
+        else:
+            bottom = times.get((grid_size, "dense") if reference is None else (reference, "bsplinekan"))
         report.append(target_entry(name, top / bottom if top is not None and bottom else None, direction, goal))
     return report
 
 
+def _peer_failure(candidate: Candidate, grad_out: torch.Tensor) -> str | None:
+    """Why a peer's training step cannot run here (it raised; e.g. torch.compile finding no compiler), or None."""
+    try:
+        torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
+    except Exception as error:  # a third-party package: whatever it raises is reported in the row
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return f"failed: {type(error).__name__}: {first_line}"
+    return None
+
+
+def _peer_candidates(bspline: BSplineKAN, x: torch.Tensor, grad_out: torch.Tensor
+                     ) -> tuple[list[Candidate], dict[str, dict], dict[str, str]]:
+    """The pip-installable peers beside ``bspline``: their candidates, each one's row entries (built_as,
+    same_function) and the reason of each one left out (not installed, or its training step fails)."""
+    candidates, entries, skipped = [], {}, {}
+    for name, build in PEER_BUILDERS.items():
+        try:
+            peer = build(bspline)
+        except ImportError as error:
+            skipped[name] = f"not installed: {error}"
+            continue
+        candidate = module_candidate(name, peer.module, x)
+        entries[name] = {"built_as": peer.built_as, "same_function": peer.same_function}
+        failure = _peer_failure(candidate, grad_out)
+        if failure is None:
+            candidates.append(candidate)
+        else:
+            skipped[name] = failure
+    return candidates, entries, skipped
+
+
 def _candidates(batch: int, width: int, grid_size: int, order: int, device: torch.device, dtype: torch.dtype,
-                seed: int, skip_pykan: bool) -> list[Candidate]:
-    """The candidates for one grid size, each with its own inputs drawn from the same seed."""
+                seed: int, skip_pykan: bool, grad_out: torch.Tensor
+                ) -> tuple[list[Candidate], dict[str, dict], dict[str, str]]:
+    """The candidates for one grid size, each with its own inputs drawn from the same seed; the peers' row entries
+    and the reasons of the candidates left out (see :func:`_peer_candidates`)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     span = GRID_RANGE[1] - GRID_RANGE[0]
     low, high = GRID_RANGE[0] - OUTSIDE_FRACTION * span, GRID_RANGE[1] + OUTSIDE_FRACTION * span
@@ -106,10 +163,12 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
         module_candidate("bsplinekan", bspline, x),
         module_candidate("unfused", UnfusedKAN.from_bspline(bspline), x),
     ]
+    peers, entries, skipped = _peer_candidates(bspline, x, grad_out)
+    candidates.extend(peers)
     if not skip_pykan:
         pykan = pykan_layer(width, grid_size, order, device, dtype)
         candidates.append(module_candidate("pykan", pykan, x, forward=lambda: pykan(x)[0]))
-    return candidates
+    return candidates, entries, skipped
 
 
 def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grids: Sequence[int], order: int = 3,
@@ -118,7 +177,8 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
     """Time every candidate (CANDIDATES) at each grid size in ``grids``; one row per grid and candidate.
 
     device: 'cpu', 'cuda' or 'auto'. batch B, width I = O, order k. pykan runs
-    ``min(repeat, max(3, repeat // 10))`` times after at most one warm-up. Row keys: see the module docstring.
+    ``min(repeat, max(3, repeat // 10))`` times after at most one warm-up; with ``skip_pykan`` it has no row.
+    A peer that is not installed or fails gets a row with ``skipped``. Row keys: see the module docstring.
     """
     device = resolve_device(device)
     check_int("batch", batch, 1)
@@ -139,24 +199,33 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
         expanded_width = width * (grid_size + order + 1)
         forward_backward_flops = 3 * 2 * batch * expanded_width * width
         grid_rows = []
-        candidates = _candidates(batch, width, grid_size, order, device, dtype, seed, skip_pykan)
+        candidates, peer_entries, skipped = _candidates(batch, width, grid_size, order, device, dtype, seed,
+                                                        skip_pykan, grad_out)
         fast = [c for c in candidates if c.name != "pykan"]
         slow = [c for c in candidates if c.name == "pykan"]
         measured = measure(fast, grad_out, device, repeat, warmup)
         if slow:
             measured.update(measure(slow, grad_out, device, min(repeat, max(3, repeat // 10)), min(warmup, 1)))
-        for candidate in candidates:
-            figures = measured[candidate.name]
-            counted = candidate.name in ("dense", "bsplinekan")
+        for name in CANDIDATES:
+            if name not in measured and name not in skipped:
+                continue
+            row = {"grid": grid_size, "candidate": name, "batch": batch, "width": width, "order": order,
+                   "dtype": dtype_name, "dense_k": expanded_width, **peer_entries.get(name, {})}
+            if name in skipped:
+                grid_rows.append({**row, "skipped": skipped[name]})
+                continue
+            figures = measured[name]
+            counted = name in ("dense", "bsplinekan")
             grid_rows.append({
-                "grid": grid_size, "candidate": candidate.name, "batch": batch, "width": width, "order": order,
-                "dtype": dtype_name, "dense_k": expanded_width, **figures,
+                **row, **figures,
                 "flops": forward_backward_flops if counted else None,
                 "gflops_per_s": forward_backward_flops / (figures["fwdbwd_median_ms"] * 1e6) if counted else None,
+                "skipped": None,
             })
         dense = grid_rows[0]
         for row in grid_rows:
-            row["ratio_to_dense"] = row["fwdbwd_median_ms"] / dense["fwdbwd_median_ms"]
-            row["memory_ratio_to_dense"] = row["peak_bytes"] / dense["peak_bytes"]
+            if row["skipped"] is None:
+                row["ratio_to_dense"] = row["fwdbwd_median_ms"] / dense["fwdbwd_median_ms"]
+                row["memory_ratio_to_dense"] = row["peak_bytes"] / dense["peak_bytes"]
         rows.extend(grid_rows)
     return rows

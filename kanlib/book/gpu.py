@@ -37,7 +37,8 @@ __all__ = ["WHEEL_DIR", "GPU_IMAGE_PACKAGES", "download_wheels", "Step", "refere
 
 WHEEL_DIR = PROJECT_ROOT / ".whl"
 TREE_LIMIT_BYTES = 64 * MIB  # what a lent GPU machine receives: the working tree and the carried wheels
-WHEEL_REQUIREMENTS = ("pykan==0.2.8", "papermill", "nbformat", "nbclient", "ipykernel")
+WHEEL_REQUIREMENTS = ("pykan==0.2.8", "flashkan==0.2.0", "inkan==0.5.2", "papermill", "nbformat", "nbclient",
+                      "ipykernel")
 # The notebooks' `from myst_nb import glue` needs myst-nb and docutils alone, not the Sphinx stack it requires.
 WHEELS_WITHOUT_REQUIREMENTS = ("myst-nb>=1,<2", "docutils<0.22")
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",

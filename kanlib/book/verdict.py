@@ -108,6 +108,8 @@ SWEEP_NAMES = {  # readable name, short name, unit (layer.TARGETS, on the CPU)
     layer.TARGETS[2][0]: ("Training step at G = 200 / at G = 50 (CPU)", "G = 200 / G = 50", TIMES),
     layer.TARGETS[3][0]: ("Training step / dense product, G = 5, at most 1.15 (CPU)", "layer / dense, G = 5 (sweep)",
                           TIMES),
+    layer.TARGETS[4][0]: ("Training step / the fastest pip-installable B-spline layer's (flashkan, inkan, pykan), "
+                          "G = 5 (CPU)", "layer / fastest peer, G = 5", TIMES),
 }
 PRUNE_NAMES = {  # readable name, short name, unit
     prune.TARGETS[0]: ("Layer at 90% scattered edge sparsity: dense time / edge-sparse time", "edge-sparse speedup",
