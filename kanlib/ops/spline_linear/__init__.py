@@ -12,9 +12,10 @@ Four backends compute it (``backend``):
   of A into dx and recomputes A over it in one kernel pass, so it holds one [N, I*S] buffer.
 - ``"sparse"``: CPU only: fused kernels touch only the k + 2 nonzero slots of each input (local support),
   so the work does not grow with G.
-- ``"triton"``: CUDA: fused Triton kernels (:mod:`.triton`) build A in registers; float32, bfloat16 and
-  float16, spline orders 1 to 5; under autocast it runs in the autocast dtype. On the CPU only under the
-  Triton interpreter (tests).
+- ``"triton"``: CUDA: fused Triton kernels build A in registers; float32, bfloat16 and float16, spline orders
+  1 to 5; under autocast it runs in the autocast dtype. Dense ``tl.dot`` kernels (:mod:`.triton`) or, when an
+  input's slots are mostly zeros, local-support ones (:mod:`.triton_local`). On the CPU only under the Triton
+  interpreter (tests).
 
 Under autocast, ``"eager"``'s products (forward and backward) run in the autocast dtype, as autocast
 runs a matmul; ``"cpu"`` and ``"sparse"`` compute in the dtype of x and weight.
@@ -397,9 +398,9 @@ def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spl
     if backend == "auto":
         backend = "triton" if triton_supports(x, spline_order) else torch_backend(x, weight, spline_order)
     if backend == "triton":
-        from .triton import spline_linear_triton
+        from .triton_local import spline_linear_triton_any
 
-        return spline_linear_triton(x, weight, grid, spline_order, uniform, activation)
+        return spline_linear_triton_any(x, weight, grid, spline_order, uniform, activation)
     if backend == "eager":
         return EagerSplineLinear.apply(x, weight, grid, spline_order, uniform, activation)
     if torch.is_autocast_enabled(x.device.type):

@@ -46,7 +46,8 @@ from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
-           "INTERPRET", "symmetric_pieces"]
+           "INTERPRET", "symmetric_pieces", "activation", "activation_derivative", "knot_basis", "spline_basis",
+           "to_store", "LaunchPlan", "check_devices", "check_inputs"]
 
 IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TANH_ID, RELU_ID))
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
@@ -165,9 +166,12 @@ def knot_basis(x, knots, mask, K: tl.constexpr, DERIV: tl.constexpr):
 
 
 @triton.jit
-def _basis(x, u, scale, knots, mask, m, K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr,
+def spline_basis(x, u, scale, knots, mask, m, K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr,
            DERIV: tl.constexpr):
-    """Basis m of each input (or its derivative in x); u = (x - t_0) / h on uniform grids."""
+    """Basis m of each input (or its derivative in x); u = (x - t_0) / h on uniform grids, scale = 1/h.
+
+    x, u, m: tiles of one shape (m may be a scalar); knots: pointers to each input's grid row; mask: real inputs.
+    """
     if UNIFORM:
         out = _cardinal(u - m, K, PIECES, DERIV)
         if DERIV:
@@ -205,7 +209,7 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _to_store(acc, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+def to_store(acc, dtype: tl.constexpr, INTERPRET: tl.constexpr):
     """The float32 accumulator rounded to the dtype it is stored in."""
     if INTERPRET:
         out = _rounded(acc, dtype).to(dtype)
@@ -269,10 +273,10 @@ def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
         knots = (grid_ptr + ins.to(tl.int64) * n_knots)[None, :]
         for m in range(0, n_basis):
             w_ptrs += stride_wk
-            a = _basis(x, u, scale, knots, in_ok[None, :], m, K, PIECES, UNIFORM, False)
+            a = spline_basis(x, u, scale, knots, in_ok[None, :], m, K, PIECES, UNIFORM, False)
             acc = _dot(a, tl.load(w_ptrs, mask=w_mask, other=0.0), acc, PRECISION, INTERPRET)
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_on + outs[None, :] * stride_oo
-    tl.store(out_ptrs, _to_store(acc, out_ptr.dtype.element_ty, INTERPRET), mask=row_ok[:, None] & out_ok[None, :])
+    tl.store(out_ptrs, to_store(acc, out_ptr.dtype.element_ty, INTERPRET), mask=row_ok[:, None] & out_ok[None, :])
 
 
 @triton.jit
@@ -318,9 +322,9 @@ def _grad_x_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gx_ptr,
         w_rows += stride_wk
         g = _times_slot_weight_t(go_rows, w_rows, row_ok, in_ok, n_out, stride_go, stride_wo, PRECISION,
                                  INTERPRET, BLOCK_M, BLOCK_N, BLOCK_I)
-        acc += g * _basis(x, u, scale, knots, in_ok[None, :], m, K, PIECES, UNIFORM, True)
+        acc += g * spline_basis(x, u, scale, knots, in_ok[None, :], m, K, PIECES, UNIFORM, True)
     gx_ptrs = gx_ptr + rows.to(tl.int64)[:, None] * stride_dn + ins[None, :] * stride_di
-    tl.store(gx_ptrs, _to_store(acc, gx_ptr.dtype.element_ty, INTERPRET), mask=x_mask)
+    tl.store(gx_ptrs, to_store(acc, gx_ptr.dtype.element_ty, INTERPRET), mask=x_mask)
 
 
 @triton.jit
@@ -345,7 +349,7 @@ def _slot_times_grad_out(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, ins, in_
         if BASE:
             a_t = activation(x_t, ACT)
         else:
-            a_t = _basis(x_t, x_t * scale + shift, scale, knots, in_ok[:, None], m, K, PIECES, UNIFORM, False)
+            a_t = spline_basis(x_t, x_t * scale + shift, scale, knots, in_ok[:, None], m, K, PIECES, UNIFORM, False)
         go = tl.load(go_ptr + rows.to(tl.int64)[:, None] * stride_gn + outs[None, :] * stride_go,
                      mask=row_ok[:, None] & out_ok[None, :], other=0.0)
         acc = _dot(a_t, go, acc, PRECISION, INTERPRET)
@@ -375,7 +379,7 @@ def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gw_ptr,
                                    slot - 1, n_rows, n_knots, stride_xn, stride_xi, stride_gn, stride_go,
                                    K, PIECES, UNIFORM, ACT, False, PRECISION, INTERPRET, BLOCK_M, BLOCK_N, BLOCK_I)
     gw_rows = (ins.to(tl.int64) * (n_basis + 1) + slot)[:, None] * stride_wk
-    tl.store(gw_ptr + gw_rows + outs[None, :] * stride_wo, _to_store(acc, gw_ptr.dtype.element_ty, INTERPRET),
+    tl.store(gw_ptr + gw_rows + outs[None, :] * stride_wo, to_store(acc, gw_ptr.dtype.element_ty, INTERPRET),
              mask=in_ok[:, None] & out_ok[None, :])
 
 
@@ -405,7 +409,7 @@ def _knot_tensors(grid: torch.Tensor, uniform: bool) -> tuple[torch.Tensor, torc
     return grid32, scale, shift
 
 
-class _Plan:
+class LaunchPlan:
     """What every launch needs besides x, weight and grad_out: sizes, knots and the compile-time constants."""
 
     def __init__(self, x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
@@ -431,7 +435,7 @@ class _Plan:
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _forward(x: torch.Tensor, weight: torch.Tensor, plan: _Plan) -> torch.Tensor:
+def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
     out = torch.empty(plan.n_rows, plan.n_out, device=x.device, dtype=x.dtype)
     if plan.n_rows == 0:
         return out
@@ -445,7 +449,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, plan: _Plan) -> torch.Tensor
     return out
 
 
-def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: _Plan) -> torch.Tensor:
+def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
     grad_x = torch.empty(plan.n_rows, plan.n_in, device=x.device, dtype=x.dtype)
     if plan.n_rows == 0:
         return grad_x
@@ -459,7 +463,7 @@ def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan:
     return grad_x
 
 
-def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: _Plan) -> torch.Tensor:
+def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
     if plan.n_rows == 0:
         return torch.zeros_like(weight)
     grad_w = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype)
@@ -479,7 +483,7 @@ class SplineLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, grid, spline_order, uniform, activation):
-        plan = _Plan(x, weight, grid, spline_order, uniform, activation)
+        plan = LaunchPlan(x, weight, grid, spline_order, uniform, activation)
         ctx.save_for_backward(x, weight)
         ctx.plan = plan
         return _forward(x, weight, plan)

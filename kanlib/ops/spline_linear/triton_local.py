@@ -1,0 +1,316 @@
+"""The KAN layer's product in Triton, touching only the slots that can be nonzero (local support).
+
+Same function and layout as :mod:`.triton` (x [N, I], weight [I*S, O] with S = G + k + 1, grid [I, G + 2k + 1]),
+and the CUDA counterpart of :mod:`.cpu`'s local-support kernels: of an input's S slots only k + 2 can be nonzero,
+its base activation (weight row i*S) and the k + 1 bases of its knot span. Each kernel finds, per row and input,
+the window's first basis ``start`` (``span - k`` kept inside 0 .. G - 1, so that every window is k + 1 existing
+bases long; outside the grid all bases are zero, whichever window is read) and evaluates the window's bases,
+so the work does not grow with G. Weight rows differ per batch row: they are gathered as [BLOCK_M, BLOCK_N]
+tiles and combined by FMAs in float32 (no ``tl.dot``).
+
+- forward: a program per (BLOCK_M rows, BLOCK_N outputs) loops over inputs, adding the k + 2 gathered rows,
+  weighted by the window's values, to its accumulator.
+- grad_x: a program per (BLOCK_M rows, BLOCK_I inputs) loops over its inputs and, per input, over output tiles:
+  the window's weight rows weighted by the slots' derivatives are summed into one [BLOCK_M, BLOCK_N] tile and
+  reduced against grad_out's (read again for each input, from cache).
+- grad_weight: a program per (BLOCK_M rows, BLOCK_N outputs) loops over inputs and adds ``value * grad_out`` into a
+  zeroed float32 grad_weight with ``tl.atomic_add`` (the base row's share pre-summed over the program's rows).
+  Atomics, because which rows a batch row reaches is known only in the kernel: a deterministic scheme would sort
+  the rows by span first, or give every program a private [S, BLOCK_N] tile, which is the dense kernel's size
+  again. The sum's order, and so its last bits, may differ from run to run.
+
+Spans: on uniform grids ``floor((x - t_0)/h)``; on other grids a binary search over the input's knots
+(ceil(log2(G + 2k)) gathered loads). Window values come from :func:`.triton.spline_basis`, as in the dense
+kernels. Precision: x and weight in float32, bfloat16 or float16; every product and sum in float32; outputs
+rounded once, at the store (the window values are not rounded to the input dtype first, unlike the dense
+kernels' tensor-core operands).
+
+:func:`spline_linear_triton_any` is the ``"triton"`` backend: it picks these kernels or :mod:`.triton`'s by
+:func:`.support.prefers_sparse` with ``TRITON_SPARSE_SLOWDOWN`` (the dense ones under
+``torch.use_deterministic_algorithms``), or the family a caller names (tests, benchmarks).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import differentiable_backward
+from .support import TRITON_SPARSE_SLOWDOWN, prefers_sparse
+from .triton import (INTERPRET, LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
+                     spline_basis, to_store)
+
+__all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
+           "uses_local_kernels"]
+
+KERNEL_FAMILIES = ("auto", "dense", "local")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The window of each (row, input): shared by the three kernels. Shapes are whatever the caller's tiles are.
+
+
+@triton.jit
+def _window_start(x, u, knots, mask, n_basis, n_knots, n_search, K: tl.constexpr, UNIFORM: tl.constexpr):
+    """First basis of the k + 1 window holding every nonzero basis at x (int32, x's shape).
+
+    u = (x - t_0)/h on uniform grids; knots: pointers to each input's grid row (other grids); n_search:
+    binary-search steps, ceil(log2(n_knots - 1)). NaN gets some window inside the grid.
+    """
+    if UNIFORM:
+        span = tl.floor(tl.minimum(tl.maximum(u, -1.0), n_knots * 1.0))
+        span = tl.where(u == u, span, 0.0).to(tl.int32)
+    else:
+        low = tl.zeros(x.shape, dtype=tl.int32)  # invariant for x inside the grid: t[low] <= x < t[high]
+        high = low + (n_knots - 1)
+        for _ in range(n_search):
+            middle = (low + high) // 2
+            right = tl.load(knots + middle, mask=mask, other=0.0) <= x
+            low = tl.where(right, middle, low)
+            high = tl.where(right, high, middle)
+        span = low
+    return tl.minimum(tl.maximum(span - K, 0), n_basis - K - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernels. Tile configurations are autotuned on a GPU from a short list, each checked to compile for sm_90 without
+# register spills (orders 3 and 5, uniform and not; 64-bit pointers of gathered tiles cost registers, so the tiles
+# hold at most 8 elements per thread) but not yet timed on a GPU. The interpreter runs one small configuration.
+
+
+def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zero: list[str] | None = None):
+    """triton.autotune over (tile sizes named by ``names``..., num_warps, num_stages); one config when interpreted."""
+
+    def config(tile):
+        *blocks, warps, stages = tile
+        return triton.Config(dict(zip(names, blocks)), num_warps=warps, num_stages=stages)
+
+    configs = [config(tiles[-1])] if INTERPRET else [config(t) for t in tiles[:-1]]
+    return triton.autotune(configs=configs, key=["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM"],
+                           reset_to_zero=reset_to_zero)
+
+
+# The last tile of each list is the interpreter's.
+@_autotune([(64, 32, 8, 2), (32, 64, 8, 1), (32, 32, 4, 1), (32, 32, 4, 1)], ("BLOCK_M", "BLOCK_N"))
+@triton.jit
+def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
+                    n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
+                    stride_xn, stride_xi, stride_wk, stride_wo, stride_on, stride_oo,
+                    K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
+                    INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    out_ok = outs < n_out
+    tile_ok = row_ok[:, None] & out_ok[None, :]
+    x_col = x_ptr + rows.to(tl.int64) * stride_xn  # input i's column, moved along i
+    w_in = w_ptr + outs[None, :] * stride_wo  # input i's base row
+    knots = grid_ptr
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i in range(n_in):
+        x = tl.load(x_col, mask=row_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_in, mask=out_ok[None, :], other=0.0).to(tl.float32)
+        acc += activation(x, ACT)[:, None] * w
+        scale = tl.load(scale_ptr + i)
+        u = x * scale + tl.load(shift_ptr + i)
+        start = _window_start(x, u, knots, row_ok, n_basis, n_knots, n_search, K, UNIFORM)
+        w_window = w_in + ((start + 1).to(tl.int64) * stride_wk)[:, None]
+        for q in tl.static_range(K + 1):
+            value = spline_basis(x, u, scale, knots, row_ok, start + q, K, PIECES, UNIFORM, False)
+            w = tl.load(w_window + q * stride_wk, mask=tile_ok, other=0.0).to(tl.float32)
+            acc += value[:, None] * w
+        x_col += stride_xi
+        w_in += (n_basis + 1) * stride_wk
+        knots += n_knots
+    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_on + outs[None, :] * stride_oo
+    tl.store(out_ptrs, to_store(acc, out_ptr.dtype.element_ty, INTERPRET), mask=tile_ok)
+
+
+@_autotune([(32, 64, 8, 8, 1), (16, 64, 8, 4, 1), (16, 16, 4, 4, 1)],
+           ("BLOCK_M", "BLOCK_N", "BLOCK_I"))
+@triton.jit
+def _grad_x_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gx_ptr,
+                   n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
+                   stride_xn, stride_xi, stride_wk, stride_wo, stride_gn, stride_go, stride_dn, stride_di,
+                   K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
+                   INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    first_in = tl.program_id(1) * BLOCK_I
+    go_rows = go_ptr + rows.to(tl.int64)[:, None] * stride_gn
+    for i in range(first_in, tl.minimum(first_in + BLOCK_I, n_in)):
+        x = tl.load(x_ptr + rows.to(tl.int64) * stride_xn + i * stride_xi, mask=row_ok, other=0.0).to(tl.float32)
+        scale = tl.load(scale_ptr + i)
+        u = x * scale + tl.load(shift_ptr + i)
+        knots = grid_ptr + i * n_knots
+        start = _window_start(x, u, knots, row_ok, n_basis, n_knots, n_search, K, UNIFORM)
+        base_slope = activation_derivative(x, ACT)[:, None]
+        slopes = ()  # the window's derivatives in x, [BLOCK_M, 1] each
+        for q in tl.static_range(K + 1):
+            slopes = slopes + (spline_basis(x, u, scale, knots, row_ok, start + q, K, PIECES, UNIFORM, True)[:, None],)
+        w_base = w_ptr + tl.cast(i, tl.int64) * (n_basis + 1) * stride_wk
+        w_window = w_base + ((start + 1).to(tl.int64) * stride_wk)[:, None]
+        acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for o0 in range(0, n_out, BLOCK_N):
+            outs = o0 + tl.arange(0, BLOCK_N)
+            out_ok = outs < n_out
+            tile_ok = row_ok[:, None] & out_ok[None, :]
+            go = tl.load(go_rows + outs[None, :] * stride_go, mask=tile_ok, other=0.0).to(tl.float32)
+            combined = base_slope * tl.load(w_base + outs[None, :] * stride_wo, mask=out_ok[None, :],
+                                            other=0.0).to(tl.float32)
+            for q in tl.static_range(K + 1):
+                w = tl.load(w_window + q * stride_wk + outs[None, :] * stride_wo, mask=tile_ok, other=0.0)
+                combined += slopes[q] * w.to(tl.float32)
+            acc += tl.sum(combined * go, axis=1)
+        tl.store(gx_ptr + rows.to(tl.int64) * stride_dn + i * stride_di, to_store(acc, gx_ptr.dtype.element_ty,
+                 INTERPRET), mask=row_ok)
+
+
+@_autotune([(32, 32, 4, 1), (64, 32, 8, 1), (32, 64, 8, 1), (32, 32, 4, 1)], ("BLOCK_M", "BLOCK_N"),
+           reset_to_zero=["gw_ptr"])
+@triton.jit
+def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gw_ptr,
+                        n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
+                        stride_xn, stride_xi, stride_gn, stride_go, stride_wk, stride_wo,
+                        K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """gw_ptr: a zeroed float32 [I*S, O] the program adds its rows' shares to."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    out_ok = outs < n_out
+    tile_ok = row_ok[:, None] & out_ok[None, :]
+    go = tl.load(go_ptr + rows.to(tl.int64)[:, None] * stride_gn + outs[None, :] * stride_go, mask=tile_ok,
+                 other=0.0).to(tl.float32)
+    x_col = x_ptr + rows.to(tl.int64) * stride_xn
+    gw_in = gw_ptr + outs[None, :] * stride_wo
+    knots = grid_ptr
+    for i in range(n_in):
+        x = tl.load(x_col, mask=row_ok, other=0.0).to(tl.float32)
+        base = tl.where(row_ok, activation(x, ACT), 0.0)
+        tl.atomic_add(gw_in, tl.sum(base[:, None] * go, axis=0)[None, :], mask=out_ok[None, :])
+        scale = tl.load(scale_ptr + i)
+        u = x * scale + tl.load(shift_ptr + i)
+        start = _window_start(x, u, knots, row_ok, n_basis, n_knots, n_search, K, UNIFORM)
+        gw_window = gw_in + ((start + 1).to(tl.int64) * stride_wk)[:, None]
+        for q in tl.static_range(K + 1):
+            value = spline_basis(x, u, scale, knots, row_ok, start + q, K, PIECES, UNIFORM, False)
+            tl.atomic_add(gw_window + q * stride_wk, value[:, None] * go, mask=tile_ok)
+        x_col += stride_xi
+        gw_in += (n_basis + 1) * stride_wk
+        knots += n_knots
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers and the autograd Function.
+
+
+def _sizes(plan: LaunchPlan) -> tuple[int, ...]:
+    """The kernels' size arguments: the dense kernels' ones and the binary search's step count."""
+    return (*plan.sizes(), max(plan.n_knots - 2, 0).bit_length())
+
+
+def _constants(plan: LaunchPlan, interpret: bool = True) -> dict:
+    """The compile-time constants of these kernels, from the dense kernels' ones (no PRECISION: no tl.dot)."""
+    names = ("K", "PIECES", "UNIFORM", "ACT") + (("INTERPRET",) if interpret else ())
+    return {name: plan.constants[name] for name in names}
+
+
+def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
+    out = torch.empty(plan.n_rows, plan.n_out, device=x.device, dtype=x.dtype)
+    if plan.n_rows == 0:
+        return out
+
+    def launch_grid(meta):
+        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"])
+
+    with plan.on_device():
+        _forward_kernel[launch_grid](x, weight, *plan.knots, out, *_sizes(plan), *x.stride(), *weight.stride(),
+                                     *out.stride(), **_constants(plan))
+    return out
+
+
+def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
+    grad_x = torch.empty(plan.n_rows, plan.n_in, device=x.device, dtype=x.dtype)
+    if plan.n_rows == 0:
+        return grad_x
+
+    def launch_grid(meta):
+        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_in, meta["BLOCK_I"])
+
+    with plan.on_device():
+        _grad_x_kernel[launch_grid](x, weight, *plan.knots, grad_out, grad_x, *_sizes(plan), *x.stride(),
+                                    *weight.stride(), *grad_out.stride(), *grad_x.stride(), **_constants(plan))
+    return grad_x
+
+
+def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
+    grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+    if plan.n_rows == 0:
+        return grad_w.to(weight.dtype)
+
+    def launch_grid(meta):
+        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"])
+
+    with plan.on_device():
+        _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, grad_w, *_sizes(plan), *x.stride(),
+                                         *grad_out.stride(), *grad_w.stride(), **_constants(plan, interpret=False))
+    return grad_w.to(weight.dtype)  # rounded once
+
+
+class LocalSplineLinearFunction(torch.autograd.Function):
+    """The local-support product with gradients for x and weight; inputs as :func:`.triton.check_inputs` checks."""
+
+    @staticmethod
+    def forward(ctx, x, weight, grid, spline_order, uniform, activation):
+        plan = LaunchPlan(x, weight, grid, spline_order, uniform, activation)
+        ctx.save_for_backward(x, weight)
+        ctx.plan = plan
+        return _forward(x, weight, plan)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients must themselves be differentiable, which the kernels' are not.
+            plan = ctx.plan
+            return (*differentiable_backward(x, weight, plan.grid, plan.spline_order, plan.activation, grad_out,
+                                             *ctx.needs_input_grad[:2]), None, None, None, None)
+        grad_out = grad_out.to(x.dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _grad_x(x, weight, grad_out, ctx.plan)
+        if ctx.needs_input_grad[1]:
+            grad_w = _grad_weight(x, weight, grad_out, ctx.plan)
+        return grad_x, grad_w, None, None, None, None
+
+
+def uses_local_kernels(grid: torch.Tensor, spline_order: int) -> bool:
+    """Whether ``kernels="auto"`` picks the local-support kernels for this (checked) grid and order: when the cost
+    model prefers them and ``torch.use_deterministic_algorithms`` is off (their weight gradient uses atomics)."""
+    return (prefers_sparse(grid.shape[1] - spline_order, spline_order, TRITON_SPARSE_SLOWDOWN)
+            and not torch.are_deterministic_algorithms_enabled())
+
+
+def spline_linear_triton_any(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                             uniform: bool, activation: str = "silu", kernels: str = "auto") -> torch.Tensor:
+    """x [N, I], weight [I*(G+k+1), O], grid [I, G+2k+1] -> [N, O] through Triton kernels: ``kernels="dense"``
+    (:mod:`.triton`'s), ``"local"`` (this module's) or ``"auto"`` (:func:`uses_local_kernels`).
+
+    Under torch.autocast, x and weight are cast to the autocast dtype first; the output has x's dtype.
+    """
+    if kernels not in KERNEL_FAMILIES:
+        raise ValueError(f"kernels must be one of {KERNEL_FAMILIES}, got {kernels!r}")
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+    check_inputs(x, weight, grid, spline_order, activation)
+    local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order))
+    function = LocalSplineLinearFunction if local else SplineLinearFunction
+    return function.apply(x, weight, grid, spline_order, bool(uniform), activation)
+
+
+def spline_linear_triton_local(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                               uniform: bool, activation: str = "silu") -> torch.Tensor:
+    """x [N, I], weight [I*(G+k+1), O], grid [I, G+2k+1] -> [N, O] through the local-support kernels only."""
+    return spline_linear_triton_any(x, weight, grid, spline_order, uniform, activation, kernels="local")

@@ -1,0 +1,290 @@
+"""The local-support Triton kernels (kanlib.ops.spline_linear.triton_local) against the plain formula of
+kanlib.ops.spline_linear.reference, run in float64, and the "triton" backend's choice between them and the
+dense kernels. Without a GPU they run under Triton's interpreter (tests/conftest.py).
+
+The kernels take float32, bfloat16 and float16 only, so gradients are compared with the float64 reference's
+(on the same rounded inputs) rather than by torch.autograd.gradcheck.
+"""
+import copy
+import textwrap
+
+import pytest
+from conftest import inputs_around, random_grid
+import torch
+
+triton = pytest.importorskip("triton")
+
+from gpu_compile import assert_compiles  # noqa: E402
+
+from kanlib import BSplineKAN  # noqa: E402
+from kanlib.ops.spline_linear import prefers_sparse, spline_linear  # noqa: E402
+from kanlib.ops.spline_linear import triton as dense  # noqa: E402
+from kanlib.ops.spline_linear import triton_local as local  # noqa: E402
+from kanlib.ops.spline_linear.reference import spline_linear_reference  # noqa: E402
+from kanlib.ops.spline_linear.support import SPARSE_SLOWDOWN, TRITON_SPARSE_SLOWDOWN  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+ACTIVATIONS = ("silu", "tanh", "relu", "identity")
+
+# (N, I, O, G, k, uniform): every order on both kinds of grid, every G in (1, 2, 9, 40)
+CASES = [
+    (13, 3, 5, 1, 1, True),
+    (13, 3, 5, 40, 1, False),
+    (13, 3, 5, 2, 2, False),
+    (13, 3, 5, 40, 2, True),
+    (13, 3, 5, 9, 3, True),
+    (13, 3, 5, 9, 3, False),
+    (13, 3, 5, 40, 3, False),
+    (13, 3, 5, 2, 4, True),
+    (13, 3, 5, 9, 4, False),
+    (13, 3, 5, 40, 5, True),
+    (13, 3, 5, 1, 5, False),
+    (1, 2, 1, 40, 3, True),
+]
+
+
+def case_id(case):
+    batch, n_in, n_out, grid_size, k, uniform = case
+    return f"N{batch}-I{n_in}-O{n_out}-G{grid_size}-k{k}-{'uniform' if uniform else 'knots'}"
+
+
+def random_inputs(batch, grid, gen, dtype, layout):
+    """x [N, I] across the extended grid and half its width beyond either end; contiguous or not."""
+    x = inputs_around(grid, batch, gen, outside=0.5, dtype=torch.float32).to(DEVICE, dtype)
+    if layout == "strided":  # every other column of a wider tensor
+        wide = torch.zeros(batch, 2 * grid.shape[0], device=DEVICE, dtype=dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    if layout == "transposed":
+        return x.t().contiguous().t()
+    return x
+
+
+def relative_error(got, want):
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp(min=1e-30)).item()
+
+
+def local_product(x, weight, grid, k, uniform, activation):
+    return local.spline_linear_triton_any(x, weight, grid, k, uniform, activation, kernels="local")
+
+
+def check_against_reference(case, dtype, activation, layout, seed, repeat_knot=False, rows=None):
+    batch, n_in, n_out, grid_size, k, uniform = case
+    gen = torch.Generator().manual_seed(seed)
+    grid = random_grid(n_in, grid_size, k, gen, uniform=uniform, repeat_knot=repeat_knot).to(DEVICE)
+    x = random_inputs(batch, grid.cpu(), gen, dtype, layout) if rows is None else rows(grid).to(DEVICE, dtype)
+    x.requires_grad_()
+    weight = (torch.randn(n_in * (grid_size + k + 1), n_out, generator=gen) / n_in ** 0.5).to(DEVICE, dtype)
+    if layout == "transposed":
+        weight = weight.t().contiguous().t()
+    weight.requires_grad_()
+    grad_out = torch.randn(x.shape[0], n_out, generator=gen).to(DEVICE, dtype)
+
+    out = local_product(x, weight, grid, k, uniform, activation)
+    grads = torch.autograd.grad(out, (x, weight), grad_out)
+    x64 = x.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    want = spline_linear_reference(x64, w64, grid.double(), k, activation)
+    expected = (want, *torch.autograd.grad(want, (x64, w64), grad_out.double()))
+    for name, got, wanted in zip(("output", "grad_x", "grad_weight"), (out, *grads), expected):
+        assert got.dtype == dtype, f"{name} has dtype {got.dtype}, expected {dtype}"
+        error = relative_error(got, wanted)
+        assert error <= TOLERANCE[dtype], f"{name}: relative error {error:.2e} > {TOLERANCE[dtype]:.0e}"
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[case_id(case) for case in CASES])
+def test_float32_output_and_gradients_match_the_reference(index):
+    layout = ("contiguous", "strided", "transposed")[index % 3]
+    check_against_reference(CASES[index], torch.float32, ACTIVATIONS[index % 4], layout, seed=index)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_types_match_the_reference(dtype):
+    check_against_reference((13, 3, 5, 40, 3, True), dtype, "silu", "contiguous", seed=20)
+    check_against_reference((13, 3, 5, 9, 2, False), dtype, "silu", "contiguous", seed=21)
+
+
+def test_repeated_knots_match_the_reference():
+    check_against_reference((13, 4, 6, 9, 3, False), torch.float32, "silu", "contiguous", seed=3, repeat_knot=True)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_values_on_knots_and_far_outside_the_grid(uniform):
+    def knots_and_far(grid):
+        far = torch.tensor([[-1e4] * grid.shape[0], [1e4] * grid.shape[0]])
+        return torch.cat([grid.t().cpu(), far, grid.t().cpu() + 1e-3, grid.t().cpu() - 1e-3])
+
+    check_against_reference((0, 3, 5, 9, 2, uniform), torch.float32, "identity", "contiguous", seed=4,
+                            rows=knots_and_far)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis."""
+    for kernel, blocks in ((local._forward_kernel, {"BLOCK_M": 8, "BLOCK_N": 4}),
+                           (local._grad_x_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "BLOCK_I": 4}),
+                           (local._grad_weight_kernel, {"BLOCK_M": 8, "BLOCK_N": 4})):
+        monkeypatch.setattr(kernel, "configs", [triton.Config(blocks, num_warps=4, num_stages=1)])
+        monkeypatch.setattr(kernel, "cache", {})
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_several_tiles_along_every_axis(small_tiles, uniform):
+    check_against_reference((21, 9, 11, 40, 3, uniform), torch.float32, "silu", "strided", seed=int(uniform))
+
+
+def test_nan_rows_stay_nan_and_an_empty_batch_works():
+    gen = torch.Generator().manual_seed(5)
+    grid = random_grid(4, 40, 3, gen, uniform=True).to(DEVICE)
+    weight = torch.randn(4 * 44, 3, generator=gen).to(DEVICE)
+    x = inputs_around(grid.cpu(), 5, gen).to(DEVICE)
+    x[2, 1] = float("nan")
+    out = local_product(x, weight, grid, 3, True, "silu")
+    dense_out = dense.spline_linear_triton(x, weight, grid, 3, True, "silu")
+    assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3, 4]]).all()
+    assert torch.equal(torch.isnan(out), torch.isnan(dense_out))
+    empty = torch.empty(0, 4, device=DEVICE, requires_grad=True)
+    weight.requires_grad_()
+    out = local_product(empty, weight, grid, 3, True, "silu")
+    assert out.shape == (0, 3)
+    grad_x, grad_w = torch.autograd.grad(out.sum(), (empty, weight))
+    assert grad_x.shape == (0, 4) and grad_w.abs().sum() == 0
+
+
+def test_create_graph_gives_differentiable_gradients():
+    gen = torch.Generator().manual_seed(6)
+    grid = random_grid(3, 40, 3, gen, uniform=False).to(DEVICE)
+    x = inputs_around(grid.cpu(), 7, gen, outside=0.0).to(DEVICE).requires_grad_()
+    weight = torch.randn(3 * 44, 2, generator=gen).to(DEVICE).requires_grad_()
+    (grad_x,) = torch.autograd.grad(local_product(x, weight, grid, 3, False, "silu").sum(), x, create_graph=True)
+    second = torch.autograd.grad(grad_x.square().sum(), weight)[0]
+    x64 = x.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    (grad_x64,) = torch.autograd.grad(spline_linear_reference(x64, w64, grid.double(), 3, "silu").sum(), x64,
+                                      create_graph=True)
+    want = torch.autograd.grad(grad_x64.square().sum(), w64)[0]
+    assert relative_error(grad_x, grad_x64) <= 1e-4 and relative_error(second, want) <= 1e-4
+
+
+def test_layer_gradients_of_coef_scales_bias_and_input(monkeypatch):
+    torch.manual_seed(7)
+    layer = BSplineKAN(5, 4, grid_size=40, spline_order=3, bias=True, backend="triton", device=DEVICE)
+    with torch.no_grad():
+        layer.coef.normal_()
+        layer.mask[0, 1] = 0.0
+        layer.bias.normal_()
+    reference = copy.deepcopy(layer).double()
+    reference.backend = "eager"
+    seen = record_families(monkeypatch)
+    x = (torch.rand(2, 7, 10, device=DEVICE)[..., ::2] * 3 - 1.5).requires_grad_()  # non-contiguous
+    x64 = x.detach().double().requires_grad_()
+    grad_out = torch.randn(2, 7, 4, device=DEVICE)
+    names = ("coef", "scale_base", "scale_sp", "bias")
+    out = layer(x)
+    got = torch.autograd.grad(out, [x] + [getattr(layer, n) for n in names], grad_out)
+    want_out = reference(x64)
+    want = torch.autograd.grad(want_out, [x64] + [getattr(reference, n) for n in names], grad_out.double())
+    assert seen == ["local"] and relative_error(out, want_out) <= 1e-4
+    for name, g, w in zip(("x",) + names, got, want):
+        assert relative_error(g, w) <= 1e-4, name
+
+
+def record_families(monkeypatch):
+    """The kernel family ('dense' or 'local') of every forward call, in order."""
+    seen = []
+    for family, function in (("dense", dense.SplineLinearFunction), ("local", local.LocalSplineLinearFunction)):
+        original = function.forward
+
+        def recording_forward(ctx, *args, _original=original, _family=family):
+            seen.append(_family)
+            return _original(ctx, *args)
+
+        monkeypatch.setattr(function, "forward", staticmethod(recording_forward))
+    return seen
+
+
+def test_the_triton_backend_picks_local_kernels_at_large_grids_only(monkeypatch):
+    seen = record_families(monkeypatch)
+    gen = torch.Generator().manual_seed(8)
+    for grid_size in (5, 40):
+        grid = random_grid(2, grid_size, 3, gen, uniform=True).to(DEVICE)
+        x = inputs_around(grid.cpu(), 3, gen).to(DEVICE)
+        spline_linear(x, torch.randn(2 * (grid_size + 4), 2).to(DEVICE), grid, 3, True, backend="triton")
+    assert seen == ["dense", "local"]
+    assert not local.uses_local_kernels(torch.zeros(2, 5 + 7), 3) and local.uses_local_kernels(torch.zeros(2, 47), 3)
+
+
+def test_deterministic_mode_keeps_the_dense_kernels(monkeypatch):
+    """The local weight gradient adds with atomics, in no fixed order."""
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert not local.uses_local_kernels(torch.zeros(2, 47), 3)
+
+
+def test_a_caller_can_force_either_family(monkeypatch):
+    seen = record_families(monkeypatch)
+    gen = torch.Generator().manual_seed(9)
+    for grid_size in (5, 40):
+        grid = random_grid(2, grid_size, 3, gen, uniform=True).to(DEVICE)
+        x = inputs_around(grid.cpu(), 3, gen).to(DEVICE)
+        weight = torch.randn(2 * (grid_size + 4), 2).to(DEVICE)
+        outs = [local.spline_linear_triton_any(x, weight, grid, 3, True, kernels=kernels)
+                for kernels in ("dense", "local")]
+        assert relative_error(outs[1], outs[0]) <= 1e-5
+    assert seen == ["dense", "local"] * 2
+    with pytest.raises(ValueError, match=r"kernels must be one of \('auto', 'dense', 'local'\), got 'sparse'"):
+        local.spline_linear_triton_any(x, weight, grid, 3, True, kernels="sparse")
+
+
+def test_bad_inputs_are_named_as_by_the_dense_kernels():
+    grid = random_grid(3, 40, 3, torch.Generator().manual_seed(0), uniform=True)
+    with pytest.raises(ValueError, match=r"I\*\(G\+k\+1\) = 3\*44 rows for grid \(3, 47\) and spline_order 3, got 5"):
+        local.spline_linear_triton_local(torch.randn(4, 3), torch.randn(5, 2), grid, 3, True)
+    with pytest.raises(TypeError, match="got torch.float64"):
+        local.spline_linear_triton_local(torch.randn(4, 3).double(), torch.randn(132, 2).double(), grid, 3, True)
+
+
+def test_the_cost_model_takes_the_device_slowdown():
+    assert prefers_sparse(5 * SPARSE_SLOWDOWN + 1, 3) and not prefers_sparse(5 * SPARSE_SLOWDOWN, 3)
+    assert not prefers_sparse(5 * SPARSE_SLOWDOWN + 1, 3, TRITON_SPARSE_SLOWDOWN)
+    assert prefers_sparse(5 * TRITON_SPARSE_SLOWDOWN + 1, 3, TRITON_SPARSE_SLOWDOWN)
+
+
+COMPILE_FOR_H100 = textwrap.dedent("""
+    import contextlib, io, re, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import kanlib.ops.spline_linear.triton as dense
+    import kanlib.ops.spline_linear.triton_local as kernels
+
+    triton.knobs.nvidia.dump_ptxas_log = True  # printed when ptxas runs: a fresh cache makes it run
+    triton.knobs.cache.dir = tempfile.mkdtemp()
+    VARIANTS = (("bf16", 3, True), ("fp32", 3, False), ("fp32", 5, True))
+    POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 6}
+    for name, n_pointers in POINTERS.items():
+        tuner = getattr(kernels, name)
+        for index, config in enumerate(tuner.configs):
+            dtype, k, uniform = VARIANTS[index % len(VARIANTS)]
+            constants = {"K": k, "PIECES": dense.symmetric_pieces(k), "UNIFORM": uniform, "ACT": 1, **config.kwargs}
+            names = tuner.fn.arg_names
+            if "INTERPRET" in names:
+                constants["INTERPRET"] = False
+            signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "gw")) else f"*{dtype}")
+                         for n in names[:n_pointers]}
+            signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
+            signature.update({n: "constexpr" for n in constants})
+            log = io.StringIO()
+            with contextlib.redirect_stdout(log):
+                compiled = triton.compile(ASTSource(tuner.fn, signature, constants),
+                                          target=GPUTarget("cuda", 90, 32),
+                                          options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+            assert "cubin" in compiled.asm, name
+            spills = [int(n) for n in re.findall(r"(\\d+) bytes spill stores", log.getvalue())]
+            assert spills == [0], f"{name} {config} {dtype} k={k} uniform={uniform}: spill stores {spills}"
+    print("compiled")
+""")
+
+
+def test_kernels_compile_for_an_h100_without_register_spills():
+    assert_compiles(COMPILE_FOR_H100)
