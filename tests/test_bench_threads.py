@@ -33,15 +33,21 @@ def test_ratios_are_to_the_fastest_of_the_same_neighbour_and_grid(tiny_rows):
 
 
 def test_targets_take_the_defaults_worst_grid():
-    rows = [{"neighbour": n, "configuration": c, "grid": g, "ratio_to_best": r}
-            for n, c, g, r in [("none", "default", 5, 1.0), ("none", "default", 50, 1.05),
-                               ("busy", "default", 5, 1.3), ("busy", "default", 50, 1.0),
-                               ("busy", "one thread", 5, 1.0)]]
+    rows = [{"neighbour": n, "configuration": c, "grid": g, "ratio_to_best": best, "ratio_to_dense": dense}
+            for n, c, g, best, dense in [("none", "default", 5, 1.0, 1.2), ("none", "default", 50, 1.05, 0.3),
+                                         ("busy", "default", 5, 2.4, 1.32), ("busy", "default", 50, 1.0, 0.36),
+                                         ("busy", "one thread", 5, 1.0, 0.9)]]
     report = target_report(rows)
     assert [entry["target"] for entry in report] == [target[0] for target in TARGETS]
-    assert [entry["value"] for entry in report] == [1.05, 1.3]
+    assert [entry["value"] for entry in report] == pytest.approx([1.05, 1.2])  # 0.36 / 0.3 at G = 50
     assert [entry["met"] for entry in report] == [True, False]
     assert all(entry["value"] is None for entry in target_report(rows[-1:]))
+
+
+def test_the_dense_product_is_timed_beside_the_layer(tiny_rows):
+    for row in tiny_rows:
+        assert row["dense_fwdbwd_median_ms"] > 0
+        assert row["ratio_to_dense"] == pytest.approx(row["fwdbwd_median_ms"] / row["dense_fwdbwd_median_ms"])
 
 
 @pytest.mark.parametrize("change,message", [

@@ -124,8 +124,8 @@ PRUNE_NAMES = {  # readable name, short name, unit
 THREAD_NAMES = {  # readable name, short name, unit
     threads.TARGETS[0][0]: ("Training step with default threads / best setting, alone", "default threads, alone",
                             TIMES),
-    threads.TARGETS[1][0]: ("Training step with default threads / best setting, beside a busy process",
-                            "default threads, busy", TIMES),
+    threads.TARGETS[1][0]: ("Beside a busy process: the layer's slowdown over torch's dense product's (default "
+                            "threads)", "slowdown vs torch's, busy", TIMES),
 }
 WORKFLOW_NAMES = {  # readable name, short name, unit
     workflow.TARGETS[0]: ("Example 1: share of seeds reaching test RMSE 1e-3 at G = 20", "seeds reaching 1e-3", ""),
