@@ -330,7 +330,7 @@ def test_the_sparsity_goals_come_from_the_sweep_pruning_and_thread_runs(results)
     assert find(goals, "at G = 200 / at G = 50").status == "met"
     assert find(goals, "dense time / edge-sparse time").status == "met"
     assert find(goals, "accuracy lost at 90%").value_text == "0.5 points"
-    assert find(goals, "beside a busy process").verdict == "not measured yet: needs `python -m kanlib bench threads`"
+    assert find(goals, "busy process").verdict == "not measured yet: needs `python -m kanlib bench threads`"
     slower = V.collect_goals([*results, sweep_run(1.7), prune_run(3.0)], notebooks())
     assert find(slower, "at G = 200 / at G = 50").status == "missed"
     assert find(slower, "dense time / edge-sparse time").status == "missed"
