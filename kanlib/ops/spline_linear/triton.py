@@ -46,8 +46,8 @@ from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
-           "INTERPRET", "symmetric_pieces", "activation", "activation_derivative", "knot_basis", "spline_basis",
-           "to_store", "LaunchPlan", "check_devices", "check_inputs"]
+           "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
+           "spline_basis", "to_store", "LaunchPlan", "check_devices", "check_inputs"]
 
 IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TANH_ID, RELU_ID))
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
@@ -478,31 +478,42 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
     return grad_w
 
 
-class SplineLinearFunction(torch.autograd.Function):
-    """The fused product with gradients for x and weight; inputs as :func:`spline_linear_triton` checks them."""
+def planned_function(forward, grad_x, grad_weight, doc: str) -> type[torch.autograd.Function]:
+    """An autograd Function over (x, weight, grid, spline_order, uniform, activation) whose forward and gradients
+    are ``forward(x, weight, plan)``, ``grad_x(x, weight, grad_out, plan)`` and ``grad_weight(...)`` with a
+    :class:`LaunchPlan`; a create_graph backward goes through the plain formula."""
 
-    @staticmethod
-    def forward(ctx, x, weight, grid, spline_order, uniform, activation):
-        plan = LaunchPlan(x, weight, grid, spline_order, uniform, activation)
-        ctx.save_for_backward(x, weight)
-        ctx.plan = plan
-        return _forward(x, weight, plan)
+    class PlannedProduct(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, grid, spline_order, uniform, activation):
+            plan = LaunchPlan(x, weight, grid, spline_order, uniform, activation)
+            ctx.save_for_backward(x, weight)
+            ctx.plan = plan
+            return forward(x, weight, plan)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: the gradients must themselves be differentiable, which the kernels' are not.
-            plan = ctx.plan
-            return (*differentiable_backward(x, weight, plan.grid, plan.spline_order, plan.activation, grad_out,
-                                             *ctx.needs_input_grad[:2]), None, None, None, None)
-        grad_out = grad_out.to(x.dtype)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _grad_x(x, weight, grad_out, ctx.plan)
-        if ctx.needs_input_grad[1]:
-            grad_w = _grad_weight(x, weight, grad_out, ctx.plan)
-        return grad_x, grad_w, None, None, None, None
+        @staticmethod
+        def backward(ctx, grad_out):
+            x, weight = ctx.saved_tensors
+            if torch.is_grad_enabled():
+                # create_graph=True: the gradients must themselves be differentiable, which the kernels' are not.
+                plan = ctx.plan
+                return (*differentiable_backward(x, weight, plan.grid, plan.spline_order, plan.activation, grad_out,
+                                                 *ctx.needs_input_grad[:2]), None, None, None, None)
+            grad_out = grad_out.to(x.dtype)
+            grad_x_out = grad_w = None
+            if ctx.needs_input_grad[0]:
+                grad_x_out = grad_x(x, weight, grad_out, ctx.plan)
+            if ctx.needs_input_grad[1]:
+                grad_w = grad_weight(x, weight, grad_out, ctx.plan)
+            return grad_x_out, grad_w, None, None, None, None
+
+    PlannedProduct.__doc__ = doc
+    return PlannedProduct
+
+
+SplineLinearFunction = planned_function(
+    _forward, _grad_x, _grad_weight,
+    "The fused product with gradients for x and weight; inputs as :func:`spline_linear_triton` checks them.")
 
 
 def check_devices(what: str, devices: dict[str, torch.device]) -> None:

@@ -35,10 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import differentiable_backward
 from .support import TRITON_SPARSE_SLOWDOWN, prefers_sparse
 from .triton import (INTERPRET, LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
-                     spline_basis, to_store)
+                     planned_function, spline_basis, to_store)
 
 __all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
            "uses_local_kernels"]
@@ -258,31 +257,9 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
     return grad_w.to(weight.dtype)  # rounded once
 
 
-class LocalSplineLinearFunction(torch.autograd.Function):
-    """The local-support product with gradients for x and weight; inputs as :func:`.triton.check_inputs` checks."""
-
-    @staticmethod
-    def forward(ctx, x, weight, grid, spline_order, uniform, activation):
-        plan = LaunchPlan(x, weight, grid, spline_order, uniform, activation)
-        ctx.save_for_backward(x, weight)
-        ctx.plan = plan
-        return _forward(x, weight, plan)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: the gradients must themselves be differentiable, which the kernels' are not.
-            plan = ctx.plan
-            return (*differentiable_backward(x, weight, plan.grid, plan.spline_order, plan.activation, grad_out,
-                                             *ctx.needs_input_grad[:2]), None, None, None, None)
-        grad_out = grad_out.to(x.dtype)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _grad_x(x, weight, grad_out, ctx.plan)
-        if ctx.needs_input_grad[1]:
-            grad_w = _grad_weight(x, weight, grad_out, ctx.plan)
-        return grad_x, grad_w, None, None, None, None
+LocalSplineLinearFunction = planned_function(
+    _forward, _grad_x, _grad_weight,
+    "The local-support product with gradients for x and weight; inputs as :func:`.triton.check_inputs` checks.")
 
 
 def uses_local_kernels(grid: torch.Tensor, spline_order: int) -> bool:
