@@ -69,9 +69,11 @@ def test_nan_rows_stay_nan_and_an_empty_batch_works():
 
 
 def test_cpu_backend_says_why_it_cannot_run():
-    x, weight, spec = problem("rswaf", 6)
-    trainable = BasisSpec("rswaf", spec.n_basis, grid=spec.grid, scale=spec.scale.clone().requires_grad_())
-    with pytest.raises(ValueError, match="backend='cpu' cannot run this call: .*freeze them"):
+    x, weight, spec = problem("rbf", 6)
+    trainable = BasisSpec("rbf", spec.n_basis, grid=spec.grid, scale=torch.tensor(0.6, dtype=torch.float64,
+                                                                                  requires_grad=True))
+    with pytest.raises(ValueError, match="backend='cpu' cannot run this call: it gives no gradient to the rbf "
+                                         "basis' scale .*freeze them"):
         basis_linear(x, weight, trainable, "cpu")
     with pytest.raises(ValueError, match="float32 or float64 CPU tensors of one dtype"):
         basis_linear(x.detach().bfloat16(), weight.detach().bfloat16(), spec, "cpu")
@@ -79,3 +81,61 @@ def test_cpu_backend_says_why_it_cannot_run():
         basis_linear(x, weight, spec, "gpu")
     # auto computes the same function where the kernel cannot run
     torch.testing.assert_close(basis_linear(x, weight, trainable), basis_linear(x, weight, spec, "cpu"))
+
+
+def trainable_parameters(kind, spec):
+    """The basis parameters whose gradients the kernel gives, as leaves of a new spec."""
+    if kind == "rswaf":
+        scale = spec.scale.detach().clone().requires_grad_()
+        return BasisSpec("rswaf", spec.n_basis, grid=spec.grid, scale=scale), [scale]
+    starts, ends = spec.starts.detach().clone().requires_grad_(), spec.ends.detach().clone().requires_grad_()
+    return BasisSpec("relu", spec.n_basis, starts=starts, ends=ends), [starts, ends]
+
+
+@pytest.mark.parametrize("n,n_in,n_out", [(1, 1, 1), (37, 5, 7), (70, 3, 17)])
+@pytest.mark.parametrize("kind", ["rswaf", "relu"])
+def test_the_basis_parameters_get_their_gradients(kind, n, n_in, n_out):
+    x, weight, spec = problem(kind, 7 + n, n, n_in, n_out)
+    spec, parameters = trainable_parameters(kind, spec)
+    grad_out = torch.randn(n, n_out, dtype=torch.float64)
+    results = []
+    for backend in ("cpu", "eager"):
+        out = basis_linear(x, weight, spec, backend)
+        results.append((out, *torch.autograd.grad(out, (x, weight, *parameters), grad_out)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    small_x, small_w, small = problem(kind, 8, n=4, n_in=2, n_out=3)
+    small, leaves = trainable_parameters(kind, small)
+    assert torch.autograd.gradcheck(lambda x, w, *p: basis_linear(x, w, small, "cpu"), (small_x, small_w, *leaves))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_is_as_exact_as_pytorch_far_outside_the_grid_and_keeps_nan_and_inf(kind):
+    """The kernel's own exponential against torch's, in float32, for inputs up to 200 grid widths away (where
+    exp underflows) and for inf and NaN."""
+    x, weight, spec = problem(kind, 9, n=64, n_in=6, n_out=5, dtype=torch.float32)
+    x = x.detach() * torch.logspace(-3, 2, 64).unsqueeze(1)
+    x[5, 2], x[6, 1], x[7, 0] = float("inf"), -float("inf"), float("nan")
+    x.requires_grad_()
+    grad_out = torch.randn(64, 5)
+    results = []
+    for backend in ("cpu", "eager"):
+        out = basis_linear(x, weight, spec, backend)
+        results.append((out, *torch.autograd.grad(out, (x, weight), grad_out)))
+    for got, want in zip(*results):
+        finite = torch.isfinite(want).all(1)
+        torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-5)
+        assert torch.isnan(got[~finite]).any(1).all()
+
+
+@pytest.mark.parametrize("dtype,lowest", [(torch.float32, -87.0), (torch.float64, -708.0)])
+def test_the_kernels_exponential_is_within_a_few_units_in_the_last_place(dtype, lowest):
+    """One Gaussian at 0 of width 1 and a unit weight: the layer is exp(-x^2), over arguments down to the smallest
+    normal number's order."""
+    arguments = -torch.cat([torch.linspace(0, 1, 5001, dtype=torch.float64) ** 2 * -lowest,
+                            torch.rand(5000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * -lowest])
+    x = (-arguments).sqrt().to(dtype).unsqueeze(1)
+    spec = BasisSpec("rbf", 1, grid=torch.zeros(1, dtype=dtype), scale=1.0)
+    got = basis_linear(x, torch.ones(1, 1, dtype=dtype), spec, "cpu").squeeze(1).double()
+    want = torch.exp((-(x.squeeze(1) * x.squeeze(1))).double())  # the argument as rounded in dtype
+    assert ((got - want).abs() / want).max() <= 4 * torch.finfo(dtype).eps

@@ -18,9 +18,9 @@ class BasisKAN(nn.Module):
 
     Drop-in for ``nn.Linear``: input ``[..., in_features]``, output ``[..., out_features]``. ``weight`` is
     [I*S, O] (row ``i*S + s``: input i's basis s); ``layernorm`` normalizes each sample's inputs before the bases
-    (FastKAN, FasterKAN), the base branch sees the raw input. ``backend``: "auto" (for now the eager path), "eager"
-    (PyTorch operations) or "cpu" (a fused numba kernel that keeps only x for backward; see
-    :mod:`kanlib.ops.basis_linear`). Subclasses
+    (FastKAN, FasterKAN), the base branch sees the raw input. ``backend``: "auto" (the fused kernel where it can
+    run, else the eager path), "eager" (PyTorch operations) or "cpu" (a fused numba kernel that keeps only x for
+    backward; see :mod:`kanlib.ops.basis_linear`). Subclasses
     define :meth:`spec`.
     """
 

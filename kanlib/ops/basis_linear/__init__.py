@@ -4,25 +4,26 @@ Gaussian radial functions, FasterKAN's reflectional switch functions, ReLU-KAN's
 Chebyshev polynomials) and computes the product with autograd, which keeps the expanded input.
 
 Backends (``backend``): ``"eager"`` is the reference; ``"cpu"`` a fused numba kernel (:mod:`.cpu`) that writes
-the expansion for BLAS and, in backward, turns the gradient of the expansion into that of x and rebuilds the
-expansion over it, so that only x is kept between forward and backward (float32/float64 CPU tensors, no autocast,
-no torch.func or export). It gives gradients for x and W, so it runs when the basis' own parameters (a trainable
-width, ReLU-KAN's bounds) take no gradient. With ``create_graph=True`` its backward recomputes through the
-reference, so it can be differentiated again.
+the expansion for BLAS and, in backward, turns the gradient of the expansion into the gradients of x and of the
+basis' own parameters (RSWAF's inverse width, ReLU-KAN's bounds) and rebuilds the expansion over it, so that only x
+is kept between forward and backward (float32/float64 CPU tensors, no autocast, no torch.func or export). Its
+expansion is basis-major (row s*I + i), so the weight's rows are permuted to match in each call (a copy of W, small
+beside the [N, I*S] expansion for batches of more than a few rows). With ``create_graph=True`` its backward
+recomputes through the reference, so it can be differentiated again.
 
-``"auto"`` is ``"eager"`` for now: the numba kernel evaluates exp and tanh one value at a time, where PyTorch
-vectorizes them, and measured slower than the eager path on the CPU, so it only pays for its memory (it keeps x
-where the eager path keeps the [N, I*S] expansion). Choosing it by a measured cost model, as
-:mod:`kanlib.ops.spline_linear` does, is still to come.
+``"auto"`` takes the fused kernel wherever it can run (:func:`cpu_runs`; measured faster than the eager path for
+every family by ``python -m kanlib bench families``) and the eager path otherwise.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ...checks import check_choice
 from ..spline_linear import under_transform
+from ..spline_linear.cpu import threads_for
 from .reference import basis_linear_reference, chebyshev_basis, gaussian_rbf_basis, relu_bump_basis, rswaf_basis
 
 __all__ = ["BACKENDS", "BasisSpec", "basis_linear", "basis_linear_reference", "gaussian_rbf_basis", "rswaf_basis",
@@ -59,58 +60,96 @@ class BasisSpec:
 
 
 def _kernel_arguments(spec: BasisSpec, x: torch.Tensor) -> tuple:
+    """The basis' arguments of :func:`cpu.expand` for x's dtype (ReLU bounds basis-major, [S, I])."""
     from . import cpu
 
-    empty = x.new_empty(0).numpy()
-    empty2 = x.new_empty(0, 0).numpy()
-    grid = spec.grid.detach().to(x.dtype).contiguous().numpy() if spec.grid is not None else empty
+    def array(t: torch.Tensor | None, dims: int):
+        if t is None:
+            return x.new_empty((0,) * dims).numpy()
+        t = t.detach().to(x.dtype)
+        return (t.t() if dims == 2 else t).contiguous().numpy()
+
     scale = float(spec.scale) if spec.scale is not None else 1.0
-    starts = spec.starts.detach().to(x.dtype).contiguous().numpy() if spec.starts is not None else empty2
-    ends = spec.ends.detach().to(x.dtype).contiguous().numpy() if spec.ends is not None else empty2
-    return cpu, (cpu.KINDS[spec.kind], grid, scale, starts, ends, spec.n_basis)
+    lowest, bias, shift, integer = cpu.exp_constants(x.numpy().dtype)
+    return cpu, (cpu.KINDS[spec.kind], array(spec.grid, 1), scale, array(spec.starts, 2), array(spec.ends, 2),
+                 spec.n_basis, np.empty(0, integer), (lowest, bias, shift))
 
 
 def _fused_expand(spec: BasisSpec, x: torch.Tensor, grad_expanded: torch.Tensor | None = None,
                   expanded: bool = True):
-    """(A [N, I*S] or None, grad_x [N, I] or None); A written over grad_expanded when both are wanted."""
+    """(A [N, S*I] basis-major or None, grad_x [N, I] or None, grad_scale [] or None, grad_starts and grad_ends
+    [I, S] or None): A is written over grad_expanded when both are wanted; the parameters' gradients for the
+    families that have them (RSWAF's scale, ReLU's bounds), when grad_expanded is given."""
     cpu, arguments = _kernel_arguments(spec, x)
+    n_rows, n_in = x.shape
     with_grad = grad_expanded is not None
+    chunks = -(-n_rows // cpu.ROWS_PER_CHUNK) if with_grad else 0
     empty = x.new_empty(0, 0)
-    out = (grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * spec.n_basis)) if expanded else empty
+    out = (grad_expanded if with_grad else x.new_empty(n_rows, n_in * spec.n_basis)) if expanded else empty
     grad_x = torch.empty_like(x) if with_grad else empty
-    cpu.expand(x.numpy(), *arguments, (grad_expanded if with_grad else empty).numpy(), out.numpy(), grad_x.numpy(),
-               expanded, with_grad)
-    return (out if expanded else None), (grad_x if with_grad else None)
+    grad_scale = x.new_zeros(chunks if spec.kind == "rswaf" else 0, n_in)
+    bounds_shape = (chunks, spec.n_basis, n_in) if spec.kind == "relu" else (0, 0, 0)
+    grad_starts, grad_ends = x.new_zeros(bounds_shape), x.new_zeros(bounds_shape)
+    with threads_for(n_rows * n_in * spec.n_basis):
+        cpu.expand(x.numpy(), *arguments, (grad_expanded if with_grad else empty).numpy(), out.numpy(),
+                   grad_x.numpy(), grad_scale.numpy(), grad_starts.numpy(), grad_ends.numpy(), expanded, with_grad)
+    if not with_grad:
+        return (out if expanded else None), None, None, None, None
+    return ((out if expanded else None), grad_x, grad_scale.sum() if spec.kind == "rswaf" else None,
+            *((grad_starts.sum(0).t(), grad_ends.sum(0).t()) if spec.kind == "relu" else (None, None)))
+
+
+def _basis_major(weight: torch.Tensor, n_basis: int) -> torch.Tensor:
+    """weight [I*S, O] (row i*S + s) -> [S*I, O] (row s*I + i), the row order of the kernel's A."""
+    n_out = weight.shape[1]
+    return weight.view(-1, n_basis, n_out).transpose(0, 1).reshape(-1, n_out)
+
+
+def _input_major(weight: torch.Tensor, n_basis: int) -> torch.Tensor:
+    """The inverse of :func:`_basis_major`."""
+    n_out = weight.shape[1]
+    return weight.view(n_basis, -1, n_out).transpose(0, 1).reshape(-1, n_out)
 
 
 class FusedCpuBasisLinear(torch.autograd.Function):
-    """``spec.expand(x).view(N, I*S) @ weight`` through the numba kernel, keeping only x for backward."""
+    """``spec.expand(x).view(N, I*S) @ weight`` through the numba kernel, keeping only x for backward; gradients
+    for x, weight, and RSWAF's ``scale`` or ReLU's ``starts``/``ends`` (the tensors of ``spec`` passed again
+    as arguments, so that autograd sees them)."""
 
     @staticmethod
-    def forward(ctx, x, weight, spec):
+    def forward(ctx, x, weight, scale, starts, ends, spec):
         ctx.save_for_backward(x, weight)
         ctx.spec = spec
-        expanded, _ = _fused_expand(spec, x.detach().contiguous())
-        return expanded @ weight.detach()
+        expanded, *_ = _fused_expand(spec, x.detach().contiguous())
+        return expanded @ _basis_major(weight.detach(), spec.n_basis)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         spec = ctx.spec
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        needs = ctx.needs_input_grad[:5]
         if torch.is_grad_enabled():
             # create_graph=True: gradients that autograd can differentiate again, through the reference.
-            inputs = [t for t, need in ((x, need_x), (weight, need_w)) if need]
+            candidates = (x, weight, spec.scale, spec.starts, spec.ends)
+            inputs = [t for t, need in zip(candidates, needs) if need]
             with torch.enable_grad():
                 out = basis_linear_reference(spec.expand(x), weight)
                 grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=True))
-            return (next(grads) if need_x else None), (next(grads) if need_w else None), None
+            return (*(next(grads) if need else None for need in needs), None)
         grad_out = grad_out.detach().contiguous()
-        x, weight = x.detach().contiguous(), weight.detach()
-        grad_expanded = grad_out @ weight.t() if need_x else None
-        expanded, grad_x = _fused_expand(spec, x, grad_expanded, expanded=need_w)
-        grad_w = expanded.t() @ grad_out if need_w else None
-        return grad_x, grad_w, None
+        x, weight = x.detach().contiguous(), _basis_major(weight.detach(), spec.n_basis)
+        expanded, grad_x, grad_scale, grad_starts, grad_ends = _fused_expand(spec, x, grad_out @ weight.t(),
+                                                                             expanded=needs[1])
+        grad_w = _input_major(expanded.t() @ grad_out, spec.n_basis) if needs[1] else None
+        if grad_scale is not None and needs[2]:
+            grad_scale = grad_scale.reshape(spec.scale.shape).to(spec.scale.dtype)
+        return (grad_x if needs[0] else None, grad_w, grad_scale if needs[2] else None,
+                grad_starts.to(spec.starts.dtype) if needs[3] else None,
+                grad_ends.to(spec.ends.dtype) if needs[4] else None, None)
+
+
+# The basis parameters whose gradient the kernel gives, per family.
+_TRAINABLE = {"rbf": (), "rswaf": ("scale",), "relu": ("starts", "ends"), "chebyshev": ()}
 
 
 def cpu_runs(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec) -> str | None:
@@ -122,19 +161,22 @@ def cpu_runs(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec) -> str | No
         return "it computes in float32 or float64, not under autocast"
     if under_transform(x, weight, *spec.tensors()):
         return "torch.func, torch.compile and torch.export cannot look into numba kernels"
-    if any(t.requires_grad for t in spec.tensors()):
-        return "it gives no gradient to the basis' own parameters (a trainable width or bounds); freeze them"
-    if spec.n_basis > 256:
-        return f"it holds at most 256 bases per input, got {spec.n_basis}"
+    frozen_only = [name for name in ("grid", "scale", "starts", "ends") if name not in _TRAINABLE[spec.kind]
+                   and isinstance(getattr(spec, name), torch.Tensor) and getattr(spec, name).requires_grad]
+    if frozen_only:
+        return (f"it gives no gradient to the {spec.kind} basis' {', '.join(frozen_only)} (only to "
+                f"{', '.join(_TRAINABLE[spec.kind]) or 'x and the weight'}); freeze them")
     return None
 
 
 def basis_linear(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec, backend: str = "auto") -> torch.Tensor:
     """x [N, I], weight [I*S, O] -> [N, O] = spec's expansion of x times weight."""
     check_choice("backend", backend, BACKENDS)
-    if backend == "cpu":
+    if backend in ("cpu", "auto"):
         reason = cpu_runs(x, weight, spec)
-        if reason is not None:
+        if reason is not None and backend == "cpu":
             raise ValueError(f"backend='cpu' cannot run this call: {reason}")
-        return FusedCpuBasisLinear.apply(x, weight, spec)
+    if backend == "cpu" or (backend == "auto" and reason is None):
+        return FusedCpuBasisLinear.apply(x, weight, *(t if isinstance(t, torch.Tensor) else None
+                                                      for t in (spec.scale, spec.starts, spec.ends)), spec)
     return basis_linear_reference(spec.expand(x), weight)
