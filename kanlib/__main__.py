@@ -142,6 +142,50 @@ def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return _write_results("layer", params, rows, device, args)
 
 
+def _add_bench_families(benchmarks: argparse._SubParsersAction) -> None:
+    from .bench.families import CANDIDATES as FAMILY_CANDIDATES, FAMILIES
+
+    parser = benchmarks.add_parser(
+        "families",
+        help="the RBF, RSWAF, ReLU-KAN and Chebyshev layers against the dense product of the same K, their eager "
+             "reference and fast-kan's formula",
+        description="Time forward and forward+backward of each family's layer (I = O = width) for each grid size: "
+                    f"{', '.join(FAMILY_CANDIDATES)} (fastkan for rbf only), and one MLP layer; print a table and "
+                    "the targets, and write data/results/families-*.json.",
+    )
+    parser.add_argument("--batch", type=_int_at_least(1), default=1024, help="batch size B (default: 1024)")
+    parser.add_argument("--width", type=_int_at_least(1), default=256, help="in and out features I = O (default: 256)")
+    parser.add_argument("--grid", type=_int_at_least(2), nargs="+", action="extend", dest="grids", metavar="G",
+                        help="grid size(s), ChebyKAN at degree G - 1; repeat or list several (default: 5)")
+    parser.add_argument("--family", choices=FAMILIES, nargs="+", action="extend", dest="families",
+                        help=f"(default: {' '.join(FAMILIES)})")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: float32)")
+    _add_common_options(parser)
+    parser.set_defaults(handler=_bench_families, command_parser=parser)
+
+
+def _bench_families(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench import families
+
+    device = _benchmark_device(args, parser)
+    grids = args.grids or [5]
+    chosen = args.families or list(families.FAMILIES)
+    for flag, values in (("--grid", grids), ("--family", chosen)):
+        if len(set(values)) != len(values):
+            parser.error(f"{flag}: expected distinct values, got {values}")
+    params = {"batch": args.batch, "width": args.width, "grids": grids, "families": chosen, "dtype": args.dtype,
+              "repeat": args.repeat, "warmup": args.warmup, "seed": args.seed}
+    rows = families.run_families_benchmark(device, args.batch, args.width, grids, families=chosen,
+                                           dtype=DTYPES[args.dtype], repeat=args.repeat, warmup=args.warmup,
+                                           seed=args.seed)
+    print(f"families benchmark on {device}: batch {args.batch}, width {args.width}, {args.dtype}")
+    print(format_table(rows, families.TABLE_COLUMNS))
+    configuration = families.TARGET_CONFIGURATION
+    print(f"targets (at batch {configuration['batch']}, width {configuration['width']}, {configuration['dtype']}):")
+    print(format_targets(families.target_report(rows), ".3g"))
+    return _write_results("families", params, rows, device, args)
+
+
 def _add_book_commands(commands: argparse._SubParsersAction) -> None:
     from .book.runner import DEVICES, EXECUTED_DIR, MODES
 
@@ -515,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run a benchmark, print its table and write its results.")
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="benchmark", required=True)
     _add_bench_layer(benchmarks)
+    _add_bench_families(benchmarks)
     _add_bench_kernel(benchmarks)
     _add_bench_quant(benchmarks)
     _add_bench_workflow(benchmarks)

@@ -10,6 +10,8 @@ COMMANDS = {
                ["bench", "kernel", "--device", "cpu", "--batch", "4", "--width", "2", "--grid", "3", "--skip-pykan"]),
     "quant": ("kanlib.bench.quant.run_quant_benchmark", ["bench", "quant", "--device", "cpu", "--quick"]),
     "workflow": ("kanlib.bench.workflow.run_workflow_benchmark", ["bench", "workflow", "--device", "cpu", "--quick"]),
+    "families": ("kanlib.bench.families.run_families_benchmark",
+                 ["bench", "families", "--device", "cpu", "--batch", "4", "--width", "2", "--grid", "3"]),
 }
 
 

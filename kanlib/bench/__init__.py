@@ -3,7 +3,7 @@
 Tools: :mod:`.timing` (medians with quartiles, peak memory), :mod:`.provenance` (device, versions, git),
 :mod:`.results` (one JSON file per run in data/results, read back and printed as tables), :mod:`.targets`
 (goals checked against result rows). One module per benchmark: :mod:`.layer`, :mod:`.kernel`, :mod:`.quant`,
-:mod:`.workflow`, :mod:`.prune`.
+:mod:`.workflow`, :mod:`.prune`, :mod:`.threads`, :mod:`.families`.
 """
 from ..checks import resolve_device
 from .provenance import (RESULTS_DIR, can_retain_freed_memory, device_info, git_commit, git_dirty,

@@ -1,6 +1,7 @@
-"""What the layer and kernel benchmarks share: the candidates' shape, their inputs, the competitors built
-from a kanlib layer (an unfused layer in efficient-kan's layout, pykan's layer, the B-spline layers of the
-pip-installable packages flashkan and inkan) and the measurement of a set of candidates in one run."""
+"""What the layer, kernel and families benchmarks share: the candidates' shape, their inputs, the competitors
+built from a kanlib layer (an unfused layer in efficient-kan's layout, pykan's layer, the B-spline layers of the
+pip-installable packages flashkan and inkan, fast-kan's FastKANLayer formula beside an RBFKAN) and the measurement
+of a set of candidates in one run."""
 from __future__ import annotations
 
 import functools
@@ -14,12 +15,12 @@ from torch import nn
 
 from ..basis import make_grid
 from ..checks import check_int
-from ..layers import BSplineKAN
+from ..layers import BSplineKAN, RBFKAN
 from ..ops.spline_linear.reference import unfused_kan
 from .timing import peak_memory_bytes, time_interleaved
 
 __all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "DTYPES", "PEER_ORDER", "PEER_PACKAGES", "Candidate", "PeerLayer",
-           "UnfusedKAN", "bspline_weights", "check_sizes", "flashkan_layer", "inkan_layer", "measure",
+           "UnfusedKAN", "FastKANFormula", "bspline_weights", "check_sizes", "flashkan_layer", "inkan_layer", "measure",
            "module_candidate", "nbytes", "pykan_layer", "uniform_inputs"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -241,3 +242,83 @@ def measure(candidates: Sequence[Candidate], grad_out: torch.Tensor, device: tor
             "peak_bytes": peak_memory_bytes(training_step(candidate), device=device) + state_bytes,
         }
     return figures
+
+
+class _GaussianGrid(nn.Module):
+    """fast-kan's ``RadialBasisFunction`` state: ``grid`` [S] (a parameter that takes no gradient, as there) and
+    the float ``denominator``."""
+
+    def __init__(self, grid: torch.Tensor, denominator: float):
+        super().__init__()
+        self.grid = nn.Parameter(grid, requires_grad=False)
+        self.denominator = denominator
+
+
+class FastKANFormula(nn.Module):
+    """fast-kan's ``FastKANLayer`` forward rebuilt in plain PyTorch from its published definition (Li 2024,
+    "Kolmogorov-Arnold Networks are Radial Basis Function Networks"; github.com/ZiyaoLi/fast-kan):
+
+        y = spline_linear(exp(-((LayerNorm(x)[..., None] - grid) / denominator)^2).flatten(-2))
+            [+ base_linear(silu(x))]
+
+    x [..., I] -> [..., O]. Its parameters have fast-kan's names and shapes (a state dict loads into either):
+    ``layernorm.weight/bias`` [I], ``rbf.grid`` [S] (no gradient), ``spline_linear.weight`` [O, I*S] (no bias),
+    and with the base update ``base_linear.weight`` [O, I], ``base_linear.bias`` [O]. The expansion is flattened
+    input-major (column i*S + s), as fast-kan's ``view``. Initialized as fast-kan: grid ``linspace(grid_min,
+    grid_max, num_grids)``, denominator its spacing, spline weights truncated normal with std
+    ``spline_weight_init_scale``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, grid_min: float = -2.0, grid_max: float = 2.0,
+                 num_grids: int = 8, use_base_update: bool = True, spline_weight_init_scale: float = 0.1,
+                 device=None, dtype=None):
+        super().__init__()
+        check_int("in_features", in_features, 1)
+        check_int("out_features", out_features, 1)
+        check_int("num_grids", num_grids, 2)
+        if not grid_min < grid_max:
+            raise ValueError(f"expected grid_min < grid_max, got grid_min={grid_min!r}, grid_max={grid_max!r}")
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        self.layernorm = nn.LayerNorm(in_features, **factory)
+        grid = torch.linspace(grid_min, grid_max, num_grids, **factory)
+        self.rbf = _GaussianGrid(grid, (grid_max - grid_min) / (num_grids - 1))
+        self.spline_linear = nn.Linear(in_features * num_grids, out_features, bias=False, **factory)
+        nn.init.trunc_normal_(self.spline_linear.weight, std=spline_weight_init_scale)
+        self.base_linear = nn.Linear(in_features, out_features, **factory) if use_base_update else None
+
+    @classmethod
+    def from_rbfkan(cls, layer: RBFKAN) -> FastKANFormula:
+        """The formula holding ``layer``'s function: its layer norm, grid and width, ``weight.T`` as spline_linear's
+        weight, ``base_weight.T`` and ``bias`` as base_linear's. fast-kan's layer always normalizes and has a bias
+        only in its base update, so ``layer`` needs ``layernorm=True`` and either a silu base branch with a bias
+        (RBFKAN's default) or neither."""
+        if not isinstance(layer, RBFKAN):
+            raise TypeError(f"expected a kanlib RBFKAN, got {type(layer).__name__}")
+        with_base = layer.base_activation == "silu" and layer.bias is not None
+        without_base = layer.base_activation is None and layer.bias is None
+        if layer.layernorm is None or not (with_base or without_base):
+            raise ValueError(f"fast-kan's formula holds an RBFKAN with layernorm=True and either "
+                             f"base_activation='silu' with bias=True or base_activation=None with bias=False, got "
+                             f"layernorm={layer.layernorm is not None}, base_activation={layer.base_activation!r}, "
+                             f"bias={layer.bias is not None}")
+        grid = layer.grid
+        new = cls(layer.in_features, layer.out_features, grid_min=float(grid[0]), grid_max=float(grid[-1]),
+                  num_grids=layer.n_basis, use_base_update=with_base, device=layer.weight.device,
+                  dtype=layer.weight.dtype)
+        new.rbf.denominator = layer.width
+        with torch.no_grad():
+            new.rbf.grid.copy_(grid)
+            new.layernorm.load_state_dict(layer.layernorm.state_dict())
+            new.spline_linear.weight.copy_(layer.weight.t())
+            if with_base:
+                new.base_linear.weight.copy_(layer.base_weight.t())
+                new.base_linear.bias.copy_(layer.bias)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.layernorm(x)
+        basis = torch.exp(-((normed.unsqueeze(-1) - self.rbf.grid) / self.rbf.denominator) ** 2)  # [..., I, S]
+        out = self.spline_linear(basis.flatten(-2))
+        if self.base_linear is not None:
+            out = out + self.base_linear(nn.functional.silu(x))
+        return out
