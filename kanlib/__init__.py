@@ -1,5 +1,5 @@
 """kanlib: fast, exact Kolmogorov-Arnold Network layers."""
-from .data import FORMULAS, list_formulas, load_digits, load_mnist, symbolic_dataset
+from .data import FORMULAS, list_formulas, load_cifar10, load_digits, load_fashion_mnist, load_mnist, symbolic_dataset
 from .layers import MLP, RBFKAN, RSWAFKAN, BSplineKAN, ChebyKAN, KANConv2d, ReLUKAN, SparseBSplineKAN
 from .models import KAN, LAYERS, CNNWithKANHead, ConvKAN, count_parameters, forward_flops, mlp_with_parameter_count
 from .training import FitCallback, History, fit
@@ -11,6 +11,6 @@ __all__ = [
     "ConvKAN", "CNNWithKANHead", "LAYERS",
     "count_parameters", "forward_flops", "mlp_with_parameter_count",
     "fit", "History", "FitCallback", "symbolic_dataset", "FORMULAS", "list_formulas", "load_digits", "load_mnist",
-    "quantize", "QATConfig", "prune_to_sparsity",
+    "load_fashion_mnist", "load_cifar10", "quantize", "QATConfig", "prune_to_sparsity",
 ]
 __version__ = "0.1.0"

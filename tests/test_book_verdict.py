@@ -13,7 +13,7 @@ import pytest
 matplotlib.use("Agg")
 
 from conftest import broken_images, open_page, serve  # noqa: E402
-from kanlib.bench import kernel, layer, load_results  # noqa: E402
+from kanlib.bench import families, kernel, layer, load_results  # noqa: E402
 from kanlib.book import verdict as V  # noqa: E402
 from kanlib.book.notebook import results_dir  # noqa: E402
 from kanlib.book.site import stage  # noqa: E402
@@ -93,7 +93,7 @@ def notebooks(*, fast_path=1.7, params=3.1, time_to_target=1.4, digits=1.5, imag
         "05_quantization.ipynb": notebook(["The goals"], {
             "quant_digits_loss_table3": 0.25, "quant_symbolic_ratio_table3": 50.5, "quant_size_ratio_8": 4.5,
             "quant_size_ratio_4": 8.5, "quant_table8_speedup": 0.07}, mode=quant_mode),
-        "06_kans_on_images.ipynb": notebook(["What it means"], {
+        "06_kans_on_images.ipynb": notebook(["What it means", "Each family against the dense product"], {
             "images_bspline_time_ratio": images, "images_goal_ratio": 2.0, "images_target_met": images_said}),
         "90_findings.ipynb": notebook(["The layer against its floor", "Quantization"], {}),
     }
@@ -195,7 +195,8 @@ def test_a_measured_gpu_kernel_is_checked(results):
 def test_missing_or_unexecuted_notebooks_leave_their_goals_unmeasured(results):
     partial = notebooks()
     del partial["03_kan_vs_mlp.ipynb"]
-    partial["06_kans_on_images.ipynb"] = notebook(["What it means"], {}, mode=None)
+    partial["06_kans_on_images.ipynb"] = notebook(["What it means", "Each family against the dense product"], {},
+                                                  mode=None)
     goals = V.collect_goals(results, partial)
     assert find(goals, "Parameters").verdict == "not measured yet: 03_kan_vs_mlp.ipynb is not in this build"
     assert (find(goals, "B-spline KAN").verdict
@@ -335,3 +336,30 @@ def test_the_sparsity_goals_come_from_the_sweep_pruning_and_thread_runs(results)
     assert find(slower, "at G = 200 / at G = 50").status == "missed"
     assert find(slower, "dense time / edge-sparse time").status == "missed"
     assert find(goals, "at G = 200").href.endswith("09_pruning_and_sparsity.html#time-against-the-grid-size")
+
+
+def families_run(ratio: float) -> dict:
+    """A CPU families run: every family's kanlib layer `ratio` x its dense product, RBFKAN 0.9x fast-kan's."""
+    rows = []
+    for family in families.FAMILIES:
+        for candidate, ms in (("dense", 10.0), ("kanlib", 10.0 * ratio), ("eager", 20.0)):
+            rows.append({**families.TARGET_CONFIGURATION, "grid": 5, "family": family, "candidate": candidate,
+                         **timing("fwdbwd_", ms)})
+    rows.append({**families.TARGET_CONFIGURATION, "grid": 5, "family": "rbf", "candidate": "fastkan",
+                 **timing("fwdbwd_", 10.0 * ratio / 0.9)})
+    return {"benchmark": "families", "params": {"batch": 1024, "width": 256}, "created_utc": "2026-05-07T00:00:00+00:00",
+            "device": {"type": "cpu", "name": "Test CPU", "cpu_count": 2}, "git": {"commit": "a" * 40}, "rows": rows}
+
+
+def test_the_family_goals_come_from_the_newest_families_run(results):
+    absent = [goal for goal in V.collect_goals(results, notebooks()) if "fast-kan" in goal.name or "ChebyKAN" in goal.name]
+    assert len(absent) == 2 and {goal.verdict for goal in absent} == {
+        "not measured yet: needs `python -m kanlib bench families`"}
+    goals = V.collect_goals([*results, families_run(1.2)], notebooks())
+    cheby = find(goals, "ChebyKAN layer's training step")
+    assert (cheby.value, cheby.status, cheby.area) == (pytest.approx(1.2), "met",
+                                                 "The other KAN families against the dense product")
+    assert cheby.href.endswith("06_kans_on_images.html#each-family-against-the-dense-product")
+    assert find(goals, "fast-kan's").value == pytest.approx(0.9)
+    slower = V.collect_goals([*results, families_run(1.4)], notebooks())
+    assert {goal.status for goal in slower if "dense product of its K" in goal.name} == {"missed"}

@@ -77,7 +77,7 @@ def test_cpu_backend_says_why_it_cannot_run():
         basis_linear(x, weight, trainable, "cpu")
     with pytest.raises(ValueError, match="float32 or float64 CPU tensors of one dtype"):
         basis_linear(x.detach().bfloat16(), weight.detach().bfloat16(), spec, "cpu")
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'eager', 'cpu'\), got 'gpu'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'eager', 'cpu', 'triton'\), got 'gpu'"):
         basis_linear(x, weight, spec, "gpu")
     # auto computes the same function where the kernel cannot run
     torch.testing.assert_close(basis_linear(x, weight, trainable), basis_linear(x, weight, spec, "cpu"))

@@ -25,7 +25,7 @@ from typing import Any
 import nbformat
 import pandas as pd
 
-from ..bench import kernel, layer, prune, quant, threads, workflow
+from ..bench import families, kernel, layer, prune, quant, threads, workflow
 from ..bench.targets import DIRECTIONS, target_entry
 from .glue import GlueError, glued, glued_value
 from .paths import RESULTS_PATH
@@ -82,6 +82,7 @@ SECTIONS = {  # (notebook, heading) where each group of goals is measured
     "quant notebook": (NB_QUANT, "The goals"),
     "quant benchmark": (NB_FINDINGS, "Quantization"),
     "images": (NB_IMAGES, "What it means"),
+    "families": (NB_IMAGES, "Each family against the dense product"),
     "workflow": (NB_FORMULA, "Ten initializations: how often does fitting work?"),
     "sweep": (NB_PRUNE, "Time against the grid size"),
     "prune": (NB_PRUNE, "The goals"),
@@ -96,6 +97,7 @@ AREAS = {  # the heading each group of goals has in the table
     "quant notebook": "Quantization",
     "quant benchmark": "Quantization",
     "images": "KANs on images",
+    "families": "The other KAN families against the dense product",
     "workflow": "pykan's workflow",
     "sweep": "Sparsity: the grid's zeros, pruned edges, threads",
     "prune": "Sparsity: the grid's zeros, pruned edges, threads",
@@ -126,6 +128,14 @@ THREAD_NAMES = {  # readable name, short name, unit
                             TIMES),
     threads.TARGETS[1][0]: ("Beside a busy process: the layer's slowdown over torch's dense product's (default "
                             "threads)", "slowdown vs torch's, busy", TIMES),
+}
+FAMILY_TITLES = {"rbf": "FastKAN (RBF)", "rswaf": "FasterKAN (RSWAF)", "relu": "ReLU-KAN", "chebyshev": "ChebyKAN"}
+FAMILY_NAMES = {  # readable name, short name, unit (families.TARGETS, on the CPU)
+    **{name: (f"{FAMILY_TITLES[family]} layer's training step / dense product of its K, G = 5 (CPU)",
+              f"{FAMILY_TITLES[family]} / dense", TIMES)
+       for name, _, family, reference, _, _ in families.TARGETS if reference == "dense"},
+    families.TARGETS[-1][0]: ("RBFKAN's training step / fast-kan's layer's, G = 5 (CPU)", "RBFKAN / fast-kan",
+                              TIMES),
 }
 WORKFLOW_NAMES = {  # readable name, short name, unit
     workflow.TARGETS[0]: ("Example 1: share of seeds reaching test RMSE 1e-3 at G = 20", "seeds reaching 1e-3", ""),
@@ -439,6 +449,13 @@ def _sparsity_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
                               "python -m kanlib bench threads")]
 
 
+def _family_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
+    """The goals of `python -m kanlib bench families` (each basis family against its dense product), from its
+    newest CPU run."""
+    return _benchmark_goals(results, "families", "families", families.target_report, FAMILY_NAMES,
+                            "python -m kanlib bench families")
+
+
 def _images_goals(images: _Notebook) -> list[Goal]:
     reason = images.missing_reason
     value = None if reason else images.number("images_bspline_time_ratio")
@@ -468,7 +485,8 @@ def collect_goals(results: Sequence[Mapping[str, Any]], notebooks: Mapping[str, 
     for name, heading in SECTIONS.values():
         read[name].check_heading(heading)
     return [*_layer_goals(results, read[NB_FAST_PATH]), *_kernel_goals(results), *_vs_mlp_goals(read[NB_VS_MLP]),
-            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES]), *_workflow_goals(results),
+            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES]), *_family_goals(results),
+            *_workflow_goals(results),
             *_sparsity_goals(results)]
 
 

@@ -11,8 +11,12 @@ expansion is basis-major (row s*I + i), so the weight's rows are permuted to mat
 beside the [N, I*S] expansion for batches of more than a few rows). With ``create_graph=True`` its backward
 recomputes through the reference, so it can be differentiated again.
 
-``"auto"`` takes the fused kernel wherever it can run (:func:`cpu_runs`; measured faster than the eager path for
-every family by ``python -m kanlib bench families``) and the eager path otherwise.
+``"triton"`` runs the fused Triton kernels of :mod:`.triton` (CUDA tensors; the expansion is built in registers
+and never stored, backward likewise, with the gradients of the basis' own parameters).
+
+``"auto"``: on CUDA the Triton kernels, on the CPU the numba kernel (measured faster than the eager path for every
+family by ``python -m kanlib bench families``), wherever they can run (:func:`.triton.triton_runs`,
+:func:`cpu_runs`); the eager path otherwise.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from .reference import basis_linear_reference, chebyshev_basis, gaussian_rbf_bas
 __all__ = ["BACKENDS", "BasisSpec", "basis_linear", "basis_linear_reference", "gaussian_rbf_basis", "rswaf_basis",
            "relu_bump_basis", "chebyshev_basis"]
 
-BACKENDS = ("auto", "eager", "cpu")
+BACKENDS = ("auto", "eager", "cpu", "triton")
 _CPU_DTYPES = (torch.float32, torch.float64)
 
 
@@ -172,11 +176,19 @@ def cpu_runs(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec) -> str | No
 def basis_linear(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec, backend: str = "auto") -> torch.Tensor:
     """x [N, I], weight [I*S, O] -> [N, O] = spec's expansion of x times weight."""
     check_choice("backend", backend, BACKENDS)
+    if backend == "triton" or (backend == "auto" and x.device.type == "cuda"):
+        from .triton import basis_linear_triton, triton_runs
+
+        reason = triton_runs(x, weight, spec)
+        if reason is None:
+            return basis_linear_triton(x, weight, spec)
+        if backend == "triton":
+            raise ValueError(f"backend='triton' cannot run this call: {reason}")
     if backend in ("cpu", "auto"):
         reason = cpu_runs(x, weight, spec)
-        if reason is not None and backend == "cpu":
+        if reason is None:
+            return FusedCpuBasisLinear.apply(x, weight, *(t if isinstance(t, torch.Tensor) else None
+                                                          for t in (spec.scale, spec.starts, spec.ends)), spec)
+        if backend == "cpu":
             raise ValueError(f"backend='cpu' cannot run this call: {reason}")
-    if backend == "cpu" or (backend == "auto" and reason is None):
-        return FusedCpuBasisLinear.apply(x, weight, *(t if isinstance(t, torch.Tensor) else None
-                                                      for t in (spec.scale, spec.starts, spec.ends)), spec)
     return basis_linear_reference(spec.expand(x), weight)
