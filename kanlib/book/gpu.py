@@ -5,8 +5,9 @@ time budget, and the tools around it.
   wheels of what a bare GPU image lacks (pykan, papermill and the Jupyter kernel) and kanlib itself, into
   ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
   machine receives.
-- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, ``bench kernel``, ``bench quant``
-  and ``bench layer`` with ``--device cuda``, then the full-mode runs of the notebooks that carry GPU figures,
+- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, ``bench kernel``, ``bench quant``,
+  ``bench layer`` and ``bench families`` with ``--device cuda``, then the full-mode runs of the notebooks that carry
+  GPU figures, then the basis families' Triton tests,
   each step under its own timeout inside one deadline, a failing step recorded without stopping the next; it
   packs the new results, the executed notebooks and the log into a few files and prints the targets.
   ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's interpreter),
@@ -70,6 +71,7 @@ wrapt xarray xxhash yarl zipp
 GPU_NOTEBOOKS = ("02_fast_path.ipynb", "04_triton_kernels.ipynb", "90_findings.ipynb")
 CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py",
               "tests/test_gpu.py")
+CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
 DEADLINE_S = 540  # the whole run on the GPU, under the 10 minutes one command may take there
 PACK_LIMIT_BYTES = 16 * MIB  # one file that comes back from a lent machine
 MIN_STEP_S = 10  # a step is not started with less of the deadline left
@@ -153,6 +155,8 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path, notebooks_dir: pa
         layer = ("--batch", "16", "--width", "8", "--grid", "3", "5", "--repeat", "2", "--warmup", "1", "--skip-pykan")
         quant = ("--quick", "--bits", "8", "--train-steps", "10", "--qat-steps", "3",
                  "--repeat", "2", "--warmup", "1")
+        families = ("--batch", "16", "--width", "8", "--grid", "3", "--repeat", "2", "--warmup", "1")
+        basis_tests = ("pytest", "-q", "-p", "no:cacheprovider", "-k", "nan_in_a_row", *CUDA_BASIS_TESTS)
         mode = "quick"
     else:
         tests = ("pytest", "-q", "-p", "no:cacheprovider", *CUDA_TESTS)
@@ -160,6 +164,8 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path, notebooks_dir: pa
                   "float32")
         layer = ("--batch", "4096", "--width", "1024", "--grid", "5", "10", "20", "50", "--skip-pykan")
         quant = ()
+        families = ()  # the CPU goals' sizes (batch 1024, I = O = 256, G = 5), for the same table on CUDA
+        basis_tests = ("pytest", "-q", "-p", "no:cacheprovider", *CUDA_BASIS_TESTS)
         mode = "full"
     notebooks = [str(NOTEBOOKS_DIR / name) for name in GPU_NOTEBOOKS]
     return [
@@ -167,8 +173,11 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path, notebooks_dir: pa
         Step("bench kernel", ("kanlib", "bench", "kernel", "--device", device, *kernel, *out), 150),
         Step("bench quant", ("kanlib", "bench", "quant", "--device", device, *quant, *out), 100),
         Step("bench layer", ("kanlib", "bench", "layer", "--device", device, *layer, *out), 60),
+        Step("bench families", ("kanlib", "bench", "families", "--device", device, *families, *out), 45),
         Step("notebooks", ("kanlib", "run", *notebooks, "--device", device, "--mode", mode,
                            "--output-dir", str(notebooks_dir)), 200),
+        # last, so that compiling the many specializations of these kernels cannot starve the figures above
+        Step("cuda tests (basis families)", basis_tests, 90),
     ]
 
 
@@ -211,13 +220,13 @@ def _run_step(step: Step, log, seconds_left: float, pythonpath: str | None = Non
 
 
 def _targets(result_files: Sequence[pathlib.Path]) -> list[dict]:
-    """The targets of the kernel and quantization benchmarks in the new result files."""
-    from ..bench import kernel, quant
+    """The targets of the kernel, quantization and families benchmarks in the new result files."""
+    from ..bench import families, kernel, quant
 
     report = []
     for path in result_files:
         result = json.loads(path.read_text())
-        benchmark = {"kernel": kernel, "quant": quant}.get(result["benchmark"])
+        benchmark = {"kernel": kernel, "quant": quant, "families": families}.get(result["benchmark"])
         if benchmark is not None:
             report += [{**target, "benchmark": result["benchmark"]}
                        for target in benchmark.target_report(result["rows"])]
