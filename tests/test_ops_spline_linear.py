@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numba
+import numpy as np
 import pytest
 import torch
 from conftest import inputs_around, random_grid
@@ -12,7 +13,7 @@ from torch.func import jacrev, vmap
 
 from kanlib import KAN, BSplineKAN
 import kanlib.ops.spline_linear as spline_linear_module
-from kanlib.ops.spline_linear import BACKENDS, spline_linear
+from kanlib.ops.spline_linear import BACKENDS, cpu, grid_constants, spline_linear
 from kanlib.ops.spline_linear.reference import spline_linear_reference
 
 CPU_BACKENDS = ("auto", "eager", "cpu", "sparse")
@@ -252,3 +253,38 @@ def test_a_layer_at_a_large_grid_runs_the_parameter_path():
     reference = BSplineKAN(4, 3, grid_size=40, backend="eager")
     reference.load_state_dict(layer.state_dict())
     torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_small_calls_run_the_kernels_serial_twin_and_large_ones_the_parallel_kernel():
+    """Below SERIAL_BELOW elements a sized kernel runs its twin compiled without ``parallel`` (built once, at the
+    first small call), from SERIAL_BELOW on the parallel kernel; both compute the same."""
+    parallel = cpu._dense_kernel(3)
+    parallel_calls = []
+
+    class Recorded:  # the parallel kernel, counting its calls
+        py_func, targetoptions = parallel.py_func, parallel.targetoptions
+
+        def __call__(self, *args):
+            parallel_calls.append(1)
+            return parallel(*args)
+
+    kernel = cpu.sized_kernel(Recorded())
+    grid = torch.linspace(-1, 1, 5 + 2 * 3 + 1, dtype=torch.float64).expand(7, -1).contiguous()
+    grid_np, padded, inv_steps, matrix = grid_constants(grid, 3)
+    n_slots = 5 + 3 + 1
+
+    def expand(call, n_rows):
+        x = torch.rand(n_rows, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(n_rows)) * 2.4 - 1.2
+        out = np.empty((n_rows, 7 * n_slots))
+        empty = np.empty((0, 0))
+        call(x.numpy(), grid_np, padded, inv_steps, True, matrix, torch.nn.functional.silu(x).numpy(), empty, empty,
+             out, empty, True, False)
+        return out
+
+    small = expand(kernel, 3)
+    assert parallel_calls == [] and kernel.serial_kernel is not None
+    assert kernel.serial_kernel.targetoptions["parallel"] is False
+    np.testing.assert_array_equal(small, expand(parallel, 3))
+    large_rows = -(-cpu.SERIAL_BELOW // (7 * n_slots))
+    np.testing.assert_array_equal(expand(kernel, large_rows), expand(kernel.serial_kernel, large_rows))
+    assert parallel_calls == [1]

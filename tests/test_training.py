@@ -693,3 +693,12 @@ def test_metric_on_test_set_gives_rmse_or_accuracy_in_percent():
                               "accuracy") == pytest.approx(75.0)
     with pytest.raises(ValueError, match="metric: expected 'rmse' or 'accuracy', got 'mae'"):
         metric_on_test_set(torch.nn.Identity(), regression, "mae")
+
+
+def test_adam_takes_torchs_fused_implementation_where_it_runs():
+    from kanlib.training import _build_optimizer
+
+    on_cpu = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2, dtype=torch.float64))]
+    assert _build_optimizer(on_cpu, "adam", 1e-2).defaults["fused"] is True
+    on_meta = [torch.nn.Parameter(torch.randn(3, device="meta"))]
+    assert not _build_optimizer(on_meta, "adam", 1e-2).defaults["fused"]

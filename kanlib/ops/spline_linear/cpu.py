@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 from contextlib import contextmanager
 
 import numba
@@ -90,17 +91,32 @@ def threads_for(work: int):
         numba.set_num_threads(threads)
 
 
-def sized_kernel(kernel):
-    """``kernel`` called under :func:`threads_for` the size of its largest array argument (the undecorated kernel
-    is its ``.kernel``)."""
+def serial_twin(kernel):
+    """The same kernel compiled without ``parallel``: small calls skip the thread pool's launch and the thread-count
+    switches. Its own name (``<name>_serial``) gives it its own cache file: numba's cache index does not tell the
+    two compilations of one function apart."""
+    func = kernel.py_func
+    twin = types.FunctionType(func.__code__, func.__globals__, f"{func.__name__}_serial", func.__defaults__,
+                              func.__closure__)
+    twin.__qualname__ = f"{func.__qualname__}_serial"
+    options = {key: value for key, value in kernel.targetoptions.items() if key != "nopython"}
+    return numba.njit(cache=True, **{**options, "parallel": False})(twin)
 
+
+def sized_kernel(kernel):
+    """``kernel`` sized by its largest array argument: below SERIAL_BELOW elements its :func:`serial_twin` (compiled
+    at the first such call; ``.serial_kernel``), else ``kernel`` under :func:`threads_for` (``.kernel``)."""
     @functools.wraps(kernel)
     def call(*args):
         work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
+        if work < SERIAL_BELOW:
+            if call.serial_kernel is None:
+                call.serial_kernel = serial_twin(kernel)
+            return call.serial_kernel(*args)
         with threads_for(work):
             return kernel(*args)
 
-    call.kernel = kernel
+    call.kernel, call.serial_kernel = kernel, None
     return call
 
 
