@@ -155,7 +155,7 @@ class _CpuKernelArgs:
     """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
 
     ``x``, ``knots`` (grid, padded grid, inv_steps, uniform), ``matrix`` (the uniform basis matrix), ``spline_order``
-    and ``activation`` (the kernels' id of the base activation).
+    and ``activation`` (the kernels' id of the base activation; ``activation_name`` its name).
     """
 
     def __init__(self, x, grid, spline_order, uniform, activation):
@@ -167,6 +167,7 @@ class _CpuKernelArgs:
         self.knots = (grid_np, padded, inv_steps, bool(uniform))
         self.spline_order = int(spline_order)
         self.activation = cpu.ACTIVATION_IDS[activation]
+        self.activation_name = activation
 
 
 def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True):
@@ -204,8 +205,17 @@ def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool):
     starts = np.empty((n_in, n_rows), dtype=np.int32)
     values = np.empty((n_in, n_rows, args.spline_order + 2), dtype=args.x.dtype)
     slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
-    args.kernels.sparse_windows(args.x, *args.knots, args.spline_order, args.matrix, args.activation, n_slots - 1,
-                                starts, values, slopes, with_slopes)
+    grid, padded, inv_steps, uniform = args.knots
+    if uniform and args.spline_order > 0:
+        x = torch.from_numpy(args.x)
+        entry = get_activation(args.activation_name)
+        base_grad = entry.derivative(x).t().contiguous().numpy() if with_slopes else np.empty((0, 0), args.x.dtype)
+        args.kernels.sparse_windows_uniform(x.t().contiguous().numpy(), entry.function(x).t().contiguous().numpy(),
+                                            base_grad, grid, inv_steps, args.matrix, n_slots - 1, starts, values,
+                                            slopes, with_slopes)
+    else:
+        args.kernels.sparse_windows(args.x, *args.knots, args.spline_order, args.matrix, args.activation,
+                                    n_slots - 1, starts, values, slopes, with_slopes)
     return starts, values, slopes
 
 

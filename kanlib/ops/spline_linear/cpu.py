@@ -17,6 +17,9 @@ ever stored:
     values, slopes, with_slopes)``: starts [I, N] int32, the first spline row (basis index) of each window;
     values [I, N, k+2], the base activation then the bases starts..starts+k (zeros for bases that do not exist
     and outside the grid); slopes the same differentiated in x (when with_slopes).
+  - ``sparse_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, matrix, n_basis, starts, values, slopes,
+    with_slopes)``: the same on uniform grids (k > 0) from x, its base activation and that one's derivative
+    transposed ([I, N], computed by PyTorch), in flat loops over the rows that vectorize.
   - ``sparse_forward(starts, values, weight, out, row_block, col_block)``: out [N, O] = A @ weight.
   - ``sparse_grad_input(starts, slopes, weight, grad_out, partial, row_block, col_block)``: partial [C, N, I],
     each block of col_block columns' share of grad_x (C blocks; grad_x is their sum).
@@ -487,6 +490,52 @@ def _sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, a
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, matrix, n_basis, starts, values, slopes,
+                            with_slopes):
+    n_in, n_rows = x_t.shape
+    k = matrix.shape[0] - 1
+    window = k + 1
+    n_knots = grid.shape[1]
+    n_chunks = (n_rows + WINDOW_ROWS - 1) // WINDOW_ROWS
+    for task in prange(n_in * n_chunks):
+        i = task // n_chunks
+        first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, task % n_chunks)
+        count = stop_row - first_row
+        spans = np.empty(count, dtype=np.int64)
+        coords = np.empty(count, dtype=matrix.dtype)
+        polynomials = np.empty((window, count), dtype=matrix.dtype)
+        derivatives = np.empty((window, count if with_slopes else 0), dtype=matrix.dtype)
+        low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
+        for r in range(count):  # flat loops over the rows: vectorized
+            value = x_t[i, first_row + r]
+            u = (value - low) * inv
+            span = int(min(max(u, 0.0), n_knots - 2.0))
+            spans[r] = span if low <= value < high else -1
+            coords[r] = min(max((value - grid[i, span]) * inv, 0.0), 1.0)
+        _polynomials(coords, matrix, 0, polynomials)
+        if with_slopes:
+            _polynomials(coords, matrix, 1, derivatives)  # in t; times inv below for x
+        for r in range(count):
+            n = first_row + r
+            span = spans[r]
+            values[i, n, 0] = base_t[i, n]
+            if with_slopes:
+                slopes[i, n, 0] = base_grad_t[i, n]
+            start = min(max(span - k, 0), n_basis - window) if span >= 0 else 0
+            starts[i, n] = start
+            shift = start - (span - k)
+            for q in range(window):  # branch-free: every load in bounds, zeros selected
+                entry = q + shift
+                inside = span >= 0 and 0 <= entry <= k
+                entry = min(max(entry, 0), k)
+                value = polynomials[entry, r]
+                values[i, n, 1 + q] = value if inside else 0.0
+                if with_slopes:
+                    slope = derivatives[entry, r] * inv
+                    slopes[i, n, 1 + q] = slope if inside else 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_forward(starts, values, weight, out, row_block, col_block):
     n_in, n_rows = starts.shape
     n_slots = weight.shape[0] // n_in
@@ -598,6 +647,7 @@ def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_sca
 
 
 sparse_windows = sized_kernel(_sparse_windows)
+sparse_windows_uniform = sized_kernel(_sparse_windows_uniform)
 sparse_forward = sized_kernel(_sparse_forward)
 sparse_grad_input = sized_kernel(_sparse_grad_input)
 sparse_grad_weight = sized_kernel(_sparse_grad_weight)
