@@ -67,6 +67,17 @@ _WORKER = ("import json, sys\nfrom kanlib.bench.threads import measure_here\n"
            "print(json.dumps(measure_here(**json.loads(sys.argv[1]))))")
 
 
+def _threading_layer() -> str | None:
+    """numba's threading layer, or None when no parallel kernel has run in this process (calls below
+    ``SERIAL_BELOW`` elements run the kernels' serial twins)."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
 def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warmup: int, seed: int,
                  torch_threads: int | None) -> list[dict]:
     """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers)."""
@@ -94,7 +105,7 @@ def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warm
              "dense": lambda: torch.autograd.grad(dense_x @ dense_w, (dense_x, dense_w), grad_out)},
             device="cpu", warmup=warmup, repeat=repeat)
         results.append({"grid": grid_size, "backend": torch_backend(x, layer.weight_matrix(), layer.spline_order),
-                        "threading_layer": numba.threading_layer(), "kernel_threads": thread_count(),
+                        "threading_layer": _threading_layer(), "kernel_threads": thread_count(),
                         "torch_threads": torch.get_num_threads(), **timings["layer"].as_dict("fwdbwd_"),
                         **timings["dense"].as_dict("dense_fwdbwd_"),
                         "ratio_to_dense": timings["layer"].median_ms / timings["dense"].median_ms})

@@ -27,7 +27,6 @@ import torch
 
 from ...checks import check_choice
 from ..spline_linear import under_transform
-from ..spline_linear.cpu import threads_for
 from .reference import basis_linear_reference, chebyshev_basis, gaussian_rbf_basis, relu_bump_basis, rswaf_basis
 
 __all__ = ["BACKENDS", "BasisSpec", "basis_linear", "basis_linear_reference", "gaussian_rbf_basis", "rswaf_basis",
@@ -84,6 +83,8 @@ def _fused_expand(spec: BasisSpec, x: torch.Tensor, grad_expanded: torch.Tensor 
     """(A [N, S*I] basis-major or None, grad_x [N, I] or None, grad_scale [] or None, grad_starts and grad_ends
     [I, S] or None): A is written over grad_expanded when both are wanted; the parameters' gradients for the
     families that have them (RSWAF's scale, ReLU's bounds), when grad_expanded is given."""
+    from ..spline_linear.cpu import threads_for
+
     cpu, arguments = _kernel_arguments(spec, x)
     n_rows, n_in = x.shape
     with_grad = grad_expanded is not None
