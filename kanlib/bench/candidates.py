@@ -20,8 +20,9 @@ from ..ops.spline_linear.reference import unfused_kan
 from .timing import peak_memory_bytes, time_interleaved
 
 __all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "DTYPES", "PEER_ORDER", "PEER_PACKAGES", "Candidate", "PeerLayer",
-           "UnfusedKAN", "FastKANFormula", "bspline_weights", "check_sizes", "flashkan_layer", "inkan_layer", "measure",
-           "module_candidate", "nbytes", "pykan_layer", "uniform_inputs"]
+           "UnfusedKAN", "FastKANFormula", "bspline_weights", "check_sizes", "dense_candidate", "flashkan_layer",
+           "inkan_layer", "measure", "module_candidate", "nbytes", "pykan_layer", "training_step_failure",
+           "uniform_inputs"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GRID_RANGE = (-1.0, 1.0)
@@ -67,6 +68,27 @@ def module_candidate(name: str, module: nn.Module, x: torch.Tensor,
 def uniform_inputs(shape, low: float, high: float, generator: torch.Generator, device, dtype) -> torch.Tensor:
     values = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
     return (low + (high - low) * values).to(dtype)
+
+
+def dense_candidate(name: str, batch: int, k: int, width: int, low: float, high: float, generator: torch.Generator,
+                    device, dtype) -> Candidate:
+    """The performance model's floor ``X @ W``, X [batch, k] uniform on [low, high) and W [k, width] normal with
+    std k^-1/2, both drawn from ``generator`` (in that order) and requiring grad."""
+    x = uniform_inputs((batch, k), low, high, generator, device, dtype).requires_grad_()
+    w = (torch.randn(k, width, generator=generator, device=device, dtype=torch.float32) * k ** -0.5).to(dtype)
+    w.requires_grad_()
+    return Candidate(name, lambda: x @ w, (x, w), nbytes([x, w]))
+
+
+def training_step_failure(candidate: Candidate, grad_out: torch.Tensor) -> str | None:
+    """Why the candidate's training step cannot run here (what it raised, first line; e.g. torch.compile finding no
+    compiler), or None."""
+    try:
+        torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
+    except Exception as error:  # a third-party package or a kernel: whatever it raises is reported in the row
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return f"failed: {type(error).__name__}: {first_line}"
+    return None
 
 
 def bspline_weights(layer: BSplineKAN) -> tuple[torch.Tensor, torch.Tensor]:

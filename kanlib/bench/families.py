@@ -56,8 +56,8 @@ from torch import nn
 from ..checks import check_int, resolve_device
 from ..layers import RBFKAN, RSWAFKAN, ChebyKAN, ReLUKAN
 from ..layers.basis_kan import BasisKAN
-from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, FastKANFormula, check_sizes, measure,
-                         module_candidate, nbytes, uniform_inputs)
+from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, FastKANFormula, check_sizes,
+                         dense_candidate, measure, module_candidate, training_step_failure, uniform_inputs)
 from .targets import target_entry
 
 __all__ = [
@@ -131,16 +131,6 @@ def _check_families(families: Sequence[str]) -> None:
         raise ValueError(f"families: expected distinct names, got {list(families)}")
 
 
-def _training_step_failure(candidate: Candidate, grad_out: torch.Tensor) -> str | None:
-    """Why the candidate's training step cannot run here (what it raised, first line), or None."""
-    try:
-        torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
-    except Exception as error:  # reported in the row; the other candidates are still measured
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"failed: {type(error).__name__}: {first_line}"
-    return None
-
-
 def _family_candidates(family: str, batch: int, width: int, grid_size: int, device: torch.device,
                        dtype: torch.dtype, seed: int) -> tuple[int, dict[str, Candidate]]:
     """The family's S, its dense product's K and its candidates at one grid size, by candidate name (CANDIDATES
@@ -154,13 +144,9 @@ def _family_candidates(family: str, batch: int, width: int, grid_size: int, devi
     eager = family_layer(family, width, grid_size, "eager", device, dtype)
     eager.load_state_dict(layer.state_dict())
     expanded_width = width * (layer.n_basis + (layer.base_weight is not None))
-    dense_x = uniform_inputs((batch, expanded_width), low - margin, high + margin, generator, device,
-                             dtype).requires_grad_()
-    dense_w = (torch.randn(expanded_width, width, generator=generator, device=device, dtype=torch.float32)
-               * expanded_width ** -0.5).to(dtype).requires_grad_()
     candidates = {
-        "dense": Candidate(f"{family}/dense", lambda: dense_x @ dense_w, (dense_x, dense_w),
-                           nbytes([dense_x, dense_w])),
+        "dense": dense_candidate(f"{family}/dense", batch, expanded_width, width, low - margin, high + margin,
+                                 generator, device, dtype),
         "kanlib": module_candidate(f"{family}/kanlib", layer, x),
         "eager": module_candidate(f"{family}/eager", eager, x),
     }
@@ -222,7 +208,7 @@ def run_families_benchmark(device: str | torch.device, batch: int, width: int, g
             timed.append(_mlp_candidate(batch, width, device, dtype, seed))
         skipped = {}
         for candidate in timed:
-            failure = None if candidate.name.endswith("/dense") else _training_step_failure(candidate, grad_out)
+            failure = None if candidate.name.endswith("/dense") else training_step_failure(candidate, grad_out)
             if failure is not None:
                 skipped[candidate.name] = failure
         measured = measure([c for c in timed if c.name not in skipped], grad_out, device, repeat, warmup)

@@ -52,8 +52,9 @@ from torch import nn
 
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
-from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, flashkan_layer,
-                         inkan_layer, measure, module_candidate, nbytes, pykan_layer, uniform_inputs)
+from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, dense_candidate,
+                         flashkan_layer, inkan_layer, measure, module_candidate, pykan_layer, training_step_failure,
+                         uniform_inputs)
 from .targets import target_entry
 
 __all__ = [
@@ -108,16 +109,6 @@ def target_report(rows: Sequence[dict]) -> list[dict]:
     return report
 
 
-def _peer_failure(candidate: Candidate, grad_out: torch.Tensor) -> str | None:
-    """Why a peer's training step cannot run here (it raised; e.g. torch.compile finding no compiler), or None."""
-    try:
-        torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
-    except Exception as error:  # a third-party package: whatever it raises is reported in the row
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"failed: {type(error).__name__}: {first_line}"
-    return None
-
-
 def _peer_candidates(bspline: BSplineKAN, x: torch.Tensor, grad_out: torch.Tensor
                      ) -> tuple[list[Candidate], dict[str, dict], dict[str, str]]:
     """The pip-installable peers beside ``bspline``: their candidates, each one's row entries (built_as,
@@ -131,7 +122,7 @@ def _peer_candidates(bspline: BSplineKAN, x: torch.Tensor, grad_out: torch.Tenso
             continue
         candidate = module_candidate(name, peer.module, x)
         entries[name] = {"built_as": peer.built_as, "same_function": peer.same_function}
-        failure = _peer_failure(candidate, grad_out)
+        failure = training_step_failure(candidate, grad_out)
         if failure is None:
             candidates.append(candidate)
         else:
@@ -148,17 +139,15 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
     span = GRID_RANGE[1] - GRID_RANGE[0]
     low, high = GRID_RANGE[0] - OUTSIDE_FRACTION * span, GRID_RANGE[1] + OUTSIDE_FRACTION * span
     x = uniform_inputs((batch, width), low, high, generator, device, dtype).requires_grad_()
-    expanded_width = width * (grid_size + order + 1)
-    dense_x = uniform_inputs((batch, expanded_width), low, high, generator, device, dtype).requires_grad_()
-    dense_w = (torch.randn(expanded_width, width, generator=generator, device=device, dtype=torch.float32)
-               * expanded_width ** -0.5).to(dtype).requires_grad_()
+    dense = dense_candidate("dense", batch, width * (grid_size + order + 1), width, low, high, generator, device,
+                            dtype)
 
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU()).to(device=device, dtype=dtype)
     bspline = BSplineKAN(width, width, grid_size=grid_size, spline_order=order, grid_range=GRID_RANGE,
                          device=device, dtype=dtype)
     candidates = [
-        Candidate("dense", lambda: dense_x @ dense_w, (dense_x, dense_w), nbytes([dense_x, dense_w])),
+        dense,
         module_candidate("mlp", mlp, x),
         module_candidate("bsplinekan", bspline, x),
         module_candidate("unfused", UnfusedKAN.from_bspline(bspline), x),
