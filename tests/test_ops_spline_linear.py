@@ -27,13 +27,19 @@ def random_problem(seed, n=9, n_in=4, n_out=3, grid_size=6, k=3, uniform=True):
     return x, weight, grid, k, uniform
 
 
+@pytest.mark.parametrize("n_out", [1, 7, 13])  # below and above NARROW_COLUMNS: transposed and plain products
 @pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_every_backend_computes_the_reference(backend, uniform):
-    x, weight, grid, k, uniform = random_problem(1, n=23, n_in=5, n_out=7, grid_size=9, uniform=uniform)
-    got = spline_linear(x, weight, grid, k, uniform, "silu", backend)
-    want = spline_linear_reference(x, weight, grid, k, "silu")
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+def test_every_backend_computes_the_reference(backend, uniform, n_out):
+    x, weight, grid, k, uniform = random_problem(1, n=23, n_in=5, n_out=n_out, grid_size=9, uniform=uniform)
+    grad_out = torch.randn(23, n_out, generator=torch.Generator().manual_seed(n_out), dtype=torch.float64)
+    results = []
+    for compute in (lambda: spline_linear(x, weight, grid, k, uniform, "silu", backend),
+                    lambda: spline_linear_reference(x, weight, grid, k, "silu")):
+        out = compute()
+        results.append((out, *torch.autograd.grad(out, (x, weight), grad_out)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("uniform", [True, False])
@@ -196,22 +202,25 @@ def _layer_parameters(gen, n_in, n_out, n_basis, dead=0.3):
     return [t.requires_grad_() for t in (scale_base, scale_sp)], mask, coef.requires_grad_()
 
 
+@pytest.mark.parametrize("n_out", [1, 9, 14])  # below and above NARROW_COLUMNS
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("k", [1, 3, 4])
-def test_sparse_layer_from_parameters_matches_the_reference(monkeypatch, k, uniform):
-    """The parameters' gradients straight from the windows, over several input and column tiles."""
+def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uniform, sparse, n_out):
+    """The parameters' gradients written by the kernels (sparse: straight from the windows, over several input and
+    column tiles; dense: the weight gradient folded back, in the transposed layout when the output is narrow)."""
     monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
     monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
     gen = torch.Generator().manual_seed(k)
     for grid_size in (1, 11):
         grid = random_grid(6, grid_size, k, gen, uniform=uniform, dtype=torch.float64)
         x = inputs_around(grid, 29, gen, outside=0.3).requires_grad_()
-        (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 6, 9, grid_size + k)
-        grad_out = torch.randn(29, 9, generator=gen, dtype=torch.float64)
+        (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 6, n_out, grid_size + k)
+        grad_out = torch.randn(29, n_out, generator=gen, dtype=torch.float64)
         leaves = (x, scale_base, scale_sp, coef)
         results = []
-        for compute in (lambda: spline_linear_module.sparse_spline_layer(x, scale_base, scale_sp, mask, coef, grid, k,
-                                                                         uniform, "silu"),
+        for compute in (lambda: spline_linear_module.fused_spline_layer(x, scale_base, scale_sp, mask, coef, grid, k,
+                                                                        uniform, "silu", sparse),
                         lambda: spline_linear_reference(
                             x, spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef), grid, k,
                             "silu")):
@@ -221,20 +230,22 @@ def test_sparse_layer_from_parameters_matches_the_reference(monkeypatch, k, unif
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_sparse_layer_from_parameters_gradcheck_and_second_derivatives():
+@pytest.mark.parametrize("sparse", [True, False])
+def test_the_layer_from_its_parameters_gradcheck_and_second_derivatives(sparse):
     gen = torch.Generator().manual_seed(5)
     grid = random_grid(3, 6, 3, gen, uniform=False, dtype=torch.float64)
     x = inputs_around(grid, 5, gen, outside=0.2).requires_grad_()
     (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 3, 2, 9)
 
     def layer(x, scale_base, scale_sp, coef):
-        return spline_linear_module.sparse_spline_layer(x, scale_base, scale_sp, mask, coef, grid, 3, False, "tanh")
+        return spline_linear_module.fused_spline_layer(x, scale_base, scale_sp, mask, coef, grid, 3, False, "tanh",
+                                                       sparse)
 
     assert torch.autograd.gradcheck(layer, (x, scale_base, scale_sp, coef))
     assert torch.autograd.gradgradcheck(layer, (x, scale_base, scale_sp, coef))
 
 
-def test_sparse_layer_from_parameters_refuses_what_it_cannot_run():
+def test_the_layer_from_its_parameters_refuses_what_it_cannot_run():
     grid = random_grid(2, 4, 3, torch.Generator().manual_seed(0), uniform=True)
     x, mask = torch.rand(3, 2), torch.ones(2, 2)
     scale, coef = torch.ones(2, 2), torch.ones(2, 2, 7)
@@ -244,12 +255,17 @@ def test_sparse_layer_from_parameters_refuses_what_it_cannot_run():
         spline_linear_module.sparse_spline_layer(x, scale, scale, mask.requires_grad_(), coef, grid, 3, True)
 
 
-def test_a_layer_at_a_large_grid_runs_the_parameter_path():
+def test_a_layer_runs_the_parameter_path_of_its_cpu_backend():
     layer = BSplineKAN(4, 3, grid_size=40)
     x = torch.randn(7, 4)
-    assert layer._runs_sparse_from_parameters(x)
-    assert not BSplineKAN(4, 3, grid_size=3)._runs_sparse_from_parameters(x)
-    assert not BSplineKAN(4, 3, grid_size=40, backend="cpu")._runs_sparse_from_parameters(x)
+    assert layer._fused_cpu_backend(x) == "sparse"
+    assert BSplineKAN(4, 3, grid_size=3)._fused_cpu_backend(x) == "cpu"
+    assert BSplineKAN(4, 3, grid_size=40, backend="cpu")._fused_cpu_backend(x) == "cpu"
+    assert BSplineKAN(4, 3, grid_size=3, backend="sparse")._fused_cpu_backend(x) == "sparse"
+    assert BSplineKAN(4, 3, grid_size=3, backend="eager")._fused_cpu_backend(x) is None
+    assert BSplineKAN(4, 3, grid_size=3)._fused_cpu_backend(x.double()) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert BSplineKAN(4, 3, grid_size=3)._fused_cpu_backend(x) is None
     reference = BSplineKAN(4, 3, grid_size=40, backend="eager")
     reference.load_state_dict(layer.state_dict())
     torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-6)

@@ -11,8 +11,8 @@ from torch import nn
 from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, get_activation
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
 from ..checks import check_int, check_layer_input, is_real
-from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, backend_from_method,
-                                 slots_backend, sparse_spline_layer, spline_linear, torch_backend, under_transform)
+from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, FusedSplineLayer,
+                                 backend_from_method, prefers_sparse, spline_linear, torch_backend, under_transform)
 from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
 from ..prune.penalty import sparsity_penalty
 from ..symbolic.branch import SymbolicBranch
@@ -219,9 +219,10 @@ class BSplineKAN(SplineGrid, nn.Module):
         # Under autocast the Triton path casts x and the weights to the autocast dtype; the torch path's
         # product follows autocast's own rules.
         flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
-        if self._runs_sparse_from_parameters(flat):
-            out = sparse_spline_layer(flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid,
-                                      self.spline_order, self.is_uniform(), self.base_activation)
+        fused = self._fused_cpu_backend(flat)
+        if fused is not None:
+            out = FusedSplineLayer.apply(flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid,
+                                         self.spline_order, self.is_uniform(), self.base_activation, fused == "sparse")
         else:
             weight = self.weight_matrix()
             # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does
@@ -235,16 +236,24 @@ class BSplineKAN(SplineGrid, nn.Module):
             out = out + self.symbolic(flat)
         return out.view(*x.shape[:-1], self.out_features)
 
-    def _runs_sparse_from_parameters(self, flat: torch.Tensor) -> bool:
-        """Whether forward takes the local-support kernels straight from the parameters (:func:`sparse_spline_layer`,
-        one pass for their gradients): where the product's backend is "sparse", outside autocast and transforms."""
-        if self.backend not in ("auto", "sparse", _LEGACY_TORCH) or torch.is_autocast_enabled("cpu"):
-            return False
+    def _fused_cpu_backend(self, flat: torch.Tensor) -> str | None:
+        """The backend, "cpu" or "sparse", where forward runs the CPU kernels straight from the parameters
+        (:class:`~kanlib.ops.spline_linear.FusedSplineLayer`, one autograd node): the product's backend is one of
+        them, outside autocast and transforms, and the weight is this class's (a subclass that changes
+        ``weight_matrix``, as quantization-aware training does, takes the weight matrix); else None (the weight
+        matrix, then :func:`spline_linear`)."""
+        backend = self.backend
+        if (backend not in ("auto", "cpu", "sparse", _LEGACY_TORCH) or torch.is_autocast_enabled("cpu")
+                or type(self).weight_matrix is not BSplineKAN.weight_matrix):
+            return None
+        dtype = flat.dtype
         tensors = (flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid)
-        if (any(t.device.type != "cpu" or t.dtype != flat.dtype for t in tensors) or flat.dtype not in CPU_KERNEL_DTYPES
+        if (dtype not in CPU_KERNEL_DTYPES or any(t.dtype != dtype or t.device.type != "cpu" for t in tensors)
                 or self.mask.requires_grad or under_transform(*tensors)):
-            return False
-        return self.backend == "sparse" or slots_backend(flat, self.n_basis + 1, self.spline_order) == "sparse"
+            return None
+        if backend in ("cpu", "sparse"):
+            return backend
+        return "sparse" if prefers_sparse(self.n_basis + 1, self.spline_order) else "cpu"
 
     def backend_for(self, flat: torch.Tensor, weight: torch.Tensor) -> str:
         """The :func:`spline_linear` backend a call on flat [N, I] with weight [I*S, O] uses."""

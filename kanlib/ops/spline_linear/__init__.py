@@ -48,7 +48,7 @@ from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPE
 __all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS",
            "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
            "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform", "slots_backend",
-           "SparseSplineLayer", "sparse_spline_layer"]
+           "FusedSplineLayer", "fused_spline_layer", "sparse_spline_layer", "NARROW_COLUMNS"]
 
 # The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
 _METHOD_TO_BACKEND = {"auto": "auto", "eager": "eager", "dense": "cpu", "sparse": "sparse", "triton": "triton"}
@@ -285,7 +285,7 @@ class FusedCpuSplineLinear(torch.autograd.Function):
             out = _sparse_forward(x, weight.detach(), grid, spline_order, uniform, activation)
         else:
             expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
-            out = expanded @ weight.detach()
+            out = _product(expanded, weight.detach())
         ctx.config = (spline_order, uniform, activation, sparse)
         return out
 
@@ -309,34 +309,35 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
                                          grad_expanded, expanded=need_w)
         if need_w:
-            grad_w = expanded.t() @ grad_out
+            grad_w = _weight_gradient(expanded, grad_out)
         return grad_x, grad_w, None, None, None, None, None
 
 
-class SparseSplineLayer(torch.autograd.Function):
-    """A B-spline layer's product from its parameters through the local-support kernels: the [I*S, O] weight is
-    assembled once in forward (and kept for grad_x), and backward writes the parameters' gradients straight from
-    the basis windows, without the [I*S, O] weight gradient and its transpose back (see
-    :func:`.cpu.sparse_grad_parameters`)."""
+class FusedSplineLayer(torch.autograd.Function):
+    """A B-spline layer's product from its parameters through the CPU kernels, in one autograd node: the [I*S, O]
+    weight is assembled in forward (and kept for grad_x), and backward writes the parameters' gradients itself.
+
+    Dense (``sparse`` False): the expansion A is written by a kernel and multiplied by BLAS; the weight gradient
+    [I*S, O] is folded back onto the parameters by one kernel pass. Sparse: the local-support kernels, and the
+    parameters' gradients straight from the basis windows (:func:`.cpu.sparse_grad_parameters`), without the weight
+    gradient.
+    """
 
     @staticmethod
-    def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation):
-        from . import cpu
-
+    def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse):
         ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid)
-        n_in, n_out, n_basis = coef.shape
-        weight = coef.new_empty(n_in, n_basis + 1, n_out)
-        cpu.assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
-                             weight.numpy())
-        ctx.weight = weight.view(-1, n_out)
-        ctx.config = (spline_order, uniform, activation)
-        return _sparse_forward(x.detach().contiguous(), ctx.weight, grid.contiguous(), spline_order, uniform,
-                               activation)
+        ctx.config = (spline_order, uniform, activation, sparse)
+        ctx.weight = _assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse)
+        x, grid = x.detach().contiguous(), grid.contiguous()
+        if sparse:
+            return _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation)
+        expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1])
+        return _product(expanded, ctx.weight)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, scale_base, scale_sp, mask, coef, grid = ctx.saved_tensors
-        spline_order, uniform, activation = ctx.config
+        spline_order, uniform, activation, sparse = ctx.config
         need_x, need_base, need_sp, _, need_coef = ctx.needs_input_grad[:5]
         if torch.is_grad_enabled():
             # create_graph=True: differentiable gradients, through the plain formula.
@@ -348,46 +349,120 @@ class SparseSplineLayer(torch.autograd.Function):
                 out = spline_linear_reference(x, weight, grid, spline_order, activation)
                 grads = torch.autograd.grad(out, [t for _, t in wanted], grad_out, create_graph=True,
                                             allow_unused=True)
-            result = [None] * 9
+            result = [None] * 10
             for (i, _), grad in zip(wanted, grads):
                 result[i] = grad
             return tuple(result)
         grad_out = grad_out.detach().contiguous()
-        x = x.detach().contiguous()
-        args = _CpuKernelArgs(x, grid.contiguous(), spline_order, uniform, activation)
-        n_slots = ctx.weight.shape[0] // x.shape[1]
-        starts, values, slopes = _sparse_windows(args, n_slots, with_slopes=need_x)
-        threads = args.kernels.thread_count()
-        grad_x = grad_base = grad_sp = grad_coef = None
-        if need_x:
-            grad_x = _sparse_grad_x(args, starts, slopes, ctx.weight, grad_out, threads)
-        if need_base or need_sp or need_coef:
-            scale_sp, mask, coef = (t.detach().contiguous() for t in (scale_sp, mask, coef))
-            grad_base, grad_sp, grad_coef = torch.empty_like(scale_sp), torch.empty_like(scale_sp), torch.empty_like(coef)
-            tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
-            args.kernels.sparse_grad_parameters(starts, values, grad_out.numpy(), scale_sp.numpy(), mask.numpy(),
-                                                coef.numpy(), grad_base.numpy(), grad_sp.numpy(), grad_coef.numpy(),
-                                                *tiles)
+        x, grid = x.detach().contiguous(), grid.contiguous()
+        scale_sp, mask, coef = (t.detach().contiguous() for t in (scale_sp, mask, coef))
+        need_parameters = need_base or need_sp or need_coef
+        if sparse:
+            grad_x, grad_parameters = _sparse_layer_backward(x, grid, spline_order, uniform, activation, ctx.weight,
+                                                             grad_out, scale_sp, mask, coef, need_x, need_parameters)
+        else:
+            grad_expanded = grad_out @ ctx.weight.t() if need_x else None
+            expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation,
+                                             ctx.weight.shape[0] // x.shape[1], grad_expanded,
+                                             expanded=need_parameters)
+            grad_parameters = None
+            if need_parameters:
+                grad_weight = _weight_gradient(expanded, grad_out).view(*coef.shape[:1], -1, coef.shape[1])
+                grad_parameters = _parameter_gradients(scale_sp, mask, coef)
+                _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), grad_weight.numpy(),
+                                                     *(g.numpy() for g in grad_parameters))
+        grad_base, grad_sp, grad_coef = grad_parameters or (None, None, None)
         return (grad_x, grad_base if need_base else None, grad_sp if need_sp else None, None,
-                grad_coef if need_coef else None, None, None, None, None)
+                grad_coef if need_coef else None, None, None, None, None, None)
+
+
+# Products whose output has fewer columns than this are computed as the transposed product (a column-major
+# result): BLAS runs a row-major [N, O] output of a few columns several times slower (measured with MKL).
+NARROW_COLUMNS = 12
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] @ b [K, O] as a contiguous [M, O], transposed when O is narrow."""
+    if b.shape[1] < NARROW_COLUMNS:
+        return (b.t() @ a.t()).t().contiguous()
+    return a @ b
+
+
+def _weight_gradient(expanded: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """expanded [N, K]^T @ grad_out [N, O] -> [K, O]; when O is narrow the transposed view of an [O, K] result."""
+    if grad_out.shape[1] < NARROW_COLUMNS:
+        return (grad_out.t() @ expanded).t()
+    return expanded.t() @ grad_out
+
+
+def _cpu_kernels():
+    """:mod:`.cpu`, imported at the first kernel call (numba's import is slow)."""
+    from . import cpu
+
+    return cpu
+
+
+def _assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool) -> torch.Tensor:
+    """``layer_weight_matrix`` of the parameters by one kernel pass: [I*S, O]; with ``narrow_layout`` and fewer than
+    NARROW_COLUMNS outputs, the transposed view of an [O, I*S] matrix (what :func:`_product` multiplies fastest)."""
+    n_in, n_out, n_basis = coef.shape
+    if narrow_layout and n_out < NARROW_COLUMNS:
+        weight = coef.new_empty(n_out, n_in, n_basis + 1).permute(1, 2, 0)
+    else:
+        weight = coef.new_empty(n_in, n_basis + 1, n_out)
+    _cpu_kernels().assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
+                                    weight.numpy())
+    return weight.reshape(-1, n_out)
+
+
+def _parameter_gradients(scale_sp, mask, coef) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty (grad_scale_base, grad_scale_sp, grad_coef) for a kernel to write."""
+    return torch.empty_like(scale_sp), torch.empty_like(scale_sp), torch.empty_like(coef)
+
+
+def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, grad_out, scale_sp, mask, coef,
+                           need_x, need_parameters):
+    """(grad_x or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) through the local-support kernels."""
+    args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
+    n_slots = weight.shape[0] // x.shape[1]
+    starts, values, slopes = _sparse_windows(args, n_slots, with_slopes=need_x)
+    threads = args.kernels.thread_count()
+    grad_x = grad_parameters = None
+    if need_x:
+        grad_x = _sparse_grad_x(args, starts, slopes, weight, grad_out, threads)
+    if need_parameters:
+        grad_parameters = _parameter_gradients(scale_sp, mask, coef)
+        tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
+        args.kernels.sparse_grad_parameters(starts, values, grad_out.numpy(), scale_sp.numpy(), mask.numpy(),
+                                            coef.numpy(), *(g.numpy() for g in grad_parameters), *tiles)
+    return grad_x, grad_parameters
+
+
+def fused_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
+                       coef: torch.Tensor, grid: torch.Tensor, spline_order: int, uniform: bool,
+                       activation: str = "silu", sparse: bool = False) -> torch.Tensor:
+    """x [N, I] -> [N, O]: ``spline_linear(x, layer_weight_matrix(scale_base, scale_sp, mask, coef), grid, ...,
+    backend="sparse" if sparse else "cpu")`` in one autograd node, the parameters' gradients written by the kernels
+    (:class:`FusedSplineLayer`). CPU, float32 or float64, every tensor of x's dtype; the mask takes no gradient."""
+    tensors = (x, scale_base, scale_sp, mask, coef, grid)
+    if any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors) or x.dtype not in CPU_KERNEL_DTYPES:
+        raise ValueError(f"fused_spline_layer runs on the CPU in float32 or float64 with every tensor of one dtype, "
+                         f"got {[(str(t.dtype), str(t.device)) for t in tensors]}")
+    if mask.requires_grad:
+        raise ValueError("fused_spline_layer: the mask takes no gradient, got a mask that requires grad")
+    if under_transform(*tensors):
+        raise RuntimeError("fused_spline_layer runs fused kernels, which torch.func, torch.compile and torch.export "
+                           "cannot look into")
+    return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
+                                  bool(sparse))
 
 
 def sparse_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
                         coef: torch.Tensor, grid: torch.Tensor, spline_order: int, uniform: bool,
                         activation: str = "silu") -> torch.Tensor:
-    """x [N, I] -> [N, O]: ``spline_linear(x, layer_weight_matrix(scale_base, scale_sp, mask, coef), grid, ...,
-    backend="sparse")`` with the parameters' gradients computed in one pass (:class:`SparseSplineLayer`). CPU,
-    float32 or float64, every tensor of x's dtype; the mask takes no gradient."""
-    tensors = (x, scale_base, scale_sp, mask, coef, grid)
-    if any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors) or x.dtype not in CPU_KERNEL_DTYPES:
-        raise ValueError(f"sparse_spline_layer runs on the CPU in float32 or float64 with every tensor of one dtype, "
-                         f"got {[(str(t.dtype), str(t.device)) for t in tensors]}")
-    if mask.requires_grad:
-        raise ValueError("sparse_spline_layer: the mask takes no gradient, got a mask that requires grad")
-    if under_transform(*tensors):
-        raise RuntimeError("sparse_spline_layer runs fused kernels, which torch.func, torch.compile and torch.export "
-                           "cannot look into")
-    return SparseSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation)
+    """:func:`fused_spline_layer` through the local-support kernels."""
+    return fused_spline_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
+                              sparse=True)
 
 
 def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
