@@ -292,9 +292,9 @@ def test_small_calls_run_the_kernels_serial_twin_and_large_ones_the_parallel_ker
     def expand(call, n_rows):
         x = torch.rand(n_rows, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(n_rows)) * 2.4 - 1.2
         out = np.empty((n_rows, 7 * n_slots))
-        empty = np.empty((0, 0))
-        call(x.numpy(), grid_np, padded, inv_steps, True, matrix, torch.nn.functional.silu(x).numpy(), empty, empty,
-             out, empty, True, False)
+        empty, bits_like, constants = cpu.dense_arguments(np.dtype(np.float64))
+        call(x.numpy(), grid_np, padded, inv_steps, True, matrix, cpu.ACTIVATION_IDS["silu"], bits_like, constants,
+             empty, out, empty, True, False)
         return out
 
     small = expand(kernel, 3)
@@ -304,3 +304,28 @@ def test_small_calls_run_the_kernels_serial_twin_and_large_ones_the_parallel_ker
     large_rows = -(-cpu.SERIAL_BELOW // (7 * n_slots))
     np.testing.assert_array_equal(expand(kernel, large_rows), expand(kernel.serial_kernel, large_rows))
     assert parallel_calls == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["silu", "tanh", "relu", "identity"])
+def test_the_dense_kernels_base_activation_matches_pytorchs(name, dtype):
+    """The base activation and its derivative, computed in the kernel's vectorized loops, against the registry's
+    PyTorch functions: over a wide range, at zero, at infinities and NaN."""
+    from kanlib.activations import get_activation
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(301, generator=gen, dtype=torch.float64) * 6,
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, 200.0, -200.0, 1e4, -1e4,
+                                 float("inf"), float("-inf"), float("nan")], dtype=torch.float64)]).to(dtype)
+    base, base_grad, scratch = (np.empty(x.shape[0], dtype=x.numpy().dtype) for _ in range(3))
+    _, bits_like, constants = cpu.dense_arguments(x.numpy().dtype)
+    bits = np.empty(x.shape[0], dtype=bits_like.dtype)
+    cpu.activation_row(x.numpy(), cpu.ACTIVATION_IDS[name], base, base_grad, scratch, bits, constants, True, True)
+    entry = get_activation(name)
+    # PyTorch writes SiLU as x / (1 + exp(-x)), the kernel as x * sigmoid(x): a few units in the last place of 1
+    tolerance = {"rtol": 4e-15, "atol": 1e-15} if dtype == torch.float64 else {"rtol": 1e-6, "atol": 1e-7}
+    known = ~torch.isnan(x)  # PyTorch's vectorized ReLU gives 0 or NaN for NaN by the length of the tensor
+    torch.testing.assert_close(torch.from_numpy(base)[known], entry.function(x)[known], equal_nan=True, **tolerance)
+    torch.testing.assert_close(torch.from_numpy(base_grad)[known], entry.derivative(x)[known], equal_nan=True,
+                               **tolerance)
+    assert np.isnan(base[~known.numpy()]).all()

@@ -8,59 +8,22 @@ weight's rows to match), so that every inner loop runs along the inputs and vect
 The bases (``kind``): Gaussian RBF (``grid`` [S], ``scale`` = width), RSWAF (``grid``, ``scale`` = inverse
 width), ReLU bumps (``starts``, ``ends`` [S, I], basis-major as A) and Chebyshev (S = degree + 1 polynomials of
 tanh x). Every exponential they need has a non-positive argument (exp(-z^2); sech^2 a = 4e / (1 + e)^2 and
-tanh |a| = (1 - e) / (1 + e) with e = exp(-2|a|)), which :func:`_exp_nonpositive` evaluates over a whole row in
-loops that LLVM vectorizes: Cody-Waite reduction by ln 2 (Cody and Waite, "Software Manual for the Elementary
-Functions", 1980), a degree-13 Taylor polynomial on |r| <= ln 2 / 2 (truncation below 1e-17 relative) and 2^k
-written into the exponent bits. numba's own ``math.exp`` is a scalar call per value, several times slower.
+tanh |a| = (1 - e) / (1 + e) with e = exp(-2|a|)), which :func:`kanlib.ops.fast_exp.exp_nonpositive` evaluates
+over a whole row in loops that LLVM vectorizes.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
+
+from ..fast_exp import exp_constants, exp_nonpositive
 
 __all__ = ["RBF", "RSWAF", "RELU_BUMP", "CHEBYSHEV", "KINDS", "exp_constants", "expand"]
 
 RBF, RSWAF, RELU_BUMP, CHEBYSHEV = 0, 1, 2, 3
 KINDS = {"rbf": RBF, "rswaf": RSWAF, "relu": RELU_BUMP, "chebyshev": CHEBYSHEV}
 ROWS_PER_CHUNK = 16  # the unit of parallel work
-# No reassociation: it would undo the two-part reduction by ln 2. Contraction into fused multiply-adds only.
-FASTMATH = {"contract"}
-LOG2E = 1.4426950408889634
-LN2_HI = 0.693145751953125  # ln 2 in its high 16 bits: k * LN2_HI is exact for |k| < 2^8 in float32
-LN2_LO = 1.4286068203094173e-06  # ln 2 - LN2_HI
-TAYLOR = tuple(1.0 / math.factorial(n) for n in range(14))
-
-
-def exp_constants(dtype: np.dtype) -> tuple[float, int, int, np.dtype]:
-    """(lowest argument, exponent bias, mantissa bits, integer dtype of the same width) of a float dtype; below
-    the lowest argument exp gives exp(lowest), the smallest normal number's order (the reference gives that or
-    less: an absolute difference under 1.2e-38 in float32)."""
-    if dtype == np.float32:
-        return -87.0, 127, 23, np.dtype(np.int32)
-    return -708.0, 1023, 52, np.dtype(np.int64)
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _exp_nonpositive(values, bits, count, lowest, bias, shift):
-    """values[:count] <- exp(values[:count]) for arguments <= 0; NaN stays NaN. ``bits`` is an integer array of
-    the values' width, read back as floats (2^k)."""
-    powers = bits.view(values.dtype)
-    real = values.dtype.type  # constants of the values' own precision keep float32 loops in float32
-    lowest, log2e, half, ln2_hi, ln2_lo = real(lowest), real(LOG2E), real(0.5), real(LN2_HI), real(LN2_LO)
-    for j in range(count):
-        t = values[j]
-        t = lowest if t < lowest else t
-        k = np.floor(t * log2e + half)
-        r = (t - k * ln2_hi) - k * ln2_lo
-        p = real(TAYLOR[13])
-        for n in range(12, -1, -1):
-            p = p * r + real(TAYLOR[n])
-        values[j] = p
-        bits[j] = ((int(k) if k == k else 0) + bias) << shift
-    for j in range(count):
-        values[j] = values[j] * powers[j]
+FASTMATH = {"contract"}  # no reassociation: it would undo fast_exp's two-part reduction by ln 2
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -72,7 +35,7 @@ def _rbf_row(x, grid, inv_width, phi, bits, constants, grad_a, grad_x, with_grad
         for i in range(n_in):
             z = (x[i] - centre) * inv_width
             row[i] = -z * z
-    _exp_nonpositive(phi, bits, n_basis * n_in, constants[0], constants[1], constants[2])
+    exp_nonpositive(phi, bits, n_basis * n_in, constants[0], constants[1], constants[2])
     if with_grad:
         grad_x[:] = 0.0
         for s in range(n_basis):
@@ -90,7 +53,7 @@ def _rswaf_row(x, grid, inv_width, phi, bits, constants, grad_a, grad_x, grad_sc
         row, centre = phi[s * n_in:(s + 1) * n_in], grid[s]
         for i in range(n_in):
             row[i] = -2.0 * abs((x[i] - centre) * inv_width)
-    _exp_nonpositive(phi, bits, n_basis * n_in, constants[0], constants[1], constants[2])
+    exp_nonpositive(phi, bits, n_basis * n_in, constants[0], constants[1], constants[2])
     if with_grad:
         grad_x[:] = 0.0
     for s in range(n_basis):
@@ -143,7 +106,7 @@ def _chebyshev_row(x, n_basis, phi, slopes, t, bits, constants, grad_a, grad_x, 
     n_in = x.shape[0]
     for i in range(n_in):
         t[i] = -2.0 * abs(x[i])
-    _exp_nonpositive(t, bits, n_in, constants[0], constants[1], constants[2])
+    exp_nonpositive(t, bits, n_in, constants[0], constants[1], constants[2])
     for i in range(n_in):
         e = t[i]
         magnitude = (1.0 - e) / (1.0 + e)

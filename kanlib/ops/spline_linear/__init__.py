@@ -177,20 +177,17 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
     A is written over grad_expanded: one [N, I*S] buffer instead of two.
     """
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
-    entry = get_activation(activation)
     with_grad = grad_expanded is not None
-    empty = x.new_empty(0, 0)
-    if not expanded:
-        out = empty
-    else:
+    empty, bits_like, constants = args.kernels.dense_arguments(args.x.dtype)
+    out = None
+    if expanded:
         out = grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * n_slots)
-    grad_x = torch.empty_like(x) if with_grad else empty
-    base = entry.function(x) if expanded else empty
-    base_grad = entry.derivative(x) if with_grad else empty
+    grad_x = torch.empty_like(x) if with_grad else None
     args.kernels.dense_kernel(spline_order)(
-        args.x, *args.knots, args.matrix, base.numpy(), base_grad.numpy(),
-        (grad_expanded if with_grad else empty).numpy(), out.numpy(), grad_x.numpy(), expanded, with_grad)
-    return (out if expanded else None), (grad_x if with_grad else None)
+        args.x, *args.knots, args.matrix, args.activation, bits_like, constants,
+        grad_expanded.numpy() if with_grad else empty, out.numpy() if expanded else empty,
+        grad_x.numpy() if with_grad else empty, expanded, with_grad)
+    return out, grad_x
 
 
 # The sparse kernels' tiles: a tile's accumulators (rows x columns) and the weight rows of one input (slots x

@@ -5,7 +5,7 @@ ever stored:
 
 - :func:`dense_kernel`: the expanded input A [N, I*S] (S = G + k + 1: base activation, then G + k bases)
   for the dense path, where BLAS does the product ``A @ W``, and dx [N, I] from the gradient of A (its
-  backward), either or both in one pass. The base activation comes in computed (by PyTorch, vectorized).
+  backward), either or both in one pass, the base activation computed in it (:func:`activation_row`).
 - the local-support kernels, touching only the k + 2 slots of each input that can be nonzero (its base
   activation and k + 1 consecutive bases; pays when G is large). :func:`sparse_windows` finds them once per call
   for all rows, as [I, N, k+2] values whose size does not depend on G; :func:`sparse_forward`,
@@ -48,6 +48,7 @@ import torch
 from numba import njit, prange
 
 from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH_ID
+from ..fast_exp import exp_constants, exp_nonpositive
 
 # numba reads module globals as compile-time constants
 SILU, TANH, RELU = SILU_ID, TANH_ID, RELU_ID
@@ -263,16 +264,17 @@ def _polynomials(coords, matrix, first_power, out):
 def dense_kernel(spline_order: int):
     """The dense path's kernel for one spline order (compiled with k as a constant, so its loops unroll).
 
-    ``kernel(x, grid, padded, inv_steps, uniform, matrix, base, base_grad, grad_expanded, out, grad_x,
-    write_out, write_grad)``, x [N, I]:
+    ``kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
+    grad_x, write_out, write_grad)``, x [N, I]:
 
-    - write_out: write A [N, I*S] into out: base [N, I] (the base activation) in slot 0 of each input,
-      the G + k bases after it.
-    - write_grad: write grad_x [N, I] from grad_expanded [N, I*S] (the gradient of A), with base_grad
-      [N, I] the base activation's derivative.
+    - write_out: write A [N, I*S] into out: the base activation (kernel id ``activation``) in slot 0 of each
+      input, the G + k bases after it.
+    - write_grad: write grad_x [N, I] from grad_expanded [N, I*S] (the gradient of A).
 
     Both at once share the knot spans and the basis polynomials; out may then be grad_expanded itself
     (each row's gradient is read before A is written over it). Arrays a call does not use may be empty.
+    ``bits_like`` is an empty integer array of x's width and ``constants`` (lowest, bias, shift), as
+    :func:`~kanlib.ops.fast_exp.exp_constants` gives them, for the base activation's exponentials.
     """
     return _sized_dense_kernel(int(spline_order))
 
@@ -280,6 +282,59 @@ def dense_kernel(spline_order: int):
 @functools.cache
 def _sized_dense_kernel(k):
     return sized_kernel(_dense_kernel(k))
+
+
+@functools.cache
+def dense_arguments(dtype: np.dtype) -> tuple:
+    """(an empty [0, 0] array of dtype for the arrays a call does not use, ``bits_like`` and ``constants``) for
+    :func:`dense_kernel` on arrays of dtype."""
+    lowest, bias, shift, integer = exp_constants(dtype)
+    return np.empty((0, 0), dtype), np.empty(0, integer), (lowest, bias, shift)
+
+
+@njit(cache=True, fastmath={"contract"})
+def activation_row(x, kind, base, base_grad, scratch, bits, constants, with_value, with_grad):
+    """base [I] <- b(x) (with_value) and base_grad [I] <- b'(x) (with_grad) for one row x [I], in loops that
+    vectorize: SiLU from e = exp(-|x|) (:func:`~kanlib.ops.fast_exp.exp_nonpositive`, scratch [I] and bits [I]
+    its work arrays). Compiled without reassociation, which would spoil the exponential. NaN gives NaN.
+    """
+    n = x.shape[0]
+    real = x.dtype.type
+    one, zero, limit = real(1.0), real(0.0), real(-constants[0])
+    if kind == SILU:
+        for i in range(n):
+            scratch[i] = -abs(x[i])
+        exp_nonpositive(scratch, bits, n, constants[0], constants[1], constants[2])
+        for i in range(n):
+            value = x[i]
+            # past the exponential's lowest argument (and for NaN) e is 0, as PyTorch's underflows
+            e = scratch[i] if abs(value) <= limit else zero
+            inverse = one / (one + e)
+            sigmoid = inverse if value >= 0.0 else e * inverse
+            if with_value:
+                base[i] = value * sigmoid
+            if with_grad:
+                base_grad[i] = sigmoid * (one + value * (one - sigmoid))
+    elif kind == TANH:  # (1 - e) / (1 + e) would lose tanh's relative precision near 0: the scalar call
+        for i in range(n):
+            tanh = math.tanh(x[i])
+            if with_value:
+                base[i] = tanh
+            if with_grad:
+                base_grad[i] = one - tanh * tanh
+    elif kind == RELU:
+        for i in range(n):
+            value = x[i]
+            if with_value:
+                base[i] = value if value > 0.0 or value != value else zero
+            if with_grad:
+                base_grad[i] = one if value > 0.0 else 0.0
+    else:
+        for i in range(n):
+            if with_value:
+                base[i] = x[i]
+            if with_grad:
+                base_grad[i] = one
 
 
 @njit(inline="always", cache=True)
@@ -323,8 +378,8 @@ def _dot_window(row, offset, span, slopes, i, n_basis, k):
 @functools.cache
 def _dense_kernel(k):
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x, grid, padded, inv_steps, uniform, matrix, base, base_grad, grad_expanded, out, grad_x,
-               write_out, write_grad):
+    def kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
+               grad_x, write_out, write_grad):
         n_rows, n_in = x.shape
         n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
         n_basis = n_slots - 1
@@ -336,7 +391,13 @@ def _dense_kernel(k):
             values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
             slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
             scratch = np.empty((4, k + 1), dtype=matrix.dtype)
+            base = np.empty(n_in, dtype=x.dtype)
+            base_grad = np.empty(n_in, dtype=x.dtype)
+            exponentials = np.empty(n_in, dtype=x.dtype)
+            bits = np.empty(n_in, dtype=bits_like.dtype)
             for n in range(c * ROWS_PER_CHUNK, min(n_rows, (c + 1) * ROWS_PER_CHUNK)):
+                activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out,
+                               write_grad)
                 if fast:
                     _uniform_row(x[n], grid, inv_steps, spans, coords)
                     if write_out:
@@ -354,12 +415,12 @@ def _dense_kernel(k):
                     row = grad_expanded[n]
                     for i in range(n_in):
                         spline = _dot_window(row, i * n_slots, spans[i], slopes, i, n_basis, k)
-                        grad_x[n, i] = base_grad[n, i] * row[i * n_slots] + (inv_steps[i] * spline if fast else spline)
+                        grad_x[n, i] = base_grad[i] * row[i * n_slots] + (inv_steps[i] * spline if fast else spline)
                 if write_out:
                     row = out[n]
                     row[:] = 0.0  # one contiguous fill, then only the nonzero slots are written
                     for i in range(n_in):
-                        row[i * n_slots] = base[n, i]
+                        row[i * n_slots] = base[i]
                         _put_window(row, i * n_slots, spans[i], values, i, n_basis, k)
 
     return kernel
