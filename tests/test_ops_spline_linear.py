@@ -329,3 +329,17 @@ def test_the_dense_kernels_base_activation_matches_pytorchs(name, dtype):
     torch.testing.assert_close(torch.from_numpy(base_grad)[known], entry.derivative(x)[known], equal_nan=True,
                                **tolerance)
     assert np.isnan(base[~known.numpy()]).all()
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5, 6])  # 6: past SELECT_ORDERS, the zero fill and scattered window
+@pytest.mark.parametrize("uniform", [True, False])
+def test_the_dense_kernel_at_every_order(k, uniform):
+    x, weight, grid, k, uniform = random_problem(7 + k, n=17, n_in=3, n_out=5, grid_size=4, k=k, uniform=uniform)
+    grad_out = torch.randn(17, 5, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    results = []
+    for compute in (lambda: spline_linear(x, weight, grid, k, uniform, "silu", "cpu"),
+                    lambda: spline_linear_reference(x, weight, grid, k, "silu")):
+        out = compute()
+        results.append((out, *torch.autograd.grad(out, (x, weight), grad_out)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
