@@ -203,12 +203,16 @@ def _layer_parameters(gen, n_in, n_out, n_basis, dead=0.3):
 
 
 @pytest.mark.parametrize("n_out", [1, 9, 14])  # below and above NARROW_COLUMNS
-@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("path", ["sparse", "dense", "dense rebuilding A"])
 @pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("k", [1, 3, 4])
-def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uniform, sparse, n_out):
+def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uniform, path, n_out):
     """The parameters' gradients written by the kernels (sparse: straight from the windows, over several input and
-    column tiles; dense: the weight gradient folded back, in the transposed layout when the output is narrow)."""
+    column tiles; dense: the weight gradient folded back, in the transposed layout when the output is narrow, from
+    the expansion kept in forward or rebuilt in backward)."""
+    sparse = path == "sparse"
+    if path == "dense rebuilding A":
+        monkeypatch.setattr(spline_linear_module, "KEEP_EXPANDED_BELOW", 0)
     monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
     monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
     gen = torch.Generator().manual_seed(k)
@@ -230,8 +234,11 @@ def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uni
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("sparse", [True, False])
-def test_the_layer_from_its_parameters_gradcheck_and_second_derivatives(sparse):
+def test_the_layer_from_its_parameters_gradcheck_and_second_derivatives(monkeypatch, sparse, keep):
+    if not keep:
+        monkeypatch.setattr(spline_linear_module, "KEEP_EXPANDED_BELOW", 0)
     gen = torch.Generator().manual_seed(5)
     grid = random_grid(3, 6, 3, gen, uniform=False, dtype=torch.float64)
     x = inputs_around(grid, 5, gen, outside=0.2).requires_grad_()
@@ -343,3 +350,14 @@ def test_the_dense_kernel_at_every_order(k, uniform):
         results.append((out, *torch.autograd.grad(out, (x, weight), grad_out)))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_second_backward_through_the_kept_expansion_rebuilds_it():
+    """retain_graph=True: the first backward hands the kept A on; the second rebuilds it and gets the same."""
+    layer = BSplineKAN(5, 4).double()
+    x = torch.randn(11, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = layer(x).square().sum()
+    first = torch.autograd.grad(out, list(layer.parameters()), retain_graph=True)
+    second = torch.autograd.grad(out, list(layer.parameters()))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -48,7 +48,7 @@ from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPE
 __all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS",
            "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
            "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform", "slots_backend",
-           "FusedSplineLayer", "fused_spline_layer", "sparse_spline_layer", "NARROW_COLUMNS"]
+           "FusedSplineLayer", "fused_spline_layer", "sparse_spline_layer", "NARROW_COLUMNS", "KEEP_EXPANDED_BELOW"]
 
 # The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
 _METHOD_TO_BACKEND = {"auto": "auto", "eager": "eager", "dense": "cpu", "sparse": "sparse", "triton": "triton"}
@@ -314,8 +314,9 @@ class FusedSplineLayer(torch.autograd.Function):
     """A B-spline layer's product from its parameters through the CPU kernels, in one autograd node: the [I*S, O]
     weight is assembled in forward (and kept for grad_x), and backward writes the parameters' gradients itself.
 
-    Dense (``sparse`` False): the expansion A is written by a kernel and multiplied by BLAS; the weight gradient
-    [I*S, O] is folded back onto the parameters by one kernel pass. Sparse: the local-support kernels, and the
+    Dense (``sparse`` False): the expansion A is written by a kernel and multiplied by BLAS (and kept for backward
+    when it has fewer than KEEP_EXPANDED_BELOW elements, else rebuilt there); the weight gradient [I*S, O] is
+    folded back onto the parameters by one kernel pass. Sparse: the local-support kernels, and the
     parameters' gradients straight from the basis windows (:func:`.cpu.sparse_grad_parameters`), without the weight
     gradient.
     """
@@ -329,6 +330,7 @@ class FusedSplineLayer(torch.autograd.Function):
         if sparse:
             return _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation)
         expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1])
+        ctx.expanded = expanded if expanded.numel() < KEEP_EXPANDED_BELOW else None
         return _product(expanded, ctx.weight)
 
     @staticmethod
@@ -359,9 +361,13 @@ class FusedSplineLayer(torch.autograd.Function):
                                                              grad_out, scale_sp, mask, coef, need_x, need_parameters)
         else:
             grad_expanded = grad_out @ ctx.weight.t() if need_x else None
-            expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation,
-                                             ctx.weight.shape[0] // x.shape[1], grad_expanded,
-                                             expanded=need_parameters)
+            kept, ctx.expanded = ctx.expanded, None  # a second backward (retain_graph) rebuilds A
+            expanded, grad_x = None, None
+            if need_x or (need_parameters and kept is None):
+                expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation,
+                                                 ctx.weight.shape[0] // x.shape[1], grad_expanded,
+                                                 expanded=need_parameters and kept is None)
+            expanded = kept if kept is not None else expanded
             grad_parameters = None
             if need_parameters:
                 grad_weight = _weight_gradient(expanded, grad_out).view(*coef.shape[:1], -1, coef.shape[1])
@@ -372,6 +378,10 @@ class FusedSplineLayer(torch.autograd.Function):
         return (grad_x, grad_base if need_base else None, grad_sp if need_sp else None, None,
                 grad_coef if need_coef else None, None, None, None, None, None)
 
+
+# The dense layer path keeps an expansion A of fewer elements than this from forward to backward, instead of
+# rebuilding it there: for small layers the kernel call costs more than the memory (4 MiB in float32) is worth.
+KEEP_EXPANDED_BELOW = 1 << 20
 
 # Products whose output has fewer columns than this are computed as the transposed product (a column-major
 # result): BLAS runs a row-major [N, O] output of a few columns several times slower (measured with MKL).
