@@ -248,8 +248,12 @@ class BSplineKAN(SplineGrid, nn.Module):
             return None
         dtype = flat.dtype
         tensors = (flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid)
-        if (dtype not in CPU_KERNEL_DTYPES or any(t.dtype != dtype or t.device.type != "cpu" for t in tensors)
-                or self.mask.requires_grad or under_transform(*tensors)):
+        if dtype not in CPU_KERNEL_DTYPES or tensors[3].requires_grad:
+            return None
+        for t in tensors:
+            if t.dtype != dtype or not t.is_cpu:
+                return None
+        if under_transform(*tensors):
             return None
         if backend in ("cpu", "sparse"):
             return backend
