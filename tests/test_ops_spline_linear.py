@@ -361,3 +361,25 @@ def test_a_second_backward_through_the_kept_expansion_rebuilds_it():
     second = torch.autograd.grad(out, list(layer.parameters()))
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_the_dense_kernel_at_knots_infinities_and_nan(uniform):
+    """Inputs exactly on every knot (the first and last included), beyond the grid, infinite and NaN: the dense
+    kernel's spans (counted on any grid, computed on uniform ones) and its outputs match the plain formula."""
+    gen = torch.Generator().manual_seed(11)
+    grid = random_grid(3, 5, 3, gen, uniform=uniform, dtype=torch.float64)
+    on_knots = grid.t()  # [G+2k+1, I]: row j puts every input on its own knot j
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), 1e30, -1e30], dtype=torch.float64)
+    x = torch.cat([on_knots, special.unsqueeze(1).expand(-1, 3)]).requires_grad_()
+    weight = torch.randn(3 * 9, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    finite = torch.isfinite(x.detach()).all(1)
+    got = spline_linear(x, weight, grid, 3, uniform, "identity", "cpu")
+    want = spline_linear_reference(x, weight, grid, 3, "identity")
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True)
+    on_grid = x.detach()[finite].requires_grad_()  # gradients where they are defined: the finite inputs
+    grads = [torch.autograd.grad(compute(on_grid).square().sum(), (on_grid, weight))
+             for compute in (lambda v: spline_linear(v, weight, grid, 3, uniform, "identity", "cpu"),
+                             lambda v: spline_linear_reference(v, weight, grid, 3, "identity"))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -406,6 +406,51 @@ def _dot_bases(row, first, span, slopes, i, n_basis, k):
     return acc
 
 
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _general_row(x_row, knots, k, spans, values, slopes, left, right, saved, with_slopes):
+    """Spans, window values [k+1, I] and (with_slopes) their derivatives in x for one row on any grid, in loops
+    along the inputs that vectorize. knots [G+4k+1, I] is the padded grid input-minor (knots[j + k, i] is
+    grid[i, j]). The span counts the knots at or below x (the grid increases), -1 outside it or for NaN; then
+    de Boor's triangular scheme, as :func:`_window` does for one value."""
+    n_in = x_row.shape[0]
+    n_knots = knots.shape[0] - 2 * k
+    for i in range(n_in):
+        spans[i] = 0
+    for j in range(n_knots):
+        for i in range(n_in):
+            spans[i] += 1 if knots[j + k, i] <= x_row[i] else 0
+    for i in range(n_in):
+        count = spans[i]
+        spans[i] = count - 1 if 1 <= count <= n_knots - 1 else -1
+    for i in range(n_in):
+        values[0, i] = 1.0
+    for d in range(1, k + 1):
+        for i in range(n_in):
+            span = max(spans[i], 0)  # outside the grid any knots will do: the window is not used
+            left[d, i] = x_row[i] - knots[span + k + 1 - d, i]
+            right[d, i] = knots[span + k + d, i] - x_row[i]
+            saved[i] = 0.0
+        for r in range(d):
+            for i in range(n_in):
+                den = right[r + 1, i] + left[d - r, i]
+                temp = values[r, i] / den if den != 0.0 else 0.0
+                if d == k and with_slopes:
+                    slopes[r, i] = temp  # order k-1 value over its knot width, used below
+                values[r, i] = saved[i] + right[r + 1, i] * temp
+                saved[i] = left[d - r, i] * temp
+        for i in range(n_in):
+            values[d, i] = saved[i]
+    if with_slopes:
+        # d/dx B_{m,k} = k * (B_{m,k-1}/(t_{m+k}-t_m) - B_{m+1,k-1}/(t_{m+k+1}-t_{m+1})), as in _window
+        for i in range(n_in):
+            previous = 0.0
+            for r in range(k):
+                current = slopes[r, i]
+                slopes[r, i] = k * (previous - current)
+                previous = current
+            slopes[k, i] = k * previous
+
+
 @functools.cache
 def _dense_kernel(k):
     # The rows' work is its own function, compiled with k as a constant: inside numba's parallel loop the closure's
@@ -421,7 +466,15 @@ def _dense_kernel(k):
         coords = np.empty(n_in, dtype=matrix.dtype)
         values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
         slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        scratch = np.empty((4, k + 1), dtype=matrix.dtype)
+        if not fast:  # the general scheme's work arrays, its knots input-minor: knots[j, i] = padded[i, j]
+            knots = np.ascontiguousarray(padded.T)
+            left = np.empty((k + 1, n_in), dtype=padded.dtype)
+            right = np.empty((k + 1, n_in), dtype=padded.dtype)
+            saved = np.empty(n_in, dtype=padded.dtype)
+        else:
+            knots = np.empty((0, 0), dtype=padded.dtype)
+            left = right = np.empty((0, 0), dtype=padded.dtype)
+            saved = np.empty(0, dtype=padded.dtype)
         base = np.empty(n_in, dtype=x.dtype)
         base_grad = np.empty(n_in, dtype=x.dtype)
         exponentials = np.empty(n_in, dtype=x.dtype)
@@ -435,12 +488,7 @@ def _dense_kernel(k):
                 if write_grad:
                     _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
             else:
-                for i in range(n_in):
-                    spans[i] = local_window(x[n, i], grid, padded, inv_steps, i, uniform, k, matrix, scratch,
-                                             write_grad)
-                    for r in range(k + 1):
-                        values[r, i] = scratch[0, r]
-                        slopes[r, i] = scratch[1, r]
+                _general_row(x[n], knots, k, spans, values, slopes, left, right, saved, write_grad)
             if write_grad:  # before out's row is written: out may be grad_expanded itself
                 row = grad_expanded[n]
                 for i in range(n_in):
