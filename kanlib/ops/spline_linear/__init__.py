@@ -243,12 +243,18 @@ def _sparse_forward(x, weight, grid, spline_order, uniform, activation) -> torch
     return out
 
 
-def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w):
-    """(grad_x or None, grad_weight or None) through the local-support kernels."""
+def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x):
+    """What both local-support backward passes start from: (kernel arguments, S, (starts, values, slopes) of
+    :func:`_sparse_windows`, slopes only when need_x, the thread count)."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     n_slots = weight.shape[0] // x.shape[1]
-    starts, values, slopes = _sparse_windows(args, n_slots, with_slopes=need_x)
-    threads = args.kernels.thread_count()
+    return args, n_slots, _sparse_windows(args, n_slots, with_slopes=need_x), args.kernels.thread_count()
+
+
+def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w):
+    """(grad_x or None, grad_weight or None) through the local-support kernels."""
+    args, n_slots, (starts, values, slopes), threads = _backward_windows(x, grid, spline_order, uniform, activation,
+                                                                        weight, need_x)
     grad_x = grad_w = None
     if need_w:
         grad_w = torch.empty_like(weight)
@@ -430,10 +436,8 @@ def _parameter_gradients(scale_sp, mask, coef) -> tuple[torch.Tensor, torch.Tens
 def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, grad_out, scale_sp, mask, coef,
                            need_x, need_parameters):
     """(grad_x or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) through the local-support kernels."""
-    args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
-    n_slots = weight.shape[0] // x.shape[1]
-    starts, values, slopes = _sparse_windows(args, n_slots, with_slopes=need_x)
-    threads = args.kernels.thread_count()
+    args, n_slots, (starts, values, slopes), threads = _backward_windows(x, grid, spline_order, uniform, activation,
+                                                                        weight, need_x)
     grad_x = grad_parameters = None
     if need_x:
         grad_x = _sparse_grad_x(args, starts, slopes, weight, grad_out, threads)

@@ -351,6 +351,30 @@ def _existing_window(span, spline_order, n_basis):
 SELECT_ORDERS = 5
 
 
+@njit(inline="always", cache=True)
+def _window_offset(span, n_basis, k):
+    """The basis index of window entry 0 (span - k); for span -1 one that no basis m meets."""
+    return span - k if span >= 0 else -2 * (n_basis + k + 1)
+
+
+@njit(inline="always", cache=True)
+def _window_registers(values, i, k):
+    """Window entries 0..SELECT_ORDERS of input i from values [k+1, I] (entries past k repeat entry k)."""
+    return (values[0, i], values[min(1, k), i], values[min(2, k), i], values[min(3, k), i], values[min(4, k), i],
+            values[min(5, k), i])
+
+
+@njit(inline="always", cache=True)
+def _window_entry(window, d, k, zero):
+    """window[d] for 0 <= d <= k, else zero, as selects (k is a compile-time constant: those past k fold away)."""
+    value = window[0] if d == 0 else zero
+    value = window[1] if (k >= 1 and d == 1) else value
+    value = window[2] if (k >= 2 and d == 2) else value
+    value = window[3] if (k >= 3 and d == 3) else value
+    value = window[4] if (k >= 4 and d == 4) else value
+    return window[5] if (k >= 5 and d == 5) else value
+
+
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _write_bases(row, first, span, values, i, n_basis, k):
     """row[first + m] for every basis m: values[r, i] where m = span - k + r, else 0 (all 0 for span -1).
@@ -365,19 +389,10 @@ def _write_bases(row, first, span, values, i, n_basis, k):
         for r in range(lowest, stop):
             row[first + span - k + r] = values[r, i]
         return
-    offset = span - k if span >= 0 else -2 * (n_basis + k + 1)  # no m meets the window
-    zero = row.dtype.type(0.0)
-    v0, v1, v2 = values[0, i], values[min(1, k), i], values[min(2, k), i]
-    v3, v4, v5 = values[min(3, k), i], values[min(4, k), i], values[min(5, k), i]
+    offset = _window_offset(span, n_basis, k)
+    window = _window_registers(values, i, k)
     for m in range(n_basis):
-        d = m - offset
-        value = v0 if d == 0 else zero
-        value = v1 if (k >= 1 and d == 1) else value
-        value = v2 if (k >= 2 and d == 2) else value
-        value = v3 if (k >= 3 and d == 3) else value
-        value = v4 if (k >= 4 and d == 4) else value
-        value = v5 if (k >= 5 and d == 5) else value
-        row[first + m] = value
+        row[first + m] = _window_entry(window, m - offset, k, row.dtype.type(0.0))
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -390,19 +405,10 @@ def _dot_bases(row, first, span, slopes, i, n_basis, k):
         for r in range(lowest, stop):
             acc += slopes[r, i] * row[first + span - k + r]
         return acc
-    offset = span - k if span >= 0 else -2 * (n_basis + k + 1)
-    zero = row.dtype.type(0.0)
-    s0, s1, s2 = slopes[0, i], slopes[min(1, k), i], slopes[min(2, k), i]
-    s3, s4, s5 = slopes[min(3, k), i], slopes[min(4, k), i], slopes[min(5, k), i]
+    offset = _window_offset(span, n_basis, k)
+    window = _window_registers(slopes, i, k)
     for m in range(n_basis):
-        d = m - offset
-        slope = s0 if d == 0 else zero
-        slope = s1 if (k >= 1 and d == 1) else slope
-        slope = s2 if (k >= 2 and d == 2) else slope
-        slope = s3 if (k >= 3 and d == 3) else slope
-        slope = s4 if (k >= 4 and d == 4) else slope
-        slope = s5 if (k >= 5 and d == 5) else slope
-        acc += slope * row[first + m]
+        acc += _window_entry(window, m - offset, k, row.dtype.type(0.0)) * row[first + m]
     return acc
 
 
