@@ -12,7 +12,8 @@ from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, g
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
 from ..checks import check_int, check_layer_input, is_real
 from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, FusedSplineLayer,
-                                 backend_from_method, prefers_sparse, spline_linear, torch_backend, under_transform)
+                                 assembled_weight, backend_from_method, parameter_gradients, prefers_sparse,
+                                 spline_linear, torch_backend, under_transform)
 from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
 from ..prune.penalty import sparsity_penalty
 from ..symbolic.branch import SymbolicBranch
@@ -77,20 +78,12 @@ class _WeightMatrix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scale_base, scale_sp, mask, coef):
-        from ..ops.spline_linear import cpu as bspline_cpu
-
-        n_in, n_out, n_basis = coef.shape
-        out = coef.new_empty(n_in, n_basis + 1, n_out)
-        bspline_cpu.assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
-                                     out.numpy())
         ctx.save_for_backward(scale_sp, mask, coef)
         ctx.differentiable_inputs = (scale_base, scale_sp, mask, coef)
-        return out.view(-1, n_out)
+        return assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=False)
 
     @staticmethod
     def backward(ctx, grad):
-        from ..ops.spline_linear import cpu as bspline_cpu
-
         if torch.is_grad_enabled():
             # create_graph=True: differentiable gradients, through the plain formula.
             scale_base, scale_sp, mask, coef = ctx.differentiable_inputs
@@ -104,11 +97,8 @@ class _WeightMatrix(torch.autograd.Function):
                 result[i] = g
             return tuple(result)
         scale_sp, mask, coef = (t.detach().contiguous() for t in ctx.saved_tensors)
-        grad = grad.detach()
-        grad_scale_base, grad_scale_sp, grad_coef = (torch.empty_like(t) for t in (scale_sp, scale_sp, coef))
-        bspline_cpu.assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(),
-                                          grad.contiguous().view(coef.shape[0], -1, coef.shape[1]).numpy(),
-                                          grad_scale_base.numpy(), grad_scale_sp.numpy(), grad_coef.numpy())
+        grad_scale_base, grad_scale_sp, grad_coef = parameter_gradients(scale_sp, mask, coef,
+                                                                        grad.detach().contiguous())
         return grad_scale_base, grad_scale_sp, None, grad_coef
 
 
@@ -248,7 +238,7 @@ class BSplineKAN(SplineGrid, nn.Module):
             return None
         dtype = flat.dtype
         tensors = (flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid)
-        if dtype not in CPU_KERNEL_DTYPES or tensors[3].requires_grad:
+        if dtype not in CPU_KERNEL_DTYPES or self.mask.requires_grad:
             return None
         for t in tensors:
             if t.dtype != dtype or not t.is_cpu:

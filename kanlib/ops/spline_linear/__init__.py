@@ -48,7 +48,8 @@ from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPE
 __all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS",
            "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
            "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform", "slots_backend",
-           "FusedSplineLayer", "fused_spline_layer", "sparse_spline_layer", "NARROW_COLUMNS", "KEEP_EXPANDED_BELOW"]
+           "FusedSplineLayer", "fused_spline_layer", "sparse_spline_layer", "NARROW_COLUMNS", "KEEP_EXPANDED_BELOW",
+           "assembled_weight", "parameter_gradients"]
 
 # The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
 _METHOD_TO_BACKEND = {"auto": "auto", "eager": "eager", "dense": "cpu", "sparse": "sparse", "triton": "triton"}
@@ -331,7 +332,7 @@ class FusedSplineLayer(torch.autograd.Function):
     def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse):
         ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid)
         ctx.config = (spline_order, uniform, activation, sparse)
-        ctx.weight = _assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse)
+        ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse)
         x, grid = x.detach().contiguous(), grid.contiguous()
         if sparse:
             return _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation)
@@ -367,19 +368,16 @@ class FusedSplineLayer(torch.autograd.Function):
                                                              grad_out, scale_sp, mask, coef, need_x, need_parameters)
         else:
             grad_expanded = grad_out @ ctx.weight.t() if need_x else None
-            kept, ctx.expanded = ctx.expanded, None  # a second backward (retain_graph) rebuilds A
-            expanded, grad_x = None, None
-            if need_x or (need_parameters and kept is None):
-                expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation,
-                                                 ctx.weight.shape[0] // x.shape[1], grad_expanded,
-                                                 expanded=need_parameters and kept is None)
-            expanded = kept if kept is not None else expanded
+            expanded, ctx.expanded = ctx.expanded, None  # a second backward (retain_graph) rebuilds A
+            rebuild = need_parameters and expanded is None
+            grad_x = None
+            if need_x or rebuild:
+                rebuilt, grad_x = _dense_expand(x, grid, spline_order, uniform, activation,
+                                                ctx.weight.shape[0] // x.shape[1], grad_expanded, expanded=rebuild)
+                expanded = rebuilt if rebuild else expanded
             grad_parameters = None
             if need_parameters:
-                grad_weight = _weight_gradient(expanded, grad_out).view(*coef.shape[:1], -1, coef.shape[1])
-                grad_parameters = _parameter_gradients(scale_sp, mask, coef)
-                _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), grad_weight.numpy(),
-                                                     *(g.numpy() for g in grad_parameters))
+                grad_parameters = parameter_gradients(scale_sp, mask, coef, _weight_gradient(expanded, grad_out))
         grad_base, grad_sp, grad_coef = grad_parameters or (None, None, None)
         return (grad_x, grad_base if need_base else None, grad_sp if need_sp else None, None,
                 grad_coef if need_coef else None, None, None, None, None, None)
@@ -415,7 +413,7 @@ def _cpu_kernels():
     return cpu
 
 
-def _assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool) -> torch.Tensor:
+def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool) -> torch.Tensor:
     """``layer_weight_matrix`` of the parameters by one kernel pass: [I*S, O]; with ``narrow_layout`` and fewer than
     NARROW_COLUMNS outputs, the transposed view of an [O, I*S] matrix (what :func:`_product` multiplies fastest)."""
     n_in, n_out, n_basis = coef.shape
@@ -431,6 +429,16 @@ def _assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool) -> 
 def _parameter_gradients(scale_sp, mask, coef) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Empty (grad_scale_base, grad_scale_sp, grad_coef) for a kernel to write."""
     return torch.empty_like(scale_sp), torch.empty_like(scale_sp), torch.empty_like(coef)
+
+
+def parameter_gradients(scale_sp, mask, coef, grad_weight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_scale_base, grad_scale_sp, grad_coef) of :func:`assembled_weight` from the gradient of its [I*S, O]
+    output, in any layout, by one kernel pass (contiguous scale_sp, mask [I, O] and coef [I, O, G+k])."""
+    grads = _parameter_gradients(scale_sp, mask, coef)
+    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(),
+                                         grad_weight.view(coef.shape[0], -1, coef.shape[1]).numpy(),
+                                         *(g.numpy() for g in grads))
+    return grads
 
 
 def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, grad_out, scale_sp, mask, coef,

@@ -462,7 +462,7 @@ def _dense_kernel(k):
     # The rows' work is its own function, compiled with k as a constant: inside numba's parallel loop the closure's
     # k would be a run-time argument, and the selects of _write_bases and _dot_bases would not fold away.
     @njit(cache=True, fastmath=FASTMATH)
-    def rows(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
+    def rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
              grad_x, write_out, write_grad, first_row, stop_row):
         n_in = x.shape[1]
         n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
@@ -472,15 +472,10 @@ def _dense_kernel(k):
         coords = np.empty(n_in, dtype=matrix.dtype)
         values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
         slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        if not fast:  # the general scheme's work arrays, its knots input-minor: knots[j, i] = padded[i, j]
-            knots = np.ascontiguousarray(padded.T)
-            left = np.empty((k + 1, n_in), dtype=padded.dtype)
-            right = np.empty((k + 1, n_in), dtype=padded.dtype)
-            saved = np.empty(n_in, dtype=padded.dtype)
-        else:
-            knots = np.empty((0, 0), dtype=padded.dtype)
-            left = right = np.empty((0, 0), dtype=padded.dtype)
-            saved = np.empty(0, dtype=padded.dtype)
+        width = 0 if fast else n_in  # the general scheme's work arrays
+        left = np.empty((k + 1, width), dtype=knots.dtype)
+        right = np.empty((k + 1, width), dtype=knots.dtype)
+        saved = np.empty(width, dtype=knots.dtype)
         base = np.empty(n_in, dtype=x.dtype)
         base_grad = np.empty(n_in, dtype=x.dtype)
         exponentials = np.empty(n_in, dtype=x.dtype)
@@ -510,9 +505,11 @@ def _dense_kernel(k):
     def kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
                grad_x, write_out, write_grad):
         n_rows = x.shape[0]
+        # the general scheme's knots input-minor, once per call: knots[j, i] = padded[i, j]
+        knots = np.ascontiguousarray(padded.T) if not (uniform and k > 0) else np.empty((0, 0), dtype=padded.dtype)
         n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
         for c in prange(n_chunks):
-            rows(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
+            rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
                  grad_x, write_out, write_grad, c * ROWS_PER_CHUNK, min(n_rows, (c + 1) * ROWS_PER_CHUNK))
 
     return kernel
