@@ -132,7 +132,9 @@ def test_wheels_leave_out_what_the_gpu_image_has(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu.subprocess, "run", fake_pip([
         "pykan-0.2.8-py3-none-any.whl", "papermill-2.7.0-py3-none-any.whl", "nbformat-5.11.1-py3-none-any.whl",
         "numpy-2.5.2-cp312-cp312-manylinux_2_28_x86_64.whl", "packaging-26.4-py3-none-any.whl",
-        "python_dateutil-4.0.0-py3-none-any.whl", "pyzmq-27.3.0-cp312-abi3-manylinux_2_28_x86_64.whl"]))
+        "python_dateutil-4.0.0-py3-none-any.whl", "pyzmq-27.3.0-cp312-abi3-manylinux_2_28_x86_64.whl",
+        "nvidia_cublas_cu12-12.8.4.1-py3-none-manylinux_2_27_x86_64.whl",
+        "nvidia_cudnn_cu12-9.10.2.21-py3-none-manylinux_2_27_x86_64.whl"]))
     monkeypatch.setattr(gpu, "_tree_bytes", lambda: 1000)
     wheels = gpu.download_wheels(tmp_path / "whl")
     assert sorted(wheel.name.split("-")[0] for wheel in wheels) == ["kanlib", "nbformat", "papermill", "pykan",
@@ -156,6 +158,18 @@ def test_the_gpu_run_needs_a_gpu_unless_rehearsed(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["gpu-reference", "--out", "unused"])
     assert "expected a CUDA device for the GPU reference run, got none; --rehearse" in capsys.readouterr().err
+
+
+def test_the_gpu_command_starts_where_the_notebook_packages_are_not_installed_yet():
+    """On a bare GPU image the wheels are installed by the run itself, after the command line was read."""
+    blocked = ("nbformat", "papermill", "nbclient", "myst_nb", "kan", "flashkan", "inkan")
+    script = ("import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+              + "from kanlib.__main__ import build_parser\n"
+              + "args = build_parser().parse_args(['gpu-reference', '--rehearse', '--out', 'unused'])\n"
+              + "print(args.handler.__name__)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gpu" in done.stdout
 
 
 def write_probe_wheel(folder):

@@ -85,6 +85,12 @@ def _wheel_name(path: pathlib.Path) -> str:
     return _normalized(path.name.split("-")[0])
 
 
+def _image_holds(name: str) -> bool:
+    """Whether the GPU image already holds the package ``name`` (normalized): listed there, or one of the CUDA
+    libraries torch requires (``nvidia-*``, whatever CUDA version its wheel names), which the image ships."""
+    return name in GPU_IMAGE_PACKAGES or name.startswith("nvidia-")
+
+
 def _tree_bytes(root: pathlib.Path = PROJECT_ROOT) -> int:
     """Bytes of what travels to a lent machine: the tracked files and the untracked ones git does not ignore."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
@@ -121,7 +127,7 @@ def download_wheels(folder: str | os.PathLike[str] = WHEEL_DIR, *, python: str =
     wanted = {_normalized(re.split(r"[=<>]", requirement)[0])
               for requirement in (*WHEEL_REQUIREMENTS, *WHEELS_WITHOUT_REQUIREMENTS)}
     for wheel in folder.glob("*.whl"):
-        if _wheel_name(wheel) in GPU_IMAGE_PACKAGES and _wheel_name(wheel) not in wanted:
+        if _image_holds(_wheel_name(wheel)) and _wheel_name(wheel) not in wanted:
             wheel.unlink()
     wheels = sorted(folder.glob("*.whl"))
     names = [_wheel_name(wheel) for wheel in wheels]

@@ -22,13 +22,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nbformat
 
 from ..bench.provenance import device_info, git_commit, git_dirty
 from ..checks import check_output_dir, resolve_device
 from .paths import EXECUTED_DIR, NOTEBOOKS_DIR, PROJECT_ROOT
+
+if TYPE_CHECKING:  # imported where used, so that the command line builds where nbformat is not installed yet
+    import nbformat
 
 MODES = ("auto", "quick", "full")
 DEVICES = ("auto", "cpu", "cuda")
@@ -176,6 +178,8 @@ def read_notebook(path: pathlib.Path) -> nbformat.NotebookNode:
         raise NotebookError(f"notebook: expected a .ipynb file, got {str(path)!r}")
     if not path.is_file():
         raise NotebookError(f"notebook: expected an existing file, got {str(path)!r} (no such file)")
+    import nbformat
+
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as error:  # nbformat raises several unrelated types for a damaged file
@@ -226,6 +230,8 @@ def keep_cell_times(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def finish_executed(nb: nbformat.NotebookNode, stamp: RunStamp, notebook_name: str,
                     parameters: dict[str, Any]) -> nbformat.NotebookNode:
     """Stamp an executed notebook, keep its cell times, hide its injected parameters, clean its volatile metadata."""
+    import nbformat
+
     keep_cell_times(nb)
     clean_volatile(nb)
     for cell in nb.cells:
@@ -253,11 +259,14 @@ def _after_title(nb: nbformat.NotebookNode) -> int:
 
 def notebook_stamp(path: pathlib.Path) -> RunStamp | None:
     """The stamp of a committed or executed notebook, None when it was never run by the runner."""
+    import nbformat
+
     return RunStamp.from_metadata(nbformat.read(path, as_version=4).metadata)
 
 
 def _execute(source: pathlib.Path, output: pathlib.Path, parameters: dict[str, Any], stamp: RunStamp) -> RunStamp:
     """Run `source` into `output`; returns the stamp it got (the run's, with this notebook's wall time)."""
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
