@@ -63,12 +63,12 @@ gpu-wheels: $(VENV)/.installed
 	$(PY) -m kanlib gpu-wheels
 
 # There, as one command (no venv there: its python3 holds torch and Triton; `python3 -m kanlib gpu-reference`
-# is the same where make is missing): the carried wheels installed, then the CUDA tests, the benchmarks and
-# the full-mode notebooks within 9 minutes, packed into $$OUT.
+# is the same where make is missing): the carried wheels installed, then the CUDA tests and
+# the benchmarks within 9 minutes, packed into $$OUT.
 gpu-reference:
 	python3 -m kanlib gpu-reference $(if $(OUT),--out $(OUT))
 
-# Back here: the results into data/results/ and the notebooks into notebooks/ (make gpu-import FROM=folder).
+# Back here: the results into data/results/ (make gpu-import FROM=folder); then run chapters 04 and 90 again.
 gpu-import: $(VENV)/.installed
 	@test -n "$(FROM)" || { echo "make gpu-import: expected FROM=<folder the GPU run packed>, got none"; exit 2; }
 	$(PY) -m kanlib gpu-import $(FROM)

@@ -487,9 +487,9 @@ def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
     wheels.set_defaults(handler=_gpu_wheels, command_parser=wheels)
     reference = commands.add_parser(
         "gpu-reference", help="the GPU reference run: CUDA tests, benchmarks, full-mode notebooks, in one budget",
-        description="Run the CUDA tests, bench kernel, bench quant and bench layer on cuda and the full-mode "
-                    "notebooks with GPU figures, each under its own timeout within --deadline seconds; pack the "
-                    "new results, the executed notebooks, the log and a summary into --out.")
+        description="Run the CUDA tests, then bench layer, bench families, bench kernel and bench quant on cuda, "
+                    "each under its own timeout within --deadline seconds; pack the new results, the log and a "
+                    "summary into --out.")
     reference.add_argument("--out", default=os.environ.get("OUT") or "_build/gpu-reference",
                            help="where the packed files go (default: $OUT, else _build/gpu-reference)")
     reference.add_argument("--deadline", type=_int_at_least(60), default=None,
@@ -501,10 +501,10 @@ def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
                                 "holds wheels and the run is not a rehearsal)")
     reference.set_defaults(handler=_gpu_reference, command_parser=reference)
     imports = commands.add_parser(
-        "gpu-import", help="put a GPU run's results and notebooks into data/results and notebooks/",
-        description="Unpack what gpu-reference packed into data/results/ and notebooks/, refusing files that "
-                    "were not measured on cuda.")
-    imports.add_argument("folder", help="the folder holding results.tar.gz and notebooks.tar.gz")
+        "gpu-import", help="put a GPU run's results into data/results",
+        description="Unpack what gpu-reference packed into data/results/, refusing files that were not measured "
+                    "on cuda.")
+    imports.add_argument("folder", help="the folder holding results.tar.gz")
     imports.set_defaults(handler=_gpu_import, command_parser=imports)
 
 
@@ -547,6 +547,8 @@ def _gpu_import(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         written = import_reference(args.folder)
     for path in written:
         print(f"wrote {path}")
+    print("the chapters with GPU figures read them when executed again: python -m kanlib run "
+          "notebooks/04_triton_kernels.ipynb notebooks/90_findings.ipynb --in-place")
     return 0
 
 

@@ -1,18 +1,16 @@
 """kanlib.book.gpu: the GPU reference run rehearsed end to end on the CPU, its deadline and failure handling,
 the import of what comes back, and the choice of wheels to carry (pip stubbed: no network in tests)."""
-import copy
 import json
 import pathlib
 import subprocess
 import sys
 import tarfile
 
-import nbformat
 import pytest
 
 from kanlib.__main__ import main
 from kanlib.book import gpu
-from kanlib.book.paths import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_PATH
+from kanlib.book.paths import PROJECT_ROOT, RESULTS_PATH
 
 
 def test_the_rehearsal_runs_every_step_end_to_end(tmp_path):
@@ -22,15 +20,13 @@ def test_the_rehearsal_runs_every_step_end_to_end(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [step["status"] for step in summary["steps"]] == ["passed"] * 7, summary["steps"]
-    assert sorted(path.name for path in out.iterdir()) == ["log.txt", "notebooks.tar.gz", "results.tar.gz",
-                                                          "summary.json"]
+    assert [step["status"] for step in summary["steps"]] == ["passed"] * 6, summary["steps"]
+    assert sorted(path.name for path in out.iterdir()) == ["log.txt", "results.tar.gz", "summary.json"]
     with tarfile.open(out / "results.tar.gz") as archive:
         names = archive.getnames()
     assert sorted(name.split("-")[0] for name in names) == ["families", "kernel", "layer", "quant"]
-    assert summary["notebooks"] == list(gpu.GPU_NOTEBOOKS)
     assert {target["benchmark"] for target in summary["targets"]} == {"families", "kernel", "quant"}
-    assert "rehearsal in" in done.stdout and "bench kernel: passed" in done.stdout
+    assert "rehearsal in" in done.stdout and "bench kernel (G = 3): passed" in done.stdout
     assert sorted(RESULTS_PATH.iterdir()) == before, "a rehearsal leaves the checkout's results alone"
     # and what a rehearsal packs is refused by the import: it was not measured on a GPU
     assert main(["gpu-import", str(out)]) == 1
@@ -60,19 +56,14 @@ def test_the_deadline_skips_what_cannot_start(tmp_path):
     assert summary["steps"][0]["status"].startswith("skipped")
 
 
-def packed_run(folder, result, notebook_name="04_triton_kernels.ipynb", device="cuda"):
-    """A folder as run_reference packs it, with one result and one notebook stamped as run on ``device``."""
+def packed_run(folder, results):
+    """A folder as run_reference packs it, holding ``results`` ({file name: result dict})."""
     folder.mkdir()
-    result_path = folder / "kernel-cuda-20261130T000000.000000Z.json"
-    result_path.write_text(json.dumps(result))
-    notebook = nbformat.read(NOTEBOOKS_DIR / notebook_name, as_version=4)
-    notebook.metadata = copy.deepcopy(notebook.metadata)
-    notebook.metadata["kanlib"]["run"]["device"] = device
-    notebook_path = folder / notebook_name
-    nbformat.write(notebook, notebook_path)
-    for archive_name, member in (("results.tar.gz", result_path), ("notebooks.tar.gz", notebook_path)):
-        with tarfile.open(folder / archive_name, "w:gz") as archive:
-            archive.add(member, arcname=member.name)
+    with tarfile.open(folder / "results.tar.gz", "w:gz") as archive:
+        for name, result in results.items():
+            path = folder / name
+            path.write_text(json.dumps(result))
+            archive.add(path, arcname=name)
     return folder
 
 
@@ -84,37 +75,28 @@ def cuda_result():
 
 
 def test_import_puts_a_gpu_run_in_place(tmp_path, cuda_result):
-    folder = packed_run(tmp_path / "back", cuda_result)
-    results, notebooks = tmp_path / "results", tmp_path / "notebooks"
+    names = ["kernel-cuda-20261130T000000.000000Z.json", "layer-cuda-20261130T000001.000000Z.json"]
+    folder = packed_run(tmp_path / "back", dict.fromkeys(names, cuda_result))
+    results = tmp_path / "results"
     results.mkdir()
-    notebooks.mkdir()
-    (notebooks / "04_triton_kernels.ipynb").write_text("{}")
-    written = gpu.import_reference(folder, results_dir=results, notebooks_dir=notebooks)
-    assert sorted(path.name for path in written) == ["04_triton_kernels.ipynb",
-                                                     "kernel-cuda-20261130T000000.000000Z.json"]
-    assert nbformat.read(notebooks / "04_triton_kernels.ipynb", as_version=4).metadata["kanlib"]["run"]["device"] \
-        == "cuda"
+    written = gpu.import_reference(folder, results_dir=results)
+    assert sorted(path.name for path in written) == names
+    assert json.loads((results / names[0]).read_text()) == cuda_result
 
 
 @pytest.mark.parametrize("spoil,words", [
-    ("cpu result", "expected a result measured on cuda, got device type 'cpu'"),
-    ("cpu notebook", "expected a notebook run on cuda, got 'cpu'"),
-    ("unknown notebook", "expected one of the book's notebooks"),
-    ("missing archive", "missing ['notebooks.tar.gz']"),
+    ("cpu result", "layer-cpu.json: expected a result measured on cuda, got device type 'cpu'"),
+    ("missing archive", "expected the results.tar.gz a GPU run packs, found none"),
 ])
 def test_import_refuses_what_is_not_a_gpu_run_and_writes_nothing(tmp_path, cuda_result, spoil, words):
-    if spoil == "cpu result":
-        cuda_result["device"]["type"] = "cpu"
-    folder = packed_run(tmp_path / "back", cuda_result, device="cpu" if spoil == "cpu notebook" else "cuda")
+    cpu_result = {**cuda_result, "device": {**cuda_result["device"], "type": "cpu"}}
+    folder = packed_run(tmp_path / "back", {"kernel-cuda.json": cuda_result, "layer-cpu.json": cpu_result})
     if spoil == "missing archive":
-        (folder / "notebooks.tar.gz").unlink()
-    results, notebooks = tmp_path / "results", tmp_path / "notebooks"
+        (folder / "results.tar.gz").unlink()
+    results = tmp_path / "results"
     results.mkdir()
-    notebooks.mkdir()
-    if spoil != "unknown notebook":
-        (notebooks / "04_triton_kernels.ipynb").write_text("{}")
-    with pytest.raises(gpu.GPUImportError, match=words.replace("[", r"\[").replace("]", r"\]")):
-        gpu.import_reference(folder, results_dir=results, notebooks_dir=notebooks)
+    with pytest.raises(gpu.GPUImportError, match=words):
+        gpu.import_reference(folder, results_dir=results)
     assert list(results.iterdir()) == []
 
 
@@ -194,3 +176,17 @@ def test_carried_wheels_are_installed_for_the_steps(tmp_path):
                                 wheels=wheels)
     assert [step["status"] for step in summary["steps"]] == ["passed", "passed"], summary["steps"]
     assert "probe installed and found" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_on_a_gpu_the_figures_come_one_process_per_grid_and_the_tests_tune_one_configuration(tmp_path):
+    steps = gpu.reference_steps(rehearse=False, results_dir=tmp_path)
+    names = [step.name for step in steps]
+    assert names[0] == "cuda tests" and names[-1] == "bench quant"
+    assert [name for name in names if name.startswith("bench layer")] == [
+        f"bench layer (G = {grid})" for grid in (5, 50, 100, 200)]
+    for step in steps:
+        tests = step.args[0] == "pytest"
+        assert (step.env == {"KANLIB_TRITON_AUTOTUNE": "first"}) == tests, step
+        if not tests:
+            assert step.args[:2] == ("kanlib", "bench") and "cuda" in step.args and str(tmp_path) in step.args
+    assert sum(step.timeout_s for step in steps) >= gpu.DEADLINE_S, "the deadline, not the steps, bounds the run"

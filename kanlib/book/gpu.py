@@ -5,19 +5,20 @@ time budget, and the tools around it.
   wheels of what a bare GPU image lacks (pykan, papermill and the Jupyter kernel) and kanlib itself, into
   ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
   machine receives.
-- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, ``bench kernel``, ``bench quant``,
-  ``bench layer`` and ``bench families`` with ``--device cuda``, then the full-mode runs of the notebooks that carry
-  GPU figures, then the basis families' Triton tests,
-  each step under its own timeout inside one deadline, a failing step recorded without stopping the next; it
-  packs the new results, the executed notebooks and the log into a few files and prints the targets.
+- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, then ``bench layer``, ``bench
+  families`` and ``bench kernel`` with ``--device cuda`` (one process per grid size), the basis families' Triton
+  tests and ``bench quant``, each step under its own timeout inside one deadline, a failing step recorded without
+  stopping the next; it packs the new results and the log into a few files and prints the targets.
   ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's interpreter),
   which is how the tests check the run end to end.
-- :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/`` and
-  ``notebooks/``, refusing anything that was not measured on a GPU.
+- :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/``,
+  refusing anything that was not measured on a GPU. The chapters that show GPU figures read them from there
+  when they are executed again (``python -m kanlib run``).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -31,7 +32,8 @@ import time
 from collections.abc import Sequence
 
 from ..checks import MIB, check_output_dir
-from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_PATH
+from ..ops.triton_tuning import AUTOTUNE_ENV
+from .paths import PROJECT_ROOT, RESULTS_PATH
 
 __all__ = ["WHEEL_DIR", "GPU_IMAGE_PACKAGES", "download_wheels", "Step", "reference_steps", "run_reference",
            "import_reference", "GPUImportError"]
@@ -67,8 +69,6 @@ tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torc
 transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel
 wrapt xarray xxhash yarl zipp
 """.split())
-# The notebooks whose full-mode runs carry GPU figures, in the order they run.
-GPU_NOTEBOOKS = ("02_fast_path.ipynb", "04_triton_kernels.ipynb", "90_findings.ipynb")
 CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py",
               "tests/test_gpu.py")
 CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
@@ -148,42 +148,48 @@ class Step:
     name: str
     args: tuple[str, ...]
     timeout_s: float
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # set for this step alone
 
 
-def reference_steps(rehearse: bool, results_dir: pathlib.Path, notebooks_dir: pathlib.Path) -> list[Step]:
-    """The steps of the run: on CUDA the full sizes, in rehearsal tiny ones on the CPU (same commands)."""
+def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
+    """The steps of the run, the figures first: on CUDA the full sizes, one benchmark process per grid size (a step
+    that runs out of time loses only its own figures), the tests spread over the cores with one tile
+    configuration per kernel; in rehearsal tiny sizes on the CPU (the same commands)."""
     device = "cpu" if rehearse else "cuda"
     out = ("--out-dir", str(results_dir))
+    pytest = ("pytest", "-q", "-p", "no:cacheprovider")
     if rehearse:
-        tests = ("pytest", "-q", "-p", "no:cacheprovider", "-k", "empty_batch or nan_rows or bf16", *CUDA_TESTS)
-        kernel = ("--batch", "7", "--width", "8", "--grid", "3", "--dtype", "float32", "--repeat", "2",
-                  "--warmup", "1", "--skip-pykan")
-        layer = ("--batch", "16", "--width", "8", "--grid", "3", "5", "--repeat", "2", "--warmup", "1", "--skip-pykan")
-        quant = ("--quick", "--bits", "8", "--train-steps", "10", "--qat-steps", "3",
-                 "--repeat", "2", "--warmup", "1")
-        families = ("--batch", "16", "--width", "8", "--grid", "3", "--repeat", "2", "--warmup", "1")
-        basis_tests = ("pytest", "-q", "-p", "no:cacheprovider", "-k", "nan_in_a_row", *CUDA_BASIS_TESTS)
-        mode = "quick"
+        tests = (*pytest, "-k", "empty_batch or nan_rows or bf16", *CUDA_TESTS)
+        basis_tests = (*pytest, "-k", "nan_in_a_row", *CUDA_BASIS_TESTS)
+        small = ("--repeat", "2", "--warmup", "1")
+        kernel = ("--batch", "7", "--width", "8", "--dtype", "float32", "--skip-pykan", *small)
+        kernel_grids = layer_grids = (3,)
+        layer = ("--batch", "16", "--width", "8", "--skip-pykan", *small)
+        families = ("--batch", "16", "--width", "8", "--grid", "3", *small)
+        quant = ("--quick", "--bits", "8", "--train-steps", "10", "--qat-steps", "3", *small)
+        tuning = {}
     else:
-        tests = ("pytest", "-q", "-p", "no:cacheprovider", *CUDA_TESTS)
-        kernel = ("--batch", "4096", "--width", "1024", "--grid", "5", "10", "20", "50", "100", "--dtype", "bfloat16",
-                  "float32")
-        layer = ("--batch", "4096", "--width", "1024", "--grid", "5", "10", "20", "50", "--skip-pykan")
-        quant = ()
-        families = ()  # the CPU goals' sizes (batch 1024, I = O = 256, G = 5), for the same table on CUDA
-        basis_tests = ("pytest", "-q", "-p", "no:cacheprovider", *CUDA_BASIS_TESTS)
-        mode = "full"
-    notebooks = [str(NOTEBOOKS_DIR / name) for name in GPU_NOTEBOOKS]
+        workers = ("-n", str(min(16, os.cpu_count() or 1))) if importlib.util.find_spec("xdist") else ()
+        tests = (*pytest, *workers, *CUDA_TESTS)
+        basis_tests = (*pytest, *workers, *CUDA_BASIS_TESTS)
+        kernel = ("--batch", "4096", "--width", "1024", "--dtype", "bfloat16", "float32")  # the GPU targets' sizes
+        kernel_grids = (5, 20, 50)
+        layer = ("--batch", "1024", "--width", "256", "--skip-pykan")  # the CPU targets' sizes, for the same table
+        layer_grids = (5, 50, 100, 200)
+        families = ()  # its defaults are the CPU targets' sizes
+        quant = ("--bits", "8", "4", "--train-steps", "200", "--qat-steps", "100")
+        tuning = {AUTOTUNE_ENV: "first"}
+    bench = ("kanlib", "bench")
     return [
-        Step("cuda tests", tests, 120),
-        Step("bench kernel", ("kanlib", "bench", "kernel", "--device", device, *kernel, *out), 150),
-        Step("bench quant", ("kanlib", "bench", "quant", "--device", device, *quant, *out), 100),
-        Step("bench layer", ("kanlib", "bench", "layer", "--device", device, *layer, *out), 60),
-        Step("bench families", ("kanlib", "bench", "families", "--device", device, *families, *out), 45),
-        Step("notebooks", ("kanlib", "run", *notebooks, "--device", device, "--mode", mode,
-                           "--output-dir", str(notebooks_dir)), 200),
-        # last, so that compiling the many specializations of these kernels cannot starve the figures above
-        Step("cuda tests (basis families)", basis_tests, 90),
+        Step("cuda tests", tests, 110, tuning),
+        *(Step(f"bench layer (G = {grid})", (*bench, "layer", "--device", device, *layer, "--grid", str(grid), *out),
+               40) for grid in layer_grids),
+        Step("bench families", (*bench, "families", "--device", device, *families, *out), 45),
+        *(Step(f"bench kernel (G = {grid})", (*bench, "kernel", "--device", device, *kernel, "--grid", str(grid), *out),
+               45) for grid in kernel_grids),
+        # after the figures, so that compiling the many specializations of these kernels cannot starve them
+        Step("cuda tests (basis families)", basis_tests, 70, tuning),
+        Step("bench quant", (*bench, "quant", "--device", device, *quant, *out), 90),
     ]
 
 
@@ -209,7 +215,7 @@ def _run_step(step: Step, log, seconds_left: float, pythonpath: str | None = Non
     log.write(f"\n===== {step.name}: {record['command']} (at most {timeout:.0f} s)\n")
     log.flush()
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (pythonpath, env.get("PYTHONPATH"))))
     try:
@@ -249,20 +255,18 @@ def _tar(path: pathlib.Path, files: Sequence[pathlib.Path]) -> pathlib.Path:
 def run_reference(out_dir: str | os.PathLike[str], *, rehearse: bool = False, deadline_s: float = DEADLINE_S,
                   steps: Sequence[Step] | None = None, wheels: str | os.PathLike[str] | None = None) -> dict:
     """Run every step (:func:`reference_steps`) and pack into ``out_dir``: ``results.tar.gz`` (the new result
-    JSONs, also left in data/results on a GPU run), ``notebooks.tar.gz`` (the executed notebooks), ``log.txt`` and
-    ``summary.json`` (each step's status, the targets); returns the summary and prints it. ``wheels``: a folder
+    JSONs, also left in data/results on a GPU run), ``log.txt`` and ``summary.json`` (each step's status, the targets); returns the summary and prints it. ``wheels``: a folder
     of wheels (``make gpu-wheels``) installed into a scratch folder first and put on the steps' PYTHONPATH."""
     out_dir = check_output_dir(out_dir, "out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kanlib-gpu-") as scratch:
-        notebooks_dir = pathlib.Path(scratch) / "notebooks"
         # A GPU run writes into data/results, where the findings notebook reads them; a rehearsal leaves the
         # checkout's results alone.
         results_dir = pathlib.Path(scratch) / "results" if rehearse else RESULTS_PATH
         results_dir.mkdir(parents=True, exist_ok=True)
         before = set(results_dir.glob("*.json"))
-        planned = steps if steps is not None else reference_steps(rehearse, results_dir, notebooks_dir)
+        planned = steps if steps is not None else reference_steps(rehearse, results_dir)
         records, pythonpath = [], None
         with (out_dir / "log.txt").open("w") as log:
             log.write(f"kanlib GPU reference run ({'rehearsal on the CPU' if rehearse else 'cuda'})\n")
@@ -273,11 +277,10 @@ def run_reference(out_dir: str | os.PathLike[str], *, rehearse: bool = False, de
             for step in planned:
                 records.append(_run_step(step, log, deadline_s - (time.perf_counter() - start), pythonpath))
         results = sorted(set(results_dir.glob("*.json")) - before)
-        notebooks = sorted(notebooks_dir.glob("*.ipynb"))
-        packed = [_tar(out_dir / "results.tar.gz", results), _tar(out_dir / "notebooks.tar.gz", notebooks)]
+        packed = [_tar(out_dir / "results.tar.gz", results)]
         targets = _targets(results)
     summary = {"rehearsal": rehearse, "seconds": round(time.perf_counter() - start, 1), "steps": records,
-               "results": [path.name for path in results], "notebooks": [path.name for path in notebooks],
+               "results": [path.name for path in results],
                "targets": targets,
                "too_large": [path.name for path in packed if path.stat().st_size > PACK_LIMIT_BYTES]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -289,7 +292,7 @@ def format_summary(summary: dict) -> str:
     """The steps' statuses and the targets met and missed, a line each."""
     lines = [f"{'rehearsal' if summary['rehearsal'] else 'GPU reference run'} in {summary['seconds']:.0f} s:"]
     lines += [f"  {record['step']}: {record['status']} ({record['seconds']:.0f} s)" for record in summary["steps"]]
-    lines.append(f"  {len(summary['results'])} result file(s), {len(summary['notebooks'])} notebook(s)")
+    lines.append(f"  {len(summary['results'])} result file(s)")
     for target in summary["targets"]:
         value = "missing" if target["value"] is None else f"{target['value']:.3g}"
         verdict = "" if target["met"] is None else (" met" if target["met"] else " NOT met")
@@ -314,37 +317,18 @@ def _members(archive_path: pathlib.Path, suffix: str) -> list[tuple[str, bytes]]
         return members
 
 
-def import_reference(folder: str | os.PathLike[str], *, results_dir: pathlib.Path = RESULTS_PATH,
-                     notebooks_dir: pathlib.Path = NOTEBOOKS_DIR) -> list[pathlib.Path]:
-    """Put the result files and notebooks of a GPU run (``folder`` as :func:`run_reference` packed it) into
-    data/results and notebooks/; returns what was written. GPUImportError, before anything is written, when a
-    result was not measured on CUDA, a notebook's run stamp does not say cuda, or a notebook is not one of the
-    book's."""
-    from .runner import notebook_stamp, read_notebook
-
+def import_reference(folder: str | os.PathLike[str], *, results_dir: pathlib.Path = RESULTS_PATH) -> list[pathlib.Path]:
+    """Put the result files of a GPU run (``folder`` as :func:`run_reference` packed it) into data/results; returns
+    what was written. GPUImportError, before anything is written, when a result was not measured on CUDA."""
     folder = pathlib.Path(folder)
-    missing = [name for name in ("results.tar.gz", "notebooks.tar.gz") if not (folder / name).is_file()]
-    if missing:
-        raise GPUImportError(f"{folder}: expected the files a GPU run packs, missing {missing}")
+    if not (folder / "results.tar.gz").is_file():
+        raise GPUImportError(f"{folder}: expected the results.tar.gz a GPU run packs, found none")
     writes = []
     for name, data in _members(folder / "results.tar.gz", ".json"):
         device = json.loads(data).get("device", {})
         if device.get("type") != "cuda":
             raise GPUImportError(f"{name}: expected a result measured on cuda, got device type {device.get('type')!r}")
         writes.append((results_dir / name, data))
-    with tempfile.TemporaryDirectory(prefix="kanlib-gpu-import-") as scratch:
-        for name, data in _members(folder / "notebooks.tar.gz", ".ipynb"):
-            if not (notebooks_dir / name).is_file():
-                raise GPUImportError(f"{name}: expected one of the book's notebooks in {notebooks_dir}")
-            staged = pathlib.Path(scratch) / name
-            staged.write_bytes(data)
-            read_notebook(staged)
-            stamp = notebook_stamp(staged)
-            if stamp is None or stamp.device != "cuda":
-                raise GPUImportError(f"{name}: expected a notebook run on cuda, got "
-                                     f"{'no run stamp' if stamp is None else stamp.device!r}")
-            writes.append((notebooks_dir / name, data))
     for path, data in writes:
         path.write_bytes(data)
     return [path for path, _ in writes]
-

@@ -39,6 +39,7 @@ import triton.language as tl
 from ..spline_linear import under_transform
 from ..spline_linear.triton import INTERPRET, check_devices, to_store
 from .reference import basis_linear_reference
+from ..triton_tuning import tuned
 
 __all__ = ["KINDS", "DTYPES", "triton_runs", "basis_linear_triton", "BasisLinearFunction"]
 
@@ -162,7 +163,7 @@ def _autotune(tensor_core: list[tuple[int, ...]], full_precision: list[tuple[int
 
     if INTERPRET:
         return triton.autotune(configs=configs([(32, 32, 16, 4, 1)]), key=[], **options)
-    tensor_core, full_precision = configs(tensor_core), configs(full_precision)
+    tensor_core, full_precision = configs(tuned(tensor_core)), configs(tuned(full_precision))
 
     def pick(_configs, named_args, **kwargs):
         wide = named_args["x_ptr"].dtype in (torch.float32, torch.float64) and kwargs.get("PRECISION") == "ieee"

@@ -53,6 +53,7 @@ import triton.language as tl
 
 from .reference import TABLE_SHIFT
 from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, INTERPRET, SPLINE_ORDERS, activation, check_devices
+from ..triton_tuning import tuned
 
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS", "INTERPRET"]
 
@@ -124,7 +125,7 @@ def _autotune(tiles: list[tuple[int, ...]]):
 
     if INTERPRET:
         return triton.autotune(configs=configs([(128, 32, 32, 4, 1)]), key=[])
-    return triton.autotune(configs=configs(tiles), key=["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM",
+    return triton.autotune(configs=configs(tuned(tiles)), key=["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM",
                                                         "SHIFT"])
 
 

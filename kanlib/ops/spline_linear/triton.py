@@ -44,6 +44,7 @@ from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, IDENTITY_ID, RELU_ID, 
 from ...basis import cardinal_pieces
 from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS
+from ..triton_tuning import tuned
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
@@ -233,7 +234,7 @@ def _autotune(tensor_core: list[tuple[int, ...]], full_fp32: list[tuple[int, ...
 
     if INTERPRET:
         return triton.autotune(configs=configs([(128, 32, 32, 4, 1)]), key=[])
-    tensor_core, full_fp32 = configs(tensor_core), configs(full_fp32)
+    tensor_core, full_fp32 = configs(tuned(tensor_core)), configs(tuned(full_fp32))
 
     def pick(_configs, named_args, **kwargs):
         ieee = named_args["x_ptr"].dtype == torch.float32 and kwargs.get("PRECISION") == "ieee"

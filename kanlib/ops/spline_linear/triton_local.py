@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from .support import TRITON_SPARSE_SLOWDOWN, prefers_sparse
+from ..triton_tuning import tuned
 from .triton import (INTERPRET, LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
                      planned_function, spline_basis, to_store)
 
@@ -84,7 +85,7 @@ def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zer
         *blocks, warps, stages = tile
         return triton.Config(dict(zip(names, blocks)), num_warps=warps, num_stages=stages)
 
-    configs = [config(tiles[-1])] if INTERPRET else [config(t) for t in tiles[:-1]]
+    configs = [config(tiles[-1])] if INTERPRET else [config(t) for t in tuned(tiles[:-1])]
     return triton.autotune(configs=configs, key=["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM"],
                            reset_to_zero=reset_to_zero)
 
