@@ -21,7 +21,8 @@ from kanlib.ops.spline_linear import prefers_sparse, spline_linear  # noqa: E402
 from kanlib.ops.spline_linear import triton as dense  # noqa: E402
 from kanlib.ops.spline_linear import triton_local as local  # noqa: E402
 from kanlib.ops.spline_linear.reference import spline_linear_reference  # noqa: E402
-from kanlib.ops.spline_linear.support import SPARSE_SLOWDOWN, TRITON_SPARSE_SLOWDOWN  # noqa: E402
+from kanlib.ops.spline_linear.support import (  # noqa: E402
+    SPARSE_SLOWDOWN, TRITON_SPARSE_SLOWDOWN, TRITON_TENSOR_CORE_SPARSE_SLOWDOWN, triton_sparse_slowdown)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -248,6 +249,37 @@ def test_the_cost_model_takes_the_device_slowdown():
     assert prefers_sparse(5 * SPARSE_SLOWDOWN + 1, 3) and not prefers_sparse(5 * SPARSE_SLOWDOWN, 3)
     assert not prefers_sparse(5 * SPARSE_SLOWDOWN + 1, 3, TRITON_SPARSE_SLOWDOWN)
     assert prefers_sparse(5 * TRITON_SPARSE_SLOWDOWN + 1, 3, TRITON_SPARSE_SLOWDOWN)
+
+
+def test_against_tensor_core_products_the_local_kernels_wait_for_far_larger_grids():
+    """The dense kernels' bfloat16, float16 and TF32 products are many times faster than full float32 ones."""
+    assert TRITON_TENSOR_CORE_SPARSE_SLOWDOWN > TRITON_SPARSE_SLOWDOWN
+    assert {triton_sparse_slowdown(dtype) for dtype in (torch.bfloat16, torch.float16)} == {
+        TRITON_TENSOR_CORE_SPARSE_SLOWDOWN}
+    past_full = int(5 * TRITON_SPARSE_SLOWDOWN) + 1 + 3  # knots per input of a grid just past the float32 crossover
+    grid = torch.zeros(2, past_full)
+    assert not local.uses_local_kernels(grid, 3, torch.bfloat16)
+    assert not local.uses_local_kernels(grid, 3, torch.float16)
+    assert local.uses_local_kernels(torch.zeros(2, int(5 * TRITON_TENSOR_CORE_SPARSE_SLOWDOWN) + 4), 3, torch.bfloat16)
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for tf32, slowdown in ((False, TRITON_SPARSE_SLOWDOWN), (True, TRITON_TENSOR_CORE_SPARSE_SLOWDOWN)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            assert triton_sparse_slowdown(torch.float32) == slowdown
+            assert local.uses_local_kernels(grid, 3, torch.float32) == (not tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def test_a_bfloat16_layer_at_a_large_grid_keeps_the_dense_kernels(monkeypatch):
+    seen = record_families(monkeypatch)
+    gen = torch.Generator().manual_seed(10)
+    grid = random_grid(2, 40, 3, gen, uniform=True).to(DEVICE)
+    x = inputs_around(grid.cpu(), 3, gen).to(DEVICE)
+    weight = torch.randn(2 * 44, 2).to(DEVICE)
+    spline_linear(x, weight, grid, 3, True, backend="triton")
+    spline_linear(x.bfloat16(), weight.bfloat16(), grid, 3, True, backend="triton")
+    assert seen == ["local", "dense"]
 
 
 COMPILE_FOR_H100 = textwrap.dedent("""

@@ -149,7 +149,8 @@ def _dot(a, b, acc, ACC: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.co
 # on a GPU, from one list for tensor-core products (bf16, fp16, TF32) and one for full float32 and float64 FMA
 # products (float64's wider registers make the second list's tiles small). Each configuration was checked to
 # compile for sm_90 without register spills (``ptxas -v``, parameter gradients on, the heaviest kinds: ReLU bumps
-# and Chebyshev) but none is yet timed on a GPU. The interpreter runs one small configuration.
+# and Chebyshev); the lists were first tuned on an H200 by ``bench families --device cuda`` (data/results). The
+# interpreter runs one small configuration.
 
 _KEY = ["n_in", "n_out", "n_basis", "batch_bucket", "KIND", "PRECISION", "PARAMS"]
 

@@ -26,7 +26,7 @@ rounded once, at the store (the window values are not rounded to the input dtype
 kernels' tensor-core operands).
 
 :func:`spline_linear_triton_any` is the ``"triton"`` backend: it picks these kernels or :mod:`.triton`'s by
-:func:`.support.prefers_sparse` with ``TRITON_SPARSE_SLOWDOWN`` (the dense ones under
+:func:`.support.prefers_sparse` with :func:`.support.triton_sparse_slowdown` (the dense ones under
 ``torch.use_deterministic_algorithms``), or the family a caller names (tests, benchmarks).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .support import TRITON_SPARSE_SLOWDOWN, prefers_sparse
+from .support import prefers_sparse, triton_sparse_slowdown
 from ..triton_tuning import tuned
 from .triton import (INTERPRET, LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
                      planned_function, spline_basis, to_store)
@@ -75,7 +75,9 @@ def _window_start(x, u, knots, mask, n_basis, n_knots, n_search, K: tl.constexpr
 # ----------------------------------------------------------------------------------------------------------
 # Kernels. Tile configurations are autotuned on a GPU from a short list, each checked to compile for sm_90 without
 # register spills (orders 3 and 5, uniform and not; 64-bit pointers of gathered tiles cost registers, so the tiles
-# hold at most 8 elements per thread) but not yet timed on a GPU. The interpreter runs one small configuration.
+# hold at most 8 elements per thread); first tuned on an H200 by ``bench kernel`` and ``bench layer``, where these
+# kernels ran several times slower than their useful work allows (data/results). The interpreter runs one small
+# configuration.
 
 
 def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zero: list[str] | None = None):
@@ -263,12 +265,12 @@ LocalSplineLinearFunction = planned_function(
     "The local-support product with gradients for x and weight; inputs as :func:`.triton.check_inputs` checks.")
 
 
-def uses_local_kernels(grid: torch.Tensor, spline_order: int) -> bool:
-    """Whether ``kernels="auto"`` picks the local-support kernels for this (checked) grid and order: when the cost
-    model prefers them and ``torch.use_deterministic_algorithms`` is off (their weight gradient uses atomics)."""
-    return (prefers_sparse(grid.shape[1] - spline_order, spline_order, TRITON_SPARSE_SLOWDOWN)
+def uses_local_kernels(grid: torch.Tensor, spline_order: int, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether ``kernels="auto"`` picks the local-support kernels for this (checked) grid and order and operands of
+    ``dtype``: when the cost model prefers them (:func:`.support.triton_sparse_slowdown`) and
+    ``torch.use_deterministic_algorithms`` is off (their weight gradient uses atomics)."""
+    return (prefers_sparse(grid.shape[1] - spline_order, spline_order, triton_sparse_slowdown(dtype))
             and not torch.are_deterministic_algorithms_enabled())
-
 
 def spline_linear_triton_any(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
                              uniform: bool, activation: str = "silu", kernels: str = "auto") -> torch.Tensor:
@@ -283,7 +285,7 @@ def spline_linear_triton_any(x: torch.Tensor, weight: torch.Tensor, grid: torch.
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
     check_inputs(x, weight, grid, spline_order, activation)
-    local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order))
+    local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order, x.dtype))
     function = LocalSplineLinearFunction if local else SplineLinearFunction
     return function.apply(x, weight, grid, spline_order, bool(uniform), activation)
 
