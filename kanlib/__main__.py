@@ -54,13 +54,15 @@ def _fails_on(*errors: type[Exception]) -> Iterator[None]:
         raise _CommandFailed from error
 
 
-def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "timed runs per candidate") -> None:
-    """The options of every benchmark: device, repetitions, seed, where results go."""
+def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "timed runs per candidate", *,
+                        repeated: bool = True) -> None:
+    """The options of every benchmark: device, where results go; with ``repeated``, repetitions and seed."""
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                         help="auto: cuda if available, else cpu (default: auto)")
-    parser.add_argument("--repeat", type=_int_at_least(1), default=20, help=f"{repeat_help} (default: 20)")
-    parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
+    if repeated:
+        parser.add_argument("--repeat", type=_int_at_least(1), default=20, help=f"{repeat_help} (default: 20)")
+        parser.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default: 3)")
+        parser.add_argument("--seed", type=_int_at_least(0), default=0, help="inputs and parameters (default: 0)")
     parser.add_argument("--out-dir", default=RESULTS_DIR, help=f"where the JSON goes (default: {RESULTS_DIR})")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     retain = can_retain_freed_memory()
@@ -363,6 +365,59 @@ def _add_bench_prune(benchmarks: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_bench_prune, command_parser=parser)
 
 
+def _add_bench_images(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "images",
+        help="epoch time at equal test accuracy: the B-spline KAN against the MLP over hidden widths, on images",
+        description="Train MLPs and B-spline KANs of one hidden layer at several widths and seeds on flattened "
+                    "images, find each family's cheapest width reaching the same test accuracy, compare their "
+                    "epoch times; print the tables and targets and write data/results/images-*.json.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer widths and epochs")
+    parser.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"), default="digits",
+                        help="digits: scikit-learn's 8x8 digits (bundled); mnist, fashion-mnist: the IDX files "
+                             "in --data-root (default: digits)")
+    parser.add_argument("--data-root", default=None, help="the folder holding MNIST's or Fashion-MNIST's files")
+    parser.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=None, metavar="S",
+                        help="model seeds, each width trained once per seed (default: 0 1 2)")
+    parser.add_argument("--epochs", type=_int_at_least(1), default=None, help="(default: 10, quick 6)")
+    _add_common_options(parser, repeated=False)
+    parser.set_defaults(handler=_bench_images, command_parser=parser)
+
+
+def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench import images
+    from .data import load_digits, load_mnist
+
+    if args.dataset != "digits" and args.data_root is None:
+        parser.error(f"--dataset {args.dataset}: expected --data-root, the folder holding its files, got none")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds: expected distinct seeds, got {args.seeds}")
+    device = _benchmark_device(args, parser)
+    settings = {**(images.QUICK if args.quick else images.DEFAULTS)}
+    settings.update({name: value for name, value in (("seeds", tuple(args.seeds or ())), ("epochs", args.epochs))
+                     if value})
+    if args.dataset == "digits":
+        data = load_digits(seed=0)
+    else:
+        with _fails_on(FileNotFoundError, ValueError):
+            data = load_mnist(args.data_root, variant="mnist" if args.dataset == "mnist" else "fashion")
+    rows = images.run_images_benchmark(device, data, dataset=args.dataset, **settings)
+    print(f"images benchmark on {device}, {args.dataset}{' (quick)' if args.quick else ''}: "
+          f"{settings['epochs']} epochs of batch {settings['batch_size']}, seeds {list(settings['seeds'])}")
+    print(format_table([row for row in rows if row["kind"] == "width"], images.TABLE_COLUMNS))
+    summary = next(row for row in rows if row["kind"] == "summary")
+    print(f"accuracy level {summary['accuracy_level']:.4f}: MLP width {summary['mlp_width']}, "
+          f"B-spline KAN width {summary['bspline_width']}")
+    print("targets:")
+    print(format_targets(images.target_report(rows), ".3g"))
+    params = {"quick": args.quick, "dataset": args.dataset,
+              **{name: ({family: list(widths) for family, widths in value.items()} if name == "widths"
+                        else list(value) if isinstance(value, tuple) else value)
+                 for name, value in settings.items()}}
+    return _write_results("images", params, rows, device, args)
+
+
 def _bench_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import prune
 
@@ -548,7 +603,8 @@ def _gpu_import(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     for path in written:
         print(f"wrote {path}")
     print("the chapters with GPU figures read them when executed again: python -m kanlib run "
-          "notebooks/04_triton_kernels.ipynb notebooks/90_findings.ipynb --in-place")
+          "notebooks/04_triton_kernels.ipynb notebooks/06_kans_on_images.ipynb notebooks/90_findings.ipynb "
+          "--in-place (06 with --mode full to keep its committed mode)")
     return 0
 
 
@@ -567,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_workflow(benchmarks)
     _add_bench_threads(benchmarks)
     _add_bench_prune(benchmarks)
+    _add_bench_images(benchmarks)
     _add_book_commands(commands)
     _add_gpu_commands(commands)
     return parser

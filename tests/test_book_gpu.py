@@ -20,12 +20,12 @@ def test_the_rehearsal_runs_every_step_end_to_end(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [step["status"] for step in summary["steps"]] == ["passed"] * 6, summary["steps"]
+    assert [step["status"] for step in summary["steps"]] == ["passed"] * 7, summary["steps"]
     assert sorted(path.name for path in out.iterdir()) == ["log.txt", "results.tar.gz", "summary.json"]
     with tarfile.open(out / "results.tar.gz") as archive:
         names = archive.getnames()
-    assert sorted(name.split("-")[0] for name in names) == ["families", "kernel", "layer", "quant"]
-    assert {target["benchmark"] for target in summary["targets"]} == {"families", "kernel", "quant"}
+    assert sorted(name.split("-")[0] for name in names) == ["families", "images", "kernel", "layer", "quant"]
+    assert {target["benchmark"] for target in summary["targets"]} == {"families", "images", "kernel", "quant"}
     assert "rehearsal in" in done.stdout and "bench kernel (G = 3): passed" in done.stdout
     assert sorted(RESULTS_PATH.iterdir()) == before, "a rehearsal leaves the checkout's results alone"
     # and what a rehearsal packs is refused by the import: it was not measured on a GPU

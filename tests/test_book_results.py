@@ -101,6 +101,28 @@ def test_latest_picks_the_newest_run_of_a_benchmark_and_device(runs):
     assert R.latest_runs(runs) == [runs[1], runs[2], runs[3]]
 
 
+def test_latest_sweep_joins_the_grid_sizes_its_commit_measured_in_other_processes():
+    def one_grid(grid, created, commit="c1", dtype="float32", scale=1.0):
+        rows = [{**row, "dtype": dtype} for row in layer_rows(grids=(grid,), scale=scale)]
+        return result("layer", "cuda", f"2026-03-0{created}T00:00:00+00:00", rows, commit=commit,
+                      params={"batch": 64, "width": 8, "grids": [grid], "dtype": dtype})
+
+    runs = [one_grid(5, 1, commit="old"), one_grid(100, 1, commit="old"),  # an older sweep
+            one_grid(5, 2, scale=3.0), one_grid(50, 3), one_grid(5, 4),  # this commit's, G = 5 twice
+            one_grid(50, 5, dtype="bfloat16")]  # newest of all, at another configuration
+    sweep = R.latest_sweep(runs, "layer", "cuda", {"dtype": "float32", "batch": 64})
+    assert sweep["created_utc"] == "2026-03-04T00:00:00+00:00" and sweep["params"]["grids"] == [5, 50]
+    # G = 5 from the newest run that measured it, none from the older commit or the other dtype
+    assert {(row["grid"], row["fwdbwd_median_ms"]) for row in sweep["rows"] if row["candidate"] == "dense"} == {
+        (5, 10.0), (50, 100.0)}
+    assert R.layer_headline(sweep)["grid_large"] == 50
+    assert R.latest_sweep(runs, "layer", "cuda", {"dtype": "bfloat16"})["params"]["grids"] == [50]
+    assert R.latest_sweep(runs, "layer", "cpu") is None
+    assert R.latest_sweep(runs, "layer", "cuda", {"dtype": "float16"}) is None
+    with pytest.raises(ValueError, match="device_type"):
+        R.latest_sweep(runs, "layer", "tpu")
+
+
 def test_sweep_and_hue_columns(runs):
     frame = R.results_frame(runs)
     layer = frame[frame.benchmark == "layer"]

@@ -93,7 +93,7 @@ def notebooks(*, fast_path=1.7, params=3.1, time_to_target=1.4, digits=1.5, imag
         "05_quantization.ipynb": notebook(["The goals"], {
             "quant_digits_loss_table3": 0.25, "quant_symbolic_ratio_table3": 50.5, "quant_size_ratio_8": 4.5,
             "quant_size_ratio_4": 8.5, "quant_table8_speedup": 0.07}, mode=quant_mode),
-        "06_kans_on_images.ipynb": notebook(["What it means", "Each family against the dense product"], {
+        "06_kans_on_images.ipynb": notebook(["What it means", "On a GPU", "Each family against the dense product"], {
             "images_bspline_time_ratio": images, "images_goal_ratio": 2.0, "images_target_met": images_said}),
         "90_findings.ipynb": notebook(["The layer against its floor", "Quantization"], {}),
     }
@@ -103,6 +103,13 @@ def by_name(goals: list[V.Goal]) -> dict[str, V.Goal]:
     found = {goal.name: goal for goal in goals}
     assert len(found) == len(goals), "every goal has its own name"
     return found
+
+
+def images_goal(goals: list[V.Goal], gpu: bool = False) -> V.Goal:
+    """The equal-accuracy goal of chapter 06 (CPU, from its glue) or of the images benchmark's GPU run."""
+    name = "Epoch time at equal test accuracy, B-spline KAN / MLP" + (" (GPU)" if gpu else "")
+    (goal,) = [goal for goal in goals if goal.name == name]
+    return goal
 
 
 def find(goals: list[V.Goal], *words: str) -> V.Goal:
@@ -134,7 +141,8 @@ def test_goals_are_met_missed_or_not_measured_with_device_mode_and_section(resul
         assert goal.value is None and goal.value_text == "–"
     assert len([goal for goal in goals if goal.area == "The fused GPU kernel"]) == len(kernel.TARGETS)
     assert find(goals, "Parameters").status == "met" and find(goals, "Training time").status == "missed"
-    assert find(goals, "Digits epoch time").status == "met" and find(goals, "B-spline KAN").status == "missed"
+    assert find(goals, "Digits epoch time").status == "met" and images_goal(goals).status == "missed"
+    assert images_goal(goals, gpu=True).verdict == "not measured yet: needs a GPU run"
     assert find(goals, "Symbolic", "chapter 05").status == "missed"
     assert find(goals, "speed", "chapter 05").value_text == "0.07×"
     assert find(goals, "speed", "benchmark").value == pytest.approx(1.25)
@@ -148,7 +156,8 @@ def test_quick_and_full_runs_are_labelled_never_mixed(results):
     assert list(frame.columns) == ["area", "goal", "measured", "target", "verdict", "device", "mode", "section", "link"]
     chapter, benchmark = frame[frame.goal.str.contains("chapter 05")], frame[frame.goal.str.contains("benchmark")]
     assert set(chapter["mode"]) == {"full"} and set(benchmark["mode"]) == {"quick"}
-    assert set(frame.loc[frame.area == "KANs on images", "mode"]) == {"quick"}
+    chapter_06 = frame[(frame.area == "KANs on images") & ~frame.goal.str.endswith("(GPU)")]
+    assert set(chapter_06["mode"]) == {"quick"}
     assert set(frame.loc[frame.goal.str.contains("Parameters"), "mode"]) == {"full"}
 
 
@@ -171,7 +180,7 @@ def test_values_follow_the_inputs_none_is_typed_in(results):
     assert before.keys() == after.keys()
     flipped = {name for name in before if before[name].status != after[name].status}
     assert {find(goals, "chapter 02").name, find(goals, "Parameters").name, find(goals, "Training time").name,
-            find(goals, "Digits epoch").name, find(goals, "B-spline KAN").name,
+            find(goals, "Digits epoch").name, images_goal(goals).name,
             find(goals, "dense product, G = 40").name, find(goals, "speed", "benchmark").name,
             find(goals, "Symbolic", "benchmark").name} <= flipped
     assert find(changed, "dense product, G = 40").value == pytest.approx(1.9)
@@ -195,11 +204,11 @@ def test_a_measured_gpu_kernel_is_checked(results):
 def test_missing_or_unexecuted_notebooks_leave_their_goals_unmeasured(results):
     partial = notebooks()
     del partial["03_kan_vs_mlp.ipynb"]
-    partial["06_kans_on_images.ipynb"] = notebook(["What it means", "Each family against the dense product"], {},
+    partial["06_kans_on_images.ipynb"] = notebook(["What it means", "On a GPU", "Each family against the dense product"], {},
                                                   mode=None)
     goals = V.collect_goals(results, partial)
     assert find(goals, "Parameters").verdict == "not measured yet: 03_kan_vs_mlp.ipynb is not in this build"
-    assert (find(goals, "B-spline KAN").verdict
+    assert (images_goal(goals).verdict
             == "not measured yet: 06_kans_on_images.ipynb was not executed by the runner")
     nan = notebooks(fast_path=float("nan"))
     assert find(V.collect_goals(results, nan), "chapter 02").status == "not measured yet"
@@ -327,15 +336,15 @@ def test_the_sparsity_goals_come_from_the_sweep_pruning_and_thread_runs(results)
     assert {goal.status for goal in V.collect_goals(results, notebooks())
             if goal.area.startswith("Sparsity")} == {"not measured yet"}
     goals = V.collect_goals([*results, sweep_run(1.3), prune_run(4.5)], notebooks())
-    assert find(goals, "G = 50 (local support").value == pytest.approx(0.3)
-    assert find(goals, "at G = 200 / at G = 50").status == "met"
+    assert find(goals, "G = 50 (local support, CPU)").value == pytest.approx(0.3)
+    assert find(goals, "at G = 200 / at G = 50 (CPU)").status == "met"
     assert find(goals, "dense time / edge-sparse time").status == "met"
     assert find(goals, "accuracy lost at 90%").value_text == "0.5 points"
     assert find(goals, "busy process").verdict == "not measured yet: needs `python -m kanlib bench threads`"
     slower = V.collect_goals([*results, sweep_run(1.7), prune_run(3.0)], notebooks())
-    assert find(slower, "at G = 200 / at G = 50").status == "missed"
+    assert find(slower, "at G = 200 / at G = 50 (CPU)").status == "missed"
     assert find(slower, "dense time / edge-sparse time").status == "missed"
-    assert find(goals, "at G = 200").href.endswith("09_pruning_and_sparsity.html#time-against-the-grid-size")
+    assert find(goals, "at G = 200", "(CPU)").href.endswith("09_pruning_and_sparsity.html#time-against-the-grid-size")
 
 
 def families_run(ratio: float) -> dict:
@@ -363,3 +372,37 @@ def test_the_family_goals_come_from_the_newest_families_run(results):
     assert find(goals, "fast-kan's").value == pytest.approx(0.9)
     slower = V.collect_goals([*results, families_run(1.4)], notebooks())
     assert {goal.status for goal in slower if "dense product of its K" in goal.name} == {"missed"}
+
+
+def test_the_gpu_equal_accuracy_goal_comes_from_the_images_benchmarks_cuda_run(results):
+    from kanlib.bench import images
+
+    runs = [{"kind": "run", "family": family, "width": 8, "seed": 0, "parameters": 10, "epoch_seconds": seconds,
+             "test_accuracy": 0.9} for family, seconds in (("mlp", 1.0), ("bspline", 1.4))]
+    rows = images.equal_accuracy(runs, dataset="digits", tolerance=0.005, device_type="cuda")
+    run = {"benchmark": "images", "params": {"quick": False}, "created_utc": "2026-05-04T00:00:00+00:00",
+           "device": {"type": "cuda", "name": "NVIDIA H200"}, "git": {"commit": "d" * 40}, "rows": rows}
+    goal = images_goal(V.collect_goals([*results, run], notebooks()), gpu=True)
+    assert (goal.value, goal.status, goal.mode) == (pytest.approx(1.4), "met", "full, digits")
+    assert goal.notebook == "06_kans_on_images.ipynb" and goal.section == "On a GPU"
+
+
+def test_the_grid_sweep_goals_on_a_gpu_join_one_commits_runs_of_one_grid_each(results):
+    from kanlib.bench import layer
+
+    def one_grid(grid, kanlib_ms, minute):
+        rows = [{**layer.TARGET_CONFIGURATION, "grid": grid, "candidate": candidate, **timing("fwdbwd_", ms)}
+                for candidate, ms in (("dense", 1.0 * grid / 50), ("bsplinekan", kanlib_ms))]
+        return {"benchmark": "layer", "params": {"batch": 1024, "width": 256, "grids": [grid]},
+                "created_utc": f"2026-05-02T00:{minute:02d}:00+00:00",
+                "device": {"type": "cuda", "name": "NVIDIA H200"}, "git": {"commit": "e" * 40}, "rows": rows}
+
+    sweep = [one_grid(5, 0.3, 1), one_grid(50, 2.8, 2), one_grid(100, 2.8, 3), one_grid(200, 3.1, 4)]
+    goals = V.collect_goals([*results, *sweep], notebooks())
+    gpu = {goal.short: goal for goal in goals if goal.area.startswith("Sparsity") and goal.short.endswith("(GPU)")}
+    assert gpu["G = 100 / G = 50 (GPU)"].value == pytest.approx(1.0)
+    assert gpu["G = 200 / G = 50 (GPU)"].value == pytest.approx(3.1 / 2.8)
+    assert gpu["layer / dense, G = 50 (GPU)"].value == pytest.approx(2.8) and gpu["layer / dense, G = 50 (GPU)"].status \
+        == "missed"
+    assert gpu["layer / dense, G = 5 (sweep) (GPU)"].value == pytest.approx(3.0)
+    assert all(goal.device == "NVIDIA H200 (cuda)" for goal in gpu.values())

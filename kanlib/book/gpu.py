@@ -5,12 +5,12 @@ time budget, and the tools around it.
   wheels of what a bare GPU image lacks (pykan, papermill and the Jupyter kernel) and kanlib itself, into
   ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
   machine receives.
-- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, then ``bench layer``, ``bench
-  families`` and ``bench kernel`` with ``--device cuda`` (one process per grid size), the basis families' Triton
-  tests and ``bench quant``, each step under its own timeout inside one deadline, a failing step recorded without
-  stopping the next; it packs the new results and the log into a few files and prints the targets.
-  ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's interpreter),
-  which is how the tests check the run end to end.
+- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, then ``bench images``, ``bench
+  layer``, ``bench families`` and ``bench kernel`` with ``--device cuda`` (one process per grid size), the basis
+  families' Triton tests and ``bench quant``, each step under its own timeout inside one deadline, a failing step
+  recorded without stopping the next; it packs the new results and the log into a few files and prints the
+  targets. ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's
+  interpreter), which is how the tests check the run end to end.
 - :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/``,
   refusing anything that was not measured on a GPU. The chapters that show GPU figures read them from there
   when they are executed again (``python -m kanlib run``).
@@ -167,21 +167,24 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         layer = ("--batch", "16", "--width", "8", "--skip-pykan", *small)
         families = ("--batch", "16", "--width", "8", "--grid", "3", *small)
         quant = ("--quick", "--bits", "8", "--train-steps", "10", "--qat-steps", "3", *small)
+        images = ("--quick", "--seeds", "0", "--epochs", "1")
         tuning = {}
     else:
         workers = ("-n", str(min(16, os.cpu_count() or 1))) if importlib.util.find_spec("xdist") else ()
         tests = (*pytest, *workers, *CUDA_TESTS)
         basis_tests = (*pytest, *workers, *CUDA_BASIS_TESTS)
         kernel = ("--batch", "4096", "--width", "1024", "--dtype", "bfloat16", "float32")  # the GPU targets' sizes
-        kernel_grids = (5, 20, 50)
+        kernel_grids = (5, 50)
         layer = ("--batch", "1024", "--width", "256", "--skip-pykan")  # the CPU targets' sizes, for the same table
         layer_grids = (5, 50, 100, 200)
         families = ()  # its defaults are the CPU targets' sizes
         quant = ("--bits", "8", "4", "--train-steps", "200", "--qat-steps", "100")
+        images = ()  # the 8x8 digits, the widths and seeds of the CPU goal
         tuning = {AUTOTUNE_ENV: "first"}
     bench = ("kanlib", "bench")
     return [
         Step("cuda tests", tests, 110, tuning),
+        Step("bench images", (*bench, "images", "--device", device, *images, *out), 120),
         *(Step(f"bench layer (G = {grid})", (*bench, "layer", "--device", device, *layer, "--grid", str(grid), *out),
                40) for grid in layer_grids),
         Step("bench families", (*bench, "families", "--device", device, *families, *out), 45),
@@ -232,13 +235,14 @@ def _run_step(step: Step, log, seconds_left: float, pythonpath: str | None = Non
 
 
 def _targets(result_files: Sequence[pathlib.Path]) -> list[dict]:
-    """The targets of the kernel, quantization and families benchmarks in the new result files."""
-    from ..bench import families, kernel, quant
+    """The targets of the kernel, quantization, families and images benchmarks in the new result files."""
+    from ..bench import families, images, kernel, quant
 
     report = []
     for path in result_files:
         result = json.loads(path.read_text())
-        benchmark = {"kernel": kernel, "quant": quant, "families": families}.get(result["benchmark"])
+        benchmarks = {"kernel": kernel, "quant": quant, "families": families, "images": images}
+        benchmark = benchmarks.get(result["benchmark"])
         if benchmark is not None:
             report += [{**target, "benchmark": result["benchmark"]}
                        for target in benchmark.target_report(result["rows"])]
@@ -255,8 +259,9 @@ def _tar(path: pathlib.Path, files: Sequence[pathlib.Path]) -> pathlib.Path:
 def run_reference(out_dir: str | os.PathLike[str], *, rehearse: bool = False, deadline_s: float = DEADLINE_S,
                   steps: Sequence[Step] | None = None, wheels: str | os.PathLike[str] | None = None) -> dict:
     """Run every step (:func:`reference_steps`) and pack into ``out_dir``: ``results.tar.gz`` (the new result
-    JSONs, also left in data/results on a GPU run), ``log.txt`` and ``summary.json`` (each step's status, the targets); returns the summary and prints it. ``wheels``: a folder
-    of wheels (``make gpu-wheels``) installed into a scratch folder first and put on the steps' PYTHONPATH."""
+    JSONs, also left in data/results on a GPU run), ``log.txt`` and ``summary.json`` (each step's status, the
+    targets); returns the summary and prints it. ``wheels``: a folder of wheels (``make gpu-wheels``) installed
+    into a scratch folder first and put on the steps' PYTHONPATH."""
     out_dir = check_output_dir(out_dir, "out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -6,6 +6,7 @@ git, created_utc, rows). Here they become:
 - `results_frame(results)`: one line per figure row, with its run's benchmark, device and date in front;
 - `runs_frame(results)`: one line per run (what, where, when, which commit, its parameters);
 - `latest(results, benchmark, device_type)` and `latest_runs(results)`: the newest run(s);
+  `latest_sweep(...)`: the newest one joined by the other grid sizes its commit measured in other processes;
 - `table(frame)`: the rows to show: identification columns, medians with their quartiles, ratios, MiB;
 - `timings_long(frame)`, `plot_timings(frame)`, `plot_ratios(frame)`: figures against the swept parameter
   (`sweep_column`), one line per candidate (`hue_column`), one panel per device;
@@ -30,7 +31,8 @@ from ..bench.results import RATIO_SUFFIXES
 from ..checks import MIB
 
 __all__ = [
-    "META_COLUMNS", "device_label", "hue_column", "latest", "latest_runs", "layer_headline", "layer_summary",
+    "META_COLUMNS", "device_label", "hue_column", "latest", "latest_runs", "latest_sweep", "layer_headline",
+    "layer_summary",
     "plot_ratios", "plot_timings", "ratio_columns", "readable_name", "results_frame", "runs_frame", "style",
     "sweep_column", "table", "timing_prefixes", "timings_long",
 ]
@@ -127,6 +129,40 @@ def latest(results: Sequence[Mapping[str, Any]], benchmark: str,
     if not matching:
         return None
     return max(matching, key=lambda result: pd.Timestamp(result["created_utc"]))
+
+
+def latest_sweep(results: Sequence[Mapping[str, Any]], benchmark: str, device_type: str | None = None,
+                 configuration: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+    """The newest run of `benchmark` on `device_type` with rows at `configuration` ({row column: value}; None: any),
+    joined by the rows of the other runs of the same commit at that configuration for the grid sizes it lacks: a
+    sweep measured one process per grid size reads as one run. Rows outside the configuration are dropped;
+    ``params["grids"]`` lists the grid sizes joined. None when no run qualifies."""
+    _check_device_type(device_type)
+    configuration = dict(configuration or {})
+
+    def at_configuration(row: Mapping[str, Any]) -> bool:
+        return all(row.get(key) == value for key, value in configuration.items())
+
+    matching = sorted((result for result in _check_results(results)
+                       if result["benchmark"] == benchmark
+                       and (device_type is None or result["device"].get("type") == device_type)
+                       and any(at_configuration(row) for row in result["rows"])),
+                      key=lambda result: pd.Timestamp(result["created_utc"]), reverse=True)
+    if not matching:
+        return None
+    newest = matching[0]
+    commit = (newest.get("git") or {}).get("commit")
+    rows, grids = [], []
+    for result in matching:
+        if result is not newest and (commit is None or (result.get("git") or {}).get("commit") != commit):
+            continue
+        chosen = [row for row in result["rows"] if at_configuration(row) and row.get("grid") not in grids]
+        grids += list(dict.fromkeys(row.get("grid") for row in chosen))
+        rows += chosen
+    params = {**(newest.get("params") or {})}
+    if "grids" in params or any(row.get("grid") is not None for row in rows):
+        params["grids"] = sorted(grid for grid in grids if grid is not None)
+    return {**newest, "params": params, "rows": rows}
 
 
 def latest_runs(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

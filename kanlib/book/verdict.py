@@ -25,11 +25,11 @@ from typing import Any
 import nbformat
 import pandas as pd
 
-from ..bench import families, kernel, layer, prune, quant, threads, workflow
+from ..bench import families, images, kernel, layer, prune, quant, threads, workflow
 from ..bench.targets import DIRECTIONS, target_entry
 from .glue import GlueError, glued, glued_value
 from .paths import RESULTS_PATH
-from .results import device_label, latest, layer_headline
+from .results import device_label, latest, latest_sweep, layer_headline
 from .runner import RunStamp, find_notebooks
 
 __all__ = ["FIGURE_NAME", "MARKER", "Goal", "VerdictError", "collect_goals", "figure_alt", "figure_caption",
@@ -83,6 +83,7 @@ SECTIONS = {  # (notebook, heading) where each group of goals is measured
     "quant notebook": (NB_QUANT, "The goals"),
     "quant benchmark": (NB_FINDINGS, "Quantization"),
     "images": (NB_IMAGES, "What it means"),
+    "images gpu": (NB_IMAGES, "On a GPU"),
     "families": (NB_IMAGES, "Each family against the dense product"),
     "workflow": (NB_FORMULA, "Ten initializations: how often does fitting work?"),
     "sweep": (NB_PRUNE, "Time against the grid size"),
@@ -98,6 +99,7 @@ AREAS = {  # the heading each group of goals has in the table
     "quant notebook": "Quantization",
     "quant benchmark": "Quantization",
     "images": "KANs on images",
+    "images gpu": "KANs on images",
     "families": "The other KAN families against the dense product",
     "workflow": "pykan's workflow",
     "sweep": "Sparsity: the grid's zeros, pruned edges, threads",
@@ -114,6 +116,9 @@ SWEEP_NAMES = {  # readable name, short name, unit (layer.TARGETS, on the CPU)
     layer.TARGETS[4][0]: ("Training step / the fastest pip-installable B-spline layer's (flashkan, inkan, pykan), "
                           "G = 5 (CPU)", "layer / fastest peer, G = 5", TIMES),
 }
+SWEEP_GPU_NAMES = {  # the same goals measured on CUDA, beside the CPU's
+    name: (readable.replace("CPU)", "GPU)").replace(", at most 1.15 (GPU)", " (GPU)"), f"{short} (GPU)", unit)
+    for name, (readable, short, unit) in SWEEP_NAMES.items()}
 PRUNE_NAMES = {  # readable name, short name, unit
     prune.TARGETS[0]: ("Layer at 90% scattered edge sparsity: dense time / edge-sparse time", "edge-sparse speedup",
                        TIMES),
@@ -342,7 +347,7 @@ def _layer_goals(results: Sequence[Mapping[str, Any]], fast_path: _Notebook) -> 
                        "layer / dense, G = 5 (02)", value, LAYER_DENSE_GOAL, TIMES, device=fast_path.device, mode=mode,
                        reason=reason))
     for device_type, where in (("cpu", "CPU"), ("cuda", "GPU")):
-        run = latest(results, "layer", device_type)
+        run = layer_sweep(results, device_type)
         if run is None:
             reason = NEEDS_GPU if device_type == "cuda" else "needs `python -m kanlib bench layer`"
             goals.append(_goal("layer", f"Training step / dense product ({where})",
@@ -425,11 +430,18 @@ def _workflow_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
                             "python -m kanlib bench workflow", device_type=None)
 
 
+def layer_sweep(results: Sequence[Mapping[str, Any]], device_type: str) -> Mapping[str, Any] | None:
+    """The newest layer benchmark sweep on ``device_type`` at the goals' configuration (its grid sizes joined across
+    the processes of one commit), else the newest layer run there, else None."""
+    return (latest_sweep(results, "layer", device_type, layer.TARGET_CONFIGURATION)
+            or latest(results, "layer", device_type))
+
+
 def _benchmark_goals(results: Sequence[Mapping[str, Any]], section: str, benchmark: str, report, names: Mapping,
-                     command: str, device_type: str | None = "cpu") -> list[Goal]:
-    """The goals of one benchmark's target report on its newest run on ``device_type`` (None: any); ``names`` maps
-    each target to its (readable name, short name, unit)."""
-    run = latest(results, benchmark, device_type)
+                     command: str, device_type: str | None = "cpu", run: Mapping[str, Any] | None = None) -> list[Goal]:
+    """The goals of one benchmark's target report on ``run``, by default its newest run on ``device_type`` (None:
+    any); ``names`` maps each target to its (readable name, short name, unit)."""
+    run = run if run is not None else latest(results, benchmark, device_type)
     goals = []
     for entry in report(run["rows"] if run is not None else []):
         name, short, unit = names[entry["target"]]
@@ -443,7 +455,10 @@ def _benchmark_goals(results: Sequence[Mapping[str, Any]], section: str, benchma
 def _sparsity_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
     """The grid sweep's goals (the newest CPU layer run), pruning's and the thread settings'."""
     return [*_benchmark_goals(results, "sweep", "layer", layer.target_report, SWEEP_NAMES,
-                              "python -m kanlib bench layer --grid 5 50 100 200"),
+                              "python -m kanlib bench layer --grid 5 50 100 200", run=layer_sweep(results, "cpu")),
+            *_benchmark_goals(results, "sweep", "layer", layer.target_report, SWEEP_GPU_NAMES,
+                              "python -m kanlib bench layer --device cuda --grid 5 50 100 200", device_type="cuda",
+                              run=layer_sweep(results, "cuda")),
             *_benchmark_goals(results, "prune", "prune", prune.target_report, PRUNE_NAMES,
                               "python -m kanlib bench prune"),
             *_benchmark_goals(results, "threads", "threads", threads.target_report, THREAD_NAMES,
@@ -473,6 +488,18 @@ def _images_goals(images: _Notebook) -> list[Goal]:
     return [goal]
 
 
+def _images_gpu_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
+    """The equal-accuracy goal on a GPU, from the newest CUDA run of `python -m kanlib bench images`."""
+    run = latest(results, "images", "cuda")
+    (entry,) = images.target_report(run["rows"] if run else [], "cuda")
+    summary = next((row for row in run["rows"] if row.get("kind") == "summary"), {}) if run else {}
+    return [_goal("images gpu", "Epoch time at equal test accuracy, B-spline KAN / MLP (GPU)",
+                  "images epoch at equal accuracy, KAN / MLP (GPU)", entry["value"],
+                  _parse_goal(entry["goal"], entry["target"]), TIMES, device=device_label(run) if run else "–",
+                  mode=f"{run_mode(run)}, {summary.get('dataset', '?')}" if run else "–",
+                  reason=NEEDS_GPU if run is None else "no value on file")]
+
+
 def collect_goals(results: Sequence[Mapping[str, Any]], notebooks: Mapping[str, nbformat.NotebookNode]) -> list[Goal]:
     """Every goal of the book, in reading order, from `results` (as kanlib.bench.load_results gives them) and
     `notebooks` ({file name: executed notebook}, as read_notebooks gives them).
@@ -487,7 +514,8 @@ def collect_goals(results: Sequence[Mapping[str, Any]], notebooks: Mapping[str, 
     for name, heading in SECTIONS.values():
         read[name].check_heading(heading)
     return [*_layer_goals(results, read[NB_FAST_PATH]), *_kernel_goals(results), *_vs_mlp_goals(read[NB_VS_MLP]),
-            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES]), *_family_goals(results),
+            *_quant_goals(results, read[NB_QUANT]), *_images_goals(read[NB_IMAGES]), *_images_gpu_goals(results),
+            *_family_goals(results),
             *_workflow_goals(results),
             *_sparsity_goals(results)]
 
