@@ -411,7 +411,9 @@ def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
           f"B-spline KAN width {summary['bspline_width']}")
     print("targets:")
     print(format_targets(images.target_report(rows), ".3g"))
-    params = {"quick": args.quick, "dataset": args.dataset,
+    from .ops.triton_tuning import AUTOTUNE_ENV
+
+    params = {"quick": args.quick, "dataset": args.dataset, "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),
               **{name: ({family: list(widths) for family, widths in value.items()} if name == "widths"
                         else list(value) if isinstance(value, tuple) else value)
                  for name, value in settings.items()}}

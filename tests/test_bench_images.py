@@ -94,6 +94,7 @@ def test_the_command_writes_its_rows_and_targets(tmp_path, capsys):
     result = json.loads(written.read_text())
     assert result["params"]["widths"] == {family: list(widths) for family, widths in images.QUICK["widths"].items()}
     assert result["params"]["seeds"] == [0] and result["params"]["epochs"] == 1
+    assert result["params"]["triton_autotune"] == "all"
     assert sum(row["kind"] == "summary" for row in result["rows"]) == 1
 
 

@@ -184,7 +184,8 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
     bench = ("kanlib", "bench")
     return [
         Step("cuda tests", tests, 110, tuning),
-        Step("bench images", (*bench, "images", "--device", device, *images, *out), 120),
+        # its KANs' many small shapes would each be tuned over every tile configuration: one per kernel here too
+        Step("bench images", (*bench, "images", "--device", device, *images, *out), 120, tuning),
         *(Step(f"bench layer (G = {grid})", (*bench, "layer", "--device", device, *layer, "--grid", str(grid), *out),
                40) for grid in layer_grids),
         Step("bench families", (*bench, "families", "--device", device, *families, *out), 45),
