@@ -42,24 +42,29 @@ def _pick_window(spans, coords, matrix, k, n_block, derivative, polynomial, out,
     """out[1 + m, r] <- basis m (derivative 0) or its derivative in t times factor (derivative 1) at coords[r]
     of a uniform grid, where spans[r] is the window entry of basis 0 (k - span, as a float so that the row loops
     stay in one lane width): zero unless m is in the window. polynomial [k+1, rows]: work."""
+    real = out.dtype.type  # the selects in the outputs' width: a float64 zero or index would widen them
     for q in range(k + 1):
-        for r in range(n_block):
-            if derivative:
-                acc = k * matrix[k, q]
+        if derivative:
+            top = real(k * matrix[k, q])
+            for r in range(n_block):
+                acc = top
                 for p in range(k - 1, 0, -1):
-                    acc = acc * coords[r] + p * matrix[p, q]
-                polynomial[q, r] = acc * factor
-            else:
-                acc = matrix[k, q]
+                    acc = acc * coords[r] + real(p * matrix[p, q])
+                polynomial[q, r] = acc * real(factor)
+        else:
+            top = real(matrix[k, q])
+            for r in range(n_block):
+                acc = top
                 for p in range(k - 1, -1, -1):
-                    acc = acc * coords[r] + matrix[p, q]
+                    acc = acc * coords[r] + real(matrix[p, q])
                 polynomial[q, r] = acc
+    zero = real(0.0)
     for s in range(1, out.shape[0]):
         for r in range(n_block):
-            entry = spans[r] + (s - 1)  # window entry q of basis s - 1, if 0 <= q <= k
-            value = 0.0
+            entry = spans[r] + real(s - 1)  # window entry q of basis s - 1, if 0 <= q <= k
+            value = zero
             for q in range(k + 1):
-                value = polynomial[q, r] if entry == q else value
+                value = polynomial[q, r] if entry == real(q) else value
             out[s, r] = value
 
 
