@@ -388,6 +388,7 @@ def _add_bench_images(benchmarks: argparse._SubParsersAction) -> None:
 def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import images
     from .data import load_digits, load_mnist
+    from .ops.triton_tuning import AUTOTUNE_ENV
 
     if args.dataset != "digits" and args.data_root is None:
         parser.error(f"--dataset {args.dataset}: expected --data-root, the folder holding its files, got none")
@@ -411,8 +412,6 @@ def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
           f"B-spline KAN width {summary['bspline_width']}")
     print("targets:")
     print(format_targets(images.target_report(rows), ".3g"))
-    from .ops.triton_tuning import AUTOTUNE_ENV
-
     params = {"quick": args.quick, "dataset": args.dataset, "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),
               **{name: ({family: list(widths) for family, widths in value.items()} if name == "widths"
                         else list(value) if isinstance(value, tuple) else value)
@@ -543,10 +542,10 @@ def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
                     "tree and the wheels fit the 64 MiB a lent GPU machine receives.")
     wheels.set_defaults(handler=_gpu_wheels, command_parser=wheels)
     reference = commands.add_parser(
-        "gpu-reference", help="the GPU reference run: CUDA tests, benchmarks, full-mode notebooks, in one budget",
-        description="Run the CUDA tests, then bench layer, bench families, bench kernel and bench quant on cuda, "
-                    "each under its own timeout within --deadline seconds; pack the new results, the log and a "
-                    "summary into --out.")
+        "gpu-reference", help="the GPU reference run: CUDA tests and benchmarks, in one budget",
+        description="Run the CUDA tests, then bench images, bench layer, bench families, bench kernel, the basis "
+                    "families' tests and bench quant on cuda, each under its own timeout within --deadline seconds; "
+                    "pack the new results, the log and a summary into --out.")
     reference.add_argument("--out", default=os.environ.get("OUT") or "_build/gpu-reference",
                            help="where the packed files go (default: $OUT, else _build/gpu-reference)")
     reference.add_argument("--deadline", type=_int_at_least(60), default=None,

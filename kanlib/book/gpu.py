@@ -152,9 +152,9 @@ class Step:
 
 
 def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
-    """The steps of the run, the figures first: on CUDA the full sizes, one benchmark process per grid size (a step
-    that runs out of time loses only its own figures), the tests spread over the cores with one tile
-    configuration per kernel; in rehearsal tiny sizes on the CPU (the same commands)."""
+    """The steps of the run, the CUDA tests first, then the benchmarks: on CUDA the full sizes, one benchmark process
+    per grid size (a step that runs out of time loses only its own figures), the tests spread over the cores with
+    one tile configuration per kernel; in rehearsal tiny sizes on the CPU (the same commands)."""
     device = "cpu" if rehearse else "cuda"
     out = ("--out-dir", str(results_dir))
     pytest = ("pytest", "-q", "-p", "no:cacheprovider")
@@ -239,10 +239,10 @@ def _targets(result_files: Sequence[pathlib.Path]) -> list[dict]:
     """The targets of the kernel, quantization, families and images benchmarks in the new result files."""
     from ..bench import families, images, kernel, quant
 
+    benchmarks = {"kernel": kernel, "quant": quant, "families": families, "images": images}
     report = []
     for path in result_files:
         result = json.loads(path.read_text())
-        benchmarks = {"kernel": kernel, "quant": quant, "families": families, "images": images}
         benchmark = benchmarks.get(result["benchmark"])
         if benchmark is not None:
             report += [{**target, "benchmark": result["benchmark"]}

@@ -119,13 +119,19 @@ def runs_frame(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def _runs_of(results: Sequence[Mapping[str, Any]], benchmark: str,
+             device_type: str | None) -> list[Mapping[str, Any]]:
+    """The (checked) runs of `benchmark` on `device_type` (None: any)."""
+    _check_device_type(device_type)
+    return [result for result in _check_results(results)
+            if result["benchmark"] == benchmark
+            and (device_type is None or result["device"].get("type") == device_type)]
+
+
 def latest(results: Sequence[Mapping[str, Any]], benchmark: str,
            device_type: str | None = None) -> Mapping[str, Any] | None:
     """The newest run (by created_utc) of `benchmark` on `device_type` ('cpu', 'cuda'; None: any), or None."""
-    _check_device_type(device_type)
-    matching = [result for result in _check_results(results)
-                if result["benchmark"] == benchmark
-                and (device_type is None or result["device"].get("type") == device_type)]
+    matching = _runs_of(results, benchmark, device_type)
     if not matching:
         return None
     return max(matching, key=lambda result: pd.Timestamp(result["created_utc"]))
@@ -137,16 +143,13 @@ def latest_sweep(results: Sequence[Mapping[str, Any]], benchmark: str, device_ty
     joined by the rows of the other runs of the same commit at that configuration for the grid sizes it lacks: a
     sweep measured one process per grid size reads as one run. Rows outside the configuration are dropped;
     ``params["grids"]`` lists the grid sizes joined. None when no run qualifies."""
-    _check_device_type(device_type)
     configuration = dict(configuration or {})
 
     def at_configuration(row: Mapping[str, Any]) -> bool:
         return all(row.get(key) == value for key, value in configuration.items())
 
-    matching = sorted((result for result in _check_results(results)
-                       if result["benchmark"] == benchmark
-                       and (device_type is None or result["device"].get("type") == device_type)
-                       and any(at_configuration(row) for row in result["rows"])),
+    matching = sorted((result for result in _runs_of(results, benchmark, device_type)
+                       if any(at_configuration(row) for row in result["rows"])),
                       key=lambda result: pd.Timestamp(result["created_utc"]), reverse=True)
     if not matching:
         return None

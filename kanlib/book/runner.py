@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-
 from ..bench.provenance import device_info, git_commit, git_dirty
 from ..checks import check_output_dir, resolve_device
 from .paths import EXECUTED_DIR, NOTEBOOKS_DIR, PROJECT_ROOT

@@ -1,8 +1,9 @@
 """Which tile configurations the Triton kernels' autotuners try on a GPU.
 
 Every listed configuration by default. ``KANLIB_TRITON_AUTOTUNE=first`` keeps the first of each list alone: the
-GPU test run sets it, since compiling and timing every configuration for every small shape the tests draw costs
-far more than the checks themselves, while the benchmarks tune over the whole lists.
+GPU reference run sets it for its tests and for ``bench images``, since compiling and timing every configuration
+for every small shape they meet costs far more than the work itself; the other benchmarks tune over the whole
+lists.
 """
 from __future__ import annotations
 

@@ -125,7 +125,8 @@ def _autotune(tiles: list[tuple[int, ...]]):
 
     if INTERPRET:
         return triton.autotune(configs=configs([(128, 32, 32, 4, 1)]), key=[])
-    return triton.autotune(configs=configs(tuned(tiles)), key=["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM",
+    return triton.autotune(configs=configs(tuned(tiles)), key=["n_in", "n_out", "n_basis", "batch_bucket", "K",
+                                                               "UNIFORM",
                                                         "SHIFT"])
 
 
