@@ -202,6 +202,25 @@ def _layer_parameters(gen, n_in, n_out, n_basis, dead=0.3):
     return [t.requires_grad_() for t in (scale_base, scale_sp)], mask, coef.requires_grad_()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("narrow_layout", [True, False])
+@pytest.mark.parametrize("n_out", [1, 9, 16, 37])  # narrow; one partial, one whole, then several column blocks
+def test_the_assembled_weight_is_the_layers_weight_matrix(n_out, narrow_layout, dtype):
+    """The kernel's blocked transpose writes every entry (ASSEMBLY_COLUMNS outputs per pass), the same products in
+    the same order as the plain formula, in either layout."""
+    from kanlib.ops.spline_linear import cpu
+
+    assert cpu.ASSEMBLY_COLUMNS == 16
+    gen = torch.Generator().manual_seed(n_out)
+    (scale_base, scale_sp), mask, coef = (t.detach() if isinstance(t, torch.Tensor) else [u.detach() for u in t]
+                                          for t in _layer_parameters(gen, 5, n_out, 23))
+    scale_base, scale_sp, mask, coef = (t.to(dtype) for t in (scale_base, scale_sp, mask, coef))
+    got = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=narrow_layout)
+    want = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef)
+    assert got.shape == want.shape == (5 * 24, n_out)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("n_out", [1, 9, 14])  # below and above NARROW_COLUMNS
 @pytest.mark.parametrize("path", ["sparse", "dense", "dense rebuilding A"])
 @pytest.mark.parametrize("uniform", [True, False])
