@@ -49,39 +49,58 @@ def test_git_commit_and_dirty_follow_the_checkout_of_the_package(tmp_path, monke
 
 
 
+MIB = 2**20
 _FAULTS_SCRIPT = """
-import resource, torch
+import resource, sys, torch
 from kanlib import bench
-def step():  # three 10 MB blocks freed together: glibc's default trims them off its heap
+def small_step():  # three 10 MB blocks freed together: glibc's default trims them off its heap
     blocks = [torch.ones(2_500_000) for _ in range(3)]
     del blocks
-def faults_per_step():
+def big_step():  # one 48 MB block, above any mmap threshold glibc accepts: mapped and unmapped by default
+    block = torch.ones(12_000_000)
+    del block
+def faults_per_step(step):
     for _ in range(5):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(20):
         step()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
-default = faults_per_step(), bench.device_info("cpu")["malloc"]
+step = small_step if sys.argv[1] == "small" else big_step
+default = faults_per_step(step), bench.device_info("cpu")["malloc"]
 bench.retain_freed_memory()
-print(repr((default, (faults_per_step(), bench.device_info("cpu")["malloc"]))))
+print(repr((default, (faults_per_step(step), bench.device_info("cpu")["malloc"]))))
 """
+
+
+def _faults(kind: str):
+    done = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, kind], capture_output=True, text=True, check=True,
+                          timeout=120)
+    (default_faults, default_setting), (retained_faults, retained_setting) = ast.literal_eval(done.stdout)
+    assert default_setting == "default"
+    assert "retained" in retained_setting and "no mmap'd blocks" in retained_setting
+    return default_faults, retained_faults
 
 
 @pytest.mark.skipif(not bench_provenance.can_retain_freed_memory(), reason="needs glibc")
 def test_retain_freed_memory_stops_the_page_faults_of_reallocated_blocks():
     pages_per_step = 3 * 2_500_000 * 4 / 4096
     for _ in range(3):  # some processes' heap layout keeps the blocks even by default: try another
-        done = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True,
-                              timeout=120)
-        (default_faults, default_setting), (retained_faults, retained_setting) = ast.literal_eval(done.stdout)
-        assert default_setting == "default"
-        assert "retained" in retained_setting and "32 MiB" in retained_setting
+        default_faults, retained_faults = _faults("small")
         if default_faults > pages_per_step / 2:
             break
     else:
         pytest.skip("glibc kept the blocks by default in three processes in a row")
     assert retained_faults < pages_per_step / 20, (default_faults, retained_faults)
+
+
+@pytest.mark.skipif(not bench_provenance.can_retain_freed_memory(), reason="needs glibc")
+def test_retain_freed_memory_keeps_blocks_above_the_largest_mmap_threshold():
+    """By default every step maps a 48 MB block again and faults it in (in 2 MiB pages at least, where the kernel
+    backs it with transparent huge pages); retained, the heap serves it without a fault."""
+    default_faults, retained_faults = _faults("big")
+    assert default_faults >= 12_000_000 * 4 / (2 * MIB) - 1, default_faults
+    assert retained_faults < 1, retained_faults
 
 
 def test_retain_freed_memory_says_what_it_needs_without_glibc(monkeypatch):

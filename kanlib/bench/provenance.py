@@ -38,9 +38,8 @@ def _triton_version() -> str | None:
         return None
 
 
-# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-RETAINED_MMAP_THRESHOLD = 32 * MIB
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 RETAINED_TRIM_THRESHOLD = 2**30
 _malloc_setting = "default"
 
@@ -65,24 +64,24 @@ def can_retain_freed_memory() -> bool:
 def retain_freed_memory() -> str:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS; returns the setting.
 
-    By default glibc trims the top of its heap once more than twice its largest recent block is free there,
-    and the next allocation faults those pages back in, page by page. A training step that frees and
-    allocates buffers of several MiB (a KAN layer's expanded input, the gradients) then pays page faults on
-    many steps, which is glibc's heuristic, not the computation. This sets the mmap threshold to glibc's
-    largest (blocks up to 32 MiB come from the heap) and the trim threshold to 1 GiB for the whole process,
-    as ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` would at its start.
-    :func:`device_info` records the setting. RuntimeError where the C library is not glibc.
+    By default glibc trims the top of its heap once more than twice its largest recent block is free there, and
+    it maps every block above its mmap threshold (at most 32 MiB) on its own and unmaps it when freed; the next
+    allocation faults those pages back in, page by page. A training step that frees and allocates buffers of
+    several MiB (a KAN layer's expanded input, its weight, the gradients) then pays page faults on many steps
+    (on every step for blocks above 32 MiB, such as a 256 x 256 layer's weight at G = 200), which is glibc's
+    heuristic, not the computation. This serves blocks of every size from the heap (no mmap'd blocks) and sets the
+    trim threshold to 1 GiB for the whole process, as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824``
+    would at its start. :func:`device_info` records the setting. RuntimeError where the C library is not glibc.
     """
     global _malloc_setting
     libc = _glibc()
     if libc is None:
         raise RuntimeError(f"retain_freed_memory needs glibc's mallopt; this system's C library is "
                            f"{platform.libc_ver()[0] or 'unknown'} ({platform.system()})")
-    if not (libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_MMAP_THRESHOLD)
-            and libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM_THRESHOLD)):
-        raise RuntimeError("glibc's mallopt refused the mmap or trim threshold")
-    _malloc_setting = (f"glibc, freed memory retained (mmap threshold {RETAINED_MMAP_THRESHOLD // MIB} MiB, "
-                       f"trim threshold {RETAINED_TRIM_THRESHOLD // MIB} MiB)")
+    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM_THRESHOLD)):
+        raise RuntimeError("glibc's mallopt refused the mmap count or the trim threshold")
+    _malloc_setting = (f"glibc, freed memory retained (no mmap'd blocks, trim threshold "
+                       f"{RETAINED_TRIM_THRESHOLD // MIB} MiB)")
     return _malloc_setting
 
 
