@@ -202,12 +202,18 @@ def _layer_parameters(gen, n_in, n_out, n_basis, dead=0.3):
     return [t.requires_grad_() for t in (scale_base, scale_sp)], mask, coef.requires_grad_()
 
 
+def _slot_major_rows(matrix: torch.Tensor, n_in: int) -> torch.Tensor:
+    """An [I*S, ...] matrix's rows (or an [N, I*S] matrix's columns, transposed) in the order s*I + i."""
+    return matrix.reshape(n_in, -1, *matrix.shape[1:]).transpose(0, 1).reshape(matrix.shape)
+
+
+@pytest.mark.parametrize("slot_major", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("narrow_layout", [True, False])
 @pytest.mark.parametrize("n_out", [1, 9, 16, 37])  # narrow; one partial, one whole, then several column blocks
-def test_the_assembled_weight_is_the_layers_weight_matrix(n_out, narrow_layout, dtype):
+def test_the_assembled_weight_is_the_layers_weight_matrix(n_out, narrow_layout, dtype, slot_major):
     """The kernel's blocked transpose writes every entry (ASSEMBLY_COLUMNS outputs per pass), the same products in
-    the same order as the plain formula, in either layout."""
+    the same order as the plain formula, in either memory layout and row order; the gradient fold reads it back."""
     from kanlib.ops.spline_linear import cpu
 
     assert cpu.ASSEMBLY_COLUMNS == 16
@@ -215,10 +221,42 @@ def test_the_assembled_weight_is_the_layers_weight_matrix(n_out, narrow_layout, 
     (scale_base, scale_sp), mask, coef = (t.detach() if isinstance(t, torch.Tensor) else [u.detach() for u in t]
                                           for t in _layer_parameters(gen, 5, n_out, 23))
     scale_base, scale_sp, mask, coef = (t.to(dtype) for t in (scale_base, scale_sp, mask, coef))
-    got = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=narrow_layout)
+    got = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=narrow_layout,
+                                                slot_major=slot_major)
     want = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef)
     assert got.shape == want.shape == (5 * 24, n_out)
-    assert torch.equal(got, want)
+    assert torch.equal(got, _slot_major_rows(want, 5) if slot_major else want)
+    grad_weight = torch.randn(5 * 24, n_out, generator=gen, dtype=torch.float64).to(dtype)
+    with torch.enable_grad():
+        leaves = [t.clone().requires_grad_() for t in (scale_base, scale_sp, coef)]
+        expected = torch.autograd.grad(spline_linear_module.layer_weight_matrix(leaves[0], leaves[1], mask, leaves[2]),
+                                       leaves, grad_weight)
+    folded = spline_linear_module.parameter_gradients(
+        scale_sp, mask, coef, _slot_major_rows(grad_weight, 5) if slot_major else grad_weight, slot_major=slot_major)
+    for a, b in zip(folded, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 5, 6])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_the_dense_kernels_slot_major_layout_holds_the_same_expansion(k, uniform):
+    """A written slot-major is A's columns reordered (s*I + i), exactly, and grad_x from a slot-major gradient of
+    A is the same as from the input-major one: at every order, on knots, outside the grid, at infinities and NaN,
+    over rows enough for the parallel kernel."""
+    gen = torch.Generator().manual_seed(20 + k)
+    n_in = 7
+    grid = random_grid(n_in, 5, k, gen, uniform=uniform, dtype=torch.float64)
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), 1e30], dtype=torch.float64)
+    x = torch.cat([inputs_around(grid, 2000, gen, outside=0.3), grid.t(), special.unsqueeze(1).expand(-1, n_in)])
+    n_slots = 5 + k + 1
+    grad_expanded = torch.randn(x.shape[0], n_in * n_slots, generator=gen, dtype=torch.float64)
+    by_input, grad_by_input = spline_linear_module._dense_expand(x, grid, k, uniform, "silu", n_slots,
+                                                                 grad_expanded.clone())
+    by_slot, grad_by_slot = spline_linear_module._dense_expand(
+        x, grid, k, uniform, "silu", n_slots, _slot_major_rows(grad_expanded.t(), n_in).t().contiguous(),
+        slot_major=True)
+    torch.testing.assert_close(by_slot, _slot_major_rows(by_input.t(), n_in).t(), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(grad_by_slot, grad_by_input, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 @pytest.mark.parametrize("n_out", [1, 9, 14])  # below and above NARROW_COLUMNS

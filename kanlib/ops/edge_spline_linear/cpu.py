@@ -28,44 +28,13 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..spline_linear.cpu import FASTMATH, local_window, sized_kernel
+from ..spline_linear.cpu import FASTMATH, local_window, sized_kernel, window_polynomials, write_slots
 
 __all__ = ["forward_kernel", "backward_kernel", "all_finite", "ROWS_PER_BLOCK"]
 
 # Rows per block: long enough for the vectorized row loops to pay their set-up, short enough that the block's
 # [O, ROWS_PER_BLOCK] output tile stays in L2 for O ~ 256.
 ROWS_PER_BLOCK = 256
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _pick_window(spans, coords, matrix, k, n_block, derivative, polynomial, out, factor):
-    """out[1 + m, r] <- basis m (derivative 0) or its derivative in t times factor (derivative 1) at coords[r]
-    of a uniform grid, where spans[r] is the window entry of basis 0 (k - span, as a float so that the row loops
-    stay in one lane width): zero unless m is in the window. polynomial [k+1, rows]: work."""
-    real = out.dtype.type  # the selects in the outputs' width: a float64 zero or index would widen them
-    for q in range(k + 1):
-        if derivative:
-            top = real(k * matrix[k, q])
-            for r in range(n_block):
-                acc = top
-                for p in range(k - 1, 0, -1):
-                    acc = acc * coords[r] + real(p * matrix[p, q])
-                polynomial[q, r] = acc * real(factor)
-        else:
-            top = real(matrix[k, q])
-            for r in range(n_block):
-                acc = top
-                for p in range(k - 1, -1, -1):
-                    acc = acc * coords[r] + real(matrix[p, q])
-                polynomial[q, r] = acc
-    zero = real(0.0)
-    for s in range(1, out.shape[0]):
-        for r in range(n_block):
-            entry = spans[r] + real(s - 1)  # window entry q of basis s - 1, if 0 <= q <= k
-            value = zero
-            for q in range(k + 1):
-                value = polynomial[q, r] if entry == real(q) else value
-            out[s, r] = value
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -91,9 +60,11 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform,
             span = np.floor(min(max(u, 0.0), n_knots - 2.0))
             spans[r] = k - span if inside else n_knots + k  # window entry of basis 0; outside: none
             coords[r] = min(max(u - span, 0.0), 1.0)
-        _pick_window(spans, coords, matrix, k, n_block, 0, polynomial, expanded, 1.0)
+        window_polynomials(coords, matrix, k, n_block, 0, 1.0, polynomial)
+        write_slots(expanded, spans, polynomial, k, n_block)
         if with_slopes:
-            _pick_window(spans, coords, matrix, k, n_block, 1, polynomial, slopes, inv)
+            window_polynomials(coords, matrix, k, n_block, 1, inv, polynomial)
+            write_slots(slopes, spans, polynomial, k, n_block)
         return
     for s in range(1, n_slots):
         for r in range(n_block):

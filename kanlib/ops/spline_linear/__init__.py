@@ -171,11 +171,13 @@ class _CpuKernelArgs:
         self.activation_name = activation
 
 
-def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True):
+def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True,
+                  slot_major=False):
     """The dense path's kernel on x [N, I]: (A [N, I*S] or None, grad_x [N, I] or None).
 
     grad_x is computed when grad_expanded (the gradient of A) is given; A when ``expanded``. When both are,
-    A is written over grad_expanded: one [N, I*S] buffer instead of two.
+    A is written over grad_expanded: one [N, I*S] buffer instead of two. ``slot_major``: A's columns in the order
+    s*I + i (slot s of input i), else i*S + s (see :func:`.cpu.dense_kernel`).
     """
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     with_grad = grad_expanded is not None
@@ -184,7 +186,7 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
     if expanded:
         out = grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * n_slots)
     grad_x = torch.empty_like(x) if with_grad else None
-    args.kernels.dense_kernel(spline_order)(
+    args.kernels.dense_kernel(spline_order, slot_major)(
         args.x, *args.knots, args.matrix, args.activation, bits_like, constants,
         grad_expanded.numpy() if with_grad else empty, out.numpy() if expanded else empty,
         grad_x.numpy() if with_grad else empty, expanded, with_grad)
@@ -323,7 +325,8 @@ class FusedSplineLayer(torch.autograd.Function):
 
     Dense (``sparse`` False): the expansion A is written by a kernel and multiplied by BLAS (and kept for backward
     when it has fewer than KEEP_EXPANDED_BELOW elements, else rebuilt there); the weight gradient [I*S, O] is
-    folded back onto the parameters by one kernel pass. Sparse: the local-support kernels, and the
+    folded back onto the parameters by one kernel pass. A's columns and the weight's rows are slot-major here
+    (s*I + i), which the kernel writes and reads for all inputs at once, in A's dtype. Sparse: the local-support kernels, and the
     parameters' gradients straight from the basis windows (:func:`.cpu.sparse_grad_parameters`), without the weight
     gradient.
     """
@@ -332,11 +335,13 @@ class FusedSplineLayer(torch.autograd.Function):
     def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse):
         ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid)
         ctx.config = (spline_order, uniform, activation, sparse)
-        ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse)
+        ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse,
+                                      slot_major=not sparse)
         x, grid = x.detach().contiguous(), grid.contiguous()
         if sparse:
             return _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation)
-        expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1])
+        expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1],
+                                    slot_major=True)
         ctx.expanded = expanded if expanded.numel() < KEEP_EXPANDED_BELOW else None
         return _product(expanded, ctx.weight)
 
@@ -373,11 +378,13 @@ class FusedSplineLayer(torch.autograd.Function):
             grad_x = None
             if need_x or rebuild:
                 rebuilt, grad_x = _dense_expand(x, grid, spline_order, uniform, activation,
-                                                ctx.weight.shape[0] // x.shape[1], grad_expanded, expanded=rebuild)
+                                                ctx.weight.shape[0] // x.shape[1], grad_expanded, expanded=rebuild,
+                                                slot_major=True)
                 expanded = rebuilt if rebuild else expanded
             grad_parameters = None
             if need_parameters:
-                grad_parameters = parameter_gradients(scale_sp, mask, coef, _weight_gradient(expanded, grad_out))
+                grad_parameters = parameter_gradients(scale_sp, mask, coef, _weight_gradient(expanded, grad_out),
+                                                      slot_major=True)
         grad_base, grad_sp, grad_coef = grad_parameters or (None, None, None)
         return (grad_x, grad_base if need_base else None, grad_sp if need_sp else None, None,
                 grad_coef if need_coef else None, None, None, None, None, None)
@@ -413,17 +420,23 @@ def _cpu_kernels():
     return cpu
 
 
-def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool) -> torch.Tensor:
+def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot_major: bool = False) -> torch.Tensor:
     """``layer_weight_matrix`` of the parameters by one kernel pass: [I*S, O]; with ``narrow_layout`` and fewer than
-    NARROW_COLUMNS outputs, the transposed view of an [O, I*S] matrix (what :func:`_product` multiplies fastest)."""
+    NARROW_COLUMNS outputs, the transposed view of an [O, I*S] matrix (what :func:`_product` multiplies fastest).
+    ``slot_major``: the rows in the order s*I + i (slot s of input i), as the dense kernel's slot-major A."""
     n_in, n_out, n_basis = coef.shape
-    if narrow_layout and n_out < NARROW_COLUMNS:
-        weight = coef.new_empty(n_out, n_in, n_basis + 1).permute(1, 2, 0)
+    narrow = narrow_layout and n_out < NARROW_COLUMNS
+    if slot_major:
+        buffer = coef.new_empty((n_out, n_basis + 1, n_in) if narrow else (n_basis + 1, n_in, n_out))
+        weight = buffer.permute(2, 1, 0) if narrow else buffer.permute(1, 0, 2)  # [I, S, O], the kernel's view
+        matrix = buffer.view(n_out, -1).t() if narrow else buffer.view(-1, n_out)
     else:
-        weight = coef.new_empty(n_in, n_basis + 1, n_out)
+        buffer = coef.new_empty((n_out, n_in, n_basis + 1) if narrow else (n_in, n_basis + 1, n_out))
+        weight = buffer.permute(1, 2, 0) if narrow else buffer
+        matrix = weight.reshape(-1, n_out)
     _cpu_kernels().assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
                                     weight.numpy())
-    return weight.reshape(-1, n_out)
+    return matrix
 
 
 def _parameter_gradients(scale_sp, mask, coef) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -431,12 +444,16 @@ def _parameter_gradients(scale_sp, mask, coef) -> tuple[torch.Tensor, torch.Tens
     return torch.empty_like(scale_sp), torch.empty_like(scale_sp), torch.empty_like(coef)
 
 
-def parameter_gradients(scale_sp, mask, coef, grad_weight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_scale_base, grad_scale_sp, grad_coef) of :func:`assembled_weight` from the gradient of its [I*S, O]
-    output, in any layout, by one kernel pass (contiguous scale_sp, mask [I, O] and coef [I, O, G+k])."""
+    output, in any memory layout, its rows slot-major or not as assembled, by one kernel pass (contiguous scale_sp,
+    mask [I, O] and coef [I, O, G+k])."""
     grads = _parameter_gradients(scale_sp, mask, coef)
-    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(),
-                                         grad_weight.view(coef.shape[0], -1, coef.shape[1]).numpy(),
+    n_in, n_out = coef.shape[:2]
+    by_input = (grad_weight.view(-1, n_in, n_out).permute(1, 0, 2) if slot_major
+                else grad_weight.view(n_in, -1, n_out))
+    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), by_input.numpy(),
                                          *(g.numpy() for g in grads))
     return grads
 

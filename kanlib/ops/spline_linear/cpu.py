@@ -261,27 +261,29 @@ def _polynomials(coords, matrix, first_power, out):
                 out[r, i] = out[r, i] * coords[i] + factor
 
 
-def dense_kernel(spline_order: int):
+def dense_kernel(spline_order: int, slot_major: bool = False):
     """The dense path's kernel for one spline order (compiled with k as a constant, so its loops unroll).
 
     ``kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
     grad_x, write_out, write_grad)``, x [N, I]:
 
     - write_out: write A [N, I*S] into out: the base activation (kernel id ``activation``) in slot 0 of each
-      input, the G + k bases after it.
-    - write_grad: write grad_x [N, I] from grad_expanded [N, I*S] (the gradient of A).
+      input, the G + k bases after it. Column i*S + s holds slot s of input i; ``slot_major``, column s*I + i,
+      so that each slot is written for all inputs in one vectorized pass (the weight's rows then follow the
+      same order: :func:`kanlib.ops.spline_linear.assembled_weight` with ``slot_major``).
+    - write_grad: write grad_x [N, I] from grad_expanded [N, I*S] (the gradient of A, in the same layout).
 
     Both at once share the knot spans and the basis polynomials; out may then be grad_expanded itself
     (each row's gradient is read before A is written over it). Arrays a call does not use may be empty.
     ``bits_like`` is an empty integer array of x's width and ``constants`` (lowest, bias, shift), as
     :func:`~kanlib.ops.fast_exp.exp_constants` gives them, for the base activation's exponentials.
     """
-    return _sized_dense_kernel(int(spline_order))
+    return _sized_dense_kernel(int(spline_order), bool(slot_major))
 
 
 @functools.cache
-def _sized_dense_kernel(k):
-    return sized_kernel(_dense_kernel(k))
+def _sized_dense_kernel(k, slot_major):
+    return sized_kernel(_dense_kernel(k, slot_major))
 
 
 @functools.cache
@@ -412,6 +414,89 @@ def _dot_bases(row, first, span, slopes, i, n_basis, k):
     return acc
 
 
+@njit(inline="always", cache=True)
+def _slot_offsets(spans, k, n_basis, offsets):
+    """offsets[i] <- k - spans[i], the window entry of input i's basis 0, as a float so that the slot loops stay in
+    one lane width; for span -1 (outside the grid) one past every window."""
+    real = offsets.dtype.type
+    for i in range(spans.shape[0]):
+        offsets[i] = real(k - spans[i]) if spans[i] >= 0 else real(n_basis + k + 1)
+
+
+@njit(inline="always", cache=True)
+def _slot_value(window, entry, i, k, zero):
+    """window[entry, i] for entry in 0..k (a float), else zero, as selects (k is a compile-time constant)."""
+    real = window.dtype.type
+    value = zero
+    for q in range(k + 1):
+        value = window[q, i] if entry == real(q) else value
+    return value
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def window_polynomials(coords, matrix, k, n, derivative, factor, out):
+    """out[q, r] <- window entry q of a uniform grid's basis at coords[r] (r < n), or with ``derivative`` its
+    derivative in t times factor: sum_p matrix[p, q] t**p by Horner's rule, in out's dtype (a float64 constant
+    would widen the loops)."""
+    real = out.dtype.type
+    for q in range(k + 1):
+        if derivative:
+            top = real(k * matrix[k, q])
+            for r in range(n):
+                acc = top
+                for p in range(k - 1, 0, -1):
+                    acc = acc * coords[r] + real(p * matrix[p, q])
+                out[q, r] = acc * real(factor)
+        else:
+            top = real(matrix[k, q])
+            for r in range(n):
+                acc = top
+                for p in range(k - 1, -1, -1):
+                    acc = acc * coords[r] + real(matrix[p, q])
+                out[q, r] = acc
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def write_slots(slots, offsets, values, k, n):
+    """slots[1 + m, r] <- values[m + offsets[r], r] when that entry is in the window (0..k), else 0, for every basis
+    m and r < n: slots [S, >= n] holds the bases of n values in rows 1.. (row 0, the base activation, is left to
+    the caller); offsets [n] (floats) the window entry of each value's basis 0."""
+    zero = slots.dtype.type(0.0)
+    for s in range(1, slots.shape[0]):
+        shift = slots.dtype.type(s - 1)
+        for r in range(n):
+            slots[s, r] = _slot_value(values, offsets[r] + shift, r, k, zero)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _dot_slots(slots, offsets, slopes, k, acc):
+    """acc[i] <- sum over the bases m of slots[1 + m, i] * slopes[m + offsets[i], i] (the window entries only)."""
+    zero = acc.dtype.type(0.0)
+    for i in range(acc.shape[0]):
+        acc[i] = zero
+    for s in range(1, slots.shape[0]):
+        shift = slots.dtype.type(s - 1)
+        for i in range(acc.shape[0]):
+            acc[i] += slots[s, i] * _slot_value(slopes, offsets[i] + shift, i, k, zero)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _uniform_windows(x_row, grid, lows, highs, inv_steps, k, n_basis, offsets, coords):
+    """Per input i of one row on uniform grids, in x's dtype: offsets[i], the window entry of its basis 0 (k minus
+    its span; one past every window outside the grid or for NaN), and coords[i], its position in the span measured
+    from the span's knot (as :func:`_uniform_row`: exact at the knots, whatever G)."""
+    real = x_row.dtype.type
+    n_knots = grid.shape[1]
+    for i in range(x_row.shape[0]):
+        value = x_row[i]
+        low = lows[i]
+        inside = low <= value < highs[i]
+        u = (value - low) * inv_steps[i] if inside else real(0.0)
+        span = int(min(max(u, real(0.0)), real(n_knots - 2)))
+        offsets[i] = real(k - span) if inside else real(n_basis + k + 1)
+        coords[i] = min(max((value - grid[i, span]) * inv_steps[i], real(0.0)), real(1.0))
+
+
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _general_row(x_row, knots, k, spans, values, slopes, left, right, saved, with_slopes):
     """Spans, window values [k+1, I] and (with_slopes) their derivatives in x for one row on any grid, in loops
@@ -458,9 +543,10 @@ def _general_row(x_row, knots, k, spans, values, slopes, left, right, saved, wit
 
 
 @functools.cache
-def _dense_kernel(k):
-    # The rows' work is its own function, compiled with k as a constant: inside numba's parallel loop the closure's
-    # k would be a run-time argument, and the selects of _write_bases and _dot_bases would not fold away.
+def _dense_kernel(k, slot_major=False):
+    # The rows' work is its own function, compiled with k (and the layout) as constants: inside numba's parallel
+    # loop the closure's k would be a run-time argument, and the selects of _write_bases and _dot_bases would not
+    # fold away.
     @njit(cache=True, fastmath=FASTMATH)
     def rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
              grad_x, write_out, write_grad, first_row, stop_row):
@@ -480,9 +566,25 @@ def _dense_kernel(k):
         base_grad = np.empty(n_in, dtype=x.dtype)
         exponentials = np.empty(n_in, dtype=x.dtype)
         bits = np.empty(n_in, dtype=bits_like.dtype)
+        # slot-major: the windows computed in A's dtype, so that the loops run in one lane width
+        slot_width = n_in if slot_major else 0
+        offsets = np.empty(slot_width, dtype=x.dtype)
+        coords_narrow = np.empty(slot_width, dtype=x.dtype)
+        narrow = np.empty((k + 1, slot_width), dtype=x.dtype)
+        spline = np.empty(slot_width, dtype=x.dtype)
+        uniform_width = slot_width if fast else 0
+        lows = np.empty(uniform_width, dtype=x.dtype)
+        highs = np.empty(uniform_width, dtype=x.dtype)
+        inv_narrow = np.empty(uniform_width, dtype=x.dtype)
+        n_knots = grid.shape[1]
+        if slot_major and fast:
+            for i in range(n_in):
+                lows[i], highs[i], inv_narrow[i] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
         for n in range(first_row, stop_row):
             activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-            if fast:
+            if fast and slot_major:
+                pass  # below, in A's dtype
+            elif fast:
                 _uniform_row(x[n], grid, inv_steps, spans, coords)
                 if write_out:
                     _polynomials(coords, matrix, 0, values)
@@ -490,6 +592,30 @@ def _dense_kernel(k):
                     _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
             else:
                 _general_row(x[n], knots, k, spans, values, slopes, left, right, saved, write_grad)
+            if slot_major:
+                if fast:
+                    _uniform_windows(x[n], grid, lows, highs, inv_narrow, k, n_basis, offsets, coords_narrow)
+                else:
+                    _slot_offsets(spans, k, n_basis, offsets)
+                if write_grad:  # before out's row is written: out may be grad_expanded itself
+                    slots = grad_expanded[n].reshape(n_slots, n_in)
+                    if fast:
+                        window_polynomials(coords_narrow, matrix, k, n_in, 1, 1.0, narrow)
+                    else:
+                        narrow[:, :] = slopes
+                    _dot_slots(slots, offsets, narrow, k, spline)
+                    for i in range(n_in):
+                        grad_x[n, i] = base_grad[i] * slots[0, i] + (inv_steps[i] * spline[i] if fast else spline[i])
+                if write_out:
+                    slots = out[n].reshape(n_slots, n_in)
+                    for i in range(n_in):
+                        slots[0, i] = base[i]
+                    if fast:
+                        window_polynomials(coords_narrow, matrix, k, n_in, 0, 1.0, narrow)
+                    else:
+                        narrow[:, :] = values
+                    write_slots(slots, offsets, narrow, k, n_in)
+                continue
             if write_grad:  # before out's row is written: out may be grad_expanded itself
                 row = grad_expanded[n]
                 for i in range(n_in):
