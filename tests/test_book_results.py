@@ -123,6 +123,21 @@ def test_latest_sweep_joins_the_grid_sizes_its_commit_measured_in_other_processe
         R.latest_sweep(runs, "layer", "tpu")
 
 
+def test_latest_runs_reads_a_sweep_measured_one_process_per_grid_as_one_run():
+    """The committed CPU sweep is four one-grid runs of one commit: the findings plot it against G."""
+    def one_grid(grid, created, commit):
+        return result("layer", "cpu", f"2026-04-0{created}T00:00:00+00:00", layer_rows(grids=(grid,)), commit=commit,
+                      params={"batch": 64, "width": 8, "grids": [grid]})
+
+    runs = [one_grid(5, 1, "old"), one_grid(50, 2, "old"), one_grid(5, 3, "new"), one_grid(50, 4, "new"),
+            one_grid(200, 5, "new")]
+    (sweep,) = R.latest_runs(runs)
+    assert sweep["created_utc"] == "2026-04-05T00:00:00+00:00" and sweep["params"]["grids"] == [5, 50, 200]
+    frame = R.results_frame([sweep])
+    assert R.sweep_column(frame) == "grid"
+    assert len(R.fix_other_parameters(frame, "grid", R.hue_column(frame))[0]) == len(frame)
+
+
 def test_sweep_and_hue_columns(runs):
     frame = R.results_frame(runs)
     layer = frame[frame.benchmark == "layer"]

@@ -5,8 +5,9 @@ git, created_utc, rows). Here they become:
 
 - `results_frame(results)`: one line per figure row, with its run's benchmark, device and date in front;
 - `runs_frame(results)`: one line per run (what, where, when, which commit, its parameters);
-- `latest(results, benchmark, device_type)` and `latest_runs(results)`: the newest run(s);
-  `latest_sweep(...)`: the newest one joined by the other grid sizes its commit measured in other processes;
+- `latest(results, benchmark, device_type)`: the newest run; `latest_sweep(...)`: the newest one joined by the
+  other grid sizes its commit measured in other processes; `latest_runs(results)`: that of each benchmark and
+  device type;
 - `table(frame)`: the rows to show: identification columns, medians with their quartiles, ratios, MiB;
 - `timings_long(frame)`, `plot_timings(frame)`, `plot_ratios(frame)`: figures against the swept parameter
   (`sweep_column`), one line per candidate (`hue_column`), one panel per device;
@@ -142,7 +143,8 @@ def latest_sweep(results: Sequence[Mapping[str, Any]], benchmark: str, device_ty
     """The newest run of `benchmark` on `device_type` with rows at `configuration` ({row column: value}; None: any),
     joined by the rows of the other runs of the same commit at that configuration for the grid sizes it lacks: a
     sweep measured one process per grid size reads as one run. Rows outside the configuration are dropped;
-    ``params["grids"]`` lists the grid sizes joined. None when no run qualifies."""
+    ``params["grids"]`` lists the grid sizes joined. The newest run itself when nothing was joined or dropped; None
+    when no run qualifies."""
     configuration = dict(configuration or {})
 
     def at_configuration(row: Mapping[str, Any]) -> bool:
@@ -162,6 +164,8 @@ def latest_sweep(results: Sequence[Mapping[str, Any]], benchmark: str, device_ty
         chosen = [row for row in result["rows"] if at_configuration(row) and row.get("grid") not in grids]
         grids += list(dict.fromkeys(row.get("grid") for row in chosen))
         rows += chosen
+    if len(rows) == len(newest["rows"]) and all(a is b for a, b in zip(rows, newest["rows"])):
+        return newest  # nothing joined, nothing dropped
     params = {**(newest.get("params") or {})}
     if "grids" in params or any(row.get("grid") is not None for row in rows):
         params["grids"] = sorted(grid for grid in grids if grid is not None)
@@ -169,7 +173,9 @@ def latest_sweep(results: Sequence[Mapping[str, Any]], benchmark: str, device_ty
 
 
 def latest_runs(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The newest run of each (benchmark, device type), benchmarks in order of first appearance, CPU first."""
+    """The newest run of each (benchmark, device type), benchmarks in order of first appearance, CPU first; each
+    joined, as :func:`latest_sweep` joins it, by the rows of its commit's other runs for the grid sizes it lacks
+    (a sweep measured one process per grid size reads as one run)."""
     results = _check_results(results)
     benchmarks = list(dict.fromkeys(result["benchmark"] for result in results))
     types = sorted({result["device"].get("type") for result in results},
@@ -181,7 +187,7 @@ def latest_runs(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
             matching = [result for result in results
                         if result["benchmark"] == benchmark and result["device"].get("type") == kind]
             if matching:
-                chosen.append(max(matching, key=lambda result: pd.Timestamp(result["created_utc"])))
+                chosen.append(latest_sweep(matching, benchmark))
     return chosen
 
 
