@@ -189,6 +189,18 @@ def test_plots_return_a_figure_where_the_rows_allow_one(runs):
     plt.close("all")
 
 
+def test_ratio_plots_within_a_decade_label_no_minor_ticks():
+    """Ratios between 0.4 and 6 (one decade): matplotlib would label the minor ticks, on top of each other."""
+    rows = [{"grid": grid, "candidate": name, "ratio_to_dense": ratio * scale, "fwdbwd_median_ms": 1.0}
+            for grid, scale in ((5, 1.0), (50, 1.5), (200, 1.2))
+            for name, ratio in (("dense", 1.0), ("bsplinekan", 4.0), ("mlp", 0.4))]
+    grid = R.plot_ratios(R.results_frame([result("layer", "cuda", "2026-05-01T00:00:00+00:00", rows)]))
+    grid.figure.canvas.draw()
+    (ax,) = grid.axes.flat
+    assert [label.get_text() for label in ax.get_yticklabels(minor=True) if label.get_text()] == []
+    plt.close("all")
+
+
 def test_ratio_plot_with_a_column_named_value():
     frame = pd.DataFrame({"device": ["cpu"] * 3, "run": ["r1"] * 3, "bits": [2, 4, 8], "value": [0.5, 0.2, 0.1],
                           "size_ratio": [16.0, 8.0, 4.0]})

@@ -298,8 +298,13 @@ def _set_x_axis(grid, values: pd.Series) -> None:
 
 
 def _finish_log_grid(grid, x_values: pd.Series, x: str, y_label: str, hue: str | None, title: str | None):
-    """Log y axis, the x axis of `_set_x_axis`, labels, panel titles, legend and title of a FacetGrid."""
+    """Log y axis (decades labelled; a panel spanning less than one would label its minor ticks on top of each
+    other), the x axis of `_set_x_axis`, labels, panel titles, legend and title of a FacetGrid."""
+    from matplotlib.ticker import NullFormatter
+
     grid.set(yscale="log")
+    for ax in grid.axes.flat:
+        ax.yaxis.set_minor_formatter(NullFormatter())
     _set_x_axis(grid, x_values)
     grid.set_axis_labels(x, y_label)
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
