@@ -131,7 +131,9 @@ def test_latest_runs_reads_a_sweep_measured_one_process_per_grid_as_one_run():
 
     runs = [one_grid(5, 1, "old"), one_grid(50, 2, "old"), one_grid(5, 3, "new"), one_grid(50, 4, "new"),
             one_grid(200, 5, "new")]
-    (sweep,) = R.latest_runs(runs)
+    other_dtype = one_grid(100, 4, "new")
+    other_dtype["params"]["dtype"] = "bfloat16"
+    (sweep,) = R.latest_runs([*runs, other_dtype])
     assert sweep["created_utc"] == "2026-04-05T00:00:00+00:00" and sweep["params"]["grids"] == [5, 50, 200]
     frame = R.results_frame([sweep])
     assert R.sweep_column(frame) == "grid"

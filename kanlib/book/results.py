@@ -174,8 +174,9 @@ def latest_sweep(results: Sequence[Mapping[str, Any]], benchmark: str, device_ty
 
 def latest_runs(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The newest run of each (benchmark, device type), benchmarks in order of first appearance, CPU first; each
-    joined, as :func:`latest_sweep` joins it, by the rows of its commit's other runs for the grid sizes it lacks
-    (a sweep measured one process per grid size reads as one run)."""
+    joined, as :func:`latest_sweep` joins it, by the rows of its commit's other runs with the same parameters for
+    the grid sizes it lacks (a sweep measured one process per grid size reads as one run; another dtype does not
+    join)."""
     results = _check_results(results)
     benchmarks = list(dict.fromkeys(result["benchmark"] for result in results))
     types = sorted({result["device"].get("type") for result in results},
@@ -187,8 +188,15 @@ def latest_runs(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
             matching = [result for result in results
                         if result["benchmark"] == benchmark and result["device"].get("type") == kind]
             if matching:
-                chosen.append(latest_sweep(matching, benchmark))
+                newest = max(matching, key=lambda result: pd.Timestamp(result["created_utc"]))
+                alike = [result for result in matching if _configuration(result) == _configuration(newest)]
+                chosen.append(latest_sweep(alike, benchmark))
     return chosen
+
+
+def _configuration(result: Mapping[str, Any]) -> dict:
+    """A run's parameters but its grid sizes: runs that differ only there are one sweep."""
+    return {key: value for key, value in (result.get("params") or {}).items() if key not in ("grid", "grids")}
 
 
 def _row_columns(frame: pd.DataFrame) -> list[str]:
