@@ -582,16 +582,14 @@ def _dense_kernel(k, slot_major=False):
                 lows[i], highs[i], inv_narrow[i] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
         for n in range(first_row, stop_row):
             activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-            if fast and slot_major:
-                pass  # below, in A's dtype
-            elif fast:
+            if not fast:
+                _general_row(x[n], knots, k, spans, values, slopes, left, right, saved, write_grad)
+            elif not slot_major:  # slot-major computes its uniform windows below, in A's dtype
                 _uniform_row(x[n], grid, inv_steps, spans, coords)
                 if write_out:
                     _polynomials(coords, matrix, 0, values)
                 if write_grad:
                     _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
-            else:
-                _general_row(x[n], knots, k, spans, values, slopes, left, right, saved, write_grad)
             if slot_major:
                 if fast:
                     _uniform_windows(x[n], grid, lows, highs, inv_narrow, k, n_basis, offsets, coords_narrow)
