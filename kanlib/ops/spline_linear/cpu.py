@@ -31,8 +31,11 @@ ever stored:
 
 Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
 each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
-1 / knot spacing of uniform grids. Spans are found
-arithmetically on uniform grids and by binary search otherwise. The reference is
+1 / knot spacing of uniform grids. Spans are found arithmetically on uniform grids and by binary search or
+counting otherwise. On grids that are not uniform the slot-major dense kernel skips spans altogether: it runs
+Cox-de Boor's recursion for every basis at once (:func:`order_zero`, :func:`raise_order`), in loops along the inputs
+that read the knots and the reciprocals of their differences in order (no gathers, no divisions); that costs
+O(G k) per value, and the dense path only runs at small G. The reference is
 :func:`kanlib.ops.spline_linear.reference.spline_linear_reference`.
 """
 from __future__ import annotations
@@ -415,15 +418,6 @@ def _dot_bases(row, first, span, slopes, i, n_basis, k):
 
 
 @njit(inline="always", cache=True)
-def _slot_offsets(spans, k, n_basis, offsets):
-    """offsets[i] <- k - spans[i], the window entry of input i's basis 0, as a float so that the slot loops stay in
-    one lane width; for span -1 (outside the grid) one past every window."""
-    real = offsets.dtype.type
-    for i in range(spans.shape[0]):
-        offsets[i] = real(k - spans[i]) if spans[i] >= 0 else real(n_basis + k + 1)
-
-
-@njit(inline="always", cache=True)
 def _slot_value(window, entry, i, k, zero):
     """window[entry, i] for entry in 0..k (a float), else zero, as selects (k is a compile-time constant)."""
     real = window.dtype.type
@@ -542,14 +536,157 @@ def _general_row(x_row, knots, k, spans, values, slopes, left, right, saved, wit
             slopes[k, i] = k * previous
 
 
+@njit(cache=True)
+def recursion_tables(grid, k, like):
+    """(knots [J, I], reciprocals [k+1, J, I]) in like's dtype for the recursion over all bases at once
+    (:func:`order_zero`, :func:`raise_order`): the grid [I, J] input-minor, and reciprocals[d, j, i] =
+    1 / (grid[i, j+d] - grid[i, j]), 0 where those knots coincide (Cox-de Boor's 0/0 = 0) and for j + d >= J."""
+    n_in, n_knots = grid.shape
+    real = like.dtype.type
+    knots = np.empty((n_knots, n_in), like.dtype)
+    for j in range(n_knots):
+        for i in range(n_in):
+            knots[j, i] = grid[i, j]
+    reciprocals = np.zeros((k + 1, n_knots, n_in), like.dtype)
+    for d in range(1, k + 1):
+        for j in range(n_knots - d):
+            for i in range(n_in):
+                width = knots[j + d, i] - knots[j, i]
+                reciprocals[d, j, i] = real(1.0) / width if width != 0.0 else real(0.0)
+    return knots, reciprocals
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def order_zero(x_row, knots, levels, clamped):
+    """levels[j, i] <- 1 where knots[j, i] <= x_row[i] < knots[j+1, i], else 0 (all 0 outside the grid and for
+    NaN): every order-0 basis of one row; clamped[i] <- x_row[i] inside the grid, else its first knot (the
+    indicators being 0 there, a finite x keeps 0 * (x - t) from making NaN at infinities)."""
+    n_knots = knots.shape[0]
+    real = levels.dtype.type
+    for i in range(x_row.shape[0]):
+        value = x_row[i]
+        clamped[i] = value if knots[0, i] <= value < knots[n_knots - 1, i] else knots[0, i]
+    for j in range(n_knots - 1):
+        for i in range(x_row.shape[0]):
+            value = x_row[i]
+            levels[j, i] = real(1.0) if knots[j, i] <= value < knots[j + 1, i] else real(0.0)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def raise_order(levels, clamped, knots, reciprocals, d):
+    """levels [J-1, I] from order d-1 to order d in place, for every basis at once along the inputs (Cox-de Boor:
+    B_{j,d} = (x - t_j) / (t_{j+d} - t_j) B_{j,d-1} + (t_{j+d+1} - x) / (t_{j+d+1} - t_{j+1}) B_{j+1,d-1});
+    rows j < J-1-d then hold order d."""
+    n_knots = knots.shape[0]
+    for j in range(n_knots - 1 - d):
+        for i in range(clamped.shape[0]):
+            value = clamped[i]
+            levels[j, i] = ((value - knots[j, i]) * reciprocals[d, j, i] * levels[j, i]
+                            + (knots[j + d + 1, i] - value) * reciprocals[d, j + 1, i] * levels[j + 1, i])
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def dot_derivatives(slots, levels, reciprocals, k, acc):
+    """acc[i] <- sum over the bases j of slots[1 + j, i] * d/dx B_{j,k}(x_i), from levels [J-1, I] at order k-1:
+    d/dx B_{j,k} = k (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1})); 0 for k = 0."""
+    real = acc.dtype.type
+    for i in range(acc.shape[0]):
+        acc[i] = real(0.0)
+    if k == 0:
+        return
+    for j in range(slots.shape[0] - 1):
+        for i in range(acc.shape[0]):
+            slope = reciprocals[k, j, i] * levels[j, i] - reciprocals[k, j + 1, i] * levels[j + 1, i]
+            acc[i] += slots[1 + j, i] * slope
+    for i in range(acc.shape[0]):
+        acc[i] *= real(k)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, grad_expanded, out, grad_x,
+                   write_out, write_grad, first_row, stop_row):
+    """Rows first_row..stop_row of the slot-major dense kernel (:func:`dense_kernel`) on any grid: every basis by the
+    recursion over all of them at once (knots [J, I] and reciprocals of :func:`recursion_tables`). grad_x's row is
+    written from grad_expanded's before out's (which may be grad_expanded itself). A function of its own: inlined
+    into the kernel's rows, its loops ran several times slower."""
+    n_in = x.shape[1]
+    n_slots = knots.shape[0] - k
+    levels = np.empty((knots.shape[0] - 1, n_in), dtype=x.dtype)
+    clamped = np.empty(n_in, dtype=x.dtype)
+    spline = np.empty(n_in, dtype=x.dtype)
+    base = np.empty(n_in, dtype=x.dtype)
+    base_grad = np.empty(n_in, dtype=x.dtype)
+    exponentials = np.empty(n_in, dtype=x.dtype)
+    bits = np.empty(n_in, dtype=bits_like.dtype)
+    for n in range(first_row, stop_row):
+        activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
+        order_zero(x[n], knots, levels, clamped)
+        for d in range(1, k):
+            raise_order(levels, clamped, knots, reciprocals, d)
+        if write_grad:
+            slots = grad_expanded[n].reshape(n_slots, n_in)
+            dot_derivatives(slots, levels, reciprocals, k, spline)
+            for i in range(n_in):
+                grad_x[n, i] = base_grad[i] * slots[0, i] + spline[i]
+        if write_out:
+            if k > 0:
+                raise_order(levels, clamped, knots, reciprocals, k)
+            slots = out[n].reshape(n_slots, n_in)
+            for i in range(n_in):
+                slots[0, i] = base[i]
+            for j in range(1, n_slots):
+                for i in range(n_in):
+                    slots[j, i] = levels[j - 1, i]
+
+
 @functools.cache
 def _dense_kernel(k, slot_major=False):
-    # The rows' work is its own function, compiled with k (and the layout) as constants: inside numba's parallel
-    # loop the closure's k would be a run-time argument, and the selects of _write_bases and _dot_bases would not
-    # fold away.
+    # The rows' work is in functions of their own, compiled with k as a constant: inside numba's parallel loop the
+    # closure's k would be a run-time argument, and the selects of _write_bases, _dot_bases and _slot_value would
+    # not fold away. Each scheme has its own function: inlined into one, their loops ran several times slower.
     @njit(cache=True, fastmath=FASTMATH)
-    def rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
-             grad_x, write_out, write_grad, first_row, stop_row):
+    def uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
+                          write_out, write_grad, first_row, stop_row):
+        """Slot-major rows on uniform grids (k > 0): the windows in A's dtype, so that the loops run in one lane
+        width."""
+        n_in = x.shape[1]
+        n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
+        n_basis = n_slots - 1
+        n_knots = grid.shape[1]
+        base = np.empty(n_in, dtype=x.dtype)
+        base_grad = np.empty(n_in, dtype=x.dtype)
+        exponentials = np.empty(n_in, dtype=x.dtype)
+        bits = np.empty(n_in, dtype=bits_like.dtype)
+        offsets = np.empty(n_in, dtype=x.dtype)
+        coords = np.empty(n_in, dtype=x.dtype)
+        windows = np.empty((k + 1, n_in), dtype=x.dtype)
+        spline = np.empty(n_in, dtype=x.dtype)
+        lows = np.empty(n_in, dtype=x.dtype)
+        highs = np.empty(n_in, dtype=x.dtype)
+        inv_narrow = np.empty(n_in, dtype=x.dtype)
+        for i in range(n_in):
+            lows[i], highs[i], inv_narrow[i] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
+        for n in range(first_row, stop_row):
+            activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
+            _uniform_windows(x[n], grid, lows, highs, inv_narrow, k, n_basis, offsets, coords)
+            if write_grad:  # before out's row is written: out may be grad_expanded itself
+                slots = grad_expanded[n].reshape(n_slots, n_in)
+                window_polynomials(coords, matrix, k, n_in, 1, 1.0, windows)
+                _dot_slots(slots, offsets, windows, k, spline)
+                for i in range(n_in):
+                    grad_x[n, i] = base_grad[i] * slots[0, i] + inv_steps[i] * spline[i]
+            if write_out:
+                slots = out[n].reshape(n_slots, n_in)
+                for i in range(n_in):
+                    slots[0, i] = base[i]
+                window_polynomials(coords, matrix, k, n_in, 0, 1.0, windows)
+                write_slots(slots, offsets, windows, k, n_in)
+
+    @njit(cache=True, fastmath=FASTMATH)
+    def input_major_rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants,
+                         grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row):
+        """Input-major rows: the windows in float64, on uniform grids from the basis matrix, else by the triangular
+        scheme on the padded knots."""
         n_in = x.shape[1]
         n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
         n_basis = n_slots - 1
@@ -558,7 +695,7 @@ def _dense_kernel(k, slot_major=False):
         coords = np.empty(n_in, dtype=matrix.dtype)
         values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
         slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        width = 0 if fast else n_in  # the general scheme's work arrays
+        width = 0 if fast else n_in  # the triangular scheme's work arrays
         left = np.empty((k + 1, width), dtype=knots.dtype)
         right = np.empty((k + 1, width), dtype=knots.dtype)
         saved = np.empty(width, dtype=knots.dtype)
@@ -566,54 +703,16 @@ def _dense_kernel(k, slot_major=False):
         base_grad = np.empty(n_in, dtype=x.dtype)
         exponentials = np.empty(n_in, dtype=x.dtype)
         bits = np.empty(n_in, dtype=bits_like.dtype)
-        # slot-major: the windows computed in A's dtype, so that the loops run in one lane width
-        slot_width = n_in if slot_major else 0
-        offsets = np.empty(slot_width, dtype=x.dtype)
-        coords_narrow = np.empty(slot_width, dtype=x.dtype)
-        narrow = np.empty((k + 1, slot_width), dtype=x.dtype)
-        spline = np.empty(slot_width, dtype=x.dtype)
-        uniform_width = slot_width if fast else 0
-        lows = np.empty(uniform_width, dtype=x.dtype)
-        highs = np.empty(uniform_width, dtype=x.dtype)
-        inv_narrow = np.empty(uniform_width, dtype=x.dtype)
-        n_knots = grid.shape[1]
-        if slot_major and fast:
-            for i in range(n_in):
-                lows[i], highs[i], inv_narrow[i] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
         for n in range(first_row, stop_row):
             activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-            if not fast:
-                _general_row(x[n], knots, k, spans, values, slopes, left, right, saved, write_grad)
-            elif not slot_major:  # slot-major computes its uniform windows below, in A's dtype
+            if fast:
                 _uniform_row(x[n], grid, inv_steps, spans, coords)
                 if write_out:
                     _polynomials(coords, matrix, 0, values)
                 if write_grad:
                     _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
-            if slot_major:
-                if fast:
-                    _uniform_windows(x[n], grid, lows, highs, inv_narrow, k, n_basis, offsets, coords_narrow)
-                else:
-                    _slot_offsets(spans, k, n_basis, offsets)
-                if write_grad:  # before out's row is written: out may be grad_expanded itself
-                    slots = grad_expanded[n].reshape(n_slots, n_in)
-                    if fast:
-                        window_polynomials(coords_narrow, matrix, k, n_in, 1, 1.0, narrow)
-                    else:
-                        narrow[:, :] = slopes
-                    _dot_slots(slots, offsets, narrow, k, spline)
-                    for i in range(n_in):
-                        grad_x[n, i] = base_grad[i] * slots[0, i] + (inv_steps[i] * spline[i] if fast else spline[i])
-                if write_out:
-                    slots = out[n].reshape(n_slots, n_in)
-                    for i in range(n_in):
-                        slots[0, i] = base[i]
-                    if fast:
-                        window_polynomials(coords_narrow, matrix, k, n_in, 0, 1.0, narrow)
-                    else:
-                        narrow[:, :] = values
-                    write_slots(slots, offsets, narrow, k, n_in)
-                continue
+            else:
+                _general_row(x[n], knots, k, spans, values, slopes, left, right, saved, write_grad)
             if write_grad:  # before out's row is written: out may be grad_expanded itself
                 row = grad_expanded[n]
                 for i in range(n_in):
@@ -625,16 +724,37 @@ def _dense_kernel(k, slot_major=False):
                     row[i * n_slots] = base[i]
                     _write_bases(row, i * n_slots + 1, spans[i], values, i, n_basis, k)
 
+    @njit(cache=True, fastmath=FASTMATH)
+    def rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
+             grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row):
+        if not slot_major:
+            input_major_rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants,
+                             grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row)
+        elif uniform and k > 0:
+            uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+                              grad_x, write_out, write_grad, first_row, stop_row)
+        else:
+            recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, grad_expanded, out, grad_x,
+                           write_out, write_grad, first_row, stop_row)
+
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
     def kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
                grad_x, write_out, write_grad):
         n_rows = x.shape[0]
-        # the general scheme's knots input-minor, once per call: knots[j, i] = padded[i, j]
-        knots = np.ascontiguousarray(padded.T) if not (uniform and k > 0) else np.empty((0, 0), dtype=padded.dtype)
+        # once per call, the knots input-minor: slot-major, the grid's and reciprocals of its knot differences
+        # (recursion_tables); else the padded grid's for the triangular scheme (knots[j, i] = padded[i, j])
+        reciprocals = np.empty((0, 0, 0), dtype=padded.dtype)
+        if uniform and k > 0:
+            knots = np.empty((0, 0), dtype=padded.dtype)
+        elif slot_major:
+            knots, reciprocals = recursion_tables(grid, k, padded)
+        else:
+            knots = np.ascontiguousarray(padded.T)
         n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
         for c in prange(n_chunks):
-            rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
-                 grad_x, write_out, write_grad, c * ROWS_PER_CHUNK, min(n_rows, (c + 1) * ROWS_PER_CHUNK))
+            rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
+                 grad_expanded, out, grad_x, write_out, write_grad, c * ROWS_PER_CHUNK,
+                 min(n_rows, (c + 1) * ROWS_PER_CHUNK))
 
     return kernel
 
