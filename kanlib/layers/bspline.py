@@ -208,11 +208,15 @@ class BSplineKAN(SplineGrid, nn.Module):
         self._check_input(x)
         # Under autocast the Triton path casts x and the weights to the autocast dtype; the torch path's
         # product follows autocast's own rules.
-        flat = x.reshape(-1, self.in_features).to(self.coef.dtype)
-        fused = self._fused_cpu_backend(flat)
+        coef = self.coef
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != coef.dtype:
+            flat = flat.to(coef.dtype)
+        tensors = (flat, self.scale_base, self.scale_sp, self.mask, coef, self.grid)
+        fused = self._fused_cpu_backend(flat, tensors)
         if fused is not None:
-            out = FusedSplineLayer.apply(flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid,
-                                         self.spline_order, self.is_uniform(), self.base_activation, fused == "sparse")
+            out = FusedSplineLayer.apply(*tensors, self.spline_order, self.is_uniform(), self.base_activation,
+                                         fused == "sparse")
         else:
             weight = self.weight_matrix()
             # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does
@@ -224,9 +228,9 @@ class BSplineKAN(SplineGrid, nn.Module):
             out = out + self.bias
         if self.symbolic is not None:
             out = out + self.symbolic(flat)
-        return out.view(*x.shape[:-1], self.out_features)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
-    def _fused_cpu_backend(self, flat: torch.Tensor) -> str | None:
+    def _fused_cpu_backend(self, flat: torch.Tensor, tensors: tuple | None = None) -> str | None:
         """The backend, "cpu" or "sparse", where forward runs the CPU kernels straight from the parameters
         (:class:`~kanlib.ops.spline_linear.FusedSplineLayer`, one autograd node): the product's backend is one of
         them, outside autocast and transforms, and the weight is this class's (a subclass that changes
@@ -237,8 +241,9 @@ class BSplineKAN(SplineGrid, nn.Module):
                 or type(self).weight_matrix is not BSplineKAN.weight_matrix):
             return None
         dtype = flat.dtype
-        tensors = (flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid)
-        if dtype not in CPU_KERNEL_DTYPES or self.mask.requires_grad:
+        if tensors is None:
+            tensors = (flat, self.scale_base, self.scale_sp, self.mask, self.coef, self.grid)
+        if dtype not in CPU_KERNEL_DTYPES or tensors[3].requires_grad:
             return None
         for t in tensors:
             if t.dtype != dtype or not t.is_cpu:

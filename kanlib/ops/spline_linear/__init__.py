@@ -160,9 +160,7 @@ class _CpuKernelArgs:
     """
 
     def __init__(self, x, grid, spline_order, uniform, activation):
-        from . import cpu
-
-        self.kernels = cpu
+        cpu = self.kernels = _cpu_kernels()
         grid_np, padded, inv_steps, self.matrix = grid_constants(grid, int(spline_order))
         self.x = x.detach().numpy()
         self.knots = (grid_np, padded, inv_steps, bool(uniform))
@@ -415,9 +413,15 @@ def _weight_gradient(expanded: torch.Tensor, grad_out: torch.Tensor) -> torch.Te
 
 def _cpu_kernels():
     """:mod:`.cpu`, imported at the first kernel call (numba's import is slow)."""
-    from . import cpu
+    global _CPU
+    if _CPU is None:
+        from . import cpu
 
-    return cpu
+        _CPU = cpu
+    return _CPU
+
+
+_CPU = None
 
 
 def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot_major: bool = False) -> torch.Tensor:
@@ -426,17 +430,15 @@ def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot
     ``slot_major``: the rows in the order s*I + i (slot s of input i), as the dense kernel's slot-major A."""
     n_in, n_out, n_basis = coef.shape
     narrow = narrow_layout and n_out < NARROW_COLUMNS
+    # the buffer's shape and the axes that show it to the kernel as [I, S, O] (numpy's views cost less than torch's)
     if slot_major:
-        buffer = coef.new_empty((n_out, n_basis + 1, n_in) if narrow else (n_basis + 1, n_in, n_out))
-        weight = buffer.permute(2, 1, 0) if narrow else buffer.permute(1, 0, 2)  # [I, S, O], the kernel's view
-        matrix = buffer.view(n_out, -1).t() if narrow else buffer.view(-1, n_out)
+        shape, axes = ((n_out, n_basis + 1, n_in), (2, 1, 0)) if narrow else ((n_basis + 1, n_in, n_out), (1, 0, 2))
     else:
-        buffer = coef.new_empty((n_out, n_in, n_basis + 1) if narrow else (n_in, n_basis + 1, n_out))
-        weight = buffer.permute(1, 2, 0) if narrow else buffer
-        matrix = weight.reshape(-1, n_out)
+        shape, axes = ((n_out, n_in, n_basis + 1), (1, 2, 0)) if narrow else ((n_in, n_basis + 1, n_out), (0, 1, 2))
+    buffer = coef.new_empty(shape)
     _cpu_kernels().assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
-                                    weight.numpy())
-    return matrix
+                                    buffer.numpy().transpose(axes))
+    return buffer.view(n_out, -1).t() if narrow else buffer.view(-1, n_out)
 
 
 def _parameter_gradients(scale_sp, mask, coef) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -451,9 +453,9 @@ def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = Fa
     mask [I, O] and coef [I, O, G+k])."""
     grads = _parameter_gradients(scale_sp, mask, coef)
     n_in, n_out = coef.shape[:2]
-    by_input = (grad_weight.view(-1, n_in, n_out).permute(1, 0, 2) if slot_major
-                else grad_weight.view(n_in, -1, n_out))
-    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), by_input.numpy(),
+    rows = grad_weight.numpy()  # numpy's views cost less than torch's; splitting the rows copies nothing
+    by_input = rows.reshape(-1, n_in, n_out).transpose(1, 0, 2) if slot_major else rows.reshape(n_in, -1, n_out)
+    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), by_input,
                                          *(g.numpy() for g in grads))
     return grads
 

@@ -77,9 +77,14 @@ def _numba_threads() -> int:
 def kernel_threads(work: int) -> int:
     """Threads a kernel call on ``work`` array elements uses: one below SERIAL_BELOW, else torch's intra-op
     count (``torch.set_num_threads``), so that one setting governs both libraries, capped by numba's own."""
+    return _wanted_threads(work, _numba_threads())
+
+
+def _wanted_threads(work: int, numba_threads: int) -> int:
+    """:func:`kernel_threads` when numba has ``numba_threads``."""
     if work < SERIAL_BELOW:
         return 1
-    return max(1, min(torch.get_num_threads(), _numba_threads()))
+    return max(1, min(torch.get_num_threads(), numba_threads))
 
 
 @contextmanager
@@ -87,13 +92,26 @@ def threads_for(work: int):
     """Inside, numba's kernels use :func:`kernel_threads` threads for ``work`` array elements; torch's thread
     count is left as it was."""
     threads = _numba_threads()
-    wanted = kernel_threads(work)
+    wanted = _wanted_threads(work, threads)
     if wanted == threads:
         yield
         return
     numba.set_num_threads(wanted)
     try:
         yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _call_with_threads(kernel, work: int, args: tuple):
+    """kernel(*args) as :func:`threads_for` runs it, without a context manager's cost on small layers' calls."""
+    threads = _numba_threads()
+    wanted = _wanted_threads(work, threads)
+    if wanted == threads:
+        return kernel(*args)
+    numba.set_num_threads(wanted)
+    try:
+        return kernel(*args)
     finally:
         numba.set_num_threads(threads)
 
@@ -115,13 +133,12 @@ def sized_kernel(kernel):
     at the first such call; ``.serial_kernel``), else ``kernel`` under :func:`threads_for` (``.kernel``)."""
     @functools.wraps(kernel)
     def call(*args):
-        work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
+        work = max([a.size for a in args if isinstance(a, np.ndarray)] or [0])
         if work < SERIAL_BELOW:
             if call.serial_kernel is None:
                 call.serial_kernel = serial_twin(kernel)
             return call.serial_kernel(*args)
-        with threads_for(work):
-            return kernel(*args)
+        return _call_with_threads(kernel, work, args)
 
     call.kernel, call.serial_kernel = kernel, None
     return call
