@@ -32,7 +32,7 @@ ever stored:
 Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
 each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
 1 / knot spacing of uniform grids. Spans are found arithmetically on uniform grids and by binary search or
-counting otherwise. On grids that are not uniform the slot-major dense kernel skips spans altogether: it runs
+counting otherwise. On grids that are not uniform the dense kernel skips spans altogether: it runs
 Cox-de Boor's recursion for every basis at once (:func:`order_zero`, :func:`raise_order`), in loops along the inputs
 that read the knots and the reciprocals of their differences in order (no gathers, no divisions); that costs
 O(G k) per value, and the dense path only runs at small G. The reference is
@@ -508,51 +508,6 @@ def _uniform_windows(x_row, grid, lows, highs, inv_steps, k, n_basis, offsets, c
         coords[i] = min(max((value - grid[i, span]) * inv_steps[i], real(0.0)), real(1.0))
 
 
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _general_row(x_row, knots, k, spans, values, slopes, left, right, saved, with_slopes):
-    """Spans, window values [k+1, I] and (with_slopes) their derivatives in x for one row on any grid, in loops
-    along the inputs that vectorize. knots [G+4k+1, I] is the padded grid input-minor (knots[j + k, i] is
-    grid[i, j]). The span counts the knots at or below x (the grid increases), -1 outside it or for NaN; then
-    de Boor's triangular scheme, as :func:`_window` does for one value."""
-    n_in = x_row.shape[0]
-    n_knots = knots.shape[0] - 2 * k
-    for i in range(n_in):
-        spans[i] = 0
-    for j in range(n_knots):
-        for i in range(n_in):
-            spans[i] += 1 if knots[j + k, i] <= x_row[i] else 0
-    for i in range(n_in):
-        count = spans[i]
-        spans[i] = count - 1 if 1 <= count <= n_knots - 1 else -1
-    for i in range(n_in):
-        values[0, i] = 1.0
-    for d in range(1, k + 1):
-        for i in range(n_in):
-            span = max(spans[i], 0)  # outside the grid any knots will do: the window is not used
-            left[d, i] = x_row[i] - knots[span + k + 1 - d, i]
-            right[d, i] = knots[span + k + d, i] - x_row[i]
-            saved[i] = 0.0
-        for r in range(d):
-            for i in range(n_in):
-                den = right[r + 1, i] + left[d - r, i]
-                temp = values[r, i] / den if den != 0.0 else 0.0
-                if d == k and with_slopes:
-                    slopes[r, i] = temp  # order k-1 value over its knot width, used below
-                values[r, i] = saved[i] + right[r + 1, i] * temp
-                saved[i] = left[d - r, i] * temp
-        for i in range(n_in):
-            values[d, i] = saved[i]
-    if with_slopes:
-        # d/dx B_{m,k} = k * (B_{m,k-1}/(t_{m+k}-t_m) - B_{m+1,k-1}/(t_{m+k+1}-t_{m+1})), as in _window
-        for i in range(n_in):
-            previous = 0.0
-            for r in range(k):
-                current = slopes[r, i]
-                slopes[r, i] = k * (previous - current)
-                previous = current
-            slopes[k, i] = k * previous
-
-
 @njit(cache=True)
 def recursion_tables(grid, k, like):
     """(knots [J, I], reciprocals [k+1, J, I]) in like's dtype for the recursion over all bases at once
@@ -619,12 +574,30 @@ def dot_derivatives(slots, levels, reciprocals, k, acc):
         acc[i] *= real(k)
 
 
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _gradient_from_levels(slots, levels, reciprocals, k, base_grad, spline, grad_x_row):
+    """grad_x_row [I] from one row's gradient of A as slots [S, I] (any layout) and the levels at order k-1."""
+    dot_derivatives(slots, levels, reciprocals, k, spline)
+    for i in range(grad_x_row.shape[0]):
+        grad_x_row[i] = base_grad[i] * slots[0, i] + spline[i]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _write_levels(slots, base, levels):
+    """One row of A as slots [S, I] (any layout): the base activation, then the bases at order k from levels."""
+    for i in range(base.shape[0]):
+        slots[0, i] = base[i]
+    for j in range(1, slots.shape[0]):
+        for i in range(base.shape[0]):
+            slots[j, i] = levels[j - 1, i]
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, grad_expanded, out, grad_x,
-                   write_out, write_grad, first_row, stop_row):
-    """Rows first_row..stop_row of the slot-major dense kernel (:func:`dense_kernel`) on any grid: every basis by the
-    recursion over all of them at once (knots [J, I] and reciprocals of :func:`recursion_tables`). grad_x's row is
-    written from grad_expanded's before out's (which may be grad_expanded itself). A function of its own: inlined
+                   write_out, write_grad, slot_major, first_row, stop_row):
+    """Rows first_row..stop_row of the dense kernel (:func:`dense_kernel`, either layout) on any grid: every basis by
+    the recursion over all of them at once (knots [J, I] and reciprocals of :func:`recursion_tables`). grad_x's row
+    is written from grad_expanded's before out's (which may be grad_expanded itself). A function of its own: inlined
     into the kernel's rows, its loops ran several times slower."""
     n_in = x.shape[1]
     n_slots = knots.shape[0] - k
@@ -641,19 +614,19 @@ def recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, g
         for d in range(1, k):
             raise_order(levels, clamped, knots, reciprocals, d)
         if write_grad:
-            slots = grad_expanded[n].reshape(n_slots, n_in)
-            dot_derivatives(slots, levels, reciprocals, k, spline)
-            for i in range(n_in):
-                grad_x[n, i] = base_grad[i] * slots[0, i] + spline[i]
+            if slot_major:
+                _gradient_from_levels(grad_expanded[n].reshape(n_slots, n_in), levels, reciprocals, k, base_grad,
+                                      spline, grad_x[n])
+            else:  # input-major: the row's [I, S] seen as [S, I]
+                _gradient_from_levels(grad_expanded[n].reshape(n_in, n_slots).T, levels, reciprocals, k, base_grad,
+                                      spline, grad_x[n])
         if write_out:
             if k > 0:
                 raise_order(levels, clamped, knots, reciprocals, k)
-            slots = out[n].reshape(n_slots, n_in)
-            for i in range(n_in):
-                slots[0, i] = base[i]
-            for j in range(1, n_slots):
-                for i in range(n_in):
-                    slots[j, i] = levels[j - 1, i]
+            if slot_major:
+                _write_levels(out[n].reshape(n_slots, n_in), base, levels)
+            else:
+                _write_levels(out[n].reshape(n_in, n_slots).T, base, levels)
 
 
 @functools.cache
@@ -700,41 +673,31 @@ def _dense_kernel(k, slot_major=False):
                 write_slots(slots, offsets, windows, k, n_in)
 
     @njit(cache=True, fastmath=FASTMATH)
-    def input_major_rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants,
-                         grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row):
-        """Input-major rows: the windows in float64, on uniform grids from the basis matrix, else by the triangular
-        scheme on the padded knots."""
+    def input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
+                         write_out, write_grad, first_row, stop_row):
+        """Input-major rows on uniform grids (k > 0): the windows in float64 from the basis matrix."""
         n_in = x.shape[1]
         n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
         n_basis = n_slots - 1
-        fast = uniform and k > 0
         spans = np.empty(n_in, dtype=np.int64)
         coords = np.empty(n_in, dtype=matrix.dtype)
         values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
         slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        width = 0 if fast else n_in  # the triangular scheme's work arrays
-        left = np.empty((k + 1, width), dtype=knots.dtype)
-        right = np.empty((k + 1, width), dtype=knots.dtype)
-        saved = np.empty(width, dtype=knots.dtype)
         base = np.empty(n_in, dtype=x.dtype)
         base_grad = np.empty(n_in, dtype=x.dtype)
         exponentials = np.empty(n_in, dtype=x.dtype)
         bits = np.empty(n_in, dtype=bits_like.dtype)
         for n in range(first_row, stop_row):
             activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-            if fast:
-                _uniform_row(x[n], grid, inv_steps, spans, coords)
-                if write_out:
-                    _polynomials(coords, matrix, 0, values)
-                if write_grad:
-                    _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
-            else:
-                _general_row(x[n], knots, k, spans, values, slopes, left, right, saved, write_grad)
-            if write_grad:  # before out's row is written: out may be grad_expanded itself
-                row = grad_expanded[n]
+            _uniform_row(x[n], grid, inv_steps, spans, coords)
+            if write_out:
+                _polynomials(coords, matrix, 0, values)
+            if write_grad:
+                _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
+                row = grad_expanded[n]  # read before out's row is written: out may be grad_expanded itself
                 for i in range(n_in):
                     spline = _dot_bases(row, i * n_slots + 1, spans[i], slopes, i, n_basis, k)
-                    grad_x[n, i] = base_grad[i] * row[i * n_slots] + (inv_steps[i] * spline if fast else spline)
+                    grad_x[n, i] = base_grad[i] * row[i * n_slots] + inv_steps[i] * spline
             if write_out:
                 row = out[n]
                 for i in range(n_in):
@@ -744,29 +707,25 @@ def _dense_kernel(k, slot_major=False):
     @njit(cache=True, fastmath=FASTMATH)
     def rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
              grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row):
-        if not slot_major:
-            input_major_rows(x, grid, knots, inv_steps, uniform, matrix, activation, bits_like, constants,
-                             grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row)
-        elif uniform and k > 0:
+        if not (uniform and k > 0):
+            recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, grad_expanded, out, grad_x,
+                           write_out, write_grad, slot_major, first_row, stop_row)
+        elif slot_major:
             uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
                               grad_x, write_out, write_grad, first_row, stop_row)
         else:
-            recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, grad_expanded, out, grad_x,
-                           write_out, write_grad, first_row, stop_row)
+            input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+                             grad_x, write_out, write_grad, first_row, stop_row)
 
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
     def kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
                grad_x, write_out, write_grad):
         n_rows = x.shape[0]
-        # once per call, the knots input-minor: slot-major, the grid's and reciprocals of its knot differences
-        # (recursion_tables); else the padded grid's for the triangular scheme (knots[j, i] = padded[i, j])
-        reciprocals = np.empty((0, 0, 0), dtype=padded.dtype)
+        # once per call on grids that are not uniform: the knots input-minor and the reciprocals of their differences
         if uniform and k > 0:
-            knots = np.empty((0, 0), dtype=padded.dtype)
-        elif slot_major:
-            knots, reciprocals = recursion_tables(grid, k, padded)
+            knots, reciprocals = np.empty((0, 0), dtype=padded.dtype), np.empty((0, 0, 0), dtype=padded.dtype)
         else:
-            knots = np.ascontiguousarray(padded.T)
+            knots, reciprocals = recursion_tables(grid, k, padded)
         n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
         for c in prange(n_chunks):
             rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
