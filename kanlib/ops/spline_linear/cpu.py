@@ -314,6 +314,14 @@ def dense_arguments(dtype: np.dtype) -> tuple:
     return np.empty((0, 0), dtype), np.empty(0, integer), (lowest, bias, shift)
 
 
+@njit(inline="always", cache=True)
+def activation_buffers(n_in, like, bits_like):
+    """(base, base_grad, exponentials, bits), [n_in] each: one row's base activation, its derivative and
+    :func:`activation_row`'s work arrays, in like's and bits_like's dtypes."""
+    return (np.empty(n_in, dtype=like.dtype), np.empty(n_in, dtype=like.dtype), np.empty(n_in, dtype=like.dtype),
+            np.empty(n_in, dtype=bits_like.dtype))
+
+
 @njit(cache=True, fastmath={"contract"})
 def activation_row(x, kind, base, base_grad, scratch, bits, constants, with_value, with_grad):
     """base [I] <- b(x) (with_value) and base_grad [I] <- b'(x) (with_grad) for one row x [I], in loops that
@@ -604,10 +612,7 @@ def recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, g
     levels = np.empty((knots.shape[0] - 1, n_in), dtype=x.dtype)
     clamped = np.empty(n_in, dtype=x.dtype)
     spline = np.empty(n_in, dtype=x.dtype)
-    base = np.empty(n_in, dtype=x.dtype)
-    base_grad = np.empty(n_in, dtype=x.dtype)
-    exponentials = np.empty(n_in, dtype=x.dtype)
-    bits = np.empty(n_in, dtype=bits_like.dtype)
+    base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
     for n in range(first_row, stop_row):
         activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
         order_zero(x[n], knots, levels, clamped)
@@ -643,10 +648,7 @@ def _dense_kernel(k, slot_major=False):
         n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
         n_basis = n_slots - 1
         n_knots = grid.shape[1]
-        base = np.empty(n_in, dtype=x.dtype)
-        base_grad = np.empty(n_in, dtype=x.dtype)
-        exponentials = np.empty(n_in, dtype=x.dtype)
-        bits = np.empty(n_in, dtype=bits_like.dtype)
+        base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
         offsets = np.empty(n_in, dtype=x.dtype)
         coords = np.empty(n_in, dtype=x.dtype)
         windows = np.empty((k + 1, n_in), dtype=x.dtype)
@@ -683,10 +685,7 @@ def _dense_kernel(k, slot_major=False):
         coords = np.empty(n_in, dtype=matrix.dtype)
         values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
         slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        base = np.empty(n_in, dtype=x.dtype)
-        base_grad = np.empty(n_in, dtype=x.dtype)
-        exponentials = np.empty(n_in, dtype=x.dtype)
-        bits = np.empty(n_in, dtype=bits_like.dtype)
+        base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
         for n in range(first_row, stop_row):
             activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
             _uniform_row(x[n], grid, inv_steps, spans, coords)
