@@ -5,9 +5,9 @@
 - ``"integer"`` (symmetric weights per tensor or per channel with a lookup table, the layer's ``integer``
   path): the input's position codes look up uint8 table codes (a Gather from the table), which are spread
   over the [N, I * (G+k)] code matrix, multiplied with the int8 spline weight codes in int32
-  (ONNX ``MatMulInteger``, uint8 x int8: the table codes need no shift there); the base activation's 8-bit
-  codes, offset by 128 to uint8 with zero point 128, go through a second ``MatMulInteger``; then one float
-  scale per output, as :func:`kanlib.ops.lut_linear.lut_linear`.
+  (ONNX ``MatMulInteger``; the weight codes are stored shifted to uint8, see WEIGHT_ZERO_POINT); the base
+  activation's 8-bit codes, offset by 128 to uint8 with zero point 128, go through a second ``MatMulInteger``;
+  then one float scale per output, as :func:`kanlib.ops.lut_linear.lut_linear`.
 - ``"table"`` (a lookup table with per-edge or affine weights): the same codes in float, times the
   dequantized weight matrix.
 - ``"float"`` (no table, weight-only quantization): the float B-spline product on the dequantized weights.
@@ -35,30 +35,39 @@ __all__ = ["OnnxQuantizedBSplineKAN", "matmul_integer", "TRANSLATIONS"]
 ACTIVATION_ZERO_POINT = 2 ** (ACTIVATION_BITS - 1)
 
 
+# The int8 weight codes are stored shifted to uint8, with this zero point: ONNX Runtime's uint8 x int8 kernels on x86
+# CPUs without VNNI add pairs of products in 16 bits and saturate there (uint8 x uint8 is widened first, and exact).
+WEIGHT_ZERO_POINT = 128
+
+
 @torch.library.custom_op("kanlib::matmul_integer", mutates_args=())
-def matmul_integer(a: torch.Tensor, b: torch.Tensor, a_zero_point: int) -> torch.Tensor:
-    """``(a - a_zero_point) @ b`` exactly: uint8 a [M, K], int8 b [K, N] -> int32 [M, N] (ONNX's MatMulInteger)."""
-    return ((a.to(torch.int64) - a_zero_point) @ b.to(torch.int64)).to(torch.int32)
+def matmul_integer(a: torch.Tensor, b: torch.Tensor, a_zero_point: int, b_zero_point: int) -> torch.Tensor:
+    """``(a - a_zero_point) @ (b - b_zero_point)`` exactly: uint8 a [M, K], uint8 b [K, N] -> int32 [M, N] (ONNX's
+    MatMulInteger)."""
+    return ((a.to(torch.int64) - a_zero_point) @ (b.to(torch.int64) - b_zero_point)).to(torch.int32)
 
 
 @matmul_integer.register_fake
-def _(a: torch.Tensor, b: torch.Tensor, a_zero_point: int) -> torch.Tensor:
+def _(a: torch.Tensor, b: torch.Tensor, a_zero_point: int, b_zero_point: int) -> torch.Tensor:
     return a.new_empty(a.shape[0], b.shape[1], dtype=torch.int32)
 
 
-def _matmul_integer_onnx(a, b, a_zero_point: int):
+def _matmul_integer_onnx(a, b, a_zero_point: int, b_zero_point: int):
     from onnxscript import opset18 as op
 
-    if a_zero_point == 0:
-        return op.MatMulInteger(a, b)
-    zero_point = op.Constant(value=_uint8_scalar(a_zero_point))
-    return op.MatMulInteger(a, b, zero_point)
+    return op.MatMulInteger(a, b, op.Constant(value=_uint8_scalar(a_zero_point, "a_zero_point")),
+                            op.Constant(value=_uint8_scalar(b_zero_point, "b_zero_point")))
 
 
-def _uint8_scalar(value: int):
+def _uint8_scalar(value: int, name: str):
     import onnx
 
-    return onnx.numpy_helper.from_array(np.array(value, dtype=np.uint8), "a_zero_point")
+    return onnx.numpy_helper.from_array(np.array(value, dtype=np.uint8), name)
+
+
+def _shifted_codes(codes: torch.Tensor) -> torch.Tensor:
+    """int8 weight codes as uint8 codes with zero point WEIGHT_ZERO_POINT."""
+    return (codes.to(torch.int16) + WEIGHT_ZERO_POINT).to(torch.uint8)
 
 
 # torch.onnx.export's custom_translation_table for the graphs these modules trace.
@@ -67,7 +76,8 @@ TRANSLATIONS = {torch.ops.kanlib.matmul_integer.default: _matmul_integer_onnx}
 
 class OnnxQuantizedBSplineKAN(nn.Module):
     """The function of ``layer`` (a :class:`~kanlib.quant.QuantizedBSplineKAN`, float32) in exportable
-    operations: x [N, I] -> [N, O]. Integer weight codes are kept as int8 buffers, table codes as uint8."""
+    operations: x [N, I] -> [N, O]. Integer weight codes are kept as uint8 buffers (shifted by WEIGHT_ZERO_POINT),
+    table codes as uint8."""
 
     def __init__(self, layer: QuantizedBSplineKAN):
         super().__init__()
@@ -99,8 +109,8 @@ class OnnxQuantizedBSplineKAN(nn.Module):
             self.register_buffer("weight", self._dequantized_weight(layer))
             return
         weights = IntegerWeights.from_quantized(layer.spline_weight, layer.base_weight)
-        self.register_buffer("spline_codes", weights.spline_codes.clone())
-        self.register_buffer("base_codes", weights.base_codes.clone())
+        self.register_buffer("spline_codes", _shifted_codes(weights.spline_codes))
+        self.register_buffer("base_codes", _shifted_codes(weights.base_codes))
         # the per-output factors exactly as lut_linear forms them
         self.register_buffer("spline_factor", table.scale * weights.spline_scale)
         self.register_buffer("base_factor", float(layer.act_scale) * weights.base_scale)
@@ -128,9 +138,9 @@ class OnnxQuantizedBSplineKAN(nn.Module):
         return out
 
     def _integer(self, x: torch.Tensor) -> torch.Tensor:
-        spline = matmul_integer(self.code_matrix(x), self.spline_codes, 0)
+        spline = matmul_integer(self.code_matrix(x), self.spline_codes, 0, WEIGHT_ZERO_POINT)
         shifted = (self.activation_codes(x) + ACTIVATION_ZERO_POINT).to(torch.uint8)
-        base = matmul_integer(shifted, self.base_codes, ACTIVATION_ZERO_POINT)
+        base = matmul_integer(shifted, self.base_codes, ACTIVATION_ZERO_POINT, WEIGHT_ZERO_POINT)
         return spline.float() * self.spline_factor + base.float() * self.base_factor
 
     def _table(self, x: torch.Tensor) -> torch.Tensor:
