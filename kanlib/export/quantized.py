@@ -65,9 +65,9 @@ def _uint8_scalar(value: int, name: str):
     return onnx.numpy_helper.from_array(np.array(value, dtype=np.uint8), name)
 
 
-def _shifted_codes(codes: torch.Tensor) -> torch.Tensor:
-    """int8 weight codes as uint8 codes with zero point WEIGHT_ZERO_POINT."""
-    return (codes.to(torch.int16) + WEIGHT_ZERO_POINT).to(torch.uint8)
+def _as_uint8(codes: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """Signed 8-bit codes (any integer or float dtype) as uint8 codes with ``zero_point``."""
+    return (codes.to(torch.int16) + zero_point).to(torch.uint8)
 
 
 # torch.onnx.export's custom_translation_table for the graphs these modules trace.
@@ -109,8 +109,8 @@ class OnnxQuantizedBSplineKAN(nn.Module):
             self.register_buffer("weight", self._dequantized_weight(layer))
             return
         weights = IntegerWeights.from_quantized(layer.spline_weight, layer.base_weight)
-        self.register_buffer("spline_codes", _shifted_codes(weights.spline_codes))
-        self.register_buffer("base_codes", _shifted_codes(weights.base_codes))
+        self.register_buffer("spline_codes", _as_uint8(weights.spline_codes, WEIGHT_ZERO_POINT))
+        self.register_buffer("base_codes", _as_uint8(weights.base_codes, WEIGHT_ZERO_POINT))
         # the per-output factors exactly as lut_linear forms them
         self.register_buffer("spline_factor", table.scale * weights.spline_scale)
         self.register_buffer("base_factor", float(layer.act_scale) * weights.base_scale)
@@ -139,7 +139,7 @@ class OnnxQuantizedBSplineKAN(nn.Module):
 
     def _integer(self, x: torch.Tensor) -> torch.Tensor:
         spline = matmul_integer(self.code_matrix(x), self.spline_codes, 0, WEIGHT_ZERO_POINT)
-        shifted = (self.activation_codes(x) + ACTIVATION_ZERO_POINT).to(torch.uint8)
+        shifted = _as_uint8(self.activation_codes(x), ACTIVATION_ZERO_POINT)
         base = matmul_integer(shifted, self.base_codes, ACTIVATION_ZERO_POINT, WEIGHT_ZERO_POINT)
         return spline.float() * self.spline_factor + base.float() * self.base_factor
 
