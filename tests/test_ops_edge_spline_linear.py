@@ -118,6 +118,22 @@ def test_cpu_kernels_match_the_reference(uniform, k):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("grid_size, k", [(5, 3), (14, 3), (21, 3), (13, 2), (20, 1)],
+                         ids=["S9", "S18", "S25", "S16", "S22"])
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "knots"])
+def test_cpu_forward_over_row_blocks_and_slot_passes(uniform, grid_size, k):
+    """Enough rows for the parallel kernel, five row blocks of which the last is partial, slot counts S = G + k + 1
+    that take one, two and three passes (one shorter), and non-finite inputs in two blocks: the reference's
+    outputs, its NaN included."""
+    tensors, rest = random_problem(50 + grid_size, n=1100, n_in=64, n_out=61, grid_size=grid_size, k=k,
+                                   uniform=uniform, dead=0.9)
+    tensors[0][300, 5], tensors[0][1050, 7], tensors[0][1051, 2] = float("nan"), float("inf"), -float("inf")
+    got = edge_spline_linear(*tensors, *rest, backend="cpu")
+    want = reference(tensors, rest)
+    assert bool(torch.isnan(want[300]).any()) and bool(torch.isnan(want[1051]).any())
+    torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11, equal_nan=True)
+
+
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "knots"])
 def test_cpu_kernels_in_float32(uniform):
     tensors, rest = random_problem(20, n=300, n_in=11, n_out=13, uniform=uniform, dead=0.7, dtype=torch.float32)

@@ -46,27 +46,25 @@ def resolve_edge_backend(backend: str, x: torch.Tensor, spline_order: int) -> st
 
 
 class _CpuArgs:
-    """The numpy arrays the CPU kernels share: x and its base activation transposed, knots and constants."""
+    """What the CPU kernels share: the knots and their constants, the base activation's registry entry."""
 
-    def __init__(self, x, grid, spline_order, activation, with_slope=False):
+    def __init__(self, grid, spline_order, activation):
         from . import cpu
+        from ..spline_linear.cpu import dense_arguments
 
-        self.kernels = cpu
+        self.kernels, self.exp_arguments = cpu, dense_arguments
         self.grid_np, self.padded, self.inv_steps, matrix = grid_constants(grid, int(spline_order))
         self.matrix = matrix.astype(self.grid_np.dtype)
-        entry = get_activation(activation)
-        self.x_t = x.detach().t().contiguous()
-        self.base_t = entry.function(self.x_t)
-        self.base_slope_t = entry.derivative(self.x_t) if with_slope else None
-
-    def nan_where_dead_edges_meet_nonfinite(self, out, edge_inputs, edge_outputs):
-        """out, with the dense layer's NaN where an input's base activation is not finite (rarely any)."""
-        if self.kernels.all_finite(self.base_t.numpy()):
-            return out
-        return nan_where_dead_edges_meet_nonfinite(out, self.base_t.t(), edge_inputs, edge_outputs)
+        self.activation = get_activation(activation)
 
     def knots(self, uniform):
         return self.grid_np, self.padded, self.inv_steps, bool(uniform), self.matrix
+
+    def transposed(self, x, with_slope):
+        """(x, b(x), b'(x) or an empty array unless with_slope), each transposed to [I, N], for the backward."""
+        x_t = x.detach().t().contiguous()
+        slope_t = self.activation.derivative(x_t) if with_slope else x.new_empty(0, 0)
+        return x_t, self.activation.function(x_t), slope_t
 
 
 class CpuEdgeSplineLinear(torch.autograd.Function):
@@ -77,13 +75,18 @@ class CpuEdgeSplineLinear(torch.autograd.Function):
                 spline_order, uniform, activation):
         ctx.save_for_backward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets)
         ctx.config = (n_out, spline_order, uniform, activation)
-        args = _CpuArgs(x, grid, spline_order, activation)
-        weights = edge_weights(coef.detach(), scale_base.detach(), scale_sp.detach()).contiguous()
+        args = _CpuArgs(grid, spline_order, activation)
         out = x.new_empty(x.shape[0], n_out)
-        args.kernels.forward_kernel(spline_order)(args.x_t.numpy(), args.base_t.numpy(), *args.knots(uniform),
-                                                  weights.numpy(), edge_outputs.numpy(), input_offsets.numpy(),
-                                                  out.numpy())
-        return args.nan_where_dead_edges_meet_nonfinite(out, edge_inputs, edge_outputs)
+        x_np = x.detach().numpy()
+        _, bits_like, constants = args.exp_arguments(x_np.dtype)
+        nonfinite_blocks = args.kernels.forward_kernel(spline_order, coef.shape[1] + 1)(
+            x_np, args.activation.kernel_id, bits_like, constants, *args.knots(uniform),
+            *(t.detach().contiguous().numpy() for t in (coef, scale_base, scale_sp)), edge_outputs.numpy(),
+            input_offsets.numpy(), out.numpy())
+        if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
+            base = args.activation.function(x.detach())
+            return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -95,17 +98,17 @@ class CpuEdgeSplineLinear(torch.autograd.Function):
                                              (grid, edge_inputs, edge_outputs, n_out, spline_order, uniform,
                                               activation))
             return (*grads, *([None] * 8))
-        args = _CpuArgs(x, grid, spline_order, activation, with_slope=needs[0])
+        args = _CpuArgs(grid, spline_order, activation)
+        x_t, base_t, base_slope_t = args.transposed(x, with_slope=needs[0])
         coef, scale_base, scale_sp = (t.detach() for t in (coef, scale_base, scale_sp))
         weights = edge_weights(coef, scale_base, scale_sp).contiguous()
         grad_out_t = grad_out.detach().t().contiguous()
-        empty = x.new_empty(0, 0)
-        grad_x_t = torch.empty_like(args.x_t)
+        grad_x_t = torch.empty_like(x_t)
         grad_weights = torch.empty_like(weights)
         args.kernels.backward_kernel(spline_order)(
-            args.x_t.numpy(), args.base_t.numpy(), (args.base_slope_t if needs[0] else empty).numpy(),
-            *args.knots(uniform), weights.numpy(), edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(),
-            bool(needs[0]), grad_x_t.numpy(), grad_weights.numpy())
+            x_t.numpy(), base_t.numpy(), base_slope_t.numpy(), *args.knots(uniform), weights.numpy(),
+            edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(), bool(needs[0]), grad_x_t.numpy(),
+            grad_weights.numpy())
         grad_x = grad_x_t.t() if needs[0] else None
         grad_coef = scale_sp.unsqueeze(-1) * grad_weights[:, 1:] if needs[1] else None
         grad_scale_base = grad_weights[:, 0].clone() if needs[2] else None

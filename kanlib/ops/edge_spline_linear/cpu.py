@@ -11,15 +11,18 @@ edge of the input is a weighted sum of that tile's rows. The work is proportiona
 row loops vectorize.
 
 - :func:`forward_kernel`: out [N, O]. Parallel over row blocks; a block accumulates its [O, rows] output tile
-  (in cache) over the inputs and their edges.
+  (in cache) over the inputs and their edges. Its expansion writes each value's k + 1 window entries into a zeroed
+  tile with padding rows at both ends (no per-slot selects), and the slot count is a compile-time constant, so an
+  edge is one pass over the rows for up to 12 slots.
 - :func:`backward_kernel`: the gradients of the edge weights [E, S] (coef, scale_base and scale_sp follow from
   them) and of x, in one pass. Parallel over inputs: every gradient entry belongs to one input's edges.
 
 Knot spans: arithmetic on uniform grids (the k + 1 window values then come from the closed form
 ``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`), otherwise the span and its window
 from :func:`kanlib.ops.spline_linear.cpu.local_window` (binary search, the triangular Cox-de Boor scheme).
-Outside the extended grid (and for NaN) only the base slot is nonzero. The NaN that dead edges give the dense layer for non-finite inputs are
-added by the caller (see :mod:`.reference`).
+Outside the extended grid (and for NaN) only the base slot is nonzero. The NaN that dead edges give the dense
+layer for non-finite inputs are added by the caller (see :mod:`.reference`), when the forward kernel reports a
+non-finite base activation.
 """
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..spline_linear.cpu import FASTMATH, local_window, sized_kernel, window_polynomials, write_slots
+from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, local_window, sized_kernel,
+                                 window_polynomials, write_slots)
 
-__all__ = ["forward_kernel", "backward_kernel", "all_finite", "ROWS_PER_BLOCK"]
+__all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 
 # Rows per block: long enough for the vectorized row loops to pay their set-up, short enough that the block's
 # [O, ROWS_PER_BLOCK] output tile stays in L2 for O ~ 256.
@@ -84,72 +88,156 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform,
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _add_edge(row, expanded, weights, n_slots, n_block):
-    """row[r] += sum_s weights[s] * expanded[s, r]: eight slots per pass over the row (each pass loads and stores
-    the row once), then four, then one at a time."""
-    s = 0
-    while s + 8 <= n_slots:
-        w0, w1, w2, w3 = weights[s], weights[s + 1], weights[s + 2], weights[s + 3]
-        w4, w5, w6, w7 = weights[s + 4], weights[s + 5], weights[s + 6], weights[s + 7]
-        a0, a1, a2, a3 = expanded[s], expanded[s + 1], expanded[s + 2], expanded[s + 3]
-        a4, a5, a6, a7 = expanded[s + 4], expanded[s + 5], expanded[s + 6], expanded[s + 7]
+def _expand_into(x_row, base_row, i, n_block, grid, padded, inv_steps, uniform, k, matrix, slots, coords, polynomial,
+                 firsts, scratch):
+    """slots[k + s, r] <- slot s of input i at row r (slot 0 its base activation base_row[r], slot 1 + m its basis
+    m at x_row[r]) for r < n_block. slots [G + 3k + 1, rows]: each value's k + 1 window entries are written
+    into rows span + 1 .. span + k + 1 after the basis rows are zeroed (no selects), so rows 0 .. k - 1 and the last k
+    catch the entries of bases beyond the grid's ends; row k, the pad of basis -1, then takes the base activation.
+    coords [rows], polynomial [k+1, rows], firsts [rows] (int) and scratch [4, k+1] are work arrays."""
+    n_knots = grid.shape[1]
+    n_basis = n_knots - k - 1
+    real = slots.dtype.type
+    for m in range(n_basis):
         for r in range(n_block):
-            row[r] += ((w0 * a0[r] + w1 * a1[r]) + (w2 * a2[r] + w3 * a3[r])
-                       + ((w4 * a4[r] + w5 * a5[r]) + (w6 * a6[r] + w7 * a7[r])))
-        s += 8
-    if s + 4 <= n_slots:
-        w0, w1, w2, w3 = weights[s], weights[s + 1], weights[s + 2], weights[s + 3]
-        a0, a1, a2, a3 = expanded[s], expanded[s + 1], expanded[s + 2], expanded[s + 3]
+            slots[k + 1 + m, r] = real(0.0)
+    if uniform and k > 0:
+        low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
         for r in range(n_block):
-            row[r] += w0 * a0[r] + w1 * a1[r] + w2 * a2[r] + w3 * a3[r]
-        s += 4
-    while s < n_slots:
-        w0, a0 = weights[s], expanded[s]
+            value = x_row[r]
+            inside = low <= value < high
+            u = (value - low) * inv if inside else real(0.0)
+            span = np.floor(min(max(u, real(0.0)), real(n_knots - 2.0)))
+            firsts[r] = int(span) + 1 if inside else -1
+            coords[r] = min(max(u - span, real(0.0)), real(1.0))
+        window_polynomials(coords, matrix, k, n_block, 0, 1.0, polynomial)
         for r in range(n_block):
-            row[r] += w0 * a0[r]
-        s += 1
+            first = firsts[r]
+            if first >= 0:
+                for q in range(k + 1):
+                    slots[first + q, r] = polynomial[q, r]
+    else:
+        for r in range(n_block):
+            span = local_window(x_row[r], grid, padded, inv_steps, i, False, k, matrix, scratch, False)
+            if span >= 0:
+                for q in range(k + 1):
+                    slots[span + 1 + q, r] = scratch[0, q]
+    for r in range(n_block):
+        slots[k, r] = base_row[r]
+
+
+def _slot_passes(n_slots):
+    """(slots per pass, full passes, slots of the last, shorter pass): passes of at most 12 slots, so that each
+    pass's slot loop unrolls and its row loop keeps the weights in registers."""
+    n_passes = -(-n_slots // 12)
+    per_pass = -(-n_slots // n_passes)
+    return per_pass, n_slots // per_pass, n_slots % per_pass
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _copy_transposed(source, target, r0, n_block, into_source_rows):
+    """Between target [O, rows] and rows r0 .. r0 + n_block of source [N, O]: target[o, r] <- source[r0 + r, o], or
+    with into_source_rows the other way. Eight columns per pass, so each row of source is read or written in runs."""
+    n_cols = source.shape[1]
+    c0 = 0
+    while c0 + 8 <= n_cols:
+        t0, t1, t2, t3 = target[c0], target[c0 + 1], target[c0 + 2], target[c0 + 3]
+        t4, t5, t6, t7 = target[c0 + 4], target[c0 + 5], target[c0 + 6], target[c0 + 7]
+        for r in range(n_block):
+            row = source[r0 + r]
+            if into_source_rows:
+                row[c0], row[c0 + 1], row[c0 + 2], row[c0 + 3] = t0[r], t1[r], t2[r], t3[r]
+                row[c0 + 4], row[c0 + 5], row[c0 + 6], row[c0 + 7] = t4[r], t5[r], t6[r], t7[r]
+            else:
+                t0[r], t1[r], t2[r], t3[r] = row[c0], row[c0 + 1], row[c0 + 2], row[c0 + 3]
+                t4[r], t5[r], t6[r], t7[r] = row[c0 + 4], row[c0 + 5], row[c0 + 6], row[c0 + 7]
+        c0 += 8
+    for r in range(n_block):
+        for c in range(c0, n_cols):
+            if into_source_rows:
+                source[r0 + r, c] = target[c, r]
+            else:
+                target[c, r] = source[r0 + r, c]
 
 
 @functools.cache
-def _forward_kernel(k):
+def _forward_kernel(k, n_slots):
+    per_pass, full_passes, last_pass = _slot_passes(n_slots)
+
+    @njit(inline="always", fastmath=FASTMATH)
+    def add_edge(row, slots, weights, n_block):
+        # row[r] += sum_s weights[s] * slots[k + s, r]; the slot loops have compile-time lengths
+        for p in range(full_passes):
+            first = p * per_pass
+            for r in range(n_block):
+                acc = row[r]
+                for s in range(per_pass):
+                    acc += weights[first + s] * slots[k + first + s, r]
+                row[r] = acc
+        first = full_passes * per_pass
+        if last_pass:
+            for r in range(n_block):
+                acc = row[r]
+                for s in range(last_pass):
+                    acc += weights[first + s] * slots[k + first + s, r]
+                row[r] = acc
+
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x_t, base_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs, input_offsets, out):
-        n_in, n_rows = x_t.shape
+    def kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base, scale_sp,
+               edge_outputs, input_offsets, out):
+        n_rows, n_in = x.shape
         n_out = out.shape[1]
-        n_slots = weights.shape[1]
         n_blocks = (n_rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+        nonfinite = 0
         for b in prange(n_blocks):
             r0 = b * ROWS_PER_BLOCK
             n_block = min(ROWS_PER_BLOCK, n_rows - r0)
+            x_t = np.empty((n_in, ROWS_PER_BLOCK), dtype=out.dtype)
             tile = np.zeros((n_out, ROWS_PER_BLOCK), dtype=out.dtype)
-            expanded = np.empty((n_slots, ROWS_PER_BLOCK), dtype=out.dtype)
-            spans = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
+            slots = np.empty((n_slots + 2 * k, ROWS_PER_BLOCK), dtype=out.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
+            firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int64)
             scratch = np.empty((4, k + 1), dtype=out.dtype)
+            base, unused, exponentials, bits = activation_buffers(ROWS_PER_BLOCK, out, bits_like)
+            weights = np.empty(n_slots, dtype=out.dtype)
+            check = out.dtype.type(0.0)
+            _copy_transposed(x, x_t, r0, n_block, False)
             for i in range(n_in):
                 e0, e1 = input_offsets[i], input_offsets[i + 1]
                 if e1 == e0:
                     continue
-                _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform, k, matrix, expanded,
-                              expanded, False, spans, coords, polynomial, scratch)
+                x_row = x_t[i, :n_block]
+                activation_row(x_row, activation, base, unused, exponentials, bits, constants, True, False)
+                for r in range(n_block):
+                    check += base[r] * 0.0  # NaN once a base activation is inf or NaN
+                _expand_into(x_row, base, i, n_block, grid, padded, inv_steps, uniform, k, matrix, slots, coords,
+                             polynomial, firsts, scratch)
                 for e in range(e0, e1):
-                    _add_edge(tile[edge_outputs[e]], expanded, weights[e], n_slots, n_block)
-            for r in range(n_block):
-                for o in range(n_out):
-                    out[r0 + r, o] = tile[o, r]
+                    weights[0] = scale_base[e]
+                    for m in range(n_slots - 1):
+                        weights[1 + m] = scale_sp[e] * coef[e, m]
+                    add_edge(tile[edge_outputs[e]], slots, weights, n_block)
+            _copy_transposed(out, tile, r0, n_block, True)
+            if check != 0.0:
+                nonfinite += 1
+        return nonfinite
 
     return kernel
 
 
-def forward_kernel(spline_order: int):
-    """The forward kernel for one spline order (a compile-time constant, so the window loops unroll).
+def forward_kernel(spline_order: int, n_slots: int):
+    """The forward kernel for one spline order and G + k + 1 slots per edge (compile-time constants, so the
+    window and slot loops unroll).
 
-    ``kernel(x_t, base_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs, input_offsets, out)``:
-    x_t and base_t [I, N] (x and its base activation, transposed), weights [E, G+k+1] (per edge ``scale_base``
-    then ``scale_sp * coef``), out [N, O] (written).
+    ``kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base,
+    scale_sp, edge_outputs, input_offsets, out)``: x [N, I]; activation the base activation's kernel id,
+    ``bits_like`` and ``constants`` as :func:`kanlib.ops.spline_linear.cpu.dense_arguments` gives them (the kernel
+    computes b(x) itself); coef [E, G+k], scale_base and scale_sp [E]; out [N, O] (written). Returns how many row
+    blocks met a non-finite base activation of an input with live edges (0: out holds no NaN the dense layer would
+    have had from dead edges).
     """
-    return sized_kernel(_forward_kernel(int(spline_order)))
+    return sized_kernel(_forward_kernel(int(spline_order), int(n_slots)))
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -238,17 +326,3 @@ def backward_kernel(spline_order: int):
     grad_out_t [O, N]; writes grad_weights [E, G+k+1] and, when need_x, grad_x_t [I, N] (left as it is otherwise).
     """
     return sized_kernel(_backward_kernel(int(spline_order)))
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _all_finite(values):
-    check = 0.0
-    for v in values.ravel():
-        check += v * 0.0  # NaN once any value is inf or NaN
-    return check == 0.0
-
-
-def all_finite(values: np.ndarray) -> bool:
-    """Whether every entry of the contiguous array values is finite (one vectorized pass)."""
-    return bool(_all_finite(values))
-
