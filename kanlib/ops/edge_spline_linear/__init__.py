@@ -50,9 +50,8 @@ class _CpuArgs:
 
     def __init__(self, grid, spline_order, activation):
         from . import cpu
-        from ..spline_linear.cpu import dense_arguments
 
-        self.kernels, self.exp_arguments = cpu, dense_arguments
+        self.kernels = cpu
         self.grid_np, self.padded, self.inv_steps, matrix = grid_constants(grid, int(spline_order))
         self.matrix = matrix.astype(self.grid_np.dtype)
         self.activation = get_activation(activation)
@@ -77,14 +76,12 @@ class CpuEdgeSplineLinear(torch.autograd.Function):
         ctx.config = (n_out, spline_order, uniform, activation)
         args = _CpuArgs(grid, spline_order, activation)
         out = x.new_empty(x.shape[0], n_out)
-        x_np = x.detach().numpy()
-        _, bits_like, constants = args.exp_arguments(x_np.dtype)
+        base = args.activation.function(x.detach())
         nonfinite_blocks = args.kernels.forward_kernel(spline_order, coef.shape[1] + 1)(
-            x_np, args.activation.kernel_id, bits_like, constants, *args.knots(uniform),
+            x.detach().numpy(), base.numpy(), *args.knots(uniform),
             *(t.detach().contiguous().numpy() for t in (coef, scale_base, scale_sp)), edge_outputs.numpy(),
             input_offsets.numpy(), out.numpy())
         if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
-            base = args.activation.function(x.detach())
             return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs)
         return out
 

@@ -2,8 +2,9 @@
 
 Live edges are sorted by input (CSR): the edges of input i are ``input_offsets[i] .. input_offsets[i+1] - 1``;
 ``edge_outputs[e]`` is the output of edge e; ``weights`` [E, S] (S = G + k + 1) holds per edge ``scale_base``
-then ``scale_sp * coef``. The kernels take x, its base activation (computed by PyTorch, vectorized) and the
-output gradient transposed ([I, N], [O, N]), so that each row loop runs over contiguous memory.
+then ``scale_sp * coef``. Every row loop runs over contiguous memory: the forward kernel transposes x and its
+base activation (computed by PyTorch, vectorized) a group of inputs and a block of rows at a time; the backward
+kernel takes them and the output gradient transposed ([I, N], [O, N]).
 
 For a block of rows and one input, the input's S slots (its base activation, then the G + k bases, of which
 only the k + 1 of each value's window are nonzero) are expanded once into an [S, rows] tile; then every live
@@ -31,14 +32,15 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, local_window, sized_kernel,
-                                 window_polynomials, write_slots)
+from ..spline_linear.cpu import FASTMATH, local_window, sized_kernel, window_polynomials, write_slots
 
 __all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 
 # Rows per block: long enough for the vectorized row loops to pay their set-up, short enough that the block's
 # [O, ROWS_PER_BLOCK] output tile stays in L2 for O ~ 256.
 ROWS_PER_BLOCK = 256
+# Inputs the forward kernel transposes at a time: [INPUT_GROUP, ROWS_PER_BLOCK] stays in L1.
+INPUT_GROUP = 16
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -135,29 +137,29 @@ def _slot_passes(n_slots):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _copy_transposed(source, target, r0, n_block, into_source_rows):
-    """Between target [O, rows] and rows r0 .. r0 + n_block of source [N, O]: target[o, r] <- source[r0 + r, o], or
-    with into_source_rows the other way. Eight columns per pass, so each row of source is read or written in runs."""
-    n_cols = source.shape[1]
-    c0 = 0
-    while c0 + 8 <= n_cols:
-        t0, t1, t2, t3 = target[c0], target[c0 + 1], target[c0 + 2], target[c0 + 3]
-        t4, t5, t6, t7 = target[c0 + 4], target[c0 + 5], target[c0 + 6], target[c0 + 7]
+def _copy_transposed(source, target, r0, n_block, c0, n_cols, into_source):
+    """Between target [>= n_cols, rows] and the block rows r0 .. r0 + n_block, columns c0 .. c0 + n_cols of source
+    [N, C]: target[c, r] <- source[r0 + r, c0 + c], or with into_source the other way. Eight columns per pass, so
+    each row of source is read or written in runs."""
+    c = 0
+    while c + 8 <= n_cols:
+        t0, t1, t2, t3 = target[c], target[c + 1], target[c + 2], target[c + 3]
+        t4, t5, t6, t7 = target[c + 4], target[c + 5], target[c + 6], target[c + 7]
         for r in range(n_block):
-            row = source[r0 + r]
-            if into_source_rows:
-                row[c0], row[c0 + 1], row[c0 + 2], row[c0 + 3] = t0[r], t1[r], t2[r], t3[r]
-                row[c0 + 4], row[c0 + 5], row[c0 + 6], row[c0 + 7] = t4[r], t5[r], t6[r], t7[r]
+            row = source[r0 + r, c0 + c:c0 + c + 8]
+            if into_source:
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7] = (t0[r], t1[r], t2[r], t3[r],
+                                                                                  t4[r], t5[r], t6[r], t7[r])
             else:
-                t0[r], t1[r], t2[r], t3[r] = row[c0], row[c0 + 1], row[c0 + 2], row[c0 + 3]
-                t4[r], t5[r], t6[r], t7[r] = row[c0 + 4], row[c0 + 5], row[c0 + 6], row[c0 + 7]
-        c0 += 8
+                t0[r], t1[r], t2[r], t3[r], t4[r], t5[r], t6[r], t7[r] = (row[0], row[1], row[2], row[3],
+                                                                          row[4], row[5], row[6], row[7])
+        c += 8
     for r in range(n_block):
-        for c in range(c0, n_cols):
-            if into_source_rows:
-                source[r0 + r, c] = target[c, r]
+        for j in range(c, n_cols):
+            if into_source:
+                source[r0 + r, c0 + j] = target[j, r]
             else:
-                target[c, r] = source[r0 + r, c]
+                target[j, r] = source[r0 + r, c0 + j]
 
 
 @functools.cache
@@ -183,8 +185,8 @@ def _forward_kernel(k, n_slots):
                 row[r] = acc
 
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base, scale_sp,
-               edge_outputs, input_offsets, out):
+    def kernel(x, base, grid, padded, inv_steps, uniform, matrix, coef, scale_base, scale_sp, edge_outputs,
+               input_offsets, out):
         n_rows, n_in = x.shape
         n_out = out.shape[1]
         n_blocks = (n_rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
@@ -192,33 +194,36 @@ def _forward_kernel(k, n_slots):
         for b in prange(n_blocks):
             r0 = b * ROWS_PER_BLOCK
             n_block = min(ROWS_PER_BLOCK, n_rows - r0)
-            x_t = np.empty((n_in, ROWS_PER_BLOCK), dtype=out.dtype)
+            x_t = np.empty((INPUT_GROUP, ROWS_PER_BLOCK), dtype=out.dtype)
+            base_t = np.empty((INPUT_GROUP, ROWS_PER_BLOCK), dtype=out.dtype)
             tile = np.zeros((n_out, ROWS_PER_BLOCK), dtype=out.dtype)
             slots = np.empty((n_slots + 2 * k, ROWS_PER_BLOCK), dtype=out.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
             firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int64)
             scratch = np.empty((4, k + 1), dtype=out.dtype)
-            base, unused, exponentials, bits = activation_buffers(ROWS_PER_BLOCK, out, bits_like)
             weights = np.empty(n_slots, dtype=out.dtype)
             check = out.dtype.type(0.0)
-            _copy_transposed(x, x_t, r0, n_block, False)
-            for i in range(n_in):
-                e0, e1 = input_offsets[i], input_offsets[i + 1]
-                if e1 == e0:
-                    continue
-                x_row = x_t[i, :n_block]
-                activation_row(x_row, activation, base, unused, exponentials, bits, constants, True, False)
-                for r in range(n_block):
-                    check += base[r] * 0.0  # NaN once a base activation is inf or NaN
-                _expand_into(x_row, base, i, n_block, grid, padded, inv_steps, uniform, k, matrix, slots, coords,
-                             polynomial, firsts, scratch)
-                for e in range(e0, e1):
-                    weights[0] = scale_base[e]
-                    for m in range(n_slots - 1):
-                        weights[1 + m] = scale_sp[e] * coef[e, m]
-                    add_edge(tile[edge_outputs[e]], slots, weights, n_block)
-            _copy_transposed(out, tile, r0, n_block, True)
+            for i0 in range(0, n_in, INPUT_GROUP):
+                n_group = min(INPUT_GROUP, n_in - i0)
+                _copy_transposed(x, x_t, r0, n_block, i0, n_group, False)
+                _copy_transposed(base, base_t, r0, n_block, i0, n_group, False)
+                for j in range(n_group):
+                    i = i0 + j
+                    e0, e1 = input_offsets[i], input_offsets[i + 1]
+                    if e1 == e0:
+                        continue
+                    base_row = base_t[j, :n_block]
+                    for r in range(n_block):
+                        check += base_row[r] * 0.0  # NaN once a base activation is inf or NaN
+                    _expand_into(x_t[j, :n_block], base_row, i, n_block, grid, padded, inv_steps, uniform, k,
+                                 matrix, slots, coords, polynomial, firsts, scratch)
+                    for e in range(e0, e1):
+                        weights[0] = scale_base[e]
+                        for m in range(n_slots - 1):
+                            weights[1 + m] = scale_sp[e] * coef[e, m]
+                        add_edge(tile[edge_outputs[e]], slots, weights, n_block)
+            _copy_transposed(out, tile, r0, n_block, 0, n_out, True)
             if check != 0.0:
                 nonfinite += 1
         return nonfinite
@@ -230,10 +235,9 @@ def forward_kernel(spline_order: int, n_slots: int):
     """The forward kernel for one spline order and G + k + 1 slots per edge (compile-time constants, so the
     window and slot loops unroll).
 
-    ``kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base,
-    scale_sp, edge_outputs, input_offsets, out)``: x [N, I]; activation the base activation's kernel id,
-    ``bits_like`` and ``constants`` as :func:`kanlib.ops.spline_linear.cpu.dense_arguments` gives them (the kernel
-    computes b(x) itself); coef [E, G+k], scale_base and scale_sp [E]; out [N, O] (written). Returns how many row
+    ``kernel(x, base, grid, padded, inv_steps, uniform, matrix, coef, scale_base, scale_sp, edge_outputs,
+    input_offsets, out)``: x and its base activation base [N, I] (transposed in the kernel, a group of inputs at a
+    time); coef [E, G+k], scale_base and scale_sp [E]; out [N, O] (written). Returns how many row
     blocks met a non-finite base activation of an input with live edges (0: out holds no NaN the dense layer would
     have had from dead edges).
     """
