@@ -127,11 +127,33 @@ def test_cpu_forward_over_row_blocks_and_slot_passes(uniform, grid_size, k):
     outputs, its NaN included."""
     tensors, rest = random_problem(50 + grid_size, n=1100, n_in=64, n_out=61, grid_size=grid_size, k=k,
                                    uniform=uniform, dead=0.9)
-    tensors[0][300, 5], tensors[0][1050, 7], tensors[0][1051, 2] = float("nan"), float("inf"), -float("inf")
+    grid, inputs, outputs, offsets, *config = rest
+    kept = inputs != 9  # input 9 keeps no live edge: its NaN reaches every output of its row
+    offsets = torch.cat([offsets.new_zeros(1), torch.bincount(inputs[kept], minlength=grid.shape[0]).cumsum(0)])
+    tensors = [tensors[0], *(t[kept] for t in tensors[1:])]
+    rest = (grid, inputs[kept], outputs[kept], offsets, *config)
+    x = tensors[0]
+    x[300, 5], x[1050, 7], x[1051, 2], x[700, 9] = float("nan"), float("inf"), -float("inf"), float("nan")
     got = edge_spline_linear(*tensors, *rest, backend="cpu")
     want = reference(tensors, rest)
     assert bool(torch.isnan(want[300]).any()) and bool(torch.isnan(want[1051]).any())
+    assert bool(torch.isnan(want[700]).all())
     torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11, equal_nan=True)
+
+
+def test_cpu_kernels_are_built_once_per_order():
+    """A small call runs the kernels' serial twins; a second call must reuse them, not load them again (which
+    made a small edge-sparse model ten times slower than the dense one)."""
+    from kanlib.ops.edge_spline_linear import cpu
+
+    tensors, rest = random_problem(60, n=9, n_in=5, n_out=4, grid_size=6, k=2, dead=0.3)
+    outputs_and_grads(lambda *t: edge_spline_linear(*t, *rest, backend="cpu"), tensors)
+    forward, backward = cpu.forward_kernel(2, 9), cpu.backward_kernel(2)
+    twins = forward.serial_kernel, backward.serial_kernel
+    assert None not in twins
+    outputs_and_grads(lambda *t: edge_spline_linear(*t, *rest, backend="cpu"), tensors)
+    assert cpu.forward_kernel(2, 9) is forward and cpu.backward_kernel(2) is backward
+    assert (forward.serial_kernel, backward.serial_kernel) == twins
 
 
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "knots"])

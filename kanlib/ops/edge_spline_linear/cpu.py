@@ -15,6 +15,9 @@ row loops vectorize.
   (in cache) over the inputs and their edges. Its expansion writes each value's k + 1 window entries into a zeroed
   tile with padding rows at both ends (no per-slot selects), and the slot count is a compile-time constant, so an
   edge is one pass over the rows for up to 12 slots.
+Both are built once per spline order (and slot count): a sized kernel compiles, or loads from numba's cache, its
+serial twin at its first small call, which a fresh wrapper per call would repeat every time.
+
 - :func:`backward_kernel`: the gradients of the edge weights [E, S] (coef, scale_base and scale_sp follow from
   them) and of x, in one pass. Parallel over inputs: every gradient entry belongs to one input's edges.
 
@@ -210,12 +213,12 @@ def _forward_kernel(k, n_slots):
                 _copy_transposed(base, base_t, r0, n_block, i0, n_group, False)
                 for j in range(n_group):
                     i = i0 + j
-                    e0, e1 = input_offsets[i], input_offsets[i + 1]
-                    if e1 == e0:
-                        continue
                     base_row = base_t[j, :n_block]
                     for r in range(n_block):
                         check += base_row[r] * 0.0  # NaN once a base activation is inf or NaN
+                    e0, e1 = input_offsets[i], input_offsets[i + 1]
+                    if e1 == e0:
+                        continue
                     _expand_into(x_t[j, :n_block], base_row, i, n_block, grid, padded, inv_steps, uniform, k,
                                  matrix, slots, coords, polynomial, firsts, scratch)
                     for e in range(e0, e1):
@@ -231,6 +234,7 @@ def _forward_kernel(k, n_slots):
     return kernel
 
 
+@functools.cache
 def forward_kernel(spline_order: int, n_slots: int):
     """The forward kernel for one spline order and G + k + 1 slots per edge (compile-time constants, so the
     window and slot loops unroll).
@@ -238,8 +242,7 @@ def forward_kernel(spline_order: int, n_slots: int):
     ``kernel(x, base, grid, padded, inv_steps, uniform, matrix, coef, scale_base, scale_sp, edge_outputs,
     input_offsets, out)``: x and its base activation base [N, I] (transposed in the kernel, a group of inputs at a
     time); coef [E, G+k], scale_base and scale_sp [E]; out [N, O] (written). Returns how many row
-    blocks met a non-finite base activation of an input with live edges (0: out holds no NaN the dense layer would
-    have had from dead edges).
+    blocks met a non-finite base activation (0: out holds no NaN the dense layer would have had from dead edges).
     """
     return sized_kernel(_forward_kernel(int(spline_order), int(n_slots)))
 
@@ -321,6 +324,7 @@ def _backward_kernel(k):
     return kernel
 
 
+@functools.cache
 def backward_kernel(spline_order: int):
     """The backward kernel for one spline order.
 
