@@ -143,7 +143,7 @@ def test_cpu_forward_over_row_blocks_and_slot_passes(uniform, grid_size, k):
 
 def test_cpu_kernels_are_built_once_per_order():
     """A small call runs the kernels' serial twins; a second call must reuse them, not load them again (which
-    made a small edge-sparse model ten times slower than the dense one)."""
+    made a small edge-sparse model many times slower than the dense one)."""
     from kanlib.ops.edge_spline_linear import cpu
 
     tensors, rest = random_problem(60, n=9, n_in=5, n_out=4, grid_size=6, k=2, dead=0.3)

@@ -7,9 +7,9 @@ base activation (computed by PyTorch, vectorized) a group of inputs and a block 
 kernel takes them and the output gradient transposed ([I, N], [O, N]).
 
 For a block of rows and one input, the input's S slots (its base activation, then the G + k bases, of which
-only the k + 1 of each value's window are nonzero) are expanded once into an [S, rows] tile; then every live
-edge of the input is a weighted sum of that tile's rows. The work is proportional to the live edges, and the
-row loops vectorize.
+only the k + 1 of each value's window are nonzero) are expanded once into a tile of S rows (the forward's has k
+padding rows at each end); then every live edge of the input is a weighted sum of that tile's rows. The work is
+proportional to the live edges, and the row loops vectorize.
 
 - :func:`forward_kernel`: out [N, O]. Parallel over row blocks; a block accumulates its [O, rows] output tile
   (in cache) over the inputs and their edges. Its expansion writes each value's k + 1 window entries into a zeroed
