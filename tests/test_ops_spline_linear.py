@@ -210,29 +210,32 @@ def _slot_major_rows(matrix: torch.Tensor, n_in: int) -> torch.Tensor:
 @pytest.mark.parametrize("slot_major", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("narrow_layout", [True, False])
-@pytest.mark.parametrize("n_out", [1, 9, 16, 37])  # narrow; one partial, one whole, then several column blocks
-def test_the_assembled_weight_is_the_layers_weight_matrix(n_out, narrow_layout, dtype, slot_major):
-    """The kernel's blocked transpose writes every entry (ASSEMBLY_COLUMNS outputs per pass), the same products in
-    the same order as the plain formula, in either memory layout and row order; the gradient fold reads it back."""
+# narrow outputs and wide ones on the serial kernel; the last is big enough for the parallel one
+@pytest.mark.parametrize("n_in, n_out", [(5, 1), (5, 9), (5, 16), (5, 37), (48, 61)])
+def test_the_assembled_weight_is_the_layers_weight_matrix(n_in, n_out, narrow_layout, dtype, slot_major):
+    """The assembly kernel writes every entry, the same products in the same order as the plain formula, in either
+    memory layout and row order; the gradient fold reads it back."""
     from kanlib.ops.spline_linear import cpu
 
-    assert cpu.ASSEMBLY_COLUMNS == 16
     gen = torch.Generator().manual_seed(n_out)
     (scale_base, scale_sp), mask, coef = (t.detach() if isinstance(t, torch.Tensor) else [u.detach() for u in t]
-                                          for t in _layer_parameters(gen, 5, n_out, 23))
+                                          for t in _layer_parameters(gen, n_in, n_out, 23))
     scale_base, scale_sp, mask, coef = (t.to(dtype) for t in (scale_base, scale_sp, mask, coef))
+    parallel = n_in * 24 * n_out >= cpu.SERIAL_BELOW
+    assert parallel == (n_in == 48)
     got = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=narrow_layout,
                                                 slot_major=slot_major)
     want = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef)
-    assert got.shape == want.shape == (5 * 24, n_out)
-    assert torch.equal(got, _slot_major_rows(want, 5) if slot_major else want)
-    grad_weight = torch.randn(5 * 24, n_out, generator=gen, dtype=torch.float64).to(dtype)
+    assert got.shape == want.shape == (n_in * 24, n_out)
+    assert torch.equal(got, _slot_major_rows(want, n_in) if slot_major else want)
+    grad_weight = torch.randn(n_in * 24, n_out, generator=gen, dtype=torch.float64).to(dtype)
     with torch.enable_grad():
         leaves = [t.clone().requires_grad_() for t in (scale_base, scale_sp, coef)]
         expected = torch.autograd.grad(spline_linear_module.layer_weight_matrix(leaves[0], leaves[1], mask, leaves[2]),
                                        leaves, grad_weight)
     folded = spline_linear_module.parameter_gradients(
-        scale_sp, mask, coef, _slot_major_rows(grad_weight, 5) if slot_major else grad_weight, slot_major=slot_major)
+        scale_sp, mask, coef, _slot_major_rows(grad_weight, n_in) if slot_major else grad_weight,
+        slot_major=slot_major)
     for a, b in zip(folded, expected):
         torch.testing.assert_close(a, b)
 

@@ -983,28 +983,23 @@ def thread_count() -> int:
     return kernel_threads(SERIAL_BELOW)
 
 
-# Outputs per pass of the weight assembly, a blocked transpose from coef [I, O, G+k] to the weight [I, S, O]: each
-# basis row is written this many outputs at a time while their G + k coefficients stay in L1 (output by output,
-# consecutive writes went to different cache lines: 2-3x slower at G >= 50). The gradient's folds read the
-# transposed side instead, from cache, and keep the plain order.
-ASSEMBLY_COLUMNS = 16
-
-
 @njit(parallel=True, cache=True)
 def _assemble_weights(scale_base, scale_sp, mask, coef, out):
     """out [I, S, O]: per input, ``scale_base * mask`` then the G + k rows ``scale_sp * mask * coef``.
 
-    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k].
+    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]. Each basis row is written along the outputs from
+    ``scale_sp * mask`` kept for the whole input (3-4x faster than outputs in blocks re-reading the scales, in any
+    of the layouts :func:`~kanlib.ops.spline_linear.assembled_weight` passes).
     """
     n_in, n_out, n_basis = coef.shape
     for i in prange(n_in):
+        scale = np.empty(n_out, dtype=out.dtype)
         for o in range(n_out):
             out[i, 0, o] = scale_base[i, o] * mask[i, o]
-        for o0 in range(0, n_out, ASSEMBLY_COLUMNS):
-            o1 = min(o0 + ASSEMBLY_COLUMNS, n_out)
-            for j in range(n_basis):
-                for o in range(o0, o1):
-                    out[i, 1 + j, o] = scale_sp[i, o] * mask[i, o] * coef[i, o, j]
+            scale[o] = scale_sp[i, o] * mask[i, o]
+        for j in range(n_basis):
+            for o in range(n_out):
+                out[i, 1 + j, o] = scale[o] * coef[i, o, j]
 
 
 @njit(parallel=True, cache=True)
