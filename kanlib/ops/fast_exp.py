@@ -39,6 +39,7 @@ def exp_nonpositive(values, bits, count, lowest, bias, shift):
     the values' width, read back as floats (2^k)."""
     powers = bits.view(values.dtype)
     real = values.dtype.type  # constants of the values' own precision keep float32 loops in float32
+    whole = bits.dtype.type
     lowest, log2e, half, ln2_hi, ln2_lo = real(lowest), real(LOG2E), real(0.5), real(LN2_HI), real(LN2_LO)
     for j in range(count):
         t = values[j]
@@ -49,6 +50,7 @@ def exp_nonpositive(values, bits, count, lowest, bias, shift):
         for n in range(12, -1, -1):
             p = p * r + real(TAYLOR[n])
         values[j] = p
-        bits[j] = ((int(k) if k == k else 0) + bias) << shift
+        # converted at the integers' own width: AVX2 converts packed floats to int32, not to int64
+        bits[j] = ((whole(k) if k == k else whole(0)) + whole(bias)) << whole(shift)
     for j in range(count):
         values[j] = values[j] * powers[j]

@@ -133,7 +133,7 @@ def _chebyshev_row(x, n_basis, phi, slopes, t, bits, constants, grad_a, grad_x, 
             grad_x[i] *= 1.0 - t[i] * t[i]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def expand(x, kind, grid, scale, starts, ends, n_basis, bits_like, constants, grad_expanded, out, grad_x,
            grad_scale, grad_starts, grad_ends, with_values, with_grad):
     """x [N, I]; A [N, S*I] basis-major. with_values: out <- A (out may be grad_expanded itself: each row is read

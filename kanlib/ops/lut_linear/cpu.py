@@ -15,7 +15,7 @@ from ..spline_linear.cpu import ACTIVATION_IDS, activation_at, find_span_at
 from .reference import TABLE_SHIFT
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def expand_codes(x, grid, inv_steps, uniform, spline_order, n_positions, table, shift, activation, act_scale,
                  act_limit, spline_out, base_out):
     """spline_out [N, I*(G+k)] int8 (table codes minus shift, -shift where a basis is zero) and base_out

@@ -322,7 +322,7 @@ def activation_buffers(n_in, like, bits_like):
             np.empty(n_in, dtype=bits_like.dtype))
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def activation_row(x, kind, base, base_grad, scratch, bits, constants, with_value, with_grad):
     """base [I] <- b(x) (with_value) and base_grad [I] <- b'(x) (with_grad) for one row x [I], in loops that
     vectorize: SiLU from e = exp(-|x|) (:func:`~kanlib.ops.fast_exp.exp_nonpositive`, scratch [I] and bits [I]
