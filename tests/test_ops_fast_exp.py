@@ -17,7 +17,7 @@ def test_exp_nonpositive_matches_numpy(dtype, rtol):
     integers and half-integers of ln 2 (the reduction's edges), 0, the lowest argument and past it, -inf and NaN."""
     lowest, bias, shift, int_dtype = exp_constants(np.dtype(dtype))
     rng = np.random.default_rng()
-    random = rng.uniform(lowest, 0.0, size=1001)
+    random = rng.uniform(lowest, 0.0, size=1000)
     edges = -np.log(2.0) * np.arange(0.0, 120.0, 0.5)
     values = np.concatenate([random, edges[edges >= lowest], [0.0, -0.0, lowest]]).astype(dtype)
     got = values.copy()
