@@ -56,6 +56,13 @@ class _CpuArgs:
         self.matrix = matrix.astype(self.grid_np.dtype)
         self.activation = get_activation(activation)
 
+    def activation_arguments(self, dtype):
+        """(the base activation's kernel id, ``bits_like``, ``constants``) for the forward kernel on arrays of dtype."""
+        from ..spline_linear import cpu
+
+        _, bits_like, constants = cpu.dense_arguments(dtype)
+        return self.activation.kernel_id, bits_like, constants
+
     def knots(self, uniform):
         return self.grid_np, self.padded, self.inv_steps, bool(uniform), self.matrix
 
@@ -76,13 +83,13 @@ class CpuEdgeSplineLinear(torch.autograd.Function):
         ctx.config = (n_out, spline_order, uniform, activation)
         args = _CpuArgs(grid, spline_order, activation)
         out = x.new_empty(x.shape[0], n_out)
-        base = args.activation.function(x.detach())
+        x = x.detach()
         nonfinite_blocks = args.kernels.forward_kernel(spline_order, coef.shape[1] + 1)(
-            x.detach().numpy(), base.numpy(), *args.knots(uniform),
+            x.numpy(), *args.activation_arguments(x.numpy().dtype), *args.knots(uniform),
             *(t.detach().contiguous().numpy() for t in (coef, scale_base, scale_sp)), edge_outputs.numpy(),
             input_offsets.numpy(), out.numpy())
         if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
-            return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs)
+            return nan_where_dead_edges_meet_nonfinite(out, args.activation.function(x), edge_inputs, edge_outputs)
         return out
 
     @staticmethod

@@ -2,9 +2,10 @@
 
 Live edges are sorted by input (CSR): the edges of input i are ``input_offsets[i] .. input_offsets[i+1] - 1``;
 ``edge_outputs[e]`` is the output of edge e; ``weights`` [E, S] (S = G + k + 1) holds per edge ``scale_base``
-then ``scale_sp * coef``. Every row loop runs over contiguous memory: the forward kernel transposes x and its
-base activation (computed by PyTorch, vectorized) a group of inputs and a block of rows at a time; the backward
-kernel takes them and the output gradient transposed ([I, N], [O, N]).
+then ``scale_sp * coef``. Every row loop runs over contiguous memory: the forward kernel transposes x a group of inputs and a block
+of rows at a time and computes the base activation along each transposed row (the dense kernel's vectorized
+:func:`~kanlib.ops.spline_linear.cpu.activation_row`); the backward kernel takes x, its base activation
+(computed by PyTorch) and the output gradient transposed ([I, N], [O, N]).
 
 For a block of rows and one input, the input's S slots (its base activation, then the G + k bases, of which
 only the k + 1 of each value's window are nonzero) are expanded once into a tile of S rows (the forward's has k
@@ -35,7 +36,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..spline_linear.cpu import FASTMATH, local_window, sized_kernel, window_polynomials, write_slots
+from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, local_window, sized_kernel,
+                                 window_polynomials, write_slots)
 
 __all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 
@@ -188,8 +190,8 @@ def _forward_kernel(k, n_slots):
                 row[r] = acc
 
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x, base, grid, padded, inv_steps, uniform, matrix, coef, scale_base, scale_sp, edge_outputs,
-               input_offsets, out):
+    def kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base,
+               scale_sp, edge_outputs, input_offsets, out):
         n_rows, n_in = x.shape
         n_out = out.shape[1]
         n_blocks = (n_rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
@@ -198,7 +200,7 @@ def _forward_kernel(k, n_slots):
             r0 = b * ROWS_PER_BLOCK
             n_block = min(ROWS_PER_BLOCK, n_rows - r0)
             x_t = np.empty((INPUT_GROUP, ROWS_PER_BLOCK), dtype=out.dtype)
-            base_t = np.empty((INPUT_GROUP, ROWS_PER_BLOCK), dtype=out.dtype)
+            base_row, base_grad, exponentials, bits = activation_buffers(ROWS_PER_BLOCK, out, bits_like)
             tile = np.zeros((n_out, ROWS_PER_BLOCK), dtype=out.dtype)
             slots = np.empty((n_slots + 2 * k, ROWS_PER_BLOCK), dtype=out.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
@@ -210,16 +212,17 @@ def _forward_kernel(k, n_slots):
             for i0 in range(0, n_in, INPUT_GROUP):
                 n_group = min(INPUT_GROUP, n_in - i0)
                 _copy_transposed(x, x_t, r0, n_block, i0, n_group, False)
-                _copy_transposed(base, base_t, r0, n_block, i0, n_group, False)
                 for j in range(n_group):
                     i = i0 + j
-                    base_row = base_t[j, :n_block]
+                    e0, e1 = input_offsets[i], input_offsets[i + 1]
+                    x_row = x_t[j, :n_block]
+                    activation_row(x_row, activation, base_row, base_grad, exponentials, bits, constants, True,
+                                   False)
                     for r in range(n_block):
                         check += base_row[r] * 0.0  # NaN once a base activation is inf or NaN
-                    e0, e1 = input_offsets[i], input_offsets[i + 1]
                     if e1 == e0:
                         continue
-                    _expand_into(x_t[j, :n_block], base_row, i, n_block, grid, padded, inv_steps, uniform, k,
+                    _expand_into(x_row, base_row, i, n_block, grid, padded, inv_steps, uniform, k,
                                  matrix, slots, coords, polynomial, firsts, scratch)
                     for e in range(e0, e1):
                         weights[0] = scale_base[e]
@@ -239,10 +242,12 @@ def forward_kernel(spline_order: int, n_slots: int):
     """The forward kernel for one spline order and G + k + 1 slots per edge (compile-time constants, so the
     window and slot loops unroll).
 
-    ``kernel(x, base, grid, padded, inv_steps, uniform, matrix, coef, scale_base, scale_sp, edge_outputs,
-    input_offsets, out)``: x and its base activation base [N, I] (transposed in the kernel, a group of inputs at a
-    time); coef [E, G+k], scale_base and scale_sp [E]; out [N, O] (written). Returns how many row
-    blocks met a non-finite base activation (0: out holds no NaN the dense layer would have had from dead edges).
+    ``kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base,
+    scale_sp, edge_outputs, input_offsets, out)``: x [N, I] (transposed in the kernel, a group of inputs at a
+    time); the base activation's kernel id, ``bits_like`` and ``constants`` as the dense kernel takes them
+    (:func:`~kanlib.ops.spline_linear.cpu.dense_arguments`); coef [E, G+k], scale_base and scale_sp [E]; out [N, O]
+    (written). Returns how many row blocks met a non-finite base activation (0: out holds no NaN the dense layer
+    would have had from dead edges).
     """
     return sized_kernel(_forward_kernel(int(spline_order), int(n_slots)))
 
