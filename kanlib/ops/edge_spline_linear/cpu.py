@@ -115,7 +115,7 @@ def _expand_into(x_row, base_row, i, n_block, grid, padded, inv_steps, uniform, 
             inside = low <= value < high
             u = (value - low) * inv if inside else real(0.0)
             span = np.floor(min(max(u, real(0.0)), real(n_knots - 2.0)))
-            firsts[r] = int(span) + 1 if inside else -1
+            firsts[r] = np.int32(span) + np.int32(1) if inside else np.int32(-1)
             coords[r] = min(max(u - span, real(0.0)), real(1.0))
         window_polynomials(coords, matrix, k, n_block, 0, 1.0, polynomial)
         for r in range(n_block):
@@ -205,7 +205,7 @@ def _forward_kernel(k, n_slots):
             slots = np.empty((n_slots + 2 * k, ROWS_PER_BLOCK), dtype=out.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
-            firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int64)
+            firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int32)
             scratch = np.empty((4, k + 1), dtype=out.dtype)
             weights = np.empty(n_slots, dtype=out.dtype)
             check = out.dtype.type(0.0)
