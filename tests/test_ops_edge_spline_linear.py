@@ -107,7 +107,7 @@ def test_gradients_match_the_dense_masked_layer(backend, uniform):
         torch.testing.assert_close(leaf.grad, getattr(layer, name).grad[inputs, outputs], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "knots"])
 def test_cpu_kernels_match_the_reference(uniform, k):
     tensors, rest = random_problem(10 + k, n=37, n_in=9, n_out=6, grid_size=4 + k, k=k, uniform=uniform, dead=0.4)

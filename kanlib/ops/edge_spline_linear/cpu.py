@@ -23,8 +23,11 @@ serial twin at its first small call, which a fresh wrapper per call would repeat
   them) and of x, in one pass. Parallel over inputs: every gradient entry belongs to one input's edges.
 
 Knot spans: arithmetic on uniform grids (the k + 1 window values then come from the closed form
-``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`), otherwise the span and its window
-from :func:`kanlib.ops.spline_linear.cpu.local_window` (binary search, the triangular Cox-de Boor scheme).
+``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`). On other grids (adapted by
+``update_grid``) the forward computes every basis of an input at once along a block of rows, by the recursion
+over all of them that the dense kernel uses (vectorized, and no span to search); the backward finds each span and
+its window with :func:`kanlib.ops.spline_linear.cpu.local_window` (binary search, the triangular Cox-de Boor
+scheme).
 Outside the extended grid (and for NaN) only the base slot is nonzero. The NaN that dead edges give the dense
 layer for non-finite inputs are added by the caller (see :mod:`.reference`), when the forward kernel reports a
 non-finite base activation.
@@ -36,8 +39,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, local_window, sized_kernel,
-                                 window_polynomials, write_slots)
+from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, local_window, recursion_tables,
+                                 sized_kernel, window_polynomials, write_slots)
 
 __all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 
@@ -95,20 +98,23 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform,
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _expand_into(x_row, base_row, i, n_block, grid, padded, inv_steps, uniform, k, matrix, slots, coords, polynomial,
-                 firsts, scratch):
+def _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals, slots, coords,
+                 polynomial, firsts):
     """slots[k + s, r] <- slot s of input i at row r (slot 0 its base activation base_row[r], slot 1 + m its basis
-    m at x_row[r]) for r < n_block. slots [G + 3k + 1, rows]: each value's k + 1 window entries are written
-    into rows span + 1 .. span + k + 1 after the basis rows are zeroed (no selects), so rows 0 .. k - 1 and the last k
-    catch the entries of bases beyond the grid's ends; row k, the pad of basis -1, then takes the base activation.
-    coords [rows], polynomial [k+1, rows], firsts [rows] (int) and scratch [4, k+1] are work arrays."""
+    m at x_row[r]) for r < n_block; slots [G + 3k + 1, rows], row k the base activation's.
+
+    Uniform grids (k > 0): each value's k + 1 window entries are written into rows span + 1 .. span + k + 1 after
+    the basis rows are zeroed (no selects), so rows 0 .. k - 1 and the last k catch the entries of bases beyond the
+    grid's ends. Other grids: every basis at once along the rows, by the recursion over all of them
+    (:func:`_recursion_into`, knots and reciprocals of :func:`~kanlib.ops.spline_linear.cpu.recursion_tables`).
+    coords [rows], polynomial [k+1, rows] and firsts [rows] (int32) are work arrays."""
     n_knots = grid.shape[1]
     n_basis = n_knots - k - 1
     real = slots.dtype.type
-    for m in range(n_basis):
-        for r in range(n_block):
-            slots[k + 1 + m, r] = real(0.0)
     if uniform and k > 0:
+        for m in range(n_basis):
+            for r in range(n_block):
+                slots[k + 1 + m, r] = real(0.0)
         low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
         for r in range(n_block):
             value = x_row[r]
@@ -124,13 +130,38 @@ def _expand_into(x_row, base_row, i, n_block, grid, padded, inv_steps, uniform, 
                 for q in range(k + 1):
                     slots[first + q, r] = polynomial[q, r]
     else:
-        for r in range(n_block):
-            span = local_window(x_row[r], grid, padded, inv_steps, i, False, k, matrix, scratch, False)
-            if span >= 0:
-                for q in range(k + 1):
-                    slots[span + 1 + q, r] = scratch[0, q]
+        _recursion_into(x_row, i, n_block, knots, reciprocals, k, slots, coords)
     for r in range(n_block):
         slots[k, r] = base_row[r]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _recursion_into(x_row, i, n_block, knots, reciprocals, k, slots, clamped):
+    """slots[k + 1 + j, r] <- basis j of input i at x_row[r], for every basis j, by Cox-de Boor's recursion over all
+    of them at once along the rows (the dense kernel's :func:`~kanlib.ops.spline_linear.cpu.raise_order` with input
+    i's knots as scalars): the J - 1 order-0 indicators in rows k + 1 .. k + J - 1 (knots [J, I]), raised in place
+    to order k; the rows past the G + k bases are left as work space. clamped [rows] is a work array (the value,
+    or the first knot outside the grid, where the indicators are 0, so that infinities give no NaN)."""
+    n_knots = knots.shape[0]
+    real = slots.dtype.type
+    low, high = knots[0, i], knots[n_knots - 1, i]
+    for r in range(n_block):
+        value = x_row[r]
+        clamped[r] = value if low <= value < high else low
+    for j in range(n_knots - 1):
+        left, right = knots[j, i], knots[j + 1, i]
+        row = slots[k + 1 + j]
+        for r in range(n_block):
+            value = x_row[r]
+            row[r] = real(1.0) if left <= value < right else real(0.0)
+    for d in range(1, k + 1):
+        for j in range(n_knots - 1 - d):
+            left, right = knots[j, i], knots[j + d + 1, i]
+            left_scale, right_scale = reciprocals[d, j, i], reciprocals[d, j + 1, i]
+            row, above = slots[k + 1 + j], slots[k + 2 + j]
+            for r in range(n_block):
+                value = clamped[r]
+                row[r] = (value - left) * left_scale * row[r] + (right - value) * right_scale * above[r]
 
 
 def _slot_passes(n_slots):
@@ -196,6 +227,10 @@ def _forward_kernel(k, n_slots):
         n_out = out.shape[1]
         n_blocks = (n_rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
         nonfinite = 0
+        if uniform and k > 0:
+            knots, reciprocals = np.empty((0, 0), dtype=out.dtype), np.empty((0, 0, 0), dtype=out.dtype)
+        else:
+            knots, reciprocals = recursion_tables(grid, k, out)
         for b in prange(n_blocks):
             r0 = b * ROWS_PER_BLOCK
             n_block = min(ROWS_PER_BLOCK, n_rows - r0)
@@ -206,7 +241,6 @@ def _forward_kernel(k, n_slots):
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
             firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int32)
-            scratch = np.empty((4, k + 1), dtype=out.dtype)
             weights = np.empty(n_slots, dtype=out.dtype)
             check = out.dtype.type(0.0)
             for i0 in range(0, n_in, INPUT_GROUP):
@@ -222,8 +256,8 @@ def _forward_kernel(k, n_slots):
                         check += base_row[r] * 0.0  # NaN once a base activation is inf or NaN
                     if e1 == e0:
                         continue
-                    _expand_into(x_row, base_row, i, n_block, grid, padded, inv_steps, uniform, k,
-                                 matrix, slots, coords, polynomial, firsts, scratch)
+                    _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots,
+                                 reciprocals, slots, coords, polynomial, firsts)
                     for e in range(e0, e1):
                         weights[0] = scale_base[e]
                         for m in range(n_slots - 1):
