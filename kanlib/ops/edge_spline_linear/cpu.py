@@ -202,24 +202,6 @@ def _copy_transposed(source, target, r0, n_block, c0, n_cols, into_source):
 def _forward_kernel(k, n_slots):
     per_pass, full_passes, last_pass = _slot_passes(n_slots)
 
-    @njit(inline="always", fastmath=FASTMATH)
-    def add_edge(row, slots, weights, n_block):
-        # row[r] += sum_s weights[s] * slots[k + s, r]; the slot loops have compile-time lengths
-        for p in range(full_passes):
-            first = p * per_pass
-            for r in range(n_block):
-                acc = row[r]
-                for s in range(per_pass):
-                    acc += weights[first + s] * slots[k + first + s, r]
-                row[r] = acc
-        first = full_passes * per_pass
-        if last_pass:
-            for r in range(n_block):
-                acc = row[r]
-                for s in range(last_pass):
-                    acc += weights[first + s] * slots[k + first + s, r]
-                row[r] = acc
-
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
     def kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base,
                scale_sp, edge_outputs, input_offsets, out):
@@ -262,7 +244,24 @@ def _forward_kernel(k, n_slots):
                         weights[0] = scale_base[e]
                         for m in range(n_slots - 1):
                             weights[1 + m] = scale_sp[e] * coef[e, m]
-                        add_edge(tile[edge_outputs[e]], slots, weights, n_block)
+                        # row[r] += sum_s weights[s] * slots[k + s, r], in passes whose slot loops have
+                        # compile-time lengths (written out here: a closure over another compiled function would
+                        # not load from numba's cache)
+                        row = tile[edge_outputs[e]]
+                        for p in range(full_passes):
+                            first = p * per_pass
+                            for r in range(n_block):
+                                acc = row[r]
+                                for s in range(per_pass):
+                                    acc += weights[first + s] * slots[k + first + s, r]
+                                row[r] = acc
+                        if last_pass:
+                            first = full_passes * per_pass
+                            for r in range(n_block):
+                                acc = row[r]
+                                for s in range(last_pass):
+                                    acc += weights[first + s] * slots[k + first + s, r]
+                                row[r] = acc
             _copy_transposed(out, tile, r0, n_block, 0, n_out, True)
             if check != 0.0:
                 nonfinite += 1

@@ -128,6 +128,18 @@ def serial_twin(kernel):
     return numba.njit(cache=True, **{**options, "parallel": False})(twin)
 
 
+def specialized(template, suffix: str, constants: dict, **options):
+    """``njit(cache=True, fastmath=FASTMATH, **options)`` of a copy of the plain function ``template`` whose globals
+    also hold ``constants`` (compile-time constants to numba, callees included), named with ``suffix`` added, so that
+    each specialization has its own cache file. Unlike a closure, it loads from numba's cache in the next process:
+    the cache key of a closure hashes its cells, and a cell holding a compiled function pickles with an id drawn
+    anew in every process, so such a closure was compiled again at every start."""
+    namespace = {**template.__globals__, **constants}
+    function = types.FunctionType(template.__code__, namespace, template.__name__ + suffix, template.__defaults__)
+    function.__qualname__ = template.__qualname__ + suffix
+    return numba.njit(cache=True, fastmath=FASTMATH, **options)(function)
+
+
 def sized_kernel(kernel):
     """``kernel`` sized by its largest array argument: below SERIAL_BELOW elements its :func:`serial_twin` (compiled
     at the first such call; ``.serial_kernel``), else ``kernel`` under :func:`threads_for` (``.kernel``)."""
@@ -634,104 +646,113 @@ def recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, g
                 _write_levels(out[n].reshape(n_in, n_slots).T, base, levels)
 
 
+# The dense kernel's functions below are templates, compiled per spline order k and layout by :func:`_dense_kernel`
+# with K, SLOT_MAJOR and their callees (UNIFORM_SLOT_ROWS, INPUT_MAJOR_ROWS, DENSE_ROWS) as globals, which numba
+# takes as compile-time constants: with k a constant their loops unroll and the selects of _write_bases, _dot_bases
+# and _slot_value fold away (inside numba's parallel loop a closure's k would be a run-time argument). Each scheme
+# has its own function: inlined into one, their loops ran several times slower.
+def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
+                       write_out, write_grad, first_row, stop_row):
+    """Slot-major rows on uniform grids (K > 0): the windows in A's dtype, so that the loops run in one lane
+    width."""
+    n_in = x.shape[1]
+    n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
+    n_basis = n_slots - 1
+    n_knots = grid.shape[1]
+    base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
+    offsets = np.empty(n_in, dtype=x.dtype)
+    coords = np.empty(n_in, dtype=x.dtype)
+    windows = np.empty((K + 1, n_in), dtype=x.dtype)
+    spline = np.empty(n_in, dtype=x.dtype)
+    lows = np.empty(n_in, dtype=x.dtype)
+    highs = np.empty(n_in, dtype=x.dtype)
+    inv_narrow = np.empty(n_in, dtype=x.dtype)
+    for i in range(n_in):
+        lows[i], highs[i], inv_narrow[i] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
+    for n in range(first_row, stop_row):
+        activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
+        _uniform_windows(x[n], grid, lows, highs, inv_narrow, K, n_basis, offsets, coords)
+        if write_grad:  # before out's row is written: out may be grad_expanded itself
+            slots = grad_expanded[n].reshape(n_slots, n_in)
+            window_polynomials(coords, matrix, K, n_in, 1, 1.0, windows)
+            _dot_slots(slots, offsets, windows, K, spline)
+            for i in range(n_in):
+                grad_x[n, i] = base_grad[i] * slots[0, i] + inv_steps[i] * spline[i]
+        if write_out:
+            slots = out[n].reshape(n_slots, n_in)
+            for i in range(n_in):
+                slots[0, i] = base[i]
+            window_polynomials(coords, matrix, K, n_in, 0, 1.0, windows)
+            write_slots(slots, offsets, windows, K, n_in)
+
+def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
+                     write_out, write_grad, first_row, stop_row):
+    """Input-major rows on uniform grids (K > 0): the windows in float64 from the basis matrix."""
+    n_in = x.shape[1]
+    n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
+    n_basis = n_slots - 1
+    spans = np.empty(n_in, dtype=np.int64)
+    coords = np.empty(n_in, dtype=matrix.dtype)
+    values = np.empty((K + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
+    slopes = np.empty((K + 1, n_in), dtype=matrix.dtype)
+    base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
+    for n in range(first_row, stop_row):
+        activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
+        _uniform_row(x[n], grid, inv_steps, spans, coords)
+        if write_out:
+            _polynomials(coords, matrix, 0, values)
+        if write_grad:
+            _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
+            row = grad_expanded[n]  # read before out's row is written: out may be grad_expanded itself
+            for i in range(n_in):
+                spline = _dot_bases(row, i * n_slots + 1, spans[i], slopes, i, n_basis, K)
+                grad_x[n, i] = base_grad[i] * row[i * n_slots] + inv_steps[i] * spline
+        if write_out:
+            row = out[n]
+            for i in range(n_in):
+                row[i * n_slots] = base[i]
+                _write_bases(row, i * n_slots + 1, spans[i], values, i, n_basis, K)
+
+
+def _dense_rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
+                grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row):
+    """Rows first_row..stop_row of the dense kernel by the scheme that fits the grid and layout."""
+    if not (uniform and K > 0):
+        recursion_rows(x, knots, reciprocals, K, activation, bits_like, constants, grad_expanded, out, grad_x,
+                       write_out, write_grad, SLOT_MAJOR, first_row, stop_row)
+    elif SLOT_MAJOR:
+        UNIFORM_SLOT_ROWS(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+                          grad_x, write_out, write_grad, first_row, stop_row)
+    else:
+        INPUT_MAJOR_ROWS(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+                         grad_x, write_out, write_grad, first_row, stop_row)
+
+
+def _dense_rows_kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded,
+                       out, grad_x, write_out, write_grad):
+    """The dense kernel (:func:`dense_kernel`): chunks of rows in parallel."""
+    n_rows = x.shape[0]
+    # once per call on grids that are not uniform: the knots input-minor and the reciprocals of their differences
+    if uniform and K > 0:
+        knots, reciprocals = np.empty((0, 0), dtype=padded.dtype), np.empty((0, 0, 0), dtype=padded.dtype)
+    else:
+        knots, reciprocals = recursion_tables(grid, K, padded)
+    n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+    for c in prange(n_chunks):
+        DENSE_ROWS(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
+                   grad_expanded, out, grad_x, write_out, write_grad, c * ROWS_PER_CHUNK,
+                   min(n_rows, (c + 1) * ROWS_PER_CHUNK))
+
+
 @functools.cache
 def _dense_kernel(k, slot_major=False):
-    # The rows' work is in functions of their own, compiled with k as a constant: inside numba's parallel loop the
-    # closure's k would be a run-time argument, and the selects of _write_bases, _dot_bases and _slot_value would
-    # not fold away. Each scheme has its own function: inlined into one, their loops ran several times slower.
-    @njit(cache=True, fastmath=FASTMATH)
-    def uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
-                          write_out, write_grad, first_row, stop_row):
-        """Slot-major rows on uniform grids (k > 0): the windows in A's dtype, so that the loops run in one lane
-        width."""
-        n_in = x.shape[1]
-        n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
-        n_basis = n_slots - 1
-        n_knots = grid.shape[1]
-        base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
-        offsets = np.empty(n_in, dtype=x.dtype)
-        coords = np.empty(n_in, dtype=x.dtype)
-        windows = np.empty((k + 1, n_in), dtype=x.dtype)
-        spline = np.empty(n_in, dtype=x.dtype)
-        lows = np.empty(n_in, dtype=x.dtype)
-        highs = np.empty(n_in, dtype=x.dtype)
-        inv_narrow = np.empty(n_in, dtype=x.dtype)
-        for i in range(n_in):
-            lows[i], highs[i], inv_narrow[i] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
-        for n in range(first_row, stop_row):
-            activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-            _uniform_windows(x[n], grid, lows, highs, inv_narrow, k, n_basis, offsets, coords)
-            if write_grad:  # before out's row is written: out may be grad_expanded itself
-                slots = grad_expanded[n].reshape(n_slots, n_in)
-                window_polynomials(coords, matrix, k, n_in, 1, 1.0, windows)
-                _dot_slots(slots, offsets, windows, k, spline)
-                for i in range(n_in):
-                    grad_x[n, i] = base_grad[i] * slots[0, i] + inv_steps[i] * spline[i]
-            if write_out:
-                slots = out[n].reshape(n_slots, n_in)
-                for i in range(n_in):
-                    slots[0, i] = base[i]
-                window_polynomials(coords, matrix, k, n_in, 0, 1.0, windows)
-                write_slots(slots, offsets, windows, k, n_in)
-
-    @njit(cache=True, fastmath=FASTMATH)
-    def input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
-                         write_out, write_grad, first_row, stop_row):
-        """Input-major rows on uniform grids (k > 0): the windows in float64 from the basis matrix."""
-        n_in = x.shape[1]
-        n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
-        n_basis = n_slots - 1
-        spans = np.empty(n_in, dtype=np.int64)
-        coords = np.empty(n_in, dtype=matrix.dtype)
-        values = np.empty((k + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
-        slopes = np.empty((k + 1, n_in), dtype=matrix.dtype)
-        base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
-        for n in range(first_row, stop_row):
-            activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-            _uniform_row(x[n], grid, inv_steps, spans, coords)
-            if write_out:
-                _polynomials(coords, matrix, 0, values)
-            if write_grad:
-                _polynomials(coords, matrix, 1, slopes)  # derivatives in t, not yet in x
-                row = grad_expanded[n]  # read before out's row is written: out may be grad_expanded itself
-                for i in range(n_in):
-                    spline = _dot_bases(row, i * n_slots + 1, spans[i], slopes, i, n_basis, k)
-                    grad_x[n, i] = base_grad[i] * row[i * n_slots] + inv_steps[i] * spline
-            if write_out:
-                row = out[n]
-                for i in range(n_in):
-                    row[i * n_slots] = base[i]
-                    _write_bases(row, i * n_slots + 1, spans[i], values, i, n_basis, k)
-
-    @njit(cache=True, fastmath=FASTMATH)
-    def rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
-             grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row):
-        if not (uniform and k > 0):
-            recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, grad_expanded, out, grad_x,
-                           write_out, write_grad, slot_major, first_row, stop_row)
-        elif slot_major:
-            uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
-                              grad_x, write_out, write_grad, first_row, stop_row)
-        else:
-            input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
-                             grad_x, write_out, write_grad, first_row, stop_row)
-
-    @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
-               grad_x, write_out, write_grad):
-        n_rows = x.shape[0]
-        # once per call on grids that are not uniform: the knots input-minor and the reciprocals of their differences
-        if uniform and k > 0:
-            knots, reciprocals = np.empty((0, 0), dtype=padded.dtype), np.empty((0, 0, 0), dtype=padded.dtype)
-        else:
-            knots, reciprocals = recursion_tables(grid, k, padded)
-        n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
-        for c in prange(n_chunks):
-            rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
-                 grad_expanded, out, grad_x, write_out, write_grad, c * ROWS_PER_CHUNK,
-                 min(n_rows, (c + 1) * ROWS_PER_CHUNK))
-
-    return kernel
+    """The parallel dense kernel for spline order k and one layout, from the templates above."""
+    layout = "slot_major" if slot_major else "input_major"
+    constants = {"K": k, "SLOT_MAJOR": slot_major}
+    rows = {"UNIFORM_SLOT_ROWS": specialized(_uniform_slot_rows, f"_k{k}", constants),
+            "INPUT_MAJOR_ROWS": specialized(_input_major_rows, f"_k{k}", constants)}
+    constants["DENSE_ROWS"] = specialized(_dense_rows, f"_k{k}_{layout}", {**constants, **rows})
+    return specialized(_dense_rows_kernel, f"_k{k}_{layout}", constants, parallel=True)
 
 
 @njit(inline="always", cache=True)
