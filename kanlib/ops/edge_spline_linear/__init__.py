@@ -52,7 +52,7 @@ class _CpuArgs:
         from . import cpu
 
         self.kernels = cpu
-        self.grid_np, self.padded, self.inv_steps, matrix = grid_constants(grid, int(spline_order))
+        self.grid_np, _, self.inv_steps, matrix = grid_constants(grid, int(spline_order))
         self.matrix = matrix.astype(self.grid_np.dtype)
         self.activation = get_activation(activation)
 
@@ -64,7 +64,7 @@ class _CpuArgs:
         return self.activation.kernel_id, bits_like, constants
 
     def knots(self, uniform):
-        return self.grid_np, self.padded, self.inv_steps, bool(uniform), self.matrix
+        return self.grid_np, self.inv_steps, bool(uniform), self.matrix
 
     def transposed(self, x, with_slope):
         """(x, b(x), b'(x) or an empty array unless with_slope), each transposed to [I, N], for the backward."""

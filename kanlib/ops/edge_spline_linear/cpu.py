@@ -24,13 +24,11 @@ serial twin at its first small call, which a fresh wrapper per call would repeat
 
 Knot spans: arithmetic on uniform grids (the k + 1 window values then come from the closed form
 ``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`). On other grids (adapted by
-``update_grid``) the forward computes every basis of an input at once along a block of rows, by the recursion
-over all of them that the dense kernel uses (vectorized, and no span to search); the backward finds each span and
-its window with :func:`kanlib.ops.spline_linear.cpu.local_window` (binary search, the triangular Cox-de Boor
-scheme).
-Outside the extended grid (and for NaN) only the base slot is nonzero. The NaN that dead edges give the dense
-layer for non-finite inputs are added by the caller (see :mod:`.reference`), when the forward kernel reports a
-non-finite base activation.
+``update_grid``) both kernels compute every basis of an input at once along a block of rows, by the recursion
+over all of them that the dense kernel uses (vectorized, and no span to search), the backward's slopes from its
+order k - 1. Outside the extended grid (and for NaN) only the base slot is nonzero. The NaN that dead edges
+give the dense layer for non-finite inputs are added by the caller (see :mod:`.reference`), when the forward
+kernel reports a non-finite base activation.
 """
 from __future__ import annotations
 
@@ -39,8 +37,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, local_window, recursion_tables,
-                                 sized_kernel, window_polynomials, write_slots)
+from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, recursion_tables, sized_kernel,
+                                 window_polynomials, write_slots)
 
 __all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 
@@ -52,12 +50,14 @@ INPUT_GROUP = 16
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform, k, matrix, expanded, slopes,
-                  with_slopes, spans, coords, polynomial, scratch):
+def _expand_block(x_t, base_t, i, r0, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals, expanded,
+                  slopes, with_slopes, spans, coords, polynomial, levels):
     """expanded[s, r] <- slot s of input i at row r0 + r: the base activation (from base_t [I, N]) in slot 0,
     basis s - 1 after it (only the window of k + 1 can be nonzero); with_slopes, slopes[s, r] <- d(slot)/dx
-    without the base activation's (slot 0 is left to the caller). spans, coords [rows], polynomial [k+1, rows]
-    and scratch [4, k+1] are work arrays."""
+    without the base activation's (slot 0 is left to the caller). Uniform grids (k > 0): each row's window from
+    the closed form; other grids: the recursion over all bases (knots and reciprocals of
+    :func:`~kanlib.ops.spline_linear.cpu.recursion_tables`). spans, coords [rows], polynomial [k+1, rows] and
+    levels [J - 1, rows] are work arrays."""
     n_slots = expanded.shape[0]
     n_basis = n_slots - 1
     n_knots = grid.shape[1]
@@ -80,21 +80,29 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform,
             window_polynomials(coords, matrix, k, n_block, 1, inv, polynomial)
             write_slots(slopes, spans, polynomial, k, n_block)
         return
-    for s in range(1, n_slots):
+    # other grids: every basis at once along the rows (the forward's recursion), the slopes from order k - 1
+    x_row = x_t[i, r0:r0 + n_block]
+    _order_zero_rows(x_row, i, n_block, knots, levels, 0, coords)
+    for d in range(1, k):
+        _raise_rows(levels, 0, coords, i, n_block, knots, reciprocals, d)
+    if with_slopes:
+        real = slopes.dtype.type
+        for m in range(n_basis):
+            row = slopes[1 + m]
+            if k == 0:
+                for r in range(n_block):
+                    row[r] = real(0.0)
+                continue
+            left_scale, right_scale = real(k) * reciprocals[k, m, i], real(k) * reciprocals[k, m + 1, i]
+            low, high = levels[m], levels[m + 1]
+            for r in range(n_block):
+                row[r] = left_scale * low[r] - right_scale * high[r]
+    if k > 0:
+        _raise_rows(levels, 0, coords, i, n_block, knots, reciprocals, k)
+    for m in range(n_basis):
+        row, level = expanded[1 + m], levels[m]
         for r in range(n_block):
-            expanded[s, r] = 0.0
-            if with_slopes:
-                slopes[s, r] = 0.0
-    for r in range(n_block):
-        span = local_window(x_t[i, r0 + r], grid, padded, inv_steps, i, False, k, matrix, scratch, with_slopes)
-        if span < 0:
-            continue
-        for q in range(k + 1):
-            m = span - k + q
-            if 0 <= m < n_basis:
-                expanded[1 + m, r] = scratch[0, q]
-                if with_slopes:
-                    slopes[1 + m, r] = scratch[1, q]
+            row[r] = level[r]
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -138,30 +146,45 @@ def _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matri
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _recursion_into(x_row, i, n_block, knots, reciprocals, k, slots, clamped):
     """slots[k + 1 + j, r] <- basis j of input i at x_row[r], for every basis j, by Cox-de Boor's recursion over all
-    of them at once along the rows (the dense kernel's :func:`~kanlib.ops.spline_linear.cpu.raise_order` with input
-    i's knots as scalars): the J - 1 order-0 indicators in rows k + 1 .. k + J - 1 (knots [J, I]), raised in place
-    to order k; the rows past the G + k bases are left as work space. clamped [rows] is a work array (the value,
-    or the first knot outside the grid, where the indicators are 0, so that infinities give no NaN)."""
+    of them at once along the rows (:func:`_order_zero_rows`, :func:`_raise_rows`) in rows k + 1 .. k + J - 1
+    (knots [J, I]); the rows past the G + k bases are left as work space. clamped [rows] is a work array."""
+    _order_zero_rows(x_row, i, n_block, knots, slots, k + 1, clamped)
+    for d in range(1, k + 1):
+        _raise_rows(slots, k + 1, clamped, i, n_block, knots, reciprocals, d)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _order_zero_rows(x_row, i, n_block, knots, levels, first, clamped):
+    """levels[first + j, r] <- 1 where knots[j, i] <= x_row[r] < knots[j + 1, i], else 0 (the J - 1 order-0
+    bases of input i along the rows; all 0 outside the grid and for NaN); clamped[r] <- the value, or the first knot
+    outside the grid, where the indicators are 0, so that infinities give no NaN."""
     n_knots = knots.shape[0]
-    real = slots.dtype.type
+    real = levels.dtype.type
     low, high = knots[0, i], knots[n_knots - 1, i]
     for r in range(n_block):
         value = x_row[r]
         clamped[r] = value if low <= value < high else low
     for j in range(n_knots - 1):
         left, right = knots[j, i], knots[j + 1, i]
-        row = slots[k + 1 + j]
+        row = levels[first + j]
         for r in range(n_block):
             value = x_row[r]
             row[r] = real(1.0) if left <= value < right else real(0.0)
-    for d in range(1, k + 1):
-        for j in range(n_knots - 1 - d):
-            left, right = knots[j, i], knots[j + d + 1, i]
-            left_scale, right_scale = reciprocals[d, j, i], reciprocals[d, j + 1, i]
-            row, above = slots[k + 1 + j], slots[k + 2 + j]
-            for r in range(n_block):
-                value = clamped[r]
-                row[r] = (value - left) * left_scale * row[r] + (right - value) * right_scale * above[r]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _raise_rows(levels, first, clamped, i, n_block, knots, reciprocals, d):
+    """levels rows first.. from order d - 1 to order d in place along the rows: the dense kernel's
+    :func:`~kanlib.ops.spline_linear.cpu.raise_order` with input i's knots and reciprocals (of
+    :func:`~kanlib.ops.spline_linear.cpu.recursion_tables`) as scalars."""
+    n_knots = knots.shape[0]
+    for j in range(n_knots - 1 - d):
+        left, right = knots[j, i], knots[j + d + 1, i]
+        left_scale, right_scale = reciprocals[d, j, i], reciprocals[d, j + 1, i]
+        row, above = levels[first + j], levels[first + j + 1]
+        for r in range(n_block):
+            value = clamped[r]
+            row[r] = (value - left) * left_scale * row[r] + (right - value) * right_scale * above[r]
 
 
 def _slot_passes(n_slots):
@@ -203,7 +226,7 @@ def _forward_kernel(k, n_slots):
     per_pass, full_passes, last_pass = _slot_passes(n_slots)
 
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base,
+    def kernel(x, activation, bits_like, constants, grid, inv_steps, uniform, matrix, coef, scale_base,
                scale_sp, edge_outputs, input_offsets, out):
         n_rows, n_in = x.shape
         n_out = out.shape[1]
@@ -275,7 +298,7 @@ def forward_kernel(spline_order: int, n_slots: int):
     """The forward kernel for one spline order and G + k + 1 slots per edge (compile-time constants, so the
     window and slot loops unroll).
 
-    ``kernel(x, activation, bits_like, constants, grid, padded, inv_steps, uniform, matrix, coef, scale_base,
+    ``kernel(x, activation, bits_like, constants, grid, inv_steps, uniform, matrix, coef, scale_base,
     scale_sp, edge_outputs, input_offsets, out)``: x [N, I] (transposed in the kernel, a group of inputs at a
     time); the base activation's kernel id, ``bits_like`` and ``constants`` as the dense kernel takes them
     (:func:`~kanlib.ops.spline_linear.cpu.dense_arguments`); coef [E, G+k], scale_base and scale_sp [E]; out [N, O]
@@ -327,10 +350,14 @@ def _edge_gradients(grads, expanded, slopes, weights, grad_weights, grad_x, n_sl
 @functools.cache
 def _backward_kernel(k):
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x_t, base_t, base_slope_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs,
+    def kernel(x_t, base_t, base_slope_t, grid, inv_steps, uniform, matrix, weights, edge_outputs,
                input_offsets, grad_out_t, need_x, grad_x_t, grad_weights):
         n_in, n_rows = x_t.shape
         n_slots = weights.shape[1]
+        if uniform and k > 0:
+            knots, reciprocals = np.empty((0, 0), dtype=weights.dtype), np.empty((0, 0, 0), dtype=weights.dtype)
+        else:
+            knots, reciprocals = recursion_tables(grid, k, weights)
         for i in prange(n_in):
             e0, e1 = input_offsets[i], input_offsets[i + 1]
             for e in range(e0, e1):
@@ -346,11 +373,11 @@ def _backward_kernel(k):
             spans = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=weights.dtype)
-            scratch = np.empty((4, k + 1), dtype=weights.dtype)
+            levels = np.empty((grid.shape[1] - 1, ROWS_PER_BLOCK), dtype=weights.dtype)
             for r0 in range(0, n_rows, ROWS_PER_BLOCK):
                 n_block = min(ROWS_PER_BLOCK, n_rows - r0)
-                _expand_block(x_t, base_t, i, r0, n_block, grid, padded, inv_steps, uniform, k, matrix, expanded,
-                              slopes, need_x, spans, coords, polynomial, scratch)
+                _expand_block(x_t, base_t, i, r0, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals,
+                              expanded, slopes, need_x, spans, coords, polynomial, levels)
                 if need_x:
                     for r in range(n_block):
                         slopes[0, r] = base_slope_t[i, r0 + r]
@@ -366,7 +393,7 @@ def _backward_kernel(k):
 def backward_kernel(spline_order: int):
     """The backward kernel for one spline order.
 
-    ``kernel(x_t, base_t, base_slope_t, grid, padded, inv_steps, uniform, matrix, weights, edge_outputs,
+    ``kernel(x_t, base_t, base_slope_t, grid, inv_steps, uniform, matrix, weights, edge_outputs,
     input_offsets, grad_out_t, need_x, grad_x_t, grad_weights)``: x_t, base_t, base_slope_t [I, N] (x, its base
     activation and that one's derivative, transposed), weights [E, G+k+1] as in :func:`forward_kernel`,
     grad_out_t [O, N]; writes grad_weights [E, G+k+1] and, when need_x, grad_x_t [I, N] (left as it is otherwise).
