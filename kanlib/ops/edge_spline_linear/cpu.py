@@ -187,6 +187,18 @@ def _raise_rows(levels, first, clamped, i, n_block, knots, reciprocals, d):
             row[r] = (value - left) * left_scale * row[r] + (right - value) * right_scale * above[r]
 
 
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _add_slots(row, slots, offset, weights, first, count, n_block):
+    """row[r] += sum over s < count of weights[first + s] * slots[offset + first + s, r], for r < n_block: one
+    pass of an edge over a block of rows (the kernel passes count as a compile-time constant, so the slot loop
+    unrolls and the row loop keeps the weights in registers)."""
+    for r in range(n_block):
+        acc = row[r]
+        for s in range(count):
+            acc += weights[first + s] * slots[offset + first + s, r]
+        row[r] = acc
+
+
 def _slot_passes(n_slots):
     """(slots per pass, full passes, slots of the last, shorter pass): passes of at most 12 slots, so that each
     pass's slot loop unrolls and its row loop keeps the weights in registers."""
@@ -267,24 +279,11 @@ def _forward_kernel(k, n_slots):
                         weights[0] = scale_base[e]
                         for m in range(n_slots - 1):
                             weights[1 + m] = scale_sp[e] * coef[e, m]
-                        # row[r] += sum_s weights[s] * slots[k + s, r], in passes whose slot loops have
-                        # compile-time lengths (written out here: a closure over another compiled function would
-                        # not load from numba's cache)
                         row = tile[edge_outputs[e]]
                         for p in range(full_passes):
-                            first = p * per_pass
-                            for r in range(n_block):
-                                acc = row[r]
-                                for s in range(per_pass):
-                                    acc += weights[first + s] * slots[k + first + s, r]
-                                row[r] = acc
+                            _add_slots(row, slots, k, weights, p * per_pass, per_pass, n_block)
                         if last_pass:
-                            first = full_passes * per_pass
-                            for r in range(n_block):
-                                acc = row[r]
-                                for s in range(last_pass):
-                                    acc += weights[first + s] * slots[k + first + s, r]
-                                row[r] = acc
+                            _add_slots(row, slots, k, weights, full_passes * per_pass, last_pass, n_block)
             _copy_transposed(out, tile, r0, n_block, 0, n_out, True)
             if check != 0.0:
                 nonfinite += 1
