@@ -2,10 +2,10 @@
 
 Live edges are sorted by input (CSR): the edges of input i are ``input_offsets[i] .. input_offsets[i+1] - 1``;
 ``edge_outputs[e]`` is the output of edge e; ``weights`` [E, S] (S = G + k + 1) holds per edge ``scale_base``
-then ``scale_sp * coef``. Every row loop runs over contiguous memory: the forward kernel transposes x a group of inputs and a block
-of rows at a time and computes the base activation along each transposed row (the dense kernel's vectorized
-:func:`~kanlib.ops.spline_linear.cpu.activation_row`); the backward kernel takes x, its base activation
-(computed by PyTorch) and the output gradient transposed ([I, N], [O, N]).
+then ``scale_sp * coef``. Every row loop runs over contiguous memory: the forward kernel transposes x a group
+of inputs and a block of rows at a time and computes the base activation along each transposed row (the dense
+kernel's vectorized :func:`~kanlib.ops.spline_linear.cpu.activation_row`); the backward kernel takes x, its base
+activation (computed by PyTorch) and the output gradient transposed ([I, N], [O, N]).
 
 For a block of rows and one input, the input's S slots (its base activation, then the G + k bases, of which
 only the k + 1 of each value's window are nonzero) are expanded once into a tile of S rows (the forward's has k

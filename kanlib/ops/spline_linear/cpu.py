@@ -685,6 +685,7 @@ def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, consta
             window_polynomials(coords, matrix, K, n_in, 0, 1.0, windows)
             write_slots(slots, offsets, windows, K, n_in)
 
+
 def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
                      write_out, write_grad, first_row, stop_row):
     """Input-major rows on uniform grids (K > 0): the windows in float64 from the basis matrix."""
@@ -748,11 +749,17 @@ def _dense_rows_kernel(x, grid, padded, inv_steps, uniform, matrix, activation, 
 def _dense_kernel(k, slot_major=False):
     """The parallel dense kernel for spline order k and one layout, from the templates above."""
     layout = "slot_major" if slot_major else "input_major"
-    constants = {"K": k, "SLOT_MAJOR": slot_major}
-    rows = {"UNIFORM_SLOT_ROWS": specialized(_uniform_slot_rows, f"_k{k}", constants),
-            "INPUT_MAJOR_ROWS": specialized(_input_major_rows, f"_k{k}", constants)}
-    constants["DENSE_ROWS"] = specialized(_dense_rows, f"_k{k}_{layout}", {**constants, **rows})
+    constants = {"K": k, "SLOT_MAJOR": slot_major, **_uniform_rows(k)}
+    constants["DENSE_ROWS"] = specialized(_dense_rows, f"_k{k}_{layout}", constants)
     return specialized(_dense_rows_kernel, f"_k{k}_{layout}", constants, parallel=True)
+
+
+@functools.cache
+def _uniform_rows(k):
+    """The uniform-grid row functions for spline order k, shared by both layouts' kernels: UNIFORM_SLOT_ROWS and
+    INPUT_MAJOR_ROWS for :func:`_dense_rows`."""
+    return {"UNIFORM_SLOT_ROWS": specialized(_uniform_slot_rows, f"_k{k}", {"K": k}),
+            "INPUT_MAJOR_ROWS": specialized(_input_major_rows, f"_k{k}", {"K": k})}
 
 
 @njit(inline="always", cache=True)
