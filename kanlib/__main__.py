@@ -409,7 +409,8 @@ def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     print(format_table([row for row in rows if row["kind"] == "width"], images.TABLE_COLUMNS))
     summary = next(row for row in rows if row["kind"] == "summary")
     print(f"accuracy level {summary['accuracy_level']:.4f}: MLP width {summary['mlp_width']}, "
-          f"B-spline KAN width {summary['bspline_width']}")
+          f"B-spline KAN width {summary['bspline_width']}; trained again, their steps in turn: epochs of "
+          f"{summary['mlp_epoch_seconds']:.4g} s and {summary['bspline_epoch_seconds']:.4g} s")
     print("targets:")
     print(format_targets(images.target_report(rows), ".3g"))
     params = {"quick": args.quick, "dataset": args.dataset, "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),

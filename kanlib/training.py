@@ -6,11 +6,13 @@
 (cross-entropy loss, accuracy metric; the model returns logits [n, classes]).
 
 `fit` checks its arguments into a `_Settings`, moves model and data, runs the `FitCallback`s'
-`on_fit_start`, then a `_Trainer` runs the steps and evaluations.
+`on_fit_start`, then a `_Trainer` runs the steps and evaluations. `fit_steps` does the same one
+step per `next()`.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import time
@@ -288,16 +290,32 @@ def fit(
 
     Raises NonFiniteLossError (a FloatingPointError) when the training loss is inf/NaN.
     """
-    splits = _check_data(data)
-    settings = _check_settings(
-        model, len(splits.train_input),
-        steps=steps, epochs=epochs, opt=opt, lr=lr, batch_size=batch_size, lamb=lamb,
-        penalty={"l1": lamb_l1, "entropy": lamb_entropy, "coef": lamb_coef, "coefdiff": lamb_coefdiff},
+    return _trainer(
+        model, data, steps=steps, epochs=epochs, opt=opt, lr=lr, batch_size=batch_size, lamb=lamb,
+        lamb_l1=lamb_l1, lamb_entropy=lamb_entropy, lamb_coef=lamb_coef, lamb_coefdiff=lamb_coefdiff,
         update_grid=update_grid, first_layer_steps=first_layer_steps,
-        update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step,
-        amp=amp, device=device, seed=seed, loss=loss, eval_every=eval_every,
-        progress=progress, qat=qat, callbacks=callbacks, distributed=distributed,
-    )
+        update_grid_every=update_grid_every, stop_grid_update_step=stop_grid_update_step, amp=amp,
+        device=device, seed=seed, loss=loss, eval_every=eval_every, progress=progress, qat=qat,
+        callbacks=callbacks, distributed=distributed,
+    ).run()
+
+
+def fit_steps(model: nn.Module, data: Mapping[str, torch.Tensor], **options) -> Iterator[History]:
+    """`fit`, one optimizer step at a time: checks the arguments (fit's, with its defaults) and
+    moves model and data now, then returns a generator that takes the next step (with its
+    scheduled grid update and evaluation) on each `next()` and yields the `History` so far.
+    Advancing two of them in turn times two models under the same conditions of the machine."""
+    bound = inspect.signature(fit).bind(model, data, **options)
+    bound.apply_defaults()
+    return _trainer(**bound.arguments).steps()
+
+
+def _trainer(model: nn.Module, data: Mapping[str, torch.Tensor], **options) -> "_Trainer":
+    """fit's arguments (all of them, by name) checked, model and data on the device, the
+    callbacks started: the `_Trainer` that runs the steps."""
+    splits = _check_data(data)
+    penalty = {name: options.pop(f"lamb_{name}") for name in ("l1", "entropy", "coef", "coefdiff")}
+    settings = _check_settings(model, len(splits.train_input), penalty=penalty, **options)
     if settings.device is not None:
         model.to(settings.device)
     device = _model_device(model)
@@ -312,7 +330,7 @@ def fit(
         torch.manual_seed(settings.seed)
     for callback in settings.callbacks:
         callback.on_fit_start(model, splits.train_input)
-    return _Trainer(model, splits, settings, device).run()
+    return _Trainer(model, splits, settings, device)
 
 
 class _ScaledTrialOverflow(ArithmeticError):
@@ -354,6 +372,12 @@ class _Trainer:
 
     def run(self) -> History:
         """Evaluate, take `total_steps` steps with the scheduled evaluations, restore the mode."""
+        for _ in self.steps():
+            pass
+        return self.history
+
+    def steps(self) -> Iterator[History]:
+        """`run`, yielding the History after each step (and its scheduled evaluation)."""
         settings, model, group = self.settings, self.model, self.group
         seed = settings.seed
         if group is not None and settings.batch_size is not None:
@@ -372,13 +396,13 @@ class _Trainer:
                 if settings.evaluates_after(step):
                     self.evaluate(step)
                     bar.set_postfix(self.postfix())
+                yield self.history
         finally:
             bar.close()
             model.train(was_training)
             # DistributedDataParallel's gradient hooks stay on the Parameters but act only on a
             # backward after its own forward: the model goes on alone.
             self.network = model
-        return self.history
 
     def autocast(self):
         """The `amp` autocast context on the model's device type, or a no-op."""

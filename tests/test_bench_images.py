@@ -58,8 +58,33 @@ def test_a_run_trains_every_width_and_seed_and_summarizes(small_digits):
     assert all(row["epoch_seconds"] > 0 and 0.0 <= row["test_accuracy"] <= 1.0 for row in runs)
     mlp_5 = {row["parameters"] for row in runs if row["family"] == "mlp" and row["width"] == 5}
     assert mlp_5 == {64 * 5 + 5 + 5 * 10 + 10}
-    assert [row["kind"] for row in rows[len(runs):]] == ["width"] * 3 + ["summary"]
-    assert rows[-1]["device_type"] == "cpu" and rows[-1]["dataset"] == "digits"
+    assert [row["kind"] for row in rows[len(runs):]] == ["paired"] * 4 + ["width"] * 3 + ["summary"]
+    summary = rows[-1]
+    assert summary["device_type"] == "cpu" and summary["dataset"] == "digits"
+    # the chosen widths trained again, one seed at a time; the same steps give the same accuracy as in the sweep
+    paired = [row for row in rows if row["kind"] == "paired"]
+    chosen = {family: summary[f"{family}_width"] for family in images.FAMILIES}
+    assert [(row["seed"], row["family"], row["width"]) for row in paired] == [
+        (seed, family, chosen[family]) for seed in (0, 1) for family in images.FAMILIES]
+    sweep = {(row["family"], row["width"], row["seed"]): row for row in runs}
+    for row in paired:
+        assert row["test_accuracy"] == sweep[(row["family"], row["width"], row["seed"])]["test_accuracy"]
+    assert summary["time_ratio"] == pytest.approx(summary["bspline_epoch_seconds"] / summary["mlp_epoch_seconds"])
+
+
+def test_the_summary_takes_its_times_from_the_paired_runs_of_the_chosen_widths():
+    runs = [run("mlp", 16, 0, 1.0, 0.80), run("mlp", 64, 0, 4.0, 0.95), run("bspline", 8, 0, 12.0, 0.95)]
+    rows = images.equal_accuracy(runs, dataset="toy", tolerance=0.0, device_type="cpu")
+    paired = [{**run("mlp", 64, seed, seconds, 0.95), "kind": "paired"} for seed, seconds in ((0, 5.0), (1, 7.0))]
+    paired += [{**run("bspline", 8, seed, seconds, 0.95), "kind": "paired"} for seed, seconds in ((0, 9.0), (1, 15.0))]
+    summary = images.with_paired_times(rows, paired)[-1]
+    assert (summary["mlp_epoch_seconds"], summary["bspline_epoch_seconds"]) == (6.0, 12.0)
+    assert (summary["mlp_sweep_epoch_seconds"], summary["bspline_sweep_epoch_seconds"]) == (4.0, 12.0)
+    assert summary["time_ratio"] == pytest.approx(2.0)
+    assert rows[-1]["time_ratio"] == pytest.approx(3.0)  # the sweep's rows are left as they were
+    with pytest.raises(ValueError,
+                       match=r"paired: expected runs of the mlp model of width 64, got \[\('bspline', 8\)\]"):
+        images.with_paired_times(rows, paired[2:])
 
 
 @pytest.mark.parametrize("change,words", [

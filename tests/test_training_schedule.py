@@ -246,3 +246,28 @@ def test_scheduled_updates_keep_constant_inputs_quietly_and_an_explicit_update_s
         fit(model, data, steps=12, progress=False)
     with pytest.warns(RuntimeWarning, match=r"input\(s\) \[0\] are all equal"):
         model.update_grid(x)
+
+
+def test_fit_steps_takes_fits_steps_one_at_a_time_and_two_of_them_can_alternate():
+    data = sine_data()
+    options = {"steps": 12, "batch_size": 16, "seed": 3, "eval_every": 4, "progress": False}
+    reference = KAN([1, 3, 1], grid_size=4, seed=0)
+    reference_history = fit(reference, data, **options)
+    stepped, other = KAN([1, 3, 1], grid_size=4, seed=0), KAN([1, 4, 1], grid_size=4, seed=1)
+    steps_taken = []
+    for history, other_history in zip(training.fit_steps(stepped, data, **options),
+                                      training.fit_steps(other, data, **options)):
+        steps_taken.append((len(history.seconds_per_step), len(other_history.seconds_per_step)))
+    assert steps_taken == [(step, step) for step in range(1, 13)]
+    # the same updates of the grid, steps and evaluations as fit: the same parameters and history
+    for ours, theirs in zip(stepped.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert history.step == reference_history.step == [0, 4, 8, 12]
+    assert history.test_loss == reference_history.test_loss
+
+
+def test_fit_steps_checks_its_arguments_when_called():
+    with pytest.raises(TypeError, match="got an unexpected keyword argument 'epoch'"):
+        training.fit_steps(KAN([1, 2, 1], seed=0), sine_data(), epoch=2)
+    with pytest.raises(ValueError, match="steps"):
+        training.fit_steps(KAN([1, 2, 1], seed=0), sine_data(), steps=0)

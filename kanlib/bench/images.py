@@ -3,20 +3,26 @@
 For each family (``"mlp"``: ``MLP([P, width, 10])``; ``"bspline"``: ``KAN([P, width, 10], layer="bspline")``), each
 hidden width of that family and each seed, one model is trained with ``fit(opt="adam", lr=1e-2, seed=seed)`` for
 ``epochs`` epochs of ``batch_size`` on the flattened images (P pixels), evaluated once per epoch. Runs go seed by
-seed, the two families' widths alternating, so that a machine that slows down slows both alike.
+seed, the two families' widths alternating.
 
 A run's epoch time is its median optimizer step times the steps per epoch: the steps that also update a KAN's grid
 (fit's pykan schedule, early in training) are few and left out by the median. Per family and width, the median of
 the seeds' epoch times and the mean of their last test accuracies. The accuracy level is the lower of the two
-families' best mean accuracies less ``tolerance``; each family's cheapest width reaching it is compared.
+families' best mean accuracies less ``tolerance``; each family's cheapest width reaching it is chosen.
 
-Rows (``kind``): ``"run"`` (family, width, seed, parameters, epoch_seconds, test_accuracy), ``"width"`` (family,
-width, parameters, epoch_seconds and its quartiles over seeds, test_accuracy, reaches_level) and one ``"summary"``
-(dataset, accuracy_level, each family's cheapest width, its epoch time and accuracy, and ``time_ratio``:
-the B-spline KAN's epoch time over the MLP's).
+The two chosen models are then trained again, seed by seed, their steps taken in turn (``fit_steps``), so that a
+slow minute of the machine slows both alike; their epoch times from these paired runs make the comparison. (In the
+sweep the two widths may have run minutes apart.)
+
+Rows (``kind``), in this order: ``"run"`` (family, width, seed, parameters, epoch_seconds, test_accuracy),
+``"paired"`` (the same fields, of the paired runs), ``"width"`` (family, width, parameters, epoch_seconds and its
+quartiles over seeds, test_accuracy, reaches_level) and, last, one ``"summary"`` (dataset, accuracy_level, each
+family's cheapest width, its epoch time (the median over the paired runs; ``{family}_sweep_epoch_seconds`` the
+sweep's), accuracy and parameters, and ``time_ratio``: the B-spline KAN's epoch time over the MLP's).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -26,11 +32,11 @@ import torch
 from ..checks import check_int, resolve_device
 from ..layers.mlp import MLP
 from ..models import KAN, count_parameters
-from ..training import fit
+from ..training import History, fit, fit_steps
 from .targets import target_entry
 
 __all__ = ["FAMILIES", "FAMILY_TITLES", "DEFAULTS", "QUICK", "TARGETS", "TABLE_COLUMNS", "run_images_benchmark",
-           "equal_accuracy", "target_report"]
+           "equal_accuracy", "with_paired_times", "target_report"]
 
 FAMILIES = ("mlp", "bspline")
 FAMILY_TITLES = {"mlp": "MLP", "bspline": "B-spline KAN (kanlib)"}
@@ -95,17 +101,33 @@ def run_images_benchmark(device: str | torch.device, data: dict, *, dataset: str
     n_inputs, n_classes = data["train_input"].shape[1], int(data["train_label"].max()) + 1
     steps_per_epoch = math.ceil(len(data["train_input"]) / batch_size)
     order = [(family, width) for pair in _alternating(widths) for family, width in pair]
+    options = {"epochs": epochs, "batch_size": batch_size, "opt": "adam", "lr": LEARNING_RATE,
+               "eval_every": steps_per_epoch, "progress": False}
     runs = []
     for seed in seeds:
         for family, width in order:
             model = _model(family, n_inputs, width, n_classes, seed).to(device)
-            history = fit(model, data, epochs=epochs, batch_size=batch_size, opt="adam", lr=LEARNING_RATE, seed=seed,
-                          eval_every=steps_per_epoch, progress=False)
-            runs.append({"kind": "run", "family": family, "width": width, "seed": seed,
-                         "parameters": count_parameters(model),
-                         "epoch_seconds": float(np.median(history.seconds_per_step) * steps_per_epoch),
-                         "test_accuracy": float(history.test_metric[-1])})
-    return runs + equal_accuracy(runs, dataset=dataset, tolerance=tolerance, device_type=device.type)
+            history = fit(model, data, seed=seed, **options)
+            runs.append(_run_row("run", family, width, seed, model, history, steps_per_epoch))
+    compared = equal_accuracy(runs, dataset=dataset, tolerance=tolerance, device_type=device.type)
+    paired = []
+    for index, seed in enumerate(seeds):
+        families = FAMILIES if index % 2 == 0 else FAMILIES[::-1]  # which one steps first, in turn
+        models = {family: _model(family, n_inputs, compared[-1][f"{family}_width"], n_classes, seed).to(device)
+                  for family in families}
+        trainings = [fit_steps(model, data, seed=seed, **options) for model in models.values()]
+        for histories in itertools.zip_longest(*trainings):
+            last = dict(zip(models, histories))
+        paired += [_run_row("paired", family, compared[-1][f"{family}_width"], seed, models[family], last[family],
+                            steps_per_epoch) for family in FAMILIES]
+    return runs + paired + with_paired_times(compared, paired)
+
+
+def _run_row(kind: str, family: str, width: int, seed: int, model: torch.nn.Module, history: History,
+             steps_per_epoch: int) -> dict:
+    return {"kind": kind, "family": family, "width": width, "seed": seed, "parameters": count_parameters(model),
+            "epoch_seconds": float(np.median(history.seconds_per_step) * steps_per_epoch),
+            "test_accuracy": float(history.test_metric[-1])}
 
 
 def _alternating(widths: dict[str, tuple[int, ...]]) -> list[list[tuple[str, int]]]:
@@ -145,6 +167,23 @@ def equal_accuracy(runs: Sequence[dict], *, dataset: str, tolerance: float, devi
                         f"{family}_parameters": cheapest["parameters"]})
     summary["time_ratio"] = summary["bspline_epoch_seconds"] / summary["mlp_epoch_seconds"]
     return per_width + [summary]
+
+
+def with_paired_times(rows: Sequence[dict], paired: Sequence[dict]) -> list[dict]:
+    """``rows`` (equal_accuracy's) with the summary's epoch times and time_ratio taken from the "paired" rows of its
+    chosen widths (the median over seeds), the sweep's epoch times kept as ``{family}_sweep_epoch_seconds``."""
+    *per_width, summary = rows
+    summary = dict(summary)
+    for family in FAMILIES:
+        seconds = [row["epoch_seconds"] for row in paired
+                   if row["family"] == family and row["width"] == summary[f"{family}_width"]]
+        if not seconds:
+            raise ValueError(f"paired: expected runs of the {family} model of width {summary[f'{family}_width']}, "
+                             f"got {sorted({(row['family'], row['width']) for row in paired})}")
+        summary[f"{family}_sweep_epoch_seconds"] = summary[f"{family}_epoch_seconds"]
+        summary[f"{family}_epoch_seconds"] = float(np.median(seconds))
+    summary["time_ratio"] = summary["bspline_epoch_seconds"] / summary["mlp_epoch_seconds"]
+    return [*per_width, summary]
 
 
 def target_report(rows: Sequence[dict], device_type: str | None = None) -> list[dict]:
