@@ -131,9 +131,9 @@ _GRID_CONSTANTS: dict[int, tuple] = {}
 
 
 def _grid_key(grid: torch.Tensor, spline_order: int) -> tuple:
-    """What identifies a grid's values: its storage, version counter and order. Assigning ``grid.data`` (as
-    pykan code does) swaps the storage without bumping the version, so the storage pointer is part of it."""
-    return grid.untyped_storage().data_ptr(), grid.storage_offset(), grid._version, spline_order
+    """What identifies a grid's values: where they are, its version counter and order. Assigning ``grid.data`` (as
+    pykan code does) swaps the storage without bumping the version, so the address is part of it."""
+    return grid.data_ptr(), grid._version, spline_order
 
 
 def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
@@ -152,6 +152,22 @@ def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
     return constants
 
 
+NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def numpy_of(t: torch.Tensor) -> np.ndarray:
+    """A C-contiguous numpy array of t's values, sharing its memory when t is contiguous (any t of the kernels'
+    dtypes, with or without grad)."""
+    return t.detach().contiguous().numpy()
+
+
+def new_array(shape: tuple, like: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(an empty numpy array of ``shape`` in like's dtype, the tensor sharing its memory): numpy allocates and
+    reshapes several times faster than torch, which matters on small layers."""
+    array = np.empty(shape, NUMPY_DTYPES[like.dtype])
+    return array, torch.from_numpy(array)
+
+
 class _CpuKernelArgs:
     """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
 
@@ -162,7 +178,7 @@ class _CpuKernelArgs:
     def __init__(self, x, grid, spline_order, uniform, activation):
         cpu = self.kernels = _cpu_kernels()
         grid_np, padded, inv_steps, self.matrix = grid_constants(grid, int(spline_order))
-        self.x = x.detach().numpy()
+        self.x = numpy_of(x)
         self.knots = (grid_np, padded, inv_steps, bool(uniform))
         self.spline_order = int(spline_order)
         self.activation = cpu.ACTIVATION_IDS[activation]
@@ -180,14 +196,15 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     with_grad = grad_expanded is not None
     empty, bits_like, constants = args.kernels.dense_arguments(args.x.dtype)
-    out = None
+    grad_array = grad_expanded.numpy() if with_grad else empty
+    out_array, out = empty, None
     if expanded:
-        out = grad_expanded if with_grad else x.new_empty(x.shape[0], x.shape[1] * n_slots)
-    grad_x = torch.empty_like(x) if with_grad else None
+        out_array, out = (grad_array, grad_expanded) if with_grad else new_array(
+            (x.shape[0], x.shape[1] * n_slots), x)
+    grad_x_array, grad_x = new_array(x.shape, x) if with_grad else (empty, None)
     args.kernels.dense_kernel(spline_order, slot_major)(
-        args.x, *args.knots, args.matrix, args.activation, bits_like, constants,
-        grad_expanded.numpy() if with_grad else empty, out.numpy() if expanded else empty,
-        grad_x.numpy() if with_grad else empty, expanded, with_grad)
+        args.x, *args.knots, args.matrix, args.activation, bits_like, constants, grad_array, out_array, grad_x_array,
+        expanded, with_grad)
     return out, grad_x
 
 
@@ -435,15 +452,16 @@ def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot
         shape, axes = ((n_out, n_basis + 1, n_in), (2, 1, 0)) if narrow else ((n_basis + 1, n_in, n_out), (1, 0, 2))
     else:
         shape, axes = ((n_out, n_in, n_basis + 1), (1, 2, 0)) if narrow else ((n_in, n_basis + 1, n_out), (0, 1, 2))
-    buffer = coef.new_empty(shape)
-    _cpu_kernels().assemble_weights(*(t.detach().contiguous().numpy() for t in (scale_base, scale_sp, mask, coef)),
-                                    buffer.numpy().transpose(axes))
-    return buffer.view(n_out, -1).t() if narrow else buffer.view(-1, n_out)
+    buffer = np.empty(shape, NUMPY_DTYPES[coef.dtype])
+    _cpu_kernels().assemble_weights(numpy_of(scale_base), numpy_of(scale_sp), numpy_of(mask), numpy_of(coef),
+                                    buffer.transpose(axes))
+    return torch.from_numpy(buffer.reshape(n_out, -1).T if narrow else buffer.reshape(-1, n_out))
 
 
-def _parameter_gradients(scale_sp, mask, coef) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Empty (grad_scale_base, grad_scale_sp, grad_coef) for a kernel to write."""
-    return torch.empty_like(scale_sp), torch.empty_like(scale_sp), torch.empty_like(coef)
+def _parameter_gradients(scale_sp, mask, coef) -> tuple[tuple[np.ndarray, ...], tuple[torch.Tensor, ...]]:
+    """Empty (grad_scale_base, grad_scale_sp, grad_coef) for a kernel to write: (the numpy arrays, the tensors)."""
+    arrays, tensors = zip(*(new_array(t.shape, t) for t in (scale_sp, scale_sp, coef)))
+    return arrays, tensors
 
 
 def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = False
@@ -451,12 +469,11 @@ def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = Fa
     """(grad_scale_base, grad_scale_sp, grad_coef) of :func:`assembled_weight` from the gradient of its [I*S, O]
     output, in any memory layout, its rows slot-major or not as assembled, by one kernel pass (contiguous scale_sp,
     mask [I, O] and coef [I, O, G+k])."""
-    grads = _parameter_gradients(scale_sp, mask, coef)
+    arrays, grads = _parameter_gradients(scale_sp, mask, coef)
     n_in, n_out = coef.shape[:2]
     rows = grad_weight.numpy()  # numpy's views cost less than torch's; splitting the rows copies nothing
     by_input = rows.reshape(-1, n_in, n_out).transpose(1, 0, 2) if slot_major else rows.reshape(n_in, -1, n_out)
-    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), by_input,
-                                         *(g.numpy() for g in grads))
+    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), by_input, *arrays)
     return grads
 
 
@@ -469,10 +486,10 @@ def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, g
     if need_x:
         grad_x = _sparse_grad_x(args, starts, slopes, weight, grad_out, threads)
     if need_parameters:
-        grad_parameters = _parameter_gradients(scale_sp, mask, coef)
+        arrays, grad_parameters = _parameter_gradients(scale_sp, mask, coef)
         tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
         args.kernels.sparse_grad_parameters(starts, values, grad_out.numpy(), scale_sp.numpy(), mask.numpy(),
-                                            coef.numpy(), *(g.numpy() for g in grad_parameters), *tiles)
+                                            coef.numpy(), *arrays, *tiles)
     return grad_x, grad_parameters
 
 
