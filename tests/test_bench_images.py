@@ -81,6 +81,9 @@ def test_the_summary_takes_its_times_from_the_paired_runs_of_the_chosen_widths()
     assert (summary["mlp_epoch_seconds"], summary["bspline_epoch_seconds"]) == (6.0, 12.0)
     assert (summary["mlp_sweep_epoch_seconds"], summary["bspline_sweep_epoch_seconds"]) == (4.0, 12.0)
     assert summary["time_ratio"] == pytest.approx(2.0)
+    # per seed 9 / 5 and 15 / 7: their quartiles
+    assert summary["time_ratio_q25"] == pytest.approx(1.8 + 0.25 * (15 / 7 - 1.8))
+    assert summary["time_ratio_q75"] == pytest.approx(1.8 + 0.75 * (15 / 7 - 1.8))
     assert rows[-1]["time_ratio"] == pytest.approx(3.0)  # the sweep's rows are left as they were
     with pytest.raises(ValueError,
                        match=r"paired: expected runs of the mlp model of width 64, got \[\('bspline', 8\)\]"):

@@ -18,7 +18,8 @@ Rows (``kind``), in this order: ``"run"`` (family, width, seed, parameters, epoc
 ``"paired"`` (the same fields, of the paired runs), ``"width"`` (family, width, parameters, epoch_seconds and its
 quartiles over seeds, test_accuracy, reaches_level) and, last, one ``"summary"`` (dataset, accuracy_level, each
 family's cheapest width, its epoch time (the median over the paired runs; ``{family}_sweep_epoch_seconds`` the
-sweep's), accuracy and parameters, and ``time_ratio``: the B-spline KAN's epoch time over the MLP's).
+sweep's), accuracy and parameters, ``time_ratio``: the B-spline KAN's epoch time over the MLP's, and the quartiles
+of that ratio over the seeds' paired runs, ``time_ratio_q25`` and ``time_ratio_q75``).
 """
 from __future__ import annotations
 
@@ -171,7 +172,8 @@ def equal_accuracy(runs: Sequence[dict], *, dataset: str, tolerance: float, devi
 
 def with_paired_times(rows: Sequence[dict], paired: Sequence[dict]) -> list[dict]:
     """``rows`` (equal_accuracy's) with the summary's epoch times and time_ratio taken from the "paired" rows of its
-    chosen widths (the median over seeds), the sweep's epoch times kept as ``{family}_sweep_epoch_seconds``."""
+    chosen widths (the median over seeds), the sweep's epoch times kept as ``{family}_sweep_epoch_seconds``, and the
+    quartiles over seeds of the paired runs' ratios as ``time_ratio_q25`` and ``time_ratio_q75``."""
     *per_width, summary = rows
     summary = dict(summary)
     for family in FAMILIES:
@@ -183,6 +185,11 @@ def with_paired_times(rows: Sequence[dict], paired: Sequence[dict]) -> list[dict
         summary[f"{family}_sweep_epoch_seconds"] = summary[f"{family}_epoch_seconds"]
         summary[f"{family}_epoch_seconds"] = float(np.median(seconds))
     summary["time_ratio"] = summary["bspline_epoch_seconds"] / summary["mlp_epoch_seconds"]
+    by_seed = {(row["family"], row["seed"]): row["epoch_seconds"] for row in paired
+               if row["width"] == summary[f"{row['family']}_width"]}
+    ratios = [by_seed[("bspline", seed)] / by_seed[("mlp", seed)] for family, seed in by_seed
+              if family == "mlp" and ("bspline", seed) in by_seed]
+    summary["time_ratio_q25"], summary["time_ratio_q75"] = (float(np.quantile(ratios, q)) for q in (0.25, 0.75))
     return [*per_width, summary]
 
 
