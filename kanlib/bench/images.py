@@ -111,16 +111,16 @@ def run_images_benchmark(device: str | torch.device, data: dict, *, dataset: str
             history = fit(model, data, seed=seed, **options)
             runs.append(_run_row("run", family, width, seed, model, history, steps_per_epoch))
     compared = equal_accuracy(runs, dataset=dataset, tolerance=tolerance, device_type=device.type)
+    chosen = {family: compared[-1][f"{family}_width"] for family in FAMILIES}
     paired = []
     for index, seed in enumerate(seeds):
         families = FAMILIES if index % 2 == 0 else FAMILIES[::-1]  # which one steps first, in turn
-        models = {family: _model(family, n_inputs, compared[-1][f"{family}_width"], n_classes, seed).to(device)
-                  for family in families}
+        models = {family: _model(family, n_inputs, chosen[family], n_classes, seed).to(device) for family in families}
         trainings = [fit_steps(model, data, seed=seed, **options) for model in models.values()]
         for histories in itertools.zip_longest(*trainings):
             last = dict(zip(models, histories))
-        paired += [_run_row("paired", family, compared[-1][f"{family}_width"], seed, models[family], last[family],
-                            steps_per_epoch) for family in FAMILIES]
+        paired += [_run_row("paired", family, chosen[family], seed, models[family], last[family], steps_per_epoch)
+                   for family in FAMILIES]
     return runs + paired + with_paired_times(compared, paired)
 
 
@@ -176,19 +176,17 @@ def with_paired_times(rows: Sequence[dict], paired: Sequence[dict]) -> list[dict
     quartiles over seeds of the paired runs' ratios as ``time_ratio_q25`` and ``time_ratio_q75``."""
     *per_width, summary = rows
     summary = dict(summary)
+    seconds = {family: {row["seed"]: row["epoch_seconds"] for row in paired
+                        if row["family"] == family and row["width"] == summary[f"{family}_width"]}
+               for family in FAMILIES}  # family -> seed -> epoch seconds
     for family in FAMILIES:
-        seconds = [row["epoch_seconds"] for row in paired
-                   if row["family"] == family and row["width"] == summary[f"{family}_width"]]
-        if not seconds:
+        if not seconds[family]:
             raise ValueError(f"paired: expected runs of the {family} model of width {summary[f'{family}_width']}, "
                              f"got {sorted({(row['family'], row['width']) for row in paired})}")
         summary[f"{family}_sweep_epoch_seconds"] = summary[f"{family}_epoch_seconds"]
-        summary[f"{family}_epoch_seconds"] = float(np.median(seconds))
+        summary[f"{family}_epoch_seconds"] = float(np.median(list(seconds[family].values())))
     summary["time_ratio"] = summary["bspline_epoch_seconds"] / summary["mlp_epoch_seconds"]
-    by_seed = {(row["family"], row["seed"]): row["epoch_seconds"] for row in paired
-               if row["width"] == summary[f"{row['family']}_width"]}
-    ratios = [by_seed[("bspline", seed)] / by_seed[("mlp", seed)] for family, seed in by_seed
-              if family == "mlp" and ("bspline", seed) in by_seed]
+    ratios = [kan / seconds["mlp"][seed] for seed, kan in seconds["bspline"].items() if seed in seconds["mlp"]]
     summary["time_ratio_q25"], summary["time_ratio_q75"] = (float(np.quantile(ratios, q)) for q in (0.25, 0.75))
     return [*per_width, summary]
 

@@ -25,7 +25,7 @@ import torch
 
 from ...activations import get_activation
 from ...checks import check_choice
-from ..spline_linear import CPU_KERNEL_DTYPES, grid_constants, under_transform
+from ..spline_linear import CPU_KERNEL_DTYPES, grid_constants, numpy_of, under_transform
 from .reference import edge_spline_linear_reference
 from .support import (EDGE_BACKENDS, EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       edge_triton_supports, edge_weights, nan_where_dead_edges_meet_nonfinite)
@@ -86,7 +86,7 @@ class CpuEdgeSplineLinear(torch.autograd.Function):
         x = x.detach()
         nonfinite_blocks = args.kernels.forward_kernel(spline_order, coef.shape[1] + 1)(
             x.numpy(), *args.activation_arguments(x.numpy().dtype), *args.knots(uniform),
-            *(t.detach().contiguous().numpy() for t in (coef, scale_base, scale_sp)), edge_outputs.numpy(),
+            numpy_of(coef), numpy_of(scale_base), numpy_of(scale_sp), edge_outputs.numpy(),
             input_offsets.numpy(), out.numpy())
         if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
             return nan_where_dead_edges_meet_nonfinite(out, args.activation.function(x), edge_inputs, edge_outputs)

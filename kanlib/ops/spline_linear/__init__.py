@@ -49,7 +49,7 @@ __all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "T
            "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
            "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform", "slots_backend",
            "FusedSplineLayer", "fused_spline_layer", "sparse_spline_layer", "NARROW_COLUMNS", "KEEP_EXPANDED_BELOW",
-           "assembled_weight", "parameter_gradients"]
+           "assembled_weight", "parameter_gradients", "grid_constants", "numpy_of"]
 
 # The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
 _METHOD_TO_BACKEND = {"auto": "auto", "eager": "eager", "dense": "cpu", "sparse": "sparse", "triton": "triton"}
