@@ -240,14 +240,14 @@ def test_the_assembled_weight_is_the_layers_weight_matrix(n_in, n_out, narrow_la
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("n_in", [7, cpu.BLOCK_BELOW + 1])  # rows side by side, and row by row
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 5, 6])
 @pytest.mark.parametrize("uniform", [True, False])
-def test_the_dense_kernels_slot_major_layout_holds_the_same_expansion(k, uniform):
+def test_the_dense_kernels_slot_major_layout_holds_the_same_expansion(k, uniform, n_in):
     """A written slot-major is A's columns reordered (s*I + i), exactly, and grad_x from a slot-major gradient of
     A is the same as from the input-major one: at every order, on knots, outside the grid, at infinities and NaN,
-    over rows enough for the parallel kernel."""
+    over rows enough for the parallel kernel, for a narrow layer and a wide one."""
     gen = torch.Generator().manual_seed(20 + k)
-    n_in = 7
     grid = random_grid(n_in, 5, k, gen, uniform=uniform, dtype=torch.float64)
     special = torch.tensor([float("inf"), float("-inf"), float("nan"), 1e30], dtype=torch.float64)
     x = torch.cat([inputs_around(grid, 2000, gen, outside=0.3), grid.t(), special.unsqueeze(1).expand(-1, n_in)])
@@ -262,14 +262,16 @@ def test_the_dense_kernels_slot_major_layout_holds_the_same_expansion(k, uniform
     torch.testing.assert_close(grad_by_slot, grad_by_input, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
+@pytest.mark.parametrize("n_in", [6, cpu.BLOCK_BELOW + 1])  # rows side by side, and row by row
 @pytest.mark.parametrize("k", [0, 1, 3, 6])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_slot_major_recursion_is_the_reference_on_any_grid(k, dtype):
+def test_the_slot_major_recursion_is_the_reference_on_any_grid(k, dtype, n_in):
     """On a grid that is not uniform, slot-major A and grad_x (the recursion over all bases at once, which the
     input-major layout shares) against the reference's expansion and its autograd gradient, computed in float64,
-    inside and outside the grid and on the knots, with coinciding knots in one input."""
+    inside and outside the grid and on the knots, with coinciding knots in one input; for a narrow layer (its rows
+    side by side, the last block shorter) and a wide one."""
     gen = torch.Generator().manual_seed(40 + k)
-    n_in, n_slots = 6, 4 + k + 1
+    n_slots = 4 + k + 1
     grid = random_grid(n_in, 4, k, gen, uniform=False, dtype=torch.float64)
     grid[2, k + 2] = grid[2, k + 1]  # a knot interval of width 0
     x = torch.cat([inputs_around(grid, 300, gen, outside=0.3), grid.t()])
@@ -286,6 +288,54 @@ def test_the_slot_major_recursion_is_the_reference_on_any_grid(k, dtype):
     torch.testing.assert_close(got.double(), _slot_major_rows(want.detach().t(), n_in).t(), rtol=tolerance,
                                atol=tolerance)
     torch.testing.assert_close(got_grad_x.double(), want_grad_x, rtol=tolerance * 10, atol=tolerance * 10)
+
+
+@pytest.mark.parametrize("scheme", ["recursion", "recursion input-major", "uniform"])
+@pytest.mark.parametrize("n_in", [1, 5, cpu.BLOCK_BELOW - 1])
+def test_rows_side_by_side_compute_what_row_by_row_does(n_in, scheme):
+    """A narrow layer's blocks of rows against the row-by-row scheme on the same rows, at every block size a layer
+    may get and a shorter last block (A alone, grad_x alone, both into one buffer), in float32: the recursion on
+    an adapted grid (either layout of A) and the closed form on a uniform one (slot-major A)."""
+    gen = torch.Generator().manual_seed(n_in)
+    k, n_slots, n_rows = 3, 5 + 3 + 1, 37
+    uniform = scheme == "uniform"
+    slot_major = scheme != "recursion input-major"
+    grid = random_grid(n_in, 5, k, gen, uniform=uniform)
+    x = inputs_around(grid, n_rows, gen, outside=0.3, knots=True, specials=True).numpy()
+    grad_expanded = torch.randn(n_rows, n_in * n_slots, generator=gen).numpy()
+    empty, bits_like, constants = cpu.dense_arguments(x.dtype)
+    grid_np, padded, inv_steps, matrix = grid_constants(grid, k)
+    knots, reciprocals = cpu.recursion_tables(grid_np, k, padded)
+    uniform_rows = cpu._uniform_rows(k)
+    common = (cpu.ACTIVATION_IDS["silu"], bits_like, constants)
+
+    def run(block, write_out, write_grad):
+        out = grad_expanded.copy() if write_grad else np.empty_like(grad_expanded)
+        grad_x = np.empty_like(x)
+        arrays = (out, out, grad_x, write_out, write_grad)
+        if uniform and block == 0:
+            uniform_rows["UNIFORM_SLOT_ROWS"](x, grid_np, inv_steps, matrix, *common, *arrays, 0, n_rows)
+        elif uniform:
+            uniform_rows["UNIFORM_BLOCK_ROWS"](x, grid_np, inv_steps, matrix, *common, *arrays, block, 0, n_rows)
+        elif block == 0:
+            cpu.recursion_rows(x, knots, reciprocals, k, *common, *arrays, slot_major, 0, n_rows)
+        else:
+            cpu.recursion_block_rows(x, cpu.tiled_inputs(knots, block), cpu.tiled_inputs(reciprocals, block), k,
+                                     block, *common, *arrays, slot_major, 0, n_rows)
+        return (out if write_out else None), (grad_x if write_grad else None)
+
+    for write_out, write_grad in ((True, False), (False, True), (True, True)):
+        want = run(0, write_out, write_grad)
+        for block in (1, 4, cpu.rows_per_block(n_in, False)):  # 37 rows: a shorter last block at each
+            for got, expected in zip(run(block, write_out, write_grad), want):
+                if expected is not None:
+                    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_only_narrow_layers_put_rows_side_by_side():
+    for closed_form, below in ((False, cpu.BLOCK_BELOW), (True, cpu.CLOSED_FORM_BLOCK_BELOW)):
+        assert cpu.rows_per_block(1, closed_form) == cpu.BLOCK_LANES and cpu.rows_per_block(below - 1, closed_form) > 1
+        assert cpu.rows_per_block(below, closed_form) == cpu.rows_per_block(1000, closed_form) == 1
 
 
 @pytest.mark.parametrize("n_out", [1, 9, 14])  # below and above NARROW_COLUMNS

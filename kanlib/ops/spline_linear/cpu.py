@@ -58,6 +58,13 @@ SILU, TANH, RELU = SILU_ID, TANH_ID, RELU_ID
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
 FASTMATH = {"reassoc", "contract", "arcp"}
 ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
+# Layers of fewer inputs than BLOCK_BELOW put rows side by side, about BLOCK_LANES values in all, for the recursion
+# over all bases (recursion_block_rows): its loops then run over that many values instead of a row's few. The
+# closed form on uniform grids gains from it below CLOSED_FORM_BLOCK_BELOW inputs only (it writes A through a
+# block's buffer instead of in place).
+BLOCK_BELOW = 32
+CLOSED_FORM_BLOCK_BELOW = 8
+BLOCK_LANES = 128
 WINDOW_ROWS = 256  # the sparse windows kernel's unit of parallel work (rows of one input)
 # Calls whose largest array has fewer elements run on one thread: waking numba's thread pool costs more than
 # the work (and far more when other processes hold the cores), e.g. in LBFGS on a small model.
@@ -646,6 +653,109 @@ def recursion_rows(x, knots, reciprocals, k, activation, bits_like, constants, g
                 _write_levels(out[n].reshape(n_in, n_slots).T, base, levels)
 
 
+@njit(cache=True)
+def tiled_inputs(table, block):
+    """table [..., I] repeated ``block`` times along its last axis: [..., block * I] (contiguous ``table``)."""
+    n_in = table.shape[-1]
+    flat = table.reshape(-1, n_in)
+    tiled = np.empty((flat.shape[0], block * n_in), table.dtype)
+    for j in range(flat.shape[0]):
+        for b in range(block):
+            for i in range(n_in):
+                tiled[j, b * n_in + i] = flat[j, i]
+    return tiled.reshape(table.shape[:-1] + (block * n_in,))
+
+
+@njit(cache=True)
+def rows_per_block(n_in, closed_form):
+    """The rows a narrow layer's dense kernel puts side by side (:func:`recursion_block_rows`, or on uniform grids
+    ``closed_form`` :func:`_uniform_block_rows`); 1 (row by row) from BLOCK_BELOW inputs on, on uniform grids from
+    CLOSED_FORM_BLOCK_BELOW."""
+    if n_in >= (CLOSED_FORM_BLOCK_BELOW if closed_form else BLOCK_BELOW):
+        return 1
+    return max(1, BLOCK_LANES // max(n_in, 1))
+
+
+# Rows side by side: a block of ``rows`` rows of x [N, I] (and of A's gradient) gathered into one row of rows * I
+# values, and the block's A [S, rows * I] scattered back into its rows, in either layout of A.
+@njit(inline="always", cache=True)
+def _gather_rows(x, first, rows, values):
+    """values[r * I + i] <- x[first + r, i]; values past rows * I <- 0 (a last, shorter block)."""
+    n_in = x.shape[1]
+    for r in range(rows):
+        for i in range(n_in):
+            values[r * n_in + i] = x[first + r, i]
+    for j in range(rows * n_in, values.shape[0]):
+        values[j] = values.dtype.type(0.0)
+
+
+@njit(inline="always", cache=True)
+def _gather_slots(grad_expanded, first, rows, n_in, slot_major, gathered):
+    """gathered[s, r * I + i] <- slot s of input i in row first + r of grad_expanded [N, I*S]."""
+    n_slots = gathered.shape[0]
+    for r in range(rows):
+        row = grad_expanded[first + r]
+        for s in range(n_slots):
+            if slot_major:
+                for i in range(n_in):
+                    gathered[s, r * n_in + i] = row[s * n_in + i]
+            else:
+                for i in range(n_in):
+                    gathered[s, r * n_in + i] = row[i * n_slots + s]
+
+
+@njit(inline="always", cache=True)
+def _scatter_slots(out, first, rows, n_in, n_slots, slot_major, base, table, shift):
+    """Rows first.. of A [N, I*S] from a block's values: slot 0 from base [rows * I], slot s >= 1 from
+    table[s - shift]."""
+    for r in range(rows):
+        row = out[first + r]
+        for s in range(n_slots):
+            slot = base if s == 0 else table[s - shift]
+            if slot_major:
+                for i in range(n_in):
+                    row[s * n_in + i] = slot[r * n_in + i]
+            else:
+                for i in range(n_in):
+                    row[i * n_slots + s] = slot[r * n_in + i]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def recursion_block_rows(x, knots, reciprocals, k, block, activation, bits_like, constants, grad_expanded, out,
+                         grad_x, write_out, write_grad, slot_major, first_row, stop_row):
+    """:func:`recursion_rows` for narrow layers: ``block`` rows side by side as one row of block * I values, so
+    that each of the recursion's loops runs over that many (knots [J, block*I] and reciprocals [k+1, J, block*I]:
+    :func:`recursion_tables`' tiled by :func:`tiled_inputs`). A last, shorter block computes zeros in its unused
+    places and drops them."""
+    n_in = x.shape[1]
+    lanes = block * n_in
+    n_slots = knots.shape[0] - k
+    values = np.empty(lanes, dtype=x.dtype)
+    levels = np.empty((knots.shape[0] - 1, lanes), dtype=x.dtype)
+    clamped = np.empty(lanes, dtype=x.dtype)
+    spline = np.empty(lanes, dtype=x.dtype)
+    grads = np.empty(lanes, dtype=x.dtype)
+    gathered = np.zeros((n_slots if write_grad else 0, lanes), dtype=x.dtype)
+    base, base_grad, exponentials, bits = activation_buffers(lanes, x, bits_like)
+    for first in range(first_row, stop_row, block):
+        rows = min(block, stop_row - first)
+        _gather_rows(x, first, rows, values)
+        activation_row(values, activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
+        order_zero(values, knots, levels, clamped)
+        for d in range(1, k):
+            raise_order(levels, clamped, knots, reciprocals, d)
+        if write_grad:  # gathered before out's rows are written: out may be grad_expanded itself
+            _gather_slots(grad_expanded, first, rows, n_in, slot_major, gathered)
+            _gradient_from_levels(gathered, levels, reciprocals, k, base_grad, spline, grads)
+            for r in range(rows):
+                for i in range(n_in):
+                    grad_x[first + r, i] = grads[r * n_in + i]
+        if write_out:
+            if k > 0:
+                raise_order(levels, clamped, knots, reciprocals, k)
+            _scatter_slots(out, first, rows, n_in, n_slots, slot_major, base, levels, 1)
+
+
 # The dense kernel's functions below are templates, compiled per spline order k and layout by :func:`_dense_kernel`
 # with K, SLOT_MAJOR and their callees (UNIFORM_SLOT_ROWS, INPUT_MAJOR_ROWS, DENSE_ROWS) as globals, which numba
 # takes as compile-time constants: with k a constant their loops unroll and the selects of _write_bases, _dot_bases
@@ -686,6 +796,51 @@ def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, consta
             write_slots(slots, offsets, windows, K, n_in)
 
 
+def _uniform_block_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
+                        write_out, write_grad, block, first_row, stop_row):
+    """:func:`_uniform_slot_rows` for narrow layers: ``block`` rows side by side as one row of block * I values (the
+    grid's rows tiled to match), as :func:`recursion_block_rows` does."""
+    n_in = x.shape[1]
+    lanes = block * n_in
+    n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
+    n_basis = n_slots - 1
+    n_knots = grid.shape[1]
+    base, base_grad, exponentials, bits = activation_buffers(lanes, x, bits_like)
+    values = np.empty(lanes, dtype=x.dtype)
+    offsets = np.empty(lanes, dtype=x.dtype)
+    coords = np.empty(lanes, dtype=x.dtype)
+    windows = np.empty((K + 1, lanes), dtype=x.dtype)
+    spline = np.empty(lanes, dtype=x.dtype)
+    slots = np.zeros((n_slots, lanes), dtype=x.dtype)
+    tiled_grid = np.empty((lanes, n_knots), dtype=grid.dtype)
+    lows = np.empty(lanes, dtype=x.dtype)
+    highs = np.empty(lanes, dtype=x.dtype)
+    inv_narrow = np.empty(lanes, dtype=x.dtype)
+    inv_wide = np.empty(lanes, dtype=inv_steps.dtype)
+    for j in range(lanes):
+        i = j % n_in
+        for m in range(n_knots):
+            tiled_grid[j, m] = grid[i, m]
+        lows[j], highs[j], inv_narrow[j], inv_wide[j] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i], inv_steps[i]
+    for first in range(first_row, stop_row, block):
+        rows = min(block, stop_row - first)
+        _gather_rows(x, first, rows, values)
+        activation_row(values, activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
+        _uniform_windows(values, tiled_grid, lows, highs, inv_narrow, K, n_basis, offsets, coords)
+        if write_grad:  # gathered before out's rows are written: out may be grad_expanded itself
+            _gather_slots(grad_expanded, first, rows, n_in, True, slots)
+            window_polynomials(coords, matrix, K, lanes, 1, 1.0, windows)
+            _dot_slots(slots, offsets, windows, K, spline)
+            for r in range(rows):
+                for i in range(n_in):
+                    j = r * n_in + i
+                    grad_x[first + r, i] = base_grad[j] * slots[0, j] + inv_wide[j] * spline[j]
+        if write_out:
+            window_polynomials(coords, matrix, K, lanes, 0, 1.0, windows)
+            write_slots(slots, offsets, windows, K, lanes)
+            _scatter_slots(out, first, rows, n_in, n_slots, True, base, slots, 0)
+
+
 def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
                      write_out, write_grad, first_row, stop_row):
     """Input-major rows on uniform grids (K > 0): the windows in float64 from the basis matrix."""
@@ -716,11 +871,19 @@ def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constan
 
 
 def _dense_rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
-                grad_expanded, out, grad_x, write_out, write_grad, first_row, stop_row):
-    """Rows first_row..stop_row of the dense kernel by the scheme that fits the grid and layout."""
+                grad_expanded, out, grad_x, write_out, write_grad, block, first_row, stop_row):
+    """Rows first_row..stop_row of the dense kernel by the scheme that fits the grid and layout, ``block`` rows side
+    by side (:func:`rows_per_block`) where that scheme can."""
     if not (uniform and K > 0):
-        recursion_rows(x, knots, reciprocals, K, activation, bits_like, constants, grad_expanded, out, grad_x,
-                       write_out, write_grad, SLOT_MAJOR, first_row, stop_row)
+        if block > 1:
+            recursion_block_rows(x, knots, reciprocals, K, block, activation, bits_like, constants, grad_expanded,
+                                 out, grad_x, write_out, write_grad, SLOT_MAJOR, first_row, stop_row)
+        else:
+            recursion_rows(x, knots, reciprocals, K, activation, bits_like, constants, grad_expanded, out, grad_x,
+                           write_out, write_grad, SLOT_MAJOR, first_row, stop_row)
+    elif SLOT_MAJOR and block > 1:
+        UNIFORM_BLOCK_ROWS(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
+                           write_out, write_grad, block, first_row, stop_row)
     elif SLOT_MAJOR:
         UNIFORM_SLOT_ROWS(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
                           grad_x, write_out, write_grad, first_row, stop_row)
@@ -734,15 +897,19 @@ def _dense_rows_kernel(x, grid, padded, inv_steps, uniform, matrix, activation, 
     """The dense kernel (:func:`dense_kernel`): chunks of rows in parallel."""
     n_rows = x.shape[0]
     # once per call on grids that are not uniform: the knots input-minor and the reciprocals of their differences
-    if uniform and K > 0:
+    closed_form = uniform and K > 0
+    block = rows_per_block(x.shape[1], closed_form)
+    if closed_form:
         knots, reciprocals = np.empty((0, 0), dtype=padded.dtype), np.empty((0, 0, 0), dtype=padded.dtype)
     else:
         knots, reciprocals = recursion_tables(grid, K, padded)
-    n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+        if block > 1:
+            knots, reciprocals = tiled_inputs(knots, block), tiled_inputs(reciprocals, block)
+    chunk = ROWS_PER_CHUNK * ((block + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK)  # whole blocks
+    n_chunks = (n_rows + chunk - 1) // chunk
     for c in prange(n_chunks):
         DENSE_ROWS(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
-                   grad_expanded, out, grad_x, write_out, write_grad, c * ROWS_PER_CHUNK,
-                   min(n_rows, (c + 1) * ROWS_PER_CHUNK))
+                   grad_expanded, out, grad_x, write_out, write_grad, block, c * chunk, min(n_rows, (c + 1) * chunk))
 
 
 @functools.cache
@@ -756,9 +923,10 @@ def _dense_kernel(k, slot_major=False):
 
 @functools.cache
 def _uniform_rows(k):
-    """The uniform-grid row functions for spline order k, shared by both layouts' kernels: UNIFORM_SLOT_ROWS and
-    INPUT_MAJOR_ROWS for :func:`_dense_rows`."""
+    """The uniform-grid row functions for spline order k, shared by both layouts' kernels: UNIFORM_SLOT_ROWS,
+    UNIFORM_BLOCK_ROWS and INPUT_MAJOR_ROWS for :func:`_dense_rows`."""
     return {"UNIFORM_SLOT_ROWS": specialized(_uniform_slot_rows, f"_k{k}", {"K": k}),
+            "UNIFORM_BLOCK_ROWS": specialized(_uniform_block_rows, f"_k{k}", {"K": k}),
             "INPUT_MAJOR_ROWS": specialized(_input_major_rows, f"_k{k}", {"K": k})}
 
 
