@@ -80,3 +80,10 @@ def test_formats_apply_to_columns_kept_under_their_own_name():
     assert headers == ["outside", "error", "n"] and rows == [["25%", "1.5e-09", "3"]]
     with pytest.raises(KeyError, match=r"formats: expected names among"):
         show_table(frame, formats={"nope": "{:.1f}"})
+
+
+def test_cells_and_headers_are_text_not_html():
+    frame = pd.DataFrame({"goal <= x": ["<= 1.1", "a & b"], "value": [1.5, 2.0]})
+    html = show_table(frame).to_html()
+    assert "&lt;= 1.1" in html and "a &amp; b" in html and "goal &lt;= x" in html
+    assert "<= 1.1" not in html

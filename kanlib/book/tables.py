@@ -5,7 +5,8 @@ column, no index rows, missing values as a dash).
     show_table(frame.pivot(index="method", columns="G", values="err"), default="{:.1e}")   # headers "G = 5", ...
 
 A named index becomes an ordinary first column and the index is hidden; a pivot's column name goes into each
-header ("G = 5"); floats default to four significant digits and integers to thousands separators.
+header ("G = 5"); floats default to four significant digits and integers to thousands separators. Cells and headers
+are text: HTML's special characters in them are escaped ("<= 1.1" shows as written).
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def show_table(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec] | None = N
                 raise TypeError(f"columns[{name!r}]: expected a header or (header, format), got {spec!r}")
         flat = flat[list(columns)].rename(columns=headers)
     fallback = _formatter(default) if default is not None else _default_format
-    styler = flat.style.format({column: by_header.get(column, fallback) for column in flat.columns})
-    styler = styler.hide(axis="index")
+    styler = flat.style.format({column: by_header.get(column, fallback) for column in flat.columns}, escape="html")
+    styler = styler.format_index(escape="html", axis=1).hide(axis="index")
     if caption is not None:
         styler = styler.set_caption(caption)
     return styler
