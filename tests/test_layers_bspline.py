@@ -2,6 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.parametrize
+import torch.nn.utils.prune
 from kan import KANLayer
 
 from kanlib import BSplineKAN
@@ -395,3 +397,33 @@ def test_update_grid_on_constant_samples_keeps_that_input_grid_with_a_warning():
     torch.testing.assert_close(layer.grid[1], old_grid[1], rtol=0, atol=0)
     assert not torch.equal(layer.grid[0], old_grid[0])
     assert torch.isfinite(layer(x)).all()
+
+
+def _same_function(layer: BSplineKAN) -> BSplineKAN:
+    """A plain layer holding ``layer``'s current tensor values (its reparametrized ones included)."""
+    plain = BSplineKAN(layer.in_features, layer.out_features)
+    with torch.no_grad():
+        for name in ("scale_base", "scale_sp", "coef", "grid", "mask"):
+            getattr(plain, name).copy_(getattr(layer, name))
+    return plain
+
+
+def test_torch_prune_and_parametrize_reach_the_layer():
+    """torch.nn.utils.prune and torch.nn.utils.parametrize take a tensor out of the module's parameters: the
+    forward computes with the reparametrized values, and the gradient reaches the original parameter."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 5)
+    pruned = BSplineKAN(5, 3)
+    torch.nn.utils.prune.l1_unstructured(pruned, "coef", amount=0.5)
+    assert (pruned.coef == 0).any()
+
+    class Doubled(torch.nn.Module):
+        def forward(self, value):
+            return 2 * value
+
+    doubled = BSplineKAN(5, 3)
+    torch.nn.utils.parametrize.register_parametrization(doubled, "scale_sp", Doubled())
+    for layer, original in ((pruned, "coef_orig"), (doubled, "parametrizations.scale_sp.original")):
+        torch.testing.assert_close(layer(x), _same_function(layer)(x))
+        layer(x).square().sum().backward()
+        assert layer.get_parameter(original).grad.abs().sum() > 0

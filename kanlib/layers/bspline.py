@@ -121,9 +121,10 @@ class SplineGrid:
 
     def is_uniform(self) -> bool:
         """Whether the grid is uniform (then the closed-form local basis is used); cached per grid version."""
-        key = (self.grid.data_ptr(), self.grid._version)
+        grid = self.grid
+        key = (grid.data_ptr(), grid._version)
         if self._uniform_cache is None or self._uniform_cache[0] != key:
-            self._uniform_cache = (key, is_uniform(self.grid))
+            self._uniform_cache = (key, is_uniform(grid))
         return self._uniform_cache[1]
 
 
@@ -203,16 +204,26 @@ class BSplineKAN(SplineGrid, nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         check_layer_input(x, self.in_features, self.coef)
 
+    def _layer_tensors(self) -> tuple:
+        """(scale_base, scale_sp, mask, coef, grid), read from the module's dicts: nn.Module's attribute lookup costs
+        more on every call. A reparametrized tensor (torch.nn.utils.prune, torch.nn.utils.parametrize) is not in
+        them: then the attributes."""
+        parameters, buffers = self._parameters, self._buffers
+        try:
+            return parameters["scale_base"], parameters["scale_sp"], buffers["mask"], parameters["coef"], buffers["grid"]
+        except KeyError:
+            return self.scale_base, self.scale_sp, self.mask, self.coef, self.grid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., I] -> [..., O]."""
-        self._check_input(x)
+        scale_base, scale_sp, mask, coef, grid = self._layer_tensors()
+        check_layer_input(x, self.in_features, coef)
         # Under autocast the Triton path casts x and the weights to the autocast dtype; the torch path's
         # product follows autocast's own rules.
-        coef = self.coef
-        flat = x.reshape(-1, self.in_features)
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if flat.dtype != coef.dtype:
             flat = flat.to(coef.dtype)
-        tensors = (flat, self.scale_base, self.scale_sp, self.mask, coef, self.grid)
+        tensors = (flat, scale_base, scale_sp, mask, coef, grid)
         fused = self._fused_cpu_backend(flat, tensors)
         if fused is not None:
             out = FusedSplineLayer.apply(*tensors, self.spline_order, self.is_uniform(), self.base_activation,

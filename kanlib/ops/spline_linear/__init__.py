@@ -158,7 +158,8 @@ NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.
 def numpy_of(t: torch.Tensor) -> np.ndarray:
     """A C-contiguous numpy array of t's values, sharing its memory when t is contiguous (any t of the kernels'
     dtypes, with or without grad)."""
-    return t.detach().contiguous().numpy()
+    array = t.numpy(force=True)  # one call for detach() and numpy(); a CPU tensor's memory is shared, not copied
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def new_array(shape: tuple, like: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -352,7 +353,6 @@ class FusedSplineLayer(torch.autograd.Function):
         ctx.config = (spline_order, uniform, activation, sparse)
         ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse,
                                       slot_major=not sparse)
-        x, grid = x.detach().contiguous(), grid.contiguous()
         if sparse:
             return _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation)
         expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1],
@@ -379,9 +379,7 @@ class FusedSplineLayer(torch.autograd.Function):
             for (i, _), grad in zip(wanted, grads):
                 result[i] = grad
             return tuple(result)
-        grad_out = grad_out.detach().contiguous()
-        x, grid = x.detach().contiguous(), grid.contiguous()
-        scale_sp, mask, coef = (t.detach().contiguous() for t in (scale_sp, mask, coef))
+        grad_out = grad_out.detach().contiguous()  # x, the grid and the parameters reach the kernels by numpy_of
         need_parameters = need_base or need_sp or need_coef
         if sparse:
             grad_x, grad_parameters = _sparse_layer_backward(x, grid, spline_order, uniform, activation, ctx.weight,
@@ -467,13 +465,13 @@ def _parameter_gradients(scale_sp, mask, coef) -> tuple[tuple[np.ndarray, ...], 
 def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_scale_base, grad_scale_sp, grad_coef) of :func:`assembled_weight` from the gradient of its [I*S, O]
-    output, in any memory layout, its rows slot-major or not as assembled, by one kernel pass (contiguous scale_sp,
-    mask [I, O] and coef [I, O, G+k])."""
+    output, in any memory layout, its rows slot-major or not as assembled, by one kernel pass (scale_sp, mask [I, O]
+    and coef [I, O, G+k])."""
     arrays, grads = _parameter_gradients(scale_sp, mask, coef)
     n_in, n_out = coef.shape[:2]
     rows = grad_weight.numpy()  # numpy's views cost less than torch's; splitting the rows copies nothing
     by_input = rows.reshape(-1, n_in, n_out).transpose(1, 0, 2) if slot_major else rows.reshape(n_in, -1, n_out)
-    _cpu_kernels().assemble_weights_grad(scale_sp.numpy(), mask.numpy(), coef.numpy(), by_input, *arrays)
+    _cpu_kernels().assemble_weights_grad(numpy_of(scale_sp), numpy_of(mask), numpy_of(coef), by_input, *arrays)
     return grads
 
 
@@ -488,8 +486,8 @@ def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, g
     if need_parameters:
         arrays, grad_parameters = _parameter_gradients(scale_sp, mask, coef)
         tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
-        args.kernels.sparse_grad_parameters(starts, values, grad_out.numpy(), scale_sp.numpy(), mask.numpy(),
-                                            coef.numpy(), *arrays, *tiles)
+        args.kernels.sparse_grad_parameters(starts, values, grad_out.numpy(), numpy_of(scale_sp), numpy_of(mask),
+                                            numpy_of(coef), *arrays, *tiles)
     return grad_x, grad_parameters
 
 
