@@ -756,6 +756,23 @@ def recursion_block_rows(x, knots, reciprocals, k, block, activation, bits_like,
             _scatter_slots(out, first, rows, n_in, n_slots, slot_major, base, levels, 1)
 
 
+@njit(inline="always", cache=True)
+def _closed_form_buffers(grid, inv_steps, lanes, like, k):
+    """The closed form's work arrays for ``lanes`` values, place j holding input j % I, in like's dtype: offsets,
+    coords, windows [k+1, lanes], spline, and each place's first and last knot and inverse step (lows, highs,
+    inv_narrow)."""
+    n_in, n_knots = grid.shape
+    offsets, coords, spline = (np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype),
+                               np.empty(lanes, dtype=like.dtype))
+    windows = np.empty((k + 1, lanes), dtype=like.dtype)
+    lows, highs, inv_narrow = (np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype),
+                               np.empty(lanes, dtype=like.dtype))
+    for j in range(lanes):
+        i = j % n_in
+        lows[j], highs[j], inv_narrow[j] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
+    return offsets, coords, windows, spline, lows, highs, inv_narrow
+
+
 # The dense kernel's functions below are templates, compiled per spline order k and layout by :func:`_dense_kernel`
 # with K, SLOT_MAJOR and their callees (UNIFORM_SLOT_ROWS, INPUT_MAJOR_ROWS, DENSE_ROWS) as globals, which numba
 # takes as compile-time constants: with k a constant their loops unroll and the selects of _write_bases, _dot_bases
@@ -768,17 +785,8 @@ def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, consta
     n_in = x.shape[1]
     n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
     n_basis = n_slots - 1
-    n_knots = grid.shape[1]
     base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
-    offsets = np.empty(n_in, dtype=x.dtype)
-    coords = np.empty(n_in, dtype=x.dtype)
-    windows = np.empty((K + 1, n_in), dtype=x.dtype)
-    spline = np.empty(n_in, dtype=x.dtype)
-    lows = np.empty(n_in, dtype=x.dtype)
-    highs = np.empty(n_in, dtype=x.dtype)
-    inv_narrow = np.empty(n_in, dtype=x.dtype)
-    for i in range(n_in):
-        lows[i], highs[i], inv_narrow[i] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
+    offsets, coords, windows, spline, lows, highs, inv_narrow = _closed_form_buffers(grid, inv_steps, n_in, x, K)
     for n in range(first_row, stop_row):
         activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
         _uniform_windows(x[n], grid, lows, highs, inv_narrow, K, n_basis, offsets, coords)
@@ -807,21 +815,14 @@ def _uniform_block_rows(x, grid, inv_steps, matrix, activation, bits_like, const
     n_knots = grid.shape[1]
     base, base_grad, exponentials, bits = activation_buffers(lanes, x, bits_like)
     values = np.empty(lanes, dtype=x.dtype)
-    offsets = np.empty(lanes, dtype=x.dtype)
-    coords = np.empty(lanes, dtype=x.dtype)
-    windows = np.empty((K + 1, lanes), dtype=x.dtype)
-    spline = np.empty(lanes, dtype=x.dtype)
+    offsets, coords, windows, spline, lows, highs, inv_narrow = _closed_form_buffers(grid, inv_steps, lanes, x, K)
     slots = np.zeros((n_slots, lanes), dtype=x.dtype)
     tiled_grid = np.empty((lanes, n_knots), dtype=grid.dtype)
-    lows = np.empty(lanes, dtype=x.dtype)
-    highs = np.empty(lanes, dtype=x.dtype)
-    inv_narrow = np.empty(lanes, dtype=x.dtype)
     inv_wide = np.empty(lanes, dtype=inv_steps.dtype)
     for j in range(lanes):
-        i = j % n_in
         for m in range(n_knots):
-            tiled_grid[j, m] = grid[i, m]
-        lows[j], highs[j], inv_narrow[j], inv_wide[j] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i], inv_steps[i]
+            tiled_grid[j, m] = grid[j % n_in, m]
+        inv_wide[j] = inv_steps[j % n_in]
     for first in range(first_row, stop_row, block):
         rows = min(block, stop_row - first)
         _gather_rows(x, first, rows, values)
