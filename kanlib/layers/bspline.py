@@ -210,7 +210,8 @@ class BSplineKAN(SplineGrid, nn.Module):
         them: then the attributes."""
         parameters, buffers = self._parameters, self._buffers
         try:
-            return parameters["scale_base"], parameters["scale_sp"], buffers["mask"], parameters["coef"], buffers["grid"]
+            return (parameters["scale_base"], parameters["scale_sp"], buffers["mask"], parameters["coef"],
+                    buffers["grid"])
         except KeyError:
             return self.scale_base, self.scale_sp, self.mask, self.coef, self.grid
 

@@ -673,7 +673,7 @@ def rows_per_block(n_in, closed_form):
     CLOSED_FORM_BLOCK_BELOW."""
     if n_in >= (CLOSED_FORM_BLOCK_BELOW if closed_form else BLOCK_BELOW):
         return 1
-    return max(1, BLOCK_LANES // max(n_in, 1))
+    return BLOCK_LANES // max(n_in, 1)
 
 
 # Rows side by side: a block of ``rows`` rows of x [N, I] (and of A's gradient) gathered into one row of rows * I
@@ -897,12 +897,11 @@ def _dense_rows_kernel(x, grid, padded, inv_steps, uniform, matrix, activation, 
                        out, grad_x, write_out, write_grad):
     """The dense kernel (:func:`dense_kernel`): chunks of rows in parallel."""
     n_rows = x.shape[0]
-    # once per call on grids that are not uniform: the knots input-minor and the reciprocals of their differences
     closed_form = uniform and K > 0
     block = rows_per_block(x.shape[1], closed_form)
     if closed_form:
         knots, reciprocals = np.empty((0, 0), dtype=padded.dtype), np.empty((0, 0, 0), dtype=padded.dtype)
-    else:
+    else:  # once per call: the knots input-minor and the reciprocals of their differences, tiled for blocks
         knots, reciprocals = recursion_tables(grid, K, padded)
         if block > 1:
             knots, reciprocals = tiled_inputs(knots, block), tiled_inputs(reciprocals, block)
