@@ -65,6 +65,7 @@ def test_sparse_kernels_across_many_tiles(monkeypatch, k, uniform, threads):
     and grad_x summed over column blocks; grids small enough that windows meet both ends of the basis."""
     monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
     monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
+    monkeypatch.setattr(spline_linear_module, "GRAD_TILE_BYTES", 5 * 8 * 4)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
@@ -351,6 +352,7 @@ def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uni
         monkeypatch.setattr(spline_linear_module, "KEEP_EXPANDED_BELOW", 0)
     monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
     monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
+    monkeypatch.setattr(spline_linear_module, "GRAD_TILE_BYTES", 5 * 8 * 4)
     gen = torch.Generator().manual_seed(k)
     for grid_size in (1, 11):
         grid = random_grid(6, grid_size, k, gen, uniform=uniform, dtype=torch.float64)
@@ -368,6 +370,41 @@ def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uni
             results.append((out, *torch.autograd.grad(out, leaves, grad_out)))
         for got, want in zip(*results):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("x_needs_grad", [True, False])
+@pytest.mark.parametrize("op", ["layer", "spline_linear"])
+def test_the_sparse_path_expands_once_for_forward_and_backward(monkeypatch, op, x_needs_grad):
+    """The forward's windows (with slopes only when x takes a gradient) serve every backward of the graph, a
+    retained graph's second backward too, and the gradients are the reference's."""
+    calls = []
+    windows = spline_linear_module._sparse_windows
+
+    def counted(args, n_slots, with_slopes):
+        calls.append(with_slopes)
+        return windows(args, n_slots, with_slopes)
+
+    monkeypatch.setattr(spline_linear_module, "_sparse_windows", counted)
+    gen = torch.Generator().manual_seed(5)
+    grid = random_grid(5, 9, 3, gen, uniform=True, dtype=torch.float64)
+    x = inputs_around(grid, 23, gen, outside=0.3).requires_grad_(x_needs_grad)
+    (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 5, 7, 12)
+    weight = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef).detach().requires_grad_()
+    leaves = (x, scale_base, scale_sp, coef) if op == "layer" else (x, weight)
+    leaves = leaves if x_needs_grad else leaves[1:]
+    if op == "layer":
+        out = spline_linear_module.sparse_spline_layer(x, scale_base, scale_sp, mask, coef, grid, 3, True)
+    else:
+        out = spline_linear(x, weight, grid, 3, True, "silu", "sparse")
+    grad_out = torch.randn(23, 7, generator=gen, dtype=torch.float64)
+    first = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    second = torch.autograd.grad(out, leaves, grad_out)
+    assert calls == [x_needs_grad]
+    want_weight = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef) if op == "layer" else weight
+    want = torch.autograd.grad(spline_linear_reference(x, want_weight, grid, 3, "silu"), leaves, grad_out)
+    for got in (first, second):
+        for got_grad, want_grad in zip(got, want):
+            torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -210,9 +210,11 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
 
 
 # The sparse kernels' tiles: a tile's accumulators (rows x columns) and the weight rows of one input (slots x
-# columns) are meant to stay in a core's L2 cache.
+# columns) are meant to stay in a core's L2 cache. The weight gradient's accumulators take every window's writes,
+# and smaller blocks of them measured faster (a 256-wide layer at G = 50: 2 inputs a tile, not 9).
 TILE_COLUMNS = 256
 TILE_BYTES = 1 << 19
+GRAD_TILE_BYTES = 1 << 17
 
 
 def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool):
@@ -245,35 +247,39 @@ def _row_column_tiles(n_rows: int, n_out: int, itemsize: int, threads: int) -> t
 
 def _input_column_tiles(n_in: int, n_slots: int, n_out: int, itemsize: int, threads: int) -> tuple[int, int]:
     """(in_block, col_block) for the grad_weight kernel: the weight gradient rows of in_block inputs within
-    TILE_BYTES, and at least one tile per thread."""
+    GRAD_TILE_BYTES, and at least one tile per thread."""
     col_block = min(n_out, TILE_COLUMNS)
     tiles_per_input = -(-n_out // col_block)
-    in_block = min(TILE_BYTES // (n_slots * col_block * itemsize), n_in * tiles_per_input // threads)
+    in_block = min(GRAD_TILE_BYTES // (n_slots * col_block * itemsize), n_in * tiles_per_input // threads)
     return max(1, in_block), col_block
 
 
-def _sparse_forward(x, weight, grid, spline_order, uniform, activation) -> torch.Tensor:
-    """A @ weight [N, O] through the local-support kernels."""
+def _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slopes=False):
+    """(A @ weight [N, O], the windows of :func:`_sparse_windows`) through the local-support kernels; the slopes
+    (for grad_x) only when ``with_slopes``. A backward on the same x and grid reuses the windows."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
-    starts, values, _ = _sparse_windows(args, weight.shape[0] // x.shape[1], with_slopes=False)
+    windows = _sparse_windows(args, weight.shape[0] // x.shape[1], with_slopes=with_slopes)
     out = x.new_empty(x.shape[0], weight.shape[1])
     tiles = _row_column_tiles(*out.shape, out.element_size(), args.kernels.thread_count())
-    args.kernels.sparse_forward(starts, values, weight.numpy(), out.numpy(), *tiles)
-    return out
+    args.kernels.sparse_forward(windows[0], windows[1], weight.numpy(), out.numpy(), *tiles)
+    return out, windows
 
 
-def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x):
+def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x, windows):
     """What both local-support backward passes start from: (kernel arguments, S, (starts, values, slopes) of
-    :func:`_sparse_windows`, slopes only when need_x, the thread count)."""
+    :func:`_sparse_windows`, the thread count). ``windows``: the forward's, or None; computed again when missing
+    or, while need_x, without slopes."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     n_slots = weight.shape[0] // x.shape[1]
-    return args, n_slots, _sparse_windows(args, n_slots, with_slopes=need_x), args.kernels.thread_count()
+    if windows is None or (need_x and windows[2].size == 0):
+        windows = _sparse_windows(args, n_slots, with_slopes=need_x)
+    return args, n_slots, windows, args.kernels.thread_count()
 
 
-def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w):
-    """(grad_x or None, grad_weight or None) through the local-support kernels."""
+def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w, windows=None):
+    """(grad_x or None, grad_weight or None) through the local-support kernels (``windows``: the forward's)."""
     args, n_slots, (starts, values, slopes), threads = _backward_windows(x, grid, spline_order, uniform, activation,
-                                                                        weight, need_x)
+                                                                        weight, need_x, windows)
     grad_x = grad_w = None
     if need_w:
         grad_w = torch.empty_like(weight)
@@ -303,8 +309,11 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight, grid)
         x, weight, grid = x.contiguous(), weight.contiguous(), grid.contiguous()
         n_slots = weight.shape[0] // x.shape[1]
+        ctx.windows = None
         if sparse:
-            out = _sparse_forward(x, weight.detach(), grid, spline_order, uniform, activation)
+            out, windows = _sparse_forward(x, weight.detach(), grid, spline_order, uniform, activation,
+                                           with_slopes=ctx.needs_input_grad[0])
+            ctx.windows = windows if any(ctx.needs_input_grad[:2]) else None
         else:
             expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
             out = _product(expanded, weight.detach())
@@ -324,8 +333,8 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         x, weight, grid = x.detach().contiguous(), weight.detach().contiguous(), grid.contiguous()
         grad_x = grad_w = None
         if sparse:
-            return (*_sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w),
-                    None, None, None, None, None)
+            return (*_sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w,
+                                      ctx.windows), None, None, None, None, None)
         # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
         grad_expanded = grad_out @ weight.t() if need_x else None
         expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
@@ -353,8 +362,12 @@ class FusedSplineLayer(torch.autograd.Function):
         ctx.config = (spline_order, uniform, activation, sparse)
         ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse,
                                       slot_major=not sparse)
+        ctx.windows = None
         if sparse:
-            return _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation)
+            out, windows = _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation,
+                                           with_slopes=ctx.needs_input_grad[0])
+            ctx.windows = windows if any(ctx.needs_input_grad[:5]) else None
+            return out
         expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1],
                                     slot_major=True)
         ctx.expanded = expanded if expanded.numel() < KEEP_EXPANDED_BELOW else None
@@ -383,7 +396,8 @@ class FusedSplineLayer(torch.autograd.Function):
         need_parameters = need_base or need_sp or need_coef
         if sparse:
             grad_x, grad_parameters = _sparse_layer_backward(x, grid, spline_order, uniform, activation, ctx.weight,
-                                                             grad_out, scale_sp, mask, coef, need_x, need_parameters)
+                                                             grad_out, scale_sp, mask, coef, need_x, need_parameters,
+                                                             ctx.windows)
         else:
             grad_expanded = grad_out @ ctx.weight.t() if need_x else None
             expanded, ctx.expanded = ctx.expanded, None  # a second backward (retain_graph) rebuilds A
@@ -476,10 +490,11 @@ def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = Fa
 
 
 def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, grad_out, scale_sp, mask, coef,
-                           need_x, need_parameters):
-    """(grad_x or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) through the local-support kernels."""
+                           need_x, need_parameters, windows=None):
+    """(grad_x or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) through the local-support kernels
+    (``windows``: the forward's)."""
     args, n_slots, (starts, values, slopes), threads = _backward_windows(x, grid, spline_order, uniform, activation,
-                                                                        weight, need_x)
+                                                                        weight, need_x, windows)
     grad_x = grad_parameters = None
     if need_x:
         grad_x = _sparse_grad_x(args, starts, slopes, weight, grad_out, threads)
