@@ -271,7 +271,7 @@ def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x
     or, while need_x, without slopes."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     n_slots = weight.shape[0] // x.shape[1]
-    if windows is None or (need_x and windows[2].size == 0):
+    if windows is None or (need_x and windows[2].shape != windows[1].shape):
         windows = _sparse_windows(args, n_slots, with_slopes=need_x)
     return args, n_slots, windows, args.kernels.thread_count()
 
