@@ -267,11 +267,11 @@ def _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slo
 
 def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x, windows):
     """What both local-support backward passes start from: (kernel arguments, S, (starts, values, slopes) of
-    :func:`_sparse_windows`, the thread count). ``windows``: the forward's, or None; computed again when missing
-    or, while need_x, without slopes."""
+    :func:`_sparse_windows`, the thread count). ``windows``: the forward's (with slopes exactly when x takes a
+    gradient, as need_x says), or None, and then computed here."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     n_slots = weight.shape[0] // x.shape[1]
-    if windows is None or (need_x and windows[2].shape != windows[1].shape):
+    if windows is None:
         windows = _sparse_windows(args, n_slots, with_slopes=need_x)
     return args, n_slots, windows, args.kernels.thread_count()
 
