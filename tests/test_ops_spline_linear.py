@@ -412,6 +412,43 @@ def test_the_sparse_path_expands_once_for_forward_and_backward(monkeypatch, op, 
             torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("op", ["module", "layer", "spline_linear"])
+def test_the_sparse_path_computes_no_slopes_without_a_graph(monkeypatch, op):
+    """Under torch.no_grad no backward can come: the sparse forward computes the windows without slopes, even for an
+    x and parameters that require grad, and gives the output it gives with a graph."""
+    calls = []
+    windows = spline_linear_module._sparse_windows
+
+    def counted(args, n_slots, with_slopes):
+        calls.append(with_slopes)
+        return windows(args, n_slots, with_slopes)
+
+    monkeypatch.setattr(spline_linear_module, "_sparse_windows", counted)
+    gen = torch.Generator().manual_seed(7)
+    if op == "module":
+        module = BSplineKAN(5, 7, grid_size=9, backend="sparse", dtype=torch.float64)
+        x = inputs_around(module.grid, 23, gen, outside=0.3).requires_grad_()
+
+        def run():
+            return module(x)
+    else:
+        grid = random_grid(5, 9, 3, gen, uniform=True, dtype=torch.float64)
+        x = inputs_around(grid, 23, gen, outside=0.3).requires_grad_()
+        (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 5, 7, 12)
+        weight = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef).detach().requires_grad_()
+
+        def run():
+            if op == "layer":
+                return spline_linear_module.sparse_spline_layer(x, scale_base, scale_sp, mask, coef, grid, 3, True)
+            return spline_linear(x, weight, grid, 3, True, "silu", "sparse")
+    with torch.no_grad():
+        without_graph = run()
+    assert calls == [False] and not without_graph.requires_grad
+    with_graph = run()
+    assert calls == [False, True] and with_graph.requires_grad
+    torch.testing.assert_close(without_graph, with_graph, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("sparse", [True, False])
 def test_the_layer_from_its_parameters_gradcheck_and_second_derivatives(monkeypatch, sparse, keep):

@@ -228,7 +228,7 @@ class BSplineKAN(SplineGrid, nn.Module):
         fused = self._fused_cpu_backend(flat, tensors)
         if fused is not None:
             out = FusedSplineLayer.apply(*tensors, self.spline_order, self.is_uniform(), self.base_activation,
-                                         fused == "sparse")
+                                         fused == "sparse", torch.is_grad_enabled())
         else:
             weight = self.weight_matrix()
             # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does
@@ -450,7 +450,8 @@ class BSplineKAN(SplineGrid, nn.Module):
         at the numerical edges only (base and spline, masked), not at edges fixed to symbolic functions."""
         self._check_input(x)
         x = x.reshape(-1, self.in_features)
-        return sparsity_penalty(self.numerical_edges(x), x, self.coef, l1=l1, entropy=entropy, coef_l1=coef, coefdiff_l1=coefdiff)
+        return sparsity_penalty(self.numerical_edges(x), x, self.coef, l1=l1, entropy=entropy, coef_l1=coef,
+                                coefdiff_l1=coefdiff)
 
     def select(self, inputs, outputs) -> "BSplineKAN":
         """A new layer (same settings, backend, dtype and device) on the given input and output indices: their

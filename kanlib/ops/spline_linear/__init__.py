@@ -265,6 +265,17 @@ def _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slo
     return out, windows
 
 
+def _recorded_sparse_forward(ctx, recording, n_differentiable, x, weight, grid, spline_order, uniform, activation):
+    """:func:`_sparse_forward` inside an autograd Function's forward: (out, the windows to keep on ctx for backward, or
+    None). ``recording``: whether autograd was recording when the Function was applied (inside forward it never is);
+    without a graph, or when none of the first ``n_differentiable`` inputs takes a gradient, no backward comes, so
+    neither the slopes nor the windows are kept."""
+    needs = ctx.needs_input_grad
+    out, windows = _sparse_forward(x, weight, grid, spline_order, uniform, activation,
+                                   with_slopes=recording and needs[0])
+    return out, windows if recording and any(needs[:n_differentiable]) else None
+
+
 def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x, windows):
     """What both local-support backward passes start from: (kernel arguments, S, (starts, values, slopes) of
     :func:`_sparse_windows`, the thread count). ``windows``: the forward's (with slopes exactly when x takes a
@@ -301,19 +312,19 @@ def _sparse_grad_x(args: _CpuKernelArgs, starts, slopes, weight, grad_out, threa
 
 
 class FusedCpuSplineLinear(torch.autograd.Function):
-    """The product through the numba kernels: dense (A written by a kernel, BLAS products) or sparse."""
+    """The product through the numba kernels: dense (A written by a kernel, BLAS products) or sparse.
+    ``recording``: ``torch.is_grad_enabled()`` where it is applied (see :func:`_recorded_sparse_forward`)."""
 
     @staticmethod
-    def forward(ctx, x, weight, grid, spline_order, uniform, activation, sparse):
+    def forward(ctx, x, weight, grid, spline_order, uniform, activation, sparse, recording):
         # The inputs themselves are saved: a create_graph backward differentiates through them.
         ctx.save_for_backward(x, weight, grid)
         x, weight, grid = x.contiguous(), weight.contiguous(), grid.contiguous()
         n_slots = weight.shape[0] // x.shape[1]
         ctx.windows = None
         if sparse:
-            out, windows = _sparse_forward(x, weight.detach(), grid, spline_order, uniform, activation,
-                                           with_slopes=ctx.needs_input_grad[0])
-            ctx.windows = windows if any(ctx.needs_input_grad[:2]) else None
+            out, ctx.windows = _recorded_sparse_forward(ctx, recording, 2, x, weight.detach(), grid, spline_order,
+                                                        uniform, activation)
         else:
             expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
             out = _product(expanded, weight.detach())
@@ -328,20 +339,20 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph=True: the gradients must themselves be differentiable, which the kernels' are not.
             return (*differentiable_backward(x, weight, grid, spline_order, activation, grad_out, need_x, need_w),
-                    None, None, None, None, None)
+                    None, None, None, None, None, None)
         grad_out = grad_out.detach().contiguous()
         x, weight, grid = x.detach().contiguous(), weight.detach().contiguous(), grid.contiguous()
         grad_x = grad_w = None
         if sparse:
             return (*_sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w,
-                                      ctx.windows), None, None, None, None, None)
+                                      ctx.windows), None, None, None, None, None, None)
         # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
         grad_expanded = grad_out @ weight.t() if need_x else None
         expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
                                          grad_expanded, expanded=need_w)
         if need_w:
             grad_w = _weight_gradient(expanded, grad_out)
-        return grad_x, grad_w, None, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None, None
 
 
 class FusedSplineLayer(torch.autograd.Function):
@@ -351,22 +362,22 @@ class FusedSplineLayer(torch.autograd.Function):
     Dense (``sparse`` False): the expansion A is written by a kernel and multiplied by BLAS (and kept for backward
     when it has fewer than KEEP_EXPANDED_BELOW elements, else rebuilt there); the weight gradient [I*S, O] is
     folded back onto the parameters by one kernel pass. A's columns and the weight's rows are slot-major here
-    (s*I + i), which the kernel writes and reads for all inputs at once, in A's dtype. Sparse: the local-support kernels, and the
-    parameters' gradients straight from the basis windows (:func:`.cpu.sparse_grad_parameters`), without the weight
-    gradient.
+    (s*I + i), which the kernel writes and reads for all inputs at once, in A's dtype. Sparse: the local-support
+    kernels, and the parameters' gradients straight from the basis windows (:func:`.cpu.sparse_grad_parameters`),
+    without the weight gradient. ``recording``: ``torch.is_grad_enabled()`` where it is applied (see
+    :func:`_recorded_sparse_forward`).
     """
 
     @staticmethod
-    def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse):
+    def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse, recording):
         ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid)
         ctx.config = (spline_order, uniform, activation, sparse)
         ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse,
                                       slot_major=not sparse)
         ctx.windows = None
         if sparse:
-            out, windows = _sparse_forward(x, ctx.weight, grid, spline_order, uniform, activation,
-                                           with_slopes=ctx.needs_input_grad[0])
-            ctx.windows = windows if any(ctx.needs_input_grad[:5]) else None
+            out, ctx.windows = _recorded_sparse_forward(ctx, recording, 5, x, ctx.weight, grid, spline_order, uniform,
+                                                        activation)
             return out
         expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1],
                                     slot_major=True)
@@ -388,7 +399,7 @@ class FusedSplineLayer(torch.autograd.Function):
                 out = spline_linear_reference(x, weight, grid, spline_order, activation)
                 grads = torch.autograd.grad(out, [t for _, t in wanted], grad_out, create_graph=True,
                                             allow_unused=True)
-            result = [None] * 10
+            result = [None] * 11
             for (i, _), grad in zip(wanted, grads):
                 result[i] = grad
             return tuple(result)
@@ -414,7 +425,7 @@ class FusedSplineLayer(torch.autograd.Function):
                                                       slot_major=True)
         grad_base, grad_sp, grad_coef = grad_parameters or (None, None, None)
         return (grad_x, grad_base if need_base else None, grad_sp if need_sp else None, None,
-                grad_coef if need_coef else None, None, None, None, None, None)
+                grad_coef if need_coef else None, None, None, None, None, None, None)
 
 
 # The dense layer path keeps an expansion A of fewer elements than this from forward to backward, instead of
@@ -522,7 +533,7 @@ def fused_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torc
         raise RuntimeError("fused_spline_layer runs fused kernels, which torch.func, torch.compile and torch.export "
                            "cannot look into")
     return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
-                                  bool(sparse))
+                                  bool(sparse), torch.is_grad_enabled())
 
 
 def sparse_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
@@ -563,4 +574,5 @@ def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spl
     if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES:
         raise ValueError(f"backend={backend!r} runs on the CPU in float32 or float64, "
                          f"got {x.dtype} tensors on {x.device}")
-    return FusedCpuSplineLinear.apply(x, weight, grid, spline_order, uniform, activation, backend == "sparse")
+    return FusedCpuSplineLinear.apply(x, weight, grid, spline_order, uniform, activation, backend == "sparse",
+                                      torch.is_grad_enabled())
