@@ -268,20 +268,43 @@ def local_window(value, grid, padded, inv_steps, i, uniform, spline_order, matri
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _uniform_row(x_row, grid, inv_steps, spans, coords):
+def _uniform_row(x_row, grid, steps, inv_steps, spans, coords):
     """Spans and coordinates of one row on uniform grids, as flat loops the compiler can vectorize.
 
-    spans[i] is -1 outside the extended grid (or for NaN); coords[i] is measured from the span's knot.
+    spans[i] is -1 outside the extended grid (or for NaN); coords[i] is measured from the span's knot
+    (:func:`from_span_knot`).
     """
     n_knots = grid.shape[1]
     for i in range(x_row.shape[0]):
         value = x_row[i]
-        u = (value - grid[i, 0]) * inv_steps[i]
+        low = grid[i, 0]
+        u = (value - low) * inv_steps[i]
         span = int(min(max(u, 0.0), n_knots - 2.0))
-        inside = grid[i, 0] <= value < grid[i, n_knots - 1]
+        inside = low <= value < grid[i, n_knots - 1]
         spans[i] = span if inside else -1
-        t = (value - grid[i, span]) * inv_steps[i]
+        t = from_span_knot(value, low, steps[i], span) * inv_steps[i]
         coords[i] = min(max(t, 0.0), 1.0)
+
+
+@njit(cache=True)
+def uniform_steps(grid, like):
+    """The knot spacing of each row of a uniform grid [I, J], from its first and last knot: [I] in like's dtype.
+    Compiled on its own, without fast-math, so that every kernel gets the same steps."""
+    n_in, n_knots = grid.shape
+    steps = np.empty(n_in, dtype=like.dtype)
+    for i in range(n_in):
+        steps[i] = (grid[i, n_knots - 1] - grid[i, 0]) / (n_knots - 1)
+    return steps
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def from_span_knot(value, low, step, span):
+    """value minus the knot that starts span ``span`` of a uniform grid (first knot ``low``, spacing ``step``), as
+    (value - low) - span * step: computed, not read from the grid, whose read at a different place for every value
+    kept the row loops from vectorizing. It differs from value minus the stored knot by float rounding of the grid's
+    range (not of the values' magnitude, so shifted grids lose nothing); a value on a knot then gets a coordinate of
+    that rounding's size instead of exactly 0 or 1."""
+    return (value - low) - span * step
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -519,20 +542,19 @@ def _dot_slots(slots, offsets, slopes, k, acc):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _uniform_windows(x_row, grid, lows, highs, inv_steps, k, n_basis, offsets, coords):
-    """Per input i of one row on uniform grids, in x's dtype: offsets[i], the window entry of its basis 0 (k minus
-    its span; one past every window outside the grid or for NaN), and coords[i], its position in the span measured
-    from the span's knot (as :func:`_uniform_row`: exact at the knots, whatever G)."""
+def _uniform_windows(x_row, n_knots, lows, highs, steps, inv_steps, k, n_basis, offsets, coords):
+    """Per input i of one row on uniform grids of n_knots knots, in x's dtype: offsets[i], the window entry of its
+    basis 0 (k minus its span; one past every window outside the grid or for NaN), and coords[i], its position in
+    the span measured from the span's knot (:func:`from_span_knot`, as :func:`_uniform_row`)."""
     real = x_row.dtype.type
-    n_knots = grid.shape[1]
     for i in range(x_row.shape[0]):
         value = x_row[i]
         low = lows[i]
         inside = low <= value < highs[i]
         u = (value - low) * inv_steps[i] if inside else real(0.0)
-        span = int(min(max(u, real(0.0)), real(n_knots - 2)))
-        offsets[i] = real(k - span) if inside else real(n_basis + k + 1)
-        coords[i] = min(max((value - grid[i, span]) * inv_steps[i], real(0.0)), real(1.0))
+        span = np.floor(min(max(u, real(0.0)), real(n_knots - 2)))
+        offsets[i] = real(k) - span if inside else real(n_basis + k + 1)
+        coords[i] = min(max(from_span_knot(value, low, steps[i], span) * inv_steps[i], real(0.0)), real(1.0))
 
 
 @njit(cache=True)
@@ -759,18 +781,19 @@ def recursion_block_rows(x, knots, reciprocals, k, block, activation, bits_like,
 @njit(inline="always", cache=True)
 def _closed_form_buffers(grid, inv_steps, lanes, like, k):
     """The closed form's work arrays for ``lanes`` values, place j holding input j % I, in like's dtype: offsets,
-    coords, windows [k+1, lanes], spline, and each place's first and last knot and inverse step (lows, highs,
-    inv_narrow)."""
+    coords, windows [k+1, lanes], spline, and each place's first and last knot, step and inverse step (lows, highs,
+    steps, inv_narrow)."""
     n_in, n_knots = grid.shape
     offsets, coords, spline = (np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype),
                                np.empty(lanes, dtype=like.dtype))
     windows = np.empty((k + 1, lanes), dtype=like.dtype)
-    lows, highs, inv_narrow = (np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype),
-                               np.empty(lanes, dtype=like.dtype))
+    lows, highs, steps, inv_narrow = (np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype),
+                                      np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype))
+    row_steps = uniform_steps(grid, like)
     for j in range(lanes):
         i = j % n_in
-        lows[j], highs[j], inv_narrow[j] = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
-    return offsets, coords, windows, spline, lows, highs, inv_narrow
+        lows[j], highs[j], steps[j], inv_narrow[j] = grid[i, 0], grid[i, n_knots - 1], row_steps[i], inv_steps[i]
+    return offsets, coords, windows, spline, lows, highs, steps, inv_narrow
 
 
 # The dense kernel's functions below are templates, compiled per spline order k and layout by :func:`_dense_kernel`
@@ -786,10 +809,11 @@ def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, consta
     n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
     n_basis = n_slots - 1
     base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
-    offsets, coords, windows, spline, lows, highs, inv_narrow = _closed_form_buffers(grid, inv_steps, n_in, x, K)
+    offsets, coords, windows, spline, lows, highs, steps, inv_narrow = _closed_form_buffers(grid, inv_steps, n_in, x,
+                                                                                           K)
     for n in range(first_row, stop_row):
         activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-        _uniform_windows(x[n], grid, lows, highs, inv_narrow, K, n_basis, offsets, coords)
+        _uniform_windows(x[n], grid.shape[1], lows, highs, steps, inv_narrow, K, n_basis, offsets, coords)
         if write_grad:  # before out's row is written: out may be grad_expanded itself
             slots = grad_expanded[n].reshape(n_slots, n_in)
             window_polynomials(coords, matrix, K, n_in, 1, 1.0, windows)
@@ -807,7 +831,7 @@ def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, consta
 def _uniform_block_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
                         write_out, write_grad, block, first_row, stop_row):
     """:func:`_uniform_slot_rows` for narrow layers: ``block`` rows side by side as one row of block * I values (the
-    grid's rows tiled to match), as :func:`recursion_block_rows` does."""
+    grid's constants tiled to match), as :func:`recursion_block_rows` does."""
     n_in = x.shape[1]
     lanes = block * n_in
     n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
@@ -815,19 +839,17 @@ def _uniform_block_rows(x, grid, inv_steps, matrix, activation, bits_like, const
     n_knots = grid.shape[1]
     base, base_grad, exponentials, bits = activation_buffers(lanes, x, bits_like)
     values = np.empty(lanes, dtype=x.dtype)
-    offsets, coords, windows, spline, lows, highs, inv_narrow = _closed_form_buffers(grid, inv_steps, lanes, x, K)
+    offsets, coords, windows, spline, lows, highs, steps, inv_narrow = _closed_form_buffers(grid, inv_steps, lanes, x,
+                                                                                           K)
     slots = np.zeros((n_slots, lanes), dtype=x.dtype)
-    tiled_grid = np.empty((lanes, n_knots), dtype=grid.dtype)
     inv_wide = np.empty(lanes, dtype=inv_steps.dtype)
     for j in range(lanes):
-        for m in range(n_knots):
-            tiled_grid[j, m] = grid[j % n_in, m]
         inv_wide[j] = inv_steps[j % n_in]
     for first in range(first_row, stop_row, block):
         rows = min(block, stop_row - first)
         _gather_rows(x, first, rows, values)
         activation_row(values, activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-        _uniform_windows(values, tiled_grid, lows, highs, inv_narrow, K, n_basis, offsets, coords)
+        _uniform_windows(values, n_knots, lows, highs, steps, inv_narrow, K, n_basis, offsets, coords)
         if write_grad:  # gathered before out's rows are written: out may be grad_expanded itself
             _gather_slots(grad_expanded, first, rows, n_in, True, slots)
             window_polynomials(coords, matrix, K, lanes, 1, 1.0, windows)
@@ -853,9 +875,10 @@ def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constan
     values = np.empty((K + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
     slopes = np.empty((K + 1, n_in), dtype=matrix.dtype)
     base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
+    steps = uniform_steps(grid, coords)
     for n in range(first_row, stop_row):
         activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
-        _uniform_row(x[n], grid, inv_steps, spans, coords)
+        _uniform_row(x[n], grid, steps, inv_steps, spans, coords)
         if write_out:
             _polynomials(coords, matrix, 0, values)
         if write_grad:
