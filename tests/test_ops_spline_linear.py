@@ -377,11 +377,8 @@ def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uni
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("x_needs_grad", [True, False])
-@pytest.mark.parametrize("op", ["layer", "spline_linear"])
-def test_the_sparse_path_expands_once_for_forward_and_backward(monkeypatch, op, x_needs_grad):
-    """The forward's windows (with slopes only when x takes a gradient) serve every backward of the graph, a
-    retained graph's second backward too, and the gradients are the reference's."""
+def _count_window_calls(monkeypatch) -> list:
+    """The list to which every call of the sparse path's window kernel appends its with_slopes."""
     calls = []
     windows = spline_linear_module._sparse_windows
 
@@ -390,6 +387,15 @@ def test_the_sparse_path_expands_once_for_forward_and_backward(monkeypatch, op, 
         return windows(args, n_slots, with_slopes)
 
     monkeypatch.setattr(spline_linear_module, "_sparse_windows", counted)
+    return calls
+
+
+@pytest.mark.parametrize("x_needs_grad", [True, False])
+@pytest.mark.parametrize("op", ["layer", "spline_linear"])
+def test_the_sparse_path_expands_once_for_forward_and_backward(monkeypatch, op, x_needs_grad):
+    """The forward's windows (with slopes only when x takes a gradient) serve every backward of the graph, a
+    retained graph's second backward too, and the gradients are the reference's."""
+    calls = _count_window_calls(monkeypatch)
     gen = torch.Generator().manual_seed(5)
     grid = random_grid(5, 9, 3, gen, uniform=True, dtype=torch.float64)
     x = inputs_around(grid, 23, gen, outside=0.3).requires_grad_(x_needs_grad)
@@ -416,14 +422,7 @@ def test_the_sparse_path_expands_once_for_forward_and_backward(monkeypatch, op, 
 def test_the_sparse_path_computes_no_slopes_without_a_graph(monkeypatch, op):
     """Under torch.no_grad no backward can come: the sparse forward computes the windows without slopes, even for an
     x and parameters that require grad, and gives the output it gives with a graph."""
-    calls = []
-    windows = spline_linear_module._sparse_windows
-
-    def counted(args, n_slots, with_slopes):
-        calls.append(with_slopes)
-        return windows(args, n_slots, with_slopes)
-
-    monkeypatch.setattr(spline_linear_module, "_sparse_windows", counted)
+    calls = _count_window_calls(monkeypatch)
     gen = torch.Generator().manual_seed(7)
     if op == "module":
         module = BSplineKAN(5, 7, grid_size=9, backend="sparse", dtype=torch.float64)
