@@ -460,6 +460,9 @@ def _add_bench_threads(benchmarks: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=_int_at_least(1), default=256, help="layer width I = O (default: 256)")
     parser.add_argument("--grid", type=_int_at_least(1), nargs="+", dest="grids", default=None,
                         help="grid sizes G (default: 5 50: the dense and the local-support kernels)")
+    parser.add_argument("--rounds", type=_int_at_least(1), default=3,
+                        help="turns each configuration takes, in rotation, each in a new process timing its share of "
+                             "--repeat (default: 3)")
     _add_common_options(parser)
     parser.set_defaults(handler=_bench_threads, command_parser=parser)
 
@@ -474,13 +477,13 @@ def _bench_threads(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if len(set(grids)) != len(grids):
         parser.error(f"--grid: expected distinct grid sizes, got {grids}")
     rows = threads.run_threads_benchmark(grids, batch=args.batch, width=args.width, repeat=args.repeat,
-                                         warmup=args.warmup, seed=args.seed)
+                                         warmup=args.warmup, seed=args.seed, rounds=args.rounds)
     print(f"thread benchmark on {device}: batch {args.batch}, width {args.width}")
     print(format_table(rows, threads.TABLE_COLUMNS))
     print("targets:")
     print(format_targets(threads.target_report(rows), ".3g"))
     params = {"grids": grids, "batch": args.batch, "width": args.width, "repeat": args.repeat,
-              "warmup": args.warmup, "seed": args.seed}
+              "warmup": args.warmup, "seed": args.seed, "rounds": args.rounds}
     return _write_results("threads", params, rows, device, args)
 
 

@@ -7,8 +7,8 @@ from kanlib.bench.threads import CONFIGURATIONS, NEIGHBOURS, TARGETS, run_thread
 
 @pytest.fixture(scope="module")
 def tiny_rows():
-    return run_threads_benchmark(grids=(3, 9), batch=16, width=8, repeat=2, warmup=1,
-                                 configurations=("default", "one thread", "numba workqueue"))
+    return run_threads_benchmark(grids=(3, 9), batch=16, width=8, repeat=3, warmup=1,
+                                 configurations=("default", "one thread", "numba workqueue"), rounds=2)
 
 
 def test_rows_cover_every_neighbour_grid_and_configuration(tiny_rows):
@@ -20,6 +20,15 @@ def test_rows_cover_every_neighbour_grid_and_configuration(tiny_rows):
     assert by_configuration["one thread", 3]["torch_threads"] == 1
     assert by_configuration["numba workqueue", 9]["threading_layer"] == "workqueue"
     assert {by_configuration["default", 3]["backend"], by_configuration["default", 9]["backend"]} == {"cpu", "sparse"}
+
+
+def test_each_row_pools_its_configurations_turns(tiny_rows):
+    # repeat 3 over 2 rounds: two turns of two steps each, one process per turn
+    assert {row["fwdbwd_n"] for row in tiny_rows} == {4}
+    assert {row["dense_fwdbwd_n"] for row in tiny_rows} == {4}
+    assert not any("layer_ms" in row or "dense_ms" in row for row in tiny_rows)
+    for row in tiny_rows:
+        assert row["fwdbwd_min_ms"] <= row["fwdbwd_median_ms"] <= row["fwdbwd_max_ms"]
 
 
 def test_ratios_are_to_the_fastest_of_the_same_neighbour_and_grid(tiny_rows):
@@ -55,6 +64,7 @@ def test_the_dense_product_is_timed_beside_the_layer(tiny_rows):
     ({"neighbours": ()}, "neighbours: expected a non-empty selection"),
     ({"grids": ()}, "grids"),
     ({"repeat": 0}, "repeat"),
+    ({"rounds": 0}, "rounds"),
 ])
 def test_bad_arguments_are_named(change, message):
     with pytest.raises(ValueError, match=message):

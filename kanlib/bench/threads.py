@@ -6,7 +6,10 @@ the kernels take torch's intra-op thread count (``torch.set_num_threads``; see
 :func:`kanlib.ops.spline_linear.cpu.kernel_threads`), so one setting governs both. This benchmark shows whether
 that default is as fast as the settings a careful user would pick.
 
-Each configuration runs in a fresh Python process, since numba's threading layer is fixed per process:
+Each configuration runs in a fresh Python process, since numba's threading layer is fixed per process. The
+configurations take turns, ``rounds`` times, each turn a new process timing its share of the ``repeat`` steps, and
+each row pools its configuration's turns: a machine whose speed drifts over minutes then slows every configuration
+alike, instead of whichever ran during the slow minutes.
 
 - ``default``: nothing set.
 - ``one thread``: ``torch.set_num_threads(1)`` (the kernels follow).
@@ -40,7 +43,7 @@ import torch
 from ..checks import check_int
 from .candidates import GRID_RANGE, check_sizes
 from .targets import target_entry
-from .timing import time_interleaved
+from .timing import Timing, interleaved_samples
 
 __all__ = ["CONFIGURATIONS", "NEIGHBOURS", "TABLE_COLUMNS", "TARGETS", "measure_here", "run_threads_benchmark",
            "target_report"]
@@ -80,7 +83,9 @@ def _threading_layer() -> str | None:
 
 def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warmup: int, seed: int,
                  torch_threads: int | None) -> list[dict]:
-    """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers)."""
+    """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers):
+    the settings in force and the ``repeat`` run times of the layer and of the dense product (``layer_ms``,
+    ``dense_ms``)."""
     import numba
 
     from ..layers import BSplineKAN
@@ -100,15 +105,14 @@ def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warm
         expanded_width = width * (layer.n_basis + 1)
         dense_x = torch.rand(batch, expanded_width, generator=generator).requires_grad_()
         dense_w = (torch.randn(expanded_width, width, generator=generator) * expanded_width ** -0.5).requires_grad_()
-        timings = time_interleaved(
+        samples = interleaved_samples(
             {"layer": lambda: torch.autograd.grad(layer(x), leaves, grad_out),
              "dense": lambda: torch.autograd.grad(dense_x @ dense_w, (dense_x, dense_w), grad_out)},
             device="cpu", warmup=warmup, repeat=repeat)
         results.append({"grid": grid_size, "backend": torch_backend(x, layer.weight_matrix(), layer.spline_order),
                         "threading_layer": _threading_layer(), "kernel_threads": thread_count(),
-                        "torch_threads": torch.get_num_threads(), **timings["layer"].as_dict("fwdbwd_"),
-                        **timings["dense"].as_dict("dense_fwdbwd_"),
-                        "ratio_to_dense": timings["layer"].median_ms / timings["dense"].median_ms})
+                        "torch_threads": torch.get_num_threads(), "layer_ms": samples["layer"],
+                        "dense_ms": samples["dense"]})
     return results
 
 
@@ -133,27 +137,41 @@ def _neighbour(kind: str) -> subprocess.Popen | None:
     return process
 
 
+def _pooled_row(neighbour: str, configuration: str, turns: Sequence[dict]) -> dict:
+    """One row from a configuration's turns at one grid size: the settings of its first turn, the timings of all."""
+    layer = Timing.from_samples([ms for turn in turns for ms in turn["layer_ms"]])
+    dense = Timing.from_samples([ms for turn in turns for ms in turn["dense_ms"]])
+    settings = {key: value for key, value in turns[0].items() if key not in ("layer_ms", "dense_ms")}
+    return {"neighbour": neighbour, "configuration": configuration, **settings, **layer.as_dict("fwdbwd_"),
+            **dense.as_dict("dense_fwdbwd_"), "ratio_to_dense": layer.median_ms / dense.median_ms}
+
+
 def run_threads_benchmark(grids: Sequence[int] = (5, 50), batch: int = 1024, width: int = 256, repeat: int = 20,
                           warmup: int = 3, seed: int = 0, configurations: Sequence[str] = tuple(CONFIGURATIONS),
-                          neighbours: Sequence[str] = NEIGHBOURS) -> list[dict]:
-    """One row per neighbour, grid size and configuration (CPU only). Row keys: see the module docstring."""
+                          neighbours: Sequence[str] = NEIGHBOURS, rounds: int = 3) -> list[dict]:
+    """One row per neighbour, grid size and configuration (CPU only), from ``rounds`` turns of each configuration
+    timing ``ceil(repeat / rounds)`` steps apiece. Row keys: see the module docstring."""
     check_sizes("grids", grids, "grid sizes")
     for name, value, minimum in (("batch", batch, 1), ("width", width, 1), ("repeat", repeat, 1),
-                                 ("warmup", warmup, 0), ("seed", seed, 0)):
+                                 ("warmup", warmup, 0), ("seed", seed, 0), ("rounds", rounds, 1)):
         check_int(name, value, minimum)
     for name, chosen, allowed in (("configurations", configurations, CONFIGURATIONS),
                                   ("neighbours", neighbours, NEIGHBOURS)):
         unknown = [value for value in chosen if value not in allowed]
         if unknown or not chosen:
             raise ValueError(f"{name}: expected a non-empty selection of {tuple(allowed)}, got {list(chosen)}")
-    arguments = {"grids": list(grids), "batch": batch, "width": width, "repeat": repeat, "warmup": warmup,
-                 "seed": seed}
+    arguments = {"grids": list(grids), "batch": batch, "width": width, "repeat": -(-repeat // rounds),
+                 "warmup": warmup, "seed": seed}
     rows = []
     for neighbour in neighbours:
         process = _neighbour(neighbour)
         try:
-            measured = [{"neighbour": neighbour, "configuration": configuration, **figures}
-                        for configuration in configurations for figures in _run_worker(configuration, arguments)]
+            turns = {configuration: [] for configuration in configurations}
+            for _ in range(rounds):
+                for configuration in configurations:
+                    turns[configuration].append(_run_worker(configuration, arguments))
+            measured = [_pooled_row(neighbour, configuration, [turn[g] for turn in turns[configuration]])
+                        for configuration in configurations for g in range(len(grids))]
         finally:
             if process is not None:
                 process.kill()

@@ -113,10 +113,11 @@ def time_fn(
         return Timing.from_samples([call_ms(fn) for _ in range(repeat)])
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str | torch.device, warmup: int = 5,
-                     repeat: int = 30) -> dict[str, Timing]:
-    """Time several functions in alternation: each round calls every one once, so a machine whose speed
-    drifts during the run (a shared VM) shifts them all alike and their ratios stay comparable."""
+def interleaved_samples(fns: Mapping[str, Callable[[], object]], *, device: str | torch.device, warmup: int = 5,
+                        repeat: int = 30) -> dict[str, list[float]]:
+    """Each function's ``repeat`` run times (ms), the functions called in alternation: each round calls every one
+    once, so a machine whose speed drifts during the run (a shared VM) shifts them all alike and their ratios stay
+    comparable."""
     device = check_device(device)
     check_int("warmup", warmup, 0)
     check_int("repeat", repeat, 1)
@@ -129,6 +130,13 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str | t
         for _ in range(repeat):
             for name, fn in fns.items():
                 samples[name].append(call_ms(fn))
+    return samples
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str | torch.device, warmup: int = 5,
+                     repeat: int = 30) -> dict[str, Timing]:
+    """The :class:`Timing` of each function's :func:`interleaved_samples`."""
+    samples = interleaved_samples(fns, device=device, warmup=warmup, repeat=repeat)
     return {name: Timing.from_samples(values) for name, values in samples.items()}
 
 
