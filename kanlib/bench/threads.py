@@ -15,6 +15,9 @@ alike, instead of whichever ran during the slow minutes.
 - ``one thread``: ``torch.set_num_threads(1)`` (the kernels follow).
 - ``numba omp``, ``numba workqueue``: numba's OpenMP or its own work-queue threading layer
   (``NUMBA_THREADING_LAYER``), thread counts at their defaults.
+- ``passive wait``: ``OMP_WAIT_POLICY=passive``, read by the OpenMP runtimes of torch and of numba when they
+  load (so only from the environment a process starts with): a thread waiting for work sleeps at once instead of
+  spinning first, and spinning threads of one pool take cores from the other's and from other processes.
 
 Each runs alone and beside a neighbour: a second process multiplying 1024 x 1024 matrices in a loop on torch's
 default thread count, started before and stopped after the measurement. Per grid size G (I = O = width,
@@ -54,6 +57,7 @@ CONFIGURATIONS = {
     "one thread": ({}, 1),
     "numba omp": ({"NUMBA_THREADING_LAYER": "omp"}, None),
     "numba workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, None),
+    "passive wait": ({"OMP_WAIT_POLICY": "passive"}, None),
 }
 NEIGHBOURS = ("none", "busy")
 TABLE_COLUMNS = ("neighbour", "grid", "configuration", "backend", "threading_layer", "kernel_threads",
@@ -84,7 +88,7 @@ def _threading_layer() -> str | None:
 def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warmup: int, seed: int,
                  torch_threads: int | None) -> list[dict]:
     """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers):
-    the settings in force and the ``repeat`` run times of the layer and of the dense product (``layer_ms``,
+    the settings in force (``omp_wait_policy``: the environment's, None when unset) and the ``repeat`` run times of the layer and of the dense product (``layer_ms``,
     ``dense_ms``)."""
     import numba
 
@@ -111,7 +115,8 @@ def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warm
             device="cpu", warmup=warmup, repeat=repeat)
         results.append({"grid": grid_size, "backend": torch_backend(x, layer.weight_matrix(), layer.spline_order),
                         "threading_layer": _threading_layer(), "kernel_threads": thread_count(),
-                        "torch_threads": torch.get_num_threads(), "layer_ms": samples["layer"],
+                        "torch_threads": torch.get_num_threads(),
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "layer_ms": samples["layer"],
                         "dense_ms": samples["dense"]})
     return results
 
