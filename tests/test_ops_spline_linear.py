@@ -310,7 +310,7 @@ def test_rows_side_by_side_compute_what_row_by_row_does(n_in, scheme):
     x = inputs_around(grid, n_rows, gen, outside=0.3, knots=True, specials=True).numpy()
     grad_expanded = torch.randn(n_rows, n_in * n_slots, generator=gen).numpy()
     empty, bits_like, constants = cpu.dense_arguments(x.dtype)
-    grid_np, padded, inv_steps, matrix = grid_constants(grid, k)
+    grid_np, padded, inv_steps, steps, matrix = grid_constants(grid, k)
     knots, reciprocals = cpu.recursion_tables(grid_np, k, padded)
     uniform_rows = cpu._uniform_rows(k)
     common = (cpu.ACTIVATION_IDS["silu"], bits_like, constants)
@@ -320,9 +320,10 @@ def test_rows_side_by_side_compute_what_row_by_row_does(n_in, scheme):
         grad_x = np.empty_like(x)
         arrays = (out, out, grad_x, write_out, write_grad)
         if uniform and block == 0:
-            uniform_rows["UNIFORM_SLOT_ROWS"](x, grid_np, inv_steps, matrix, *common, *arrays, 0, n_rows)
+            uniform_rows["UNIFORM_SLOT_ROWS"](x, grid_np, inv_steps, steps, matrix, *common, *arrays, 0, n_rows)
         elif uniform:
-            uniform_rows["UNIFORM_BLOCK_ROWS"](x, grid_np, inv_steps, matrix, *common, *arrays, block, 0, n_rows)
+            uniform_rows["UNIFORM_BLOCK_ROWS"](x, grid_np, inv_steps, steps, matrix, *common, *arrays, block, 0,
+                                               n_rows)
         elif block == 0:
             cpu.recursion_rows(x, knots, reciprocals, k, *common, *arrays, slot_major, 0, n_rows)
         else:
@@ -507,15 +508,15 @@ def test_small_calls_run_the_kernels_serial_twin_and_large_ones_the_parallel_ker
 
     kernel = cpu.sized_kernel(Recorded())
     grid = torch.linspace(-1, 1, 5 + 2 * 3 + 1, dtype=torch.float64).expand(7, -1).contiguous()
-    grid_np, padded, inv_steps, matrix = grid_constants(grid, 3)
+    grid_np, padded, inv_steps, steps, matrix = grid_constants(grid, 3)
     n_slots = 5 + 3 + 1
 
     def expand(call, n_rows):
         x = torch.rand(n_rows, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(n_rows)) * 2.4 - 1.2
         out = np.empty((n_rows, 7 * n_slots))
         empty, bits_like, constants = cpu.dense_arguments(np.dtype(np.float64))
-        call(x.numpy(), grid_np, padded, inv_steps, True, matrix, cpu.ACTIVATION_IDS["silu"], bits_like, constants,
-             empty, out, empty, True, False)
+        call(x.numpy(), grid_np, padded, inv_steps, steps, True, matrix, cpu.ACTIVATION_IDS["silu"], bits_like,
+             constants, empty, out, empty, True, False)
         return out
 
     small = expand(kernel, 3)

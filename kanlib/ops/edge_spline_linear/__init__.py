@@ -52,7 +52,7 @@ class _CpuArgs:
         from . import cpu
 
         self.kernels = cpu
-        self.grid_np, _, self.inv_steps, matrix = grid_constants(grid, int(spline_order))
+        self.grid_np, _, self.inv_steps, _, matrix = grid_constants(grid, int(spline_order))
         self.matrix = matrix.astype(self.grid_np.dtype)
         self.activation = get_activation(activation)
 

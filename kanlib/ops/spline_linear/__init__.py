@@ -137,15 +137,19 @@ def _grid_key(grid: torch.Tensor, spline_order: int) -> tuple:
 
 
 def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
-    """(grid, padded grid, inv_steps, basis matrix) as numpy arrays, rebuilt only when the grid changes."""
+    """(grid, padded grid, inv_steps, steps, basis matrix) as numpy arrays, rebuilt only when the grid changes.
+
+    steps [I] and inv_steps [I], in float64: the knot spacing of each row as if uniform, from its first and last
+    knot, and its inverse."""
     key = id(grid)
     cached = _GRID_CONSTANTS.get(key)
     identity = _grid_key(grid, spline_order)
     if cached is not None and cached[0]() is grid and cached[1] == identity:
         return cached[2]
     values = grid.detach()
-    inv_steps = (values.shape[1] - 1) / (values[:, -1] - values[:, 0]).double()
-    constants = (values.contiguous().numpy(), extend_grid(values, spline_order).numpy(), inv_steps.numpy(),
+    ranges = (values[:, -1] - values[:, 0]).double()
+    constants = (values.contiguous().numpy(), extend_grid(values, spline_order).numpy(),
+                 ((values.shape[1] - 1) / ranges).numpy(), (ranges / (values.shape[1] - 1)).numpy(),
                  uniform_basis_matrix(spline_order).numpy())
     reference = weakref.ref(grid, lambda _: _GRID_CONSTANTS.pop(key, None))
     _GRID_CONSTANTS[key] = (reference, identity, constants)
@@ -172,13 +176,14 @@ def new_array(shape: tuple, like: torch.Tensor) -> tuple[np.ndarray, torch.Tenso
 class _CpuKernelArgs:
     """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
 
-    ``x``, ``knots`` (grid, padded grid, inv_steps, uniform), ``matrix`` (the uniform basis matrix), ``spline_order``
+    ``x``, ``knots`` (grid, padded grid, inv_steps, uniform), ``steps``, ``matrix`` (the uniform basis matrix),
+    ``spline_order``
     and ``activation`` (the kernels' id of the base activation; ``activation_name`` its name).
     """
 
     def __init__(self, x, grid, spline_order, uniform, activation):
         cpu = self.kernels = _cpu_kernels()
-        grid_np, padded, inv_steps, self.matrix = grid_constants(grid, int(spline_order))
+        grid_np, padded, inv_steps, self.steps, self.matrix = grid_constants(grid, int(spline_order))
         self.x = numpy_of(x)
         self.knots = (grid_np, padded, inv_steps, bool(uniform))
         self.spline_order = int(spline_order)
@@ -203,9 +208,10 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
         out_array, out = (grad_array, grad_expanded) if with_grad else new_array(
             (x.shape[0], x.shape[1] * n_slots), x)
     grad_x_array, grad_x = new_array(x.shape, x) if with_grad else (empty, None)
+    grid_np, padded, inv_steps, uniform = args.knots
     args.kernels.dense_kernel(spline_order, slot_major)(
-        args.x, *args.knots, args.matrix, args.activation, bits_like, constants, grad_array, out_array, grad_x_array,
-        expanded, with_grad)
+        args.x, grid_np, padded, inv_steps, args.steps, uniform, args.matrix, args.activation, bits_like, constants,
+        grad_array, out_array, grad_x_array, expanded, with_grad)
     return out, grad_x
 
 

@@ -286,17 +286,6 @@ def _uniform_row(x_row, grid, steps, inv_steps, spans, coords):
         coords[i] = min(max(t, 0.0), 1.0)
 
 
-@njit(cache=True)
-def uniform_steps(grid, like):
-    """The knot spacing of each row of a uniform grid [I, J], from its first and last knot: [I] in like's dtype.
-    Compiled on its own, without fast-math, so that every kernel gets the same steps."""
-    n_in, n_knots = grid.shape
-    steps = np.empty(n_in, dtype=like.dtype)
-    for i in range(n_in):
-        steps[i] = (grid[i, n_knots - 1] - grid[i, 0]) / (n_knots - 1)
-    return steps
-
-
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def from_span_knot(value, low, step, span):
     """value minus the knot that starts span ``span`` of a uniform grid (first knot ``low``, spacing ``step``), as
@@ -326,8 +315,9 @@ def _polynomials(coords, matrix, first_power, out):
 def dense_kernel(spline_order: int, slot_major: bool = False):
     """The dense path's kernel for one spline order (compiled with k as a constant, so its loops unroll).
 
-    ``kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded, out,
-    grad_x, write_out, write_grad)``, x [N, I]:
+    ``kernel(x, grid, padded, inv_steps, steps, uniform, matrix, activation, bits_like, constants, grad_expanded,
+    out, grad_x, write_out, write_grad)``, x [N, I]; ``steps`` [I], the knot spacing of a uniform grid's rows (as
+    :func:`~kanlib.ops.spline_linear.grid_constants` gives it):
 
     - write_out: write A [N, I*S] into out: the base activation (kernel id ``activation``) in slot 0 of each
       input, the G + k bases after it. Column i*S + s holds slot s of input i; ``slot_major``, column s*I + i,
@@ -779,7 +769,7 @@ def recursion_block_rows(x, knots, reciprocals, k, block, activation, bits_like,
 
 
 @njit(inline="always", cache=True)
-def _closed_form_buffers(grid, inv_steps, lanes, like, k):
+def _closed_form_buffers(grid, inv_steps, row_steps, lanes, like, k):
     """The closed form's work arrays for ``lanes`` values, place j holding input j % I, in like's dtype: offsets,
     coords, windows [k+1, lanes], spline, and each place's first and last knot, step and inverse step (lows, highs,
     steps, inv_narrow)."""
@@ -789,7 +779,6 @@ def _closed_form_buffers(grid, inv_steps, lanes, like, k):
     windows = np.empty((k + 1, lanes), dtype=like.dtype)
     lows, highs, steps, inv_narrow = (np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype),
                                       np.empty(lanes, dtype=like.dtype), np.empty(lanes, dtype=like.dtype))
-    row_steps = uniform_steps(grid, like)
     for j in range(lanes):
         i = j % n_in
         lows[j], highs[j], steps[j], inv_narrow[j] = grid[i, 0], grid[i, n_knots - 1], row_steps[i], inv_steps[i]
@@ -801,16 +790,16 @@ def _closed_form_buffers(grid, inv_steps, lanes, like, k):
 # takes as compile-time constants: with k a constant their loops unroll and the selects of _write_bases, _dot_bases
 # and _slot_value fold away (inside numba's parallel loop a closure's k would be a run-time argument). Each scheme
 # has its own function: inlined into one, their loops ran several times slower.
-def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
-                       write_out, write_grad, first_row, stop_row):
+def _uniform_slot_rows(x, grid, inv_steps, row_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+                       grad_x, write_out, write_grad, first_row, stop_row):
     """Slot-major rows on uniform grids (K > 0): the windows in A's dtype, so that the loops run in one lane
     width."""
     n_in = x.shape[1]
     n_slots = (out.shape[1] if write_out else grad_expanded.shape[1]) // n_in
     n_basis = n_slots - 1
     base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
-    offsets, coords, windows, spline, lows, highs, steps, inv_narrow = _closed_form_buffers(grid, inv_steps, n_in, x,
-                                                                                           K)
+    offsets, coords, windows, spline, lows, highs, steps, inv_narrow = _closed_form_buffers(grid, inv_steps, row_steps,
+                                                                                           n_in, x, K)
     for n in range(first_row, stop_row):
         activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
         _uniform_windows(x[n], grid.shape[1], lows, highs, steps, inv_narrow, K, n_basis, offsets, coords)
@@ -828,8 +817,8 @@ def _uniform_slot_rows(x, grid, inv_steps, matrix, activation, bits_like, consta
             write_slots(slots, offsets, windows, K, n_in)
 
 
-def _uniform_block_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
-                        write_out, write_grad, block, first_row, stop_row):
+def _uniform_block_rows(x, grid, inv_steps, row_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+                        grad_x, write_out, write_grad, block, first_row, stop_row):
     """:func:`_uniform_slot_rows` for narrow layers: ``block`` rows side by side as one row of block * I values (the
     grid's constants tiled to match), as :func:`recursion_block_rows` does."""
     n_in = x.shape[1]
@@ -839,8 +828,8 @@ def _uniform_block_rows(x, grid, inv_steps, matrix, activation, bits_like, const
     n_knots = grid.shape[1]
     base, base_grad, exponentials, bits = activation_buffers(lanes, x, bits_like)
     values = np.empty(lanes, dtype=x.dtype)
-    offsets, coords, windows, spline, lows, highs, steps, inv_narrow = _closed_form_buffers(grid, inv_steps, lanes, x,
-                                                                                           K)
+    offsets, coords, windows, spline, lows, highs, steps, inv_narrow = _closed_form_buffers(grid, inv_steps, row_steps,
+                                                                                           lanes, x, K)
     slots = np.zeros((n_slots, lanes), dtype=x.dtype)
     inv_wide = np.empty(lanes, dtype=inv_steps.dtype)
     for j in range(lanes):
@@ -864,7 +853,7 @@ def _uniform_block_rows(x, grid, inv_steps, matrix, activation, bits_like, const
             _scatter_slots(out, first, rows, n_in, n_slots, True, base, slots, 0)
 
 
-def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
+def _input_major_rows(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
                      write_out, write_grad, first_row, stop_row):
     """Input-major rows on uniform grids (K > 0): the windows in float64 from the basis matrix."""
     n_in = x.shape[1]
@@ -875,7 +864,6 @@ def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constan
     values = np.empty((K + 1, n_in), dtype=matrix.dtype)  # window r of input i at [r, i]
     slopes = np.empty((K + 1, n_in), dtype=matrix.dtype)
     base, base_grad, exponentials, bits = activation_buffers(n_in, x, bits_like)
-    steps = uniform_steps(grid, coords)
     for n in range(first_row, stop_row):
         activation_row(x[n], activation, base, base_grad, exponentials, bits, constants, write_out, write_grad)
         _uniform_row(x[n], grid, steps, inv_steps, spans, coords)
@@ -894,7 +882,7 @@ def _input_major_rows(x, grid, inv_steps, matrix, activation, bits_like, constan
                 _write_bases(row, i * n_slots + 1, spans[i], values, i, n_basis, K)
 
 
-def _dense_rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
+def _dense_rows(x, grid, knots, reciprocals, inv_steps, steps, uniform, matrix, activation, bits_like, constants,
                 grad_expanded, out, grad_x, write_out, write_grad, block, first_row, stop_row):
     """Rows first_row..stop_row of the dense kernel by the scheme that fits the grid and layout, ``block`` rows side
     by side (:func:`rows_per_block`) where that scheme can."""
@@ -906,18 +894,18 @@ def _dense_rows(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activat
             recursion_rows(x, knots, reciprocals, K, activation, bits_like, constants, grad_expanded, out, grad_x,
                            write_out, write_grad, SLOT_MAJOR, first_row, stop_row)
     elif SLOT_MAJOR and block > 1:
-        UNIFORM_BLOCK_ROWS(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out, grad_x,
-                           write_out, write_grad, block, first_row, stop_row)
+        UNIFORM_BLOCK_ROWS(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, grad_expanded, out,
+                           grad_x, write_out, write_grad, block, first_row, stop_row)
     elif SLOT_MAJOR:
-        UNIFORM_SLOT_ROWS(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+        UNIFORM_SLOT_ROWS(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, grad_expanded, out,
                           grad_x, write_out, write_grad, first_row, stop_row)
     else:
-        INPUT_MAJOR_ROWS(x, grid, inv_steps, matrix, activation, bits_like, constants, grad_expanded, out,
+        INPUT_MAJOR_ROWS(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, grad_expanded, out,
                          grad_x, write_out, write_grad, first_row, stop_row)
 
 
-def _dense_rows_kernel(x, grid, padded, inv_steps, uniform, matrix, activation, bits_like, constants, grad_expanded,
-                       out, grad_x, write_out, write_grad):
+def _dense_rows_kernel(x, grid, padded, inv_steps, steps, uniform, matrix, activation, bits_like, constants,
+                       grad_expanded, out, grad_x, write_out, write_grad):
     """The dense kernel (:func:`dense_kernel`): chunks of rows in parallel."""
     n_rows = x.shape[0]
     closed_form = uniform and K > 0
@@ -931,7 +919,7 @@ def _dense_rows_kernel(x, grid, padded, inv_steps, uniform, matrix, activation, 
     chunk = ROWS_PER_CHUNK * ((block + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK)  # whole blocks
     n_chunks = (n_rows + chunk - 1) // chunk
     for c in prange(n_chunks):
-        DENSE_ROWS(x, grid, knots, reciprocals, inv_steps, uniform, matrix, activation, bits_like, constants,
+        DENSE_ROWS(x, grid, knots, reciprocals, inv_steps, steps, uniform, matrix, activation, bits_like, constants,
                    grad_expanded, out, grad_x, write_out, write_grad, block, c * chunk, min(n_rows, (c + 1) * chunk))
 
 
