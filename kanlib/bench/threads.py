@@ -88,8 +88,8 @@ def _threading_layer() -> str | None:
 def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warmup: int, seed: int,
                  torch_threads: int | None) -> list[dict]:
     """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers):
-    the settings in force (``omp_wait_policy``: the environment's, None when unset) and the ``repeat`` run times of the layer and of the dense product (``layer_ms``,
-    ``dense_ms``)."""
+    the settings in force (``omp_wait_policy``: the environment's, None when unset) and the ``repeat`` run times of
+    the layer and of the dense product (``layer_ms``, ``dense_ms``)."""
     import numba
 
     from ..layers import BSplineKAN

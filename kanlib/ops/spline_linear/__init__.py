@@ -177,8 +177,7 @@ class _CpuKernelArgs:
     """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
 
     ``x``, ``knots`` (grid, padded grid, inv_steps, uniform), ``steps``, ``matrix`` (the uniform basis matrix),
-    ``spline_order``
-    and ``activation`` (the kernels' id of the base activation; ``activation_name`` its name).
+    ``spline_order`` and ``activation`` (the kernels' id of the base activation; ``activation_name`` its name).
     """
 
     def __init__(self, x, grid, spline_order, uniform, activation):
