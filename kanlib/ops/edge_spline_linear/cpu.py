@@ -259,7 +259,7 @@ def _forward_kernel(k, n_slots):
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
             firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int32)
             weights = np.empty(n_slots, dtype=out.dtype)
-            check = out.dtype.type(0.0)
+            zero = check = out.dtype.type(0.0)
             for i0 in range(0, n_in, INPUT_GROUP):
                 n_group = min(INPUT_GROUP, n_in - i0)
                 _copy_transposed(x, x_t, r0, n_block, i0, n_group, False)
@@ -270,7 +270,7 @@ def _forward_kernel(k, n_slots):
                     activation_row(x_row, activation, base_row, base_grad, exponentials, bits, constants, True,
                                    False)
                     for r in range(n_block):
-                        check += base_row[r] * 0.0  # NaN once a base activation is inf or NaN
+                        check += base_row[r] * zero  # NaN once a base activation is inf or NaN
                     if e1 == e0:
                         continue
                     _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots,
@@ -312,7 +312,7 @@ def _edge_gradients(grads, expanded, slopes, weights, grad_weights, grad_x, n_sl
     """One edge on a block of rows, grads [rows] the gradient of its output there: grad_weights[s] +=
     sum_r grads[r] * expanded[s, r] and, need_x, grad_x[r] += grads[r] * sum_s weights[s] * slopes[s, r]; four
     slots per pass over the rows, then the remaining ones."""
-    zero = grads[0] * 0.0
+    zero = grads.dtype.type(0.0)  # a float64 sum of float32 terms would not vectorize
     s = 0
     while s + 4 <= n_slots:
         a0, a1, a2, a3 = expanded[s], expanded[s + 1], expanded[s + 2], expanded[s + 3]
