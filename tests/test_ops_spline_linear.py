@@ -64,7 +64,7 @@ def test_sparse_kernels_across_many_tiles(monkeypatch, k, uniform, threads):
     """Tiles far smaller than the problem: several row, column and input blocks, a partial last block of each,
     and grad_x summed over column blocks; grids small enough that windows meet both ends of the basis."""
     monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
-    monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
+    monkeypatch.setattr(spline_linear_module, "GROUP_ROWS", 5)
     monkeypatch.setattr(spline_linear_module, "GRAD_TILE_BYTES", 5 * 8 * 4)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
@@ -357,7 +357,7 @@ def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uni
     if path == "dense rebuilding A":
         monkeypatch.setattr(spline_linear_module, "KEEP_EXPANDED_BELOW", 0)
     monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
-    monkeypatch.setattr(spline_linear_module, "TILE_BYTES", 5 * 8 * 4)
+    monkeypatch.setattr(spline_linear_module, "GROUP_ROWS", 5)
     monkeypatch.setattr(spline_linear_module, "GRAD_TILE_BYTES", 5 * 8 * 4)
     gen = torch.Generator().manual_seed(k)
     for grid_size in (1, 11):
@@ -598,3 +598,65 @@ def test_the_dense_kernel_at_knots_infinities_and_nan(uniform):
                              lambda v: spline_linear_reference(v, weight, grid, 3, "identity"))]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("block_rows", [1, 4, 7, 40])
+def test_rows_are_grouped_by_window_start_a_block_at_a_time(block_rows):
+    """rows_by_start: each block of each input lists its own rows once, sorted by window start and, within a start,
+    by row; offsets mark where each start's rows begin, the block's row count last."""
+    gen = np.random.default_rng(block_rows)
+    n_in, n_rows, n_starts = 3, 37, 5
+    starts = gen.integers(0, n_starts, size=(n_in, n_rows)).astype(np.int32)
+    starts[1] = 2  # one input whose rows all share a start
+    n_blocks = -(-n_rows // block_rows)
+    order = np.full((n_blocks, n_in, block_rows), -1, dtype=np.int32)
+    offsets = np.full((n_blocks, n_in, n_starts + 1), -1, dtype=np.int32)
+    cpu.rows_by_start(starts, block_rows, order, offsets)
+    for b in range(n_blocks):
+        rows = np.arange(b * block_rows, min(n_rows, (b + 1) * block_rows))
+        for i in range(n_in):
+            want = sorted(rows, key=lambda n: (starts[i, n], n))
+            assert order[b, i, :len(rows)].tolist() == want
+            assert offsets[b, i].tolist() == [int((starts[i, rows] < s).sum()) for s in range(n_starts + 1)]
+
+
+def _saved_shapes(run) -> list:
+    """(shape, dtype) of every tensor autograd saves for backward while run() runs."""
+    saved = []
+
+    def pack(tensor):
+        saved.append((tuple(tensor.shape), tensor.dtype))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return saved
+
+
+@pytest.mark.parametrize("backend", ["sparse", "cpu"])
+def test_what_backward_keeps_is_saved_where_autograd_sees_it(monkeypatch, backend):
+    """The sparse path's windows (values and slopes [I, N, k+2], the rows' order and offsets) and the expansion A
+    [N, I*S] that the dense path keeps while small go through ctx.save_for_backward, so saved-tensor hooks
+    (checkpointing, offloading, memory accounting) see them; a large A is not kept."""
+    layer = BSplineKAN(5, 7, grid_size=9, backend=backend, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    x = inputs_around(layer.grid, 23, gen, outside=0.3).requires_grad_()
+    saved = _saved_shapes(lambda: layer(x))
+    if backend == "sparse":
+        windows = [entry for entry in saved if entry[0] in ((5, 23, 5), (1, 5, 23), (1, 5, 10))]
+        assert sorted(windows) == sorted([((5, 23, 5), torch.float64)] * 2 + [((1, 5, 23), torch.int32),
+                                                                              ((1, 5, 10), torch.int32)])
+    else:
+        assert ((23, 5 * 13), torch.float64) in saved
+        monkeypatch.setattr(spline_linear_module, "KEEP_EXPANDED_BELOW", 23 * 5 * 13)
+        assert ((23, 5 * 13), torch.float64) not in _saved_shapes(lambda: layer(x))
+    torch.testing.assert_close(torch.autograd.grad(layer(x).sum(), x)[0],
+                               torch.autograd.grad(_eager(layer)(x).sum(), x)[0])
+
+
+def _eager(layer: BSplineKAN) -> BSplineKAN:
+    """A copy of layer on the eager backend."""
+    copy = BSplineKAN(layer.in_features, layer.out_features, grid_size=layer.grid_size, backend="eager",
+                      dtype=layer.coef.dtype)
+    copy.load_state_dict(layer.state_dict())
+    return copy

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -214,16 +215,32 @@ def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expa
     return out, grad_x
 
 
-# The sparse kernels' tiles: a tile's accumulators (rows x columns) and the weight rows of one input (slots x
-# columns) are meant to stay in a core's L2 cache. The weight gradient's accumulators take every window's writes,
-# and smaller blocks of them measured faster (a 256-wide layer at G = 50: 2 inputs a tile, not 9).
+# The sparse kernels' tiles. Each input's rows are sorted by window start in blocks of up to GROUP_ROWS rows: rows
+# with the same start meet the same k + 2 weight rows, which then stay in L1 while those rows go by. The forward and
+# grad_x kernels read the whole weight once per block, so the blocks are long (at G = 200 a 256-wide weight is 52 MB,
+# past the L3 cache; 512 rows a block measured faster than 256 or 1,024 there and at G = 50); the forward's output
+# accumulators (a block's rows x up to TILE_COLUMNS columns) stay in L2. The weight gradient's accumulators (in_block
+# inputs' rows, within GRAD_TILE_BYTES) stay in L2 as every row goes by.
+GROUP_ROWS = 512
 TILE_COLUMNS = 256
-TILE_BYTES = 1 << 19
 GRAD_TILE_BYTES = 1 << 17
 
 
-def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool):
-    """(starts [I, N] int32, values [I, N, k+2], slopes [I, N, k+2] or an empty array) for :mod:`.cpu`'s kernels."""
+class _Windows(NamedTuple):
+    """The local-support kernels' view of x: values [I, N, k+2] (the base activation, then the k + 1 bases from the
+    window's start; zeros for bases that do not exist and outside the grid), slopes (the same differentiated in x)
+    or an empty array, and each input's rows in blocks of block_rows sorted by window start: order [B, I,
+    block_rows] (int32) and offsets [B, I, G + 1] (int32; see :func:`.cpu.rows_by_start`)."""
+
+    values: np.ndarray
+    slopes: np.ndarray
+    order: np.ndarray
+    offsets: np.ndarray
+    block_rows: int
+
+
+def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _Windows:
+    """The :class:`_Windows` of args.x for :mod:`.cpu`'s local-support kernels (S = n_slots slots per input)."""
     n_rows, n_in = args.x.shape
     starts = np.empty((n_in, n_rows), dtype=np.int32)
     values = np.empty((n_in, n_rows, args.spline_order + 2), dtype=args.x.dtype)
@@ -239,19 +256,17 @@ def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool):
     else:
         args.kernels.sparse_windows(args.x, *args.knots, args.spline_order, args.matrix, args.activation,
                                     n_slots - 1, starts, values, slopes, with_slopes)
-    return starts, values, slopes
-
-
-def _row_column_tiles(n_rows: int, n_out: int, itemsize: int, threads: int) -> tuple[int, int]:
-    """(row_block, col_block) for the forward and grad_input kernels: column blocks of up to TILE_COLUMNS, and
-    row blocks that give every thread a tile while the accumulators stay within TILE_BYTES."""
-    col_block = min(n_out, TILE_COLUMNS)
-    row_blocks = max(1, -(-threads // -(-n_out // col_block)))
-    return max(1, min(-(-n_rows // row_blocks), TILE_BYTES // (col_block * itemsize))), col_block
+    block_rows = max(1, min(GROUP_ROWS, n_rows))
+    n_blocks = -(-n_rows // block_rows)
+    order = np.empty((n_blocks, n_in, block_rows), dtype=np.int32)
+    n_starts = n_slots - 1 - args.spline_order  # G windows of k + 1 bases among the G + k
+    offsets = np.empty((n_blocks, n_in, n_starts + 1), dtype=np.int32)
+    args.kernels.rows_by_start(starts, block_rows, order, offsets)
+    return _Windows(values, slopes, order, offsets, block_rows)
 
 
 def _input_column_tiles(n_in: int, n_slots: int, n_out: int, itemsize: int, threads: int) -> tuple[int, int]:
-    """(in_block, col_block) for the grad_weight kernel: the weight gradient rows of in_block inputs within
+    """(in_block, col_block) for the weight gradient kernels: the weight gradient rows of in_block inputs within
     GRAD_TILE_BYTES, and at least one tile per thread."""
     col_block = min(n_out, TILE_COLUMNS)
     tiles_per_input = -(-n_out // col_block)
@@ -260,31 +275,43 @@ def _input_column_tiles(n_in: int, n_slots: int, n_out: int, itemsize: int, thre
 
 
 def _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slopes=False):
-    """(A @ weight [N, O], the windows of :func:`_sparse_windows`) through the local-support kernels; the slopes
-    (for grad_x) only when ``with_slopes``. A backward on the same x and grid reuses the windows."""
+    """(A @ weight [N, O], the :class:`_Windows`) through the local-support kernels; the slopes (for grad_x) only
+    when ``with_slopes``. A backward on the same x and grid reuses the windows."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     windows = _sparse_windows(args, weight.shape[0] // x.shape[1], with_slopes=with_slopes)
-    out = x.new_empty(x.shape[0], weight.shape[1])
-    tiles = _row_column_tiles(*out.shape, out.element_size(), args.kernels.thread_count())
-    args.kernels.sparse_forward(windows[0], windows[1], weight.numpy(), out.numpy(), *tiles)
+    n_out = weight.shape[1]
+    out = x.new_empty(x.shape[0], n_out)
+    row_blocks = max(1, windows.order.shape[0])  # split the columns further where row blocks are fewer than threads
+    col_blocks = max(-(-n_out // TILE_COLUMNS), -(-args.kernels.thread_count() // row_blocks))
+    args.kernels.sparse_forward(windows.order, windows.offsets, windows.values, weight.numpy(), out.numpy(),
+                                windows.block_rows, -(-n_out // col_blocks))
     return out, windows
 
 
 def _recorded_sparse_forward(ctx, recording, n_differentiable, x, weight, grid, spline_order, uniform, activation):
-    """:func:`_sparse_forward` inside an autograd Function's forward: (out, the windows to keep on ctx for backward, or
-    None). ``recording``: whether autograd was recording when the Function was applied (inside forward it never is);
-    without a graph, or when none of the first ``n_differentiable`` inputs takes a gradient, no backward comes, so
-    neither the slopes nor the windows are kept."""
+    """:func:`_sparse_forward` inside an autograd Function's forward: (out, the windows' arrays as tensors, to save for
+    backward with ctx.save_for_backward, or none). ``recording``: whether autograd was recording when the Function was
+    applied (inside forward it never is); without a graph, or when none of the first ``n_differentiable`` inputs takes
+    a gradient, no backward comes, so neither the slopes nor the windows are kept. Saved as tensors, the windows count
+    where autograd's saved tensors do (``torch.autograd.graph.saved_tensors_hooks``, checkpointing)."""
     needs = ctx.needs_input_grad
     out, windows = _sparse_forward(x, weight, grid, spline_order, uniform, activation,
                                    with_slopes=recording and needs[0])
-    return out, windows if recording and any(needs[:n_differentiable]) else None
+    if not (recording and any(needs[:n_differentiable])):
+        return out, ()
+    ctx.block_rows = windows.block_rows
+    return out, tuple(torch.from_numpy(array) for array in windows[:4])
+
+
+def _saved_windows(ctx, tensors) -> _Windows | None:
+    """The :class:`_Windows` from the tensors :func:`_recorded_sparse_forward` had saved, or None when there are none."""
+    return _Windows(*(t.numpy() for t in tensors), ctx.block_rows) if tensors else None
 
 
 def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x, windows):
-    """What both local-support backward passes start from: (kernel arguments, S, (starts, values, slopes) of
-    :func:`_sparse_windows`, the thread count). ``windows``: the forward's (with slopes exactly when x takes a
-    gradient, as need_x says), or None, and then computed here."""
+    """What both local-support backward passes start from: (kernel arguments, S, the :class:`_Windows`, the thread
+    count). ``windows``: the forward's (with slopes exactly when x takes a gradient, as need_x says), or None, and
+    then computed here."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
     n_slots = weight.shape[0] // x.shape[1]
     if windows is None:
@@ -294,26 +321,28 @@ def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x
 
 def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w, windows=None):
     """(grad_x or None, grad_weight or None) through the local-support kernels (``windows``: the forward's)."""
-    args, n_slots, (starts, values, slopes), threads = _backward_windows(x, grid, spline_order, uniform, activation,
-                                                                        weight, need_x, windows)
+    args, n_slots, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x,
+                                                        windows)
     grad_x = grad_w = None
     if need_w:
         grad_w = torch.empty_like(weight)
         tiles = _input_column_tiles(x.shape[1], n_slots, weight.shape[1], weight.element_size(), threads)
-        args.kernels.sparse_grad_weight(starts, values, grad_out.numpy(), grad_w.numpy(), *tiles)
+        args.kernels.sparse_grad_weight(windows.order, windows.offsets, windows.values, grad_out.numpy(),
+                                        grad_w.numpy(), *tiles)
     if need_x:
-        grad_x = _sparse_grad_x(args, starts, slopes, weight, grad_out, threads)
+        grad_x = _sparse_grad_x(args, windows, weight, grad_out, threads)
     return grad_x, grad_w
 
 
-def _sparse_grad_x(args: _CpuKernelArgs, starts, slopes, weight, grad_out, threads: int) -> torch.Tensor:
-    """grad_x [N, I] from the windows' slopes through the local-support kernel."""
+def _sparse_grad_x(args: _CpuKernelArgs, windows: _Windows, weight, grad_out, threads: int) -> torch.Tensor:
+    """grad_x [N, I] from the windows' slopes through the local-support kernel, in tiles of a row block and
+    in_block inputs, about eight per thread."""
     n_rows, n_in = args.x.shape
-    row_block, col_block = _row_column_tiles(n_rows, weight.shape[1], weight.element_size(), threads)
-    partial = weight.new_empty(-(-weight.shape[1] // col_block), n_rows, n_in)
-    args.kernels.sparse_grad_input(starts, slopes, weight.numpy(), grad_out.numpy(), partial.numpy(), row_block,
-                                   col_block)
-    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
+    grad_x = weight.new_empty(n_rows, n_in)
+    in_block = max(1, -(-n_in * windows.order.shape[0] // (8 * threads)))
+    args.kernels.sparse_grad_input(windows.order, windows.offsets, windows.slopes, weight.numpy(), grad_out.numpy(),
+                                   grad_x.numpy(), windows.block_rows, in_block)
+    return grad_x
 
 
 class FusedCpuSplineLinear(torch.autograd.Function):
@@ -323,22 +352,23 @@ class FusedCpuSplineLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, grid, spline_order, uniform, activation, sparse, recording):
         # The inputs themselves are saved: a create_graph backward differentiates through them.
-        ctx.save_for_backward(x, weight, grid)
+        saved = (x, weight, grid)
         x, weight, grid = x.contiguous(), weight.contiguous(), grid.contiguous()
         n_slots = weight.shape[0] // x.shape[1]
-        ctx.windows = None
+        windows = ()
         if sparse:
-            out, ctx.windows = _recorded_sparse_forward(ctx, recording, 2, x, weight.detach(), grid, spline_order,
-                                                        uniform, activation)
+            out, windows = _recorded_sparse_forward(ctx, recording, 2, x, weight.detach(), grid, spline_order, uniform,
+                                                    activation)
         else:
             expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
             out = _product(expanded, weight.detach())
+        ctx.save_for_backward(*saved, *windows)
         ctx.config = (spline_order, uniform, activation, sparse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, grid = ctx.saved_tensors
+        x, weight, grid, *windows = ctx.saved_tensors
         spline_order, uniform, activation, sparse = ctx.config
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled():
@@ -350,7 +380,7 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         grad_x = grad_w = None
         if sparse:
             return (*_sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w,
-                                      ctx.windows), None, None, None, None, None, None)
+                                      _saved_windows(ctx, windows)), None, None, None, None, None, None)
         # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
         grad_expanded = grad_out @ weight.t() if need_x else None
         expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
@@ -375,23 +405,23 @@ class FusedSplineLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse, recording):
-        ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid)
+        saved = (x, scale_base, scale_sp, mask, coef, grid)
         ctx.config = (spline_order, uniform, activation, sparse)
         ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse,
                                       slot_major=not sparse)
-        ctx.windows = None
         if sparse:
-            out, ctx.windows = _recorded_sparse_forward(ctx, recording, 5, x, ctx.weight, grid, spline_order, uniform,
-                                                        activation)
+            out, windows = _recorded_sparse_forward(ctx, recording, 5, x, ctx.weight, grid, spline_order, uniform,
+                                                    activation)
+            ctx.save_for_backward(*saved, *windows)
             return out
         expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1],
                                     slot_major=True)
-        ctx.expanded = expanded if expanded.numel() < KEEP_EXPANDED_BELOW else None
+        ctx.save_for_backward(*saved, *((expanded,) if expanded.numel() < KEEP_EXPANDED_BELOW else ()))
         return _product(expanded, ctx.weight)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, scale_base, scale_sp, mask, coef, grid = ctx.saved_tensors
+        x, scale_base, scale_sp, mask, coef, grid, *kept = ctx.saved_tensors  # and the windows, or A if kept
         spline_order, uniform, activation, sparse = ctx.config
         need_x, need_base, need_sp, _, need_coef = ctx.needs_input_grad[:5]
         if torch.is_grad_enabled():
@@ -413,10 +443,10 @@ class FusedSplineLayer(torch.autograd.Function):
         if sparse:
             grad_x, grad_parameters = _sparse_layer_backward(x, grid, spline_order, uniform, activation, ctx.weight,
                                                              grad_out, scale_sp, mask, coef, need_x, need_parameters,
-                                                             ctx.windows)
+                                                             _saved_windows(ctx, kept))
         else:
             grad_expanded = grad_out @ ctx.weight.t() if need_x else None
-            expanded, ctx.expanded = ctx.expanded, None  # a second backward (retain_graph) rebuilds A
+            expanded = kept[0] if kept else None
             rebuild = need_parameters and expanded is None
             grad_x = None
             if need_x or rebuild:
@@ -509,16 +539,16 @@ def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, g
                            need_x, need_parameters, windows=None):
     """(grad_x or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) through the local-support kernels
     (``windows``: the forward's)."""
-    args, n_slots, (starts, values, slopes), threads = _backward_windows(x, grid, spline_order, uniform, activation,
-                                                                        weight, need_x, windows)
+    args, n_slots, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x,
+                                                        windows)
     grad_x = grad_parameters = None
     if need_x:
-        grad_x = _sparse_grad_x(args, starts, slopes, weight, grad_out, threads)
+        grad_x = _sparse_grad_x(args, windows, weight, grad_out, threads)
     if need_parameters:
         arrays, grad_parameters = _parameter_gradients(scale_sp, mask, coef)
         tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
-        args.kernels.sparse_grad_parameters(starts, values, grad_out.numpy(), numpy_of(scale_sp), numpy_of(mask),
-                                            numpy_of(coef), *arrays, *tiles)
+        args.kernels.sparse_grad_parameters(windows.order, windows.offsets, windows.values, grad_out.numpy(),
+                                            numpy_of(scale_sp), numpy_of(mask), numpy_of(coef), *arrays, *tiles)
     return grad_x, grad_parameters
 
 

@@ -8,10 +8,11 @@ ever stored:
   backward), either or both in one pass, the base activation computed in it (:func:`activation_row`).
 - the local-support kernels, touching only the k + 2 slots of each input that can be nonzero (its base
   activation and k + 1 consecutive bases; pays when G is large). :func:`sparse_windows` finds them once per call
-  for all rows, as [I, N, k+2] values whose size does not depend on G; :func:`sparse_forward`,
-  :func:`sparse_grad_input` and :func:`sparse_grad_weight` then run over tiles of rows and output columns (or of
-  inputs and columns), so that one input's weight rows and the tile's accumulators stay in cache, and over up to
-  four weight rows per vectorized pass along the columns.
+  for all rows, as [I, N, k+2] values whose size does not depend on G, and :func:`rows_by_start` sorts each
+  input's rows, a block at a time, by the start of their window: rows with the same start meet the same k + 2
+  weight rows, which stay in L1 while those rows go by. :func:`sparse_forward`, :func:`sparse_grad_input`,
+  :func:`sparse_grad_weight` and :func:`sparse_grad_parameters` run over tiles of row blocks and output columns
+  (or of inputs and columns) in that order, along the columns in vectorized passes.
 
   - ``sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, n_basis, starts,
     values, slopes, with_slopes)``: starts [I, N] int32, the first spline row (basis index) of each window;
@@ -20,14 +21,17 @@ ever stored:
   - ``sparse_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, matrix, n_basis, starts, values, slopes,
     with_slopes)``: the same on uniform grids (k > 0) from x, its base activation and that one's derivative
     transposed ([I, N], computed by PyTorch), in flat loops over the rows that vectorize.
-  - ``sparse_forward(starts, values, weight, out, row_block, col_block)``: out [N, O] = A @ weight.
-  - ``sparse_grad_input(starts, slopes, weight, grad_out, partial, row_block, col_block)``: partial [C, N, I],
-    each block of col_block columns' share of grad_x (C blocks; grad_x is their sum).
-  - ``sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_block)``: grad_weight [I*S, O] =
-    A^T @ grad_out.
-  - ``sparse_grad_parameters(starts, values, grad_out, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
-    grad_coef, in_block, col_block)``: a B-spline layer's parameter gradients from the same windows, without
-    the [I*S, O] weight gradient (see :func:`assemble_weights`).
+  - ``rows_by_start(starts, block_rows, order, offsets)``: order [B, I, block_rows] int32, the rows of each block of
+    block_rows rows of each input sorted by start; offsets [B, I, G + 1] int32, where each of the G starts' rows
+    begin in order (and the block's row count last).
+  - ``sparse_forward(order, offsets, values, weight, out, block_rows, col_block)``: out [N, O] = A @ weight.
+  - ``sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block)``: grad_x [N, I],
+    over tiles of one row block and in_block inputs.
+  - ``sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block, col_block)``: grad_weight
+    [I*S, O] = A^T @ grad_out.
+  - ``sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, coef, grad_scale_base,
+    grad_scale_sp, grad_coef, in_block, col_block)``: a B-spline layer's parameter gradients from the same
+    windows, without the [I*S, O] weight gradient (see :func:`assemble_weights`).
 
 Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
 each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
@@ -997,8 +1001,9 @@ def _add_window_rows(acc, weight, base, first, coefficients, c0, c1):
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _dot_window_rows(g, weight, base, first, coefficients, c0, c1):
-    """sum_q coefficients[q] * (g . weight[row q, c0:c1]) over the window's k + 2 rows; g [c1 - c0]."""
-    result = 0.0
+    """sum_q coefficients[q] * (g . weight[row q, c0:c1]) over the window's k + 2 rows; g [c1 - c0]. The sums are
+    kept in g's dtype: a float64 sum of float32 terms keeps the compiler from vectorizing the loop."""
+    result = g.dtype.type(0.0)
     if coefficients.shape[0] == 5:
         a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
         wa, wb, wc, wd, we = _five_rows(weight, base, first, c0, c1)
@@ -1007,7 +1012,7 @@ def _dot_window_rows(g, weight, base, first, coefficients, c0, c1):
         return result
     for q in range(coefficients.shape[0]):
         wa = weight[_window_row(q, base, first), c0:c1]
-        dot = 0.0
+        dot = g.dtype.type(0.0)
         for o in range(c1 - c0):
             dot += g[o] * wa[o]
         result += coefficients[q] * dot
@@ -1015,24 +1020,79 @@ def _dot_window_rows(g, weight, base, first, coefficients, c0, c1):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _scatter_window_rows(grad_weight, base, first, coefficients, g, c0, c1):
-    """grad_weight[row q, c0:c1] += coefficients[q] * g over the window's k + 2 rows."""
-    if coefficients.shape[0] == 5:
-        a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
-        wa, wb, wc, wd, we = _five_rows(grad_weight, base, first, c0, c1)
+def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, order_row, first, stop, grad_out, c0, c1):
+    """t_q [c1 - c0] += values[i, n, q] * grad_out[n, c0:c1] over the rows n = order_row[first:stop] (one start's
+    group, k = 3): two rows per pass over the columns, so that each accumulator is read and written once for two
+    rows."""
+    j = first
+    while j + 2 <= stop:
+        n0, n1 = order_row[j], order_row[j + 1]
+        a0, a1, a2, a3, a4 = values[i, n0, 0], values[i, n0, 1], values[i, n0, 2], values[i, n0, 3], values[i, n0, 4]
+        b0, b1, b2, b3, b4 = values[i, n1, 0], values[i, n1, 1], values[i, n1, 2], values[i, n1, 3], values[i, n1, 4]
+        g0, g1 = grad_out[n0, c0:c1], grad_out[n1, c0:c1]
         for o in range(c1 - c0):
-            value = g[o]
-            wa[o] += a * value
-            wb[o] += b * value
-            wc[o] += c * value
-            wd[o] += d * value
-            we[o] += e * value
-        return
-    for q in range(coefficients.shape[0]):
-        a = coefficients[q]
-        wa = grad_weight[_window_row(q, base, first), c0:c1]
+            u, v = g0[o], g1[o]
+            t0[o] += a0 * u + b0 * v
+            t1[o] += a1 * u + b1 * v
+            t2[o] += a2 * u + b2 * v
+            t3[o] += a3 * u + b3 * v
+            t4[o] += a4 * u + b4 * v
+        j += 2
+    if j < stop:
+        n0 = order_row[j]
+        a0, a1, a2, a3, a4 = values[i, n0, 0], values[i, n0, 1], values[i, n0, 2], values[i, n0, 3], values[i, n0, 4]
+        g0 = grad_out[n0, c0:c1]
         for o in range(c1 - c0):
-            wa[o] += a * g[o]
+            u = g0[o]
+            t0[o] += a0 * u
+            t1[o] += a1 * u
+            t2[o] += a2 * u
+            t3[o] += a3 * u
+            t4[o] += a4 * u
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _scatter_row(target, values, i, q, order_row, first, stop, grad_out, c0, c1):
+    """target [c1 - c0] += values[i, n, q] * grad_out[n, c0:c1] over the rows n = order_row[first:stop], two rows
+    per pass over the columns."""
+    j = first
+    while j + 2 <= stop:
+        n0, n1 = order_row[j], order_row[j + 1]
+        a, b = values[i, n0, q], values[i, n1, q]
+        g0, g1 = grad_out[n0, c0:c1], grad_out[n1, c0:c1]
+        for o in range(c1 - c0):
+            target[o] += a * g0[o] + b * g1[o]
+        j += 2
+    if j < stop:
+        n0 = order_row[j]
+        a = values[i, n0, q]
+        g0 = grad_out[n0, c0:c1]
+        for o in range(c1 - c0):
+            target[o] += a * g0[o]
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1):
+    """block[base + slot, col0:col0 + c1 - c0] += sum over the rows n of input i of values[i, n, q] *
+    grad_out[n, c0:c1], slot the window entry q's (0, the base activation's, for q = 0; start + q otherwise): input
+    i's rows of A^T @ grad_out for columns c0..c1, one group of rows with the same window start at a time (see
+    :func:`_rows_by_start`), so that the group's k + 2 accumulator rows stay in L1."""
+    window = values.shape[2]
+    col1 = col0 + c1 - c0
+    for b in range(offsets.shape[0]):
+        order_row = order[b, i]
+        for s in range(offsets.shape[2] - 1):
+            first, stop = offsets[b, i, s], offsets[b, i, s + 1]
+            if first == stop:
+                continue
+            if window == 5:
+                _scatter_five_rows(block[base, col0:col1], block[base + 1 + s, col0:col1],
+                                   block[base + 2 + s, col0:col1], block[base + 3 + s, col0:col1],
+                                   block[base + 4 + s, col0:col1], values, i, order_row, first, stop, grad_out, c0, c1)
+                continue
+            for q in range(window):
+                _scatter_row(block[_window_row(q, base, base + 1 + s), col0:col1], values, i, q, order_row, first,
+                             stop, grad_out, c0, c1)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -1111,73 +1171,100 @@ def _sparse_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, matrix, n
                     slopes[i, n, 1 + q] = slope if inside else 0.0
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_forward(starts, values, weight, out, row_block, col_block):
+@njit(parallel=True, cache=True)
+def _rows_by_start(starts, block_rows, order, offsets):
+    """Each input's rows in blocks of block_rows, sorted by window start (stably): order[b, i, :] the rows of block b
+    of input i (its first offsets[b, i, -1] entries), offsets[b, i, s] the first of those whose window starts at s
+    (starts [I, N] int32, each in 0 .. offsets.shape[2] - 2)."""
     n_in, n_rows = starts.shape
+    n_starts = offsets.shape[2] - 1
+    n_blocks = offsets.shape[0]
+    for task in prange(n_blocks * n_in):
+        b, i = task // n_in, task % n_in
+        r0, r1 = _blocks(n_rows, block_rows, b)
+        cursor = np.zeros(n_starts + 1, dtype=np.int64)
+        for n in range(r0, r1):
+            cursor[starts[i, n] + 1] += 1
+        for s in range(n_starts):
+            cursor[s + 1] += cursor[s]
+        for s in range(n_starts + 1):
+            offsets[b, i, s] = cursor[s]
+        for n in range(r0, r1):
+            s = starts[i, n]
+            order[b, i, cursor[s]] = n
+            cursor[s] += 1
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_forward(order, offsets, values, weight, out, block_rows, col_block):
+    n_in, n_rows = values.shape[0], values.shape[1]
     n_slots = weight.shape[0] // n_in
-    for tile in prange(_tile_count(n_rows, row_block, weight.shape[1], col_block)):
-        r0, r1, c0, c1, _ = _tile_ranges(tile, n_rows, row_block, weight.shape[1], col_block)
+    n_starts = offsets.shape[2] - 1
+    for tile in prange(_tile_count(n_rows, block_rows, weight.shape[1], col_block)):
+        r0, r1, c0, c1, _ = _tile_ranges(tile, n_rows, block_rows, weight.shape[1], col_block)
+        b = r0 // block_rows
         acc = np.zeros((r1 - r0, c1 - c0), dtype=out.dtype)
         for i in range(n_in):
             base = i * n_slots
-            for n in range(r0, r1):
-                _add_window_rows(acc[n - r0], weight, base, base + 1 + starts[i, n], values[i, n], c0, c1)
+            for s in range(n_starts):
+                for j in range(offsets[b, i, s], offsets[b, i, s + 1]):
+                    n = order[b, i, j]
+                    _add_window_rows(acc[n - r0], weight, base, base + 1 + s, values[i, n], c0, c1)
         out[r0:r1, c0:c1] = acc
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_input(starts, slopes, weight, grad_out, partial, row_block, col_block):
-    n_in, n_rows = starts.shape
+def _sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block):
+    n_in, n_rows = slopes.shape[0], slopes.shape[1]
     n_slots = weight.shape[0] // n_in
-    for tile in prange(_tile_count(n_rows, row_block, weight.shape[1], col_block)):
-        r0, r1, c0, c1, block = _tile_ranges(tile, n_rows, row_block, weight.shape[1], col_block)
-        for i in range(n_in):
+    n_out = weight.shape[1]
+    n_starts = offsets.shape[2] - 1
+    n_in_blocks = (n_in + in_block - 1) // in_block
+    for tile in prange(offsets.shape[0] * n_in_blocks):
+        b = tile // n_in_blocks
+        i0, i1 = _blocks(n_in, in_block, tile % n_in_blocks)
+        for i in range(i0, i1):
             base = i * n_slots
-            for n in range(r0, r1):
-                partial[block, n, i] = _dot_window_rows(grad_out[n, c0:c1], weight, base, base + 1 + starts[i, n],
-                                                        slopes[i, n], c0, c1)
+            for s in range(n_starts):
+                for j in range(offsets[b, i, s], offsets[b, i, s + 1]):
+                    n = order[b, i, j]
+                    grad_x[n, i] = _dot_window_rows(grad_out[n], weight, base, base + 1 + s, slopes[i, n], 0, n_out)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_weight(starts, values, grad_out, grad_weight, in_block, col_block):
-    n_in, n_rows = starts.shape
+def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block, col_block):
+    n_in = values.shape[0]
     n_slots = grad_weight.shape[0] // n_in
     for tile in prange(_tile_count(n_in, in_block, grad_weight.shape[1], col_block)):
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, grad_weight.shape[1], col_block)
         grad_weight[i0 * n_slots:i1 * n_slots, c0:c1] = 0.0
-        for n in range(n_rows):
-            g = grad_out[n, c0:c1]
-            for i in range(i0, i1):
-                base = i * n_slots
-                _scatter_window_rows(grad_weight, base, base + 1 + starts[i, n], values[i, n], g, c0, c1)
+        for i in range(i0, i1):
+            _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_parameters(starts, values, grad_out, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
+def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
                             grad_coef, in_block, col_block):
     """The layer parameters' gradients straight from the windows: grad_scale_base, grad_scale_sp [I, O] and
     grad_coef [I, O, G+k] for W = assemble_weights(scale_base, scale_sp, mask, coef). Each tile accumulates its
     inputs' rows of A^T @ grad_out in a local [in_block * S, col_block] block (in cache) and writes the
     parameters' gradients from it, so the [I*S, O] weight gradient is never stored."""
-    n_in, n_rows = starts.shape
+    n_in = values.shape[0]
     n_basis = coef.shape[2]
     n_slots = n_basis + 1
     n_out = grad_out.shape[1]
     for tile in prange(_tile_count(n_in, in_block, n_out, col_block)):
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, n_out, col_block)
         block = np.zeros(((i1 - i0) * n_slots, c1 - c0), dtype=grad_out.dtype)
-        for n in range(n_rows):
-            g = grad_out[n, c0:c1]
-            for i in range(i0, i1):
-                base = (i - i0) * n_slots
-                _scatter_window_rows(block, base, base + 1 + starts[i, n], values[i, n], g, 0, c1 - c0)
+        for i in range(i0, i1):
+            _window_gradients(block, (i - i0) * n_slots, 0, i, order, offsets, values, grad_out, c0, c1)
         for i in range(i0, i1):
             base = (i - i0) * n_slots
             for o in range(c0, c1):
                 edge_mask = mask[i, o]
                 grad_scale_base[i, o] = block[base, o - c0] * edge_mask
                 scale = scale_sp[i, o] * edge_mask
-                acc = 0.0
+                acc = block.dtype.type(0.0)
                 for j in range(n_basis):
                     g_row = block[base + 1 + j, o - c0]
                     grad_coef[i, o, j] = scale * g_row
@@ -1240,7 +1327,7 @@ def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_sca
         for o in range(n_out):
             grad_scale_base[i, o] = grad[i, 0, o] * mask[i, o]
             scale = scale_sp[i, o] * mask[i, o]
-            acc = 0.0
+            acc = grad.dtype.type(0.0)
             for j in range(n_basis):
                 g = grad[i, 1 + j, o]
                 grad_coef[i, o, j] = scale * g
@@ -1250,6 +1337,7 @@ def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_sca
 
 sparse_windows = sized_kernel(_sparse_windows)
 sparse_windows_uniform = sized_kernel(_sparse_windows_uniform)
+rows_by_start = sized_kernel(_rows_by_start)
 sparse_forward = sized_kernel(_sparse_forward)
 sparse_grad_input = sized_kernel(_sparse_grad_input)
 sparse_grad_weight = sized_kernel(_sparse_grad_weight)
