@@ -304,7 +304,7 @@ def _recorded_sparse_forward(ctx, recording, n_differentiable, x, weight, grid, 
 
 
 def _saved_windows(ctx, tensors) -> _Windows | None:
-    """The :class:`_Windows` from the tensors :func:`_recorded_sparse_forward` had saved, or None when there are none."""
+    """The :class:`_Windows` from the tensors that :func:`_recorded_sparse_forward` had saved; None without them."""
     return _Windows(*(t.numpy() for t in tensors), ctx.block_rows) if tensors else None
 
 
