@@ -247,12 +247,11 @@ def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _W
     slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
     grid, padded, inv_steps, uniform = args.knots
     if uniform and args.spline_order > 0:
-        x = torch.from_numpy(args.x)
+        x_t = torch.from_numpy(args.x).t().contiguous()  # [I, N]: the activations come out in the same layout
         entry = get_activation(args.activation_name)
-        base_grad = entry.derivative(x).t().contiguous().numpy() if with_slopes else np.empty((0, 0), args.x.dtype)
-        args.kernels.sparse_windows_uniform(x.t().contiguous().numpy(), entry.function(x).t().contiguous().numpy(),
-                                            base_grad, grid, inv_steps, args.matrix, n_slots - 1, starts, values,
-                                            slopes, with_slopes)
+        base_grad = entry.derivative(x_t).numpy() if with_slopes else np.empty((0, 0), args.x.dtype)
+        args.kernels.sparse_windows_uniform(x_t.numpy(), entry.function(x_t).numpy(), base_grad, grid, inv_steps,
+                                            args.matrix, n_slots - 1, starts, values, slopes, with_slopes)
     else:
         args.kernels.sparse_windows(args.x, *args.knots, args.spline_order, args.matrix, args.activation,
                                     n_slots - 1, starts, values, slopes, with_slopes)
