@@ -359,8 +359,22 @@ def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uni
     monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 4)
     monkeypatch.setattr(spline_linear_module, "GROUP_ROWS", 5)
     monkeypatch.setattr(spline_linear_module, "GRAD_TILE_BYTES", 5 * 8 * 4)
-    gen = torch.Generator().manual_seed(k)
-    for grid_size in (1, 11):
+    _assert_layer_matches_reference(torch.Generator().manual_seed(k), k, uniform, sparse, n_out, (1, 11))
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_sparse_parameter_gradients_over_several_transposing_tiles(uniform):
+    """More outputs than cpu.TRANSPOSE_COLUMNS, not a multiple of it, in one column tile: the coefficients' gradients
+    are written through several transposing tiles, the last one partial."""
+    n_out = 2 * cpu.TRANSPOSE_COLUMNS + 5
+    assert n_out <= spline_linear_module.TILE_COLUMNS
+    _assert_layer_matches_reference(torch.Generator().manual_seed(7), 3, uniform, True, n_out, (2, 23))
+
+
+def _assert_layer_matches_reference(gen, k, uniform, sparse, n_out, grid_sizes):
+    """fused_spline_layer (sparse or dense) against the reference on 6 inputs and 29 rows around each grid: the output
+    and the gradients of x and the parameters."""
+    for grid_size in grid_sizes:
         grid = random_grid(6, grid_size, k, gen, uniform=uniform, dtype=torch.float64)
         x = inputs_around(grid, 29, gen, outside=0.3).requires_grad_()
         (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 6, n_out, grid_size + k)

@@ -1306,6 +1306,13 @@ def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block,
             _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1)
 
 
+# The parameters' gradients are written across the basis axis from a block whose rows run along the outputs: its
+# columns are read through a tile of TRANSPOSE_COLUMNS outputs, whose rows lie side by side in memory. Read straight
+# from the block, a column's entries lie one block row apart (a power of two bytes for power-of-two widths), map to
+# a few L1 cache sets and evict one another.
+TRANSPOSE_COLUMNS = 16
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
                             grad_coef, in_block, col_block):
@@ -1320,20 +1327,26 @@ def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, co
     for tile in prange(_tile_count(n_in, in_block, n_out, col_block)):
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, n_out, col_block)
         block = np.zeros(((i1 - i0) * n_slots, c1 - c0), dtype=grad_out.dtype)
+        tile = np.empty((n_basis, TRANSPOSE_COLUMNS), dtype=grad_out.dtype)
         for i in range(i0, i1):
             _window_gradients(block, (i - i0) * n_slots, 0, i, order, offsets, values, grad_out, c0, c1)
         for i in range(i0, i1):
             base = (i - i0) * n_slots
-            for o in range(c0, c1):
-                edge_mask = mask[i, o]
-                grad_scale_base[i, o] = block[base, o - c0] * edge_mask
-                scale = scale_sp[i, o] * edge_mask
-                acc = block.dtype.type(0.0)
+            for o0 in range(c0, c1, TRANSPOSE_COLUMNS):
+                o1 = min(c1, o0 + TRANSPOSE_COLUMNS)
                 for j in range(n_basis):
-                    g_row = block[base + 1 + j, o - c0]
-                    grad_coef[i, o, j] = scale * g_row
-                    acc += g_row * coef[i, o, j]
-                grad_scale_sp[i, o] = acc * edge_mask
+                    for o in range(o0, o1):
+                        tile[j, o - o0] = block[base + 1 + j, o - c0]
+                for o in range(o0, o1):
+                    edge_mask = mask[i, o]
+                    grad_scale_base[i, o] = block[base, o - c0] * edge_mask
+                    scale = scale_sp[i, o] * edge_mask
+                    acc = block.dtype.type(0.0)
+                    for j in range(n_basis):
+                        g_row = tile[j, o - o0]
+                        grad_coef[i, o, j] = scale * g_row
+                        acc += g_row * coef[i, o, j]
+                    grad_scale_sp[i, o] = acc * edge_mask
 
 
 def thread_count() -> int:
