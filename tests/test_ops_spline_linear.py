@@ -668,6 +668,24 @@ def test_what_backward_keeps_is_saved_where_autograd_sees_it(monkeypatch, backen
                                torch.autograd.grad(_eager(layer)(x).sum(), x)[0])
 
 
+@pytest.mark.parametrize("backend", ["sparse", "cpu"])
+def test_the_assembled_weight_is_saved_only_for_the_input_gradient(backend):
+    """The [I*S, O] weight assembled in forward is saved (where saved-tensor hooks see it) when x takes a gradient,
+    which needs it, and not kept when only the parameters do; their gradients are right either way."""
+    layer = BSplineKAN(5, 7, grid_size=9, backend=backend, dtype=torch.float64)
+    eager = _eager(layer)
+    x = inputs_around(layer.grid, 23, torch.Generator().manual_seed(4), outside=0.3)
+    weight = ((5 * 13, 7), torch.float64)
+    for x_grad in (True, False):
+        leaf = x.clone().requires_grad_(x_grad)
+        assert (weight in _saved_shapes(lambda: layer(leaf))) == x_grad
+        leaves = [layer.coef, layer.scale_base, layer.scale_sp] + ([leaf] if x_grad else [])
+        got = torch.autograd.grad(layer(leaf).sum(), leaves)
+        want = torch.autograd.grad(eager(leaf).sum(), [eager.coef, eager.scale_base, eager.scale_sp] + leaves[3:])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+
 def _eager(layer: BSplineKAN) -> BSplineKAN:
     """A copy of layer on the eager backend."""
     copy = BSplineKAN(layer.in_features, layer.out_features, grid_size=layer.grid_size, backend="eager",

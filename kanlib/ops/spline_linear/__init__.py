@@ -307,21 +307,20 @@ def _saved_windows(ctx, tensors) -> _Windows | None:
     return _Windows(*(t.numpy() for t in tensors), ctx.block_rows) if tensors else None
 
 
-def _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x, windows):
-    """What both local-support backward passes start from: (kernel arguments, S, the :class:`_Windows`, the thread
-    count). ``windows``: the forward's (with slopes exactly when x takes a gradient, as need_x says), or None, and
-    then computed here."""
+def _backward_windows(x, grid, spline_order, uniform, activation, n_slots, need_x, windows):
+    """What both local-support backward passes start from: (kernel arguments, the :class:`_Windows`, the thread
+    count), S = n_slots slots per input. ``windows``: the forward's (with slopes exactly when x takes a gradient, as
+    need_x says), or None, and then computed here."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
-    n_slots = weight.shape[0] // x.shape[1]
     if windows is None:
         windows = _sparse_windows(args, n_slots, with_slopes=need_x)
-    return args, n_slots, windows, args.kernels.thread_count()
+    return args, windows, args.kernels.thread_count()
 
 
 def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w, windows=None):
     """(grad_x or None, grad_weight or None) through the local-support kernels (``windows``: the forward's)."""
-    args, n_slots, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x,
-                                                        windows)
+    n_slots = weight.shape[0] // x.shape[1]
+    args, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, n_slots, need_x, windows)
     grad_x = grad_w = None
     if need_w:
         grad_w = torch.empty_like(weight)
@@ -391,7 +390,8 @@ class FusedCpuSplineLinear(torch.autograd.Function):
 
 class FusedSplineLayer(torch.autograd.Function):
     """A B-spline layer's product from its parameters through the CPU kernels, in one autograd node: the [I*S, O]
-    weight is assembled in forward (and kept for grad_x), and backward writes the parameters' gradients itself.
+    weight is assembled in forward (and saved for backward when x takes a gradient, which needs it), and backward
+    writes the parameters' gradients itself.
 
     Dense (``sparse`` False): the expansion A is written by a kernel and multiplied by BLAS (and kept for backward
     when it has fewer than KEEP_EXPANDED_BELOW elements, else rebuilt there); the weight gradient [I*S, O] is
@@ -404,23 +404,24 @@ class FusedSplineLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse, recording):
-        saved = (x, scale_base, scale_sp, mask, coef, grid)
         ctx.config = (spline_order, uniform, activation, sparse)
-        ctx.weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse,
-                                      slot_major=not sparse)
+        weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse, slot_major=not sparse)
+        ctx.keeps_weight = recording and ctx.needs_input_grad[0]  # grad_x needs it; the parameters' gradients not
+        saved = (x, scale_base, scale_sp, mask, coef, grid, *((weight,) if ctx.keeps_weight else ()))
         if sparse:
-            out, windows = _recorded_sparse_forward(ctx, recording, 5, x, ctx.weight, grid, spline_order, uniform,
+            out, windows = _recorded_sparse_forward(ctx, recording, 5, x, weight, grid, spline_order, uniform,
                                                     activation)
             ctx.save_for_backward(*saved, *windows)
             return out
-        expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, ctx.weight.shape[0] // x.shape[1],
-                                    slot_major=True)
+        expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, coef.shape[2] + 1, slot_major=True)
         ctx.save_for_backward(*saved, *((expanded,) if expanded.numel() < KEEP_EXPANDED_BELOW else ()))
-        return _product(expanded, ctx.weight)
+        return _product(expanded, weight)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, scale_base, scale_sp, mask, coef, grid, *kept = ctx.saved_tensors  # and the windows, or A if kept
+        x, scale_base, scale_sp, mask, coef, grid, *kept = ctx.saved_tensors  # the weight if kept, the windows or A
+        weight = kept.pop(0) if ctx.keeps_weight else None
+        n_slots = coef.shape[2] + 1
         spline_order, uniform, activation, sparse = ctx.config
         need_x, need_base, need_sp, _, need_coef = ctx.needs_input_grad[:5]
         if torch.is_grad_enabled():
@@ -440,18 +441,17 @@ class FusedSplineLayer(torch.autograd.Function):
         grad_out = grad_out.detach().contiguous()  # x, the grid and the parameters reach the kernels by numpy_of
         need_parameters = need_base or need_sp or need_coef
         if sparse:
-            grad_x, grad_parameters = _sparse_layer_backward(x, grid, spline_order, uniform, activation, ctx.weight,
+            grad_x, grad_parameters = _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight,
                                                              grad_out, scale_sp, mask, coef, need_x, need_parameters,
                                                              _saved_windows(ctx, kept))
         else:
-            grad_expanded = grad_out @ ctx.weight.t() if need_x else None
+            grad_expanded = grad_out @ weight.t() if need_x else None
             expanded = kept[0] if kept else None
             rebuild = need_parameters and expanded is None
             grad_x = None
             if need_x or rebuild:
-                rebuilt, grad_x = _dense_expand(x, grid, spline_order, uniform, activation,
-                                                ctx.weight.shape[0] // x.shape[1], grad_expanded, expanded=rebuild,
-                                                slot_major=True)
+                rebuilt, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded,
+                                                expanded=rebuild, slot_major=True)
                 expanded = rebuilt if rebuild else expanded
             grad_parameters = None
             if need_parameters:
@@ -537,9 +537,9 @@ def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = Fa
 def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, grad_out, scale_sp, mask, coef,
                            need_x, need_parameters, windows=None):
     """(grad_x or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) through the local-support kernels
-    (``windows``: the forward's)."""
-    args, n_slots, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, weight, need_x,
-                                                        windows)
+    (``windows``: the forward's; ``weight``, the assembled [I*S, O] weight, only needed with need_x)."""
+    n_slots = coef.shape[2] + 1
+    args, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, n_slots, need_x, windows)
     grad_x = grad_parameters = None
     if need_x:
         grad_x = _sparse_grad_x(args, windows, weight, grad_out, threads)
