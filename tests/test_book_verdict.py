@@ -275,6 +275,19 @@ def test_the_figure_shows_every_measured_goal_on_a_log_axis(results):
     labels = [label.get_text() for label in ax.get_yticklabels()]
     assert any("quick" in label for label in labels) and any("full" in label for label in labels)
     assert len(ax.lines) >= len(measured) + 1  # a dot each, and the goal line
+    values = [label.get_text() for label in ax.child_axes[0].get_yticklabels()]  # the right-hand column
+    assert values == [f"{goal.value_text} (goal {goal.goal_text})" for goal in measured]
+    figure.draw_without_rendering()
+    box = ax.get_window_extent()
+    names, values = ax.get_yticklabels(), ax.child_axes[0].get_yticklabels()
+    assert all(label.get_window_extent().x1 <= box.x0 for label in names)  # no text over the dots
+    assert all(label.get_window_extent().x0 >= box.x1 for label in values)
+    assert not ax.texts
+    figure.draw_without_rendering()
+    box = ax.get_window_extent()
+    for text in ax.texts:  # each dot's measurement and goal, inside the axes: not over the labels, not cut off
+        extent = text.get_window_extent()
+        assert box.x0 - 0.5 <= extent.x0 and extent.x1 <= box.x1 + 0.5, text.get_text()
     empty = V.plot_verdict(V.collect_goals([], {}))
     assert "No goal measured yet" in empty.axes[0].texts[0].get_text()
 

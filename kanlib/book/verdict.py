@@ -551,7 +551,8 @@ def figure_caption(goals: Sequence[Goal]) -> str:
     caption = (f"The goals at a glance: {counts[MET]} met, {counts[MISSED]} missed, {counts[NOT_MEASURED]} not "
                "measured yet. Each dot is one goal, at the factor by which its measurement beats the goal (right of "
                "the dashed line, blue circles) or falls short of it (left, orange crosses), on a log scale; each "
-               "label names the device type and the mode of the run (quick mode: small sizes on a CPU).")
+               "label on the left names the device type and the mode of the run (quick mode: small sizes on a CPU), "
+               "and the column on the right gives the measurement and its goal.")
     waiting = sorted({goal.reason for goal in goals if goal.status == NOT_MEASURED})
     if waiting:
         caption += " Not shown, not measured yet: " + "; ".join(
@@ -572,30 +573,27 @@ def _mode_word(goal: Goal) -> str:
 
 def plot_verdict(goals: Sequence[Goal]):
     """A matplotlib Figure: one row per measured goal at its `score` (log x, the goal at 1), met and missed in two
-    colours and markers, the measured value and goal written beside each dot, a rule between areas."""
+    colours and markers, a rule between areas; the goals named on the left, each measured value and goal on the
+    right (in a column of their own, so that no text meets a dot, the goal line or the names)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     shown = [goal for goal in goals if goal.status != NOT_MEASURED]
-    figure = Figure(figsize=(8.0, 0.3 * max(len(shown), 1) + 1.2), layout="constrained")
+    figure = Figure(figsize=(9.0, 0.3 * max(len(shown), 1) + 1.2), layout="constrained")
     ax = figure.add_subplot()
     if not shown:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "No goal measured yet", ha="center", va="center", transform=ax.transAxes)
         return figure
     finite = [goal.score for goal in shown if 0 < goal.score < math.inf]
-    low = min([*finite, 1.0]) / 3
-    high = max([*finite, 1.0]) * 3
+    low = min([*finite, 1.0]) / 2
+    high = max([*finite, 1.0]) * 2
     for row, goal in enumerate(shown):
         met = goal.status == MET
         score = min(max(goal.score, low), high)
         ax.plot(score, row, marker="o" if met else "X", markersize=8, linestyle="none",
                 color="#1f77b4" if met else "#e66100")
         ax.hlines(row, 1.0, score, color="0.75", linewidth=1, zorder=0)
-        # the text goes away from the goal line, so that it never crosses it
-        ax.annotate(f"{goal.value_text} (goal {goal.goal_text})", (score, row), xytext=(7 if met else -7, 0),
-                    textcoords="offset points", va="center", ha="left" if met else "right", fontsize=8,
-                    color="0.25")
         if row and goal.area != shown[row - 1].area:
             ax.axhline(row - 0.5, color="0.6", linewidth=0.8)
     ax.axvline(1.0, color="0.3", linestyle="--", linewidth=1)
@@ -604,10 +602,14 @@ def plot_verdict(goals: Sequence[Goal]):
                        Line2D([], [], color="0.3", linestyle="--", label="goal")],
               loc="lower right", fontsize=8, framealpha=0.9)
     ax.set_xscale("log")
-    ax.set_xlim(low / 12, high * 12)
+    ax.set_xlim(low / 1.5, high * 1.5)
     ax.set_ylim(len(shown) - 0.5, -0.5)
     ax.set_yticks(range(len(shown)), [f"{goal.short} · {_device_type(goal)}, {_mode_word(goal)}" for goal in shown],
                   fontsize=8.5)
+    values = ax.secondary_yaxis("right")
+    values.set_yticks(range(len(shown)), [f"{goal.value_text} (goal {goal.goal_text})" for goal in shown], fontsize=8)
+    for label, goal in zip(values.get_yticklabels(), shown):
+        label.set_color("0.2" if goal.status == MET else "#b34700")
     ax.tick_params(axis="x", labelsize=8.5)
     ax.set_xlabel("measurement against its goal (log scale; right of 1: met, left: missed)", fontsize=9)
     counts = _counts(goals)
