@@ -1327,7 +1327,7 @@ def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, co
     for tile in prange(_tile_count(n_in, in_block, n_out, col_block)):
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, n_out, col_block)
         block = np.zeros(((i1 - i0) * n_slots, c1 - c0), dtype=grad_out.dtype)
-        tile = np.empty((n_basis, TRANSPOSE_COLUMNS), dtype=grad_out.dtype)
+        columns = np.empty((n_basis, TRANSPOSE_COLUMNS), dtype=grad_out.dtype)  # block columns o0..o1, side by side
         for i in range(i0, i1):
             _window_gradients(block, (i - i0) * n_slots, 0, i, order, offsets, values, grad_out, c0, c1)
         for i in range(i0, i1):
@@ -1336,14 +1336,14 @@ def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, co
                 o1 = min(c1, o0 + TRANSPOSE_COLUMNS)
                 for j in range(n_basis):
                     for o in range(o0, o1):
-                        tile[j, o - o0] = block[base + 1 + j, o - c0]
+                        columns[j, o - o0] = block[base + 1 + j, o - c0]
                 for o in range(o0, o1):
                     edge_mask = mask[i, o]
                     grad_scale_base[i, o] = block[base, o - c0] * edge_mask
                     scale = scale_sp[i, o] * edge_mask
                     acc = block.dtype.type(0.0)
                     for j in range(n_basis):
-                        g_row = tile[j, o - o0]
+                        g_row = columns[j, o - o0]
                         grad_coef[i, o, j] = scale * g_row
                         acc += g_row * coef[i, o, j]
                     grad_scale_sp[i, o] = acc * edge_mask
