@@ -227,10 +227,11 @@ GRAD_TILE_BYTES = 1 << 17
 
 
 class _Windows(NamedTuple):
-    """The local-support kernels' view of x: values [I, N, k+2] (the base activation, then the k + 1 bases from the
-    window's start; zeros for bases that do not exist and outside the grid), slopes (the same differentiated in x)
-    or an empty array, and each input's rows in blocks of block_rows sorted by window start: order [B, I,
-    block_rows] (int32) and offsets [B, I, G + 1] (int32; see :func:`.cpu.rows_by_start`)."""
+    """The local-support kernels' view of x: each input's rows in blocks of block_rows sorted by window start, order
+    [B, I, block_rows] (int32) and offsets [B, I, G + 1] (int32; see :func:`.cpu.rows_by_start`), and the rows'
+    windows in that order: values [I, k+2, N], where values[i, :, b * block_rows + j] is the window of row
+    order[b, i, j] (the base activation, then the k + 1 bases from the window's start; zeros for bases that do not
+    exist and outside the grid), and slopes (the same differentiated in x) or an empty array."""
 
     values: np.ndarray
     slopes: np.ndarray
@@ -240,27 +241,34 @@ class _Windows(NamedTuple):
 
 
 def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _Windows:
-    """The :class:`_Windows` of args.x for :mod:`.cpu`'s local-support kernels (S = n_slots slots per input)."""
+    """The :class:`_Windows` of args.x for :mod:`.cpu`'s local-support kernels (S = n_slots slots per input): the
+    rows' spans and window starts, the rows sorted by start, then their windows in that order."""
     n_rows, n_in = args.x.shape
-    starts = np.empty((n_in, n_rows), dtype=np.int32)
-    values = np.empty((n_in, n_rows, args.spline_order + 2), dtype=args.x.dtype)
-    slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
+    k, n_basis = args.spline_order, n_slots - 1
+    spans, starts = (np.empty((n_in, n_rows), dtype=np.int32) for _ in range(2))
     grid, padded, inv_steps, uniform = args.knots
-    if uniform and args.spline_order > 0:
+    closed_form = uniform and k > 0
+    if closed_form:
         x_t = torch.from_numpy(args.x).t().contiguous()  # [I, N]: the activations come out in the same layout
-        entry = get_activation(args.activation_name)
-        base_grad = entry.derivative(x_t).numpy() if with_slopes else np.empty((0, 0), args.x.dtype)
-        args.kernels.sparse_windows_uniform(x_t.numpy(), entry.function(x_t).numpy(), base_grad, grid, inv_steps,
-                                            args.matrix, n_slots - 1, starts, values, slopes, with_slopes)
+        args.kernels.window_spans_uniform(x_t.numpy(), grid, inv_steps, k, n_basis, spans, starts)
     else:
-        args.kernels.sparse_windows(args.x, *args.knots, args.spline_order, args.matrix, args.activation,
-                                    n_slots - 1, starts, values, slopes, with_slopes)
+        args.kernels.window_spans(args.x, grid, inv_steps, uniform, k, n_basis, spans, starts)
     block_rows = max(1, min(GROUP_ROWS, n_rows))
     n_blocks = -(-n_rows // block_rows)
     order = np.empty((n_blocks, n_in, block_rows), dtype=np.int32)
-    n_starts = n_slots - 1 - args.spline_order  # G windows of k + 1 bases among the G + k
-    offsets = np.empty((n_blocks, n_in, n_starts + 1), dtype=np.int32)
+    offsets = np.empty((n_blocks, n_in, n_basis - k + 1), dtype=np.int32)  # G windows of k + 1 bases among G + k
     args.kernels.rows_by_start(starts, block_rows, order, offsets)
+    values = np.empty((n_in, k + 2, n_rows), dtype=args.x.dtype)
+    slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
+    if closed_form:
+        entry = get_activation(args.activation_name)
+        base_grad = entry.derivative(x_t).numpy() if with_slopes else np.empty((0, 0), args.x.dtype)
+        args.kernels.sorted_windows_uniform(x_t.numpy(), entry.function(x_t).numpy(), base_grad, grid, inv_steps,
+                                            args.steps, args.matrix, spans, order, offsets, values, slopes,
+                                            with_slopes)
+    else:
+        args.kernels.sorted_windows(args.x, grid, padded, inv_steps, uniform, k, args.matrix, args.activation, spans,
+                                    order, offsets, values, slopes, with_slopes)
     return _Windows(values, slopes, order, offsets, block_rows)
 
 

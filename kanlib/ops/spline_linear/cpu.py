@@ -7,23 +7,29 @@ ever stored:
   for the dense path, where BLAS does the product ``A @ W``, and dx [N, I] from the gradient of A (its
   backward), either or both in one pass, the base activation computed in it (:func:`activation_row`).
 - the local-support kernels, touching only the k + 2 slots of each input that can be nonzero (its base
-  activation and k + 1 consecutive bases; pays when G is large). :func:`sparse_windows` finds them once per call
-  for all rows, as [I, N, k+2] values whose size does not depend on G, and :func:`rows_by_start` sorts each
-  input's rows, a block at a time, by the start of their window: rows with the same start meet the same k + 2
-  weight rows, which stay in L1 while those rows go by. :func:`sparse_forward`, :func:`sparse_grad_input`,
+  activation and k + 1 consecutive bases; pays when G is large). :func:`window_spans` finds each value's span
+  and the start of its window, :func:`rows_by_start` sorts each input's rows, a block at a time, by that start
+  (rows with the same start meet the same k + 2 weight rows, which stay in L1 while those rows go by), and
+  :func:`sorted_windows` writes the windows in that order, as [I, k+2, N] values whose size does not depend on G:
+  a start's rows then find their windows side by side. :func:`sparse_forward`, :func:`sparse_grad_input`,
   :func:`sparse_grad_weight` and :func:`sparse_grad_parameters` run over tiles of row blocks and output columns
   (or of inputs and columns) in that order, along the columns in vectorized passes.
 
-  - ``sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, n_basis, starts,
-    values, slopes, with_slopes)``: starts [I, N] int32, the first spline row (basis index) of each window;
-    values [I, N, k+2], the base activation then the bases starts..starts+k (zeros for bases that do not exist
-    and outside the grid); slopes the same differentiated in x (when with_slopes).
-  - ``sparse_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, matrix, n_basis, starts, values, slopes,
-    with_slopes)``: the same on uniform grids (k > 0) from x, its base activation and that one's derivative
-    transposed ([I, N], computed by PyTorch), in flat loops over the rows that vectorize.
+  - ``window_spans(x, grid, inv_steps, uniform, spline_order, n_basis, spans, starts)``: spans [I, N] int32, each
+    value's span (-1 outside the grid or for NaN), and starts [I, N] int32, the first spline row (basis index) of
+    its window. ``window_spans_uniform(x_t, grid, inv_steps, spline_order, n_basis, spans, starts)``: the same on
+    uniform grids from x transposed ([I, N]), in flat loops that vectorize.
   - ``rows_by_start(starts, block_rows, order, offsets)``: order [B, I, block_rows] int32, the rows of each block of
     block_rows rows of each input sorted by start; offsets [B, I, G + 1] int32, where each of the G starts' rows
     begin in order (and the block's row count last).
+  - ``sorted_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, spans, order,
+    offsets, values, slopes, with_slopes)``: values [I, k+2, N], values[i, :, b * block_rows + j] the window of
+    row order[b, i, j]: the base activation then the bases starts..starts+k (zeros for bases that do not exist
+    and outside the grid); slopes the same differentiated in x (when with_slopes).
+  - ``sorted_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, steps, matrix, spans, order, offsets,
+    values, slopes, with_slopes)``: the same on uniform grids (k > 0) from x, its base activation and that one's
+    derivative transposed ([I, N], computed by PyTorch), the bases from their polynomials in flat loops that
+    vectorize (steps [I], the knot spacing).
   - ``sparse_forward(order, offsets, values, weight, out, block_rows, col_block)``: out [N, O] = A @ weight.
   - ``sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block)``: grad_x [N, I],
     over tiles of one row block and in_block inputs.
@@ -69,7 +75,7 @@ ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
 BLOCK_BELOW = 32
 CLOSED_FORM_BLOCK_BELOW = 8
 BLOCK_LANES = 128
-WINDOW_ROWS = 256  # the sparse windows kernel's unit of parallel work (rows of one input)
+WINDOW_ROWS = 256  # the window spans kernels' unit of parallel work (rows of one input)
 # Calls whose largest array has fewer elements run on one thread: waking numba's thread pool costs more than
 # the work (and far more when other processes hold the cores), e.g. in LBFGS on a small model.
 SERIAL_BELOW = 1 << 16
@@ -1020,32 +1026,34 @@ def _dot_window_rows(g, weight, base, first, coefficients, c0, c1):
 
 
 @njit(inline="always", cache=True)
-def _five(values, i, n):
-    """values[i, n, 0..4], a k = 3 window's five coefficients, as scalars (which the column loops keep in registers)."""
-    window = values[i, n]
-    return window[0], window[1], window[2], window[3], window[4]
+def _five(values, i, p):
+    """values[i, 0..4, p], a k = 3 window's five coefficients, as scalars (which the column loops keep in registers)."""
+    return values[i, 0, p], values[i, 1, p], values[i, 2, p], values[i, 3, p], values[i, 4, p]
 
 
 @njit(inline="always", cache=True)
-def _four_windows(values, i, rows, j):
-    """The five coefficients of the windows of rows[j], .., rows[j + 3] (k = 3), row after row, as 20 scalars."""
-    a, b, c, d = values[i, rows[j]], values[i, rows[j + 1]], values[i, rows[j + 2]], values[i, rows[j + 3]]
-    return (a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4], c[0], c[1], c[2], c[3], c[4],
-            d[0], d[1], d[2], d[3], d[4])
+def _four_windows(values, i, p):
+    """The five coefficients of the windows at positions p, .., p + 3 (k = 3), window after window, as 20 scalars."""
+    return (values[i, 0, p], values[i, 1, p], values[i, 2, p], values[i, 3, p], values[i, 4, p],
+            values[i, 0, p + 1], values[i, 1, p + 1], values[i, 2, p + 1], values[i, 3, p + 1], values[i, 4, p + 1],
+            values[i, 0, p + 2], values[i, 1, p + 2], values[i, 2, p + 2], values[i, 3, p + 2], values[i, 4, p + 2],
+            values[i, 0, p + 3], values[i, 1, p + 3], values[i, 2, p + 3], values[i, 3, p + 3], values[i, 4, p + 3])
 
 
 # The group helpers below take the rows of one window start's group (see :func:`_rows_by_start`), whose windows meet
-# the same k + 2 weight rows. With k = 3 they go through four rows per pass over the columns, so that each weight (or
-# accumulator) row is read once for the four rows: measured faster than one or two rows per pass (AVX-512 Xeon).
+# the same k + 2 weight rows, and p0, the position of the first one's window (the windows are stored in the rows'
+# sorted order, so the group's lie side by side from p0). With k = 3 they go through four rows per pass over the
+# columns, so that each weight (or accumulator) row is read once for the four rows: measured faster than one or two
+# rows per pass (AVX-512 Xeon).
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _add_group_rows(acc, r0, weight, base, first, values, i, rows, col0, col1):
-    """acc[n - r0, :] += sum_q values[i, n, q] * weight[row q, col0:col1] for each row n in ``rows``."""
+def _add_group_rows(acc, r0, weight, base, first, values, i, rows, p0, col0, col1):
+    """acc[rows[j] - r0, :] += sum_q values[i, q, p0 + j] * weight[row q, col0:col1] for each j."""
     j = 0
-    if values.shape[2] == 5:
+    if values.shape[1] == 5:
         wa, wb, wc, wd, we = _five_rows(weight, base, first, col0, col1)
         while j + 4 <= rows.shape[0]:
             a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
-                values, i, rows, j)
+                values, i, p0 + j)
             xa, xb, xc, xd = acc[rows[j] - r0], acc[rows[j + 1] - r0], acc[rows[j + 2] - r0], acc[rows[j + 3] - r0]
             for o in range(col1 - col0):
                 w0, w1, w2, w3, w4 = wa[o], wb[o], wc[o], wd[o], we[o]
@@ -1055,21 +1063,21 @@ def _add_group_rows(acc, r0, weight, base, first, values, i, rows, col0, col1):
                 xd[o] += d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3 + d4 * w4
             j += 4
     for rest in range(j, rows.shape[0]):
-        _add_window_rows(acc[rows[rest] - r0], weight, base, first, values[i, rows[rest]], col0, col1)
+        _add_window_rows(acc[rows[rest] - r0], weight, base, first, values[i, :, p0 + rest], col0, col1)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _dot_group_rows(grad_x, i, grad_out, weight, base, first, slopes, rows):
-    """grad_x[n, i] <- sum_q slopes[i, n, q] * (grad_out[n] . weight[row q]) for each row n in ``rows``, the sums in
+def _dot_group_rows(grad_x, i, grad_out, weight, base, first, slopes, rows, p0):
+    """grad_x[n, i] <- sum_q slopes[i, q, p0 + j] * (grad_out[n] . weight[row q]) for each n = rows[j], the sums in
     grad_out's dtype (:func:`_dot_window_rows`)."""
     j = 0
-    if slopes.shape[2] == 5:
+    if slopes.shape[1] == 5:
         wa, wb, wc, wd, we = _five_rows(weight, base, first, 0, weight.shape[1])
         zero = grad_out.dtype.type(0.0)
         while j + 4 <= rows.shape[0]:
             n0, n1, n2, n3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
             a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
-                slopes, i, rows, j)
+                slopes, i, p0 + j)
             ga, gb, gc, gd = grad_out[n0], grad_out[n1], grad_out[n2], grad_out[n3]
             sa, sb, sc, sd = zero, zero, zero, zero
             for o in range(weight.shape[1]):
@@ -1082,18 +1090,18 @@ def _dot_group_rows(grad_x, i, grad_out, weight, base, first, slopes, rows):
             j += 4
     for rest in range(j, rows.shape[0]):
         n = rows[rest]
-        grad_x[n, i] = _dot_window_rows(grad_out[n], weight, base, first, slopes[i, n], 0, weight.shape[1])
+        grad_x[n, i] = _dot_window_rows(grad_out[n], weight, base, first, slopes[i, :, p0 + rest], 0, weight.shape[1])
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, rows, grad_out, col0, col1):
-    """t_q [col1 - col0] += values[i, n, q] * grad_out[n, col0:col1] over the rows n in ``rows`` (k = 3): four rows
+def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, rows, p0, grad_out, col0, col1):
+    """t_q [col1 - col0] += values[i, q, p0 + j] * grad_out[rows[j], col0:col1] over the rows (k = 3): four rows
     per pass over the columns."""
     j = 0
     while j + 4 <= rows.shape[0]:
         n0, n1, n2, n3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
         a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
-            values, i, rows, j)
+            values, i, p0 + j)
         ga, gb = grad_out[n0, col0:col1], grad_out[n1, col0:col1]
         gc, gd = grad_out[n2, col0:col1], grad_out[n3, col0:col1]
         for o in range(col1 - col0):
@@ -1106,7 +1114,7 @@ def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, rows, grad_out, col0, col1
         j += 4
     for rest in range(j, rows.shape[0]):
         n0 = rows[rest]
-        a0, a1, a2, a3, a4 = _five(values, i, n0)
+        a0, a1, a2, a3, a4 = _five(values, i, p0 + rest)
         ga = grad_out[n0, col0:col1]
         for o in range(col1 - col0):
             ua = ga[o]
@@ -1118,20 +1126,20 @@ def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, rows, grad_out, col0, col1
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _scatter_row(target, values, i, q, rows, grad_out, col0, col1):
-    """target [col1 - col0] += values[i, n, q] * grad_out[n, col0:col1] over the rows n in ``rows``, two rows per pass
+def _scatter_row(target, values, i, q, rows, p0, grad_out, col0, col1):
+    """target [col1 - col0] += values[i, q, p0 + j] * grad_out[rows[j], col0:col1] over the rows, two rows per pass
     over the columns."""
     j = 0
     while j + 2 <= rows.shape[0]:
         n0, n1 = rows[j], rows[j + 1]
-        a, b = values[i, n0, q], values[i, n1, q]
+        a, b = values[i, q, p0 + j], values[i, q, p0 + j + 1]
         g0, g1 = grad_out[n0, col0:col1], grad_out[n1, col0:col1]
         for o in range(col1 - col0):
             target[o] += a * g0[o] + b * g1[o]
         j += 2
     if j < rows.shape[0]:
         n0 = rows[j]
-        a = values[i, n0, q]
+        a = values[i, q, p0 + j]
         g0 = grad_out[n0, col0:col1]
         for o in range(col1 - col0):
             target[o] += a * g0[o]
@@ -1139,11 +1147,11 @@ def _scatter_row(target, values, i, q, rows, grad_out, col0, col1):
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1):
-    """block[base + slot, col0:col0 + c1 - c0] += sum over the rows n of input i of values[i, n, q] *
+    """block[base + slot, col0:col0 + c1 - c0] += sum over the rows n of input i of their window's entry q *
     grad_out[n, c0:c1], slot the window entry q's (0, the base activation's, for q = 0; start + q otherwise): input
     i's rows of A^T @ grad_out for columns c0..c1, one group of rows with the same window start at a time (see
     :func:`_rows_by_start`), so that the group's k + 2 accumulator rows stay in L1."""
-    window = values.shape[2]
+    window = values.shape[1]
     col1 = col0 + c1 - c0
     for b in range(offsets.shape[0]):
         order_row = order[b, i]
@@ -1151,91 +1159,161 @@ def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0
             first, stop = offsets[b, i, s], offsets[b, i, s + 1]
             if first == stop:
                 continue
-            rows = order_row[first:stop]
+            rows, p0 = order_row[first:stop], b * order.shape[2] + first
             if window == 5:
                 _scatter_five_rows(block[base, col0:col1], block[base + 1 + s, col0:col1],
                                    block[base + 2 + s, col0:col1], block[base + 3 + s, col0:col1],
-                                   block[base + 4 + s, col0:col1], values, i, rows, grad_out, c0, c1)
+                                   block[base + 4 + s, col0:col1], values, i, rows, p0, grad_out, c0, c1)
                 continue
             for q in range(window):
-                _scatter_row(block[_window_row(q, base, base + 1 + s), col0:col1], values, i, q, rows, grad_out, c0,
-                             c1)
+                _scatter_row(block[_window_row(q, base, base + 1 + s), col0:col1], values, i, q, rows, p0, grad_out,
+                             c0, c1)
+
+
+@njit(inline="always", cache=True)
+def _window_start(span, k, n_basis):
+    """The first basis of the window of a value in span ``span`` (-1: outside the grid, and then 0): its k + 1
+    bases are kept inside the grid's n_basis, so near an end the window starts further in than span - k."""
+    return min(max(span - k, 0), n_basis - k - 1) if span >= 0 else 0
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, n_basis, starts, values,
-                    slopes, with_slopes):
+def _window_spans(x, grid, inv_steps, uniform, spline_order, n_basis, spans, starts):
     n_rows, n_in = x.shape
-    k = spline_order
-    window = k + 1
     n_chunks = (n_rows + WINDOW_ROWS - 1) // WINDOW_ROWS
     for task in prange(n_in * n_chunks):
         i = task // n_chunks
-        scratch = np.empty((4, window), dtype=matrix.dtype)
         first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, task % n_chunks)
         for n in range(first_row, stop_row):
-            value = x[n, i]
-            values[i, n, 0] = activation_at(value, activation)
-            if with_slopes:
-                slopes[i, n, 0] = activation_derivative_at(value, activation)
-            span = local_window(value, grid, padded, inv_steps, i, uniform, k, matrix, scratch, with_slopes)
-            # The window's k + 1 rows are kept inside the grid's bases; near an end it is shifted inwards and the
-            # bases that do not exist get zeros, so every window is k + 1 rows long.
-            start = min(max(span - k, 0), n_basis - window) if span >= 0 else 0
-            starts[i, n] = start
-            shift = start - (span - k)
-            for q in range(window):
-                r = q + shift
-                inside = span >= 0 and 0 <= r <= k
-                values[i, n, 1 + q] = scratch[0, r] if inside else 0.0
-                if with_slopes:
-                    slopes[i, n, 1 + q] = scratch[1, r] if inside else 0.0
+            span = find_span_at(x[n, i], grid, inv_steps, i, uniform, spline_order)
+            spans[i, n] = span
+            starts[i, n] = _window_start(span, spline_order, n_basis)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, matrix, n_basis, starts, values, slopes,
-                            with_slopes):
+def _window_spans_uniform(x_t, grid, inv_steps, spline_order, n_basis, spans, starts):
     n_in, n_rows = x_t.shape
-    k = matrix.shape[0] - 1
-    window = k + 1
     n_knots = grid.shape[1]
+    real = x_t.dtype.type
     n_chunks = (n_rows + WINDOW_ROWS - 1) // WINDOW_ROWS
     for task in prange(n_in * n_chunks):
         i = task // n_chunks
         first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, task % n_chunks)
-        count = stop_row - first_row
-        spans = np.empty(count, dtype=np.int64)
-        coords = np.empty(count, dtype=matrix.dtype)
-        polynomials = np.empty((window, count), dtype=matrix.dtype)
-        derivatives = np.empty((window, count if with_slopes else 0), dtype=matrix.dtype)
-        low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
-        for r in range(count):  # flat loops over the rows: vectorized
-            value = x_t[i, first_row + r]
-            u = (value - low) * inv
-            span = int(min(max(u, 0.0), n_knots - 2.0))
-            spans[r] = span if low <= value < high else -1
-            coords[r] = min(max((value - grid[i, span]) * inv, 0.0), 1.0)
-        _polynomials(coords, matrix, 0, polynomials)
-        if with_slopes:
-            _polynomials(coords, matrix, 1, derivatives)  # in t; times inv below for x
-        for r in range(count):
-            n = first_row + r
-            span = spans[r]
-            values[i, n, 0] = base_t[i, n]
+        # in x's dtype: a float64 spacing would halve the vectors
+        low, high, inv = grid[i, 0], grid[i, n_knots - 1], real(inv_steps[i])
+        for n in range(first_row, stop_row):  # a flat loop over the rows: vectorized
+            value = x_t[i, n]
+            span = int(min(max((value - low) * inv, real(0.0)), real(n_knots - 2)))
+            span = span if low <= value < high else -1
+            spans[i, n] = span
+            starts[i, n] = _window_start(span, spline_order, n_basis)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sorted_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, activation, spans, order, offsets,
+                    values, slopes, with_slopes):
+    n_blocks, n_in, block_rows = order.shape
+    k = spline_order
+    n_basis = offsets.shape[2] - 1 + k
+    for task in prange(n_blocks * n_in):
+        b, i = task // n_in, task % n_in
+        scratch = np.empty((4, k + 1), dtype=matrix.dtype)
+        for j in range(offsets[b, i, offsets.shape[2] - 1]):
+            n, position = order[b, i, j], b * block_rows + j
+            value = x[n, i]
+            values[i, 0, position] = activation_at(value, activation)
             if with_slopes:
-                slopes[i, n, 0] = base_grad_t[i, n]
-            start = min(max(span - k, 0), n_basis - window) if span >= 0 else 0
-            starts[i, n] = start
-            shift = start - (span - k)
-            for q in range(window):  # branch-free: every load in bounds, zeros selected
-                entry = q + shift
-                inside = span >= 0 and 0 <= entry <= k
-                entry = min(max(entry, 0), k)
-                value = polynomials[entry, r]
-                values[i, n, 1 + q] = value if inside else 0.0
+                slopes[i, 0, position] = activation_derivative_at(value, activation)
+            span = spans[i, n]
+            if span >= 0:
+                _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[1],
+                        with_slopes, scratch[2], scratch[3])
+            shift = _window_start(span, k, n_basis) - (span - k)  # entries the window starts further in
+            for q in range(k + 1):
+                r = q + shift
+                inside = span >= 0 and 0 <= r <= k
+                values[i, 1 + q, position] = scratch[0, r] if inside else 0.0
                 if with_slopes:
-                    slope = derivatives[entry, r] * inv
-                    slopes[i, n, 1 + q] = slope if inside else 0.0
+                    slopes[i, 1 + q, position] = scratch[1, r] if inside else 0.0
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _window_polynomials(coords, inside, matrix, first_power, factor, target, i, first):
+    """target[i, 1 + q, first + r] <- factor * the window's polynomial q (its derivative in t with first_power 1)
+    at coords[r], or 0 where not inside[r]: the uniform grids' window values (or slopes), in flat loops over the
+    rows (which vectorize); for k = 3 one pass per polynomial, its four terms held as scalars."""
+    k = matrix.shape[0] - 1
+    real = target.dtype.type
+    zero = real(0.0)
+    count = coords.shape[0]
+    for q in range(k + 1):
+        row = target[i, 1 + q, first:first + count]
+        if k == 3:  # the polynomial's four terms, or its derivative's three, in the target's dtype
+            if first_power == 0:
+                m0, m1, m2, m3 = matrix[0, q], matrix[1, q], matrix[2, q], matrix[3, q]
+            else:
+                m0, m1, m2, m3 = matrix[1, q], 2.0 * matrix[2, q], 3.0 * matrix[3, q], 0.0
+            m0, m1, m2, m3 = real(m0 * factor), real(m1 * factor), real(m2 * factor), real(m3 * factor)
+            for r in range(count):
+                t = coords[r]
+                row[r] = ((m3 * t + m2) * t + m1) * t + m0 if inside[r] else zero
+            continue
+        for r in range(count):
+            row[r] = zero
+        for p in range(k, first_power - 1, -1):
+            term = matrix[p, q] * (p if first_power == 1 else 1) * factor
+            for r in range(count):
+                row[r] = row[r] * coords[r] + term
+        for r in range(count):
+            row[r] = row[r] if inside[r] else zero
+
+
+@njit(inline="always", cache=True)
+def _shift_window(target, i, position, shift, held):
+    """Moves the window entries at ``position`` of input i ``shift`` places (entry q takes entry q + shift; zeros
+    past the window): a window that starts further in near the grid's ends (see :func:`_window_start`)."""
+    k = target.shape[1] - 2
+    for q in range(k + 1):
+        held[q] = target[i, 1 + q, position]
+    for q in range(k + 1):
+        entry = q + shift
+        target[i, 1 + q, position] = held[entry] if 0 <= entry <= k else 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sorted_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, steps, matrix, spans, order, offsets, values,
+                            slopes, with_slopes):
+    n_blocks, n_in, block_rows = order.shape
+    k = matrix.shape[0] - 1
+    n_basis = offsets.shape[2] - 1 + k
+    real = x_t.dtype.type
+    for task in prange(n_blocks * n_in):
+        b, i = task // n_in, task % n_in
+        count, first = offsets[b, i, offsets.shape[2] - 1], b * block_rows
+        shifts = np.empty(count, dtype=np.int64)
+        inside = np.empty(count, dtype=np.bool_)
+        coords = np.empty(count, dtype=x_t.dtype)
+        held = np.empty(k + 1, dtype=x_t.dtype)
+        # in x's dtype, the knot computed and not read (see :func:`_uniform_windows`)
+        low, inv, step = grid[i, 0], real(inv_steps[i]), real(steps[i])
+        for j in range(count):  # the rows in their order: gathers
+            n = order[b, i, j]
+            span = spans[i, n]
+            value = x_t[i, n]
+            values[i, 0, first + j] = base_t[i, n]
+            if with_slopes:
+                slopes[i, 0, first + j] = base_grad_t[i, n]
+            inside[j] = span >= 0
+            coords[j] = min(max(from_span_knot(value, low, step, real(span)) * inv, real(0.0)), real(1.0))
+            shifts[j] = _window_start(span, k, n_basis) - (span - k) if span >= 0 else 0
+        _window_polynomials(coords, inside, matrix, 0, real(1.0), values, i, first)
+        if with_slopes:
+            _window_polynomials(coords, inside, matrix, 1, inv, slopes, i, first)
+        for j in range(count):
+            if shifts[j] != 0:
+                _shift_window(values, i, first + j, shifts[j], held)
+                if with_slopes:
+                    _shift_window(slopes, i, first + j, shifts[j], held)
 
 
 @njit(parallel=True, cache=True)
@@ -1264,7 +1342,7 @@ def _rows_by_start(starts, block_rows, order, offsets):
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_forward(order, offsets, values, weight, out, block_rows, col_block):
-    n_in, n_rows = values.shape[0], values.shape[1]
+    n_in, n_rows = values.shape[0], values.shape[2]
     n_slots = weight.shape[0] // n_in
     n_starts = offsets.shape[2] - 1
     for tile in prange(_tile_count(n_rows, block_rows, weight.shape[1], col_block)):
@@ -1274,8 +1352,9 @@ def _sparse_forward(order, offsets, values, weight, out, block_rows, col_block):
         for i in range(n_in):
             base = i * n_slots
             for s in range(n_starts):
-                rows = order[b, i, offsets[b, i, s]:offsets[b, i, s + 1]]
-                _add_group_rows(acc, r0, weight, base, base + 1 + s, values, i, rows, c0, c1)
+                first, stop = offsets[b, i, s], offsets[b, i, s + 1]
+                _add_group_rows(acc, r0, weight, base, base + 1 + s, values, i, order[b, i, first:stop], r0 + first,
+                                c0, c1)
         out[r0:r1, c0:c1] = acc
 
 
@@ -1291,8 +1370,9 @@ def _sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_r
         for i in range(i0, i1):
             base = i * n_slots
             for s in range(n_starts):
-                rows = order[b, i, offsets[b, i, s]:offsets[b, i, s + 1]]
-                _dot_group_rows(grad_x, i, grad_out, weight, base, base + 1 + s, slopes, rows)
+                first, stop = offsets[b, i, s], offsets[b, i, s + 1]
+                _dot_group_rows(grad_x, i, grad_out, weight, base, base + 1 + s, slopes, order[b, i, first:stop],
+                                b * block_rows + first)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -1412,8 +1492,10 @@ def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_sca
             grad_scale_sp[i, o] = acc * mask[i, o]
 
 
-sparse_windows = sized_kernel(_sparse_windows)
-sparse_windows_uniform = sized_kernel(_sparse_windows_uniform)
+window_spans = sized_kernel(_window_spans)
+window_spans_uniform = sized_kernel(_window_spans_uniform)
+sorted_windows = sized_kernel(_sorted_windows)
+sorted_windows_uniform = sized_kernel(_sorted_windows_uniform)
 rows_by_start = sized_kernel(_rows_by_start)
 sparse_forward = sized_kernel(_sparse_forward)
 sparse_grad_input = sized_kernel(_sparse_grad_input)
