@@ -212,12 +212,14 @@ def _slot_major_rows(matrix: torch.Tensor, n_in: int) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("narrow_layout", [True, False])
 # narrow outputs and wide ones on the serial kernel; the (48, ...) ones big enough for the parallel one; 230 bases:
-# an input's coefficients beyond ASSEMBLY_TILE_ABOVE, assembled through tiles of outputs (the last tile partial)
+# an input's coefficients beyond ASSEMBLY_TILE_ABOVE, assembled straight or through tiles of outputs (the last partial)
 @pytest.mark.parametrize("n_in, n_out, n_basis", [(5, 1, 23), (5, 9, 23), (5, 16, 23), (5, 37, 23), (48, 61, 23),
                                                   (5, 37, 230), (48, 61, 230)])
-def test_the_assembled_weight_is_the_layers_weight_matrix(n_in, n_out, n_basis, narrow_layout, dtype, slot_major):
+def test_the_assembled_weight_is_the_layers_weight_matrix(monkeypatch, n_in, n_out, n_basis, narrow_layout, dtype,
+                                                          slot_major):
     """The assembly kernel writes every entry, the same products in the same order as the plain formula, in either
-    memory layout and row order; the gradient fold reads it back."""
+    memory layout and row order, and beyond ASSEMBLY_TILE_ABOVE both ways (straight and through tiles); the gradient
+    fold reads it back."""
     from kanlib.ops.spline_linear import cpu
 
     gen = torch.Generator().manual_seed(n_out)
@@ -227,13 +229,20 @@ def test_the_assembled_weight_is_the_layers_weight_matrix(n_in, n_out, n_basis, 
     n_slots = n_basis + 1
     parallel = n_in * n_slots * n_out >= cpu.SERIAL_BELOW
     assert parallel == (n_in == 48)
-    tiled = n_out * n_basis * coef.element_size() > cpu.ASSEMBLY_TILE_ABOVE
-    assert tiled == (n_basis == 230)
-    got = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=narrow_layout,
-                                                slot_major=slot_major)
+    either_way = n_out * n_basis * coef.element_size() > cpu.ASSEMBLY_TILE_ABOVE
+    assert either_way == (n_basis == 230)
     want = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef)
-    assert got.shape == want.shape == (n_in * n_slots, n_out)
-    assert torch.equal(got, _slot_major_rows(want, n_in) if slot_major else want)
+    for tiled in (False, True) if either_way else (None,):
+        if tiled is not None:  # the way the first call of a shape picks, then each way
+            monkeypatch.setattr(spline_linear_module, "ASSEMBLY_PLANS", {})
+            picked = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout, slot_major)
+            assert torch.equal(picked, _slot_major_rows(want, n_in) if slot_major else want)
+            key, = spline_linear_module.ASSEMBLY_PLANS
+            spline_linear_module.ASSEMBLY_PLANS[key] = tiled
+        got = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=narrow_layout,
+                                                    slot_major=slot_major)
+        assert got.shape == want.shape == (n_in * n_slots, n_out)
+        assert torch.equal(got, _slot_major_rows(want, n_in) if slot_major else want)
     grad_weight = torch.randn(n_in * n_slots, n_out, generator=gen, dtype=torch.float64).to(dtype)
     with torch.enable_grad():
         leaves = [t.clone().requires_grad_() for t in (scale_base, scale_sp, coef)]

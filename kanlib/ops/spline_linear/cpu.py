@@ -1434,24 +1434,24 @@ def thread_count() -> int:
     return kernel_threads(SERIAL_BELOW)
 
 
-# An input's coefficients [O, G+k] are read across the basis axis while the weight's rows run along the outputs:
-# above this size (a core's L1 data cache) they go through a tile of ASSEMBLY_OUTPUTS outputs, read along their rows.
+# An input's coefficients [O, G+k] are read across the basis axis while the weight's rows run along the outputs.
+# Above this size (a core's L1 data cache) they can instead go through a tile of ASSEMBLY_OUTPUTS outputs, read along
+# their rows: which way is faster depends on the CPU (see :func:`~kanlib.ops.spline_linear.assembled_weight`).
 ASSEMBLY_TILE_ABOVE = 1 << 15
 ASSEMBLY_OUTPUTS = 16
 
 
 @njit(parallel=True, cache=True)
-def _assemble_weights(scale_base, scale_sp, mask, coef, out):
+def _assemble_weights(scale_base, scale_sp, mask, coef, out, tiled):
     """out [I, S, O]: per input, ``scale_base * mask`` then the G + k rows ``scale_sp * mask * coef``.
 
-    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]. While an input's coefficients fit ASSEMBLY_TILE_ABOVE, each
-    basis row is written along the outputs from ``scale_sp * mask`` kept for the whole input: faster, in every layout
-    that :func:`~kanlib.ops.spline_linear.assembled_weight` passes, than outputs in blocks that re-read the scales.
-    Above, each block of ASSEMBLY_OUTPUTS outputs is scaled into a tile [G+k, block], then copied row by row, which
-    measured faster there.
+    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]. Straight (``tiled`` False): each basis row is written along
+    the outputs from ``scale_sp * mask`` kept for the whole input, reading the coefficients across the basis axis.
+    Tiled: each block of ASSEMBLY_OUTPUTS outputs is scaled into a tile [G+k, block], read along the coefficients'
+    rows, then copied row by row. Both write the same products.
     """
     n_in, n_out, n_basis = coef.shape
-    if n_out * n_basis * coef.itemsize <= ASSEMBLY_TILE_ABOVE:
+    if not tiled:
         for i in prange(n_in):
             scale = np.empty(n_out, dtype=out.dtype)
             for o in range(n_out):
