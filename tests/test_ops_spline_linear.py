@@ -701,3 +701,19 @@ def _eager(layer: BSplineKAN) -> BSplineKAN:
                       dtype=layer.coef.dtype)
     copy.load_state_dict(layer.state_dict())
     return copy
+
+
+def test_the_sparse_row_blocks_follow_the_level_2_cache(tmp_path):
+    """A block's float32 output tile fills at most half of one core's L2 cache (read from Linux's sysfs), with 512
+    rows at least and where the cache cannot be read."""
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "32K"),
+                                                 ("2", "Unified", "2048K"), ("3", "Unified", "32M")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(text + "\n")
+    assert spline_linear_module._l2_cache_bytes(str(tmp_path)) == 2 << 20
+    assert spline_linear_module._l2_cache_bytes(str(tmp_path / "absent")) is None
+    assert [spline_linear_module.group_rows(l2, 256) for l2 in (None, 256 << 10, 512 << 10, 2 << 20, 4 << 20)] == [
+        512, 512, 512, 1024, 2048]
+    assert spline_linear_module.group_rows(2 << 20, 64) == 4096
