@@ -634,7 +634,7 @@ def test_rows_are_grouped_by_window_start_a_block_at_a_time(block_rows):
     n_blocks = -(-n_rows // block_rows)
     order = np.full((n_blocks, n_in, block_rows), -1, dtype=np.int32)
     offsets = np.full((n_blocks, n_in, n_starts + 1), -1, dtype=np.int32)
-    cpu.rows_by_start(starts, block_rows, order, offsets)
+    cpu.rows_by_start(np.ascontiguousarray(starts.T), block_rows, order, offsets)  # the kernel takes them [N, I]
     for b in range(n_blocks):
         rows = np.arange(b * block_rows, min(n_rows, (b + 1) * block_rows))
         for i in range(n_in):

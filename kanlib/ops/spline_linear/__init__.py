@@ -271,15 +271,14 @@ class _Windows(NamedTuple):
 
 def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _Windows:
     """The :class:`_Windows` of args.x for :mod:`.cpu`'s local-support kernels (S = n_slots slots per input): the
-    rows' spans and window starts, the rows sorted by start, then their windows in that order."""
+    values' spans and window starts, each input's rows sorted by start, then their windows in that order."""
     n_rows, n_in = args.x.shape
     k, n_basis = args.spline_order, n_slots - 1
-    spans, starts = (np.empty((n_in, n_rows), dtype=np.int32) for _ in range(2))
+    spans, starts = (np.empty((n_rows, n_in), dtype=np.int32) for _ in range(2))
     grid, padded, inv_steps, uniform = args.knots
     closed_form = uniform and k > 0
     if closed_form:
-        x_t = torch.from_numpy(args.x).t().contiguous()  # [I, N]: the activations come out in the same layout
-        args.kernels.window_spans_uniform(x_t.numpy(), grid, inv_steps, k, n_basis, spans, starts)
+        args.kernels.window_spans_uniform(args.x, grid, inv_steps, k, n_basis, spans, starts)
     else:
         args.kernels.window_spans(args.x, grid, inv_steps, uniform, k, n_basis, spans, starts)
     block_rows = max(1, min(GROUP_ROWS, n_rows))
@@ -290,11 +289,9 @@ def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _W
     values = np.empty((n_in, k + 2, n_rows), dtype=args.x.dtype)
     slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
     if closed_form:
-        entry = get_activation(args.activation_name)
-        base_grad = entry.derivative(x_t).numpy() if with_slopes else np.empty((0, 0), args.x.dtype)
-        args.kernels.sorted_windows_uniform(x_t.numpy(), entry.function(x_t).numpy(), base_grad, grid, inv_steps,
-                                            args.steps, args.matrix, spans, order, offsets, values, slopes,
-                                            with_slopes)
+        _, bits_like, constants = args.kernels.dense_arguments(args.x.dtype)
+        args.kernels.sorted_windows_uniform(args.x, grid, inv_steps, args.steps, args.matrix, args.activation,
+                                            bits_like, constants, spans, order, offsets, values, slopes, with_slopes)
     else:
         args.kernels.sorted_windows(args.x, grid, padded, inv_steps, uniform, k, args.matrix, args.activation, spans,
                                     order, offsets, values, slopes, with_slopes)

@@ -15,10 +15,10 @@ ever stored:
   :func:`sparse_grad_weight` and :func:`sparse_grad_parameters` run over tiles of row blocks and output columns
   (or of inputs and columns) in that order, along the columns in vectorized passes.
 
-  - ``window_spans(x, grid, inv_steps, uniform, spline_order, n_basis, spans, starts)``: spans [I, N] int32, each
-    value's span (-1 outside the grid or for NaN), and starts [I, N] int32, the first spline row (basis index) of
-    its window. ``window_spans_uniform(x_t, grid, inv_steps, spline_order, n_basis, spans, starts)``: the same on
-    uniform grids from x transposed ([I, N]), in flat loops that vectorize.
+  - ``window_spans(x, grid, inv_steps, uniform, spline_order, n_basis, spans, starts)``: spans [N, I] int32, each
+    value's span (-1 outside the grid or for NaN), and starts [N, I] int32, the first spline row (basis index) of
+    its window. ``window_spans_uniform(x, grid, inv_steps, spline_order, n_basis, spans, starts)``: the same on
+    uniform grids, in flat loops along each row that vectorize.
   - ``rows_by_start(starts, block_rows, order, offsets)``: order [B, I, block_rows] int32, the rows of each block of
     block_rows rows of each input sorted by start; offsets [B, I, G + 1] int32, where each of the G starts' rows
     begin in order (and the block's row count last).
@@ -26,10 +26,11 @@ ever stored:
     offsets, values, slopes, with_slopes)``: values [I, k+2, N], values[i, :, b * block_rows + j] the window of
     row order[b, i, j]: the base activation then the bases starts..starts+k (zeros for bases that do not exist
     and outside the grid); slopes the same differentiated in x (when with_slopes).
-  - ``sorted_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, steps, matrix, spans, order, offsets,
-    values, slopes, with_slopes)``: the same on uniform grids (k > 0) from x, its base activation and that one's
-    derivative transposed ([I, N], computed by PyTorch), the bases from their polynomials in flat loops that
-    vectorize (steps [I], the knot spacing).
+  - ``sorted_windows_uniform(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, spans, order,
+    offsets, values, slopes, with_slopes)``: the same on uniform grids (k > 0), a block of one input's rows at a
+    time gathered in their order, the base activation by :func:`activation_row` and the bases from their
+    polynomials, in flat loops that vectorize (steps [I], the knot spacing; bits_like and constants as for
+    :func:`dense_kernel`).
   - ``sparse_forward(order, offsets, values, weight, out, block_rows, col_block)``: out [N, O] = A @ weight.
   - ``sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block)``: grad_x [N, I],
     over tiles of one row block and in_block inputs.
@@ -1181,32 +1182,35 @@ def _window_start(span, k, n_basis):
 def _window_spans(x, grid, inv_steps, uniform, spline_order, n_basis, spans, starts):
     n_rows, n_in = x.shape
     n_chunks = (n_rows + WINDOW_ROWS - 1) // WINDOW_ROWS
-    for task in prange(n_in * n_chunks):
-        i = task // n_chunks
-        first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, task % n_chunks)
+    for chunk in prange(n_chunks):
+        first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, chunk)
         for n in range(first_row, stop_row):
-            span = find_span_at(x[n, i], grid, inv_steps, i, uniform, spline_order)
-            spans[i, n] = span
-            starts[i, n] = _window_start(span, spline_order, n_basis)
+            for i in range(n_in):
+                span = find_span_at(x[n, i], grid, inv_steps, i, uniform, spline_order)
+                spans[n, i] = span
+                starts[n, i] = _window_start(span, spline_order, n_basis)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _window_spans_uniform(x_t, grid, inv_steps, spline_order, n_basis, spans, starts):
-    n_in, n_rows = x_t.shape
+def _window_spans_uniform(x, grid, inv_steps, spline_order, n_basis, spans, starts):
+    n_rows, n_in = x.shape
     n_knots = grid.shape[1]
-    real = x_t.dtype.type
+    real = x.dtype.type
+    # in x's dtype: a float64 spacing would halve the vectors
+    lows, highs, invs = np.empty(n_in, x.dtype), np.empty(n_in, x.dtype), np.empty(n_in, x.dtype)
+    for i in range(n_in):
+        lows[i], highs[i], invs[i] = grid[i, 0], grid[i, n_knots - 1], real(inv_steps[i])
     n_chunks = (n_rows + WINDOW_ROWS - 1) // WINDOW_ROWS
-    for task in prange(n_in * n_chunks):
-        i = task // n_chunks
-        first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, task % n_chunks)
-        # in x's dtype: a float64 spacing would halve the vectors
-        low, high, inv = grid[i, 0], grid[i, n_knots - 1], real(inv_steps[i])
-        for n in range(first_row, stop_row):  # a flat loop over the rows: vectorized
-            value = x_t[i, n]
-            span = int(min(max((value - low) * inv, real(0.0)), real(n_knots - 2)))
-            span = span if low <= value < high else -1
-            spans[i, n] = span
-            starts[i, n] = _window_start(span, spline_order, n_basis)
+    for chunk in prange(n_chunks):
+        first_row, stop_row = _blocks(n_rows, WINDOW_ROWS, chunk)
+        for n in range(first_row, stop_row):
+            x_row, span_row, start_row = x[n], spans[n], starts[n]
+            for i in range(n_in):  # a flat loop along the row's inputs: vectorized
+                value, low = x_row[i], lows[i]
+                span = int(min(max((value - low) * invs[i], real(0.0)), real(n_knots - 2)))
+                span = span if low <= value < highs[i] else -1
+                span_row[i] = span
+                start_row[i] = _window_start(span, spline_order, n_basis)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -1224,7 +1228,7 @@ def _sorted_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, a
             values[i, 0, position] = activation_at(value, activation)
             if with_slopes:
                 slopes[i, 0, position] = activation_derivative_at(value, activation)
-            span = spans[i, n]
+            span = spans[n, i]
             if span >= 0:
                 _window(value, span, grid, padded, inv_steps, i, uniform, k, matrix, scratch[0], scratch[1],
                         with_slopes, scratch[2], scratch[3])
@@ -1281,31 +1285,33 @@ def _shift_window(target, i, position, shift, held):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sorted_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, steps, matrix, spans, order, offsets, values,
-                            slopes, with_slopes):
+def _sorted_windows_uniform(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, spans, order, offsets,
+                            values, slopes, with_slopes):
     n_blocks, n_in, block_rows = order.shape
     k = matrix.shape[0] - 1
     n_basis = offsets.shape[2] - 1 + k
-    real = x_t.dtype.type
+    real = x.dtype.type
     for task in prange(n_blocks * n_in):
         b, i = task // n_in, task % n_in
         count, first = offsets[b, i, offsets.shape[2] - 1], b * block_rows
+        gathered, coords = np.empty(count, dtype=x.dtype), np.empty(count, dtype=x.dtype)
         shifts = np.empty(count, dtype=np.int64)
         inside = np.empty(count, dtype=np.bool_)
-        coords = np.empty(count, dtype=x_t.dtype)
-        held = np.empty(k + 1, dtype=x_t.dtype)
+        held = np.empty(k + 1, dtype=x.dtype)
+        _, _, exponentials, bits = activation_buffers(count, x, bits_like)
         # in x's dtype, the knot computed and not read (see :func:`_uniform_windows`)
         low, inv, step = grid[i, 0], real(inv_steps[i]), real(steps[i])
         for j in range(count):  # the rows in their order: gathers
             n = order[b, i, j]
-            span = spans[i, n]
-            value = x_t[i, n]
-            values[i, 0, first + j] = base_t[i, n]
-            if with_slopes:
-                slopes[i, 0, first + j] = base_grad_t[i, n]
+            span = spans[n, i]
+            value = x[n, i]
+            gathered[j] = value
             inside[j] = span >= 0
             coords[j] = min(max(from_span_knot(value, low, step, real(span)) * inv, real(0.0)), real(1.0))
             shifts[j] = _window_start(span, k, n_basis) - (span - k) if span >= 0 else 0
+        base = values[i, 0, first:first + count]
+        activation_row(gathered, activation, base, slopes[i, 0, first:first + count] if with_slopes else base,
+                       exponentials, bits, constants, True, with_slopes)
         _window_polynomials(coords, inside, matrix, 0, real(1.0), values, i, first)
         if with_slopes:
             _window_polynomials(coords, inside, matrix, 1, inv, slopes, i, first)
@@ -1320,8 +1326,8 @@ def _sorted_windows_uniform(x_t, base_t, base_grad_t, grid, inv_steps, steps, ma
 def _rows_by_start(starts, block_rows, order, offsets):
     """Each input's rows in blocks of block_rows, sorted by window start (stably): order[b, i, :] the rows of block b
     of input i (its first offsets[b, i, -1] entries), offsets[b, i, s] the first of those whose window starts at s
-    (starts [I, N] int32, each in 0 .. offsets.shape[2] - 2)."""
-    n_in, n_rows = starts.shape
+    (starts [N, I] int32, each in 0 .. offsets.shape[2] - 2)."""
+    n_rows, n_in = starts.shape
     n_starts = offsets.shape[2] - 1
     n_blocks = offsets.shape[0]
     for task in prange(n_blocks * n_in):
@@ -1329,13 +1335,13 @@ def _rows_by_start(starts, block_rows, order, offsets):
         r0, r1 = _blocks(n_rows, block_rows, b)
         cursor = np.zeros(n_starts + 1, dtype=np.int64)
         for n in range(r0, r1):
-            cursor[starts[i, n] + 1] += 1
+            cursor[starts[n, i] + 1] += 1
         for s in range(n_starts):
             cursor[s + 1] += cursor[s]
         for s in range(n_starts + 1):
             offsets[b, i, s] = cursor[s]
         for n in range(r0, r1):
-            s = starts[i, n]
+            s = starts[n, i]
             order[b, i, cursor[s]] = n
             cursor[s] += 1
 
