@@ -180,7 +180,7 @@ class _CpuKernelArgs:
     """The numpy views and constants the CPU kernels take; the grid's are cached while it is unchanged.
 
     ``x``, ``knots`` (grid, padded grid, inv_steps, uniform), ``steps``, ``matrix`` (the uniform basis matrix),
-    ``spline_order`` and ``activation`` (the kernels' id of the base activation; ``activation_name`` its name).
+    ``spline_order`` and ``activation`` (the kernels' id of the base activation).
     """
 
     def __init__(self, x, grid, spline_order, uniform, activation):
@@ -190,7 +190,6 @@ class _CpuKernelArgs:
         self.knots = (grid_np, padded, inv_steps, bool(uniform))
         self.spline_order = int(spline_order)
         self.activation = cpu.ACTIVATION_IDS[activation]
-        self.activation_name = activation
 
 
 def _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded=None, expanded=True,
@@ -227,8 +226,8 @@ def _l2_cache_bytes(cpu_cache: str = "/sys/devices/system/cpu/cpu0/cache") -> in
                 continue
             with open(os.path.join(folder, "level")) as level, open(os.path.join(folder, "size")) as size:
                 if level.read().strip() == "2":
-                    text = size.read().strip().upper()
-                    return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text)
+                    text, units = size.read().strip().upper(), {"K": 1 << 10, "M": 1 << 20}
+                    return int(text[:-1]) * units[text[-1:]] if text[-1:] in units else int(text)
     except (OSError, ValueError):
         return None
     return None

@@ -76,7 +76,7 @@ ROWS_PER_CHUNK = 16  # the dense kernel's unit of parallel work
 BLOCK_BELOW = 32
 CLOSED_FORM_BLOCK_BELOW = 8
 BLOCK_LANES = 128
-WINDOW_ROWS = 256  # the window spans kernels' unit of parallel work (rows of one input)
+WINDOW_ROWS = 256  # the window spans kernels' unit of parallel work (rows, every input)
 # Calls whose largest array has fewer elements run on one thread: waking numba's thread pool costs more than
 # the work (and far more when other processes hold the cores), e.g. in LBFGS on a small model.
 SERIAL_BELOW = 1 << 16
@@ -265,17 +265,6 @@ def _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matr
             slopes[r] = k * (previous - current)
             previous = current
         slopes[k] = k * previous
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def local_window(value, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch, with_slopes):
-    """The span of value (-1 outside the grid or for NaN); inside it, scratch[0, r] is basis span - k + r at
-    value and, with_slopes, scratch[1, r] its derivative. scratch: [4, at least k + 1]."""
-    span = find_span_at(value, grid, inv_steps, i, uniform, spline_order)
-    if span >= 0:
-        _window(value, span, grid, padded, inv_steps, i, uniform, spline_order, matrix, scratch[0], scratch[1],
-                with_slopes, scratch[2], scratch[3])
-    return span
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
