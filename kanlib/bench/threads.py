@@ -1,10 +1,11 @@
 """Thread benchmark: the B-spline layer's training step with the thread settings a user never chose, against
 explicit ones, alone and beside a second process that keeps every core busy.
 
-kanlib's CPU path runs numba kernels (their own thread pool) between torch's products (torch's pool). By default
-the kernels take torch's intra-op thread count (``torch.set_num_threads``; see
-:func:`kanlib.ops.spline_linear.cpu.kernel_threads`), so one setting governs both. This benchmark shows whether
-that default is as fast as the settings a careful user would pick.
+kanlib's CPU path runs numba kernels between torch's products. Under numba's OpenMP layer both run on one OpenMP
+runtime, torch's libgomp, to which numba's layer binds its parallel loops (Linux wheels), so on one pool of threads;
+numba's work-queue layer has its own. By default the kernels take torch's intra-op thread count
+(``torch.set_num_threads``; see :func:`kanlib.ops.spline_linear.cpu.kernel_threads`), so one setting governs both.
+This benchmark shows whether that default is as fast as the settings a careful user would pick.
 
 Each configuration runs in a fresh Python process, since numba's threading layer is fixed per process. The
 configurations take turns, ``rounds`` times, each turn a new process timing its share of the ``repeat`` steps, and
@@ -15,9 +16,9 @@ alike, instead of whichever ran during the slow minutes.
 - ``one thread``: ``torch.set_num_threads(1)`` (the kernels follow).
 - ``numba omp``, ``numba workqueue``: numba's OpenMP or its own work-queue threading layer
   (``NUMBA_THREADING_LAYER``), thread counts at their defaults.
-- ``passive wait``: ``OMP_WAIT_POLICY=passive``, read by the OpenMP runtimes of torch and of numba when they
-  load (so only from the environment a process starts with): a thread waiting for work sleeps at once instead of
-  spinning first, and spinning threads of one pool take cores from the other's and from other processes.
+- ``passive wait``: ``OMP_WAIT_POLICY=passive``, read by the OpenMP runtime when it loads (at ``import torch``, so
+  only from the environment a process starts with): a thread waiting for work sleeps at once instead of spinning
+  first, and spinning threads take cores from other processes (and from the work-queue layer's threads).
 
 Each runs alone and beside a neighbour: a second process multiplying 1024 x 1024 matrices in a loop on torch's
 default thread count, started before and stopped after the measurement. Per grid size G (I = O = width,
