@@ -289,8 +289,9 @@ def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _W
     slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
     if closed_form:
         _, bits_like, constants = args.kernels.dense_arguments(args.x.dtype)
-        args.kernels.sorted_windows_uniform(args.x, grid, inv_steps, args.steps, args.matrix, args.activation,
-                                            bits_like, constants, spans, order, offsets, values, slopes, with_slopes)
+        args.kernels.sorted_windows_uniform(k)(args.x, grid, inv_steps, args.steps, args.matrix, args.activation,
+                                               bits_like, constants, spans, order, offsets, values, slopes,
+                                               with_slopes)
     else:
         args.kernels.sorted_windows(args.x, grid, padded, inv_steps, uniform, k, args.matrix, args.activation, spans,
                                     order, offsets, values, slopes, with_slopes)
@@ -544,8 +545,9 @@ def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot
         shape, axes = ((n_out, n_in, n_basis + 1), (1, 2, 0)) if narrow else ((n_in, n_basis + 1, n_out), (0, 1, 2))
     buffer = np.empty(shape, NUMPY_DTYPES[coef.dtype])
     arguments = (numpy_of(scale_base), numpy_of(scale_sp), numpy_of(mask), numpy_of(coef), buffer.transpose(axes))
-    kernel = _cpu_kernels().assemble_weights
-    if n_out * n_basis * coef.element_size() <= _cpu_kernels().ASSEMBLY_TILE_ABOVE:
+    cpu = _cpu_kernels()
+    kernel = cpu.assemble_weights
+    if n_out * n_basis * coef.element_size() <= cpu.ASSEMBLY_TILE_ABOVE:
         kernel(*arguments, False)
     else:
         key = (n_in, n_out, n_basis, coef.dtype, shape, torch.get_num_threads())
@@ -576,7 +578,7 @@ def _fastest_assembly(kernel, arguments: tuple) -> bool:
     return best[True] < best[False]
 
 
-def _parameter_gradients(scale_sp, mask, coef) -> tuple[tuple[np.ndarray, ...], tuple[torch.Tensor, ...]]:
+def _parameter_gradients(scale_sp, coef) -> tuple[tuple[np.ndarray, ...], tuple[torch.Tensor, ...]]:
     """Empty (grad_scale_base, grad_scale_sp, grad_coef) for a kernel to write: (the numpy arrays, the tensors)."""
     arrays, tensors = zip(*(new_array(t.shape, t) for t in (scale_sp, scale_sp, coef)))
     return arrays, tensors
@@ -587,7 +589,7 @@ def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = Fa
     """(grad_scale_base, grad_scale_sp, grad_coef) of :func:`assembled_weight` from the gradient of its [I*S, O]
     output, in any memory layout, its rows slot-major or not as assembled, by one kernel pass (scale_sp, mask [I, O]
     and coef [I, O, G+k])."""
-    arrays, grads = _parameter_gradients(scale_sp, mask, coef)
+    arrays, grads = _parameter_gradients(scale_sp, coef)
     n_in, n_out = coef.shape[:2]
     rows = grad_weight.numpy()  # numpy's views cost less than torch's; splitting the rows copies nothing
     by_input = rows.reshape(-1, n_in, n_out).transpose(1, 0, 2) if slot_major else rows.reshape(n_in, -1, n_out)
@@ -605,7 +607,7 @@ def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, g
     if need_x:
         grad_x = _sparse_grad_x(args, windows, weight, grad_out, threads)
     if need_parameters:
-        arrays, grad_parameters = _parameter_gradients(scale_sp, mask, coef)
+        arrays, grad_parameters = _parameter_gradients(scale_sp, coef)
         tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
         args.kernels.sparse_grad_parameters(windows.order, windows.offsets, windows.values, grad_out.numpy(),
                                             numpy_of(scale_sp), numpy_of(mask), numpy_of(coef), *arrays, *tiles)

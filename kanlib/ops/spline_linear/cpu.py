@@ -26,11 +26,11 @@ ever stored:
     offsets, values, slopes, with_slopes)``: values [I, k+2, N], values[i, :, b * block_rows + j] the window of
     row order[b, i, j]: the base activation then the bases starts..starts+k (zeros for bases that do not exist
     and outside the grid); slopes the same differentiated in x (when with_slopes).
-  - ``sorted_windows_uniform(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, spans, order,
-    offsets, values, slopes, with_slopes)``: the same on uniform grids (k > 0), a block of one input's rows at a
-    time gathered in their order, the base activation by :func:`activation_row` and the bases from their
-    polynomials, in flat loops that vectorize (steps [I], the knot spacing; bits_like and constants as for
-    :func:`dense_kernel`).
+  - ``sorted_windows_uniform(spline_order)(x, grid, inv_steps, steps, matrix, activation, bits_like, constants,
+    spans, order, offsets, values, slopes, with_slopes)``: the same on uniform grids (k > 0), a block of one input's
+    rows at a time gathered in their order, the base activation by :func:`activation_row` and the bases from their
+    polynomials (:func:`window_polynomials`), in flat loops that vectorize (steps [I], the knot spacing; bits_like
+    and constants as for :func:`dense_kernel`).
   - ``sparse_forward(order, offsets, values, weight, out, block_rows, col_block)``: out [N, O] = A @ weight.
   - ``sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block)``: grad_x [N, I],
     over tiles of one row block and in_block inputs.
@@ -485,26 +485,37 @@ def _slot_value(window, entry, i, k, zero):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def window_polynomials(coords, matrix, k, n, derivative, factor, out):
-    """out[q, r] <- window entry q of a uniform grid's basis at coords[r] (r < n), or with ``derivative`` its
-    derivative in t times factor: sum_p matrix[p, q] t**p by Horner's rule, in out's dtype (a float64 constant
-    would widen the loops)."""
+def window_polynomials(coords, matrix, k, n, derivative, factor, out, first=0, inside=None):
+    """out[q, first + r] <- window entry q of a uniform grid's basis at coords[r] (r < n), or with ``derivative`` its
+    derivative in t, times factor: sum_p matrix[p, q] t**p by Horner's rule, in out's dtype (a float64 constant
+    would widen the loops). Given ``inside`` (n booleans), 0 where not inside[r]."""
     real = out.dtype.type
+    zero = real(0.0)
     for q in range(k + 1):
-        if derivative:
-            top = real(k * matrix[k, q])
+        row = out[q, first:first + n]
+        if k == 3:  # the terms as scalars: read from matrix inside the loop, they were read again for every r
+            if derivative:
+                m0, m1, m2, m3 = matrix[1, q], 2.0 * matrix[2, q], 3.0 * matrix[3, q], 0.0
+            else:
+                m0, m1, m2, m3 = matrix[0, q], matrix[1, q], matrix[2, q], matrix[3, q]
+            m0, m1, m2, m3 = real(m0 * factor), real(m1 * factor), real(m2 * factor), real(m3 * factor)
             for r in range(n):
-                acc = top
-                for p in range(k - 1, 0, -1):
-                    acc = acc * coords[r] + real(p * matrix[p, q])
-                out[q, r] = acc * real(factor)
-        else:
-            top = real(matrix[k, q])
+                t = coords[r]
+                acc = ((m3 * t + m2) * t + m1) * t + m0
+                if inside is None:
+                    row[r] = acc
+                else:
+                    row[r] = acc if inside[r] else zero
+            continue
+        for r in range(n):
+            row[r] = zero
+        for p in range(k, int(derivative) - 1, -1):  # the derivative's terms from p = 1
+            term = real(matrix[p, q] * (p if derivative else 1) * factor)
             for r in range(n):
-                acc = top
-                for p in range(k - 1, -1, -1):
-                    acc = acc * coords[r] + real(matrix[p, q])
-                out[q, r] = acc
+                row[r] = row[r] * coords[r] + term
+        if inside is not None:
+            for r in range(n):
+                row[r] = row[r] if inside[r] else zero
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -539,12 +550,21 @@ def _uniform_windows(x_row, n_knots, lows, highs, steps, inv_steps, k, n_basis, 
     real = x_row.dtype.type
     for i in range(x_row.shape[0]):
         value = x_row[i]
-        low = lows[i]
-        inside = low <= value < highs[i]
-        u = (value - low) * inv_steps[i] if inside else real(0.0)
-        span = np.floor(min(max(u, real(0.0)), real(n_knots - 2)))
+        span, inside = uniform_span(value, i, lows, highs, inv_steps, n_knots)
         offsets[i] = real(k) - span if inside else real(n_basis + k + 1)
-        coords[i] = min(max(from_span_knot(value, low, steps[i], span) * inv_steps[i], real(0.0)), real(1.0))
+        coords[i] = min(max(from_span_knot(value, lows[i], steps[i], span) * inv_steps[i], real(0.0)), real(1.0))
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def uniform_span(value, i, lows, highs, inv_steps, n_knots):
+    """(the span of value on input i's uniform grid of n_knots knots, as a whole number; whether value lies in
+    [lows[i], highs[i])), in the dtype of lows, highs and inv_steps, so that loops over values vectorize (a float64
+    constant would widen them). The span is 0 outside the grid and for NaN."""
+    real = lows.dtype.type
+    low = lows[i]
+    inside = low <= value < highs[i]
+    u = (value - low) * inv_steps[i] if inside else real(0.0)
+    return np.floor(min(max(u, real(0.0)), real(n_knots - 2))), inside
 
 
 @njit(cache=True)
@@ -1195,9 +1215,8 @@ def _window_spans_uniform(x, grid, inv_steps, spline_order, n_basis, spans, star
         for n in range(first_row, stop_row):
             x_row, span_row, start_row = x[n], spans[n], starts[n]
             for i in range(n_in):  # a flat loop along the row's inputs: vectorized
-                value, low = x_row[i], lows[i]
-                span = int(min(max((value - low) * invs[i], real(0.0)), real(n_knots - 2)))
-                span = span if low <= value < highs[i] else -1
+                whole, inside = uniform_span(x_row[i], i, lows, highs, invs, n_knots)
+                span = int(whole) if inside else -1
                 span_row[i] = span
                 start_row[i] = _window_start(span, spline_order, n_basis)
 
@@ -1230,37 +1249,6 @@ def _sorted_windows(x, grid, padded, inv_steps, uniform, spline_order, matrix, a
                     slopes[i, 1 + q, position] = scratch[1, r] if inside else 0.0
 
 
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _window_polynomials(coords, inside, matrix, first_power, factor, target, i, first):
-    """target[i, 1 + q, first + r] <- factor * the window's polynomial q (its derivative in t with first_power 1)
-    at coords[r], or 0 where not inside[r]: the uniform grids' window values (or slopes), in flat loops over the
-    rows (which vectorize); for k = 3 one pass per polynomial, its four terms held as scalars."""
-    k = matrix.shape[0] - 1
-    real = target.dtype.type
-    zero = real(0.0)
-    count = coords.shape[0]
-    for q in range(k + 1):
-        row = target[i, 1 + q, first:first + count]
-        if k == 3:  # the polynomial's four terms, or its derivative's three, in the target's dtype
-            if first_power == 0:
-                m0, m1, m2, m3 = matrix[0, q], matrix[1, q], matrix[2, q], matrix[3, q]
-            else:
-                m0, m1, m2, m3 = matrix[1, q], 2.0 * matrix[2, q], 3.0 * matrix[3, q], 0.0
-            m0, m1, m2, m3 = real(m0 * factor), real(m1 * factor), real(m2 * factor), real(m3 * factor)
-            for r in range(count):
-                t = coords[r]
-                row[r] = ((m3 * t + m2) * t + m1) * t + m0 if inside[r] else zero
-            continue
-        for r in range(count):
-            row[r] = zero
-        for p in range(k, first_power - 1, -1):
-            term = matrix[p, q] * (p if first_power == 1 else 1) * factor
-            for r in range(count):
-                row[r] = row[r] * coords[r] + term
-        for r in range(count):
-            row[r] = row[r] if inside[r] else zero
-
-
 @njit(inline="always", cache=True)
 def _shift_window(target, i, position, shift, held):
     """Moves the window entries at ``position`` of input i ``shift`` places (entry q takes entry q + shift; zeros
@@ -1273,12 +1261,12 @@ def _shift_window(target, i, position, shift, held):
         target[i, 1 + q, position] = held[entry] if 0 <= entry <= k else 0.0
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
+# A template like the dense kernel's, compiled per spline order K by :func:`sorted_windows_uniform` (so that the
+# polynomials' loops unroll).
 def _sorted_windows_uniform(x, grid, inv_steps, steps, matrix, activation, bits_like, constants, spans, order, offsets,
                             values, slopes, with_slopes):
     n_blocks, n_in, block_rows = order.shape
-    k = matrix.shape[0] - 1
-    n_basis = offsets.shape[2] - 1 + k
+    n_basis = offsets.shape[2] - 1 + K
     real = x.dtype.type
     for task in prange(n_blocks * n_in):
         b, i = task // n_in, task % n_in
@@ -1286,7 +1274,7 @@ def _sorted_windows_uniform(x, grid, inv_steps, steps, matrix, activation, bits_
         gathered, coords = np.empty(count, dtype=x.dtype), np.empty(count, dtype=x.dtype)
         shifts = np.empty(count, dtype=np.int64)
         inside = np.empty(count, dtype=np.bool_)
-        held = np.empty(k + 1, dtype=x.dtype)
+        held = np.empty(K + 1, dtype=x.dtype)
         _, _, exponentials, bits = activation_buffers(count, x, bits_like)
         # in x's dtype, the knot computed and not read (see :func:`_uniform_windows`)
         low, inv, step = grid[i, 0], real(inv_steps[i]), real(steps[i])
@@ -1297,18 +1285,25 @@ def _sorted_windows_uniform(x, grid, inv_steps, steps, matrix, activation, bits_
             gathered[j] = value
             inside[j] = span >= 0
             coords[j] = min(max(from_span_knot(value, low, step, real(span)) * inv, real(0.0)), real(1.0))
-            shifts[j] = _window_start(span, k, n_basis) - (span - k) if span >= 0 else 0
+            shifts[j] = _window_start(span, K, n_basis) - (span - K) if span >= 0 else 0
         base = values[i, 0, first:first + count]
         activation_row(gathered, activation, base, slopes[i, 0, first:first + count] if with_slopes else base,
                        exponentials, bits, constants, True, with_slopes)
-        _window_polynomials(coords, inside, matrix, 0, real(1.0), values, i, first)
+        window_polynomials(coords, matrix, K, count, 0, 1.0, values[i, 1:], first, inside)
         if with_slopes:
-            _window_polynomials(coords, inside, matrix, 1, inv, slopes, i, first)
+            window_polynomials(coords, matrix, K, count, 1, inv, slopes[i, 1:], first, inside)
         for j in range(count):
             if shifts[j] != 0:
                 _shift_window(values, i, first + j, shifts[j], held)
                 if with_slopes:
                     _shift_window(slopes, i, first + j, shifts[j], held)
+
+
+@functools.cache
+def sorted_windows_uniform(spline_order: int):
+    """The uniform grids' sorted windows kernel for spline order k > 0 (see the module's docstring)."""
+    k = int(spline_order)
+    return sized_kernel(specialized(_sorted_windows_uniform, f"_k{k}", {"K": k}, parallel=True))
 
 
 @njit(parallel=True, cache=True)
@@ -1490,7 +1485,6 @@ def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_sca
 window_spans = sized_kernel(_window_spans)
 window_spans_uniform = sized_kernel(_window_spans_uniform)
 sorted_windows = sized_kernel(_sorted_windows)
-sorted_windows_uniform = sized_kernel(_sorted_windows_uniform)
 rows_by_start = sized_kernel(_rows_by_start)
 sparse_forward = sized_kernel(_sparse_forward)
 sparse_grad_input = sized_kernel(_sparse_grad_input)
