@@ -436,7 +436,10 @@ class LaunchPlan:
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
+def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan, sizes: tuple,
+                   constants: dict) -> torch.Tensor:
+    """out [N, O] by a forward kernel over tiles of BLOCK_M rows and BLOCK_N outputs, given its size arguments and
+    compile-time constants (this module's kernels or :mod:`.triton_local`'s)."""
     out = torch.empty(plan.n_rows, plan.n_out, device=x.device, dtype=x.dtype)
     if plan.n_rows == 0:
         return out
@@ -445,12 +448,14 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.T
         return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"])
 
     with plan.on_device():
-        _forward_kernel[launch_grid](x, weight, *plan.knots, out, *plan.sizes(), *x.stride(), *weight.stride(),
-                                     *out.stride(), **plan.constants)
+        kernel[launch_grid](x, weight, *plan.knots, out, *sizes, *x.stride(), *weight.stride(), *out.stride(),
+                            **constants)
     return out
 
 
-def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
+def launch_grad_x(kernel, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan,
+                  sizes: tuple, constants: dict) -> torch.Tensor:
+    """grad_x [N, I] by a kernel over tiles of BLOCK_M rows and BLOCK_I inputs, as :func:`launch_forward`."""
     grad_x = torch.empty(plan.n_rows, plan.n_in, device=x.device, dtype=x.dtype)
     if plan.n_rows == 0:
         return grad_x
@@ -459,9 +464,17 @@ def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan:
         return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_in, meta["BLOCK_I"])
 
     with plan.on_device():
-        _grad_x_kernel[launch_grid](x, weight, *plan.knots, grad_out, grad_x, *plan.sizes(), *x.stride(),
-                                    *weight.stride(), *grad_out.stride(), *grad_x.stride(), **plan.constants)
+        kernel[launch_grid](x, weight, *plan.knots, grad_out, grad_x, *sizes, *x.stride(), *weight.stride(),
+                            *grad_out.stride(), *grad_x.stride(), **constants)
     return grad_x
+
+
+def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
+    return launch_forward(_forward_kernel, x, weight, plan, plan.sizes(), plan.constants)
+
+
+def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
+    return launch_grad_x(_grad_x_kernel, x, weight, grad_out, plan, plan.sizes(), plan.constants)
 
 
 def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:

@@ -38,7 +38,7 @@ import triton.language as tl
 from .support import prefers_sparse, triton_sparse_slowdown
 from ..triton_tuning import tuned
 from .triton import (INTERPRET, LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
-                     planned_function, spline_basis, to_store)
+                     launch_forward, launch_grad_x, planned_function, spline_basis, to_store)
 
 __all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
            "uses_local_kernels"]
@@ -219,31 +219,11 @@ def _constants(plan: LaunchPlan, interpret: bool = True) -> dict:
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
-    out = torch.empty(plan.n_rows, plan.n_out, device=x.device, dtype=x.dtype)
-    if plan.n_rows == 0:
-        return out
-
-    def launch_grid(meta):
-        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"])
-
-    with plan.on_device():
-        _forward_kernel[launch_grid](x, weight, *plan.knots, out, *_sizes(plan), *x.stride(), *weight.stride(),
-                                     *out.stride(), **_constants(plan))
-    return out
+    return launch_forward(_forward_kernel, x, weight, plan, _sizes(plan), _constants(plan))
 
 
 def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
-    grad_x = torch.empty(plan.n_rows, plan.n_in, device=x.device, dtype=x.dtype)
-    if plan.n_rows == 0:
-        return grad_x
-
-    def launch_grid(meta):
-        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_in, meta["BLOCK_I"])
-
-    with plan.on_device():
-        _grad_x_kernel[launch_grid](x, weight, *plan.knots, grad_out, grad_x, *_sizes(plan), *x.stride(),
-                                    *weight.stride(), *grad_out.stride(), *grad_x.stride(), **_constants(plan))
-    return grad_x
+    return launch_grad_x(_grad_x_kernel, x, weight, grad_out, plan, _sizes(plan), _constants(plan))
 
 
 def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
