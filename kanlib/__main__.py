@@ -102,6 +102,14 @@ def _write_results(name: str, params: dict, rows: list[dict], device, args: argp
     return 0
 
 
+def _add_shape_options(parser: argparse.ArgumentParser, grid_help: str, grid_minimum: int = 1) -> None:
+    """--batch, --width (I = O) and --grid (into ``grids``; None when not given): the layer a benchmark times."""
+    parser.add_argument("--batch", type=_int_at_least(1), default=1024, help="batch size B (default: 1024)")
+    parser.add_argument("--width", type=_int_at_least(1), default=256, help="in and out features I = O (default: 256)")
+    parser.add_argument("--grid", type=_int_at_least(grid_minimum), nargs="+", action="extend", dest="grids",
+                        metavar="G", help=grid_help)
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options the layer and kernel benchmarks share besides the common ones: spline order, pykan."""
     _add_common_options(parser, "timed runs per candidate; pykan max(3, repeat // 10)")
@@ -116,11 +124,7 @@ def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
         description="Time forward and forward+backward of one layer (I = O = width) for each grid size: "
                     f"{', '.join(CANDIDATES)}; print a table and write data/results/layer-*.json.",
     )
-    layer.add_argument("--batch", type=_int_at_least(1), default=1024, help="batch size B (default: 1024)")
-    layer.add_argument("--width", type=_int_at_least(1), default=256,
-                       help="in and out features I = O (default: 256)")
-    layer.add_argument("--grid", type=_int_at_least(1), nargs="+", action="extend", dest="grids",
-                       metavar="G", help="grid size(s); repeat or list several (default: 5)")
+    _add_shape_options(layer, "grid size(s); repeat or list several (default: 5)")
     layer.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: float32)")
     _add_run_options(layer)
     layer.set_defaults(handler=_bench_layer, command_parser=layer)
@@ -155,10 +159,8 @@ def _add_bench_families(benchmarks: argparse._SubParsersAction) -> None:
                     f"{', '.join(FAMILY_CANDIDATES)} (fastkan for rbf only), and one MLP layer; print a table and "
                     "the targets, and write data/results/families-*.json.",
     )
-    parser.add_argument("--batch", type=_int_at_least(1), default=1024, help="batch size B (default: 1024)")
-    parser.add_argument("--width", type=_int_at_least(1), default=256, help="in and out features I = O (default: 256)")
-    parser.add_argument("--grid", type=_int_at_least(2), nargs="+", action="extend", dest="grids", metavar="G",
-                        help="grid size(s), ChebyKAN at degree G - 1; repeat or list several (default: 5)")
+    _add_shape_options(parser, "grid size(s), ChebyKAN at degree G - 1; repeat or list several (default: 5)",
+                       grid_minimum=2)
     parser.add_argument("--family", choices=FAMILIES, nargs="+", action="extend", dest="families",
                         help=f"(default: {' '.join(FAMILIES)})")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: float32)")
@@ -456,10 +458,8 @@ def _add_bench_threads(benchmarks: argparse._SubParsersAction) -> None:
                     f"({', '.join(CONFIGURATIONS)}), alone and beside a process that keeps every core busy; "
                     "print the table and targets and write data/results/threads-*.json.",
     )
-    parser.add_argument("--batch", type=_int_at_least(1), default=1024, help="batch size B (default: 1024)")
-    parser.add_argument("--width", type=_int_at_least(1), default=256, help="layer width I = O (default: 256)")
-    parser.add_argument("--grid", type=_int_at_least(1), nargs="+", dest="grids", default=None,
-                        help="grid sizes G (default: 5 50: the dense and the local-support kernels)")
+    _add_shape_options(parser, "grid sizes; repeat or list several (default: 5 50: the dense and the local-support "
+                               "kernels)")
     parser.add_argument("--rounds", type=_int_at_least(1), default=3,
                         help="turns each configuration takes, in rotation, each in a new process timing its share of "
                              "--repeat (default: 3)")
