@@ -64,6 +64,7 @@ __all__ = [
     "CANDIDATES",
     "DTYPES",
     "FAMILIES",
+    "FAMILY_TITLES",
     "INPUT_RANGES",
     "TABLE_COLUMNS",
     "TARGETS",
@@ -74,6 +75,7 @@ __all__ = [
 ]
 
 FAMILIES = ("rbf", "rswaf", "relu", "chebyshev")
+FAMILY_TITLES = {"rbf": "FastKAN (RBF)", "rswaf": "FasterKAN (RSWAF)", "relu": "ReLU-KAN", "chebyshev": "ChebyKAN"}
 CANDIDATES = ("dense", "kanlib", "eager", "fastkan")  # per family, in row order; fastkan for rbf only
 INPUT_RANGES = {"rbf": (-2.0, 2.0), "rswaf": (-2.0, 2.0), "relu": (0.0, 1.0), "chebyshev": GRID_RANGE}
 FASTKAN_BUILT_AS = ("fast-kan's FastKANLayer formula (Li 2024) in plain torch: LayerNorm, exp(-((x - grid) / h)^2), "

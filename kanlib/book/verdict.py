@@ -135,10 +135,9 @@ THREAD_NAMES = {  # readable name, short name, unit
     threads.TARGETS[1][0]: ("Beside a busy process: the layer's slowdown over torch's dense product's (default "
                             "threads)", "slowdown vs torch's, busy", TIMES),
 }
-FAMILY_TITLES = {"rbf": "FastKAN (RBF)", "rswaf": "FasterKAN (RSWAF)", "relu": "ReLU-KAN", "chebyshev": "ChebyKAN"}
 FAMILY_NAMES = {  # readable name, short name, unit (families.TARGETS, on the CPU)
-    **{name: (f"{FAMILY_TITLES[family]} layer's training step / dense product of its K, G = 5 (CPU)",
-              f"{FAMILY_TITLES[family]} / dense", TIMES)
+    **{name: (f"{families.FAMILY_TITLES[family]} layer's training step / dense product of its K, G = 5 (CPU)",
+              f"{families.FAMILY_TITLES[family]} / dense", TIMES)
        for name, _, family, reference, _, _ in families.TARGETS if reference == "dense"},
     families.TARGETS[-1][0]: ("RBFKAN's training step / fast-kan's layer's, G = 5 (CPU)", "RBFKAN / fast-kan",
                               TIMES),
