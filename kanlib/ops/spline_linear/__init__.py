@@ -560,10 +560,9 @@ def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot
 
 
 # Above ASSEMBLY_TILE_ABOVE bytes of an input's coefficients, the assembly reads them straight across the basis axis or
-# through tiles of outputs (:func:`.cpu.assemble_weights`), and which is faster depends on the CPU: straight took
-# about half the time of the tiles at G = 50 on an AVX-512 Xeon, the tiles 0.91x the layer's training step at
-# G = 200 on an AVX2 EPYC. The first assembly of each shape times both and keeps the faster for the process:
-# shape key -> tiled.
+# along their rows into a tile (:func:`.cpu.assemble_weights`), and which is faster depends on the CPU and the size:
+# on an AVX-512 Xeon straight at G = 50, the tile at G = 200. The first assembly of each shape times both and keeps
+# the faster for the process: shape key -> tiled.
 ASSEMBLY_PLANS: dict[tuple, bool] = {}
 
 

@@ -1425,10 +1425,10 @@ def thread_count() -> int:
 
 
 # An input's coefficients [O, G+k] are read across the basis axis while the weight's rows run along the outputs.
-# Above this size (a core's L1 data cache) they can instead go through a tile of ASSEMBLY_OUTPUTS outputs, read along
-# their rows: which way is faster depends on the CPU (see :func:`~kanlib.ops.spline_linear.assembled_weight`).
+# Above this size (a core's L1 data cache) they can instead be read along their rows into a tile: which way is faster
+# depends on the CPU (see :func:`~kanlib.ops.spline_linear.assembled_weight`).
 ASSEMBLY_TILE_ABOVE = 1 << 15
-ASSEMBLY_OUTPUTS = 16
+ASSEMBLY_INPUTS = 8  # inputs per parallel task of the tiled assembly, which allocates one tile per task
 
 
 @njit(parallel=True, cache=True)
@@ -1437,8 +1437,10 @@ def _assemble_weights(scale_base, scale_sp, mask, coef, out, tiled):
 
     scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]. Straight (``tiled`` False): each basis row is written along
     the outputs from ``scale_sp * mask`` kept for the whole input, reading the coefficients across the basis axis.
-    Tiled: each block of ASSEMBLY_OUTPUTS outputs is scaled into a tile [G+k, block], read along the coefficients'
-    rows, then copied row by row. Both write the same products.
+    Tiled: an input's coefficients are read along their rows, in memory order, and scaled into a tile [G+k, O] one
+    output at a time, whose rows are then copied to the weight's. The tile's rows lie an odd number of 64-byte lines
+    apart, so that a column's entries do not crowd into a few L1 cache sets (see TRANSPOSE_COLUMNS). Both write the
+    same products.
     """
     n_in, n_out, n_basis = coef.shape
     if not tiled:
@@ -1451,19 +1453,21 @@ def _assemble_weights(scale_base, scale_sp, mask, coef, out, tiled):
                 for o in range(n_out):
                     out[i, 1 + j, o] = scale[o] * coef[i, o, j]
         return
-    n_blocks = (n_out + ASSEMBLY_OUTPUTS - 1) // ASSEMBLY_OUTPUTS
-    for task in prange(n_in * n_blocks):
-        i = task // n_blocks
-        o0, o1 = _blocks(n_out, ASSEMBLY_OUTPUTS, task % n_blocks)
-        tile = np.empty((n_basis, o1 - o0), dtype=out.dtype)
-        for o in range(o0, o1):
-            out[i, 0, o] = scale_base[i, o] * mask[i, o]
-            scale = scale_sp[i, o] * mask[i, o]
+    per_line = 64 // out.itemsize
+    stride = per_line * (((n_out + per_line - 1) // per_line) | 1)
+    for task in prange((n_in + ASSEMBLY_INPUTS - 1) // ASSEMBLY_INPUTS):
+        tile = np.empty((n_basis, stride), dtype=out.dtype)
+        i0, i1 = _blocks(n_in, ASSEMBLY_INPUTS, task)
+        for i in range(i0, i1):
+            for o in range(n_out):
+                out[i, 0, o] = scale_base[i, o] * mask[i, o]
+                scale = scale_sp[i, o] * mask[i, o]
+                for j in range(n_basis):
+                    tile[j, o] = scale * coef[i, o, j]
             for j in range(n_basis):
-                tile[j, o - o0] = scale * coef[i, o, j]
-        for j in range(n_basis):
-            for o in range(o0, o1):
-                out[i, 1 + j, o] = tile[j, o - o0]
+                row, source = out[i, 1 + j], tile[j]
+                for o in range(n_out):
+                    row[o] = source[o]
 
 
 @njit(parallel=True, cache=True)
