@@ -86,6 +86,34 @@ def test_sparse_kernels_across_many_tiles(monkeypatch, k, uniform, threads):
         numba.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("n_parts", [2, 3, 7])
+def test_the_sparse_forward_adds_the_sums_of_parts_of_the_inputs(monkeypatch, n_parts, uniform):
+    """With fewer tiles than threads the sparse forward splits the inputs into parts (the last shorter, down to one
+    input each) and adds their sums: the same as one part, and the layer's product picks such a split."""
+    gen = torch.Generator().manual_seed(n_parts)
+    grid = random_grid(7, 13, 3, gen, uniform=uniform, dtype=torch.float64)
+    x = inputs_around(grid, 37, gen, outside=0.3)
+    weight = torch.randn(7 * (13 + 3 + 1), 11, generator=gen, dtype=torch.float64)
+    args = spline_linear_module._CpuKernelArgs(x, grid, 3, uniform, "silu")
+    windows = spline_linear_module._sparse_windows(args, 13 + 3 + 1, with_slopes=False)
+    outs = []
+    for parts in (1, n_parts):
+        out = torch.full((37, 11), float("nan"), dtype=torch.float64)
+        cpu.sparse_forward(windows.order, windows.offsets, windows.values, weight.numpy(), out.numpy(),
+                           windows.block_rows, 11, parts)
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[0], spline_linear_reference(x, weight, grid, 3, "silu"), rtol=1e-10, atol=1e-10)
+    monkeypatch.setattr(cpu, "thread_count", lambda: n_parts)  # one tile: the product splits the inputs
+    calls = []
+    kernel = cpu.sparse_forward
+    monkeypatch.setattr(cpu, "sparse_forward", lambda *args: calls.append(args[-1]) or kernel(*args))
+    got = spline_linear(x, weight, grid, 3, uniform, "silu", "sparse")
+    assert calls == [n_parts]
+    torch.testing.assert_close(got, outs[0], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "sparse"])
 def test_gradgradcheck_float64(backend):
     x, weight, grid, k, uniform = random_problem(3, n=5, n_in=3, n_out=2, grid_size=4, uniform=False)

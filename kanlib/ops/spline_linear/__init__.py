@@ -314,10 +314,11 @@ def _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slo
     windows = _sparse_windows(args, weight.shape[0] // x.shape[1], with_slopes=with_slopes)
     n_out = weight.shape[1]
     out = x.new_empty(x.shape[0], n_out)
-    row_blocks = max(1, windows.order.shape[0])  # split the columns further where row blocks are fewer than threads
-    col_blocks = max(-(-n_out // TILE_COLUMNS), -(-args.kernels.thread_count() // row_blocks))
+    tiles = max(1, windows.order.shape[0]) * -(-n_out // TILE_COLUMNS)
+    # where tiles are fewer than threads, the inputs are split (a pass over fewer columns costs more per column)
+    parts = min(x.shape[1], max(1, -(-args.kernels.thread_count() // tiles)))
     args.kernels.sparse_forward(windows.order, windows.offsets, windows.values, weight.numpy(), out.numpy(),
-                                windows.block_rows, -(-n_out // col_blocks))
+                                windows.block_rows, min(n_out, TILE_COLUMNS), parts)
     return out, windows
 
 

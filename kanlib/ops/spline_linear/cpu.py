@@ -31,7 +31,9 @@ ever stored:
     rows at a time gathered in their order, the base activation by :func:`activation_row` and the bases from their
     polynomials (:func:`window_polynomials`), in flat loops that vectorize (steps [I], the knot spacing; bits_like
     and constants as for :func:`dense_kernel`).
-  - ``sparse_forward(order, offsets, values, weight, out, block_rows, col_block)``: out [N, O] = A @ weight.
+  - ``sparse_forward(order, offsets, values, weight, out, block_rows, col_block, n_parts)``: out [N, O] = A @ weight,
+    over tiles of one row block and col_block columns, each split into n_parts parts of the inputs whose sums are
+    added at the end (so that there are tiles for every thread with the columns kept whole).
   - ``sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block)``: grad_x [N, I],
     over tiles of one row block and in_block inputs.
   - ``sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block, col_block)``: grad_weight
@@ -1331,21 +1333,37 @@ def _rows_by_start(starts, block_rows, order, offsets):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_forward(order, offsets, values, weight, out, block_rows, col_block):
+def _sparse_forward(order, offsets, values, weight, out, block_rows, col_block, n_parts):
     n_in, n_rows = values.shape[0], values.shape[2]
+    n_out = weight.shape[1]
     n_slots = weight.shape[0] // n_in
     n_starts = offsets.shape[2] - 1
-    for tile in prange(_tile_count(n_rows, block_rows, weight.shape[1], col_block)):
-        r0, r1, c0, c1, _ = _tile_ranges(tile, n_rows, block_rows, weight.shape[1], col_block)
+    n_tiles = _tile_count(n_rows, block_rows, n_out, col_block)
+    part_inputs = (n_in + n_parts - 1) // n_parts
+    partial = np.empty((n_parts - 1, n_rows, n_out), dtype=out.dtype)  # the sums of parts 1.. (part 0's: out)
+    for task in prange(n_tiles * n_parts):
+        tile, part = task // n_parts, task % n_parts
+        r0, r1, c0, c1, _ = _tile_ranges(tile, n_rows, block_rows, n_out, col_block)
         b = r0 // block_rows
         acc = np.zeros((r1 - r0, c1 - c0), dtype=out.dtype)
-        for i in range(n_in):
+        i0, i1 = _blocks(n_in, part_inputs, part)
+        for i in range(i0, i1):
             base = i * n_slots
             for s in range(n_starts):
                 first, stop = offsets[b, i, s], offsets[b, i, s + 1]
                 _add_group_rows(acc, r0, weight, base, base + 1 + s, values, i, order[b, i, first:stop], r0 + first,
                                 c0, c1)
-        out[r0:r1, c0:c1] = acc
+        if part == 0:
+            out[r0:r1, c0:c1] = acc
+        else:
+            partial[part - 1, r0:r1, c0:c1] = acc
+    if n_parts > 1:
+        for n in prange(n_rows):
+            row = out[n]
+            for part in range(n_parts - 1):
+                summand = partial[part, n]
+                for o in range(n_out):
+                    row[o] += summand[o]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
