@@ -199,6 +199,97 @@ def _add_slots(row, slots, offset, weights, first, count, n_block):
         row[r] = acc
 
 
+@njit(inline="always", cache=True)
+def _edge_weights(weights, e, scale_base, scale_sp, coef):
+    """weights [S] <- edge e's: scale_base, then scale_sp * coef (the slots' factors)."""
+    weights[0] = scale_base[e]
+    for m in range(weights.shape[0] - 1):
+        weights[1 + m] = scale_sp[e] * coef[e, m]
+
+
+@njit(inline="always", cache=True)
+def _pass_weights(weights, first, count):
+    """weights[first + j] for j < 12 as scalars, 0 past count (up to 12 slots in one pass)."""
+    zero = weights.dtype.type(0.0)
+    return (weights[first] if count > 0 else zero, weights[first + 1] if count > 1 else zero,
+            weights[first + 2] if count > 2 else zero, weights[first + 3] if count > 3 else zero,
+            weights[first + 4] if count > 4 else zero, weights[first + 5] if count > 5 else zero,
+            weights[first + 6] if count > 6 else zero, weights[first + 7] if count > 7 else zero,
+            weights[first + 8] if count > 8 else zero, weights[first + 9] if count > 9 else zero,
+            weights[first + 10] if count > 10 else zero, weights[first + 11] if count > 11 else zero)
+
+
+@njit(inline="always", cache=True)
+def _pass_rows(slots, first, count):
+    """slots[first + j] for j < 12, the last of the count slots' rows past count (rows read with no weight)."""
+    last = count - 1
+    return (slots[first], slots[first + min(1, last)], slots[first + min(2, last)],
+            slots[first + min(3, last)], slots[first + min(4, last)], slots[first + min(5, last)],
+            slots[first + min(6, last)], slots[first + min(7, last)], slots[first + min(8, last)],
+            slots[first + min(9, last)], slots[first + min(10, last)], slots[first + min(11, last)])
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _add_slots_pair(row_a, row_b, slots, offset, weights_a, weights_b, first, count, n_block):
+    """:func:`_add_slots` for two edges of one input (distinct outputs, so rows that never alias) in one pass: each
+    slot row is read once for both. The weights are held as scalars (count, a compile-time constant of the kernel,
+    folds the terms past it away): read from their arrays, they were read again at every row."""
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11 = _pass_weights(weights_a, first, count)
+    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 = _pass_weights(weights_b, first, count)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = _pass_rows(slots, offset + first, count)
+    for r in range(n_block):
+        acc_a, acc_b = row_a[r], row_b[r]
+        v = s0[r]
+        acc_a += a0 * v
+        acc_b += b0 * v
+        if count > 1:
+            v = s1[r]
+            acc_a += a1 * v
+            acc_b += b1 * v
+        if count > 2:
+            v = s2[r]
+            acc_a += a2 * v
+            acc_b += b2 * v
+        if count > 3:
+            v = s3[r]
+            acc_a += a3 * v
+            acc_b += b3 * v
+        if count > 4:
+            v = s4[r]
+            acc_a += a4 * v
+            acc_b += b4 * v
+        if count > 5:
+            v = s5[r]
+            acc_a += a5 * v
+            acc_b += b5 * v
+        if count > 6:
+            v = s6[r]
+            acc_a += a6 * v
+            acc_b += b6 * v
+        if count > 7:
+            v = s7[r]
+            acc_a += a7 * v
+            acc_b += b7 * v
+        if count > 8:
+            v = s8[r]
+            acc_a += a8 * v
+            acc_b += b8 * v
+        if count > 9:
+            v = s9[r]
+            acc_a += a9 * v
+            acc_b += b9 * v
+        if count > 10:
+            v = s10[r]
+            acc_a += a10 * v
+            acc_b += b10 * v
+        if count > 11:
+            v = s11[r]
+            acc_a += a11 * v
+            acc_b += b11 * v
+        row_a[r] = acc_a
+        row_b[r] = acc_b
+
+
 def _slot_passes(n_slots):
     """(slots per pass, full passes, slots of the last, shorter pass): passes of at most 12 slots, so that each
     pass's slot loop unrolls and its row loop keeps the weights in registers."""
@@ -258,7 +349,7 @@ def _forward_kernel(k, n_slots):
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
             firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int32)
-            weights = np.empty(n_slots, dtype=out.dtype)
+            weights, weights_b = np.empty(n_slots, dtype=out.dtype), np.empty(n_slots, dtype=out.dtype)
             zero = check = out.dtype.type(0.0)
             for i0 in range(0, n_in, INPUT_GROUP):
                 n_group = min(INPUT_GROUP, n_in - i0)
@@ -275,10 +366,18 @@ def _forward_kernel(k, n_slots):
                         continue
                     _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots,
                                  reciprocals, slots, coords, polynomial, firsts)
-                    for e in range(e0, e1):
-                        weights[0] = scale_base[e]
-                        for m in range(n_slots - 1):
-                            weights[1 + m] = scale_sp[e] * coef[e, m]
+                    for e in range(e0, e1 - 1, 2):  # two edges at a time
+                        _edge_weights(weights, e, scale_base, scale_sp, coef)
+                        _edge_weights(weights_b, e + 1, scale_base, scale_sp, coef)
+                        row, row_b = tile[edge_outputs[e]], tile[edge_outputs[e + 1]]
+                        for p in range(full_passes):
+                            _add_slots_pair(row, row_b, slots, k, weights, weights_b, p * per_pass, per_pass, n_block)
+                        if last_pass:
+                            _add_slots_pair(row, row_b, slots, k, weights, weights_b, full_passes * per_pass,
+                                            last_pass, n_block)
+                    if (e1 - e0) % 2:
+                        e = e1 - 1
+                        _edge_weights(weights, e, scale_base, scale_sp, coef)
                         row = tile[edge_outputs[e]]
                         for p in range(full_passes):
                             _add_slots(row, slots, k, weights, p * per_pass, per_pass, n_block)
