@@ -14,8 +14,8 @@ proportional to the live edges, and the row loops vectorize.
 
 - :func:`forward_kernel`: out [N, O]. Parallel over row blocks; a block accumulates its [O, rows] output tile
   (in cache) over the inputs and their edges. Its expansion writes each value's k + 1 window entries into a zeroed
-  tile with padding rows at both ends (no per-slot selects), and the slot count is a compile-time constant, so an
-  edge is one pass over the rows for up to 12 slots.
+  tile with padding rows at both ends (no per-slot selects), and the slot count is a compile-time constant, so two
+  edges of an input are one pass over the rows for up to 12 slots, their weights held as scalars.
 Both are built once per spline order (and slot count): a sized kernel compiles, or loads from numba's cache, its
 serial twin at its first small call, which a fresh wrapper per call would repeat every time.
 
