@@ -1,7 +1,8 @@
 """Session setup and the helpers every test file shares.
 
 Without a CUDA device the Triton kernels run under Triton's interpreter on the CPU; the switch is read when
-triton is first imported, so it is set here, before any test module imports it.
+triton is first imported, so it is set here, before any test module imports it. The kernels' contention guard is
+off (``KANLIB_CONTENTION_GUARD=0``, inherited by the processes tests start).
 
 Helpers (``from conftest import random_grid, inputs_around``): random knot grids, uniform or not, and inputs
 that cover the extended grid and reach beyond it on both sides.
@@ -12,6 +13,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# No test's thread count may depend on what else the machine runs (kanlib.ops.contention); its tests set their own.
+os.environ.setdefault("KANLIB_CONTENTION_GUARD", "0")
 
 from kanlib.basis import extend_grid  # noqa: E402  (after the interpreter switch)
 

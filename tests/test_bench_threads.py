@@ -1,28 +1,38 @@
 """kanlib.bench.threads: the layer's step with default and explicit thread settings, alone and beside a busy
 process, each configuration in its own process."""
-import os
-
 import pytest
 
 from kanlib.bench.threads import CONFIGURATIONS, NEIGHBOURS, TARGETS, run_threads_benchmark, target_report
 
 
 @pytest.fixture(scope="module")
-def tiny_rows():
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def tiny_rows(monkeypatch_module):
+    # set here, they must not reach the workers: "default" means nothing set
+    monkeypatch_module.setenv("OMP_WAIT_POLICY", "active")
+    monkeypatch_module.setenv("KANLIB_CONTENTION_GUARD", "0")
     return run_threads_benchmark(grids=(3, 9), batch=16, width=8, repeat=3, warmup=1,
-                                 configurations=("default", "one thread", "numba workqueue", "passive wait"), rounds=2)
+                                 configurations=("default", "one thread", "numba workqueue", "passive wait", "no guard"),
+                                 rounds=2)
 
 
 def test_rows_cover_every_neighbour_grid_and_configuration(tiny_rows):
     keys = [(row["neighbour"], row["grid"], row["configuration"]) for row in tiny_rows]
     assert sorted(keys) == sorted((n, g, c) for n in NEIGHBOURS for g in (3, 9)
-                                  for c in ("default", "one thread", "numba workqueue", "passive wait"))
+                                  for c in ("default", "one thread", "numba workqueue", "passive wait", "no guard"))
     by_configuration = {(row["configuration"], row["grid"]): row for row in tiny_rows if row["neighbour"] == "none"}
     assert by_configuration["one thread", 3]["kernel_threads"] == 1
     assert by_configuration["one thread", 3]["torch_threads"] == 1
     assert by_configuration["numba workqueue", 9]["threading_layer"] == "workqueue"
     assert by_configuration["passive wait", 3]["omp_wait_policy"] == "passive"
-    assert by_configuration["default", 3]["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
+    assert by_configuration["default", 3]["omp_wait_policy"] is None  # not inherited from this process
+    assert by_configuration["default", 3]["contention_guard"] is True
+    assert by_configuration["no guard", 3]["contention_guard"] is False
     assert {by_configuration["default", 3]["backend"], by_configuration["default", 9]["backend"]} == {"cpu", "sparse"}
 
 
@@ -76,4 +86,5 @@ def test_bad_arguments_are_named(change, message):
 
 
 def test_every_configuration_is_named_in_the_table():
-    assert set(CONFIGURATIONS) == {"default", "one thread", "numba omp", "numba workqueue", "passive wait"}
+    assert set(CONFIGURATIONS) == {"default", "one thread", "numba omp", "numba workqueue", "passive wait",
+                                   "no guard"}

@@ -19,6 +19,10 @@ alike, instead of whichever ran during the slow minutes.
 - ``passive wait``: ``OMP_WAIT_POLICY=passive``, read by the OpenMP runtime when it loads (at ``import torch``, so
   only from the environment a process starts with): a thread waiting for work sleeps at once instead of spinning
   first, and spinning threads take cores from other processes (and from the work-queue layer's threads).
+- ``no guard``: ``KANLIB_CONTENTION_GUARD=0``, the kernels on torch's thread count even while another process
+  holds the cores (by default :mod:`kanlib.ops.contention` lowers their count then).
+
+Every worker starts from this process's environment without the variables above, so ``default`` means nothing set.
 
 Each runs alone and beside a neighbour: a second process multiplying 1024 x 1024 matrices in a loop on torch's
 default thread count, started before and stopped after the measurement. Per grid size G (I = O = width,
@@ -59,7 +63,10 @@ CONFIGURATIONS = {
     "numba omp": ({"NUMBA_THREADING_LAYER": "omp"}, None),
     "numba workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, None),
     "passive wait": ({"OMP_WAIT_POLICY": "passive"}, None),
+    "no guard": ({"KANLIB_CONTENTION_GUARD": "0"}, None),
 }
+# What the configurations set: a worker starts without these, then takes its configuration's.
+_SETTINGS = sorted({name for environment, _ in CONFIGURATIONS.values() for name in environment})
 NEIGHBOURS = ("none", "busy")
 TABLE_COLUMNS = ("neighbour", "grid", "configuration", "backend", "threading_layer", "kernel_threads",
                  "fwdbwd_median_ms", "fwdbwd_q25_ms", "fwdbwd_q75_ms", "dense_fwdbwd_median_ms", "ratio_to_dense",
@@ -89,13 +96,14 @@ def _threading_layer() -> str | None:
 def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warmup: int, seed: int,
                  torch_threads: int | None) -> list[dict]:
     """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers):
-    the settings in force (``omp_wait_policy``: the environment's, None when unset) and the ``repeat`` run times of
+    the settings in force (``omp_wait_policy``: the environment's, None when unset; ``contention_guard``: whether
+    :data:`~kanlib.ops.spline_linear.cpu.CONTENTION` may lower the kernels' threads) and the ``repeat`` run times of
     the layer and of the dense product (``layer_ms``, ``dense_ms``)."""
     import numba
 
     from ..layers import BSplineKAN
     from ..ops.spline_linear import torch_backend
-    from ..ops.spline_linear.cpu import thread_count
+    from ..ops.spline_linear.cpu import CONTENTION, thread_count
 
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
@@ -117,15 +125,17 @@ def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warm
         results.append({"grid": grid_size, "backend": torch_backend(x, layer.weight_matrix(), layer.spline_order),
                         "threading_layer": _threading_layer(), "kernel_threads": thread_count(),
                         "torch_threads": torch.get_num_threads(),
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "layer_ms": samples["layer"],
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                        "contention_guard": CONTENTION.enabled, "layer_ms": samples["layer"],
                         "dense_ms": samples["dense"]})
     return results
 
 
 def _run_worker(configuration: str, arguments: dict) -> list[dict]:
     environment, torch_threads = CONFIGURATIONS[configuration]
+    inherited = {name: value for name, value in os.environ.items() if name not in _SETTINGS}
     done = subprocess.run([sys.executable, "-c", _WORKER, json.dumps({**arguments, "torch_threads": torch_threads})],
-                          env={**os.environ, **environment}, capture_output=True, text=True, timeout=1800)
+                          env={**inherited, **environment}, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"the {configuration!r} worker failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

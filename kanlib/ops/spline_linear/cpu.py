@@ -64,6 +64,7 @@ import torch
 from numba import njit, prange
 
 from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH_ID
+from ..contention import guard_from_environment
 from ..fast_exp import exp_constants, exp_nonpositive
 
 # numba reads module globals as compile-time constants
@@ -82,6 +83,8 @@ WINDOW_ROWS = 256  # the window spans kernels' unit of parallel work (rows, ever
 # Calls whose largest array has fewer elements run on one thread: waking numba's thread pool costs more than
 # the work (and far more when other processes hold the cores), e.g. in LBFGS on a small model.
 SERIAL_BELOW = 1 << 16
+# Lowers the kernels' thread count while other processes hold the cores (KANLIB_CONTENTION_GUARD=0: never).
+CONTENTION = guard_from_environment()
 
 
 def _numba_threads() -> int:
@@ -101,39 +104,43 @@ def kernel_threads(work: int) -> int:
 
 
 def _wanted_threads(work: int, numba_threads: int) -> int:
-    """:func:`kernel_threads` when numba has ``numba_threads``."""
+    """:func:`kernel_threads` when numba has ``numba_threads``: fewer while other processes hold the cores
+    (:data:`CONTENTION`)."""
     if work < SERIAL_BELOW:
         return 1
-    return max(1, min(torch.get_num_threads(), numba_threads))
+    return CONTENTION.threads(max(1, min(torch.get_num_threads(), numba_threads)))
 
 
 @contextmanager
 def threads_for(work: int):
     """Inside, numba's kernels use :func:`kernel_threads` threads for ``work`` array elements; torch's thread
-    count is left as it was."""
+    count is left as it was. The time inside counts for :data:`CONTENTION`."""
     threads = _numba_threads()
     wanted = _wanted_threads(work, threads)
-    if wanted == threads:
-        yield
-        return
-    numba.set_num_threads(wanted)
+    if wanted != threads:
+        numba.set_num_threads(wanted)
+    started = CONTENTION.start(wanted)
     try:
         yield
     finally:
-        numba.set_num_threads(threads)
+        CONTENTION.stop(started, wanted)
+        if wanted != threads:
+            numba.set_num_threads(threads)
 
 
 def _call_with_threads(kernel, work: int, args: tuple):
     """kernel(*args) as :func:`threads_for` runs it, without a context manager's cost on small layers' calls."""
     threads = _numba_threads()
     wanted = _wanted_threads(work, threads)
-    if wanted == threads:
-        return kernel(*args)
-    numba.set_num_threads(wanted)
+    if wanted != threads:
+        numba.set_num_threads(wanted)
+    started = CONTENTION.start(wanted)
     try:
         return kernel(*args)
     finally:
-        numba.set_num_threads(threads)
+        CONTENTION.stop(started, wanted)
+        if wanted != threads:
+            numba.set_num_threads(threads)
 
 
 def serial_twin(kernel):
