@@ -190,3 +190,35 @@ def test_the_test_session_runs_without_the_guard():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat") or not hasattr(os, "fork"),
+                    reason="Linux scheduler statistics and fork")
+def test_a_forked_child_reads_its_own_thread_and_starts_unguarded(monkeypatch):
+    from kanlib.ops import contention
+    from kanlib.ops.spline_linear import cpu
+
+    runqueue_wait_s()  # the parent's file is open now
+    parent_file = contention._LOCAL.schedstat
+    machine = FakeMachine()
+    for name, value in (("enabled", True), ("clock", machine.clock), ("waited", machine.waited)):
+        monkeypatch.setattr(cpu.CONTENTION, name, value)
+    machine.run(cpu.CONTENTION, 2, 1.0, waiting=1.0)
+    assert cpu.CONTENTION.cap == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        try:
+            fresh = getattr(contention._LOCAL, "schedstat", None) is None
+            value = runqueue_wait_s()
+            ok = fresh and contention._LOCAL.schedstat is not parent_file and value is not None
+            os.write(write, b"1" if ok and cpu.CONTENTION.cap is None else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert cpu.CONTENTION.cap == 1  # the parent keeps its own
+    cpu.CONTENTION.reset()

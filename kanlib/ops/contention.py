@@ -45,6 +45,15 @@ class _SchedstatFile:
 _LOCAL = threading.local()
 
 
+def _forget_files() -> None:
+    """In a forked child: its threads are new, so the parent's open files would tell the parent's waiting."""
+    global _LOCAL
+    _LOCAL = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_files)
+
+
 def runqueue_wait_s() -> float | None:
     """Seconds the calling thread has spent ready to run but waiting for a core since it started (Linux's
     schedstat); None where that cannot be read."""

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import types
 from contextlib import contextmanager
 
@@ -85,6 +86,7 @@ WINDOW_ROWS = 256  # the window spans kernels' unit of parallel work (rows, ever
 SERIAL_BELOW = 1 << 16
 # Lowers the kernels' thread count while other processes hold the cores (KANLIB_CONTENTION_GUARD=0: never).
 CONTENTION = guard_from_environment()
+os.register_at_fork(after_in_child=CONTENTION.reset)  # a forked child measures its own waiting afresh
 
 
 def _numba_threads() -> int:
@@ -111,36 +113,42 @@ def _wanted_threads(work: int, numba_threads: int) -> int:
     return CONTENTION.threads(max(1, min(torch.get_num_threads(), numba_threads)))
 
 
+def _enter_threads(work: int) -> tuple:
+    """Sets numba's thread count for a call on ``work`` array elements (:func:`kernel_threads`) and starts timing
+    it for :data:`CONTENTION`: what :func:`_leave_threads` takes."""
+    threads = _numba_threads()
+    wanted = _wanted_threads(work, threads)
+    if wanted != threads:
+        numba.set_num_threads(wanted)
+    return threads, wanted, CONTENTION.start(wanted)
+
+
+def _leave_threads(entered: tuple) -> None:
+    """After the call: counts it for :data:`CONTENTION` and restores numba's thread count."""
+    threads, wanted, started = entered
+    CONTENTION.stop(started, wanted)
+    if wanted != threads:
+        numba.set_num_threads(threads)
+
+
 @contextmanager
 def threads_for(work: int):
     """Inside, numba's kernels use :func:`kernel_threads` threads for ``work`` array elements; torch's thread
     count is left as it was. The time inside counts for :data:`CONTENTION`."""
-    threads = _numba_threads()
-    wanted = _wanted_threads(work, threads)
-    if wanted != threads:
-        numba.set_num_threads(wanted)
-    started = CONTENTION.start(wanted)
+    entered = _enter_threads(work)
     try:
         yield
     finally:
-        CONTENTION.stop(started, wanted)
-        if wanted != threads:
-            numba.set_num_threads(threads)
+        _leave_threads(entered)
 
 
 def _call_with_threads(kernel, work: int, args: tuple):
     """kernel(*args) as :func:`threads_for` runs it, without a context manager's cost on small layers' calls."""
-    threads = _numba_threads()
-    wanted = _wanted_threads(work, threads)
-    if wanted != threads:
-        numba.set_num_threads(wanted)
-    started = CONTENTION.start(wanted)
+    entered = _enter_threads(work)
     try:
         return kernel(*args)
     finally:
-        CONTENTION.stop(started, wanted)
-        if wanted != threads:
-            numba.set_num_threads(threads)
+        _leave_threads(entered)
 
 
 def serial_twin(kernel):
