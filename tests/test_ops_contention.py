@@ -222,3 +222,18 @@ def test_a_forked_child_reads_its_own_thread_and_starts_unguarded(monkeypatch):
     assert answer == b"1"
     assert cpu.CONTENTION.cap == 1  # the parent keeps its own
     cpu.CONTENTION.reset()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_without_scheduler_statistics_the_waiting_is_unknown(monkeypatch):
+    import gc
+
+    from kanlib.ops import contention
+
+    monkeypatch.setattr(contention, "_SCHEDSTAT", "/nonexistent/schedstat")
+    seen = {}
+    worker = threading.Thread(target=lambda: seen.update(value=runqueue_wait_s()))
+    worker.start()
+    worker.join()
+    gc.collect()
+    assert seen == {"value": None}

@@ -39,7 +39,8 @@ class _SchedstatFile:
         return int(os.pread(self.fd, 128, 0).split()[1]) * 1e-9
 
     def __del__(self):
-        os.close(self.fd)
+        if getattr(self, "fd", None) is not None:  # None when the open failed
+            os.close(self.fd)
 
 
 _LOCAL = threading.local()
