@@ -95,12 +95,8 @@ class ContentionGuard:
 
     def threads(self, wanted: int) -> int:
         """The threads a call that would use ``wanted`` may use now."""
-        if self._cap is None or not self.enabled:
-            return wanted
-        if self.clock() >= self._until:
-            self._cap = None
-            return wanted
-        return max(1, min(wanted, self._cap))
+        cap = self.cap if self.enabled else None
+        return wanted if cap is None else max(1, min(wanted, cap))
 
     def start(self, threads: int) -> tuple[float, float] | None:
         """Before a kernel call on ``threads`` threads: what :meth:`stop` takes, or None when it is not measured."""
