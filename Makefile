@@ -73,5 +73,8 @@ gpu-import: $(VENV)/.installed
 	@test -n "$(FROM)" || { echo "make gpu-import: expected FROM=<folder the GPU run packed>, got none"; exit 2; }
 	$(PY) -m kanlib gpu-import $(FROM)
 
+# numba's cache files too: numba sees a change only in the file that defines a kernel, not in a helper it inlines
+# from another file (kanlib/ops/fast_exp.py, say), so after such an edit the cached kernels would be stale.
 clean:
 	rm -rf _build .pytest_cache
+	find kanlib \( -name '*.nbi' -o -name '*.nbc' \) -delete
