@@ -1,4 +1,5 @@
-"""Which tile configurations the Triton kernels' autotuners try on a GPU.
+"""Which tile configurations the Triton kernels' autotuners try on a GPU, and the autotuner every kernel module
+builds from its lists (:func:`autotune`).
 
 Every listed configuration by default. ``KANLIB_TRITON_AUTOTUNE=first`` keeps the first of each list alone: the
 GPU reference run sets it for its tests and for ``bench images``, since compiling and timing every configuration
@@ -8,10 +9,10 @@ lists.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "tuned"]
+__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "tuned", "interpreting", "autotune"]
 
 AUTOTUNE_ENV = "KANLIB_TRITON_AUTOTUNE"
 AUTOTUNE_MODES = ("all", "first")
@@ -24,3 +25,44 @@ def tuned(configs: Sequence[T]) -> list[T]:
     if mode not in AUTOTUNE_MODES:
         raise ValueError(f"{AUTOTUNE_ENV}: expected one of {AUTOTUNE_MODES}, got {mode!r}")
     return list(configs[:1] if mode == "first" else configs)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` when triton was imported)."""
+    import triton
+
+    if hasattr(triton, "knobs"):
+        return bool(triton.knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequence[str],
+             interpreter_tile: tuple[int, ...], full_precision: Sequence[tuple[int, ...]] = (),
+             wide: Callable[[dict, dict], bool] | None = None, **options):
+    """``triton.autotune`` over ``tiles``, each (the block sizes ``names`` name..., num_warps, num_stages), as
+    :func:`tuned` keeps them; under the interpreter over ``interpreter_tile`` alone, keyed on nothing.
+
+    With ``full_precision``, a second list for the calls where ``wide(named_args, kwargs)`` holds (float32 products
+    in IEEE precision, say), tried instead of ``tiles`` (tensor-core tiles). ``options`` go to ``triton.autotune``
+    (``reset_to_zero``).
+    """
+    import triton
+
+    def configs(chosen):
+        return [triton.Config(dict(zip(names, tile[:-2], strict=True)), num_warps=tile[-2], num_stages=tile[-1])
+                for tile in chosen]
+
+    if interpreting():
+        return triton.autotune(configs=configs([interpreter_tile]), key=[], **options)
+    narrow = configs(tuned(tiles))
+    if not full_precision:
+        return triton.autotune(configs=narrow, key=list(key), **options)
+    if wide is None:
+        raise ValueError("autotune: full_precision tiles need wide(named_args, kwargs) to say which calls take them")
+    full = configs(tuned(full_precision))
+
+    def pick(_configs, named_args, **kwargs):
+        return full if wide(named_args, kwargs) else narrow
+
+    return triton.autotune(configs=narrow + full, key=list(key), prune_configs_by={"early_config_prune": pick},
+                           **options)

@@ -39,7 +39,7 @@ import triton.language as tl
 from ..spline_linear import under_transform
 from ..spline_linear.triton import INTERPRET, check_devices, to_store
 from .reference import basis_linear_reference
-from ..triton_tuning import tuned
+from ..triton_tuning import autotune
 
 __all__ = ["KINDS", "DTYPES", "triton_runs", "basis_linear_triton", "BasisLinearFunction"]
 
@@ -155,23 +155,14 @@ def _dot(a, b, acc, ACC: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.co
 _KEY = ["n_in", "n_out", "n_basis", "batch_bucket", "KIND", "PRECISION", "PARAMS"]
 
 
+def _ieee_wide(named_args: dict, kwargs: dict) -> bool:
+    return named_args["x_ptr"].dtype in (torch.float32, torch.float64) and kwargs.get("PRECISION") == "ieee"
+
+
 def _autotune(tensor_core: list[tuple[int, ...]], full_precision: list[tuple[int, ...]], **options):
     """triton.autotune over the list that suits the call's dtype and precision."""
-
-    def configs(tiles):
-        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_I": i}, num_warps=w, num_stages=s)
-                for m, n, i, w, s in tiles]
-
-    if INTERPRET:
-        return triton.autotune(configs=configs([(32, 32, 16, 4, 1)]), key=[], **options)
-    tensor_core, full_precision = configs(tuned(tensor_core)), configs(tuned(full_precision))
-
-    def pick(_configs, named_args, **kwargs):
-        wide = named_args["x_ptr"].dtype in (torch.float32, torch.float64) and kwargs.get("PRECISION") == "ieee"
-        return full_precision if wide else tensor_core
-
-    return triton.autotune(configs=tensor_core + full_precision, key=_KEY,
-                           prune_configs_by={"early_config_prune": pick}, **options)
+    return autotune(("BLOCK_M", "BLOCK_N", "BLOCK_I"), tensor_core, _KEY, (32, 32, 16, 4, 1), full_precision,
+                    _ieee_wide, **options)
 
 
 @_autotune(tensor_core=[(128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 4)],

@@ -19,21 +19,19 @@ imported) the kernels run on the CPU, for tests.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ...activations import get_activation
-from ..spline_linear.triton import ACTIVATION_IDS, activation, activation_derivative, check_devices, knot_basis
+from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, activation, activation_derivative, check_devices,
+                                   knot_basis)
 from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       nan_where_dead_edges_meet_nonfinite)
 
 __all__ = ["edge_spline_linear_triton", "TritonEdgeSplineLinear", "BLOCK_ROWS", "BLOCK_EDGES"]
 
-INTERPRET = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
-             else os.environ.get("TRITON_INTERPRET", "0") == "1")
 BLOCK_ROWS = 16 if INTERPRET else 64
 BLOCK_EDGES = 16 if INTERPRET else 64
 

@@ -53,7 +53,7 @@ import triton.language as tl
 
 from .reference import TABLE_SHIFT
 from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, INTERPRET, SPLINE_ORDERS, activation, check_devices
-from ..triton_tuning import tuned
+from ..triton_tuning import autotune
 
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS", "INTERPRET"]
 
@@ -119,15 +119,8 @@ def _span_and_fraction(x, grid_rows, step, inv_steps, mask, n_knots, n_search, U
 
 
 def _autotune(tiles: list[tuple[int, ...]]):
-    def configs(chosen):
-        return [triton.Config({"BLOCK_N": n, "BLOCK_O": o, "BLOCK_I": i}, num_warps=w, num_stages=s)
-                for n, o, i, w, s in chosen]
-
-    if INTERPRET:
-        return triton.autotune(configs=configs([(128, 32, 32, 4, 1)]), key=[])
-    return triton.autotune(configs=configs(tuned(tiles)), key=["n_in", "n_out", "n_basis", "batch_bucket", "K",
-                                                               "UNIFORM",
-                                                        "SHIFT"])
+    return autotune(("BLOCK_N", "BLOCK_O", "BLOCK_I"), tiles,
+                    ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM", "SHIFT"], (128, 32, 32, 4, 1))
 
 
 @_autotune([(64, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 64, 32, 4, 3), (32, 64, 32, 4, 2)])

@@ -32,7 +32,6 @@ one small tile configuration, and half-precision products emulated in float32 on
 from __future__ import annotations
 
 import contextlib
-import os
 import weakref
 from functools import lru_cache
 
@@ -44,7 +43,7 @@ from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, IDENTITY_ID, RELU_ID, 
 from ...basis import cardinal_pieces
 from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS
-from ..triton_tuning import tuned
+from ..triton_tuning import autotune, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
@@ -54,8 +53,7 @@ IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TA
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
 DTYPES = TRITON_DTYPES
 SPLINE_ORDERS = TRITON_SPLINE_ORDERS
-INTERPRET = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
-             else os.environ.get("TRITON_INTERPRET", "0") == "1")
+INTERPRET = interpreting()
 
 
 @lru_cache(maxsize=None)
@@ -225,24 +223,15 @@ def to_store(acc, dtype: tl.constexpr, INTERPRET: tl.constexpr):
 # FMA products need smaller tiles; each was checked to compile for sm_90 without register spills (uniform
 # grids). The interpreter runs one small configuration.
 
+def _ieee_float32(named_args: dict, kwargs: dict) -> bool:
+    return named_args["x_ptr"].dtype == torch.float32 and kwargs.get("PRECISION") == "ieee"
+
+
 def _autotune(tensor_core: list[tuple[int, ...]], full_fp32: list[tuple[int, ...]]):
     """triton.autotune over the list that suits the call's dtype and precision."""
-
-    def configs(tiles):
-        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_I": i}, num_warps=w, num_stages=s)
-                for m, n, i, w, s in tiles]
-
-    if INTERPRET:
-        return triton.autotune(configs=configs([(128, 32, 32, 4, 1)]), key=[])
-    tensor_core, full_fp32 = configs(tuned(tensor_core)), configs(tuned(full_fp32))
-
-    def pick(_configs, named_args, **kwargs):
-        ieee = named_args["x_ptr"].dtype == torch.float32 and kwargs.get("PRECISION") == "ieee"
-        return full_fp32 if ieee else tensor_core
-
-    return triton.autotune(configs=tensor_core + full_fp32, key=["n_in", "n_out", "n_basis", "batch_bucket", "K",
-                                                                  "UNIFORM", "PRECISION"],
-                           prune_configs_by={"early_config_prune": pick})
+    return autotune(("BLOCK_M", "BLOCK_N", "BLOCK_I"), tensor_core,
+                    ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM", "PRECISION"], (128, 32, 32, 4, 1),
+                    full_fp32, _ieee_float32)
 
 
 @_autotune(tensor_core=[(128, 128, 32, 8, 3), (128, 128, 16, 8, 3), (64, 128, 16, 4, 3), (64, 64, 32, 4, 4)],

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .support import prefers_sparse, triton_sparse_slowdown
-from ..triton_tuning import tuned
+from ..triton_tuning import autotune
 from .triton import (INTERPRET, LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
                      launch_forward, launch_grad_x, planned_function, spline_basis, to_store)
 
@@ -81,18 +81,12 @@ def _window_start(x, u, knots, mask, n_basis, n_knots, n_search, K: tl.constexpr
 
 
 def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zero: list[str] | None = None):
-    """triton.autotune over (tile sizes named by ``names``..., num_warps, num_stages); one config when interpreted."""
-
-    def config(tile):
-        *blocks, warps, stages = tile
-        return triton.Config(dict(zip(names, blocks)), num_warps=warps, num_stages=stages)
-
-    configs = [config(tiles[-1])] if INTERPRET else [config(t) for t in tuned(tiles[:-1])]
-    return triton.autotune(configs=configs, key=["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM"],
-                           reset_to_zero=reset_to_zero)
+    """triton.autotune over (tile sizes named by ``names``..., num_warps, num_stages); the last tile is the
+    interpreter's."""
+    return autotune(names, tiles[:-1], ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM"], tiles[-1],
+                    reset_to_zero=reset_to_zero)
 
 
-# The last tile of each list is the interpreter's.
 @_autotune([(64, 32, 8, 2), (32, 64, 8, 1), (32, 32, 4, 1), (32, 32, 4, 1)], ("BLOCK_M", "BLOCK_N"))
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
