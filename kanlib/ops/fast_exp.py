@@ -42,21 +42,17 @@ def exp_nonpositive(values, bits, count, lowest, bias, shift):
     powers = bits.view(values.dtype)
     real = values.dtype.type  # constants of the values' own precision keep float32 loops in float32
     whole = bits.dtype.type
-    single = real(1.0) + real(1e-8) == real(1.0)  # float32 (1e-8 is below half its unit at 1): a constant to LLVM
+    # float32 (1e-8 is below half its unit at 1): a constant to LLVM, so the polynomial's loop unrolls
+    degree = DEGREE_SINGLE if real(1.0) + real(1e-8) == real(1.0) else DEGREE_DOUBLE
     lowest, log2e, half, ln2_hi, ln2_lo = real(lowest), real(LOG2E), real(0.5), real(LN2_HI), real(LN2_LO)
     for j in range(count):
         t = values[j]
         t = lowest if t < lowest else t
         k = np.floor(t * log2e + half)
         r = (t - k * ln2_hi) - k * ln2_lo
-        if single:
-            p = real(TAYLOR[DEGREE_SINGLE])
-            for n in range(DEGREE_SINGLE - 1, -1, -1):
-                p = p * r + real(TAYLOR[n])
-        else:
-            p = real(TAYLOR[DEGREE_DOUBLE])
-            for n in range(DEGREE_DOUBLE - 1, -1, -1):
-                p = p * r + real(TAYLOR[n])
+        p = real(TAYLOR[degree])
+        for n in range(degree - 1, -1, -1):
+            p = p * r + real(TAYLOR[n])
         values[j] = p
         # converted at the integers' own width: AVX2 converts packed floats to int32, not to int64
         bits[j] = ((whole(k) if k == k else whole(0)) + whole(bias)) << whole(shift)

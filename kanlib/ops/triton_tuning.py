@@ -48,6 +48,9 @@ def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequen
     """
     import triton
 
+    if full_precision and wide is None:
+        raise ValueError("autotune: full_precision tiles need wide(named_args, kwargs) to say which calls take them")
+
     def configs(chosen):
         return [triton.Config(dict(zip(names, tile[:-2], strict=True)), num_warps=tile[-2], num_stages=tile[-1])
                 for tile in chosen]
@@ -57,8 +60,6 @@ def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequen
     narrow = configs(tuned(tiles))
     if not full_precision:
         return triton.autotune(configs=narrow, key=list(key), **options)
-    if wide is None:
-        raise ValueError("autotune: full_precision tiles need wide(named_args, kwargs) to say which calls take them")
     full = configs(tuned(full_precision))
 
     def pick(_configs, named_args, **kwargs):
