@@ -52,10 +52,10 @@ import triton
 import triton.language as tl
 
 from .reference import TABLE_SHIFT
-from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, INTERPRET, SPLINE_ORDERS, activation, check_devices
+from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, SPLINE_ORDERS, activation, check_devices
 from ..triton_tuning import autotune
 
-__all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS", "INTERPRET"]
+__all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS"]
 
 
 
