@@ -21,9 +21,13 @@ can be differentiated again.
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 from ...activations import get_activation
+from ...basis import uniform_basis_matrix
 from ...checks import check_choice
 from ..spline_linear import CPU_KERNEL_DTYPES, grid_constants, numpy_of, under_transform
 from .reference import edge_spline_linear_reference
@@ -45,6 +49,13 @@ def resolve_edge_backend(backend: str, x: torch.Tensor, spline_order: int) -> st
     return "eager"
 
 
+@functools.cache
+def _basis_matrix(spline_order: int, dtype: np.dtype) -> np.ndarray:
+    """The uniform grid's basis matrix (:func:`kanlib.basis.uniform_basis_matrix`) in dtype, built once (the kernels
+    only read it)."""
+    return uniform_basis_matrix(spline_order).numpy().astype(dtype)
+
+
 class _CpuArgs:
     """What the CPU kernels share: the knots and their constants, the base activation's registry entry."""
 
@@ -52,8 +63,8 @@ class _CpuArgs:
         from . import cpu
 
         self.kernels = cpu
-        self.grid_np, _, self.inv_steps, _, matrix = grid_constants(grid, int(spline_order))
-        self.matrix = matrix.astype(self.grid_np.dtype)
+        self.grid_np, _, self.inv_steps, _, _ = grid_constants(grid, int(spline_order))
+        self.matrix = _basis_matrix(int(spline_order), self.grid_np.dtype)
         self.activation = get_activation(activation)
 
     def activation_arguments(self, dtype):
@@ -73,6 +84,23 @@ class _CpuArgs:
         return x_t, self.activation.function(x_t), slope_t
 
 
+def cpu_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out, spline_order,
+                uniform, activation) -> torch.Tensor:
+    """out [N, n_out] from x [N, I] (contiguous) through the numba forward kernel, outside autograd: the forward of
+    :class:`CpuEdgeSplineLinear`, and the whole call when no gradient is wanted."""
+    args = _CpuArgs(grid, spline_order, activation)
+    out = x.new_empty(x.shape[0], n_out)
+    x = x.detach()
+    x_array = x.numpy()
+    nonfinite_blocks = args.kernels.forward_kernel(spline_order, coef.shape[1] + 1)(
+        x_array, *args.activation_arguments(x_array.dtype), *args.knots(uniform),
+        numpy_of(coef), numpy_of(scale_base), numpy_of(scale_sp), edge_outputs.numpy(),
+        input_offsets.numpy(), out.numpy())
+    if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
+        return nan_where_dead_edges_meet_nonfinite(out, args.activation.function(x), edge_inputs, edge_outputs)
+    return out
+
+
 class CpuEdgeSplineLinear(torch.autograd.Function):
     """The product through the numba kernels, gradients for x, coef, scale_base and scale_sp."""
 
@@ -81,16 +109,8 @@ class CpuEdgeSplineLinear(torch.autograd.Function):
                 spline_order, uniform, activation):
         ctx.save_for_backward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets)
         ctx.config = (n_out, spline_order, uniform, activation)
-        args = _CpuArgs(grid, spline_order, activation)
-        out = x.new_empty(x.shape[0], n_out)
-        x = x.detach()
-        nonfinite_blocks = args.kernels.forward_kernel(spline_order, coef.shape[1] + 1)(
-            x.numpy(), *args.activation_arguments(x.numpy().dtype), *args.knots(uniform),
-            numpy_of(coef), numpy_of(scale_base), numpy_of(scale_sp), edge_outputs.numpy(),
-            input_offsets.numpy(), out.numpy())
-        if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
-            return nan_where_dead_edges_meet_nonfinite(out, args.activation.function(x), edge_inputs, edge_outputs)
-        return out
+        return cpu_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out,
+                           spline_order, uniform, activation)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -126,6 +146,11 @@ def check_arguments(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outpu
     indices' values are not read: the layer builds them)."""
     n_edges = edge_inputs.shape[0] if edge_inputs.dim() == 1 else -1
     n_basis = grid.shape[-1] - spline_order - 1
+    if (grid.dim() == 2 and n_edges >= 0 and n_basis >= 1 and x.dim() == 2 and x.shape[1] == grid.shape[0]
+            and coef.shape == (n_edges, n_basis) and scale_base.shape == scale_sp.shape == edge_outputs.shape
+            == (n_edges,) and input_offsets.shape == (grid.shape[0] + 1,)
+            and edge_inputs.dtype == edge_outputs.dtype == input_offsets.dtype == torch.int64):
+        return  # everything fits: the tables below only name what does not
     expected = {"x": (x.shape[0] if x.dim() == 2 else -1, grid.shape[0]), "coef": (n_edges, n_basis),
                 "scale_base": (n_edges,), "scale_sp": (n_edges,), "edge_outputs": (n_edges,),
                 "input_offsets": (grid.shape[0] + 1,)}
@@ -173,8 +198,12 @@ def edge_spline_linear(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.Te
             return edge_spline_linear(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
                                       n_out, spline_order, uniform, activation, backend)
     tensors = {"x": x, "coef": coef, "scale_base": scale_base, "scale_sp": scale_sp, "grid": grid}
-    if any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors.values()) or x.dtype not in CPU_KERNEL_DTYPES:
+    if not all(t.is_cpu and t.dtype == x.dtype for t in tensors.values()) or x.dtype not in CPU_KERNEL_DTYPES:
         got = ", ".join(f"{name} {t.dtype} on {t.device}" for name, t in tensors.items())
         raise ValueError(f"backend='cpu' runs on CPU tensors of one dtype, float32 or float64; got {got}")
-    return CpuEdgeSplineLinear.apply(x.contiguous(), coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs,
-                                     input_offsets, n_out, spline_order, bool(uniform), activation)
+    inputs = (x.contiguous(), coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out,
+              spline_order, bool(uniform), activation)
+    if torch.is_grad_enabled() and (x.requires_grad or coef.requires_grad or scale_base.requires_grad
+                                    or scale_sp.requires_grad):
+        return CpuEdgeSplineLinear.apply(*inputs)
+    return cpu_forward(*inputs)  # no graph to record: the autograd function's own cost is left out
