@@ -500,6 +500,25 @@ def test_the_sparse_path_computes_no_slopes_without_a_graph(monkeypatch, op):
     torch.testing.assert_close(without_graph, with_graph, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "sparse"])
+def test_the_layer_without_a_graph_gives_the_output_it_gives_with_one(backend):
+    """Without a graph to record (torch.no_grad, or grad mode on and nothing that takes a gradient) the layer computes
+    its product outside the autograd function; the output is the function's, to the bit."""
+    gen = torch.Generator().manual_seed(11)
+    module = BSplineKAN(6, 13, grid_size=7, backend=backend, dtype=torch.float64)
+    with torch.no_grad():
+        module.scale_sp.uniform_(-1, 1)
+        module.coef.normal_(generator=gen)
+    x = inputs_around(module.grid, 17, gen, outside=0.3)
+    with_graph = module(x.clone().requires_grad_())
+    with torch.no_grad():
+        under_no_grad = module(x)
+    nothing_takes_grad = module.requires_grad_(False)(x)
+    assert with_graph.requires_grad and not under_no_grad.requires_grad and not nothing_takes_grad.requires_grad
+    torch.testing.assert_close(under_no_grad, with_graph, rtol=0, atol=0)
+    torch.testing.assert_close(nothing_takes_grad, with_graph, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("sparse", [True, False])
 def test_the_layer_from_its_parameters_gradcheck_and_second_derivatives(monkeypatch, sparse, keep):

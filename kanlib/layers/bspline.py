@@ -11,8 +11,8 @@ from torch import nn
 from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, get_activation
 from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
 from ..checks import check_int, check_layer_input, is_real
-from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, FusedSplineLayer,
-                                 assembled_weight, backend_from_method, parameter_gradients, prefers_sparse,
+from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, assembled_weight,
+                                 backend_from_method, parameter_gradients, prefers_sparse, run_fused_layer,
                                  spline_linear, torch_backend, under_transform)
 from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
 from ..prune.penalty import sparsity_penalty
@@ -227,8 +227,8 @@ class BSplineKAN(SplineGrid, nn.Module):
         tensors = (flat, scale_base, scale_sp, mask, coef, grid)
         fused = self._fused_cpu_backend(flat, tensors)
         if fused is not None:
-            out = FusedSplineLayer.apply(*tensors, self.spline_order, self.is_uniform(), self.base_activation,
-                                         fused == "sparse", torch.is_grad_enabled())
+            out = run_fused_layer(*tensors, self.spline_order, self.is_uniform(), self.base_activation,
+                                  fused == "sparse")
         else:
             weight = self.weight_matrix()
             # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does

@@ -51,7 +51,7 @@ from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPE
 __all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS",
            "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
            "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform", "slots_backend",
-           "FusedSplineLayer", "fused_spline_layer", "sparse_spline_layer", "NARROW_COLUMNS", "KEEP_EXPANDED_BELOW",
+           "FusedSplineLayer", "fused_spline_layer", "run_fused_layer", "sparse_spline_layer", "NARROW_COLUMNS", "KEEP_EXPANDED_BELOW",
            "assembled_weight", "parameter_gradients", "grid_constants", "numpy_of"]
 
 # The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
@@ -629,8 +629,22 @@ def fused_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torc
     if under_transform(*tensors):
         raise RuntimeError("fused_spline_layer runs fused kernels, which torch.func, torch.compile and torch.export "
                            "cannot look into")
-    return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
-                                  bool(sparse), torch.is_grad_enabled())
+    return run_fused_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, bool(sparse))
+
+
+def run_fused_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse):
+    """:class:`FusedSplineLayer` applied to arguments already checked; where no graph is recorded (grad mode off,
+    or nothing takes a gradient) its product is computed outside autograd, without the autograd function's own
+    cost: [N, O]."""
+    if torch.is_grad_enabled() and (x.requires_grad or scale_base.requires_grad or scale_sp.requires_grad
+                                    or coef.requires_grad):
+        return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
+                                      sparse, True)
+    weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse, slot_major=not sparse)
+    if sparse:
+        return _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slopes=False)[0]
+    expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, coef.shape[2] + 1, slot_major=True)
+    return _product(expanded, weight)
 
 
 def sparse_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
