@@ -108,3 +108,23 @@ def test_retain_freed_memory_says_what_it_needs_without_glibc(monkeypatch):
     assert not bench_provenance.can_retain_freed_memory()
     with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
         bench_provenance.retain_freed_memory()
+
+
+@pytest.mark.parametrize("flags, widest", [
+    ("flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw", "avx512f"),
+    ("flags\t\t: fpu sse4_2 avx avx2 fma", "avx2"),
+    ("Features\t: fp asimd evtstrm aes", "asimd"),
+    ("flags\t\t: fpu vme", None),
+])
+def test_device_info_names_the_widest_vector_extension(tmp_path, monkeypatch, flags, widest):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\n{flags}\n")
+    monkeypatch.setattr(bench_provenance, "CPUINFO", str(cpuinfo))
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,-prefer-256-bit")
+    info = bench_provenance.device_info("cpu")
+    assert (info["cpu_model"], info["simd"], info["numba_cpu_features"]) == ("Some CPU", widest,
+                                                                             "+avx2,-prefer-256-bit")
+    monkeypatch.setattr(bench_provenance, "CPUINFO", str(tmp_path / "absent"))
+    monkeypatch.delenv("NUMBA_CPU_FEATURES")
+    info = bench_provenance.device_info("cpu")
+    assert info["simd"] is None and info["numba_cpu_features"] is None and info["cpu_model"]

@@ -46,21 +46,6 @@ def test_from_dense_computes_the_masked_layer():
     torch.testing.assert_close(sparse(batched), layer(batched), rtol=1e-12, atol=1e-12)
 
 
-def test_without_a_graph_the_output_is_the_one_with_a_graph():
-    """Without a graph to record (torch.no_grad, or nothing that takes a gradient) the CPU path runs its kernel
-    outside the autograd function; the output is the function's, to the bit."""
-    sparse = SparseBSplineKAN.from_dense(masked_layer(3, bias=True))
-    sparse.backend = "cpu"
-    x = inputs_around(sparse.grid, 19, torch.Generator().manual_seed(2), outside=0.3, dtype=torch.float64)
-    with_graph = sparse(x.clone().requires_grad_())
-    with torch.no_grad():
-        under_no_grad = sparse(x)
-    nothing_takes_grad = sparse.requires_grad_(False)(x)
-    assert with_graph.requires_grad and not under_no_grad.requires_grad and not nothing_takes_grad.requires_grad
-    torch.testing.assert_close(under_no_grad, with_graph, rtol=0, atol=0)
-    torch.testing.assert_close(nothing_takes_grad, with_graph, rtol=0, atol=0)
-
-
 def test_round_trips_are_exact():
     layer = masked_layer(1, bias=True)
     sparse = SparseBSplineKAN.from_dense(layer)

@@ -11,7 +11,7 @@ import torch
 from conftest import inputs_around, random_grid
 from torch.func import jacrev, vmap
 
-from kanlib import KAN, BSplineKAN
+from kanlib import KAN, BSplineKAN, SparseBSplineKAN
 import kanlib.ops.spline_linear as spline_linear_module
 from kanlib.ops.spline_linear import BACKENDS, cpu, grid_constants, spline_linear
 from kanlib.ops.spline_linear.reference import expanded_input, spline_linear_reference
@@ -500,15 +500,21 @@ def test_the_sparse_path_computes_no_slopes_without_a_graph(monkeypatch, op):
     torch.testing.assert_close(without_graph, with_graph, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "sparse"])
+@pytest.mark.parametrize("backend", ["cpu", "sparse", "edge-sparse"])
 def test_the_layer_without_a_graph_gives_the_output_it_gives_with_one(backend):
     """Without a graph to record (torch.no_grad, or grad mode on and nothing that takes a gradient) the layer computes
-    its product outside the autograd function; the output is the function's, to the bit."""
+    its product outside the autograd function; the output is the function's, to the bit. Also for the edge-sparse
+    layer of a pruned one."""
     gen = torch.Generator().manual_seed(11)
-    module = BSplineKAN(6, 13, grid_size=7, backend=backend, dtype=torch.float64)
+    module = BSplineKAN(6, 13, grid_size=7, backend="cpu" if backend == "edge-sparse" else backend,
+                        dtype=torch.float64)
     with torch.no_grad():
         module.scale_sp.uniform_(-1, 1)
         module.coef.normal_(generator=gen)
+        module.mask.copy_((torch.rand(6, 13, generator=gen) > 0.6).double())
+    if backend == "edge-sparse":
+        module = SparseBSplineKAN.from_dense(module)
+        module.backend = "cpu"
     x = inputs_around(module.grid, 17, gen, outside=0.3)
     with_graph = module(x.clone().requires_grad_())
     with torch.no_grad():

@@ -16,15 +16,33 @@ RESULTS_DIR = "data/results"
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _cpu_model_name() -> str:
+CPUINFO = "/proc/cpuinfo"  # Linux's
+
+
+def _cpuinfo_value(*keys: str) -> str | None:
+    """The value of the first line of CPUINFO that starts with one of keys; None without one (or without the file)."""
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
+        with open(CPUINFO) as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.startswith(keys):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_model_name() -> str:
+    return _cpuinfo_value("model name") or platform.processor() or platform.machine()
+
+
+# Vector extensions, widest first: x86's (AVX-512 Foundation, AVX2, AVX, SSE4.2), then ARM's (SVE, NEON as asimd).
+_SIMD_EXTENSIONS = ("avx512f", "avx2", "avx", "sse4_2", "sve", "asimd")
+
+
+def _simd_extension() -> str | None:
+    """The widest vector extension the CPU reports (a name from _SIMD_EXTENSIONS); None where it cannot be read."""
+    flags = set((_cpuinfo_value("flags", "Features") or "").split())
+    return next((name for name in _SIMD_EXTENSIONS if name in flags), None)
 
 
 def _triton_version() -> str | None:
@@ -89,7 +107,9 @@ def device_info(device: str | torch.device) -> dict[str, Any]:
     """What a result needs to say about the machine: device, CPU, and library versions.
 
     Keys: type ('cpu' or 'cuda'), name (GPU name, or the CPU model on CPU), cpu_model, cpu_count
-    (logical cores), torch_threads, gpu_capability and gpu_memory_bytes (None on CPU), torch, triton
+    (logical cores), simd (the CPU's widest vector extension, e.g. 'avx512f' or 'avx2'; None where unknown),
+    numba_cpu_features (the NUMBA_CPU_FEATURES override of the features numba compiles for, None when unset),
+    torch_threads, gpu_capability and gpu_memory_bytes (None on CPU), torch, triton
     (None when not importable), cuda (the CUDA version torch was built with, None for CPU builds),
     python, os, malloc (the C allocator's setting: "default" unless :func:`retain_freed_memory` ran).
     """
@@ -101,6 +121,9 @@ def device_info(device: str | torch.device) -> dict[str, Any]:
         "name": gpu.name if gpu else cpu_model,
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
+        "simd": _simd_extension(),
+        # numba compiles the CPU kernels for the host's features unless this overrides them
+        "numba_cpu_features": os.environ.get("NUMBA_CPU_FEATURES"),
         "torch_threads": torch.get_num_threads(),
         "gpu_capability": f"{gpu.major}.{gpu.minor}" if gpu else None,
         "gpu_memory_bytes": gpu.total_memory if gpu else None,

@@ -46,7 +46,8 @@ class NotebookEnvironment:
         lines = [
             f"device : {self.device} ({info['name']})",
             f"mode   : {self.mode}, seed {self.seed}",
-            f"cpu    : {info['cpu_model']}, {info['cpu_count']} logical cores, {info['torch_threads']} torch threads",
+            f"cpu    : {info['cpu_model']}, {info['cpu_count']} logical cores, {info['torch_threads']} torch threads"
+            + (f", {info['simd']}" if info["simd"] else ""),
             f"torch  : {info['torch']}, triton {info['triton'] or 'not installed'}, CUDA {info['cuda'] or 'none'}",
             f"python : {info['python']} on {info['os']}, malloc {info['malloc']}",
             f"kanlib : commit {self.commit[:12] if self.commit else 'unknown'}",
