@@ -73,9 +73,9 @@ def _kernel_arguments(spec: BasisSpec, x: torch.Tensor) -> tuple:
         return (t.t() if dims == 2 else t).contiguous().numpy()
 
     scale = float(spec.scale) if spec.scale is not None else 1.0
-    lowest, bias, shift, integer = cpu.exp_constants(x.numpy().dtype)
+    lowest, _, _, integer = cpu.exp_constants(x.numpy().dtype)
     return cpu, (cpu.KINDS[spec.kind], array(spec.grid, 1), scale, array(spec.starts, 2), array(spec.ends, 2),
-                 spec.n_basis, np.empty(0, integer), (lowest, bias, shift))
+                 spec.n_basis, np.empty(0, integer), (lowest,))
 
 
 def _fused_expand(spec: BasisSpec, x: torch.Tensor, grad_expanded: torch.Tensor | None = None,

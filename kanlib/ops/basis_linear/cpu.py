@@ -35,7 +35,7 @@ def _rbf_row(x, grid, inv_width, phi, bits, constants, grad_a, grad_x, with_grad
         for i in range(n_in):
             z = (x[i] - centre) * inv_width
             row[i] = -z * z
-    exp_nonpositive(phi, bits, n_basis * n_in, constants[0], constants[1], constants[2])
+    exp_nonpositive(phi, bits, n_basis * n_in, constants[0])
     if with_grad:
         grad_x[:] = 0.0
         for s in range(n_basis):
@@ -53,7 +53,7 @@ def _rswaf_row(x, grid, inv_width, phi, bits, constants, grad_a, grad_x, grad_sc
         row, centre = phi[s * n_in:(s + 1) * n_in], grid[s]
         for i in range(n_in):
             row[i] = -2.0 * abs((x[i] - centre) * inv_width)
-    exp_nonpositive(phi, bits, n_basis * n_in, constants[0], constants[1], constants[2])
+    exp_nonpositive(phi, bits, n_basis * n_in, constants[0])
     if with_grad:
         grad_x[:] = 0.0
     for s in range(n_basis):
@@ -106,7 +106,7 @@ def _chebyshev_row(x, n_basis, phi, slopes, t, bits, constants, grad_a, grad_x, 
     n_in = x.shape[0]
     for i in range(n_in):
         t[i] = -2.0 * abs(x[i])
-    exp_nonpositive(t, bits, n_in, constants[0], constants[1], constants[2])
+    exp_nonpositive(t, bits, n_in, constants[0])
     for i in range(n_in):
         e = t[i]
         magnitude = (1.0 - e) / (1.0 + e)
@@ -140,7 +140,7 @@ def expand(x, kind, grid, scale, starts, ends, n_basis, bits_like, constants, gr
     before it is written). with_grad: grad_x [N, I] <- the gradient of x from grad_expanded [N, S*I]; for RSWAF
     grad_scale [C, I], for ReLU grad_starts and grad_ends [C, S, I] <- each chunk's share of the parameters'
     gradients (C chunks of ROWS_PER_CHUNK rows; the caller sums them). ``bits_like`` is an empty integer array
-    of x's width; ``constants`` = (lowest, bias, shift) of :func:`exp_constants`."""
+    of x's width; ``constants`` = (lowest,), :func:`exp_constants`' lowest argument."""
     n_rows, n_in = x.shape
     width = n_basis * n_in
     n_chunks = (n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK

@@ -344,8 +344,8 @@ def dense_kernel(spline_order: int, slot_major: bool = False):
 
     Both at once share the knot spans and the basis polynomials; out may then be grad_expanded itself
     (each row's gradient is read before A is written over it). Arrays a call does not use may be empty.
-    ``bits_like`` is an empty integer array of x's width and ``constants`` (lowest, bias, shift), as
-    :func:`~kanlib.ops.fast_exp.exp_constants` gives them, for the base activation's exponentials.
+    ``bits_like`` is an empty integer array of x's width and ``constants`` (lowest,), the lowest
+    argument :func:`~kanlib.ops.fast_exp.exp_constants` gives, for the base activation's exponentials.
     """
     return _sized_dense_kernel(int(spline_order), bool(slot_major))
 
@@ -359,8 +359,8 @@ def _sized_dense_kernel(k, slot_major):
 def dense_arguments(dtype: np.dtype) -> tuple:
     """(an empty [0, 0] array of dtype for the arrays a call does not use, ``bits_like`` and ``constants``) for
     :func:`dense_kernel` on arrays of dtype."""
-    lowest, bias, shift, integer = exp_constants(dtype)
-    return np.empty((0, 0), dtype), np.empty(0, integer), (lowest, bias, shift)
+    lowest, _, _, integer = exp_constants(dtype)
+    return np.empty((0, 0), dtype), np.empty(0, integer), (lowest,)
 
 
 @njit(inline="always", cache=True)
@@ -383,7 +383,7 @@ def activation_row(x, kind, base, base_grad, scratch, bits, constants, with_valu
     if kind == SILU:
         for i in range(n):
             scratch[i] = -abs(x[i])
-        exp_nonpositive(scratch, bits, n, constants[0], constants[1], constants[2])
+        exp_nonpositive(scratch, bits, n, constants[0])
         for i in range(n):
             value = x[i]
             # past the exponential's lowest argument (and for NaN) e is 0, as PyTorch's underflows
