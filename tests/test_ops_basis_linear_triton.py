@@ -213,7 +213,8 @@ def test_inputs_on_grid_points_bump_ends_and_far_away(kind):
         points = torch.zeros(1, 3)
     else:
         points = spec.grid[:, None].expand(-1, 3)
-    x = torch.cat([points, torch.tensor([[-1e4] * 3, [1e4] * 3])]).to(DEVICE).requires_grad_()
+    far = torch.tensor([[-1e4] * 3, [1e4] * 3], device=points.device)
+    x = torch.cat([points, far]).to(DEVICE).requires_grad_()
     weight = torch.randn(12, 5, generator=gen).to(DEVICE).requires_grad_()
     grad_out = torch.randn(x.shape[0], 5, generator=gen).to(DEVICE)
     out = basis_linear_triton(x, weight, spec)
@@ -272,7 +273,7 @@ def test_triton_runs_says_why_not(monkeypatch):
     torch.func.vmap(record)(x)
     assert "torch.func, torch.compile and torch.export" in reasons[0]
     monkeypatch.setattr(kernels, "INTERPRET", False)
-    assert "it runs CUDA tensors, got x on cpu" in triton_runs(x, weight, spec)
+    assert "it runs CUDA tensors, got x on cpu" in triton_runs(x.cpu(), weight, spec)
 
 
 @pytest.mark.parametrize("kind,change,words", [
@@ -287,6 +288,7 @@ def test_triton_runs_says_why_not(monkeypatch):
 ])
 def test_bad_inputs_name_what_was_expected_and_what_came(kind, change, words):
     x, weight, spec = problem_for_errors(kind)
+    change = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value for name, value in change.items()}
     x, weight = change.pop("x", x), change.pop("weight", weight)
     with pytest.raises(ValueError) as info:
         basis_linear_triton(x, weight, dataclasses.replace(spec, **change))

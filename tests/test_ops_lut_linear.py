@@ -231,14 +231,16 @@ def test_several_tiles_and_strided_operands(small_tiles, uniform):
 # Errors name what was expected and what came.
 
 
-def inputs_for_errors(spline_order=3):
+def inputs_for_errors(spline_order=3, device=DEVICE):
+    """On a CUDA device where there is one, so that the device check passes and the check a test names speaks."""
     layer = make_layer(3, 2, 5, spline_order, True, seed=0) if spline_order >= 1 else None
     grid = layer.grid if layer is not None else torch.linspace(-1, 1, 7).expand(3, 7).contiguous()
-    table = BasisTable(grid, spline_order, 4, 8)
+    table = BasisTable(grid.to(device), spline_order, 4, 8)
     n_basis = grid.shape[1] - spline_order - 1
-    weights = IntegerWeights(torch.zeros(3 * n_basis, 2, dtype=torch.int8), torch.ones(2),
-                             torch.zeros(3, 2, dtype=torch.int8), torch.ones(2))
-    return torch.randn(4, 3), table, weights
+    weights = IntegerWeights(torch.zeros(3 * n_basis, 2, dtype=torch.int8, device=device),
+                             torch.ones(2, device=device), torch.zeros(3, 2, dtype=torch.int8, device=device),
+                             torch.ones(2, device=device))
+    return torch.randn(4, 3, device=device), table, weights
 
 
 def meta_weights(weights):
@@ -253,7 +255,7 @@ def meta_weights(weights):
     ({"x": torch.randn(4, 2)}, ValueError, "expected x [N, 3]"),
     ({"activation": "gelu"}, ValueError, "got 'gelu'"),
     ({"act_bits": 9}, ValueError, "act_bits must be an int in 1..8 (int8 codes), got 9"),
-    ({"weights": "meta"}, ValueError, "one device, got x on cpu, table on cpu, spline_codes on meta"),
+    ({"weights": "meta"}, ValueError, "one device, got x on {device}, table on {device}, spline_codes on meta"),
     ({"weights": "int16"}, TypeError, "weights.spline_codes must be int8, got torch.int16"),
     ({"weights": "short"}, ValueError, "spline_codes [I*(G+k), O] = (24, 2)"),
 ])
@@ -269,9 +271,10 @@ def test_bad_inputs_name_what_was_expected_and_what_came(change, error, words):
         weights = IntegerWeights(weights.spline_codes[:-1], weights.spline_scale, weights.base_codes,
                                  weights.base_scale)
     args = {"x": x, "activation": "silu", "act_bits": 8, **{k: v for k, v in change.items() if k != "weights"}}
+    args["x"] = args["x"].to(DEVICE)
     with pytest.raises(error) as info:
         lut_linear(args["x"], table, weights, 0.1, args["activation"], args["act_bits"], backend="triton")
-    assert words in str(info.value)
+    assert words.format(device=x.device) in str(info.value)
 
 
 @pytest.mark.parametrize("spline_order", [0, 6])
@@ -279,7 +282,7 @@ def test_unsupported_spline_orders_are_refused(spline_order):
     x, table, weights = inputs_for_errors(spline_order) if spline_order == 0 else inputs_for_errors()
     if spline_order == 6:
         grid = extend_grid(torch.linspace(-1, 1, 3).expand(3, 3), 6)
-        table = BasisTable(grid, 6, 2, 8)
+        table = BasisTable(grid.to(DEVICE), 6, 2, 8)
     with pytest.raises(ValueError, match=f"spline_order 1 to 5, got {spline_order}"):
         lut_linear(x, table, weights, 0.1, backend="triton")
 
@@ -288,7 +291,7 @@ def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
     from kanlib.ops.spline_linear import triton as spline_linear_triton
 
     monkeypatch.setattr(spline_linear_triton, "INTERPRET", False)  # the device check shared by both kernels
-    x, table, weights = inputs_for_errors()
+    x, table, weights = inputs_for_errors(device="cpu")
     with pytest.raises(ValueError, match="needs CUDA tensors, got tensors on cpu"):
         lut_linear(x, table, weights, 0.1, backend="triton")
 

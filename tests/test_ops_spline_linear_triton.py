@@ -241,7 +241,7 @@ def test_fit_with_amp_trains_a_triton_kan(monkeypatch):
 
 def inputs_for_errors():
     grid = random_grid(3, 5, 3, torch.Generator().manual_seed(0), uniform=True)
-    return torch.randn(4, 3), torch.randn(3 * 9, 2), grid
+    return torch.randn(4, 3, device=DEVICE), torch.randn(3 * 9, 2, device=DEVICE), grid.to(DEVICE)
 
 
 @pytest.mark.parametrize("change,error,words", [
@@ -252,23 +252,27 @@ def inputs_for_errors():
     ({"weight": torch.randn(27, 2, dtype=torch.bfloat16)}, TypeError,
      "same dtype (or run under torch.autocast), got x torch.float32 and weight torch.bfloat16"),
     ({"weight": torch.randn(27, 2, device="meta")}, ValueError,
-     "one device, got x on cpu, weight on meta, grid on cpu"),
+     "one device, got x on {device}, weight on meta, grid on {device}"),
     ({"weight": torch.randn(26, 2)}, ValueError, "I*(G+k+1) = 3*9 rows for grid (3, 12) and spline_order 3, got 26"),
     ({"x": torch.randn(4, 2)}, ValueError, "expected x [N, I], weight [I*S, O], grid [I, G + 2k + 1], got x (4, 2)"),
 ])
 def test_bad_inputs_name_what_was_expected_and_what_came(change, error, words):
+    """On the inputs' device (a CUDA one where there is one), so that the device check passes and the named one
+    speaks."""
     x, weight, grid = inputs_for_errors()
+    change = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) and value.device.type == "cpu" else value
+              for name, value in change.items()}
     args = {"x": x, "weight": weight, "grid": grid, "spline_order": 3, "uniform": True, "activation": "silu", **change}
     with pytest.raises(error) as info:
         spline_linear(args["x"], args["weight"], args["grid"], args["spline_order"], args["uniform"],
                       args["activation"], backend="triton")
-    assert words in str(info.value)
+    assert words.format(device=x.device) in str(info.value)
 
 
 def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
     monkeypatch.setattr(kernels, "INTERPRET", False)
     with pytest.raises(ValueError, match="needs CUDA tensors, got tensors on cpu"):
-        spline_linear(*inputs_for_errors(), 3, True, backend="triton")
+        spline_linear(*(tensor.cpu() for tensor in inputs_for_errors()), 3, True, backend="triton")
 
 
 @pytest.mark.parametrize("kwargs,words", [

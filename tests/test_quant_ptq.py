@@ -254,8 +254,9 @@ def test_triton_backend_matches_the_torch_backend(table_bits, monkeypatch):
     """Under the Triton interpreter on the CPU; on CUDA the same kernels run compiled."""
     pytest.importorskip("triton")
     from kanlib.ops.spline_linear import triton as spline_linear_triton
-    layer = _layer(7, 5, grid_size=5)
-    x = _inputs(33, 7)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layer = _layer(7, 5, grid_size=5).to(device)
+    x = _inputs(33, 7).to(device)
     x[4, 2] = float("nan")
     quantized = {backend: quantize(layer, bits=8, table_bits=table_bits, calib=x, backend=backend)
                  for backend in ("eager", "triton")}
