@@ -538,6 +538,38 @@ def _bench_workflow(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return _write_results("workflow", params, rows, device, args)
 
 
+def _add_profile_command(commands: argparse._SubParsersAction) -> None:
+    profile = commands.add_parser(
+        "profile", help="where one B-spline KAN layer's time goes: host clock and torch.profiler tables",
+        description="Run the layer benchmark's bsplinekan layer (I = O = width) forward, then forward + backward: "
+                    "print the time to issue each call beside the time to finish it, then torch.profiler's "
+                    "operator tables (on a GPU also by device time). Writes nothing.")
+    _add_shape_options(profile, "grid size (default: 5)")
+    profile.add_argument("--order", type=_int_at_least(1), default=3, help="spline order k (default: 3)")
+    profile.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: float32)")
+    profile.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                         help="auto: cuda if available, else cpu (default: auto)")
+    profile.add_argument("--calls", type=_int_at_least(1), default=20, help="calls timed and profiled (default: 20)")
+    profile.add_argument("--rows", type=_int_at_least(1), default=25, help="rows of each table (default: 25)")
+    profile.set_defaults(handler=_profile, command_parser=profile)
+
+
+def _profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench.profile import profile_layer
+
+    grids = args.grids or [5]
+    if len(grids) != 1:
+        parser.error(f"--grid: expected one grid size, got {grids}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    result = profile_layer(device, args.batch, args.width, grids[0], args.order, DTYPES[args.dtype],
+                           calls=args.calls, rows=args.rows)
+    print(result.format())
+    return 0
+
+
 def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
     wheels = commands.add_parser(
         "gpu-wheels", help="download the wheels a bare GPU machine lacks into .whl/ (needs the package registries)",
@@ -547,9 +579,9 @@ def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
     wheels.set_defaults(handler=_gpu_wheels, command_parser=wheels)
     reference = commands.add_parser(
         "gpu-reference", help="the GPU reference run: CUDA tests and benchmarks, in one budget",
-        description="Run the CUDA tests, then bench images, bench layer, bench families, bench kernel, the basis "
-                    "families' tests and bench quant on cuda, each under its own timeout within --deadline seconds; "
-                    "pack the new results, the log and a summary into --out.")
+        description="Run the CUDA tests, then bench images, bench layer, profile, bench families, bench kernel, "
+                    "bench prune, the basis families' tests and bench quant on cuda, each under its own timeout "
+                    "within --deadline seconds; pack the new results, the log and a summary into --out.")
     reference.add_argument("--out", default=os.environ.get("OUT") or "_build/gpu-reference",
                            help="where the packed files go (default: $OUT, else _build/gpu-reference)")
     reference.add_argument("--deadline", type=_int_at_least(60), default=None,
@@ -630,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_prune(benchmarks)
     _add_bench_images(benchmarks)
     _add_book_commands(commands)
+    _add_profile_command(commands)
     _add_gpu_commands(commands)
     return parser
 

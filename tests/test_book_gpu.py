@@ -20,13 +20,15 @@ def test_the_rehearsal_runs_every_step_end_to_end(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [step["status"] for step in summary["steps"]] == ["passed"] * 7, summary["steps"]
+    assert [step["status"] for step in summary["steps"]] == ["passed"] * 10, summary["steps"]
     assert sorted(path.name for path in out.iterdir()) == ["log.txt", "results.tar.gz", "summary.json"]
     with tarfile.open(out / "results.tar.gz") as archive:
         names = archive.getnames()
-    assert sorted(name.split("-")[0] for name in names) == ["families", "images", "kernel", "layer", "quant"]
-    assert {target["benchmark"] for target in summary["targets"]} == {"families", "images", "kernel", "quant"}
+    assert sorted(name.split("-")[0] for name in names) == ["families", "images", "kernel", "layer", "prune", "quant"]
+    assert ({target["benchmark"] for target in summary["targets"]}
+            == {"families", "images", "kernel", "layer", "prune", "quant"})
     assert "rehearsal in" in done.stdout and "bench kernel (G = 3): passed" in done.stdout
+    assert "operators by self host time" in (out / "log.txt").read_text()  # the profile's table
     assert sorted(RESULTS_PATH.iterdir()) == before, "a rehearsal leaves the checkout's results alone"
     # and what a rehearsal packs is refused by the import: it was not measured on a GPU
     assert main(["gpu-import", str(out)]) == 1
@@ -178,15 +180,22 @@ def test_carried_wheels_are_installed_for_the_steps(tmp_path):
     assert "probe installed and found" in (tmp_path / "out" / "log.txt").read_text()
 
 
-def test_on_a_gpu_the_figures_come_one_process_per_grid_and_the_tests_tune_one_configuration(tmp_path):
+def test_on_a_gpu_the_kernel_figures_come_one_process_per_grid_and_the_tests_tune_one_configuration(tmp_path):
     steps = gpu.reference_steps(rehearse=False, results_dir=tmp_path)
     names = [step.name for step in steps]
-    assert names[0] == "cuda tests" and names[-1] == "bench quant"
-    assert [name for name in names if name.startswith("bench layer")] == [
-        f"bench layer (G = {grid})" for grid in (5, 50, 100, 200)]
+    assert names[:2] == ["cuda tests", "cuda tests (local-support and edge-sparse kernels)"]
+    assert names[-1] == "bench quant"
+    assert [name for name in names if name.startswith("bench kernel")] == [
+        f"bench kernel (G = {grid})" for grid in (5, 50)]
+    # the layer's grid sweep in one process: its targets compare G = 100 and 200 with G = 50 of the same run
+    layer, = (step for step in steps if step.name.startswith("bench layer"))
+    assert layer.args[layer.args.index("--grid") + 1:][:4] == ("5", "50", "100", "200")
+    assert "bench prune" in names and "profile layer" in names
     for step in steps:
         one_configuration = step.args[0] == "pytest" or step.name == "bench images"
         assert (step.env == {"KANLIB_TRITON_AUTOTUNE": "first"}) == one_configuration, step
-        if step.args[0] != "pytest":
+        if step.args[:2] == ("kanlib", "profile"):
+            assert "cuda" in step.args
+        elif step.args[0] != "pytest":
             assert step.args[:2] == ("kanlib", "bench") and "cuda" in step.args and str(tmp_path) in step.args
     assert sum(step.timeout_s for step in steps) >= gpu.DEADLINE_S, "the deadline, not the steps, bounds the run"

@@ -238,11 +238,12 @@ def test_a_caller_can_force_either_family(monkeypatch):
 
 
 def test_bad_inputs_are_named_as_by_the_dense_kernels():
-    grid = random_grid(3, 40, 3, torch.Generator().manual_seed(0), uniform=True)
+    grid = random_grid(3, 40, 3, torch.Generator().manual_seed(0), uniform=True).to(DEVICE)
+    x = torch.randn(4, 3, device=DEVICE)
     with pytest.raises(ValueError, match=r"I\*\(G\+k\+1\) = 3\*44 rows for grid \(3, 47\) and spline_order 3, got 5"):
-        local.spline_linear_triton_local(torch.randn(4, 3), torch.randn(5, 2), grid, 3, True)
+        local.spline_linear_triton_local(x, torch.randn(5, 2, device=DEVICE), grid, 3, True)
     with pytest.raises(TypeError, match="got torch.float64"):
-        local.spline_linear_triton_local(torch.randn(4, 3).double(), torch.randn(132, 2).double(), grid, 3, True)
+        local.spline_linear_triton_local(x.double(), torch.randn(132, 2, device=DEVICE).double(), grid, 3, True)
 
 
 def test_the_cost_model_takes_the_device_slowdown():

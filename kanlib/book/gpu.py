@@ -5,10 +5,11 @@ time budget, and the tools around it.
   wheels of what a bare GPU image lacks (pykan, papermill and the Jupyter kernel) and kanlib itself, into
   ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
   machine receives.
-- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests, then ``bench images``, ``bench
-  layer``, ``bench families`` and ``bench kernel`` with ``--device cuda`` (one process per grid size), the basis
-  families' Triton tests and ``bench quant``, each step under its own timeout inside one deadline, a failing step
-  recorded without stopping the next; it packs the new results and the log into a few files and prints the
+- :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests (the local-support and edge-sparse
+  kernels' next), then ``bench images``, ``bench layer`` (its grid sweep in one process), ``profile`` (where the
+  layer's time goes), ``bench families``, ``bench kernel`` (one process per grid size) and ``bench prune`` with
+  ``--device cuda``, the basis families' Triton tests and ``bench quant``, each step under its own timeout inside
+  one deadline, a failing step recorded without stopping the next; it packs the new results and the log into a few files and prints the
   targets. ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's
   interpreter), which is how the tests check the run end to end.
 - :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/``,
@@ -72,6 +73,8 @@ wrapt xarray xxhash yarl zipp
 CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py",
               "tests/test_gpu.py")
 CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
+# The local-support and edge-sparse kernels (their files' CPU tests left out: numba would compile on every worker).
+CUDA_SPARSE_TESTS = ("tests/test_ops_spline_linear_triton_local.py", "tests/test_ops_edge_spline_linear.py")
 DEADLINE_S = 540  # the whole run on the GPU, under the 10 minutes one command may take there
 PACK_LIMIT_BYTES = 16 * MIB  # one file that comes back from a lent machine
 MIN_STEP_S = 10  # a step is not started with less of the deadline left
@@ -160,11 +163,14 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
     pytest = ("pytest", "-q", "-p", "no:cacheprovider")
     if rehearse:
         tests = (*pytest, "-k", "empty_batch or nan_rows or bf16", *CUDA_TESTS)
+        sparse_tests = (*pytest, "-k", "triton and nan_rows", *CUDA_SPARSE_TESTS)
         basis_tests = (*pytest, "-k", "nan_in_a_row", *CUDA_BASIS_TESTS)
         small = ("--repeat", "2", "--warmup", "1")
         kernel = ("--batch", "7", "--width", "8", "--dtype", "float32", "--skip-pykan", *small)
         kernel_grids = layer_grids = (3,)
         layer = ("--batch", "16", "--width", "8", "--skip-pykan", *small)
+        profile = ("--batch", "16", "--width", "8", "--grid", "3", "--calls", "2", "--rows", "5")
+        prune = ("--quick", "--sparsity", "0", "0.9", "--train-steps", "5", "--finetune-steps", "2", *small)
         families = ("--batch", "16", "--width", "8", "--grid", "3", *small)
         quant = ("--quick", "--bits", "8", "--train-steps", "10", "--qat-steps", "3", *small)
         images = ("--quick", "--seeds", "0", "--epochs", "1")
@@ -172,25 +178,33 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
     else:
         workers = ("-n", str(min(16, os.cpu_count() or 1))) if importlib.util.find_spec("xdist") else ()
         tests = (*pytest, *workers, *CUDA_TESTS)
+        sparse_tests = (*pytest, *workers, "-k", "triton", *CUDA_SPARSE_TESTS)
         basis_tests = (*pytest, *workers, *CUDA_BASIS_TESTS)
         kernel = ("--batch", "4096", "--width", "1024", "--dtype", "bfloat16", "float32")  # the GPU targets' sizes
         kernel_grids = (5, 50)
         layer = ("--batch", "1024", "--width", "256", "--skip-pykan")  # the CPU targets' sizes, for the same table
+        profile = ("--batch", "1024", "--width", "256", "--grid", "5")
+        prune = ()  # its defaults: the CPU goal's models, sparsities and layer
         layer_grids = (5, 50, 100, 200)
         families = ()  # its defaults are the CPU targets' sizes
         quant = ("--bits", "8", "4", "--train-steps", "200", "--qat-steps", "100")
         images = ()  # the 8x8 digits, the widths and seeds of the CPU goal
         tuning = {AUTOTUNE_ENV: "first"}
     bench = ("kanlib", "bench")
+    grids = tuple(str(grid) for grid in layer_grids)
     return [
         Step("cuda tests", tests, 110, tuning),
+        Step("cuda tests (local-support and edge-sparse kernels)", sparse_tests, 70, tuning),
         # its KANs' many small shapes would each be tuned over every tile configuration: one per kernel here too
         Step("bench images", (*bench, "images", "--device", device, *images, *out), 120, tuning),
-        *(Step(f"bench layer (G = {grid})", (*bench, "layer", "--device", device, *layer, "--grid", str(grid), *out),
-               40) for grid in layer_grids),
+        # one process, so that the grid sweep's ratios (G = 100 and 200 against 50) come from one run
+        Step(f"bench layer (G = {', '.join(grids)})",
+             (*bench, "layer", "--device", device, *layer, "--grid", *grids, *out), 110),
+        Step("profile layer", ("kanlib", "profile", "--device", device, *profile), 40),
         Step("bench families", (*bench, "families", "--device", device, *families, *out), 45),
         *(Step(f"bench kernel (G = {grid})", (*bench, "kernel", "--device", device, *kernel, "--grid", str(grid), *out),
                45) for grid in kernel_grids),
+        Step("bench prune", (*bench, "prune", "--device", device, *prune, *out), 100),
         # after the figures, so that compiling the many specializations of these kernels cannot starve them
         Step("cuda tests (basis families)", basis_tests, 70, tuning),
         Step("bench quant", (*bench, "quant", "--device", device, *quant, *out), 90),
@@ -236,10 +250,11 @@ def _run_step(step: Step, log, seconds_left: float, pythonpath: str | None = Non
 
 
 def _targets(result_files: Sequence[pathlib.Path]) -> list[dict]:
-    """The targets of the kernel, quantization, families and images benchmarks in the new result files."""
-    from ..bench import families, images, kernel, quant
+    """The targets of the benchmarks in the new result files."""
+    from ..bench import families, images, kernel, layer, prune, quant
 
-    benchmarks = {"kernel": kernel, "quant": quant, "families": families, "images": images}
+    benchmarks = {"kernel": kernel, "quant": quant, "families": families, "images": images, "layer": layer,
+                  "prune": prune}
     report = []
     for path in result_files:
         result = json.loads(path.read_text())

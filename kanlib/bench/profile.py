@@ -1,0 +1,114 @@
+"""Where one B-spline KAN layer's time goes: the layer benchmark's ``bsplinekan`` candidate (same sizes, inputs and
+gradient) run forward, then forward + backward, first timed on the host clock alone, then under torch.profiler.
+
+The host clock answers the first question on a GPU: when issuing the calls takes as long as running them
+(``host_ms`` close to ``wall_ms``), the layer is bound by the Python and launch work between the kernels, not by
+the kernels. The profiler's tables then say which operators and kernels that time goes to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from ..checks import check_int, resolve_device
+from ..layers import BSplineKAN
+from .candidates import GRID_RANGE, OUTSIDE_FRACTION, uniform_inputs
+
+__all__ = ["LayerProfile", "profile_layer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerProfile:
+    """Per call, in ms: ``host_ms`` the time to issue it (no wait for the device), ``wall_ms`` until the device has
+    finished it (the mean of ``calls`` back-to-back calls); one pair for the forward and one for forward + backward.
+    ``tables``: torch.profiler's operator tables (by self host time; on a GPU also by self device time)."""
+
+    device: str
+    sizes: str
+    calls: int
+    forward_host_ms: float
+    forward_wall_ms: float
+    step_host_ms: float
+    step_wall_ms: float
+    tables: dict[str, str]
+
+    def format(self) -> str:
+        lines = [f"layer profile on {self.device}: {self.sizes}, {self.calls} calls each",
+                 f"  forward:            {self.forward_host_ms:.4g} ms to issue, {self.forward_wall_ms:.4g} ms to finish",
+                 f"  forward + backward: {self.step_host_ms:.4g} ms to issue, {self.step_wall_ms:.4g} ms to finish"]
+        for title, table in self.tables.items():
+            lines += ["", title, table]
+        return "\n".join(lines)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _per_call_ms(call, calls: int, device: torch.device) -> tuple[float, float]:
+    """(host ms, wall ms) per call over ``calls`` back-to-back calls, the device idle at the start."""
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    issued = time.perf_counter()
+    _synchronize(device)
+    finished = time.perf_counter()
+    return (issued - start) * 1e3 / calls, (finished - start) * 1e3 / calls
+
+
+def _device_sort_key(averages) -> str:
+    """The profiler's name for self device time: ``self_device_time_total`` in recent torch, else the CUDA one."""
+    first = averages[0] if len(averages) else None
+    return "self_device_time_total" if hasattr(first, "self_device_time_total") else "self_cuda_time_total"
+
+
+def profile_layer(device: str | torch.device = "cpu", batch: int = 1024, width: int = 256, grid_size: int = 5,
+                  spline_order: int = 3, dtype: torch.dtype = torch.float32, calls: int = 20, warmup: int = 5,
+                  seed: int = 0, rows: int = 25) -> LayerProfile:
+    """Profile ``BSplineKAN(width, width, grid_size, spline_order)`` (backend "auto") on x [batch, width]."""
+    for name, value in (("batch", batch), ("width", width), ("grid_size", grid_size), ("calls", calls),
+                        ("rows", rows)):
+        check_int(name, value, 1)
+    check_int("warmup", warmup, 0)
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    layer = BSplineKAN(width, width, grid_size=grid_size, spline_order=spline_order).to(device, dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    span = GRID_RANGE[1] - GRID_RANGE[0]
+    low, high = GRID_RANGE[0] - OUTSIDE_FRACTION * span, GRID_RANGE[1] + OUTSIDE_FRACTION * span
+    x = uniform_inputs((batch, width), low, high, generator, device, dtype).requires_grad_()
+    grad_out = torch.randn(batch, width, generator=generator, device=device).to(dtype)
+    wrt = [x, *(p for p in layer.parameters() if p.requires_grad)]
+
+    def forward():
+        return layer(x)
+
+    def step():
+        return torch.autograd.grad(layer(x), wrt, grad_out)
+
+    for _ in range(warmup):
+        step()
+    forward_host, forward_wall = _per_call_ms(forward, calls, device)
+    step_host, step_wall = _per_call_ms(step, calls, device)
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    _synchronize(device)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(calls):
+            with torch.profiler.record_function("kanlib.forward"):
+                out = layer(x)
+            with torch.profiler.record_function("kanlib.backward"):
+                torch.autograd.grad(out, wrt, grad_out)
+        _synchronize(device)
+    averages = profiler.key_averages()
+    tables = {"operators by self host time": averages.table(sort_by="self_cpu_time_total", row_limit=rows)}
+    if device.type == "cuda":
+        tables["operators by self device time"] = averages.table(sort_by=_device_sort_key(averages), row_limit=rows)
+    sizes = f"batch {batch}, width {width}, G = {grid_size}, k = {spline_order}, {str(dtype).removeprefix('torch.')}"
+    return LayerProfile(str(device), sizes, calls, forward_host, forward_wall, step_host, step_wall, tables)

@@ -1,0 +1,37 @@
+"""python -m kanlib profile: the layer's host and wall time per call and torch.profiler's tables."""
+import subprocess
+import sys
+
+import pytest
+
+from kanlib.bench.profile import profile_layer
+from kanlib.book.paths import PROJECT_ROOT
+
+
+def test_the_profile_times_the_calls_and_names_the_layers_operators():
+    result = profile_layer("cpu", batch=24, width=6, grid_size=4, calls=3, warmup=1, rows=10)
+    assert result.sizes == "batch 24, width 6, G = 4, k = 3, float32"
+    for host, wall in ((result.forward_host_ms, result.forward_wall_ms), (result.step_host_ms, result.step_wall_ms)):
+        assert 0 < host <= wall
+    assert result.step_wall_ms > result.forward_wall_ms * 0.5
+    table = result.tables["operators by self host time"]
+    assert "kanlib.forward" in table and "kanlib.backward" in table
+    assert "FusedSplineLayer" in table  # the CPU layer's own autograd function, forward and backward
+    assert list(result.tables) == ["operators by self host time"]  # the device table only on a GPU
+    text = result.format()
+    assert text.startswith("layer profile on cpu: batch 24, width 6, G = 4") and "to issue" in text
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--grid", "5", "50"], "--grid: expected one grid size, got [5, 50]"),
+    (["--calls", "0"], "--calls"),
+])
+def test_bad_profile_options_are_named(args, words):
+    done = subprocess.run([sys.executable, "-m", "kanlib", "profile", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and words in done.stderr
+
+
+def test_bad_sizes_are_named():
+    with pytest.raises(ValueError, match="calls"):
+        profile_layer("cpu", calls=0)
