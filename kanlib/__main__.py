@@ -327,6 +327,7 @@ def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
 
 def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import quant
+    from .ops.triton_tuning import AUTOTUNE_ENV
 
     device = _benchmark_device(args, parser)
     if args.bits and not all(2 <= bits <= 8 for bits in args.bits):
@@ -342,6 +343,7 @@ def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     print("targets:")
     print(format_targets(quant.target_report(rows), ".3g"))
     params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
+              "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),
               **{k: list(v) if isinstance(v, tuple) else v
                  for k, v in {**(quant.QUICK if args.quick else quant.DEFAULTS), **overrides}.items()}}
     return _write_results("quant", params, rows, device, args)
@@ -442,6 +444,7 @@ def _bench_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     print("targets:")
     print(format_targets(prune.target_report(rows), ".3g"))
     params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
+              "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),
               **{k: list(v) if isinstance(v, tuple) else v
                  for k, v in {**(prune.QUICK if args.quick else prune.DEFAULTS), **overrides}.items()}}
     return _write_results("prune", params, rows, device, args)

@@ -192,7 +192,7 @@ def test_on_a_gpu_the_kernel_figures_come_one_process_per_grid_and_the_tests_tun
     assert layer.args[layer.args.index("--grid") + 1:][:4] == ("5", "50", "100", "200")
     assert "bench prune" in names and "profile layer" in names
     for step in steps:
-        one_configuration = step.args[0] == "pytest" or step.name == "bench images"
+        one_configuration = step.args[0] == "pytest" or step.name in ("bench images", "bench quant")
         assert (step.env == {"KANLIB_TRITON_AUTOTUNE": "first"}) == one_configuration, step
         if step.args[:2] == ("kanlib", "profile"):
             assert "cuda" in step.args

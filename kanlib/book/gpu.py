@@ -207,7 +207,9 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         Step("bench prune", (*bench, "prune", "--device", device, *prune, *out), 100),
         # after the figures, so that compiling the many specializations of these kernels cannot starve them
         Step("cuda tests (basis families)", basis_tests, 70, tuning),
-        Step("bench quant", (*bench, "quant", "--device", device, *quant, *out), 90),
+        # its many quantized variants would each tune the table kernel over every tile configuration (it ran past
+        # 90 s so on an H200): one per kernel, as its result records
+        Step("bench quant", (*bench, "quant", "--device", device, *quant, *out), 90, tuning),
     ]
 
 
