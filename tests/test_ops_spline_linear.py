@@ -767,6 +767,6 @@ def test_the_sparse_row_blocks_follow_the_level_2_cache(tmp_path):
             (folder / name).write_text(text + "\n")
     assert spline_linear_module._l2_cache_bytes(str(tmp_path)) == 2 << 20
     assert spline_linear_module._l2_cache_bytes(str(tmp_path / "absent")) is None
-    assert [spline_linear_module.group_rows(l2, 256) for l2 in (None, 256 << 10, 512 << 10, 2 << 20, 4 << 20)] == [
+    assert [spline_linear_module.group_rows(l2, 256) for l2 in (None, 256 << 10, 512 << 10, 1 << 20, 2 << 20)] == [
         512, 512, 512, 1024, 2048]
-    assert spline_linear_module.group_rows(2 << 20, 64) == 4096
+    assert spline_linear_module.group_rows(2 << 20, 64) == 8192

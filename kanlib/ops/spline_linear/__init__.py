@@ -235,9 +235,9 @@ def _l2_cache_bytes(cpu_cache: str = "/sys/devices/system/cpu/cpu0/cache") -> in
 
 def group_rows(l2_bytes: int | None, columns: int) -> int:
     """Rows a block of the sparse kernels (see below): the largest power of two whose float32 output tile of
-    ``columns`` columns fills at most half of l2_bytes, and at least 512 (also where the L2 size is unknown)."""
+    ``columns`` columns fits in l2_bytes, and at least 512 (also where the L2 size is unknown)."""
     rows = 512
-    while l2_bytes is not None and 2 * rows * columns * 4 <= l2_bytes // 2:
+    while l2_bytes is not None and 2 * rows * columns * 4 <= l2_bytes:
         rows *= 2
     return rows
 
@@ -245,9 +245,10 @@ def group_rows(l2_bytes: int | None, columns: int) -> int:
 # The sparse kernels' tiles. Each input's rows are sorted by window start in blocks of up to GROUP_ROWS rows: rows
 # with the same start meet the same k + 2 weight rows, which then stay in L1 while those rows go by. The forward and
 # grad_x kernels read the whole weight once per block, so the blocks are long, and the forward's output accumulators
-# (a block's rows x up to TILE_COLUMNS columns) stay in L2: half of it, and 512 rows where the L2 is smaller (at
-# B = 1024, G = 50 to 200: on an EPYC with 512 KiB of L2, 512 rows measured faster than 256 or 1,024; on a Xeon with
-# 2 MiB, 1,024 rows faster than 512). The weight gradient's accumulators (in_block inputs' rows, within
+# (a block's rows x up to TILE_COLUMNS columns) stay in L2, and 512 rows where the L2 is smaller (at B = 1024,
+# G = 50 to 200, a training step: on an EPYC with 512 KiB of L2, 512 rows measured faster than 256 or 1,024; on a
+# Xeon with 2 MiB, 1,024 rows faster than 512; on an EPYC with 1 MiB, 1,024 rows faster than 512 by 5% at G = 50 and
+# 17% at G = 200, the weight read half as often). The weight gradient's accumulators (in_block inputs' rows, within
 # GRAD_TILE_BYTES) stay in L2 as every row goes by.
 TILE_COLUMNS = 256
 GROUP_ROWS = group_rows(_l2_cache_bytes(), TILE_COLUMNS)
