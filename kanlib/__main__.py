@@ -426,6 +426,7 @@ def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def _bench_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import prune
+    from .ops.triton_tuning import AUTOTUNE_ENV
 
     device = _benchmark_device(args, parser)
     if args.sparsities is not None:
