@@ -201,6 +201,24 @@ def test_a_measured_gpu_kernel_is_checked(results):
     assert next(goal for goal in slow if goal.area == "The fused GPU kernel").status == "missed"
 
 
+def test_a_gpu_kernel_run_measured_one_process_per_grid_is_checked_at_its_target_grid(results):
+    """The GPU run times the kernel in one process per grid size: the newest process (another grid) does not hide
+    the target grid's rows measured by the same commit."""
+    at_target = kernel_run(1.2)
+    other_grid = kernel_run(9.0)
+    other_grid["created_utc"] = "2026-05-04T00:00:00+00:00"
+    other_grid["rows"] = [{**row, "grid": 50} for row in other_grid["rows"]]
+    goals = V.collect_goals([*results, at_target, other_grid], notebooks())
+    assert [goal.status for goal in goals if goal.area == "The fused GPU kernel"] == ["met", "met", "met"]
+    other_grid["git"] = {"commit": "d" * 40}  # another commit's newer run: still the newest run at the target grid
+    goals = V.collect_goals([*results, at_target, other_grid], notebooks())
+    assert [goal.status for goal in goals if goal.area == "The fused GPU kernel"] == ["met", "met", "met"]
+    alone = V.collect_goals([*results, other_grid], notebooks())
+    kernel_goals = [goal for goal in alone if goal.area == "The fused GPU kernel"]
+    assert [goal.status for goal in kernel_goals] == ["not measured yet"] * 3
+    assert "lacks the target configuration" in kernel_goals[0].reason
+
+
 def test_missing_or_unexecuted_notebooks_leave_their_goals_unmeasured(results):
     partial = notebooks()
     del partial["03_kan_vs_mlp.ipynb"]

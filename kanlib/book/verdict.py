@@ -369,7 +369,8 @@ def _layer_goals(results: Sequence[Mapping[str, Any]], fast_path: _Notebook) -> 
 
 
 def _kernel_goals(results: Sequence[Mapping[str, Any]]) -> list[Goal]:
-    run = latest(results, "kernel", "cuda")
+    # the target configuration's rows, joined across the processes of one GPU run (one per grid size)
+    run = latest_sweep(results, "kernel", "cuda", kernel.TARGET_CONFIGURATION) or latest(results, "kernel", "cuda")
     report = kernel.target_report(run["rows"] if run else [])
     config = kernel.TARGET_CONFIGURATION
     mode = f"{config['dtype']}, B {config['batch']}, I = O {config['width']}, G = {config['grid']}"
