@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from kanlib import KAN, BSplineKAN, History  # noqa: E402
 from kanlib.book.plotting import (  # noqa: E402
-    fit_power_law, history_frame, plot_activations, plot_history, plot_rows, plot_scaling,
+    fit_power_law, history_frame, label_log_axis, plot_activations, plot_history, plot_rows, plot_scaling,
 )
 
 
@@ -159,3 +159,25 @@ def test_plot_rows_style_gives_a_line_and_a_band_per_hue_and_style_pair():
     assert len(ax.collections) == 4
     with pytest.raises(KeyError, match="width"):
         plot_rows(rows, x="grid", y="t_median_ms", style="width")
+
+
+def test_a_log_axis_spanning_about_a_decade_is_labelled_at_one_two_and_five_in_plain_digits():
+    fig, ax = plt.subplots()
+    ax.plot([0.0035, 0.08], [0, 1])
+    ax.set_xscale("log")
+    label_log_axis(ax.xaxis)
+    fig.canvas.draw()
+
+    def shown_labels():
+        low, high = ax.get_xlim()
+        ticks = [*ax.xaxis.get_major_ticks(), *ax.xaxis.get_minor_ticks()]
+        return {tick.label1.get_text() for tick in ticks
+                if low <= tick.get_loc() <= high and tick.label1.get_visible() and tick.label1.get_text()}
+
+    assert sorted(shown_labels(), key=float) == ["0.005", "0.01", "0.02", "0.05"]
+    # matplotlib's own labels there: 2, 3, 4 and 6 times each power of ten, 3x10^-2 beside 4x10^-2
+    ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False,
+                                                                             minor_thresholds=(1, 0.4)))
+    fig.canvas.draw()
+    assert len(shown_labels()) > 4

@@ -24,11 +24,30 @@ import torch
 __all__ = [
     "fit_power_law",
     "history_frame",
+    "label_log_axis",
     "plot_activations",
     "plot_history",
     "plot_rows",
     "plot_scaling",
 ]
+
+
+def _one_two_five(value: float, _position=None) -> str:
+    """``value`` in plain digits (0.02, not 2x10^-2) when it is 1, 2 or 5 times a power of ten, else no label."""
+    if not np.isfinite(value) or value <= 0:
+        return ""
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-6 else ""
+
+
+def label_log_axis(axis) -> None:
+    """Label a log-scaled matplotlib axis (``ax.xaxis``) at 1, 2 and 5 times each power of ten, in plain digits:
+    matplotlib's own minor labels (2, 3, 4, 6 times a power, in powers-of-ten notation) collide when the axis spans
+    about a decade."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(_one_two_five))
+    axis.set_minor_formatter(FuncFormatter(_one_two_five))
 
 
 def _new_axes(ax, figsize=(6.4, 4.0)):
