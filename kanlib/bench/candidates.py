@@ -19,7 +19,7 @@ from ..layers import BSplineKAN, RBFKAN
 from ..ops.spline_linear.reference import unfused_kan
 from .timing import peak_memory_bytes, time_interleaved
 
-__all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "DTYPES", "PEER_ORDER", "PEER_PACKAGES", "Candidate", "PeerLayer",
+__all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "INPUT_RANGE", "DTYPES", "PEER_ORDER", "PEER_PACKAGES", "Candidate", "PeerLayer",
            "UnfusedKAN", "FastKANFormula", "bspline_weights", "check_sizes", "dense_candidate", "flashkan_layer",
            "inkan_layer", "measure", "module_candidate", "nbytes", "pykan_layer", "training_step_failure",
            "uniform_inputs"]
@@ -27,6 +27,9 @@ __all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "DTYPES", "PEER_ORDER", "PEER_PACKA
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GRID_RANGE = (-1.0, 1.0)
 OUTSIDE_FRACTION = 0.1  # inputs reach this fraction of the grid range's width beyond each end
+# the benchmarks' inputs: the grid range widened by OUTSIDE_FRACTION of its width on each side
+INPUT_RANGE = (GRID_RANGE[0] - OUTSIDE_FRACTION * (GRID_RANGE[1] - GRID_RANGE[0]),
+               GRID_RANGE[1] + OUTSIDE_FRACTION * (GRID_RANGE[1] - GRID_RANGE[0]))
 # The exact B-spline KAN layers on PyPI that the layer benchmark measures beside kanlib's: name -> requirement.
 PEER_PACKAGES = {"flashkan": "flashkan==0.2.0", "inkan": "inkan==0.5.2"}
 PEER_ORDER = 3  # the only spline order whose basis flashkan and inkan compute

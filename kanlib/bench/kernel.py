@@ -53,7 +53,7 @@ from ..basis import matrix_kan
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
 from ..models import count_parameters, mlp_with_parameter_count
-from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, measure,
+from .candidates import (DTYPES, GRID_RANGE, INPUT_RANGE, Candidate, UnfusedKAN, check_sizes, measure,
                          module_candidate, nbytes, pykan_layer, uniform_inputs)
 from .targets import target_entry
 
@@ -115,8 +115,7 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
                 seed: int, with_triton: bool, with_pykan: bool) -> tuple[list[Candidate], dict[str, int]]:
     """The candidates of one configuration, inputs drawn from the same seed; and each one's fwd+bwd flops."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    span = GRID_RANGE[1] - GRID_RANGE[0]
-    low, high = GRID_RANGE[0] - OUTSIDE_FRACTION * span, GRID_RANGE[1] + OUTSIDE_FRACTION * span
+    low, high = INPUT_RANGE
     amp = dtype if dtype in HALF_DTYPES else None
     module_dtype = torch.float32 if amp else dtype
     x_module = uniform_inputs((batch, width), low, high, generator, device, module_dtype).requires_grad_()

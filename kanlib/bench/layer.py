@@ -52,7 +52,7 @@ from torch import nn
 
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
-from .candidates import (DTYPES, GRID_RANGE, OUTSIDE_FRACTION, Candidate, UnfusedKAN, check_sizes, dense_candidate,
+from .candidates import (DTYPES, GRID_RANGE, INPUT_RANGE, Candidate, UnfusedKAN, check_sizes, dense_candidate,
                          flashkan_layer, inkan_layer, measure, module_candidate, pykan_layer, training_step_failure,
                          uniform_inputs)
 from .targets import target_entry
@@ -136,8 +136,7 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
     """The candidates for one grid size, each with its own inputs drawn from the same seed; the peers' row entries
     and the reasons of the candidates left out (see :func:`_peer_candidates`)."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    span = GRID_RANGE[1] - GRID_RANGE[0]
-    low, high = GRID_RANGE[0] - OUTSIDE_FRACTION * span, GRID_RANGE[1] + OUTSIDE_FRACTION * span
+    low, high = INPUT_RANGE
     x = uniform_inputs((batch, width), low, high, generator, device, dtype).requires_grad_()
     dense = dense_candidate("dense", batch, width * (grid_size + order + 1), width, low, high, generator, device,
                             dtype)

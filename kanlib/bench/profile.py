@@ -14,7 +14,7 @@ import torch
 
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
-from .candidates import GRID_RANGE, OUTSIDE_FRACTION, uniform_inputs
+from .candidates import INPUT_RANGE, uniform_inputs
 
 __all__ = ["LayerProfile", "profile_layer"]
 
@@ -78,8 +78,7 @@ def profile_layer(device: str | torch.device = "cpu", batch: int = 1024, width: 
     torch.manual_seed(seed)
     layer = BSplineKAN(width, width, grid_size=grid_size, spline_order=spline_order).to(device, dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
-    span = GRID_RANGE[1] - GRID_RANGE[0]
-    low, high = GRID_RANGE[0] - OUTSIDE_FRACTION * span, GRID_RANGE[1] + OUTSIDE_FRACTION * span
+    low, high = INPUT_RANGE
     x = uniform_inputs((batch, width), low, high, generator, device, dtype).requires_grad_()
     grad_out = torch.randn(batch, width, generator=generator, device=device).to(dtype)
     wrt = [x, *(p for p in layer.parameters() if p.requires_grad)]
