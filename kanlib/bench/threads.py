@@ -99,8 +99,6 @@ def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warm
     the settings in force (``omp_wait_policy``: the environment's, None when unset; ``contention_guard``: whether
     :data:`~kanlib.ops.spline_linear.cpu.CONTENTION` may lower the kernels' threads) and the ``repeat`` run times of
     the layer and of the dense product (``layer_ms``, ``dense_ms``)."""
-    import numba
-
     from ..layers import BSplineKAN
     from ..ops.spline_linear import torch_backend
     from ..ops.spline_linear.cpu import CONTENTION, thread_count
