@@ -87,3 +87,15 @@ def test_cells_and_headers_are_text_not_html():
     html = show_table(frame).to_html()
     assert "&lt;= 1.1" in html and "a &amp; b" in html and "goal &lt;= x" in html
     assert "<= 1.1" not in html
+
+
+
+def test_short_text_cells_stay_on_one_line():
+    import re
+
+    long_goal = "layer / dense product beside a busy process, over the same alone"
+    frame = pd.DataFrame({"goal": [long_goal], "target": ["<= 1.1"], "value": [1.14]})
+    html = show_table(frame).to_html()
+    unbroken = re.findall(r"#(\w+) \{\s*white-space: nowrap;", html)
+    cells = dict(re.findall(r'<td id="(\w+)"[^>]*>([^<]*)</td>', html))
+    assert [cells[cell] for cell in unbroken] == ["&lt;= 1.1"]  # not the long goal, not the number

@@ -21,6 +21,9 @@ import pandas as pd
 __all__ = ["MISSING", "show_table"]
 
 MISSING = "–"
+# Text cells up to this many characters ("<= 1.1", "64-15-10") stay on one line: beside a long column the browser
+# would otherwise break them at their space or hyphen.
+NOWRAP_CHARS = 16
 Format = Union[str, Callable[[object], str]]
 ColumnSpec = Union[str, tuple]  # a header, or (header, format)
 
@@ -49,6 +52,10 @@ def _formatter(fmt: Format) -> Callable[[object], str]:
         return apply(value)
 
     return format_value
+
+
+def _short_text_unbroken(value: object) -> str:
+    return "white-space: nowrap" if isinstance(value, str) and len(value) <= NOWRAP_CHARS else ""
 
 
 def _is_missing(value: object) -> bool:
@@ -116,6 +123,7 @@ def show_table(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec] | None = N
     fallback = _formatter(default) if default is not None else _default_format
     styler = flat.style.format({column: by_header.get(column, fallback) for column in flat.columns}, escape="html")
     styler = styler.format_index(escape="html", axis=1).hide(axis="index")
+    styler = styler.map(_short_text_unbroken)
     if caption is not None:
         styler = styler.set_caption(caption)
     return styler
