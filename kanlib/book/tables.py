@@ -21,8 +21,8 @@ import pandas as pd
 __all__ = ["MISSING", "show_table"]
 
 MISSING = "–"
-# Text cells up to this many characters ("<= 1.1", "64-15-10") stay on one line: beside a long column the browser
-# would otherwise break them at their space or hyphen.
+# A column whose cells are all text of at most this many characters ("<= 1.1", "64-15-10") stays on one line:
+# beside a long column the browser would otherwise break them at their space or hyphen.
 NOWRAP_CHARS = 16
 Format = Union[str, Callable[[object], str]]
 ColumnSpec = Union[str, tuple]  # a header, or (header, format)
@@ -54,8 +54,9 @@ def _formatter(fmt: Format) -> Callable[[object], str]:
     return format_value
 
 
-def _short_text_unbroken(value: object) -> str:
-    return "white-space: nowrap" if isinstance(value, str) and len(value) <= NOWRAP_CHARS else ""
+def _short_text(column: pd.Series) -> bool:
+    values = [value for value in column if not _is_missing(value)]
+    return bool(values) and all(isinstance(value, str) and len(value) <= NOWRAP_CHARS for value in values)
 
 
 def _is_missing(value: object) -> bool:
@@ -123,7 +124,9 @@ def show_table(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec] | None = N
     fallback = _formatter(default) if default is not None else _default_format
     styler = flat.style.format({column: by_header.get(column, fallback) for column in flat.columns}, escape="html")
     styler = styler.format_index(escape="html", axis=1).hide(axis="index")
-    styler = styler.map(_short_text_unbroken)
+    unbroken = [position for position in range(flat.shape[1]) if _short_text(flat.iloc[:, position])]
+    styler = styler.set_table_styles([{"selector": f"td.col{position}", "props": "white-space: nowrap"}
+                                      for position in unbroken])  # by position: headers may repeat
     if caption is not None:
         styler = styler.set_caption(caption)
     return styler
