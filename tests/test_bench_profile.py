@@ -9,11 +9,11 @@ from kanlib.book.paths import PROJECT_ROOT
 
 
 def test_the_profile_times_the_calls_and_names_the_layers_operators():
-    result = profile_layer("cpu", batch=24, width=6, grid_size=4, calls=3, warmup=1, rows=10)
+    # every operator's row (which rows a short table keeps depends on their times, as does any ratio of two times)
+    result = profile_layer("cpu", batch=24, width=6, grid_size=4, calls=3, warmup=1, rows=1000)
     assert result.sizes == "batch 24, width 6, G = 4, k = 3, float32"
     for host, wall in ((result.forward_host_ms, result.forward_wall_ms), (result.step_host_ms, result.step_wall_ms)):
         assert 0 < host <= wall
-    assert result.step_wall_ms > result.forward_wall_ms * 0.5
     table = result.tables["operators by self host time"]
     assert "kanlib.forward" in table and "kanlib.backward" in table
     assert "FusedSplineLayer" in table  # the CPU layer's own autograd function, forward and backward
