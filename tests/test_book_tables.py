@@ -1,6 +1,8 @@
 """show_table: readable headers, a format per column, one header row, no index, missing values as a dash."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,18 +91,16 @@ def test_cells_and_headers_are_text_not_html():
     assert "<= 1.1" not in html
 
 
+def _unbroken_columns(styler) -> list[str]:
+    """Positions of the columns the rendered table keeps on one line."""
+    return re.findall(r"td\.col(\d+) \{\s*white-space: nowrap;", styler.to_html())
 
 
 def test_short_text_columns_stay_on_one_line():
-    import re
-
     long_goal = "layer / dense product beside a busy process, over the same alone"
     frame = pd.DataFrame({"goal": [long_goal, "short"], "target": ["<= 1.1", None], "value": [1.14, 2.0],
                           "mixed": ["<= 1.1", 3.0]})
-    html = show_table(frame).to_html()
-    unbroken = re.findall(r"td\.col(\d+) \{\s*white-space: nowrap;", html)
-    assert unbroken == ["1"]  # the targets; not the long goal, the numbers or a column mixing text and numbers
+    assert _unbroken_columns(show_table(frame)) == ["1"]  # the targets: not the long goal, numbers or mixed
     # headers may repeat (two "25th pct" columns): the rule goes by position
     twice = pd.DataFrame({"a_q25": [1.0], "b_q25": [2.0], "note": ["<= 2"]})
-    html = show_table(twice, {"a_q25": "25th pct", "b_q25": "25th pct", "note": "note"}).to_html()
-    assert re.findall(r"td\.col(\d+) \{\s*white-space: nowrap;", html) == ["2"]
+    assert _unbroken_columns(show_table(twice, {"a_q25": "25th pct", "b_q25": "25th pct", "note": "note"})) == ["2"]
