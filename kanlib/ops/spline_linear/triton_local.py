@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .support import prefers_sparse, triton_sparse_slowdown
 from ..triton_tuning import autotune
-from .triton import (INTERPRET, LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
+from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
                      launch_forward, launch_grad_x, planned_function, spline_basis, to_store)
 
 __all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
