@@ -27,8 +27,6 @@ __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "
 MULTKAN_NOISE_SCALE = 0.3
 
 
-
-
 @contextmanager
 def _seeded(seed: int | None):
     """Inside, torch's RNG is seeded with seed (unless None); outside, the global RNG state is left as it was."""

@@ -11,7 +11,6 @@ from kanlib.bench import results as bench_results
 from kanlib.bench import timing as bench_timing
 
 
-
 def make_rows():
     return [{"grid": 5, **bench_timing.Timing.from_samples([1.0, 2.0, 3.0]).as_dict("fwd_")}]
 
@@ -45,8 +44,6 @@ def test_git_commit_and_dirty_follow_the_checkout_of_the_package(tmp_path, monke
     monkeypatch.setattr(bench_provenance, "_PACKAGE_DIR", installed)
     assert bench_provenance.git_commit() is None
     assert bench_provenance.git_dirty() is None
-
-
 
 
 MIB = 2**20

@@ -14,7 +14,6 @@ from kanlib.bench import timing as bench_timing
 MIB = 2**20
 
 
-
 def make_rows():
     mlp, kan = bench_timing.Timing.from_samples([1, 2, 4]), bench_timing.Timing.from_samples([2, 3])
     return [
@@ -85,7 +84,6 @@ def test_load_results_names_the_malformed_file(tmp_path):
         bench_results.load_results(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         bench_results.load_results(tmp_path / "nowhere")
-
 
 
 def test_format_table_aligns_and_formats_by_column_name():

@@ -13,7 +13,6 @@ MIB = 2**20
 BIG = 32 * MIB  # bytes of one large temporary in the memory tests
 
 
-
 class FakeClock:
     """Stands in for time.perf_counter: time moves only when a fake call says how long it took."""
 
@@ -240,7 +239,6 @@ def test_peak_memory_ignores_history():
         held.append(torch.empty(BIG, dtype=torch.uint8))
 
     assert cpu_peak(swap) >= BIG
-
 
 
 def test_time_interleaved_alternates_the_functions_after_their_warmups():

@@ -273,6 +273,7 @@ const measure = () => {
 if (window.MathJax && MathJax.Hub) { MathJax.Hub.Queue(measure); } else { measure(); }
 """
 
+
 @pytest.fixture(scope="module")
 def walked(browser, tmp_path_factory):
     """{deck name: (console errors, broken images, glue left in the page, [slide measures])} for every deck

@@ -588,7 +588,6 @@ def test_read_idx_round_trips_other_element_types(tmp_path, array):
     np.testing.assert_array_equal(parsed, array)
 
 
-
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize("shape", [(0, 28, 28), (3, 0), (0,)])
 def test_read_idx_of_a_zero_length_dimension_is_an_empty_array(tmp_path, shape, compress):

@@ -199,7 +199,6 @@ def test_the_cpu_kernels_reuse_a_grid_s_constants_until_it_changes():
     assert grid_constants(grid, 3) is not second
 
 
-
 @pytest.mark.parametrize("torch_threads", [1, 2])
 def test_the_kernels_follow_torchs_thread_count_and_leave_it_alone(torch_threads):
     """One setting, torch.set_num_threads, governs the numba kernels, and they never change it (numba's OpenMP

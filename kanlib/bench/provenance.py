@@ -173,4 +173,3 @@ def git_dirty() -> bool | None:
     if result is None or result.returncode != 0:
         return None
     return result.stdout.strip() != ""
-

@@ -209,4 +209,3 @@ def _peak_of_allocation_events(event_tree: list) -> int:
             # A block missing from the table was allocated before the call: its release is not counted.
             live_bytes -= bytes_by_address.pop(fields.ptr, 0)
     return peak_bytes
-

@@ -197,4 +197,3 @@ def edge_spline_linear_triton(x, coef, scale_base, scale_sp, grid, edge_inputs, 
     coef, scale_base, scale_sp = (t.contiguous() for t in (coef, scale_base, scale_sp))
     return TritonEdgeSplineLinear.apply(x, coef, scale_base, scale_sp, grid, edge_inputs.contiguous(),
                                         edge_outputs.contiguous(), n_out, spline_order, activation_name)
-

@@ -58,7 +58,6 @@ from ..triton_tuning import autotune
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS"]
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Element-wise pieces. Shapes are whatever the caller's tiles are.
 

@@ -31,6 +31,7 @@ def triton_sparse_slowdown(dtype: torch.dtype) -> float:
         dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
     return TRITON_TENSOR_CORE_SPARSE_SLOWDOWN if tensor_core else TRITON_SPARSE_SLOWDOWN
 
+
 def prefers_sparse(n_slots: int, spline_order: int, slowdown: float = SPARSE_SLOWDOWN) -> bool:
     """Whether the local-support kernels beat a dense product for S slots per input, k + 2 of them nonzero, when
     they do ``slowdown`` times less useful work per second (SPARSE_SLOWDOWN on the CPU,

@@ -246,6 +246,7 @@ def uses_local_kernels(grid: torch.Tensor, spline_order: int, dtype: torch.dtype
     return (prefers_sparse(grid.shape[1] - spline_order, spline_order, triton_sparse_slowdown(dtype))
             and not torch.are_deterministic_algorithms_enabled())
 
+
 def spline_linear_triton_any(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
                              uniform: bool, activation: str = "silu", kernels: str = "auto") -> torch.Tensor:
     """x [N, I], weight [I*(G+k+1), O], grid [I, G+2k+1] -> [N, O] through Triton kernels: ``kernels="dense"``
