@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..checks import MIB, check_device
+from ..checks import check_device
 
 RESULTS_DIR = "data/results"
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def _triton_version() -> str | None:
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-RETAINED_TRIM_THRESHOLD = 2**30
+NEVER_TRIM = -1  # M_TRIM_THRESHOLD's value that turns trimming off
 _malloc_setting = "default"
 
 
@@ -87,19 +87,21 @@ def retain_freed_memory() -> str:
     allocation faults those pages back in, page by page. A training step that frees and allocates buffers of
     several MiB (a KAN layer's expanded input, its weight, the gradients) then pays page faults on many steps
     (on every step for blocks above 32 MiB, such as a 256 x 256 layer's weight at G = 200), which is glibc's
-    heuristic, not the computation. This serves blocks of every size from the heap (no mmap'd blocks) and sets the
-    trim threshold to 1 GiB for the whole process, as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824``
-    would at its start. :func:`device_info` records the setting. RuntimeError where the C library is not glibc.
+    heuristic, not the computation. This serves blocks of every size from the heap (no mmap'd blocks) and never
+    trims it, for the whole process, as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1`` would at its start: the
+    process keeps the largest heap it has needed. (A finite threshold still trims after a step that frees more: an
+    unfused layer's step at G = 200 frees about 2 GB, and the trimming, then faulting back, of such a step cost the
+    candidates timed beside it in the layer benchmark.) :func:`device_info` records the setting. RuntimeError where
+    the C library is not glibc.
     """
     global _malloc_setting
     libc = _glibc()
     if libc is None:
         raise RuntimeError(f"retain_freed_memory needs glibc's mallopt; this system's C library is "
                            f"{platform.libc_ver()[0] or 'unknown'} ({platform.system()})")
-    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, RETAINED_TRIM_THRESHOLD)):
+    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, NEVER_TRIM)):
         raise RuntimeError("glibc's mallopt refused the mmap count or the trim threshold")
-    _malloc_setting = (f"glibc, freed memory retained (no mmap'd blocks, trim threshold "
-                       f"{RETAINED_TRIM_THRESHOLD // MIB} MiB)")
+    _malloc_setting = "glibc, freed memory retained (no mmap'd blocks, no trimming)"
     return _malloc_setting
 
 
