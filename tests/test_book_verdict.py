@@ -432,3 +432,19 @@ def test_the_grid_sweep_goals_on_a_gpu_join_one_commits_runs_of_one_grid_each(re
         == "missed"
     assert gpu["layer / dense, G = 5 (sweep) (GPU)"].value == pytest.approx(3.0)
     assert all(goal.device == "NVIDIA H200 (cuda)" for goal in gpu.values())
+
+
+def test_the_table_names_each_section_by_its_chapter_title(results):
+    chapters = notebooks()
+    chapters["02_fast_path.ipynb"].cells[0].source = ("```python\n# a comment, not a heading\n```\n\n"
+                                                      "# Why KANs are slow\n\n## The layers side by side")
+    titles = V.chapter_titles(chapters)
+    assert titles["02_fast_path.ipynb"] == "Why KANs are slow" and titles["03_kan_vs_mlp.ipynb"] == "Title"
+    goals = V.collect_goals(results, chapters)
+    rows = table_rows(V.verdict_markdown(goals, titles=titles))
+    fast_path = [row for goal, row in zip(goals, rows) if goal.notebook == "02_fast_path.ipynb"]
+    assert fast_path and all("Why KANs are slow › The layers side by side</a>" in row for row in fast_path)
+    untitled = table_rows(V.verdict_markdown(goals))  # without titles, the notebook's file name
+    assert any("02_fast_path › The layers side by side</a>" in row for row in untitled)
+    with pytest.raises(TypeError, match="expected a dict of file name -> notebook"):
+        V.chapter_titles(["02_fast_path.ipynb"])

@@ -32,9 +32,9 @@ from .paths import RESULTS_PATH
 from .results import device_label, latest, latest_sweep, layer_headline
 from .runner import RunStamp, find_notebooks
 
-__all__ = ["FIGURE_NAME", "MARKER", "Goal", "VerdictError", "collect_goals", "figure_alt", "figure_caption",
-           "goals_frame", "plot_verdict", "read_notebooks", "run_mode", "section_anchor", "verdict_markdown",
-           "write_verdict"]
+__all__ = ["FIGURE_NAME", "MARKER", "Goal", "VerdictError", "chapter_titles", "collect_goals", "figure_alt",
+           "figure_caption", "goals_frame", "plot_verdict", "read_notebooks", "run_mode", "section_anchor",
+           "verdict_markdown", "write_verdict"]
 
 MARKER = "<!-- kanlib:verdict -->"
 FIGURE_NAME = "verdict.svg"
@@ -234,7 +234,8 @@ def _check_notebooks(notebooks: object) -> Mapping[str, nbformat.NotebookNode]:
     return notebooks
 
 
-def _headings(nb: nbformat.NotebookNode) -> list[str]:
+def _heading_lines(nb: nbformat.NotebookNode) -> list[str]:
+    """The markdown cells' heading lines ("## Text"), in order, leaving out fenced code blocks."""
     found, fenced = [], False
     for cell in nb.cells:
         if cell.cell_type != "markdown":
@@ -243,8 +244,22 @@ def _headings(nb: nbformat.NotebookNode) -> list[str]:
             if line.lstrip().startswith(("```", "~~~")):
                 fenced = not fenced
             elif not fenced and line.startswith("#"):
-                found.append(line.lstrip("#").strip())
+                found.append(line)
     return found
+
+
+def _headings(nb: nbformat.NotebookNode) -> list[str]:
+    return [line.lstrip("#").strip() for line in _heading_lines(nb)]
+
+
+def chapter_titles(notebooks: Mapping[str, nbformat.NotebookNode]) -> dict[str, str]:
+    """{file name: title} of the notebooks that have a level-1 heading: their first one."""
+    titles = {}
+    for name, nb in _check_notebooks(notebooks).items():
+        title = next((line[2:].strip() for line in _heading_lines(nb) if line.startswith("# ")), "")
+        if title:
+            titles[name] = title
+    return titles
 
 
 class _Notebook:
@@ -631,10 +646,12 @@ def _verdict_cell(goal: Goal) -> str:
     return f"– {_text(goal.verdict)}"
 
 
-def verdict_markdown(goals: Sequence[Goal], figure: str | None = FIGURE_NAME) -> str:
+def verdict_markdown(goals: Sequence[Goal], figure: str | None = FIGURE_NAME,
+                     titles: Mapping[str, str] | None = None) -> str:
     """MyST markdown for a page in book/: the figure (when `figure` names its file), a sentence on how to read
     the verdict, and an HTML table: a heading row per area, then one row per goal (class 'kanlib-goal') with a
-    link to the section that measures it."""
+    link to the section that measures it, named by its chapter's title from `titles` (file name -> title, see
+    :func:`chapter_titles`) or else by the notebook's file name."""
     counts = _counts(goals)
     parts = []
     if figure:
@@ -656,8 +673,8 @@ def verdict_markdown(goals: Sequence[Goal], figure: str | None = FIGURE_NAME) ->
             area = goal.area
             lines.append(f'<tr class="kanlib-verdict-area"><th colspan="{len(columns)}" scope="colgroup">'
                          f"{_text(area)}</th></tr>")
-        link = (f'<a href="{html.escape(goal.href)}">{_text(pathlib.Path(goal.notebook).stem)}: '
-                f"{_text(goal.section)}</a>")
+        chapter = (titles or {}).get(goal.notebook) or pathlib.Path(goal.notebook).stem
+        link = f'<a href="{html.escape(goal.href)}">{_text(chapter)} › {_text(goal.section)}</a>'
         cells = (_text(goal.name), _text(goal.value_text), _text(goal.goal_text), _verdict_cell(goal),
                  _text(goal.device), _text(goal.mode), link)
         lines.append('<tr class="kanlib-goal">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
@@ -676,11 +693,12 @@ def write_verdict(page: str | os.PathLike[str], notebooks_dir: str | os.PathLike
     text = page.read_text()
     if MARKER not in text:
         raise VerdictError(f"{page}: expected the marker {MARKER!r}, found none")
-    goals = collect_goals(load_results(results_folder), read_notebooks(notebooks_dir))
+    notebooks = read_notebooks(notebooks_dir)
+    goals = collect_goals(load_results(results_folder), notebooks)
     figure = plot_verdict(goals)
     import matplotlib
 
     with matplotlib.rc_context({"svg.hashsalt": "kanlib-verdict"}):
         figure.savefig(page.parent / FIGURE_NAME, format="svg", metadata={"Date": None})
-    page.write_text(text.replace(MARKER, verdict_markdown(goals, FIGURE_NAME)))
+    page.write_text(text.replace(MARKER, verdict_markdown(goals, FIGURE_NAME, chapter_titles(notebooks))))
     return goals
