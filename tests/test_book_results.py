@@ -256,10 +256,13 @@ def test_layer_summary_states_the_headline_in_words(runs):
     assert text.startswith("On AMD EPYC, 2 cores (cpu), measured 2026-02-01 (batch 64, width 8)")
     assert "takes 1.50 and 1.50 times the dense product's" in text
     assert "G = 5 and G = 50" in text
-    assert "pykan 40 and 40 times" in text
+    assert "the pykan layer takes 40 and 40 times as long as kanlib's" in text
+    assert "did not time" not in text and "n/a" not in text
     no_pykan = result("layer", "cpu", "2026-01-01T00:00:00+00:00",
                       layer_rows(candidates=("dense", "mlp", "bsplinekan", "unfused")))
-    assert "pykan n/a and n/a times" in R.layer_summary(R.layer_headline(no_pykan))
+    text = R.layer_summary(R.layer_headline(no_pykan))
+    assert "pykan layer takes" not in text and "n/a" not in text
+    assert "the unfused layer takes" in text and text.endswith("This run did not time pykan.")
 
 
 def test_style_formats_floats_and_missing_values():

@@ -28,8 +28,8 @@ from docutils import nodes
 from kanlib.book.runner import INJECTED_TAG, STAMP_TAG, RunStamp, find_notebooks
 from kanlib.book.site import BookBuildError, build_staged, prepare_page, run_banner, show_parameters, stage
 from kanlib.book.slides import check_slide_metadata, deck_name
-from kanlib.book.sphinx_ext import (BADGE_CLASS, TABLE_WRAPPER, add_cell_time_badges, plotly_js, repository_buttons,
-                                   wrap_output_tables)
+from kanlib.book.sphinx_ext import (BADGE_CLASS, SENTENCE_CLASS, TABLE_WRAPPER, add_cell_time_badges,
+                                   mark_pasted_sentences, plotly_js, repository_buttons, wrap_output_tables)
 from kanlib.book.web_assets import MissingAssetsError, asset_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -294,6 +294,19 @@ def test_printed_tables_scroll_in_their_own_box_and_nothing_else_is_wrapped():
     wrap_output_tables(None, document, "page")  # once only
     shown = [node.astext() for node in document.findall(nodes.raw)]
     assert shown == [f"{TABLE_WRAPPER}\n<table><tr><td>1</td></tr></table>\n</div>", "<p>no table</p>", "<table>"]
+
+
+def test_pasted_sentences_are_marked_and_pasted_numbers_are_not():
+    document = docutils.utils.new_document("page")
+    number = nodes.inline("0.19", "0.19", classes=["pasted-text"])
+    sentence_text = "On AMD EPYC, measured 2026-12-04, kanlib's layer takes 0.19 times the dense product's time."
+    sentence = nodes.inline(sentence_text, sentence_text, classes=["pasted-text"])
+    other = nodes.inline(sentence_text, sentence_text, classes=["guilabel"])
+    document += nodes.paragraph("", "", number, sentence, other)
+    mark_pasted_sentences(None, document, "page")
+    mark_pasted_sentences(None, document, "page")  # once only
+    assert number["classes"] == ["pasted-text"] and other["classes"] == ["guilabel"]
+    assert sentence["classes"] == ["pasted-text", SENTENCE_CLASS]
 
 
 def test_cell_time_badges_go_after_the_code_of_cells_over_a_second():

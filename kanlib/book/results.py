@@ -490,21 +490,31 @@ def _times(value: float) -> str:
 
 def layer_summary(headline: Mapping[str, Any]) -> str:
     """One sentence stating a `layer_headline`: where and when it was measured, then kanlib's layer
-    against the dense product, the unfused layer and pykan at the small and the large grid."""
+    against the dense product, the unfused layer and pykan at the small and the large grid; a candidate the
+    run did not time is named as such instead of given figures."""
     small, large = headline["grid_small"], headline["grid_large"]
     date = str(headline["created_utc"])[:10]
     shape = ""
     if headline.get("batch") is not None and headline.get("width") is not None:
         shape = f" (batch {headline['batch']}, width {headline['width']})"
 
+    def measured(key: str) -> bool:
+        return any(not math.isnan(headline[f"{key}_{size}"]) for size in ("small", "large"))
+
     def pair(key: str) -> str:
         return f"{_times(headline[f'{key}_small'])} and {_times(headline[f'{key}_large'])}"
 
+    peers = [f"the {name} takes {pair(key)} times as long as kanlib's" for name, key in
+             (("unfused layer", "unfused_speedup"), ("pykan layer", "pykan_speedup")) if measured(key)]
+    untimed = [name for name, key in (("the unfused layer", "unfused_speedup"), ("pykan", "pykan_speedup"))
+               if not measured(key)]
+    memory = f"kanlib's peak training memory is {pair('memory_ratio_to_dense')} times the dense product's"
+    if measured("unfused_memory_ratio"):
+        memory += f", the unfused layer's {pair('unfused_memory_ratio')} times kanlib's"
     return (f"On {headline['device']}, measured {date}{shape}, kanlib's layer takes {pair('ratio_to_dense')} "
-            f"times the dense product's forward+backward time at G = {small} and G = {large}; the unfused "
-            f"layer takes {pair('unfused_speedup')} times as long as kanlib's and pykan "
-            f"{pair('pykan_speedup')} times; kanlib's peak training memory is {pair('memory_ratio_to_dense')} "
-            f"times the dense product's, the unfused layer's {pair('unfused_memory_ratio')} times kanlib's.")
+            f"times the dense product's forward+backward time at G = {small} and G = {large}"
+            + "".join(f"; {peer}" for peer in peers) + f"; {memory}."
+            + (f" This run did not time {' or '.join(untimed)}." if untimed else ""))
 
 
 # Column-name endings of the benchmarks' rows and how a reader reads them.

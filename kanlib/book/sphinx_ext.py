@@ -8,6 +8,9 @@
 - The live demo (book/demo.md): ONNX Runtime Web's WebAssembly build (npm, `make assets`) goes to
   ``_static/ort/``, the demo's models and manifest (data/demo/, written by chapter 08) to ``_static/demo/``.
 - Wide tables: a table a cell printed scrolls sideways inside its own box (``div.table-wrapper``).
+- Pasted text: myst-nb sets every glued value in bold; a glued sentence (more than SENTENCE_CHARS characters)
+  gets the class ``kanlib-pasted-sentence``, which ``_static/kanlib.css`` sets in the text's own weight, so that
+  numbers stand out and whole sentences do not.
 - Cell times: a code cell that took more than a second in the run shown (``metadata.kanlib.duration_s``,
   written by the runner) gets a small badge with its wall time, ``<div class="kanlib-cell-time">``. The badge
   is made here, on the page, so the slide decks never see it.
@@ -39,6 +42,8 @@ ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-thr
 ORT_STATIC, DEMO_STATIC = "ort", "demo"  # folders under the site's _static/
 DEMO_COMMAND = "python -m kanlib run notebooks/08_deploying.ipynb --in-place"
 TABLE_WRAPPER = '<div class="table-wrapper">'
+PASTED_CLASS, SENTENCE_CLASS = "pasted-text", "kanlib-pasted-sentence"
+SENTENCE_CHARS = 40
 
 
 def plotly_js() -> pathlib.Path:
@@ -81,6 +86,14 @@ def wrap_output_tables(app, doctree: nodes.document, docname: str) -> None:
         text = node.astext()
         if node.get("format") == "html" and "<table" in text and not text.startswith(TABLE_WRAPPER):
             node.replace_self(nodes.raw("", f"{TABLE_WRAPPER}\n{text}\n</div>", format="html"))
+
+
+def mark_pasted_sentences(app, doctree: nodes.document, docname: str) -> None:
+    """Give every pasted text longer than SENTENCE_CHARS the class SENTENCE_CLASS."""
+    for node in doctree.findall(nodes.inline):
+        if PASTED_CLASS in node["classes"] and len(node.astext()) > SENTENCE_CHARS \
+                and SENTENCE_CLASS not in node["classes"]:
+            node["classes"].append(SENTENCE_CLASS)
 
 
 def repository_buttons(app, config) -> None:
@@ -171,6 +184,7 @@ def setup(app) -> dict[str, Any]:
     app.connect("builder-inited", check_offline_assets)
     app.connect("doctree-read", add_cell_time_badges)
     app.connect("doctree-resolved", wrap_output_tables)
+    app.connect("doctree-resolved", mark_pasted_sentences)  # after myst-nb has pasted other pages' values
     app.connect("html-page-context", _unique_scripts, priority=900)
     app.connect("build-finished", copy_offline_assets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
