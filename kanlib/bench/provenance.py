@@ -90,9 +90,9 @@ def retain_freed_memory() -> str:
     heuristic, not the computation. This serves blocks of every size from the heap (no mmap'd blocks) and never
     trims it, for the whole process, as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1`` would at its start: the
     process keeps the largest heap it has needed. (A finite threshold still trims after a step that frees more: an
-    unfused layer's step at G = 200 frees about 2 GB, and the trimming, then faulting back, of such a step cost the
-    candidates timed beside it in the layer benchmark.) :func:`device_info` records the setting. RuntimeError where
-    the C library is not glibc.
+    unfused layer's step at G = 200 frees about 2 GB, which every step then faulted back in, a minute or more of
+    system time in one layer benchmark.) :func:`device_info` records the setting. RuntimeError where the C library
+    is not glibc.
     """
     global _malloc_setting
     libc = _glibc()
