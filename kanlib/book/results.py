@@ -504,10 +504,13 @@ def layer_summary(headline: Mapping[str, Any]) -> str:
     def pair(key: str) -> str:
         return f"{_times(headline[f'{key}_small'])} and {_times(headline[f'{key}_large'])}"
 
-    peers = [f"the {name} takes {pair(key)} times as long as kanlib's" for name, key in
-             (("unfused layer", "unfused_speedup"), ("pykan layer", "pykan_speedup")) if measured(key)]
-    untimed = [name for name, key in (("the unfused layer", "unfused_speedup"), ("pykan", "pykan_speedup"))
-               if not measured(key)]
+    peers, untimed = [], []
+    for layer, name, key in (("the unfused layer", "the unfused layer", "unfused_speedup"),
+                             ("the pykan layer", "pykan", "pykan_speedup")):
+        if measured(key):
+            peers.append(f"{layer} takes {pair(key)} times as long as kanlib's")
+        else:
+            untimed.append(name)
     memory = f"kanlib's peak training memory is {pair('memory_ratio_to_dense')} times the dense product's"
     if measured("unfused_memory_ratio"):
         memory += f", the unfused layer's {pair('unfused_memory_ratio')} times kanlib's"
