@@ -486,6 +486,10 @@ def _bench_threads(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     print(format_table(rows, threads.TABLE_COLUMNS))
     print("targets:")
     print(format_targets(threads.target_report(rows), ".3g"))
+    spread = threads.twin_spread(rows)
+    if spread is not None:
+        print(f"run-to-run noise alone: the default and the settings that change nothing here differ by up to "
+              f"{spread:.3g}x")
     params = {"grids": grids, "batch": args.batch, "width": args.width, "repeat": args.repeat,
               "warmup": args.warmup, "seed": args.seed, "rounds": args.rounds}
     return _write_results("threads", params, rows, device, args)

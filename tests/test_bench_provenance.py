@@ -152,3 +152,30 @@ def test_device_info_names_the_widest_vector_extension(tmp_path, monkeypatch, fl
     monkeypatch.delenv("NUMBA_CPU_FEATURES")
     info = bench_provenance.device_info("cpu")
     assert info["simd"] is None and info["numba_cpu_features"] is None and info["cpu_model"]
+
+
+def test_openmp_runtimes_lists_each_mapped_runtime_once(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r--p 00000000 08:01 11 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n"
+        "7f01-7f02 r-xp 00001000 08:01 11 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n"
+        "7f02-7f03 r--p 00000000 08:01 12 /venv/site-packages/torch/lib/libgomp-a34b3233.so.1\n"
+        "7f03-7f04 r--p 00000000 08:01 13 /venv/site-packages/numba/np/ufunc/omppool.cpython-311-x86_64-linux-gnu.so\n"
+        "7f04-7f05 r--p 00000000 08:01 14 /opt/intel/libiomp5.so\n"
+        "7f05-7f06 r--p 00000000 08:01 15 /usr/lib/libomp.so.5\n"
+        "7f06-7f07 rw-p 00000000 00:00 0 \n"
+        "7f07-7f08 r--p 00000000 08:01 16 /usr/lib/libgompish.so.1\n"
+        "7ffd-7ffe rw-p 00000000 00:00 0                          [stack]\n")
+    assert bench_provenance.openmp_runtimes(maps) == [
+        "/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0", "/venv/site-packages/torch/lib/libgomp-a34b3233.so.1",
+        "/opt/intel/libiomp5.so", "/usr/lib/libomp.so.5"]
+    assert bench_provenance.openmp_runtimes(tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc/self/maps")
+def test_openmp_runtimes_finds_torchs_after_a_parallel_product():
+    import torch
+
+    a = torch.randn(256, 256)
+    a @ a
+    assert bench_provenance.openmp_runtimes(), "torch's CPU wheel runs its products on an OpenMP runtime"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
+import re
 import subprocess
 from typing import Any
 
@@ -17,6 +18,10 @@ _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
 
 
 CPUINFO = "/proc/cpuinfo"  # Linux's
+PROCESS_MAPS = "/proc/self/maps"  # Linux's: the files mapped into this process
+# File names of the OpenMP runtimes: GNU's libgomp, LLVM's libomp, Intel's libiomp5 (with or without a wheel's
+# hash in the name, e.g. libgomp-a34b3233.so.1)
+_OPENMP_RUNTIME = re.compile(r"^lib(gomp|omp|iomp5)([-.].*)?\.so(\.[0-9]+)*$")
 
 
 def _cpuinfo_value(*keys: str) -> str | None:
@@ -103,6 +108,20 @@ def retain_freed_memory() -> str:
         raise RuntimeError("glibc's mallopt refused the mmap count or the trim threshold")
     _malloc_setting = "glibc, freed memory retained (no mmap'd blocks, no trimming)"
     return _malloc_setting
+
+
+def openmp_runtimes(maps: str | os.PathLike[str] = PROCESS_MAPS) -> list[str] | None:
+    """The files of the OpenMP runtimes mapped into this process, each once, in address order; None
+    where ``maps`` (Linux's list of a process's mapped files) cannot be read. torch's wheel loads its own runtime at
+    ``import torch``; numba's OpenMP threading layer loads one at its first parallel kernel, the same file or a
+    second copy (then two pools of threads)."""
+    try:
+        with open(maps) as lines:
+            paths = [line.split(maxsplit=5)[5].strip() for line in lines if len(line.split(maxsplit=5)) == 6]
+    except OSError:
+        return None
+    found = [path for path in paths if _OPENMP_RUNTIME.match(os.path.basename(path))]
+    return list(dict.fromkeys(found))
 
 
 def device_info(device: str | torch.device) -> dict[str, Any]:

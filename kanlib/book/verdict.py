@@ -130,8 +130,8 @@ PRUNE_NAMES = {  # readable name, short name, unit
                        TIMES),
 }
 THREAD_NAMES = {  # readable name, short name, unit
-    threads.TARGETS[0][0]: ("Training step with default threads / best setting, alone", "default threads, alone",
-                            TIMES),
+    threads.TARGETS[0][0]: ("Training step with default threads / fastest setting that changes something, alone",
+                            "default threads, alone", TIMES),
     threads.TARGETS[1][0]: ("Beside a busy process: the layer's slowdown over torch's dense product's (default "
                             "threads)", "slowdown vs torch's, busy", TIMES),
 }
