@@ -2,8 +2,9 @@
 process, each configuration in its own process."""
 import pytest
 
-from kanlib.bench.threads import (CONFIGURATIONS, NEIGHBOURS, TARGETS, is_default_twin, run_threads_benchmark,
-                                  target_report, twin_spread)
+from kanlib.bench.results import load_results, write_results
+from kanlib.bench.threads import (CONFIGURATIONS, NEIGHBOURS, RUNTIME_SEPARATOR, TARGETS, is_default_twin,
+                                  run_threads_benchmark, target_report, twin_spread)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,12 @@ def test_twin_spread_is_the_largest_gap_between_the_default_and_a_twin_alone():
 def test_rows_name_the_openmp_runtimes_their_process_mapped(tiny_rows):
     for row in tiny_rows:
         runtimes = row["openmp_runtimes"]
-        assert runtimes is None or all(isinstance(path, str) and "omp" in path for path in runtimes)
+        assert runtimes is None or all("omp" in path for path in runtimes.split(RUNTIME_SEPARATOR))
+
+
+def test_rows_are_written_as_a_result(tiny_rows, tmp_path):
+    write_results("threads", {"grids": [3, 9]}, tiny_rows, "cpu", out_dir=tmp_path)
+    assert load_results(tmp_path)[0]["rows"] == tiny_rows
 
 
 def test_targets_take_the_defaults_worst_grid():

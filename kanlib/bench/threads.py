@@ -4,7 +4,8 @@ explicit ones, alone and beside a second process that keeps every core busy.
 kanlib's CPU path runs numba kernels between torch's products. Under numba's OpenMP layer the kernels run on an
 OpenMP runtime: torch's own where numba's layer binds to it, or a second copy (numba's Linux wheel names the
 system's ``libgomp.so.1.0.0``, which torch's wheel does not bundle under that name), and then on a second pool of
-threads; each row records the runtimes its process had mapped (``openmp_runtimes``). Numba's work-queue layer has its
+threads; each row records the runtimes its process had mapped (``openmp_runtimes``, their files joined by
+RUNTIME_SEPARATOR). Numba's work-queue layer has its
 own threads. By default the kernels take torch's intra-op thread count (``torch.set_num_threads``; see
 :func:`kanlib.ops.spline_linear.cpu.kernel_threads`), so one setting governs both pools. This benchmark shows whether
 that default is as fast as the settings a careful user would pick.
@@ -61,7 +62,8 @@ from .provenance import openmp_runtimes
 from .targets import target_entry
 from .timing import Timing, interleaved_samples
 
-__all__ = ["CONFIGURATIONS", "NEIGHBOURS", "TABLE_COLUMNS", "TARGETS", "is_default_twin", "measure_here",
+__all__ = ["CONFIGURATIONS", "NEIGHBOURS", "RUNTIME_SEPARATOR", "TABLE_COLUMNS", "TARGETS", "is_default_twin",
+           "measure_here",
            "run_threads_benchmark", "target_report", "twin_spread"]
 
 # name -> (environment variables, torch threads or None)
@@ -101,6 +103,16 @@ def _threading_layer() -> str | None:
         return None
 
 
+RUNTIME_SEPARATOR = "; "  # between the files of ``openmp_runtimes`` in a row (a result's figures are single values)
+
+
+def _runtimes_figure() -> str | None:
+    """The OpenMP runtimes mapped into this process (:func:`~kanlib.bench.provenance.openmp_runtimes`) as one
+    string, RUNTIME_SEPARATOR between their files; None where they cannot be read."""
+    runtimes = openmp_runtimes()
+    return None if runtimes is None else RUNTIME_SEPARATOR.join(runtimes)
+
+
 def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warmup: int, seed: int,
                  torch_threads: int | None) -> list[dict]:
     """Time the layer's training step in this process, one dict per grid size (run by the benchmark's workers):
@@ -132,7 +144,7 @@ def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warm
                         "threading_layer": _threading_layer(), "kernel_threads": thread_count(),
                         "torch_threads": torch.get_num_threads(),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                        "contention_guard": CONTENTION.enabled, "openmp_runtimes": openmp_runtimes(),
+                        "contention_guard": CONTENTION.enabled, "openmp_runtimes": _runtimes_figure(),
                         "layer_ms": samples["layer"],
                         "dense_ms": samples["dense"]})
     return results
