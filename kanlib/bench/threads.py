@@ -5,10 +5,9 @@ kanlib's CPU path runs numba kernels between torch's products. Under numba's Ope
 OpenMP runtime: torch's own where numba's layer binds to it, or a second copy (numba's Linux wheel names the
 system's ``libgomp.so.1.0.0``, which torch's wheel does not bundle under that name), and then on a second pool of
 threads; each row records the runtimes its process had mapped (``openmp_runtimes``, their files joined by
-RUNTIME_SEPARATOR). Numba's work-queue layer has its
-own threads. By default the kernels take torch's intra-op thread count (``torch.set_num_threads``; see
-:func:`kanlib.ops.spline_linear.cpu.kernel_threads`), so one setting governs both pools. This benchmark shows whether
-that default is as fast as the settings a careful user would pick.
+RUNTIME_SEPARATOR). Numba's work-queue layer has its own threads. By default the kernels take torch's intra-op thread
+count (``torch.set_num_threads``; see :func:`kanlib.ops.spline_linear.cpu.kernel_threads`), so one setting governs
+both pools. This benchmark shows whether that default is as fast as the settings a careful user would pick.
 
 Each configuration runs in a fresh Python process, since numba's threading layer is fixed per process. The
 configurations take turns, ``rounds`` times, each turn a new process timing its share of the ``repeat`` steps, and
@@ -63,8 +62,7 @@ from .targets import target_entry
 from .timing import Timing, interleaved_samples
 
 __all__ = ["CONFIGURATIONS", "NEIGHBOURS", "RUNTIME_SEPARATOR", "TABLE_COLUMNS", "TARGETS", "is_default_twin",
-           "measure_here",
-           "run_threads_benchmark", "target_report", "twin_spread"]
+           "measure_here", "run_threads_benchmark", "target_report", "twin_spread"]
 
 # name -> (environment variables, torch threads or None)
 CONFIGURATIONS = {
@@ -145,8 +143,7 @@ def measure_here(grids: Sequence[int], batch: int, width: int, repeat: int, warm
                         "torch_threads": torch.get_num_threads(),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                         "contention_guard": CONTENTION.enabled, "openmp_runtimes": _runtimes_figure(),
-                        "layer_ms": samples["layer"],
-                        "dense_ms": samples["dense"]})
+                        "layer_ms": samples["layer"], "dense_ms": samples["dense"]})
     return results
 
 
