@@ -117,11 +117,11 @@ def openmp_runtimes(maps: str | os.PathLike[str] = PROCESS_MAPS) -> list[str] | 
     second copy (then two pools of threads)."""
     try:
         with open(maps) as lines:
-            paths = [line.split(maxsplit=5)[5].strip() for line in lines if len(line.split(maxsplit=5)) == 6]
+            fields = [line.split(maxsplit=5) for line in lines]
     except OSError:
         return None
-    found = [path for path in paths if _OPENMP_RUNTIME.match(os.path.basename(path))]
-    return list(dict.fromkeys(found))
+    paths = (parts[5].strip() for parts in fields if len(parts) == 6)  # the sixth field: the mapped file
+    return list(dict.fromkeys(path for path in paths if _OPENMP_RUNTIME.match(os.path.basename(path))))
 
 
 def device_info(device: str | torch.device) -> dict[str, Any]:

@@ -208,8 +208,9 @@ def run_threads_benchmark(grids: Sequence[int] = (5, 50), batch: int = 1024, wid
             if process is not None:
                 process.kill()
                 process.wait()
+        best = {grid_size: _fastest_distinct_ms(measured, neighbour, grid_size) for grid_size in grids}
         for row in measured:
-            row["ratio_to_best"] = row["fwdbwd_median_ms"] / _fastest_distinct_ms(measured, neighbour, row["grid"])
+            row["ratio_to_best"] = row["fwdbwd_median_ms"] / best[row["grid"]]
         rows.extend(measured)
     return rows
 
@@ -235,9 +236,11 @@ def twin_spread(rows: Sequence[dict]) -> float | None:
     """The run's noise alone: the largest ratio, slower over faster, between the default's median and a twin's
     (:func:`is_default_twin`) at the same grid size; None without twins."""
     default = {row["grid"]: row for row in rows if row["neighbour"] == "none" and row["configuration"] == "default"}
-    ratios = [max(a, b) / min(a, b) for row in rows if row["neighbour"] == "none"
-              and is_default_twin(row, default.get(row["grid"]))
-              for a, b in [(row["fwdbwd_median_ms"], default[row["grid"]]["fwdbwd_median_ms"])]]
+    ratios = []
+    for row in rows:
+        if row["neighbour"] == "none" and is_default_twin(row, default.get(row["grid"])):
+            twin, own = row["fwdbwd_median_ms"], default[row["grid"]]["fwdbwd_median_ms"]
+            ratios.append(max(twin, own) / min(twin, own))
     return max(ratios) if ratios else None
 
 
