@@ -1409,11 +1409,13 @@ def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block,
             _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1)
 
 
-# The parameters' gradients are written across the basis axis from a block whose rows run along the outputs: its
-# columns are read through a tile of TRANSPOSE_COLUMNS outputs, whose rows lie side by side in memory. Read straight
-# from the block, a column's entries lie one block row apart (a power of two bytes for power-of-two widths), map to
-# a few L1 cache sets and evict one another.
-TRANSPOSE_COLUMNS = 16
+# The parameters' gradients are written across the basis axis from a block whose rows run along the outputs: the
+# block's columns are first copied, TRANSPOSE_COLUMNS outputs at a time, into the rows of a tile [outputs, G+k], which
+# the writes then read along the basis axis as they write (a loop that vectorizes). Read straight from the block, a
+# column's entries lie one block row apart (a power of two bytes for power-of-two widths), map to a few L1 cache sets
+# and evict one another. (B = 1024, I = O = 256, G = 200 on a Zen 4 EPYC: this pass took 0.7x the time of one that
+# read a tile [G+k, 16] across its rows.)
+TRANSPOSE_COLUMNS = 64
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -1430,7 +1432,7 @@ def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, co
     for tile in prange(_tile_count(n_in, in_block, n_out, col_block)):
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, n_out, col_block)
         block = np.zeros(((i1 - i0) * n_slots, c1 - c0), dtype=grad_out.dtype)
-        columns = np.empty((n_basis, TRANSPOSE_COLUMNS), dtype=grad_out.dtype)  # block columns o0..o1, side by side
+        columns = np.empty((TRANSPOSE_COLUMNS, n_basis), dtype=grad_out.dtype)  # block columns o0..o1 as rows
         for i in range(i0, i1):
             _window_gradients(block, (i - i0) * n_slots, 0, i, order, offsets, values, grad_out, c0, c1)
         for i in range(i0, i1):
@@ -1438,17 +1440,19 @@ def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, co
             for o0 in range(c0, c1, TRANSPOSE_COLUMNS):
                 o1 = min(c1, o0 + TRANSPOSE_COLUMNS)
                 for j in range(n_basis):
+                    source = block[base + 1 + j]
                     for o in range(o0, o1):
-                        columns[j, o - o0] = block[base + 1 + j, o - c0]
+                        columns[o - o0, j] = source[o - c0]
                 for o in range(o0, o1):
                     edge_mask = mask[i, o]
                     grad_scale_base[i, o] = block[base, o - c0] * edge_mask
                     scale = scale_sp[i, o] * edge_mask
+                    column, written, coefficients = columns[o - o0], grad_coef[i, o], coef[i, o]
                     acc = block.dtype.type(0.0)
                     for j in range(n_basis):
-                        g_row = columns[j, o - o0]
-                        grad_coef[i, o, j] = scale * g_row
-                        acc += g_row * coef[i, o, j]
+                        g_row = column[j]
+                        written[j] = scale * g_row
+                        acc += g_row * coefficients[j]
                     grad_scale_sp[i, o] = acc * edge_mask
 
 
