@@ -369,6 +369,31 @@ def test_layer_targets_from_the_grid_sweep():
     assert [entry["met"] for entry in report.values()] == [True, True, False, True, True]
 
 
+def test_grid_ratios_come_from_the_alternated_sweep_where_both_rows_have_it():
+    rows = _sweep_rows({(50, "bsplinekan"): 30.0, (100, "bsplinekan"): 60.0, (200, "bsplinekan"): 36.0})
+    by_grid = {row["grid"]: row for row in rows}
+    by_grid[50]["sweep_fwdbwd_median_ms"] = 20.0
+    by_grid[200]["sweep_fwdbwd_median_ms"] = 34.0  # G = 100 has no sweep figure: its own medians are used
+    report = {entry["target"]: entry["value"] for entry in target_report(rows)}
+    assert report["fwd+bwd time of bsplinekan at G = 200 / at G = 50"] == pytest.approx(34 / 20)
+    assert report["fwd+bwd time of bsplinekan at G = 100 / at G = 50"] == pytest.approx(60 / 30)
+
+
+def test_the_sweep_times_bsplinekan_at_every_grid_size_in_alternation(tiny_rows):
+    for row in tiny_rows:
+        swept = [key for key in row if key.startswith("sweep_")]
+        if row["candidate"] != "bsplinekan":
+            assert not swept, row
+            continue
+        assert row["sweep_fwdbwd_n"] == TINY["repeat"], row
+        assert 0 < row["sweep_fwdbwd_q25_ms"] <= row["sweep_fwdbwd_median_ms"] <= row["sweep_fwdbwd_q75_ms"], row
+
+
+def test_a_run_of_one_grid_size_has_no_sweep():
+    rows = run_layer_benchmark("cpu", 8, 4, [3], repeat=2, warmup=0, skip_pykan=True)
+    assert not [key for row in rows for key in row if key.startswith("sweep_")]
+
+
 @pytest.mark.parametrize("peer_times, value, met", [
     ({"flashkan": 10.0, "inkan": 30.0}, 1.1, False),  # not met: a peer is faster
     ({"inkan": 11.0}, 1.0, False),  # not met: as fast is not faster

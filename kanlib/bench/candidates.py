@@ -21,8 +21,8 @@ from .timing import peak_memory_bytes, time_interleaved
 
 __all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "INPUT_RANGE", "DTYPES", "PEER_ORDER", "PEER_PACKAGES", "Candidate", "PeerLayer",
            "UnfusedKAN", "FastKANFormula", "bspline_weights", "check_sizes", "dense_candidate", "flashkan_layer",
-           "inkan_layer", "measure", "module_candidate", "nbytes", "pykan_layer", "training_step_failure",
-           "uniform_inputs"]
+           "inkan_layer", "measure", "module_candidate", "nbytes", "pykan_layer", "training_step",
+           "training_step_failure", "uniform_inputs"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GRID_RANGE = (-1.0, 1.0)
@@ -83,11 +83,17 @@ def dense_candidate(name: str, batch: int, k: int, width: int, low: float, high:
     return Candidate(name, lambda: x @ w, (x, w), nbytes([x, w]))
 
 
+def training_step(candidate: Candidate, grad_out: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A function running the candidate's training step: forward, then the gradients of its leaves against
+    grad_out [B, O] (returned, never accumulated)."""
+    return lambda: torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
+
+
 def training_step_failure(candidate: Candidate, grad_out: torch.Tensor) -> str | None:
     """Why the candidate's training step cannot run here (what it raised, first line; e.g. torch.compile finding no
     compiler), or None."""
     try:
-        torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
+        training_step(candidate, grad_out)()
     except Exception as error:  # a third-party package or a kernel: whatever it raises is reported in the row
         first_line = (str(error).strip().splitlines() or [""])[0]
         return f"failed: {type(error).__name__}: {first_line}"
@@ -246,16 +252,12 @@ def inkan_layer(layer: BSplineKAN, grid_range=GRID_RANGE) -> PeerLayer:
 
 
 def measure(candidates: Sequence[Candidate], grad_out: torch.Tensor, device: torch.device, repeat: int,
-             warmup: int) -> dict[str, dict[str, float | int]]:
+            warmup: int) -> dict[str, dict[str, float | int]]:
     """Forward and forward+backward timings of candidates, measured in alternation so that they share the
     machine's state, and the peak memory of each training step; keyed by candidate name."""
-
-    def training_step(candidate):
-        return lambda: torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
-
     forward = time_interleaved({c.name: c.forward for c in candidates}, device=device, warmup=warmup,
                                repeat=repeat)
-    forward_backward = time_interleaved({c.name: training_step(c) for c in candidates}, device=device,
+    forward_backward = time_interleaved({c.name: training_step(c, grad_out) for c in candidates}, device=device,
                                         warmup=warmup, repeat=repeat)
     figures = {}
     for candidate in candidates:
@@ -264,7 +266,7 @@ def measure(candidates: Sequence[Candidate], grad_out: torch.Tensor, device: tor
             **forward[candidate.name].as_dict("fwd_"),
             **forward_backward[candidate.name].as_dict("fwdbwd_"),
             "state_bytes": state_bytes,
-            "peak_bytes": peak_memory_bytes(training_step(candidate), device=device) + state_bytes,
+            "peak_bytes": peak_memory_bytes(training_step(candidate, grad_out), device=device) + state_bytes,
         }
     return figures
 

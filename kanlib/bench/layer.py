@@ -39,6 +39,11 @@ Figures of each row (one row per grid size and candidate); times in ms:
 - ``memory_ratio_to_dense``: peak_bytes over dense's.
 - ``flops``, ``gflops_per_s`` (dense and bsplinekan; None for the others): forward+backward counted as
   3x the dense product's forward 2*B*K*O.
+- ``sweep_fwdbwd_*_ms`` (bsplinekan rows, when the run measures several grid sizes): bsplinekan's
+  forward+backward again, its steps at every grid size timed in alternation after the candidates, so that the
+  grid sweep's ratios (its time at one G over another) come from steps that shared the machine's state, as each
+  grid's ratios to dense do. A machine whose speed drifts over the minutes between two grid sizes' candidates
+  would otherwise move those ratios.
 - ``built_as`` (package and version, the constructor call with I, O, G, k and grid range, the basis and
   contraction) and ``same_function`` (whether the peer holds bsplinekan's weights, so computes its function):
   flashkan and inkan rows only.
@@ -53,9 +58,10 @@ from torch import nn
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
 from .candidates import (DTYPES, GRID_RANGE, INPUT_RANGE, Candidate, UnfusedKAN, check_sizes, dense_candidate,
-                         flashkan_layer, inkan_layer, measure, module_candidate, pykan_layer, training_step_failure,
-                         uniform_inputs)
+                         flashkan_layer, inkan_layer, measure, module_candidate, pykan_layer, training_step,
+                         training_step_failure, uniform_inputs)
 from .targets import target_entry
+from .timing import time_interleaved
 
 __all__ = [
     "CANDIDATES",
@@ -93,18 +99,26 @@ TARGET_CONFIGURATION = {"batch": 1024, "width": 256, "order": 3, "dtype": "float
 
 def target_report(rows: Sequence[dict]) -> list[dict]:
     """The goals (TARGETS) on rows measured at TARGET_CONFIGURATION; a value is None when its grid sizes were not
-    measured. ``python -m kanlib bench layer --grid 5 50 100 200`` measures them all."""
-    times = {(row["grid"], row["candidate"]): row["fwdbwd_median_ms"] for row in rows
-             if all(row.get(key) == value for key, value in TARGET_CONFIGURATION.items())
-             and row.get("fwdbwd_median_ms") is not None}
+    measured. ``python -m kanlib bench layer --grid 5 50 100 200`` measures them all. A ratio of bsplinekan at two
+    grid sizes comes from the alternated sweep (``sweep_fwdbwd_median_ms``) where both rows have it, else from their
+    own medians (runs of one grid size per process, and runs written before the sweep)."""
+    chosen = [row for row in rows if all(row.get(key) == value for key, value in TARGET_CONFIGURATION.items())]
+    times = {(row["grid"], row["candidate"]): row["fwdbwd_median_ms"] for row in chosen
+             if row.get("fwdbwd_median_ms") is not None}
+    swept = {row["grid"]: row["sweep_fwdbwd_median_ms"] for row in chosen
+             if row["candidate"] == "bsplinekan" and row.get("sweep_fwdbwd_median_ms") is not None}
     report = []
     for name, grid_size, reference, goal, direction in TARGETS:
         top = times.get((grid_size, "bsplinekan"))
         if reference == "peers":
             peers = [times[grid_size, peer] for peer in PIP_PEERS if (grid_size, peer) in times]
             bottom = min(peers) if peers else None
+        elif reference is None:
+            bottom = times.get((grid_size, "dense"))
+        elif grid_size in swept and reference in swept:
+            top, bottom = swept[grid_size], swept[reference]
         else:
-            bottom = times.get((grid_size, "dense") if reference is None else (reference, "bsplinekan"))
+            bottom = times.get((reference, "bsplinekan"))
         report.append(target_entry(name, top / bottom if top is not None and bottom else None, direction, goal))
     return report
 
@@ -180,15 +194,16 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
         raise ValueError(f"dtype: expected one of {list(DTYPES.values())}, got {dtype!r}")
 
     dtype_name = str(dtype).removeprefix("torch.")
-    rows = []
+    grad_out = torch.randn(batch, width, generator=torch.Generator(device=device).manual_seed(seed + 1),
+                           device=device, dtype=torch.float32).to(dtype)
+    rows, sweep = [], {}
     for grid_size in grids:
-        grad_out = torch.randn(batch, width, generator=torch.Generator(device=device).manual_seed(seed + 1),
-                               device=device, dtype=torch.float32).to(dtype)
         expanded_width = width * (grid_size + order + 1)
         forward_backward_flops = 3 * 2 * batch * expanded_width * width
         grid_rows = []
         candidates, peer_entries, skipped = _candidates(batch, width, grid_size, order, device, dtype, seed,
                                                         skip_pykan, grad_out)
+        sweep[grid_size] = next(c for c in candidates if c.name == "bsplinekan")
         fast = [c for c in candidates if c.name != "pykan"]
         slow = [c for c in candidates if c.name == "pykan"]
         measured = measure(fast, grad_out, device, repeat, warmup)
@@ -216,4 +231,10 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
                 row["ratio_to_dense"] = row["fwdbwd_median_ms"] / dense["fwdbwd_median_ms"]
                 row["memory_ratio_to_dense"] = row["peak_bytes"] / dense["peak_bytes"]
         rows.extend(grid_rows)
+    if len(sweep) > 1:
+        steps = {grid_size: training_step(candidate, grad_out) for grid_size, candidate in sweep.items()}
+        swept = time_interleaved(steps, device=device, warmup=warmup, repeat=repeat)
+        for row in rows:
+            if row["candidate"] == "bsplinekan":
+                row.update(swept[row["grid"]].as_dict("sweep_fwdbwd_"))
     return rows
