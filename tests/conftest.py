@@ -4,8 +4,9 @@ Without a CUDA device the Triton kernels run under Triton's interpreter on the C
 triton is first imported, so it is set here, before any test module imports it. The kernels' contention guard is
 off (``KANLIB_CONTENTION_GUARD=0``, inherited by the processes tests start).
 
-Helpers (``from conftest import random_grid, inputs_around``): random knot grids, uniform or not, and inputs
-that cover the extended grid and reach beyond it on both sides.
+Helpers (``from conftest import random_grid, inputs_around, in_layout, relative_error``): random knot grids,
+uniform or not; inputs that cover the extended grid and reach beyond it on both sides; the same values in another
+memory layout; the relative error against a reference.
 """
 import os
 
@@ -56,6 +57,27 @@ def inputs_around(grid: torch.Tensor, n: int, generator: torch.Generator, *, out
         x[first, 0], x[first, -1] = float("inf"), float("-inf")
         x[-1] = float("nan")
     return x
+
+
+LAYOUTS = ("contiguous", "strided", "transposed")
+
+
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x [n, I]'s values in one of LAYOUTS: x itself, every other column of a tensor twice as wide, or column-major."""
+    if layout == "strided":
+        wide = torch.zeros(x.shape[0], 2 * x.shape[1], device=x.device, dtype=x.dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    if layout == "transposed":
+        return x.t().contiguous().t()
+    if layout == "contiguous":
+        return x
+    raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| over max |want| (at least 1e-30), in float64."""
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp(min=1e-30)).item()
 
 
 # --- the built website and a real browser (shared by the site tests) ----------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 import textwrap
 
 import pytest
+from conftest import LAYOUTS, in_layout, relative_error
 import torch
 
 triton = pytest.importorskip("triton")
@@ -61,10 +62,6 @@ def float64_copy(spec):
     return dataclasses.replace(spec, **values)
 
 
-def relative_error(got, want):
-    return ((got.double() - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
-
-
 def gradients(out, inputs, grad_out):
     return torch.autograd.grad(out, inputs, grad_out, allow_unused=True, materialize_grads=True)
 
@@ -74,12 +71,9 @@ def random_inputs(n, n_in, n_basis, n_out, gen, dtype, layout):
     column of a wider tensor, or both transposed in memory."""
     x = (torch.rand(n, n_in, generator=gen, dtype=torch.float64) * 6 - 3).to(DEVICE, dtype)
     weight = (torch.randn(n_in * n_basis, n_out, generator=gen, dtype=torch.float64) / n_in ** 0.5).to(DEVICE, dtype)
-    if layout == "strided":
-        wide = torch.zeros(n, 2 * n_in, device=DEVICE, dtype=dtype)
-        wide[:, ::2] = x
-        x = wide[:, ::2]
-    elif layout == "transposed":
-        x, weight = x.t().contiguous().t(), weight.t().contiguous().t()
+    x = in_layout(x, layout)
+    if layout == "transposed":
+        weight = weight.t().contiguous().t()
     return x.requires_grad_(), weight.requires_grad_()
 
 
@@ -121,7 +115,7 @@ def case_id(case):
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[case_id(case) for case in CASES])
 def test_output_and_all_gradients_match_the_reference(index, dtype):
     kind, n_basis, trainable = CASES[index]
-    layout = ("contiguous", "strided", "transposed")[index % 3]
+    layout = LAYOUTS[index % 3]
     check_against_reference(kind, 37, 5, 11, n_basis, dtype, trainable, layout, seed=index)
 
 

@@ -10,7 +10,7 @@ import copy
 import textwrap
 
 import pytest
-from conftest import inputs_around, random_grid
+from conftest import LAYOUTS, in_layout, inputs_around, random_grid, relative_error
 import torch
 
 triton = pytest.importorskip("triton")
@@ -54,18 +54,7 @@ def case_id(case):
 
 def random_inputs(batch, grid, gen, dtype, layout):
     """x [B, I] across the extended grid and up to half its width beyond either end; contiguous or not."""
-    x = inputs_around(grid, batch, gen, outside=0.5, dtype=torch.float32).to(DEVICE, dtype)
-    if layout == "strided":  # every other column of a wider tensor
-        wide = torch.zeros(batch, 2 * grid.shape[0], device=DEVICE, dtype=dtype)
-        wide[:, ::2] = x
-        return wide[:, ::2]
-    if layout == "transposed":
-        return x.t().contiguous().t()
-    return x
-
-
-def relative_error(got, want):
-    return ((got.double() - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+    return in_layout(inputs_around(grid, batch, gen, outside=0.5, dtype=torch.float32).to(DEVICE, dtype), layout)
 
 
 def reference(x, weight, grid, k, uniform, activation, grad_out):
@@ -98,7 +87,7 @@ def check_against_reference(case, dtype, activation, layout, seed, repeat_knot=F
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[case_id(case) for case in CASES])
 def test_float32_output_and_gradients_match_the_reference(index):
-    layout = ("contiguous", "strided", "transposed")[index % 3]
+    layout = LAYOUTS[index % 3]
     check_against_reference(CASES[index], torch.float32, ACTIVATIONS[index % 4], layout, seed=index)
 
 
