@@ -20,7 +20,7 @@ from .bench import (RESULTS_DIR, can_retain_freed_memory, format_table, resolve_
                     write_results)
 from .bench import kernel
 from .bench.candidates import DTYPES
-from .bench.layer import CANDIDATES, TABLE_COLUMNS, run_layer_benchmark
+from .bench.layer import CANDIDATES, SWEEP_COLUMNS, TABLE_COLUMNS, run_layer_benchmark
 from .bench.layer import target_report as layer_target_report
 from .bench.targets import format_targets
 from .checks import OutputDirError, check_output_dir
@@ -143,6 +143,10 @@ def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                                repeat=args.repeat, warmup=args.warmup, skip_pykan=args.skip_pykan, seed=args.seed)
     print(f"layer benchmark on {device}: batch {args.batch}, width {args.width}, order {args.order}, {args.dtype}")
     print(format_table(rows, TABLE_COLUMNS))
+    swept = [row for row in rows if "sweep_fwdbwd_median_ms" in row]
+    if swept:
+        print("bsplinekan's training step at every grid size again, in alternation (the grid sweep's ratios):")
+        print(format_table(swept, SWEEP_COLUMNS))
     print("targets (at batch 1024, width 256, order 3, float32):")
     print(format_targets(layer_target_report(rows), ".3g"))
     return _write_results("layer", params, rows, device, args)

@@ -255,7 +255,17 @@ def test_cli_no_write_writes_nothing(tmp_path, capsys):
     assert main([*TINY_CLI, "--skip-pykan", "--no-write", "--out-dir", str(out_dir)]) == 0
     printed = capsys.readouterr().out
     assert "bsplinekan" in printed and "pykan" not in printed and "wrote" not in printed
+    assert "in alternation" not in printed  # one grid size: no sweep
     assert not out_dir.exists()
+
+
+def test_cli_prints_the_alternated_sweep_of_several_grid_sizes(capsys):
+    two_grids = [*TINY_CLI[:TINY_CLI.index("--grid") + 2], "2", *TINY_CLI[TINY_CLI.index("--grid") + 2:]]
+    assert main([*two_grids, "--skip-pykan", "--no-write"]) == 0
+    printed = capsys.readouterr().out
+    sweep = printed.split("in alternation")[1].split("targets")[0]
+    assert "sweep_fwdbwd_median_ms" in sweep
+    assert [line.split()[0] for line in sweep.strip().splitlines()[3:]] == ["3", "2"], sweep
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -68,6 +68,7 @@ __all__ = [
     "DTYPES",
     "PEER_BUILDERS",
     "PIP_PEERS",
+    "SWEEP_COLUMNS",
     "TABLE_COLUMNS",
     "TARGETS",
     "TARGET_CONFIGURATION",
@@ -82,6 +83,7 @@ TABLE_COLUMNS = (
     "grid", "candidate", "fwd_median_ms", "fwdbwd_median_ms", "fwdbwd_q25_ms", "fwdbwd_q75_ms",
     "ratio_to_dense", "peak_bytes", "memory_ratio_to_dense", "gflops_per_s", "skipped",
 )
+SWEEP_COLUMNS = ("grid", "sweep_fwdbwd_median_ms", "sweep_fwdbwd_q25_ms", "sweep_fwdbwd_q75_ms")
 # The goals, for bsplinekan at TARGET_CONFIGURATION: (name, grid, reference, goal, direction); the reference is
 # None for dense's figure at the same grid, a grid size for bsplinekan's figure at that grid, "peers" for the
 # fastest of PIP_PEERS measured at the same grid. The grid sweep's: a layer near the nonzero work of its local
