@@ -238,14 +238,15 @@ def _slot_major_rows(matrix: torch.Tensor, n_in: int) -> torch.Tensor:
 @pytest.mark.parametrize("slot_major", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("narrow_layout", [True, False])
-# narrow outputs and wide ones on the serial kernel; the (48, ...) ones big enough for the parallel one; 230 bases:
-# an input's coefficients beyond ASSEMBLY_TILE_ABOVE, assembled straight or through tiles of outputs (the last partial)
+# narrow outputs and wide ones on the serial kernel; the (48, ...) ones big enough for the parallel one; 230 and 920
+# bases: an input's coefficients beyond ASSEMBLY_TILE_ABOVE, assembled straight or in 8 x 8 blocks (with edges on both
+# axes; a narrow layout's outputs do not lie side by side, so it is assembled straight either way)
 @pytest.mark.parametrize("n_in, n_out, n_basis", [(5, 1, 23), (5, 9, 23), (5, 16, 23), (5, 37, 23), (48, 61, 23),
-                                                  (5, 37, 230), (48, 61, 230)])
+                                                  (5, 37, 230), (48, 61, 230), (5, 9, 920)])
 def test_the_assembled_weight_is_the_layers_weight_matrix(monkeypatch, n_in, n_out, n_basis, narrow_layout, dtype,
                                                           slot_major):
     """The assembly kernel writes every entry, the same products in the same order as the plain formula, in either
-    memory layout and row order, and beyond ASSEMBLY_TILE_ABOVE both ways (straight and through tiles); the gradient
+    memory layout and row order, and beyond ASSEMBLY_TILE_ABOVE both ways (straight and in blocks); the gradient
     fold reads it back."""
     from kanlib.ops.spline_linear import cpu
 
@@ -257,15 +258,15 @@ def test_the_assembled_weight_is_the_layers_weight_matrix(monkeypatch, n_in, n_o
     parallel = n_in * n_slots * n_out >= cpu.SERIAL_BELOW
     assert parallel == (n_in == 48)
     either_way = n_out * n_basis * coef.element_size() > cpu.ASSEMBLY_TILE_ABOVE
-    assert either_way == (n_basis == 230)
+    assert either_way == (n_basis >= 230)
     want = spline_linear_module.layer_weight_matrix(scale_base, scale_sp, mask, coef)
-    for tiled in (False, True) if either_way else (None,):
-        if tiled is not None:  # the way the first call of a shape picks, then each way
+    for blocked in (False, True) if either_way else (None,):
+        if blocked is not None:  # the way the first call of a shape picks, then each way
             monkeypatch.setattr(spline_linear_module, "ASSEMBLY_PLANS", {})
             picked = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout, slot_major)
             assert torch.equal(picked, _slot_major_rows(want, n_in) if slot_major else want)
             key, = spline_linear_module.ASSEMBLY_PLANS
-            spline_linear_module.ASSEMBLY_PLANS[key] = tiled
+            spline_linear_module.ASSEMBLY_PLANS[key] = blocked
         got = spline_linear_module.assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=narrow_layout,
                                                     slot_major=slot_major)
         assert got.shape == want.shape == (n_in * n_slots, n_out)
@@ -278,8 +279,10 @@ def test_the_assembled_weight_is_the_layers_weight_matrix(monkeypatch, n_in, n_o
     folded = spline_linear_module.parameter_gradients(
         scale_sp, mask, coef, _slot_major_rows(grad_weight, n_in) if slot_major else grad_weight,
         slot_major=slot_major)
+    # grad_scale_sp sums n_basis products; in float32, 920 of them summed in another order than torch's differ more
+    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 and n_basis > 256 else {}
     for a, b in zip(folded, expected):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, **tolerance)
 
 
 @pytest.mark.parametrize("n_in", [7, cpu.BLOCK_BELOW + 1])  # rows side by side, and row by row

@@ -553,29 +553,28 @@ def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot
         kernel(*arguments, False)
     else:
         key = (n_in, n_out, n_basis, coef.dtype, shape, torch.get_num_threads())
-        tiled = ASSEMBLY_PLANS.get(key)
-        if tiled is None:
+        blocked = ASSEMBLY_PLANS.get(key)
+        if blocked is None:
             ASSEMBLY_PLANS[key] = _fastest_assembly(kernel, arguments)
         else:
-            kernel(*arguments, tiled)
+            kernel(*arguments, blocked)
     return torch.from_numpy(buffer.reshape(n_out, -1).T if narrow else buffer.reshape(-1, n_out))
 
 
 # Above ASSEMBLY_TILE_ABOVE bytes of an input's coefficients, the assembly reads them straight across the basis axis or
-# along their rows into a tile (:func:`.cpu.assemble_weights`), and which is faster depends on the CPU and the size:
-# on an AVX-512 Xeon straight at G = 50, the tile at G = 200. The first assembly of each shape times both and keeps
-# the faster for the process: shape key -> tiled.
+# transposes them in blocks (:func:`.cpu.assemble_weights`), and which is faster may depend on the CPU and the size.
+# The first assembly of each shape times both and keeps the faster for the process: shape key -> blocked.
 ASSEMBLY_PLANS: dict[tuple, bool] = {}
 
 
 def _fastest_assembly(kernel, arguments: tuple) -> bool:
-    """Runs kernel(*arguments, tiled) twice each way (the first call of a process also compiles it), leaving its
-    output written; whether the tiled way took less time at its best."""
+    """Runs kernel(*arguments, blocked) twice each way (the first call of a process also compiles it), leaving its
+    output written; whether the blocked way took less time at its best."""
     best = {}
-    for tiled in (False, True, False, True):
+    for blocked in (False, True, False, True):
         start = time.perf_counter()
-        kernel(*arguments, tiled)
-        best[tiled] = min(best.get(tiled, float("inf")), time.perf_counter() - start)
+        kernel(*arguments, blocked)
+        best[blocked] = min(best.get(blocked, float("inf")), time.perf_counter() - start)
     return best[True] < best[False]
 
 

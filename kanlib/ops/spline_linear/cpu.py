@@ -65,6 +65,7 @@ import torch
 from numba import njit, prange
 
 from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH_ID
+from ..block_transpose import BLOCK, scaled_transpose_block, transpose_block
 from ..contention import guard_from_environment
 from ..fast_exp import exp_constants, exp_nonpositive
 
@@ -1410,12 +1411,31 @@ def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block,
 
 
 # The parameters' gradients are written across the basis axis from a block whose rows run along the outputs: the
-# block's columns are first copied, TRANSPOSE_COLUMNS outputs at a time, into the rows of a tile [outputs, G+k], which
-# the writes then read along the basis axis as they write (a loop that vectorizes). Read straight from the block, a
-# column's entries lie one block row apart (a power of two bytes for power-of-two widths), map to a few L1 cache sets
-# and evict one another. (B = 1024, I = O = 256, G = 200 on a Zen 4 EPYC: this pass took 0.7x the time of one that
-# read a tile [G+k, 16] across its rows.)
+# block's columns are first transposed, TRANSPOSE_COLUMNS outputs at a time, into the rows of a tile [outputs, G+k]
+# (:func:`_transpose_rows`), which the writes then read along the basis axis as they write (a loop that vectorizes).
+# Read straight from the block, a column's entries lie one block row apart (a power of two bytes for power-of-two
+# widths), map to a few L1 cache sets and evict one another. (B = 1024, I = O = 256, G = 200 on a Zen 4 EPYC: this
+# pass, its tile copied entry by entry, took 0.7x the time of one that read a tile [G+k, 16] across its rows.)
 TRANSPOSE_COLUMNS = 64
+
+
+@njit(inline="always", cache=True)
+def _transpose_rows(block, first_row, col0, col1, n_rows, columns):
+    """columns[c - col0, r] = block[first_row + r, c] for r < n_rows and col0 <= c < col1 (block and columns
+    C-contiguous): in 8 x 8 blocks through vector shuffles (:mod:`kanlib.ops.block_transpose`), the edges one entry at
+    a time."""
+    width = block.shape[1]
+    row_end = n_rows - n_rows % BLOCK
+    col_end = col0 + (col1 - col0) - (col1 - col0) % BLOCK
+    for c in range(col0, col_end, BLOCK):
+        for r in range(0, row_end, BLOCK):
+            transpose_block(block, (first_row + r) * width + c, width, columns, (c - col0) * n_rows + r, n_rows)
+        for r in range(row_end, n_rows):
+            for cc in range(c, c + BLOCK):
+                columns[cc - col0, r] = block[first_row + r, cc]
+    for r in range(n_rows):
+        for c in range(col_end, col1):
+            columns[c - col0, r] = block[first_row + r, c]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -1439,10 +1459,7 @@ def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, co
             base = (i - i0) * n_slots
             for o0 in range(c0, c1, TRANSPOSE_COLUMNS):
                 o1 = min(c1, o0 + TRANSPOSE_COLUMNS)
-                for j in range(n_basis):
-                    source = block[base + 1 + j]
-                    for o in range(o0, o1):
-                        columns[o - o0, j] = source[o - c0]
+                _transpose_rows(block, base + 1, o0 - c0, o1 - c0, n_basis, columns)
                 for o in range(o0, o1):
                     edge_mask = mask[i, o]
                     grad_scale_base[i, o] = block[base, o - c0] * edge_mask
@@ -1462,49 +1479,47 @@ def thread_count() -> int:
 
 
 # An input's coefficients [O, G+k] are read across the basis axis while the weight's rows run along the outputs.
-# Above this size (a core's L1 data cache) they can instead be read along their rows into a tile: which way is faster
-# depends on the CPU (see :func:`~kanlib.ops.spline_linear.assembled_weight`).
+# Above this size (a core's L1 data cache) they can instead be transposed in blocks: which way is faster depends on
+# the CPU (see :func:`~kanlib.ops.spline_linear.assembled_weight`).
 ASSEMBLY_TILE_ABOVE = 1 << 15
-ASSEMBLY_INPUTS = 8  # inputs per parallel task of the tiled assembly, which allocates one tile per task
 
 
 @njit(parallel=True, cache=True)
-def _assemble_weights(scale_base, scale_sp, mask, coef, out, tiled):
+def _assemble_weights(scale_base, scale_sp, mask, coef, out, blocked):
     """out [I, S, O]: per input, ``scale_base * mask`` then the G + k rows ``scale_sp * mask * coef``.
 
-    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]. Straight (``tiled`` False): each basis row is written along
+    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]. Straight (``blocked`` False): each basis row is written along
     the outputs from ``scale_sp * mask`` kept for the whole input, reading the coefficients across the basis axis.
-    Tiled: an input's coefficients are read along their rows, in memory order, and scaled into a tile [G+k, O] one
-    output at a time, whose rows are then copied to the weight's. The tile's rows lie an odd number of 64-byte lines
-    apart, so that a column's entries do not crowd into a few L1 cache sets (see TRANSPOSE_COLUMNS). Both write the
-    same products.
+    Blocked: 8 x 8 blocks of an input's coefficients (8 outputs by 8 bases) are transposed through vector shuffles
+    and scaled (:mod:`kanlib.ops.block_transpose`), the edges entry by entry; where the coefficients' bases or the
+    weight's outputs do not lie side by side in memory, straight. Both write the same products.
     """
     n_in, n_out, n_basis = coef.shape
-    if not tiled:
-        for i in prange(n_in):
-            scale = np.empty(n_out, dtype=out.dtype)
-            for o in range(n_out):
-                out[i, 0, o] = scale_base[i, o] * mask[i, o]
-                scale[o] = scale_sp[i, o] * mask[i, o]
+    item = out.itemsize
+    side_by_side = out.strides[2] == item and coef.strides[2] == coef.itemsize
+    for i in prange(n_in):
+        scale = np.empty(n_out, dtype=out.dtype)
+        for o in range(n_out):
+            out[i, 0, o] = scale_base[i, o] * mask[i, o]
+            scale[o] = scale_sp[i, o] * mask[i, o]
+        if not (blocked and side_by_side):
             for j in range(n_basis):
                 for o in range(n_out):
                     out[i, 1 + j, o] = scale[o] * coef[i, o, j]
-        return
-    per_line = 64 // out.itemsize
-    stride = per_line * (((n_out + per_line - 1) // per_line) | 1)
-    for task in prange((n_in + ASSEMBLY_INPUTS - 1) // ASSEMBLY_INPUTS):
-        tile = np.empty((n_basis, stride), dtype=out.dtype)
-        i0, i1 = _blocks(n_in, ASSEMBLY_INPUTS, task)
-        for i in range(i0, i1):
-            for o in range(n_out):
-                out[i, 0, o] = scale_base[i, o] * mask[i, o]
-                scale = scale_sp[i, o] * mask[i, o]
-                for j in range(n_basis):
-                    tile[j, o] = scale * coef[i, o, j]
-            for j in range(n_basis):
-                row, source = out[i, 1 + j], tile[j]
-                for o in range(n_out):
-                    row[o] = source[o]
+            continue
+        source_row, target_row = coef.strides[1] // coef.itemsize, out.strides[1] // item
+        source_input, target_input = i * (coef.strides[0] // coef.itemsize), i * (out.strides[0] // item)
+        basis_end, out_end = n_basis - n_basis % BLOCK, n_out - n_out % BLOCK
+        for o0 in range(0, out_end, BLOCK):
+            for j0 in range(0, basis_end, BLOCK):
+                scaled_transpose_block(coef, source_input + o0 * source_row + j0, source_row,
+                                       out, target_input + (1 + j0) * target_row + o0, target_row, scale, o0)
+            for j in range(basis_end, n_basis):
+                for o in range(o0, o0 + BLOCK):
+                    out[i, 1 + j, o] = scale[o] * coef[i, o, j]
+        for j in range(n_basis):
+            for o in range(out_end, n_out):
+                out[i, 1 + j, o] = scale[o] * coef[i, o, j]
 
 
 @njit(parallel=True, cache=True)
