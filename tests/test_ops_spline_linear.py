@@ -86,22 +86,27 @@ def test_sparse_kernels_across_many_tiles(monkeypatch, k, uniform, threads):
         numba.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("source", ["weight", "parameters"])
 @pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("n_parts", [2, 3, 7])
-def test_the_sparse_forward_adds_the_sums_of_parts_of_the_inputs(monkeypatch, n_parts, uniform):
+def test_the_sparse_forward_adds_the_sums_of_parts_of_the_inputs(monkeypatch, n_parts, uniform, source):
     """With fewer tiles than threads the sparse forward splits the inputs into parts (the last shorter, down to one
-    input each) and adds their sums: the same as one part, and the layer's product picks such a split."""
+    input each) and adds their sums: the same as one part, and the product picks such a split, from the weight
+    (spline_linear) or from the layer's parameters (the fused layer)."""
     gen = torch.Generator().manual_seed(n_parts)
     grid = random_grid(7, 13, 3, gen, uniform=uniform, dtype=torch.float64)
     x = inputs_around(grid, 37, gen, outside=0.3)
-    weight = torch.randn(7 * (13 + 3 + 1), 11, generator=gen, dtype=torch.float64)
+    (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 7, 11, 13 + 3)
+    parameters = (scale_base.detach(), scale_sp.detach(), mask, coef.detach())
+    weight = spline_linear_module.layer_weight_matrix(*parameters)
+    given = {"weight": weight} if source == "weight" else {"parameters": parameters}
     args = spline_linear_module._CpuKernelArgs(x, grid, 3, uniform, "silu")
     windows = spline_linear_module._sparse_windows(args, 13 + 3 + 1, with_slopes=False)
     outs = []
     for parts in (1, n_parts):
         out = torch.full((37, 11), float("nan"), dtype=torch.float64)
-        cpu.sparse_forward(windows.order, windows.offsets, windows.values, weight.numpy(), out.numpy(),
-                           windows.block_rows, 11, parts)
+        cpu.sparse_forward(windows.order, windows.offsets, windows.values,
+                           *spline_linear_module._weight_source(**given), out.numpy(), windows.block_rows, 11, parts)
         outs.append(out)
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(outs[0], spline_linear_reference(x, weight, grid, 3, "silu"), rtol=1e-10, atol=1e-10)
@@ -109,7 +114,10 @@ def test_the_sparse_forward_adds_the_sums_of_parts_of_the_inputs(monkeypatch, n_
     calls = []
     kernel = cpu.sparse_forward
     monkeypatch.setattr(cpu, "sparse_forward", lambda *args: calls.append(args[-1]) or kernel(*args))
-    got = spline_linear(x, weight, grid, 3, uniform, "silu", "sparse")
+    if source == "weight":
+        got = spline_linear(x, weight, grid, 3, uniform, "silu", "sparse")
+    else:
+        got = spline_linear_module.sparse_spline_layer(x, *parameters, grid, 3, uniform)
     assert calls == [n_parts]
     torch.testing.assert_close(got, outs[0], rtol=1e-12, atol=1e-12)
 
@@ -734,15 +742,16 @@ def test_what_backward_keeps_is_saved_where_autograd_sees_it(monkeypatch, backen
 
 @pytest.mark.parametrize("backend", ["sparse", "cpu"])
 def test_the_assembled_weight_is_saved_only_for_the_input_gradient(backend):
-    """The [I*S, O] weight assembled in forward is saved (where saved-tensor hooks see it) when x takes a gradient,
-    which needs it, and not kept when only the parameters do; their gradients are right either way."""
+    """Dense: the [I*S, O] weight assembled in forward is saved (where saved-tensor hooks see it) when x takes a
+    gradient, which needs it, and not kept when only the parameters do. Sparse: the kernels assemble each input's
+    weight rows in cache from the parameters, and no weight is ever saved. The gradients are right either way."""
     layer = BSplineKAN(5, 7, grid_size=9, backend=backend, dtype=torch.float64)
     eager = _eager(layer)
     x = inputs_around(layer.grid, 23, torch.Generator().manual_seed(4), outside=0.3)
     weight = ((5 * 13, 7), torch.float64)
     for x_grad in (True, False):
         leaf = x.clone().requires_grad_(x_grad)
-        assert (weight in _saved_shapes(lambda: layer(leaf))) == x_grad
+        assert (weight in _saved_shapes(lambda: layer(leaf))) == (x_grad and backend == "cpu")
         leaves = [layer.coef, layer.scale_base, layer.scale_sp] + ([leaf] if x_grad else [])
         got = torch.autograd.grad(layer(leaf).sum(), leaves)
         want = torch.autograd.grad(eager(leaf).sum(), [eager.coef, eager.scale_base, eager.scale_sp] + leaves[3:])

@@ -243,13 +243,14 @@ def group_rows(l2_bytes: int | None, columns: int) -> int:
 
 
 # The sparse kernels' tiles. Each input's rows are sorted by window start in blocks of up to GROUP_ROWS rows: rows
-# with the same start meet the same k + 2 weight rows, which then stay in L1 while those rows go by. The forward and
-# grad_x kernels read the whole weight once per block, so the blocks are long, and the forward's output accumulators
+# with the same start meet the same k + 2 weight rows, which then stay in L1 while those rows go by. The forward
+# reads (or assembles) the whole weight once per block, so the blocks are long, and the forward's output accumulators
 # (a block's rows x up to TILE_COLUMNS columns) stay in L2, and 512 rows where the L2 is smaller (at B = 1024,
 # G = 50 to 200, a training step: on an EPYC with 512 KiB of L2, 512 rows measured faster than 256 or 1,024; on a
 # Xeon with 2 MiB, 1,024 rows faster than 512; on an EPYC with 1 MiB, 1,024 rows faster than 512 by 5% at G = 50 and
-# 17% at G = 200, the weight read half as often). The weight gradient's accumulators (in_block inputs' rows, within
-# GRAD_TILE_BYTES) stay in L2 as every row goes by.
+# 17% at G = 200, the weight read half as often). The backward takes in_block inputs at a time through every block;
+# the weight gradient's accumulators (an input's rows, within GRAD_TILE_BYTES for in_block inputs) stay in L2 as
+# every row goes by.
 TILE_COLUMNS = 256
 GROUP_ROWS = group_rows(_l2_cache_bytes(), TILE_COLUMNS)
 GRAD_TILE_BYTES = 1 << 17
@@ -308,30 +309,46 @@ def _input_column_tiles(n_in: int, n_slots: int, n_out: int, itemsize: int, thre
     return max(1, in_block), col_block
 
 
-def _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slopes=False):
-    """(A @ weight [N, O], the :class:`_Windows`) through the local-support kernels; the slopes (for grad_x) only
-    when ``with_slopes``. A backward on the same x and grid reuses the windows."""
+def _weight_source(weight: torch.Tensor | None = None, parameters: tuple | None = None) -> tuple[np.ndarray, ...]:
+    """(weight, scale_base, scale_sp, mask, coef) as :mod:`.cpu`'s local-support kernels take them: the assembled
+    weight [I*S, O] and empty parameters, or the layer's parameters (scale_base, scale_sp, mask [I, O], coef
+    [I, O, G+k]) and an empty weight, from which the kernels assemble the weight's rows in cache as they go."""
+    if parameters is None:
+        array = weight.numpy()
+        empty = np.empty((0, 0), array.dtype)
+        return array, empty, empty, empty, np.empty((0, 0, 0), array.dtype)
+    arrays = tuple(numpy_of(t) for t in parameters)
+    return (np.empty((0, 0), arrays[0].dtype), *arrays)
+
+
+def _sparse_forward(x, grid, spline_order, uniform, activation, n_slots, with_slopes=False, weight=None,
+                    parameters=None):
+    """(A @ W [N, O], the :class:`_Windows`) through the local-support kernels, W the assembled weight [I*S, O] or
+    the one of the layer's ``parameters`` (:func:`_weight_source`); the slopes (for grad_x) only when
+    ``with_slopes``. A backward on the same x and grid reuses the windows."""
     args = _CpuKernelArgs(x, grid, spline_order, uniform, activation)
-    windows = _sparse_windows(args, weight.shape[0] // x.shape[1], with_slopes=with_slopes)
-    n_out = weight.shape[1]
+    windows = _sparse_windows(args, n_slots, with_slopes=with_slopes)
+    source = _weight_source(weight, parameters)
+    n_out = source[0].shape[1] if parameters is None else source[4].shape[1]
     out = x.new_empty(x.shape[0], n_out)
     tiles = max(1, windows.order.shape[0]) * -(-n_out // TILE_COLUMNS)
     # where tiles are fewer than threads, the inputs are split (a pass over fewer columns costs more per column)
     parts = min(x.shape[1], max(1, -(-args.kernels.thread_count() // tiles)))
-    args.kernels.sparse_forward(windows.order, windows.offsets, windows.values, weight.numpy(), out.numpy(),
+    args.kernels.sparse_forward(windows.order, windows.offsets, windows.values, *source, out.numpy(),
                                 windows.block_rows, min(n_out, TILE_COLUMNS), parts)
     return out, windows
 
 
-def _recorded_sparse_forward(ctx, recording, n_differentiable, x, weight, grid, spline_order, uniform, activation):
+def _recorded_sparse_forward(ctx, recording, n_differentiable, x, grid, spline_order, uniform, activation, n_slots,
+                             weight=None, parameters=None):
     """:func:`_sparse_forward` inside an autograd Function's forward: (out, the windows' arrays as tensors, to save for
     backward with ctx.save_for_backward, or none). ``recording``: whether autograd was recording when the Function was
     applied (inside forward it never is); without a graph, or when none of the first ``n_differentiable`` inputs takes
     a gradient, no backward comes, so neither the slopes nor the windows are kept. Saved as tensors, the windows count
     where autograd's saved tensors do (``torch.autograd.graph.saved_tensors_hooks``, checkpointing)."""
     needs = ctx.needs_input_grad
-    out, windows = _sparse_forward(x, weight, grid, spline_order, uniform, activation,
-                                   with_slopes=recording and needs[0])
+    out, windows = _sparse_forward(x, grid, spline_order, uniform, activation, n_slots,
+                                   with_slopes=recording and needs[0], weight=weight, parameters=parameters)
     if not (recording and any(needs[:n_differentiable])):
         return out, ()
     ctx.block_rows = windows.block_rows
@@ -364,19 +381,30 @@ def _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_ou
         args.kernels.sparse_grad_weight(windows.order, windows.offsets, windows.values, grad_out.numpy(),
                                         grad_w.numpy(), *tiles)
     if need_x:
-        grad_x = _sparse_grad_x(args, windows, weight, grad_out, threads)
+        grad_x, _ = _sparse_gradients(args, windows, grad_out, threads, need_x, False, weight=weight)
     return grad_x, grad_w
 
 
-def _sparse_grad_x(args: _CpuKernelArgs, windows: _Windows, weight, grad_out, threads: int) -> torch.Tensor:
-    """grad_x [N, I] from the windows' slopes through the local-support kernel, in tiles of a row block and
-    in_block inputs, about eight per thread."""
+def _sparse_gradients(args: _CpuKernelArgs, windows: _Windows, grad_out, threads: int, need_x: bool,
+                      need_parameters: bool, weight=None, parameters=None):
+    """(grad_x [N, I] or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) by one pass of the local-support
+    backward kernel, W the weight or the parameters' (:func:`_weight_source`; the parameters' gradients need the
+    parameters), in tiles of in_block inputs by up to TILE_COLUMNS columns."""
     n_rows, n_in = args.x.shape
-    grad_x = weight.new_empty(n_rows, n_in)
-    in_block = max(1, -(-n_in * windows.order.shape[0] // (8 * threads)))
-    args.kernels.sparse_grad_input(windows.order, windows.offsets, windows.slopes, weight.numpy(), grad_out.numpy(),
-                                   grad_x.numpy(), windows.block_rows, in_block)
-    return grad_x
+    source = _weight_source(weight, parameters)
+    n_out = grad_out.shape[1]
+    n_slots = windows.offsets.shape[2] + windows.values.shape[1] - 2
+    dtype = source[0].dtype
+    grad_x = torch.zeros(n_rows, n_in, dtype=grad_out.dtype) if need_x else None
+    if need_parameters:
+        arrays, grad_parameters = _parameter_gradients(parameters[1], parameters[3])
+    else:
+        empty = np.empty((0, 0), dtype)
+        arrays, grad_parameters = (empty, empty, np.empty((0, 0, 0), dtype)), None
+    tiles = _input_column_tiles(n_in, n_slots, n_out, grad_out.element_size(), threads)
+    args.kernels.sparse_backward(windows.order, windows.offsets, windows.values, windows.slopes, grad_out.numpy(),
+                                 *source, grad_x.numpy() if need_x else np.empty((0, 0), dtype), *arrays, *tiles)
+    return grad_x, grad_parameters
 
 
 class FusedCpuSplineLinear(torch.autograd.Function):
@@ -391,8 +419,8 @@ class FusedCpuSplineLinear(torch.autograd.Function):
         n_slots = weight.shape[0] // x.shape[1]
         windows = ()
         if sparse:
-            out, windows = _recorded_sparse_forward(ctx, recording, 2, x, weight.detach(), grid, spline_order, uniform,
-                                                    activation)
+            out, windows = _recorded_sparse_forward(ctx, recording, 2, x, grid, spline_order, uniform, activation,
+                                                    n_slots, weight=weight.detach())
         else:
             expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
             out = _product(expanded, weight.detach())
@@ -425,30 +453,32 @@ class FusedCpuSplineLinear(torch.autograd.Function):
 
 
 class FusedSplineLayer(torch.autograd.Function):
-    """A B-spline layer's product from its parameters through the CPU kernels, in one autograd node: the [I*S, O]
-    weight is assembled in forward (and saved for backward when x takes a gradient, which needs it), and backward
-    writes the parameters' gradients itself.
+    """A B-spline layer's product from its parameters through the CPU kernels, in one autograd node, backward writing
+    the parameters' gradients itself.
 
-    Dense (``sparse`` False): the expansion A is written by a kernel and multiplied by BLAS (and kept for backward
+    Dense (``sparse`` False): the [I*S, O] weight is assembled in forward (and saved for backward when x takes a
+    gradient, which needs it); the expansion A is written by a kernel and multiplied by BLAS (and kept for backward
     when it has fewer than KEEP_EXPANDED_BELOW elements, else rebuilt there); the weight gradient [I*S, O] is
     folded back onto the parameters by one kernel pass. A's columns and the weight's rows are slot-major here
     (s*I + i), which the kernel writes and reads for all inputs at once, in A's dtype. Sparse: the local-support
-    kernels, and the parameters' gradients straight from the basis windows (:func:`.cpu.sparse_grad_parameters`),
-    without the weight gradient. ``recording``: ``torch.is_grad_enabled()`` where it is applied (see
+    kernels straight from the parameters, each input's weight rows assembled in cache as they go, and backward's one
+    pass writes grad_x and the parameters' gradients from the basis windows (:func:`.cpu.sparse_backward`): neither
+    the weight nor its gradient is ever stored. ``recording``: ``torch.is_grad_enabled()`` where it is applied (see
     :func:`_recorded_sparse_forward`).
     """
 
     @staticmethod
     def forward(ctx, x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse, recording):
         ctx.config = (spline_order, uniform, activation, sparse)
-        weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse, slot_major=not sparse)
+        if sparse:
+            ctx.keeps_weight = False
+            out, windows = _recorded_sparse_forward(ctx, recording, 5, x, grid, spline_order, uniform, activation,
+                                                    coef.shape[2] + 1, parameters=(scale_base, scale_sp, mask, coef))
+            ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid, *windows)
+            return out
+        weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=True, slot_major=True)
         ctx.keeps_weight = recording and ctx.needs_input_grad[0]  # grad_x needs it; the parameters' gradients not
         saved = (x, scale_base, scale_sp, mask, coef, grid, *((weight,) if ctx.keeps_weight else ()))
-        if sparse:
-            out, windows = _recorded_sparse_forward(ctx, recording, 5, x, weight, grid, spline_order, uniform,
-                                                    activation)
-            ctx.save_for_backward(*saved, *windows)
-            return out
         expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, coef.shape[2] + 1, slot_major=True)
         ctx.save_for_backward(*saved, *((expanded,) if expanded.numel() < KEEP_EXPANDED_BELOW else ()))
         return _product(expanded, weight)
@@ -477,9 +507,10 @@ class FusedSplineLayer(torch.autograd.Function):
         grad_out = grad_out.detach().contiguous()  # x, the grid and the parameters reach the kernels by numpy_of
         need_parameters = need_base or need_sp or need_coef
         if sparse:
-            grad_x, grad_parameters = _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight,
-                                                             grad_out, scale_sp, mask, coef, need_x, need_parameters,
-                                                             _saved_windows(ctx, kept))
+            args, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, coef.shape[2] + 1,
+                                                       need_x, _saved_windows(ctx, kept))
+            grad_x, grad_parameters = _sparse_gradients(args, windows, grad_out, threads, need_x, need_parameters,
+                                                        parameters=(scale_base, scale_sp, mask, coef))
         else:
             grad_expanded = grad_out @ weight.t() if need_x else None
             expanded = kept[0] if kept else None
@@ -597,23 +628,6 @@ def parameter_gradients(scale_sp, mask, coef, grad_weight, slot_major: bool = Fa
     return grads
 
 
-def _sparse_layer_backward(x, grid, spline_order, uniform, activation, weight, grad_out, scale_sp, mask, coef,
-                           need_x, need_parameters, windows=None):
-    """(grad_x or None, (grad_scale_base, grad_scale_sp, grad_coef) or None) through the local-support kernels
-    (``windows``: the forward's; ``weight``, the assembled [I*S, O] weight, only needed with need_x)."""
-    n_slots = coef.shape[2] + 1
-    args, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, n_slots, need_x, windows)
-    grad_x = grad_parameters = None
-    if need_x:
-        grad_x = _sparse_grad_x(args, windows, weight, grad_out, threads)
-    if need_parameters:
-        arrays, grad_parameters = _parameter_gradients(scale_sp, coef)
-        tiles = _input_column_tiles(x.shape[1], n_slots, coef.shape[1], coef.element_size(), threads)
-        args.kernels.sparse_grad_parameters(windows.order, windows.offsets, windows.values, grad_out.numpy(),
-                                            numpy_of(scale_sp), numpy_of(mask), numpy_of(coef), *arrays, *tiles)
-    return grad_x, grad_parameters
-
-
 def fused_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
                        coef: torch.Tensor, grid: torch.Tensor, spline_order: int, uniform: bool,
                        activation: str = "silu", sparse: bool = False) -> torch.Tensor:
@@ -640,9 +654,10 @@ def run_fused_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uni
                                     or coef.requires_grad):
         return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
                                       sparse, True)
-    weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=not sparse, slot_major=not sparse)
     if sparse:
-        return _sparse_forward(x, weight, grid, spline_order, uniform, activation, with_slopes=False)[0]
+        return _sparse_forward(x, grid, spline_order, uniform, activation, coef.shape[2] + 1,
+                               parameters=(scale_base, scale_sp, mask, coef))[0]
+    weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=True, slot_major=True)
     expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, coef.shape[2] + 1, slot_major=True)
     return _product(expanded, weight)
 

@@ -11,9 +11,11 @@ ever stored:
   and the start of its window, :func:`rows_by_start` sorts each input's rows, a block at a time, by that start
   (rows with the same start meet the same k + 2 weight rows, which stay in L1 while those rows go by), and
   :func:`sorted_windows` writes the windows in that order, as [I, k+2, N] values whose size does not depend on G:
-  a start's rows then find their windows side by side. :func:`sparse_forward`, :func:`sparse_grad_input`,
-  :func:`sparse_grad_weight` and :func:`sparse_grad_parameters` run over tiles of row blocks and output columns
-  (or of inputs and columns) in that order, along the columns in vectorized passes.
+  a start's rows then find their windows side by side. :func:`sparse_forward`, :func:`sparse_backward` and
+  :func:`sparse_grad_weight` run over tiles of row blocks and output columns (or of inputs and columns) in that
+  order, along the columns in vectorized passes. The first two take the weight [I*S, O], or a B-spline layer's
+  parameters, from which they assemble each input's weight rows in cache as they go (:func:`_input_weights`,
+  prefetching the next input's coefficients meanwhile), so that no [I*S, O] matrix is written.
 
   - ``window_spans(x, grid, inv_steps, uniform, spline_order, n_basis, spans, starts)``: spans [N, I] int32, each
     value's span (-1 outside the grid or for NaN), and starts [N, I] int32, the first spline row (basis index) of
@@ -31,16 +33,16 @@ ever stored:
     rows at a time gathered in their order, the base activation by :func:`activation_row` and the bases from their
     polynomials (:func:`window_polynomials`), in flat loops that vectorize (steps [I], the knot spacing; bits_like
     and constants as for :func:`dense_kernel`).
-  - ``sparse_forward(order, offsets, values, weight, out, block_rows, col_block, n_parts)``: out [N, O] = A @ weight,
-    over tiles of one row block and col_block columns, each split into n_parts parts of the inputs whose sums are
-    added at the end (so that there are tiles for every thread with the columns kept whole).
-  - ``sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block)``: grad_x [N, I],
-    over tiles of one row block and in_block inputs.
+  - ``sparse_forward(order, offsets, values, weight, scale_base, scale_sp, mask, coef, out, block_rows, col_block,
+    n_parts)``: out [N, O] = A @ W (W the weight, or the parameters' when the weight is empty [0, 0]), over tiles of
+    one row block and col_block columns, each split into n_parts parts of the inputs whose sums are added at the end
+    (so that there are tiles for every thread with the columns kept whole).
+  - ``sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_base, scale_sp, mask, coef, grad_x,
+    grad_scale_base, grad_scale_sp, grad_coef, in_block, col_block)``: grad_x [N, I] (where not empty) and a
+    B-spline layer's parameters' gradients (where grad_coef is not empty) in one pass over tiles of in_block inputs
+    and col_block columns, the latter from the windows without the [I*S, O] weight gradient.
   - ``sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block, col_block)``: grad_weight
     [I*S, O] = A^T @ grad_out.
-  - ``sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, coef, grad_scale_base,
-    grad_scale_sp, grad_coef, in_block, col_block)``: a B-spline layer's parameter gradients from the same
-    windows, without the [I*S, O] weight gradient (see :func:`assemble_weights`).
 
 Grids are pykan's ``[I, G + 2k + 1]`` knots; ``padded`` is the same grid extended by k more knots on
 each side (the general triangular scheme reads knots up to k beyond a span); ``inv_steps`` [I] holds
@@ -68,6 +70,7 @@ from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH
 from ..block_transpose import BLOCK, scaled_transpose_block, transpose_block
 from ..contention import guard_from_environment
 from ..fast_exp import exp_constants, exp_nonpositive
+from ..prefetch import PREFETCH_LINE, prefetch_lines
 
 # numba reads module globals as compile-time constants
 SILU, TANH, RELU = SILU_ID, TANH_ID, RELU_ID
@@ -1095,30 +1098,35 @@ def _add_group_rows(acc, r0, weight, base, first, values, i, rows, p0, col0, col
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _dot_group_rows(grad_x, i, grad_out, weight, base, first, slopes, rows, p0):
-    """grad_x[n, i] <- sum_q slopes[i, q, p0 + j] * (grad_out[n] . weight[row q]) for each n = rows[j], the sums in
-    grad_out's dtype (:func:`_dot_window_rows`)."""
+def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes, rows, p0):
+    """grad_x[n, i] += sum_q slopes[i, q, p0 + j] * (grad_out[n, c0:c1] . weight[row q, w0:w0 + c1 - c0]) for each
+    n = rows[j], the sums in grad_out's dtype (:func:`_dot_window_rows`)."""
     j = 0
+    width = c1 - c0
     if slopes.shape[1] == 5:
-        wa, wb, wc, wd, we = _five_rows(weight, base, first, 0, weight.shape[1])
+        wa, wb, wc, wd, we = _five_rows(weight, base, first, w0, w0 + width)
         zero = grad_out.dtype.type(0.0)
         while j + 4 <= rows.shape[0]:
             n0, n1, n2, n3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
-            a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
+            a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0_, c1_, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
                 slopes, i, p0 + j)
-            ga, gb, gc, gd = grad_out[n0], grad_out[n1], grad_out[n2], grad_out[n3]
+            ga, gb, gc, gd = grad_out[n0, c0:c1], grad_out[n1, c0:c1], grad_out[n2, c0:c1], grad_out[n3, c0:c1]
             sa, sb, sc, sd = zero, zero, zero, zero
-            for o in range(weight.shape[1]):
-                w0, w1, w2, w3, w4 = wa[o], wb[o], wc[o], wd[o], we[o]
-                sa += ga[o] * (a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4)
-                sb += gb[o] * (b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4)
-                sc += gc[o] * (c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3 + c4 * w4)
-                sd += gd[o] * (d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3 + d4 * w4)
-            grad_x[n0, i], grad_x[n1, i], grad_x[n2, i], grad_x[n3, i] = sa, sb, sc, sd
+            for o in range(width):
+                v0, v1, v2, v3, v4 = wa[o], wb[o], wc[o], wd[o], we[o]
+                sa += ga[o] * (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4)
+                sb += gb[o] * (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4)
+                sc += gc[o] * (c0_ * v0 + c1_ * v1 + c2 * v2 + c3 * v3 + c4 * v4)
+                sd += gd[o] * (d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4)
+            grad_x[n0, i] += sa
+            grad_x[n1, i] += sb
+            grad_x[n2, i] += sc
+            grad_x[n3, i] += sd
             j += 4
     for rest in range(j, rows.shape[0]):
         n = rows[rest]
-        grad_x[n, i] = _dot_window_rows(grad_out[n], weight, base, first, slopes[i, :, p0 + rest], 0, weight.shape[1])
+        grad_x[n, i] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, p0 + rest], w0,
+                                         w0 + width)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -1348,27 +1356,65 @@ def _rows_by_start(starts, block_rows, order, offsets):
             cursor[s] += 1
 
 
+# The local-support kernels below take either the assembled weight [I*S, O] (and then empty [0, 0] parameters) or the
+# layer's parameters scale_base, scale_sp, mask [I, O] and coef [I, O, G+k] (and then an empty [0, 0] weight). From the
+# parameters, each input's weight rows are assembled for the columns at hand into a tile that stays in cache
+# (:func:`_input_weights`, blocked), so that the [I*S, O] weight is never written to memory: at G = 200 it outgrows
+# the last-level cache, and writing it, then reading it back in forward and backward, cost more than the products.
+@njit(inline="always", cache=True)
+def _next_input(coef, i, i1, c0, c1, n_steps):
+    """(start, stop, lines per step): the flat range of input i + 1's coefficients for columns c0..c1 (empty when
+    i + 1 reaches i1 or there are no coefficients), and how many of its cache lines each of n_steps steps prefetches
+    for all of them to be asked for."""
+    if i + 1 >= i1 or coef.size == 0:
+        return 0, 0, 0
+    row = coef.strides[1] // coef.itemsize
+    start = (i + 1) * (coef.strides[0] // coef.itemsize) + c0 * row
+    lines = ((c1 - c0) * row * coef.itemsize + PREFETCH_LINE - 1) // PREFETCH_LINE
+    return start, start + (c1 - c0) * row, (lines + n_steps - 1) // max(1, n_steps)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _add_input_rows(acc, r0, b, i, matrix, base, w0, order, offsets, values, ahead, ahead_range):
+    """acc[n - r0, :] += the window of input i of each row n of row block b (first row r0) times its k + 2 weight
+    rows, matrix[base:base + S, w0:w0 + acc.shape[1]]; meanwhile the flat range of ``ahead`` in ahead_range (start,
+    stop, lines per window start) is prefetched."""
+    ahead_start, ahead_stop, per_step = ahead_range
+    for s in range(offsets.shape[2] - 1):
+        prefetch_lines(ahead, ahead_start, ahead_stop, s * per_step, per_step)
+        first, stop = offsets[b, i, s], offsets[b, i, s + 1]
+        _add_group_rows(acc, r0, matrix, base, base + 1 + s, values, i, order[b, i, first:stop], r0 + first, w0,
+                        w0 + acc.shape[1])
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_forward(order, offsets, values, weight, out, block_rows, col_block, n_parts):
+def _sparse_forward(order, offsets, values, weight, scale_base, scale_sp, mask, coef, out, block_rows, col_block,
+                    n_parts):
+    """out [N, O] = A @ W from the sorted windows (the weight or the parameters, see above), in tiles of a row block
+    by col_block columns; each tile's inputs in n_parts parts, whose sums are added at the end."""
     n_in, n_rows = values.shape[0], values.shape[2]
-    n_out = weight.shape[1]
-    n_slots = weight.shape[0] // n_in
-    n_starts = offsets.shape[2] - 1
+    n_out = out.shape[1]
+    n_slots = offsets.shape[2] + values.shape[1] - 2
     n_tiles = _tile_count(n_rows, block_rows, n_out, col_block)
     part_inputs = (n_in + n_parts - 1) // n_parts
     partial = np.empty((n_parts - 1, n_rows, n_out), dtype=out.dtype)  # the sums of parts 1.. (part 0's: out)
+    given = weight.size > 0
     for task in prange(n_tiles * n_parts):
         tile, part = task // n_parts, task % n_parts
         r0, r1, c0, c1, _ = _tile_ranges(tile, n_rows, block_rows, n_out, col_block)
         b = r0 // block_rows
         acc = np.zeros((r1 - r0, c1 - c0), dtype=out.dtype)
+        rows = np.empty((0 if given else n_slots, c1 - c0), dtype=out.dtype)
+        scale = np.empty(c1 - c0, dtype=out.dtype)
         i0, i1 = _blocks(n_in, part_inputs, part)
         for i in range(i0, i1):
-            base = i * n_slots
-            for s in range(n_starts):
-                first, stop = offsets[b, i, s], offsets[b, i, s + 1]
-                _add_group_rows(acc, r0, weight, base, base + 1 + s, values, i, order[b, i, first:stop], r0 + first,
-                                c0, c1)
+            # from the parameters, the next input's coefficients are prefetched while this one's rows go by
+            ahead = _next_input(coef, i, i1, c0, c1, offsets.shape[2] - 1)
+            if given:
+                _add_input_rows(acc, r0, b, i, weight, i * n_slots, c0, order, offsets, values, coef, ahead)
+            else:
+                _input_weights(scale_base, scale_sp, mask, coef, i, c0, c1, scale, rows, True)
+                _add_input_rows(acc, r0, b, i, rows, 0, 0, order, offsets, values, coef, ahead)
         if part == 0:
             out[r0:r1, c0:c1] = acc
         else:
@@ -1380,34 +1426,6 @@ def _sparse_forward(order, offsets, values, weight, out, block_rows, col_block, 
                 summand = partial[part, n]
                 for o in range(n_out):
                     row[o] += summand[o]
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_input(order, offsets, slopes, weight, grad_out, grad_x, block_rows, in_block):
-    n_in = slopes.shape[0]
-    n_slots = weight.shape[0] // n_in
-    n_starts = offsets.shape[2] - 1
-    n_in_blocks = (n_in + in_block - 1) // in_block
-    for tile in prange(offsets.shape[0] * n_in_blocks):
-        b = tile // n_in_blocks
-        i0, i1 = _blocks(n_in, in_block, tile % n_in_blocks)
-        for i in range(i0, i1):
-            base = i * n_slots
-            for s in range(n_starts):
-                first, stop = offsets[b, i, s], offsets[b, i, s + 1]
-                _dot_group_rows(grad_x, i, grad_out, weight, base, base + 1 + s, slopes, order[b, i, first:stop],
-                                b * block_rows + first)
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block, col_block):
-    n_in = values.shape[0]
-    n_slots = grad_weight.shape[0] // n_in
-    for tile in prange(_tile_count(n_in, in_block, grad_weight.shape[1], col_block)):
-        i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, grad_weight.shape[1], col_block)
-        grad_weight[i0 * n_slots:i1 * n_slots, c0:c1] = 0.0
-        for i in range(i0, i1):
-            _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1)
 
 
 # The parameters' gradients are written across the basis axis from a block whose rows run along the outputs: the
@@ -1438,39 +1456,90 @@ def _transpose_rows(block, first_row, col0, col1, n_rows, columns):
             columns[c - col0, r] = block[first_row + r, c]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _sparse_grad_parameters(order, offsets, values, grad_out, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
-                            grad_coef, in_block, col_block):
-    """The layer parameters' gradients straight from the windows: grad_scale_base, grad_scale_sp [I, O] and
-    grad_coef [I, O, G+k] for W = assemble_weights(scale_base, scale_sp, mask, coef). Each tile accumulates its
-    inputs' rows of A^T @ grad_out in a local [in_block * S, col_block] block (in cache) and writes the
-    parameters' gradients from it, so the [I*S, O] weight gradient is never stored."""
-    n_in = values.shape[0]
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scale_base, grad_scale_sp, grad_coef,
+                               columns):
+    """Input i's parameters' gradients for outputs c0..c1 from block [S, c1 - c0], its rows of the weight gradient
+    (columns: scratch [TRANSPOSE_COLUMNS, G+k])."""
     n_basis = coef.shape[2]
-    n_slots = n_basis + 1
+    for o0 in range(c0, c1, TRANSPOSE_COLUMNS):
+        o1 = min(c1, o0 + TRANSPOSE_COLUMNS)
+        _transpose_rows(block, 1, o0 - c0, o1 - c0, n_basis, columns)
+        for o in range(o0, o1):
+            edge_mask = mask[i, o]
+            grad_scale_base[i, o] = block[0, o - c0] * edge_mask
+            scale = scale_sp[i, o] * edge_mask
+            column, written, coefficients = columns[o - o0], grad_coef[i, o], coef[i, o]
+            acc = block.dtype.type(0.0)
+            for j in range(n_basis):
+                g_row = column[j]
+                written[j] = scale * g_row
+                acc += g_row * coefficients[j]
+            grad_scale_sp[i, o] = acc * edge_mask
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_base, scale_sp, mask, coef, grad_x,
+                     grad_scale_base, grad_scale_sp, grad_coef, in_block, col_block):
+    """The local-support backward from the sorted windows, in tiles of in_block inputs by col_block columns:
+    grad_x [N, I] += the slopes' products with grad_out @ W^T (where grad_x is not empty; zeros in), and, from the
+    parameters (see above) where grad_coef is not empty, grad_scale_base, grad_scale_sp [I, O] and grad_coef
+    [I, O, G+k], through each input's rows of A^T @ grad_out accumulated in a block [S, col_block] in cache, so that
+    the [I*S, O] weight gradient is never stored."""
+    n_in, n_rows = offsets.shape[1], grad_x.shape[0]
     n_out = grad_out.shape[1]
-    for tile in prange(_tile_count(n_in, in_block, n_out, col_block)):
-        i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, n_out, col_block)
-        block = np.zeros(((i1 - i0) * n_slots, c1 - c0), dtype=grad_out.dtype)
-        columns = np.empty((TRANSPOSE_COLUMNS, n_basis), dtype=grad_out.dtype)  # block columns o0..o1 as rows
+    n_slots = offsets.shape[2] + values.shape[1] - 2
+    block_rows = order.shape[2]
+    given, need_x, need_parameters = weight.size > 0, grad_x.size > 0, grad_coef.size > 0
+    n_col_blocks = (n_out + col_block - 1) // col_block
+    # the column blocks' sums of grad_x after the first's, added at the end
+    partial = np.zeros((n_col_blocks - 1 if need_x else 0, n_rows, n_in), dtype=grad_out.dtype)
+    for task in prange(_tile_count(n_in, in_block, n_out, col_block)):
+        i0, i1, c0, c1, column_block = _tile_ranges(task, n_in, in_block, n_out, col_block)
+        rows = np.empty((0 if given or not need_x else n_slots, c1 - c0), dtype=grad_out.dtype)
+        scale = np.empty(c1 - c0, dtype=grad_out.dtype)
+        block = np.empty((n_slots if need_parameters else 0, c1 - c0), dtype=grad_out.dtype)
+        columns = np.empty((TRANSPOSE_COLUMNS, n_slots - 1), dtype=grad_out.dtype)
+        target = grad_x
+        if need_x and column_block > 0:
+            target = partial[column_block - 1]
         for i in range(i0, i1):
-            _window_gradients(block, (i - i0) * n_slots, 0, i, order, offsets, values, grad_out, c0, c1)
+            if need_x:
+                matrix, base, w0 = weight, i * n_slots, c0
+                if not given:
+                    _input_weights(scale_base, scale_sp, mask, coef, i, c0, c1, scale, rows, True)
+                    matrix, base, w0 = rows, 0, 0
+                n_starts = offsets.shape[2] - 1
+                ahead_start, ahead_stop, per_step = _next_input(coef, i, i1, c0, c1, order.shape[0] * n_starts)
+                for b in range(order.shape[0]):
+                    for s in range(n_starts):
+                        prefetch_lines(coef, ahead_start, ahead_stop, (b * n_starts + s) * per_step, per_step)
+                        first, stop = offsets[b, i, s], offsets[b, i, s + 1]
+                        _dot_group_rows(target, i, grad_out, c0, c1, matrix, w0, base, base + 1 + s, slopes,
+                                        order[b, i, first:stop], b * block_rows + first)
+            if need_parameters:
+                block[:] = 0.0
+                _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1)
+                _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
+                                           grad_coef, columns)
+    if n_col_blocks > 1 and need_x:
+        for n in prange(n_rows):
+            row = grad_x[n]
+            for column_block in range(n_col_blocks - 1):
+                summand = partial[column_block, n]
+                for i in range(n_in):
+                    row[i] += summand[i]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block, col_block):
+    n_in = values.shape[0]
+    n_slots = grad_weight.shape[0] // n_in
+    for tile in prange(_tile_count(n_in, in_block, grad_weight.shape[1], col_block)):
+        i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, grad_weight.shape[1], col_block)
+        grad_weight[i0 * n_slots:i1 * n_slots, c0:c1] = 0.0
         for i in range(i0, i1):
-            base = (i - i0) * n_slots
-            for o0 in range(c0, c1, TRANSPOSE_COLUMNS):
-                o1 = min(c1, o0 + TRANSPOSE_COLUMNS)
-                _transpose_rows(block, base + 1, o0 - c0, o1 - c0, n_basis, columns)
-                for o in range(o0, o1):
-                    edge_mask = mask[i, o]
-                    grad_scale_base[i, o] = block[base, o - c0] * edge_mask
-                    scale = scale_sp[i, o] * edge_mask
-                    column, written, coefficients = columns[o - o0], grad_coef[i, o], coef[i, o]
-                    acc = block.dtype.type(0.0)
-                    for j in range(n_basis):
-                        g_row = column[j]
-                        written[j] = scale * g_row
-                        acc += g_row * coefficients[j]
-                    grad_scale_sp[i, o] = acc * edge_mask
+            _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1)
 
 
 def thread_count() -> int:
@@ -1484,42 +1553,48 @@ def thread_count() -> int:
 ASSEMBLY_TILE_ABOVE = 1 << 15
 
 
+@njit(inline="always", cache=True)
+def _input_weights(scale_base, scale_sp, mask, coef, i, c0, c1, scale, tile, blocked):
+    """tile[:, :c1 - c0] <- columns c0..c1 of input i's S rows of the assembled weight: ``scale_base * mask``, then the
+    G + k rows ``scale_sp * mask * coef`` (scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]; tile [S, >= c1 - c0];
+    scale: scratch [>= c1 - c0]).
+
+    Straight (``blocked`` False): each basis row is written along the outputs, reading the coefficients across the
+    basis axis. Blocked: 8 x 8 blocks of the coefficients (8 outputs by 8 bases) are transposed through vector
+    shuffles and scaled (:mod:`kanlib.ops.block_transpose`), the edges entry by entry; where the coefficients' bases or
+    the tile's columns do not lie side by side in memory, straight. Both write the same products.
+    """
+    n_basis, width = coef.shape[2], c1 - c0
+    for o in range(width):
+        tile[0, o] = scale_base[i, c0 + o] * mask[i, c0 + o]
+        scale[o] = scale_sp[i, c0 + o] * mask[i, c0 + o]
+    if not (blocked and tile.strides[1] == tile.itemsize and coef.strides[2] == coef.itemsize):
+        for j in range(n_basis):
+            for o in range(width):
+                tile[1 + j, o] = scale[o] * coef[i, c0 + o, j]
+        return
+    source_row, target_row = coef.strides[1] // coef.itemsize, tile.strides[0] // tile.itemsize
+    source = i * (coef.strides[0] // coef.itemsize) + c0 * source_row
+    basis_end, out_end = n_basis - n_basis % BLOCK, width - width % BLOCK
+    for o0 in range(0, out_end, BLOCK):
+        for j0 in range(0, basis_end, BLOCK):
+            scaled_transpose_block(coef, source + o0 * source_row + j0, source_row,
+                                   tile, (1 + j0) * target_row + o0, target_row, scale, o0)
+        for j in range(basis_end, n_basis):
+            for o in range(o0, o0 + BLOCK):
+                tile[1 + j, o] = scale[o] * coef[i, c0 + o, j]
+    for j in range(n_basis):
+        for o in range(out_end, width):
+            tile[1 + j, o] = scale[o] * coef[i, c0 + o, j]
+
+
 @njit(parallel=True, cache=True)
 def _assemble_weights(scale_base, scale_sp, mask, coef, out, blocked):
-    """out [I, S, O]: per input, ``scale_base * mask`` then the G + k rows ``scale_sp * mask * coef``.
-
-    scale_base, scale_sp, mask [I, O]; coef [I, O, G+k]. Straight (``blocked`` False): each basis row is written along
-    the outputs from ``scale_sp * mask`` kept for the whole input, reading the coefficients across the basis axis.
-    Blocked: 8 x 8 blocks of an input's coefficients (8 outputs by 8 bases) are transposed through vector shuffles
-    and scaled (:mod:`kanlib.ops.block_transpose`), the edges entry by entry; where the coefficients' bases or the
-    weight's outputs do not lie side by side in memory, straight. Both write the same products.
-    """
-    n_in, n_out, n_basis = coef.shape
-    item = out.itemsize
-    side_by_side = out.strides[2] == item and coef.strides[2] == coef.itemsize
+    """out [I, S, O]: each input's rows of the weight (:func:`_input_weights`, straight or blocked)."""
+    n_in, n_out = coef.shape[:2]
     for i in prange(n_in):
-        scale = np.empty(n_out, dtype=out.dtype)
-        for o in range(n_out):
-            out[i, 0, o] = scale_base[i, o] * mask[i, o]
-            scale[o] = scale_sp[i, o] * mask[i, o]
-        if not (blocked and side_by_side):
-            for j in range(n_basis):
-                for o in range(n_out):
-                    out[i, 1 + j, o] = scale[o] * coef[i, o, j]
-            continue
-        source_row, target_row = coef.strides[1] // coef.itemsize, out.strides[1] // item
-        source_input, target_input = i * (coef.strides[0] // coef.itemsize), i * (out.strides[0] // item)
-        basis_end, out_end = n_basis - n_basis % BLOCK, n_out - n_out % BLOCK
-        for o0 in range(0, out_end, BLOCK):
-            for j0 in range(0, basis_end, BLOCK):
-                scaled_transpose_block(coef, source_input + o0 * source_row + j0, source_row,
-                                       out, target_input + (1 + j0) * target_row + o0, target_row, scale, o0)
-            for j in range(basis_end, n_basis):
-                for o in range(o0, o0 + BLOCK):
-                    out[i, 1 + j, o] = scale[o] * coef[i, o, j]
-        for j in range(n_basis):
-            for o in range(out_end, n_out):
-                out[i, 1 + j, o] = scale[o] * coef[i, o, j]
+        _input_weights(scale_base, scale_sp, mask, coef, i, 0, n_out, np.empty(n_out, dtype=out.dtype), out[i],
+                       blocked)
 
 
 @njit(parallel=True, cache=True)
@@ -1543,8 +1618,7 @@ window_spans_uniform = sized_kernel(_window_spans_uniform)
 sorted_windows = sized_kernel(_sorted_windows)
 rows_by_start = sized_kernel(_rows_by_start)
 sparse_forward = sized_kernel(_sparse_forward)
-sparse_grad_input = sized_kernel(_sparse_grad_input)
+sparse_backward = sized_kernel(_sparse_backward)
 sparse_grad_weight = sized_kernel(_sparse_grad_weight)
-sparse_grad_parameters = sized_kernel(_sparse_grad_parameters)
 assemble_weights = sized_kernel(_assemble_weights)
 assemble_weights_grad = sized_kernel(_assemble_weights_grad)
