@@ -418,6 +418,14 @@ def test_sparse_parameter_gradients_over_several_transposing_tiles(uniform):
     _assert_layer_matches_reference(torch.Generator().manual_seed(7), 3, uniform, True, n_out, (2, 23))
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+def test_the_sparse_backward_over_runs_of_inputs_and_column_blocks(monkeypatch, uniform):
+    """Runs of 4 of the 6 inputs (the last shorter, the next input's coefficients prefetched within a run) by blocks
+    of 5 of 13 columns (grad_x summed over them): the reference's gradients."""
+    monkeypatch.setattr(spline_linear_module, "_backward_tiles", lambda n_in, n_out, threads: (4, 5))
+    _assert_layer_matches_reference(torch.Generator().manual_seed(9), 3, uniform, True, 13, (2, 17))
+
+
 def _assert_layer_matches_reference(gen, k, uniform, sparse, n_out, grid_sizes):
     """fused_spline_layer (sparse or dense) against the reference on 6 inputs and 29 rows around each grid: the output
     and the gradients of x and the parameters."""

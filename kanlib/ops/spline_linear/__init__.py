@@ -248,9 +248,9 @@ def group_rows(l2_bytes: int | None, columns: int) -> int:
 # (a block's rows x up to TILE_COLUMNS columns) stay in L2, and 512 rows where the L2 is smaller (at B = 1024,
 # G = 50 to 200, a training step: on an EPYC with 512 KiB of L2, 512 rows measured faster than 256 or 1,024; on a
 # Xeon with 2 MiB, 1,024 rows faster than 512; on an EPYC with 1 MiB, 1,024 rows faster than 512 by 5% at G = 50 and
-# 17% at G = 200, the weight read half as often). The backward takes in_block inputs at a time through every block;
-# the weight gradient's accumulators (an input's rows, within GRAD_TILE_BYTES for in_block inputs) stay in L2 as
-# every row goes by.
+# 17% at G = 200, the weight read half as often). The layer's backward takes runs of inputs through every block
+# (:func:`_backward_tiles`), one input's rows of the weight gradient in L2 at a time; the weight gradient kernel's
+# accumulators (in_block inputs' rows, within GRAD_TILE_BYTES) stay in L2 as every row goes by.
 TILE_COLUMNS = 256
 GROUP_ROWS = group_rows(_l2_cache_bytes(), TILE_COLUMNS)
 GRAD_TILE_BYTES = 1 << 17
@@ -307,6 +307,19 @@ def _input_column_tiles(n_in: int, n_slots: int, n_out: int, itemsize: int, thre
     tiles_per_input = -(-n_out // col_block)
     in_block = min(GRAD_TILE_BYTES // (n_slots * col_block * itemsize), n_in * tiles_per_input // threads)
     return max(1, in_block), col_block
+
+
+# The local-support backward's tasks: about this many runs of consecutive inputs per thread (balanced, and within a
+# run each input's coefficients are prefetched while the one before it goes by).
+BACKWARD_RUNS_PER_THREAD = 4
+
+
+def _backward_tiles(n_in: int, n_out: int, threads: int) -> tuple[int, int]:
+    """(in_block, col_block) for :func:`.cpu.sparse_backward`: up to TILE_COLUMNS columns, and runs of in_block
+    inputs, about BACKWARD_RUNS_PER_THREAD tiles per thread."""
+    col_block = min(n_out, TILE_COLUMNS)
+    tiles_per_input = -(-n_out // col_block)
+    return max(1, n_in * tiles_per_input // (BACKWARD_RUNS_PER_THREAD * threads)), col_block
 
 
 def _weight_source(weight: torch.Tensor | None = None, parameters: tuple | None = None) -> tuple[np.ndarray, ...]:
@@ -401,7 +414,7 @@ def _sparse_gradients(args: _CpuKernelArgs, windows: _Windows, grad_out, threads
     else:
         empty = np.empty((0, 0), dtype)
         arrays, grad_parameters = (empty, empty, np.empty((0, 0, 0), dtype)), None
-    tiles = _input_column_tiles(n_in, n_slots, n_out, grad_out.element_size(), threads)
+    tiles = _backward_tiles(n_in, n_out, threads)
     args.kernels.sparse_backward(windows.order, windows.offsets, windows.values, windows.slopes, grad_out.numpy(),
                                  *source, grad_x.numpy() if need_x else np.empty((0, 0), dtype), *arrays, *tiles)
     return grad_x, grad_parameters
