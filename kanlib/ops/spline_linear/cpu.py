@@ -1077,55 +1077,69 @@ def _four_windows(values, i, p):
 # columns, so that each weight (or accumulator) row is read once for the four rows: measured faster than one or two
 # rows per pass (AVX-512 Xeon).
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _add_group_rows(acc, r0, weight, base, first, values, i, rows, p0, col0, col1):
-    """acc[rows[j] - r0, :] += sum_q values[i, q, p0 + j] * weight[row q, col0:col1] for each j."""
-    j = 0
+def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, p0, col0, col1):
+    """acc[n - r0, :] += sum_q values[i, q, p0 + j - g0] * weight[row q, col0:col1] for each n = order[b, i, j],
+    g0 <= j < g1. Indexed in place, without views of the arrays: each view a loop makes costs two reference count
+    updates (atomic) that the compiler does not always remove."""
+    width = col1 - col0
+    j = g0
     if values.shape[1] == 5:
-        wa, wb, wc, wd, we = _five_rows(weight, base, first, col0, col1)
-        while j + 4 <= rows.shape[0]:
+        while j + 4 <= g1:
             a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
-                values, i, p0 + j)
-            xa, xb, xc, xd = acc[rows[j] - r0], acc[rows[j + 1] - r0], acc[rows[j + 2] - r0], acc[rows[j + 3] - r0]
-            for o in range(col1 - col0):
-                w0, w1, w2, w3, w4 = wa[o], wb[o], wc[o], wd[o], we[o]
-                xa[o] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4
-                xb[o] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4
-                xc[o] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3 + c4 * w4
-                xd[o] += d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3 + d4 * w4
+                values, i, p0 + j - g0)
+            na, nb = order[b, i, j] - r0, order[b, i, j + 1] - r0
+            nc, nd = order[b, i, j + 2] - r0, order[b, i, j + 3] - r0
+            for o in range(width):
+                w0, w1, w2, w3 = weight[base, col0 + o], weight[first, col0 + o], weight[first + 1, col0 + o], \
+                    weight[first + 2, col0 + o]
+                w4 = weight[first + 3, col0 + o]
+                acc[na, o] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4
+                acc[nb, o] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4
+                acc[nc, o] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3 + c4 * w4
+                acc[nd, o] += d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3 + d4 * w4
             j += 4
-    for rest in range(j, rows.shape[0]):
-        _add_window_rows(acc[rows[rest] - r0], weight, base, first, values[i, :, p0 + rest], col0, col1)
+        while j < g1:
+            a0, a1, a2, a3, a4 = _five(values, i, p0 + j - g0)
+            na = order[b, i, j] - r0
+            for o in range(width):
+                acc[na, o] += (a0 * weight[base, col0 + o] + a1 * weight[first, col0 + o]
+                               + a2 * weight[first + 1, col0 + o] + a3 * weight[first + 2, col0 + o]
+                               + a4 * weight[first + 3, col0 + o])
+            j += 1
+        return
+    for rest in range(g0, g1):
+        _add_window_rows(acc[order[b, i, rest] - r0], weight, base, first, values[i, :, p0 + rest - g0], col0, col1)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes, rows, p0):
-    """grad_x[n, i] += sum_q slopes[i, q, p0 + j] * (grad_out[n, c0:c1] . weight[row q, w0:w0 + c1 - c0]) for each
-    n = rows[j], the sums in grad_out's dtype (:func:`_dot_window_rows`)."""
-    j = 0
+def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes, order, b, g0, g1, p0):
+    """grad_x[n, i] += sum_q slopes[i, q, p0 + j - g0] * (grad_out[n, c0:c1] . weight[row q, w0:w0 + c1 - c0]) for
+    each n = order[b, i, j], g0 <= j < g1, the sums in grad_out's dtype (:func:`_dot_window_rows`)."""
+    j = g0
     width = c1 - c0
     if slopes.shape[1] == 5:
         wa, wb, wc, wd, we = _five_rows(weight, base, first, w0, w0 + width)
         zero = grad_out.dtype.type(0.0)
-        while j + 4 <= rows.shape[0]:
-            n0, n1, n2, n3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
-            a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0_, c1_, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
-                slopes, i, p0 + j)
+        while j + 4 <= g1:
+            n0, n1, n2, n3 = order[b, i, j], order[b, i, j + 1], order[b, i, j + 2], order[b, i, j + 3]
+            a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, e0, e1, e2, e3, e4, d0, d1, d2, d3, d4 = _four_windows(
+                slopes, i, p0 + j - g0)
             ga, gb, gc, gd = grad_out[n0, c0:c1], grad_out[n1, c0:c1], grad_out[n2, c0:c1], grad_out[n3, c0:c1]
             sa, sb, sc, sd = zero, zero, zero, zero
             for o in range(width):
                 v0, v1, v2, v3, v4 = wa[o], wb[o], wc[o], wd[o], we[o]
                 sa += ga[o] * (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4)
                 sb += gb[o] * (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4)
-                sc += gc[o] * (c0_ * v0 + c1_ * v1 + c2 * v2 + c3 * v3 + c4 * v4)
+                sc += gc[o] * (e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3 + e4 * v4)
                 sd += gd[o] * (d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4)
             grad_x[n0, i] += sa
             grad_x[n1, i] += sb
             grad_x[n2, i] += sc
             grad_x[n3, i] += sd
             j += 4
-    for rest in range(j, rows.shape[0]):
-        n = rows[rest]
-        grad_x[n, i] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, p0 + rest], w0,
+    for rest in range(j, g1):
+        n = order[b, i, rest]
+        grad_x[n, i] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, p0 + rest - g0], w0,
                                          w0 + width)
 
 
@@ -1383,7 +1397,7 @@ def _add_input_rows(acc, r0, b, i, matrix, base, w0, order, offsets, values, ahe
     for s in range(offsets.shape[2] - 1):
         prefetch_lines(ahead, ahead_start, ahead_stop, s * per_step, per_step)
         first, stop = offsets[b, i, s], offsets[b, i, s + 1]
-        _add_group_rows(acc, r0, matrix, base, base + 1 + s, values, i, order[b, i, first:stop], r0 + first, w0,
+        _add_group_rows(acc, r0, matrix, base, base + 1 + s, values, i, order, b, first, stop, r0 + first, w0,
                         w0 + acc.shape[1])
 
 
@@ -1515,8 +1529,8 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
                     for s in range(n_starts):
                         prefetch_lines(coef, ahead_start, ahead_stop, (b * n_starts + s) * per_step, per_step)
                         first, stop = offsets[b, i, s], offsets[b, i, s + 1]
-                        _dot_group_rows(target, i, grad_out, c0, c1, matrix, w0, base, base + 1 + s, slopes,
-                                        order[b, i, first:stop], b * block_rows + first)
+                        _dot_group_rows(target, i, grad_out, c0, c1, matrix, w0, base, base + 1 + s, slopes, order, b,
+                                        first, stop, b * block_rows + first)
             if need_parameters:
                 block[:] = 0.0
                 _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1)
