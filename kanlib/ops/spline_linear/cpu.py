@@ -1090,9 +1090,8 @@ def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, p
             na, nb = order[b, i, j] - r0, order[b, i, j + 1] - r0
             nc, nd = order[b, i, j + 2] - r0, order[b, i, j + 3] - r0
             for o in range(width):
-                w0, w1, w2, w3 = weight[base, col0 + o], weight[first, col0 + o], weight[first + 1, col0 + o], \
-                    weight[first + 2, col0 + o]
-                w4 = weight[first + 3, col0 + o]
+                w0, w1, w2 = weight[base, col0 + o], weight[first, col0 + o], weight[first + 1, col0 + o]
+                w3, w4 = weight[first + 2, col0 + o], weight[first + 3, col0 + o]
                 acc[na, o] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4
                 acc[nb, o] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4
                 acc[nc, o] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3 + c4 * w4
