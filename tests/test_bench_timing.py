@@ -251,3 +251,20 @@ def test_time_interleaved_alternates_the_functions_after_their_warmups():
     assert timings["a"].n == 3 and timings["b"].n == 3
     with pytest.raises(ValueError, match="repeat must be an int >= 1, got 0"):
         time_interleaved({"a": lambda: None}, device="cpu", repeat=0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "sparse"])
+def test_peak_memory_sees_the_cpu_kernels_buffers(backend):
+    """The CPU kernels' large buffers (the coefficients' gradient, the sparse path's windows, the dense path's
+    expansion) come from torch's allocator, so the peak holds at least the gradients a training step returns."""
+    from kanlib import BSplineKAN
+
+    layer = BSplineKAN(64, 48, grid_size=40, backend=backend)
+    x = torch.rand(256, 64, requires_grad=True) * 2 - 1
+    leaves = (x, *(p for p in layer.parameters() if p.requires_grad))
+
+    def step():
+        torch.autograd.grad(layer(x), leaves, torch.ones(256, 48))
+
+    step()
+    assert cpu_peak(step) >= sum(leaf.numel() for leaf in leaves) * 4

@@ -151,7 +151,8 @@ def peak_memory_bytes(fn: Callable[[], object], *, device: str | torch.device) -
     highest running total is returned. Blocks that existed before the call are not counted when
     they are freed, so the figure does not depend on what earlier calls left behind. Not seen:
     blocks allocated on other threads (OpenMP workers inside a kernel) and memory that does not
-    come from torch's allocator (numpy arrays, torch.from_numpy).
+    come from torch's allocator (numpy arrays, torch.from_numpy; kanlib's CPU kernels take their
+    large buffers from torch's, but not the tiles that numba kernels allocate inside themselves).
     """
     device = check_device(device)
     if device.type == "cuda":

@@ -31,6 +31,7 @@ plain formula of :mod:`.reference`, and ``"cpu"``, ``"sparse"`` and ``"triton"``
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -169,10 +170,28 @@ def numpy_of(t: torch.Tensor) -> np.ndarray:
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
+# Buffers of at least this many bytes come from torch's allocator, so that its memory accounting (torch.profiler,
+# kanlib.bench.peak_memory_bytes) sees them; smaller ones from numpy's, which allocates several times faster (which
+# matters on small layers).
+TORCH_BUFFER_BYTES = 1 << 16
+
+
+def new_buffer(shape: tuple, dtype) -> np.ndarray:
+    """An empty C-contiguous numpy array of ``shape`` and ``dtype`` (a numpy dtype of a torch dtype), from torch's
+    allocator at TORCH_BUFFER_BYTES or more."""
+    dtype = np.dtype(dtype)
+    if math.prod(shape) * dtype.itemsize >= TORCH_BUFFER_BYTES:
+        return torch.empty(shape, dtype=_TORCH_DTYPES[dtype]).numpy()
+    return np.empty(shape, dtype)
+
+
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                 np.dtype(np.int32): torch.int32}
+
+
 def new_array(shape: tuple, like: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """(an empty numpy array of ``shape`` in like's dtype, the tensor sharing its memory): numpy allocates and
-    reshapes several times faster than torch, which matters on small layers."""
-    array = np.empty(shape, NUMPY_DTYPES[like.dtype])
+    """(an empty numpy array of ``shape`` in like's dtype, the tensor sharing its memory), by :func:`new_buffer`."""
+    array = new_buffer(shape, NUMPY_DTYPES[like.dtype])
     return array, torch.from_numpy(array)
 
 
@@ -275,7 +294,7 @@ def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _W
     values' spans and window starts, each input's rows sorted by start, then their windows in that order."""
     n_rows, n_in = args.x.shape
     k, n_basis = args.spline_order, n_slots - 1
-    spans, starts = (np.empty((n_rows, n_in), dtype=np.int32) for _ in range(2))
+    spans, starts = (new_buffer((n_rows, n_in), np.int32) for _ in range(2))
     grid, padded, inv_steps, uniform = args.knots
     closed_form = uniform and k > 0
     if closed_form:
@@ -284,11 +303,11 @@ def _sparse_windows(args: _CpuKernelArgs, n_slots: int, with_slopes: bool) -> _W
         args.kernels.window_spans(args.x, grid, inv_steps, uniform, k, n_basis, spans, starts)
     block_rows = max(1, min(GROUP_ROWS, n_rows))
     n_blocks = -(-n_rows // block_rows)
-    order = np.empty((n_blocks, n_in, block_rows), dtype=np.int32)
-    offsets = np.empty((n_blocks, n_in, n_basis - k + 1), dtype=np.int32)  # G windows of k + 1 bases among G + k
+    order = new_buffer((n_blocks, n_in, block_rows), np.int32)
+    offsets = new_buffer((n_blocks, n_in, n_basis - k + 1), np.int32)  # G windows of k + 1 bases among G + k
     args.kernels.rows_by_start(starts, block_rows, order, offsets)
-    values = np.empty((n_in, k + 2, n_rows), dtype=args.x.dtype)
-    slopes = np.empty_like(values) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
+    values = new_buffer((n_in, k + 2, n_rows), args.x.dtype)
+    slopes = new_buffer(values.shape, args.x.dtype) if with_slopes else np.empty((0, 0, 0), dtype=args.x.dtype)
     if closed_form:
         _, bits_like, constants = args.kernels.dense_arguments(args.x.dtype)
         args.kernels.sorted_windows_uniform(k)(args.x, grid, inv_steps, args.steps, args.matrix, args.activation,
@@ -589,7 +608,7 @@ def assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout: bool, slot
         shape, axes = ((n_out, n_basis + 1, n_in), (2, 1, 0)) if narrow else ((n_basis + 1, n_in, n_out), (1, 0, 2))
     else:
         shape, axes = ((n_out, n_in, n_basis + 1), (1, 2, 0)) if narrow else ((n_in, n_basis + 1, n_out), (0, 1, 2))
-    buffer = np.empty(shape, NUMPY_DTYPES[coef.dtype])
+    buffer = new_buffer(shape, NUMPY_DTYPES[coef.dtype])
     arguments = (numpy_of(scale_base), numpy_of(scale_sp), numpy_of(mask), numpy_of(coef), buffer.transpose(axes))
     cpu = _cpu_kernels()
     kernel = cpu.assemble_weights
