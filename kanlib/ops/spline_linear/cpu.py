@@ -1400,6 +1400,15 @@ def _add_input_rows(acc, r0, b, i, matrix, base, w0, order, offsets, values, ahe
                         w0 + acc.shape[1])
 
 
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _add_partial_sums(row, partial, n):
+    """row += partial[p, n] for every p: the sums of the parts after the first, added to the first's row n."""
+    for p in range(partial.shape[0]):
+        summand = partial[p, n]
+        for o in range(row.shape[0]):
+            row[o] += summand[o]
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_forward(order, offsets, values, weight, scale_base, scale_sp, mask, coef, out, block_rows, col_block,
                     n_parts):
@@ -1434,11 +1443,7 @@ def _sparse_forward(order, offsets, values, weight, scale_base, scale_sp, mask, 
             partial[part - 1, r0:r1, c0:c1] = acc
     if n_parts > 1:
         for n in prange(n_rows):
-            row = out[n]
-            for part in range(n_parts - 1):
-                summand = partial[part, n]
-                for o in range(n_out):
-                    row[o] += summand[o]
+            _add_partial_sums(out[n], partial, n)
 
 
 # The parameters' gradients are written across the basis axis from a block whose rows run along the outputs: the
@@ -1537,11 +1542,7 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
                                            grad_coef, columns)
     if n_col_blocks > 1 and need_x:
         for n in prange(n_rows):
-            row = grad_x[n]
-            for column_block in range(n_col_blocks - 1):
-                summand = partial[column_block, n]
-                for i in range(n_in):
-                    row[i] += summand[i]
+            _add_partial_sums(grad_x[n], partial, n)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
