@@ -426,6 +426,14 @@ def test_the_sparse_backward_over_runs_of_inputs_and_column_blocks(monkeypatch, 
     _assert_layer_matches_reference(torch.Generator().manual_seed(9), 3, uniform, True, 13, (2, 17))
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+def test_the_sparse_weight_tiles_over_column_blocks_of_whole_shuffled_blocks(monkeypatch, uniform):
+    """Column blocks of 16 of 41 outputs (the last 9 wide) and 14 or 26 bases: each input's weight rows are assembled
+    for columns that start past 0 through 8 x 8 shuffled blocks and their edges, in forward and backward."""
+    monkeypatch.setattr(spline_linear_module, "TILE_COLUMNS", 16)
+    _assert_layer_matches_reference(torch.Generator().manual_seed(13), 3, uniform, True, 41, (11, 23))
+
+
 def _assert_layer_matches_reference(gen, k, uniform, sparse, n_out, grid_sizes):
     """fused_spline_layer (sparse or dense) against the reference on 6 inputs and 29 rows around each grid: the output
     and the gradients of x and the parameters."""
