@@ -425,7 +425,6 @@ def _sparse_gradients(args: _CpuKernelArgs, windows: _Windows, grad_out, threads
     n_rows, n_in = args.x.shape
     source = _weight_source(weight, parameters)
     n_out = grad_out.shape[1]
-    n_slots = windows.offsets.shape[2] + windows.values.shape[1] - 2
     dtype = source[0].dtype
     grad_x = torch.zeros(n_rows, n_in, dtype=grad_out.dtype) if need_x else None
     if need_parameters:
