@@ -1077,16 +1077,16 @@ def _four_windows(values, i, p):
 # columns, so that each weight (or accumulator) row is read once for the four rows: measured faster than one or two
 # rows per pass (AVX-512 Xeon).
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, p0, col0, col1):
-    """acc[n - r0, :] += sum_q values[i, q, p0 + j - g0] * weight[row q, col0:col1] for each n = order[b, i, j],
-    g0 <= j < g1. Indexed in place, without views of the arrays: each view a loop makes costs two reference count
+def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, col0, col1):
+    """acc[n - r0, :] += sum_q values[i, q, r0 + j] * weight[row q, col0:col1] for each n = order[b, i, j],
+    g0 <= j < g1 (r0 = b * block_rows, the block's first row and its windows' first position). Indexed in place, without views of the arrays: each view a loop makes costs two reference count
     updates (atomic) that the compiler does not always remove."""
     width = col1 - col0
     j = g0
     if values.shape[1] == 5:
         while j + 4 <= g1:
             a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4, d0, d1, d2, d3, d4 = _four_windows(
-                values, i, p0 + j - g0)
+                values, i, r0 + j)
             na, nb = order[b, i, j] - r0, order[b, i, j + 1] - r0
             nc, nd = order[b, i, j + 2] - r0, order[b, i, j + 3] - r0
             for o in range(width):
@@ -1098,7 +1098,7 @@ def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, p
                 acc[nd, o] += d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3 + d4 * w4
             j += 4
         while j < g1:
-            a0, a1, a2, a3, a4 = _five(values, i, p0 + j - g0)
+            a0, a1, a2, a3, a4 = _five(values, i, r0 + j)
             na = order[b, i, j] - r0
             for o in range(width):
                 acc[na, o] += (a0 * weight[base, col0 + o] + a1 * weight[first, col0 + o]
@@ -1107,22 +1107,23 @@ def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, p
             j += 1
         return
     for rest in range(g0, g1):
-        _add_window_rows(acc[order[b, i, rest] - r0], weight, base, first, values[i, :, p0 + rest - g0], col0, col1)
+        _add_window_rows(acc[order[b, i, rest] - r0], weight, base, first, values[i, :, r0 + rest], col0, col1)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes, order, b, g0, g1, p0):
-    """grad_x[n, i] += sum_q slopes[i, q, p0 + j - g0] * (grad_out[n, c0:c1] . weight[row q, w0:w0 + c1 - c0]) for
+def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes, order, b, g0, g1):
+    """grad_x[n, i] += sum_q slopes[i, q, b * block_rows + j] * (grad_out[n, c0:c1] . weight[row q, w0:w0 + c1 - c0]) for
     each n = order[b, i, j], g0 <= j < g1, the sums in grad_out's dtype (:func:`_dot_window_rows`)."""
     j = g0
     width = c1 - c0
+    r0 = b * order.shape[2]  # the block's windows' first position
     if slopes.shape[1] == 5:
         wa, wb, wc, wd, we = _five_rows(weight, base, first, w0, w0 + width)
         zero = grad_out.dtype.type(0.0)
         while j + 4 <= g1:
             n0, n1, n2, n3 = order[b, i, j], order[b, i, j + 1], order[b, i, j + 2], order[b, i, j + 3]
             a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, e0, e1, e2, e3, e4, d0, d1, d2, d3, d4 = _four_windows(
-                slopes, i, p0 + j - g0)
+                slopes, i, r0 + j)
             ga, gb, gc, gd = grad_out[n0, c0:c1], grad_out[n1, c0:c1], grad_out[n2, c0:c1], grad_out[n3, c0:c1]
             sa, sb, sc, sd = zero, zero, zero, zero
             for o in range(width):
@@ -1138,7 +1139,7 @@ def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes
             j += 4
     for rest in range(j, g1):
         n = order[b, i, rest]
-        grad_x[n, i] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, p0 + rest - g0], w0,
+        grad_x[n, i] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, r0 + rest], w0,
                                          w0 + width)
 
 
@@ -1396,7 +1397,7 @@ def _add_input_rows(acc, r0, b, i, matrix, base, w0, order, offsets, values, ahe
     for s in range(offsets.shape[2] - 1):
         prefetch_lines(ahead, ahead_start, ahead_stop, s * per_step, per_step)
         first, stop = offsets[b, i, s], offsets[b, i, s + 1]
-        _add_group_rows(acc, r0, matrix, base, base + 1 + s, values, i, order, b, first, stop, r0 + first, w0,
+        _add_group_rows(acc, r0, matrix, base, base + 1 + s, values, i, order, b, first, stop, w0,
                         w0 + acc.shape[1])
 
 
@@ -1507,7 +1508,7 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
     n_in, n_rows = offsets.shape[1], grad_x.shape[0]
     n_out = grad_out.shape[1]
     n_slots = offsets.shape[2] + values.shape[1] - 2
-    block_rows = order.shape[2]
+    n_starts = offsets.shape[2] - 1
     given, need_x, need_parameters = weight.size > 0, grad_x.size > 0, grad_coef.size > 0
     n_col_blocks = (n_out + col_block - 1) // col_block
     # the column blocks' sums of grad_x after the first's, added at the end
@@ -1527,14 +1528,13 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
                 if not given:
                     _input_weights(scale_base, scale_sp, mask, coef, i, c0, c1, scale, rows, True)
                     matrix, base, w0 = rows, 0, 0
-                n_starts = offsets.shape[2] - 1
                 ahead_start, ahead_stop, per_step = _next_input(coef, i, i1, c0, c1, order.shape[0] * n_starts)
                 for b in range(order.shape[0]):
                     for s in range(n_starts):
                         prefetch_lines(coef, ahead_start, ahead_stop, (b * n_starts + s) * per_step, per_step)
                         first, stop = offsets[b, i, s], offsets[b, i, s + 1]
                         _dot_group_rows(target, i, grad_out, c0, c1, matrix, w0, base, base + 1 + s, slopes, order, b,
-                                        first, stop, b * block_rows + first)
+                                        first, stop)
             if need_parameters:
                 block[:] = 0.0
                 _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1)
