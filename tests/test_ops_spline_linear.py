@@ -434,6 +434,20 @@ def test_the_sparse_weight_tiles_over_column_blocks_of_whole_shuffled_blocks(mon
     _assert_layer_matches_reference(torch.Generator().manual_seed(13), 3, uniform, True, 41, (11, 23))
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_the_layer_writes_every_buffer_it_takes_empty(monkeypatch, sparse):
+    """torch.empty's buffers filled with NaN (what was there before is anything): the kernels write every entry they
+    later read or return, grad_x included (the sparse backward zeroes its own instead of taking torch.zeros)."""
+    empty = torch.empty
+
+    def stale(*args, **kwargs):
+        return empty(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(torch, "empty", stale)
+    monkeypatch.setattr(spline_linear_module, "_backward_tiles", lambda n_in, n_out, threads: (4, 5))
+    _assert_layer_matches_reference(torch.Generator().manual_seed(21), 3, True, sparse, 13, (2, 17))
+
+
 def _assert_layer_matches_reference(gen, k, uniform, sparse, n_out, grid_sizes):
     """fused_spline_layer (sparse or dense) against the reference on 6 inputs and 29 rows around each grid: the output
     and the gradients of x and the parameters."""

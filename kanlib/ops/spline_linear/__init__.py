@@ -426,7 +426,7 @@ def _sparse_gradients(args: _CpuKernelArgs, windows: _Windows, grad_out, threads
     source = _weight_source(weight, parameters)
     n_out = grad_out.shape[1]
     dtype = source[0].dtype
-    grad_x = torch.zeros(n_rows, n_in, dtype=grad_out.dtype) if need_x else None
+    grad_x = torch.empty(n_rows, n_in, dtype=grad_out.dtype) if need_x else None  # the kernel zeroes it
     if need_parameters:
         arrays, grad_parameters = _parameter_gradients(parameters[1], parameters[3])
     else:

@@ -1501,7 +1501,7 @@ def _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scal
 def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_base, scale_sp, mask, coef, grad_x,
                      grad_scale_base, grad_scale_sp, grad_coef, in_block, col_block):
     """The local-support backward from the sorted windows, in tiles of in_block inputs by col_block columns:
-    grad_x [N, I] += the slopes' products with grad_out @ W^T (where grad_x is not empty; zeros in), and, from the
+    grad_x [N, I] = the slopes' products with grad_out @ W^T (where grad_x is not empty), and, from the
     parameters (see above) where grad_coef is not empty, grad_scale_base, grad_scale_sp [I, O] and grad_coef
     [I, O, G+k], through each input's rows of A^T @ grad_out accumulated in a block [S, col_block] in cache, so that
     the [I*S, O] weight gradient is never stored."""
@@ -1522,6 +1522,8 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
         target = grad_x
         if need_x and column_block > 0:
             target = partial[column_block - 1]
+        elif need_x:
+            grad_x[:, i0:i1] = 0.0
         for i in range(i0, i1):
             if need_x:
                 matrix, base, w0 = weight, i * n_slots, c0
