@@ -56,10 +56,45 @@ def test_waiting_for_cores_lowers_the_count_for_a_while(threads, waiting, capped
     machine.run(guard, threads, 0.03, waiting)
     assert guard.threads(threads) == capped and guard.cap == capped
     assert guard.threads(1) == 1  # a cap never raises a count
-    machine.now += 0.99
+    machine.run(guard, capped, 0.99, waiting)
     assert guard.threads(threads) == capped
-    machine.now += 0.02  # the hold is over: every thread again, measured anew
+    machine.run(guard, capped, 0.02, waiting)  # the hold is over: every thread again, measured anew
     assert guard.threads(threads) == threads and guard.cap is None
+
+
+def test_the_hold_counts_the_kernels_time_not_the_clocks():
+    machine = FakeMachine()
+    guard = _guard(machine)
+    machine.run(guard, 2, 0.06, waiting=0.5)
+    assert guard.cap == 1
+    machine.now += 60.0  # an hour of other work would not lift it either
+    assert guard.threads(2) == 1
+    for _ in range(9):
+        machine.run(guard, 1, 0.1, waiting=0.0)  # small calls on one thread count too
+    assert guard.cap == 1
+    machine.run(guard, 1, 0.11, waiting=0.0)
+    assert guard.cap is None
+
+
+def _hold_after_waiting(machine, guard):
+    """Runs the full count for a window while waiting, then capped calls until the cap lifts: their total time."""
+    machine.run(guard, 2, 0.06, waiting=0.5)
+    assert guard.cap == 1
+    held = 0.0
+    while guard.cap is not None:
+        machine.run(guard, 1, 0.25, waiting=0.3)
+        held += 0.25
+    return held
+
+
+def test_the_hold_doubles_while_the_cores_stay_taken_and_starts_over_when_they_are_free():
+    machine = FakeMachine()
+    guard = _guard(machine, max_hold_s=4.0)
+    held = [_hold_after_waiting(machine, guard) for _ in range(4)]
+    assert held == pytest.approx([1.0, 2.0, 4.0, 4.0], abs=0.25)  # to the call that used the hold up
+    machine.run(guard, 2, 0.06, waiting=0.0)  # the neighbour is gone
+    assert guard.cap is None and guard.hold == 1.0
+    assert _hold_after_waiting(machine, guard) == pytest.approx(1.0, abs=0.25)
 
 
 def test_waiting_below_the_bar_keeps_the_count():
@@ -104,7 +139,8 @@ def test_unreadable_statistics_or_a_disabled_guard_never_lower_the_count():
     assert guard.threads(2) == 2
 
 
-@pytest.mark.parametrize("options,message", [({"window_s": 0}, "window_s > 0"), ({"hold_s": -1}, "hold_s > 0"),
+@pytest.mark.parametrize("options,message", [({"window_s": 0}, "window_s > 0"), ({"hold_s": -1}, "0 < hold_s"),
+                                             ({"hold_s": 2.0, "max_hold_s": 1.0}, "hold_s <= max_hold_s"),
                                              ({"wait_above": 1.0}, "0 < wait_above < 1")])
 def test_bad_settings_are_named(options, message):
     with pytest.raises(ValueError, match=message):
@@ -172,7 +208,7 @@ def test_the_kernels_run_on_fewer_threads_while_the_caller_waits(busy_guard):
     torch.testing.assert_close(again, reference, rtol=1e-5, atol=1e-6)
     grads = torch.autograd.grad(again.square().sum(), [x, layer.coef])
     assert all(torch.isfinite(g).all() for g in grads)
-    machine.now += 2.0
+    machine.run(guard, 1, 2.0, waiting=0.0)  # the hold's kernel time used up
     assert cpu.thread_count() == min(torch.get_num_threads(), numba.get_num_threads())
 
 

@@ -10,9 +10,14 @@ about half the time.
 
 :class:`ContentionGuard` sums that waiting over the kernel calls that run on more than one thread. After
 ``window_s`` seconds of such calls, if the caller waited for a core more than ``wait_above`` of the time, the
-calls of the next ``hold_s`` seconds run on ``round(threads * (1 - waiting))`` threads (at least one). Then the
-full count runs again and is measured anew, so the kernels go back to every core when the neighbour stops. Where
-the statistics cannot be read (not Linux, or a kernel without them) the guard never lowers the count.
+calls that follow run on ``round(threads * (1 - waiting))`` threads (at least one) until they have taken ``hold``
+seconds between them: the kernels' own time, so that a program that spends most of its time elsewhere (in torch's
+products, or loading data) still gives the kernels as long on fewer threads. Then the full count runs again and is
+measured anew, so the kernels go back to every core when the neighbour stops. Each such measurement costs a window
+on every thread while the cores are taken, so while the neighbour stays it is made less often: ``hold`` starts at
+``hold_s``, doubles each time the full count is found waiting again, up to ``max_hold_s``, and falls back to
+``hold_s`` when it is not. Where the statistics cannot be read (not Linux, or a kernel without them) the guard never
+lowers the count.
 
 Thread counts do not change a kernel's results beyond float rounding (some kernels split sums by thread count).
 The environment variable ``KANLIB_CONTENTION_GUARD=0`` turns the guard off for a process.
@@ -77,13 +82,14 @@ class ContentionGuard:
     blur one window's figures.
     """
 
-    def __init__(self, window_s: float = 0.05, wait_above: float = 0.25, hold_s: float = 1.0, enabled: bool = True,
-                 clock: Callable[[], float] = time.perf_counter,
+    def __init__(self, window_s: float = 0.05, wait_above: float = 0.25, hold_s: float = 1.0, max_hold_s: float = 8.0,
+                 enabled: bool = True, clock: Callable[[], float] = time.perf_counter,
                  waited: Callable[[], float | None] = runqueue_wait_s):
-        if not (window_s > 0 and hold_s > 0 and 0 < wait_above < 1):
-            raise ValueError(f"expected window_s > 0, hold_s > 0 and 0 < wait_above < 1, got window_s={window_s}, "
-                             f"hold_s={hold_s}, wait_above={wait_above}")
-        self.window_s, self.wait_above, self.hold_s, self.enabled = window_s, wait_above, hold_s, enabled
+        if not (window_s > 0 and 0 < hold_s <= max_hold_s and 0 < wait_above < 1):
+            raise ValueError(f"expected window_s > 0, 0 < hold_s <= max_hold_s and 0 < wait_above < 1, got "
+                             f"window_s={window_s}, hold_s={hold_s}, max_hold_s={max_hold_s}, wait_above={wait_above}")
+        self.window_s, self.wait_above, self.enabled = window_s, wait_above, enabled
+        self.hold_s, self.max_hold_s = hold_s, max_hold_s
         self.clock, self.waited = clock, waited
         self.reset()
 
@@ -91,23 +97,35 @@ class ContentionGuard:
         """Forget what was measured and lift any cap."""
         self._ran = self._waited = 0.0
         self._cap: int | None = None
-        self._until = 0.0
+        self._left = 0.0  # kernel time the cap still holds for
+        self.hold = self.hold_s  # what the next cap holds for
 
     def threads(self, wanted: int) -> int:
         """The threads a call that would use ``wanted`` may use now."""
-        cap = self.cap if self.enabled else None
+        cap = self._cap if self.enabled else None
         return wanted if cap is None else max(1, min(wanted, cap))
 
-    def start(self, threads: int) -> tuple[float, float] | None:
-        """Before a kernel call on ``threads`` threads: what :meth:`stop` takes, or None when it is not measured."""
-        if threads < 2 or not self.enabled:
+    def start(self, threads: int) -> tuple[float, float | None] | None:
+        """Before a kernel call on ``threads`` threads: what :meth:`stop` takes, or None when it is not measured.
+        Under a cap every call is timed (it counts the hold down); otherwise calls on two threads or more."""
+        if not self.enabled:
+            return None
+        if self._cap is not None:
+            return self.clock(), None
+        if threads < 2:
             return None
         waited = self.waited()
         return None if waited is None else (self.clock(), waited)
 
-    def stop(self, started: tuple[float, float] | None, threads: int) -> None:
-        """After the call: adds it to the window and, once the window is full, caps the count if it waited."""
+    def stop(self, started: tuple[float, float | None] | None, threads: int) -> None:
+        """After the call: counts the hold down under a cap; otherwise adds the call to the window and, once the
+        window is full, caps the count if the caller waited."""
         if started is None:
+            return
+        if started[1] is None:
+            self._left -= self.clock() - started[0]
+            if self._left <= 0.0:
+                self._cap = None
             return
         waited = self.waited()
         if waited is None:
@@ -120,12 +138,15 @@ class ContentionGuard:
         self._ran = self._waited = 0.0
         if share > self.wait_above:
             self._cap = max(1, round(threads * (1.0 - share)))
-            self._until = self.clock() + self.hold_s
+            self._left = self.hold
+            self.hold = min(self.max_hold_s, 2.0 * self.hold)
+        else:
+            self.hold = self.hold_s
 
     @property
     def cap(self) -> int | None:
         """The count calls are held to now, or None."""
-        return None if self._cap is None or self.clock() >= self._until else self._cap
+        return self._cap
 
 
 def guard_from_environment() -> ContentionGuard:
