@@ -448,6 +448,30 @@ def test_the_layer_writes_every_buffer_it_takes_empty(monkeypatch, sparse):
     _assert_layer_matches_reference(torch.Generator().manual_seed(21), 3, True, sparse, 13, (2, 17))
 
 
+# torch operations that allocate or relabel a tensor without touching its entries (and so wake no thread pool)
+_NO_COMPUTE_OPS = {"aten::empty", "aten::empty_strided", "aten::new_empty", "aten::detach", "aten::lift_fresh",
+                   "aten::to", "aten::resolve_conj", "aten::resolve_neg", "aten::view", "aten::reshape",
+                   "aten::as_strided", "aten::alias"}
+
+
+def test_the_local_support_step_runs_no_torch_computation():
+    """Forward and backward of the sparse layer: everything in the numba kernels, no torch operation that would
+    wake torch's threads, which then spin beside the kernels' (chapter 09, the thread benchmark beside a busy
+    process)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layer = BSplineKAN(64, 48, grid_size=30, backend="sparse")
+    x = (torch.rand(300, 64) * 2.4 - 1.2).requires_grad_()
+    leaves = [x, *(p for p in layer.parameters() if p.requires_grad)]
+    grad_out = torch.randn(300, 48)
+    torch.autograd.grad(layer(x), leaves, grad_out)
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        torch.autograd.grad(layer(x), leaves, grad_out)
+    names = {event.name for event in profiled.events()}
+    assert {"FusedSplineLayer", "FusedSplineLayerBackward"} <= names
+    assert {name for name in names if name.startswith("aten::")} <= _NO_COMPUTE_OPS
+
+
 def _assert_layer_matches_reference(gen, k, uniform, sparse, n_out, grid_sizes):
     """fused_spline_layer (sparse or dense) against the reference on 6 inputs and 29 rows around each grid: the output
     and the gradients of x and the parameters."""

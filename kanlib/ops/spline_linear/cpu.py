@@ -1518,7 +1518,7 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
         rows = np.empty((0 if given or not need_x else n_slots, c1 - c0), dtype=grad_out.dtype)
         scale = np.empty(c1 - c0, dtype=grad_out.dtype)
         block = np.empty((n_slots if need_parameters else 0, c1 - c0), dtype=grad_out.dtype)
-        columns = np.empty((TRANSPOSE_COLUMNS, n_slots - 1), dtype=grad_out.dtype)
+        columns = np.empty((TRANSPOSE_COLUMNS if need_parameters else 0, n_slots - 1), dtype=grad_out.dtype)
         target = grad_x
         if need_x and column_block > 0:
             target = partial[column_block - 1]
