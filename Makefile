@@ -68,7 +68,7 @@ gpu-wheels: $(VENV)/.installed
 gpu-reference:
 	python3 -m kanlib gpu-reference $(if $(OUT),--out $(OUT))
 
-# Back here: the results into data/results/ (make gpu-import FROM=folder); then run chapters 04, 06 and 90 again.
+# Back here: the results into data/results/ (make gpu-import FROM=folder); then run chapters 04, 06, 09 and 90 again.
 gpu-import: $(VENV)/.installed
 	@test -n "$(FROM)" || { echo "make gpu-import: expected FROM=<folder the GPU run packed>, got none"; exit 2; }
 	$(PY) -m kanlib gpu-import $(FROM)

@@ -652,8 +652,9 @@ def _gpu_import(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     for path in written:
         print(f"wrote {path}")
     print("the chapters with GPU figures read them when executed again: python -m kanlib run "
-          "notebooks/04_triton_kernels.ipynb notebooks/06_kans_on_images.ipynb notebooks/90_findings.ipynb "
-          "--in-place (06 with --mode full to keep its committed mode)")
+          "notebooks/04_triton_kernels.ipynb notebooks/06_kans_on_images.ipynb "
+          "notebooks/09_pruning_and_sparsity.ipynb notebooks/90_findings.ipynb --in-place (06 and 09 with --mode "
+          "full to keep their committed mode)")
     return 0
 
 
