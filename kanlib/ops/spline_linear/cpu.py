@@ -1137,6 +1137,28 @@ def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes
             grad_x[n2, i] += sc
             grad_x[n3, i] += sd
             j += 4
+        if j + 2 <= g1:  # two of the last rows in one pass too: at large G a group holds a few rows
+            n0, n1 = order[b, i, j], order[b, i, j + 1]
+            a0, a1, a2, a3, a4 = _five(slopes, i, r0 + j)
+            b0, b1, b2, b3, b4 = _five(slopes, i, r0 + j + 1)
+            ga, gb = grad_out[n0, c0:c1], grad_out[n1, c0:c1]
+            sa, sb = zero, zero
+            for o in range(width):
+                v0, v1, v2, v3, v4 = wa[o], wb[o], wc[o], wd[o], we[o]
+                sa += ga[o] * (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4)
+                sb += gb[o] * (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4)
+            grad_x[n0, i] += sa
+            grad_x[n1, i] += sb
+            j += 2
+        if j < g1:
+            n0 = order[b, i, j]
+            a0, a1, a2, a3, a4 = _five(slopes, i, r0 + j)
+            ga = grad_out[n0, c0:c1]
+            sa = zero
+            for o in range(width):
+                sa += ga[o] * (a0 * wa[o] + a1 * wb[o] + a2 * wc[o] + a3 * wd[o] + a4 * we[o])
+            grad_x[n0, i] += sa
+            j += 1
     for rest in range(j, g1):
         n = order[b, i, rest]
         grad_x[n, i] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, r0 + rest], w0,
