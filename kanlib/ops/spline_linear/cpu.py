@@ -1037,16 +1037,23 @@ def _add_window_rows(acc, weight, base, first, coefficients, c0, c1):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
+def _dot_five_rows(g, wa, wb, wc, wd, we, a, b, c, d, e):
+    """sum_o g[o] * (a * wa[o] + b * wb[o] + c * wc[o] + d * wd[o] + e * we[o]), in g's dtype (a k = 3 window)."""
+    result = g.dtype.type(0.0)
+    for o in range(g.shape[0]):
+        result += g[o] * (a * wa[o] + b * wb[o] + c * wc[o] + d * wd[o] + e * we[o])
+    return result
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _dot_window_rows(g, weight, base, first, coefficients, c0, c1):
     """sum_q coefficients[q] * (g . weight[row q, c0:c1]) over the window's k + 2 rows; g [c1 - c0]. The sums are
     kept in g's dtype: a float64 sum of float32 terms keeps the compiler from vectorizing the loop."""
-    result = g.dtype.type(0.0)
     if coefficients.shape[0] == 5:
-        a, b, c, d, e = coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4]
         wa, wb, wc, wd, we = _five_rows(weight, base, first, c0, c1)
-        for o in range(c1 - c0):
-            result += g[o] * (a * wa[o] + b * wb[o] + c * wc[o] + d * wd[o] + e * we[o])
-        return result
+        return _dot_five_rows(g, wa, wb, wc, wd, we, coefficients[0], coefficients[1], coefficients[2],
+                              coefficients[3], coefficients[4])
+    result = g.dtype.type(0.0)
     for q in range(coefficients.shape[0]):
         wa = weight[_window_row(q, base, first), c0:c1]
         dot = g.dtype.type(0.0)
@@ -1153,11 +1160,7 @@ def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes
         if j < g1:
             n0 = order[b, i, j]
             a0, a1, a2, a3, a4 = _five(slopes, i, r0 + j)
-            ga = grad_out[n0, c0:c1]
-            sa = zero
-            for o in range(width):
-                sa += ga[o] * (a0 * wa[o] + a1 * wb[o] + a2 * wc[o] + a3 * wd[o] + a4 * we[o])
-            grad_x[n0, i] += sa
+            grad_x[n0, i] += _dot_five_rows(grad_out[n0, c0:c1], wa, wb, wc, wd, we, a0, a1, a2, a3, a4)
             j += 1
     for rest in range(j, g1):
         n = order[b, i, rest]
