@@ -100,12 +100,14 @@ def test_repeated_knots_match_the_reference():
     check_against_reference((9, 4, 6, 5, 3, False), torch.float32, "silu", "contiguous", seed=3, repeat_knot=True)
 
 
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """16 x 16 x 16 tiles, so that small inputs span several tiles along every axis."""
-    config = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_I": 16}, num_warps=4, num_stages=1)
-    for kernel in (kernels._forward_kernel, kernels._grad_x_kernel, kernels._grad_weight_kernel):
-        monkeypatch.setattr(kernel, "configs", [config])
+@pytest.fixture(params=[1, 3], ids=["one-chunk", "three-chunks"])
+def small_tiles(monkeypatch, request):
+    """16 x 16 x 16 tiles, so that small inputs span several tiles along every axis; the forward walks the input
+    blocks in one chunk or in three (of 20 inputs: 16, 4 and none)."""
+    blocks = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_I": 16}
+    for kernel, chunks in ((kernels._forward_kernel, {"SPLIT_I": request.param}), (kernels._grad_x_kernel, {}),
+                           (kernels._grad_weight_kernel, {})):
+        monkeypatch.setattr(kernel, "configs", [triton.Config({**blocks, **chunks}, num_warps=4, num_stages=1)])
         monkeypatch.setattr(kernel, "cache", {})
 
 
@@ -137,6 +139,24 @@ def test_nan_rows_stay_nan_and_an_empty_batch_works():
     assert out.shape == (0, 3)
     out.sum().backward()
     assert empty.grad.shape == (0, 4) and layer.coef.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_the_forward_tells_its_tuner_whether_to_stay_deterministic(monkeypatch, deterministic):
+    """The tuner keeps one chunk of inputs (no atomic sums) when DETERMINISTIC is set (tests/test_ops_triton_tuning.py);
+    the forward sets it from torch.use_deterministic_algorithms."""
+    seen = []
+    tuner = kernels._forward_kernel
+    run = tuner.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["DETERMINISTIC"])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(tuner, "run", spy)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    BSplineKAN(4, 3, backend="triton", device=DEVICE)(torch.randn(5, 4, device=DEVICE))
+    assert seen == [deterministic]
 
 
 def float64_copy(layer):
@@ -314,7 +334,10 @@ COMPILE_FOR_H100 = textwrap.dedent("""
             constants = {"K": k, "PIECES": kernels.symmetric_pieces(k), "UNIFORM": uniform, "ACT": 1,
                          "PRECISION": precision, "INTERPRET": False, **config.kwargs}
             names = tuner.fn.arg_names
-            signature = {n: ("*fp32" if "grid" in n or "scale" in n or "shift" in n else f"*{dtype}")
+            if "DETERMINISTIC" in names:
+                constants["DETERMINISTIC"] = False
+            # the forward sums into a float32 output, in one chunk (configs[0]) or atomically in several
+            signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "out_ptr")) else f"*{dtype}")
                          for n in names[:n_pointers]}
             signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
             signature.update({n: "constexpr" for n in constants})

@@ -109,12 +109,14 @@ def test_values_on_knots_and_far_outside_the_grid(uniform):
                             rows=knots_and_far)
 
 
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis."""
-    for kernel, blocks in ((local._forward_kernel, {"BLOCK_M": 8, "BLOCK_N": 4}),
+@pytest.fixture(params=[1, 4], ids=["one-chunk", "four-chunks"])
+def small_tiles(monkeypatch, request):
+    """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis; the
+    forward and grad_weight kernels walk the inputs in one chunk or in four (of 9 inputs: 3, 3, 3 and none)."""
+    chunks = {"SPLIT_I": request.param}
+    for kernel, blocks in ((local._forward_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, **chunks}),
                            (local._grad_x_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "BLOCK_I": 4}),
-                           (local._grad_weight_kernel, {"BLOCK_M": 8, "BLOCK_N": 4})):
+                           (local._grad_weight_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, **chunks})):
         monkeypatch.setattr(kernel, "configs", [triton.Config(blocks, num_warps=4, num_stages=1)])
         monkeypatch.setattr(kernel, "cache", {})
 
@@ -122,6 +124,11 @@ def small_tiles(monkeypatch):
 @pytest.mark.parametrize("uniform", [True, False])
 def test_several_tiles_along_every_axis(small_tiles, uniform):
     check_against_reference((21, 9, 11, 40, 3, uniform), torch.float32, "silu", "strided", seed=int(uniform))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_types_over_several_tiles_and_chunks(small_tiles, dtype):
+    check_against_reference((21, 9, 11, 40, 3, True), dtype, "silu", "contiguous", seed=22)
 
 
 def test_nan_rows_stay_nan_and_an_empty_batch_works():
@@ -292,7 +299,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
             names = tuner.fn.arg_names
             if "INTERPRET" in names:
                 constants["INTERPRET"] = False
-            signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "gw")) else f"*{dtype}")
+            signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "gw", "out_ptr")) else f"*{dtype}")
                          for n in names[:n_pointers]}
             signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
             signature.update({n: "constexpr" for n in constants})

@@ -60,8 +60,12 @@ picked = {}
 for name, tuner in (("dense", dense._forward_kernel), ("basis", basis._forward_kernel)):
     for dtype, tensor in x.items():
         for precision in ("ieee", "tf32"):
-            chosen = tuner.early_config_prune(tuner.configs, {"x_ptr": tensor}, PRECISION=precision)
+            chosen = tuner.early_config_prune(tuner.configs, {"x_ptr": tensor}, PRECISION=precision,
+                                              DETERMINISTIC=False)
             picked[name, str(dtype), precision] = [config.kwargs for config in chosen]
+            chosen = tuner.early_config_prune(tuner.configs, {"x_ptr": tensor}, PRECISION=precision,
+                                              DETERMINISTIC=True)
+            picked[name, str(dtype), precision, "deterministic"] = [config.kwargs for config in chosen]
 try:
     autotune(("BLOCK_M",), [(16, 4, 2)], [], (16, 4, 1), full_precision=[(8, 4, 2)])
     picked["error"] = None
@@ -73,18 +77,28 @@ print(repr(picked))
 
 def test_lists_picked_by_dtype_and_precision_on_a_gpu():
     """Outside the interpreter a kernel with two lists tries the full-precision one for IEEE float32 products (and
-    float64, for the basis kernels) and the tensor-core one otherwise; two lists without a chooser are refused."""
+    float64, for the basis kernels) and the tensor-core one otherwise; the dense spline forward splits its inputs
+    only outside deterministic mode; two lists without a chooser are refused."""
     pytest.importorskip("triton.backends.nvidia")
     env = {key: value for key, value in os.environ.items() if key not in ("TRITON_INTERPRET", AUTOTUNE_ENV)}
     done = subprocess.run([sys.executable, "-c", PICK_LISTS], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     picked = eval(done.stdout.strip().splitlines()[-1])
     # the full-precision lists of kanlib/ops/spline_linear/triton.py's and kanlib/ops/basis_linear/triton.py's forward
-    dense_full = [{"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 32}, {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_I": 32},
-                  {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_I": 32}, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 16}]
+    dense_full = [{"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 32, "SPLIT_I": 1},
+                  {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_I": 32, "SPLIT_I": 1},
+                  {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_I": 32, "SPLIT_I": 1},
+                  {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 16, "SPLIT_I": 1},
+                  {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 32, "SPLIT_I": 4},
+                  {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 16, "SPLIT_I": 4}]
     assert picked["dense", "torch.float32", "ieee"] == dense_full
+    assert picked["dense", "torch.float32", "ieee", "deterministic"] == dense_full[:4]
     assert picked["dense", "torch.float32", "tf32"] != dense_full
     assert picked["dense", "torch.bfloat16", "ieee"] == picked["dense", "torch.float32", "tf32"]
+    tensor_core = picked["dense", "torch.bfloat16", "ieee"]
+    assert {config["SPLIT_I"] for config in tensor_core} == {1, 4}
+    assert picked["dense", "torch.bfloat16", "ieee", "deterministic"] == [
+        config for config in tensor_core if config["SPLIT_I"] == 1]
     basis_full = [{"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 16}, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_I": 16}]
     assert picked["basis", "torch.float64", "ieee"] == picked["basis", "torch.float32", "ieee"] == basis_full
     assert picked["basis", "torch.bfloat16", "ieee"] == picked["basis", "torch.float32", "tf32"] != basis_full

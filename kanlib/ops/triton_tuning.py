@@ -38,13 +38,15 @@ def interpreting() -> bool:
 
 def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequence[str],
              interpreter_tile: tuple[int, ...], full_precision: Sequence[tuple[int, ...]] = (),
-             wide: Callable[[dict, dict], bool] | None = None, **options):
+             wide: Callable[[dict, dict], bool] | None = None, keep: Callable[[dict, dict], bool] | None = None,
+             **options):
     """``triton.autotune`` over ``tiles``, each (the block sizes ``names`` name..., num_warps, num_stages), as
     :func:`tuned` keeps them; under the interpreter over ``interpreter_tile`` alone, keyed on nothing.
 
     With ``full_precision``, a second list for the calls where ``wide(named_args, kwargs)`` holds (float32 products
-    in IEEE precision, say), tried instead of ``tiles`` (tensor-core tiles). ``options`` go to ``triton.autotune``
-    (``reset_to_zero``).
+    in IEEE precision, say), tried instead of ``tiles`` (tensor-core tiles). With ``keep``, a call tries only the
+    configurations whose block sizes ``keep(block_sizes, kwargs)`` accepts (the first of each list must pass for
+    every call; the key must hold what ``keep`` reads). ``options`` go to ``triton.autotune`` (``reset_to_zero``).
     """
     import triton
 
@@ -58,12 +60,15 @@ def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequen
     if interpreting():
         return triton.autotune(configs=configs([interpreter_tile]), key=[], **options)
     narrow = configs(tuned(tiles))
-    if not full_precision:
+    if not full_precision and keep is None:
         return triton.autotune(configs=narrow, key=list(key), **options)
     full = configs(tuned(full_precision))
 
-    def pick(_configs, named_args, **kwargs):
-        return full if wide(named_args, kwargs) else narrow
+    def pick(given, named_args, **kwargs):
+        wanted = {id(config) for config in (full if full and wide(named_args, kwargs) else narrow)}
+        # the tuner's own list, or a list a test put in its place: all of that one
+        chosen = [config for config in given if id(config) in wanted] or list(given)
+        return chosen if keep is None else [config for config in chosen if keep(config.kwargs, kwargs)]
 
     return triton.autotune(configs=narrow + full, key=list(key), prune_configs_by={"early_config_prune": pick},
                            **options)

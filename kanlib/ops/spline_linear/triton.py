@@ -8,13 +8,18 @@ Tiling. The K = I*S dimension is walked as (a block of BLOCK_I inputs) x (slot s
 [BLOCK_M, BLOCK_I] tile of A (the activation for s = 0, basis s - 1 after it) is computed from the x tile
 and multiplied with the weight rows ``i*S + s`` of those inputs, so S needs no padding to a power of two.
 
-- forward: a program per (BLOCK_M rows, BLOCK_N outputs) loops over input blocks and slots.
+- forward: a program per (BLOCK_M rows, BLOCK_N outputs, chunk of the input blocks) loops over its input blocks
+  and slots. With one chunk (``SPLIT_I = 1``) it stores its tile; with more, the chunks' programs add their
+  partial tiles into a zeroed float32 output atomically: a small batch has too few tiles to keep the GPU busy
+  (B = 1024, O = 256 in 128 x 128 tiles is 16 programs for an H200's 132 SMs), and the chunks are what fills it
+  then. The tuner picks tile and chunk count per problem size, one chunk alone under
+  ``torch.use_deterministic_algorithms``.
 - grad_x: a program per (BLOCK_M rows, BLOCK_I inputs) loops over slots, and over output tiles for
   ``grad_out @ W_s^T``, then multiplies by the slot's derivative (activation' or basis', recomputed).
 - grad_weight: a program per (BLOCK_I inputs, slot, BLOCK_N outputs) loops over rows: ``A_s^T @ grad_out``.
 
-Every output element is written by one program: no atomics. The coefficient, base-weight and scale
-gradients follow from grad_weight through autograd (``BSplineKAN.weight_matrix``).
+Outside the split forward every output element is written by one program: no atomics. The coefficient,
+base-weight and scale gradients follow from grad_weight through autograd (``BSplineKAN.weight_matrix``).
 
 Bases. Uniform grids (the fast path): basis m of input i at x is the cardinal B-spline B_k(w) with
 w = (x - t_0)/h - m, evaluated from the (k+2)//2 polynomial pieces of its symmetric half with exact
@@ -23,7 +28,7 @@ coefficients; B_k vanishes outside [0, k+1), so inputs beyond the grid need no c
 is float32; the spline order (1 to 5) is a compile-time constant.
 
 Precision. bfloat16 and float16 x and weight: the tiles are multiplied in that dtype with float32
-accumulation and outputs are rounded once, at the store. float32: ``tl.dot`` uses TF32 exactly when
+accumulation and outputs are rounded once, after the last sum. float32: ``tl.dot`` uses TF32 exactly when
 ``torch.backends.cuda.matmul.allow_tf32`` is set (as torch's own matmul does), full float32 otherwise.
 
 Under ``TRITON_INTERPRET=1`` (set before triton is imported) the kernels run on the CPU, for tests:
@@ -47,7 +52,8 @@ from ..triton_tuning import autotune, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
-           "spline_basis", "to_store", "LaunchPlan", "check_devices", "check_inputs"]
+           "spline_basis", "to_store", "input_chunk", "store_or_add", "LaunchPlan", "row_tiles", "launch_forward",
+           "launch_grad_x", "check_devices", "check_inputs"]
 
 IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TANH_ID, RELU_ID))
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
@@ -217,6 +223,24 @@ def to_store(acc, dtype: tl.constexpr, INTERPRET: tl.constexpr):
     return out
 
 
+@triton.jit
+def input_chunk(n_in, BLOCK_I: tl.constexpr, SPLIT_I: tl.constexpr):
+    """The inputs [first, last) of this program: the inputs cut into SPLIT_I chunks (whole blocks of BLOCK_I) along
+    program axis 2."""
+    chunk = tl.cdiv(tl.cdiv(n_in, BLOCK_I), SPLIT_I) * BLOCK_I
+    first = tl.program_id(2) * chunk
+    return first, tl.minimum(first + chunk, n_in)
+
+
+@triton.jit
+def store_or_add(ptrs, acc, mask, SPLIT_I: tl.constexpr):
+    """A float32 output tile stored, or added atomically when SPLIT_I programs share it (the output zeroed)."""
+    if SPLIT_I == 1:
+        tl.store(ptrs, acc, mask=mask)
+    else:
+        tl.atomic_add(ptrs, acc, mask=mask)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Kernels. Tile configurations (BLOCK_M, BLOCK_N, BLOCK_I, num_warps, num_stages) are autotuned per problem
 # size on a GPU, from one list for tensor-core products (bf16, fp16, TF32) and one for full float32, whose
@@ -227,30 +251,46 @@ def _ieee_float32(named_args: dict, kwargs: dict) -> bool:
     return named_args["x_ptr"].dtype == torch.float32 and kwargs.get("PRECISION") == "ieee"
 
 
-def _autotune(tensor_core: list[tuple[int, ...]], full_fp32: list[tuple[int, ...]]):
-    """triton.autotune over the list that suits the call's dtype and precision."""
-    return autotune(("BLOCK_M", "BLOCK_N", "BLOCK_I"), tensor_core,
-                    ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM", "PRECISION"], (128, 32, 32, 4, 1),
-                    full_fp32, _ieee_float32)
+def _one_chunk_if_deterministic(blocks: dict, kwargs: dict) -> bool:
+    return blocks["SPLIT_I"] == 1 or not kwargs["DETERMINISTIC"]
 
 
-@_autotune(tensor_core=[(128, 128, 32, 8, 3), (128, 128, 16, 8, 3), (64, 128, 16, 4, 3), (64, 64, 32, 4, 4)],
-           full_fp32=[(64, 64, 32, 8, 2), (128, 64, 32, 8, 2), (64, 128, 32, 8, 2), (64, 64, 16, 4, 2)])
+def _autotune(tensor_core: list[tuple[int, ...]], full_fp32: list[tuple[int, ...]],
+              names: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_I"),
+              interpreter_tile: tuple[int, ...] = (128, 32, 32, 4, 1), **options):
+    """triton.autotune over the list that suits the call's dtype and precision; a kernel whose inputs split into
+    SPLIT_I chunks (atomic sums) keeps one chunk under ``torch.use_deterministic_algorithms``."""
+    key = ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM", "PRECISION"]
+    keep = None
+    if "SPLIT_I" in names:
+        key, keep = key + ["DETERMINISTIC"], _one_chunk_if_deterministic
+    return autotune(names, tensor_core, key, interpreter_tile, full_fp32, _ieee_float32, keep=keep, **options)
+
+
+@_autotune(tensor_core=[(128, 128, 32, 1, 8, 3), (128, 128, 16, 1, 8, 3), (64, 128, 16, 1, 4, 3),
+                        (64, 64, 32, 1, 4, 4), (64, 128, 16, 4, 4, 3), (64, 64, 32, 4, 4, 4)],
+           full_fp32=[(64, 64, 32, 1, 8, 2), (128, 64, 32, 1, 8, 2), (64, 128, 32, 1, 8, 2), (64, 64, 16, 1, 4, 2),
+                      (64, 64, 32, 4, 8, 2), (64, 64, 16, 4, 4, 2)],
+           names=("BLOCK_M", "BLOCK_N", "BLOCK_I", "SPLIT_I"), interpreter_tile=(128, 32, 32, 2, 4, 1),
+           reset_to_zero=["out_ptr"])
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
                     n_rows, n_in, n_out, n_basis, n_knots, batch_bucket,
                     stride_xn, stride_xi, stride_wk, stride_wo, stride_on, stride_oo,
                     K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
-                    PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr):
+                    PRECISION: tl.constexpr, INTERPRET: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, SPLIT_I: tl.constexpr):
+    """out_ptr: float32 [N, O], zeroed when SPLIT_I > 1 (the programs of a tile add their chunks' shares).
+    DETERMINISTIC: only the tuner reads it (one chunk then)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    first_in, last_in = input_chunk(n_in, BLOCK_I, SPLIT_I)
     row_ok = rows < n_rows
     out_ok = outs < n_out
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xn
     w_cols = w_ptr + outs[None, :] * stride_wo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for i0 in range(0, n_in, BLOCK_I):
+    for i0 in range(first_in, last_in, BLOCK_I):
         ins = i0 + tl.arange(0, BLOCK_I)
         in_ok = ins < n_in
         x = tl.load(x_rows + ins[None, :] * stride_xi, mask=row_ok[:, None] & in_ok[None, :], other=0.0)
@@ -266,7 +306,7 @@ def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
             a = spline_basis(x, u, scale, knots, in_ok[None, :], m, K, PIECES, UNIFORM, False)
             acc = _dot(a, tl.load(w_ptrs, mask=w_mask, other=0.0), acc, PRECISION, INTERPRET)
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_on + outs[None, :] * stride_oo
-    tl.store(out_ptrs, to_store(acc, out_ptr.dtype.element_ty, INTERPRET), mask=row_ok[:, None] & out_ok[None, :])
+    store_or_add(out_ptrs, acc, row_ok[:, None] & out_ok[None, :], SPLIT_I)
 
 
 @triton.jit
@@ -425,21 +465,25 @@ class LaunchPlan:
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
 
+def row_tiles(plan: LaunchPlan):
+    """The launch grid of a kernel over (BLOCK_M rows, BLOCK_N outputs, one of SPLIT_I chunks of the inputs)."""
+    def launch_grid(meta):
+        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"]), meta["SPLIT_I"]
+
+    return launch_grid
+
+
 def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan, sizes: tuple,
                    constants: dict) -> torch.Tensor:
-    """out [N, O] by a forward kernel over tiles of BLOCK_M rows and BLOCK_N outputs, given its size arguments and
-    compile-time constants (this module's kernels or :mod:`.triton_local`'s)."""
-    out = torch.empty(plan.n_rows, plan.n_out, device=x.device, dtype=x.dtype)
-    if plan.n_rows == 0:
-        return out
-
-    def launch_grid(meta):
-        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"])
-
-    with plan.on_device():
-        kernel[launch_grid](x, weight, *plan.knots, out, *sizes, *x.stride(), *weight.stride(), *out.stride(),
-                            **constants)
-    return out
+    """out [N, O] in x's dtype by a forward kernel over :func:`row_tiles`, given its size arguments and compile-time
+    constants (this module's kernel or :mod:`.triton_local`'s): the kernel sums into a zeroed float32 output,
+    rounded once after."""
+    out = torch.zeros(plan.n_rows, plan.n_out, device=x.device, dtype=torch.float32)
+    if plan.n_rows > 0:
+        with plan.on_device():
+            kernel[row_tiles(plan)](x, weight, *plan.knots, out, *sizes, *x.stride(), *weight.stride(), *out.stride(),
+                                    **constants)
+    return out.to(x.dtype)
 
 
 def launch_grad_x(kernel, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan,
@@ -459,7 +503,8 @@ def launch_grad_x(kernel, x: torch.Tensor, weight: torch.Tensor, grad_out: torch
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
-    return launch_forward(_forward_kernel, x, weight, plan, plan.sizes(), plan.constants)
+    constants = {**plan.constants, "DETERMINISTIC": torch.are_deterministic_algorithms_enabled()}
+    return launch_forward(_forward_kernel, x, weight, plan, plan.sizes(), constants)
 
 
 def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:

@@ -8,21 +8,27 @@ bases long; outside the grid all bases are zero, whichever window is read) and e
 so the work does not grow with G. Weight rows differ per batch row: they are gathered as [BLOCK_M, BLOCK_N]
 tiles and combined by FMAs in float32 (no ``tl.dot``).
 
-- forward: a program per (BLOCK_M rows, BLOCK_N outputs) loops over inputs, adding the k + 2 gathered rows,
-  weighted by the window's values, to its accumulator.
+- forward: a program per (BLOCK_M rows, BLOCK_N outputs, chunk of the inputs) loops over its inputs, adding the
+  k + 2 gathered rows, weighted by the window's values, to its accumulator. With one chunk (``SPLIT_I = 1``) it
+  stores the tile; with more, the chunks' programs add their partial tiles into a zeroed float32 output
+  (``tl.atomic_add``). Each input's gathers wait on its x, so a program's time is a chain as long as its inputs:
+  a small batch has too few tiles to fill the GPU (B = 1024, O = 256 in 64 x 32 tiles is 128 programs, under
+  one per SM of an H100 or H200, each walking all I inputs), and the chunks are what fills it then. The tuner
+  picks the tile and the chunk count per problem size, one chunk among them.
 - grad_x: a program per (BLOCK_M rows, BLOCK_I inputs) loops over its inputs and, per input, over output tiles:
   the window's weight rows weighted by the slots' derivatives are summed into one [BLOCK_M, BLOCK_N] tile and
   reduced against grad_out's (read again for each input, from cache).
-- grad_weight: a program per (BLOCK_M rows, BLOCK_N outputs) loops over inputs and adds ``value * grad_out`` into a
-  zeroed float32 grad_weight with ``tl.atomic_add`` (the base row's share pre-summed over the program's rows).
-  Atomics, because which rows a batch row reaches is known only in the kernel: a deterministic scheme would sort
-  the rows by span first, or give every program a private [S, BLOCK_N] tile, which is the dense kernel's size
-  again. The sum's order, and so its last bits, may differ from run to run.
+- grad_weight: a program per (BLOCK_M rows, BLOCK_N outputs, chunk of the inputs, as in forward) loops over its
+  inputs and adds ``value * grad_out`` into a zeroed float32 grad_weight with ``tl.atomic_add`` (the base row's
+  share pre-summed over the program's rows). Atomics, because which rows a batch row reaches is known only in the
+  kernel: a deterministic scheme would sort the rows by span first, or give every program a private
+  [S, BLOCK_N] tile, which is the dense kernel's size again. The sum's order, and so its last bits, may differ
+  from run to run (the forward's too, when its inputs are split).
 
 Spans: on uniform grids ``floor((x - t_0)/h)``; on other grids a binary search over the input's knots
 (ceil(log2(G + 2k)) gathered loads). Window values come from :func:`.triton.spline_basis`, as in the dense
 kernels. Precision: x and weight in float32, bfloat16 or float16; every product and sum in float32; outputs
-rounded once, at the store (the window values are not rounded to the input dtype first, unlike the dense
+rounded once, after the last sum (the window values are not rounded to the input dtype first, unlike the dense
 kernels' tensor-core operands).
 
 :func:`spline_linear_triton_any` is the ``"triton"`` backend: it picks these kernels or :mod:`.triton`'s by
@@ -37,8 +43,8 @@ import triton.language as tl
 
 from .support import prefers_sparse, triton_sparse_slowdown
 from ..triton_tuning import autotune
-from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs,
-                     launch_forward, launch_grad_x, planned_function, spline_basis, to_store)
+from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs, input_chunk,
+                     launch_forward, launch_grad_x, planned_function, row_tiles, spline_basis, store_or_add, to_store)
 
 __all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
            "uses_local_kernels"]
@@ -76,8 +82,8 @@ def _window_start(x, u, knots, mask, n_basis, n_knots, n_search, K: tl.constexpr
 # Kernels. Tile configurations are autotuned on a GPU from a short list, each checked to compile for sm_90 without
 # register spills (orders 3 and 5, uniform and not; 64-bit pointers of gathered tiles cost registers, so the tiles
 # hold at most 8 elements per thread); first tuned on an H200 by ``bench kernel`` and ``bench layer``, where these
-# kernels ran several times slower than their useful work allows (data/results). The interpreter runs one small
-# configuration.
+# kernels ran several times slower than their useful work allows (data/results). Each tile is listed with one
+# chunk of inputs and with eight (SPLIT_I). The interpreter runs one small configuration, in two chunks.
 
 
 def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zero: list[str] | None = None):
@@ -87,23 +93,26 @@ def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zer
                     reset_to_zero=reset_to_zero)
 
 
-@_autotune([(64, 32, 8, 2), (32, 64, 8, 1), (32, 32, 4, 1), (32, 32, 4, 1)], ("BLOCK_M", "BLOCK_N"))
+@_autotune([(64, 32, 1, 8, 2), (64, 32, 8, 8, 2), (32, 64, 1, 8, 1), (32, 64, 8, 8, 1), (32, 32, 1, 4, 1),
+           (32, 32, 8, 4, 1), (32, 32, 2, 4, 1)], ("BLOCK_M", "BLOCK_N", "SPLIT_I"), reset_to_zero=["out_ptr"])
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
                     n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
                     stride_xn, stride_xi, stride_wk, stride_wo, stride_on, stride_oo,
                     K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
-                    INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_I: tl.constexpr):
+    """out_ptr: float32 [N, O], zeroed when SPLIT_I > 1 (the programs of a tile add their inputs' shares)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    first_in, last_in = input_chunk(n_in, 1, SPLIT_I)
     row_ok = rows < n_rows
     out_ok = outs < n_out
     tile_ok = row_ok[:, None] & out_ok[None, :]
-    x_col = x_ptr + rows.to(tl.int64) * stride_xn  # input i's column, moved along i
-    w_in = w_ptr + outs[None, :] * stride_wo  # input i's base row
-    knots = grid_ptr
+    x_col = x_ptr + rows.to(tl.int64) * stride_xn + first_in * stride_xi  # input i's column, moved along i
+    w_in = w_ptr + outs[None, :] * stride_wo + tl.cast(first_in, tl.int64) * (n_basis + 1) * stride_wk  # i's base row
+    knots = grid_ptr + first_in * n_knots
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for i in range(n_in):
+    for i in range(first_in, last_in):
         x = tl.load(x_col, mask=row_ok, other=0.0).to(tl.float32)
         w = tl.load(w_in, mask=out_ok[None, :], other=0.0).to(tl.float32)
         acc += activation(x, ACT)[:, None] * w
@@ -119,7 +128,7 @@ def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
         w_in += (n_basis + 1) * stride_wk
         knots += n_knots
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_on + outs[None, :] * stride_oo
-    tl.store(out_ptrs, to_store(acc, out_ptr.dtype.element_ty, INTERPRET), mask=tile_ok)
+    store_or_add(out_ptrs, acc, tile_ok, SPLIT_I)
 
 
 @_autotune([(32, 64, 8, 8, 1), (16, 64, 8, 4, 1), (16, 16, 4, 4, 1)],
@@ -162,26 +171,27 @@ def _grad_x_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gx_ptr,
                  INTERPRET), mask=row_ok)
 
 
-@_autotune([(32, 32, 4, 1), (64, 32, 8, 1), (32, 64, 8, 1), (32, 32, 4, 1)], ("BLOCK_M", "BLOCK_N"),
-           reset_to_zero=["gw_ptr"])
+@_autotune([(32, 32, 1, 4, 1), (32, 32, 8, 4, 1), (64, 32, 1, 8, 1), (64, 32, 8, 8, 1), (32, 64, 1, 8, 1),
+            (32, 32, 2, 4, 1)], ("BLOCK_M", "BLOCK_N", "SPLIT_I"), reset_to_zero=["gw_ptr"])
 @triton.jit
 def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gw_ptr,
                         n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
                         stride_xn, stride_xi, stride_gn, stride_go, stride_wk, stride_wo,
                         K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_I: tl.constexpr):
     """gw_ptr: a zeroed float32 [I*S, O] the program adds its rows' shares to."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    first_in, last_in = input_chunk(n_in, 1, SPLIT_I)
     row_ok = rows < n_rows
     out_ok = outs < n_out
     tile_ok = row_ok[:, None] & out_ok[None, :]
     go = tl.load(go_ptr + rows.to(tl.int64)[:, None] * stride_gn + outs[None, :] * stride_go, mask=tile_ok,
                  other=0.0).to(tl.float32)
-    x_col = x_ptr + rows.to(tl.int64) * stride_xn
-    gw_in = gw_ptr + outs[None, :] * stride_wo
-    knots = grid_ptr
-    for i in range(n_in):
+    x_col = x_ptr + rows.to(tl.int64) * stride_xn + first_in * stride_xi
+    gw_in = gw_ptr + outs[None, :] * stride_wo + tl.cast(first_in, tl.int64) * (n_basis + 1) * stride_wk
+    knots = grid_ptr + first_in * n_knots
+    for i in range(first_in, last_in):
         x = tl.load(x_col, mask=row_ok, other=0.0).to(tl.float32)
         base = tl.where(row_ok, activation(x, ACT), 0.0)
         tl.atomic_add(gw_in, tl.sum(base[:, None] * go, axis=0)[None, :], mask=out_ok[None, :])
@@ -213,7 +223,7 @@ def _constants(plan: LaunchPlan, interpret: bool = True) -> dict:
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
-    return launch_forward(_forward_kernel, x, weight, plan, _sizes(plan), _constants(plan))
+    return launch_forward(_forward_kernel, x, weight, plan, _sizes(plan), _constants(plan, interpret=False))
 
 
 def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
@@ -224,13 +234,9 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
     grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
     if plan.n_rows == 0:
         return grad_w.to(weight.dtype)
-
-    def launch_grid(meta):
-        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"])
-
     with plan.on_device():
-        _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, grad_w, *_sizes(plan), *x.stride(),
-                                         *grad_out.stride(), *grad_w.stride(), **_constants(plan, interpret=False))
+        _grad_weight_kernel[row_tiles(plan)](x, *plan.knots, grad_out, grad_w, *_sizes(plan), *x.stride(),
+                                             *grad_out.stride(), *grad_w.stride(), **_constants(plan, interpret=False))
     return grad_w.to(weight.dtype)  # rounded once
 
 
