@@ -111,24 +111,25 @@ def test_values_on_knots_and_far_outside_the_grid(uniform):
 
 @pytest.fixture(params=[1, 4], ids=["one-chunk", "four-chunks"])
 def small_tiles(monkeypatch, request):
-    """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis; the
-    forward and grad_weight kernels walk the inputs in one chunk or in four (of 9 inputs: 3, 3, 3 and none)."""
-    chunks = {"SPLIT_I": request.param}
-    for kernel, blocks in ((local._forward_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, **chunks}),
+    """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis (and the
+    weight gradient's runs of rows several row blocks); the forward walks the inputs in one chunk or in four (of
+    9 inputs: 3, 3, 3 and none)."""
+    for kernel, blocks in ((local._forward_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "SPLIT_I": request.param}),
                            (local._grad_x_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "BLOCK_I": 4}),
-                           (local._grad_weight_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, **chunks})):
+                           (local._grad_weight_kernel, {"BLOCK_M": 8, "BLOCK_N": 4})):
         monkeypatch.setattr(kernel, "configs", [triton.Config(blocks, num_warps=4, num_stages=1)])
         monkeypatch.setattr(kernel, "cache", {})
 
 
 @pytest.mark.parametrize("uniform", [True, False])
-def test_several_tiles_along_every_axis(small_tiles, uniform):
-    check_against_reference((21, 9, 11, 40, 3, uniform), torch.float32, "silu", "strided", seed=int(uniform))
+@pytest.mark.parametrize("grid_size", [2, 12], ids=["runs-of-several-row-blocks", "short-runs"])
+def test_several_tiles_along_every_axis(small_tiles, uniform, grid_size):
+    check_against_reference((29, 9, 11, grid_size, 3, uniform), torch.float32, "silu", "strided",
+                            seed=grid_size + int(uniform))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_types_over_several_tiles_and_chunks(small_tiles, dtype):
-    check_against_reference((21, 9, 11, 40, 3, True), dtype, "silu", "contiguous", seed=22)
+def test_half_types_over_several_tiles_and_chunks(small_tiles):
+    check_against_reference((21, 9, 11, 5, 3, True), torch.bfloat16, "silu", "contiguous", seed=22)
 
 
 def test_nan_rows_stay_nan_and_an_empty_batch_works():
@@ -212,10 +213,37 @@ def test_the_triton_backend_picks_local_kernels_at_large_grids_only(monkeypatch)
     assert not local.uses_local_kernels(torch.zeros(2, 5 + 7), 3) and local.uses_local_kernels(torch.zeros(2, 47), 3)
 
 
-def test_deterministic_mode_keeps_the_dense_kernels(monkeypatch):
-    """The local weight gradient adds with atomics, in no fixed order."""
-    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    assert not local.uses_local_kernels(torch.zeros(2, 47), 3)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_mode_keeps_the_local_kernels_and_one_forward_chunk(monkeypatch, deterministic):
+    """The local weight gradient sums each element in one program (no atomics), so deterministic mode keeps the
+    family; the forward tells its tuner, which then keeps one chunk of inputs (tests/test_ops_triton_tuning.py)."""
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    assert local.uses_local_kernels(torch.zeros(2, 47), 3)
+    seen = []
+    tuner = local._forward_kernel
+    run = tuner.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["DETERMINISTIC"])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(tuner, "run", spy)
+    gen = torch.Generator().manual_seed(6)
+    grid = random_grid(3, 40, 3, gen, uniform=True).to(DEVICE)
+    weight = torch.randn(3 * 44, 5, generator=gen).to(DEVICE)
+    local_product(random_inputs(7, grid.cpu(), gen, torch.float32, "contiguous"), weight, grid, 3, True, "silu")
+    assert seen == [deterministic]
+
+
+def test_the_weight_gradient_has_the_same_bits_on_every_run():
+    gen = torch.Generator().manual_seed(7)
+    grid = random_grid(3, 40, 3, gen, uniform=False).to(DEVICE)
+    x = random_inputs(37, grid.cpu(), gen, torch.float32, "contiguous")
+    weight = torch.randn(3 * 44, 5, generator=gen).to(DEVICE).requires_grad_()
+    grad_out = torch.randn(37, 5, generator=gen).to(DEVICE)
+    first, again = (torch.autograd.grad(local_product(x, weight, grid, 3, False, "silu"), weight, grad_out)[0]
+                    for _ in range(2))
+    assert torch.equal(first, again)
 
 
 def test_a_caller_can_force_either_family(monkeypatch):
@@ -290,22 +318,27 @@ COMPILE_FOR_H100 = textwrap.dedent("""
     triton.knobs.nvidia.dump_ptxas_log = True  # printed when ptxas runs: a fresh cache makes it run
     triton.knobs.cache.dir = tempfile.mkdtemp()
     VARIANTS = (("bf16", 3, True), ("fp32", 3, False), ("fp32", 5, True))
-    POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 6}
+    POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 8, "_window_starts_kernel": 5}
+    # the forward sums into float32; the weight gradient's sorted rows and run bounds are int64, the starts int32
+    TYPES = {"grid": "*fp32", "scale": "*fp32", "shift": "*fp32", "out_ptr": "*fp32", "order": "*i64",
+             "bounds": "*i64", "starts": "*i32"}
+    STARTS_TILE = triton.Config({"BLOCK_I": kernels.STARTS_BLOCK_I, "BLOCK_M": kernels.STARTS_BLOCK_M}, num_warps=4,
+                                num_stages=1)
     for name, n_pointers in POINTERS.items():
         tuner = getattr(kernels, name)
-        for index, config in enumerate(tuner.configs):
+        function, configs = (tuner.fn, tuner.configs) if hasattr(tuner, "configs") else (tuner, [STARTS_TILE])
+        for index, config in enumerate(configs):
             dtype, k, uniform = VARIANTS[index % len(VARIANTS)]
-            constants = {"K": k, "PIECES": dense.symmetric_pieces(k), "UNIFORM": uniform, "ACT": 1, **config.kwargs}
-            names = tuner.fn.arg_names
-            if "INTERPRET" in names:
-                constants["INTERPRET"] = False
-            signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "gw", "out_ptr")) else f"*{dtype}")
-                         for n in names[:n_pointers]}
+            names = function.arg_names
+            constants = {"K": k, "PIECES": dense.symmetric_pieces(k), "UNIFORM": uniform, "ACT": 1,
+                         "INTERPRET": False, **config.kwargs}
+            constants = {n: value for n, value in constants.items() if n in names}
+            signature = {n: next((t for w, t in TYPES.items() if w in n), f"*{dtype}") for n in names[:n_pointers]}
             signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
             signature.update({n: "constexpr" for n in constants})
             log = io.StringIO()
             with contextlib.redirect_stdout(log):
-                compiled = triton.compile(ASTSource(tuner.fn, signature, constants),
+                compiled = triton.compile(ASTSource(function, signature, constants),
                                           target=GPUTarget("cuda", 90, 32),
                                           options={"num_warps": config.num_warps, "num_stages": config.num_stages})
             assert "cubin" in compiled.asm, name

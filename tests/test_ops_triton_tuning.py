@@ -53,7 +53,7 @@ def test_the_setting_is_checked(monkeypatch):
 PICK_LISTS = """
 import torch
 from kanlib.ops.basis_linear import triton as basis
-from kanlib.ops.spline_linear import triton as dense
+from kanlib.ops.spline_linear import triton as dense, triton_local as local
 from kanlib.ops.triton_tuning import autotune
 x = {dtype: torch.empty(1, dtype=dtype) for dtype in (torch.bfloat16, torch.float32, torch.float64)}
 picked = {}
@@ -66,6 +66,9 @@ for name, tuner in (("dense", dense._forward_kernel), ("basis", basis._forward_k
             chosen = tuner.early_config_prune(tuner.configs, {"x_ptr": tensor}, PRECISION=precision,
                                               DETERMINISTIC=True)
             picked[name, str(dtype), precision, "deterministic"] = [config.kwargs for config in chosen]
+for deterministic in (False, True):
+    chosen = local._forward_kernel.early_config_prune(local._forward_kernel.configs, {}, DETERMINISTIC=deterministic)
+    picked["local", deterministic] = [config.kwargs["SPLIT_I"] for config in chosen]
 try:
     autotune(("BLOCK_M",), [(16, 4, 2)], [], (16, 4, 1), full_precision=[(8, 4, 2)])
     picked["error"] = None
@@ -77,8 +80,8 @@ print(repr(picked))
 
 def test_lists_picked_by_dtype_and_precision_on_a_gpu():
     """Outside the interpreter a kernel with two lists tries the full-precision one for IEEE float32 products (and
-    float64, for the basis kernels) and the tensor-core one otherwise; the dense spline forward splits its inputs
-    only outside deterministic mode; two lists without a chooser are refused."""
+    float64, for the basis kernels) and the tensor-core one otherwise; the spline forwards (dense and local) split
+    their inputs only outside deterministic mode; two lists without a chooser are refused."""
     pytest.importorskip("triton.backends.nvidia")
     env = {key: value for key, value in os.environ.items() if key not in ("TRITON_INTERPRET", AUTOTUNE_ENV)}
     done = subprocess.run([sys.executable, "-c", PICK_LISTS], capture_output=True, text=True, env=env, timeout=300)
@@ -102,4 +105,5 @@ def test_lists_picked_by_dtype_and_precision_on_a_gpu():
     basis_full = [{"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 16}, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_I": 16}]
     assert picked["basis", "torch.float64", "ieee"] == picked["basis", "torch.float32", "ieee"] == basis_full
     assert picked["basis", "torch.bfloat16", "ieee"] == picked["basis", "torch.float32", "tf32"] != basis_full
+    assert set(picked["local", False]) == {1, 8} and set(picked["local", True]) == {1}
     assert "full_precision tiles need wide" in picked["error"]

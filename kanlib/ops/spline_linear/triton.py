@@ -52,7 +52,7 @@ from ..triton_tuning import autotune, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
-           "spline_basis", "to_store", "input_chunk", "store_or_add", "LaunchPlan", "row_tiles", "launch_forward",
+           "spline_basis", "to_store", "input_chunk", "store_or_add", "one_chunk_if_deterministic", "LaunchPlan", "row_tiles", "launch_forward",
            "launch_grad_x", "check_devices", "check_inputs"]
 
 IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TANH_ID, RELU_ID))
@@ -251,7 +251,9 @@ def _ieee_float32(named_args: dict, kwargs: dict) -> bool:
     return named_args["x_ptr"].dtype == torch.float32 and kwargs.get("PRECISION") == "ieee"
 
 
-def _one_chunk_if_deterministic(blocks: dict, kwargs: dict) -> bool:
+def one_chunk_if_deterministic(blocks: dict, kwargs: dict) -> bool:
+    """The autotuners' filter for kernels that split their inputs (``SPLIT_I``, atomic sums) and take a
+    ``DETERMINISTIC`` flag: a single chunk when it is set."""
     return blocks["SPLIT_I"] == 1 or not kwargs["DETERMINISTIC"]
 
 
@@ -263,7 +265,7 @@ def _autotune(tensor_core: list[tuple[int, ...]], full_fp32: list[tuple[int, ...
     key = ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM", "PRECISION"]
     keep = None
     if "SPLIT_I" in names:
-        key, keep = key + ["DETERMINISTIC"], _one_chunk_if_deterministic
+        key, keep = key + ["DETERMINISTIC"], one_chunk_if_deterministic
     return autotune(names, tensor_core, key, interpreter_tile, full_fp32, _ieee_float32, keep=keep, **options)
 
 
@@ -477,12 +479,12 @@ def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPl
                    constants: dict) -> torch.Tensor:
     """out [N, O] in x's dtype by a forward kernel over :func:`row_tiles`, given its size arguments and compile-time
     constants (this module's kernel or :mod:`.triton_local`'s): the kernel sums into a zeroed float32 output,
-    rounded once after."""
+    rounded once after, and is told whether torch.use_deterministic_algorithms is on (``DETERMINISTIC``)."""
     out = torch.zeros(plan.n_rows, plan.n_out, device=x.device, dtype=torch.float32)
     if plan.n_rows > 0:
         with plan.on_device():
             kernel[row_tiles(plan)](x, weight, *plan.knots, out, *sizes, *x.stride(), *weight.stride(), *out.stride(),
-                                    **constants)
+                                    DETERMINISTIC=torch.are_deterministic_algorithms_enabled(), **constants)
     return out.to(x.dtype)
 
 
@@ -503,8 +505,7 @@ def launch_grad_x(kernel, x: torch.Tensor, weight: torch.Tensor, grad_out: torch
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
-    constants = {**plan.constants, "DETERMINISTIC": torch.are_deterministic_algorithms_enabled()}
-    return launch_forward(_forward_kernel, x, weight, plan, plan.sizes(), constants)
+    return launch_forward(_forward_kernel, x, weight, plan, plan.sizes(), plan.constants)
 
 
 def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:

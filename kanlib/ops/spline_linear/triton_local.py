@@ -14,16 +14,19 @@ tiles and combined by FMAs in float32 (no ``tl.dot``).
   (``tl.atomic_add``). Each input's gathers wait on its x, so a program's time is a chain as long as its inputs:
   a small batch has too few tiles to fill the GPU (B = 1024, O = 256 in 64 x 32 tiles is 128 programs, under
   one per SM of an H100 or H200, each walking all I inputs), and the chunks are what fills it then. The tuner
-  picks the tile and the chunk count per problem size, one chunk among them.
+  picks the tile and the chunk count per problem size, one chunk among them. Atomic sums finish in any order,
+  so a split forward's last bits may differ from run to run; under ``torch.use_deterministic_algorithms`` the
+  tuner keeps one chunk.
 - grad_x: a program per (BLOCK_M rows, BLOCK_I inputs) loops over its inputs and, per input, over output tiles:
   the window's weight rows weighted by the slots' derivatives are summed into one [BLOCK_M, BLOCK_N] tile and
   reduced against grad_out's (read again for each input, from cache).
-- grad_weight: a program per (BLOCK_M rows, BLOCK_N outputs, chunk of the inputs, as in forward) loops over its
-  inputs and adds ``value * grad_out`` into a zeroed float32 grad_weight with ``tl.atomic_add`` (the base row's
-  share pre-summed over the program's rows). Atomics, because which rows a batch row reaches is known only in the
-  kernel: a deterministic scheme would sort the rows by span first, or give every program a private
-  [S, BLOCK_N] tile, which is the dense kernel's size again. The sum's order, and so its last bits, may differ
-  from run to run (the forward's too, when its inputs are split).
+- grad_weight: which weight rows a batch row reaches is known only from its x, so each input's rows are first
+  sorted by window start (a small kernel writes the starts [I, N], ``torch.sort`` orders them,
+  ``torch.searchsorted`` finds where each start's run begins). Basis m's weight row gets the rows whose window
+  holds it, starts m - k to m: one contiguous run of the sorted rows. A program per (input, slot, BLOCK_N
+  outputs) sums ``value * grad_out`` over its slot's run (the base slot over every row) and writes its elements
+  of grad_weight, which no other program touches: no atomics, and the same bits on every run. Each row's
+  grad_out is read k + 2 times per input, once per slot it reaches.
 
 Spans: on uniform grids ``floor((x - t_0)/h)``; on other grids a binary search over the input's knots
 (ceil(log2(G + 2k)) gathered loads). Window values come from :func:`.triton.spline_basis`, as in the dense
@@ -32,8 +35,9 @@ rounded once, after the last sum (the window values are not rounded to the input
 kernels' tensor-core operands).
 
 :func:`spline_linear_triton_any` is the ``"triton"`` backend: it picks these kernels or :mod:`.triton`'s by
-:func:`.support.prefers_sparse` with :func:`.support.triton_sparse_slowdown` (the dense ones under
-``torch.use_deterministic_algorithms``), or the family a caller names (tests, benchmarks).
+:func:`.support.prefers_sparse` with :func:`.support.triton_sparse_slowdown`, or the family a caller names (tests,
+benchmarks). Both families give the same bits on every run under ``torch.use_deterministic_algorithms``, where
+the forward keeps its inputs in one chunk.
 """
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ import triton.language as tl
 from .support import prefers_sparse, triton_sparse_slowdown
 from ..triton_tuning import autotune
 from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs, input_chunk,
-                     launch_forward, launch_grad_x, planned_function, row_tiles, spline_basis, store_or_add, to_store)
+                     launch_forward, launch_grad_x, one_chunk_if_deterministic, planned_function, spline_basis,
+                     store_or_add, to_store)
 
 __all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
            "uses_local_kernels"]
@@ -82,15 +87,18 @@ def _window_start(x, u, knots, mask, n_basis, n_knots, n_search, K: tl.constexpr
 # Kernels. Tile configurations are autotuned on a GPU from a short list, each checked to compile for sm_90 without
 # register spills (orders 3 and 5, uniform and not; 64-bit pointers of gathered tiles cost registers, so the tiles
 # hold at most 8 elements per thread); first tuned on an H200 by ``bench kernel`` and ``bench layer``, where these
-# kernels ran several times slower than their useful work allows (data/results). Each tile is listed with one
-# chunk of inputs and with eight (SPLIT_I). The interpreter runs one small configuration, in two chunks.
+# kernels ran several times slower than their useful work allows (data/results). The forward's tiles are listed
+# with one chunk of inputs and with eight (SPLIT_I). The interpreter runs one small configuration (the forward's in
+# two chunks).
 
 
 def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zero: list[str] | None = None):
     """triton.autotune over (tile sizes named by ``names``..., num_warps, num_stages); the last tile is the
-    interpreter's."""
-    return autotune(names, tiles[:-1], ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM"], tiles[-1],
-                    reset_to_zero=reset_to_zero)
+    interpreter's. A kernel that splits its inputs (SPLIT_I) keeps one chunk in deterministic mode."""
+    key, keep = ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM"], None
+    if "SPLIT_I" in names:
+        key, keep = key + ["DETERMINISTIC"], one_chunk_if_deterministic
+    return autotune(names, tiles[:-1], key, tiles[-1], keep=keep, reset_to_zero=reset_to_zero)
 
 
 @_autotune([(64, 32, 1, 8, 2), (64, 32, 8, 8, 2), (32, 64, 1, 8, 1), (32, 64, 8, 8, 1), (32, 32, 1, 4, 1),
@@ -100,8 +108,9 @@ def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
                     n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
                     stride_xn, stride_xi, stride_wk, stride_wo, stride_on, stride_oo,
                     K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_I: tl.constexpr):
-    """out_ptr: float32 [N, O], zeroed when SPLIT_I > 1 (the programs of a tile add their inputs' shares)."""
+                    DETERMINISTIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_I: tl.constexpr):
+    """out_ptr: float32 [N, O], zeroed when SPLIT_I > 1 (the programs of a tile add their inputs' shares).
+    DETERMINISTIC: only the tuner reads it (one chunk then)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     first_in, last_in = input_chunk(n_in, 1, SPLIT_I)
@@ -171,40 +180,85 @@ def _grad_x_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gx_ptr,
                  INTERPRET), mask=row_ok)
 
 
-@_autotune([(32, 32, 1, 4, 1), (32, 32, 8, 4, 1), (64, 32, 1, 8, 1), (64, 32, 8, 8, 1), (32, 64, 1, 8, 1),
-            (32, 32, 2, 4, 1)], ("BLOCK_M", "BLOCK_N", "SPLIT_I"), reset_to_zero=["gw_ptr"])
 @triton.jit
-def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gw_ptr,
+def _window_starts_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, starts_ptr,
+                          n_rows, n_in, n_basis, n_knots, n_search, stride_xn, stride_xi,
+                          K: tl.constexpr, UNIFORM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_M: tl.constexpr):
+    """starts [I, N] int32: every (row, input)'s window start, as the other kernels find it."""
+    ins = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)[:, None]
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+    ok = (ins < n_in) & (rows < n_rows)
+    x = tl.load(x_ptr + rows.to(tl.int64) * stride_xn + ins * stride_xi, mask=ok, other=0.0).to(tl.float32)
+    u = x * tl.load(scale_ptr + ins, mask=ins < n_in, other=0.0) + tl.load(shift_ptr + ins, mask=ins < n_in, other=0.0)
+    knots = grid_ptr + ins * n_knots + tl.zeros(x.shape, dtype=tl.int32)
+    start = _window_start(x, u, knots, ok, n_basis, n_knots, n_search, K, UNIFORM)
+    tl.store(starts_ptr + ins.to(tl.int64) * n_rows + rows, start, mask=ok)
+
+
+@triton.jit
+def _slot_sum(x_col, go_ptr, order, lo, hi, u_scale, u_shift, knots, cols, out_ok,
+              K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr, BASE: tl.constexpr,
+              m, stride_xn, stride_gn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The sum over rows order[lo:hi] (rows lo:hi when BASE) of slot value * grad_out[row, outputs] -> [BLOCK_N],
+    float32. The slot is the activation when BASE, else basis m; x_col: the input's column of x; knots: its grid
+    row; cols: the outputs' offsets in a row of grad_out."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(lo, hi, BLOCK_M):
+        at = r0 + tl.arange(0, BLOCK_M)
+        ok = at < hi
+        if BASE:
+            rows = at.to(tl.int64)
+        else:
+            rows = tl.load(order + at, mask=ok, other=0)
+        x = tl.load(x_col + rows * stride_xn, mask=ok, other=0.0).to(tl.float32)
+        if BASE:
+            value = activation(x, ACT)
+        else:
+            value = spline_basis(x, x * u_scale + u_shift, u_scale, knots + tl.zeros((BLOCK_M,), dtype=tl.int32), ok,
+                                 m, K, PIECES, UNIFORM, False)
+        go = tl.load(go_ptr + rows[:, None] * stride_gn + cols[None, :], mask=ok[:, None] & out_ok[None, :],
+                     other=0.0).to(tl.float32)
+        acc += tl.where(ok, value, 0.0)[:, None] * go
+    return tl.sum(acc, axis=0)
+
+
+@_autotune([(32, 32, 4, 1), (64, 64, 8, 1), (32, 64, 8, 1), (16, 64, 4, 1), (8, 16, 4, 1)], ("BLOCK_M", "BLOCK_N"))
+@triton.jit
+def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, order_ptr, bounds_ptr, gw_ptr,
                         n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
                         stride_xn, stride_xi, stride_gn, stride_go, stride_wk, stride_wo,
                         K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_I: tl.constexpr):
-    """gw_ptr: a zeroed float32 [I*S, O] the program adds its rows' shares to."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+                        INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A program per (input i, slot s, BLOCK_N outputs) writes grad_weight[i*S + s, outs] (no other program does).
+
+    order [I, N]: each input's rows sorted by window start; bounds [I, G + 1]: where each start's run begins in it.
+    The base slot sums over every row; basis slot s over the windows that hold basis s - 1, starts s - 1 - k to
+    s - 1: one run of the sorted rows.
+    """
+    n_slots = n_basis + 1
+    n_starts = n_basis - K
+    i = tl.program_id(0) // n_slots
+    slot = tl.program_id(0) % n_slots
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    first_in, last_in = input_chunk(n_in, 1, SPLIT_I)
-    row_ok = rows < n_rows
     out_ok = outs < n_out
-    tile_ok = row_ok[:, None] & out_ok[None, :]
-    go = tl.load(go_ptr + rows.to(tl.int64)[:, None] * stride_gn + outs[None, :] * stride_go, mask=tile_ok,
-                 other=0.0).to(tl.float32)
-    x_col = x_ptr + rows.to(tl.int64) * stride_xn + first_in * stride_xi
-    gw_in = gw_ptr + outs[None, :] * stride_wo + tl.cast(first_in, tl.int64) * (n_basis + 1) * stride_wk
-    knots = grid_ptr + first_in * n_knots
-    for i in range(first_in, last_in):
-        x = tl.load(x_col, mask=row_ok, other=0.0).to(tl.float32)
-        base = tl.where(row_ok, activation(x, ACT), 0.0)
-        tl.atomic_add(gw_in, tl.sum(base[:, None] * go, axis=0)[None, :], mask=out_ok[None, :])
-        scale = tl.load(scale_ptr + i)
-        u = x * scale + tl.load(shift_ptr + i)
-        start = _window_start(x, u, knots, row_ok, n_basis, n_knots, n_search, K, UNIFORM)
-        gw_window = gw_in + ((start + 1).to(tl.int64) * stride_wk)[:, None]
-        for q in tl.static_range(K + 1):
-            value = spline_basis(x, u, scale, knots, row_ok, start + q, K, PIECES, UNIFORM, False)
-            tl.atomic_add(gw_window + q * stride_wk, value[:, None] * go, mask=tile_ok)
-        x_col += stride_xi
-        gw_in += (n_basis + 1) * stride_wk
-        knots += n_knots
+    x_col = x_ptr + i * stride_xi
+    cols = outs * stride_go
+    scale = tl.load(scale_ptr + i)
+    shift = tl.load(shift_ptr + i)
+    knots = grid_ptr + i * n_knots
+    order = order_ptr + tl.cast(i, tl.int64) * n_rows
+    bounds = bounds_ptr + i * (n_starts + 1)
+    if slot == 0:
+        total = _slot_sum(x_col, go_ptr, order, 0, n_rows, scale, shift, knots, cols, out_ok,
+                          K, PIECES, UNIFORM, ACT, True, 0, stride_xn, stride_gn, BLOCK_M, BLOCK_N)
+    else:
+        m = slot - 1
+        lo = tl.load(bounds + tl.maximum(m - K, 0))
+        hi = tl.load(bounds + tl.minimum(m, n_starts - 1) + 1)
+        total = _slot_sum(x_col, go_ptr, order, lo, hi, scale, shift, knots, cols, out_ok,
+                          K, PIECES, UNIFORM, ACT, False, m, stride_xn, stride_gn, BLOCK_M, BLOCK_N)
+    gw = gw_ptr + (tl.cast(i, tl.int64) * n_slots + slot) * stride_wk + outs * stride_wo
+    tl.store(gw, to_store(total, gw_ptr.dtype.element_ty, INTERPRET), mask=out_ok)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,14 +284,35 @@ def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan:
     return launch_grad_x(_grad_x_kernel, x, weight, grad_out, plan, _sizes(plan), _constants(plan))
 
 
+STARTS_BLOCK_I, STARTS_BLOCK_M = 8, 64  # the window-start kernel's tile: 4 elements per thread of 4 warps
+
+
+def _rows_by_window(x: torch.Tensor, plan: LaunchPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order [I, N], bounds [I, G + 1]), int64: each input's rows sorted by window start (stably), and where
+    the run of each start 0 .. G - 1 begins in that order (bounds[:, G] = N)."""
+    starts = torch.empty(plan.n_in, plan.n_rows, device=x.device, dtype=torch.int32)
+    _window_starts_kernel[(triton.cdiv(plan.n_in, STARTS_BLOCK_I), triton.cdiv(plan.n_rows, STARTS_BLOCK_M))](
+        x, *plan.knots, starts, plan.n_rows, plan.n_in, plan.n_basis, plan.n_knots, _sizes(plan)[-1], *x.stride(),
+        K=plan.spline_order, UNIFORM=plan.constants["UNIFORM"], BLOCK_I=STARTS_BLOCK_I, BLOCK_M=STARTS_BLOCK_M)
+    sorted_starts, order = torch.sort(starts, dim=1, stable=True)
+    n_starts = plan.n_basis - plan.spline_order
+    first = torch.arange(n_starts + 1, device=x.device, dtype=torch.int32).expand(plan.n_in, -1).contiguous()
+    return order, torch.searchsorted(sorted_starts, first)
+
+
 def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
-    grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+    grad_w = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype)
     if plan.n_rows == 0:
-        return grad_w.to(weight.dtype)
+        return grad_w.zero_()
+
+    def launch_grid(meta):
+        return plan.n_in * (plan.n_basis + 1), triton.cdiv(plan.n_out, meta["BLOCK_N"])
+
     with plan.on_device():
-        _grad_weight_kernel[row_tiles(plan)](x, *plan.knots, grad_out, grad_w, *_sizes(plan), *x.stride(),
-                                             *grad_out.stride(), *grad_w.stride(), **_constants(plan, interpret=False))
-    return grad_w.to(weight.dtype)  # rounded once
+        order, bounds = _rows_by_window(x, plan)
+        _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, order, bounds, grad_w, *_sizes(plan), *x.stride(),
+                                         *grad_out.stride(), *grad_w.stride(), **_constants(plan))
+    return grad_w
 
 
 LocalSplineLinearFunction = planned_function(
@@ -247,10 +322,8 @@ LocalSplineLinearFunction = planned_function(
 
 def uses_local_kernels(grid: torch.Tensor, spline_order: int, dtype: torch.dtype = torch.float32) -> bool:
     """Whether ``kernels="auto"`` picks the local-support kernels for this (checked) grid and order and operands of
-    ``dtype``: when the cost model prefers them (:func:`.support.triton_sparse_slowdown`) and
-    ``torch.use_deterministic_algorithms`` is off (their weight gradient uses atomics)."""
-    return (prefers_sparse(grid.shape[1] - spline_order, spline_order, triton_sparse_slowdown(dtype))
-            and not torch.are_deterministic_algorithms_enabled())
+    ``dtype``: when the cost model prefers them (:func:`.support.triton_sparse_slowdown`)."""
+    return prefers_sparse(grid.shape[1] - spline_order, spline_order, triton_sparse_slowdown(dtype))
 
 
 def spline_linear_triton_any(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
