@@ -111,20 +111,21 @@ def test_values_on_knots_and_far_outside_the_grid(uniform):
 
 @pytest.fixture(params=[1, 4], ids=["one-chunk", "four-chunks"])
 def small_tiles(monkeypatch, request):
-    """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis (and the
-    weight gradient's runs of rows several row blocks); the forward walks the inputs in one chunk or in four (of
+    """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis; the
+    weight gradient's tiles are 16 rows, outputs and slots (the least tl.dot takes), so that its runs of rows span
+    several row blocks and G = 40 several blocks of slots; the forward walks the inputs in one chunk or in four (of
     9 inputs: 3, 3, 3 and none)."""
     for kernel, blocks in ((local._forward_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "SPLIT_I": request.param}),
                            (local._grad_x_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "BLOCK_I": 4}),
-                           (local._grad_weight_kernel, {"BLOCK_M": 8, "BLOCK_N": 4})):
+                           (local._grad_weight_kernel, {"BLOCK_M": 16, "BLOCK_N": 16, "SLOTS": 16})):
         monkeypatch.setattr(kernel, "configs", [triton.Config(blocks, num_warps=4, num_stages=1)])
         monkeypatch.setattr(kernel, "cache", {})
 
 
 @pytest.mark.parametrize("uniform", [True, False])
-@pytest.mark.parametrize("grid_size", [2, 12], ids=["runs-of-several-row-blocks", "short-runs"])
+@pytest.mark.parametrize("grid_size", [2, 40], ids=["runs-of-several-row-blocks", "several-blocks-of-slots"])
 def test_several_tiles_along_every_axis(small_tiles, uniform, grid_size):
-    check_against_reference((29, 9, 11, grid_size, 3, uniform), torch.float32, "silu", "strided",
+    check_against_reference((37, 9, 21, grid_size, 3, uniform), torch.float32, "silu", "strided",
                             seed=grid_size + int(uniform))
 
 
@@ -318,7 +319,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
     triton.knobs.nvidia.dump_ptxas_log = True  # printed when ptxas runs: a fresh cache makes it run
     triton.knobs.cache.dir = tempfile.mkdtemp()
     VARIANTS = (("bf16", 3, True), ("fp32", 3, False), ("fp32", 5, True))
-    POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 8, "_window_starts_kernel": 5}
+    POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 9, "_window_starts_kernel": 5}
     # the forward sums into float32; the weight gradient's sorted rows and run bounds are int64, the starts int32
     TYPES = {"grid": "*fp32", "scale": "*fp32", "shift": "*fp32", "out_ptr": "*fp32", "order": "*i64",
              "bounds": "*i64", "starts": "*i32"}

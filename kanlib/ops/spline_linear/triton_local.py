@@ -5,8 +5,8 @@ and the CUDA counterpart of :mod:`.cpu`'s local-support kernels: of an input's S
 its base activation (weight row i*S) and the k + 1 bases of its knot span. Each kernel finds, per row and input,
 the window's first basis ``start`` (``span - k`` kept inside 0 .. G - 1, so that every window is k + 1 existing
 bases long; outside the grid all bases are zero, whichever window is read) and evaluates the window's bases,
-so the work does not grow with G. Weight rows differ per batch row: they are gathered as [BLOCK_M, BLOCK_N]
-tiles and combined by FMAs in float32 (no ``tl.dot``).
+so the work does not grow with G. In forward and grad_x the weight rows differ per batch row: they are gathered
+as [BLOCK_M, BLOCK_N] tiles and combined by FMAs in float32 (no ``tl.dot``).
 
 - forward: a program per (BLOCK_M rows, BLOCK_N outputs, chunk of the inputs) loops over its inputs, adding the
   k + 2 gathered rows, weighted by the window's values, to its accumulator. With one chunk (``SPLIT_I = 1``) it
@@ -23,10 +23,13 @@ tiles and combined by FMAs in float32 (no ``tl.dot``).
 - grad_weight: which weight rows a batch row reaches is known only from its x, so each input's rows are first
   sorted by window start (a small kernel writes the starts [I, N], ``torch.sort`` orders them,
   ``torch.searchsorted`` finds where each start's run begins). Basis m's weight row gets the rows whose window
-  holds it, starts m - k to m: one contiguous run of the sorted rows. A program per (input, slot, BLOCK_N
-  outputs) sums ``value * grad_out`` over its slot's run (the base slot over every row) and writes its elements
-  of grad_weight, which no other program touches: no atomics, and the same bits on every run. Each row's
-  grad_out is read k + 2 times per input, once per slot it reaches.
+  holds it, starts m - k to m, so a block of SLOTS bases m0 .. m0 + SLOTS - 1 gets the starts m0 - k to
+  m0 + SLOTS - 1: one contiguous run of the sorted rows. A program per (input, block of bases, BLOCK_N outputs)
+  walks its run, BLOCK_M rows at a time: the rows' values of its bases (zero outside each row's window)
+  [BLOCK_M, SLOTS], transposed, times their grad_out rows [BLOCK_M, BLOCK_N], in an IEEE float32 ``tl.dot``.
+  Another program per (input, BLOCK_N outputs) sums the base slot over every row. Each writes its elements of
+  grad_weight, which no other program touches: no atomics, and the same bits on every run. Each row's grad_out
+  is read about 1 + (SLOTS + k) / SLOTS times per input, where per-slot programs would read it k + 2 times.
 
 Spans: on uniform grids ``floor((x - t_0)/h)``; on other grids a binary search over the input's knots
 (ceil(log2(G + 2k)) gathered loads). Window values come from :func:`.triton.spline_basis`, as in the dense
@@ -196,69 +199,85 @@ def _window_starts_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, starts_ptr,
 
 
 @triton.jit
-def _slot_sum(x_col, go_ptr, order, lo, hi, u_scale, u_shift, knots, cols, out_ok,
-              K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr, BASE: tl.constexpr,
-              m, stride_xn, stride_gn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The sum over rows order[lo:hi] (rows lo:hi when BASE) of slot value * grad_out[row, outputs] -> [BLOCK_N],
-    float32. The slot is the activation when BASE, else basis m; x_col: the input's column of x; knots: its grid
-    row; cols: the outputs' offsets in a row of grad_out."""
+def _base_slot_sum(x_col, go_ptr, cols, out_ok, n_rows, stride_xn, stride_gn, ACT: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """sum over every row of activation(x) * grad_out[row, outputs] -> [BLOCK_N], float32. x_col: the input's column
+    of x; cols: the outputs' offsets in a row of grad_out."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r0 in range(lo, hi, BLOCK_M):
-        at = r0 + tl.arange(0, BLOCK_M)
-        ok = at < hi
-        if BASE:
-            rows = at.to(tl.int64)
-        else:
-            rows = tl.load(order + at, mask=ok, other=0)
-        x = tl.load(x_col + rows * stride_xn, mask=ok, other=0.0).to(tl.float32)
-        if BASE:
-            value = activation(x, ACT)
-        else:
-            value = spline_basis(x, x * u_scale + u_shift, u_scale, knots + tl.zeros((BLOCK_M,), dtype=tl.int32), ok,
-                                 m, K, PIECES, UNIFORM, False)
-        go = tl.load(go_ptr + rows[:, None] * stride_gn + cols[None, :], mask=ok[:, None] & out_ok[None, :],
-                     other=0.0).to(tl.float32)
-        acc += tl.where(ok, value, 0.0)[:, None] * go
+    for r0 in range(0, n_rows, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        ok = rows < n_rows
+        x = tl.load(x_col + rows.to(tl.int64) * stride_xn, mask=ok, other=0.0).to(tl.float32)
+        go = tl.load(go_ptr + rows.to(tl.int64)[:, None] * stride_gn + cols[None, :],
+                     mask=ok[:, None] & out_ok[None, :], other=0.0).to(tl.float32)
+        acc += tl.where(ok, activation(x, ACT), 0.0)[:, None] * go
     return tl.sum(acc, axis=0)
 
 
-@_autotune([(32, 32, 4, 1), (64, 64, 8, 1), (32, 64, 8, 1), (16, 64, 4, 1), (8, 16, 4, 1)], ("BLOCK_M", "BLOCK_N"))
 @triton.jit
-def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, order_ptr, bounds_ptr, gw_ptr,
+def _basis_block_sum(x_col, go_ptr, cols, out_ok, order, starts, lo, hi, scale, shift, knots, m0, stride_xn,
+                     stride_gn, K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, SLOTS: tl.constexpr):
+    """sum over the rows order[lo:hi] of B_m(x) * grad_out[row, outputs] for the SLOTS bases m = m0, m0 + 1, ...
+    -> [SLOTS, BLOCK_N], float32 (one IEEE float32 ``tl.dot`` per BLOCK_M rows). starts: the sorted rows' window
+    starts; a row adds only to the bases of its window, as in the forward."""
+    m = m0 + tl.arange(0, SLOTS)[None, :]
+    acc = tl.zeros((SLOTS, BLOCK_N), dtype=tl.float32)
+    for r0 in range(lo, hi, BLOCK_M):
+        at = r0 + tl.arange(0, BLOCK_M)
+        ok = at < hi
+        rows = tl.load(order + at, mask=ok, other=0)
+        start = tl.load(starts + at, mask=ok, other=0)[:, None]
+        x = tl.load(x_col + rows * stride_xn, mask=ok, other=0.0).to(tl.float32)[:, None]
+        in_window = ok[:, None] & (m >= start) & (m <= start + K)
+        values = spline_basis(x, x * scale + shift, scale, knots + tl.zeros((BLOCK_M, SLOTS), dtype=tl.int32),
+                              in_window, m, K, PIECES, UNIFORM, False)
+        go = tl.load(go_ptr + rows[:, None] * stride_gn + cols[None, :], mask=ok[:, None] & out_ok[None, :],
+                     other=0.0).to(tl.float32)
+        acc = tl.dot(tl.trans(tl.where(in_window, values, 0.0)), go, acc, input_precision="ieee")
+    return acc
+
+
+@_autotune([(32, 64, 16, 4, 1), (64, 32, 16, 4, 1), (32, 128, 16, 8, 1), (32, 64, 32, 8, 1), (16, 16, 16, 4, 1)],
+           ("BLOCK_M", "BLOCK_N", "SLOTS"))
+@triton.jit
+def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, order_ptr, starts_ptr, bounds_ptr, gw_ptr,
                         n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
                         stride_xn, stride_xi, stride_gn, stride_go, stride_wk, stride_wo,
                         K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
-                        INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A program per (input i, slot s, BLOCK_N outputs) writes grad_weight[i*S + s, outs] (no other program does).
+                        INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SLOTS: tl.constexpr):
+    """A program per (input i, block of slots, BLOCK_N outputs) writes those rows and columns of grad_weight (no
+    other program does). Block 0 is the base slot, summed over every row; block b > 0 holds the SLOTS bases
+    m0 = (b - 1) * SLOTS, ..., whose rows are the windows that start at m0 - k to m0 + SLOTS - 1: one run of the
+    input's rows sorted by window start.
 
-    order [I, N]: each input's rows sorted by window start; bounds [I, G + 1]: where each start's run begins in it.
-    The base slot sums over every row; basis slot s over the windows that hold basis s - 1, starts s - 1 - k to
-    s - 1: one run of the sorted rows.
+    order [I, N]: each input's rows sorted by window start; starts [I, N]: their starts, in that order;
+    bounds [I, G + 1]: where each start's run begins in it.
     """
-    n_slots = n_basis + 1
+    n_blocks = 1 + tl.cdiv(n_basis, SLOTS)
     n_starts = n_basis - K
-    i = tl.program_id(0) // n_slots
-    slot = tl.program_id(0) % n_slots
+    i = tl.program_id(0) // n_blocks
+    block = tl.program_id(0) % n_blocks
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ok = outs < n_out
     x_col = x_ptr + i * stride_xi
     cols = outs * stride_go
-    scale = tl.load(scale_ptr + i)
-    shift = tl.load(shift_ptr + i)
-    knots = grid_ptr + i * n_knots
-    order = order_ptr + tl.cast(i, tl.int64) * n_rows
-    bounds = bounds_ptr + i * (n_starts + 1)
-    if slot == 0:
-        total = _slot_sum(x_col, go_ptr, order, 0, n_rows, scale, shift, knots, cols, out_ok,
-                          K, PIECES, UNIFORM, ACT, True, 0, stride_xn, stride_gn, BLOCK_M, BLOCK_N)
+    gw_input = gw_ptr + tl.cast(i, tl.int64) * (n_basis + 1) * stride_wk + outs * stride_wo
+    if block == 0:
+        base = _base_slot_sum(x_col, go_ptr, cols, out_ok, n_rows, stride_xn, stride_gn, ACT, BLOCK_M, BLOCK_N)
+        tl.store(gw_input, to_store(base, gw_ptr.dtype.element_ty, INTERPRET), mask=out_ok)
     else:
-        m = slot - 1
-        lo = tl.load(bounds + tl.maximum(m - K, 0))
-        hi = tl.load(bounds + tl.minimum(m, n_starts - 1) + 1)
-        total = _slot_sum(x_col, go_ptr, order, lo, hi, scale, shift, knots, cols, out_ok,
-                          K, PIECES, UNIFORM, ACT, False, m, stride_xn, stride_gn, BLOCK_M, BLOCK_N)
-    gw = gw_ptr + (tl.cast(i, tl.int64) * n_slots + slot) * stride_wk + outs * stride_wo
-    tl.store(gw, to_store(total, gw_ptr.dtype.element_ty, INTERPRET), mask=out_ok)
+        m0 = (block - 1) * SLOTS
+        bounds = bounds_ptr + i * (n_starts + 1)
+        lo = tl.load(bounds + tl.maximum(m0 - K, 0))
+        hi = tl.load(bounds + tl.minimum(m0 + SLOTS - 1, n_starts - 1) + 1)
+        sorted_rows = tl.cast(i, tl.int64) * n_rows
+        bases = _basis_block_sum(x_col, go_ptr, cols, out_ok, order_ptr + sorted_rows, starts_ptr + sorted_rows, lo,
+                                 hi, tl.load(scale_ptr + i), tl.load(shift_ptr + i), grid_ptr + i * n_knots, m0,
+                                 stride_xn, stride_gn, K, PIECES, UNIFORM, BLOCK_M, BLOCK_N, SLOTS)
+        m = m0 + tl.arange(0, SLOTS)
+        gw = gw_input[None, :] + ((1 + m).to(tl.int64) * stride_wk)[:, None]
+        tl.store(gw, to_store(bases, gw_ptr.dtype.element_ty, INTERPRET), mask=(m < n_basis)[:, None] & out_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,9 +306,9 @@ def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan:
 STARTS_BLOCK_I, STARTS_BLOCK_M = 8, 64  # the window-start kernel's tile: 4 elements per thread of 4 warps
 
 
-def _rows_by_window(x: torch.Tensor, plan: LaunchPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order [I, N], bounds [I, G + 1]), int64: each input's rows sorted by window start (stably), and where
-    the run of each start 0 .. G - 1 begins in that order (bounds[:, G] = N)."""
+def _rows_by_window(x: torch.Tensor, plan: LaunchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order [I, N] int64, starts [I, N] int32, bounds [I, G + 1] int64): each input's rows sorted by window start
+    (stably), their starts in that order, and where the run of each start 0 .. G - 1 begins (bounds[:, G] = N)."""
     starts = torch.empty(plan.n_in, plan.n_rows, device=x.device, dtype=torch.int32)
     _window_starts_kernel[(triton.cdiv(plan.n_in, STARTS_BLOCK_I), triton.cdiv(plan.n_rows, STARTS_BLOCK_M))](
         x, *plan.knots, starts, plan.n_rows, plan.n_in, plan.n_basis, plan.n_knots, _sizes(plan)[-1], *x.stride(),
@@ -297,7 +316,7 @@ def _rows_by_window(x: torch.Tensor, plan: LaunchPlan) -> tuple[torch.Tensor, to
     sorted_starts, order = torch.sort(starts, dim=1, stable=True)
     n_starts = plan.n_basis - plan.spline_order
     first = torch.arange(n_starts + 1, device=x.device, dtype=torch.int32).expand(plan.n_in, -1).contiguous()
-    return order, torch.searchsorted(sorted_starts, first)
+    return order, sorted_starts, torch.searchsorted(sorted_starts, first)
 
 
 def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
@@ -306,12 +325,12 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
         return grad_w.zero_()
 
     def launch_grid(meta):
-        return plan.n_in * (plan.n_basis + 1), triton.cdiv(plan.n_out, meta["BLOCK_N"])
+        return plan.n_in * (1 + triton.cdiv(plan.n_basis, meta["SLOTS"])), triton.cdiv(plan.n_out, meta["BLOCK_N"])
 
     with plan.on_device():
-        order, bounds = _rows_by_window(x, plan)
-        _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, order, bounds, grad_w, *_sizes(plan), *x.stride(),
-                                         *grad_out.stride(), *grad_w.stride(), **_constants(plan))
+        order, starts, bounds = _rows_by_window(x, plan)
+        _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, order, starts, bounds, grad_w, *_sizes(plan),
+                                         *x.stride(), *grad_out.stride(), *grad_w.stride(), **_constants(plan))
     return grad_w
 
 
