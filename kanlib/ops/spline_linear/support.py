@@ -19,7 +19,9 @@ SPARSE_SLOWDOWN = 2.0
 # depends on what the dense kernels' products run on. Set from the first H200 run of ``python -m kanlib bench kernel``
 # (data/results/kernel-cuda-20261130T224916.852446Z.json, where the "triton" candidate runs the local kernels past
 # the crossover and "triton_op" the dense ones at every G): against full-float32 products the local kernels caught
-# up below G = 50; against bfloat16 tensor-core products they stayed several times slower at G = 100.
+# up below G = 50; against bfloat16 tensor-core products they stayed several times slower at G = 100. That run's
+# local kernels added the weight gradient atomically and walked all inputs in one program per tile; both changed
+# since (sorted rows, input chunks), and no GPU has timed the new ones yet: the next GPU run should set these again.
 TRITON_SPARSE_SLOWDOWN = 8.0
 TRITON_TENSOR_CORE_SPARSE_SLOWDOWN = 100.0
 
