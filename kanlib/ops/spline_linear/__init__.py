@@ -185,8 +185,7 @@ def new_buffer(shape: tuple, dtype) -> np.ndarray:
     return np.empty(shape, dtype)
 
 
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
-                 np.dtype(np.int32): torch.int32}
+_TORCH_DTYPES = {**{array_dtype: dtype for dtype, array_dtype in NUMPY_DTYPES.items()}, np.dtype(np.int32): torch.int32}
 
 
 def new_array(shape: tuple, like: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
