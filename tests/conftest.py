@@ -80,6 +80,19 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp(min=1e-30)).item()
 
 
+def record_flag(monkeypatch, tuner, name: str) -> list:
+    """The values of the argument ``name`` at each launch through a Triton autotuner, in order."""
+    seen = []
+    run = tuner.run
+
+    def recording_run(*args, **kwargs):
+        seen.append(kwargs[name])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(tuner, "run", recording_run)
+    return seen
+
+
 # --- the built website and a real browser (shared by the site tests) ----------------------------------------
 # Imports are lazy: most test files need neither selenium nor the book.
 

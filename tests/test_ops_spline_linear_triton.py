@@ -10,7 +10,7 @@ import copy
 import textwrap
 
 import pytest
-from conftest import LAYOUTS, in_layout, inputs_around, random_grid, relative_error
+from conftest import LAYOUTS, in_layout, inputs_around, random_grid, record_flag, relative_error
 import torch
 
 triton = pytest.importorskip("triton")
@@ -145,15 +145,7 @@ def test_nan_rows_stay_nan_and_an_empty_batch_works():
 def test_the_forward_tells_its_tuner_whether_to_stay_deterministic(monkeypatch, deterministic):
     """The tuner keeps one chunk of inputs (no atomic sums) when DETERMINISTIC is set (tests/test_ops_triton_tuning.py);
     the forward sets it from torch.use_deterministic_algorithms."""
-    seen = []
-    tuner = kernels._forward_kernel
-    run = tuner.run
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["DETERMINISTIC"])
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(tuner, "run", spy)
+    seen = record_flag(monkeypatch, kernels._forward_kernel, "DETERMINISTIC")
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
     BSplineKAN(4, 3, backend="triton", device=DEVICE)(torch.randn(5, 4, device=DEVICE))
     assert seen == [deterministic]

@@ -9,7 +9,7 @@ import copy
 import textwrap
 
 import pytest
-from conftest import LAYOUTS, in_layout, inputs_around, random_grid, relative_error
+from conftest import LAYOUTS, in_layout, inputs_around, random_grid, record_flag, relative_error
 import torch
 
 triton = pytest.importorskip("triton")
@@ -220,15 +220,7 @@ def test_deterministic_mode_keeps_the_local_kernels_and_one_forward_chunk(monkey
     family; the forward tells its tuner, which then keeps one chunk of inputs (tests/test_ops_triton_tuning.py)."""
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
     assert local.uses_local_kernels(torch.zeros(2, 47), 3)
-    seen = []
-    tuner = local._forward_kernel
-    run = tuner.run
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["DETERMINISTIC"])
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(tuner, "run", spy)
+    seen = record_flag(monkeypatch, local._forward_kernel, "DETERMINISTIC")
     gen = torch.Generator().manual_seed(6)
     grid = random_grid(3, 40, 3, gen, uniform=True).to(DEVICE)
     weight = torch.randn(3 * 44, 5, generator=gen).to(DEVICE)
