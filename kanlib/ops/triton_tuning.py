@@ -64,10 +64,8 @@ def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequen
         return triton.autotune(configs=narrow, key=list(key), **options)
     full = configs(tuned(full_precision))
 
-    def pick(given, named_args, **kwargs):
-        wanted = {id(config) for config in (full if full and wide(named_args, kwargs) else narrow)}
-        # the tuner's own list, or a list a test put in its place: all of that one
-        chosen = [config for config in given if id(config) in wanted] or list(given)
+    def pick(_configs, named_args, **kwargs):
+        chosen = full if full and wide(named_args, kwargs) else narrow
         return chosen if keep is None else [config for config in chosen if keep(config.kwargs, kwargs)]
 
     return triton.autotune(configs=narrow + full, key=list(key), prune_configs_by={"early_config_prune": pick},

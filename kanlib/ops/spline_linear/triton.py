@@ -52,8 +52,8 @@ from ..triton_tuning import autotune, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
-           "spline_basis", "to_store", "input_chunk", "store_or_add", "one_chunk_if_deterministic", "LaunchPlan", "row_tiles", "launch_forward",
-           "launch_grad_x", "check_devices", "check_inputs"]
+           "spline_basis", "to_store", "input_chunk", "store_or_add", "one_chunk_if_deterministic", "LaunchPlan",
+           "launch_forward", "launch_grad_x", "check_devices", "check_inputs"]
 
 IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TANH_ID, RELU_ID))
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
@@ -467,24 +467,21 @@ class LaunchPlan:
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
 
-def row_tiles(plan: LaunchPlan):
-    """The launch grid of a kernel over (BLOCK_M rows, BLOCK_N outputs, one of SPLIT_I chunks of the inputs)."""
+def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan, sizes: tuple,
+                   constants: dict) -> torch.Tensor:
+    """out [N, O] in x's dtype by a forward kernel over (BLOCK_M rows, BLOCK_N outputs, one of SPLIT_I chunks of the
+    inputs), given its size arguments and compile-time constants (this module's kernel or :mod:`.triton_local`'s):
+    the kernel sums into a zeroed float32 output, rounded once after, and is told whether
+    torch.use_deterministic_algorithms is on (``DETERMINISTIC``)."""
+    out = torch.zeros(plan.n_rows, plan.n_out, device=x.device, dtype=torch.float32)
+
     def launch_grid(meta):
         return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"]), meta["SPLIT_I"]
 
-    return launch_grid
-
-
-def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan, sizes: tuple,
-                   constants: dict) -> torch.Tensor:
-    """out [N, O] in x's dtype by a forward kernel over :func:`row_tiles`, given its size arguments and compile-time
-    constants (this module's kernel or :mod:`.triton_local`'s): the kernel sums into a zeroed float32 output,
-    rounded once after, and is told whether torch.use_deterministic_algorithms is on (``DETERMINISTIC``)."""
-    out = torch.zeros(plan.n_rows, plan.n_out, device=x.device, dtype=torch.float32)
     if plan.n_rows > 0:
         with plan.on_device():
-            kernel[row_tiles(plan)](x, weight, *plan.knots, out, *sizes, *x.stride(), *weight.stride(), *out.stride(),
-                                    DETERMINISTIC=torch.are_deterministic_algorithms_enabled(), **constants)
+            kernel[launch_grid](x, weight, *plan.knots, out, *sizes, *x.stride(), *weight.stride(), *out.stride(),
+                                DETERMINISTIC=torch.are_deterministic_algorithms_enabled(), **constants)
     return out.to(x.dtype)
 
 

@@ -306,12 +306,14 @@ def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan:
 STARTS_BLOCK_I, STARTS_BLOCK_M = 8, 64  # the window-start kernel's tile: 4 elements per thread of 4 warps
 
 
-def _rows_by_window(x: torch.Tensor, plan: LaunchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rows_by_window(x: torch.Tensor, plan: LaunchPlan,
+                    n_search: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(order [I, N] int64, starts [I, N] int32, bounds [I, G + 1] int64): each input's rows sorted by window start
-    (stably), their starts in that order, and where the run of each start 0 .. G - 1 begins (bounds[:, G] = N)."""
+    (stably), their starts in that order, and where the run of each start 0 .. G - 1 begins (bounds[:, G] = N).
+    n_search: the binary search's step count (other grids)."""
     starts = torch.empty(plan.n_in, plan.n_rows, device=x.device, dtype=torch.int32)
     _window_starts_kernel[(triton.cdiv(plan.n_in, STARTS_BLOCK_I), triton.cdiv(plan.n_rows, STARTS_BLOCK_M))](
-        x, *plan.knots, starts, plan.n_rows, plan.n_in, plan.n_basis, plan.n_knots, _sizes(plan)[-1], *x.stride(),
+        x, *plan.knots, starts, plan.n_rows, plan.n_in, plan.n_basis, plan.n_knots, n_search, *x.stride(),
         K=plan.spline_order, UNIFORM=plan.constants["UNIFORM"], BLOCK_I=STARTS_BLOCK_I, BLOCK_M=STARTS_BLOCK_M)
     sorted_starts, order = torch.sort(starts, dim=1, stable=True)
     n_starts = plan.n_basis - plan.spline_order
@@ -328,8 +330,9 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
         return plan.n_in * (1 + triton.cdiv(plan.n_basis, meta["SLOTS"])), triton.cdiv(plan.n_out, meta["BLOCK_N"])
 
     with plan.on_device():
-        order, starts, bounds = _rows_by_window(x, plan)
-        _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, order, starts, bounds, grad_w, *_sizes(plan),
+        sizes = _sizes(plan)
+        order, starts, bounds = _rows_by_window(x, plan, sizes[-1])
+        _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, order, starts, bounds, grad_w, *sizes,
                                          *x.stride(), *grad_out.stride(), *grad_w.stride(), **_constants(plan))
     return grad_w
 
