@@ -80,6 +80,18 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp(min=1e-30)).item()
 
 
+def fill_empty_with_nan(monkeypatch) -> None:
+    """torch.empty's buffers filled with NaN (integer ones with their dtype's least value), as stale memory may be: an
+    entry a kernel should write and does not then shows in its result."""
+    empty = torch.empty
+
+    def stale(*args, **kwargs):
+        buffer = empty(*args, **kwargs)
+        return buffer.fill_(float("nan") if buffer.is_floating_point() else torch.iinfo(buffer.dtype).min)
+
+    monkeypatch.setattr(torch, "empty", stale)
+
+
 def record_flag(monkeypatch, tuner, name: str) -> list:
     """The values of the argument ``name`` at each launch through a Triton autotuner, in order."""
     seen = []

@@ -8,7 +8,7 @@ import numba
 import numpy as np
 import pytest
 import torch
-from conftest import inputs_around, random_grid
+from conftest import fill_empty_with_nan, inputs_around, random_grid
 from torch.func import jacrev, vmap
 
 from kanlib import KAN, BSplineKAN, SparseBSplineKAN
@@ -438,12 +438,7 @@ def test_the_sparse_weight_tiles_over_column_blocks_of_whole_shuffled_blocks(mon
 def test_the_layer_writes_every_buffer_it_takes_empty(monkeypatch, sparse):
     """torch.empty's buffers filled with NaN (what was there before is anything): the kernels write every entry they
     later read or return, grad_x included (the sparse backward zeroes its own instead of taking torch.zeros)."""
-    empty = torch.empty
-
-    def stale(*args, **kwargs):
-        return empty(*args, **kwargs).fill_(float("nan"))
-
-    monkeypatch.setattr(torch, "empty", stale)
+    fill_empty_with_nan(monkeypatch)
     monkeypatch.setattr(spline_linear_module, "_backward_tiles", lambda n_in, n_out, threads: (4, 5))
     _assert_layer_matches_reference(torch.Generator().manual_seed(21), 3, True, sparse, 13, (2, 17))
 

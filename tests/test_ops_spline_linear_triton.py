@@ -10,7 +10,8 @@ import copy
 import textwrap
 
 import pytest
-from conftest import LAYOUTS, in_layout, inputs_around, random_grid, record_flag, relative_error
+from conftest import (LAYOUTS, fill_empty_with_nan, in_layout, inputs_around, random_grid, record_flag,
+                      relative_error)
 import torch
 
 triton = pytest.importorskip("triton")
@@ -23,6 +24,7 @@ from kanlib.ops.spline_linear import triton as kernels
 from kanlib.activations import BASE_ACTIVATIONS
 from kanlib.ops.spline_linear import spline_linear, torch_backend
 from kanlib.ops.spline_linear.reference import spline_linear_reference
+from kanlib.ops.triton_tuning import tile_config
 from kanlib.training import fit
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,12 +105,14 @@ def test_repeated_knots_match_the_reference():
 @pytest.fixture(params=[1, 3], ids=["one-chunk", "three-chunks"])
 def small_tiles(monkeypatch, request):
     """16 x 16 x 16 tiles, so that small inputs span several tiles along every axis; the forward walks the input
-    blocks in one chunk or in three (of 20 inputs: 16, 4 and none)."""
+    blocks in one chunk or in three (of 20 inputs: 16, 4 and none). torch.empty's buffers hold NaN: with one chunk
+    the forward's output is not zeroed, and every element must be written."""
     blocks = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_I": 16}
     for kernel, chunks in ((kernels._forward_kernel, {"SPLIT_I": request.param}), (kernels._grad_x_kernel, {}),
                            (kernels._grad_weight_kernel, {})):
-        monkeypatch.setattr(kernel, "configs", [triton.Config({**blocks, **chunks}, num_warps=4, num_stages=1)])
+        monkeypatch.setattr(kernel, "configs", [tile_config({**blocks, **chunks}, 4, 1, "out_ptr")])
         monkeypatch.setattr(kernel, "cache", {})
+    fill_empty_with_nan(monkeypatch)
 
 
 @pytest.mark.parametrize("uniform", [True, False])

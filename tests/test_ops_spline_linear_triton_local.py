@@ -9,7 +9,8 @@ import copy
 import textwrap
 
 import pytest
-from conftest import LAYOUTS, in_layout, inputs_around, random_grid, record_flag, relative_error
+from conftest import (LAYOUTS, fill_empty_with_nan, in_layout, inputs_around, random_grid, record_flag,
+                      relative_error)
 import torch
 
 triton = pytest.importorskip("triton")
@@ -21,6 +22,7 @@ from kanlib.ops.spline_linear import prefers_sparse, spline_linear  # noqa: E402
 from kanlib.ops.spline_linear import triton as dense  # noqa: E402
 from kanlib.ops.spline_linear import triton_local as local  # noqa: E402
 from kanlib.ops.spline_linear.reference import spline_linear_reference  # noqa: E402
+from kanlib.ops.triton_tuning import tile_config  # noqa: E402
 from kanlib.ops.spline_linear.support import (  # noqa: E402
     SPARSE_SLOWDOWN, TRITON_SPARSE_SLOWDOWN, TRITON_TENSOR_CORE_SPARSE_SLOWDOWN, triton_sparse_slowdown)
 
@@ -114,12 +116,14 @@ def small_tiles(monkeypatch, request):
     """Tiles of 8 rows and 4 inputs or outputs, so that small inputs span several tiles along every axis; the
     weight gradient's tiles are 16 rows, outputs and slots (the least tl.dot takes), so that its runs of rows span
     several row blocks and G = 40 several blocks of slots; the forward walks the inputs in one chunk or in four (of
-    9 inputs: 3, 3, 3 and none)."""
+    9 inputs: 3, 3, 3 and none). torch.empty's buffers hold NaN: with one chunk the forward's output is not zeroed,
+    and every element must be written."""
     for kernel, blocks in ((local._forward_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "SPLIT_I": request.param}),
                            (local._grad_x_kernel, {"BLOCK_M": 8, "BLOCK_N": 4, "BLOCK_I": 4}),
                            (local._grad_weight_kernel, {"BLOCK_M": 16, "BLOCK_N": 16, "SLOTS": 16})):
-        monkeypatch.setattr(kernel, "configs", [triton.Config(blocks, num_warps=4, num_stages=1)])
+        monkeypatch.setattr(kernel, "configs", [tile_config(blocks, 4, 1, "out_ptr")])
         monkeypatch.setattr(kernel, "cache", {})
+    fill_empty_with_nan(monkeypatch)
 
 
 @pytest.mark.parametrize("uniform", [True, False])

@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from kanlib.ops.triton_tuning import AUTOTUNE_ENV, tuned
+from kanlib.ops.triton_tuning import AUTOTUNE_ENV, tile_config, tuned
 
 COUNT_CONFIGS = """
 import triton
@@ -69,6 +70,8 @@ for name, tuner in (("dense", dense._forward_kernel), ("basis", basis._forward_k
 for deterministic in (False, True):
     chosen = local._forward_kernel.early_config_prune(local._forward_kernel.configs, {}, DETERMINISTIC=deterministic)
     picked["local", deterministic] = [config.kwargs["SPLIT_I"] for config in chosen]
+picked["zeroing"] = sorted({(config.kwargs["SPLIT_I"], config.pre_hook is not None)
+                            for tuner in (dense._forward_kernel, local._forward_kernel) for config in tuner.configs})
 try:
     autotune(("BLOCK_M",), [(16, 4, 2)], [], (16, 4, 1), full_precision=[(8, 4, 2)])
     picked["error"] = None
@@ -106,4 +109,16 @@ def test_lists_picked_by_dtype_and_precision_on_a_gpu():
     assert picked["basis", "torch.float64", "ieee"] == picked["basis", "torch.float32", "ieee"] == basis_full
     assert picked["basis", "torch.bfloat16", "ieee"] == picked["basis", "torch.float32", "tf32"] != basis_full
     assert set(picked["local", False]) == {1, 8} and set(picked["local", True]) == {1}
+    # the spline forwards' configurations zero their output before a launch exactly when they split the inputs
+    assert picked["zeroing"] == [(1, False), (4, True), (8, True)]
     assert "full_precision tiles need wide" in picked["error"]
+
+
+def test_a_configuration_zeroes_the_named_output_only_when_it_splits_the_inputs():
+    pytest.importorskip("triton")
+    out = torch.randn(3, 5)
+    tile_config({"BLOCK_M": 16, "SPLIT_I": 4}, 4, 1, "out_ptr").pre_hook({"out_ptr": out, "x_ptr": None})
+    assert torch.equal(out, torch.zeros(3, 5))
+    assert tile_config({"BLOCK_M": 16, "SPLIT_I": 1}, 4, 1, "out_ptr").pre_hook is None
+    assert tile_config({"BLOCK_M": 16}, 4, 1, "out_ptr").pre_hook is None
+    assert tile_config({"BLOCK_M": 16, "SPLIT_I": 4}, 4, 1).pre_hook is None

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "tuned", "interpreting", "autotune"]
+__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "tuned", "interpreting", "tile_config", "autotune"]
 
 AUTOTUNE_ENV = "KANLIB_TRITON_AUTOTUNE"
 AUTOTUNE_MODES = ("all", "first")
@@ -36,17 +36,32 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def tile_config(blocks: dict[str, int], num_warps: int, num_stages: int, zeroed_when_split: str | None = None):
+    """A ``triton.Config`` of these block sizes. ``zeroed_when_split`` names an output the kernel adds into
+    atomically when its inputs are split (``blocks["SPLIT_I"] > 1``): such a configuration zeroes it before each
+    launch, and one that does not split leaves it to the kernel, which stores every element (no fill to launch)."""
+    import triton
+
+    def zero_output(arguments):
+        arguments[zeroed_when_split].zero_()
+
+    splits = zeroed_when_split is not None and blocks.get("SPLIT_I", 1) > 1
+    return triton.Config(dict(blocks), num_warps=num_warps, num_stages=num_stages,
+                         pre_hook=zero_output if splits else None)
+
+
 def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequence[str],
              interpreter_tile: tuple[int, ...], full_precision: Sequence[tuple[int, ...]] = (),
              wide: Callable[[dict, dict], bool] | None = None, keep: Callable[[dict, dict], bool] | None = None,
-             **options):
+             zeroed_when_split: str | None = None, **options):
     """``triton.autotune`` over ``tiles``, each (the block sizes ``names`` name..., num_warps, num_stages), as
     :func:`tuned` keeps them; under the interpreter over ``interpreter_tile`` alone, keyed on nothing.
+    ``zeroed_when_split``: see :func:`tile_config`.
 
     With ``full_precision``, a second list for the calls where ``wide(named_args, kwargs)`` holds (float32 products
     in IEEE precision, say), tried instead of ``tiles`` (tensor-core tiles). With ``keep``, a call tries only the
     configurations whose block sizes ``keep(block_sizes, kwargs)`` accepts (the first of each list must pass for
-    every call; the key must hold what ``keep`` reads). ``options`` go to ``triton.autotune`` (``reset_to_zero``).
+    every call; the key must hold what ``keep`` reads). ``options`` go to ``triton.autotune``.
     """
     import triton
 
@@ -54,7 +69,7 @@ def autotune(names: Sequence[str], tiles: Sequence[tuple[int, ...]], key: Sequen
         raise ValueError("autotune: full_precision tiles need wide(named_args, kwargs) to say which calls take them")
 
     def configs(chosen):
-        return [triton.Config(dict(zip(names, tile[:-2], strict=True)), num_warps=tile[-2], num_stages=tile[-1])
+        return [tile_config(dict(zip(names, tile[:-2], strict=True)), tile[-2], tile[-1], zeroed_when_split)
                 for tile in chosen]
 
     if interpreting():

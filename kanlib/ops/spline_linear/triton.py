@@ -274,7 +274,7 @@ def _autotune(tensor_core: list[tuple[int, ...]], full_fp32: list[tuple[int, ...
            full_fp32=[(64, 64, 32, 1, 8, 2), (128, 64, 32, 1, 8, 2), (64, 128, 32, 1, 8, 2), (64, 64, 16, 1, 4, 2),
                       (64, 64, 32, 4, 8, 2), (64, 64, 16, 4, 4, 2)],
            names=("BLOCK_M", "BLOCK_N", "BLOCK_I", "SPLIT_I"), interpreter_tile=(128, 32, 32, 2, 4, 1),
-           reset_to_zero=["out_ptr"])
+           zeroed_when_split="out_ptr")
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
                     n_rows, n_in, n_out, n_basis, n_knots, batch_bucket,
@@ -282,7 +282,8 @@ def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
                     K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
                     PRECISION: tl.constexpr, INTERPRET: tl.constexpr, DETERMINISTIC: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, SPLIT_I: tl.constexpr):
-    """out_ptr: float32 [N, O], zeroed when SPLIT_I > 1 (the programs of a tile add their chunks' shares).
+    """out_ptr: float32 [N, O], zeroed by the configuration's pre-launch hook when SPLIT_I > 1 (the programs of a
+    tile add their chunks' shares), else written whole.
     DETERMINISTIC: only the tuner reads it (one chunk then)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -471,9 +472,9 @@ def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPl
                    constants: dict) -> torch.Tensor:
     """out [N, O] in x's dtype by a forward kernel over (BLOCK_M rows, BLOCK_N outputs, one of SPLIT_I chunks of the
     inputs), given its size arguments and compile-time constants (this module's kernel or :mod:`.triton_local`'s):
-    the kernel sums into a zeroed float32 output, rounded once after, and is told whether
-    torch.use_deterministic_algorithms is on (``DETERMINISTIC``)."""
-    out = torch.zeros(plan.n_rows, plan.n_out, device=x.device, dtype=torch.float32)
+    the kernel sums into a float32 output (zeroed first by the configurations that split the inputs), rounded once
+    after, and is told whether torch.use_deterministic_algorithms is on (``DETERMINISTIC``)."""
+    out = torch.empty(plan.n_rows, plan.n_out, device=x.device, dtype=torch.float32)
 
     def launch_grid(meta):
         return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"]), meta["SPLIT_I"]

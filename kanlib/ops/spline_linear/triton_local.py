@@ -44,6 +44,8 @@ the forward keeps its inputs in one chunk.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -95,24 +97,25 @@ def _window_start(x, u, knots, mask, n_basis, n_knots, n_search, K: tl.constexpr
 # two chunks).
 
 
-def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], reset_to_zero: list[str] | None = None):
+def _autotune(tiles: list[tuple[int, ...]], names: tuple[str, ...], zeroed_when_split: str | None = None):
     """triton.autotune over (tile sizes named by ``names``..., num_warps, num_stages); the last tile is the
     interpreter's. A kernel that splits its inputs (SPLIT_I) keeps one chunk in deterministic mode."""
     key, keep = ["n_in", "n_out", "n_basis", "batch_bucket", "K", "UNIFORM"], None
     if "SPLIT_I" in names:
         key, keep = key + ["DETERMINISTIC"], one_chunk_if_deterministic
-    return autotune(names, tiles[:-1], key, tiles[-1], keep=keep, reset_to_zero=reset_to_zero)
+    return autotune(names, tiles[:-1], key, tiles[-1], keep=keep, zeroed_when_split=zeroed_when_split)
 
 
 @_autotune([(64, 32, 1, 8, 2), (64, 32, 8, 8, 2), (32, 64, 1, 8, 1), (32, 64, 8, 8, 1), (32, 32, 1, 4, 1),
-           (32, 32, 8, 4, 1), (32, 32, 2, 4, 1)], ("BLOCK_M", "BLOCK_N", "SPLIT_I"), reset_to_zero=["out_ptr"])
+           (32, 32, 8, 4, 1), (32, 32, 2, 4, 1)], ("BLOCK_M", "BLOCK_N", "SPLIT_I"), zeroed_when_split="out_ptr")
 @triton.jit
 def _forward_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, out_ptr,
                     n_rows, n_in, n_out, n_basis, n_knots, batch_bucket, n_search,
                     stride_xn, stride_xi, stride_wk, stride_wo, stride_on, stride_oo,
                     K: tl.constexpr, PIECES: tl.constexpr, UNIFORM: tl.constexpr, ACT: tl.constexpr,
                     DETERMINISTIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_I: tl.constexpr):
-    """out_ptr: float32 [N, O], zeroed when SPLIT_I > 1 (the programs of a tile add their inputs' shares).
+    """out_ptr: float32 [N, O], zeroed by the configuration's pre-launch hook when SPLIT_I > 1 (the programs of a
+    tile add their inputs' shares), else written whole.
     DETERMINISTIC: only the tuner reads it (one chunk then)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     outs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -316,9 +319,15 @@ def _rows_by_window(x: torch.Tensor, plan: LaunchPlan,
         x, *plan.knots, starts, plan.n_rows, plan.n_in, plan.n_basis, plan.n_knots, n_search, *x.stride(),
         K=plan.spline_order, UNIFORM=plan.constants["UNIFORM"], BLOCK_I=STARTS_BLOCK_I, BLOCK_M=STARTS_BLOCK_M)
     sorted_starts, order = torch.sort(starts, dim=1, stable=True)
-    n_starts = plan.n_basis - plan.spline_order
-    first = torch.arange(n_starts + 1, device=x.device, dtype=torch.int32).expand(plan.n_in, -1).contiguous()
+    first = _every_start(plan.n_in, plan.n_basis - plan.spline_order, x.device)
     return order, sorted_starts, torch.searchsorted(sorted_starts, first)
+
+
+@functools.lru_cache(maxsize=32)
+def _every_start(n_in: int, n_starts: int, device: torch.device) -> torch.Tensor:
+    """[I, n_starts + 1] int32, each row 0 .. n_starts: the values whose first places :func:`_rows_by_window` looks
+    up; kept per shape, so that a step launches no kernels to build it."""
+    return torch.arange(n_starts + 1, device=device, dtype=torch.int32).expand(n_in, -1).contiguous()
 
 
 def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, plan: LaunchPlan) -> torch.Tensor:
