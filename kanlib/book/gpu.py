@@ -70,8 +70,8 @@ tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torc
 transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel
 wrapt xarray xxhash yarl zipp
 """.split())
-CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py",
-              "tests/test_gpu.py")
+CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_spline_linear_triton_weight.py",
+              "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py", "tests/test_gpu.py")
 CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
 # The local-support and edge-sparse kernels (their files' CPU tests left out: numba would compile on every worker).
 CUDA_SPARSE_TESTS = ("tests/test_ops_spline_linear_triton_local.py", "tests/test_ops_edge_spline_linear.py")

@@ -15,6 +15,7 @@ from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDE
                                  backend_from_method, parameter_gradients, prefers_sparse, run_fused_layer,
                                  spline_linear, torch_backend, under_transform)
 from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
+from ..ops.spline_linear.support import TRITON_WEIGHT_DTYPES
 from ..prune.penalty import sparsity_penalty
 from ..symbolic.branch import SymbolicBranch
 from ..symbolic.fit import fit_affine
@@ -71,15 +72,22 @@ def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
 
 
 class _WeightMatrix(torch.autograd.Function):
-    """``assemble_weight_matrix(scale_base * mask, scale_sp * mask * coef)`` in one CPU kernel pass each way.
+    """``assemble_weight_matrix(scale_base * mask, scale_sp * mask * coef)`` in one kernel pass each way: numba on the
+    CPU, or with ``triton`` the kernels of :mod:`kanlib.ops.spline_linear.triton_weight` (CUDA tensors, or CPU ones
+    under the Triton interpreter).
 
     scale_base, scale_sp, mask [I, O] (mask takes no gradient), coef [I, O, G+k] -> [I * (G+k+1), O].
     """
 
     @staticmethod
-    def forward(ctx, scale_base, scale_sp, mask, coef):
+    def forward(ctx, scale_base, scale_sp, mask, coef, triton=False):
         ctx.save_for_backward(scale_sp, mask, coef)
         ctx.differentiable_inputs = (scale_base, scale_sp, mask, coef)
+        ctx.triton = triton
+        if triton:
+            from ..ops.spline_linear.triton_weight import assemble_weight
+
+            return assemble_weight(scale_base, scale_sp, mask, coef)
         return assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=False)
 
     @staticmethod
@@ -92,14 +100,21 @@ class _WeightMatrix(torch.autograd.Function):
                 wanted = [(i, t) for i, t in enumerate((scale_base, scale_sp, None, coef))
                           if t is not None and ctx.needs_input_grad[i]]
                 grads = torch.autograd.grad(out, [t for _, t in wanted], grad, create_graph=True, allow_unused=True)
-            result = [None] * 4
+            result = [None] * 5
             for (i, _), g in zip(wanted, grads):
                 result[i] = g
             return tuple(result)
+        if ctx.triton:
+            from ..ops.spline_linear.triton_weight import weight_gradients
+
+            needs = ctx.needs_input_grad
+            grad_scale_base, grad_scale_sp, grad_coef = weight_gradients(*ctx.saved_tensors, grad.detach(),
+                                                                         (needs[0], needs[1], needs[3]))
+            return grad_scale_base, grad_scale_sp, None, grad_coef, None
         scale_sp, mask, coef = (t.detach().contiguous() for t in ctx.saved_tensors)
         grad_scale_base, grad_scale_sp, grad_coef = parameter_gradients(scale_sp, mask, coef,
                                                                         grad.detach().contiguous())
-        return grad_scale_base, grad_scale_sp, None, grad_coef
+        return grad_scale_base, grad_scale_sp, None, grad_coef, None
 
 
 class SplineGrid:
@@ -195,10 +210,13 @@ class BSplineKAN(SplineGrid, nn.Module):
     def weight_matrix(self) -> torch.Tensor:
         """The [I * (G+k+1), O] matrix: per input, the base weight row then the G+k spline rows."""
         parts = (self.scale_base, self.scale_sp, self.mask, self.coef)
-        if (all(t.device.type == "cpu" and t.dtype == self.coef.dtype for t in parts)
-                and self.coef.dtype in CPU_KERNEL_DTYPES and not self.mask.requires_grad
-                and self.backend != "eager" and not under_transform(*parts)):
-            return _WeightMatrix.apply(*parts)
+        dtype, device = self.coef.dtype, self.coef.device
+        if (self.backend != "eager" and not self.mask.requires_grad
+                and all(t.device == device and t.dtype == dtype for t in parts) and not under_transform(*parts)):
+            if device.type == "cpu" and dtype in CPU_KERNEL_DTYPES:
+                return _WeightMatrix.apply(*parts, False)
+            if device.type == "cuda" and dtype in TRITON_WEIGHT_DTYPES:
+                return _WeightMatrix.apply(*parts, True)
         return assemble_weight_matrix(self.base_weight(), self.spline_weight())
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS", "SPARSE_SLOWDOWN",
+__all__ = ["BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_WEIGHT_DTYPES", "TRITON_SPLINE_ORDERS", "SPARSE_SLOWDOWN",
            "TRITON_SPARSE_SLOWDOWN", "TRITON_TENSOR_CORE_SPARSE_SLOWDOWN", "prefers_sparse", "triton_sparse_slowdown",
            "triton_supports"]
 
@@ -11,6 +11,8 @@ __all__ = ["BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDE
 BACKENDS = ("auto", "eager", "cpu", "sparse", "triton")
 CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# the Triton kernel that assembles a B-spline layer's weight matrix (:mod:`.triton_weight`) also runs float64
+TRITON_WEIGHT_DTYPES = TRITON_DTYPES + (torch.float64,)
 TRITON_SPLINE_ORDERS = (1, 2, 3, 4, 5)
 # On the CPU the local-support kernels do about this many times less useful work per second than BLAS (measured
 # with ``python -m kanlib bench layer`` over grid sizes): past that density of nonzero slots they win.
