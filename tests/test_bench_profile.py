@@ -2,9 +2,12 @@
 import subprocess
 import sys
 
-import pytest
+from types import SimpleNamespace
 
-from kanlib.bench.profile import profile_layer
+import pytest
+from torch.autograd import DeviceType
+
+from kanlib.bench.profile import device_tasks_per_call, profile_layer
 from kanlib.book.paths import PROJECT_ROOT
 
 
@@ -18,8 +21,17 @@ def test_the_profile_times_the_calls_and_names_the_layers_operators():
     assert "kanlib.forward" in table and "kanlib.backward" in table
     assert "FusedSplineLayer" in table  # the CPU layer's own autograd function, forward and backward
     assert list(result.tables) == ["operators by self host time"]  # the device table only on a GPU
+    assert result.device_tasks is None
     text = result.format()
     assert text.startswith("layer profile on cpu: batch 24, width 6, G = 4") and "to issue" in text
+    assert "device tasks" not in text
+
+
+def test_device_tasks_count_the_devices_events_per_call():
+    averages = [SimpleNamespace(count=6, device_type=DeviceType.CUDA),
+                SimpleNamespace(count=40, device_type=DeviceType.CPU),
+                SimpleNamespace(count=3, device_type=DeviceType.CUDA)]
+    assert device_tasks_per_call(averages, 2) == 4.5
 
 
 @pytest.mark.parametrize("args,words", [

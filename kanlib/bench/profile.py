@@ -11,6 +11,7 @@ import dataclasses
 import time
 
 import torch
+from torch.autograd import DeviceType
 
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
@@ -23,7 +24,9 @@ __all__ = ["LayerProfile", "profile_layer"]
 class LayerProfile:
     """Per call, in ms: ``host_ms`` the time to issue it (no wait for the device), ``wall_ms`` until the device has
     finished it (the mean of ``calls`` back-to-back calls); one pair for the forward and one for forward + backward.
-    ``tables``: torch.profiler's operator tables (by self host time; on a GPU also by self device time)."""
+    ``tables``: torch.profiler's operator tables (by self host time; on a GPU also by self device time).
+    ``device_tasks``: on a GPU, the kernels, copies and fills the device ran per forward + backward, from the
+    profile (each a launch the host issued); None elsewhere."""
 
     device: str
     sizes: str
@@ -33,11 +36,14 @@ class LayerProfile:
     step_host_ms: float
     step_wall_ms: float
     tables: dict[str, str]
+    device_tasks: float | None = None
 
     def format(self) -> str:
         lines = [f"layer profile on {self.device}: {self.sizes}, {self.calls} calls each",
                  f"  forward:            {self.forward_host_ms:.4g} ms to issue, {self.forward_wall_ms:.4g} ms to finish",
                  f"  forward + backward: {self.step_host_ms:.4g} ms to issue, {self.step_wall_ms:.4g} ms to finish"]
+        if self.device_tasks is not None:
+            lines.append(f"  device tasks (kernels, copies, fills) per forward + backward: {self.device_tasks:.4g}")
         for title, table in self.tables.items():
             lines += ["", title, table]
         return "\n".join(lines)
@@ -107,7 +113,15 @@ def profile_layer(device: str | torch.device = "cpu", batch: int = 1024, width: 
         _synchronize(device)
     averages = profiler.key_averages()
     tables = {"operators by self host time": averages.table(sort_by="self_cpu_time_total", row_limit=rows)}
+    device_tasks = None
     if device.type == "cuda":
         tables["operators by self device time"] = averages.table(sort_by=_device_sort_key(averages), row_limit=rows)
+        device_tasks = device_tasks_per_call(averages, calls)
     sizes = f"batch {batch}, width {width}, G = {grid_size}, k = {spline_order}, {str(dtype).removeprefix('torch.')}"
-    return LayerProfile(str(device), sizes, calls, forward_host, forward_wall, step_host, step_wall, tables)
+    return LayerProfile(str(device), sizes, calls, forward_host, forward_wall, step_host, step_wall, tables,
+                        device_tasks)
+
+
+def device_tasks_per_call(averages, calls: int) -> float:
+    """The device's own events (kernels, copies, fills) in a profile's averages, per call."""
+    return sum(event.count for event in averages if event.device_type == DeviceType.CUDA) / calls
