@@ -2,8 +2,30 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
+
+# Source a compile script may start with: ``spill_stores(function, signature, constants, num_warps, num_stages)``
+# compiles a Triton function for sm_90 and returns the spill-store byte counts ptxas reports.
+SPILL_STORES = textwrap.dedent("""
+    import contextlib, io, re, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    triton.knobs.nvidia.dump_ptxas_log = True  # printed when ptxas runs: a fresh cache makes it run
+    triton.knobs.cache.dir = tempfile.mkdtemp()
+
+
+    def spill_stores(function, signature, constants, num_warps, num_stages):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(ASTSource(function, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": num_warps, "num_stages": num_stages})
+        assert "cubin" in compiled.asm, function.__name__
+        return [int(n) for n in re.findall(r"(\\d+) bytes spill stores", log.getvalue())]
+""")
 
 
 def assert_compiles(script: str) -> None:

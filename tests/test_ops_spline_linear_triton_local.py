@@ -15,7 +15,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import assert_compiles  # noqa: E402
+from gpu_compile import SPILL_STORES, assert_compiles  # noqa: E402
 
 from kanlib import BSplineKAN  # noqa: E402
 from kanlib.ops.spline_linear import prefers_sparse, spline_linear  # noqa: E402
@@ -304,16 +304,10 @@ def test_a_bfloat16_layer_at_a_large_grid_keeps_the_dense_kernels(monkeypatch):
     assert seen == ["local", "dense"]
 
 
-COMPILE_FOR_H100 = textwrap.dedent("""
-    import contextlib, io, re, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
     import kanlib.ops.spline_linear.triton as dense
     import kanlib.ops.spline_linear.triton_local as kernels
 
-    triton.knobs.nvidia.dump_ptxas_log = True  # printed when ptxas runs: a fresh cache makes it run
-    triton.knobs.cache.dir = tempfile.mkdtemp()
     VARIANTS = (("bf16", 3, True), ("fp32", 3, False), ("fp32", 5, True))
     POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 9, "_window_starts_kernel": 5}
     # the forward sums into float32; the weight gradient's sorted rows and run bounds are int64, the starts int32
@@ -333,13 +327,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
             signature = {n: next((t for w, t in TYPES.items() if w in n), f"*{dtype}") for n in names[:n_pointers]}
             signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
             signature.update({n: "constexpr" for n in constants})
-            log = io.StringIO()
-            with contextlib.redirect_stdout(log):
-                compiled = triton.compile(ASTSource(function, signature, constants),
-                                          target=GPUTarget("cuda", 90, 32),
-                                          options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-            assert "cubin" in compiled.asm, name
-            spills = [int(n) for n in re.findall(r"(\\d+) bytes spill stores", log.getvalue())]
+            spills = spill_stores(function, signature, constants, config.num_warps, config.num_stages)
             assert spills == [0], f"{name} {config} {dtype} k={k} uniform={uniform}: spill stores {spills}"
     print("compiled")
 """)

@@ -13,7 +13,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import assert_compiles  # noqa: E402
+from gpu_compile import SPILL_STORES, assert_compiles  # noqa: E402
 
 from kanlib import BSplineKAN  # noqa: E402
 from kanlib.layers.bspline import _WeightMatrix  # noqa: E402
@@ -146,15 +146,9 @@ def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
         assemble_weight(*(t.cpu() for t in random_parameters(3, 5, 7, torch.float32, seed=2)))
 
 
-COMPILE_FOR_H100 = textwrap.dedent("""
-    import contextlib, io, re, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
     import kanlib.ops.spline_linear.triton_weight as kernels
 
-    triton.knobs.nvidia.dump_ptxas_log = True  # printed when ptxas runs: a fresh cache makes it run
-    triton.knobs.cache.dir = tempfile.mkdtemp()
     POINTERS = {"_assemble_kernel": 5, "_gradients_kernel": 7}
     for name, n_pointers in POINTERS.items():
         function = getattr(kernels, name)
@@ -166,12 +160,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
             signature = {n: f"*{dtype}" for n in function.arg_names[:n_pointers]}
             signature.update({n: "i32" for n in function.arg_names[n_pointers:] if n not in constants})
             signature.update({n: "constexpr" for n in constants})
-            log = io.StringIO()
-            with contextlib.redirect_stdout(log):
-                compiled = triton.compile(ASTSource(function, signature, constants), target=GPUTarget("cuda", 90, 32),
-                                          options={"num_warps": 4, "num_stages": 3})
-            assert "cubin" in compiled.asm, name
-            spills = [int(n) for n in re.findall(r"(\\d+) bytes spill stores", log.getvalue())]
+            spills = spill_stores(function, signature, constants, 4, 3)
             assert spills == [0], f"{name} {dtype}: spill stores {spills}"
     print("compiled")
 """)

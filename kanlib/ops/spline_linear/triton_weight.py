@@ -46,18 +46,27 @@ def _masked(ptr, offsets, out_ok, mask, dtype: tl.constexpr, DOUBLE: tl.constexp
 
 
 @triton.jit
+def _program_edges(sp_ptr, mask_ptr, n_out, stride_pi, stride_po, dtype: tl.constexpr, DOUBLE: tl.constexpr,
+                   INTERPRET: tl.constexpr, BLOCK_O: tl.constexpr):
+    """This program's input i (int64), its BLOCK_O outputs and which of them exist, their offsets in the [I, O]
+    parameters, the mask and ``scale_sp * mask`` there."""
+    i = tl.program_id(0).to(tl.int64)
+    outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    out_ok = outs < n_out
+    params = i * stride_pi + outs * stride_po
+    mask = _edges(mask_ptr, params, out_ok, DOUBLE)
+    return i, outs, out_ok, params, mask, _masked(sp_ptr, params, out_ok, mask, dtype, DOUBLE, INTERPRET)
+
+
+@triton.jit
 def _assemble_kernel(base_ptr, sp_ptr, mask_ptr, coef_ptr, w_ptr, n_out, n_basis,
                      stride_pi, stride_po, stride_ci, stride_co, stride_cj, stride_wk, stride_wo,
                      DOUBLE: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr):
     """w_ptr [I*S, O] from scale_base, scale_sp, mask [I, O] (strides stride_pi, stride_po) and coef [I, O, G+k]."""
-    i = tl.program_id(0).to(tl.int64)
-    outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
-    out_ok = outs < n_out
     dtype = w_ptr.dtype.element_ty
-    edges = i * stride_pi + outs * stride_po
-    mask = _edges(mask_ptr, edges, out_ok, DOUBLE)
-    base = _masked(base_ptr, edges, out_ok, mask, dtype, DOUBLE, INTERPRET)
-    spline = _masked(sp_ptr, edges, out_ok, mask, dtype, DOUBLE, INTERPRET)
+    i, outs, out_ok, params, mask, spline = _program_edges(sp_ptr, mask_ptr, n_out, stride_pi, stride_po, dtype,
+                                                           DOUBLE, INTERPRET, BLOCK_O)
+    base = _masked(base_ptr, params, out_ok, mask, dtype, DOUBLE, INTERPRET)
     rows = w_ptr + i * (n_basis + 1) * stride_wk + outs * stride_wo
     tl.store(rows, to_store(base, dtype, INTERPRET), mask=out_ok)
     coefs = coef_ptr + i * stride_ci + outs[None, :] * stride_co
@@ -75,13 +84,9 @@ def _gradients_kernel(sp_ptr, mask_ptr, coef_ptr, gw_ptr, g_base_ptr, g_sp_ptr, 
                       INTERPRET: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr):
     """From grad_w [I*S, O]: grad scale_base ``g_base * mask`` and grad scale_sp ``mask * sum_j g_j * coef_j``
     (contiguous [I, O]), grad coef ``g_j * scale_sp * mask`` (contiguous [I, O, G+k]); each only when wanted."""
-    i = tl.program_id(0).to(tl.int64)
-    outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
-    out_ok = outs < n_out
     dtype = coef_ptr.dtype.element_ty
-    params = i * stride_pi + outs * stride_po
-    mask = _edges(mask_ptr, params, out_ok, DOUBLE)
-    spline = _masked(sp_ptr, params, out_ok, mask, dtype, DOUBLE, INTERPRET)
+    i, outs, out_ok, _, mask, spline = _program_edges(sp_ptr, mask_ptr, n_out, stride_pi, stride_po, dtype, DOUBLE,
+                                                      INTERPRET, BLOCK_O)
     grad_rows = gw_ptr + i * (n_basis + 1) * stride_gk + outs * stride_go
     edges = i * n_out + outs  # the gradients' offsets: contiguous [I, O] and [I, O, G+k]
     if WANT_BASE:
