@@ -57,6 +57,11 @@ def test_ratios_flops_and_memory_come_from_the_same_run(tiny_rows):
         if name in ("dense", *kernel.KAN_CANDIDATES):
             assert row["flops"] == 6 * batch * dense_k * width, name
     assert rows["mlp"]["flops"] == 6 * batch * width * width
+    # the cost model's slowdown these two rows imply: S = G + k + 1 slots per input, k + 2 of them touched
+    local, dense_kernels = rows["triton_local_op"], rows["triton_op"]
+    assert local["implied_sparse_slowdown"] == pytest.approx(
+        local["fwdbwd_median_ms"] / dense_kernels["fwdbwd_median_ms"] * (grid + order + 1) / (order + 2))
+    assert all("implied_sparse_slowdown" not in row for name, row in rows.items() if name != "triton_local_op")
     # I -> h -> O with about as many parameters as the KAN layer
     h = rows["mlp_params"]["flops"] // (6 * batch * 2 * width)
     assert abs(h * 2 * width + h + width - n_params) <= 2 * width + 1
@@ -65,7 +70,7 @@ def test_ratios_flops_and_memory_come_from_the_same_run(tiny_rows):
 def test_triton_is_reported_missing_without_cuda(no_interpreter):
     rows = kernel.run_kernel_benchmark("cpu", dtypes=[torch.float32], skip_pykan=True, **TINY)
     skipped = {row["candidate"]: row["skipped"] for row in rows if "skipped" in row}
-    assert set(skipped) == {"triton_op", "triton", "pykan"}
+    assert set(skipped) == {"triton_op", "triton_local_op", "triton", "pykan"}
     assert "needs a CUDA device (GPU figures missing" in skipped["triton"]
     assert skipped["pykan"] == "left out (skip_pykan)"
     assert not any("fwd_median_ms" in row for row in rows if "skipped" in row)

@@ -6,6 +6,9 @@ For each dtype, batch B, width I = O and grid size G (spline order k, uniform gr
 - ``dense``: the floor, ``X @ W`` with X [B, K], W [K, O], K = I*(G+k+1), both requiring grad.
 - ``triton_op``: :func:`kanlib.ops.spline_linear.triton.spline_linear_triton` on x [B, I] and a weight
   leaf [K, O]: the fused op alone, as the dense product takes its X and W.
+- ``triton_local_op``: the same op through the local-support kernels alone
+  (:func:`kanlib.ops.spline_linear.triton_local.spline_linear_triton_local`), whatever the cost model would
+  pick: its row gives ``implied_sparse_slowdown``, the figure the cost model needs (below).
 - ``triton``: ``BSplineKAN(backend="triton")``: the op plus building its weight matrix from coef and scales.
 - ``torch``: the same layer on kanlib's PyTorch-side path: ``backend="eager"`` on a GPU, ``"auto"`` (the numba
   kernels) on the CPU.
@@ -35,6 +38,11 @@ Figures of each row, besides those of the layer benchmark (``fwd_*_ms``, ``fwdbw
 - ``ratio_to_dense``, ``fwd_ratio_to_dense``: time over the dense product's, same configuration and run;
   ``fraction_of_dense``: the dense product's fwd+bwd time over the candidate's (its fraction of the floor's speed).
 - ``memory_ratio_to_mlp_params``: peak training memory over the same-parameter-count MLP's.
+- ``implied_sparse_slowdown`` (``triton_local_op`` only): the slowdown
+  (:data:`kanlib.ops.spline_linear.support.TRITON_SPARSE_SLOWDOWN` for float32 without TF32,
+  ``TRITON_TENSOR_CORE_SPARSE_SLOWDOWN`` for half types) at which the cost model's choice between the two kernel
+  families would flip on this configuration: the local kernels' fwd+bwd time over ``triton_op``'s, times S / (k + 2)
+  (they touch k + 2 of each input's S = G + k + 1 slots). Above the constant the local kernels lost here.
 
 :func:`target_report` checks the goals (H100, bf16, B=4096, I=O=1024, G=5) on the rows.
 """
@@ -60,15 +68,16 @@ from .targets import target_entry
 __all__ = ["CANDIDATES", "TABLE_COLUMNS", "DEFAULTS", "TARGETS", "run_kernel_benchmark", "target_report",
            "matrix_kan_layer"]
 
-CANDIDATES = ("dense", "triton_op", "triton", "torch", "unfused", "matrixkan", "pykan", "mlp", "mlp_params")
-TRITON_CANDIDATES = ("triton_op", "triton")
+CANDIDATES = ("dense", "triton_op", "triton_local_op", "triton", "torch", "unfused", "matrixkan", "pykan", "mlp",
+              "mlp_params")
+TRITON_CANDIDATES = ("triton_op", "triton_local_op", "triton")
 HALF_DTYPES = (torch.bfloat16, torch.float16)
-KAN_CANDIDATES = ("triton_op", "triton", "torch", "unfused", "matrixkan", "pykan")
+KAN_CANDIDATES = ("triton_op", "triton_local_op", "triton", "torch", "unfused", "matrixkan", "pykan")
 DEFAULTS = {"batches": (1024, 4096, 16384), "widths": (256, 1024), "grids": (5, 10, 20),
             "dtypes": ("float32", "bfloat16")}
 TABLE_COLUMNS = (
     "dtype", "batch", "width", "grid", "candidate", "fwd_median_ms", "fwdbwd_median_ms", "ratio_to_dense",
-    "tflops_per_s", "peak_bytes", "memory_ratio_to_mlp_params", "interpreted", "skipped",
+    "tflops_per_s", "peak_bytes", "memory_ratio_to_mlp_params", "implied_sparse_slowdown", "interpreted", "skipped",
 )
 PYKAN_MAX_ELEMENTS = 2**26  # B*I*O: pykan keeps several [B, I, O] tensors for backward
 # (name, configuration, numerator candidate and figure, denominator candidate and figure, goal, direction)
@@ -148,11 +157,13 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
     candidates = [Candidate("dense", lambda: dense_x @ dense_w, (dense_x, dense_w), nbytes([dense_x, dense_w]))]
     if with_triton:
         from ..ops.spline_linear.triton import spline_linear_triton
+        from ..ops.spline_linear.triton_local import spline_linear_triton_local
 
         weight = layer.weight_matrix().detach().to(dtype).requires_grad_()
         grid = layer.grid.float()
-        candidates.append(Candidate("triton_op", lambda: spline_linear_triton(x, weight, grid, order, True, "silu"),
-                                     (x, weight), nbytes([x, weight, grid])))
+        for name, op in (("triton_op", spline_linear_triton), ("triton_local_op", spline_linear_triton_local)):
+            candidates.append(Candidate(name, functools.partial(op, x, weight, grid, order, True, "silu"), (x, weight),
+                                        nbytes([x, weight, grid])))
         triton_layer = copy.deepcopy(layer)
         triton_layer.backend = "triton"
         candidates.append(module("triton", triton_layer))
@@ -226,6 +237,10 @@ def _configuration_rows(batch, width, grid_size, order, device, dtype, repeat, w
             row["fraction_of_dense"] = dense["fwdbwd_median_ms"] / row["fwdbwd_median_ms"]
         if mlp_params is not None:
             row["memory_ratio_to_mlp_params"] = row["peak_bytes"] / mlp_params["peak_bytes"]
+    dense_kernels, local_kernels = measured_rows.get("triton_op"), measured_rows.get("triton_local_op")
+    if dense_kernels is not None and local_kernels is not None:
+        time_ratio = local_kernels["fwdbwd_median_ms"] / dense_kernels["fwdbwd_median_ms"]
+        local_kernels["implied_sparse_slowdown"] = time_ratio * (grid_size + order + 1) / (order + 2)
     del candidates
     gc.collect()
     if device.type == "cuda":
