@@ -591,8 +591,8 @@ def _add_gpu_commands(commands: argparse._SubParsersAction) -> None:
     wheels.set_defaults(handler=_gpu_wheels, command_parser=wheels)
     reference = commands.add_parser(
         "gpu-reference", help="the GPU reference run: CUDA tests and benchmarks, in one budget",
-        description="Run the CUDA tests, then bench images, bench layer, profile, bench families, bench kernel, "
-                    "bench prune, the basis families' tests and bench quant on cuda, each under its own timeout "
+        description="Run the CUDA tests, then bench layer, profile, bench prune, bench kernel, bench images, "
+                    "bench families, the basis families' tests and bench quant on cuda, each under its own timeout "
                     "within --deadline seconds; pack the new results, the log and a summary into --out.")
     reference.add_argument("--out", default=os.environ.get("OUT") or "_build/gpu-reference",
                            help="where the packed files go (default: $OUT, else _build/gpu-reference)")

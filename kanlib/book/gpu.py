@@ -6,11 +6,11 @@ time budget, and the tools around it.
   ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
   machine receives.
 - :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests (the local-support and edge-sparse
-  kernels' next), then ``bench images``, ``bench layer`` (its grid sweep in one process), ``profile`` (where the
-  layer's time goes), ``bench families``, ``bench kernel`` (one process per grid size) and ``bench prune`` with
+  kernels' next), then ``bench layer`` (its grid sweep in one process), ``profile`` (where the layer's time goes),
+  ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench families`` with
   ``--device cuda``, the basis families' Triton tests and ``bench quant``, each step under its own timeout inside
-  one deadline, a failing step recorded without stopping the next; it packs the new results and the log into a few files and prints the
-  targets. ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's
+  one deadline (the figures a GPU has not yet given first), a failing step recorded without stopping the next; it
+  packs the new results and the log into a few files and prints the targets. ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's
   interpreter), which is how the tests check the run end to end.
 - :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/``,
   refusing anything that was not measured on a GPU. The chapters that show GPU figures read them from there
@@ -195,16 +195,17 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
     return [
         Step("cuda tests", tests, 110, tuning),
         Step("cuda tests (local-support and edge-sparse kernels)", sparse_tests, 70, tuning),
-        # its KANs' many small shapes would each be tuned over every tile configuration: one per kernel here too
-        Step("bench images", (*bench, "images", "--device", device, *images, *out), 120, tuning),
         # one process, so that the grid sweep's ratios (G = 100 and 200 against 50) come from one run
         Step(f"bench layer (G = {', '.join(grids)})",
              (*bench, "layer", "--device", device, *layer, "--grid", *grids, *out), 110),
         Step("profile layer", ("kanlib", "profile", "--device", device, *profile), 40),
-        Step("bench families", (*bench, "families", "--device", device, *families, *out), 45),
-        *(Step(f"bench kernel (G = {grid})", (*bench, "kernel", "--device", device, *kernel, "--grid", str(grid), *out),
-               45) for grid in kernel_grids),
         Step("bench prune", (*bench, "prune", "--device", device, *prune, *out), 100),
+        # each tunes both Triton kernel families (dense and local-support) over every tile configuration
+        *(Step(f"bench kernel (G = {grid})", (*bench, "kernel", "--device", device, *kernel, "--grid", str(grid), *out),
+               75) for grid in kernel_grids),
+        # its KANs' many small shapes would each be tuned over every tile configuration: one per kernel here too
+        Step("bench images", (*bench, "images", "--device", device, *images, *out), 120, tuning),
+        Step("bench families", (*bench, "families", "--device", device, *families, *out), 45),
         # after the figures, so that compiling the many specializations of these kernels cannot starve them
         Step("cuda tests (basis families)", basis_tests, 70, tuning),
         # its many quantized variants would each tune the table kernel over every tile configuration (it ran past
