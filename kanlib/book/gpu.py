@@ -6,11 +6,11 @@ time budget, and the tools around it.
   ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
   machine receives.
 - :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests (the local-support and edge-sparse
-  kernels' next), then ``bench layer`` (its grid sweep in one process), ``profile`` (where the layer's time goes),
-  ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench families`` with
-  ``--device cuda``, the basis families' Triton tests and ``bench quant``, each step under its own timeout inside
-  one deadline (the figures a GPU has not yet given first), a failing step recorded without stopping the next; it
-  packs the new results and the log into a few files and prints the targets. ``rehearse=True`` runs the same
+  kernels' next), then ``bench layer`` (its grid sweep in one process), ``profile`` (where the layer's time goes,
+  at G = 5 and 50), ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench
+  families`` with ``--device cuda``, the basis families' Triton tests and ``bench quant``, each step under its own
+  timeout inside one deadline (the figures a GPU has not yet given first), a failing step recorded without stopping
+  the next; it packs the new results and the log into a few files and prints the targets. ``rehearse=True`` runs the same
   steps on the CPU with tiny sizes (the kernels under Triton's interpreter), which is how the tests check the run
   end to end.
 - :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/``,
@@ -170,7 +170,8 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         kernel = ("--batch", "7", "--width", "8", "--dtype", "float32", "--skip-pykan", *small)
         kernel_grids = layer_grids = (3,)
         layer = ("--batch", "16", "--width", "8", "--skip-pykan", *small)
-        profile = ("--batch", "16", "--width", "8", "--grid", "3", "--calls", "2", "--rows", "5")
+        profile = ("--batch", "16", "--width", "8", "--calls", "2", "--rows", "5")
+        profile_grids = (3,)
         prune = ("--quick", "--sparsity", "0", "0.9", "--train-steps", "5", "--finetune-steps", "2", *small)
         families = ("--batch", "16", "--width", "8", "--grid", "3", *small)
         quant = ("--quick", "--bits", "8", "--train-steps", "10", "--qat-steps", "3", *small)
@@ -184,7 +185,8 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         kernel = ("--batch", "4096", "--width", "1024", "--dtype", "bfloat16", "float32")  # the GPU targets' sizes
         kernel_grids = (5, 50)
         layer = ("--batch", "1024", "--width", "256", "--skip-pykan")  # the CPU targets' sizes, for the same table
-        profile = ("--batch", "1024", "--width", "256", "--grid", "5")
+        profile = ("--batch", "1024", "--width", "256")
+        profile_grids = (5, 50)  # the dense kernels, then the local-support ones
         prune = ()  # its defaults: the CPU goal's models, sparsities and layer
         layer_grids = (5, 50, 100, 200)
         families = ()  # its defaults are the CPU targets' sizes
@@ -199,7 +201,8 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         # one process, so that the grid sweep's ratios (G = 100 and 200 against 50) come from one run
         Step(f"bench layer (G = {', '.join(grids)})",
              (*bench, "layer", "--device", device, *layer, "--grid", *grids, *out), 110),
-        Step("profile layer", ("kanlib", "profile", "--device", device, *profile), 40),
+        *(Step(f"profile layer (G = {grid})", ("kanlib", "profile", "--device", device, *profile, "--grid", str(grid)),
+               40) for grid in profile_grids),
         Step("bench prune", (*bench, "prune", "--device", device, *prune, *out), 100),
         # each tunes both Triton kernel families (dense and local-support) over every tile configuration
         *(Step(f"bench kernel (G = {grid})", (*bench, "kernel", "--device", device, *kernel, "--grid", str(grid), *out),
