@@ -121,8 +121,8 @@ def test_wheels_leave_out_what_the_gpu_image_has(tmp_path, monkeypatch):
         "nvidia_cudnn_cu12-9.10.2.21-py3-none-manylinux_2_27_x86_64.whl"]))
     monkeypatch.setattr(gpu, "_tree_bytes", lambda: 1000)
     wheels = gpu.download_wheels(tmp_path / "whl")
-    assert sorted(wheel.name.split("-")[0] for wheel in wheels) == ["kanlib", "nbformat", "papermill", "pykan",
-                                                                   "pyzmq"]
+    names = sorted(wheel.name.split("-")[0] for wheel in wheels)
+    assert names == ["kanlib", "nbformat", "papermill", "pykan", "pyzmq"]
 
 
 def test_wheels_refuse_two_versions_and_a_tree_that_would_not_fit(tmp_path, monkeypatch):

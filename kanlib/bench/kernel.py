@@ -148,8 +148,8 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
     flops["mlp_params"] = 3 * 2 * batch * hidden * 2 * width
 
     def module(name, net, forward=None):
-        return module_candidate(name, net, x_module, _autocast(forward or functools.partial(net, x_module), device,
-                                                                amp))
+        call = forward or functools.partial(net, x_module)
+        return module_candidate(name, net, x_module, _autocast(call, device, amp))
 
     def matrixkan():
         return matrix_kan_layer(x_module, unfused.grid, order, unfused.base_weight, unfused.spline_weight)

@@ -39,9 +39,10 @@ class LayerProfile:
     device_tasks: float | None = None
 
     def format(self) -> str:
-        lines = [f"layer profile on {self.device}: {self.sizes}, {self.calls} calls each",
-                 f"  forward:            {self.forward_host_ms:.4g} ms to issue, {self.forward_wall_ms:.4g} ms to finish",
-                 f"  forward + backward: {self.step_host_ms:.4g} ms to issue, {self.step_wall_ms:.4g} ms to finish"]
+        lines = [f"layer profile on {self.device}: {self.sizes}, {self.calls} calls each"]
+        for what, host, wall in (("forward:           ", self.forward_host_ms, self.forward_wall_ms),
+                                 ("forward + backward:", self.step_host_ms, self.step_wall_ms)):
+            lines.append(f"  {what} {host:.4g} ms to issue, {wall:.4g} ms to finish")
         if self.device_tasks is not None:
             lines.append(f"  device tasks (kernels, copies, fills) per forward + backward: {self.device_tasks:.4g}")
         for title, table in self.tables.items():

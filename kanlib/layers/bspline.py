@@ -36,8 +36,8 @@ def check_backend(backend: str, method: str | None, spline_order: int) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if method is not None:
         from_method = backend_from_method(method, stacklevel=4)
-        if backend not in ("auto", _LEGACY_TORCH, from_method) or (backend == _LEGACY_TORCH
-                                                                     and from_method == "triton"):
+        torch_backend_asked_for_triton = backend == _LEGACY_TORCH and from_method == "triton"
+        if backend not in ("auto", _LEGACY_TORCH, from_method) or torch_backend_asked_for_triton:
             raise ValueError(f"method={method!r} (deprecated) and backend={backend!r} disagree; "
                              f"give backend= alone, one of {BACKENDS}")
         if from_method != "auto":
