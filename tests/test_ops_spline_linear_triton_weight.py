@@ -53,8 +53,9 @@ def test_the_weight_has_the_formulas_bits(monkeypatch, dtype, size):
 
 
 def reference_gradients(parameters, grad_weight):
+    """The formula's gradients; a grad_weight of another dtype than the parameters' as if W had been cast to it."""
     scale_base, scale_sp, mask, coef = (t.detach().requires_grad_() for t in parameters)
-    weight = layer_weight_matrix(scale_base, scale_sp, mask, coef)
+    weight = layer_weight_matrix(scale_base, scale_sp, mask, coef).to(grad_weight.dtype)
     return torch.autograd.grad(weight, (scale_base, scale_sp, coef), grad_weight)
 
 
@@ -71,6 +72,26 @@ def test_the_gradients_match_the_formulas(monkeypatch, dtype, size):
     for name, g, want in zip(("scale_base", "scale_sp", "coef"), got, reference_gradients(parameters, grad_weight)):
         assert g.shape == want.shape and g.is_contiguous(), name
         assert relative_error(g, want) <= TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_a_weight_in_the_autocast_dtype_is_the_cast_formula_and_takes_its_gradient(monkeypatch, dtype):
+    """float32 parameters, W written in a half type (as autocast wants it): the formula's W cast, bit for bit; its
+    gradient, in that type, gives the float32 parameters the gradients the cast would."""
+    fill_empty_with_nan(monkeypatch)
+    parameters = random_parameters(2, 70, 20, torch.float32, seed=11, layout="strided")
+    weight = assemble_weight(*parameters, dtype)
+    assert weight.dtype == dtype and torch.equal(weight, layer_weight_matrix(*parameters).to(dtype))
+    grad_weight = torch.randn(weight.shape, generator=torch.Generator().manual_seed(12)).to(DEVICE, dtype)
+    got = weight_gradients(*parameters[1:], grad_weight)
+    for g, want in zip(got, reference_gradients(parameters, grad_weight)):
+        assert g.dtype == torch.float32 and relative_error(g, want) <= 1e-6
+    leaves = [t.requires_grad_() for t in (parameters[0], parameters[1], parameters[3])]
+    through_function = torch.autograd.grad(_WeightMatrix.apply(*parameters, True, dtype), leaves, grad_weight)
+    differentiable = torch.autograd.grad(_WeightMatrix.apply(*parameters, True, dtype), leaves, grad_weight,
+                                         create_graph=True)  # through the plain formula and a cast
+    for a, b, want in zip(through_function, differentiable, got):
+        assert torch.equal(a, want) and relative_error(b, want) <= 1e-6
 
 
 def test_only_the_wanted_gradients_are_computed():
@@ -106,6 +127,22 @@ def test_a_frozen_parameter_gets_no_gradient():
     assert relative_error(grad, (mask * coef.sum(-1))) <= 1e-6
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA autocast")
+def test_under_autocast_the_layer_writes_its_weight_in_the_autocast_dtype():
+    fused = BSplineKAN(6, 70, grid_size=17, device=DEVICE)
+    eager = BSplineKAN(6, 70, grid_size=17, backend="eager", device=DEVICE)
+    eager.load_state_dict(fused.state_dict())
+    x = torch.rand(9, 6, device=DEVICE) * 2 - 1
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        weight = fused._product_weight(x)
+        assert weight.dtype == torch.bfloat16 and type(weight.grad_fn).__name__ == "_WeightMatrixBackward"
+        assert torch.equal(weight, eager.weight_matrix().to(torch.bfloat16))
+        for layer in (fused, eager):
+            layer(x).float().square().sum().backward()
+    for (name, got), want in zip(fused.named_parameters(), eager.parameters()):
+        assert relative_error(got.grad, want.grad) <= 5e-2, name
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32], ids=str)
 def test_the_layer_trains_as_the_eager_one(dtype):
     """On CUDA the layer assembles its weight with these kernels (one autograd node; on the CPU, in float32, with
@@ -135,9 +172,11 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"takes scale_base, scale_sp, mask \[I, O\] and coef \[I, O, G\+k\], got "
                                          r"scale_base \(3, 5\), scale_sp \(3, 4\), mask \(3, 5\), coef \(3, 5, 7\)"):
         assemble_weight(scale_base, scale_sp[:, :4], mask, coef)
-    with pytest.raises(ValueError, match=r"expected grad_weight \[24, 5\] of torch.float32, got \(24, 4\) of "
-                                         r"torch.float32"):
+    with pytest.raises(ValueError, match=r"expected grad_weight \[24, 5\] of a dtype among \['torch.float32', .*\], "
+                                         r"got \(24, 4\) of torch.float32"):
         weight_gradients(scale_sp, mask, coef, torch.zeros(24, 4, device=DEVICE))
+    with pytest.raises(TypeError, match=r"writes W in one of \['torch.float32', .*\], got torch.int32"):
+        assemble_weight(scale_base, scale_sp, mask, coef, torch.int32)
 
 
 def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
@@ -152,16 +191,19 @@ COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
     POINTERS = {"_assemble_kernel": 5, "_gradients_kernel": 7}
     for name, n_pointers in POINTERS.items():
         function = getattr(kernels, name)
-        for dtype, wanted in (("fp32", (True, True, True)), ("bf16", (True, False, True)),
-                              ("fp16", (False, True, False)), ("fp64", (True, True, True))):
+        # (the parameters' dtype, W's and its gradient's: fp32 parameters give a half W under autocast)
+        for dtype, w_dtype, wanted in (("fp32", "fp32", (True, True, True)), ("bf16", "bf16", (True, False, True)),
+                                       ("fp16", "fp16", (False, True, False)), ("fp64", "fp64", (True, True, True)),
+                                       ("fp32", "bf16", (True, True, True))):
             constants = {"DOUBLE": dtype == "fp64", "INTERPRET": False, "BLOCK_O": 64, "BLOCK_J": 16,
                          **dict(zip(("WANT_BASE", "WANT_SP", "WANT_COEF"), wanted))}
             constants = {n: value for n, value in constants.items() if n in function.arg_names}
-            signature = {n: f"*{dtype}" for n in function.arg_names[:n_pointers]}
+            signature = {n: f"*{w_dtype if n in ('w_ptr', 'gw_ptr') else dtype}"
+                         for n in function.arg_names[:n_pointers]}
             signature.update({n: "i32" for n in function.arg_names[n_pointers:] if n not in constants})
             signature.update({n: "constexpr" for n in constants})
             spills = spill_stores(function, signature, constants, 4, 3)
-            assert spills == [0], f"{name} {dtype}: spill stores {spills}"
+            assert spills == [0], f"{name} {dtype} {w_dtype}: spill stores {spills}"
     print("compiled")
 """)
 

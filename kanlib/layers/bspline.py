@@ -15,7 +15,7 @@ from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDE
                                  backend_from_method, parameter_gradients, prefers_sparse, run_fused_layer,
                                  spline_linear, torch_backend, under_transform)
 from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
-from ..ops.spline_linear.support import TRITON_WEIGHT_DTYPES
+from ..ops.spline_linear.support import TRITON_DTYPES, TRITON_WEIGHT_DTYPES
 from ..prune.penalty import sparsity_penalty
 from ..symbolic.branch import SymbolicBranch
 from ..symbolic.fit import fit_affine
@@ -80,14 +80,15 @@ class _WeightMatrix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scale_base, scale_sp, mask, coef, triton=False):
+    def forward(ctx, scale_base, scale_sp, mask, coef, triton=False, dtype=None):
+        """``dtype`` (Triton only): W written in it, as a cast of the parameters' W (autocast)."""
         ctx.save_for_backward(scale_sp, mask, coef)
         ctx.differentiable_inputs = (scale_base, scale_sp, mask, coef)
-        ctx.triton = triton
+        ctx.triton, ctx.dtype = triton, dtype
         if triton:
             from ..ops.spline_linear.triton_weight import assemble_weight
 
-            return assemble_weight(scale_base, scale_sp, mask, coef)
+            return assemble_weight(scale_base, scale_sp, mask, coef, dtype)
         return assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=False)
 
     @staticmethod
@@ -97,10 +98,12 @@ class _WeightMatrix(torch.autograd.Function):
             scale_base, scale_sp, mask, coef = ctx.differentiable_inputs
             with torch.enable_grad():
                 out = layer_weight_matrix(scale_base, scale_sp, mask, coef)
+                if ctx.dtype is not None:
+                    out = out.to(ctx.dtype)
                 wanted = [(i, t) for i, t in enumerate((scale_base, scale_sp, None, coef))
                           if t is not None and ctx.needs_input_grad[i]]
                 grads = torch.autograd.grad(out, [t for _, t in wanted], grad, create_graph=True, allow_unused=True)
-            result = [None] * 5
+            result = [None] * 6
             for (i, _), g in zip(wanted, grads):
                 result[i] = g
             return tuple(result)
@@ -110,11 +113,11 @@ class _WeightMatrix(torch.autograd.Function):
             needs = ctx.needs_input_grad
             grad_scale_base, grad_scale_sp, grad_coef = weight_gradients(*ctx.saved_tensors, grad.detach(),
                                                                          (needs[0], needs[1], needs[3]))
-            return grad_scale_base, grad_scale_sp, None, grad_coef, None
+            return grad_scale_base, grad_scale_sp, None, grad_coef, None, None
         scale_sp, mask, coef = (t.detach().contiguous() for t in ctx.saved_tensors)
         grad_scale_base, grad_scale_sp, grad_coef = parameter_gradients(scale_sp, mask, coef,
                                                                         grad.detach().contiguous())
-        return grad_scale_base, grad_scale_sp, None, grad_coef, None
+        return grad_scale_base, grad_scale_sp, None, grad_coef, None, None
 
 
 class SplineGrid:
@@ -209,15 +212,34 @@ class BSplineKAN(SplineGrid, nn.Module):
 
     def weight_matrix(self) -> torch.Tensor:
         """The [I * (G+k+1), O] matrix: per input, the base weight row then the G+k spline rows."""
+        kernels = self._weight_kernels()
+        if kernels is None:
+            return assemble_weight_matrix(self.base_weight(), self.spline_weight())
+        return _WeightMatrix.apply(self.scale_base, self.scale_sp, self.mask, self.coef, kernels == "triton")
+
+    def _weight_kernels(self) -> str | None:
+        """What builds :meth:`weight_matrix` in one pass: "numba" (CPU), "triton" (CUDA), or None (PyTorch
+        operations: the eager backend, a mask that takes a gradient, mixed devices or dtypes, transforms)."""
         parts = (self.scale_base, self.scale_sp, self.mask, self.coef)
         dtype, device = self.coef.dtype, self.coef.device
-        if (self.backend != "eager" and not self.mask.requires_grad
-                and all(t.device == device and t.dtype == dtype for t in parts) and not under_transform(*parts)):
-            if device.type == "cpu" and dtype in CPU_KERNEL_DTYPES:
-                return _WeightMatrix.apply(*parts, False)
-            if device.type == "cuda" and dtype in TRITON_WEIGHT_DTYPES:
-                return _WeightMatrix.apply(*parts, True)
-        return assemble_weight_matrix(self.base_weight(), self.spline_weight())
+        if (self.backend == "eager" or self.mask.requires_grad
+                or any(t.device != device or t.dtype != dtype for t in parts) or under_transform(*parts)):
+            return None
+        if device.type == "cpu" and dtype in CPU_KERNEL_DTYPES:
+            return "numba"
+        if device.type == "cuda" and dtype in TRITON_WEIGHT_DTYPES:
+            return "triton"
+        return None
+
+    def _product_weight(self, flat: torch.Tensor) -> torch.Tensor:
+        """:meth:`weight_matrix` for the product on flat [N, I]. Under CUDA autocast, when the Triton kernels take the
+        product (which casts W to the autocast dtype), W is written in that dtype directly."""
+        if (torch.is_autocast_enabled("cuda") and flat.is_cuda and self.backend in ("auto", "triton")
+                and self.spline_order in TRITON_SPLINE_ORDERS and type(self).weight_matrix is BSplineKAN.weight_matrix
+                and torch.get_autocast_dtype("cuda") in TRITON_DTYPES and self._weight_kernels() == "triton"):
+            return _WeightMatrix.apply(self.scale_base, self.scale_sp, self.mask, self.coef, True,
+                                       torch.get_autocast_dtype("cuda"))
+        return self.weight_matrix()
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_layer_input(x, self.in_features, self.coef)
@@ -248,7 +270,7 @@ class BSplineKAN(SplineGrid, nn.Module):
             out = run_fused_layer(*tensors, self.spline_order, self.is_uniform(), self.base_activation,
                                   fused == "sparse")
         else:
-            weight = self.weight_matrix()
+            weight = self._product_weight(flat)
             # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does
             # not look at uniformity; detecting it would read the grid's values.
             uniform = False if under_transform(flat, weight, self.grid) else self.is_uniform()

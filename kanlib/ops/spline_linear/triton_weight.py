@@ -8,8 +8,10 @@ where one training step of a layer is a few dozen launches, each launch counts (
 A program takes one input and BLOCK_O outputs and walks the G + k coefficients in blocks of BLOCK_J: each
 [BLOCK_J, BLOCK_O] tile is read from coef [I, O, G+k] (contiguous along the coefficients) and written to W's rows
 (contiguous along the outputs), a transposition. The products are those of the formula, in float32 (float64 for
-float64 tensors) and rounded to the tensors' dtype where it rounds (``scale_sp * mask``, then the product), so W
-has the formula's bits in every dtype. Under ``TRITON_INTERPRET=1`` the kernels run on the CPU (tests).
+float64 tensors) and rounded to the parameters' dtype where it rounds (``scale_sp * mask``, then the product), so W
+has the formula's bits in every dtype. Under ``torch.autocast`` the layer asks for W in the autocast dtype: it is
+written so, rounded once, as casting the formula's W would give, and its gradient comes back in that dtype (one
+cast fewer each way). Under ``TRITON_INTERPRET=1`` the kernels run on the CPU (tests).
 """
 from __future__ import annotations
 
@@ -62,19 +64,21 @@ def _program_edges(sp_ptr, mask_ptr, n_out, stride_pi, stride_po, dtype: tl.cons
 def _assemble_kernel(base_ptr, sp_ptr, mask_ptr, coef_ptr, w_ptr, n_out, n_basis,
                      stride_pi, stride_po, stride_ci, stride_co, stride_cj, stride_wk, stride_wo,
                      DOUBLE: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr):
-    """w_ptr [I*S, O] from scale_base, scale_sp, mask [I, O] (strides stride_pi, stride_po) and coef [I, O, G+k]."""
-    dtype = w_ptr.dtype.element_ty
+    """w_ptr [I*S, O] (any float dtype) from scale_base, scale_sp, mask [I, O] (strides stride_pi, stride_po) and
+    coef [I, O, G+k]."""
+    dtype = coef_ptr.dtype.element_ty
+    w_dtype = w_ptr.dtype.element_ty
     i, outs, out_ok, params, mask, spline = _program_edges(sp_ptr, mask_ptr, n_out, stride_pi, stride_po, dtype,
                                                            DOUBLE, INTERPRET, BLOCK_O)
     base = _masked(base_ptr, params, out_ok, mask, dtype, DOUBLE, INTERPRET)
     rows = w_ptr + i * (n_basis + 1) * stride_wk + outs * stride_wo
-    tl.store(rows, to_store(base, dtype, INTERPRET), mask=out_ok)
+    tl.store(rows, to_store(base, w_dtype, INTERPRET), mask=out_ok)
     coefs = coef_ptr + i * stride_ci + outs[None, :] * stride_co
     for j0 in range(0, n_basis, BLOCK_J):
         js = j0 + tl.arange(0, BLOCK_J)[:, None]
         ok = (js < n_basis) & out_ok[None, :]
         c = _widened(tl.load(coefs + js * stride_cj, mask=ok, other=0.0), DOUBLE)
-        tl.store(rows[None, :] + (js + 1) * stride_wk, to_store(c * spline[None, :], dtype, INTERPRET), mask=ok)
+        tl.store(rows[None, :] + (js + 1) * stride_wk, to_store(c * spline[None, :], w_dtype, INTERPRET), mask=ok)
 
 
 @triton.jit
@@ -82,8 +86,9 @@ def _gradients_kernel(sp_ptr, mask_ptr, coef_ptr, gw_ptr, g_base_ptr, g_sp_ptr, 
                       stride_pi, stride_po, stride_ci, stride_co, stride_cj, stride_gk, stride_go,
                       WANT_BASE: tl.constexpr, WANT_SP: tl.constexpr, WANT_COEF: tl.constexpr, DOUBLE: tl.constexpr,
                       INTERPRET: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr):
-    """From grad_w [I*S, O]: grad scale_base ``g_base * mask`` and grad scale_sp ``mask * sum_j g_j * coef_j``
-    (contiguous [I, O]), grad coef ``g_j * scale_sp * mask`` (contiguous [I, O, G+k]); each only when wanted."""
+    """From grad_w [I*S, O] (any float dtype): grad scale_base ``g_base * mask`` and grad scale_sp
+    ``mask * sum_j g_j * coef_j`` (contiguous [I, O]), grad coef ``g_j * scale_sp * mask`` (contiguous [I, O, G+k]),
+    in coef's dtype; each only when wanted."""
     dtype = coef_ptr.dtype.element_ty
     i, outs, out_ok, _, mask, spline = _program_edges(sp_ptr, mask_ptr, n_out, stride_pi, stride_po, dtype, DOUBLE,
                                                       INTERPRET, BLOCK_O)
@@ -131,15 +136,18 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def assemble_weight(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
-                    coef: torch.Tensor) -> torch.Tensor:
-    """scale_base, scale_sp, mask [I, O] and coef [I, O, G+k], of one dtype -> W [I * (G+k+1), O], contiguous
-    (:func:`.reference.layer_weight_matrix`, bit for bit); no autograd."""
+def assemble_weight(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor,
+                    dtype: torch.dtype | None = None) -> torch.Tensor:
+    """scale_base, scale_sp, mask [I, O] and coef [I, O, G+k], of one dtype -> W [I * (G+k+1), O], contiguous, in
+    ``dtype`` (default: theirs): :func:`.reference.layer_weight_matrix` cast to it, bit for bit; no autograd."""
     _check("assemble_weight", {"scale_base": scale_base, "scale_sp": scale_sp, "mask": mask}, coef)
+    dtype = coef.dtype if dtype is None else dtype
+    if dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"assemble_weight writes W in one of {[str(d) for d in WEIGHT_DTYPES]}, got {dtype}")
     n_in, n_out, n_basis = coef.shape
     # the three [I, O] tensors share one pair of strides in the kernel
     scale_base, scale_sp, mask = (t.contiguous() for t in (scale_base, scale_sp, mask))
-    weight = torch.empty(n_in * (n_basis + 1), n_out, device=coef.device, dtype=coef.dtype)
+    weight = torch.empty(n_in * (n_basis + 1), n_out, device=coef.device, dtype=dtype)
     block_o, block_j = _tiles(n_out, n_basis)
     with _on_device(coef):
         _assemble_kernel[(n_in, triton.cdiv(n_out, block_o))](
@@ -153,12 +161,13 @@ def weight_gradients(scale_sp: torch.Tensor, mask: torch.Tensor, coef: torch.Ten
                      wanted: tuple[bool, bool, bool] = (True, True, True)
                      ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(grad scale_base [I, O], grad scale_sp [I, O], grad coef [I, O, G+k]) of :func:`assemble_weight` from the
-    gradient of W [I * (G+k+1), O] (any strides), each computed only where ``wanted`` says so (None otherwise)."""
+    gradient of W [I * (G+k+1), O] (any strides, W's dtype), in the parameters' dtype, each computed only where
+    ``wanted`` says so (None otherwise)."""
     _check("weight_gradients", {"scale_sp": scale_sp, "mask": mask}, coef)
     n_in, n_out, n_basis = coef.shape
-    if grad_weight.shape != (n_in * (n_basis + 1), n_out) or grad_weight.dtype != coef.dtype:
-        raise ValueError(f"weight_gradients: expected grad_weight [{n_in * (n_basis + 1)}, {n_out}] of {coef.dtype}, "
-                         f"got {tuple(grad_weight.shape)} of {grad_weight.dtype}")
+    if grad_weight.shape != (n_in * (n_basis + 1), n_out) or grad_weight.dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_gradients: expected grad_weight [{n_in * (n_basis + 1)}, {n_out}] of a dtype among "
+                         f"{[str(d) for d in WEIGHT_DTYPES]}, got {tuple(grad_weight.shape)} of {grad_weight.dtype}")
     scale_sp, mask = scale_sp.contiguous(), mask.contiguous()
     grads = [torch.empty(shape, device=coef.device, dtype=coef.dtype) if want else None
              for want, shape in zip(wanted, ((n_in, n_out), (n_in, n_out), coef.shape))]
