@@ -335,3 +335,59 @@ COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
 
 def test_kernels_compile_for_an_h100_without_register_spills():
     assert_compiles(COMPILE_FOR_H100)
+
+
+# What a Triton training step may run besides its kernels: allocations and relabellings, and the local weight
+# gradient's sort of each input's rows by window
+STEP_OPS = {"aten::empty", "aten::to", "aten::detach"}
+SORT_OPS = {"aten::sort", "aten::searchsorted"}
+
+
+@pytest.mark.parametrize("family", ["dense", "local"])
+def test_a_triton_training_step_launches_its_kernels_and_no_other_work(monkeypatch, family):
+    """A B-spline layer's step on the Triton path (its weight by kanlib/ops/spline_linear/triton_weight.py, then the
+    product), kernels stubbed: each kernel launched once, and no torch operation that would be a launch of its own
+    on a GPU (a fill, a cast, a copy), where one training step of a layer is a few dozen launches at most."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kanlib.layers.bspline import _WeightMatrix
+    from kanlib.ops.spline_linear import triton_weight
+
+    launches = []
+    kernels = {dense: ("_forward_kernel", "_grad_x_kernel", "_grad_weight_kernel"),
+               local: ("_forward_kernel", "_grad_x_kernel", "_grad_weight_kernel", "_window_starts_kernel"),
+               triton_weight: ("_assemble_kernel", "_gradients_kernel")}
+    for module, names in kernels.items():
+        for name in names:
+            monkeypatch.setattr(getattr(module, name), "run",
+                                lambda *args, _name=name, **kwargs: launches.append(_name))
+    layer = BSplineKAN(5, 4, grid_size=12, device=DEVICE)
+    x = (torch.rand(9, 5, device=DEVICE) * 2 - 1).requires_grad_()
+    leaves = [x, layer.scale_base, layer.scale_sp, layer.coef]
+    grad_out = torch.randn(9, 4, device=DEVICE)
+
+    def step():
+        weight = _WeightMatrix.apply(layer.scale_base, layer.scale_sp, layer.mask, layer.coef, True)
+        out = local.spline_linear_triton_any(x, weight, layer.grid, 3, True, "silu", kernels=family)
+        torch.autograd.grad(out, leaves, grad_out)
+
+    step()  # the grid's knot tensors and the run-start table are built once per grid and shape
+    launches.clear()
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        step()
+
+    def under_sort(event):
+        while event is not None and event.name not in SORT_OPS:
+            event = event.cpu_parent
+        return event is not None
+
+    ops = {event.name for event in profiled.events()
+           if event.name.startswith("aten::") and not under_sort(event.cpu_parent)}
+    if family == "dense":
+        assert ops <= STEP_OPS, ops - STEP_OPS
+        assert launches == ["_assemble_kernel", "_forward_kernel", "_grad_x_kernel", "_grad_weight_kernel",
+                            "_gradients_kernel"]
+    else:
+        assert ops <= STEP_OPS | SORT_OPS, ops - STEP_OPS - SORT_OPS
+        assert launches == ["_assemble_kernel", "_forward_kernel", "_grad_x_kernel", "_window_starts_kernel",
+                            "_grad_weight_kernel", "_gradients_kernel"]
