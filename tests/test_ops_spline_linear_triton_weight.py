@@ -134,7 +134,7 @@ def test_under_autocast_the_layer_writes_its_weight_in_the_autocast_dtype():
     eager.load_state_dict(fused.state_dict())
     x = torch.rand(9, 6, device=DEVICE) * 2 - 1
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        weight = fused._product_weight(x)
+        weight = fused._product_weight()
         assert weight.dtype == torch.bfloat16 and type(weight.grad_fn).__name__ == "_WeightMatrixBackward"
         assert torch.equal(weight, eager.weight_matrix().to(torch.bfloat16))
         for layer in (fused, eager):

@@ -10,9 +10,9 @@ time budget, and the tools around it.
   at G = 5 and 50), ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench
   families`` with ``--device cuda``, the basis families' Triton tests and ``bench quant``, each step under its own
   timeout inside one deadline (the figures a GPU has not yet given first), a failing step recorded without stopping
-  the next; it packs the new results and the log into a few files and prints the targets. ``rehearse=True`` runs the same
-  steps on the CPU with tiny sizes (the kernels under Triton's interpreter), which is how the tests check the run
-  end to end.
+  the next; it packs the new results and the log into a few files and prints the targets. ``rehearse=True`` runs
+  the same steps on the CPU with tiny sizes (the kernels under Triton's interpreter), which is how the tests check
+  the run end to end.
 - :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/``,
   refusing anything that was not measured on a GPU. The chapters that show GPU figures read them from there
   when they are executed again (``python -m kanlib run``).

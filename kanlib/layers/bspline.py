@@ -231,14 +231,13 @@ class BSplineKAN(SplineGrid, nn.Module):
             return "triton"
         return None
 
-    def _product_weight(self, flat: torch.Tensor) -> torch.Tensor:
-        """:meth:`weight_matrix` for the product on flat [N, I]. Under CUDA autocast, when the Triton kernels take the
-        product (which casts W to the autocast dtype), W is written in that dtype directly."""
-        if (torch.is_autocast_enabled("cuda") and flat.is_cuda and self.backend in ("auto", "triton")
-                and self.spline_order in TRITON_SPLINE_ORDERS and type(self).weight_matrix is BSplineKAN.weight_matrix
-                and torch.get_autocast_dtype("cuda") in TRITON_DTYPES and self._weight_kernels() == "triton"):
-            return _WeightMatrix.apply(self.scale_base, self.scale_sp, self.mask, self.coef, True,
-                                       torch.get_autocast_dtype("cuda"))
+    def _product_weight(self) -> torch.Tensor:
+        """:meth:`weight_matrix` for the product. Under CUDA autocast, when the Triton kernels take the product (which
+        casts W to the autocast dtype), W is written in that dtype directly."""
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        if (dtype in TRITON_DTYPES and self.backend in ("auto", "triton") and self.spline_order in TRITON_SPLINE_ORDERS
+                and type(self).weight_matrix is BSplineKAN.weight_matrix and self._weight_kernels() == "triton"):
+            return _WeightMatrix.apply(self.scale_base, self.scale_sp, self.mask, self.coef, True, dtype)
         return self.weight_matrix()
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -270,7 +269,7 @@ class BSplineKAN(SplineGrid, nn.Module):
             out = run_fused_layer(*tensors, self.spline_order, self.is_uniform(), self.base_activation,
                                   fused == "sparse")
         else:
-            weight = self._product_weight(flat)
+            weight = self._product_weight()
             # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does
             # not look at uniformity; detecting it would read the grid's values.
             uniform = False if under_transform(flat, weight, self.grid) else self.is_uniform()

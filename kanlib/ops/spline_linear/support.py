@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_WEIGHT_DTYPES", "TRITON_SPLINE_ORDERS", "SPARSE_SLOWDOWN",
-           "TRITON_SPARSE_SLOWDOWN", "TRITON_TENSOR_CORE_SPARSE_SLOWDOWN", "prefers_sparse", "triton_sparse_slowdown",
-           "triton_supports"]
+__all__ = ["BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_WEIGHT_DTYPES", "TRITON_SPLINE_ORDERS",
+           "SPARSE_SLOWDOWN", "TRITON_SPARSE_SLOWDOWN", "TRITON_TENSOR_CORE_SPARSE_SLOWDOWN", "prefers_sparse",
+           "triton_sparse_slowdown", "triton_supports"]
 
 # "cpu": the numba kernels' dense path; "sparse": their local-support path; "eager": PyTorch operations
 BACKENDS = ("auto", "eager", "cpu", "sparse", "triton")

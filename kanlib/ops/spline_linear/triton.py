@@ -54,7 +54,7 @@ from ..triton_tuning import autotune, interpreting
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
            "spline_basis", "to_store", "input_chunk", "store_or_add", "one_chunk_if_deterministic", "LaunchPlan",
-           "launch_forward", "launch_grad_x", "check_devices", "check_inputs"]
+           "on_device", "launch_forward", "launch_grad_x", "check_devices", "check_inputs"]
 
 IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TANH_ID, RELU_ID))
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
@@ -465,8 +465,12 @@ class LaunchPlan:
         return self.n_rows, self.n_in, self.n_out, self.n_basis, self.n_knots, bucket
 
     def on_device(self):
-        """Launches go to the current CUDA device: make it the tensors' one."""
-        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        return on_device(self.device)
+
+
+def on_device(device: torch.device):
+    """Launches go to the current CUDA device: a context that makes it ``device`` (nothing for the CPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPlan, sizes: tuple,

@@ -15,14 +15,12 @@ cast fewer each way). Under ``TRITON_INTERPRET=1`` the kernels run on the CPU (t
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from .support import TRITON_WEIGHT_DTYPES as WEIGHT_DTYPES
-from .triton import INTERPRET, check_devices, to_store
+from .triton import INTERPRET, check_devices, on_device, to_store
 
 __all__ = ["WEIGHT_DTYPES", "assemble_weight", "weight_gradients"]
 
@@ -93,6 +91,7 @@ def _gradients_kernel(sp_ptr, mask_ptr, coef_ptr, gw_ptr, g_base_ptr, g_sp_ptr, 
     i, outs, out_ok, _, mask, spline = _program_edges(sp_ptr, mask_ptr, n_out, stride_pi, stride_po, dtype, DOUBLE,
                                                       INTERPRET, BLOCK_O)
     grad_rows = gw_ptr + i * (n_basis + 1) * stride_gk + outs * stride_go
+    coefs = coef_ptr + i * stride_ci + outs[None, :] * stride_co
     edges = i * n_out + outs  # the gradients' offsets: contiguous [I, O] and [I, O, G+k]
     if WANT_BASE:
         base_grad = _edges(grad_rows, 0, out_ok, DOUBLE)
@@ -106,8 +105,7 @@ def _gradients_kernel(sp_ptr, mask_ptr, coef_ptr, gw_ptr, g_base_ptr, g_sp_ptr, 
             tl.store(g_coef_ptr + edges[None, :] * n_basis + js, to_store(g * spline[None, :], dtype, INTERPRET),
                      mask=ok)
         if WANT_SP:
-            c = _widened(tl.load(coef_ptr + i * stride_ci + outs[None, :] * stride_co + js * stride_cj, mask=ok,
-                                 other=0.0), DOUBLE)
+            c = _widened(tl.load(coefs + js * stride_cj, mask=ok, other=0.0), DOUBLE)
             total += tl.sum(g * c, axis=0)
     if WANT_SP:
         tl.store(g_sp_ptr + edges, to_store(total * mask, dtype, INTERPRET), mask=out_ok)
@@ -132,10 +130,6 @@ def _tiles(n_out: int, n_basis: int) -> tuple[int, int]:
     return min(64, triton.next_power_of_2(n_out)), min(16, triton.next_power_of_2(n_basis))
 
 
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def assemble_weight(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor,
                     dtype: torch.dtype | None = None) -> torch.Tensor:
     """scale_base, scale_sp, mask [I, O] and coef [I, O, G+k], of one dtype -> W [I * (G+k+1), O], contiguous, in
@@ -149,7 +143,7 @@ def assemble_weight(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torc
     scale_base, scale_sp, mask = (t.contiguous() for t in (scale_base, scale_sp, mask))
     weight = torch.empty(n_in * (n_basis + 1), n_out, device=coef.device, dtype=dtype)
     block_o, block_j = _tiles(n_out, n_basis)
-    with _on_device(coef):
+    with on_device(coef.device):
         _assemble_kernel[(n_in, triton.cdiv(n_out, block_o))](
             scale_base, scale_sp, mask, coef, weight, n_out, n_basis, *mask.stride(), *coef.stride(),
             *weight.stride(), DOUBLE=coef.dtype == torch.float64, INTERPRET=INTERPRET, BLOCK_O=block_o,
@@ -173,7 +167,7 @@ def weight_gradients(scale_sp: torch.Tensor, mask: torch.Tensor, coef: torch.Ten
              for want, shape in zip(wanted, ((n_in, n_out), (n_in, n_out), coef.shape))]
     if any(wanted):
         block_o, block_j = _tiles(n_out, n_basis)
-        with _on_device(coef):
+        with on_device(coef.device):
             _gradients_kernel[(n_in, triton.cdiv(n_out, block_o))](
                 scale_sp, mask, coef, grad_weight, *(mask if g is None else g for g in grads), n_out, n_basis,
                 *mask.stride(), *coef.stride(), *grad_weight.stride(), WANT_BASE=wanted[0], WANT_SP=wanted[1],
