@@ -14,6 +14,7 @@ from ..checks import check_int, check_layer_input, is_real
 from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, assembled_weight,
                                  backend_from_method, parameter_gradients, prefers_sparse, run_fused_layer,
                                  spline_linear, torch_backend, under_transform)
+from ..ops.spline_linear.compiled import compiling_with_kernels
 from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
 from ..ops.spline_linear.support import TRITON_DTYPES, TRITON_WEIGHT_DTYPES
 from ..prune.penalty import sparsity_penalty
@@ -264,16 +265,16 @@ class BSplineKAN(SplineGrid, nn.Module):
         if flat.dtype != coef.dtype:
             flat = flat.to(coef.dtype)
         tensors = (flat, scale_base, scale_sp, mask, coef, grid)
-        fused = self._fused_cpu_backend(flat, tensors)
+        # Under a transform the grid's values cannot be read: torch.func and torch.export compute the plain formula,
+        # which does not look at uniformity, and torch.compile's operators look at the grid when they run.
+        transformed = under_transform(*tensors)
+        uniform = False if transformed else self.is_uniform()
+        fused = self._fused_cpu_backend(flat, tensors, transformed)
         if fused is not None:
-            out = run_fused_layer(*tensors, self.spline_order, self.is_uniform(), self.base_activation,
-                                  fused == "sparse")
+            out = run_fused_layer(*tensors, self.spline_order, uniform, self.base_activation, fused == "sparse")
         else:
             weight = self._product_weight()
-            # Under torch.func, torch.compile or torch.export spline_linear computes the plain formula, which does
-            # not look at uniformity; detecting it would read the grid's values.
-            uniform = False if under_transform(flat, weight, self.grid) else self.is_uniform()
-            out = spline_linear(flat, weight, self.grid, self.spline_order, uniform, self.base_activation,
+            out = spline_linear(flat, weight, grid, self.spline_order, uniform, self.base_activation,
                                 self.backend_for(flat, weight))
         if self.bias is not None:
             out = out + self.bias
@@ -281,12 +282,14 @@ class BSplineKAN(SplineGrid, nn.Module):
             out = out + self.symbolic(flat)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
-    def _fused_cpu_backend(self, flat: torch.Tensor, tensors: tuple | None = None) -> str | None:
+    def _fused_cpu_backend(self, flat: torch.Tensor, tensors: tuple | None = None,
+                           transformed: bool | None = None) -> str | None:
         """The backend, "cpu" or "sparse", where forward runs the CPU kernels straight from the parameters
         (:class:`~kanlib.ops.spline_linear.FusedSplineLayer`, one autograd node): the product's backend is one of
-        them, outside autocast and transforms, and the weight is this class's (a subclass that changes
-        ``weight_matrix``, as quantization-aware training does, takes the weight matrix); else None (the weight
-        matrix, then :func:`spline_linear`)."""
+        them, outside autocast and transforms other than torch.compile (``transformed``: whether
+        :func:`~kanlib.ops.spline_linear.under_transform` holds, found here when None), and the weight is this
+        class's (a subclass that changes ``weight_matrix``, as quantization-aware training does, takes the weight
+        matrix); else None (the weight matrix, then :func:`spline_linear`)."""
         backend = self.backend
         if (backend not in ("auto", "cpu", "sparse", _LEGACY_TORCH) or torch.is_autocast_enabled("cpu")
                 or type(self).weight_matrix is not BSplineKAN.weight_matrix):
@@ -299,7 +302,9 @@ class BSplineKAN(SplineGrid, nn.Module):
         for t in tensors:
             if t.dtype != dtype or not t.is_cpu:
                 return None
-        if under_transform(*tensors):
+        if transformed is None:
+            transformed = under_transform(*tensors)
+        if transformed and not compiling_with_kernels():
             return None
         if backend in ("cpu", "sparse"):
             return backend

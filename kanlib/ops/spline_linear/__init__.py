@@ -25,9 +25,10 @@ non-CPU tensors and under CPU autocast and, on the CPU otherwise, ``"sparse"`` w
 zeros (:func:`prefers_sparse`), else ``"cpu"``.
 
 Higher derivatives and transforms: with ``create_graph=True`` the fused backends' backward recomputes the
-gradients through :func:`.reference.spline_linear_reference`, so they can be differentiated again; under
-``torch.func`` (vmap, jacrev), ``torch.compile`` or ``torch.export``, ``"auto"`` and ``"eager"`` compute the
-plain formula of :mod:`.reference`, and ``"cpu"``, ``"sparse"`` and ``"triton"`` raise.
+gradients through :func:`.reference.spline_linear_reference`, so they can be differentiated again. Under
+``torch.compile`` the fused backends run as torch.library operators (:mod:`.compiled`), ``"eager"`` as the plain
+formula; under ``torch.func`` (vmap, jacrev) or ``torch.export``, ``"auto"`` and ``"eager"`` compute the plain formula
+of :mod:`.reference`, and ``"cpu"``, ``"sparse"`` and ``"triton"`` raise.
 """
 from __future__ import annotations
 
@@ -44,16 +45,20 @@ import torch
 from ...activations import get_activation
 from ...basis import extend_grid, find_span, local_basis, uniform_basis_matrix
 from ...checks import check_choice
-from .reference import (differentiable_backward, layer_weight_matrix, spline_linear_reference, window_columns,
-                        window_expanded_input)
+from .compiled import (check_operator_backend, compiling_with_kernels, grid_is_uniform, spline_layer,
+                       spline_layer_backward, spline_product, spline_product_backward)
+from .reference import (differentiable_backward, differentiable_layer_backward, layer_weight_matrix,
+                        spline_linear_reference, window_columns, window_expanded_input)
 from .support import (BACKENDS, CPU_KERNEL_DTYPES, SPARSE_SLOWDOWN, TRITON_DTYPES, TRITON_SPLINE_ORDERS,
-                      prefers_sparse, triton_supports)
+                      autocast_operands, prefers_sparse, triton_supports)
 
 __all__ = ["spline_linear", "BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_SPLINE_ORDERS",
            "SPARSE_SLOWDOWN", "prefers_sparse", "triton_supports", "torch_backend", "backend_from_method",
            "EagerSplineLinear", "FusedCpuSplineLinear", "under_transform", "slots_backend",
-           "FusedSplineLayer", "fused_spline_layer", "run_fused_layer", "sparse_spline_layer", "NARROW_COLUMNS", "KEEP_EXPANDED_BELOW",
-           "assembled_weight", "parameter_gradients", "grid_constants", "numpy_of"]
+           "FusedSplineLayer", "fused_spline_layer", "run_fused_layer", "sparse_spline_layer", "NARROW_COLUMNS",
+           "KEEP_EXPANDED_BELOW", "assembled_weight", "parameter_gradients", "grid_constants", "numpy_of",
+           "cpu_product", "cpu_product_gradients", "fused_layer_product", "fused_layer_gradients",
+           "layer_weight_matrix"]
 
 # The words of the old ``method=`` argument, kept for one release: "dense" is now "cpu".
 _METHOD_TO_BACKEND = {"auto": "auto", "eager": "eager", "dense": "cpu", "sparse": "sparse", "triton": "triton"}
@@ -452,8 +457,7 @@ class FusedCpuSplineLinear(torch.autograd.Function):
             out, windows = _recorded_sparse_forward(ctx, recording, 2, x, grid, spline_order, uniform, activation,
                                                     n_slots, weight=weight.detach())
         else:
-            expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
-            out = _product(expanded, weight.detach())
+            out = cpu_product(x, weight, grid, spline_order, uniform, activation, False)
         ctx.save_for_backward(*saved, *windows)
         ctx.config = (spline_order, uniform, activation, sparse)
         return out
@@ -467,19 +471,34 @@ class FusedCpuSplineLinear(torch.autograd.Function):
             # create_graph=True: the gradients must themselves be differentiable, which the kernels' are not.
             return (*differentiable_backward(x, weight, grid, spline_order, activation, grad_out, need_x, need_w),
                     None, None, None, None, None, None)
-        grad_out = grad_out.detach().contiguous()
-        x, weight, grid = x.detach().contiguous(), weight.detach().contiguous(), grid.contiguous()
-        grad_x = grad_w = None
-        if sparse:
-            return (*_sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w,
-                                      _saved_windows(ctx, windows)), None, None, None, None, None, None)
-        # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
-        grad_expanded = grad_out @ weight.t() if need_x else None
-        expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
-                                         grad_expanded, expanded=need_w)
-        if need_w:
-            grad_w = _weight_gradient(expanded, grad_out)
-        return grad_x, grad_w, None, None, None, None, None, None
+        return (*cpu_product_gradients(x, weight, grid, spline_order, uniform, activation, sparse, grad_out, need_x,
+                                       need_w, _saved_windows(ctx, windows)), None, None, None, None, None, None)
+
+
+def cpu_product(x, weight, grid, spline_order, uniform, activation, sparse: bool) -> torch.Tensor:
+    """x [N, I] @ the product's weight [I*S, O] through the numba kernels (dense or local-support): [N, O], nothing
+    kept for backward."""
+    x, weight, grid = x.detach().contiguous(), weight.detach().contiguous(), grid.contiguous()
+    n_slots = weight.shape[0] // x.shape[1]
+    if sparse:
+        return _sparse_forward(x, grid, spline_order, uniform, activation, n_slots, weight=weight)[0]
+    expanded, _ = _dense_expand(x, grid, spline_order, uniform, activation, n_slots)
+    return _product(expanded, weight)
+
+
+def cpu_product_gradients(x, weight, grid, spline_order, uniform, activation, sparse: bool, grad_out, need_x: bool,
+                          need_w: bool, windows: _Windows | None = None):
+    """(grad_x [N, I] or None, grad_weight [I*S, O] or None) of the numba kernels' product (``windows``: the
+    local-support forward's, or None to compute them)."""
+    grad_out = grad_out.detach().contiguous()
+    x, weight, grid = x.detach().contiguous(), weight.detach().contiguous(), grid.contiguous()
+    if sparse:
+        return _sparse_backward(x, weight, grid, spline_order, uniform, activation, grad_out, need_x, need_w, windows)
+    # One pass turns the gradient of A into grad_x and rebuilds A (for the weight gradient) in its place.
+    grad_expanded = grad_out @ weight.t() if need_x else None
+    expanded, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, weight.shape[0] // x.shape[1],
+                                     grad_expanded, expanded=need_w)
+    return grad_x, _weight_gradient(expanded, grad_out) if need_w else None
 
 
 class FusedSplineLayer(torch.autograd.Function):
@@ -517,46 +536,50 @@ class FusedSplineLayer(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, scale_base, scale_sp, mask, coef, grid, *kept = ctx.saved_tensors  # the weight if kept, the windows or A
         weight = kept.pop(0) if ctx.keeps_weight else None
-        n_slots = coef.shape[2] + 1
         spline_order, uniform, activation, sparse = ctx.config
         need_x, need_base, need_sp, _, need_coef = ctx.needs_input_grad[:5]
         if torch.is_grad_enabled():
             # create_graph=True: differentiable gradients, through the plain formula.
-            wanted = [(i, t) for i, (t, need) in enumerate(((x, need_x), (scale_base, need_base),
-                                                             (scale_sp, need_sp), (None, False), (coef, need_coef)))
-                      if need]
-            with torch.enable_grad():
-                weight = layer_weight_matrix(scale_base, scale_sp, mask, coef)
-                out = spline_linear_reference(x, weight, grid, spline_order, activation)
-                grads = torch.autograd.grad(out, [t for _, t in wanted], grad_out, create_graph=True,
-                                            allow_unused=True)
-            result = [None] * 11
-            for (i, _), grad in zip(wanted, grads):
-                result[i] = grad
-            return tuple(result)
-        grad_out = grad_out.detach().contiguous()  # x, the grid and the parameters reach the kernels by numpy_of
-        need_parameters = need_base or need_sp or need_coef
-        if sparse:
-            args, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, coef.shape[2] + 1,
-                                                       need_x, _saved_windows(ctx, kept))
-            grad_x, grad_parameters = _sparse_gradients(args, windows, grad_out, threads, need_x, need_parameters,
-                                                        parameters=(scale_base, scale_sp, mask, coef))
+            grad_x, grad_base, grad_sp, grad_coef = differentiable_layer_backward(
+                x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, grad_out,
+                (need_x, need_base, need_sp, need_coef))
         else:
-            grad_expanded = grad_out @ weight.t() if need_x else None
-            expanded = kept[0] if kept else None
-            rebuild = need_parameters and expanded is None
-            grad_x = None
-            if need_x or rebuild:
-                rebuilt, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded,
-                                                expanded=rebuild, slot_major=True)
-                expanded = rebuilt if rebuild else expanded
-            grad_parameters = None
-            if need_parameters:
-                grad_parameters = parameter_gradients(scale_sp, mask, coef, _weight_gradient(expanded, grad_out),
-                                                      slot_major=True)
-        grad_base, grad_sp, grad_coef = grad_parameters or (None, None, None)
+            saved = {"windows": _saved_windows(ctx, kept)} if sparse else {"expanded": kept[0] if kept else None}
+            grad_x, grad_parameters = fused_layer_gradients(
+                x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse, grad_out,
+                need_x, need_base or need_sp or need_coef, weight=weight, **saved)
+            grad_base, grad_sp, grad_coef = grad_parameters or (None, None, None)
         return (grad_x, grad_base if need_base else None, grad_sp if need_sp else None, None,
                 grad_coef if need_coef else None, None, None, None, None, None, None)
+
+
+def fused_layer_gradients(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse: bool,
+                          grad_out, need_x: bool, need_parameters: bool, weight=None, expanded=None, windows=None):
+    """(grad_x [N, I] or None, (grad_scale_base, grad_scale_sp [I, O], grad_coef [I, O, G+k]) or None) of a B-spline
+    layer's product through the CPU kernels. What the forward kept, where it did: the dense path's slot-major
+    ``weight`` (built here when x takes a gradient) and ``expanded`` A (rebuilt here for the parameters' gradients),
+    the local-support path's :class:`_Windows` (computed here)."""
+    grad_out = grad_out.detach().contiguous()  # x, the grid and the parameters reach the kernels by numpy_of
+    n_slots = coef.shape[2] + 1
+    if sparse:
+        args, windows, threads = _backward_windows(x, grid, spline_order, uniform, activation, n_slots, need_x,
+                                                   windows)
+        return _sparse_gradients(args, windows, grad_out, threads, need_x, need_parameters,
+                                 parameters=(scale_base, scale_sp, mask, coef))
+    if need_x and weight is None:
+        weight = assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=True, slot_major=True)
+    grad_expanded = grad_out @ weight.t() if need_x else None
+    rebuild = need_parameters and expanded is None
+    grad_x = None
+    if need_x or rebuild:
+        rebuilt, grad_x = _dense_expand(x, grid, spline_order, uniform, activation, n_slots, grad_expanded,
+                                        expanded=rebuild, slot_major=True)
+        expanded = rebuilt if rebuild else expanded
+    grad_parameters = None
+    if need_parameters:
+        grad_parameters = parameter_gradients(scale_sp, mask, coef, _weight_gradient(expanded, grad_out),
+                                              slot_major=True)
+    return grad_x, grad_parameters
 
 
 # The dense layer path keeps an expansion A of fewer elements than this from forward to backward, instead of
@@ -670,20 +693,27 @@ def fused_spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torc
                          f"got {[(str(t.dtype), str(t.device)) for t in tensors]}")
     if mask.requires_grad:
         raise ValueError("fused_spline_layer: the mask takes no gradient, got a mask that requires grad")
-    if under_transform(*tensors):
-        raise RuntimeError("fused_spline_layer runs fused kernels, which torch.func, torch.compile and torch.export "
-                           "cannot look into")
+    if under_transform(*tensors) and not compiling_with_kernels():
+        raise RuntimeError("fused_spline_layer runs fused kernels, which torch.func and torch.export cannot look into")
     return run_fused_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, bool(sparse))
 
 
 def run_fused_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse):
     """:class:`FusedSplineLayer` applied to arguments already checked; where no graph is recorded (grad mode off,
     or nothing takes a gradient) its product is computed outside autograd, without the autograd function's own
-    cost: [N, O]."""
+    cost; under torch.compile, the ``kanlib::spline_layer`` operator (:mod:`.compiled`): [N, O]."""
+    if compiling_with_kernels():
+        return spline_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse)
     if torch.is_grad_enabled() and (x.requires_grad or scale_base.requires_grad or scale_sp.requires_grad
                                     or coef.requires_grad):
         return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
                                       sparse, True)
+    return fused_layer_product(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse)
+
+
+def fused_layer_product(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
+                        sparse: bool) -> torch.Tensor:
+    """A B-spline layer's product [N, O] from its parameters through the CPU kernels, nothing kept for backward."""
     if sparse:
         return _sparse_forward(x, grid, spline_order, uniform, activation, coef.shape[2] + 1,
                                parameters=(scale_base, scale_sp, mask, coef))[0]
@@ -710,18 +740,26 @@ def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spl
     if method is not None:
         backend = backend_from_method(method)
     check_choice("backend", backend, BACKENDS)
+    compiled = False
     if under_transform(x, weight, grid):
-        if backend not in ("auto", "eager"):
-            raise RuntimeError(f"backend={backend!r} runs fused kernels, which torch.func, torch.compile and "
-                               f"torch.export cannot look into; use backend='auto' or 'eager' (plain PyTorch there)")
-        return spline_linear_reference(x, weight, grid, spline_order, activation)
+        compiled = compiling_with_kernels()
+        if not compiled and backend not in ("auto", "eager"):
+            raise RuntimeError(f"backend={backend!r} runs fused kernels, which torch.func and torch.export cannot "
+                               f"look into; use backend='auto' or 'eager' (plain PyTorch there)")
+        if not compiled or backend == "eager":
+            return spline_linear_reference(x, weight, grid, spline_order, activation)
     if backend == "auto":
         backend = "triton" if triton_supports(x, spline_order) else torch_backend(x, weight, spline_order)
     if backend == "triton":
+        if compiled:
+            x, weight = autocast_operands(x, weight)
+            return spline_product(x, weight, grid, spline_order, activation, "triton", "auto")
         from .triton_local import spline_linear_triton_any
 
         return spline_linear_triton_any(x, weight, grid, spline_order, uniform, activation)
     if backend == "eager":
+        if compiled:
+            return spline_linear_reference(x, weight, grid, spline_order, activation)
         return EagerSplineLinear.apply(x, weight, grid, spline_order, uniform, activation)
     if torch.is_autocast_enabled(x.device.type):
         # The CPU kernels compute in float32 or float64: their products stay out of autocast.
@@ -730,5 +768,65 @@ def spline_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spl
     if x.device.type != "cpu" or x.dtype not in CPU_KERNEL_DTYPES:
         raise ValueError(f"backend={backend!r} runs on the CPU in float32 or float64, "
                          f"got {x.dtype} tensors on {x.device}")
+    if compiled:
+        return spline_product(x, weight, grid, spline_order, activation, backend, "auto")
     return FusedCpuSplineLinear.apply(x, weight, grid, spline_order, uniform, activation, backend == "sparse",
                                       torch.is_grad_enabled())
+
+
+# The kernels behind :mod:`.compiled`'s operators (the same on both devices: the backend argument picks them).
+@spline_product.register_kernel(("cpu", "cuda"))
+def _product_kernels(x, weight, grid, spline_order, activation, backend, kernels):
+    check_operator_backend(backend, kernels)
+    uniform = grid_is_uniform(grid)
+    if backend == "triton":
+        from .triton import LaunchPlan, check_inputs
+
+        check_inputs(x, weight, grid, spline_order, activation)
+        forward = _triton_function(grid, spline_order, x.dtype, kernels).launchers[0]
+        return forward(x, weight, LaunchPlan(x, weight, grid, spline_order, uniform, activation))
+    return cpu_product(x, weight, grid, spline_order, uniform, activation, backend == "sparse")
+
+
+@spline_product_backward.register_kernel(("cpu", "cuda"))
+def _product_gradient_kernels(grad_out, x, weight, grid, spline_order, activation, backend, kernels, need_x,
+                              need_weight):
+    check_operator_backend(backend, kernels)
+    uniform = grid_is_uniform(grid)
+    if backend == "triton":
+        from .triton import LaunchPlan
+
+        _, grad_x, grad_weight = _triton_function(grid, spline_order, x.dtype, kernels).launchers
+        plan = LaunchPlan(x, weight, grid, spline_order, uniform, activation)
+        grad_out = grad_out.to(x.dtype)
+        grads = (grad_x(x, weight, grad_out, plan) if need_x else None,
+                 grad_weight(x, weight, grad_out, plan) if need_weight else None)
+    else:
+        grads = cpu_product_gradients(x, weight, grid, spline_order, uniform, activation, backend == "sparse",
+                                      grad_out, need_x, need_weight)
+    return tuple(x.new_empty(0) if grad is None else grad.contiguous() for grad in grads)
+
+
+def _triton_function(grid: torch.Tensor, spline_order: int, dtype: torch.dtype, kernels: str):
+    """The autograd Function (:mod:`.triton`'s or :mod:`.triton_local`'s) whose launchers run ``kernels``."""
+    from .triton import SplineLinearFunction
+    from .triton_local import LocalSplineLinearFunction, uses_local_kernels
+
+    local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order, dtype))
+    return LocalSplineLinearFunction if local else SplineLinearFunction
+
+
+@spline_layer.register_kernel(("cpu", "cuda"))
+def _layer_kernels(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse):
+    return fused_layer_product(x, scale_base, scale_sp, mask, coef, grid, spline_order, grid_is_uniform(grid),
+                               activation, sparse)
+
+
+@spline_layer_backward.register_kernel(("cpu", "cuda"))
+def _layer_gradient_kernels(grad_out, x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse,
+                            need_x, need_parameters):
+    grad_x, grad_parameters = fused_layer_gradients(x, scale_base, scale_sp, mask, coef, grid, spline_order,
+                                                    grid_is_uniform(grid), activation, sparse, grad_out, need_x,
+                                                    need_parameters)
+    return tuple(x.new_empty(0) if grad is None else grad.contiguous()
+                 for grad in (grad_x, *(grad_parameters or (None, None, None))))

@@ -13,7 +13,7 @@ from ...activations import get_activation
 from ...basis import LocalBasis, cox_de_boor
 
 __all__ = ["spline_linear_reference", "expanded_input", "window_expanded_input", "window_columns", "unfused_kan",
-           "differentiable_backward", "assemble_weight_matrix", "layer_weight_matrix"]
+           "differentiable_backward", "differentiable_layer_backward", "assemble_weight_matrix", "layer_weight_matrix"]
 
 
 def expanded_input(x: torch.Tensor, grid: torch.Tensor, spline_order: int, activation: str = "silu") -> torch.Tensor:
@@ -79,3 +79,20 @@ def differentiable_backward(x, weight, grid, spline_order, activation, grad_out,
         out = spline_linear_reference(x, weight, grid, spline_order, activation)
         grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=True, allow_unused=True))
     return (next(grads) if need_x else None), (next(grads) if need_w else None)
+
+
+def differentiable_layer_backward(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, grad_out,
+                                  needs: tuple[bool, bool, bool, bool]) -> list:
+    """[grad_x, grad_scale_base, grad_scale_sp, grad_coef] (None where ``needs`` says no) of a B-spline layer's
+    product as functions autograd can differentiate again (a create_graph backward), through the plain formula."""
+    tensors = (x, scale_base, scale_sp, coef)
+    wanted = [i for i, need in enumerate(needs) if need]
+    with torch.enable_grad():
+        weight = layer_weight_matrix(scale_base, scale_sp, mask, coef)
+        out = spline_linear_reference(x, weight, grid, spline_order, activation)
+        grads = torch.autograd.grad(out, [tensors[i] for i in wanted], grad_out, create_graph=True,
+                                    allow_unused=True)
+    result = [None] * 4
+    for i, grad in zip(wanted, grads):
+        result[i] = grad
+    return result

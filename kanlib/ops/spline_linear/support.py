@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["BACKENDS", "CPU_KERNEL_DTYPES", "TRITON_DTYPES", "TRITON_WEIGHT_DTYPES", "TRITON_SPLINE_ORDERS",
-           "SPARSE_SLOWDOWN", "TRITON_SPARSE_SLOWDOWN", "TRITON_TENSOR_CORE_SPARSE_SLOWDOWN", "prefers_sparse",
-           "triton_sparse_slowdown", "triton_supports"]
+           "SPARSE_SLOWDOWN", "KERNEL_FAMILIES", "TRITON_SPARSE_SLOWDOWN", "TRITON_TENSOR_CORE_SPARSE_SLOWDOWN",
+           "prefers_sparse", "triton_sparse_slowdown", "triton_supports", "autocast_operands"]
 
 # "cpu": the numba kernels' dense path; "sparse": their local-support path; "eager": PyTorch operations
 BACKENDS = ("auto", "eager", "cpu", "sparse", "triton")
@@ -14,6 +14,8 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # the Triton kernel that assembles a B-spline layer's weight matrix (:mod:`.triton_weight`) also runs float64
 TRITON_WEIGHT_DTYPES = TRITON_DTYPES + (torch.float64,)
 TRITON_SPLINE_ORDERS = (1, 2, 3, 4, 5)
+# the Triton kernel families: dense ``tl.dot`` ones, local-support ones, or the cost model's pick
+KERNEL_FAMILIES = ("auto", "dense", "local")
 # On the CPU the local-support kernels do about this many times less useful work per second than BLAS (measured
 # with ``python -m kanlib bench layer`` over grid sizes): past that density of nonzero slots they win.
 SPARSE_SLOWDOWN = 2.0
@@ -46,3 +48,12 @@ def prefers_sparse(n_slots: int, spline_order: int, slowdown: float = SPARSE_SLO
 def triton_supports(x: torch.Tensor, spline_order: int) -> bool:
     """Whether ``backend="auto"`` sends x to the Triton kernels: a CUDA tensor of a dtype and order they run."""
     return x.device.type == "cuda" and x.dtype in TRITON_DTYPES and spline_order in TRITON_SPLINE_ORDERS
+
+
+def autocast_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, weight) as the Triton kernels take them: cast to the autocast dtype where autocast is on for x's device
+    (the kernels compute the product in it, as autocast's own matmul would), else as they are."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return x.to(dtype), weight.to(dtype)
+    return x, weight

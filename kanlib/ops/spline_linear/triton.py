@@ -48,7 +48,7 @@ import triton.language as tl
 from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, IDENTITY_ID, RELU_ID, SILU_ID, TANH_ID
 from ...basis import cardinal_pieces
 from .reference import differentiable_backward
-from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS
+from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS, autocast_operands
 from ..triton_tuning import autotune, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
@@ -533,7 +533,8 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
 def planned_function(forward, grad_x, grad_weight, doc: str) -> type[torch.autograd.Function]:
     """An autograd Function over (x, weight, grid, spline_order, uniform, activation) whose forward and gradients
     are ``forward(x, weight, plan)``, ``grad_x(x, weight, grad_out, plan)`` and ``grad_weight(...)`` with a
-    :class:`LaunchPlan`; a create_graph backward goes through the plain formula."""
+    :class:`LaunchPlan` (the class's ``launchers``, in that order); a create_graph backward goes through the plain
+    formula."""
 
     class PlannedProduct(torch.autograd.Function):
         @staticmethod
@@ -560,6 +561,7 @@ def planned_function(forward, grad_x, grad_weight, doc: str) -> type[torch.autog
             return grad_x_out, grad_w, None, None, None, None
 
     PlannedProduct.__doc__ = doc
+    PlannedProduct.launchers = (forward, grad_x, grad_weight)
     return PlannedProduct
 
 
@@ -609,8 +611,6 @@ def spline_linear_triton(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tens
 
     Under torch.autocast, x and weight are cast to the autocast dtype first; the output has x's dtype.
     """
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
+    x, weight = autocast_operands(x, weight)
     check_inputs(x, weight, grid, spline_order, activation)
     return SplineLinearFunction.apply(x, weight, grid, spline_order, bool(uniform), activation)

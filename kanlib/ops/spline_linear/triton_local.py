@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .support import prefers_sparse, triton_sparse_slowdown
+from .support import KERNEL_FAMILIES, autocast_operands, prefers_sparse, triton_sparse_slowdown
 from ..triton_tuning import autotune
 from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs, input_chunk,
                      launch_forward, launch_grad_x, one_chunk_if_deterministic, planned_function, spline_basis,
@@ -58,8 +58,6 @@ from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_de
 
 __all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
            "uses_local_kernels"]
-
-KERNEL_FAMILIES = ("auto", "dense", "local")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -366,9 +364,7 @@ def spline_linear_triton_any(x: torch.Tensor, weight: torch.Tensor, grid: torch.
     """
     if kernels not in KERNEL_FAMILIES:
         raise ValueError(f"kernels must be one of {KERNEL_FAMILIES}, got {kernels!r}")
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
+    x, weight = autocast_operands(x, weight)
     check_inputs(x, weight, grid, spline_order, activation)
     local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order, x.dtype))
     function = LocalSplineLinearFunction if local else SplineLinearFunction
