@@ -173,6 +173,44 @@ def test_a_peer_missing_or_failing_is_a_skipped_row(monkeypatch):
                if name not in ("flashkan", "inkan"))
 
 
+def test_the_compiled_candidate_runs_the_layer_s_kernels_under_torch_compile(monkeypatch):
+    """bsplinekan_compiled is the same layer (same parameters) whose compiled graph calls the CPU kernels' operator."""
+    import kanlib.ops.spline_linear as spline_linear_module
+
+    calls = []
+    product = spline_linear_module.fused_layer_product
+    monkeypatch.setattr(spline_linear_module, "fused_layer_product", lambda *args: calls.append(1) or product(*args))
+    torch._dynamo.reset()
+    layer = random_bspline(5, 4, 7, 3, seed=3).float()
+    x = torch.rand(9, 5, requires_grad=True)
+    grad_out = torch.randn(9, 4)
+    candidates, _, skipped = layer_benchmark._peer_candidates(layer, x, grad_out)
+    assert "bsplinekan_compiled" not in skipped
+    compiled = next(candidate for candidate in candidates if candidate.name == "bsplinekan_compiled")
+    assert compiled.leaves == (x, *(p for p in layer.parameters() if p.requires_grad))
+    calls.clear()
+    got = torch.autograd.grad(compiled.forward(), compiled.leaves, grad_out)
+    assert calls, "the compiled layer did not run kanlib::spline_layer"
+    want = torch.autograd.grad(layer(x), compiled.leaves, grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_compile_that_fails_is_a_skipped_row(monkeypatch):
+    def failing_compile(module, **options):
+        def run(*args):
+            raise RuntimeError("inductor found no compiler\ndetails")
+        return run
+
+    monkeypatch.setattr(layer_benchmark.torch, "compile", failing_compile)
+    monkeypatch.setitem(sys.modules, "inkan", None)
+    monkeypatch.setitem(sys.modules, "flashkan", None)
+    rows = run_layer_benchmark("cpu", 4, 3, [2], repeat=1, warmup=0, skip_pykan=True)
+    by_name = {row["candidate"]: row for row in rows}
+    assert by_name["bsplinekan_compiled"]["skipped"] == "failed: RuntimeError: inductor found no compiler"
+    assert by_name["bsplinekan"]["skipped"] is None
+
+
 @pytest.fixture(scope="module")
 def tiny_rows():
     return run_layer_benchmark("cpu", TINY["batch"], TINY["width"], TINY["grids"], repeat=TINY["repeat"],

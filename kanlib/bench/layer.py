@@ -10,6 +10,9 @@ For each grid size G, with batch B, I = O = width and spline order k, the candid
 - ``bsplinekan``: ``kanlib.BSplineKAN(I, O, grid_size=G, spline_order=k)`` with ``backend="auto"``: the
   numba CPU kernels on the CPU (the local-support ones once G is large, see
   :func:`kanlib.ops.spline_linear.prefers_sparse`), the Triton kernels on CUDA.
+- ``bsplinekan_compiled``: the same layer under ``torch.compile`` (default mode, as the peers compile): its kernels
+  run as torch.library operators (:mod:`kanlib.ops.spline_linear.compiled`), the code around them compiled. The
+  compiler's caches are reset for each grid size (see :func:`_peer_candidates`).
 - ``unfused``: :class:`UnfusedKAN` (efficient-kan's layout) holding the same function as ``bsplinekan``;
   it keeps the [B, I, G+k] basis for backward.
 - ``flashkan``, ``inkan``: the B-spline layers of the PyPI packages flashkan 0.2.0 and inkan 0.5.2
@@ -50,6 +53,7 @@ Figures of each row (one row per grid size and candidate); times in ms:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -76,7 +80,7 @@ __all__ = [
     "target_report",
 ]
 
-CANDIDATES = ("dense", "mlp", "bsplinekan", "unfused", "flashkan", "inkan", "pykan")
+CANDIDATES = ("dense", "mlp", "bsplinekan", "bsplinekan_compiled", "unfused", "flashkan", "inkan", "pykan")
 PEER_BUILDERS = {"flashkan": flashkan_layer, "inkan": inkan_layer}
 PIP_PEERS = ("flashkan", "inkan", "pykan")  # the exact B-spline KAN layers a user can pip install
 TABLE_COLUMNS = (
@@ -127,9 +131,19 @@ def target_report(rows: Sequence[dict]) -> list[dict]:
 
 def _peer_candidates(bspline: BSplineKAN, x: torch.Tensor, grad_out: torch.Tensor
                      ) -> tuple[list[Candidate], dict[str, dict], dict[str, str]]:
-    """The pip-installable peers beside ``bspline``: their candidates, each one's row entries (built_as,
-    same_function) and the reason of each one left out (not installed, or its training step fails)."""
+    """The compiled layer and the pip-installable peers beside ``bspline``: their candidates, the peers' row entries
+    (built_as, same_function) and the reason of each one left out (not installed, or its training step fails, as
+    torch.compile does without a C++ compiler)."""
     candidates, entries, skipped = [], {}, {}
+    # Every configuration compiles afresh: torch.compile gives a function a few compiled versions (shapes, grid
+    # sizes), then runs it uncompiled, which would time the eager layer under this candidate's name.
+    torch._dynamo.reset()
+    compiled = module_candidate("bsplinekan_compiled", bspline, x, forward=functools.partial(torch.compile(bspline), x))
+    failure = training_step_failure(compiled, grad_out)
+    if failure is None:
+        candidates.append(compiled)
+    else:
+        skipped[compiled.name] = failure
     for name, build in PEER_BUILDERS.items():
         try:
             peer = build(bspline)
