@@ -174,14 +174,15 @@ def test_a_peer_missing_or_failing_is_a_skipped_row(monkeypatch):
 
 
 def test_the_compiled_candidate_runs_the_layer_s_kernels_under_torch_compile(monkeypatch):
-    """bsplinekan_compiled is the same layer (same parameters) whose compiled graph calls the CPU kernels' operator."""
+    """bsplinekan_compiled is the same layer (same parameters) whose compiled graph calls the CPU kernels' operator
+    (at G = 3 its dense path, :func:`kanlib.ops.spline_linear.fused_layer_product`)."""
     import kanlib.ops.spline_linear as spline_linear_module
 
     calls = []
     product = spline_linear_module.fused_layer_product
     monkeypatch.setattr(spline_linear_module, "fused_layer_product", lambda *args: calls.append(1) or product(*args))
     torch._dynamo.reset()
-    layer = random_bspline(5, 4, 7, 3, seed=3).float()
+    layer = random_bspline(5, 4, 3, 3, seed=3).float()
     x = torch.rand(9, 5, requires_grad=True)
     grad_out = torch.randn(9, 4)
     candidates, _, skipped = layer_benchmark._peer_candidates(layer, x, grad_out)

@@ -8,15 +8,16 @@ from conftest import inputs_around, random_grid
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from kanlib import KAN, BSplineKAN
-from kanlib.ops.spline_linear import compiled, spline_linear
+from kanlib.ops.spline_linear import GROUP_ROWS, compiled, spline_linear
 from kanlib.ops.spline_linear.reference import spline_linear_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYER_BACKENDS = ("auto", "cpu", "sparse", "triton") if DEVICE == "cpu" else ("auto", "triton")
 # the operator a compiled layer's graph holds: on the CPU the layer's own (the product from its parameters), the
 # Triton kernels' product of the assembled weight otherwise
-CPU_KERNELS_ONLY = pytest.mark.skipif(DEVICE != "cpu", reason="the numba operators: tested by the CPU run (on a GPU "
-                                                                "machine numba would compile them on every worker)")
+CPU_KERNELS_ONLY = pytest.mark.skipif(
+    DEVICE != "cpu", reason="the numba operators: tested by the CPU run (on a GPU machine numba would compile them on "
+                            "every worker)")
 OPERATORS = {"auto": "kanlib.spline_layer.default" if DEVICE == "cpu" else "kanlib.spline_product.default",
              "cpu": "kanlib.spline_layer.default", "sparse": "kanlib.spline_layer.default",
              "triton": "kanlib.spline_product.default"}
@@ -119,7 +120,8 @@ def test_the_layer_operator_gradients_pass_gradcheck_in_float64(sparse, uniform)
     x = inputs_around(layer.grid, 9, gen, outside=0.25).requires_grad_()
 
     def product(x, scale_base, scale_sp, coef):
-        return compiled.spline_layer(x, scale_base, scale_sp, layer.mask, coef, layer.grid, 3, "silu", sparse)
+        return compiled.spline_layer(x, scale_base, scale_sp, layer.mask, coef, layer.grid, 3, "silu", sparse, True,
+                                     True, GROUP_ROWS)[0]
 
     tensors = (x, layer.scale_base, layer.scale_sp, layer.coef)
     assert torch.autograd.gradcheck(product, tensors)
@@ -158,17 +160,65 @@ def test_torch_library_checks_the_operators(backend, kernels, dtype):
 
 
 @CPU_KERNELS_ONLY
+@pytest.mark.parametrize("keep_windows,with_slopes", [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_torch_library_checks_the_layer_operators(sparse):
+def test_torch_library_checks_the_layer_operators(sparse, keep_windows, with_slopes):
+    """Also the windows' shapes: the fake implementation's against the kernels' (blocks of fewer rows than there are,
+    by a small group_rows monkeypatched in)."""
     layer = BSplineKAN(3, 13, grid_size=4)  # 13 outputs: the dense path's plain (not transposed) product
     x = inputs_around(layer.grid, 7, torch.Generator().manual_seed(12), outside=0.25).requires_grad_()
     parameters = (layer.scale_base, layer.scale_sp, layer.mask, layer.coef, layer.grid)
-    torch.library.opcheck(torch.ops.kanlib.spline_layer.default, (x, *parameters, 3, "tanh", sparse))
+    arguments = (x, *parameters, 3, "tanh", sparse, keep_windows, with_slopes, GROUP_ROWS)
+    torch.library.opcheck(torch.ops.kanlib.spline_layer.default, arguments)
+    _, *windows = compiled.spline_layer(*arguments)
+    if sparse and keep_windows:
+        shapes = compiled.window_shapes(7, 3, 4 + 3, 3, with_slopes, GROUP_ROWS)
+        assert [tuple(w.shape) for w in windows] == list(shapes)
     grad_out = torch.randn(7, 13)
     for need_x, need_parameters in ((True, True), (True, False), (False, True)):
+        if need_x and sparse and keep_windows and not with_slopes:
+            continue  # the forward keeps no slopes when x takes no gradient
         torch.library.opcheck(torch.ops.kanlib.spline_layer_backward.default,
-                              (grad_out, x.detach(), *(t.detach() for t in parameters), 3, "tanh", sparse, need_x,
-                               need_parameters))
+                              (grad_out, x.detach(), *(t.detach() for t in parameters), *windows, 3, "tanh", sparse,
+                               need_x, need_parameters))
+
+
+@CPU_KERNELS_ONLY
+@pytest.mark.parametrize("x_needs_grad", [True, False])
+def test_a_compiled_sparse_layer_finds_its_windows_once_per_step(monkeypatch, x_needs_grad):
+    """The forward operator's windows (with slopes only when x takes a gradient) reach the backward operator."""
+    import kanlib.ops.spline_linear as spline_linear_module
+
+    calls = []
+    windows = spline_linear_module._sparse_windows
+    monkeypatch.setattr(spline_linear_module, "_sparse_windows",
+                        lambda args, n_slots, with_slopes: calls.append(with_slopes) or windows(args, n_slots,
+                                                                                                with_slopes))
+    layer = BSplineKAN(4, 5, grid_size=30, backend="sparse")
+    x = torch.randn(21, 4, requires_grad=x_needs_grad)
+    grad_out = torch.randn(21, 5)
+    leaves = (x, *layer.parameters()) if x_needs_grad else tuple(layer.parameters())
+    model = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    model(x)  # compiles (tracing runs no kernel)
+    calls.clear()
+    got = torch.autograd.grad(model(x), leaves, grad_out)
+    assert calls == [x_needs_grad]
+    for g, w in zip(got, torch.autograd.grad(layer(x), leaves, grad_out)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+@CPU_KERNELS_ONLY
+def test_the_window_shapes_follow_the_row_blocks(monkeypatch):
+    """Rows in several blocks, the last one short: the shapes the fake implementation gives are the kernels'."""
+    import kanlib.ops.spline_linear as spline_linear_module
+
+    monkeypatch.setattr(spline_linear_module, "GROUP_ROWS", 4)
+    layer = BSplineKAN(2, 3, grid_size=6)
+    x = torch.randn(11, 2, requires_grad=True)
+    _, *windows = compiled.spline_layer(x, layer.scale_base, layer.scale_sp, layer.mask, layer.coef, layer.grid, 3,
+                                        "silu", True, True, True, 4)
+    assert [tuple(w.shape) for w in windows] == list(compiled.window_shapes(11, 2, 6 + 3, 3, True, 4))
+    assert windows[2].shape == (3, 2, 4)
 
 
 def test_a_compiled_model_trains_as_the_eager_one_under_inductor():

@@ -703,7 +703,10 @@ def run_fused_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uni
     or nothing takes a gradient) its product is computed outside autograd, without the autograd function's own
     cost; under torch.compile, the ``kanlib::spline_layer`` operator (:mod:`.compiled`): [N, O]."""
     if compiling_with_kernels():
-        return spline_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse)
+        recording = torch.is_grad_enabled() and (x.requires_grad or scale_base.requires_grad
+                                                 or scale_sp.requires_grad or coef.requires_grad)
+        return spline_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse, recording,
+                            recording and x.requires_grad, GROUP_ROWS)[0]
     if torch.is_grad_enabled() and (x.requires_grad or scale_base.requires_grad or scale_sp.requires_grad
                                     or coef.requires_grad):
         return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
@@ -817,16 +820,28 @@ def _triton_function(grid: torch.Tensor, spline_order: int, dtype: torch.dtype, 
 
 
 @spline_layer.register_kernel(("cpu", "cuda"))
-def _layer_kernels(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse):
-    return fused_layer_product(x, scale_base, scale_sp, mask, coef, grid, spline_order, grid_is_uniform(grid),
-                               activation, sparse)
+def _layer_kernels(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse, keep_windows,
+                   with_slopes, group_rows):
+    if group_rows != GROUP_ROWS:
+        raise ValueError(f"kanlib::spline_layer: the kernels take blocks of GROUP_ROWS = {GROUP_ROWS} rows, "
+                         f"got group_rows={group_rows}")
+    uniform = grid_is_uniform(grid)
+    if not (sparse and keep_windows):
+        out = fused_layer_product(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse)
+        return out, *(x.new_empty(0, 0, 0, dtype=dtype) for dtype in (x.dtype, x.dtype, torch.int32, torch.int32))
+    out, windows = _sparse_forward(x, grid, spline_order, uniform, activation, coef.shape[2] + 1,
+                                   with_slopes=with_slopes, parameters=(scale_base, scale_sp, mask, coef))
+    return out, *(torch.from_numpy(array) for array in windows[:4])
 
 
 @spline_layer_backward.register_kernel(("cpu", "cuda"))
-def _layer_gradient_kernels(grad_out, x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse,
-                            need_x, need_parameters):
+def _layer_gradient_kernels(grad_out, x, scale_base, scale_sp, mask, coef, grid, values, slopes, order, offsets,
+                            spline_order, activation, sparse, need_x, need_parameters):
+    kept = {}
+    if sparse and order.numel() > 0:
+        kept["windows"] = _Windows(values.numpy(), slopes.numpy(), order.numpy(), offsets.numpy(), order.shape[2])
     grad_x, grad_parameters = fused_layer_gradients(x, scale_base, scale_sp, mask, coef, grid, spline_order,
                                                     grid_is_uniform(grid), activation, sparse, grad_out, need_x,
-                                                    need_parameters)
+                                                    need_parameters, **kept)
     return tuple(x.new_empty(0) if grad is None else grad.contiguous()
                  for grad in (grad_x, *(grad_parameters or (None, None, None))))

@@ -7,8 +7,9 @@ layer's parameters; :class:`kanlib.ops.spline_linear.FusedSplineLayer`'s kernels
 whose output shape its fake implementation gives, runs the kernels behind it as they are, and compiles what lies
 around it (on CUDA the layer's weight assembly, its bias, the next layer's activation). Each one's gradient is one
 more operator (``kanlib::spline_product_backward``, ``kanlib::spline_layer_backward``), computed as the eager path
-computes it; what the eager forward keeps for backward (the local-support windows, a small expansion) is rebuilt
-there. Under CUDA graphs (``mode="reduce-overhead"``) the operators are replayed with the graph, without Python.
+computes it from what the forward kept (the layer operator's local-support windows are outputs of its own; the
+dense path's weight and expansion are rebuilt). Under CUDA graphs (``mode="reduce-overhead"``) the operators are
+replayed with the graph, without Python.
 
 This module holds what the compiler reads (each operator's schema, its fake implementation, its autograd formula);
 the kernels that run are registered for the CPU and CUDA by :mod:`kanlib.ops.spline_linear`, which owns them.
@@ -26,7 +27,8 @@ from .reference import differentiable_backward, differentiable_layer_backward
 from .support import KERNEL_FAMILIES
 
 __all__ = ["spline_product", "spline_product_backward", "spline_layer", "spline_layer_backward",
-           "compiling_with_kernels", "grid_is_uniform", "check_operator_backend", "OPERATOR_BACKENDS"]
+           "compiling_with_kernels", "grid_is_uniform", "check_operator_backend", "window_shapes",
+           "OPERATOR_BACKENDS"]
 
 # "cpu" and "sparse": the numba kernels (dense, local support); "triton": the Triton kernels, of the family that
 # ``kernels`` names (one of KERNEL_FAMILIES, as in :func:`.triton_local.spline_linear_triton_any`)
@@ -119,43 +121,65 @@ spline_product.register_autograd(_product_backward, setup_context=_save_product_
 
 @torch.library.custom_op("kanlib::spline_layer", mutates_args=())
 def spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor,
-                 coef: torch.Tensor, grid: torch.Tensor, spline_order: int, activation: str,
-                 sparse: bool) -> torch.Tensor:
+                 coef: torch.Tensor, grid: torch.Tensor, spline_order: int, activation: str, sparse: bool,
+                 keep_windows: bool, with_slopes: bool, group_rows: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A B-spline layer's product [N, O] from x [N, I] and its parameters (scale_base, scale_sp, mask [I, O], coef
-    [I, O, G+k]) through the CPU kernels, dense or local-support."""
+    [I, O, G+k]) through the CPU kernels, dense or local-support; then, for the local-support backward when
+    ``keep_windows`` (else empty [0, 0, 0] tensors), the basis windows it found: values [I, k+2, N], slopes (the same
+    in x's derivative, when ``with_slopes``), order [B, I, R] and offsets [B, I, G+1] (int32) for blocks of
+    R = min(group_rows, N) rows (:class:`kanlib.ops.spline_linear._Windows`)."""
     _no_kernel("spline_layer", x.device)
 
 
+def window_shapes(n_rows, n_in: int, n_basis: int, spline_order: int, with_slopes: bool, group_rows: int):
+    """The shapes of :func:`spline_layer`'s windows (values, slopes, order, offsets) for N = n_rows rows (an int or
+    a symbolic size), G + k = n_basis bases."""
+    block_rows = torch.sym_max(1, torch.sym_min(group_rows, n_rows))
+    n_blocks = (n_rows + block_rows - 1) // block_rows
+    values = (n_in, spline_order + 2, n_rows)
+    return (values, values if with_slopes else (0, 0, 0), (n_blocks, n_in, block_rows),
+            (n_blocks, n_in, n_basis - spline_order + 1))
+
+
 @spline_layer.register_fake
-def _(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse):
-    return x.new_empty(x.shape[0], coef.shape[1])
+def _(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse, keep_windows, with_slopes,
+      group_rows):
+    out = x.new_empty(x.shape[0], coef.shape[1])
+    if not (sparse and keep_windows):
+        return out, *(x.new_empty(0, 0, 0, dtype=dtype) for dtype in (x.dtype, x.dtype, torch.int32, torch.int32))
+    shapes = window_shapes(x.shape[0], x.shape[1], coef.shape[2], spline_order, with_slopes, group_rows)
+    return out, *(x.new_empty(shape, dtype=dtype)
+                  for shape, dtype in zip(shapes, (x.dtype, x.dtype, torch.int32, torch.int32)))
 
 
 @torch.library.custom_op("kanlib::spline_layer_backward", mutates_args=())
 def spline_layer_backward(grad_out: torch.Tensor, x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor,
-                          mask: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                          mask: torch.Tensor, coef: torch.Tensor, grid: torch.Tensor, values: torch.Tensor,
+                          slopes: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor, spline_order: int,
                           activation: str, sparse: bool, need_x: bool, need_parameters: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_scale_base, grad_scale_sp, grad_coef) of :func:`spline_layer`; an empty [0] tensor for those not
-    needed (the three parameters' come together)."""
+    """(grad_x, grad_scale_base, grad_scale_sp, grad_coef) of :func:`spline_layer`, from the windows it kept (or,
+    where they are empty, found again); an empty [0] tensor for those not needed (the parameters' come together)."""
     _no_kernel("spline_layer_backward", x.device)
 
 
 @spline_layer_backward.register_fake
-def _(grad_out, x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse, need_x,
-      need_parameters):
+def _(grad_out, x, scale_base, scale_sp, mask, coef, grid, values, slopes, order, offsets, spline_order, activation,
+      sparse, need_x, need_parameters):
     return (torch.empty_like(x) if need_x else x.new_empty(0),
             *(torch.empty_like(t) if need_parameters else x.new_empty(0) for t in (scale_base, scale_sp, coef)))
 
 
 def _save_layer_inputs(ctx, inputs, output):
-    *tensors, spline_order, activation, sparse = inputs
-    ctx.save_for_backward(*tensors)
+    *tensors, spline_order, activation, sparse, _, _, _ = inputs
+    ctx.save_for_backward(*tensors, *output[1:])
+    ctx.mark_non_differentiable(*output[1:])
     ctx.config = (spline_order, activation, sparse)
 
 
-def _layer_backward(ctx, grad_out):
-    x, scale_base, scale_sp, mask, coef, grid = ctx.saved_tensors
+def _layer_backward(ctx, grad_out, *_):
+    x, scale_base, scale_sp, mask, coef, grid, *windows = ctx.saved_tensors
     spline_order, activation, sparse = ctx.config
     need_x, need_base, need_sp, _, need_coef = ctx.needs_input_grad[:5]
     if torch.is_grad_enabled():
@@ -164,10 +188,10 @@ def _layer_backward(ctx, grad_out):
             (need_x, need_base, need_sp, need_coef))
     else:
         grad_x, grad_base, grad_sp, grad_coef = spline_layer_backward(
-            grad_out, x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse, need_x,
+            grad_out, x, scale_base, scale_sp, mask, coef, grid, *windows, spline_order, activation, sparse, need_x,
             need_base or need_sp or need_coef)
     return (grad_x if need_x else None, grad_base if need_base else None, grad_sp if need_sp else None, None,
-            grad_coef if need_coef else None, None, None, None, None)
+            grad_coef if need_coef else None, *[None] * 7)
 
 
 spline_layer.register_autograd(_layer_backward, setup_context=_save_layer_inputs)
