@@ -72,8 +72,8 @@ transformers treescope triton typer typing-extensions typing-inspect urllib3 uvl
 wrapt xarray xxhash yarl zipp
 """.split())
 CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_spline_linear_triton_weight.py",
-              "tests/test_ops_spline_linear_compiled.py", "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py",
-              "tests/test_gpu.py")
+              "tests/test_ops_spline_linear_compiled.py", "tests/test_ops_edge_spline_linear_compiled.py",
+              "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py", "tests/test_gpu.py")
 CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
 # The local-support and edge-sparse kernels (their files' CPU tests left out: numba would compile on every worker).
 CUDA_SPARSE_TESTS = ("tests/test_ops_spline_linear_triton_local.py", "tests/test_ops_edge_spline_linear.py")

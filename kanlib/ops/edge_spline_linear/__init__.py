@@ -13,8 +13,8 @@ Backends (``backend``):
 - ``"triton"``: CUDA kernels (:mod:`.triton`) on the gathered live edges; on the CPU only under the Triton
   interpreter (tests).
 - ``"auto"``: triton for CUDA tensors it supports, cpu for CPU float32/float64 tensors (outside CPU autocast),
-  eager otherwise and under torch.func, torch.compile and torch.export (which cannot look into the kernels;
-  the explicit ``"cpu"`` and ``"triton"`` raise there).
+  eager otherwise and under torch.func and torch.export (which cannot look into the kernels; the explicit ``"cpu"``
+  and ``"triton"`` raise there). Under torch.compile the kernels run as torch.library operators (:mod:`.compiled`).
 
 With ``create_graph=True`` the fused backends' backward recomputes the gradients through the reference, so they
 can be differentiated again.
@@ -30,12 +30,15 @@ from ...activations import get_activation
 from ...basis import uniform_basis_matrix
 from ...checks import check_choice
 from ..spline_linear import CPU_KERNEL_DTYPES, grid_constants, numpy_of, under_transform
+from ..spline_linear.compiled import compiling_with_kernels, grid_is_uniform
+from ..spline_linear.support import autocast_operands
+from .compiled import check_operator_backend, edge_spline_product, edge_spline_product_backward
 from .reference import edge_spline_linear_reference
 from .support import (EDGE_BACKENDS, EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       edge_triton_supports, edge_weights, nan_where_dead_edges_meet_nonfinite)
 
 __all__ = ["edge_spline_linear", "EDGE_BACKENDS", "EDGE_TRITON_DTYPES", "EDGE_TRITON_SPLINE_ORDERS",
-           "CpuEdgeSplineLinear", "edge_triton_supports", "resolve_edge_backend"]
+           "CpuEdgeSplineLinear", "edge_triton_supports", "resolve_edge_backend", "cpu_forward", "cpu_gradients"]
 
 
 def resolve_edge_backend(backend: str, x: torch.Tensor, spline_order: int) -> str:
@@ -122,22 +125,30 @@ class CpuEdgeSplineLinear(torch.autograd.Function):
                                              (grid, edge_inputs, edge_outputs, n_out, spline_order, uniform,
                                               activation))
             return (*grads, *([None] * 8))
-        args = _CpuArgs(grid, spline_order, activation)
-        x_t, base_t, base_slope_t = args.transposed(x, with_slope=needs[0])
-        coef, scale_base, scale_sp = (t.detach() for t in (coef, scale_base, scale_sp))
-        weights = edge_weights(coef, scale_base, scale_sp).contiguous()
-        grad_out_t = grad_out.detach().t().contiguous()
-        grad_x_t = torch.empty_like(x_t)
-        grad_weights = torch.empty_like(weights)
-        args.kernels.backward_kernel(spline_order)(
-            x_t.numpy(), base_t.numpy(), base_slope_t.numpy(), *args.knots(uniform), weights.numpy(),
-            edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(), bool(needs[0]), grad_x_t.numpy(),
-            grad_weights.numpy())
-        grad_x = grad_x_t.t() if needs[0] else None
-        grad_coef = scale_sp.unsqueeze(-1) * grad_weights[:, 1:] if needs[1] else None
-        grad_scale_base = grad_weights[:, 0].clone() if needs[2] else None
-        grad_scale_sp = (grad_weights[:, 1:] * coef).sum(-1) if needs[3] else None
-        return (grad_x, grad_coef, grad_scale_base, grad_scale_sp, *([None] * 8))
+        return (*cpu_gradients(x, coef, scale_base, scale_sp, grid, edge_outputs, input_offsets, spline_order, uniform,
+                               activation, grad_out, needs), *([None] * 8))
+
+
+def cpu_gradients(x, coef, scale_base, scale_sp, grid, edge_outputs, input_offsets, spline_order, uniform, activation,
+                  grad_out, needs) -> tuple:
+    """(grad_x, grad_coef, grad_scale_base, grad_scale_sp), None where ``needs`` (four bools) says no, by the numba
+    backward kernel."""
+    args = _CpuArgs(grid, spline_order, activation)
+    x_t, base_t, base_slope_t = args.transposed(x, with_slope=needs[0])
+    coef, scale_base, scale_sp = (t.detach() for t in (coef, scale_base, scale_sp))
+    weights = edge_weights(coef, scale_base, scale_sp).contiguous()
+    grad_out_t = grad_out.detach().t().contiguous()
+    grad_x_t = torch.empty_like(x_t)
+    grad_weights = torch.empty_like(weights)
+    args.kernels.backward_kernel(spline_order)(
+        x_t.numpy(), base_t.numpy(), base_slope_t.numpy(), *args.knots(uniform), weights.numpy(),
+        edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(), bool(needs[0]), grad_x_t.numpy(),
+        grad_weights.numpy())
+    grad_x = grad_x_t.t() if needs[0] else None
+    grad_coef = scale_sp.unsqueeze(-1) * grad_weights[:, 1:] if needs[1] else None
+    grad_scale_base = grad_weights[:, 0].clone() if needs[2] else None
+    grad_scale_sp = (grad_weights[:, 1:] * coef).sum(-1) if needs[3] else None
+    return grad_x, grad_coef, grad_scale_base, grad_scale_sp
 
 
 def check_arguments(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
@@ -179,16 +190,22 @@ def edge_spline_linear(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.Te
     """
     check_choice("backend", backend, EDGE_BACKENDS)
     check_arguments(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, spline_order)
+    compiled = False
     if under_transform(x, coef, scale_base, scale_sp, grid):
-        if backend not in ("auto", "eager"):
-            raise RuntimeError(f"backend={backend!r} runs fused kernels, which torch.func, torch.compile and "
-                               f"torch.export cannot look into; use backend='auto' or 'eager' (plain PyTorch there)")
-        backend = "eager"
+        compiled = compiling_with_kernels()
+        if not compiled and backend not in ("auto", "eager"):
+            raise RuntimeError(f"backend={backend!r} runs fused kernels, which torch.func and torch.export cannot "
+                               f"look into; use backend='auto' or 'eager' (plain PyTorch there)")
+        backend = backend if compiled else "eager"
     backend = resolve_edge_backend(backend, x, spline_order)
     if backend == "eager":
         return edge_spline_linear_reference(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out,
                                             spline_order, uniform, activation)
     if backend == "triton":
+        if compiled:
+            x, coef, scale_base, scale_sp = autocast_operands(x, coef, scale_base, scale_sp)
+            return edge_spline_product(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
+                                       n_out, spline_order, activation, "triton")
         from .triton import edge_spline_linear_triton
 
         return edge_spline_linear_triton(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs,
@@ -201,9 +218,46 @@ def edge_spline_linear(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.Te
     if not all(t.is_cpu and t.dtype == x.dtype for t in tensors.values()) or x.dtype not in CPU_KERNEL_DTYPES:
         got = ", ".join(f"{name} {t.dtype} on {t.device}" for name, t in tensors.items())
         raise ValueError(f"backend='cpu' runs on CPU tensors of one dtype, float32 or float64; got {got}")
+    if compiled:
+        return edge_spline_product(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out,
+                                   spline_order, activation, "cpu")
     inputs = (x.contiguous(), coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out,
               spline_order, bool(uniform), activation)
     if torch.is_grad_enabled() and (x.requires_grad or coef.requires_grad or scale_base.requires_grad
                                     or scale_sp.requires_grad):
         return CpuEdgeSplineLinear.apply(*inputs)
     return cpu_forward(*inputs)  # no graph to record: the autograd function's own cost is left out
+
+
+# The kernels behind :mod:`.compiled`'s operators (the same on both devices: the backend argument picks them).
+@edge_spline_product.register_kernel(("cpu", "cuda"))
+def _product_kernels(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out,
+                     spline_order, activation, backend):
+    check_operator_backend(backend)
+    if backend == "triton":
+        from .triton import triton_forward, triton_operands
+
+        x, coef, scale_base, scale_sp = triton_operands(x, coef, scale_base, scale_sp, grid, edge_inputs,
+                                                        spline_order, activation)
+        return triton_forward(x, coef, scale_base, scale_sp, grid, edge_inputs.contiguous(),
+                              edge_outputs.contiguous(), n_out, spline_order, activation)
+    return cpu_forward(x.contiguous(), coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
+                       n_out, spline_order, grid_is_uniform(grid), activation)
+
+
+@edge_spline_product_backward.register_kernel(("cpu", "cuda"))
+def _gradient_kernels(grad_out, x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out,
+                      spline_order, activation, backend, need_x, need_coef, need_scale_base, need_scale_sp):
+    check_operator_backend(backend)
+    needs = (need_x, need_coef, need_scale_base, need_scale_sp)
+    if backend == "triton":
+        from .triton import triton_gradients
+
+        grads = triton_gradients(x, coef.contiguous(), scale_base.contiguous(), scale_sp.contiguous(), grid,
+                                 edge_inputs.contiguous(), edge_outputs.contiguous(), n_out, spline_order, activation,
+                                 grad_out, needs)
+    else:
+        grads = cpu_gradients(x.contiguous(), coef, scale_base, scale_sp, grid, edge_outputs, input_offsets,
+                              spline_order, grid_is_uniform(grid), activation, grad_out, needs)
+    return tuple(t.new_empty(0) if grad is None else grad.contiguous()
+                 for t, grad in zip((x, coef, scale_base, scale_sp), grads))

@@ -27,10 +27,12 @@ import triton.language as tl
 from ...activations import get_activation
 from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, activation, activation_derivative, check_devices,
                                    knot_basis)
+from ..spline_linear.support import autocast_operands
 from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       nan_where_dead_edges_meet_nonfinite)
 
-__all__ = ["edge_spline_linear_triton", "TritonEdgeSplineLinear", "BLOCK_ROWS", "BLOCK_EDGES"]
+__all__ = ["edge_spline_linear_triton", "TritonEdgeSplineLinear", "BLOCK_ROWS", "BLOCK_EDGES", "triton_forward",
+           "triton_gradients", "triton_operands"]
 
 BLOCK_ROWS = 16 if INTERPRET else 64
 BLOCK_EDGES = 16 if INTERPRET else 64
@@ -126,6 +128,45 @@ def _launch_grid(n_rows: int, n_edges: int):
     return triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(n_edges, BLOCK_EDGES)
 
 
+def triton_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out: int, spline_order: int,
+                   activation_name: str) -> torch.Tensor:
+    """y [N, n_out] in x's dtype by the forward kernel (arguments as :func:`edge_spline_linear_triton` passes them)."""
+    grid32 = grid.detach().float().contiguous()
+    out = torch.zeros(x.shape[0], n_out, device=x.device, dtype=torch.float32)
+    n_rows, n_edges = x.shape[0], edge_inputs.shape[0]
+    if n_rows and n_edges:
+        with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+            _forward_kernel[_launch_grid(n_rows, n_edges)](
+                x, coef, scale_base, scale_sp, grid32, edge_inputs, edge_outputs, out,
+                n_rows, n_edges, n_out, grid.shape[1], coef.shape[1], *x.stride(),
+                K=spline_order, ACT=ACTIVATION_IDS[activation_name], BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
+    base = get_activation(activation_name).function(x.detach().float())
+    return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs).to(x.dtype)
+
+
+def triton_gradients(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out: int, spline_order: int,
+                     activation_name: str, grad_out, needs) -> tuple:
+    """(grad_x, grad_coef, grad_scale_base, grad_scale_sp), None where ``needs`` (four bools) says no, by the
+    backward kernel."""
+    grad_out = grad_out.contiguous()
+    float32 = {"device": x.device, "dtype": torch.float32}
+    grad_x = torch.zeros(x.shape, **float32)
+    grad_coef = torch.zeros(coef.shape, **float32)
+    grad_base, grad_sp = torch.zeros(scale_base.shape, **float32), torch.zeros(scale_sp.shape, **float32)
+    n_rows, n_edges = x.shape[0], edge_inputs.shape[0]
+    if n_rows and n_edges:
+        with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+            _backward_kernel[_launch_grid(n_rows, n_edges)](
+                x, coef, scale_base, scale_sp, grid.detach().float().contiguous(), edge_inputs, edge_outputs,
+                grad_out, grad_x, grad_coef, grad_base, grad_sp,
+                n_rows, n_edges, x.shape[1], n_out, grid.shape[1], coef.shape[1], *x.stride(), *grad_out.stride(),
+                K=spline_order, ACT=ACTIVATION_IDS[activation_name], NEED_X=bool(needs[0]),
+                BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
+    grads = (grad_x.to(x.dtype), grad_coef.to(coef.dtype), grad_base.to(scale_base.dtype),
+             grad_sp.to(scale_sp.dtype))
+    return tuple(grad if need else None for grad, need in zip(grads, needs))
+
+
 class TritonEdgeSplineLinear(torch.autograd.Function):
     """The Triton product with gradients for x, coef, scale_base and scale_sp."""
 
@@ -134,17 +175,8 @@ class TritonEdgeSplineLinear(torch.autograd.Function):
                 activation_name):
         ctx.save_for_backward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs)
         ctx.config = (n_out, spline_order, activation_name)
-        grid32 = grid.detach().float().contiguous()
-        out = torch.zeros(x.shape[0], n_out, device=x.device, dtype=torch.float32)
-        n_rows, n_edges = x.shape[0], edge_inputs.shape[0]
-        if n_rows and n_edges:
-            with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
-                _forward_kernel[_launch_grid(n_rows, n_edges)](
-                    x, coef, scale_base, scale_sp, grid32, edge_inputs, edge_outputs, out,
-                    n_rows, n_edges, n_out, grid.shape[1], coef.shape[1], *x.stride(),
-                    K=spline_order, ACT=ACTIVATION_IDS[activation_name], BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
-        base = get_activation(activation_name).function(x.detach().float())
-        return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs).to(x.dtype)
+        return triton_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out, spline_order,
+                              activation_name)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -156,44 +188,35 @@ class TritonEdgeSplineLinear(torch.autograd.Function):
                                              (grid, edge_inputs, edge_outputs, n_out, spline_order, False,
                                               activation_name))
             return (*grads, *([None] * 6))
-        grad_out = grad_out.contiguous()
-        float32 = {"device": x.device, "dtype": torch.float32}
-        grad_x = torch.zeros(x.shape, **float32)
-        grad_coef = torch.zeros(coef.shape, **float32)
-        grad_base, grad_sp = torch.zeros(scale_base.shape, **float32), torch.zeros(scale_sp.shape, **float32)
-        n_rows, n_edges = x.shape[0], edge_inputs.shape[0]
-        if n_rows and n_edges:
-            with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
-                _backward_kernel[_launch_grid(n_rows, n_edges)](
-                    x, coef, scale_base, scale_sp, grid.detach().float().contiguous(), edge_inputs, edge_outputs,
-                    grad_out, grad_x, grad_coef, grad_base, grad_sp,
-                    n_rows, n_edges, x.shape[1], n_out, grid.shape[1], coef.shape[1], *x.stride(), *grad_out.stride(),
-                    K=spline_order, ACT=ACTIVATION_IDS[activation_name], NEED_X=bool(needs[0]),
-                    BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
-        grads = (grad_x.to(x.dtype), grad_coef.to(coef.dtype), grad_base.to(scale_base.dtype),
-                 grad_sp.to(scale_sp.dtype))
-        return (*(grad if need else None for grad, need in zip(grads, needs)), *([None] * 6))
+        return (*triton_gradients(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out, spline_order,
+                                  activation_name, grad_out, needs), *([None] * 6))
 
 
-def edge_spline_linear_triton(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
-                              n_out: int, spline_order: int, uniform: bool, activation_name: str = "silu"):
-    """x [N, I] -> [N, n_out] on the live edges (layout: :mod:`kanlib.ops.edge_spline_linear`); ``uniform`` and
-    ``input_offsets`` are not needed here (spans are found by counting knots, edges are taken in any order)."""
+def triton_operands(x, coef, scale_base, scale_sp, grid, edge_inputs, spline_order: int,
+                    activation_name: str) -> tuple:
+    """(x, coef, scale_base, scale_sp) as the kernels take them (in the autocast dtype under autocast, the
+    parameters contiguous), once the arguments are checked; raises with what was expected and what came."""
     if isinstance(spline_order, bool) or spline_order not in EDGE_TRITON_SPLINE_ORDERS:
         raise ValueError(f"the triton backend supports spline_order {EDGE_TRITON_SPLINE_ORDERS[0]} to "
                          f"{EDGE_TRITON_SPLINE_ORDERS[-1]}, got {spline_order!r}")
     if activation_name not in ACTIVATION_IDS:
         raise ValueError(f"the triton backend supports base activations {sorted(ACTIVATION_IDS)}, "
                          f"got {activation_name!r}")
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, coef, scale_base, scale_sp = (t.to(dtype) for t in (x, coef, scale_base, scale_sp))
+    x, coef, scale_base, scale_sp = autocast_operands(x, coef, scale_base, scale_sp)
     check_devices("the triton backend", {"x": x.device, "coef": coef.device, "grid": grid.device,
                                          "edge_inputs": edge_inputs.device})
     if x.dtype not in EDGE_TRITON_DTYPES or any(t.dtype != x.dtype for t in (coef, scale_base, scale_sp)):
         raise TypeError(f"the triton backend needs x, coef, scale_base and scale_sp of one dtype in "
                         f"{[str(d) for d in EDGE_TRITON_DTYPES]}, got {x.dtype}, {coef.dtype}, "
                         f"{scale_base.dtype}, {scale_sp.dtype}")
-    coef, scale_base, scale_sp = (t.contiguous() for t in (coef, scale_base, scale_sp))
+    return (x, *(t.contiguous() for t in (coef, scale_base, scale_sp)))
+
+
+def edge_spline_linear_triton(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets,
+                              n_out: int, spline_order: int, uniform: bool, activation_name: str = "silu"):
+    """x [N, I] -> [N, n_out] on the live edges (layout: :mod:`kanlib.ops.edge_spline_linear`); ``uniform`` and
+    ``input_offsets`` are not needed here (spans are found by counting knots, edges are taken in any order)."""
+    x, coef, scale_base, scale_sp = triton_operands(x, coef, scale_base, scale_sp, grid, edge_inputs, spline_order,
+                                                    activation_name)
     return TritonEdgeSplineLinear.apply(x, coef, scale_base, scale_sp, grid, edge_inputs.contiguous(),
                                         edge_outputs.contiguous(), n_out, spline_order, activation_name)

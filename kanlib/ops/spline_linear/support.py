@@ -50,10 +50,11 @@ def triton_supports(x: torch.Tensor, spline_order: int) -> bool:
     return x.device.type == "cuda" and x.dtype in TRITON_DTYPES and spline_order in TRITON_SPLINE_ORDERS
 
 
-def autocast_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, weight) as the Triton kernels take them: cast to the autocast dtype where autocast is on for x's device
-    (the kernels compute the product in it, as autocast's own matmul would), else as they are."""
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return x.to(dtype), weight.to(dtype)
-    return x, weight
+def autocast_operands(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors (x first) as the Triton kernels take them: cast to the autocast dtype where autocast is on for x's
+    device (the kernels compute the product in it, as autocast's own matmul would), else as they are."""
+    device = tensors[0].device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return tuple(t.to(dtype) for t in tensors)
+    return tensors
