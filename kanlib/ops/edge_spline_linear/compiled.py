@@ -2,11 +2,11 @@
 
 Under ``torch.compile`` (not ``torch.export``, ``torch.func`` or tracing: see
 :func:`kanlib.ops.spline_linear.compiled.compiling_with_kernels`),
-:func:`kanlib.ops.edge_spline_linear.edge_spline_linear` calls ``torch.ops.kanlib.edge_spline_product`` on the live edges (layout: :mod:`kanlib.ops.edge_spline_linear`); its
-gradient is ``kanlib::edge_spline_product_backward``. As for the dense layer's operators
-(:mod:`kanlib.ops.spline_linear.compiled`), this module holds what the compiler reads and
-:mod:`kanlib.ops.edge_spline_linear` registers the kernels (numba's, or Triton's for ``backend="triton"``); they read
-the grid's uniformity when they run.
+:func:`kanlib.ops.edge_spline_linear.edge_spline_linear` calls ``torch.ops.kanlib.edge_spline_product`` on the
+live edges (layout: :mod:`kanlib.ops.edge_spline_linear`); its gradient is
+``kanlib::edge_spline_product_backward``. As for the dense layer's operators (:mod:`kanlib.ops.spline_linear.compiled`),
+this module holds what the compiler reads and :mod:`kanlib.ops.edge_spline_linear` registers the kernels (numba's,
+or Triton's for ``backend="triton"``); they read the grid's uniformity when they run.
 """
 from __future__ import annotations
 
