@@ -110,6 +110,35 @@ def test_a_compiled_pruned_model_trains_as_the_eager_one():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(not hasattr(torch.Tag, "cudagraph_unsafe"), reason="this torch has no cudagraph_unsafe tag")
+def test_the_forward_operator_is_kept_out_of_cuda_graphs():
+    """Its non-finite check reads from the device, which a CUDA graph cannot record."""
+    assert torch.Tag.cudagraph_unsafe in torch.ops.kanlib.edge_spline_product.default.tags
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_under_cuda_graphs_a_compiled_pruned_model_trains_as_the_eager_one():
+    """mode="reduce-overhead": the graphs are recorded around the edge-sparse operator, whose results they keep."""
+    models = [KAN([8, 16, 4], grid_size=10, seed=13) for _ in range(2)]
+    for model in models:
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.mask.copy_((torch.rand(layer.mask.shape, generator=torch.Generator().manual_seed(14)) >= 0.7)
+                                 .float())
+    models = [model.to_sparse().cuda() for model in models]
+    runs = [models[0], torch.compile(models[1], mode="reduce-overhead")]
+    optimizers = [torch.optim.SGD(model.parameters(), lr=1e-2) for model in models]
+    gen = torch.Generator(device="cuda").manual_seed(15)
+    for _ in range(5):
+        x = torch.randn(129, 8, device="cuda", generator=gen)
+        for run, optimizer in zip(runs, optimizers):
+            optimizer.zero_grad()
+            run(x).square().mean().backward()
+            optimizer.step()
+    for got, want in zip(models[1].parameters(), models[0].parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_the_eager_backend_and_torch_export_keep_the_plain_formula():
     layer = pruned_layer(10, backend="eager").cpu()
     counter = CompileCounterWithBackend("aot_eager")

@@ -30,7 +30,13 @@ def _no_kernel(name: str, device: torch.device):
     raise NotImplementedError(f"kanlib::{name} runs on the CPU and CUDA, got tensors on {device}")
 
 
-@torch.library.custom_op("kanlib::edge_spline_product", mutates_args=())
+# The forward reads back from the device whether any base activation is non-finite (the dense masked layer's NaN
+# rows, see :func:`.support.nan_where_dead_edges_meet_nonfinite`): CUDA graphs cannot record that, so the operator
+# says so, and torch.compile's CUDA graphs leave it out.
+_NOT_IN_CUDA_GRAPHS = tuple(getattr(torch.Tag, name) for name in ("cudagraph_unsafe",) if hasattr(torch.Tag, name))
+
+
+@torch.library.custom_op("kanlib::edge_spline_product", mutates_args=(), tags=_NOT_IN_CUDA_GRAPHS)
 def edge_spline_product(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tensor,
                         grid: torch.Tensor, edge_inputs: torch.Tensor, edge_outputs: torch.Tensor,
                         input_offsets: torch.Tensor, n_out: int, spline_order: int, activation: str,
