@@ -8,7 +8,8 @@ time budget, and the tools around it.
 - :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests (the local-support and edge-sparse
   kernels' next), then ``bench layer`` (its grid sweep in one process), ``profile`` (where the layer's time goes,
   at G = 5 and 50), ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench
-  families`` with ``--device cuda``, the basis families' Triton tests and ``bench quant``, each step under its own
+  families`` with ``--device cuda``, the basis families' Triton tests, the layers under ``torch.compile`` and ``bench
+  quant``, each step under its own
   timeout inside one deadline (the figures a GPU has not yet given first), a failing step recorded without stopping
   the next; it packs the new results and the log into a few files and prints the targets. ``rehearse=True`` runs
   the same steps on the CPU with tiny sizes (the kernels under Triton's interpreter), which is how the tests check
@@ -72,8 +73,9 @@ transformers treescope triton typer typing-extensions typing-inspect urllib3 uvl
 wrapt xarray xxhash yarl zipp
 """.split())
 CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_spline_linear_triton_weight.py",
-              "tests/test_ops_spline_linear_compiled.py", "tests/test_ops_edge_spline_linear_compiled.py",
               "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py", "tests/test_gpu.py")
+# The layers under torch.compile (its operators, autocast, CUDA graphs): after the figures, as their compiles are slow.
+CUDA_COMPILE_TESTS = ("tests/test_ops_spline_linear_compiled.py", "tests/test_ops_edge_spline_linear_compiled.py")
 CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
 # The local-support and edge-sparse kernels (their files' CPU tests left out: numba would compile on every worker).
 CUDA_SPARSE_TESTS = ("tests/test_ops_spline_linear_triton_local.py", "tests/test_ops_edge_spline_linear.py")
@@ -167,6 +169,7 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         tests = (*pytest, "-k", "empty_batch or nan_rows or bf16", *CUDA_TESTS)
         sparse_tests = (*pytest, "-k", "triton and nan_rows", *CUDA_SPARSE_TESTS)
         basis_tests = (*pytest, "-k", "nan_in_a_row", *CUDA_BASIS_TESTS)
+        compile_tests = (*pytest, "-k", "bad_operator", *CUDA_COMPILE_TESTS)
         small = ("--repeat", "2", "--warmup", "1")
         kernel = ("--batch", "7", "--width", "8", "--dtype", "float32", "--skip-pykan", *small)
         kernel_grids = layer_grids = (3,)
@@ -183,6 +186,7 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         tests = (*pytest, *workers, *CUDA_TESTS)
         sparse_tests = (*pytest, *workers, "-k", "triton", *CUDA_SPARSE_TESTS)
         basis_tests = (*pytest, *workers, *CUDA_BASIS_TESTS)
+        compile_tests = (*pytest, *workers, *CUDA_COMPILE_TESTS)
         kernel = ("--batch", "4096", "--width", "1024", "--dtype", "bfloat16", "float32")  # the GPU targets' sizes
         kernel_grids = (5, 50)
         layer = ("--batch", "1024", "--width", "256", "--skip-pykan")  # the CPU targets' sizes, for the same table
@@ -213,6 +217,7 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
         Step("bench families", (*bench, "families", "--device", device, *families, *out), 45),
         # after the figures, so that compiling the many specializations of these kernels cannot starve them
         Step("cuda tests (basis families)", basis_tests, 70, tuning),
+        Step("cuda tests (torch.compile)", compile_tests, 60, tuning),
         # its many quantized variants would each tune the table kernel over every tile configuration (it ran past
         # 90 s so on an H200): one per kernel, as its result records
         Step("bench quant", (*bench, "quant", "--device", device, *quant, *out), 90, tuning),
