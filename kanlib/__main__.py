@@ -563,6 +563,9 @@ def _add_profile_command(commands: argparse._SubParsersAction) -> None:
                          help="auto: cuda if available, else cpu (default: auto)")
     profile.add_argument("--calls", type=_int_at_least(1), default=20, help="calls timed and profiled (default: 20)")
     profile.add_argument("--rows", type=_int_at_least(1), default=25, help="rows of each table (default: 25)")
+    profile.add_argument("--compile", choices=("none", "default", "reduce-overhead"), default="none",
+                         help="run the layer under torch.compile in this mode (reduce-overhead: CUDA graphs on a "
+                              "GPU); none: as it is (default: none)")
     profile.set_defaults(handler=_profile, command_parser=profile)
 
 
@@ -577,7 +580,7 @@ def _profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as error:
         parser.error(str(error))
     result = profile_layer(device, args.batch, args.width, grids[0], args.order, DTYPES[args.dtype],
-                           calls=args.calls, rows=args.rows)
+                           calls=args.calls, rows=args.rows, compile_mode=args.compile)
     print(result.format())
     return 0
 

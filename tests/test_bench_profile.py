@@ -27,6 +27,16 @@ def test_the_profile_times_the_calls_and_names_the_layers_operators():
     assert "device tasks" not in text
 
 
+def test_the_profile_runs_the_compiled_layer_through_its_operators():
+    result = profile_layer("cpu", batch=24, width=6, grid_size=4, calls=2, warmup=1, rows=1000,
+                           compile_mode="reduce-overhead")
+    assert result.sizes == "batch 24, width 6, G = 4, k = 3, float32, torch.compile(mode='reduce-overhead')"
+    table = result.tables["operators by self host time"]
+    assert "kanlib::spline_layer" in table and "kanlib::spline_layer_backward" in table
+    assert "FusedSplineLayer" not in table
+    assert 0 < result.step_host_ms <= result.step_wall_ms
+
+
 def test_device_tasks_count_the_devices_events_per_call():
     averages = [SimpleNamespace(count=6, device_type=DeviceType.CUDA),
                 SimpleNamespace(count=40, device_type=DeviceType.CPU),
@@ -37,6 +47,7 @@ def test_device_tasks_count_the_devices_events_per_call():
 @pytest.mark.parametrize("args,words", [
     (["--grid", "5", "50"], "--grid: expected one grid size, got [5, 50]"),
     (["--calls", "0"], "--calls"),
+    (["--compile", "max"], "--compile: invalid choice: 'max'"),
 ])
 def test_bad_profile_options_are_named(args, words):
     done = subprocess.run([sys.executable, "-m", "kanlib", "profile", *args], cwd=PROJECT_ROOT, capture_output=True,
@@ -47,3 +58,6 @@ def test_bad_profile_options_are_named(args, words):
 def test_bad_sizes_are_named():
     with pytest.raises(ValueError, match="calls"):
         profile_layer("cpu", calls=0)
+    with pytest.raises(ValueError, match=r"compile_mode must be one of \('none', 'default', 'reduce-overhead'\), "
+                                         r"got 'max'"):
+        profile_layer("cpu", compile_mode="max")

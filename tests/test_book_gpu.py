@@ -20,7 +20,7 @@ def test_the_rehearsal_runs_every_step_end_to_end(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [step["status"] for step in summary["steps"]] == ["passed"] * 11, summary["steps"]
+    assert [step["status"] for step in summary["steps"]] == ["passed"] * 12, summary["steps"]
     assert sorted(path.name for path in out.iterdir()) == ["log.txt", "results.tar.gz", "summary.json"]
     with tarfile.open(out / "results.tar.gz") as archive:
         names = archive.getnames()

@@ -13,11 +13,11 @@ import time
 import torch
 from torch.autograd import DeviceType
 
-from ..checks import check_int, resolve_device
+from ..checks import check_choice, check_int, resolve_device
 from ..layers import BSplineKAN
 from .candidates import INPUT_RANGE, uniform_inputs
 
-__all__ = ["LayerProfile", "profile_layer"]
+__all__ = ["LayerProfile", "profile_layer", "COMPILE_MODES"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +73,21 @@ def _device_sort_key(averages) -> str:
     return "self_device_time_total" if hasattr(first, "self_device_time_total") else "self_cuda_time_total"
 
 
+# how the layer runs: as it is, or under torch.compile in one of its modes ("reduce-overhead": CUDA graphs on a GPU)
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+
+
 def profile_layer(device: str | torch.device = "cpu", batch: int = 1024, width: int = 256, grid_size: int = 5,
                   spline_order: int = 3, dtype: torch.dtype = torch.float32, calls: int = 20, warmup: int = 5,
-                  seed: int = 0, rows: int = 25) -> LayerProfile:
-    """Profile ``BSplineKAN(width, width, grid_size, spline_order)`` (backend "auto") on x [batch, width]."""
+                  seed: int = 0, rows: int = 25, compile_mode: str = "none") -> LayerProfile:
+    """Profile ``BSplineKAN(width, width, grid_size, spline_order)`` (backend "auto") on x [batch, width], as it is
+    or under ``torch.compile(mode=compile_mode)`` (one of COMPILE_MODES; each call then marks a new step for CUDA
+    graphs, as a training loop's iterations are)."""
     for name, value in (("batch", batch), ("width", width), ("grid_size", grid_size), ("calls", calls),
                         ("rows", rows)):
         check_int(name, value, 1)
     check_int("warmup", warmup, 0)
+    check_choice("compile_mode", compile_mode, COMPILE_MODES)
     device = resolve_device(device)
     torch.manual_seed(seed)
     layer = BSplineKAN(width, width, grid_size=grid_size, spline_order=spline_order).to(device, dtype)
@@ -89,12 +96,15 @@ def profile_layer(device: str | torch.device = "cpu", batch: int = 1024, width: 
     x = uniform_inputs((batch, width), low, high, generator, device, dtype).requires_grad_()
     grad_out = torch.randn(batch, width, generator=generator, device=device).to(dtype)
     wrt = [x, *(p for p in layer.parameters() if p.requires_grad)]
+    run = layer if compile_mode == "none" else torch.compile(layer, mode=compile_mode)
 
     def forward():
-        return layer(x)
+        if compile_mode != "none":
+            torch.compiler.cudagraph_mark_step_begin()
+        return run(x)
 
     def step():
-        return torch.autograd.grad(layer(x), wrt, grad_out)
+        return torch.autograd.grad(forward(), wrt, grad_out)
 
     for _ in range(warmup):
         step()
@@ -108,7 +118,7 @@ def profile_layer(device: str | torch.device = "cpu", batch: int = 1024, width: 
     with torch.profiler.profile(activities=activities) as profiler:
         for _ in range(calls):
             with torch.profiler.record_function("kanlib.forward"):
-                out = layer(x)
+                out = forward()
             with torch.profiler.record_function("kanlib.backward"):
                 torch.autograd.grad(out, wrt, grad_out)
         _synchronize(device)
@@ -119,6 +129,8 @@ def profile_layer(device: str | torch.device = "cpu", batch: int = 1024, width: 
         tables["operators by self device time"] = averages.table(sort_by=_device_sort_key(averages), row_limit=rows)
         device_tasks = device_tasks_per_call(averages, calls)
     sizes = f"batch {batch}, width {width}, G = {grid_size}, k = {spline_order}, {str(dtype).removeprefix('torch.')}"
+    if compile_mode != "none":
+        sizes += f", torch.compile(mode={compile_mode!r})"
     return LayerProfile(str(device), sizes, calls, forward_host, forward_wall, step_host, step_wall, tables,
                         device_tasks)
 

@@ -7,7 +7,7 @@ time budget, and the tools around it.
   machine receives.
 - :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests (the local-support and edge-sparse
   kernels' next), then ``bench layer`` (its grid sweep in one process), ``profile`` (where the layer's time goes,
-  at G = 5 and 50), ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench
+  at G = 5 and 50, and at G = 5 under torch.compile's CUDA graphs), ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench
   families`` with ``--device cuda``, the basis families' Triton tests, the layers under ``torch.compile`` and ``bench
   quant``, each step under its own
   timeout inside one deadline (the figures a GPU has not yet given first), a failing step recorded without stopping
@@ -208,6 +208,10 @@ def reference_steps(rehearse: bool, results_dir: pathlib.Path) -> list[Step]:
              (*bench, "layer", "--device", device, *layer, "--grid", *grids, *out), 110),
         *(Step(f"profile layer (G = {grid})", ("kanlib", "profile", "--device", device, *profile, "--grid", str(grid)),
                40) for grid in profile_grids),
+        # the same step in CUDA graphs: what is left of it without the host's work between the kernels
+        Step(f"profile compiled layer (G = {profile_grids[0]})",
+             ("kanlib", "profile", "--device", device, *profile, "--grid", str(profile_grids[0]), "--compile",
+              "reduce-overhead"), 60),
         Step("bench prune", (*bench, "prune", "--device", device, *prune, *out), 100),
         # each tunes both Triton kernel families (dense and local-support) over every tile configuration
         *(Step(f"bench kernel (G = {grid})", (*bench, "kernel", "--device", device, *kernel, "--grid", str(grid), *out),
