@@ -74,7 +74,8 @@ wrapt xarray xxhash yarl zipp
 CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_spline_linear_triton_weight.py",
               "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py", "tests/test_gpu.py")
 # The layers under torch.compile (its operators, autocast, CUDA graphs): after the figures, as their compiles are slow.
-CUDA_COMPILE_TESTS = ("tests/test_ops_spline_linear_compiled.py", "tests/test_ops_edge_spline_linear_compiled.py")
+CUDA_COMPILE_TESTS = ("tests/test_ops_spline_linear_compiled.py", "tests/test_ops_edge_spline_linear_compiled.py",
+                      "tests/test_ops_basis_linear_compiled.py")
 CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
 # The local-support and edge-sparse kernels (their files' CPU tests left out: numba would compile on every worker).
 CUDA_SPARSE_TESTS = ("tests/test_ops_spline_linear_triton_local.py", "tests/test_ops_edge_spline_linear.py")

@@ -16,50 +16,27 @@ and never stored, backward likewise, with the gradients of the basis' own parame
 
 ``"auto"``: on CUDA the Triton kernels, on the CPU the numba kernel (measured faster than the eager path for every
 family by ``python -m kanlib bench families``), wherever they can run (:func:`.triton.triton_runs`,
-:func:`cpu_runs`); the eager path otherwise.
+:func:`cpu_runs`); the eager path otherwise. Under ``torch.compile`` the fused backends run as the torch.library
+operators of :mod:`.compiled`, whose kernels this module registers.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ...checks import check_choice
 from ..spline_linear import under_transform
-from .reference import basis_linear_reference, chebyshev_basis, gaussian_rbf_basis, relu_bump_basis, rswaf_basis
+from ..spline_linear.compiled import compiling_with_kernels
+from ..spline_linear.support import autocast_operands
+from .compiled import basis_product, basis_product_backward, check_operator_backend, spec_of
+from .reference import (BasisSpec, basis_linear_reference, chebyshev_basis, gaussian_rbf_basis, relu_bump_basis,
+                        rswaf_basis)
 
 __all__ = ["BACKENDS", "BasisSpec", "basis_linear", "basis_linear_reference", "gaussian_rbf_basis", "rswaf_basis",
-           "relu_bump_basis", "chebyshev_basis"]
+           "relu_bump_basis", "chebyshev_basis", "cpu_product", "cpu_gradients", "cpu_runs"]
 
 BACKENDS = ("auto", "eager", "cpu", "triton")
 _CPU_DTYPES = (torch.float32, torch.float64)
-
-
-@dataclass(frozen=True)
-class BasisSpec:
-    """One family's basis and its parameters: ``kind`` "rbf" | "rswaf" (``grid`` [S], ``scale`` the width or the
-    inverse width), "relu" (``starts``, ``ends`` [I, S]) or "chebyshev" (``n_basis`` = degree + 1)."""
-
-    kind: str
-    n_basis: int
-    grid: torch.Tensor | None = None
-    scale: torch.Tensor | float | None = None
-    starts: torch.Tensor | None = None
-    ends: torch.Tensor | None = None
-
-    def expand(self, x: torch.Tensor) -> torch.Tensor:
-        """The reference expansion: x [N, I] -> [N, I, S]."""
-        if self.kind == "rbf":
-            return gaussian_rbf_basis(x, self.grid.to(x.dtype), self.scale)
-        if self.kind == "rswaf":
-            return rswaf_basis(x, self.grid.to(x.dtype), self.scale)
-        if self.kind == "relu":
-            return relu_bump_basis(x, self.starts.to(x.dtype), self.ends.to(x.dtype))
-        return chebyshev_basis(x, self.n_basis - 1)
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.grid, self.scale, self.starts, self.ends) if isinstance(t, torch.Tensor)]
 
 
 def _kernel_arguments(spec: BasisSpec, x: torch.Tensor) -> tuple:
@@ -125,8 +102,7 @@ class FusedCpuBasisLinear(torch.autograd.Function):
     def forward(ctx, x, weight, scale, starts, ends, spec):
         ctx.save_for_backward(x, weight)
         ctx.spec = spec
-        expanded, *_ = _fused_expand(spec, x.detach().contiguous())
-        return expanded @ _basis_major(weight.detach(), spec.n_basis)
+        return cpu_product(spec, x, weight)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -141,16 +117,29 @@ class FusedCpuBasisLinear(torch.autograd.Function):
                 out = basis_linear_reference(spec.expand(x), weight)
                 grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=True))
             return (*(next(grads) if need else None for need in needs), None)
-        grad_out = grad_out.detach().contiguous()
-        x, weight = x.detach().contiguous(), _basis_major(weight.detach(), spec.n_basis)
-        expanded, grad_x, grad_scale, grad_starts, grad_ends = _fused_expand(spec, x, grad_out @ weight.t(),
-                                                                             expanded=needs[1])
-        grad_w = _input_major(expanded.t() @ grad_out, spec.n_basis) if needs[1] else None
-        if grad_scale is not None and needs[2]:
-            grad_scale = grad_scale.reshape(spec.scale.shape).to(spec.scale.dtype)
-        return (grad_x if needs[0] else None, grad_w, grad_scale if needs[2] else None,
-                grad_starts.to(spec.starts.dtype) if needs[3] else None,
-                grad_ends.to(spec.ends.dtype) if needs[4] else None, None)
+        return (*cpu_gradients(spec, x, weight, grad_out, needs), None)
+
+
+def cpu_product(spec: BasisSpec, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``spec.expand(x).view(N, I*S) @ weight`` [N, O] by the numba kernel and BLAS, nothing kept for backward."""
+    expanded, *_ = _fused_expand(spec, x.detach().contiguous())
+    return expanded @ _basis_major(weight.detach(), spec.n_basis)
+
+
+def cpu_gradients(spec: BasisSpec, x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, needs) -> tuple:
+    """(grad_x, grad_weight, grad_scale, grad_starts, grad_ends), None where ``needs`` (five bools) says no, by the
+    numba kernel and BLAS (the parameters' gradients for the families that have them: RSWAF's scale, ReLU's
+    bounds)."""
+    grad_out = grad_out.detach().contiguous()
+    x, weight = x.detach().contiguous(), _basis_major(weight.detach(), spec.n_basis)
+    expanded, grad_x, grad_scale, grad_starts, grad_ends = _fused_expand(spec, x, grad_out @ weight.t(),
+                                                                         expanded=needs[1])
+    grad_w = _input_major(expanded.t() @ grad_out, spec.n_basis) if needs[1] else None
+    if grad_scale is not None and needs[2]:
+        grad_scale = grad_scale.reshape(spec.scale.shape).to(spec.scale.dtype)
+    return (grad_x if needs[0] else None, grad_w, grad_scale if needs[2] else None,
+            grad_starts.to(spec.starts.dtype) if needs[3] else None,
+            grad_ends.to(spec.ends.dtype) if needs[4] else None)
 
 
 # The basis parameters whose gradient the kernel gives, per family.
@@ -164,8 +153,8 @@ def cpu_runs(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec) -> str | No
                f"on {x.device}"
     if torch.is_autocast_enabled("cpu"):
         return "it computes in float32 or float64, not under autocast"
-    if under_transform(x, weight, *spec.tensors()):
-        return "torch.func, torch.compile and torch.export cannot look into numba kernels"
+    if under_transform(x, weight, *spec.tensors()) and not compiling_with_kernels():
+        return "torch.func and torch.export cannot look into numba kernels"
     frozen_only = [name for name in ("grid", "scale", "starts", "ends") if name not in _TRAINABLE[spec.kind]
                    and isinstance(getattr(spec, name), torch.Tensor) and getattr(spec, name).requires_grad]
     if frozen_only:
@@ -177,19 +166,67 @@ def cpu_runs(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec) -> str | No
 def basis_linear(x: torch.Tensor, weight: torch.Tensor, spec: BasisSpec, backend: str = "auto") -> torch.Tensor:
     """x [N, I], weight [I*S, O] -> [N, O] = spec's expansion of x times weight."""
     check_choice("backend", backend, BACKENDS)
+    compiled = compiling_with_kernels()
     if backend == "triton" or (backend == "auto" and x.device.type == "cuda"):
-        from .triton import basis_linear_triton, triton_runs
+        from .triton import basis_linear_triton, check_call, triton_runs
 
         reason = triton_runs(x, weight, spec)
+        if reason is None and compiled:
+            x, weight = autocast_operands(x, weight)
+            check_call(x, weight, spec)
+            return basis_product(x, weight, spec.kind, spec.n_basis, *_operator_parameters(spec), "triton")
         if reason is None:
             return basis_linear_triton(x, weight, spec)
         if backend == "triton":
             raise ValueError(f"backend='triton' cannot run this call: {reason}")
     if backend in ("cpu", "auto"):
         reason = cpu_runs(x, weight, spec)
+        if reason is None and compiled:
+            return basis_product(x, weight, spec.kind, spec.n_basis, *_operator_parameters(spec), "cpu")
         if reason is None:
             return FusedCpuBasisLinear.apply(x, weight, *(t if isinstance(t, torch.Tensor) else None
                                                           for t in (spec.scale, spec.starts, spec.ends)), spec)
         if backend == "cpu":
             raise ValueError(f"backend='cpu' cannot run this call: {reason}")
     return basis_linear_reference(spec.expand(x), weight)
+
+
+def _operator_parameters(spec: BasisSpec) -> tuple:
+    """(p, q, q_value) as :mod:`.compiled`'s operators take the spec's parameters: tensors or None, and a scale given
+    as a number apart."""
+    p, q = spec.parameters()
+    if isinstance(q, torch.Tensor) or q is None:
+        return p, q, 0.0
+    return p, None, float(q)
+
+
+# The kernels behind :mod:`.compiled`'s operators (the same on both devices: the backend argument picks them).
+@basis_product.register_kernel(("cpu", "cuda"))
+def _product_kernels(x, weight, kind, n_basis, p, q, q_value, backend):
+    check_operator_backend(backend)
+    spec = spec_of(kind, n_basis, p, q, q_value)
+    if backend == "triton":
+        from .triton import check_call, triton_product
+
+        check_call(x, weight, spec)
+        return triton_product(x, weight, kind, n_basis, *spec.parameters())
+    return cpu_product(spec, x, weight)
+
+
+@basis_product_backward.register_kernel(("cpu", "cuda"))
+def _gradient_kernels(grad_out, x, weight, kind, n_basis, p, q, q_value, backend, need_x, need_weight, need_p,
+                      need_q):
+    check_operator_backend(backend)
+    spec = spec_of(kind, n_basis, p, q, q_value)
+    if backend == "triton":
+        from .triton import triton_gradients
+
+        grads = triton_gradients(x, weight, kind, n_basis, *spec.parameters(), grad_out,
+                                 (need_x, need_weight, need_p, need_q))
+    else:
+        # the CPU kernel's parameters: RSWAF's scale (q), ReLU's starts and ends (p, q); cpu_runs let no other through
+        relu = kind == "relu"
+        grad_x, grad_w, grad_scale, grad_starts, grad_ends = cpu_gradients(
+            spec, x, weight, grad_out, (need_x, need_weight, need_q and not relu, need_p and relu, need_q and relu))
+        grads = (grad_x, grad_w, grad_starts, grad_ends) if relu else (grad_x, grad_w, None, grad_scale)
+    return tuple(x.new_empty(0) if grad is None else grad.contiguous() for grad in grads)

@@ -30,23 +30,24 @@ tile configuration, half-precision products emulated in float32 on rounded opera
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 
 from ..spline_linear import under_transform
+from ..spline_linear.compiled import compiling_with_kernels
+from ..spline_linear.support import autocast_operands
 from ..spline_linear.triton import INTERPRET, check_devices, to_store
-from .reference import basis_linear_reference
+from .reference import PARAMETERS, differentiable_gradients
 from ..triton_tuning import autotune
 
-__all__ = ["KINDS", "DTYPES", "triton_runs", "basis_linear_triton", "BasisLinearFunction"]
+__all__ = ["KINDS", "DTYPES", "triton_runs", "basis_linear_triton", "BasisLinearFunction", "triton_product",
+           "triton_gradients", "check_call"]
 
 KINDS = {"rbf": 0, "rswaf": 1, "relu": 2, "chebyshev": 3}
 RBF, RSWAF, RELU, CHEBYSHEV = (tl.constexpr(KINDS[name]) for name in ("rbf", "rswaf", "relu", "chebyshev"))
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_PARAMETERS = {"rbf": ("grid", "scale"), "rswaf": ("grid", "scale"), "relu": ("starts", "ends"), "chebyshev": ()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -405,6 +406,29 @@ def _parameter_grads(kind: str, partials: torch.Tensor, p, q, need_p: bool, need
             None if grad_q is None else grad_q.to(q.dtype).reshape(q.shape))
 
 
+def triton_product(x: torch.Tensor, weight: torch.Tensor, kind: str, n_basis: int, p, q) -> torch.Tensor:
+    """The forward kernel's [N, O] for checked arguments ((p, q): the kind's parameters, as
+    :data:`.reference.PARAMETERS` names them)."""
+    return _forward(x, weight, _Launch(x, weight, kind, n_basis, p, q))
+
+
+def triton_gradients(x: torch.Tensor, weight: torch.Tensor, kind: str, n_basis: int, p, q, grad_out: torch.Tensor,
+                     needs, launch: _Launch | None = None) -> tuple:
+    """(grad_x, grad_weight, grad_p, grad_q), None where ``needs`` (four bools) says no, by the backward kernels
+    (``launch``: the forward's, or None to prepare it again)."""
+    launch = launch or _Launch(x, weight, kind, n_basis, p, q)
+    need_x, need_w, need_p, need_q = needs
+    grad_out = grad_out.to(x.dtype)
+    grad_x = grad_w = grad_p = grad_q = None
+    if need_x or need_p or need_q:
+        grad_x, partials = _grad_x(x, weight, grad_out, launch, params=need_p or need_q)
+        if partials is not None:
+            grad_p, grad_q = _parameter_grads(kind, partials, p, q, need_p, need_q)
+    if need_w:
+        grad_w = _grad_weight(x, weight, grad_out, launch)
+    return (grad_x if need_x else None), grad_w, grad_p, grad_q
+
+
 class BasisLinearFunction(torch.autograd.Function):
     """``spec.expand(x).view(N, I*S) @ weight`` by the fused kernels, keeping only x, weight and the basis'
     parameters for backward. Arguments: (x, weight, spec, p, q) with (p, q) the kind's two parameters
@@ -421,30 +445,18 @@ class BasisLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, p_saved, q_saved = ctx.saved_tensors
-        spec, launch = ctx.spec, ctx.launch
+        spec = ctx.spec
         p = p_saved if p_saved is not None else ctx.numbers[0]
         q = q_saved if q_saved is not None else ctx.numbers[1]
         need = ctx.needs_input_grad
+        needs = (need[0], need[1], need[3], need[4])
         if torch.is_grad_enabled():
             # create_graph=True: gradients autograd can differentiate again, through the reference.
-            names = _PARAMETERS[spec.kind]
-            differentiable = dataclasses.replace(spec, **dict(zip(names, (p, q))))
-            candidates = {0: x, 1: weight, 3: p, 4: q}
-            inputs = {index: tensor for index, tensor in candidates.items() if need[index]}
-            with torch.enable_grad():
-                out = basis_linear_reference(differentiable.expand(x), weight)
-                grads = torch.autograd.grad(out, list(inputs.values()), grad_out, create_graph=True)
-            found = dict(zip(inputs, grads))
-            return tuple(found.get(index) for index in range(5))
-        grad_out = grad_out.to(x.dtype)
-        grad_x = grad_w = grad_p = grad_q = None
-        if need[0] or need[3] or need[4]:
-            grad_x, partials = _grad_x(x, weight, grad_out, launch, params=need[3] or need[4])
-            if partials is not None:
-                grad_p, grad_q = _parameter_grads(spec.kind, partials, p, q, need[3], need[4])
-        if need[1]:
-            grad_w = _grad_weight(x, weight, grad_out, launch)
-        return (grad_x if need[0] else None), grad_w, None, grad_p, grad_q
+            grad_x, grad_w, grad_p, grad_q = differentiable_gradients(spec, x, weight, p, q, grad_out, needs)
+        else:
+            grad_x, grad_w, grad_p, grad_q = triton_gradients(x, weight, spec.kind, spec.n_basis, p, q, grad_out,
+                                                              needs, ctx.launch)
+        return grad_x, grad_w, None, grad_p, grad_q
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -464,14 +476,14 @@ def triton_runs(x: torch.Tensor, weight: torch.Tensor, spec) -> str | None:
     if dtype not in DTYPES or (dtype == x.dtype and weight.dtype != x.dtype):
         return (f"it runs x and weight of one dtype among {[str(d) for d in DTYPES]} (or under torch.autocast), "
                 f"got x {x.dtype} and weight {weight.dtype}")
-    if under_transform(x, weight, *spec.tensors()):
-        return "torch.func, torch.compile and torch.export cannot look into Triton kernels"
+    if under_transform(x, weight, *spec.tensors()) and not compiling_with_kernels():
+        return "torch.func and torch.export cannot look into Triton kernels"
     if spec.kind not in KINDS:
         return f"it computes the bases {sorted(KINDS)}, got {spec.kind!r}"
     return None
 
 
-def _check_call(x: torch.Tensor, weight: torch.Tensor, spec) -> None:
+def check_call(x: torch.Tensor, weight: torch.Tensor, spec) -> None:
     """Raise with what was expected and what came unless the kernels can run these inputs."""
     reason = triton_runs(x, weight, spec)
     if reason is not None:
@@ -483,7 +495,7 @@ def _check_call(x: torch.Tensor, weight: torch.Tensor, spec) -> None:
         raise ValueError(f"expected x [N, I] and weight [I*S, O] with S = {n_basis}, got x {tuple(x.shape)} and "
                          f"weight {tuple(weight.shape)}")
     expected = {"grid": (n_basis,), "starts": (x.shape[1], n_basis), "ends": (x.shape[1], n_basis)}
-    for name in _PARAMETERS[spec.kind]:
+    for name in PARAMETERS[spec.kind]:
         value = getattr(spec, name)
         if name == "scale":
             if isinstance(value, torch.Tensor) and value.numel() != 1:
@@ -495,7 +507,7 @@ def _check_call(x: torch.Tensor, weight: torch.Tensor, spec) -> None:
         elif not isinstance(value, torch.Tensor) or tuple(value.shape) != expected[name]:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else repr(value)
             raise ValueError(f"a {spec.kind!r} spec needs {name} of shape {expected[name]}, got {got}")
-    tensors = {"x": x, "weight": weight, **{name: getattr(spec, name) for name in _PARAMETERS[spec.kind]
+    tensors = {"x": x, "weight": weight, **{name: getattr(spec, name) for name in PARAMETERS[spec.kind]
                                            if isinstance(getattr(spec, name), torch.Tensor)}}
     check_devices("the triton backend", {name: tensor.device for name, tensor in tensors.items()})
 
@@ -506,9 +518,6 @@ def basis_linear_triton(x: torch.Tensor, weight: torch.Tensor, spec) -> torch.Te
     Gradients reach x, weight and the basis' own parameters (grid and scale, or starts and ends) that require
     them. Under torch.autocast, x and weight are cast to the autocast dtype first, which the output has.
     """
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-    _check_call(x, weight, spec)
-    p, q = (getattr(spec, name) for name in _PARAMETERS[spec.kind]) if _PARAMETERS[spec.kind] else (None, None)
-    return BasisLinearFunction.apply(x, weight, spec, p, q)
+    x, weight = autocast_operands(x, weight)
+    check_call(x, weight, spec)
+    return BasisLinearFunction.apply(x, weight, spec, *spec.parameters())
