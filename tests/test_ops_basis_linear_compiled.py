@@ -5,6 +5,8 @@ gradients, the basis' own parameters' included; torch.library's own checks; floa
 differentiable; torch.export keeps the plain formula."""
 import pytest
 import torch
+from compiled_models import assert_trains_as_the_eager_model, kanlib_operators, random_batches
+from compiled_models import fresh_compiler  # noqa: F401 (autouse: a fresh compiler for each test)
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from kanlib import KAN, ChebyKAN, RBFKAN, ReLUKAN, RSWAFKAN
@@ -14,14 +16,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ("auto", "cpu", "triton") if DEVICE == "cpu" else ("auto", "triton")
 FAMILIES = (RBFKAN, RSWAFKAN, ReLUKAN, ChebyKAN)
 CPU_ONLY = pytest.mark.skipif(DEVICE != "cpu", reason="the numba kernels: tested by the CPU run")
-
-
-@pytest.fixture(autouse=True)
-def fresh_compiler():
-    """Each test's compiles start from no cache (torch._dynamo's recompile limit counts across tests)."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def trainable(module):
@@ -40,8 +34,7 @@ def test_a_compiled_layer_runs_the_operator_with_the_eager_results(family, backe
     counter = CompileCounterWithBackend("aot_eager")
     out = torch.compile(layer, backend=counter, fullgraph=True)(x)
     got = torch.autograd.grad(out, (x, *trainable(layer)), grad_out)
-    assert [str(n.target) for g in counter.graphs for n in g.graph.nodes
-            if str(n.target).startswith("kanlib.")] == ["kanlib.basis_product.default"]
+    assert kanlib_operators(counter) == ["kanlib.basis_product.default"]
     want_out = layer(x)
     want = torch.autograd.grad(want_out, (x, *trainable(layer)), grad_out)
     torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-6)
@@ -108,18 +101,8 @@ def test_torch_library_checks_the_operators(kind, backend):
 
 def test_a_compiled_model_trains_as_the_eager_one_under_inductor():
     """torch.compile's default compiler: three optimizer steps of a two-layer RSWAF KAN (its width trains too)."""
-    models = [KAN([4, 6, 3], layer="rswaf", seed=5).to(DEVICE) for _ in range(2)]
-    runs = [models[0], torch.compile(models[1])]
-    optimizers = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in models]
-    gen = torch.Generator().manual_seed(6)
-    for _ in range(3):
-        x, y = torch.randn(65, 4, generator=gen).to(DEVICE), torch.randn(65, 3, generator=gen).to(DEVICE)
-        for run, optimizer in zip(runs, optimizers):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(run(x), y).backward()
-            optimizer.step()
-    for got, want in zip(models[1].parameters(), models[0].parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_trains_as_the_eager_model(lambda: KAN([4, 6, 3], layer="rswaf", seed=5).to(DEVICE),
+                                     random_batches(3, 65, 4, 3, 6, DEVICE))
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.__name__)
@@ -127,7 +110,7 @@ def test_the_eager_backend_and_torch_export_keep_the_plain_formula(family):
     layer = family(3, 2, backend="eager")
     counter = CompileCounterWithBackend("aot_eager")
     torch.compile(layer, backend=counter, fullgraph=True)(torch.randn(5, 3))
-    assert not [n for g in counter.graphs for n in g.graph.nodes if str(n.target).startswith("kanlib.")]
+    assert kanlib_operators(counter) == []
     exported = torch.export.export(family(3, 2), (torch.randn(5, 3),))
     assert not [n for n in exported.graph.nodes if str(n.target).startswith("kanlib.")]
 

@@ -4,23 +4,17 @@ eager layer's outputs and gradients, uniform grid or not; torch.library's own ch
 differentiable; the eager backend and torch.export keep the plain formula."""
 import pytest
 import torch
+from compiled_models import assert_trains_as_the_eager_model, kanlib_operators, pruned_kan, random_batches
+from compiled_models import fresh_compiler  # noqa: F401 (autouse: a fresh compiler for each test)
 from conftest import inputs_around
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from kanlib import KAN, BSplineKAN, SparseBSplineKAN
+from kanlib import BSplineKAN, SparseBSplineKAN
 from kanlib.ops.edge_spline_linear import compiled
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ("auto", "cpu", "triton") if DEVICE == "cpu" else ("auto", "triton")
 OPERATOR = "kanlib.edge_spline_product.default"
-
-
-@pytest.fixture(autouse=True)
-def fresh_compiler():
-    """Each test's compiles start from no cache (torch._dynamo's recompile limit counts across tests)."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def pruned_layer(seed, n_in=7, n_out=5, grid_size=6, uniform=True, backend="auto", dtype=torch.float32):
@@ -51,9 +45,7 @@ def test_a_compiled_pruned_layer_runs_the_operator_with_the_eager_results(backen
     grad_out = torch.randn(37, 5, generator=gen).to(DEVICE)
     counter = CompileCounterWithBackend("aot_eager")
     got = step(torch.compile(layer, backend=counter, fullgraph=True), x, grad_out)
-    operators = [str(node.target) for graph in counter.graphs for node in graph.graph.nodes
-                 if str(node.target).startswith("kanlib.")]
-    assert operators == [OPERATOR]
+    assert kanlib_operators(counter) == [OPERATOR]
     want = step(layer, x, grad_out)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
     for g, w in zip(got[1], want[1]):
@@ -90,24 +82,8 @@ def test_torch_library_checks_the_operators(backend):
 
 
 def test_a_compiled_pruned_model_trains_as_the_eager_one():
-    models = [KAN([4, 6, 3], grid_size=8, seed=7) for _ in range(2)]
-    for model in models:
-        with torch.no_grad():
-            for layer in model.layers:
-                layer.mask.copy_((torch.rand(layer.mask.shape, generator=torch.Generator().manual_seed(8)) >= 0.5)
-                                 .float())
-    models = [model.to_sparse().to(DEVICE) for model in models]
-    runs = [models[0], torch.compile(models[1], backend="aot_eager", fullgraph=True)]
-    optimizers = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in models]
-    gen = torch.Generator().manual_seed(9)
-    for _ in range(3):
-        x, y = torch.randn(33, 4, generator=gen).to(DEVICE), torch.randn(33, 3, generator=gen).to(DEVICE)
-        for run, optimizer in zip(runs, optimizers):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(run(x), y).backward()
-            optimizer.step()
-    for got, want in zip(models[1].parameters(), models[0].parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_trains_as_the_eager_model(lambda: pruned_kan([4, 6, 3], 7, 0.5, DEVICE, grid_size=8),
+                                     random_batches(3, 33, 4, 3, 9, DEVICE), backend="aot_eager", fullgraph=True)
 
 
 @pytest.mark.skipif(not hasattr(torch.Tag, "cudagraph_unsafe"), reason="this torch has no cudagraph_unsafe tag")
@@ -119,31 +95,16 @@ def test_the_forward_operator_is_kept_out_of_cuda_graphs():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
 def test_under_cuda_graphs_a_compiled_pruned_model_trains_as_the_eager_one():
     """mode="reduce-overhead": the graphs are recorded around the edge-sparse operator, whose results they keep."""
-    models = [KAN([8, 16, 4], grid_size=10, seed=13) for _ in range(2)]
-    for model in models:
-        with torch.no_grad():
-            for layer in model.layers:
-                layer.mask.copy_((torch.rand(layer.mask.shape, generator=torch.Generator().manual_seed(14)) >= 0.7)
-                                 .float())
-    models = [model.to_sparse().cuda() for model in models]
-    runs = [models[0], torch.compile(models[1], mode="reduce-overhead")]
-    optimizers = [torch.optim.SGD(model.parameters(), lr=1e-2) for model in models]
-    gen = torch.Generator(device="cuda").manual_seed(15)
-    for _ in range(5):
-        x = torch.randn(129, 8, device="cuda", generator=gen)
-        for run, optimizer in zip(runs, optimizers):
-            optimizer.zero_grad()
-            run(x).square().mean().backward()
-            optimizer.step()
-    for got, want in zip(models[1].parameters(), models[0].parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    batches = [(x, None) for x, _ in random_batches(5, 129, 8, 4, 15, "cuda")]
+    assert_trains_as_the_eager_model(lambda: pruned_kan([8, 16, 4], 13, 0.7, "cuda", grid_size=10), batches,
+                                     optimizer=torch.optim.SGD, mode="reduce-overhead")
 
 
 def test_the_eager_backend_and_torch_export_keep_the_plain_formula():
     layer = pruned_layer(10, backend="eager").cpu()
     counter = CompileCounterWithBackend("aot_eager")
     torch.compile(layer, backend=counter, fullgraph=True)(torch.randn(5, 7))
-    assert not [n for g in counter.graphs for n in g.graph.nodes if str(n.target).startswith("kanlib.")]
+    assert kanlib_operators(counter) == []
     exported = torch.export.export(pruned_layer(11).cpu(), (torch.randn(5, 7),))
     assert not [n for n in exported.graph.nodes if str(n.target).startswith("kanlib.")]
 

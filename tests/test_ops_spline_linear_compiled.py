@@ -4,6 +4,8 @@ with the eager layer's outputs and gradients; torch.library's own checks of the 
 twice differentiable; a grid that changes between calls; torch.export keeps the plain formula."""
 import pytest
 import torch
+from compiled_models import assert_trains_as_the_eager_model, kanlib_operators, random_batches
+from compiled_models import fresh_compiler  # noqa: F401 (autouse: a fresh compiler for each test)
 from conftest import inputs_around, random_grid
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -23,15 +25,6 @@ OPERATORS = {"auto": "kanlib.spline_layer.default" if DEVICE == "cpu" else "kanl
              "triton": "kanlib.spline_product.default"}
 
 
-@pytest.fixture(autouse=True)
-def fresh_compiler():
-    """Each test's compiles start from no cache: they would otherwise add up to torch._dynamo's recompile limit on
-    the one BSplineKAN.forward."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def random_problem(seed, n=13, n_in=5, n_out=7, grid_size=6, k=3, uniform=True, dtype=torch.float64):
     """x [n, I] over the extended grid and beyond it, weight [I*(G+k+1), O], grid [I, G+2k+1], all fresh."""
     gen = torch.Generator().manual_seed(seed)
@@ -46,8 +39,7 @@ def compiled_layer_step(layer, x, grad_out):
     counter = CompileCounterWithBackend("aot_eager")
     out = torch.compile(layer, backend=counter, fullgraph=True)(x)
     out.backward(grad_out)
-    operators = [str(node.target) for graph in counter.graphs for node in graph.graph.nodes
-                 if str(node.target).startswith("kanlib.")]
+    operators = kanlib_operators(counter)
     grads = [p.grad.clone() for p in layer.parameters()]
     layer.zero_grad()
     grad_x, x.grad = x.grad.clone(), None
@@ -223,18 +215,8 @@ def test_the_window_shapes_follow_the_row_blocks(monkeypatch):
 
 def test_a_compiled_model_trains_as_the_eager_one_under_inductor():
     """torch.compile's default compiler (C++ on the CPU, Triton on CUDA): three optimizer steps of a two-layer KAN."""
-    models = [KAN([4, 6, 3], grid_size=20, seed=7).to(DEVICE) for _ in range(2)]
-    runs = [models[0], torch.compile(models[1])]
-    optimizers = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in models]
-    gen = torch.Generator().manual_seed(8)
-    for _ in range(3):
-        x, y = torch.randn(65, 4, generator=gen).to(DEVICE), torch.randn(65, 3, generator=gen).to(DEVICE)
-        for run, optimizer in zip(runs, optimizers):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(run(x), y).backward()
-            optimizer.step()
-    for got, want in zip(models[1].parameters(), models[0].parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_trains_as_the_eager_model(lambda: KAN([4, 6, 3], grid_size=20, seed=7).to(DEVICE),
+                                     random_batches(3, 65, 4, 3, 8, DEVICE))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA autocast")
@@ -257,18 +239,9 @@ def test_under_cuda_autocast_the_compiled_layer_computes_as_the_eager_one():
 @pytest.mark.parametrize("grid_size", [5, 50])  # the dense kernels, the local-support ones (their sort, their tables)
 def test_under_cuda_graphs_the_compiled_layer_trains_as_the_eager_one(grid_size):
     """mode="reduce-overhead": the Triton operators are captured in CUDA graphs (after warm-up steps) and replayed."""
-    models = [KAN([16, 32, 8], grid_size=grid_size, seed=14).cuda() for _ in range(2)]
-    runs = [models[0], torch.compile(models[1], mode="reduce-overhead")]
-    optimizers = [torch.optim.SGD(model.parameters(), lr=1e-2) for model in models]
-    gen = torch.Generator(device="cuda").manual_seed(15)
-    for _ in range(5):
-        x = torch.randn(257, 16, device="cuda", generator=gen)
-        for run, optimizer in zip(runs, optimizers):
-            optimizer.zero_grad()
-            run(x).square().mean().backward()
-            optimizer.step()
-    for got, want in zip(models[1].parameters(), models[0].parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    batches = [(x, None) for x, _ in random_batches(5, 257, 16, 8, 15, "cuda")]
+    assert_trains_as_the_eager_model(lambda: KAN([16, 32, 8], grid_size=grid_size, seed=14).cuda(), batches,
+                                     optimizer=torch.optim.SGD, mode="reduce-overhead")
 
 
 def test_the_eager_backend_stays_plain_pytorch_under_compile():
