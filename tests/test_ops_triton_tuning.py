@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from kanlib.ops.triton_tuning import AUTOTUNE_ENV, tile_config, tuned
+from kanlib.ops.triton_tuning import AUTOTUNE_ENV, ceil_div, tile_config, tuned
 
 COUNT_CONFIGS = """
 import triton
@@ -122,3 +122,11 @@ def test_a_configuration_zeroes_the_named_output_only_when_it_splits_the_inputs(
     assert tile_config({"BLOCK_M": 16, "SPLIT_I": 1}, 4, 1, "out_ptr").pre_hook is None
     assert tile_config({"BLOCK_M": 16}, 4, 1, "out_ptr").pre_hook is None
     assert tile_config({"BLOCK_M": 16, "SPLIT_I": 4}, 4, 1).pre_hook is None
+
+
+def test_ceil_div_counts_the_blocks_that_cover_n():
+    """The launch grids' host arithmetic: what triton.cdiv gives, for every n from 0 past a few blocks."""
+    triton = pytest.importorskip("triton")
+    for size in (1, 3, 16, 64):
+        for n in range(0, 4 * size + 2):
+            assert ceil_div(n, size) == triton.cdiv(n, size) == -(-n // size), (n, size)

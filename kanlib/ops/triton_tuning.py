@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "tuned", "interpreting", "tile_config", "autotune"]
+__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "tuned", "interpreting", "tile_config", "autotune", "ceil_div"]
 
 AUTOTUNE_ENV = "KANLIB_TRITON_AUTOTUNE"
 AUTOTUNE_MODES = ("all", "first")
@@ -25,6 +25,12 @@ def tuned(configs: Sequence[T]) -> list[T]:
     if mode not in AUTOTUNE_MODES:
         raise ValueError(f"{AUTOTUNE_ENV}: expected one of {AUTOTUNE_MODES}, got {mode!r}")
     return list(configs[:1] if mode == "first" else configs)
+
+
+def ceil_div(n: int, size: int) -> int:
+    """The number of blocks of ``size`` that cover ``n``: the launch grids' arithmetic on the host, where
+    ``triton.cdiv`` (a constexpr function in recent Triton) costs microseconds per call on every launch."""
+    return -(-n // size)
 
 
 def interpreting() -> bool:

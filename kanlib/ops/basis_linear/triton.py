@@ -40,7 +40,7 @@ from ..spline_linear.compiled import compiling_with_kernels
 from ..spline_linear.support import autocast_operands
 from ..spline_linear.triton import INTERPRET, check_devices, to_store
 from .reference import PARAMETERS, differentiable_gradients
-from ..triton_tuning import autotune
+from ..triton_tuning import autotune, ceil_div
 
 __all__ = ["KINDS", "DTYPES", "triton_runs", "basis_linear_triton", "BasisLinearFunction", "triton_product",
            "triton_gradients", "check_call"]
@@ -350,7 +350,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, launch: _Launch) -> torch.Te
     out = torch.empty(launch.n_rows, launch.n_out, device=x.device, dtype=x.dtype)
 
     def launch_grid(meta):
-        return triton.cdiv(launch.n_rows, meta["BLOCK_M"]), triton.cdiv(launch.n_out, meta["BLOCK_N"])
+        return ceil_div(launch.n_rows, meta["BLOCK_M"]), ceil_div(launch.n_out, meta["BLOCK_N"])
 
     with launch.on_device():
         _forward_kernel[launch_grid](x, weight, launch.p, launch.q, out, *launch.sizes(), *x.stride(),
@@ -367,11 +367,11 @@ def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, launc
     grad_x = torch.empty(launch.n_rows, launch.n_in, device=x.device, dtype=x.dtype)
     # room for the most row blocks any configuration makes; a configuration with fewer leaves zeros
     smallest_block = min(config.kwargs["BLOCK_M"] for config in _grad_x_kernel.configs)
-    row_blocks = triton.cdiv(launch.n_rows, smallest_block) if params else 0
+    row_blocks = ceil_div(launch.n_rows, smallest_block) if params else 0
     partials = torch.zeros(row_blocks, launch.n_in, launch.n_basis, 2, device=x.device, dtype=launch.compute)
 
     def launch_grid(meta):
-        return triton.cdiv(launch.n_rows, meta["BLOCK_M"]), triton.cdiv(launch.n_in, meta["BLOCK_I"])
+        return ceil_div(launch.n_rows, meta["BLOCK_M"]), ceil_div(launch.n_in, meta["BLOCK_I"])
 
     with launch.on_device():
         _grad_x_kernel[launch_grid](x, weight, launch.p, launch.q, grad_out, grad_x, partials, *launch.sizes(),
@@ -386,7 +386,7 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
     grad_w = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype)
 
     def launch_grid(meta):
-        return triton.cdiv(launch.n_in, meta["BLOCK_I"]) * launch.n_basis, triton.cdiv(launch.n_out, meta["BLOCK_N"])
+        return ceil_div(launch.n_in, meta["BLOCK_I"]) * launch.n_basis, ceil_div(launch.n_out, meta["BLOCK_N"])
 
     with launch.on_device():
         _grad_weight_kernel[launch_grid](x, launch.p, launch.q, grad_out, grad_w, *launch.sizes(), *x.stride(),

@@ -28,6 +28,7 @@ from ...activations import get_activation
 from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, activation, activation_derivative, check_devices,
                                    knot_basis)
 from ..spline_linear.support import autocast_operands
+from ..triton_tuning import ceil_div
 from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       nan_where_dead_edges_meet_nonfinite)
 
@@ -125,7 +126,7 @@ def _backward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, in
 
 
 def _launch_grid(n_rows: int, n_edges: int):
-    return triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(n_edges, BLOCK_EDGES)
+    return ceil_div(n_rows, BLOCK_ROWS), ceil_div(n_edges, BLOCK_EDGES)
 
 
 def triton_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out: int, spline_order: int,

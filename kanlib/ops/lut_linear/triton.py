@@ -53,7 +53,7 @@ import triton.language as tl
 
 from .reference import TABLE_SHIFT
 from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, SPLINE_ORDERS, activation, check_devices
-from ..triton_tuning import autotune
+from ..triton_tuning import autotune, ceil_div
 
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS"]
 
@@ -313,7 +313,7 @@ def lut_linear_triton(x: torch.Tensor, table, weights, act_scale, activation: st
     sizes = (n_rows, n_in, n_out, n_basis, n_knots, n_search, table.n_positions, 2 ** (act_bits - 1), bucket)
 
     def launch_grid(meta):
-        return triton.cdiv(n_rows, meta["BLOCK_N"]), triton.cdiv(n_out, meta["BLOCK_O"])
+        return ceil_div(n_rows, meta["BLOCK_N"]), ceil_div(n_out, meta["BLOCK_O"])
 
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     with device:

@@ -49,7 +49,7 @@ from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, IDENTITY_ID, RELU_ID, 
 from ...basis import cardinal_pieces
 from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS, autocast_operands
-from ..triton_tuning import autotune, interpreting
+from ..triton_tuning import autotune, ceil_div, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
@@ -482,7 +482,7 @@ def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPl
     out = torch.empty(plan.n_rows, plan.n_out, device=x.device, dtype=torch.float32)
 
     def launch_grid(meta):
-        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_out, meta["BLOCK_N"]), meta["SPLIT_I"]
+        return ceil_div(plan.n_rows, meta["BLOCK_M"]), ceil_div(plan.n_out, meta["BLOCK_N"]), meta["SPLIT_I"]
 
     if plan.n_rows > 0:
         with plan.on_device():
@@ -499,7 +499,7 @@ def launch_grad_x(kernel, x: torch.Tensor, weight: torch.Tensor, grad_out: torch
         return grad_x
 
     def launch_grid(meta):
-        return triton.cdiv(plan.n_rows, meta["BLOCK_M"]), triton.cdiv(plan.n_in, meta["BLOCK_I"])
+        return ceil_div(plan.n_rows, meta["BLOCK_M"]), ceil_div(plan.n_in, meta["BLOCK_I"])
 
     with plan.on_device():
         kernel[launch_grid](x, weight, *plan.knots, grad_out, grad_x, *sizes, *x.stride(), *weight.stride(),
@@ -522,7 +522,7 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
     n_slots = plan.n_basis + 1
 
     def launch_grid(meta):
-        return triton.cdiv(plan.n_in, meta["BLOCK_I"]) * n_slots, triton.cdiv(plan.n_out, meta["BLOCK_N"])
+        return ceil_div(plan.n_in, meta["BLOCK_I"]) * n_slots, ceil_div(plan.n_out, meta["BLOCK_N"])
 
     with plan.on_device():
         _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, grad_w, *plan.sizes(), *x.stride(),

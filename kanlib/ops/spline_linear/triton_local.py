@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from .support import KERNEL_FAMILIES, autocast_operands, prefers_sparse, triton_sparse_slowdown
-from ..triton_tuning import autotune
+from ..triton_tuning import autotune, ceil_div
 from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs, input_chunk,
                      launch_forward, launch_grad_x, one_chunk_if_deterministic, planned_function, spline_basis,
                      store_or_add, to_store)
@@ -313,7 +313,7 @@ def _rows_by_window(x: torch.Tensor, plan: LaunchPlan,
     (stably), their starts in that order, and where the run of each start 0 .. G - 1 begins (bounds[:, G] = N).
     n_search: the binary search's step count (other grids)."""
     starts = torch.empty(plan.n_in, plan.n_rows, device=x.device, dtype=torch.int32)
-    _window_starts_kernel[(triton.cdiv(plan.n_in, STARTS_BLOCK_I), triton.cdiv(plan.n_rows, STARTS_BLOCK_M))](
+    _window_starts_kernel[(ceil_div(plan.n_in, STARTS_BLOCK_I), ceil_div(plan.n_rows, STARTS_BLOCK_M))](
         x, *plan.knots, starts, plan.n_rows, plan.n_in, plan.n_basis, plan.n_knots, n_search, *x.stride(),
         K=plan.spline_order, UNIFORM=plan.constants["UNIFORM"], BLOCK_I=STARTS_BLOCK_I, BLOCK_M=STARTS_BLOCK_M)
     sorted_starts, order = torch.sort(starts, dim=1, stable=True)
@@ -334,7 +334,7 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
         return grad_w.zero_()
 
     def launch_grid(meta):
-        return plan.n_in * (1 + triton.cdiv(plan.n_basis, meta["SLOTS"])), triton.cdiv(plan.n_out, meta["BLOCK_N"])
+        return plan.n_in * (1 + ceil_div(plan.n_basis, meta["SLOTS"])), ceil_div(plan.n_out, meta["BLOCK_N"])
 
     with plan.on_device():
         sizes = _sizes(plan)

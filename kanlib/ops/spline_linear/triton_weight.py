@@ -21,6 +21,7 @@ import triton.language as tl
 
 from .support import TRITON_WEIGHT_DTYPES as WEIGHT_DTYPES
 from .triton import INTERPRET, check_devices, on_device, to_store
+from ..triton_tuning import ceil_div
 
 __all__ = ["WEIGHT_DTYPES", "assemble_weight", "weight_gradients"]
 
@@ -144,7 +145,7 @@ def assemble_weight(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torc
     weight = torch.empty(n_in * (n_basis + 1), n_out, device=coef.device, dtype=dtype)
     block_o, block_j = _tiles(n_out, n_basis)
     with on_device(coef.device):
-        _assemble_kernel[(n_in, triton.cdiv(n_out, block_o))](
+        _assemble_kernel[(n_in, ceil_div(n_out, block_o))](
             scale_base, scale_sp, mask, coef, weight, n_out, n_basis, *mask.stride(), *coef.stride(),
             *weight.stride(), DOUBLE=coef.dtype == torch.float64, INTERPRET=INTERPRET, BLOCK_O=block_o,
             BLOCK_J=block_j)
@@ -168,7 +169,7 @@ def weight_gradients(scale_sp: torch.Tensor, mask: torch.Tensor, coef: torch.Ten
     if any(wanted):
         block_o, block_j = _tiles(n_out, n_basis)
         with on_device(coef.device):
-            _gradients_kernel[(n_in, triton.cdiv(n_out, block_o))](
+            _gradients_kernel[(n_in, ceil_div(n_out, block_o))](
                 scale_sp, mask, coef, grad_weight, *(mask if g is None else g for g in grads), n_out, n_basis,
                 *mask.stride(), *coef.stride(), *grad_weight.stride(), WANT_BASE=wanted[0], WANT_SP=wanted[1],
                 WANT_COEF=wanted[2], DOUBLE=coef.dtype == torch.float64, INTERPRET=INTERPRET, BLOCK_O=block_o,
