@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..spline_linear.compiled import no_kernel
 from .reference import BasisSpec, differentiable_gradients
 
 __all__ = ["basis_product", "basis_product_backward", "spec_of", "OPERATOR_BACKENDS", "check_operator_backend"]
@@ -29,15 +30,11 @@ def spec_of(kind: str, n_basis: int, p: torch.Tensor | None, q: torch.Tensor | N
     return BasisSpec(kind, n_basis).with_parameters(p, q if q is not None else q_value)
 
 
-def _no_kernel(name: str, device: torch.device):
-    raise NotImplementedError(f"kanlib::{name} runs on the CPU and CUDA, got tensors on {device}")
-
-
 @torch.library.custom_op("kanlib::basis_product", mutates_args=())
 def basis_product(x: torch.Tensor, weight: torch.Tensor, kind: str, n_basis: int, p: torch.Tensor | None,
                   q: torch.Tensor | None, q_value: float, backend: str) -> torch.Tensor:
     """x [N, I] expanded into S = n_basis bases of ``kind`` per input, times weight [I*S, O]: [N, O]."""
-    _no_kernel("basis_product", x.device)
+    no_kernel("basis_product", x.device)
 
 
 @basis_product.register_fake
@@ -51,7 +48,7 @@ def basis_product_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torc
                            need_weight: bool, need_p: bool, need_q: bool
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_p, grad_q) of :func:`basis_product`; an empty [0] tensor for each one not needed."""
-    _no_kernel("basis_product_backward", x.device)
+    no_kernel("basis_product_backward", x.device)
 
 
 @basis_product_backward.register_fake

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..spline_linear.compiled import no_kernel
 from .support import EDGE_BACKENDS, differentiable_gradients
 
 __all__ = ["edge_spline_product", "edge_spline_product_backward", "OPERATOR_BACKENDS", "check_operator_backend"]
@@ -26,10 +27,6 @@ def check_operator_backend(backend: str) -> None:
         raise ValueError(f"kanlib::edge_spline_product runs backend {OPERATOR_BACKENDS}, got {backend!r}")
 
 
-def _no_kernel(name: str, device: torch.device):
-    raise NotImplementedError(f"kanlib::{name} runs on the CPU and CUDA, got tensors on {device}")
-
-
 # The forward reads back from the device whether any base activation is non-finite (the dense masked layer's NaN
 # rows, see :func:`.support.nan_where_dead_edges_meet_nonfinite`): CUDA graphs cannot record that, so the operator
 # says so, and torch.compile's CUDA graphs leave it out.
@@ -42,7 +39,7 @@ def edge_spline_product(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.T
                         input_offsets: torch.Tensor, n_out: int, spline_order: int, activation: str,
                         backend: str) -> torch.Tensor:
     """x [N, I] -> [N, n_out] over the live edges (coef [E, G+k], scale_base and scale_sp [E]) by ``backend``."""
-    _no_kernel("edge_spline_product", x.device)
+    no_kernel("edge_spline_product", x.device)
 
 
 @edge_spline_product.register_fake
@@ -60,7 +57,7 @@ def edge_spline_product_backward(grad_out: torch.Tensor, x: torch.Tensor, coef: 
                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_coef, grad_scale_base, grad_scale_sp) of :func:`edge_spline_product`; an empty [0] tensor for
     each one not needed."""
-    _no_kernel("edge_spline_product_backward", x.device)
+    no_kernel("edge_spline_product_backward", x.device)
 
 
 @edge_spline_product_backward.register_fake

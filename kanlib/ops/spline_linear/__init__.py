@@ -387,13 +387,18 @@ def _recorded_sparse_forward(ctx, recording, n_differentiable, x, grid, spline_o
                                    with_slopes=recording and needs[0], weight=weight, parameters=parameters)
     if not (recording and any(needs[:n_differentiable])):
         return out, ()
-    ctx.block_rows = windows.block_rows
-    return out, tuple(torch.from_numpy(array) for array in windows[:4])
+    return out, _window_tensors(windows)
 
 
-def _saved_windows(ctx, tensors) -> _Windows | None:
-    """The :class:`_Windows` from the tensors that :func:`_recorded_sparse_forward` had saved; None without them."""
-    return _Windows(*(t.numpy() for t in tensors), ctx.block_rows) if tensors else None
+def _window_tensors(windows: _Windows) -> tuple[torch.Tensor, ...]:
+    """The windows' arrays (values, slopes, order, offsets) as tensors sharing their memory."""
+    return tuple(torch.from_numpy(array) for array in windows[:4])
+
+
+def _saved_windows(tensors) -> _Windows | None:
+    """The :class:`_Windows` of the tensors :func:`_window_tensors` made (their row blocks: order's last axis); None
+    without them."""
+    return _Windows(*(t.numpy() for t in tensors), tensors[2].shape[2]) if tensors else None
 
 
 def _backward_windows(x, grid, spline_order, uniform, activation, n_slots, need_x, windows):
@@ -472,7 +477,7 @@ class FusedCpuSplineLinear(torch.autograd.Function):
             return (*differentiable_backward(x, weight, grid, spline_order, activation, grad_out, need_x, need_w),
                     None, None, None, None, None, None)
         return (*cpu_product_gradients(x, weight, grid, spline_order, uniform, activation, sparse, grad_out, need_x,
-                                       need_w, _saved_windows(ctx, windows)), None, None, None, None, None, None)
+                                       need_w, _saved_windows(windows)), None, None, None, None, None, None)
 
 
 def cpu_product(x, weight, grid, spline_order, uniform, activation, sparse: bool) -> torch.Tensor:
@@ -544,7 +549,7 @@ class FusedSplineLayer(torch.autograd.Function):
                 x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, grad_out,
                 (need_x, need_base, need_sp, need_coef))
         else:
-            saved = {"windows": _saved_windows(ctx, kept)} if sparse else {"expanded": kept[0] if kept else None}
+            saved = {"windows": _saved_windows(kept)} if sparse else {"expanded": kept[0] if kept else None}
             grad_x, grad_parameters = fused_layer_gradients(
                 x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse, grad_out,
                 need_x, need_base or need_sp or need_coef, weight=weight, **saved)
@@ -702,13 +707,12 @@ def run_fused_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, uni
     """:class:`FusedSplineLayer` applied to arguments already checked; where no graph is recorded (grad mode off,
     or nothing takes a gradient) its product is computed outside autograd, without the autograd function's own
     cost; under torch.compile, the ``kanlib::spline_layer`` operator (:mod:`.compiled`): [N, O]."""
+    recording = torch.is_grad_enabled() and (x.requires_grad or scale_base.requires_grad or scale_sp.requires_grad
+                                             or coef.requires_grad)
     if compiling_with_kernels():
-        recording = torch.is_grad_enabled() and (x.requires_grad or scale_base.requires_grad
-                                                 or scale_sp.requires_grad or coef.requires_grad)
         return spline_layer(x, scale_base, scale_sp, mask, coef, grid, spline_order, activation, sparse, recording,
                             recording and x.requires_grad, GROUP_ROWS)[0]
-    if torch.is_grad_enabled() and (x.requires_grad or scale_base.requires_grad or scale_sp.requires_grad
-                                    or coef.requires_grad):
+    if recording:
         return FusedSplineLayer.apply(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation,
                                       sparse, True)
     return fused_layer_product(x, scale_base, scale_sp, mask, coef, grid, spline_order, uniform, activation, sparse)
@@ -812,11 +816,9 @@ def _product_gradient_kernels(grad_out, x, weight, grid, spline_order, activatio
 
 def _triton_function(grid: torch.Tensor, spline_order: int, dtype: torch.dtype, kernels: str):
     """The autograd Function (:mod:`.triton`'s or :mod:`.triton_local`'s) whose launchers run ``kernels``."""
-    from .triton import SplineLinearFunction
-    from .triton_local import LocalSplineLinearFunction, uses_local_kernels
+    from .triton_local import product_function
 
-    local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order, dtype))
-    return LocalSplineLinearFunction if local else SplineLinearFunction
+    return product_function(grid, spline_order, dtype, kernels)
 
 
 @spline_layer.register_kernel(("cpu", "cuda"))
@@ -831,15 +833,13 @@ def _layer_kernels(x, scale_base, scale_sp, mask, coef, grid, spline_order, acti
         return out, *(x.new_empty(0, 0, 0, dtype=dtype) for dtype in (x.dtype, x.dtype, torch.int32, torch.int32))
     out, windows = _sparse_forward(x, grid, spline_order, uniform, activation, coef.shape[2] + 1,
                                    with_slopes=with_slopes, parameters=(scale_base, scale_sp, mask, coef))
-    return out, *(torch.from_numpy(array) for array in windows[:4])
+    return out, *_window_tensors(windows)
 
 
 @spline_layer_backward.register_kernel(("cpu", "cuda"))
 def _layer_gradient_kernels(grad_out, x, scale_base, scale_sp, mask, coef, grid, values, slopes, order, offsets,
                             spline_order, activation, sparse, need_x, need_parameters):
-    kept = {}
-    if sparse and order.numel() > 0:
-        kept["windows"] = _Windows(values.numpy(), slopes.numpy(), order.numpy(), offsets.numpy(), order.shape[2])
+    kept = {"windows": _saved_windows((values, slopes, order, offsets))} if sparse and order.numel() > 0 else {}
     grad_x, grad_parameters = fused_layer_gradients(x, scale_base, scale_sp, mask, coef, grid, spline_order,
                                                     grid_is_uniform(grid), activation, sparse, grad_out, need_x,
                                                     need_parameters, **kept)

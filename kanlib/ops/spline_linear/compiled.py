@@ -27,7 +27,7 @@ from .reference import differentiable_backward, differentiable_layer_backward
 from .support import KERNEL_FAMILIES
 
 __all__ = ["spline_product", "spline_product_backward", "spline_layer", "spline_layer_backward",
-           "compiling_with_kernels", "grid_is_uniform", "check_operator_backend", "window_shapes",
+           "compiling_with_kernels", "grid_is_uniform", "check_operator_backend", "window_shapes", "no_kernel",
            "OPERATOR_BACKENDS"]
 
 # "cpu" and "sparse": the numba kernels (dense, local support); "triton": the Triton kernels, of the family that
@@ -66,7 +66,8 @@ def check_operator_backend(backend: str, kernels: str) -> None:
         raise ValueError(f"kanlib::spline_product's kernels must be one of {KERNEL_FAMILIES}, got {kernels!r}")
 
 
-def _no_kernel(name: str, device: torch.device):
+def no_kernel(name: str, device: torch.device):
+    """Raise for an operator called on a device its kernels were not registered for (its default body)."""
     raise NotImplementedError(f"kanlib::{name} runs on the CPU and CUDA, got tensors on {device}")
 
 
@@ -74,7 +75,7 @@ def _no_kernel(name: str, device: torch.device):
 def spline_product(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int, activation: str,
                    backend: str, kernels: str) -> torch.Tensor:
     """x [N, I] @ the product's weight [I*S, O] (grid [I, G+2k+1]) -> [N, O] through ``backend``'s kernels."""
-    _no_kernel("spline_product", x.device)
+    no_kernel("spline_product", x.device)
 
 
 @spline_product.register_fake
@@ -87,7 +88,7 @@ def spline_product_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: tor
                             spline_order: int, activation: str, backend: str, kernels: str, need_x: bool,
                             need_weight: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x [N, I], grad_weight [I*S, O]) of :func:`spline_product`; an empty [0] tensor for one not needed."""
-    _no_kernel("spline_product_backward", x.device)
+    no_kernel("spline_product_backward", x.device)
 
 
 @spline_product_backward.register_fake
@@ -129,7 +130,7 @@ def spline_layer(x: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.Tens
     ``keep_windows`` (else empty [0, 0, 0] tensors), the basis windows it found: values [I, k+2, N], slopes (the same
     in x's derivative, when ``with_slopes``), order [B, I, R] and offsets [B, I, G+1] (int32) for blocks of
     R = min(group_rows, N) rows (:class:`kanlib.ops.spline_linear._Windows`)."""
-    _no_kernel("spline_layer", x.device)
+    no_kernel("spline_layer", x.device)
 
 
 def window_shapes(n_rows, n_in: int, n_basis: int, spline_order: int, with_slopes: bool, group_rows: int):
@@ -161,7 +162,7 @@ def spline_layer_backward(grad_out: torch.Tensor, x: torch.Tensor, scale_base: t
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_scale_base, grad_scale_sp, grad_coef) of :func:`spline_layer`, from the windows it kept (or,
     where they are empty, found again); an empty [0] tensor for those not needed (the parameters' come together)."""
-    _no_kernel("spline_layer_backward", x.device)
+    no_kernel("spline_layer_backward", x.device)
 
 
 @spline_layer_backward.register_fake

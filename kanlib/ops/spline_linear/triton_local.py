@@ -57,7 +57,7 @@ from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_de
                      store_or_add, to_store)
 
 __all__ = ["spline_linear_triton_any", "spline_linear_triton_local", "LocalSplineLinearFunction", "KERNEL_FAMILIES",
-           "uses_local_kernels"]
+           "uses_local_kernels", "product_function"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -366,9 +366,16 @@ def spline_linear_triton_any(x: torch.Tensor, weight: torch.Tensor, grid: torch.
         raise ValueError(f"kernels must be one of {KERNEL_FAMILIES}, got {kernels!r}")
     x, weight = autocast_operands(x, weight)
     check_inputs(x, weight, grid, spline_order, activation)
-    local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order, x.dtype))
-    function = LocalSplineLinearFunction if local else SplineLinearFunction
+    function = product_function(grid, spline_order, x.dtype, kernels)
     return function.apply(x, weight, grid, spline_order, bool(uniform), activation)
+
+
+def product_function(grid: torch.Tensor, spline_order: int, dtype: torch.dtype, kernels: str):
+    """The autograd Function whose kernels ``kernels`` names for operands of ``dtype``: this module's
+    (:data:`LocalSplineLinearFunction`) for "local", or for "auto" where :func:`uses_local_kernels`, else
+    :mod:`.triton`'s dense ones."""
+    local = kernels == "local" or (kernels == "auto" and uses_local_kernels(grid, spline_order, dtype))
+    return LocalSplineLinearFunction if local else SplineLinearFunction
 
 
 def spline_linear_triton_local(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline_order: int,
