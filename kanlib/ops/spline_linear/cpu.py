@@ -1118,9 +1118,10 @@ def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, c
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes, order, b, g0, g1):
-    """grad_x[n, i] += sum_q slopes[i, q, b * block_rows + j] * (grad_out[n, c0:c1] . weight[row q, w0:w0 + c1 - c0]) for
-    each n = order[b, i, j], g0 <= j < g1, the sums in grad_out's dtype (:func:`_dot_window_rows`)."""
+def _dot_group_rows(grad_row, i, grad_out, c0, c1, weight, w0, base, first, slopes, order, b, g0, g1):
+    """grad_row[n] += sum_q slopes[i, q, b * block_rows + j] * (grad_out[n, c0:c1] . weight[row q, w0:w0 + c1 - c0]) for
+    each n = order[b, i, j], g0 <= j < g1, the sums in grad_out's dtype (:func:`_dot_window_rows`); grad_row [N]
+    holds input i's entries of grad_x."""
     j = g0
     width = c1 - c0
     r0 = b * order.shape[2]  # the block's windows' first position
@@ -1139,10 +1140,10 @@ def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes
                 sb += gb[o] * (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4)
                 sc += gc[o] * (e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3 + e4 * v4)
                 sd += gd[o] * (d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4)
-            grad_x[n0, i] += sa
-            grad_x[n1, i] += sb
-            grad_x[n2, i] += sc
-            grad_x[n3, i] += sd
+            grad_row[n0] += sa
+            grad_row[n1] += sb
+            grad_row[n2] += sc
+            grad_row[n3] += sd
             j += 4
         if j + 2 <= g1:  # two of the last rows in one pass too: at large G a group holds a few rows
             n0, n1 = order[b, i, j], order[b, i, j + 1]
@@ -1154,18 +1155,18 @@ def _dot_group_rows(grad_x, i, grad_out, c0, c1, weight, w0, base, first, slopes
                 v0, v1, v2, v3, v4 = wa[o], wb[o], wc[o], wd[o], we[o]
                 sa += ga[o] * (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4)
                 sb += gb[o] * (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4)
-            grad_x[n0, i] += sa
-            grad_x[n1, i] += sb
+            grad_row[n0] += sa
+            grad_row[n1] += sb
             j += 2
         if j < g1:
             n0 = order[b, i, j]
             a0, a1, a2, a3, a4 = _five(slopes, i, r0 + j)
-            grad_x[n0, i] += _dot_five_rows(grad_out[n0, c0:c1], wa, wb, wc, wd, we, a0, a1, a2, a3, a4)
+            grad_row[n0] += _dot_five_rows(grad_out[n0, c0:c1], wa, wb, wc, wd, we, a0, a1, a2, a3, a4)
             j += 1
     for rest in range(j, g1):
         n = order[b, i, rest]
-        grad_x[n, i] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, r0 + rest], w0,
-                                         w0 + width)
+        grad_row[n] += _dot_window_rows(grad_out[n, c0:c1], weight, base, first, slopes[i, :, r0 + rest], w0,
+                                        w0 + width)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -1522,6 +1523,18 @@ def _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scal
             grad_scale_sp[i, o] = acc * edge_mask
 
 
+@njit(inline="always", cache=True)
+def _untranspose_rows(transposed, out, n0, n1):
+    """out[n, i] <- the sum over p of transposed[p, i, n] for n0 <= n < n1 (transposed [P, I, N], out [N, I]), input
+    after input: the rows' entries stay in L1 while the inputs go by."""
+    for i in range(transposed.shape[1]):
+        for n in range(n0, n1):
+            total = transposed[0, i, n]
+            for p in range(1, transposed.shape[0]):
+                total += transposed[p, i, n]
+            out[n, i] = total
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_base, scale_sp, mask, coef, grad_x,
                      grad_scale_base, grad_scale_sp, grad_coef, in_block, col_block):
@@ -1536,40 +1549,39 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
     n_starts = offsets.shape[2] - 1
     given, need_x, need_parameters = weight.size > 0, grad_x.size > 0, grad_coef.size > 0
     n_col_blocks = (n_out + col_block - 1) // col_block
-    # the column blocks' sums of grad_x after the first's, added at the end
-    partial = np.zeros((n_col_blocks - 1 if need_x else 0, n_rows, n_in), dtype=grad_out.dtype)
+    # grad_x transposed, one [I, N] for each column block: an input's sums go along one row, which stays in cache as
+    # its rows go by (grad_x's column, one entry per cache line, did not); summed and transposed into grad_x at the end
+    transposed = np.zeros((n_col_blocks if need_x else 0, n_in, n_rows), dtype=grad_out.dtype)
     for task in prange(_tile_count(n_in, in_block, n_out, col_block)):
         i0, i1, c0, c1, column_block = _tile_ranges(task, n_in, in_block, n_out, col_block)
         rows = np.empty((0 if given or not need_x else n_slots, c1 - c0), dtype=grad_out.dtype)
         scale = np.empty(c1 - c0, dtype=grad_out.dtype)
         block = np.empty((n_slots if need_parameters else 0, c1 - c0), dtype=grad_out.dtype)
         columns = np.empty((TRANSPOSE_COLUMNS if need_parameters else 0, n_slots - 1), dtype=grad_out.dtype)
-        target = grad_x
-        if need_x and column_block > 0:
-            target = partial[column_block - 1]
-        elif need_x:
-            grad_x[:, i0:i1] = 0.0
         for i in range(i0, i1):
+            # input i's coefficients are read from memory once: for its weight rows, then again from cache for the
+            # parameters' gradients
+            if need_parameters:
+                block[:] = 0.0
+                _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1)
+            if need_x and not given:
+                _input_weights(scale_base, scale_sp, mask, coef, i, c0, c1, scale, rows, True)
+            if need_parameters:
+                _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
+                                           grad_coef, columns)
             if need_x:
-                matrix, base, w0 = weight, i * n_slots, c0
-                if not given:
-                    _input_weights(scale_base, scale_sp, mask, coef, i, c0, c1, scale, rows, True)
-                    matrix, base, w0 = rows, 0, 0
+                matrix, base, w0 = (weight, i * n_slots, c0) if given else (rows, 0, 0)
                 ahead_start, ahead_stop, per_step = _next_input(coef, i, i1, c0, c1, order.shape[0] * n_starts)
+                grad_row = transposed[column_block, i]
                 for b in range(order.shape[0]):
                     for s in range(n_starts):
                         prefetch_lines(coef, ahead_start, ahead_stop, (b * n_starts + s) * per_step, per_step)
                         first, stop = offsets[b, i, s], offsets[b, i, s + 1]
-                        _dot_group_rows(target, i, grad_out, c0, c1, matrix, w0, base, base + 1 + s, slopes, order, b,
-                                        first, stop)
-            if need_parameters:
-                block[:] = 0.0
-                _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1)
-                _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
-                                           grad_coef, columns)
-    if n_col_blocks > 1 and need_x:
-        for n in prange(n_rows):
-            _add_partial_sums(grad_x[n], partial, n)
+                        _dot_group_rows(grad_row, i, grad_out, c0, c1, matrix, w0, base, base + 1 + s, slopes, order,
+                                        b, first, stop)
+    if need_x:
+        for chunk in prange((n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+            _untranspose_rows(transposed, grad_x, chunk * ROWS_PER_CHUNK, min(n_rows, (chunk + 1) * ROWS_PER_CHUNK))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
