@@ -409,13 +409,15 @@ def test_the_layer_from_its_parameters_matches_the_reference(monkeypatch, k, uni
     _assert_layer_matches_reference(torch.Generator().manual_seed(k), k, uniform, sparse, n_out, (1, 11))
 
 
+@pytest.mark.parametrize("x_needs_grad", [True, False])
 @pytest.mark.parametrize("uniform", [True, False])
-def test_sparse_parameter_gradients_over_several_transposing_tiles(uniform):
-    """More outputs than cpu.TRANSPOSE_COLUMNS, not a multiple of it, in one column tile: the coefficients' gradients
-    are written through several transposing tiles, the last one partial."""
-    n_out = 2 * cpu.TRANSPOSE_COLUMNS + 5
+def test_sparse_parameter_gradients_over_8_by_8_blocks_and_their_edges(uniform, x_needs_grad):
+    """21 outputs (two blocks of 8 and 5 more) by 5 or 26 bases (none, or three blocks of 8 and 2 more) in one column
+    tile: the coefficients' gradients written block by block and entry by entry at the edges, with the weight's rows
+    (x takes a gradient) and without them."""
+    n_out = 2 * cpu.BLOCK + 5
     assert n_out <= spline_linear_module.TILE_COLUMNS
-    _assert_layer_matches_reference(torch.Generator().manual_seed(7), 3, uniform, True, n_out, (2, 23))
+    _assert_layer_matches_reference(torch.Generator().manual_seed(7), 3, uniform, True, n_out, (2, 23), x_needs_grad)
 
 
 @pytest.mark.parametrize("uniform", [True, False])
@@ -467,15 +469,15 @@ def test_the_local_support_step_runs_no_torch_computation():
     assert {name for name in names if name.startswith("aten::")} <= _NO_COMPUTE_OPS
 
 
-def _assert_layer_matches_reference(gen, k, uniform, sparse, n_out, grid_sizes):
+def _assert_layer_matches_reference(gen, k, uniform, sparse, n_out, grid_sizes, x_needs_grad=True):
     """fused_spline_layer (sparse or dense) against the reference on 6 inputs and 29 rows around each grid: the output
-    and the gradients of x and the parameters."""
+    and the gradients of the parameters, and of x where it takes one."""
     for grid_size in grid_sizes:
         grid = random_grid(6, grid_size, k, gen, uniform=uniform, dtype=torch.float64)
-        x = inputs_around(grid, 29, gen, outside=0.3).requires_grad_()
+        x = inputs_around(grid, 29, gen, outside=0.3).requires_grad_(x_needs_grad)
         (scale_base, scale_sp), mask, coef = _layer_parameters(gen, 6, n_out, grid_size + k)
         grad_out = torch.randn(29, n_out, generator=gen, dtype=torch.float64)
-        leaves = (x, scale_base, scale_sp, coef)
+        leaves = (x, scale_base, scale_sp, coef)[0 if x_needs_grad else 1:]
         results = []
         for compute in (lambda: spline_linear_module.fused_spline_layer(x, scale_base, scale_sp, mask, coef, grid, k,
                                                                         uniform, "silu", sparse),

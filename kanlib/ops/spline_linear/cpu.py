@@ -67,7 +67,7 @@ import torch
 from numba import njit, prange
 
 from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, RELU_ID, SILU_ID, TANH_ID
-from ..block_transpose import BLOCK, scaled_transpose_block, transpose_block
+from ..block_transpose import BLOCK, gradient_block, scaled_transpose_block, weight_and_gradient_block
 from ..contention import guard_from_environment
 from ..fast_exp import exp_constants, exp_nonpositive
 from ..prefetch import PREFETCH_LINE, prefetch_lines
@@ -1473,54 +1473,65 @@ def _sparse_forward(order, offsets, values, weight, scale_base, scale_sp, mask, 
             _add_partial_sums(out[n], partial, n)
 
 
-# The parameters' gradients are written across the basis axis from a block whose rows run along the outputs: the
-# block's columns are first transposed, TRANSPOSE_COLUMNS outputs at a time, into the rows of a tile [outputs, G+k]
-# (:func:`_transpose_rows`), which the writes then read along the basis axis as they write (a loop that vectorizes).
-# Read straight from the block, a column's entries lie one block row apart (a power of two bytes for power-of-two
-# widths), map to a few L1 cache sets and evict one another. (B = 1024, I = O = 256, G = 200 on a Zen 4 EPYC: this
-# pass, its tile copied entry by entry, took 0.7x the time of one that read a tile [G+k, 16] across its rows.)
-TRANSPOSE_COLUMNS = 64
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, scale, rows, with_rows,
+                           grad_scale_base, grad_scale_sp, grad_coef, sums):
+    """Input i's parameters' gradients for outputs c0..c1 from block [S, c1 - c0], its rows of the weight gradient,
+    and with ``with_rows`` its S rows of the assembled weight into rows [S, >= c1 - c0] (as :func:`_input_weights`),
+    the coefficients read once for both (scale: scratch [>= c1 - c0]; sums: scratch [BLOCK]).
 
-
-@njit(inline="always", cache=True)
-def _transpose_rows(block, first_row, col0, col1, n_rows, columns):
-    """columns[c - col0, r] = block[first_row + r, c] for r < n_rows and col0 <= c < col1 (block and columns
-    C-contiguous): in 8 x 8 blocks through vector shuffles (:mod:`kanlib.ops.block_transpose`), the edges one entry at
-    a time."""
-    width = block.shape[1]
-    row_end = n_rows - n_rows % BLOCK
-    col_end = col0 + (col1 - col0) - (col1 - col0) % BLOCK
-    for c in range(col0, col_end, BLOCK):
-        for r in range(0, row_end, BLOCK):
-            transpose_block(block, (first_row + r) * width + c, width, columns, (c - col0) * n_rows + r, n_rows)
-        for r in range(row_end, n_rows):
-            for cc in range(c, c + BLOCK):
-                columns[cc - col0, r] = block[first_row + r, cc]
-    for r in range(n_rows):
-        for c in range(col_end, col1):
-            columns[c - col0, r] = block[first_row + r, c]
+    In 8 x 8 blocks of 8 outputs by 8 bases (:func:`kanlib.ops.block_transpose.weight_and_gradient_block`), the
+    8 outputs' strip across all bases before the next: the coefficients' block is read once and transposed into the
+    weight's rows, the gradient's block transposed straight into grad_coef's rows, and the 8 outputs' sums for
+    grad_scale_sp kept in one vector. The edges go entry by entry, and everything so where rows do not lie side by
+    side in memory. (Transposing the whole gradient block into a tile first and writing grad_coef from it in a second
+    pass, as this kernel did before, took longer: the coefficients were read twice, the tile written and read.)
+    """
+    n_basis, width = coef.shape[2], c1 - c0
+    for o in range(width):
+        edge_mask = mask[i, c0 + o]
+        scale[o] = scale_sp[i, c0 + o] * edge_mask
+        grad_scale_base[i, c0 + o] = block[0, o] * edge_mask
+        if with_rows:
+            rows[0, o] = scale_base[i, c0 + o] * edge_mask
+    item = coef.itemsize
+    side_by_side = (coef.strides[2] == item and grad_coef.strides == coef.strides and block.strides[1] == item
+                    and (rows.strides[1] == item or not with_rows))
+    out_end = width - width % BLOCK if side_by_side else 0
+    basis_end = n_basis - n_basis % BLOCK
+    source_row, block_row, rows_row = coef.strides[1] // item, block.strides[0] // item, rows.strides[0] // item
+    source = i * (coef.strides[0] // item) + c0 * source_row
+    for o0 in range(0, out_end, BLOCK):
+        sums[:] = 0.0
+        for j0 in range(0, basis_end, BLOCK):
+            at, row = source + o0 * source_row + j0, (1 + j0) * rows_row + o0
+            if with_rows:
+                weight_and_gradient_block(coef, at, source_row, block, (1 + j0) * block_row + o0, block_row, grad_coef,
+                                          rows, row, rows_row, scale, o0, sums)
+            else:
+                gradient_block(coef, at, source_row, block, (1 + j0) * block_row + o0, block_row, grad_coef,
+                               rows, row, rows_row, scale, o0, sums)
+        for o in range(o0, o0 + BLOCK):
+            acc = _edge_gradients(block, i, c0 + o, o, basis_end, coef, scale[o], rows, with_rows, grad_coef,
+                                  sums[o - o0])
+            grad_scale_sp[i, c0 + o] = acc * mask[i, c0 + o]
+    for o in range(out_end, width):
+        zero = block.dtype.type(0.0)
+        acc = _edge_gradients(block, i, c0 + o, o, 0, coef, scale[o], rows, with_rows, grad_coef, zero)
+        grad_scale_sp[i, c0 + o] = acc * mask[i, c0 + o]
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scale_base, grad_scale_sp, grad_coef,
-                               columns):
-    """Input i's parameters' gradients for outputs c0..c1 from block [S, c1 - c0], its rows of the weight gradient
-    (columns: scratch [TRANSPOSE_COLUMNS, G+k])."""
-    n_basis = coef.shape[2]
-    for o0 in range(c0, c1, TRANSPOSE_COLUMNS):
-        o1 = min(c1, o0 + TRANSPOSE_COLUMNS)
-        _transpose_rows(block, 1, o0 - c0, o1 - c0, n_basis, columns)
-        for o in range(o0, o1):
-            edge_mask = mask[i, o]
-            grad_scale_base[i, o] = block[0, o - c0] * edge_mask
-            scale = scale_sp[i, o] * edge_mask
-            column, written, coefficients = columns[o - o0], grad_coef[i, o], coef[i, o]
-            acc = block.dtype.type(0.0)
-            for j in range(n_basis):
-                g_row = column[j]
-                written[j] = scale * g_row
-                acc += g_row * coefficients[j]
-            grad_scale_sp[i, o] = acc * edge_mask
+def _edge_gradients(block, i, output, o, first_basis, coef, scale, rows, with_rows, grad_coef, acc):
+    """What :func:`_weights_and_gradients` does for bases first_basis.. of one output, entry by entry: acc plus
+    that output's sum for grad_scale_sp over them."""
+    for j in range(first_basis, coef.shape[2]):
+        gradient, coefficient = block[1 + j, o], coef[i, output, j]
+        if with_rows:
+            rows[1 + j, o] = scale * coefficient
+        grad_coef[i, output, j] = scale * gradient
+        acc += gradient * coefficient
+    return acc
 
 
 @njit(inline="always", cache=True)
@@ -1557,18 +1568,16 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
         rows = np.empty((0 if given or not need_x else n_slots, c1 - c0), dtype=grad_out.dtype)
         scale = np.empty(c1 - c0, dtype=grad_out.dtype)
         block = np.empty((n_slots if need_parameters else 0, c1 - c0), dtype=grad_out.dtype)
-        columns = np.empty((TRANSPOSE_COLUMNS if need_parameters else 0, n_slots - 1), dtype=grad_out.dtype)
+        sums = np.empty(BLOCK, dtype=grad_out.dtype)
         for i in range(i0, i1):
-            # input i's coefficients are read from memory once: for its weight rows, then again from cache for the
-            # parameters' gradients
+            # input i's coefficients are read once, for its weight rows and its parameters' gradients together
             if need_parameters:
                 block[:] = 0.0
                 _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1)
-            if need_x and not given:
+                _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, scale, rows, need_x,
+                                       grad_scale_base, grad_scale_sp, grad_coef, sums)
+            elif need_x and not given:
                 _input_weights(scale_base, scale_sp, mask, coef, i, c0, c1, scale, rows, True)
-            if need_parameters:
-                _write_parameter_gradients(block, i, c0, c1, scale_sp, mask, coef, grad_scale_base, grad_scale_sp,
-                                           grad_coef, columns)
             if need_x:
                 matrix, base, w0 = (weight, i * n_slots, c0) if given else (rows, 0, 0)
                 ahead_start, ahead_stop, per_step = _next_input(coef, i, i1, c0, c1, order.shape[0] * n_starts)
