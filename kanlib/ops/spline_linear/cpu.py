@@ -990,6 +990,17 @@ def _blocks(total, block, index):
 
 
 @njit(inline="always", cache=True)
+def _spread_rows(width, itemsize):
+    """The row length (elements) of a scratch tile for rows of ``width`` entries: rounded up to an odd number of
+    64-byte cache lines. The 8 x 8 blocks walk down a tile's columns, and with a power-of-two row length every row of a
+    column maps to the same few L1 cache sets, so a line is evicted before the next strip of columns reads the rest
+    of it; an odd number of lines spreads the rows over all the sets."""
+    per_line = max(1, 64 // itemsize)
+    lines = (width + per_line - 1) // per_line
+    return (lines + 1 - lines % 2) * per_line
+
+
+@njit(inline="always", cache=True)
 def _tile_count(n_first, first_block, n_columns, col_block):
     """Tiles of first_block items (rows or inputs) by col_block columns."""
     return ((n_first + first_block - 1) // first_block) * ((n_columns + col_block - 1) // col_block)
@@ -1453,7 +1464,7 @@ def _sparse_forward(order, offsets, values, weight, scale_base, scale_sp, mask, 
         r0, r1, c0, c1, _ = _tile_ranges(tile, n_rows, block_rows, n_out, col_block)
         b = r0 // block_rows
         acc = np.zeros((r1 - r0, c1 - c0), dtype=out.dtype)
-        rows = np.empty((0 if given else n_slots, c1 - c0), dtype=out.dtype)
+        rows = np.empty((0 if given else n_slots, _spread_rows(c1 - c0, out.itemsize)), dtype=out.dtype)
         scale = np.empty(c1 - c0, dtype=out.dtype)
         i0, i1 = _blocks(n_in, part_inputs, part)
         for i in range(i0, i1):
@@ -1565,9 +1576,10 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
     transposed = np.zeros((n_col_blocks if need_x else 0, n_in, n_rows), dtype=grad_out.dtype)
     for task in prange(_tile_count(n_in, in_block, n_out, col_block)):
         i0, i1, c0, c1, column_block = _tile_ranges(task, n_in, in_block, n_out, col_block)
-        rows = np.empty((0 if given or not need_x else n_slots, c1 - c0), dtype=grad_out.dtype)
+        width = _spread_rows(c1 - c0, grad_out.itemsize)
+        rows = np.empty((0 if given or not need_x else n_slots, width), dtype=grad_out.dtype)
         scale = np.empty(c1 - c0, dtype=grad_out.dtype)
-        block = np.empty((n_slots if need_parameters else 0, c1 - c0), dtype=grad_out.dtype)
+        block = np.empty((n_slots if need_parameters else 0, width), dtype=grad_out.dtype)
         sums = np.empty(BLOCK, dtype=grad_out.dtype)
         for i in range(i0, i1):
             # input i's coefficients are read once, for its weight rows and its parameters' gradients together
