@@ -1115,6 +1115,16 @@ def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, c
                 acc[nc, o] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3 + c4 * w4
                 acc[nd, o] += d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3 + d4 * w4
             j += 4
+        if j + 2 <= g1:  # two of the last rows in one pass too: at large G a group holds a few rows
+            a0, a1, a2, a3, a4 = _five(values, i, r0 + j)
+            b0, b1, b2, b3, b4 = _five(values, i, r0 + j + 1)
+            na, nb = order[b, i, j] - r0, order[b, i, j + 1] - r0
+            for o in range(width):
+                w0, w1, w2 = weight[base, col0 + o], weight[first, col0 + o], weight[first + 1, col0 + o]
+                w3, w4 = weight[first + 2, col0 + o], weight[first + 3, col0 + o]
+                acc[na, o] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4
+                acc[nb, o] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4
+            j += 2
         while j < g1:
             a0, a1, a2, a3, a4 = _five(values, i, r0 + j)
             na = order[b, i, j] - r0
