@@ -1243,16 +1243,21 @@ def _scatter_row(target, values, i, q, rows, p0, grad_out, col0, col1):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1):
+def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1, written, written_lines):
     """block[base + slot, col0:col0 + c1 - c0] += sum over the rows n of input i of their window's entry q *
     grad_out[n, c0:c1], slot the window entry q's (0, the base activation's, for q = 0; start + q otherwise): input
     i's rows of A^T @ grad_out for columns c0..c1, one group of rows with the same window start at a time (see
-    :func:`_rows_by_start`), so that the group's k + 2 accumulator rows stay in L1."""
+    :func:`_rows_by_start`), so that the group's k + 2 accumulator rows stay in L1. Meanwhile the lines of
+    ``written`` in written_lines (start, stop, lines per group, as :func:`_input_lines` gives) are prefetched for
+    writing."""
     window = values.shape[1]
     col1 = col0 + c1 - c0
+    n_starts = offsets.shape[2] - 1
     for b in range(offsets.shape[0]):
         order_row = order[b, i]
-        for s in range(offsets.shape[2] - 1):
+        for s in range(n_starts):
+            prefetch_lines(written, written_lines[0], written_lines[1], (b * n_starts + s) * written_lines[2],
+                           written_lines[2], True)
             first, stop = offsets[b, i, s], offsets[b, i, s + 1]
             if first == stop:
                 continue
@@ -1423,16 +1428,22 @@ def _rows_by_start(starts, block_rows, order, offsets):
 # (:func:`_input_weights`, blocked), so that the [I*S, O] weight is never written to memory: at G = 200 it outgrows
 # the last-level cache, and writing it, then reading it back in forward and backward, cost more than the products.
 @njit(inline="always", cache=True)
-def _next_input(coef, i, i1, c0, c1, n_steps):
-    """(start, stop, lines per step): the flat range of input i + 1's coefficients for columns c0..c1 (empty when
-    i + 1 reaches i1 or there are no coefficients), and how many of its cache lines each of n_steps steps prefetches
-    for all of them to be asked for."""
-    if i + 1 >= i1 or coef.size == 0:
+def _input_lines(array, i, c0, c1, n_steps):
+    """(start, stop, lines per step): the flat range of input i's entries for columns c0..c1 of array [I, O, G+k]
+    (empty where the array is), and how many of its cache lines each of n_steps steps prefetches for all of them to
+    be asked for."""
+    if array.size == 0:
         return 0, 0, 0
-    row = coef.strides[1] // coef.itemsize
-    start = (i + 1) * (coef.strides[0] // coef.itemsize) + c0 * row
-    lines = ((c1 - c0) * row * coef.itemsize + PREFETCH_LINE - 1) // PREFETCH_LINE
+    row = array.strides[1] // array.itemsize
+    start = i * (array.strides[0] // array.itemsize) + c0 * row
+    lines = ((c1 - c0) * row * array.itemsize + PREFETCH_LINE - 1) // PREFETCH_LINE
     return start, start + (c1 - c0) * row, (lines + n_steps - 1) // max(1, n_steps)
+
+
+@njit(inline="always", cache=True)
+def _next_input(coef, i, i1, c0, c1, n_steps):
+    """:func:`_input_lines` of input i + 1's coefficients, empty when i + 1 reaches i1."""
+    return (0, 0, 0) if i + 1 >= i1 else _input_lines(coef, i + 1, c0, c1, n_steps)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -1595,7 +1606,10 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
             # input i's coefficients are read once, for its weight rows and its parameters' gradients together
             if need_parameters:
                 block[:] = 0.0
-                _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1)
+                # input i's lines of grad_coef are asked for while its sums accumulate: a store into a line
+                # that is not in the cache waits for it to be read from memory
+                _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1, grad_coef,
+                                  _input_lines(grad_coef, i, c0, c1, order.shape[0] * n_starts))
                 _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, scale, rows, need_x,
                                        grad_scale_base, grad_scale_sp, grad_coef, sums)
             elif need_x and not given:
@@ -1623,7 +1637,8 @@ def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block,
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, grad_weight.shape[1], col_block)
         grad_weight[i0 * n_slots:i1 * n_slots, c0:c1] = 0.0
         for i in range(i0, i1):
-            _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1)
+            _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1, grad_weight,
+                              (0, 0, 0))
 
 
 def thread_count() -> int:
