@@ -1508,16 +1508,16 @@ def _sparse_forward(order, offsets, values, weight, scale_base, scale_sp, mask, 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, scale, rows, with_rows,
                            grad_scale_base, grad_scale_sp, grad_coef, sums):
-    """Input i's parameters' gradients for outputs c0..c1 from block [S, c1 - c0], its rows of the weight gradient,
-    and with ``with_rows`` its S rows of the assembled weight into rows [S, >= c1 - c0] (as :func:`_input_weights`),
-    the coefficients read once for both (scale: scratch [>= c1 - c0]; sums: scratch [BLOCK]).
+    """Input i's parameters' gradients for outputs c0..c1 from block [S, >= c1 - c0], its rows of the weight
+    gradient, and with ``with_rows`` its S rows of the assembled weight into rows [S, >= c1 - c0] (as
+    :func:`_input_weights`), the coefficients read once for both (scale: scratch [>= c1 - c0]; sums: scratch [BLOCK]).
 
     In 8 x 8 blocks of 8 outputs by 8 bases (:func:`kanlib.ops.block_transpose.weight_and_gradient_block`), the
     8 outputs' strip across all bases before the next: the coefficients' block is read once and transposed into the
     weight's rows, the gradient's block transposed straight into grad_coef's rows, and the 8 outputs' sums for
     grad_scale_sp kept in one vector. The edges go entry by entry, and everything so where rows do not lie side by
-    side in memory. (Transposing the whole gradient block into a tile first and writing grad_coef from it in a second
-    pass, as this kernel did before, took longer: the coefficients were read twice, the tile written and read.)
+    side in memory. (One pass, rather than the weight's rows first and then the gradient transposed into a tile and
+    written from it: that reads the coefficients twice and writes and reads the tile.)
     """
     n_basis, width = coef.shape[2], c1 - c0
     for o in range(width):
@@ -1547,8 +1547,8 @@ def _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, s
             acc = _edge_gradients(block, i, c0 + o, o, basis_end, coef, scale[o], rows, with_rows, grad_coef,
                                   sums[o - o0])
             grad_scale_sp[i, c0 + o] = acc * mask[i, c0 + o]
+    zero = block.dtype.type(0.0)
     for o in range(out_end, width):
-        zero = block.dtype.type(0.0)
         acc = _edge_gradients(block, i, c0 + o, o, 0, coef, scale[o], rows, with_rows, grad_coef, zero)
         grad_scale_sp[i, c0 + o] = acc * mask[i, c0 + o]
 
