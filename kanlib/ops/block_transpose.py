@@ -72,6 +72,10 @@ class _Vectors:
         for r, vector in enumerate(vectors):
             self.builder.store(vector, self._pointer(array, start, row, r), align=self.align)
 
+    def store(self, array, start, vector):
+        """array.flat[start : start + 8] = vector."""
+        self.store_rows(array, start, ir.Constant(self.intp, 0), [vector])
+
     def transposed(self, block):
         low, high = _mask(_INTERLEAVE_LOW), _mask(_INTERLEAVE_HIGH)
         for _ in range(_ROUNDS):
@@ -148,10 +152,11 @@ def _gradient_block(with_rows: bool):
                 factor = vectors.load(4, scale_start)
                 vectors.store_rows(3, rows_start, rows_row, [builder.fmul(row, factor) for row in by_basis])
             gradients = vectors.load_rows(1, gradient_start, gradient_row)
-            total = vectors.load(5, ir.Constant(vectors.intp, 0))
+            first = ir.Constant(vectors.intp, 0)
+            total = vectors.load(5, first)
             for g, c in zip(gradients, by_basis):
                 total = builder.fadd(total, builder.fmul(g, c))
-            vectors.store_rows(5, ir.Constant(vectors.intp, 0), ir.Constant(vectors.intp, 0), [total])
+            vectors.store(5, first, total)
             written = []
             for c, row in enumerate(vectors.transposed(gradients)):
                 scale_at = builder.gep(vectors.data[4], [builder.add(scale_start, ir.Constant(vectors.intp, c))])
