@@ -995,7 +995,7 @@ def _spread_rows(width, itemsize):
     64-byte cache lines. The 8 x 8 blocks walk down a tile's columns, and with a power-of-two row length every row of a
     column maps to the same few L1 cache sets, so a line is evicted before the next strip of columns reads the rest
     of it; an odd number of lines spreads the rows over all the sets."""
-    per_line = max(1, 64 // itemsize)
+    per_line = max(1, PREFETCH_LINE // itemsize)
     lines = (width + per_line - 1) // per_line
     return (lines + 1 - lines % 2) * per_line
 
@@ -1544,17 +1544,17 @@ def _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, s
                 gradient_block(coef, at, source_row, block, (1 + j0) * block_row + o0, block_row, grad_coef,
                                rows, row, rows_row, scale, o0, sums)
         for o in range(o0, o0 + BLOCK):
-            acc = _edge_gradients(block, i, c0 + o, o, basis_end, coef, scale[o], rows, with_rows, grad_coef,
-                                  sums[o - o0])
+            acc = _gradients_one_by_one(block, i, c0 + o, o, basis_end, coef, scale[o], rows, with_rows, grad_coef,
+                                        sums[o - o0])
             grad_scale_sp[i, c0 + o] = acc * mask[i, c0 + o]
     zero = block.dtype.type(0.0)
     for o in range(out_end, width):
-        acc = _edge_gradients(block, i, c0 + o, o, 0, coef, scale[o], rows, with_rows, grad_coef, zero)
+        acc = _gradients_one_by_one(block, i, c0 + o, o, 0, coef, scale[o], rows, with_rows, grad_coef, zero)
         grad_scale_sp[i, c0 + o] = acc * mask[i, c0 + o]
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _edge_gradients(block, i, output, o, first_basis, coef, scale, rows, with_rows, grad_coef, acc):
+def _gradients_one_by_one(block, i, output, o, first_basis, coef, scale, rows, with_rows, grad_coef, acc):
     """What :func:`_weights_and_gradients` does for bases first_basis.. of one output, entry by entry: acc plus
     that output's sum for grad_scale_sp over them."""
     for j in range(first_basis, coef.shape[2]):
