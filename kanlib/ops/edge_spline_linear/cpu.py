@@ -14,8 +14,10 @@ proportional to the live edges, and the row loops vectorize.
 
 - :func:`forward_kernel`: out [N, O]. Parallel over row blocks; a block accumulates its [O, rows] output tile
   (in cache) over the inputs and their edges. Its expansion writes each value's k + 1 window entries into a zeroed
-  tile with padding rows at both ends (no per-slot selects), and the slot count is a compile-time constant, so two
-  edges of an input are one pass over the rows for up to 12 slots, their weights held as scalars.
+  tile with padding rows at both ends (no per-slot selects). The edges' sums run a stretch of rows at a time with
+  the stretch's slot rows held in 64-byte vectors across all the input's edges
+  (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`; the slot count is a compile-time constant); x and the
+  output tile are transposed in 8 x 8 blocks.
 Both are built once per spline order (and slot count): a sized kernel compiles, or loads from numba's cache, its
 serial twin at its first small call, which a fresh wrapper per call would repeat every time.
 
@@ -37,8 +39,10 @@ import functools
 import numpy as np
 from numba import njit, prange
 
+from ..block_transpose import BLOCK, transpose_block
 from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, recursion_tables, sized_kernel,
                                  window_polynomials, write_slots)
+from ..weighted_rows import VECTOR_BYTES, add_weighted_rows
 
 __all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 
@@ -47,6 +51,9 @@ __all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 ROWS_PER_BLOCK = 256
 # Inputs the forward kernel transposes at a time: [INPUT_GROUP, ROWS_PER_BLOCK] stays in L1.
 INPUT_GROUP = 16
+# Vectors of 64 bytes per stretch of rows that the forward kernel's edges add up at a time, held while it runs
+# over an input's edges (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`): 32 float32 rows, 16 float64.
+EDGE_VECTORS = 2
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -188,136 +195,22 @@ def _raise_rows(levels, first, clamped, i, n_block, knots, reciprocals, d):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _add_slots(row, slots, offset, weights, first, count, n_block):
-    """row[r] += sum over s < count of weights[first + s] * slots[offset + first + s, r], for r < n_block: one
-    pass of an edge over a block of rows (the kernel passes count as a compile-time constant, so the slot loop
-    unrolls and the row loop keeps the weights in registers)."""
-    for r in range(n_block):
-        acc = row[r]
-        for s in range(count):
-            acc += weights[first + s] * slots[offset + first + s, r]
-        row[r] = acc
-
-
-@njit(inline="always", cache=True)
-def _edge_weights(weights, e, scale_base, scale_sp, coef):
-    """weights [S] <- edge e's: scale_base, then scale_sp * coef (the slots' factors)."""
-    weights[0] = scale_base[e]
-    for m in range(weights.shape[0] - 1):
-        weights[1 + m] = scale_sp[e] * coef[e, m]
-
-
-@njit(inline="always", cache=True)
-def _pass_weights(weights, first, count):
-    """weights[first + j] for j < 12 as scalars, 0 past count (up to 12 slots in one pass)."""
-    zero = weights.dtype.type(0.0)
-    return (weights[first] if count > 0 else zero, weights[first + 1] if count > 1 else zero,
-            weights[first + 2] if count > 2 else zero, weights[first + 3] if count > 3 else zero,
-            weights[first + 4] if count > 4 else zero, weights[first + 5] if count > 5 else zero,
-            weights[first + 6] if count > 6 else zero, weights[first + 7] if count > 7 else zero,
-            weights[first + 8] if count > 8 else zero, weights[first + 9] if count > 9 else zero,
-            weights[first + 10] if count > 10 else zero, weights[first + 11] if count > 11 else zero)
-
-
-@njit(inline="always", cache=True)
-def _pass_rows(slots, first, count):
-    """slots[first + j] for j < 12, the last of the count slots' rows past count (rows read with no weight)."""
-    last = count - 1
-    return (slots[first], slots[first + min(1, last)], slots[first + min(2, last)],
-            slots[first + min(3, last)], slots[first + min(4, last)], slots[first + min(5, last)],
-            slots[first + min(6, last)], slots[first + min(7, last)], slots[first + min(8, last)],
-            slots[first + min(9, last)], slots[first + min(10, last)], slots[first + min(11, last)])
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _add_slots_pair(row_a, row_b, slots, offset, weights_a, weights_b, first, count, n_block):
-    """:func:`_add_slots` for two edges of one input (distinct outputs, so rows that never alias) in one pass: each
-    slot row is read once for both. The weights are held as scalars (count, a compile-time constant of the kernel,
-    folds the terms past it away): read from their arrays, they were read again at every row."""
-    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11 = _pass_weights(weights_a, first, count)
-    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11 = _pass_weights(weights_b, first, count)
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = _pass_rows(slots, offset + first, count)
-    for r in range(n_block):
-        acc_a, acc_b = row_a[r], row_b[r]
-        v = s0[r]
-        acc_a += a0 * v
-        acc_b += b0 * v
-        if count > 1:
-            v = s1[r]
-            acc_a += a1 * v
-            acc_b += b1 * v
-        if count > 2:
-            v = s2[r]
-            acc_a += a2 * v
-            acc_b += b2 * v
-        if count > 3:
-            v = s3[r]
-            acc_a += a3 * v
-            acc_b += b3 * v
-        if count > 4:
-            v = s4[r]
-            acc_a += a4 * v
-            acc_b += b4 * v
-        if count > 5:
-            v = s5[r]
-            acc_a += a5 * v
-            acc_b += b5 * v
-        if count > 6:
-            v = s6[r]
-            acc_a += a6 * v
-            acc_b += b6 * v
-        if count > 7:
-            v = s7[r]
-            acc_a += a7 * v
-            acc_b += b7 * v
-        if count > 8:
-            v = s8[r]
-            acc_a += a8 * v
-            acc_b += b8 * v
-        if count > 9:
-            v = s9[r]
-            acc_a += a9 * v
-            acc_b += b9 * v
-        if count > 10:
-            v = s10[r]
-            acc_a += a10 * v
-            acc_b += b10 * v
-        if count > 11:
-            v = s11[r]
-            acc_a += a11 * v
-            acc_b += b11 * v
-        row_a[r] = acc_a
-        row_b[r] = acc_b
-
-
-def _slot_passes(n_slots):
-    """(slots per pass, full passes, slots of the last, shorter pass): passes of at most 12 slots, so that each
-    pass's slot loop unrolls and its row loop keeps the weights in registers."""
-    n_passes = -(-n_slots // 12)
-    per_pass = -(-n_slots // n_passes)
-    return per_pass, n_slots // per_pass, n_slots % per_pass
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _copy_transposed(source, target, r0, n_block, c0, n_cols, into_source):
     """Between target [>= n_cols, rows] and the block rows r0 .. r0 + n_block, columns c0 .. c0 + n_cols of source
-    [N, C]: target[c, r] <- source[r0 + r, c0 + c], or with into_source the other way. Eight columns per pass, so
-    each row of source is read or written in runs."""
-    c = 0
-    while c + 8 <= n_cols:
-        t0, t1, t2, t3 = target[c], target[c + 1], target[c + 2], target[c + 3]
-        t4, t5, t6, t7 = target[c + 4], target[c + 5], target[c + 6], target[c + 7]
-        for r in range(n_block):
-            row = source[r0 + r, c0 + c:c0 + c + 8]
+    [N, C], both C-contiguous: target[c, r] <- source[r0 + r, c0 + c], or with into_source the other way. In 8 x 8
+    blocks through vector shuffles (:func:`~kanlib.ops.block_transpose.transpose_block`), eight rows of source at a
+    time; the entries past the last full block one by one."""
+    source_row, target_row = source.shape[1], target.shape[1]
+    full_rows, full_cols = n_block - n_block % BLOCK, n_cols - n_cols % BLOCK
+    for r in range(0, full_rows, BLOCK):
+        for c in range(0, full_cols, BLOCK):
+            at_source, at_target = (r0 + r) * source_row + c0 + c, c * target_row + r
             if into_source:
-                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7] = (t0[r], t1[r], t2[r], t3[r],
-                                                                                  t4[r], t5[r], t6[r], t7[r])
+                transpose_block(target, at_target, target_row, source, at_source, source_row)
             else:
-                t0[r], t1[r], t2[r], t3[r], t4[r], t5[r], t6[r], t7[r] = (row[0], row[1], row[2], row[3],
-                                                                          row[4], row[5], row[6], row[7])
-        c += 8
+                transpose_block(source, at_source, source_row, target, at_target, target_row)
     for r in range(n_block):
-        for j in range(c, n_cols):
+        for j in range(0 if r >= full_rows else full_cols, n_cols):
             if into_source:
                 source[r0 + r, c0 + j] = target[j, r]
             else:
@@ -326,8 +219,6 @@ def _copy_transposed(source, target, r0, n_block, c0, n_cols, into_source):
 
 @functools.cache
 def _forward_kernel(k, n_slots):
-    per_pass, full_passes, last_pass = _slot_passes(n_slots)
-
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
     def kernel(x, activation, bits_like, constants, grid, inv_steps, uniform, matrix, coef, scale_base,
                scale_sp, edge_outputs, input_offsets, out):
@@ -339,17 +230,22 @@ def _forward_kernel(k, n_slots):
             knots, reciprocals = np.empty((0, 0), dtype=out.dtype), np.empty((0, 0, 0), dtype=out.dtype)
         else:
             knots, reciprocals = recursion_tables(grid, k, out)
+        weights = np.empty((edge_outputs.shape[0], n_slots), dtype=out.dtype)
+        for e in range(edge_outputs.shape[0]):
+            weights[e, 0] = scale_base[e]
+            for m in range(n_slots - 1):
+                weights[e, 1 + m] = scale_sp[e] * coef[e, m]
+        chunk = EDGE_VECTORS * (VECTOR_BYTES // out.itemsize)
         for b in prange(n_blocks):
             r0 = b * ROWS_PER_BLOCK
             n_block = min(ROWS_PER_BLOCK, n_rows - r0)
             x_t = np.empty((INPUT_GROUP, ROWS_PER_BLOCK), dtype=out.dtype)
             base_row, base_grad, exponentials, bits = activation_buffers(ROWS_PER_BLOCK, out, bits_like)
             tile = np.zeros((n_out, ROWS_PER_BLOCK), dtype=out.dtype)
-            slots = np.empty((n_slots + 2 * k, ROWS_PER_BLOCK), dtype=out.dtype)
+            slots = np.zeros((n_slots + 2 * k, ROWS_PER_BLOCK), dtype=out.dtype)  # rows past n_block stay finite
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
             firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int32)
-            weights, weights_b = np.empty(n_slots, dtype=out.dtype), np.empty(n_slots, dtype=out.dtype)
             zero = check = out.dtype.type(0.0)
             for i0 in range(0, n_in, INPUT_GROUP):
                 n_group = min(INPUT_GROUP, n_in - i0)
@@ -366,23 +262,10 @@ def _forward_kernel(k, n_slots):
                         continue
                     _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots,
                                  reciprocals, slots, coords, polynomial, firsts)
-                    for e in range(e0, e1 - 1, 2):  # two edges at a time
-                        _edge_weights(weights, e, scale_base, scale_sp, coef)
-                        _edge_weights(weights_b, e + 1, scale_base, scale_sp, coef)
-                        row, row_b = tile[edge_outputs[e]], tile[edge_outputs[e + 1]]
-                        for p in range(full_passes):
-                            _add_slots_pair(row, row_b, slots, k, weights, weights_b, p * per_pass, per_pass, n_block)
-                        if last_pass:
-                            _add_slots_pair(row, row_b, slots, k, weights, weights_b, full_passes * per_pass,
-                                            last_pass, n_block)
-                    if (e1 - e0) % 2:
-                        e = e1 - 1
-                        _edge_weights(weights, e, scale_base, scale_sp, coef)
-                        row = tile[edge_outputs[e]]
-                        for p in range(full_passes):
-                            _add_slots(row, slots, k, weights, p * per_pass, per_pass, n_block)
-                        if last_pass:
-                            _add_slots(row, slots, k, weights, full_passes * per_pass, last_pass, n_block)
+                    # whole chunks, past n_block in the last block: the tile's rows there are never copied out
+                    for c in range(0, n_block, chunk):
+                        add_weighted_rows(tile, c, ROWS_PER_BLOCK, slots, k * ROWS_PER_BLOCK + c, ROWS_PER_BLOCK,
+                                          weights, edge_outputs, e0, e1, n_slots, EDGE_VECTORS)
             _copy_transposed(out, tile, r0, n_block, 0, n_out, True)
             if check != 0.0:
                 nonfinite += 1
