@@ -123,8 +123,8 @@ def test_cpu_kernels_match_the_reference(uniform, k):
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "knots"])
 def test_cpu_forward_over_row_blocks_and_slot_counts(uniform, grid_size, k):
     """Enough rows for the parallel kernel, five row blocks of which the last is partial (and ends inside a stretch of
-    rows the edges add up as vectors), slot counts S = G + k + 1 from 9 to 25, and non-finite inputs in two blocks:
-    the reference's outputs, its NaN included."""
+    rows the edges add up as vectors), slot counts S = G + k + 1 that take one pass over the edges, two, and three
+    (two of them one slot shorter), and non-finite inputs in two blocks: the reference's outputs, its NaN included."""
     tensors, rest = random_problem(50 + grid_size, n=1100, n_in=64, n_out=61, grid_size=grid_size, k=k,
                                    uniform=uniform, dead=0.9)
     grid, inputs, outputs, offsets, *config = rest

@@ -10,15 +10,16 @@ from kanlib.ops.weighted_rows import VECTOR_BYTES, add_weighted_rows, vector_lan
 def _adder(n_slots, n_vectors):
     """A jitted caller with n_slots and n_vectors as closure constants (literals, as the intrinsic requires)."""
     @njit
-    def add(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0, e1):
-        add_weighted_rows(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0, e1,
-                          n_slots, n_vectors)
+    def add(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, weight_start, weight_row, edge_outputs,
+            e0, e1):
+        add_weighted_rows(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, weight_start, weight_row,
+                          edge_outputs, e0, e1, n_slots, n_vectors)
 
     return add
 
 
-def _reference(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0, e1, n_slots,
-               width):
+def _reference(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, weight_start, weight_row, edge_outputs,
+               e0, e1, n_slots, width):
     """The documented sums, one edge after another, each sum in the order of the slots (float64 for the check)."""
     flat_tile = tile.astype(np.float64).ravel()
     flat_slots, flat_weights = slots.astype(np.float64).ravel(), weights.astype(np.float64).ravel()
@@ -26,7 +27,8 @@ def _reference(tile, tile_start, tile_row, slots, slot_start, slot_row, weights,
         row = tile_start + int(edge_outputs[e]) * tile_row
         for s in range(n_slots):
             start = slot_start + s * slot_row
-            flat_tile[row:row + width] += flat_weights[e * n_slots + s] * flat_slots[start:start + width]
+            weight = flat_weights[weight_start + e * weight_row + s]
+            flat_tile[row:row + width] += weight * flat_slots[start:start + width]
     return flat_tile.reshape(tile.shape)
 
 
@@ -39,14 +41,15 @@ def test_each_edge_adds_its_weighted_slot_rows_to_its_output_row_only(dtype, n_s
     n_out, tile_row, slot_row = 7, width + 11, width + 5  # rows longer than the stretch: the rest must stay as it was
     tile = rng.standard_normal((n_out, tile_row)).astype(dtype)
     slots = rng.standard_normal((n_slots + 2, slot_row)).astype(dtype)
-    n_edges = 12
-    weights = rng.standard_normal((n_edges, n_slots)).astype(dtype)
+    n_edges, weight_row, weight_start = 12, n_slots + 3, 2  # the edges' weights: columns 2 .. n_slots + 1 of each row
+    weights = rng.standard_normal((n_edges, weight_row)).astype(dtype)
     edge_outputs = rng.integers(0, n_out, n_edges).astype(index_dtype)
     edge_outputs[3] = edge_outputs[4]  # two edges into one output row: the second adds to the first's sum
     tile_start, slot_start, e0, e1 = 3, slot_row + 2, 2, 11
-    want = _reference(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0, e1, n_slots,
-                      width)
-    _adder(n_slots, n_vectors)(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0, e1)
+    arguments = (tile_start, tile_row, slots, slot_start, slot_row, weights, weight_start, weight_row, edge_outputs,
+                 e0, e1)
+    want = _reference(tile, *arguments, n_slots, width)
+    _adder(n_slots, n_vectors)(tile, *arguments)
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(tile, want, rtol=tolerance, atol=tolerance)
     untouched = np.ones(tile.shape, bool)
@@ -58,7 +61,7 @@ def test_each_edge_adds_its_weighted_slot_rows_to_its_output_row_only(dtype, n_s
 def test_an_empty_edge_range_writes_nothing():
     tile = np.full((3, 64), 2.0, np.float32)
     slots = np.ones((4, 64), np.float32)
-    _adder(4, 2)(tile, 0, 64, slots, 0, 64, np.ones((5, 4), np.float32), np.zeros(5, np.int64), 3, 3)
+    _adder(4, 2)(tile, 0, 64, slots, 0, 64, np.ones((5, 4), np.float32), 0, 4, np.zeros(5, np.int64), 3, 3)
     assert (tile == 2.0).all()
 
 
@@ -70,7 +73,7 @@ def test_the_sums_of_float32_entries_are_fused_multiply_adds_in_slot_order():
     tile = np.zeros((1, 16), np.float32)
     slots = np.full((2, 16), a, np.float32)
     weights = np.array([[-1.0, a]], np.float32)
-    _adder(2, 1)(tile, 0, 16, slots, 0, 16, weights, np.zeros(1, np.int64), 0, 1)
+    _adder(2, 1)(tile, 0, 16, slots, 0, 16, weights, 0, 2, np.zeros(1, np.int64), 0, 1)
     assert (tile == np.float32(2.0 ** -12 + 2.0 ** -24)).all()
 
 
@@ -82,11 +85,11 @@ def test_a_vector_is_sixty_four_bytes():
 def test_counts_that_are_not_compile_time_constants_and_mixed_dtypes_are_refused():
     @njit
     def runtime_count(tile, slots, weights, outputs, count):
-        add_weighted_rows(tile, 0, 16, slots, 0, 16, weights, outputs, 0, 1, count, 1)
+        add_weighted_rows(tile, 0, 16, slots, 0, 16, weights, 0, 1, outputs, 0, 1, count, 1)
 
     tile, slots = np.zeros((1, 16), np.float32), np.zeros((1, 16), np.float32)
     outputs = np.zeros(1, np.int64)
     with pytest.raises(TypingError):
         runtime_count(tile, slots, np.zeros((1, 1), np.float32), outputs, 1)
     with pytest.raises(TypingError):
-        _adder(1, 1)(tile, 0, 16, slots, 0, 16, np.zeros((1, 1), np.float64), outputs, 0, 1)
+        _adder(1, 1)(tile, 0, 16, slots, 0, 16, np.zeros((1, 1), np.float64), 0, 1, outputs, 0, 1)

@@ -9,14 +9,16 @@ and its tile row read and written once. The vectors are 64 bytes wide (16 float3
 AVX-512 they are its registers (numba's own loops stop at 32 bytes there), elsewhere LLVM splits them. Called from
 ``@njit`` code only:
 
-- ``add_weighted_rows(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0, e1,
-  n_slots, n_vectors)``: for every edge e in e0 .. e1 - 1 and j < n_vectors * lanes (lanes: VECTOR_BYTES over the
-  item size),
+- ``add_weighted_rows(tile, tile_start, tile_row, slots, slot_start, slot_row, weights, weight_start, weight_row,
+  edge_outputs, e0, e1, n_slots, n_vectors)``: for every edge e in e0 .. e1 - 1 and j < n_vectors * lanes (lanes:
+  VECTOR_BYTES over the item size),
   ``tile.flat[tile_start + edge_outputs[e] * tile_row + j] += sum over s < n_slots of
-  weights.flat[e * n_slots + s] * slots.flat[slot_start + s * slot_row + j]``,
+  weights.flat[weight_start + e * weight_row + s] * slots.flat[slot_start + s * slot_row + j]``,
   the sum taken in the order of s by fused multiply-adds. n_slots and n_vectors are compile-time constants (literal
-  integers, as a closure's constants are); flat indices count elements from each array's first element, and the
-  caller keeps every index in bounds (nothing is checked). float32 and float64 arrays, all of one dtype.
+  integers, as a closure's constants are); the n_slots * n_vectors vectors must fit the CPU's registers (32 on
+  AVX-512) with a few to spare, or they spill to memory, so a caller with more slots runs them in several calls
+  (the sums go on in the same order). Flat indices count elements from each array's first element, and the caller
+  keeps every index in bounds (nothing is checked). float32 and float64 arrays, all of one dtype.
 """
 from __future__ import annotations
 
@@ -45,16 +47,17 @@ def _typed(tile, slots, weights, edge_outputs, n_slots, n_vectors) -> bool:
 
 
 @intrinsic
-def add_weighted_rows(typingctx, tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0,
-                      e1, n_slots, n_vectors):
+def add_weighted_rows(typingctx, tile, tile_start, tile_row, slots, slot_start, slot_row, weights, weight_start,
+                      weight_row, edge_outputs, e0, e1, n_slots, n_vectors):
     if not _typed(tile, slots, weights, edge_outputs, n_slots, n_vectors):
         return None
-    signature = types.void(tile, types.intp, types.intp, slots, types.intp, types.intp, weights, edge_outputs,
-                           types.intp, types.intp, n_slots, n_vectors)
+    signature = types.void(tile, types.intp, types.intp, slots, types.intp, types.intp, weights, types.intp, types.intp,
+                           edge_outputs, types.intp, types.intp, n_slots, n_vectors)
     count, width = n_slots.literal_value, n_vectors.literal_value
 
     def codegen(context, builder, signature, args):
-        tile, tile_start, tile_row, slots, slot_start, slot_row, weights, edge_outputs, e0, e1 = args[:10]
+        tile, tile_start, tile_row, slots, slot_start, slot_row, weights, weight_start, weight_row = args[:9]
+        edge_outputs, e0, e1 = args[9:12]
         dtype = signature.args[0].dtype
         lanes = vector_lanes(dtype.bitwidth // 8)
         vector = ir.VectorType(context.get_data_type(dtype), lanes)
@@ -66,7 +69,7 @@ def add_weighted_rows(typingctx, tile, tile_start, tile_row, slots, slot_start, 
             return context.make_array(signature.args[position])(context, builder, value).data
 
         tile_data, slot_data, weight_data, output_data = (data(0, tile), data(3, slots), data(6, weights),
-                                                          data(7, edge_outputs))
+                                                          data(9, edge_outputs))
 
         def constant(value):
             return ir.Constant(intp, value)
@@ -88,7 +91,7 @@ def add_weighted_rows(typingctx, tile, tile_start, tile_row, slots, slot_start, 
             row = builder.add(tile_start, builder.mul(output, tile_row))
             sums = [builder.load(vector_at(tile_data, builder.add(row, constant(v * lanes))), align=align)
                     for v in range(width)]
-            first = builder.mul(edge, constant(count))
+            first = builder.add(weight_start, builder.mul(edge, weight_row))
             for s in range(count):
                 weight = builder.load(builder.gep(weight_data, [builder.add(first, constant(s))]))
                 lane = builder.insert_element(ir.Constant(vector, ir.Undefined), weight, ir.Constant(i32, 0))

@@ -54,6 +54,18 @@ INPUT_GROUP = 16
 # Vectors of 64 bytes per stretch of rows that the forward kernel's edges add up at a time, held while it runs
 # over an input's edges (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`): 32 float32 rows, 16 float64.
 EDGE_VECTORS = 2
+# Slots per such pass over the edges: their EDGE_VECTORS vectors each, the sums' and a weight's fit AVX-512's 32
+# registers; more slots take several passes (held all at once, they spilled to memory and the sums ran slower).
+SLOTS_PER_PASS = 12
+
+
+def _slot_passes(n_slots):
+    """(slots of a long pass, long passes, short passes): passes of at most SLOTS_PER_PASS slots, as even as
+    can be, the short ones one slot shorter."""
+    n_passes = -(-n_slots // SLOTS_PER_PASS)
+    long_pass = -(-n_slots // n_passes)
+    n_long = n_slots - n_passes * (long_pass - 1)
+    return long_pass, n_long, n_passes - n_long
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -219,6 +231,9 @@ def _copy_transposed(source, target, r0, n_block, c0, n_cols, into_source):
 
 @functools.cache
 def _forward_kernel(k, n_slots):
+    long_pass, n_long, n_short = _slot_passes(n_slots)
+    short_pass = max(long_pass - 1, 1)  # a constant even where no short pass runs
+
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
     def kernel(x, activation, bits_like, constants, grid, inv_steps, uniform, matrix, coef, scale_base,
                scale_sp, edge_outputs, input_offsets, out):
@@ -264,8 +279,16 @@ def _forward_kernel(k, n_slots):
                                  reciprocals, slots, coords, polynomial, firsts)
                     # whole chunks, past n_block in the last block: the tile's rows there are never copied out
                     for c in range(0, n_block, chunk):
-                        add_weighted_rows(tile, c, ROWS_PER_BLOCK, slots, k * ROWS_PER_BLOCK + c, ROWS_PER_BLOCK,
-                                          weights, edge_outputs, e0, e1, n_slots, EDGE_VECTORS)
+                        for p in range(n_long):
+                            first = p * long_pass
+                            add_weighted_rows(tile, c, ROWS_PER_BLOCK, slots, (k + first) * ROWS_PER_BLOCK + c,
+                                              ROWS_PER_BLOCK, weights, first, n_slots, edge_outputs, e0, e1,
+                                              long_pass, EDGE_VECTORS)
+                        for p in range(n_short):
+                            first = n_long * long_pass + p * short_pass
+                            add_weighted_rows(tile, c, ROWS_PER_BLOCK, slots, (k + first) * ROWS_PER_BLOCK + c,
+                                              ROWS_PER_BLOCK, weights, first, n_slots, edge_outputs, e0, e1,
+                                              short_pass, EDGE_VECTORS)
             _copy_transposed(out, tile, r0, n_block, 0, n_out, True)
             if check != 0.0:
                 nonfinite += 1
