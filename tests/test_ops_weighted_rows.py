@@ -4,7 +4,7 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from kanlib.ops.weighted_rows import VECTOR_BYTES, add_weighted_rows, vector_lanes
+from kanlib.ops.weighted_rows import VECTOR_BYTES, add_weighted_rows, add_window_rows, vector_lanes
 
 
 def _adder(n_slots, n_vectors):
@@ -56,6 +56,57 @@ def test_each_edge_adds_its_weighted_slot_rows_to_its_output_row_only(dtype, n_s
     for o in set(int(o) for o in edge_outputs[e0:e1]):
         untouched[o, tile_start:tile_start + width] = False
     assert np.array_equal(tile[untouched], want[untouched].astype(dtype))
+
+
+def _window_adder(n_slots, order, n_vectors):
+    @njit
+    def add(tile, tile_start, tile_row, block, block_start, block_row, weights, weight_start, weight_row, edge_outputs,
+            e0, e1):
+        add_window_rows(tile, tile_start, tile_row, block, block_start, block_row, weights, weight_start, weight_row,
+                        edge_outputs, e0, e1, n_slots, order, n_vectors)
+
+    return add
+
+
+def _slots_from_windows(block, order, n_slots):
+    """The documented slot rows [n_slots, columns] of a window block [order + 3, columns], entry by entry."""
+    slots = np.zeros((n_slots, block.shape[1]), block.dtype)
+    slots[0] = block[0]
+    for j in range(block.shape[1]):
+        for m in range(n_slots - 1):
+            q = m + block[1, j]
+            if q == int(q) and 0 <= q <= order:
+                slots[1 + m, j] = block[2 + int(q), j]
+    return slots
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_slots, order, n_vectors", [(9, 3, 2), (7, 1, 1), (12, 4, 2), (2, 0, 1)])
+def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_slots, order, n_vectors):
+    rng = np.random.default_rng(n_slots + 10 * order)
+    width = n_vectors * vector_lanes(np.dtype(dtype).itemsize)
+    columns = width + 6
+    block = rng.standard_normal((order + 3, columns)).astype(dtype)
+    # offsets as a uniform grid gives them: order minus the span, for spans before, inside and past the bases, and
+    # one past every window (a value outside the grid)
+    block[1] = rng.integers(-(n_slots + 1), order + 2, columns).astype(dtype)
+    block[1, :3] = [order, -(n_slots - 1 - 1), n_slots + order + 5]
+    n_out, n_edges = 5, 9
+    tile = rng.standard_normal((n_out, columns + 3)).astype(dtype)
+    weights = rng.standard_normal((n_edges, n_slots + 1)).astype(dtype)
+    edge_outputs = rng.integers(0, n_out, n_edges).astype(np.int64)
+    slots = _slots_from_windows(block, order, n_slots)
+    arguments = (tile.shape[1], weights, 1, n_slots + 1, edge_outputs, 1, 8)
+    want = _reference(tile, 2, arguments[0], slots, 1, columns, *arguments[1:], n_slots, width)
+    _window_adder(n_slots, order, n_vectors)(tile, 2, tile.shape[1], block, 1, columns, *arguments[1:])
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(tile, want, rtol=tolerance, atol=tolerance)
+    # built in vectors, the same slots read from memory give the same sums, bit for bit
+    base = rng.standard_normal(tile.shape).astype(dtype)
+    from_windows, from_slots = base.copy(), base.copy()
+    _window_adder(n_slots, order, n_vectors)(from_windows, 2, tile.shape[1], block, 1, columns, *arguments[1:])
+    _adder(n_slots, n_vectors)(from_slots, 2, tile.shape[1], slots, 1, columns, *arguments[1:])
+    assert np.array_equal(from_windows, from_slots)
 
 
 def test_an_empty_edge_range_writes_nothing():

@@ -13,11 +13,13 @@ padding rows at each end); then every live edge of the input is a weighted sum o
 proportional to the live edges, and the row loops vectorize.
 
 - :func:`forward_kernel`: out [N, O]. Parallel over row blocks; a block accumulates its [O, rows] output tile
-  (in cache) over the inputs and their edges. Its expansion writes each value's k + 1 window entries into a zeroed
-  tile with padding rows at both ends (no per-slot selects). The edges' sums run a stretch of rows at a time with
-  the stretch's slot rows held in 64-byte vectors across all the input's edges
-  (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`; the slot count is a compile-time constant); x and the
-  output tile are transposed in 8 x 8 blocks.
+  (in cache) over the inputs and their edges. The edges' sums run a stretch of rows at a time with the stretch's
+  slot rows held in 64-byte vectors across all the input's edges, in passes of at most SLOTS_PER_PASS slots (the
+  slot count is a compile-time constant). On uniform grids with at most that many slots the vectors are built from
+  each value's window (its span and k + 1 polynomials) by selects, and no slot is stored
+  (:func:`~kanlib.ops.weighted_rows.add_window_rows`); otherwise the expansion writes each value's k + 1 window
+  entries into a zeroed tile with padding rows at both ends, which the sums read
+  (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`). x and the output tile are transposed in 8 x 8 blocks.
 Both are built once per spline order (and slot count): a sized kernel compiles, or loads from numba's cache, its
 serial twin at its first small call, which a fresh wrapper per call would repeat every time.
 
@@ -42,7 +44,7 @@ from numba import njit, prange
 from ..block_transpose import BLOCK, transpose_block
 from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, recursion_tables, sized_kernel,
                                  window_polynomials, write_slots)
-from ..weighted_rows import VECTOR_BYTES, add_weighted_rows
+from ..weighted_rows import VECTOR_BYTES, add_weighted_rows, add_window_rows
 
 __all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
 
@@ -163,6 +165,26 @@ def _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matri
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
+def _window_rows(x_row, i, n_block, grid, inv_steps, k, matrix, windows, coords):
+    """windows [k + 3, rows] rows 1 .. k + 2 for :func:`~kanlib.ops.weighted_rows.add_window_rows` on a uniform grid
+    (k > 0), r < n_block: row 1 the window entry of basis 0 at x_row[r] (k minus its span; past every window outside
+    the grid and for NaN), rows 2 + q its window's polynomials. Row 0 (the base activation) is the caller's. coords
+    [rows] is a work array."""
+    n_knots = grid.shape[1]
+    real = windows.dtype.type
+    low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
+    offsets = windows[1]
+    for r in range(n_block):
+        value = x_row[r]
+        inside = low <= value < high
+        u = (value - low) * inv if inside else real(0.0)
+        span = np.floor(min(max(u, real(0.0)), real(n_knots - 2.0)))
+        offsets[r] = real(k) - span if inside else real(n_knots + k)
+        coords[r] = min(max(u - span, real(0.0)), real(1.0))
+    window_polynomials(coords, matrix, k, n_block, 0, 1.0, windows[2:])
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
 def _recursion_into(x_row, i, n_block, knots, reciprocals, k, slots, clamped):
     """slots[k + 1 + j, r] <- basis j of input i at x_row[r], for every basis j, by Cox-de Boor's recursion over all
     of them at once along the rows (:func:`_order_zero_rows`, :func:`_raise_rows`) in rows k + 1 .. k + J - 1
@@ -251,6 +273,7 @@ def _forward_kernel(k, n_slots):
             for m in range(n_slots - 1):
                 weights[e, 1 + m] = scale_sp[e] * coef[e, m]
         chunk = EDGE_VECTORS * (VECTOR_BYTES // out.itemsize)
+        in_vectors = uniform and k > 0 and n_slots <= SLOTS_PER_PASS  # the slots built in the sums' vectors
         for b in prange(n_blocks):
             r0 = b * ROWS_PER_BLOCK
             n_block = min(ROWS_PER_BLOCK, n_rows - r0)
@@ -258,6 +281,9 @@ def _forward_kernel(k, n_slots):
             base_row, base_grad, exponentials, bits = activation_buffers(ROWS_PER_BLOCK, out, bits_like)
             tile = np.zeros((n_out, ROWS_PER_BLOCK), dtype=out.dtype)
             slots = np.zeros((n_slots + 2 * k, ROWS_PER_BLOCK), dtype=out.dtype)  # rows past n_block stay finite
+            windows = np.zeros((k + 3, ROWS_PER_BLOCK), dtype=out.dtype)  # as slots
+            if in_vectors:
+                base_row = windows[0]
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
             firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int32)
@@ -274,6 +300,12 @@ def _forward_kernel(k, n_slots):
                     for r in range(n_block):
                         check += base_row[r] * zero  # NaN once a base activation is inf or NaN
                     if e1 == e0:
+                        continue
+                    if in_vectors:
+                        _window_rows(x_row, i, n_block, grid, inv_steps, k, matrix, windows, coords)
+                        for c in range(0, n_block, chunk):
+                            add_window_rows(tile, c, ROWS_PER_BLOCK, windows, c, ROWS_PER_BLOCK, weights, 0, n_slots,
+                                            edge_outputs, e0, e1, n_slots, k, EDGE_VECTORS)
                         continue
                     _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots,
                                  reciprocals, slots, coords, polynomial, firsts)
