@@ -141,6 +141,23 @@ def test_cpu_forward_over_row_blocks_and_slot_counts(uniform, grid_size, k):
     torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_backward_tail_rows_hold_nothing_from_earlier_blocks(dtype):
+    """The backward kernel sums whole stretches of rows, so the last, partial block reads rows past its end: an
+    infinite input in the first block at the same row must not come back there (inf times the padded zero gradient
+    is NaN). Every edge live, so that no output takes the dense layer's NaN of a dead edge (whose gradient the
+    reference's masked_fill cuts off); the reference's gradients, infinities and NaN included."""
+    tensors, rest = random_problem(70, n=300, n_in=6, n_out=7, grid_size=5, dead=0.0, dtype=dtype)
+    tensors[0][45, 2] = float("inf")  # 300 = 256 + 44 rows: row 45 lies in the last block's padded stretch
+    want, want_grads = outputs_and_grads(lambda *t: reference(t, rest), tensors)
+    got, got_grads = outputs_and_grads(lambda *t: edge_spline_linear(*t, *rest, backend="cpu"), tensors)
+    assert bool(torch.isinf(want_grads[2]).any())  # the infinity reaches the gradients of its input's edges
+    tolerance = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got, want, equal_nan=True, **tolerance)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, equal_nan=True, **tolerance)
+
+
 def test_cpu_kernels_are_built_once_per_order():
     """A small call runs the kernels' serial twins; a second call must reuse them, not load them again (which
     made a small edge-sparse model many times slower than the dense one)."""
@@ -148,11 +165,11 @@ def test_cpu_kernels_are_built_once_per_order():
 
     tensors, rest = random_problem(60, n=9, n_in=5, n_out=4, grid_size=6, k=2, dead=0.3)
     outputs_and_grads(lambda *t: edge_spline_linear(*t, *rest, backend="cpu"), tensors)
-    forward, backward = cpu.forward_kernel(2, 9), cpu.backward_kernel(2)
+    forward, backward = cpu.forward_kernel(2, 9), cpu.backward_kernel(2, 9)
     twins = forward.serial_kernel, backward.serial_kernel
     assert None not in twins
     outputs_and_grads(lambda *t: edge_spline_linear(*t, *rest, backend="cpu"), tensors)
-    assert cpu.forward_kernel(2, 9) is forward and cpu.backward_kernel(2) is backward
+    assert cpu.forward_kernel(2, 9) is forward and cpu.backward_kernel(2, 9) is backward
     assert (forward.serial_kernel, backward.serial_kernel) == twins
 
 

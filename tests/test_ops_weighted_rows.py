@@ -4,7 +4,8 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from kanlib.ops.weighted_rows import VECTOR_BYTES, add_weighted_rows, add_window_rows, vector_lanes
+from kanlib.ops.weighted_rows import (VECTOR_BYTES, add_edge_gradients, add_weighted_rows, add_window_rows,
+                                      vector_lanes)
 
 
 def _adder(n_slots, n_vectors):
@@ -107,6 +108,50 @@ def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_sl
     _window_adder(n_slots, order, n_vectors)(from_windows, 2, tile.shape[1], block, 1, columns, *arguments[1:])
     _adder(n_slots, n_vectors)(from_slots, 2, tile.shape[1], slots, 1, columns, *arguments[1:])
     assert np.array_equal(from_windows, from_slots)
+
+
+def _gradient_adder(n_slots, n_vectors):
+    @njit
+    def add(slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights, grad_weights, weight_start,
+            weight_row, grad_x, grad_x_start, edge_outputs, e0, e1, n_chunks, need_x):
+        add_edge_gradients(slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights, grad_weights,
+                           weight_start, weight_row, grad_x, grad_x_start, edge_outputs, e0, e1, n_chunks, need_x,
+                           n_slots, n_vectors)
+
+    return add
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_slots, n_vectors, n_chunks", [(9, 2, 3), (1, 1, 1), (12, 2, 2), (5, 3, 2)])
+@pytest.mark.parametrize("need_x", [True, False])
+def test_edge_gradients_are_the_documented_sums_and_nothing_else_changes(dtype, n_slots, n_vectors, n_chunks, need_x):
+    rng = np.random.default_rng(n_slots + 7 * n_vectors + n_chunks)
+    n = n_chunks * n_vectors * vector_lanes(np.dtype(dtype).itemsize)
+    slot_row, grad_row, n_out, n_edges, weight_row = n + 5, n + 9, 6, 10, n_slots + 2
+    slots = rng.standard_normal((n_slots + 1, slot_row)).astype(dtype)
+    slopes = rng.standard_normal((n_slots + 1, slot_row)).astype(dtype)
+    grads = rng.standard_normal((n_out, grad_row)).astype(dtype)
+    weights = rng.standard_normal((n_edges, weight_row)).astype(dtype)
+    grad_weights = rng.standard_normal((n_edges, weight_row)).astype(dtype)
+    grad_x = rng.standard_normal(n + 7).astype(dtype)
+    edge_outputs = rng.integers(0, n_out, n_edges).astype(np.int32)
+    slot_start, grad_start, weight_start, grad_x_start, e0, e1 = slot_row + 3, 4, 1, 2, 2, 9
+    want_weights, want_x = grad_weights.astype(np.float64), grad_x.astype(np.float64)
+    s64, d64, g64, w64 = (a.astype(np.float64).ravel() for a in (slots, slopes, grads, weights))
+    for e in range(e0, e1):
+        g = g64[grad_start + int(edge_outputs[e]) * grad_row:][:n]
+        rows = [slot_start + s * slot_row for s in range(n_slots)]
+        for s, row in enumerate(rows):
+            want_weights[e, weight_start + s] += g @ s64[row:row + n]
+        if need_x:
+            slope = sum(w64[e * weight_row + weight_start + s] * d64[row:row + n] for s, row in enumerate(rows))
+            want_x[grad_x_start:grad_x_start + n] += g * slope
+    _gradient_adder(n_slots, n_vectors)(slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights,
+                                        grad_weights, weight_start, weight_row, grad_x, grad_x_start, edge_outputs,
+                                        e0, e1, n_chunks, need_x)
+    tolerance = 2e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(grad_weights, want_weights, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(grad_x, want_x, rtol=tolerance, atol=tolerance)
 
 
 def test_an_empty_edge_range_writes_nothing():

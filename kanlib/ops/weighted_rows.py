@@ -25,6 +25,15 @@ AVX-512 they are its registers (numba's own loops stop at 32 bytes there), elsew
   activation); row 1 holds each entry's offset, a float, and slot 1 + m is row 2 + q for q = m + offset where
   0 <= q <= order (the window of a B-spline basis of that order), 0 elsewhere. Nothing is stored but the tile's
   rows. n_slots, order and n_vectors are literal integers.
+- ``add_edge_gradients(slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights, grad_weights,
+  weight_start, weight_row, grad_x, grad_x_start, edge_outputs, e0, e1, n_chunks, need_x, n_slots, n_vectors)``:
+  the gradients of those sums, over n_chunks stretches of n_vectors vectors (rows j < n_chunks * n_vectors * lanes).
+  With g_e[j] = ``grads.flat[grad_start + edge_outputs[e] * grad_row + j]``, for every edge e in e0 .. e1 - 1 and
+  s < n_slots: ``grad_weights.flat[weight_start + e * weight_row + s] += sum over j of g_e[j] *
+  slots.flat[slot_start + s * slot_row + j]``, and with need_x (a runtime boolean)
+  ``grad_x.flat[grad_x_start + j] += g_e[j] * sum over s of weights.flat[weight_start + e * weight_row + s] *
+  slopes.flat[slot_start + s * slot_row + j]``, the edges in turn. The sums over j are taken in vectors, then
+  across their lanes: not in the order of j.
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "add_weighted_rows", "add_window_rows", "vector_lanes"]
+__all__ = ["VECTOR_BYTES", "add_edge_gradients", "add_weighted_rows", "add_window_rows", "vector_lanes"]
 
 VECTOR_BYTES = 64
 
@@ -74,6 +83,18 @@ class _Vectors:
     def _at(self, array, offset):
         return self.builder.bitcast(self.builder.gep(self.data[array], [offset]), self.vector.as_pointer())
 
+    def index(self, value):
+        """An integer value as intp."""
+        if value.type.width < self.intp.width:
+            return self.builder.sext(value, self.intp)
+        return self.builder.trunc(value, self.intp) if value.type.width > self.intp.width else value
+
+    def store_row(self, array, start, vectors):
+        """array.flat[start + v * lanes:][:lanes] = vectors[v]."""
+        for v, vector in enumerate(vectors):
+            self.builder.store(vector, self._at(array, self.builder.add(start, self.constant(v * self.lanes))),
+                               align=self.align)
+
     def load_rows(self, array, start, row, count, width):
         """[row r][vector v] for r < count, v < width: array.flat[start + r * row + v * lanes:][:lanes]."""
         b = self.builder
@@ -100,25 +121,37 @@ class _Vectors:
             slots.append(row)
         return slots
 
+    def splat(self, value):
+        """A vector of lanes copies of a scalar."""
+        i32 = ir.IntType(32)
+        undefined = ir.Constant(self.vector, ir.Undefined)
+        zeros = ir.Constant(ir.VectorType(i32, self.lanes), [ir.Constant(i32, 0)] * self.lanes)
+        return self.builder.shuffle_vector(self.builder.insert_element(undefined, value, ir.Constant(i32, 0)),
+                                           undefined, zeros)
+
+    def lane_sum(self, vector):
+        """The sum of a vector's lanes, halves added to halves."""
+        b, i32 = self.builder, ir.IntType(32)
+        width = self.lanes
+        while width > 1:
+            width //= 2
+            low = ir.Constant(ir.VectorType(i32, width), [ir.Constant(i32, j) for j in range(width)])
+            high = ir.Constant(ir.VectorType(i32, width), [ir.Constant(i32, width + j) for j in range(width)])
+            vector = b.fadd(b.shuffle_vector(vector, vector, low), b.shuffle_vector(vector, vector, high))
+        return b.extract_element(vector, ir.Constant(i32, 0))
+
     def edge_sums(self, tile, tile_start, tile_row, weights, weight_start, weight_row, edge_outputs, e0, e1, slots):
         """The loop over the edges e0 .. e1 - 1: each output row's vectors plus its weights times the slot vectors."""
         b, lanes = self.builder, self.lanes
-        i32 = ir.IntType(32)
-        broadcast = ir.Constant(ir.VectorType(i32, lanes), [ir.Constant(i32, 0)] * lanes)
-        undefined = ir.Constant(self.vector, ir.Undefined)
         with cgutils.for_range_slice(b, e0, e1, self.constant(1)) as (edge, _):
-            output = b.load(b.gep(self.data[edge_outputs], [edge]))
-            if output.type.width < self.intp.width:
-                output = b.sext(output, self.intp)
-            elif output.type.width > self.intp.width:
-                output = b.trunc(output, self.intp)
+            output = self.index(b.load(b.gep(self.data[edge_outputs], [edge])))
             row = b.add(tile_start, b.mul(output, tile_row))
             at = [self._at(tile, b.add(row, self.constant(v * lanes))) for v in range(len(slots[0]))]
             sums = [b.load(pointer, align=self.align) for pointer in at]
             first = b.add(weight_start, b.mul(edge, weight_row))
             for s, slot in enumerate(slots):
                 weight = b.load(b.gep(self.data[weights], [b.add(first, self.constant(s))]))
-                splat = b.shuffle_vector(b.insert_element(undefined, weight, ir.Constant(i32, 0)), undefined, broadcast)
+                splat = self.splat(weight)
                 sums = [b.call(self.fma, [splat, vector, total]) for vector, total in zip(slot, sums)]
             for total, pointer in zip(sums, at):
                 b.store(total, pointer, align=self.align)
@@ -160,3 +193,62 @@ def add_window_rows(typingctx, tile, tile_start, tile_row, block, block_start, b
         return context.get_dummy_value()
 
     return _signature(tile, block, weights, edge_outputs, (n_slots, order, n_vectors)), codegen
+
+
+@intrinsic
+def add_edge_gradients(typingctx, slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights,
+                       grad_weights, weight_start, weight_row, grad_x, grad_x_start, edge_outputs, e0, e1, n_chunks,
+                       need_x, n_slots, n_vectors):
+    arrays = (slots, slopes, grads, weights, grad_weights, grad_x)
+    if (not _typed(slots, slopes, weights, edge_outputs, n_slots, n_vectors)
+            or any(not isinstance(a, types.Array) or a.dtype != slots.dtype for a in arrays)
+            or not isinstance(need_x, types.Boolean)):
+        return None
+    count, width = n_slots.literal_value, n_vectors.literal_value
+    intp = types.intp
+    signature = types.void(slots, slopes, intp, intp, grads, intp, intp, weights, grad_weights, intp, intp, grad_x,
+                           intp, edge_outputs, intp, intp, intp, types.boolean, n_slots, n_vectors)
+
+    def codegen(context, builder, signature, args):
+        (slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights, grad_weights, weight_start,
+         weight_row, grad_x, grad_x_start, edge_outputs, e0, e1, n_chunks, need_x) = args[:18]
+        vectors = _Vectors(context, builder, signature, args)
+        b, lanes = builder, vectors.lanes
+        chunk = vectors.constant(width * lanes)
+        sums = [[cgutils.alloca_once(b, vectors.vector) for _ in range(width)] for _ in range(count)]
+        with cgutils.for_range_slice(b, e0, e1, vectors.constant(1)) as (edge, _):
+            output = vectors.index(b.load(b.gep(vectors.data[13], [edge])))
+            grad_row_start = b.add(grad_start, b.mul(output, grad_row))
+            first = b.add(weight_start, b.mul(edge, weight_row))
+            splats = [vectors.splat(b.load(b.gep(vectors.data[7], [b.add(first, vectors.constant(s))])))
+                      for s in range(count)]
+            for row in sums:
+                for total in row:
+                    b.store(ir.Constant(vectors.vector, None), total)
+            with cgutils.for_range(b, n_chunks) as loop:
+                offset = b.mul(loop.index, chunk)
+                g = vectors.load_rows(4, b.add(grad_row_start, offset), vectors.constant(0), 1, width)[0]
+                at_slots = b.add(slot_start, offset)
+                values = vectors.load_rows(0, at_slots, slot_row, count, width)
+                for s in range(count):
+                    for v in range(width):
+                        b.store(b.call(vectors.fma, [g[v], values[s][v], b.load(sums[s][v])]), sums[s][v])
+                with b.if_then(need_x):
+                    slope_rows = vectors.load_rows(1, at_slots, slot_row, count, width)
+                    x_start = b.add(grad_x_start, offset)
+                    x_rows = vectors.load_rows(11, x_start, vectors.constant(0), 1, width)[0]
+                    for v in range(width):
+                        slope = b.fmul(splats[0], slope_rows[0][v])
+                        for s in range(1, count):
+                            slope = b.call(vectors.fma, [splats[s], slope_rows[s][v], slope])
+                        x_rows[v] = b.call(vectors.fma, [g[v], slope, x_rows[v]])
+                    vectors.store_row(11, x_start, x_rows)
+            for s in range(count):
+                total = b.load(sums[s][0])
+                for v in range(1, width):
+                    total = b.fadd(total, b.load(sums[s][v]))
+                pointer = b.gep(vectors.data[8], [b.add(first, vectors.constant(s))])
+                b.store(b.fadd(b.load(pointer), vectors.lane_sum(total)), pointer)
+        return context.get_dummy_value()
+
+    return signature, codegen

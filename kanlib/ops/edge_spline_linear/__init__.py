@@ -137,14 +137,17 @@ def cpu_gradients(x, coef, scale_base, scale_sp, grid, edge_outputs, input_offse
     x_t, base_t, base_slope_t = args.transposed(x, with_slope=needs[0])
     coef, scale_base, scale_sp = (t.detach() for t in (coef, scale_base, scale_sp))
     weights = edge_weights(coef, scale_base, scale_sp).contiguous()
-    grad_out_t = grad_out.detach().t().contiguous()
-    grad_x_t = torch.empty_like(x_t)
+    n_rows = x.shape[0]
+    padded = args.kernels.padded_rows(n_rows, x.element_size())  # whole stretches of rows for the kernel's vectors
+    grad_out_t = grad_out.new_zeros(grad_out.shape[1], padded)
+    grad_out_t[:, :n_rows] = grad_out.detach().t()
+    grad_x_t = x_t.new_empty(x_t.shape[0], padded)
     grad_weights = torch.empty_like(weights)
-    args.kernels.backward_kernel(spline_order)(
+    args.kernels.backward_kernel(spline_order, weights.shape[1])(
         x_t.numpy(), base_t.numpy(), base_slope_t.numpy(), *args.knots(uniform), weights.numpy(),
         edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(), bool(needs[0]), grad_x_t.numpy(),
         grad_weights.numpy())
-    grad_x = grad_x_t.t() if needs[0] else None
+    grad_x = grad_x_t[:, :n_rows].t() if needs[0] else None
     grad_coef = scale_sp.unsqueeze(-1) * grad_weights[:, 1:] if needs[1] else None
     grad_scale_base = grad_weights[:, 0].clone() if needs[2] else None
     grad_scale_sp = (grad_weights[:, 1:] * coef).sum(-1) if needs[3] else None

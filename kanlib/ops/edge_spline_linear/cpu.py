@@ -24,7 +24,10 @@ Both are built once per spline order (and slot count): a sized kernel compiles, 
 serial twin at its first small call, which a fresh wrapper per call would repeat every time.
 
 - :func:`backward_kernel`: the gradients of the edge weights [E, S] (coef, scale_base and scale_sp follow from
-  them) and of x, in one pass. Parallel over inputs: every gradient entry belongs to one input's edges.
+  them) and of x, in one pass. Parallel over inputs: every gradient entry belongs to one input's edges. Each edge's
+  sums over the rows run in 64-byte vectors, whole stretches of rows at a time
+  (:func:`~kanlib.ops.weighted_rows.add_edge_gradients`), so the output gradient and grad_x come padded to whole
+  stretches (:func:`padded_rows`).
 
 Knot spans: arithmetic on uniform grids (the k + 1 window values then come from the closed form
 ``sum_p matrix[p, r] t**p`` of :func:`kanlib.basis.uniform_basis_matrix`). On other grids (adapted by
@@ -44,9 +47,9 @@ from numba import njit, prange
 from ..block_transpose import BLOCK, transpose_block
 from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, recursion_tables, sized_kernel,
                                  window_polynomials, write_slots)
-from ..weighted_rows import VECTOR_BYTES, add_weighted_rows, add_window_rows
+from ..weighted_rows import VECTOR_BYTES, add_edge_gradients, add_weighted_rows, add_window_rows
 
-__all__ = ["forward_kernel", "backward_kernel", "ROWS_PER_BLOCK"]
+__all__ = ["forward_kernel", "backward_kernel", "padded_rows", "ROWS_PER_BLOCK"]
 
 # Rows per block: long enough for the vectorized row loops to pay their set-up, short enough that the block's
 # [O, ROWS_PER_BLOCK] output tile stays in L2 for O ~ 256.
@@ -59,6 +62,13 @@ EDGE_VECTORS = 2
 # Slots per such pass over the edges: their EDGE_VECTORS vectors each, the sums' and a weight's fit AVX-512's 32
 # registers; more slots take several passes (held all at once, they spilled to memory and the sums ran slower).
 SLOTS_PER_PASS = 12
+
+
+def padded_rows(n_rows: int, itemsize: int) -> int:
+    """n_rows rounded up to whole stretches of the rows the edges' sums take at a time, for items of itemsize
+    bytes: the backward kernel's output gradient and grad_x rows have this length."""
+    chunk = EDGE_VECTORS * VECTOR_BYTES // itemsize
+    return -(-n_rows // chunk) * chunk
 
 
 def _slot_passes(n_slots):
@@ -344,52 +354,16 @@ def forward_kernel(spline_order: int, n_slots: int):
     return sized_kernel(_forward_kernel(int(spline_order), int(n_slots)))
 
 
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _edge_gradients(grads, expanded, slopes, weights, grad_weights, grad_x, n_slots, n_block, need_x):
-    """One edge on a block of rows, grads [rows] the gradient of its output there: grad_weights[s] +=
-    sum_r grads[r] * expanded[s, r] and, need_x, grad_x[r] += grads[r] * sum_s weights[s] * slopes[s, r]; four
-    slots per pass over the rows, then the remaining ones."""
-    zero = grads.dtype.type(0.0)  # a float64 sum of float32 terms would not vectorize
-    s = 0
-    while s + 4 <= n_slots:
-        a0, a1, a2, a3 = expanded[s], expanded[s + 1], expanded[s + 2], expanded[s + 3]
-        c0, c1, c2, c3 = zero, zero, zero, zero
-        for r in range(n_block):
-            g = grads[r]
-            c0 += g * a0[r]
-            c1 += g * a1[r]
-            c2 += g * a2[r]
-            c3 += g * a3[r]
-        grad_weights[s] += c0
-        grad_weights[s + 1] += c1
-        grad_weights[s + 2] += c2
-        grad_weights[s + 3] += c3
-        if need_x:
-            w0, w1, w2, w3 = weights[s], weights[s + 1], weights[s + 2], weights[s + 3]
-            d0, d1, d2, d3 = slopes[s], slopes[s + 1], slopes[s + 2], slopes[s + 3]
-            for r in range(n_block):
-                grad_x[r] += grads[r] * (w0 * d0[r] + w1 * d1[r] + w2 * d2[r] + w3 * d3[r])
-        s += 4
-    while s < n_slots:
-        a0 = expanded[s]
-        c0 = zero
-        for r in range(n_block):
-            c0 += grads[r] * a0[r]
-        grad_weights[s] += c0
-        if need_x:
-            w0, d0 = weights[s], slopes[s]
-            for r in range(n_block):
-                grad_x[r] += grads[r] * w0 * d0[r]
-        s += 1
-
-
 @functools.cache
-def _backward_kernel(k):
+def _backward_kernel(k, n_slots):
+    long_pass, n_long, n_short = _slot_passes(n_slots)
+    short_pass = max(long_pass - 1, 1)  # a constant even where no short pass runs
+
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
     def kernel(x_t, base_t, base_slope_t, grid, inv_steps, uniform, matrix, weights, edge_outputs,
                input_offsets, grad_out_t, need_x, grad_x_t, grad_weights):
         n_in, n_rows = x_t.shape
-        n_slots = weights.shape[1]
+        chunk = EDGE_VECTORS * (VECTOR_BYTES // weights.itemsize)
         if uniform and k > 0:
             knots, reciprocals = np.empty((0, 0), dtype=weights.dtype), np.empty((0, 0, 0), dtype=weights.dtype)
         else:
@@ -400,12 +374,12 @@ def _backward_kernel(k):
                 for s in range(n_slots):
                     grad_weights[e, s] = 0.0
             if need_x:
-                for n in range(n_rows):
+                for n in range(grad_x_t.shape[1]):
                     grad_x_t[i, n] = 0.0
             if e1 == e0:
                 continue
             expanded = np.empty((n_slots, ROWS_PER_BLOCK), dtype=weights.dtype)
-            slopes = np.empty((n_slots, ROWS_PER_BLOCK), dtype=weights.dtype)
+            slopes = np.zeros((n_slots, ROWS_PER_BLOCK), dtype=weights.dtype)
             spans = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
             coords = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=weights.dtype)
@@ -417,21 +391,36 @@ def _backward_kernel(k):
                 if need_x:
                     for r in range(n_block):
                         slopes[0, r] = base_slope_t[i, r0 + r]
-                for e in range(e0, e1):
-                    _edge_gradients(grad_out_t[edge_outputs[e], r0:r0 + n_block], expanded, slopes, weights[e],
-                                    grad_weights[e], grad_x_t[i, r0:r0 + n_block], n_slots, n_block,
-                                    need_x)
+                # whole stretches of rows: past n_block the output gradient is 0 and the slots are set to 0 (not
+                # left from an earlier block, where an infinite value times 0 would give NaN)
+                n_chunks = (n_block + chunk - 1) // chunk
+                for s in range(n_slots):
+                    for r in range(n_block, n_chunks * chunk):
+                        expanded[s, r] = 0.0
+                for p in range(n_long):
+                    first = p * long_pass
+                    add_edge_gradients(expanded, slopes, first * ROWS_PER_BLOCK, ROWS_PER_BLOCK, grad_out_t, r0,
+                                       grad_out_t.shape[1], weights, grad_weights, first, n_slots, grad_x_t,
+                                       i * grad_x_t.shape[1] + r0, edge_outputs, e0, e1, n_chunks, need_x, long_pass,
+                                       EDGE_VECTORS)
+                for p in range(n_short):
+                    first = n_long * long_pass + p * short_pass
+                    add_edge_gradients(expanded, slopes, first * ROWS_PER_BLOCK, ROWS_PER_BLOCK, grad_out_t, r0,
+                                       grad_out_t.shape[1], weights, grad_weights, first, n_slots, grad_x_t,
+                                       i * grad_x_t.shape[1] + r0, edge_outputs, e0, e1, n_chunks, need_x,
+                                       short_pass, EDGE_VECTORS)
 
     return kernel
 
 
 @functools.cache
-def backward_kernel(spline_order: int):
-    """The backward kernel for one spline order.
+def backward_kernel(spline_order: int, n_slots: int):
+    """The backward kernel for one spline order and G + k + 1 slots per edge (compile-time constants).
 
     ``kernel(x_t, base_t, base_slope_t, grid, inv_steps, uniform, matrix, weights, edge_outputs,
     input_offsets, grad_out_t, need_x, grad_x_t, grad_weights)``: x_t, base_t, base_slope_t [I, N] (x, its base
     activation and that one's derivative, transposed), weights [E, G+k+1] as in :func:`forward_kernel`,
-    grad_out_t [O, N]; writes grad_weights [E, G+k+1] and, when need_x, grad_x_t [I, N] (left as it is otherwise).
+    grad_out_t [O, N'] with N' = :func:`padded_rows` (N), zero past N; writes grad_weights [E, G+k+1] and, when
+    need_x, grad_x_t [I, N'] (left as it is otherwise; its columns past N are work space). All C-contiguous.
     """
-    return sized_kernel(_backward_kernel(int(spline_order)))
+    return sized_kernel(_backward_kernel(int(spline_order), int(n_slots)))
