@@ -137,53 +137,13 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, inv_steps, uniform, k, matr
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals, slots, coords,
-                 polynomial, firsts):
-    """slots[k + s, r] <- slot s of input i at row r (slot 0 its base activation base_row[r], slot 1 + m its basis
-    m at x_row[r]) for r < n_block; slots [G + 3k + 1, rows], row k the base activation's.
-
-    Uniform grids (k > 0): each value's k + 1 window entries are written into rows span + 1 .. span + k + 1 after
-    the basis rows are zeroed (no selects), so rows 0 .. k - 1 and the last k catch the entries of bases beyond the
-    grid's ends. Other grids: every basis at once along the rows, by the recursion over all of them
-    (:func:`_recursion_into`, knots and reciprocals of :func:`~kanlib.ops.spline_linear.cpu.recursion_tables`).
-    coords [rows], polynomial [k+1, rows] and firsts [rows] (int32) are work arrays."""
+def _uniform_windows(x_row, i, n_block, grid, inv_steps, k, matrix, offsets, coords, polynomial):
+    """Each value's window on input i's uniform grid (k > 0), r < n_block: offsets[r] the window entry of basis 0 at
+    x_row[r] (k minus its span; n_knots + k, past every window, outside the grid and for NaN), polynomial [k+1, rows]
+    its window's values. coords [rows] is a work array."""
     n_knots = grid.shape[1]
-    n_basis = n_knots - k - 1
-    real = slots.dtype.type
-    if uniform and k > 0:
-        for m in range(n_basis):
-            for r in range(n_block):
-                slots[k + 1 + m, r] = real(0.0)
-        low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
-        for r in range(n_block):
-            value = x_row[r]
-            inside = low <= value < high
-            u = (value - low) * inv if inside else real(0.0)
-            span = np.floor(min(max(u, real(0.0)), real(n_knots - 2.0)))
-            firsts[r] = np.int32(span) + np.int32(1) if inside else np.int32(-1)
-            coords[r] = min(max(u - span, real(0.0)), real(1.0))
-        window_polynomials(coords, matrix, k, n_block, 0, 1.0, polynomial)
-        for r in range(n_block):
-            first = firsts[r]
-            if first >= 0:
-                for q in range(k + 1):
-                    slots[first + q, r] = polynomial[q, r]
-    else:
-        _recursion_into(x_row, i, n_block, knots, reciprocals, k, slots, coords)
-    for r in range(n_block):
-        slots[k, r] = base_row[r]
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _window_rows(x_row, i, n_block, grid, inv_steps, k, matrix, windows, coords):
-    """windows [k + 3, rows] rows 1 .. k + 2 for :func:`~kanlib.ops.weighted_rows.add_window_rows` on a uniform grid
-    (k > 0), r < n_block: row 1 the window entry of basis 0 at x_row[r] (k minus its span; past every window outside
-    the grid and for NaN), rows 2 + q its window's polynomials. Row 0 (the base activation) is the caller's. coords
-    [rows] is a work array."""
-    n_knots = grid.shape[1]
-    real = windows.dtype.type
+    real = offsets.dtype.type
     low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
-    offsets = windows[1]
     for r in range(n_block):
         value = x_row[r]
         inside = low <= value < high
@@ -191,7 +151,36 @@ def _window_rows(x_row, i, n_block, grid, inv_steps, k, matrix, windows, coords)
         span = np.floor(min(max(u, real(0.0)), real(n_knots - 2.0)))
         offsets[r] = real(k) - span if inside else real(n_knots + k)
         coords[r] = min(max(u - span, real(0.0)), real(1.0))
-    window_polynomials(coords, matrix, k, n_block, 0, 1.0, windows[2:])
+    window_polynomials(coords, matrix, k, n_block, 0, 1.0, polynomial)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals, slots, coords,
+                 polynomial, offsets):
+    """slots[k + s, r] <- slot s of input i at row r (slot 0 its base activation base_row[r], slot 1 + m its basis
+    m at x_row[r]) for r < n_block; slots [G + 3k + 1, rows], row k the base activation's.
+
+    Uniform grids (k > 0): each value's k + 1 window entries are written into rows span + 1 .. span + k + 1 after
+    the basis rows are zeroed (no selects), so rows 0 .. k - 1 and the last k catch the entries of bases beyond the
+    grid's ends. Other grids: every basis at once along the rows, by the recursion over all of them
+    (:func:`_recursion_into`, knots and reciprocals of :func:`~kanlib.ops.spline_linear.cpu.recursion_tables`).
+    coords [rows], polynomial [k+1, rows] and offsets [rows] are work arrays."""
+    n_basis = grid.shape[1] - k - 1
+    real = slots.dtype.type
+    if uniform and k > 0:
+        for m in range(n_basis):
+            for r in range(n_block):
+                slots[k + 1 + m, r] = real(0.0)
+        _uniform_windows(x_row, i, n_block, grid, inv_steps, k, matrix, offsets, coords, polynomial)
+        for r in range(n_block):
+            if offsets[r] <= k:  # inside the grid: the window starts at row span + 1
+                first = np.int64(k + 1 - offsets[r])
+                for q in range(k + 1):
+                    slots[first + q, r] = polynomial[q, r]
+    else:
+        _recursion_into(x_row, i, n_block, knots, reciprocals, k, slots, coords)
+    for r in range(n_block):
+        slots[k, r] = base_row[r]
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -296,7 +285,7 @@ def _forward_kernel(k, n_slots):
                 base_row = windows[0]
             coords = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=out.dtype)
-            firsts = np.empty(ROWS_PER_BLOCK, dtype=np.int32)
+            offsets = np.empty(ROWS_PER_BLOCK, dtype=out.dtype)
             zero = check = out.dtype.type(0.0)
             for i0 in range(0, n_in, INPUT_GROUP):
                 n_group = min(INPUT_GROUP, n_in - i0)
@@ -312,13 +301,14 @@ def _forward_kernel(k, n_slots):
                     if e1 == e0:
                         continue
                     if in_vectors:
-                        _window_rows(x_row, i, n_block, grid, inv_steps, k, matrix, windows, coords)
+                        _uniform_windows(x_row, i, n_block, grid, inv_steps, k, matrix, windows[1], coords,
+                                         windows[2:])
                         for c in range(0, n_block, chunk):
                             add_window_rows(tile, c, ROWS_PER_BLOCK, windows, c, ROWS_PER_BLOCK, weights, 0, n_slots,
                                             edge_outputs, e0, e1, n_slots, k, EDGE_VECTORS)
                         continue
                     _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots,
-                                 reciprocals, slots, coords, polynomial, firsts)
+                                 reciprocals, slots, coords, polynomial, offsets)
                     # whole chunks, past n_block in the last block: the tile's rows there are never copied out
                     for c in range(0, n_block, chunk):
                         for p in range(n_long):
