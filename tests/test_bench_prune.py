@@ -59,9 +59,10 @@ def test_layer_rows(rows):
     for row in layers:
         assert (row["width"], row["grid_size"], row["batch"]) == (width, TINY["layer_grid"], TINY["layer_batch"])
         assert row["live_edges"] == width * width - round(row["sparsity"] * width * width)
-        for form in ("dense", "sparse"):
+        for form in ("dense", "sparse", "dense_step", "sparse_step"):
             assert 0 < row[f"{form}_q25_ms"] <= row[f"{form}_median_ms"] <= row[f"{form}_q75_ms"]
         assert row["speedup"] == pytest.approx(row["dense_median_ms"] / row["sparse_median_ms"])
+        assert row["step_speedup"] == pytest.approx(row["dense_step_median_ms"] / row["sparse_step_median_ms"])
         assert 0 <= row["max_diff"] <= row["rounding_bound"]
     missing = [column for column in prune.TABLE_COLUMNS if not any(column in row for row in rows)]
     assert not missing

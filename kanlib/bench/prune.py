@@ -18,8 +18,11 @@ Two kinds of rows (``kind``):
 - ``"layer"``, one per sparsity: one ``BSplineKAN(width, width, grid_size)`` layer whose mask switches off a
   random scattered set of exactly ``round(sparsity * width**2)`` edges, forward on a batch of ``layer_batch``
   inputs uniform in [-1.1, 1.1] (inside and just outside the grid): the masked dense layer against the
-  ``SparseBSplineKAN`` built from it, timed interleaved; ``speedup`` is dense over sparse. Scattered masks leave
-  every node with live edges, so compaction removes nothing there: only an edge-sparse layer can gain.
+  ``SparseBSplineKAN`` built from it, timed interleaved; ``speedup`` is dense over sparse. Then the two layers'
+  training steps, interleaved too (``dense_step_*``, ``sparse_step_*``): forward, then the gradients of the output
+  against the input and every trainable parameter for a fixed random output gradient (as fine-tuning pays them);
+  ``step_speedup`` is dense over sparse. Scattered masks leave every node with live edges, so compaction removes
+  nothing there: only an edge-sparse layer can gain.
 
 Why H = 64 for digits: with pykan's [64, 16, 10] the first layer has 1,024 edges and a forward pass on the 360
 test digits is so short that the call overheads dominate it; a hidden width of 64 gives a first layer of 4,096
@@ -40,6 +43,7 @@ from ..models import KAN
 from ..prune.compact import live_edges
 from ..prune.schedule import prune_to_sparsity
 from ..training import fit, metric_on_test_set
+from .candidates import module_candidate, training_step
 from .targets import target_entry
 from .timing import time_interleaved
 
@@ -57,7 +61,8 @@ FORMS = ("dense", "masked", "compact", "sparse")
 TABLE_COLUMNS = ("kind", "task", "sparsity", "achieved_sparsity", "edges", "live_edges", "compact_edges", "metric",
                  "dense_value", "value", "dense_median_ms", "masked_median_ms", "compact_median_ms",
                  "sparse_median_ms", "compact_speedup", "sparse_speedup", "compact_max_diff", "sparse_max_diff",
-                 "rounding_bound", "width", "grid_size", "batch", "speedup", "max_diff")
+                 "rounding_bound", "width", "grid_size", "batch", "speedup", "max_diff", "dense_step_median_ms",
+                 "sparse_step_median_ms", "step_speedup")
 GOAL_SPARSITY = 0.9
 TARGETS = (
     "layer at 90% edge sparsity: dense time / edge-sparse time >= 4",
@@ -203,6 +208,9 @@ def _layer_rows(settings: dict, seed: int, device: torch.device, repeat: int, wa
     torch.manual_seed(seed)
     layer = BSplineKAN(width, width, grid_size=grid).to(device)
     x = (torch.rand(batch, width, generator=generator) * 2.2 - 1.1).to(device)
+    # drawn apart from the masks' generator, which then draws the masks it drew before the training steps were timed
+    grad_out = torch.randn(batch, width, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    x_leaf = x.clone().requires_grad_()
     rows = []
     for sparsity in settings["sparsities"]:
         masked = copy.deepcopy(layer)
@@ -218,6 +226,12 @@ def _layer_rows(settings: dict, seed: int, device: torch.device, repeat: int, wa
         row.update(timings["dense"].as_dict("dense_"))
         row.update(timings["sparse"].as_dict("sparse_"))
         row["speedup"] = timings["dense"].median_ms / timings["sparse"].median_ms
+        steps = time_interleaved({name: training_step(module_candidate(name, form, x_leaf), grad_out)
+                                  for name, form in (("dense", masked), ("sparse", sparse_layer))},
+                                 device=device, warmup=warmup, repeat=repeat)
+        row.update(steps["dense"].as_dict("dense_step_"))
+        row.update(steps["sparse"].as_dict("sparse_step_"))
+        row["step_speedup"] = steps["dense"].median_ms / steps["sparse"].median_ms
         row["max_diff"] = _max_diff(sparse_layer, reference, x)
         row["rounding_bound"] = rounding_bound([masked], reference)
         rows.append(row)
