@@ -145,8 +145,8 @@ def test_cpu_forward_over_row_blocks_and_slot_counts(uniform, grid_size, k):
 def test_cpu_backward_tail_rows_hold_nothing_from_earlier_blocks(dtype):
     """The backward kernel sums whole stretches of rows, so the last, partial block reads rows past its end: an
     infinite input in the first block at the same row must not come back there (inf times the padded zero gradient
-    is NaN). Every edge live, so that no output takes the dense layer's NaN of a dead edge (whose gradient the
-    reference's masked_fill cuts off); the reference's gradients, infinities and NaN included."""
+    is NaN). Every edge live, so that no output takes the dense layer's NaN of a dead edge; the reference's
+    gradients, infinities and NaN included."""
     tensors, rest = random_problem(70, n=300, n_in=6, n_out=7, grid_size=5, dead=0.0, dtype=dtype)
     tensors[0][45, 2] = float("inf")  # 300 = 256 + 44 rows: row 45 lies in the last block's padded stretch
     want, want_grads = outputs_and_grads(lambda *t: reference(t, rest), tensors)
@@ -217,14 +217,22 @@ def test_second_derivatives_match_the_reference(backend):
 @pytest.mark.parametrize("backend", ["eager", "cpu"])
 def test_nonfinite_inputs_give_the_dense_layers_nan_and_inf(backend):
     """NaN, inf and -inf (silu(-inf) is NaN) inputs: the dense layer's zero-masked weights make NaN of them on
-    the outputs their input has no live edge to, its live edges carry them (inf stays inf)."""
+    the outputs their input has no live edge to, its live edges carry them (inf stays inf). The gradient of x passes
+    through those NaN outputs to the row's finite inputs, as the dense layer's does."""
     layer, x = dense_problem(6, 0.5, True)
     x[2, 0], x[5, 3], x[7, 1] = float("nan"), float("inf"), -float("inf")
     params, rest = sparse_arguments(layer)
-    got = edge_spline_linear(x, *params, *rest, backend=backend)
-    want = layer(x)
+    x_got, x_want = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = edge_spline_linear(x_got, *params, *rest, backend=backend)
+    want = layer(x_want)
     assert bool(torch.isinf(want).any()) and bool(torch.isnan(want[5]).any())  # the case is not trivial
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    grad_out = torch.randn(want.shape, generator=torch.Generator().manual_seed(6), dtype=want.dtype)
+    grad_got, = torch.autograd.grad(got, x_got, grad_out)
+    grad_want, = torch.autograd.grad(want, x_want, grad_out)
+    finite = torch.isfinite(x)
+    assert bool(grad_want[5][finite[5]].ne(0).all())  # the row of a dead edge's NaN: its other inputs' gradients
+    torch.testing.assert_close(grad_got[finite], grad_want[finite], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["eager", "cpu"])

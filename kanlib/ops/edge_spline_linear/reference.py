@@ -10,7 +10,8 @@ Autograd keeps the gathered [N, E, k+1] tensors for backward: simple, not fast.
 
 A non-finite base activation b(x[n, i]) (NaN or infinite input) makes y[n, o] NaN for every output o that input i
 has no live edge to, as in the dense masked layer, whose zero-masked weights multiply it (0 * inf and 0 * NaN are
-NaN); its live edges carry it as any value.
+NaN); its live edges carry it as any value. The gradients pass through those NaN outputs as through the dense
+layer's: the gradient of y[n, o] still reaches the row's other inputs and the parameters of their edges.
 """
 from __future__ import annotations
 
@@ -47,4 +48,8 @@ def edge_spline_linear_reference(x: torch.Tensor, coef: torch.Tensor, scale_base
     base = get_activation(activation).function(x)
     per_edge = scale_base * base[:, edge_inputs] + scale_sp * spline
     out = x.new_zeros(n_rows, n_out).index_add(1, edge_outputs, per_edge)
-    return out.masked_fill(dead_edge_nans(base.detach(), edge_inputs, edge_outputs, n_out), float("nan"))
+    # added rather than filled in: a fill would also cut the gradient of out[n, o] to the row's other inputs, which
+    # the dense layer passes on
+    nans = x.new_zeros(n_rows, n_out).masked_fill_(dead_edge_nans(base.detach(), edge_inputs, edge_outputs, n_out),
+                                                   float("nan"))
+    return out + nans
