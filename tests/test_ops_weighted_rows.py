@@ -4,8 +4,11 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from kanlib.ops.weighted_rows import (VECTOR_BYTES, add_edge_gradients, add_weighted_rows, add_window_rows,
-                                      vector_lanes)
+from numba.core.codegen import get_host_cpu_features
+
+from kanlib.ops import weighted_rows
+from kanlib.ops.weighted_rows import (VECTOR_BYTES, WINDOW_TABLE, add_edge_gradients, add_weighted_rows,
+                                      add_window_rows, vector_lanes)
 
 
 def _adder(n_slots, n_vectors):
@@ -81,9 +84,14 @@ def _slots_from_windows(block, order, n_slots):
     return slots
 
 
+@pytest.mark.parametrize("permuted", [True, False], ids=["permutes", "selects"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_slots, order, n_vectors", [(9, 3, 2), (7, 1, 1), (12, 4, 2), (2, 0, 1)])
-def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_slots, order, n_vectors):
+@pytest.mark.parametrize("n_slots, order, n_vectors", [(9, 3, 2), (7, 1, 1), (12, 4, 2), (2, 0, 1), (16, 3, 1)])
+def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_slots, order, n_vectors, permuted,
+                                                                    monkeypatch):
+    """Both ways of building the slots (permuting each edge's table of weights on AVX-512, selects elsewhere); the
+    table's entries past an edge's weights are NaN, which no sum may pick up."""
+    monkeypatch.setattr(weighted_rows, "PERMUTED_WINDOWS", permuted)
     rng = np.random.default_rng(n_slots + 10 * order)
     width = n_vectors * vector_lanes(np.dtype(dtype).itemsize)
     columns = width + 6
@@ -94,10 +102,12 @@ def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_sl
     block[1, :3] = [order, -(n_slots - 1 - 1), n_slots + order + 5]
     n_out, n_edges = 5, 9
     tile = rng.standard_normal((n_out, columns + 3)).astype(dtype)
-    weights = rng.standard_normal((n_edges, n_slots + 1)).astype(dtype)
+    weight_row = 1 + max(n_slots, WINDOW_TABLE)  # each edge's weights in entries 1 .. n_slots of its row
+    weights = np.full((n_edges, weight_row), np.nan, dtype)
+    weights[:, 1:n_slots + 1] = rng.standard_normal((n_edges, n_slots))
     edge_outputs = rng.integers(0, n_out, n_edges).astype(np.int64)
     slots = _slots_from_windows(block, order, n_slots)
-    arguments = (tile.shape[1], weights, 1, n_slots + 1, edge_outputs, 1, 8)
+    arguments = (tile.shape[1], weights, 1, weight_row, edge_outputs, 1, 8)
     want = _reference(tile, 2, arguments[0], slots, 1, columns, *arguments[1:], n_slots, width)
     _window_adder(n_slots, order, n_vectors)(tile, 2, tile.shape[1], block, 1, columns, *arguments[1:])
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
@@ -108,6 +118,20 @@ def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_sl
     _window_adder(n_slots, order, n_vectors)(from_windows, 2, tile.shape[1], block, 1, columns, *arguments[1:])
     _adder(n_slots, n_vectors)(from_slots, 2, tile.shape[1], slots, 1, columns, *arguments[1:])
     assert np.array_equal(from_windows, from_slots)
+
+
+@pytest.mark.parametrize("dtype, instructions", [(np.float32, ("vpermps",)), (np.float64, ("vpermi2pd", "vpermt2pd"))])
+def test_window_rows_permute_the_weights_where_the_cpu_has_avx512(dtype, instructions):
+    features = get_host_cpu_features()
+    if "+avx512f" not in features.split(","):
+        pytest.skip("the CPU has no AVX-512: the window sums build their slots by selects")
+    assert weighted_rows.permutes_windows(features, 9) and not weighted_rows.permutes_windows(features, 17)
+    assert not weighted_rows.permutes_windows(features.replace("+avx512f", "-avx512f"), 9)
+    add = _window_adder(9, 3, 2)
+    block, tile = np.zeros((6, 64), dtype), np.zeros((4, 64), dtype)
+    add(tile, 0, 64, block, 0, 64, np.zeros((3, 32), dtype), 0, 16, np.zeros(3, np.int64), 0, 3)
+    assembly = "".join(add.inspect_asm().values())
+    assert any(instruction in assembly for instruction in instructions)
 
 
 def _gradient_adder(n_slots, n_vectors):

@@ -24,7 +24,12 @@ AVX-512 they are its registers (numba's own loops stop at 32 bytes there), elsew
   of order + 3 rows (``block.flat[block_start + b * block_row + j]``) instead of read: slot 0 is row 0 (the base
   activation); row 1 holds each entry's offset, a float, and slot 1 + m is row 2 + q for q = m + offset where
   0 <= q <= order (the window of a B-spline basis of that order), 0 elsewhere. Nothing is stored but the tile's
-  rows. n_slots, order and n_vectors are literal integers.
+  rows. n_slots, order and n_vectors are literal integers. On a CPU with AVX-512 (and PERMUTED_WINDOWS set), and
+  for at most WINDOW_TABLE slots, each edge's weights are instead loaded as one table of WINDOW_TABLE entries from its
+  first, and each window entry q picks its basis's weight from the table by a vector permute (``vpermps``; two
+  tables of 8 in float64, ``vpermi2pd`` or ``vpermt2pd``): an edge then costs order + 2 multiply-adds per vector
+  instead of n_slots, in the same order as the slots' nonzero terms. The caller keeps WINDOW_TABLE entries readable
+  from every edge's first weight (entries past n_slots are read, never used).
 - ``add_edge_gradients(slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights, grad_weights,
   weight_start, weight_row, grad_x, grad_x_start, edge_outputs, e0, e1, n_chunks, need_x, n_slots, n_vectors)``:
   the gradients of those sums, over n_chunks stretches of n_vectors vectors (rows j < n_chunks * n_vectors * lanes).
@@ -42,14 +47,25 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "add_edge_gradients", "add_weighted_rows", "add_window_rows", "vector_lanes"]
+__all__ = ["VECTOR_BYTES", "WINDOW_TABLE", "add_edge_gradients", "add_weighted_rows", "add_window_rows",
+           "permutes_windows", "vector_lanes"]
 
 VECTOR_BYTES = 64
+# Weights per edge that add_window_rows loads as a table where it permutes (16 float32: one vector; 16 float64: two)
+WINDOW_TABLE = 16
+# Whether add_window_rows may permute where the CPU allows it; the tests switch it off to reach the selects
+PERMUTED_WINDOWS = True
 
 
 def vector_lanes(itemsize: int) -> int:
     """Entries of one vector for items of itemsize bytes."""
     return VECTOR_BYTES // itemsize
+
+
+def permutes_windows(cpu_features: str, n_slots: int) -> bool:
+    """Whether :func:`add_window_rows` compiled for a CPU of these features (LLVM's ``+name`` list, as numba compiles
+    for) permutes each edge's table of weights (else it builds every slot by selects)."""
+    return PERMUTED_WINDOWS and "+avx512f" in cpu_features.split(",") and n_slots <= WINDOW_TABLE
 
 
 def _typed(tile, rows, weights, edge_outputs, *literals) -> bool:
@@ -121,6 +137,55 @@ class _Vectors:
             slots.append(row)
         return slots
 
+    def window_edge_sums(self, tile, tile_start, tile_row, weights, weight_start, weight_row, edge_outputs, e0, e1,
+                         block, order, n_slots):
+        """:meth:`edge_sums` of the slots of :meth:`windowed` by vector permutes: for each window entry q, the index
+        of its basis's weight (1 + q - offset) and its value, 0 where that basis does not exist, are set up once;
+        then each edge picks its weights for every lane from its table of WINDOW_TABLE entries."""
+        b, lanes = self.builder, self.lanes
+        element = self.vector.element
+        bits = 8 * self.align
+        index_type = ir.VectorType(ir.IntType(bits), lanes)
+
+        def splat_constant(value):
+            return ir.Constant(self.vector, [ir.Constant(element, value)] * lanes)
+
+        zero = ir.Constant(self.vector, None)
+        base, offsets, window = block[0], block[1], block[2:]
+        indices, values = [], []
+        for q in range(order + 1):
+            index_row, value_row = [], []
+            for v, offset in enumerate(offsets):
+                basis = b.fsub(splat_constant(q), offset)
+                exists = b.and_(b.fcmp_ordered(">=", basis, zero),
+                                b.fcmp_ordered("<", basis, splat_constant(n_slots - 1)))
+                index_row.append(b.fptosi(b.select(exists, b.fadd(basis, splat_constant(1)), zero), index_type))
+                value_row.append(b.select(exists, window[q][v], zero))
+            indices.append(index_row)
+            values.append(value_row)
+        module = b.module
+        if bits == 32:
+            permute = cgutils.get_or_insert_function(module, ir.FunctionType(self.vector, [self.vector, index_type]),
+                                                     "llvm.x86.avx512.permvar.sf.512")
+        else:
+            permute = cgutils.get_or_insert_function(
+                module, ir.FunctionType(self.vector, [self.vector, index_type, self.vector]),
+                "llvm.x86.avx512.vpermi2var.pd.512")
+
+        def add_terms(sums, first):
+            table = [b.load(self._at(weights, b.add(first, self.constant(t * lanes))), align=self.align)
+                     for t in range(WINDOW_TABLE // lanes)]
+            splat = self.splat(b.extract_element(table[0], ir.Constant(ir.IntType(32), 0)))
+            sums = [b.call(self.fma, [splat, vector, total]) for vector, total in zip(base, sums)]
+            for index_row, value_row in zip(indices, values):
+                picked = [b.call(permute, [table[0], index] if len(table) == 1 else [table[0], index, table[1]])
+                          for index in index_row]
+                sums = [b.call(self.fma, [weight, value, total])
+                        for weight, value, total in zip(picked, value_row, sums)]
+            return sums
+
+        self.edge_loop(tile, tile_start, tile_row, weight_start, weight_row, edge_outputs, e0, e1, len(base), add_terms)
+
     def splat(self, value):
         """A vector of lanes copies of a scalar."""
         i32 = ir.IntType(32)
@@ -140,21 +205,31 @@ class _Vectors:
             vector = b.fadd(b.shuffle_vector(vector, vector, low), b.shuffle_vector(vector, vector, high))
         return b.extract_element(vector, ir.Constant(i32, 0))
 
-    def edge_sums(self, tile, tile_start, tile_row, weights, weight_start, weight_row, edge_outputs, e0, e1, slots):
-        """The loop over the edges e0 .. e1 - 1: each output row's vectors plus its weights times the slot vectors."""
+    def edge_loop(self, tile, tile_start, tile_row, weight_start, weight_row, edge_outputs, e0, e1, width, add_terms):
+        """The loop over the edges e0 .. e1 - 1: each edge's output row (width vectors) loaded, add_terms(sums, first)
+        of it (first: the flat index of the edge's first weight) stored back."""
         b, lanes = self.builder, self.lanes
         with cgutils.for_range_slice(b, e0, e1, self.constant(1)) as (edge, _):
             output = self.index(b.load(b.gep(self.data[edge_outputs], [edge])))
             row = b.add(tile_start, b.mul(output, tile_row))
-            at = [self._at(tile, b.add(row, self.constant(v * lanes))) for v in range(len(slots[0]))]
+            at = [self._at(tile, b.add(row, self.constant(v * lanes))) for v in range(width)]
             sums = [b.load(pointer, align=self.align) for pointer in at]
-            first = b.add(weight_start, b.mul(edge, weight_row))
+            for total, pointer in zip(add_terms(sums, b.add(weight_start, b.mul(edge, weight_row))), at):
+                b.store(total, pointer, align=self.align)
+
+    def edge_sums(self, tile, tile_start, tile_row, weights, weight_start, weight_row, edge_outputs, e0, e1, slots):
+        """The loop over the edges e0 .. e1 - 1: each output row's vectors plus its weights times the slot vectors."""
+        b = self.builder
+
+        def add_terms(sums, first):
             for s, slot in enumerate(slots):
                 weight = b.load(b.gep(self.data[weights], [b.add(first, self.constant(s))]))
                 splat = self.splat(weight)
                 sums = [b.call(self.fma, [splat, vector, total]) for vector, total in zip(slot, sums)]
-            for total, pointer in zip(sums, at):
-                b.store(total, pointer, align=self.align)
+            return sums
+
+        self.edge_loop(tile, tile_start, tile_row, weight_start, weight_row, edge_outputs, e0, e1, len(slots[0]),
+                       add_terms)
 
 
 def _signature(tile, rows, weights, edge_outputs, literals):
@@ -188,8 +263,12 @@ def add_window_rows(typingctx, tile, tile_start, tile_row, block, block_start, b
     def codegen(context, builder, signature, args):
         vectors = _Vectors(context, builder, signature, args)
         block_rows = vectors.load_rows(3, args[4], args[5], degree + 3, width)
-        slots = vectors.windowed(block_rows, degree, count)
-        vectors.edge_sums(0, args[1], args[2], 6, args[7], args[8], 9, args[10], args[11], slots)
+        if permutes_windows(context.codegen()._get_host_cpu_features(), count):
+            vectors.window_edge_sums(0, args[1], args[2], 6, args[7], args[8], 9, args[10], args[11], block_rows,
+                                     degree, count)
+        else:
+            slots = vectors.windowed(block_rows, degree, count)
+            vectors.edge_sums(0, args[1], args[2], 6, args[7], args[8], 9, args[10], args[11], slots)
         return context.get_dummy_value()
 
     return _signature(tile, block, weights, edge_outputs, (n_slots, order, n_vectors)), codegen

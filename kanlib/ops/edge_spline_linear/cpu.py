@@ -16,8 +16,9 @@ proportional to the live edges, and the row loops vectorize.
   (in cache) over the inputs and their edges. The edges' sums run a stretch of rows at a time with the stretch's
   slot rows held in 64-byte vectors across all the input's edges, in passes of at most SLOTS_PER_PASS slots (the
   slot count is a compile-time constant). On uniform grids with at most that many slots the vectors are built from
-  each value's window (its span and k + 1 polynomials) by selects, and no slot is stored
-  (:func:`~kanlib.ops.weighted_rows.add_window_rows`); otherwise the expansion writes each value's k + 1 window
+  each value's window (its span and k + 1 polynomials) by selects, or on AVX-512 each window entry picks its edge's
+  weight by a vector permute, and no slot is stored (:func:`~kanlib.ops.weighted_rows.add_window_rows`: the edges'
+  weights then lie in rows of WINDOW_TABLE entries); otherwise the expansion writes each value's k + 1 window
   entries into a zeroed tile with padding rows at both ends, which the sums read
   (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`). x and the output tile are transposed in 8 x 8 blocks.
 Both are built once per spline order (and slot count): a sized kernel compiles, or loads from numba's cache, its
@@ -47,7 +48,7 @@ from numba import njit, prange
 from ..block_transpose import BLOCK, transpose_block
 from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, recursion_tables, sized_kernel,
                                  window_polynomials, write_slots)
-from ..weighted_rows import VECTOR_BYTES, add_edge_gradients, add_weighted_rows, add_window_rows
+from ..weighted_rows import VECTOR_BYTES, WINDOW_TABLE, add_edge_gradients, add_weighted_rows, add_window_rows
 
 __all__ = ["forward_kernel", "backward_kernel", "padded_rows", "ROWS_PER_BLOCK"]
 
@@ -266,13 +267,16 @@ def _forward_kernel(k, n_slots):
             knots, reciprocals = np.empty((0, 0), dtype=out.dtype), np.empty((0, 0, 0), dtype=out.dtype)
         else:
             knots, reciprocals = recursion_tables(grid, k, out)
-        weights = np.empty((edge_outputs.shape[0], n_slots), dtype=out.dtype)
+        in_vectors = uniform and k > 0 and n_slots <= SLOTS_PER_PASS  # the slots built in the sums' vectors
+        # rows of WINDOW_TABLE entries where the sums may read an edge's weights as one table
+        weights = np.zeros((edge_outputs.shape[0], max(n_slots, WINDOW_TABLE) if in_vectors else n_slots),
+                           dtype=out.dtype)
         for e in range(edge_outputs.shape[0]):
             weights[e, 0] = scale_base[e]
             for m in range(n_slots - 1):
                 weights[e, 1 + m] = scale_sp[e] * coef[e, m]
+        weight_row = weights.shape[1]
         chunk = EDGE_VECTORS * (VECTOR_BYTES // out.itemsize)
-        in_vectors = uniform and k > 0 and n_slots <= SLOTS_PER_PASS  # the slots built in the sums' vectors
         for b in prange(n_blocks):
             r0 = b * ROWS_PER_BLOCK
             n_block = min(ROWS_PER_BLOCK, n_rows - r0)
@@ -304,8 +308,8 @@ def _forward_kernel(k, n_slots):
                         _uniform_windows(x_row, i, n_block, grid, inv_steps, k, matrix, windows[1], coords,
                                          windows[2:])
                         for c in range(0, n_block, chunk):
-                            add_window_rows(tile, c, ROWS_PER_BLOCK, windows, c, ROWS_PER_BLOCK, weights, 0, n_slots,
-                                            edge_outputs, e0, e1, n_slots, k, EDGE_VECTORS)
+                            add_window_rows(tile, c, ROWS_PER_BLOCK, windows, c, ROWS_PER_BLOCK, weights, 0,
+                                            weight_row, edge_outputs, e0, e1, n_slots, k, EDGE_VECTORS)
                         continue
                     _expand_into(x_row, base_row, i, n_block, grid, inv_steps, uniform, k, matrix, knots,
                                  reciprocals, slots, coords, polynomial, offsets)
@@ -314,12 +318,12 @@ def _forward_kernel(k, n_slots):
                         for p in range(n_long):
                             first = p * long_pass
                             add_weighted_rows(tile, c, ROWS_PER_BLOCK, slots, (k + first) * ROWS_PER_BLOCK + c,
-                                              ROWS_PER_BLOCK, weights, first, n_slots, edge_outputs, e0, e1,
+                                              ROWS_PER_BLOCK, weights, first, weight_row, edge_outputs, e0, e1,
                                               long_pass, EDGE_VECTORS)
                         for p in range(n_short):
                             first = n_long * long_pass + p * short_pass
                             add_weighted_rows(tile, c, ROWS_PER_BLOCK, slots, (k + first) * ROWS_PER_BLOCK + c,
-                                              ROWS_PER_BLOCK, weights, first, n_slots, edge_outputs, e0, e1,
+                                              ROWS_PER_BLOCK, weights, first, weight_row, edge_outputs, e0, e1,
                                               short_pass, EDGE_VECTORS)
             _copy_transposed(out, tile, r0, n_block, 0, n_out, True)
             if check != 0.0:
