@@ -158,6 +158,20 @@ def test_cpu_backward_tail_rows_hold_nothing_from_earlier_blocks(dtype):
         torch.testing.assert_close(g, w, equal_nan=True, **tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_rows, n_cols, padded", [(13, 7, 13), (300, 37, 320), (1030, 67, 1056)])
+def test_cpu_transpose_rows_pads_with_zeros(dtype, n_rows, n_cols, padded):
+    """The backward's transposes (x and the output gradient): odd sizes, partial 8 x 8 blocks, serial and parallel
+    calls (the largest above SERIAL_BELOW entries), the padding past the rows zero even where the target held NaN."""
+    from kanlib.ops.edge_spline_linear import cpu
+
+    source = torch.randn(n_rows, n_cols, generator=torch.Generator().manual_seed(n_rows), dtype=dtype)
+    target = torch.full((n_cols, padded), float("nan"), dtype=dtype)
+    cpu.transpose_rows(source.numpy(), target.numpy())
+    assert torch.equal(target[:, :n_rows], source.t())
+    assert not bool(target[:, n_rows:].any())
+
+
 def test_cpu_kernels_are_built_once_per_order():
     """A small call runs the kernels' serial twins; a second call must reuse them, not load them again (which
     made a small edge-sparse model many times slower than the dense one)."""

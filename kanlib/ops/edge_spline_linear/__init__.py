@@ -80,11 +80,14 @@ class _CpuArgs:
     def knots(self, uniform):
         return self.grid_np, self.inv_steps, bool(uniform), self.matrix
 
-    def transposed(self, x, with_slope):
-        """(x, b(x), b'(x) or an empty array unless with_slope), each transposed to [I, N], for the backward."""
-        x_t = x.detach().t().contiguous()
-        slope_t = self.activation.derivative(x_t) if with_slope else x.new_empty(0, 0)
-        return x_t, self.activation.function(x_t), slope_t
+    def transposed(self, t, rows=None):
+        """t [N, C] transposed to a new [C, rows] (rows >= N, N by default), the columns past N zero."""
+        rows = t.shape[0] if rows is None else rows
+        if rows < t.shape[0]:
+            raise ValueError(f"transposed: rows must hold the {t.shape[0]} rows of t, got {rows}")
+        target = t.new_empty(t.shape[1], rows)
+        self.kernels.transpose_rows(numpy_of(t), target.numpy())
+        return target
 
 
 def cpu_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, input_offsets, n_out, spline_order,
@@ -134,17 +137,17 @@ def cpu_gradients(x, coef, scale_base, scale_sp, grid, edge_outputs, input_offse
     """(grad_x, grad_coef, grad_scale_base, grad_scale_sp), None where ``needs`` (four bools) says no, by the numba
     backward kernel."""
     args = _CpuArgs(grid, spline_order, activation)
-    x_t, base_t, base_slope_t = args.transposed(x, with_slope=needs[0])
+    x_t = args.transposed(x)
     coef, scale_base, scale_sp = (t.detach() for t in (coef, scale_base, scale_sp))
     weights = edge_weights(coef, scale_base, scale_sp).contiguous()
     n_rows = x.shape[0]
     padded = args.kernels.padded_rows(n_rows, x.element_size())  # whole stretches of rows for the kernel's vectors
-    grad_out_t = grad_out.new_zeros(grad_out.shape[1], padded)
-    grad_out_t[:, :n_rows] = grad_out.detach().t()
+    grad_out_t = args.transposed(grad_out, padded)
     grad_x_t = x_t.new_empty(x_t.shape[0], padded)
     grad_weights = torch.empty_like(weights)
+    x_array = x_t.numpy()
     args.kernels.backward_kernel(spline_order, weights.shape[1])(
-        x_t.numpy(), base_t.numpy(), base_slope_t.numpy(), *args.knots(uniform), weights.numpy(),
+        x_array, *args.activation_arguments(x_array.dtype), *args.knots(uniform), weights.numpy(),
         edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(), bool(needs[0]), grad_x_t.numpy(),
         grad_weights.numpy())
     grad_x = grad_x_t[:, :n_rows].t() if needs[0] else None

@@ -4,8 +4,9 @@ Live edges are sorted by input (CSR): the edges of input i are ``input_offsets[i
 ``edge_outputs[e]`` is the output of edge e; ``weights`` [E, S] (S = G + k + 1) holds per edge ``scale_base``
 then ``scale_sp * coef``. Every row loop runs over contiguous memory: the forward kernel transposes x a group
 of inputs and a block of rows at a time and computes the base activation along each transposed row (the dense
-kernel's vectorized :func:`~kanlib.ops.spline_linear.cpu.activation_row`); the backward kernel takes x, its base
-activation (computed by PyTorch) and the output gradient transposed ([I, N], [O, N]).
+kernel's vectorized :func:`~kanlib.ops.spline_linear.cpu.activation_row`); the backward kernel takes x and the
+output gradient transposed ([I, N], [O, N]: :func:`transpose_rows`) and computes the base activation and its
+derivative along x's rows, a block of rows at a time.
 
 For a block of rows and one input, the input's S slots (its base activation, then the G + k bases, of which
 only the k + 1 of each value's window are nonzero) are expanded once into a tile of S rows (the forward's has k
@@ -50,7 +51,7 @@ from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, r
                                  window_polynomials, write_slots)
 from ..weighted_rows import VECTOR_BYTES, WINDOW_TABLE, add_edge_gradients, add_weighted_rows, add_window_rows
 
-__all__ = ["forward_kernel", "backward_kernel", "padded_rows", "ROWS_PER_BLOCK"]
+__all__ = ["forward_kernel", "backward_kernel", "padded_rows", "transpose_rows", "ROWS_PER_BLOCK"]
 
 # Rows per block: long enough for the vectorized row loops to pay their set-up, short enough that the block's
 # [O, ROWS_PER_BLOCK] output tile stays in L2 for O ~ 256.
@@ -82,9 +83,9 @@ def _slot_passes(n_slots):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _expand_block(x_t, base_t, i, r0, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals, expanded,
+def _expand_block(x_t, base_row, i, r0, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals, expanded,
                   slopes, with_slopes, spans, coords, polynomial, levels):
-    """expanded[s, r] <- slot s of input i at row r0 + r: the base activation (from base_t [I, N]) in slot 0,
+    """expanded[s, r] <- slot s of input i at row r0 + r: the base activation (base_row[r]) in slot 0,
     basis s - 1 after it (only the window of k + 1 can be nonzero); with_slopes, slopes[s, r] <- d(slot)/dx
     without the base activation's (slot 0 is left to the caller). Uniform grids (k > 0): each row's window from
     the closed form; other grids: the recursion over all bases (knots and reciprocals of
@@ -94,7 +95,7 @@ def _expand_block(x_t, base_t, i, r0, n_block, grid, inv_steps, uniform, k, matr
     n_basis = n_slots - 1
     n_knots = grid.shape[1]
     for r in range(n_block):
-        expanded[0, r] = base_t[i, r0 + r]
+        expanded[0, r] = base_row[r]
     if uniform and k > 0:
         # flat loops over the rows (vectorized): spans, coordinates in the span, the k + 1 polynomials, then
         # each slot picks its row's window entry (none outside the grid)
@@ -348,13 +349,32 @@ def forward_kernel(spline_order: int, n_slots: int):
     return sized_kernel(_forward_kernel(int(spline_order), int(n_slots)))
 
 
+@njit(parallel=True, cache=True)
+def _transpose_rows(source, target):
+    """target [C, >= N] <- source [N, C] transposed in 8 x 8 blocks (:func:`_copy_transposed`), target's columns past
+    N set to 0; both C-contiguous, of one dtype. Parallel over groups of columns (``transpose_rows``: sized)."""
+    n_rows, n_cols = source.shape
+    group = 2 * BLOCK  # columns per task: a cache line of float32 entries of each row of source
+    for g in prange((n_cols + group - 1) // group):
+        c0 = g * group
+        n_group = min(group, n_cols - c0)
+        rows = target[c0:c0 + n_group]
+        _copy_transposed(source, rows, 0, n_rows, c0, n_group, False)
+        for c in range(n_group):
+            for r in range(n_rows, target.shape[1]):
+                rows[c, r] = 0.0
+
+
+transpose_rows = sized_kernel(_transpose_rows)
+
+
 @functools.cache
 def _backward_kernel(k, n_slots):
     long_pass, n_long, n_short = _slot_passes(n_slots)
     short_pass = max(long_pass - 1, 1)  # a constant even where no short pass runs
 
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
-    def kernel(x_t, base_t, base_slope_t, grid, inv_steps, uniform, matrix, weights, edge_outputs,
+    def kernel(x_t, activation, bits_like, constants, grid, inv_steps, uniform, matrix, weights, edge_outputs,
                input_offsets, grad_out_t, need_x, grad_x_t, grad_weights):
         n_in, n_rows = x_t.shape
         chunk = EDGE_VECTORS * (VECTOR_BYTES // weights.itemsize)
@@ -378,13 +398,16 @@ def _backward_kernel(k, n_slots):
             coords = np.empty(ROWS_PER_BLOCK, dtype=weights.dtype)
             polynomial = np.empty((k + 1, ROWS_PER_BLOCK), dtype=weights.dtype)
             levels = np.empty((grid.shape[1] - 1, ROWS_PER_BLOCK), dtype=weights.dtype)
+            base_row, base_slope, exponentials, bits = activation_buffers(ROWS_PER_BLOCK, weights, bits_like)
             for r0 in range(0, n_rows, ROWS_PER_BLOCK):
                 n_block = min(ROWS_PER_BLOCK, n_rows - r0)
-                _expand_block(x_t, base_t, i, r0, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals,
+                activation_row(x_t[i, r0:r0 + n_block], activation, base_row, base_slope, exponentials, bits,
+                               constants, True, need_x)
+                _expand_block(x_t, base_row, i, r0, n_block, grid, inv_steps, uniform, k, matrix, knots, reciprocals,
                               expanded, slopes, need_x, spans, coords, polynomial, levels)
                 if need_x:
                     for r in range(n_block):
-                        slopes[0, r] = base_slope_t[i, r0 + r]
+                        slopes[0, r] = base_slope[r]
                 # whole stretches of rows: past n_block the output gradient is 0 and the slots are set to 0 (not
                 # left from an earlier block, where an infinite value times 0 would give NaN)
                 n_chunks = (n_block + chunk - 1) // chunk
@@ -411,10 +434,12 @@ def _backward_kernel(k, n_slots):
 def backward_kernel(spline_order: int, n_slots: int):
     """The backward kernel for one spline order and G + k + 1 slots per edge (compile-time constants).
 
-    ``kernel(x_t, base_t, base_slope_t, grid, inv_steps, uniform, matrix, weights, edge_outputs,
-    input_offsets, grad_out_t, need_x, grad_x_t, grad_weights)``: x_t, base_t, base_slope_t [I, N] (x, its base
-    activation and that one's derivative, transposed), weights [E, G+k+1] as in :func:`forward_kernel`,
-    grad_out_t [O, N'] with N' = :func:`padded_rows` (N), zero past N; writes grad_weights [E, G+k+1] and, when
-    need_x, grad_x_t [I, N'] (left as it is otherwise; its columns past N are work space). All C-contiguous.
+    ``kernel(x_t, activation, bits_like, constants, grid, inv_steps, uniform, matrix, weights, edge_outputs,
+    input_offsets, grad_out_t, need_x, grad_x_t, grad_weights)``: x_t [I, N] (x transposed: :func:`transpose_rows`);
+    the base activation's kernel id, ``bits_like`` and ``constants`` as :func:`forward_kernel` takes them (the base
+    activation and its derivative are computed here, a block of rows at a time); weights [E, G+k+1] as in
+    :func:`forward_kernel`; grad_out_t [O, N'] with N' = :func:`padded_rows` (N), zero past N; writes grad_weights
+    [E, G+k+1] and, when need_x, grad_x_t [I, N'] (left as it is otherwise; its columns past N are work space). All
+    C-contiguous.
     """
     return sized_kernel(_backward_kernel(int(spline_order), int(n_slots)))
