@@ -187,9 +187,13 @@ def test_cpu_kernels_are_built_once_per_order():
     assert (forward.serial_kernel, backward.serial_kernel) == twins
 
 
+@pytest.mark.parametrize("grid_size", [5, 14, 28, 29], ids=["S9", "S18", "S32", "S33"])
 @pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "knots"])
-def test_cpu_kernels_in_float32(uniform):
-    tensors, rest = random_problem(20, n=300, n_in=11, n_out=13, uniform=uniform, dead=0.7, dtype=torch.float32)
+def test_cpu_kernels_in_float32(uniform, grid_size):
+    """Slot counts whose weights make one vector (S9), two (S18, S32: on AVX-512 the forward permutes them on uniform
+    grids), and more (S33: the slot tiles)."""
+    tensors, rest = random_problem(20, n=300, n_in=11, n_out=13, grid_size=grid_size, uniform=uniform, dead=0.7,
+                                   dtype=torch.float32)
     want, want_grads = outputs_and_grads(lambda *t: reference([u.double() for u in t], rest), tensors)
     got, got_grads = outputs_and_grads(lambda *t: edge_spline_linear(*t, *rest, backend="cpu"), tensors)
     assert got.dtype == torch.float32

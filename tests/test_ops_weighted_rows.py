@@ -4,11 +4,9 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from numba.core.codegen import get_host_cpu_features
-
 from kanlib.ops import weighted_rows
-from kanlib.ops.weighted_rows import (VECTOR_BYTES, WINDOW_TABLE, add_edge_gradients, add_weighted_rows,
-                                      add_window_rows, vector_lanes)
+from kanlib.ops.weighted_rows import (VECTOR_BYTES, add_edge_gradients, add_weighted_rows, add_window_rows,
+                                      vector_lanes, window_table)
 
 
 def _adder(n_slots, n_vectors):
@@ -86,7 +84,8 @@ def _slots_from_windows(block, order, n_slots):
 
 @pytest.mark.parametrize("permuted", [True, False], ids=["permutes", "selects"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_slots, order, n_vectors", [(9, 3, 2), (7, 1, 1), (12, 4, 2), (2, 0, 1), (16, 3, 1)])
+@pytest.mark.parametrize("n_slots, order, n_vectors",
+                         [(9, 3, 2), (7, 1, 1), (12, 4, 2), (2, 0, 1), (16, 3, 1), (17, 3, 2), (32, 2, 1)])
 def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_slots, order, n_vectors, permuted,
                                                                     monkeypatch):
     """Both ways of building the slots (permuting each edge's table of weights on AVX-512, selects elsewhere); the
@@ -102,7 +101,7 @@ def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_sl
     block[1, :3] = [order, -(n_slots - 1 - 1), n_slots + order + 5]
     n_out, n_edges = 5, 9
     tile = rng.standard_normal((n_out, columns + 3)).astype(dtype)
-    weight_row = 1 + max(n_slots, WINDOW_TABLE)  # each edge's weights in entries 1 .. n_slots of its row
+    weight_row = 1 + window_table(n_slots, np.dtype(dtype).itemsize)  # each edge's weights: entries 1 .. n_slots
     weights = np.full((n_edges, weight_row), np.nan, dtype)
     weights[:, 1:n_slots + 1] = rng.standard_normal((n_edges, n_slots))
     edge_outputs = rng.integers(0, n_out, n_edges).astype(np.int64)
@@ -120,16 +119,20 @@ def test_window_rows_add_what_the_slots_built_from_the_windows_would(dtype, n_sl
     assert np.array_equal(from_windows, from_slots)
 
 
-@pytest.mark.parametrize("dtype, instructions", [(np.float32, ("vpermps",)), (np.float64, ("vpermi2pd", "vpermt2pd"))])
-def test_window_rows_permute_the_weights_where_the_cpu_has_avx512(dtype, instructions):
-    features = get_host_cpu_features()
+@pytest.mark.parametrize("dtype, n_slots, instructions", [
+    (np.float32, 9, ("vpermps",)), (np.float32, 20, ("vpermi2ps", "vpermt2ps")),
+    (np.float64, 8, ("vpermpd",)), (np.float64, 9, ("vpermi2pd", "vpermt2pd"))])
+def test_window_rows_permute_the_weights_where_the_cpu_has_avx512(dtype, n_slots, instructions):
+    """One table of weights where an edge's fit one vector, two up to TABLE_VECTORS; none without AVX-512."""
+    features = weighted_rows.target_features()
     if "+avx512f" not in features.split(","):
         pytest.skip("the CPU has no AVX-512: the window sums build their slots by selects")
-    assert weighted_rows.permutes_windows(features, 9) and not weighted_rows.permutes_windows(features, 17)
-    assert not weighted_rows.permutes_windows(features.replace("+avx512f", "-avx512f"), 9)
-    add = _window_adder(9, 3, 2)
+    assert weighted_rows.permutes_windows(32, 4, features) and not weighted_rows.permutes_windows(33, 4, features)
+    assert weighted_rows.permutes_windows(16, 8, features) and not weighted_rows.permutes_windows(17, 8, features)
+    assert not weighted_rows.permutes_windows(9, 4, features.replace("+avx512f", "-avx512f"))
+    add = _window_adder(n_slots, 3, 2)
     block, tile = np.zeros((6, 64), dtype), np.zeros((4, 64), dtype)
-    add(tile, 0, 64, block, 0, 64, np.zeros((3, 32), dtype), 0, 16, np.zeros(3, np.int64), 0, 3)
+    add(tile, 0, 64, block, 0, 64, np.zeros((3, 32), dtype), 0, 32, np.zeros(3, np.int64), 0, 3)
     assembly = "".join(add.inspect_asm().values())
     assert any(instruction in assembly for instruction in instructions)
 

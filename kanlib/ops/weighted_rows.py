@@ -25,11 +25,12 @@ AVX-512 they are its registers (numba's own loops stop at 32 bytes there), elsew
   activation); row 1 holds each entry's offset, a float, and slot 1 + m is row 2 + q for q = m + offset where
   0 <= q <= order (the window of a B-spline basis of that order), 0 elsewhere. Nothing is stored but the tile's
   rows. n_slots, order and n_vectors are literal integers. On a CPU with AVX-512 (and PERMUTED_WINDOWS set), and
-  for at most WINDOW_TABLE slots, each edge's weights are instead loaded as one table of WINDOW_TABLE entries from its
-  first, and each window entry q picks its basis's weight from the table by a vector permute (``vpermps``; two
-  tables of 8 in float64, ``vpermi2pd`` or ``vpermt2pd``): an edge then costs order + 2 multiply-adds per vector
-  instead of n_slots, in the same order as the slots' nonzero terms. The caller keeps WINDOW_TABLE entries readable
-  from every edge's first weight (entries past n_slots are read, never used).
+  for at most TABLE_VECTORS vectors of slots (32 float32, 16 float64), each edge's weights are instead loaded as a
+  table of whole vectors (:func:`window_table`) from its first, and each window entry q picks its basis's weight from
+  it by a vector permute (``vpermps`` from one vector, ``vpermi2ps`` or ``vpermt2ps`` from two; ``vpermpd`` and
+  ``vpermi2pd`` in float64): an edge then costs order + 2 multiply-adds per vector instead of n_slots, in the same
+  order as the slots' nonzero terms. The caller keeps :func:`window_table` entries readable from every edge's first
+  weight (entries past n_slots are read, never used).
 - ``add_edge_gradients(slots, slopes, slot_start, slot_row, grads, grad_start, grad_row, weights, grad_weights,
   weight_start, weight_row, grad_x, grad_x_start, edge_outputs, e0, e1, n_chunks, need_x, n_slots, n_vectors)``:
   the gradients of those sums, over n_chunks stretches of n_vectors vectors (rows j < n_chunks * n_vectors * lanes).
@@ -43,16 +44,17 @@ AVX-512 they are its registers (numba's own loops stop at 32 bytes there), elsew
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
-from numba.core import cgutils
+from numba import njit, types
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "WINDOW_TABLE", "add_edge_gradients", "add_weighted_rows", "add_window_rows",
-           "permutes_windows", "vector_lanes"]
+__all__ = ["TABLE_VECTORS", "VECTOR_BYTES", "add_edge_gradients", "add_weighted_rows", "add_window_rows",
+           "permutes_windows", "vector_lanes", "window_table"]
 
 VECTOR_BYTES = 64
-# Weights per edge that add_window_rows loads as a table where it permutes (16 float32: one vector; 16 float64: two)
-WINDOW_TABLE = 16
+# Vectors of an edge's weights that add_window_rows permutes at most (an x86 permute picks from one or two)
+TABLE_VECTORS = 2
 # Whether add_window_rows may permute where the CPU allows it; the tests switch it off to reach the selects
 PERMUTED_WINDOWS = True
 
@@ -62,10 +64,24 @@ def vector_lanes(itemsize: int) -> int:
     return VECTOR_BYTES // itemsize
 
 
-def permutes_windows(cpu_features: str, n_slots: int) -> bool:
-    """Whether :func:`add_window_rows` compiled for a CPU of these features (LLVM's ``+name`` list, as numba compiles
-    for) permutes each edge's table of weights (else it builds every slot by selects)."""
-    return PERMUTED_WINDOWS and "+avx512f" in cpu_features.split(",") and n_slots <= WINDOW_TABLE
+@njit(inline="always", cache=True)
+def window_table(n_slots, itemsize):
+    """The entries of an edge's weights that :func:`add_window_rows` reads where it permutes: n_slots rounded up to
+    whole vectors (callable from numba code)."""
+    lanes = VECTOR_BYTES // itemsize
+    return (n_slots + lanes - 1) // lanes * lanes
+
+
+def target_features() -> str:
+    """The CPU features numba compiles for (LLVM's ``+name`` list): NUMBA_CPU_FEATURES where set, else the host's."""
+    return config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+
+
+def permutes_windows(n_slots: int, itemsize: int, cpu_features: str | None = None) -> bool:
+    """Whether :func:`add_window_rows` compiled for a CPU of these features (by default :func:`target_features`)
+    permutes each edge's table of n_slots weights of itemsize bytes (else it builds every slot by selects)."""
+    features = target_features() if cpu_features is None else cpu_features
+    return PERMUTED_WINDOWS and "+avx512f" in features.split(",") and n_slots <= TABLE_VECTORS * vector_lanes(itemsize)
 
 
 def _typed(tile, rows, weights, edge_outputs, *literals) -> bool:
@@ -141,7 +157,7 @@ class _Vectors:
                          block, order, n_slots):
         """:meth:`edge_sums` of the slots of :meth:`windowed` by vector permutes: for each window entry q, the index
         of its basis's weight (1 + q - offset) and its value, 0 where that basis does not exist, are set up once;
-        then each edge picks its weights for every lane from its table of WINDOW_TABLE entries."""
+        then each edge picks its weights for every lane from its table of one or two vectors."""
         b, lanes = self.builder, self.lanes
         element = self.vector.element
         bits = 8 * self.align
@@ -163,18 +179,19 @@ class _Vectors:
                 value_row.append(b.select(exists, window[q][v], zero))
             indices.append(index_row)
             values.append(value_row)
-        module = b.module
-        if bits == 32:
-            permute = cgutils.get_or_insert_function(module, ir.FunctionType(self.vector, [self.vector, index_type]),
-                                                     "llvm.x86.avx512.permvar.sf.512")
+        n_tables = (n_slots + lanes - 1) // lanes
+        letter = "s" if bits == 32 else "d"
+        if n_tables == 1:
+            permute = cgutils.get_or_insert_function(b.module, ir.FunctionType(self.vector, [self.vector, index_type]),
+                                                     f"llvm.x86.avx512.permvar.{letter}f.512")
         else:
             permute = cgutils.get_or_insert_function(
-                module, ir.FunctionType(self.vector, [self.vector, index_type, self.vector]),
-                "llvm.x86.avx512.vpermi2var.pd.512")
+                b.module, ir.FunctionType(self.vector, [self.vector, index_type, self.vector]),
+                f"llvm.x86.avx512.vpermi2var.p{letter}.512")
 
         def add_terms(sums, first):
             table = [b.load(self._at(weights, b.add(first, self.constant(t * lanes))), align=self.align)
-                     for t in range(WINDOW_TABLE // lanes)]
+                     for t in range(n_tables)]
             splat = self.splat(b.extract_element(table[0], ir.Constant(ir.IntType(32), 0)))
             sums = [b.call(self.fma, [splat, vector, total]) for vector, total in zip(base, sums)]
             for index_row, value_row in zip(indices, values):
@@ -263,7 +280,7 @@ def add_window_rows(typingctx, tile, tile_start, tile_row, block, block_start, b
     def codegen(context, builder, signature, args):
         vectors = _Vectors(context, builder, signature, args)
         block_rows = vectors.load_rows(3, args[4], args[5], degree + 3, width)
-        if permutes_windows(context.codegen()._get_host_cpu_features(), count):
+        if permutes_windows(count, vectors.align):
             vectors.window_edge_sums(0, args[1], args[2], 6, args[7], args[8], 9, args[10], args[11], block_rows,
                                      degree, count)
         else:

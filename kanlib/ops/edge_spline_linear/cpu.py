@@ -16,12 +16,13 @@ proportional to the live edges, and the row loops vectorize.
 - :func:`forward_kernel`: out [N, O]. Parallel over row blocks; a block accumulates its [O, rows] output tile
   (in cache) over the inputs and their edges. The edges' sums run a stretch of rows at a time with the stretch's
   slot rows held in 64-byte vectors across all the input's edges, in passes of at most SLOTS_PER_PASS slots (the
-  slot count is a compile-time constant). On uniform grids with at most that many slots the vectors are built from
-  each value's window (its span and k + 1 polynomials) by selects, or on AVX-512 each window entry picks its edge's
-  weight by a vector permute, and no slot is stored (:func:`~kanlib.ops.weighted_rows.add_window_rows`: the edges'
-  weights then lie in rows of WINDOW_TABLE entries); otherwise the expansion writes each value's k + 1 window
-  entries into a zeroed tile with padding rows at both ends, which the sums read
-  (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`). x and the output tile are transposed in 8 x 8 blocks.
+  slot count is a compile-time constant). On uniform grids no slot is stored where the sums can work from each
+  value's window (its span and k + 1 polynomials, :func:`~kanlib.ops.weighted_rows.add_window_rows`): with at most
+  that many slots, the vectors are built from the windows by selects; on AVX-512, and up to 32 float32 or 16 float64
+  slots, each window entry picks its edge's weight by a vector permute instead (the edges' weights then lie in rows
+  of whole vectors). Otherwise the expansion writes each value's k + 1 window entries into a zeroed tile with padding
+  rows at both ends, which the sums read (:func:`~kanlib.ops.weighted_rows.add_weighted_rows`). x and the output
+  tile are transposed in 8 x 8 blocks.
 Both are built once per spline order (and slot count): a sized kernel compiles, or loads from numba's cache, its
 serial twin at its first small call, which a fresh wrapper per call would repeat every time.
 
@@ -49,7 +50,8 @@ from numba import njit, prange
 from ..block_transpose import BLOCK, transpose_block
 from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, recursion_tables, sized_kernel,
                                  window_polynomials, write_slots)
-from ..weighted_rows import VECTOR_BYTES, WINDOW_TABLE, add_edge_gradients, add_weighted_rows, add_window_rows
+from ..weighted_rows import (TABLE_VECTORS, VECTOR_BYTES, add_edge_gradients, add_weighted_rows, add_window_rows,
+                             permutes_windows, window_table)
 
 __all__ = ["forward_kernel", "backward_kernel", "padded_rows", "transpose_rows", "ROWS_PER_BLOCK"]
 
@@ -255,6 +257,8 @@ def _copy_transposed(source, target, r0, n_block, c0, n_cols, into_source):
 @functools.cache
 def _forward_kernel(k, n_slots):
     long_pass, n_long, n_short = _slot_passes(n_slots)
+    # whether the CPU permutes the window sums' weights (the largest table, per dtype, is checked in the kernel)
+    permutes = permutes_windows(1, 8)
     short_pass = max(long_pass - 1, 1)  # a constant even where no short pass runs
 
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -268,9 +272,11 @@ def _forward_kernel(k, n_slots):
             knots, reciprocals = np.empty((0, 0), dtype=out.dtype), np.empty((0, 0, 0), dtype=out.dtype)
         else:
             knots, reciprocals = recursion_tables(grid, k, out)
-        in_vectors = uniform and k > 0 and n_slots <= SLOTS_PER_PASS  # the slots built in the sums' vectors
-        # rows of WINDOW_TABLE entries where the sums may read an edge's weights as one table
-        weights = np.zeros((edge_outputs.shape[0], max(n_slots, WINDOW_TABLE) if in_vectors else n_slots),
+        # the slots built in the sums' vectors: by selects up to SLOTS_PER_PASS, by permutes up to their table's size
+        in_vectors = uniform and k > 0 and (n_slots <= SLOTS_PER_PASS or (
+            permutes and n_slots <= TABLE_VECTORS * (VECTOR_BYTES // out.itemsize)))
+        # rows of whole vectors where the sums may read an edge's weights as a table
+        weights = np.zeros((edge_outputs.shape[0], window_table(n_slots, out.itemsize) if in_vectors else n_slots),
                            dtype=out.dtype)
         for e in range(edge_outputs.shape[0]):
             weights[e, 0] = scale_base[e]
