@@ -50,7 +50,7 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 __all__ = ["TABLE_VECTORS", "VECTOR_BYTES", "add_edge_gradients", "add_weighted_rows", "add_window_rows",
-           "permutes_windows", "vector_lanes", "window_table"]
+           "permutes_on", "permutes_windows", "target_features", "vector_lanes", "window_table"]
 
 VECTOR_BYTES = 64
 # Vectors of an edge's weights that add_window_rows permutes at most (an x86 permute picks from one or two)
@@ -77,11 +77,18 @@ def target_features() -> str:
     return config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
 
 
-def permutes_windows(n_slots: int, itemsize: int, cpu_features: str | None = None) -> bool:
+def permutes_on(cpu_features: str | None = None) -> bool:
     """Whether :func:`add_window_rows` compiled for a CPU of these features (by default :func:`target_features`)
-    permutes each edge's table of n_slots weights of itemsize bytes (else it builds every slot by selects)."""
+    permutes the weights of edges with at most TABLE_VECTORS vectors of them: the CPU has AVX-512 and
+    PERMUTED_WINDOWS is set."""
     features = target_features() if cpu_features is None else cpu_features
-    return PERMUTED_WINDOWS and "+avx512f" in features.split(",") and n_slots <= TABLE_VECTORS * vector_lanes(itemsize)
+    return PERMUTED_WINDOWS and "+avx512f" in features.split(",")
+
+
+def permutes_windows(n_slots: int, itemsize: int, cpu_features: str | None = None) -> bool:
+    """Whether :func:`add_window_rows` permutes each edge's table of n_slots weights of itemsize bytes on a CPU of
+    these features (:func:`permutes_on`), else it builds every slot by selects."""
+    return permutes_on(cpu_features) and n_slots <= TABLE_VECTORS * vector_lanes(itemsize)
 
 
 def _typed(tile, rows, weights, edge_outputs, *literals) -> bool:

@@ -51,7 +51,7 @@ from ..block_transpose import BLOCK, transpose_block
 from ..spline_linear.cpu import (FASTMATH, activation_buffers, activation_row, recursion_tables, sized_kernel,
                                  window_polynomials, write_slots)
 from ..weighted_rows import (TABLE_VECTORS, VECTOR_BYTES, add_edge_gradients, add_weighted_rows, add_window_rows,
-                             permutes_windows, window_table)
+                             permutes_on, window_table)
 
 __all__ = ["forward_kernel", "backward_kernel", "padded_rows", "transpose_rows", "ROWS_PER_BLOCK"]
 
@@ -257,8 +257,7 @@ def _copy_transposed(source, target, r0, n_block, c0, n_cols, into_source):
 @functools.cache
 def _forward_kernel(k, n_slots):
     long_pass, n_long, n_short = _slot_passes(n_slots)
-    # whether the CPU permutes the window sums' weights (the largest table, per dtype, is checked in the kernel)
-    permutes = permutes_windows(1, 8)
+    permutes = permutes_on()  # the window sums' largest table of weights, per dtype, is checked in the kernel
     short_pass = max(long_pass - 1, 1)  # a constant even where no short pass runs
 
     @njit(parallel=True, cache=True, fastmath=FASTMATH)
