@@ -95,24 +95,15 @@ def _expand_block(x_t, base_row, i, r0, n_block, grid, inv_steps, uniform, k, ma
     levels [J - 1, rows] are work arrays."""
     n_slots = expanded.shape[0]
     n_basis = n_slots - 1
-    n_knots = grid.shape[1]
     for r in range(n_block):
         expanded[0, r] = base_row[r]
     if uniform and k > 0:
-        # flat loops over the rows (vectorized): spans, coordinates in the span, the k + 1 polynomials, then
-        # each slot picks its row's window entry (none outside the grid)
-        low, high, inv = grid[i, 0], grid[i, n_knots - 1], inv_steps[i]
-        for r in range(n_block):
-            value = x_t[i, r0 + r]
-            inside = low <= value < high
-            u = (value - low) * inv if inside else 0.0
-            span = np.floor(min(max(u, 0.0), n_knots - 2.0))
-            spans[r] = k - span if inside else n_knots + k  # window entry of basis 0; outside: none
-            coords[r] = min(max(u - span, 0.0), 1.0)
-        window_polynomials(coords, matrix, k, n_block, 0, 1.0, polynomial)
+        # flat loops over the rows (vectorized): each value's window, then each slot picks its row's window entry
+        # (none outside the grid)
+        _uniform_windows(x_t[i, r0:r0 + n_block], i, n_block, grid, inv_steps, k, matrix, spans, coords, polynomial)
         write_slots(expanded, spans, polynomial, k, n_block)
         if with_slopes:
-            window_polynomials(coords, matrix, k, n_block, 1, inv, polynomial)
+            window_polynomials(coords, matrix, k, n_block, 1, inv_steps[i], polynomial)
             write_slots(slopes, spans, polynomial, k, n_block)
         return
     # other grids: every basis at once along the rows (the forward's recursion), the slopes from order k - 1
