@@ -1,4 +1,7 @@
 """BSplineKAN against pykan's KANLayer, a float64 evaluation, and its own reference."""
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +11,7 @@ from kan import KANLayer
 
 from kanlib import BSplineKAN
 from kanlib.basis import cox_de_boor
-from kanlib.layers.bspline import assemble_weight_matrix
+from kanlib.layers.bspline import assemble_weight_matrix, solve_positive_definite
 from kanlib.ops.spline_linear import torch_backend
 
 
@@ -427,3 +430,33 @@ def test_torch_prune_and_parametrize_reach_the_layer():
         torch.testing.assert_close(layer(x), _same_function(layer)(x))
         layer(x).square().sum().backward()
         assert layer.get_parameter(original).grad.abs().sum() > 0
+
+
+def test_solve_positive_definite_matches_lu_and_solves_what_cholesky_refuses():
+    torch.manual_seed(0)
+    factors = torch.randn(4, 9, 9, dtype=torch.float64)
+    matrix = factors @ factors.transpose(1, 2) + 0.1 * torch.eye(9, dtype=torch.float64)
+    matrix[2] = torch.diag(torch.tensor([3.0, -2.0, 1.0, 5.0, -1.0, 2.0, 4.0, 1.5, -0.5], dtype=torch.float64))
+    rhs = torch.randn(4, 9, 5, dtype=torch.float64)
+    assert torch.linalg.cholesky_ex(matrix)[1].tolist() == [0, 0, 2, 0]  # the indefinite one is refused
+    solution = solve_positive_definite(matrix, rhs)
+    torch.testing.assert_close(solution, torch.linalg.solve(matrix, rhs), rtol=1e-10, atol=1e-12)
+
+
+def test_a_grid_of_200_intervals_builds_and_refits_after_torch_set_num_threads():
+    """With MKL, torch.linalg.solve on a batch of systems above about 150 unknowns, after torch.set_num_threads,
+    printed LAPACK errors and hung; a grid of 200 intervals fits 203 coefficients per input."""
+    script = """
+import torch
+torch.set_num_threads(2)
+from kanlib import BSplineKAN
+layer = BSplineKAN(3, 2, grid_size=200)
+x = torch.linspace(-1, 1, 401).unsqueeze(1).repeat(1, 3)
+before = layer(x)
+layer.update_grid(x)
+assert torch.isfinite(layer.coef).all()
+print(float((layer(x) - before).abs().max()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "LAPACK" not in done.stderr and "MKL" not in done.stderr, done.stderr
+    assert float(done.stdout) < 1e-4

@@ -59,6 +59,20 @@ def _check_range(grid_range):
     return low, high
 
 
+def solve_positive_definite(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """matrix [B, n, n] (symmetric positive definite) solved for rhs [B, n, m], by Cholesky; a matrix whose
+    factorization fails (not numerically positive definite, or not finite) by LU on its own.
+
+    Not torch.linalg.solve on the batch: with MKL its batched LU calls getrf from several threads at once, which
+    after ``torch.set_num_threads`` gives wrong pivots and hangs for n above about 150 (pytorch/pytorch#141358,
+    #142815), as a grid of 200 intervals has."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    solution = torch.cholesky_solve(rhs, factor)
+    for b in torch.nonzero(info).flatten().tolist():
+        solution[b] = torch.linalg.solve(matrix[b], rhs[b])
+    return solution
+
+
 def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_order: int,
                             ridge: float = 1e-10) -> torch.Tensor:
     """Least-squares coefficients [I, O, G+k] so that splines on ``grid`` match y [N, I, O] at x [N, I]."""
@@ -67,7 +81,7 @@ def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
     scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-300)[:, None, None]
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     rhs = basis.transpose(1, 2) @ y.double().permute(1, 0, 2)  # [I, G+k, O]
-    coef = torch.linalg.solve(gram + ridge * scale * eye, rhs)
+    coef = solve_positive_definite(gram + ridge * scale * eye, rhs)
     # Standard strides also when O = 1 (DistributedDataParallel's gradient buckets expect them).
     return coef.transpose(1, 2).to(y.dtype).clone(memory_format=torch.contiguous_format)
 
