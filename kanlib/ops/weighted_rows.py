@@ -119,6 +119,10 @@ class _Vectors:
     def constant(self, value):
         return ir.Constant(self.intp, value)
 
+    def constant_vector(self, value):
+        """A vector of lanes copies of a float constant, in the arrays' dtype."""
+        return ir.Constant(self.vector, [ir.Constant(self.vector.element, value)] * self.lanes)
+
     def _at(self, array, offset):
         return self.builder.bitcast(self.builder.gep(self.data[array], [offset]), self.vector.as_pointer())
 
@@ -150,12 +154,10 @@ class _Vectors:
         for m in range(n_slots - 1):
             row = []
             for v, offset in enumerate(offsets):
-                entry = b.fadd(offset, ir.Constant(self.vector, [ir.Constant(self.vector.element, m)] * self.lanes))
+                entry = b.fadd(offset, self.constant_vector(m))
                 value = zero
                 for q in range(order + 1):
-                    at_q = b.fcmp_ordered("==", entry, ir.Constant(self.vector,
-                                                                   [ir.Constant(self.vector.element, q)] * self.lanes))
-                    value = b.select(at_q, window[q][v], value)
+                    value = b.select(b.fcmp_ordered("==", entry, self.constant_vector(q)), window[q][v], value)
                 row.append(value)
             slots.append(row)
         return slots
@@ -166,23 +168,18 @@ class _Vectors:
         of its basis's weight (1 + q - offset) and its value, 0 where that basis does not exist, are set up once;
         then each edge picks its weights for every lane from its table of one or two vectors."""
         b, lanes = self.builder, self.lanes
-        element = self.vector.element
         bits = 8 * self.align
         index_type = ir.VectorType(ir.IntType(bits), lanes)
-
-        def splat_constant(value):
-            return ir.Constant(self.vector, [ir.Constant(element, value)] * lanes)
-
         zero = ir.Constant(self.vector, None)
         base, offsets, window = block[0], block[1], block[2:]
         indices, values = [], []
         for q in range(order + 1):
             index_row, value_row = [], []
             for v, offset in enumerate(offsets):
-                basis = b.fsub(splat_constant(q), offset)
+                basis = b.fsub(self.constant_vector(q), offset)
                 exists = b.and_(b.fcmp_ordered(">=", basis, zero),
-                                b.fcmp_ordered("<", basis, splat_constant(n_slots - 1)))
-                index_row.append(b.fptosi(b.select(exists, b.fadd(basis, splat_constant(1)), zero), index_type))
+                                b.fcmp_ordered("<", basis, self.constant_vector(n_slots - 1)))
+                index_row.append(b.fptosi(b.select(exists, b.fadd(basis, self.constant_vector(1)), zero), index_type))
                 value_row.append(b.select(exists, window[q][v], zero))
             indices.append(index_row)
             values.append(value_row)
