@@ -460,3 +460,30 @@ print(float((layer(x) - before).abs().max()))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "LAPACK" not in done.stderr and "MKL" not in done.stderr, done.stderr
     assert float(done.stdout) < 1e-4
+
+
+def test_fit_spline_coefficients_solves_a_few_inputs_at_a_time_to_the_same_values(monkeypatch):
+    from kanlib.layers import bspline
+
+    torch.manual_seed(0)
+    grid = BSplineKAN(6, 4, grid_size=7).grid
+    x, y = torch.randn(200, 6) * 1.3, torch.randn(200, 6, 4)
+    calls = []
+
+    def counted(matrix, rhs):
+        calls.append(matrix.shape[0])
+        return solve_positive_definite(matrix, rhs)
+
+    monkeypatch.setattr(bspline, "solve_positive_definite", counted)
+    whole = bspline.fit_spline_coefficients(x, y, grid, 3)
+    one_by_one = bspline.fit_spline_coefficients(x, y, grid, 3, chunk_bytes=1)
+    assert calls == [6] + [1] * 6
+    assert one_by_one.shape == (6, 4, 10) and one_by_one.dtype == torch.float32 and one_by_one.is_contiguous()
+    torch.testing.assert_close(one_by_one, whole, rtol=1e-12, atol=0)
+    # the least-squares fit: at the samples, the splines come closer to y than any other coefficients nearby
+    basis = cox_de_boor(x, grid, 3)
+
+    def error(coef):
+        return (torch.einsum("nij,ioj->nio", basis, coef) - y).square().sum()
+
+    assert error(whole) < error(whole + 1e-3 * torch.randn_like(whole))
