@@ -74,7 +74,8 @@ def solve_positive_definite(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Te
 
 
 # fit_spline_coefficients solves a few inputs at a time, so that its float64 work arrays ([inputs, G+k, O] and the
-# like) stay near this size whatever the layer's: a 1024 x 1024 layer at G = 200 once peaked at 6.5 GB to fit 812 MB.
+# like) stay near this size whatever the layer's: all inputs at once, a wide layer at a large G took several times the
+# memory of the coefficients it fits.
 FIT_CHUNK_BYTES = 64 << 20
 
 
