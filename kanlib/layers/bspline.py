@@ -82,7 +82,8 @@ FIT_CHUNK_BYTES = 64 << 20
 def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_order: int,
                             ridge: float = 1e-10, chunk_bytes: int = FIT_CHUNK_BYTES) -> torch.Tensor:
     """Least-squares coefficients [I, O, G+k] so that splines on ``grid`` match y [N, I, O] at x [N, I], in float64,
-    returned in y's dtype; the inputs in chunks whose float64 right-hand sides take about chunk_bytes."""
+    returned in y's dtype; the inputs in chunks whose float64 work arrays (basis, y, right-hand sides) take about
+    chunk_bytes."""
     n_samples, n_in, n_out = y.shape
     n_basis = grid.shape[1] - spline_order - 1
     coef = torch.empty(n_in, n_out, n_basis, dtype=y.dtype, device=y.device)
