@@ -1243,21 +1243,27 @@ def _scatter_row(target, values, i, q, rows, p0, grad_out, col0, col1):
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1, written, written_lines):
+def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1, written, written_lines,
+                      zeroed_here=False):
     """block[base + slot, col0:col0 + c1 - c0] += sum over the rows n of input i of their window's entry q *
     grad_out[n, c0:c1], slot the window entry q's (0, the base activation's, for q = 0; start + q otherwise): input
     i's rows of A^T @ grad_out for columns c0..c1, one group of rows with the same window start at a time (see
     :func:`_rows_by_start`), so that the group's k + 2 accumulator rows stay in L1. Meanwhile the lines of
     ``written`` in written_lines (start, stop, lines per group, as :func:`_input_lines` gives) are prefetched for
-    writing."""
+    writing. With ``zeroed_here`` the rows start from zero, each zeroed where the first group reaches it (while
+    it is in cache) rather than beforehand."""
     window = values.shape[1]
     col1 = col0 + c1 - c0
     n_starts = offsets.shape[2] - 1
+    if zeroed_here:  # the base activation's row and those of the first start's window but its last
+        block[base:base + window - 1, col0:col1] = 0.0
     for b in range(offsets.shape[0]):
         order_row = order[b, i]
         for s in range(n_starts):
             prefetch_lines(written, written_lines[0], written_lines[1], (b * n_starts + s) * written_lines[2],
                            written_lines[2], True)
+            if zeroed_here and b == 0:  # the last row of start s's window, which no earlier start reaches
+                block[base + window - 1 + s, col0:col1] = 0.0
             first, stop = offsets[b, i, s], offsets[b, i, s + 1]
             if first == stop:
                 continue
@@ -1605,11 +1611,10 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
         for i in range(i0, i1):
             # input i's coefficients are read once, for its weight rows and its parameters' gradients together
             if need_parameters:
-                block[:] = 0.0
                 # input i's lines of grad_coef are asked for while its sums accumulate: a store into a line
                 # that is not in the cache waits for it to be read from memory
                 _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1, grad_coef,
-                                  _input_lines(grad_coef, i, c0, c1, order.shape[0] * n_starts))
+                                  _input_lines(grad_coef, i, c0, c1, order.shape[0] * n_starts), True)
                 _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, scale, rows, need_x,
                                        grad_scale_base, grad_scale_sp, grad_coef, sums)
             elif need_x and not given:
@@ -1635,10 +1640,9 @@ def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block,
     n_slots = grad_weight.shape[0] // n_in
     for tile in prange(_tile_count(n_in, in_block, grad_weight.shape[1], col_block)):
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, grad_weight.shape[1], col_block)
-        grad_weight[i0 * n_slots:i1 * n_slots, c0:c1] = 0.0
         for i in range(i0, i1):
             _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1, grad_weight,
-                              (0, 0, 0))
+                              (0, 0, 0), True)
 
 
 def thread_count() -> int:
