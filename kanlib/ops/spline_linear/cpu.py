@@ -1193,7 +1193,9 @@ def _dot_group_rows(grad_row, i, grad_out, c0, c1, weight, w0, base, first, slop
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, rows, p0, grad_out, col0, col1):
     """t_q [col1 - col0] += values[i, q, p0 + j] * grad_out[rows[j], col0:col1] over the rows (k = 3): four rows
-    per pass over the columns."""
+    per pass over the columns, then the last one to three in one more pass (at large G a group holds a few rows,
+    and each pass reads and writes all five accumulator rows). The ifs below are written as measured: the same
+    passes as an if-elif chain ran the backward kernel about 40% slower (numba 0.68, LLVM 22)."""
     j = 0
     while j + 4 <= rows.shape[0]:
         n0, n1, n2, n3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
@@ -1209,6 +1211,33 @@ def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, rows, p0, grad_out, col0, 
             t3[o] += a3 * ua + b3 * ub + c3 * uc + d3 * ud
             t4[o] += a4 * ua + b4 * ub + c4 * uc + d4 * ud
         j += 4
+    if j + 3 <= rows.shape[0]:
+        n0, n1, n2 = rows[j], rows[j + 1], rows[j + 2]
+        a0, a1, a2, a3, a4 = _five(values, i, p0 + j)
+        b0, b1, b2, b3, b4 = _five(values, i, p0 + j + 1)
+        c0, c1, c2, c3, c4 = _five(values, i, p0 + j + 2)
+        ga, gb, gc = grad_out[n0, col0:col1], grad_out[n1, col0:col1], grad_out[n2, col0:col1]
+        for o in range(col1 - col0):
+            ua, ub, uc = ga[o], gb[o], gc[o]
+            t0[o] += a0 * ua + b0 * ub + c0 * uc
+            t1[o] += a1 * ua + b1 * ub + c1 * uc
+            t2[o] += a2 * ua + b2 * ub + c2 * uc
+            t3[o] += a3 * ua + b3 * ub + c3 * uc
+            t4[o] += a4 * ua + b4 * ub + c4 * uc
+        j += 3
+    if j + 2 <= rows.shape[0]:
+        n0, n1 = rows[j], rows[j + 1]
+        a0, a1, a2, a3, a4 = _five(values, i, p0 + j)
+        b0, b1, b2, b3, b4 = _five(values, i, p0 + j + 1)
+        ga, gb = grad_out[n0, col0:col1], grad_out[n1, col0:col1]
+        for o in range(col1 - col0):
+            ua, ub = ga[o], gb[o]
+            t0[o] += a0 * ua + b0 * ub
+            t1[o] += a1 * ua + b1 * ub
+            t2[o] += a2 * ua + b2 * ub
+            t3[o] += a3 * ua + b3 * ub
+            t4[o] += a4 * ua + b4 * ub
+        j += 2
     for rest in range(j, rows.shape[0]):
         n0 = rows[rest]
         a0, a1, a2, a3, a4 = _five(values, i, p0 + rest)
@@ -1242,7 +1271,9 @@ def _scatter_row(target, values, i, q, rows, p0, grad_out, col0, col1):
             target[o] += a * g0[o]
 
 
-@njit(inline="always", cache=True, fastmath=FASTMATH)
+# Compiled as a function of its own, not inlined into the kernels that call it once per input: inlined into the
+# local-support backward, its passes for a group's last rows made that kernel slower instead of faster (measured).
+@njit(cache=True, fastmath=FASTMATH)
 def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1, written, written_lines,
                       zeroed_here=False):
     """block[base + slot, col0:col0 + c1 - c0] += sum over the rows n of input i of their window's entry q *
