@@ -1097,8 +1097,9 @@ def _four_windows(values, i, p):
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _add_group_rows(acc, r0, weight, base, first, values, i, order, b, g0, g1, col0, col1):
     """acc[n - r0, :] += sum_q values[i, q, r0 + j] * weight[row q, col0:col1] for each n = order[b, i, j],
-    g0 <= j < g1 (r0 = b * block_rows, the block's first row and its windows' first position). Indexed in place, without views of the arrays: each view a loop makes costs two reference count
-    updates (atomic) that the compiler does not always remove."""
+    g0 <= j < g1 (r0 = b * block_rows, the block's first row and its windows' first position). Indexed in place,
+    without views of the arrays: each view a loop makes costs two reference count updates (atomic) that the compiler
+    does not always remove."""
     width = col1 - col0
     j = g0
     if values.shape[1] == 5:
@@ -1195,7 +1196,7 @@ def _scatter_five_rows(t0, t1, t2, t3, t4, values, i, rows, p0, grad_out, col0, 
     """t_q [col1 - col0] += values[i, q, p0 + j] * grad_out[rows[j], col0:col1] over the rows (k = 3): four rows
     per pass over the columns, then the last one to three in one more pass (at large G a group holds a few rows,
     and each pass reads and writes all five accumulator rows). The ifs below are written as measured: the same
-    passes as an if-elif chain ran the backward kernel about 40% slower (numba 0.68, LLVM 22)."""
+    passes as an if-elif chain ran the backward kernel much slower (numba 0.68)."""
     j = 0
     while j + 4 <= rows.shape[0]:
         n0, n1, n2, n3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
@@ -1274,26 +1275,24 @@ def _scatter_row(target, values, i, q, rows, p0, grad_out, col0, col1):
 # Compiled as a function of its own, not inlined into the kernels that call it once per input: inlined into the
 # local-support backward, its passes for a group's last rows made that kernel slower instead of faster (measured).
 @njit(cache=True, fastmath=FASTMATH)
-def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1, written, written_lines,
-                      zeroed_here=False):
+def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0, c1, written, written_lines):
     """block[base + slot, col0:col0 + c1 - c0] += sum over the rows n of input i of their window's entry q *
     grad_out[n, c0:c1], slot the window entry q's (0, the base activation's, for q = 0; start + q otherwise): input
     i's rows of A^T @ grad_out for columns c0..c1, one group of rows with the same window start at a time (see
     :func:`_rows_by_start`), so that the group's k + 2 accumulator rows stay in L1. Meanwhile the lines of
     ``written`` in written_lines (start, stop, lines per group, as :func:`_input_lines` gives) are prefetched for
-    writing. With ``zeroed_here`` the rows start from zero, each zeroed where the first group reaches it (while
-    it is in cache) rather than beforehand."""
+    writing. The rows start from zero, each zeroed where the first group reaches it (while it is in cache) rather
+    than beforehand."""
     window = values.shape[1]
     col1 = col0 + c1 - c0
     n_starts = offsets.shape[2] - 1
-    if zeroed_here:  # the base activation's row and those of the first start's window but its last
-        block[base:base + window - 1, col0:col1] = 0.0
+    block[base:base + window - 1, col0:col1] = 0.0  # the base activation's and the first start's window but its last
     for b in range(offsets.shape[0]):
         order_row = order[b, i]
         for s in range(n_starts):
             prefetch_lines(written, written_lines[0], written_lines[1], (b * n_starts + s) * written_lines[2],
                            written_lines[2], True)
-            if zeroed_here and b == 0:  # the last row of start s's window, which no earlier start reaches
+            if b == 0:  # the last row of start s's window, which no earlier start reaches
                 block[base + window - 1 + s, col0:col1] = 0.0
             first, stop = offsets[b, i, s], offsets[b, i, s + 1]
             if first == stop:
@@ -1645,7 +1644,7 @@ def _sparse_backward(order, offsets, values, slopes, grad_out, weight, scale_bas
                 # input i's lines of grad_coef are asked for while its sums accumulate: a store into a line
                 # that is not in the cache waits for it to be read from memory
                 _window_gradients(block, 0, 0, i, order, offsets, values, grad_out, c0, c1, grad_coef,
-                                  _input_lines(grad_coef, i, c0, c1, order.shape[0] * n_starts), True)
+                                  _input_lines(grad_coef, i, c0, c1, order.shape[0] * n_starts))
                 _weights_and_gradients(block, i, c0, c1, scale_base, scale_sp, mask, coef, scale, rows, need_x,
                                        grad_scale_base, grad_scale_sp, grad_coef, sums)
             elif need_x and not given:
@@ -1673,7 +1672,7 @@ def _sparse_grad_weight(order, offsets, values, grad_out, grad_weight, in_block,
         i0, i1, c0, c1, _ = _tile_ranges(tile, n_in, in_block, grad_weight.shape[1], col_block)
         for i in range(i0, i1):
             _window_gradients(grad_weight, i * n_slots, c0, i, order, offsets, values, grad_out, c0, c1, grad_weight,
-                              (0, 0, 0), True)
+                              (0, 0, 0))
 
 
 def thread_count() -> int:
