@@ -82,12 +82,12 @@ FIT_CHUNK_BYTES = 64 << 20
 def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_order: int,
                             ridge: float = 1e-10, chunk_bytes: int = FIT_CHUNK_BYTES) -> torch.Tensor:
     """Least-squares coefficients [I, O, G+k] so that splines on ``grid`` match y [N, I, O] at x [N, I], in float64,
-    returned in y's dtype; the inputs in chunks whose float64 work arrays (basis, y, right-hand sides) take about
-    chunk_bytes."""
+    returned in y's dtype; the inputs in chunks whose float64 work arrays (basis, y, the normal equations' matrices
+    and right-hand sides) take about chunk_bytes."""
     n_samples, n_in, n_out = y.shape
     n_basis = grid.shape[1] - spline_order - 1
     coef = torch.empty(n_in, n_out, n_basis, dtype=y.dtype, device=y.device)
-    per_input = 8 * (n_basis * (n_out + n_samples) + n_samples * n_out)  # rhs, basis, and y in float64
+    per_input = 8 * (n_basis * (n_basis + n_out + n_samples) + n_samples * n_out)  # gram, rhs, basis, y in float64
     step = max(1, chunk_bytes // per_input)
     eye = torch.eye(n_basis, dtype=torch.float64, device=y.device)
     for first in range(0, n_in, step):
