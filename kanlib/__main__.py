@@ -54,6 +54,27 @@ def _fails_on(*errors: type[Exception]) -> Iterator[None]:
         raise _CommandFailed from error
 
 
+def _require_distinct(parser: argparse.ArgumentParser, flag: str, values, what: str = "values") -> None:
+    """The command's usage error unless ``values`` (given for ``flag``; None when not) are distinct."""
+    if values is not None and len(set(values)) != len(values):
+        parser.error(f"{flag}: expected distinct {what}, got {values}")
+
+
+def _device(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The device --device names (:func:`~kanlib.bench.resolve_device`), or the command's usage error."""
+    try:
+        return resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _check_out_dir(args: argparse.Namespace) -> None:
+    """Unless --no-write, fail the command before anything is measured when --out-dir cannot take the results."""
+    if not args.no_write:
+        with _fails_on(OutputDirError):
+            check_output_dir(args.out_dir, "--out-dir")
+
+
 def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "timed runs per candidate", *,
                         repeated: bool = True) -> None:
     """The options of every benchmark: device, where results go; with ``repeated``, repetitions and seed."""
@@ -75,13 +96,8 @@ def _add_common_options(parser: argparse.ArgumentParser, repeat_help: str = "tim
 
 def _benchmark_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The device --device names, once --out-dir is checked and --malloc applied (before anything is measured)."""
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    if not args.no_write:
-        with _fails_on(OutputDirError):
-            check_output_dir(args.out_dir, "--out-dir")
+    device = _device(args, parser)
+    _check_out_dir(args)
     if args.malloc == "retain":
         retain_freed_memory()
     return device
@@ -133,8 +149,7 @@ def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
 def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     device = _benchmark_device(args, parser)
     grids = args.grids or [5]
-    if len(set(grids)) != len(grids):
-        parser.error(f"--grid: expected distinct grid sizes, got {grids}")
+    _require_distinct(parser, "--grid", grids, "grid sizes")
     params = {
         "batch": args.batch, "width": args.width, "grids": grids, "order": args.order, "dtype": args.dtype,
         "repeat": args.repeat, "warmup": args.warmup, "seed": args.seed, "skip_pykan": args.skip_pykan,
@@ -179,8 +194,7 @@ def _bench_families(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     grids = args.grids or [5]
     chosen = args.families or list(families.FAMILIES)
     for flag, values in (("--grid", grids), ("--family", chosen)):
-        if len(set(values)) != len(values):
-            parser.error(f"{flag}: expected distinct values, got {values}")
+        _require_distinct(parser, flag, values)
     params = {"batch": args.batch, "width": args.width, "grids": grids, "families": chosen, "dtype": args.dtype,
               "repeat": args.repeat, "warmup": args.warmup, "seed": args.seed}
     rows = families.run_families_benchmark(device, args.batch, args.width, grids, families=chosen,
@@ -294,8 +308,7 @@ def _bench_kernel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     device = _benchmark_device(args, parser)
     chosen = {name: getattr(args, name) or list(kernel.DEFAULTS[name]) for name in kernel.DEFAULTS}
     for name, values in chosen.items():
-        if len(set(values)) != len(values):
-            parser.error(f"{_KERNEL_FLAGS[name]}: expected distinct values, got {values}")
+        _require_distinct(parser, _KERNEL_FLAGS[name], values)
     params = {**chosen, "order": args.order, "repeat": args.repeat, "warmup": args.warmup, "seed": args.seed,
               "skip_pykan": args.skip_pykan}
     rows = kernel.run_kernel_benchmark(device, chosen["batches"], chosen["widths"], chosen["grids"],
@@ -329,28 +342,44 @@ def _add_bench_quant(benchmarks: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_bench_quant, command_parser=parser)
 
 
+def _given(settings: dict) -> dict:
+    """The settings a command line gave (tuples of the values repeated, None or empty where not given)."""
+    return {name: value for name, value in settings.items() if value}
+
+
+def _print_tables_by_kind(rows: list[dict], kinds: Sequence[str], columns: Sequence[str]) -> None:
+    """One table per kind of row, with the columns that any of its rows fills."""
+    for kind in kinds:
+        chosen = [row for row in rows if row["kind"] == kind]
+        print(format_table(chosen, [c for c in columns if any(row.get(c) is not None for row in chosen)]))
+
+
+def _study_params(args: argparse.Namespace, module, overrides: dict) -> dict:
+    """What a study's results record of its run (a benchmark with --quick, its DEFAULTS and QUICK settings and
+    overrides of them): the switches, the Triton autotuning setting and the settings used, tuples as lists."""
+    from .ops.triton_tuning import AUTOTUNE_ENV
+
+    settings = {**(module.QUICK if args.quick else module.DEFAULTS), **overrides}
+    return {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
+            "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),
+            **{name: list(value) if isinstance(value, tuple) else value for name, value in settings.items()}}
+
+
 def _bench_quant(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import quant
-    from .ops.triton_tuning import AUTOTUNE_ENV
 
     device = _benchmark_device(args, parser)
     if args.bits and not all(2 <= bits <= 8 for bits in args.bits):
         parser.error(f"--bits: expected bit widths in 2..8, got {args.bits}")
-    given = {"bits": tuple(args.bits or ()), "train_steps": args.train_steps, "qat_steps": args.qat_steps}
-    overrides = {name: value for name, value in given.items() if value}
+    overrides = _given({"bits": tuple(args.bits or ()), "train_steps": args.train_steps,
+                        "qat_steps": args.qat_steps})
     rows = quant.run_quant_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,
                                      warmup=args.warmup, **overrides)
     print(f"quantization benchmark on {device}{' (quick)' if args.quick else ''}")
-    for kind in ("accuracy", "inference", "training"):
-        chosen = [row for row in rows if row["kind"] == kind]
-        print(format_table(chosen, [c for c in quant.TABLE_COLUMNS if any(c in row for row in chosen)]))
+    _print_tables_by_kind(rows, ("accuracy", "inference", "training"), quant.TABLE_COLUMNS)
     print("targets:")
     print(format_targets(quant.target_report(rows), ".3g"))
-    params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
-              "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),
-              **{k: list(v) if isinstance(v, tuple) else v
-                 for k, v in {**(quant.QUICK if args.quick else quant.DEFAULTS), **overrides}.items()}}
-    return _write_results("quant", params, rows, device, args)
+    return _write_results("quant", _study_params(args, quant, overrides), rows, device, args)
 
 
 def _add_bench_prune(benchmarks: argparse._SubParsersAction) -> None:
@@ -400,12 +429,10 @@ def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     if args.dataset != "digits" and args.data_root is None:
         parser.error(f"--dataset {args.dataset}: expected --data-root, the folder holding its files, got none")
-    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds: expected distinct seeds, got {args.seeds}")
+    _require_distinct(parser, "--seeds", args.seeds, "seeds")
     device = _benchmark_device(args, parser)
-    settings = {**(images.QUICK if args.quick else images.DEFAULTS)}
-    settings.update({name: value for name, value in (("seeds", tuple(args.seeds or ())), ("epochs", args.epochs))
-                     if value})
+    settings = {**(images.QUICK if args.quick else images.DEFAULTS),
+                **_given({"seeds": tuple(args.seeds or ()), "epochs": args.epochs})}
     if args.dataset == "digits":
         data = load_digits(seed=0)
     else:
@@ -430,29 +457,21 @@ def _bench_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def _bench_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import prune
-    from .ops.triton_tuning import AUTOTUNE_ENV
 
     device = _benchmark_device(args, parser)
     if args.sparsities is not None:
         bad = [value for value in args.sparsities if not 0.0 <= value < 1.0]
         if bad or len(set(args.sparsities)) != len(args.sparsities):
             parser.error(f"--sparsity: expected distinct fractions in [0, 1), got {args.sparsities}")
-    given = {"sparsities": tuple(args.sparsities or ()), "train_steps": args.train_steps,
-             "finetune_steps": args.finetune_steps}
-    overrides = {name: value for name, value in given.items() if value}
+    overrides = _given({"sparsities": tuple(args.sparsities or ()), "train_steps": args.train_steps,
+                        "finetune_steps": args.finetune_steps})
     rows = prune.run_prune_benchmark(device, quick=args.quick, seed=args.seed, repeat=args.repeat,
                                      warmup=args.warmup, **overrides)
     print(f"pruning benchmark on {device}{' (quick)' if args.quick else ''}")
-    for kind in ("model", "layer"):
-        chosen = [row for row in rows if row["kind"] == kind]
-        print(format_table(chosen, [c for c in prune.TABLE_COLUMNS if any(row.get(c) is not None for row in chosen)]))
+    _print_tables_by_kind(rows, ("model", "layer"), prune.TABLE_COLUMNS)
     print("targets:")
     print(format_targets(prune.target_report(rows), ".3g"))
-    params = {"quick": args.quick, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
-              "triton_autotune": os.environ.get(AUTOTUNE_ENV, "all"),
-              **{k: list(v) if isinstance(v, tuple) else v
-                 for k, v in {**(prune.QUICK if args.quick else prune.DEFAULTS), **overrides}.items()}}
-    return _write_results("prune", params, rows, device, args)
+    return _write_results("prune", _study_params(args, prune, overrides), rows, device, args)
 
 
 def _add_bench_threads(benchmarks: argparse._SubParsersAction) -> None:
@@ -482,8 +501,7 @@ def _bench_threads(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if device.type != "cpu":
         parser.error(f"--device: the thread benchmark measures the CPU kernels, got {device}")
     grids = args.grids or [5, 50]
-    if len(set(grids)) != len(grids):
-        parser.error(f"--grid: expected distinct grid sizes, got {grids}")
+    _require_distinct(parser, "--grid", grids, "grid sizes")
     rows = threads.run_threads_benchmark(grids, batch=args.batch, width=args.width, repeat=args.repeat,
                                          warmup=args.warmup, seed=args.seed, rounds=args.rounds)
     print(f"thread benchmark on {device}: batch {args.batch}, width {args.width}")
@@ -525,15 +543,9 @@ def _add_bench_workflow(benchmarks: argparse._SubParsersAction) -> None:
 def _bench_workflow(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import workflow
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.seeds and len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds: expected distinct seeds, got {args.seeds}")
-    if not args.no_write:
-        with _fails_on(OutputDirError):
-            check_output_dir(args.out_dir, "--out-dir")
+    device = _device(args, parser)
+    _require_distinct(parser, "--seeds", args.seeds, "seeds")
+    _check_out_dir(args)
     settings = workflow.QUICK if args.quick else workflow.DEFAULTS
     seeds = tuple(args.seeds or settings["seeds"])
     grids = tuple(args.grids or settings["grids"])
@@ -575,10 +587,7 @@ def _profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     grids = args.grids or [5]
     if len(grids) != 1:
         parser.error(f"--grid: expected one grid size, got {grids}")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(str(error))
+    device = _device(args, parser)
     result = profile_layer(device, args.batch, args.width, grids[0], args.order, DTYPES[args.dtype],
                            calls=args.calls, rows=args.rows, compile_mode=args.compile)
     print(result.format())
