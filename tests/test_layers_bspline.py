@@ -363,7 +363,7 @@ def test_backend_is_checked_and_kept():
         BSplineKAN(3, 2, spline_order=0, backend="triton")
 
 
-@pytest.mark.parametrize("backend", ["auto", "eager", "cpu", "sparse"])
+@pytest.mark.parametrize("backend", ["auto", "eager", "cpu", "sparse", "triton"])
 def test_assigning_grid_data_is_seen_by_every_backend(backend):
     """pykan's code updates a grid with ``grid.data = ...``, which changes neither the tensor nor its version."""
     torch.manual_seed(0)

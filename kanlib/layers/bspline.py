@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, get_activation
-from ..basis import check_grid, cox_de_boor, extend_grid, is_uniform, local_basis, make_grid
+from ..basis import check_grid, cox_de_boor, extend_grid, local_basis, make_grid
 from ..checks import check_int, check_layer_input, is_real
 from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, assembled_weight,
                                  backend_from_method, parameter_gradients, prefers_sparse, run_fused_layer,
                                  spline_linear, torch_backend, under_transform)
-from ..ops.spline_linear.compiled import compiling_with_kernels
+from ..ops.spline_linear.compiled import compiling_with_kernels, grid_is_uniform
 from ..ops.spline_linear.reference import assemble_weight_matrix, layer_weight_matrix
 from ..ops.spline_linear.support import TRITON_DTYPES, TRITON_WEIGHT_DTYPES
 from ..prune.penalty import sparsity_penalty
@@ -155,7 +155,6 @@ class SplineGrid:
 
     grid: torch.Tensor
     spline_order: int
-    _uniform_cache: tuple | None = None
 
     @property
     def grid_size(self) -> int:
@@ -167,12 +166,9 @@ class SplineGrid:
         return self.grid.shape[1] - self.spline_order - 1
 
     def is_uniform(self) -> bool:
-        """Whether the grid is uniform (then the closed-form local basis is used); cached per grid version."""
-        grid = self.grid
-        key = (grid.data_ptr(), grid._version)
-        if self._uniform_cache is None or self._uniform_cache[0] != key:
-            self._uniform_cache = (key, is_uniform(grid))
-        return self._uniform_cache[1]
+        """Whether the grid is uniform (then the closed-form local basis is used); cached per grid version and
+        storage."""
+        return grid_is_uniform(self.grid)
 
 
 class BSplineKAN(SplineGrid, nn.Module):
@@ -224,7 +220,6 @@ class BSplineKAN(SplineGrid, nn.Module):
         self.scale_sp = nn.Parameter(torch.full((in_features, out_features), scale_sp / math.sqrt(in_features),
                                                 **factory))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
-        self._uniform_cache = None
         # Edges fixed to symbolic functions (kanlib.symbolic): None until one is fixed, so the fast path is untouched.
         self.symbolic: SymbolicBranch | None = None
 

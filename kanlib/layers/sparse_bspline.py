@@ -93,7 +93,6 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
                                          requires_grad=dense.scale_sp.requires_grad)
             self.bias = (None if dense.bias is None
                          else nn.Parameter(dense.bias.clone(), requires_grad=dense.bias.requires_grad))
-        self._uniform_cache = None
 
     @classmethod
     def from_dense(cls, layer: BSplineKAN) -> "SparseBSplineKAN":

@@ -45,7 +45,6 @@ accumulator (numpy ``matmul(..., dtype=int32)``), so the same code runs there an
 from __future__ import annotations
 
 import contextlib
-import weakref
 
 import torch
 import triton
@@ -53,6 +52,7 @@ import triton.language as tl
 
 from .reference import TABLE_SHIFT
 from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, SPLINE_ORDERS, activation, check_devices
+from ..derived import derived
 from ..triton_tuning import autotune, ceil_div
 
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS"]
@@ -198,47 +198,39 @@ def _lut_kernel(x_ptr, table_ptr, grid_ptr, step_ptr, inv_ptr, ws_ptr, wb_ptr, s
 # Launcher.
 
 
-_KNOTS: dict[tuple, tuple] = {}  # (id(grid), x dtype) -> (weak reference to grid, its version, knot tensors)
+_KNOTS: dict = {}  # (id(grid), x dtype) -> knot tensors (:func:`kanlib.ops.derived.derived`)
 
 
 def _knot_tensors(grid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grid as float32 [I, n_knots], the uniform step h [I] and inv_steps [I] (float32), as the reference
     computes them: h = (t_last - t_0) / (n_knots - 1) in the grid's dtype, inv_steps in float64 rounded to x's
-    dtype promoted to at least float32. Cached until the grid's version changes."""
-    key = (id(grid), dtype)
-    cached = _KNOTS.get(key)
-    if cached is not None and cached[0]() is grid and cached[1] == grid._version:
-        return cached[2]
-    knots = grid.detach()
-    n_knots = knots.shape[1]
-    step = ((knots[:, -1] - knots[:, 0]) / (n_knots - 1)).to(torch.float32)
-    inv_steps = ((n_knots - 1) / (knots[:, -1] - knots[:, 0]).double()).to(torch.promote_types(dtype, torch.float32))
-    inv_steps = inv_steps.to(torch.float32)
-    tensors = (knots.to(torch.float32).contiguous(), step.contiguous(), inv_steps.contiguous())
-    reference = weakref.ref(grid, lambda _: _KNOTS.pop(key, None))
-    _KNOTS[key] = (reference, grid._version, tensors)
-    return tensors
+    dtype promoted to at least float32. Cached until the grid's storage or version changes."""
+    def build():
+        knots = grid.detach()
+        n_knots = knots.shape[1]
+        step = ((knots[:, -1] - knots[:, 0]) / (n_knots - 1)).to(torch.float32)
+        inv_steps = ((n_knots - 1) / (knots[:, -1] - knots[:, 0]).double()).to(
+            torch.promote_types(dtype, torch.float32)).to(torch.float32)
+        return knots.to(torch.float32).contiguous(), step.contiguous(), inv_steps.contiguous()
+
+    return derived(_KNOTS, grid, build, dtype)
 
 
-_WORDS: dict[int, tuple] = {}  # id(table) -> (weak reference to it, its codes, packed words)
+_WORDS: dict = {}  # id(table.codes) -> packed words (:func:`kanlib.ops.derived.derived`)
 
 
 def _packed_codes(table) -> torch.Tensor:
     """The table's rows of k + 1 uint8 codes packed into int32 words [rows, 1 or 2]: code r is bits 8*(r % 4) ..
-    8*(r % 4) + 7 of word r // 4, unused bytes 0. Cached per table."""
-    key = id(table)
-    cached = _WORDS.get(key)
-    if cached is not None and cached[0]() is table and cached[1] is table.codes:
-        return cached[2]
-    codes = table.codes.reshape(-1, table.spline_order + 1).to(torch.int64)
-    n_words = -(-codes.shape[1] // 4)
-    words = torch.zeros(codes.shape[0], n_words, dtype=torch.int64, device=codes.device)
-    for r in range(codes.shape[1]):
-        words[:, r // 4] |= codes[:, r] << (8 * (r % 4))
-    words = torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32).contiguous()  # same bits
-    reference = weakref.ref(table, lambda _: _WORDS.pop(key, None))
-    _WORDS[key] = (reference, table.codes, words)
-    return words
+    8*(r % 4) + 7 of word r // 4, unused bytes 0. Cached until the table's codes change."""
+    def build():
+        codes = table.codes.reshape(-1, table.spline_order + 1).to(torch.int64)
+        n_words = -(-codes.shape[1] // 4)
+        words = torch.zeros(codes.shape[0], n_words, dtype=torch.int64, device=codes.device)
+        for r in range(codes.shape[1]):
+            words[:, r // 4] |= codes[:, r] << (8 * (r % 4))
+        return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32).contiguous()  # same bits
+
+    return derived(_WORDS, table.codes, build, table.spline_order)
 
 
 def check_inputs(x, table, weights, act_scale, activation: str, act_bits) -> None:

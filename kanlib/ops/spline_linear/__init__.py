@@ -36,7 +36,6 @@ import math
 import os
 import time
 import warnings
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -45,6 +44,7 @@ import torch
 from ...activations import get_activation
 from ...basis import extend_grid, find_span, local_basis, uniform_basis_matrix
 from ...checks import check_choice
+from ..derived import derived
 from .compiled import (check_operator_backend, compiling_with_kernels, grid_is_uniform, spline_layer,
                        spline_layer_backward, spline_product, spline_product_backward)
 from .reference import (differentiable_backward, differentiable_layer_backward, layer_weight_matrix,
@@ -135,14 +135,7 @@ class EagerSplineLinear(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
-# id(grid) -> (weak reference to the grid, its identity key and the spline order, numpy constants derived from it)
-_GRID_CONSTANTS: dict[int, tuple] = {}
-
-
-def _grid_key(grid: torch.Tensor, spline_order: int) -> tuple:
-    """What identifies a grid's values: where they are, its version counter and order. Assigning ``grid.data`` (as
-    pykan code does) swaps the storage without bumping the version, so the address is part of it."""
-    return grid.data_ptr(), grid._version, spline_order
+_GRID_CONSTANTS: dict = {}  # (id(grid), spline order) -> the grid's constants (:func:`kanlib.ops.derived.derived`)
 
 
 def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
@@ -150,19 +143,14 @@ def grid_constants(grid: torch.Tensor, spline_order: int) -> tuple:
 
     steps [I] and inv_steps [I], in float64: the knot spacing of each row as if uniform, from its first and last
     knot, and its inverse."""
-    key = id(grid)
-    cached = _GRID_CONSTANTS.get(key)
-    identity = _grid_key(grid, spline_order)
-    if cached is not None and cached[0]() is grid and cached[1] == identity:
-        return cached[2]
-    values = grid.detach()
-    ranges = (values[:, -1] - values[:, 0]).double()
-    constants = (values.contiguous().numpy(), extend_grid(values, spline_order).numpy(),
-                 ((values.shape[1] - 1) / ranges).numpy(), (ranges / (values.shape[1] - 1)).numpy(),
-                 uniform_basis_matrix(spline_order).numpy())
-    reference = weakref.ref(grid, lambda _: _GRID_CONSTANTS.pop(key, None))
-    _GRID_CONSTANTS[key] = (reference, identity, constants)
-    return constants
+    def build():
+        values = grid.detach()
+        ranges = (values[:, -1] - values[:, 0]).double()
+        return (values.contiguous().numpy(), extend_grid(values, spline_order).numpy(),
+                ((values.shape[1] - 1) / ranges).numpy(), (ranges / (values.shape[1] - 1)).numpy(),
+                uniform_basis_matrix(spline_order).numpy())
+
+    return derived(_GRID_CONSTANTS, grid, build, spline_order)
 
 
 NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}

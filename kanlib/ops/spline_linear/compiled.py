@@ -18,11 +18,10 @@ run, once per grid version (:func:`grid_is_uniform`).
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from ...basis import is_uniform
+from ..derived import derived
 from .reference import differentiable_backward, differentiable_layer_backward
 from .support import KERNEL_FAMILIES
 
@@ -34,20 +33,12 @@ __all__ = ["spline_product", "spline_product_backward", "spline_layer", "spline_
 # ``kernels`` names (one of KERNEL_FAMILIES, as in :func:`.triton_local.spline_linear_triton_any`)
 OPERATOR_BACKENDS = ("cpu", "sparse", "triton")
 
-# id(grid) -> (weak reference to it, (address, version), whether it is uniform)
-_UNIFORM: dict[int, tuple] = {}
+_UNIFORM: dict = {}  # id(grid) -> whether it is uniform (:func:`kanlib.ops.derived.derived`)
 
 
 def grid_is_uniform(grid: torch.Tensor) -> bool:
-    """:func:`kanlib.basis.is_uniform` of grid [I, G+2k+1], read once per grid version (and storage: assigning
-    ``grid.data`` does not bump the version)."""
-    key, identity = id(grid), (grid.data_ptr(), grid._version)
-    cached = _UNIFORM.get(key)
-    if cached is not None and cached[0]() is grid and cached[1] == identity:
-        return cached[2]
-    uniform = is_uniform(grid.detach())
-    _UNIFORM[key] = (weakref.ref(grid, lambda _: _UNIFORM.pop(key, None)), identity, uniform)
-    return uniform
+    """:func:`kanlib.basis.is_uniform` of grid [I, G+2k+1], read once per grid version and storage."""
+    return derived(_UNIFORM, grid, lambda: is_uniform(grid.detach()))
 
 
 def compiling_with_kernels() -> bool:

@@ -38,7 +38,6 @@ one small tile configuration, and half-precision products emulated in float32 on
 from __future__ import annotations
 
 import contextlib
-import weakref
 from functools import lru_cache
 
 import torch
@@ -49,6 +48,7 @@ from ...activations import ACTIVATIONS, BASE_ACTIVATIONS, IDENTITY_ID, RELU_ID, 
 from ...basis import cardinal_pieces
 from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS, autocast_operands
+from ..derived import derived
 from ..triton_tuning import autotune, ceil_div, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
@@ -421,26 +421,22 @@ def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gw_ptr,
 # Launchers and the autograd Function.
 
 
-_KNOTS: dict[int, tuple] = {}  # id(grid) -> (weak reference to it, its version, uniform, knot tensors)
+_KNOTS: dict = {}  # (id(grid), uniform) -> knot tensors (:func:`kanlib.ops.derived.derived`)
 
 
 def _knot_tensors(grid: torch.Tensor, uniform: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grid as float32 [I, G+2k+1]; on uniform grids scale = 1/h and shift = -t_0/h [I] (float32), so that
-    (x - t_0)/h = x*scale + shift. Cached until the grid's version changes (in-place changes through
-    ``.data`` are not seen, as for ``BSplineKAN.is_uniform``)."""
-    key = id(grid)
-    cached = _KNOTS.get(key)
-    if cached is not None and cached[0]() is grid and cached[1:3] == (grid._version, uniform):
-        return cached[3]
-    grid32 = grid.detach().to(torch.float32).contiguous()
-    scale = shift = grid32  # not read on other grids
-    if uniform:
-        first = grid[:, 0].detach().double()
-        scale = (grid.shape[1] - 1) / (grid[:, -1].detach().double() - first)
-        scale, shift = scale.float(), (-first * scale).float()
-    reference = weakref.ref(grid, lambda _: _KNOTS.pop(key, None))
-    _KNOTS[key] = (reference, grid._version, uniform, (grid32, scale, shift))
-    return grid32, scale, shift
+    (x - t_0)/h = x*scale + shift. Cached until the grid's storage or version changes."""
+    def build():
+        grid32 = grid.detach().to(torch.float32).contiguous()
+        scale = shift = grid32  # not read on other grids
+        if uniform:
+            first = grid[:, 0].detach().double()
+            scale = (grid.shape[1] - 1) / (grid[:, -1].detach().double() - first)
+            scale, shift = scale.float(), (-first * scale).float()
+        return grid32, scale, shift
+
+    return derived(_KNOTS, grid, build, uniform)
 
 
 class LaunchPlan:
