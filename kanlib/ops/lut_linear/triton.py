@@ -216,7 +216,7 @@ def _knot_tensors(grid: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor,
     return derived(_KNOTS, grid, build, dtype)
 
 
-_WORDS: dict = {}  # id(table.codes) -> packed words (:func:`kanlib.ops.derived.derived`)
+_WORDS: dict = {}  # (id(table.codes), spline order) -> packed words (:func:`kanlib.ops.derived.derived`)
 
 
 def _packed_codes(table) -> torch.Tensor:
