@@ -31,8 +31,8 @@ def test_each_variant_has_its_own_entry_and_the_entries_go_with_the_tensor():
     """(A value that holds the tensor itself would keep it alive: the builders here make new tensors.)"""
     cache = {}
     grid = torch.ones(2, 3)
-    as32 = derived(cache, grid, lambda: grid + 1, torch.float32)
-    as64 = derived(cache, grid, lambda: grid.to(torch.float64) + 1, torch.float64)
+    as32 = derived(cache, grid, torch.ones(2, 3).add_(1).clone, torch.float32)
+    as64 = derived(cache, grid, torch.ones(2, 3, dtype=torch.float64).clone, torch.float64)
     assert as32.dtype == torch.float32 and as64.dtype == torch.float64
     assert derived(cache, grid, lambda: None, torch.float32) is as32 and len(cache) == 2
     del grid
@@ -43,8 +43,8 @@ def test_each_variant_has_its_own_entry_and_the_entries_go_with_the_tensor():
 def test_a_new_tensor_at_a_freed_ones_address_is_not_taken_for_it():
     cache = {}
     first = torch.zeros(4)
-    assert torch.equal(derived(cache, first, lambda: first + 1), torch.ones(4))
+    assert torch.equal(derived(cache, first, torch.ones(4).clone), torch.ones(4))
     del first
     gc.collect()
     second = torch.full((4,), 5.0)
-    assert torch.equal(derived(cache, second, lambda: second + 1), torch.full((4,), 6.0))
+    assert torch.equal(derived(cache, second, torch.full((4,), 6.0).clone), torch.full((4,), 6.0))
