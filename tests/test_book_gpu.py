@@ -200,3 +200,15 @@ def test_on_a_gpu_the_kernel_figures_come_one_process_per_grid_and_the_tests_tun
         elif step.args[0] != "pytest":
             assert step.args[:2] == ("kanlib", "bench") and "cuda" in step.args and str(tmp_path) in step.args
     assert sum(step.timeout_s for step in steps) >= gpu.DEADLINE_S, "the deadline, not the steps, bounds the run"
+
+
+def test_a_rehearsal_gives_the_same_steps_more_time_each():
+    """On the CPU the steps compile their kernels in fresh processes: each gets a multiple of its GPU budget (one
+    grid size where the GPU run has two)."""
+    on_gpu = [step for step in gpu.reference_steps(rehearse=False, results_dir=pathlib.Path("results"))
+              if not step.name.endswith("(G = 50)")]
+    rehearsal = gpu.reference_steps(rehearse=True, results_dir=pathlib.Path("results"))
+    assert [step.name for step in rehearsal] == [step.name.replace("5, 50, 100, 200", "3").replace("G = 5", "G = 3")
+                                                 for step in on_gpu]
+    assert gpu.REHEARSAL_TIMEOUT_FACTOR > 1
+    assert [step.timeout_s for step in rehearsal] == [gpu.REHEARSAL_TIMEOUT_FACTOR * step.timeout_s for step in on_gpu]
