@@ -81,7 +81,7 @@ CUDA_BASIS_TESTS = ("tests/test_ops_basis_linear_triton.py",)
 CUDA_SPARSE_TESTS = ("tests/test_ops_spline_linear_triton_local.py", "tests/test_ops_edge_spline_linear.py")
 DEADLINE_S = 540  # the whole run on the GPU, under the 10 minutes one command may take there
 # A rehearsal gives each step this many times its GPU budget (the deadline stays): its tiny benchmarks' time goes to
-# compiling, which a loaded machine slows (the prune step took from about 40 to past 100 s here).
+# compiling numba's kernels in fresh processes, which a loaded machine slows past some of those budgets.
 REHEARSAL_TIMEOUT_FACTOR = 3
 PACK_LIMIT_BYTES = 16 * MIB  # one file that comes back from a lent machine
 MIN_STEP_S = 10  # a step is not started with less of the deadline left
