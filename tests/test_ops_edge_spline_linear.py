@@ -5,9 +5,12 @@ kernels under the interpreter (tests/conftest.py switches it on without a GPU).
 Sizes are odd (I = 7, O = 5, N = 13 ...), inputs cover the extended grid and reach beyond it, masks leave 0%,
 50%, 90% and 100% of the edges dead; uniform grids and the non-uniform ones ``update_grid`` leaves.
 """
+import textwrap
+
 import pytest
 import torch
 from conftest import inputs_around, random_grid
+from gpu_compile import SPILL_STORES, assert_compiles
 from torch.func import vmap
 
 from kanlib import BSplineKAN
@@ -297,6 +300,7 @@ TRITON_CASES = [  # (N, I, O, G, k, uniform, dead)
     (9, 5, 3, 4, 3, False, 0.5),
     (7, 4, 5, 2, 2, True, 0.0),
     (6, 3, 3, 2, 5, False, 0.2),
+    (21, 3, 4, 9, 4, True, 0.4),
 ]
 
 
@@ -337,6 +341,39 @@ def test_triton_nan_rows_and_errors():
     grid, inputs, outputs, offsets, n_out, _, uniform = rest
     with pytest.raises(ValueError, match="spline_order"):
         edge_spline_linear(*tensors, grid, inputs, outputs, offsets, n_out, 7, uniform, backend="triton")
+
+
+COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
+    import itertools
+    import kanlib.ops.edge_spline_linear.triton as kernels
+
+    POINTERS = {"_forward_kernel": 8, "_backward_kernel": 12}
+    # the output and every gradient sum into float32, as does the grid; the edges' indices are int64
+    FLOAT32 = {"grid_ptr", "out_ptr", "gx_ptr", "gcoef_ptr", "gbase_ptr", "gsp_ptr"}
+    DTYPES = ("fp32", "bf16", "fp16")
+    for (name, n_pointers), (index, (k, need_x)) in itertools.product(
+            POINTERS.items(), enumerate(itertools.product((1, 2, 3, 4, 5), (True, False)))):
+        function, dtype = getattr(kernels, name), DTYPES[index % len(DTYPES)]
+        names = function.arg_names
+        constants = {"K": k, "ACT": 1, "NEED_X": need_x, "BLOCK_M": kernels.BLOCK_ROWS,
+                     "BLOCK_E": kernels.BLOCK_EDGES}
+        constants = {n: value for n, value in constants.items() if n in names}
+        if name == "_forward_kernel" and not need_x:
+            continue
+        signature = {n: "*fp32" if n in FLOAT32 else "*i64" if n in ("inputs_ptr", "outputs_ptr") else f"*{dtype}"
+                     for n in names[:n_pointers]}
+        signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
+        signature.update({n: "constexpr" for n in constants})
+        spills = spill_stores(function, signature, constants, kernels.NUM_WARPS, 1)
+        assert spills == [0], f"{name} {dtype} k={k} need_x={need_x}: spill stores {spills}"
+    print("compiled")
+""")
+
+
+def test_triton_kernels_compile_for_an_h100_without_register_spills():
+    """Every spline order's kernels, in each dtype, compiled for sm_90 at the tile they launch with on a GPU."""
+    pytest.importorskip("triton")
+    assert_compiles(COMPILE_FOR_H100)
 
 
 def test_shape_and_index_errors_name_expected_and_got():

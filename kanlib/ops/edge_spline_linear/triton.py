@@ -3,9 +3,10 @@
 Same function and layout as :func:`kanlib.ops.edge_spline_linear.edge_spline_linear` (the ``"eager"`` backend,
 :mod:`.reference`, is what it is tested against). A program takes a block of rows and a block of live edges:
 it gathers ``x[rows, edge_inputs[edges]]``, finds each value's knot span by counting the knots at or below it,
-evaluates the k + 1 bases of the span's window by Cox-de Boor on their own knots (uniform or not), gathers the
-coefficients under the window and adds each edge's activation into ``y[rows, edge_outputs[edges]]`` with
-atomics (edges that share an output meet there).
+evaluates the k + 1 bases of the span's window together by the triangular de Boor scheme on the 2k knots around
+the span (uniform or not; Piegl and Tiller, *The NURBS Book*, algorithm A2.2), gathers the coefficients under the
+window and adds each edge's activation into ``y[rows, edge_outputs[edges]]`` with atomics (edges that share an
+output meet there).
 
 - forward: y [N, O] (float32 accumulator, cast to x's dtype).
 - backward: one kernel for grad x (atomics into [N, I]), grad coef (atomics into the window's coefficients),
@@ -25,24 +26,65 @@ import triton
 import triton.language as tl
 
 from ...activations import get_activation
-from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, activation, activation_derivative, check_devices,
-                                   knot_basis)
+from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, _reciprocal, activation, activation_derivative,
+                                    check_devices)
 from ..spline_linear.support import autocast_operands
 from ..triton_tuning import ceil_div
 from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       nan_where_dead_edges_meet_nonfinite)
 
-__all__ = ["edge_spline_linear_triton", "TritonEdgeSplineLinear", "BLOCK_ROWS", "BLOCK_EDGES", "triton_forward",
-           "triton_gradients", "triton_operands"]
+__all__ = ["edge_spline_linear_triton", "TritonEdgeSplineLinear", "BLOCK_ROWS", "BLOCK_EDGES", "NUM_WARPS",
+           "triton_forward", "triton_gradients", "triton_operands"]
 
-BLOCK_ROWS = 16 if INTERPRET else 64
-BLOCK_EDGES = 16 if INTERPRET else 64
+# A program's tile of rows by edges and its warps: on a GPU 4 (row, edge) pairs a thread, so that the window's knots
+# and bases stay in registers up to order 5 (compiled for an H100, 8 or more pairs a thread spilled them)
+BLOCK_ROWS = 16 if INTERPRET else 32
+BLOCK_EDGES = 16 if INTERPRET else 32
+NUM_WARPS = 8
 
 
 @triton.jit
-def _masked_basis(x, knot_ptrs, valid, K: tl.constexpr, DERIV: tl.constexpr):
-    """The basis whose knots t_0 .. t_{K+1} start at knot_ptrs, at x (or its derivative); 0 where not valid."""
-    return tl.where(valid, knot_basis(x, knot_ptrs, valid, K, DERIV), 0.0)
+def _window_knots(knot_rows, span, ok, n_knots, K: tl.constexpr):
+    """The knots t_{span-k+1} .. t_{span+k} of each value's span (a tuple of 2k tiles; 0 outside the grid's row)."""
+    knots = ()
+    for q in tl.static_range(2 * K):
+        index = span - K + 1 + q
+        knots = knots + (tl.load(knot_rows + index, mask=ok & (index >= 0) & (index < n_knots), other=0.0),)
+    return knots
+
+
+@triton.jit
+def _window_bases(x, knots, K: tl.constexpr):
+    """(the bases span-k .. span of order k at x, those span-k+1 .. span of order k-1): two tuples of tiles, from
+    the window's knots (:func:`_window_knots`), by the triangular scheme. Near the grid's ends the window holds
+    bases m < 0 or m >= G + k, whose missing knots make them garbage; they feed none of the real ones, and the
+    caller masks them."""
+    values = (tl.full(x.shape, 1.0, tl.float32),)
+    lower = values
+    for d in tl.static_range(1, K + 1):
+        lower = values
+        saved = tl.zeros(x.shape, tl.float32)
+        higher = ()
+        for r in tl.static_range(d):
+            # lower[r] is basis m = span-d+1+r of order d-1, on [t_m, t_{m+d}]
+            right = knots[K + r] - x
+            left = x - knots[K - d + r]
+            share = lower[r] * _reciprocal(knots[K + r] - knots[K - d + r])
+            higher = higher + (saved + right * share,)
+            saved = left * share
+        values = higher + (saved,)
+    return values, lower
+
+
+@triton.jit
+def _window_slope(lower, knots, r: tl.constexpr, K: tl.constexpr):
+    """d/dx of basis m = span-k+r: k (B_{m,k-1} / (t_{m+k} - t_m) - B_{m+1,k-1} / (t_{m+k+1} - t_{m+1}))."""
+    slope = tl.zeros(knots[0].shape, tl.float32)
+    if r >= 1:
+        slope += lower[r - 1] * _reciprocal(knots[K - 1 + r] - knots[r - 1])
+    if r <= K - 1:
+        slope -= lower[r] * _reciprocal(knots[K + r] - knots[r])
+    return K * slope
 
 
 @triton.jit
@@ -79,13 +121,14 @@ def _forward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, inp
                                                    stride_xi, BLOCK_M, BLOCK_E)
     knot_rows = (grid_ptr + ins.to(tl.int64) * n_knots)[None, :]
     span = _spans(x, knot_rows, n_knots, ok)
+    bases, _ = _window_bases(x, _window_knots(knot_rows, span, ok, n_knots, K), K)
     coef_rows = (coef_ptr + edges.to(tl.int64) * n_basis)[None, :]
     spline = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
     for r in tl.static_range(K + 1):
         m = span - K + r
         valid = ok & (m >= 0) & (m < n_basis)
         coefficient = tl.load(coef_rows + m, mask=valid, other=0.0).to(tl.float32)
-        spline += coefficient * _masked_basis(x, knot_rows + m, valid, K, False)
+        spline += coefficient * tl.where(valid, bases[r], 0.0)
     scale_base = tl.load(scale_base_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
     scale_sp = tl.load(scale_sp_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
     value = scale_base * activation(x, ACT) + scale_sp * spline
@@ -106,6 +149,8 @@ def _backward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, in
     scale_sp = tl.load(scale_sp_ptr + edges, mask=edge_ok, other=0.0).to(tl.float32)[None, :]
     knot_rows = (grid_ptr + ins.to(tl.int64) * n_knots)[None, :]
     span = _spans(x, knot_rows, n_knots, ok)
+    knots = _window_knots(knot_rows, span, ok, n_knots, K)
+    bases, lower = _window_bases(x, knots, K)
     coef_offsets = (edges.to(tl.int64) * n_basis)[None, :]
     spline = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
     slope = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
@@ -113,11 +158,11 @@ def _backward_kernel(x_ptr, coef_ptr, scale_base_ptr, scale_sp_ptr, grid_ptr, in
         m = span - K + r
         valid = ok & (m >= 0) & (m < n_basis)
         coefficient = tl.load(coef_ptr + coef_offsets + m, mask=valid, other=0.0).to(tl.float32)
-        basis = _masked_basis(x, knot_rows + m, valid, K, False)
+        basis = tl.where(valid, bases[r], 0.0)
         spline += coefficient * basis
         tl.atomic_add(gcoef_ptr + coef_offsets + m, g * scale_sp * basis, mask=valid)
         if NEED_X:
-            slope += coefficient * _masked_basis(x, knot_rows + m, valid, K, True)
+            slope += coefficient * tl.where(valid, _window_slope(lower, knots, r, K), 0.0)
     tl.atomic_add(gbase_ptr + edges, tl.sum(tl.where(ok, g * activation(x, ACT), 0.0), axis=0), mask=edge_ok)
     tl.atomic_add(gsp_ptr + edges, tl.sum(g * spline, axis=0), mask=edge_ok)
     if NEED_X:
@@ -140,7 +185,8 @@ def triton_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_output
             _forward_kernel[_launch_grid(n_rows, n_edges)](
                 x, coef, scale_base, scale_sp, grid32, edge_inputs, edge_outputs, out,
                 n_rows, n_edges, n_out, grid.shape[1], coef.shape[1], *x.stride(),
-                K=spline_order, ACT=ACTIVATION_IDS[activation_name], BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
+                K=spline_order, ACT=ACTIVATION_IDS[activation_name], BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES,
+                num_warps=NUM_WARPS)
     base = get_activation(activation_name).function(x.detach().float())
     return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs).to(x.dtype)
 
@@ -162,7 +208,7 @@ def triton_gradients(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outp
                 grad_out, grad_x, grad_coef, grad_base, grad_sp,
                 n_rows, n_edges, x.shape[1], n_out, grid.shape[1], coef.shape[1], *x.stride(), *grad_out.stride(),
                 K=spline_order, ACT=ACTIVATION_IDS[activation_name], NEED_X=bool(needs[0]),
-                BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES)
+                BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES, num_warps=NUM_WARPS)
     grads = (grad_x.to(x.dtype), grad_coef.to(coef.dtype), grad_base.to(scale_base.dtype),
              grad_sp.to(scale_sp.dtype))
     return tuple(grad if need else None for grad, need in zip(grads, needs))
