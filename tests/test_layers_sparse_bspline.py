@@ -135,23 +135,32 @@ def test_state_dict_round_trip():
 
 
 def test_state_dict_errors_name_expected_and_got():
+    """Refused as torch refuses a size mismatch (a RuntimeError from load_state_dict, strict or not), the message
+    naming what the layer expected and what came."""
     sparse = SparseBSplineKAN.from_dense(masked_layer(8))
     dense_state = masked_layer(8).state_dict()
-    with pytest.raises(ValueError, match=r"dense BSplineKAN state dict.*\(7, 5, 8\).*\(\d+, 8\)"):
+    with pytest.raises(RuntimeError,
+                       match=r"the layer: this is a dense BSplineKAN state dict.*\(7, 5, 8\).*\(\d+, 8\)"):
         sparse.load_state_dict(dense_state)
     fewer = SparseBSplineKAN(7, 5, sparse.edges[1:], dtype=torch.float64)
-    with pytest.raises(ValueError, match=rf"coef: expected \[E, G\+k\] = \({sparse.n_edges - 1}, 8\).*got "
-                                         rf"\({sparse.n_edges}, 8\)"):
-        fewer.load_state_dict(sparse.state_dict())
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=rf"coef: expected \[E, G\+k\] = \({sparse.n_edges - 1}, 8\).*got "
+                                               rf"\({sparse.n_edges}, 8\)"):
+            fewer.load_state_dict(sparse.state_dict(), strict=strict)
     finer = SparseBSplineKAN(7, 5, sparse.edges, grid_size=7, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"coef: expected .*\(\d+, 10\).*got \(\d+, 8\)"):
+    with pytest.raises(RuntimeError, match=r"coef: expected .*\(\d+, 10\).*got \(\d+, 8\)"):
         finer.load_state_dict(sparse.state_dict())
     moved = sparse.edges.clone()
     moved[0] = torch.tensor([o for o in [(i, j) for i in range(7) for j in range(5)]
                              if not any((moved == torch.tensor(o)).all(1))][0])
     other = SparseBSplineKAN(7, 5, moved, dtype=torch.float64)
-    with pytest.raises(ValueError, match="live edges differ"):
-        other.load_state_dict(sparse.state_dict())
+    before = {name: tensor.clone() for name, tensor in other.state_dict().items()}
+    with pytest.raises(RuntimeError, match="live edges differ"):
+        other.load_state_dict(sparse.state_dict(), strict=False)
+    assert all(torch.equal(before[name], tensor) for name, tensor in other.state_dict().items())  # nothing loaded
+    model = torch.nn.Sequential(SparseBSplineKAN.from_dense(masked_layer(8)))
+    with pytest.raises(RuntimeError, match=r"0: this is a dense BSplineKAN state dict"):
+        model.load_state_dict({f"0.{name}": tensor for name, tensor in dense_state.items()})
 
 
 def test_constructor_draws_the_dense_initialization_on_the_edges():

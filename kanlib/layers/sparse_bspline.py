@@ -169,27 +169,42 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        """A state dict of another layer's shape or edges is refused as torch refuses a size mismatch: its message
+        joins ``error_msgs``, and ``load_state_dict`` raises a RuntimeError listing them (strict or not)."""
+        errors = self._state_dict_errors(state_dict, prefix)
+        if errors:
+            error_msgs.extend(errors)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _state_dict_errors(self, state_dict, prefix: str) -> list[str]:
+        """Why the entries under ``prefix`` cannot load into this layer (none: an empty list)."""
+        where = prefix[:-1] if prefix else "the layer"
         if prefix + "mask" in state_dict:
-            raise ValueError(f"{prefix or 'the layer'}: this is a dense BSplineKAN state dict (it has a mask "
-                             f"{tuple(state_dict[prefix + 'mask'].shape)} and coef "
-                             f"{tuple(state_dict[prefix + 'coef'].shape) if prefix + 'coef' in state_dict else None}"
-                             f"); a SparseBSplineKAN expects coef [E, G+k] = {tuple(self.coef.shape)}: load it into "
-                             f"a BSplineKAN and convert with SparseBSplineKAN.from_dense")
+            coef = state_dict.get(prefix + "coef")
+            return [f"{where}: this is a dense BSplineKAN state dict (it has a mask "
+                    f"{tuple(state_dict[prefix + 'mask'].shape)} and coef "
+                    f"{tuple(coef.shape) if coef is not None else None}); a SparseBSplineKAN expects coef [E, G+k] = "
+                    f"{tuple(self.coef.shape)}: load it into a BSplineKAN and convert with "
+                    f"SparseBSplineKAN.from_dense"]
         expected = {"coef": "[E, G+k]", "scale_base": "[E]", "scale_sp": "[E]", "grid": "[I, G+2k+1]",
                     "edge_inputs": "[E]", "edge_outputs": "[E]", "input_offsets": "[I+1]"}
+        errors = []
         for name, shape in expected.items():
             key = prefix + name
             if key in state_dict and tuple(state_dict[key].shape) != tuple(getattr(self, name).shape):
-                raise ValueError(f"{key}: expected {shape} = {tuple(getattr(self, name).shape)} (E = {self.n_edges} "
-                                 f"live edges, grid {tuple(self.grid.shape)}), got {tuple(state_dict[key].shape)}")
+                errors.append(f"{key}: expected {shape} = {tuple(getattr(self, name).shape)} (E = {self.n_edges} "
+                              f"live edges, grid {tuple(self.grid.shape)}), got {tuple(state_dict[key].shape)}")
+        if errors:
+            return errors
         for name in ("edge_inputs", "edge_outputs"):
             key = prefix + name
             if key in state_dict and not torch.equal(state_dict[key].to(getattr(self, name).device),
                                                      getattr(self, name)):
-                raise ValueError(f"{key}: the state dict's live edges differ from this layer's; build the layer "
-                                 f"with the saved edges (torch.stack([edge_inputs, edge_outputs], 1))")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+                return [f"{key}: the state dict's live edges differ from this layer's; build the layer with the "
+                        f"saved edges (torch.stack([edge_inputs, edge_outputs], 1))"]
+        return []
 
 
 def _check_backend(backend: str, spline_order: int) -> str:
