@@ -18,6 +18,7 @@ from .layers.sparse_bspline import SparseBSplineKAN
 from .layers.registry import LAYERS, resolve_layer
 from .ops.spline_linear import under_transform
 from .prune import Attribution, attribution, compact_layers, kept_edges, kept_nodes, sample_std
+from .prune.compact import give_every_layer_a_bias_if_one_has
 from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
 
 __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
@@ -158,7 +159,8 @@ class KAN(Stack, nn.Module):
     def from_pykan(cls, multkan) -> "KAN":
         """The KAN of BSplineKAN layers computing what a pykan ``MultKAN`` computes (sum nodes only).
 
-        pykan's node and subnode biases become the layers' bias; multiplication nodes, node or subnode scales
+        pykan's node and subnode biases become the layers' bias (every layer's, zero where pykan's are, once one
+        layer has a nonzero one, as a KAN built with ``bias=True``); multiplication nodes, node or subnode scales
         other than 1, fixed symbolic functions and pruned inputs (``input_id``) are refused with a ValueError.
         """
         if not all(hasattr(multkan, name) for name in ("act_fun", "width", "symbolic_fun", "node_scale")):
@@ -188,6 +190,7 @@ class KAN(Stack, nn.Module):
             if bool((bias != 0).any()):
                 layer.bias = nn.Parameter(bias.clone())
             layers.append(layer)
+        give_every_layer_a_bias_if_one_has(layers)
         model = cls.__new__(cls)
         nn.Module.__init__(model)
         model.widths = check_widths(widths)

@@ -172,7 +172,9 @@ def test_a_dead_in_node_creates_the_next_bias_and_a_symbolic_edge_out_of_it_coun
     x = samples(3, 40)
     small = model.compact()
     assert small.widths == [3, 3, 2]
-    assert small.layers[0].bias is None and isinstance(small.layers[1].bias, nn.Parameter)
+    assert isinstance(small.layers[1].bias, nn.Parameter)
+    # the layer that gained no constant gets a zero bias: one bias setting for the whole model
+    assert isinstance(small.layers[0].bias, nn.Parameter) and not small.layers[0].bias.any()
     # c = 0 (no bias): the folded constant includes the symbolic edge's 2 * (0.5 * 0 + 1)^2 - 0.3 on output 0
     with torch.no_grad():
         folded = model.layers[1].activations(torch.zeros(1, 4, dtype=F64))[0, 1]
@@ -252,6 +254,24 @@ def test_state_dict_round_trips_into_a_kan_of_the_compacted_widths():
     x = samples(small.widths[0], 50)
     assert torch.equal(fresh(x), small(x))
     assert fresh.layers[0].backend == small.layers[0].backend == "eager"
+
+
+def test_a_bias_free_model_compacts_into_one_that_a_kan_with_biases_loads():
+    """A dead-in node folds its constant into the next layer's bias; every layer of the result then has one, so
+    KAN(widths, bias=True) takes its state dict (a mix of layers with and without bias no KAN(...) call builds)."""
+    model = random_model([4, 6, 3, 2], 52, bias=False)
+    dead_in(model, 2, 1)
+    small = model.compact()
+    assert small.widths == [4, 6, 2, 2]
+    assert all(isinstance(layer.bias, nn.Parameter) for layer in small.layers)
+    assert not small.layers[0].bias.any() and small.layers[2].bias.any()
+    fresh = KAN(small.widths, dtype=F64, bias=True)
+    fresh.load_state_dict(small.state_dict())
+    x = samples(4, 52)
+    assert torch.equal(fresh(x), small(x))
+    assert_close_rel(small(x), model(x), 1e-12)
+    untouched = random_model([4, 6, 3, 2], 53, bias=False)
+    assert all(layer.bias is None for layer in untouched.compact().layers)  # nothing folded: no bias anywhere
 
 
 def test_fit_trains_the_compacted_model():

@@ -53,6 +53,19 @@ def test_node_and_subnode_biases_become_the_layer_bias():
     torch.testing.assert_close(model.layers[1].bias, reference.node_bias[1] + reference.subnode_bias[1])
 
 
+def test_a_nonzero_pykan_bias_in_one_layer_gives_every_layer_a_bias():
+    """The other layers' biases are pykan's zeros, so that KAN(widths, bias=True) takes the state dict."""
+    reference = pykan_model([3, 5, 2], seed=4)
+    with torch.no_grad():
+        reference.node_bias[1].copy_(torch.randn(reference.node_bias[1].shape, dtype=reference.node_bias[1].dtype))
+    model = KAN.from_pykan(reference)
+    assert not model.layers[0].bias.any() and model.layers[1].bias.any()
+    fresh = KAN([3, 5, 2], grid_size=4, bias=True, dtype=torch.float64)
+    fresh.load_state_dict(model.state_dict())
+    x = samples(3, 4)
+    torch.testing.assert_close(fresh(x), reference(x), rtol=1e-12, atol=1e-12)
+
+
 def test_to_pykan_computes_the_same_and_converts_back():
     model = KAN([3, 4, 2], seed=3, grid_size=6, bias=True, dtype=torch.float64)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checks import check_int
 
-__all__ = ["compact", "compact_layers", "live_inputs", "live_edges"]
+__all__ = ["compact", "compact_layers", "give_every_layer_a_bias_if_one_has", "live_inputs", "live_edges"]
 
 EXPECTED = "a KAN of BSplineKAN layers"
 
@@ -34,9 +34,10 @@ def compact(model: nn.Module, inputs=None) -> nn.Module:
 
     A hidden node whose outgoing edges are all dead is removed; one whose incoming edges are all dead outputs
     its bias entry c (0 without a bias): it is removed and ``phi_{j,o}(c)`` is added to the next layer's bias
-    (created when missing). This repeats until nothing changes. Inputs and outputs stay unless ``inputs`` (a
-    list of input indices, e.g. ``live_inputs(model)``) is given: then the result reads only those, in that
-    order, and is called on ``x[:, inputs]``. Layer settings, backend, dtype and device are kept; the model's
+    (created when missing; then every layer gets a bias, zero where nothing was folded, so that
+    ``KAN(widths, bias=True, ...)`` rebuilds the result for its state dict). This repeats until nothing changes.
+    Inputs and outputs stay unless ``inputs`` (a list of input indices, e.g. ``live_inputs(model)``) is given:
+    then the result reads only those, in that order, and is called on ``x[:, inputs]``. Layer settings, backend, dtype and device are kept; the model's
     remembered samples are narrowed with its inputs. The same as ``model.compact(inputs)``.
 
     TypeError for a model that is not a KAN of plain BSplineKAN layers (other families, quantized or QAT layers);
@@ -67,7 +68,20 @@ def compact_layers(model: nn.Module, inputs=None) -> tuple[list[nn.Module], list
                     new.bias.copy_(values)
         new.train(layer.training)
         new_layers.append(new)
+    give_every_layer_a_bias_if_one_has(new_layers)
     return new_layers, kept[0]
+
+
+def give_every_layer_a_bias_if_one_has(layers: Sequence[nn.Module]) -> None:
+    """Where some of the layers have a bias, a zero bias for each of the others (a trainable Parameter of the
+    layer's dtype and device), so that a model of these layers has one bias setting for all its layers, as a KAN
+    built with ``bias=True`` has."""
+    if all(layer.bias is None for layer in layers):
+        return
+    for layer in layers:
+        if layer.bias is None:
+            like = layer.coef
+            layer.bias = nn.Parameter(torch.zeros(layer.out_features, dtype=like.dtype, device=like.device))
 
 
 def live_inputs(model: nn.Module) -> list[int]:
