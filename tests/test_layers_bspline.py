@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,22 @@ def test_empty_batch_and_nan_rows(backend):
     assert torch.isnan(out[2]).all()
     assert torch.isfinite(out[[0, 1, 3, 4]]).all()
     torch.testing.assert_close(out[[0, 1, 3, 4]], layer(x[[0, 1, 3, 4]]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grid_size", [5, 12, 30])
+def test_an_empty_batch_gives_zero_gradients(backend, grid_size):
+    """As nn.Linear's. The kernels' accumulators come from uninitialized memory: the heap is first filled with NaN
+    blocks of their sizes, which an accumulator that no row zeroes would hand back."""
+    layer = BSplineKAN(4, 5, grid_size=grid_size, backend=backend, dtype=torch.float64)
+    for _ in range(5):
+        junk = [np.full(n, np.nan) for n in (16, 32, 64, 128, 256, 512, 1024, 2048) for _ in range(4)]
+        del junk
+        x = torch.empty(0, 4, dtype=torch.float64, requires_grad=True)
+        grads = torch.autograd.grad(layer(x).sum(), (x, *layer.parameters()))
+        assert grads[0].shape == (0, 4)
+        for name, grad in zip(["coef", "scale_base", "scale_sp"], grads[1:]):
+            assert torch.equal(grad, torch.zeros_like(grad)), name
 
 
 @pytest.mark.parametrize("kwargs,error,words", [

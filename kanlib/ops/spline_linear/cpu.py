@@ -1287,6 +1287,8 @@ def _window_gradients(block, base, col0, i, order, offsets, values, grad_out, c0
     col1 = col0 + c1 - c0
     n_starts = offsets.shape[2] - 1
     block[base:base + window - 1, col0:col1] = 0.0  # the base activation's and the first start's window but its last
+    if offsets.shape[0] == 0:  # no rows (an empty batch): no first group zeroes the other rows
+        block[base + window - 1:base + window - 1 + n_starts, col0:col1] = 0.0
     for b in range(offsets.shape[0]):
         order_row = order[b, i]
         for s in range(n_starts):
