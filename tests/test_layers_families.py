@@ -94,6 +94,30 @@ def test_gradcheck_float64(family, backend):
     assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *[p for p in layer.parameters() if p.requires_grad]))
 
 
+@pytest.mark.parametrize("backend", ["eager", "cpu", "auto"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(family, backend):
+    layer = FAMILIES[family][0](3, 2)
+    layer.backend = backend
+    x = torch.empty(0, 3, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (0, 2)
+    trainable = [p for p in layer.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out.sum(), (x, *trainable))
+    assert grads[0].shape == (0, 3) and all(not g.any() for g in grads[1:])
+    assert layer(torch.empty(2, 0, 3)).shape == (2, 0, 2)
+
+
+@pytest.mark.parametrize("family", ["bspline", *sorted(FAMILIES)])
+def test_kan_conv2d_takes_an_empty_batch(family):
+    conv = KANConv2d(4, 6, kernel_size=3, padding=1, groups=2, layer=family)
+    x = torch.empty(0, 4, 7, 5, requires_grad=True)
+    out = conv(x)
+    assert out.shape == (0, 6, 7, 5)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_a_kan_of_each_family_trains_and_keeps_leading_dimensions(family):
     model = KAN([2, 5, 1], layer=family, seed=0)

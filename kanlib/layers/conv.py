@@ -86,7 +86,7 @@ class KANConv2d(nn.Module):
         padded = F.pad(x, (left, right, top, bottom)) if any((left, right, top, bottom)) else x
         fields = F.unfold(padded, self.kernel_size, dilation=self.dilation, stride=self.stride)  # [N, C*kh*kw, L]
         n = x.shape[0]
-        per_group = fields.view(n, self.groups, -1, out_h * out_w)
+        per_group = fields.view(n, self.groups, fields.shape[1] // self.groups, out_h * out_w)
         outputs = [kan(per_group[:, g].transpose(1, 2)) for g, kan in enumerate(self.kans)]  # each [N, L, O/g]
         out = torch.cat(outputs, dim=-1).transpose(1, 2).reshape(n, self.out_channels, out_h, out_w)
         return out if batched else out.squeeze(0)

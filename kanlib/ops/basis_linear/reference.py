@@ -55,7 +55,7 @@ def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
 
 def basis_linear_reference(basis: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """basis [N, I, S], weight [I*S, O] -> [N, O]."""
-    return basis.reshape(basis.shape[0], -1) @ weight
+    return basis.reshape(basis.shape[0], basis.shape[1] * basis.shape[2]) @ weight
 
 
 @dataclass(frozen=True)
