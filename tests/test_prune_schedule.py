@@ -9,7 +9,7 @@ from torch import nn
 import kanlib
 from kanlib import KAN, FitCallback
 from kanlib.prune import live_edges
-from kanlib.prune.schedule import prune_to_sparsity, sparsity_targets
+from kanlib.prune.schedule import _mask_lowest, prune_to_sparsity, sparsity_targets
 
 FIT = dict(steps=4, finetune_steps=15, opt="adam", lamb=0.01)
 
@@ -219,6 +219,31 @@ def test_ties_are_broken_by_position():
         prune_to_sparsity(trial, data, 3 / n_edges(trial), rounds=1, steps=1, finetune_steps=1, score=score,
                           update_grid=False, lamb=0.0)
         assert dead_masks(trial)[0].nonzero().tolist() == [[0, 2], [1, 1], [2, 0]], score
+
+
+def test_a_layer_keeps_its_best_edge_and_the_next_edge_in_the_ranking_goes_instead():
+    model = KAN([4, 3, 2], seed=3, grid_size=4)
+    scores = [torch.ones(4, 3), torch.arange(1.0, 7.0).view(3, 2) / 10]  # layer 1's six edges rank lowest
+    _mask_lowest(list(model.layers), scores, 7)
+    dead = dead_masks(model)
+    assert dead[1].sum() == 5 and not dead[1][2, 1]  # its best-scored edge (0.6) stays
+    assert dead[0].nonzero().tolist() == [[0, 0], [0, 1]]  # two of layer 0's tied edges, by position
+
+
+def test_a_sparsity_that_would_leave_a_layer_without_edges_is_refused():
+    model = KAN([2, 2, 1], grid_size=3, seed=0)  # 4 + 2 edges: at most 3 + 1 can go
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"each of the 2 layers keeps a live edge.*at most 4 of 6"):
+        prune_to_sparsity(model, regression_data(), 0.9, **FIT)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_high_sparsity_keeps_a_live_edge_in_every_layer():
+    model = KAN([2, 8, 4, 1], grid_size=3, seed=0)
+    result = prune_to_sparsity(model, regression_data(), 0.95, rounds=2, steps=2, finetune_steps=1,
+                               score="magnitude")
+    assert result.edges == n_edges(model) and result.sparsity == round(0.95 * result.edges) / result.edges
+    assert all(bool(live_edges(layer).any()) for layer in model.layers)
 
 
 @pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan")])

@@ -105,7 +105,8 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     position: layer, then input, then output) until exactly ``round(s_t * E)`` of the E edges are dead (Python's
     round), s_t following ``schedule`` (see ``sparsity_targets``) from the fraction already dead. Then
     ``finetune_steps`` steps of fit without the penalty. Edges fixed to symbolic functions count as live and
-    are never pruned; dead edges stay dead.
+    are never pruned; dead edges stay dead. Every layer keeps at least one live edge (its best-scored one takes
+    the place of the next edge in the ranking): a layer without any makes the output a constant.
 
     lamb: a number for every round; a pair (start, end), ramped linearly from round 1 to round ``rounds`` (a
         single round takes start); or a callable round -> lamb (rounds numbered from 1).
@@ -120,7 +121,7 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
 
     TypeError for a model that is not a KAN of B-spline layers, or arguments of the wrong type; ValueError for
     sparsity outside [0, 1), rounds < 1, unknown schedule or score names, a model with more edges dead than
-    ``sparsity`` asks, or one whose symbolic edges leave too few edges to prune.
+    ``sparsity`` asks, or one whose symbolic edges, or the live edge each layer keeps, leave too few to prune.
     """
     layers = _check_model(model)
     if not is_real(sparsity):
@@ -151,6 +152,12 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     if final_dead - dead > prunable:
         raise ValueError(f"sparsity={sparsity} needs {final_dead} of the {edges} edges dead, but {dead} are and "
                          f"only {prunable} more can be pruned (edges fixed to symbolic functions are never pruned)")
+    removable = sum(_removable(layer) for layer in layers)
+    if final_dead - dead > removable:
+        raise ValueError(f"sparsity={sparsity} needs {final_dead} of the {edges} edges dead, but {dead} are and "
+                         f"only {removable} more can be pruned while each of the {len(layers)} layers keeps a live "
+                         f"edge (without one the output is a constant): at most {dead + removable} of {edges} "
+                         f"(sparsity {(dead + removable) / edges:.4g})")
     targets = sparsity_targets(dead / edges, sparsity, rounds, schedule)
 
     def run_fit(steps: int, lamb: float, grid: bool, seed: int | None) -> History:
@@ -234,13 +241,20 @@ def _prunable(layer: nn.Module) -> torch.Tensor:
     return (layer.mask != 0) & ~fixed
 
 
+def _removable(layer: nn.Module) -> int:
+    """How many of the layer's prunable edges can go while it keeps a live edge (a symbolic one counts)."""
+    prunable = int(_prunable(layer).sum())
+    return prunable if int(live_edges(layer).sum()) > prunable else max(prunable - 1, 0)
+
+
 def _dead_count(layers: list[nn.Module]) -> int:
     return sum(int((~live_edges(layer)).sum()) for layer in layers)
 
 
 @torch.no_grad()
 def _mask_lowest(layers: list[nn.Module], scores: list[torch.Tensor], count: int) -> None:
-    """Switch off the ``count`` prunable edges with the lowest scores, ties in (layer, input, output) order."""
+    """Switch off the ``count`` prunable edges with the lowest scores, ties in (layer, input, output) order, but
+    never a layer's last live edge: the next edge in the ranking goes in its place."""
     if count <= 0:
         return
     candidates = [(l, _prunable(layer).flatten().nonzero().flatten()) for l, layer in enumerate(layers)]
@@ -250,7 +264,20 @@ def _mask_lowest(layers: list[nn.Module], scores: list[torch.Tensor], count: int
                                  "on the training input are not finite")
     owners = torch.cat([torch.full((len(index),), l) for l, index in candidates])
     positions = torch.cat([index.cpu() for _, index in candidates])
-    chosen = torch.sort(values, stable=True).indices[:count]
+    ranked = torch.sort(values, stable=True).indices
+    chosen = ranked[:count]
+    live = [int(live_edges(layer).sum()) for layer in layers]
+    taken = torch.bincount(owners[chosen], minlength=len(layers)).tolist()
+    if any(taken[l] >= live[l] for l in range(len(layers))):
+        kept, left = [], live[:]
+        for index in ranked.tolist():
+            owner = int(owners[index])
+            if left[owner] > 1:
+                kept.append(index)
+                left[owner] -= 1
+                if len(kept) == count:
+                    break
+        chosen = torch.tensor(kept, dtype=torch.long)
     for l, layer in enumerate(layers):
         flat = positions[chosen[owners[chosen] == l]].to(layer.mask.device)
         layer.mask[flat // layer.out_features, flat % layer.out_features] = 0
