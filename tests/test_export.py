@@ -137,6 +137,21 @@ def test_an_mlp_and_a_basis_layer_export(tmp_path):
             assert_near(run_onnx(path, x)[0], model(x))
 
 
+def test_an_edge_sparse_model_and_layer_export_as_their_masked_dense_twins(tmp_path):
+    model = KAN([5, 7, 3], grid_size=6, bias=True, seed=2)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mask.copy_(torch.rand(layer.mask.shape, generator=torch.Generator().manual_seed(3)) < 0.3)
+    sparse = model.to_sparse()
+    for exported, name in ((sparse, "model"), (sparse.layers[0], "layer")):
+        path = to_onnx(exported, tmp_path / f"{name}.onnx", inputs(5, 2, 8))
+        x = inputs(5, 13, 9)
+        with torch.no_grad():
+            assert_near(run_onnx(path, x)[0], exported(x))
+        assert "SparseBSplineKAN" in {p.key: p.value for p in onnx.load(path).metadata_props}["kanlib.layers"]
+    assert type(sparse.layers[0]).__name__ == "SparseBSplineKAN"  # the model itself is left as it is
+
+
 @pytest.mark.parametrize("kind", [ConvKAN, CNNWithKANHead])
 def test_convolutional_models_export_with_a_dynamic_batch(kind, tmp_path):
     model = kind(1, 4, channels=(3,), seed=0, grid_size=4)

@@ -156,6 +156,18 @@ def test_forward_flops_of_a_kan():
     assert forward_flops(nested) == layer_flops(2, 3, 5, 3) + 4 * 3 + forward_flops(MLP([3, 4, 1]))
 
 
+def test_forward_flops_of_an_edge_sparse_kan_counts_its_live_edges():
+    model = KAN([4, 3, 2], grid_size=6, spline_order=2, bias=True, seed=0)
+    with torch.no_grad():
+        model.layers[0].mask[:, 1:] = 0  # 4 of 12 edges live
+        model.layers[1].mask[0, 0] = 0  # 5 of 6
+    sparse = model.to_sparse()
+    per_input = (2 + 1) ** 2 + 10 + 4
+    assert forward_flops(sparse, batch_size=3) == 3 * (2 * 4 * (2 + 2) + 4 * per_input + 3
+                                                       + 2 * 5 * (2 + 2) + 3 * per_input + 2)
+    assert forward_flops(sparse) < forward_flops(model)
+
+
 def test_every_activation_has_a_flop_estimate():
     assert all(isinstance(ACTIVATIONS[name].flops, int) for name in (*MLP_ACTIVATIONS, *BASE_ACTIVATIONS))
 

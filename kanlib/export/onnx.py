@@ -27,6 +27,7 @@ from ..layers.basis_kan import BasisKAN
 from ..layers.bspline import BSplineKAN
 from ..layers.conv import KANConv2d
 from ..layers.mlp import MLP
+from ..layers.sparse_bspline import SparseBSplineKAN
 from ..models import KAN, CNNWithKANHead, ConvKAN
 from ..quant.ptq import QuantizedBSplineKAN
 from .quantized import TRANSLATIONS, OnnxQuantizedBSplineKAN
@@ -38,7 +39,8 @@ OPSET = 18
 SUPPORTED_OPSETS = range(18, 22)
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
-_KANLIB_MODULES = (KAN, MLP, BSplineKAN, BasisKAN, QuantizedBSplineKAN, KANConv2d, ConvKAN, CNNWithKANHead)
+_KANLIB_MODULES = (KAN, MLP, BSplineKAN, SparseBSplineKAN, BasisKAN, QuantizedBSplineKAN, KANConv2d, ConvKAN,
+                   CNNWithKANHead)
 _TORCH_MODULES = (nn.ModuleList, nn.Sequential, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
                   nn.LayerNorm, *{a.module for a in ACTIVATIONS.values()})
 
@@ -49,8 +51,10 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tens
 
     ``model``: a :class:`~kanlib.KAN` (any layer family), :class:`~kanlib.MLP`, a single kanlib layer, a model
     quantized with :func:`kanlib.quantize`, or a convolutional model (``KANConv2d``, ``ConvKAN``,
-    ``CNNWithKANHead``). ``example_input``: float32 [N, in_features] ([N, C, H, W] for convolutional models),
-    used for tracing only; the batch dimension of the file is dynamic. ``edges=True`` (float B-spline KANs only)
+    ``CNNWithKANHead``). An edge-sparse layer (``SparseBSplineKAN``) is written as the masked B-spline layer it
+    converts to (``to_dense``), which computes the same function: ONNX Runtime has no kernel that skips edges.
+    ``example_input``: float32 [N, in_features] ([N, C, H, W] for convolutional models), used for tracing only;
+    the batch dimension of the file is dynamic. ``edges=True`` (float B-spline KANs only)
     adds the outputs ``edges_0``, ``edges_1``, ...: [batch, I_l, O_l], what ``model.layers[l].activations``
     gives for layer l's input. ``opset``: the ONNX opset the file declares (18..21).
     """
@@ -183,10 +187,16 @@ def _export_copy(model: nn.Module) -> nn.Module:
     exported = copy.deepcopy(model).cpu().eval()
     if isinstance(exported, QuantizedBSplineKAN):
         return OnnxQuantizedBSplineKAN(exported).eval()
+    if isinstance(exported, SparseBSplineKAN):
+        exported = exported.to_dense().eval()
     for name, module in list(exported.named_modules()):
+        parent_name, _, child = name.rpartition(".")
         if isinstance(module, QuantizedBSplineKAN):
-            parent_name, _, child = name.rpartition(".")
             setattr(exported.get_submodule(parent_name), child, OnnxQuantizedBSplineKAN(module).eval())
+        elif isinstance(module, SparseBSplineKAN):
+            dense = module.to_dense().eval()
+            dense.backend = "eager"
+            setattr(exported.get_submodule(parent_name), child, dense)
         elif isinstance(module, (BSplineKAN, BasisKAN)):
             module.backend = "eager"
     return exported
@@ -238,7 +248,7 @@ def _describe(proto, model: nn.Module, edges: bool) -> None:
         version = "unknown"
     proto.producer_name, proto.producer_version = "kanlib", version
     layers = [type(m).__name__ for m in model.modules()
-              if isinstance(m, (BSplineKAN, BasisKAN, QuantizedBSplineKAN, nn.Linear, nn.Conv2d))]
+              if isinstance(m, (BSplineKAN, SparseBSplineKAN, BasisKAN, QuantizedBSplineKAN, nn.Linear, nn.Conv2d))]
     properties = {"kanlib.model": type(model).__name__, "kanlib.layers": json.dumps(layers),
                   "kanlib.edges": json.dumps(edges)}
     widths = getattr(model, "widths", None)
