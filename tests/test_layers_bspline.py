@@ -224,6 +224,26 @@ def test_empty_batch_and_nan_rows(backend):
     torch.testing.assert_close(out[[0, 1, 3, 4]], layer(x[[0, 1, 3, 4]]))
 
 
+def test_a_layer_built_on_the_meta_device_takes_a_state_dict():
+    """The meta device has shapes only: the spline fit of the initialization is skipped there."""
+    layer = BSplineKAN(3, 2, grid_size=6, bias=True, device="meta")
+    assert layer.coef.device.type == "meta" and layer.coef.shape == (3, 2, 9)
+    real = BSplineKAN(3, 2, grid_size=6, bias=True)
+    layer.load_state_dict(real.state_dict(), assign=True)
+    x = torch.randn(7, 3)
+    assert torch.equal(layer(x), real(x))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_under_cpu_autocast_the_output_dtype_does_not_depend_on_the_bias(bias):
+    layer = BSplineKAN(4, 3, bias=bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.rand(5, 4))
+        assert out.dtype == torch.nn.Linear(4, 3, bias=bias)(torch.rand(5, 4)).dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert layer.coef.grad is not None and (layer.bias is None or layer.bias.grad.dtype == torch.float32)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("grid_size", [5, 12, 30])
 def test_an_empty_batch_gives_zero_gradients(backend, grid_size):

@@ -108,6 +108,14 @@ def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(family, backend
     assert layer(torch.empty(2, 0, 3)).shape == (2, 0, 2)
 
 
+@pytest.mark.parametrize("family", [RBFKAN, RSWAFKAN, ReLUKAN, ChebyKAN], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("bias", [False, True])
+def test_under_cpu_autocast_the_output_is_in_the_autocast_dtype_with_or_without_bias(family, bias):
+    layer = family(3, 2, bias=bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.rand(4, 3)).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("family", ["bspline", *sorted(FAMILIES)])
 def test_kan_conv2d_takes_an_empty_batch(family):
     conv = KANConv2d(4, 6, kernel_size=3, padding=1, groups=2, layer=family)

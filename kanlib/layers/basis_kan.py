@@ -71,7 +71,7 @@ class BasisKAN(nn.Module):
         if self.base_weight is not None:
             out = out + get_activation(self.base_activation).function(flat) @ self.base_weight.to(flat.dtype)
         if self.bias is not None:
-            out = out + self.bias
+            out = out + self.bias.to(out.dtype)  # under autocast, the product's dtype, as nn.Linear's
         return out.view(*x.shape[:-1], self.out_features)
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,8 @@ def fit_spline_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
     n_samples, n_in, n_out = y.shape
     n_basis = grid.shape[1] - spline_order - 1
     coef = torch.empty(n_in, n_out, n_basis, dtype=y.dtype, device=y.device)
+    if y.device.type == "meta":  # shapes only (a model built on the meta device to be loaded later)
+        return coef
     per_input = 8 * (n_basis * (n_basis + n_out + n_samples) + n_samples * n_out)  # gram, rhs, basis, y in float64
     step = max(1, chunk_bytes // per_input)
     eye = torch.eye(n_basis, dtype=torch.float64, device=y.device)
@@ -302,7 +304,7 @@ class BSplineKAN(SplineGrid, nn.Module):
             out = spline_linear(flat, weight, grid, self.spline_order, uniform, self.base_activation,
                                 self.backend_for(flat, weight))
         if self.bias is not None:
-            out = out + self.bias
+            out = out + self.bias.to(out.dtype)  # under autocast, the product's dtype, as nn.Linear's
         if self.symbolic is not None:
             out = out + self.symbolic(flat)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)

@@ -164,7 +164,7 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
                                  self.edge_outputs, self.input_offsets, self.out_features, self.spline_order,
                                  uniform, self.base_activation, self.backend)
         if self.bias is not None:
-            out = out + self.bias
+            out = out + self.bias.to(out.dtype)  # under autocast, the product's dtype, as nn.Linear's
         return out.view(*x.shape[:-1], self.out_features)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
