@@ -288,7 +288,9 @@ def fit(
     default samples (`model.samples`, used by `refine`, pruning, plots) are the training
     inputs.
 
-    Raises NonFiniteLossError (a FloatingPointError) when the training loss is inf/NaN.
+    Raises NonFiniteLossError (a FloatingPointError) when the training loss is inf/NaN; with
+    LBFGS the parameters are first put back to those of the last finite loss (the start of the
+    step before, whose line search led to the non-finite point).
     """
     return _trainer(
         model, data, steps=steps, epochs=epochs, opt=opt, lr=lr, batch_size=batch_size, lamb=lamb,
@@ -364,6 +366,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
         self.lbfgs_scale = LBFGS_OBJECTIVE_SCALE
         self.last_finite_loss: float | None = None
+        # LBFGS: the parameters at the start of the last step whose first evaluation was finite
+        self.last_finite_parameters: list[torch.Tensor] | None = None
         self.group = settings.group
         self.network: nn.Module = model
         if self.group is not None:
@@ -426,20 +430,22 @@ class _Trainer:
         return time.perf_counter() - start
 
     def optimizer_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One Adam step (through the grad scaler) or one LBFGS step on the batch x, y."""
+        """One Adam step (through the grad scaler) or one LBFGS step on the batch x, y. An LBFGS
+        step whose first evaluation is not finite (the line search of the step before went astray)
+        puts the parameters back to the start of that step, the last finite loss's, before
+        NonFiniteLossError goes up."""
         if self.settings.opt == "lbfgs":
-            if self.lbfgs_scale == 1.0:
-                self.lbfgs_step(step, x, y)
-                return
             start = [p.detach().clone() for p in self.model.parameters()]
             try:
                 self.lbfgs_step(step, x, y)
+            except NonFiniteLossError:
+                if self.last_finite_parameters is not None:
+                    self.restore(self.last_finite_parameters)
+                raise
             except _ScaledTrialOverflow:
                 # The scaled objective overflowed in a line-search trial where the plain one may
                 # not: start the step again, and the rest of the fit, unscaled with a fresh LBFGS.
-                with torch.no_grad():
-                    for parameter, value in zip(self.model.parameters(), start):
-                        parameter.copy_(value)
+                self.restore(start)
                 self.lbfgs_scale = 1.0
                 settings, model = self.settings, self.model
                 self.optimizer = _build_optimizer(model.parameters(), settings.opt, settings.lr)
@@ -448,10 +454,17 @@ class _Trainer:
                         model.layers[0].parameters(), settings.opt, settings.lr
                     )
                 self.lbfgs_step(step, x, y)
+            self.last_finite_parameters = start
         else:
             self.forward_backward(step, x, y, check_finite=True)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+
+    @torch.no_grad()
+    def restore(self, values: list[torch.Tensor]) -> None:
+        """The model's parameters set to values (in model.parameters() order)."""
+        for parameter, value in zip(self.model.parameters(), values):
+            parameter.copy_(value)
 
     def lbfgs_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """One LBFGS step on the objective times `lbfgs_scale`. Only a step's first evaluation is

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from kanlib.training import FitCallback, History, fit
 
@@ -381,6 +381,45 @@ def test_non_finite_loss_reports_step_and_last_finite_loss(blowup_step):
         last_finite = F.mse_loss(outputs[-2], data["train_label"]).item()
         assert error.last_finite_loss == pytest.approx(last_finite, rel=1e-6)
         assert f"{error.last_finite_loss:.6g}" in str(error)
+
+
+class NonFiniteOnceFlagged(Recorder):
+    """Returns NaN outputs in training forwards once ``flagged`` is set."""
+
+    flagged = False
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * float("nan") if self.training and self.flagged else out
+
+
+@pytest.mark.parametrize("steps_before", [1, 3])
+def test_lbfgs_puts_the_parameters_back_to_the_last_finite_loss(steps_before):
+    """A step's first evaluation is NaN where the step before ended: the parameters go back to that step's start,
+    the last point whose loss was finite, and the error reports it."""
+    torch.manual_seed(0)
+    model = NonFiniteOnceFlagged()
+    starts, taken = [], []
+
+    def before_step(optimizer, args, kwargs):
+        starts.append([p.detach().clone() for p in model.parameters()])
+
+    def after_step(optimizer, args, kwargs):
+        taken.append(1)
+        if len(taken) == steps_before:
+            model.flagged = True
+
+    handles = [register_optimizer_step_pre_hook(before_step), register_optimizer_step_post_hook(after_step)]
+    try:
+        with pytest.raises(FloatingPointError) as raised:
+            fit(model, sine_data(), steps=10, opt="lbfgs", progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert raised.value.step == steps_before + 1 and raised.value.last_finite_loss is not None
+    for parameter, start in zip(model.parameters(), starts[steps_before - 1]):
+        assert torch.equal(parameter.detach(), start)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def test_evaluation_runs_in_eval_mode_without_grad_and_restores_the_mode():
