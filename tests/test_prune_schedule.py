@@ -92,6 +92,12 @@ def test_rounds_follow_the_schedule_with_exact_counts(sparsity, schedule):
             assert torch.equal(grid, first)
 
 
+@pytest.mark.parametrize("start, final, words", [(0.0, 1.5, "final"), (1.0, 0.5, "start"), (0.2, 1.0, "final")])
+def test_schedule_helper_takes_fractions_below_one(start, final, words):
+    with pytest.raises(ValueError, match=rf"{words} must be a fraction of the edges in \[0, 1\)"):
+        sparsity_targets(start, final, 3)
+
+
 def test_schedule_helper_matches_the_formula():
     for schedule in ("cubic", "linear"):
         assert sparsity_targets(0.2, 0.8, 5, schedule) == pytest.approx(formula(0.2, 0.8, 5, schedule), abs=1e-15)

@@ -68,6 +68,9 @@ def sparsity_targets(start: float, final: float, rounds: int, schedule: str = "c
     """
     start = check_real("start", start, 0.0)
     final = check_real("final", final, 0.0)
+    for name, value in (("start", start), ("final", final)):
+        if value >= 1.0:
+            raise ValueError(f"{name} must be a fraction of the edges in [0, 1), got {value!r}")
     rounds = check_int("rounds", rounds, 1)
     check_choice("schedule", schedule, SCHEDULES)
     if schedule == "cubic":
