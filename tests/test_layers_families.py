@@ -108,6 +108,16 @@ def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(family, backend
     assert layer(torch.empty(2, 0, 3)).shape == (2, 0, 2)
 
 
+@pytest.mark.parametrize("family", [BSplineKAN, RBFKAN, RSWAFKAN, ReLUKAN, ChebyKAN], ids=lambda f: f.__name__)
+def test_activations_keep_leading_dimensions_as_forward_does(family):
+    layer = family(3, 2, bias=True, dtype=torch.float64)
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    edges = layer.activations(x)
+    assert edges.shape == (2, 4, 3, 2) and layer.activations(x[0, 0]).shape == (3, 2)
+    torch.testing.assert_close(edges, layer.activations(x.reshape(8, 3)).view(2, 4, 3, 2), rtol=0, atol=0)
+    torch.testing.assert_close(edges.sum(-2) + layer.bias, layer(x), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("family", [RBFKAN, RSWAFKAN, ReLUKAN, ChebyKAN], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("bias", [False, True])
 def test_under_cpu_autocast_the_output_is_in_the_autocast_dtype_with_or_without_bias(family, bias):

@@ -75,12 +75,13 @@ class BasisKAN(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Every edge's activation phi_{i,o}(x_i) (what the output sums over i): x [N, I] -> [N, I, O]."""
+        """Every edge's activation phi_{i,o}(x_i) (what the output sums over i): x [..., I] -> [..., I, O]."""
         self._check_input(x)
-        normed = self.layernorm(x) if self.layernorm is not None else x
+        flat = x.reshape(-1, self.in_features)
+        normed = self.layernorm(flat) if self.layernorm is not None else flat
         per_edge = torch.einsum("nis,iso->nio", self.basis(normed), self.weight.view(self.in_features, self.n_basis,
                                                                                      self.out_features))
         if self.base_weight is not None:
-            base = get_activation(self.base_activation).function(x)
+            base = get_activation(self.base_activation).function(flat)
             per_edge = per_edge + base.unsqueeze(-1) * self.base_weight
-        return per_edge
+        return per_edge.view(*x.shape[:-1], self.in_features, self.out_features)

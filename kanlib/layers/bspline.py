@@ -344,13 +344,17 @@ class BSplineKAN(SplineGrid, nn.Module):
         return self.backend
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Every edge's activation phi_{i,o}(x_i) (pykan's postacts), symbolic edges included: x [N, I] -> [N, I, O]."""
+        """Every edge's activation phi_{i,o}(x_i) (pykan's postacts), symbolic edges included: x [..., I] ->
+        [..., I, O]."""
         self._check_input(x)
-        bases = local_basis(x, self.grid, self.spline_order, self.is_uniform()).to_dense(self.n_basis)
+        flat = x.reshape(-1, self.in_features)
+        bases = local_basis(flat, self.grid, self.spline_order, self.is_uniform()).to_dense(self.n_basis)
         spline = torch.einsum("nij,ioj->nio", bases, self.coef)
-        base = get_activation(self.base_activation).function(x).unsqueeze(-1)
+        base = get_activation(self.base_activation).function(flat).unsqueeze(-1)
         values = (self.scale_base * base + self.scale_sp * spline) * self.mask
-        return values if self.symbolic is None else values + self.symbolic.edge_values(x)
+        if self.symbolic is not None:
+            values = values + self.symbolic.edge_values(flat)
+        return values.view(*x.shape[:-1], self.in_features, self.out_features)
 
     def fix_symbolic(self, i: int, j: int, name: str, x: torch.Tensor | None = None, fit_params: bool = True,
                      a_range=(-10.0, 10.0), b_range=(-10.0, 10.0)) -> float | None:
