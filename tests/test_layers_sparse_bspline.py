@@ -163,6 +163,13 @@ def test_state_dict_errors_name_expected_and_got():
         model.load_state_dict({f"0.{name}": tensor for name, tensor in dense_state.items()})
 
 
+def test_constructor_takes_grid_eps_as_the_dense_layer_does():
+    sparse = SparseBSplineKAN(4, 3, [(0, 1), (3, 2)], grid_eps=0.5)
+    assert sparse.grid_eps == 0.5 and sparse.to_dense().grid_eps == 0.5
+    with pytest.raises(ValueError, match=r"grid_eps must be in \[0, 1\], got 2"):
+        SparseBSplineKAN(4, 3, [(0, 1)], grid_eps=2)
+
+
 def test_constructor_draws_the_dense_initialization_on_the_edges():
     edges = [(0, 1), (2, 0), (2, 3), (6, 4)]
     torch.manual_seed(9)

@@ -54,12 +54,13 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
     Edges are kept sorted by input, then output (CSR by input): buffers ``edge_inputs`` [E], ``edge_outputs``
     [E], ``input_offsets`` [I+1] and the knots ``grid`` [I, G+2k+1]; Parameters ``coef`` [E, G+k],
     ``scale_base`` [E], ``scale_sp`` [E] and ``bias`` [O] (when ``bias``). ``backend``: ``"auto"``, ``"eager"``,
-    ``"cpu"`` or ``"triton"`` (see :mod:`kanlib.ops.edge_spline_linear`).
+    ``"cpu"`` or ``"triton"`` (see :mod:`kanlib.ops.edge_spline_linear`). The other settings are BSplineKAN's
+    (``grid_eps`` is kept for the dense layer ``to_dense`` gives).
     """
 
     def __init__(self, in_features: int, out_features: int, edges, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1, 1), base_activation: str = "silu", bias: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 grid_eps: float = 0.02, device=None, dtype=None):
         super().__init__()
         check_int("in_features", in_features, 1)
         check_int("out_features", out_features, 1)
@@ -68,8 +69,8 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
         # A dense layer with the same settings draws the initial parameters (and checks the settings); the
         # sparse one keeps its live edges' entries.
         dense = BSplineKAN(in_features, out_features, grid_size=grid_size, spline_order=spline_order,
-                           grid_range=grid_range, base_activation=base_activation, bias=bias, device=device,
-                           dtype=dtype)
+                           grid_range=grid_range, base_activation=base_activation, bias=bias, grid_eps=grid_eps,
+                           device=device, dtype=dtype)
         self._adopt(dense, pairs.to(dense.grid.device))
 
     def _adopt(self, dense: BSplineKAN, pairs: torch.Tensor) -> None:
