@@ -269,6 +269,13 @@ def test_an_empty_batch_gives_zero_gradients(backend, grid_size):
     ({"grid_range": ()}, ValueError, "pair of numbers (low, high), got ()"),
     ({"base_activation": "swish"}, ValueError, "got 'swish'"),
     ({"backend": "fast"}, ValueError, "got 'fast'"),
+    ({"noise_scale": float("nan")}, ValueError, "noise_scale must be a finite number >= 0.0, got nan"),
+    ({"noise_scale": -1}, ValueError, "noise_scale must be a finite number >= 0.0, got -1.0"),
+    ({"noise_scale": "a"}, TypeError, "noise_scale must be a finite number >= 0.0, got str 'a'"),
+    ({"scale_base_sigma": float("nan")}, ValueError, "scale_base_sigma must be a finite number"),
+    ({"scale_base_mu": float("inf")}, ValueError, "scale_base_mu must be a finite number, got inf"),
+    ({"scale_sp": "a"}, TypeError, "scale_sp must be a finite number, got str 'a'"),
+    ({"dtype": torch.int64}, TypeError, "dtype must be a floating-point torch.dtype, got torch.int64"),
 ])
 def test_bad_settings_are_named(kwargs, error, words):
     with pytest.raises(error) as info:

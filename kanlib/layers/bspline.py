@@ -10,7 +10,7 @@ from torch import nn
 
 from ..activations import ACTIVATIONS, BASE_ACTIVATIONS, activation_of_module, get_activation
 from ..basis import check_grid, cox_de_boor, extend_grid, local_basis, make_grid
-from ..checks import check_int, check_layer_input, is_real
+from ..checks import check_int, check_layer_input, check_real, is_real
 from ..ops.spline_linear import (BACKENDS, CPU_KERNEL_DTYPES, TRITON_SPLINE_ORDERS, assembled_weight,
                                  backend_from_method, parameter_gradients, prefers_sparse, run_fused_layer,
                                  spline_linear, torch_backend, under_transform)
@@ -203,6 +203,12 @@ class BSplineKAN(SplineGrid, nn.Module):
         backend = check_backend(backend, method, spline_order)
         if not is_real(grid_eps) or not 0.0 <= grid_eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
+        noise_scale = check_real("noise_scale", noise_scale, 0.0)
+        scale_base_mu = check_real("scale_base_mu", scale_base_mu)
+        scale_base_sigma = check_real("scale_base_sigma", scale_base_sigma, 0.0)
+        scale_sp = check_real("scale_sp", scale_sp)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         self.in_features, self.out_features = in_features, out_features
         self.spline_order = spline_order
