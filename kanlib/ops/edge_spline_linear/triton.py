@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from ...activations import get_activation
-from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, _reciprocal, activation, activation_derivative,
-                                    check_devices)
+from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, activation, activation_derivative, check_devices,
+                                    reciprocal_or_zero)
 from ..spline_linear.support import autocast_operands
 from ..triton_tuning import ceil_div
 from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
@@ -69,7 +69,7 @@ def _window_bases(x, knots, K: tl.constexpr):
             # lower[r] is basis m = span-d+1+r of order d-1, on [t_m, t_{m+d}]
             right = knots[K + r] - x
             left = x - knots[K - d + r]
-            share = lower[r] * _reciprocal(knots[K + r] - knots[K - d + r])
+            share = lower[r] * reciprocal_or_zero(knots[K + r] - knots[K - d + r])
             higher = higher + (saved + right * share,)
             saved = left * share
         values = higher + (saved,)
@@ -81,9 +81,9 @@ def _window_slope(lower, knots, r: tl.constexpr, K: tl.constexpr):
     """d/dx of basis m = span-k+r: k (B_{m,k-1} / (t_{m+k} - t_m) - B_{m+1,k-1} / (t_{m+k+1} - t_{m+1}))."""
     slope = tl.zeros(knots[0].shape, tl.float32)
     if r >= 1:
-        slope += lower[r - 1] * _reciprocal(knots[K - 1 + r] - knots[r - 1])
+        slope += lower[r - 1] * reciprocal_or_zero(knots[K - 1 + r] - knots[r - 1])
     if r <= K - 1:
-        slope -= lower[r] * _reciprocal(knots[K + r] - knots[r])
+        slope -= lower[r] * reciprocal_or_zero(knots[K + r] - knots[r])
     return K * slope
 
 

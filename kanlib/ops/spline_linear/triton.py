@@ -53,8 +53,9 @@ from ..triton_tuning import autotune, ceil_div, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
-           "spline_basis", "to_store", "input_chunk", "store_or_add", "one_chunk_if_deterministic", "LaunchPlan",
-           "on_device", "launch_forward", "launch_grad_x", "check_devices", "check_inputs"]
+           "reciprocal_or_zero", "spline_basis", "to_store", "input_chunk", "store_or_add",
+           "one_chunk_if_deterministic", "LaunchPlan", "on_device", "launch_forward", "launch_grad_x", "check_devices",
+           "check_inputs"]
 
 IDENTITY, SILU, TANH, RELU = (tl.constexpr(i) for i in (IDENTITY_ID, SILU_ID, TANH_ID, RELU_ID))
 ACTIVATION_IDS = {name: ACTIVATIONS[name].kernel_id for name in BASE_ACTIVATIONS}
@@ -138,7 +139,7 @@ def _cardinal(w, K: tl.constexpr, PIECES: tl.constexpr, DERIV: tl.constexpr):
 
 
 @triton.jit
-def _reciprocal(span):
+def reciprocal_or_zero(span):
     """1 / span, 0 for an empty span (a repeated knot), as kanlib.basis's safe division."""
     empty = span == 0.0
     return tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, span))
@@ -159,15 +160,15 @@ def knot_basis(x, knots, mask, K: tl.constexpr, DERIV: tl.constexpr):
     for d in tl.static_range(1, K):
         higher = ()
         for q in tl.static_range(K + 1 - d):
-            higher = higher + ((x - t[q]) * _reciprocal(t[q + d] - t[q]) * level[q]
-                               + (t[q + d + 1] - x) * _reciprocal(t[q + d + 1] - t[q + 1]) * level[q + 1],)
+            higher = higher + ((x - t[q]) * reciprocal_or_zero(t[q + d] - t[q]) * level[q]
+                               + (t[q + d + 1] - x) * reciprocal_or_zero(t[q + d + 1] - t[q + 1]) * level[q + 1],)
         level = higher
     # level holds the two bases of order k - 1 that make up basis m
     if DERIV:
-        out = K * (level[0] * _reciprocal(t[K] - t[0]) - level[1] * _reciprocal(t[K + 1] - t[1]))
+        out = K * (level[0] * reciprocal_or_zero(t[K] - t[0]) - level[1] * reciprocal_or_zero(t[K + 1] - t[1]))
     else:
-        out = ((x - t[0]) * _reciprocal(t[K] - t[0]) * level[0]
-               + (t[K + 1] - x) * _reciprocal(t[K + 1] - t[1]) * level[1])
+        out = ((x - t[0]) * reciprocal_or_zero(t[K] - t[0]) * level[0]
+               + (t[K + 1] - x) * reciprocal_or_zero(t[K + 1] - t[1]) * level[1])
     return out
 
 
