@@ -256,6 +256,29 @@ def test_state_dict_round_trips_into_a_kan_of_the_compacted_widths():
     assert fresh.layers[0].backend == small.layers[0].backend == "eager"
 
 
+def test_the_dead_in_nodes_of_a_layer_fold_in_one_evaluation_of_the_next(monkeypatch):
+    """Each edge reads its own input, so one point holding every dead-in node's constant gives all their folded
+    values: one activations call for the layer, not one per node (wide pruned models have hundreds)."""
+    model = random_model([3, 6, 2], 54, bias=True)
+    for j in (0, 2, 5):
+        dead_in(model, 1, j)
+    expected = model.compact()
+    calls = []
+    original = type(model.layers[1]).activations
+
+    def counted(layer, x):
+        calls.append(x.shape)
+        return original(layer, x)
+
+    monkeypatch.setattr(type(model.layers[1]), "activations", counted)
+    small = model.compact()
+    assert calls == [(1, 6)] and small.widths == [3, 3, 2]
+    torch.testing.assert_close(small.layers[1].bias, expected.layers[1].bias, rtol=0, atol=0)
+    x = samples(3, 54)
+    monkeypatch.undo()
+    assert_close_rel(small(x), model(x), 1e-12)
+
+
 def test_a_bias_free_model_compacts_into_one_that_a_kan_with_biases_loads():
     """A dead-in node folds its constant into the next layer's bias; every layer of the result then has one, so
     KAN(widths, bias=True) takes its state dict (a mix of layers with and without bias no KAN(...) call builds)."""

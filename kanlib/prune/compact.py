@@ -37,8 +37,9 @@ def compact(model: nn.Module, inputs=None) -> nn.Module:
     (created when missing; then every layer gets a bias, zero where nothing was folded, so that
     ``KAN(widths, bias=True, ...)`` rebuilds the result for its state dict). This repeats until nothing changes.
     Inputs and outputs stay unless ``inputs`` (a list of input indices, e.g. ``live_inputs(model)``) is given:
-    then the result reads only those, in that order, and is called on ``x[:, inputs]``. Layer settings, backend, dtype and device are kept; the model's
-    remembered samples are narrowed with its inputs. The same as ``model.compact(inputs)``.
+    then the result reads only those, in that order, and is called on ``x[:, inputs]``. Layer settings, backend,
+    dtype and device are kept; the model's remembered samples are narrowed with its inputs. The same as
+    ``model.compact(inputs)``.
 
     TypeError for a model that is not a KAN of plain BSplineKAN layers (other families, quantized or QAT layers);
     ValueError when every node of a hidden layer is dead (the output is a constant), for bad ``inputs``, and
@@ -125,6 +126,7 @@ def _plan(layers: list[nn.Module], widths: list[int]) -> tuple[list[list[int]], 
     while changed:
         changed = False
         for n in range(1, len(widths) - 1):
+            folded = []  # the dead-in nodes of layer n found in this pass, whose constants feed layer n's bias
             for j in alive[n].nonzero().flatten().tolist():
                 feeds = bool(live[n][j][alive[n + 1]].any())
                 fed = bool(live[n - 1][:, j][alive[n - 1]].any())
@@ -135,20 +137,25 @@ def _plan(layers: list[nn.Module], widths: list[int]) -> tuple[list[list[int]], 
                                      f"incoming or no live outgoing edge once the others are removed, so the "
                                      f"network's output is a constant; compact keeps at least one node per layer")
                 if feeds:
-                    constant = 0.0 if biases[n - 1] is None else biases[n - 1][j]
-                    folded = _edge_values_at(layers[n], j, constant)
-                    biases[n] = folded if biases[n] is None else biases[n] + folded
+                    folded.append(j)
                 alive[n][j] = False
                 changed = True
+            if folded:
+                constants = [0.0 if biases[n - 1] is None else biases[n - 1][j] for j in folded]
+                values = _edge_values_at(layers[n], folded, constants)
+                for j in folded:
+                    biases[n] = values[j] if biases[n] is None else biases[n] + values[j]
     return [mask.nonzero().flatten().tolist() for mask in alive], biases
 
 
 @torch.no_grad()
-def _edge_values_at(layer: nn.Module, j: int, value) -> torch.Tensor:
-    """[O]: ``phi_{j,o}(value)`` for every output o of the layer (base, spline and symbolic parts)."""
+def _edge_values_at(layer: nn.Module, inputs: list[int], values: list) -> torch.Tensor:
+    """[I, O] whose rows j in ``inputs`` are ``phi_{j,o}(values[k])`` for every output o of the layer (base,
+    spline and symbolic parts), j = inputs[k]: one evaluation for them all, an edge reading its own input only."""
     point = torch.zeros(1, layer.in_features, dtype=layer.mask.dtype, device=layer.mask.device)
-    point[0, j] = value
-    return layer.activations(point)[0, j]
+    for j, value in zip(inputs, values):
+        point[0, j] = value
+    return layer.activations(point)[0]
 
 
 def _check_inputs(inputs, n_in: int) -> list[int]:
