@@ -537,10 +537,10 @@ def forward_flops(model: nn.Module, batch_size: int = 1) -> int:
     per input, ``bspline_basis_flops(k)`` for the basis and the activation's ``flops`` (:mod:`kanlib.activations`)
     for the base activation (+O for a bias); ``SparseBSplineKAN`` 2*E*(k+2) for its E live edges (each edge's k+1
     basis values in its window and its base term) plus the same per input; the other KAN families 2*I*S*O plus
-    ``BASIS_FLOPS`` per basis value
-    (and their layer norm, base branch and bias); an activation module in an ``nn.Sequential`` (so in an MLP) the
-    activation's ``flops`` per element. Parameter-free modules such as dropout count 0; a convolution, a module
-    of another kind with parameters, or an activation whose input size is unknown, raises ValueError.
+    ``BASIS_FLOPS`` per basis value (and their layer norm, base branch and bias); an activation module in an
+    ``nn.Sequential`` (so in an MLP) the activation's ``flops`` per element. Parameter-free modules such as dropout
+    count 0; a convolution, a module of another kind with parameters, or an activation whose input size is unknown,
+    raises ValueError.
     """
     check_positive_int("batch_size", batch_size)
     return batch_size * _per_sample_flops(model)
@@ -558,17 +558,15 @@ def _per_sample_flops(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         bias = module.out_features if module.bias is not None else 0
         return 2 * module.in_features * module.out_features + bias
-    if isinstance(module, BSplineKAN):
+    if isinstance(module, (BSplineKAN, SparseBSplineKAN)):
         n_in, n_out, k = module.in_features, module.out_features, module.spline_order
-        product = 2 * n_in * (module.grid_size + k + 1) * n_out
+        if isinstance(module, SparseBSplineKAN):
+            product = 2 * module.n_edges * (k + 2)
+        else:
+            product = 2 * n_in * (module.grid_size + k + 1) * n_out
         per_input = bspline_basis_flops(k) + ACTIVATIONS[module.base_activation].flops
         bias = n_out if module.bias is not None else 0
         return product + n_in * per_input + bias
-    if isinstance(module, SparseBSplineKAN):
-        k = module.spline_order
-        per_input = bspline_basis_flops(k) + ACTIVATIONS[module.base_activation].flops
-        bias = module.out_features if module.bias is not None else 0
-        return 2 * module.n_edges * (k + 2) + module.in_features * per_input + bias
     if isinstance(module, BasisKAN):
         n_in, n_out, n_basis = module.in_features, module.out_features, module.n_basis
         product = 2 * n_in * n_basis * n_out
