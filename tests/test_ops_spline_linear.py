@@ -248,9 +248,10 @@ def _slot_major_rows(matrix: torch.Tensor, n_in: int) -> torch.Tensor:
 @pytest.mark.parametrize("narrow_layout", [True, False])
 # narrow outputs and wide ones on the serial kernel; the (48, ...) ones big enough for the parallel one; 230 and 920
 # bases: an input's coefficients beyond ASSEMBLY_TILE_ABOVE, assembled straight or in 8 x 8 blocks (with edges on both
-# axes; a narrow layout's outputs do not lie side by side, so it is assembled straight either way)
+# axes; a narrow layout's outputs do not lie side by side, so it is assembled straight either way); 6 and 8 bases:
+# fewer than the gradient fold's 8 x 8 blocks, and one block
 @pytest.mark.parametrize("n_in, n_out, n_basis", [(5, 1, 23), (5, 9, 23), (5, 16, 23), (5, 37, 23), (48, 61, 23),
-                                                  (5, 37, 230), (48, 61, 230), (5, 9, 920)])
+                                                  (5, 37, 230), (48, 61, 230), (5, 9, 920), (5, 37, 6), (5, 37, 8)])
 def test_the_assembled_weight_is_the_layers_weight_matrix(monkeypatch, n_in, n_out, n_basis, narrow_layout, dtype,
                                                           slot_major):
     """The assembly kernel writes every entry, the same products in the same order as the plain formula, in either
@@ -284,9 +285,10 @@ def test_the_assembled_weight_is_the_layers_weight_matrix(monkeypatch, n_in, n_o
         leaves = [t.clone().requires_grad_() for t in (scale_base, scale_sp, coef)]
         expected = torch.autograd.grad(spline_linear_module.layer_weight_matrix(leaves[0], leaves[1], mask, leaves[2]),
                                        leaves, grad_weight)
-    folded = spline_linear_module.parameter_gradients(
-        scale_sp, mask, coef, _slot_major_rows(grad_weight, n_in) if slot_major else grad_weight,
-        slot_major=slot_major)
+    given = _slot_major_rows(grad_weight, n_in) if slot_major else grad_weight
+    if narrow_layout:  # column-major, as the layer's product gives it for narrow outputs: folded output by output
+        given = given.t().contiguous().t()
+    folded = spline_linear_module.parameter_gradients(scale_sp, mask, coef, given, slot_major=slot_major)
     # grad_scale_sp sums n_basis products; in float32, 920 of them summed in another order than torch's differ more
     tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 and n_basis > 256 else {}
     for a, b in zip(folded, expected):

@@ -1734,8 +1734,18 @@ def _assemble_weights(scale_base, scale_sp, mask, coef, out, blocked):
 
 @njit(parallel=True, cache=True)
 def _assemble_weights_grad(scale_sp, mask, coef, grad, grad_scale_base, grad_scale_sp, grad_coef):
-    """The gradients of :func:`assemble_weights` from grad [I, S, O], the gradient of its output."""
+    """The gradients of :func:`assemble_weights` from grad [I, S, O], the gradient of its output: from BLOCK bases on,
+    and where grad's outputs lie side by side, in 8 x 8 blocks as the local-support backward folds them
+    (:func:`_weights_and_gradients`), else output by output across the bases."""
     n_in, n_out, n_basis = coef.shape
+    if n_basis >= BLOCK and grad.strides[2] == grad.itemsize:
+        no_rows = np.empty((0, 0), dtype=grad.dtype)
+        for i in prange(n_in):
+            # scale_sp stands in for scale_base, which only the weight's rows (not written here) would read
+            _weights_and_gradients(grad[i], i, 0, n_out, scale_sp, scale_sp, mask, coef, np.empty(n_out, grad.dtype),
+                                   no_rows, False, grad_scale_base, grad_scale_sp, grad_coef,
+                                   np.empty(BLOCK, grad.dtype))
+        return
     for i in prange(n_in):
         for o in range(n_out):
             grad_scale_base[i, o] = grad[i, 0, o] * mask[i, o]
