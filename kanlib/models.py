@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ from .layers.sparse_bspline import SparseBSplineKAN
 from .layers.registry import LAYERS, resolve_layer
 from .ops.spline_linear import under_transform
 from .prune import Attribution, attribution, compact_layers, kept_edges, kept_nodes, sample_std
-from .prune.compact import give_every_layer_a_bias_if_one_has
+from .prune.compact import give_every_layer_a_bias_if_one_has, removed_constants
 from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
 
 __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
@@ -73,16 +74,26 @@ class KAN(Stack, nn.Module):
             x = layer(x)
         return x
 
-    def samples(self, x: torch.Tensor | None, method: str) -> torch.Tensor:
-        """x [N, widths[0]], or when None the input of the last forward call, for ``method``'s error message."""
+    def samples(self, x: torch.Tensor | None, method: str, checked: bool = True) -> torch.Tensor:
+        """x [N, widths[0]], or when None the input of the last forward call, for ``method``'s error message;
+        ``checked``: ValueError unless there are at least 2 samples, all finite (what scores and fits need)."""
+        source = "x"
         if x is None:
             x = getattr(self, "_last_input", None)
             if x is None:
                 raise ValueError(f"KAN.{method} needs samples: pass x=[N, {self.in_features}] or call model(x) "
                                  f"first, whose input is used")
+            source = "the last forward call's input (pass x to use others)"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"KAN.{method} needs samples x, a tensor [N, {self.in_features}], got {type(x).__name__}")
         x = x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x
         if x.dim() != 2 or x.shape[-1] != self.in_features:
-            raise ValueError(f"KAN.{method} needs samples of shape [N, {self.in_features}], got {tuple(x.shape)}")
+            raise ValueError(f"KAN.{method} needs samples of shape [N, {self.in_features}], got {tuple(x.shape)} "
+                             f"in {source}")
+        if checked and x.shape[0] < 2:
+            raise ValueError(f"KAN.{method} needs at least 2 samples, got {x.shape[0]} in {source}")
+        if checked and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"KAN.{method} needs finite samples; {source} has NaN or inf")
         return x
 
     def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -94,12 +105,14 @@ class KAN(Stack, nn.Module):
         return inputs
 
     @torch.no_grad()
-    def update_grid(self, x: torch.Tensor) -> None:
-        """Fit each layer's grid to the inputs it receives from samples x [N, widths[0]].
+    def update_grid(self, x: torch.Tensor | None = None) -> None:
+        """Fit each layer's grid to the inputs it receives from samples x [N, widths[0]] (default: the last forward
+        call's input, as ``refine``).
 
         Layer l sees x passed through layers 0..l-1 after their update, as pykan's ``update_grid_from_samples``.
         """
         self._require("update_grid")
+        x = self.samples(x, "update_grid", checked=False)  # each layer checks its own
         saved = [{name: t.clone() for name, t in layer.state_dict().items()} for layer in self.layers]
         try:
             for index, layer in enumerate(self.layers):
@@ -128,7 +141,7 @@ class KAN(Stack, nn.Module):
         """
         self._require("refine")
         check_int("grid_size", grid_size, 1)
-        inputs = self.layer_inputs(self.samples(x, "refine"))
+        inputs = self.layer_inputs(self.samples(x, "refine", checked=False))  # each layer checks its own
         saved = [{name: t.clone() for name, t in layer.state_dict().items()} for layer in self.layers]
         try:
             for index, (layer, layer_input) in enumerate(zip(self.layers, inputs)):
@@ -148,7 +161,7 @@ class KAN(Stack, nn.Module):
         """pykan's sparsity penalty on the batch x [N, widths[0]] (N >= 2): the sum over layers of
         ``layer.regularization_loss(layer input, ...)``, differentiable through the layer inputs as pykan's."""
         self._require("regularization_loss")
-        x = self.samples(x, "regularization_loss")
+        x = self.samples(x, "regularization_loss", checked=False)  # a training step's batch
         total = 0
         for layer in self.layers:
             total = total + layer.regularization_loss(x, l1=l1, entropy=entropy, coef=coef, coefdiff=coefdiff)
@@ -263,8 +276,6 @@ class KAN(Stack, nn.Module):
         """
         self._require_bspline("attribute")
         x = self.samples(x, "attribute")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("KAN.attribute needs finite samples; x has NaN or inf (the scores would be NaN)")
         inputs = self.layer_inputs(x)
         edge_stds = [sample_std(layer.activations(inp)) for layer, inp in zip(self.layers, inputs)]
         output_stds = [sample_std(layer(inp)) for layer, inp in zip(self.layers, inputs)]
@@ -273,10 +284,25 @@ class KAN(Stack, nn.Module):
     def prune_node(self, threshold: float = 1e-2, x: torch.Tensor | None = None) -> "KAN":
         """A new, narrower KAN without the hidden nodes whose attribution score (on x, see ``attribute``) is at
         most ``threshold``, with the edges into and out of them (pykan's ``prune_node``). Inputs and outputs stay.
-        ValueError when a hidden layer would lose every node. The model itself is left as it is."""
+        A removed node that outputs a constant (no live edge brings it anything that varies; it scores 0) has what
+        it added to the next layer folded into that layer's bias, as ``compact`` does (pykan drops it, and the
+        output moves); then every layer has a bias. ValueError when a hidden layer would lose every node. The model
+        itself is left as it is."""
         self._require_bspline("prune_node")
+        x = self.samples(x, "prune_node")
         kept = kept_nodes(self.attribute(x), threshold)
         layers = [layer.select(kept[l], kept[l + 1]) for l, layer in enumerate(self.layers)]
+        with torch.no_grad():
+            added = removed_constants(list(self.layers), kept, self.layer_inputs(x[:1]))
+        for layer, extra in zip(layers, added):
+            if extra is None:
+                continue
+            if layer.bias is None:
+                layer.bias = nn.Parameter(extra.to(layer.mask.dtype))
+            else:
+                with torch.no_grad():
+                    layer.bias.add_(extra)
+        give_every_layer_a_bias_if_one_has(layers)
         return self._with_layers(layers)
 
     def prune_edge(self, threshold: float = 3e-2, x: torch.Tensor | None = None) -> "KAN":
@@ -307,13 +333,17 @@ class KAN(Stack, nn.Module):
         return model
 
     def remove_edge(self, l: int, i: int, j: int) -> None:
-        """Switch edge (l, i, j) off in place (``layers[l].mask[i, j] = 0``, pykan's ``remove_edge``)."""
+        """Switch edge (l, i, j) off in place: ``layers[l].mask[i, j] = 0`` (pykan's ``remove_edge``), and an edge
+        fixed to a symbolic function is unfixed too (pykan leaves that part on, so the edge would go on computing)."""
         self._require_bspline("remove_edge")
         check_int("l", l, 0, len(self.layers) - 1)
         check_int("i", i, 0, self.widths[l] - 1)
         check_int("j", j, 0, self.widths[l + 1] - 1)
+        layer = self.layers[l]
         with torch.no_grad():
-            self.layers[l].mask[i, j] = 0
+            layer.mask[i, j] = 0
+        if layer.symbolic is not None:
+            layer.symbolic.clear_edge(i, j)
 
     def suggest_symbolic(self, l: int, i: int, j: int, lib=None, topk: int = 5, x: torch.Tensor | None = None,
                          a_range=(-10.0, 10.0), b_range=(-10.0, 10.0), weight_simple: float = 0.8) -> list[Candidate]:
@@ -367,6 +397,10 @@ class KAN(Stack, nn.Module):
         self._require_bspline("auto_symbolic")
         if not is_real(r2_threshold):
             raise TypeError(f"r2_threshold must be a number, got {r2_threshold!r}")
+        if math.isnan(r2_threshold):
+            raise ValueError("r2_threshold must be a number an R^2 can be compared with (an edge is fixed when "
+                             "its fit's R^2 is at least r2_threshold), got nan")
+        check_int("verbose", int(verbose) if isinstance(verbose, bool) else verbose, 0)
         resolve_library(lib)
         with torch.no_grad():
             inputs = self.layer_inputs(self.samples(x, "auto_symbolic"))

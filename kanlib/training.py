@@ -205,7 +205,8 @@ def fit(
         class indices in [0, classes), classes being the width of the model's output; the
         range is checked on the first evaluation, before any step.
     opt: "adam" (default lr 1e-2) or "lbfgs" (default lr 1.0, history_size 10,
-        strong-Wolfe line search, torch's default max_iter 20 within one step). LBFGS works on
+        strong-Wolfe line search, torch's default max_iter 20 within one step), in any case
+        (pykan's "Adam" and "LBFGS" too). LBFGS works on
         the objective times LBFGS_OBJECTIVE_SCALE, so that torch's absolute curvature bound
         does not stall it at small losses (pykan's own LBFGS lowers that bound instead); when
         the scaled objective overflows in a line-search trial (an exp edge of a symbolic
@@ -693,8 +694,9 @@ def _check_settings(
             "fit(distributed=True) wraps the model in DistributedDataParallel itself: pass the "
             "model (the wrapper's .module), got a DistributedDataParallel"
         )
-    if opt not in DEFAULT_LR:
-        raise ValueError(f"opt must be one of {sorted(DEFAULT_LR)}, got {opt!r}")
+    if not isinstance(opt, str) or opt.lower() not in DEFAULT_LR:
+        raise ValueError(f"opt must be one of {sorted(DEFAULT_LR)} (any case, as pykan's \"LBFGS\"), got {opt!r}")
+    opt = opt.lower()
     lr = DEFAULT_LR[opt] if lr is None else check_real("lr", lr, positive=True)
     _check_amp(amp, opt)
     lamb = check_real("lamb", lamb, minimum=0)

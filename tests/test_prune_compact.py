@@ -197,6 +197,27 @@ def test_a_symbolic_edge_keeps_an_otherwise_dead_node():
     assert_close_rel(small(x), model(x), 1e-12)
 
 
+def test_edges_auto_symbolic_fixes_to_zero_stay_dead():
+    """auto_symbolic fixes each switched-off edge to "0" (c * 0 + d with d = 0): compact and live_inputs counted those
+    as live, and the inputs and nodes pruning had removed came back. One whose d was trained away from 0 adds a
+    constant, and stays live."""
+    model = random_model([3, 4, 2], 42)
+    dead_out(model, 0, 2)  # input 2 is read by nothing
+    dead_in(model, 1, 3)
+    dead_out(model, 1, 3)  # node 3 is dead both ways
+    before = (model.compact().widths, live_inputs(model))
+    assert before == ([3, 3, 2], [0, 1])
+    x = samples(3, 42)
+    model.auto_symbolic(lib=["x", "x^2"], x=x, verbose=0)
+    assert model.layers[0].symbolic.name(2, 0) == "0"
+    assert (model.compact().widths, live_inputs(model)) == before
+    assert_close_rel(model.compact()(x), model(x), 1e-12)
+    with torch.no_grad():
+        model.layers[0].symbolic.affine[2, 1, 3] = 0.25  # d: edge (0, 2, 1) adds 0.25 to node 1
+    assert live_inputs(model) == [0, 1, 2]
+    assert_close_rel(model.compact()(x), model(x), 1e-12)
+
+
 def test_a_fully_live_model_gives_an_equal_copy():
     model = random_model([3, 4, 2], 42, bias=True)
     model.layers[0].set_symbolic(0, 1, "exp", (0.3, 0.1, 1.0, 0.0))

@@ -133,6 +133,28 @@ def test_prune_node_removes_nodes_that_contribute_nothing_and_keeps_the_function
     torch.testing.assert_close(pruned(x), model(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_removed_node_of_constant_output_leaves_its_constant_in_the_next_bias(bias):
+    """A node no live edge feeds outputs its bias entry (0 without a bias), a constant that its outgoing edges still
+    turn into phi(c) on the next layer; it scores 0 and is pruned. pykan drops that constant and the output moves;
+    here it is folded into the next layer's bias, as compact does. A node fed only by such a node is constant too."""
+    model = random_model([3, 5, 4, 2], seed=12)
+    if bias:
+        for layer in model.layers:
+            layer.bias = nn.Parameter(torch.randn(layer.out_features, dtype=F64))
+    for i in range(3):
+        model.remove_edge(0, i, 1)  # node (1, 1) outputs a constant
+    for i in range(5):
+        if i != 1:
+            model.remove_edge(1, i, 3)  # node (2, 3) reads node (1, 1) only: a constant too
+    x = samples(3, 12)
+    pruned = model.prune_node(0.0, x)
+    assert pruned.widths == [3, 4, 3, 2]
+    assert all(isinstance(layer.bias, nn.Parameter) for layer in pruned.layers)
+    torch.testing.assert_close(pruned(x), model(x), rtol=1e-12, atol=1e-12)
+    assert KAN([3, 4, 3, 2], bias=True, dtype=F64).load_state_dict(pruned.state_dict())
+
+
 def test_prune_edge_switches_off_the_low_scoring_edges():
     model = random_model([3, 4, 2], seed=6)
     x = samples(3, 6)

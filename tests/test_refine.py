@@ -1,5 +1,7 @@
 """Grid refinement with pykan's semantics: the new grid from the samples the model last saw, the function kept
 by least squares on them, compared with pykan's own refine."""
+import copy
+
 import pytest
 import torch
 
@@ -73,6 +75,18 @@ def test_bad_grid_size_is_refused_and_nothing_changes(grid_size, error, message)
 def test_refine_without_samples_says_what_it_needs():
     with pytest.raises(ValueError, match=r"KAN.refine needs samples: pass x=\[N, 2\] or call model\(x\) first"):
         KAN([2, 1], seed=0).refine(5)
+
+
+def test_update_grid_reads_the_last_forward_calls_input_as_refine_does():
+    model, x = trained_kan()
+    twin = copy.deepcopy(model)
+    model(x)
+    model.update_grid()
+    twin.update_grid(x)
+    for (name, value), other in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(value, other), name
+    with pytest.raises(ValueError, match=r"KAN.update_grid needs samples: pass x=\[N, 2\] or call model\(x\) first"):
+        KAN([2, 1], seed=0).update_grid()
 
 
 def test_a_failing_layer_leaves_every_layer_unchanged():

@@ -116,6 +116,54 @@ def test_bad_edges_names_and_missing_samples_are_refused():
     assert all(layer.symbolic is None for layer in model.layers)
 
 
+def test_samples_with_nan_one_row_or_bad_arguments_are_refused_and_change_nothing():
+    """NaN samples made the symbolic fits return NaN constants, which auto_symbolic then fixed on every edge (the
+    model's output became NaN); one sample (a last forward call of one row) failed deep in the fit."""
+    model = KAN([2, 3, 1], grid_size=3, seed=0)
+    x = torch.rand(40, 2) * 2 - 1
+    bad = x.clone()
+    bad[5, 1] = float("nan")
+    before = model(x)
+    for call in (lambda: model.suggest_symbolic(0, 0, 0, x=bad), lambda: model.fix_symbolic(0, 0, 0, "sin", x=bad),
+                 lambda: model.auto_symbolic(x=bad, verbose=0), lambda: model.prune(x=bad)):
+        with pytest.raises(ValueError, match=r"needs finite samples; x has NaN or inf"):
+            call()
+    model(bad[:1].nan_to_num())
+    with pytest.raises(ValueError, match=r"KAN.auto_symbolic needs at least 2 samples, got 1 in the last forward "
+                                         r"call's input \(pass x to use others\)"):
+        model.auto_symbolic(verbose=0)
+    with pytest.raises(ValueError, match=r"r2_threshold must be a number .*got nan"):
+        model.auto_symbolic(r2_threshold=float("nan"), x=x, verbose=0)
+    with pytest.raises(TypeError, match=r"verbose must be an int >= 0, got 'a'"):
+        model.auto_symbolic(x=x, verbose="a")
+    assert all(layer.symbolic is None for layer in model.layers)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    from kanlib.symbolic import fit_affine
+    with pytest.raises(ValueError, match=r"fit_affine needs finite samples; y has NaN or inf"):
+        fit_affine(x[:, 0], bad[:, 1], torch.sin)
+
+
+@pytest.mark.parametrize("digits", [-1, True, 2.5])
+def test_symbolic_formula_refuses_digits_that_are_not_a_count_of_decimals(digits):
+    model = KAN([2, 1], grid_size=3, seed=0)
+    model.auto_symbolic(lib=["x", "sin"], x=torch.rand(30, 2) * 2 - 1, verbose=0)
+    with pytest.raises(ValueError if digits == -1 else TypeError, match=r"digits must be None or an int >= 0"):
+        model.symbolic_formula(digits=digits)
+
+
+def test_remove_edge_switches_a_symbolic_edge_off_too():
+    """pykan's remove_edge clears the spline mask only, which fix_symbolic had cleared already: the edge went on
+    computing its function."""
+    model = KAN([2, 2, 1], grid_size=3, seed=0)
+    x = torch.rand(40, 2) * 2 - 1
+    model.fix_symbolic(0, 1, 0, "sin", x=x)
+    model.remove_edge(0, 1, 0)
+    assert model.layers[0].symbolic.name(1, 0) is None and model.layers[0].mask[1, 0] == 0
+    reference = KAN([2, 2, 1], grid_size=3, seed=0)
+    reference.remove_edge(0, 1, 0)
+    torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
 def test_fixed_edges_survive_a_state_dict_round_trip():
     _, model = _pykan_pair(8)
     x = torch.rand(30, 2) * 2 - 1

@@ -188,6 +188,15 @@ def test_lbfgs_fits_in_few_steps():
     assert history.train_loss[-1] < 1e-3 * history.train_loss[0]
 
 
+@pytest.mark.parametrize("spelled", ["LBFGS", "Adam"])
+def test_pykans_spelling_of_the_optimizer_trains_as_the_lower_case_one(spelled):
+    histories = []
+    for opt in (spelled, spelled.lower()):
+        torch.manual_seed(0)
+        histories.append(fit(mlp(), sine_data(), steps=3, opt=opt, progress=False).train_loss)
+    assert histories[0] == histories[1]
+
+
 def test_custom_loss_replaces_the_default():
     torch.manual_seed(0)
     model = mlp()
@@ -537,7 +546,7 @@ def sine_data_with(**replacements):
         ),
         ({"epochs": 1}, ValueError, r"exactly one of steps or epochs, got steps=2, epochs=1"),
         ({"steps": None, "epochs": 0}, ValueError, r"epochs must be a positive int, got 0"),
-        ({"opt": "sgd"}, ValueError, r"opt must be one of \['adam', 'lbfgs'\], got 'sgd'"),
+        ({"opt": "sgd"}, ValueError, r"opt must be one of \['adam', 'lbfgs'\] \(any case.*got 'sgd'"),
         ({"lr": 0}, ValueError, r"lr must be a finite number > 0, got 0"),
         ({"lr": -0.1}, ValueError, r"lr must be a finite number > 0, got -0.1"),
         ({"lr": "fast"}, TypeError, r"lr must be a finite number > 0, got str 'fast'"),

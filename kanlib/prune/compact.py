@@ -13,19 +13,23 @@ import torch
 from torch import nn
 
 from ..checks import check_int
+from ..symbolic.library import FUNCTION_NAMES
 
-__all__ = ["compact", "compact_layers", "give_every_layer_a_bias_if_one_has", "live_inputs", "live_edges"]
+__all__ = ["compact", "compact_layers", "give_every_layer_a_bias_if_one_has", "live_inputs", "live_edges",
+           "removed_constants"]
 
 EXPECTED = "a KAN of BSplineKAN layers"
 
 
 def live_edges(layer: nn.Module) -> torch.Tensor:
     """[I, O] bool: the edges of a B-spline layer that compute something, a nonzero ``mask`` entry or an edge
-    fixed to a symbolic function."""
+    fixed to a symbolic function other than ``"0"`` with d = 0 (what ``auto_symbolic`` gives a switched-off edge:
+    ``c * 0 + d``, zero for every finite input)."""
     live = layer.mask != 0
     symbolic = getattr(layer, "symbolic", None)
     if symbolic is not None:
-        live = live | (symbolic.mask != 0)
+        zero = (symbolic.function_index == FUNCTION_NAMES.index("0")) & (symbolic.affine.detach()[..., 3] == 0)
+        live = live | ((symbolic.mask != 0) & ~zero)
     return live
 
 
@@ -71,6 +75,28 @@ def compact_layers(model: nn.Module, inputs=None) -> tuple[list[nn.Module], list
         new_layers.append(new)
     give_every_layer_a_bias_if_one_has(new_layers)
     return new_layers, kept[0]
+
+
+@torch.no_grad()
+def removed_constants(layers: Sequence[nn.Module], kept: Sequence[Sequence[int]], node_values: Sequence[torch.Tensor]
+                      ) -> list[torch.Tensor | None]:
+    """Per layer l, what the hidden nodes of layer l's input that ``kept`` leaves out but that output a constant
+    (every live edge into them comes from such a node, or none does) add to its kept outputs kept[l + 1]:
+    ``sum_j phi_{j,o}(c_j)`` [len(kept[l + 1])], or None where no such node is left out. ``node_values``: the
+    layers' inputs at one sample, [1, I_l] each (``model.layer_inputs(x[:1])``), where c_j is read."""
+    constant = torch.zeros(layers[0].in_features, dtype=torch.bool)  # an input is never constant
+    added = [None]
+    for l in range(1, len(layers)):
+        constant = ~(live_edges(layers[l - 1]).cpu() & ~constant[:, None]).any(dim=0)
+        chosen = set(int(j) for j in kept[l])
+        removed = [j for j in constant.nonzero().flatten().tolist() if j not in chosen]
+        if not removed:
+            added.append(None)
+            continue
+        values = _edge_values_at(layers[l], removed, [node_values[l][0, j] for j in removed])
+        outputs = torch.as_tensor(list(kept[l + 1]), dtype=torch.long, device=values.device)
+        added.append(values[removed].sum(dim=0)[outputs])
+    return added
 
 
 def give_every_layer_a_bias_if_one_has(layers: Sequence[nn.Module]) -> None:

@@ -2,8 +2,9 @@
 the lowest-scoring edges until the dead fraction reaches the round's target, then fine-tuning.
 
 The targets follow Zhu and Gupta's gradual pruning schedule (cubic; "To prune, or not to prune", 2017), or a
-linear one. An edge is dead when its ``mask`` entry is 0 and it is not fixed to a symbolic function; edges
-fixed to symbolic functions count as live and are never pruned, and a dead edge never comes back.
+linear one. An edge is dead when its ``mask`` entry is 0 and it is not fixed to a symbolic function other than
+``auto_symbolic``'s zero for switched-off edges (:func:`~kanlib.prune.compact.live_edges`); edges fixed to symbolic
+functions count as live and are never pruned, and a dead edge never comes back.
 """
 from __future__ import annotations
 

@@ -68,6 +68,9 @@ def fit_affine(x: torch.Tensor, y: torch.Tensor, function: Callable[[torch.Tenso
         raise ValueError(f"fit_affine needs x and y of the same shape [N], got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.shape[0] < 2:
         raise ValueError(f"fit_affine needs at least 2 samples, got {x.shape[0]}")
+    for name, values in (("x", x), ("y", y)):
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"fit_affine needs finite samples; {name} has NaN or inf (c and d would be NaN)")
     grid_number = check_int("grid_number", grid_number, 3)
     iterations = check_int("iterations", iterations, 1)
     a_low, a_high = _check_range("a_range", a_range)

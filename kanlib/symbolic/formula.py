@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..checks import check_int
 from .library import FUNCTION_NAMES, SYMBOLIC_LIBRARY
 
 __all__ = ["spline_edges", "symbolic_formula", "round_floats"]
@@ -53,6 +54,8 @@ def symbolic_formula(layers, var=None, digits: int | None = None) -> list:
     """
     import sympy
 
+    if digits is not None:
+        check_int("digits", digits, 0, expected="None or an int >= 0 (the decimals kept)")
     left = spline_edges(layers)
     if left:
         shown = ", ".join(map(str, left[:10])) + (f" and {len(left) - 10} more" if len(left) > 10 else "")
