@@ -479,7 +479,9 @@ class KAN(Stack, nn.Module):
 
     def _with_layers(self, layers: list[BSplineKAN]) -> "KAN":
         """A copy of this model (its last input included) whose layers are ``layers``."""
-        model = copy.deepcopy(self, memo={id(self.layers): nn.ModuleList(layers)})
+        container = nn.ModuleList(layers)
+        container.training = self.layers.training  # the layers keep their own modes
+        model = copy.deepcopy(self, memo={id(self.layers): container})
         model.widths = [layers[0].in_features] + [layer.out_features for layer in layers]
         return model
 

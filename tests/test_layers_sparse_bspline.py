@@ -134,6 +134,54 @@ def test_state_dict_round_trip():
     assert torch.equal(fresh(x), sparse(x))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "eager"])
+def test_edge_buffers_in_any_memory_layout_give_the_same_outputs_and_gradients(backend):
+    """Loaded with assign=True, a state dict's edge buffers are the layer's own, here column views of an [E, 2] edge
+    table: equal values, stride 2. The CPU kernels read them as contiguous and returned wrong outputs and
+    gradients."""
+    source = SparseBSplineKAN.from_dense(masked_layer(21, bias=True))
+    source.backend = backend
+    state = source.state_dict()
+    table = source.edges.clone()
+    state["edge_inputs"], state["edge_outputs"] = table[:, 0], table[:, 1]
+    state["input_offsets"] = torch.stack([state["input_offsets"]] * 2, dim=1)[:, 1]
+    loaded = SparseBSplineKAN(7, 5, source.edges, bias=True, dtype=torch.float64, backend=backend)
+    loaded.load_state_dict(state, assign=True)
+    assert not loaded.edge_outputs.is_contiguous() and not loaded.input_offsets.is_contiguous()
+    x = inputs_around(loaded.grid, 19, torch.Generator().manual_seed(21), outside=0.5,
+                      dtype=torch.float64).requires_grad_()
+    grad_out = torch.randn(19, 5, dtype=torch.float64)
+    got, want = loaded(x), source(x)
+    assert torch.equal(got, want)
+    for a, b in zip(torch.autograd.grad(got, [x, *loaded.parameters()], grad_out),
+                    torch.autograd.grad(want, [x, *source.parameters()], grad_out)):
+        assert torch.equal(a, b)
+
+
+def test_conversions_keep_train_or_eval_mode():
+    model = pruned_kan(22).eval()
+    sparse = model.to_sparse()
+    assert not any(module.training for module in sparse.modules())
+    assert not any(module.training for module in sparse.to_dense().modules())
+    assert all(module.training for module in sparse.train().to_dense().modules())
+
+
+def test_a_pruned_model_converts_after_auto_symbolic_fixed_its_dead_edges_to_zero():
+    """auto_symbolic fixes every switched-off edge to "0"; to_sparse refused any symbolic edge, and its advice
+    (unfix them) switched the pruned edges back on."""
+    model = pruned_kan(23, widths=(3, 4, 2))
+    x = torch.randn(40, 3, dtype=torch.float64)
+    model.auto_symbolic(lib=["x"], r2_threshold=2.0, x=x, verbose=0)  # no fit reaches R^2 2: only the zeros
+    assert any(layer.symbolic is not None for layer in model.layers)
+    sparse = model.to_sparse()
+    assert [layer.n_edges for layer in sparse.layers] == [int(layer.mask.sum()) for layer in model.layers]
+    torch.testing.assert_close(sparse(x), model(x), rtol=1e-12, atol=1e-12)
+    model.fix_symbolic(0, 0, 0, "x", fit_params=False)
+    with pytest.raises(ValueError, match=r"edges fixed to symbolic functions, got 1: \(input, output\) \(0, 0\); "
+                                         r".*KAN.remove_edge"):
+        model.to_sparse()
+
+
 def test_state_dict_errors_name_expected_and_got():
     """Refused as torch refuses a size mismatch (a RuntimeError from load_state_dict, strict or not), the message
     naming what the layer expected and what came."""
@@ -235,7 +283,7 @@ def test_from_dense_refuses_what_it_cannot_keep():
         SparseBSplineKAN.from_dense(layer)
     symbolic = masked_layer(10, n_in=3, n_out=2, dead=0.0)
     symbolic.fix_symbolic(0, 1, "sin", fit_params=False)
-    with pytest.raises(ValueError, match="symbolic"):
+    with pytest.raises(ValueError, match=r"symbolic functions, got 1: \(input, output\) \(0, 1\)"):
         SparseBSplineKAN.from_dense(symbolic)
     qat = QATBSplineKAN.from_float(masked_layer(10, n_in=3, n_out=2, dtype=torch.float32), QATConfig())
     with pytest.raises(TypeError, match="not quantized, not QAT.*QATBSplineKAN"):

@@ -7,6 +7,7 @@ from torch import nn
 from ..checks import check_int, check_layer_input
 from ..ops.edge_spline_linear import EDGE_BACKENDS, EDGE_TRITON_SPLINE_ORDERS, edge_spline_linear
 from ..ops.spline_linear import under_transform
+from ..prune.compact import symbolic_edges
 from .bspline import BSplineKAN, SplineGrid
 
 __all__ = ["SparseBSplineKAN", "edge_list"]
@@ -97,13 +98,18 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
 
     @classmethod
     def from_dense(cls, layer: BSplineKAN) -> "SparseBSplineKAN":
-        """The sparse layer computing what ``layer`` computes: its live edges are those with ``mask != 0``."""
+        """The sparse layer computing what ``layer`` computes: its live edges are those with ``mask != 0``; edges
+        that ``auto_symbolic`` fixed to zero (switched-off edges) are left out, other symbolic edges refused. The
+        layer's train or eval mode is kept."""
         if type(layer) is not BSplineKAN:
             raise TypeError(f"from_dense needs a plain BSplineKAN (not quantized, not QAT), got "
                             f"{type(layer).__name__}")
-        if getattr(layer, "symbolic", None) is not None:
-            raise ValueError("from_dense cannot convert edges fixed to symbolic functions (layer.symbolic is set); "
-                             "unfix them first")
+        fixed = symbolic_edges(layer).nonzero().tolist()
+        if fixed:
+            shown = ", ".join(map(str, map(tuple, fixed[:5]))) + (" ..." if len(fixed) > 5 else "")
+            raise ValueError(f"from_dense cannot convert edges fixed to symbolic functions, got {len(fixed)}: "
+                             f"(input, output) {shown}; convert before fixing them, or switch them off "
+                             f"(KAN.remove_edge)")
         mask = layer.mask.detach()
         if not bool(((mask == 0) | (mask == 1)).all()):
             odd = mask[(mask != 0) & (mask != 1)].unique()[:5].tolist()
@@ -112,16 +118,19 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
         nn.Module.__init__(new)
         new.backend = _backend_of_dense(layer.backend, layer.spline_order)
         new._adopt(layer, mask.nonzero())
+        new.train(layer.training)
         return new
 
     def to_dense(self) -> BSplineKAN:
-        """The masked BSplineKAN computing the same function (mask 0, coef and scales 0 on the dead edges)."""
+        """The masked BSplineKAN computing the same function (mask 0, coef and scales 0 on the dead edges), in
+        this layer's train or eval mode."""
         with torch.random.fork_rng(devices=[]):
             dense = BSplineKAN(self.in_features, self.out_features, grid_size=self.grid_size,
                                spline_order=self.spline_order, base_activation=self.base_activation,
                                grid_eps=self.grid_eps, bias=self.bias is not None, device=self.grid.device,
                                dtype=self.coef.dtype)
         dense.backend = self.backend
+        dense.train(self.training)
         with torch.no_grad():
             dense.grid.copy_(self.grid)
             for name in ("mask", "coef", "scale_base", "scale_sp"):

@@ -16,21 +16,25 @@ from ..checks import check_int
 from ..symbolic.library import FUNCTION_NAMES
 
 __all__ = ["compact", "compact_layers", "give_every_layer_a_bias_if_one_has", "live_inputs", "live_edges",
-           "removed_constants"]
+           "removed_constants", "symbolic_edges"]
 
 EXPECTED = "a KAN of BSplineKAN layers"
 
 
 def live_edges(layer: nn.Module) -> torch.Tensor:
-    """[I, O] bool: the edges of a B-spline layer that compute something, a nonzero ``mask`` entry or an edge
-    fixed to a symbolic function other than ``"0"`` with d = 0 (what ``auto_symbolic`` gives a switched-off edge:
-    ``c * 0 + d``, zero for every finite input)."""
-    live = layer.mask != 0
+    """[I, O] bool: the edges of a B-spline layer that compute something, a nonzero ``mask`` entry or a live
+    symbolic edge (:func:`symbolic_edges`)."""
+    return (layer.mask != 0) | symbolic_edges(layer)
+
+
+def symbolic_edges(layer: nn.Module) -> torch.Tensor:
+    """[I, O] bool: the edges of a B-spline layer fixed to a symbolic function other than ``"0"`` with d = 0 (what
+    ``auto_symbolic`` gives a switched-off edge: ``c * 0 + d``, zero for every finite input)."""
     symbolic = getattr(layer, "symbolic", None)
-    if symbolic is not None:
-        zero = (symbolic.function_index == FUNCTION_NAMES.index("0")) & (symbolic.affine.detach()[..., 3] == 0)
-        live = live | ((symbolic.mask != 0) & ~zero)
-    return live
+    if symbolic is None:
+        return torch.zeros(layer.mask.shape, dtype=torch.bool, device=layer.mask.device)
+    zero = (symbolic.function_index == FUNCTION_NAMES.index("0")) & (symbolic.affine.detach()[..., 3] == 0)
+    return (symbolic.mask != 0) & ~zero
 
 
 def compact(model: nn.Module, inputs=None) -> nn.Module:

@@ -100,8 +100,8 @@ def cpu_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, 
     x_array = x.numpy()
     nonfinite_blocks = args.kernels.forward_kernel(spline_order, coef.shape[1] + 1)(
         x_array, *args.activation_arguments(x_array.dtype), *args.knots(uniform),
-        numpy_of(coef), numpy_of(scale_base), numpy_of(scale_sp), edge_outputs.numpy(),
-        input_offsets.numpy(), out.numpy())
+        numpy_of(coef), numpy_of(scale_base), numpy_of(scale_sp), numpy_of(edge_outputs),
+        numpy_of(input_offsets), out.numpy())
     if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
         return nan_where_dead_edges_meet_nonfinite(out, args.activation.function(x), edge_inputs, edge_outputs)
     return out
@@ -148,7 +148,7 @@ def cpu_gradients(x, coef, scale_base, scale_sp, grid, edge_outputs, input_offse
     x_array = x_t.numpy()
     args.kernels.backward_kernel(spline_order, weights.shape[1])(
         x_array, *args.activation_arguments(x_array.dtype), *args.knots(uniform), weights.numpy(),
-        edge_outputs.numpy(), input_offsets.numpy(), grad_out_t.numpy(), bool(needs[0]), grad_x_t.numpy(),
+        numpy_of(edge_outputs), numpy_of(input_offsets), grad_out_t.numpy(), bool(needs[0]), grad_x_t.numpy(),
         grad_weights.numpy())
     grad_x = grad_x_t[:, :n_rows].t() if needs[0] else None
     grad_coef = scale_sp.unsqueeze(-1) * grad_weights[:, 1:] if needs[1] else None
