@@ -254,7 +254,9 @@ def _local_general(x, grid, spline_order, derivatives, span):
     window_index = span.unsqueeze(-1) + torch.arange(1, 2 * k + 1, device=x.device)
     row_offset = (torch.arange(n_in, device=x.device) * padded.shape[1]).unsqueeze(-1)
     knots = padded.flatten()[window_index + row_offset]  # [..., I, 2k]; knots[q] = g[j - k + 1 + q]
-    xs = x.unsqueeze(-1)
+    # Outside the grid the recursion runs at the span's knot instead of at x, and its values are dropped below: at x
+    # its terms can overflow (float16), and autograd's 0 * inf through the dropped branch gave NaN gradients.
+    xs = (torch.where(inside | torch.isnan(x), x, knots[..., k - 1]) if k > 0 else x).unsqueeze(-1)
     left = [None] + [xs[..., 0] - knots[..., k - d] for d in range(1, k + 1)]
     right = [None] + [knots[..., k - 1 + d] - xs[..., 0] for d in range(1, k + 1)]
     values = [torch.where(torch.isnan(x), x, torch.ones_like(x))]

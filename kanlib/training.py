@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .checks import check_device, check_int, check_positive_int, check_real
 from .distributed import TrainingGroup, smallest_batch, training_group
+from .models import KAN
 
 if TYPE_CHECKING:
     from .quant.qat import QATConfig
@@ -858,6 +859,13 @@ def _check_model_methods(model: nn.Module, lamb: float, update_grid_every: int |
             f"lamb={lamb} needs a model with a regularization_loss() method, "
             f"{type(model).__name__} has none"
         )
+    if lamb > 0 and isinstance(model, KAN):  # its penalty sums its layers' own
+        lacking = [f"{index} ({type(layer).__name__})" for index, layer in enumerate(model.layers)
+                   if not callable(getattr(layer, "regularization_loss", None))]
+        if lacking:
+            raise TypeError(f"lamb={lamb} needs layers with the sparsity penalty (regularization_loss); layers "
+                            f"{', '.join(lacking)} have none (train with lamb=0; an edge-sparse model takes the "
+                            f"penalty after to_dense())")
     if update_grid_every is not None and not _has_grid(model):
         raise TypeError(
             "update_grid_every and stop_grid_update_step need a model with an update_grid(x) "

@@ -158,6 +158,41 @@ def test_edge_buffers_in_any_memory_layout_give_the_same_outputs_and_gradients(b
         assert torch.equal(a, b)
 
 
+def test_half_precision_gradients_stay_finite_for_inputs_beyond_a_fitted_grid():
+    """The eager path (float16 on the CPU) ran the basis recursion at inputs beyond the grid, whose terms overflow in
+    float16 and were then dropped: autograd's 0 * inf made x's gradient NaN, and every layer before it got NaN."""
+    row = [-1.06640625, -1.048828125, -1.0302734375, -1.0126953125, -0.9794921875, -0.96435546875, -0.9560546875,
+           -0.94775390625, -0.923828125, -0.90576171875, -0.88818359375, -0.8701171875]  # a grid update_grid left
+    torch.manual_seed(0)
+    dense = BSplineKAN(2, 1, grid_size=5)
+    with torch.no_grad():
+        dense.grid[0] = torch.tensor(row)
+    for live in (0.0, 1.0):
+        with torch.no_grad():
+            dense.mask[0, 0] = live
+        grads = []
+        for layer in (dense, SparseBSplineKAN.from_dense(dense)):
+            x = torch.tensor([[0.0, 0.3]], dtype=torch.float16, requires_grad=True)  # input 0 right of its grid
+            layer.half()(x).sum().backward()
+            layer.float()
+            grads.append(x.grad.float())
+        assert grads[1].isfinite().all()
+        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=3e-3)
+
+
+def test_built_on_the_meta_device_it_takes_a_state_dict_by_assignment():
+    """Counting the edges per input (bincount) failed on the meta device, and the edge checks under a
+    torch.device("meta") context: the usual build-empty-then-load pattern did not work."""
+    source = SparseBSplineKAN.from_dense(masked_layer(24, bias=True))
+    empty = SparseBSplineKAN(7, 5, source.edges, bias=True, dtype=torch.float64, device="meta")
+    assert empty.coef.is_meta and empty.edge_outputs.is_meta
+    empty.load_state_dict(source.state_dict(), assign=True)
+    x = torch.randn(9, 7, dtype=torch.float64)
+    assert torch.equal(empty(x), source(x))
+    with torch.device("meta"):
+        assert SparseBSplineKAN(7, 5, source.edges.tolist()).coef.is_meta
+
+
 def test_conversions_keep_train_or_eval_mode():
     model = pruned_kan(22).eval()
     sparse = model.to_sparse()
@@ -231,6 +266,33 @@ def test_constructor_draws_the_dense_initialization_on_the_edges():
                                                                                                    3, 4]
     shuffled = SparseBSplineKAN(7, 5, torch.tensor(edges[::-1]))
     assert shuffled.edges.tolist() == sparse.edges.tolist()  # sorted by input, then output
+    from_nonzero = SparseBSplineKAN(7, 5, [tuple(pair) for pair in torch.tensor(edges)])  # pairs of 0-d tensors
+    assert from_nonzero.edges.tolist() == sparse.edges.tolist()
+    settings = {"noise_scale": 0.3, "scale_base_mu": 0.2, "scale_base_sigma": 0.1, "scale_sp": 0.7}
+    torch.manual_seed(10)
+    sparse = SparseBSplineKAN(7, 5, edges, **settings)
+    torch.manual_seed(10)
+    dense = BSplineKAN(7, 5, **settings)
+    for name in ("coef", "scale_base", "scale_sp"):
+        assert torch.equal(getattr(sparse, name), getattr(dense, name)[rows, columns]), name
+
+
+def test_a_sparse_state_dict_given_to_the_dense_model_says_how_to_load_it():
+    sparse = pruned_kan(25).to_sparse()
+    with pytest.raises(RuntimeError, match=r"layers.0: this is an edge-sparse SparseBSplineKAN state dict "
+                                           r"\(edge_inputs, coef \(\d+, 8\) per live edge\).*to_dense\(\)"):
+        KAN([5, 7, 3], dtype=torch.float64, bias=True).load_state_dict(sparse.state_dict())
+
+
+def test_fit_refuses_the_sparsity_penalty_before_a_step():
+    model = KAN([3, 4, 2], seed=0).to_sparse()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    x = torch.randn(16, 3)
+    data = {"train_input": x, "train_label": x[:, :2], "test_input": x, "test_label": x[:, :2]}
+    with pytest.raises(TypeError, match=r"lamb=0.01 needs layers with the sparsity penalty .*layers 0 "
+                                        r"\(SparseBSplineKAN\), 1 \(SparseBSplineKAN\) have none"):
+        fit(model, data, steps=2, lamb=0.01, progress=False)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
 
 
 def test_an_empty_layer_gives_the_bias():

@@ -420,6 +420,14 @@ class BSplineKAN(SplineGrid, nn.Module):
                                            dtype=self.coef.dtype)
         elif strict and not has_branch and self.symbolic is not None:
             self.symbolic = None
+        if prefix + "edge_inputs" in state_dict and prefix + "mask" not in state_dict:
+            where = prefix[:-1] if prefix else "the layer"
+            coef = state_dict.get(prefix + "coef")
+            error_msgs.append(f"{where}: this is an edge-sparse SparseBSplineKAN state dict (edge_inputs, coef "
+                              f"{None if coef is None else tuple(coef.shape)} per live edge); a BSplineKAN expects "
+                              f"mask and coef {tuple(self.coef.shape)}: load it into the SparseBSplineKAN of those "
+                              f"edges (KAN.to_sparse() of the pruned model) and convert with to_dense()")
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

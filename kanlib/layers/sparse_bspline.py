@@ -28,8 +28,10 @@ def edge_list(edges, in_features: int, out_features: int, device=None) -> torch.
                             f"{type(edges).__name__}") from None
         if not all(len(pair) == 2 for pair in rows):
             raise ValueError(f"edges must be (input, output) pairs, got {edges!r}")
-        rows = [(check_int(f"edges[{n}][0]", a), check_int(f"edges[{n}][1]", b)) for n, (a, b) in enumerate(rows)]
-        pairs = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+        rows = [(check_int(f"edges[{n}][0]", _integer_item(a)), check_int(f"edges[{n}][1]", _integer_item(b)))
+                for n, (a, b) in enumerate(rows)]
+        pairs = torch.tensor(rows, dtype=torch.long, device="cpu").reshape(-1, 2)  # checked on the CPU, even
+        # under a torch.device("meta") context
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise ValueError(f"edges must have shape [E, 2] (input, output), got {tuple(pairs.shape)}")
     outside = (pairs[:, 0] < 0) | (pairs[:, 0] >= in_features) | (pairs[:, 1] < 0) | (pairs[:, 1] >= out_features)
@@ -46,6 +48,13 @@ def edge_list(edges, in_features: int, out_features: int, device=None) -> torch.
     return pairs[order].to(device)
 
 
+def _integer_item(value):
+    """A 0-d integer tensor (a pair taken from ``mask.nonzero()``) as its int; anything else as it is."""
+    integer = isinstance(value, torch.Tensor) and not (value.is_floating_point() or value.is_complex()
+                                                       or value.dtype == torch.bool)
+    return int(value) if integer and value.dim() == 0 else value
+
+
 class SparseBSplineKAN(SplineGrid, nn.Module):
     """A B-spline KAN layer on a given set of live edges e = (i, o):
     ``y_o = sum over live edges (i, o) of scale_base[e] * b(x_i) + scale_sp[e] * sum_j coef[e, j] B_j(x_i)``.
@@ -55,13 +64,15 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
     Edges are kept sorted by input, then output (CSR by input): buffers ``edge_inputs`` [E], ``edge_outputs``
     [E], ``input_offsets`` [I+1] and the knots ``grid`` [I, G+2k+1]; Parameters ``coef`` [E, G+k],
     ``scale_base`` [E], ``scale_sp`` [E] and ``bias`` [O] (when ``bias``). ``backend``: ``"auto"``, ``"eager"``,
-    ``"cpu"`` or ``"triton"`` (see :mod:`kanlib.ops.edge_spline_linear`). The other settings are BSplineKAN's
-    (``grid_eps`` is kept for the dense layer ``to_dense`` gives).
+    ``"cpu"`` or ``"triton"`` (see :mod:`kanlib.ops.edge_spline_linear`). The other settings are BSplineKAN's,
+    the initialization ones (noise_scale, scale_base_mu, scale_base_sigma, scale_sp) drawing what the dense layer
+    draws on the live edges (``grid_eps`` is kept for the dense layer ``to_dense`` gives).
     """
 
     def __init__(self, in_features: int, out_features: int, edges, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1, 1), base_activation: str = "silu", bias: bool = False, backend: str = "auto",
-                 grid_eps: float = 0.02, device=None, dtype=None):
+                 grid_eps: float = 0.02, noise_scale: float = 0.5, scale_base_mu: float = 0.0,
+                 scale_base_sigma: float = 1.0, scale_sp: float = 1.0, device=None, dtype=None):
         super().__init__()
         check_int("in_features", in_features, 1)
         check_int("out_features", out_features, 1)
@@ -71,8 +82,9 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
         # sparse one keeps its live edges' entries.
         dense = BSplineKAN(in_features, out_features, grid_size=grid_size, spline_order=spline_order,
                            grid_range=grid_range, base_activation=base_activation, bias=bias, grid_eps=grid_eps,
-                           device=device, dtype=dtype)
-        self._adopt(dense, pairs.to(dense.grid.device))
+                           noise_scale=noise_scale, scale_base_mu=scale_base_mu, scale_base_sigma=scale_base_sigma,
+                           scale_sp=scale_sp, device=device, dtype=dtype)
+        self._adopt(dense, pairs)
 
     def _adopt(self, dense: BSplineKAN, pairs: torch.Tensor) -> None:
         """Take settings, grid, bias and the entries at pairs [E, 2] (sorted) of dense's coef and scales."""
@@ -80,9 +92,11 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
         self.spline_order = dense.spline_order
         self.base_activation = dense.base_activation
         self.grid_eps = dense.grid_eps
+        pairs = pairs.cpu()  # the offsets are counted there, which the meta device cannot
         inputs, outputs = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
-        offsets = torch.zeros(dense.in_features + 1, dtype=torch.long, device=pairs.device)
+        offsets = torch.zeros(dense.in_features + 1, dtype=torch.long, device="cpu")
         offsets[1:] = torch.bincount(inputs, minlength=dense.in_features).cumsum(0)
+        inputs, outputs, offsets = (t.to(dense.grid.device) for t in (inputs, outputs, offsets))
         self.register_buffer("grid", dense.grid.detach().clone())
         self.register_buffer("edge_inputs", inputs)
         self.register_buffer("edge_outputs", outputs)
@@ -210,6 +224,8 @@ class SparseBSplineKAN(SplineGrid, nn.Module):
             return errors
         for name in ("edge_inputs", "edge_outputs"):
             key = prefix + name
+            if getattr(self, name).is_meta:  # built empty, to be assigned: nothing to compare with
+                continue
             if key in state_dict and not torch.equal(state_dict[key].to(getattr(self, name).device),
                                                      getattr(self, name)):
                 return [f"{key}: the state dict's live edges differ from this layer's; build the layer with the "
