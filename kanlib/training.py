@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from .checks import check_device, check_int, check_positive_int, check_real
 from .distributed import TrainingGroup, smallest_batch, training_group
-from .models import KAN
 
 if TYPE_CHECKING:
     from .quant.qat import QATConfig
@@ -799,12 +798,16 @@ def _quantization_aware(model: nn.Module, hooks: Sequence[FitCallback]) -> bool:
 
 def _has_grid(model: nn.Module) -> bool:
     """Whether `model.update_grid` exists and, for a stack with `layers`, every layer has one."""
-    if not callable(getattr(model, "update_grid", None)):
-        return False
+    return callable(getattr(model, "update_grid", None)) and not _layers_without(model, "update_grid")
+
+
+def _layers_without(model: nn.Module, method: str) -> list[str]:
+    """For a stack with `layers`, its layers that have no `method`, as "index (class)"; [] for other models."""
     layers = getattr(model, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        return True
-    return all(callable(getattr(layer, "update_grid", None)) for layer in layers)
+        return []
+    return [f"{index} ({type(layer).__name__})" for index, layer in enumerate(layers)
+            if not callable(getattr(layer, method, None))]
 
 
 def _callbacks(qat: object, callbacks: object) -> tuple[FitCallback, ...]:
@@ -859,13 +862,11 @@ def _check_model_methods(model: nn.Module, lamb: float, update_grid_every: int |
             f"lamb={lamb} needs a model with a regularization_loss() method, "
             f"{type(model).__name__} has none"
         )
-    if lamb > 0 and isinstance(model, KAN):  # its penalty sums its layers' own
-        lacking = [f"{index} ({type(layer).__name__})" for index, layer in enumerate(model.layers)
-                   if not callable(getattr(layer, "regularization_loss", None))]
-        if lacking:
-            raise TypeError(f"lamb={lamb} needs layers with the sparsity penalty (regularization_loss); layers "
-                            f"{', '.join(lacking)} have none (train with lamb=0; an edge-sparse model takes the "
-                            f"penalty after to_dense())")
+    lacking = _layers_without(model, "regularization_loss")
+    if lamb > 0 and lacking:  # a stack's penalty sums its layers' own
+        raise TypeError(f"lamb={lamb} needs layers with the sparsity penalty (regularization_loss); layers "
+                        f"{', '.join(lacking)} have none (train with lamb=0; an edge-sparse model takes the "
+                        f"penalty after to_dense())")
     if update_grid_every is not None and not _has_grid(model):
         raise TypeError(
             "update_grid_every and stop_grid_update_step need a model with an update_grid(x) "
