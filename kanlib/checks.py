@@ -66,6 +66,13 @@ def check_real(name: str, value: object, minimum: float | None = None, *, positi
     return value
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False; TypeError naming its type otherwise (1 and None are not flags)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
+
+
 def check_choice(name: str, value: object, choices) -> object:
     """``value`` if it is one of ``choices``; ValueError naming them otherwise."""
     if value not in choices:

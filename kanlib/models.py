@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .activations import ACTIVATIONS, MLP_ACTIVATIONS
-from .checks import check_int, check_positive_int, is_real
+from .checks import check_bool, check_int, check_positive_int, is_real
 from .layers.bspline import BSplineKAN
 from .layers.basis_kan import BasisKAN
 from .layers.conv import KANConv2d
@@ -19,7 +19,8 @@ from .layers.sparse_bspline import SparseBSplineKAN
 from .layers.registry import LAYERS, resolve_layer
 from .ops.spline_linear import under_transform
 from .prune import Attribution, attribution, compact_layers, kept_edges, kept_nodes, sample_std
-from .prune.compact import give_every_layer_a_bias_if_one_has, removed_constants
+from .prune.compact import give_every_layer_a_bias_if_one_has
+from .prune.prune import add_to_bias, removed_node_means
 from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
 
 __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
@@ -281,47 +282,56 @@ class KAN(Stack, nn.Module):
         output_stds = [sample_std(layer(inp)) for layer, inp in zip(self.layers, inputs)]
         return attribution(edge_stds, output_stds)
 
-    def prune_node(self, threshold: float = 1e-2, x: torch.Tensor | None = None) -> "KAN":
+    def prune_node(self, threshold: float = 1e-2, x: torch.Tensor | None = None, keep_means: bool = True) -> "KAN":
         """A new, narrower KAN without the hidden nodes whose attribution score (on x, see ``attribute``) is at
         most ``threshold``, with the edges into and out of them (pykan's ``prune_node``). Inputs and outputs stay.
-        A removed node that outputs a constant (no live edge brings it anything that varies; it scores 0) has what
-        it added to the next layer folded into that layer's bias, as ``compact`` does (pykan drops it, and the
-        output moves); then every layer has a bias. ValueError when a hidden layer would lose every node. The model
-        itself is left as it is."""
+        With ``keep_means``, what a removed node added to the next layer, averaged over x, goes into that layer's
+        bias (a removed node of constant output then changes nothing); every layer then has a bias. pykan drops it
+        (``keep_means=False``), and the output moves by it. ValueError when a hidden layer would lose every node.
+        The model itself is left as it is."""
         self._require_bspline("prune_node")
+        check_bool("keep_means", keep_means)
         x = self.samples(x, "prune_node")
         kept = kept_nodes(self.attribute(x), threshold)
         layers = [layer.select(kept[l], kept[l + 1]) for l, layer in enumerate(self.layers)]
-        with torch.no_grad():
-            added = removed_constants(list(self.layers), kept, self.layer_inputs(x[:1]))
-        for layer, extra in zip(layers, added):
-            if extra is None:
-                continue
-            if layer.bias is None:
-                layer.bias = nn.Parameter(extra.to(layer.mask.dtype))
-            else:
-                with torch.no_grad():
-                    layer.bias.add_(extra)
-        give_every_layer_a_bias_if_one_has(layers)
+        if keep_means:
+            added = removed_node_means(list(self.layers), kept, self.layer_inputs(x))
+            for layer, extra in zip(layers, added):
+                if extra is not None:
+                    add_to_bias(layer, extra)
+            give_every_layer_a_bias_if_one_has(layers)
         return self._with_layers(layers)
 
-    def prune_edge(self, threshold: float = 3e-2, x: torch.Tensor | None = None) -> "KAN":
+    def prune_edge(self, threshold: float = 3e-2, x: torch.Tensor | None = None, keep_means: bool = True) -> "KAN":
         """A copy whose edges scoring at most ``threshold`` (on x, see ``attribute``) are masked off (pykan's
-        ``prune_edge``: only the spline mask; edges fixed to symbolic functions stay). The model is left as it is."""
+        ``prune_edge``: only the spline mask; edges fixed to symbolic functions stay). With ``keep_means``, what a
+        masked edge added to its output, averaged over x, goes into its layer's bias, and every layer then has a
+        bias; pykan drops it (``keep_means=False``). The model is left as it is."""
         self._require_bspline("prune_edge")
+        check_bool("keep_means", keep_means)
+        x = self.samples(x, "prune_edge")
         masks = kept_edges(self.attribute(x), threshold)
+        inputs = self.layer_inputs(x) if keep_means else [None] * len(self.layers)
         model = copy.deepcopy(self)
         with torch.no_grad():
-            for layer, keep in zip(model.layers, masks):
-                layer.mask.mul_(keep.to(layer.mask))
+            for layer, keep, layer_input in zip(model.layers, masks, inputs):
+                keep = keep.to(layer.mask)
+                if keep_means and bool((layer.mask * (1 - keep)).any()):
+                    before = layer.activations(layer_input)
+                    layer.mask.mul_(keep)
+                    add_to_bias(layer, (before - layer.activations(layer_input)).sum(dim=1).mean(dim=0))
+                else:
+                    layer.mask.mul_(keep)
+        give_every_layer_a_bias_if_one_has(list(model.layers))
         return model
 
-    def prune(self, node_th: float = 1e-2, edge_th: float = 3e-2, x: torch.Tensor | None = None) -> "KAN":
+    def prune(self, node_th: float = 1e-2, edge_th: float = 3e-2, x: torch.Tensor | None = None,
+              keep_means: bool = True) -> "KAN":
         """``prune_node(node_th)``, then on that model, scored again on the same samples, ``prune_edge(edge_th)``
-        (pykan's ``prune``). Returns a new KAN; the model is left as it is."""
+        (pykan's ``prune``), both with ``keep_means``. Returns a new KAN; the model is left as it is."""
         self._require_bspline("prune")
         x = self.samples(x, "prune")
-        return self.prune_node(node_th, x).prune_edge(edge_th, x)
+        return self.prune_node(node_th, x, keep_means).prune_edge(edge_th, x, keep_means)
 
     def compact(self, inputs=None) -> "KAN":
         """A new, smaller KAN without the dead hidden nodes, computing the same outputs (on ``x[:, inputs]`` when

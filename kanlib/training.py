@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checks import check_device, check_int, check_positive_int, check_real
+from .checks import check_bool, check_device, check_int, check_positive_int, check_real
 from .distributed import TrainingGroup, smallest_batch, training_group
 
 if TYPE_CHECKING:
@@ -741,8 +741,7 @@ def _check_distributed(
 ) -> TrainingGroup | None:
     """The process group for `distributed=True` (None for False), checked to give every rank at
     least one sample of every batch."""
-    if not isinstance(distributed, bool):
-        raise TypeError(f"distributed must be True or False, got {type(distributed).__name__}")
+    check_bool("distributed", distributed)
     if not distributed:
         return None
     group = training_group()
@@ -766,8 +765,7 @@ def _grid_schedule(
     """(update_grid_every, stop_grid_update_step) from fit's three grid arguments; (None, None)
     when the grid is not updated. Explicit values win over pykan's defaults, which apply only
     when `default` (not for QAT fine-tuning)."""
-    if not isinstance(update_grid, bool):
-        raise TypeError(f"update_grid must be True or False, got {type(update_grid).__name__}")
+    check_bool("update_grid", update_grid)
     if not update_grid:
         if every is not None or stop is not None:
             raise ValueError(

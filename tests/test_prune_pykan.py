@@ -168,6 +168,16 @@ def assert_same_model(model, reference, x):
     torch.testing.assert_close(model(x), reference(x))
 
 
+def assert_same_but_means(model, pykan_rule):
+    """model (keep_means=True) masks and keeps what pykan_rule (keep_means=False, pykan's result) does, and has a
+    bias in every layer, where the removed nodes' and edges' means went (tests/test_prune_select.py checks them)."""
+    assert model.widths == pykan_rule.widths
+    for ours, theirs in zip(model.layers, pykan_rule.layers):
+        for name in ("grid", "coef", "scale_base", "scale_sp", "mask"):
+            assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+        assert ours.bias is not None
+
+
 # pykan's prune_node loads the model into a new MultKAN of the default dtype, so these compare in float32.
 
 
@@ -181,11 +191,12 @@ def test_prune_node_keeps_what_pykan_keeps(width):
     # below the smallest hidden layer's best score, so every hidden layer keeps a node and some lose one
     threshold = 0.9 * min(s.max().item() for s in reference.node_scores[1:-1])
     assert any(bool((s <= threshold).any()) for s in reference.node_scores[1:-1])
-    pruned = model.prune_node(threshold, x)
+    pruned = model.prune_node(threshold, x, keep_means=False)
     with torch.random.fork_rng():
         expected = reference.prune_node(threshold, log_history=False)
     assert sum(pruned.widths) < sum(width)
     assert_same_model(pruned, expected, x)
+    assert_same_but_means(model.prune_node(threshold, x), pruned)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -196,10 +207,11 @@ def test_prune_edge_and_prune_mask_what_pykan_masks(width):
     reference(x)
     reference.attribute(plot=False)
     edge_th = between(reference.edge_scores[0], 2)
-    pruned = model.prune_edge(edge_th, x)
+    pruned = model.prune_edge(edge_th, x, keep_means=False)
     reference.prune_edge(edge_th, log_history=False)
     assert int(pruned.layers[0].mask.sum()) < width[0] * width[1]
     assert_same_model(pruned, reference, x)
+    assert_same_but_means(model.prune_edge(edge_th, x), pruned)
 
     reference = pykan_model(width, seed=9, dtype=torch.float32)
     model = KAN.from_pykan(reference)
@@ -211,4 +223,5 @@ def test_prune_edge_and_prune_mask_what_pykan_masks(width):
     expected(x)
     expected.attribute(plot=False)
     expected.prune_edge(edge_th, log_history=False)
-    assert_same_model(model.prune(node_th, edge_th, x), expected, x)
+    assert_same_model(model.prune(node_th, edge_th, x, keep_means=False), expected, x)
+    assert_same_but_means(model.prune(node_th, edge_th, x), model.prune(node_th, edge_th, x, keep_means=False))

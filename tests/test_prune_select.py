@@ -110,7 +110,7 @@ def test_prune_node_computes_the_original_without_the_removed_nodes():
     x = samples(3, 4)
     scores = model.attribute(x).node_scores
     threshold = hidden_scores_threshold(model, x)
-    pruned = model.prune_node(threshold, x)
+    pruned = model.prune_node(threshold, x, keep_means=False)
     kept = [list(range(3))] + [(s > threshold).nonzero().flatten().tolist() for s in scores[1:-1]] + [[0, 1]]
     assert pruned.widths == [len(k) for k in kept] and pruned.widths[1] == 5
     reference = removed_nodes_masked(model, kept)
@@ -160,7 +160,7 @@ def test_prune_edge_switches_off_the_low_scoring_edges():
     x = samples(3, 6)
     edges = model.attribute(x).edge_scores
     threshold = torch.sort(edges[0].flatten()).values[3:5].mean().item()
-    pruned = model.prune_edge(threshold, x)
+    pruned = model.prune_edge(threshold, x, keep_means=False)
     for layer, score, old in zip(pruned.layers, edges, model.layers):
         assert torch.equal(layer.mask, old.mask * (score > threshold))
     assert pruned.layers[0].mask.sum() == 12 - 4
@@ -169,6 +169,46 @@ def test_prune_edge_switches_off_the_low_scoring_edges():
         for i, j in (score <= threshold).nonzero().tolist():
             reference.remove_edge(l, i, j)
     torch.testing.assert_close(pruned(x), reference(x), rtol=1e-12, atol=1e-12)
+
+
+def test_prune_node_keeps_what_the_removed_nodes_added_on_average_in_the_next_bias():
+    """[3, 6, 2]: the kept hidden nodes compute what they did, so each output's mean over the samples is the
+    original's; with pykan's rule (keep_means=False) it moves by what the removed nodes added."""
+    model = random_model([3, 6, 2], seed=13)
+    x = samples(3, 13)
+    threshold = hidden_scores_threshold(model, x)
+    kept = model.prune_node(threshold, x)
+    dropped = model.prune_node(threshold, x, keep_means=False)
+    assert kept.widths == dropped.widths == [3, 5, 2]
+    expected = model(x).mean(dim=0)
+    torch.testing.assert_close(kept(x).mean(dim=0), expected, rtol=1e-12, atol=1e-12)
+    assert (dropped(x).mean(dim=0) - expected).abs().max() > 1e-3
+    torch.testing.assert_close(kept(x) - kept.layers[1].bias, dropped(x), rtol=1e-12, atol=1e-12)
+
+
+def test_prune_edge_keeps_what_the_masked_edges_added_on_average_in_their_layers_bias():
+    """Each layer of the pruned copy, on the original layer inputs, has the original layer's mean output; pykan's
+    rule (keep_means=False) drops the masked edges' means, and only the biases differ between the two."""
+    model = random_model([3, 4, 2], seed=14)
+    x = samples(3, 14)
+    edges = model.attribute(x).edge_scores
+    threshold = torch.sort(torch.cat([e.flatten() for e in edges])).values[3:5].mean().item()
+    kept, dropped = model.prune_edge(threshold, x), model.prune_edge(threshold, x, keep_means=False)
+    inputs = model.layer_inputs(x)
+    for ours, pykans, original, layer_input in zip(kept.layers, dropped.layers, model.layers, inputs):
+        assert torch.equal(ours.mask, pykans.mask)
+        torch.testing.assert_close(ours(layer_input).mean(dim=0), original(layer_input).mean(dim=0),
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours(layer_input) - ours.bias, pykans(layer_input), rtol=1e-12, atol=1e-12)
+    assert any((p(i).mean(dim=0) - o(i).mean(dim=0)).abs().max() > 1e-3
+               for p, o, i in zip(dropped.layers, model.layers, inputs))
+
+
+@pytest.mark.parametrize("method", ["prune_node", "prune_edge", "prune"])
+def test_keep_means_must_be_a_flag(method):
+    model = random_model([3, 4, 2], seed=15)
+    with pytest.raises(TypeError, match="keep_means must be True or False, got int"):
+        getattr(model, method)(x=samples(3, 15), keep_means=1)
 
 
 def test_pruning_leaves_the_model_as_it_was_and_carries_its_samples():

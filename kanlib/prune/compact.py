@@ -16,7 +16,7 @@ from ..checks import check_int
 from ..symbolic.library import FUNCTION_NAMES
 
 __all__ = ["compact", "compact_layers", "give_every_layer_a_bias_if_one_has", "live_inputs", "live_edges",
-           "removed_constants", "symbolic_edges"]
+           "symbolic_edges"]
 
 EXPECTED = "a KAN of BSplineKAN layers"
 
@@ -79,28 +79,6 @@ def compact_layers(model: nn.Module, inputs=None) -> tuple[list[nn.Module], list
         new_layers.append(new)
     give_every_layer_a_bias_if_one_has(new_layers)
     return new_layers, kept[0]
-
-
-@torch.no_grad()
-def removed_constants(layers: Sequence[nn.Module], kept: Sequence[Sequence[int]], node_values: Sequence[torch.Tensor]
-                      ) -> list[torch.Tensor | None]:
-    """Per layer l, what the hidden nodes of layer l's input that ``kept`` leaves out but that output a constant
-    (every live edge into them comes from such a node, or none does) add to its kept outputs kept[l + 1]:
-    ``sum_j phi_{j,o}(c_j)`` [len(kept[l + 1])], or None where no such node is left out. ``node_values``: the
-    layers' inputs at one sample, [1, I_l] each (``model.layer_inputs(x[:1])``), where c_j is read."""
-    constant = torch.zeros(layers[0].in_features, dtype=torch.bool)  # an input is never constant
-    added = [None]
-    for l in range(1, len(layers)):
-        constant = ~(live_edges(layers[l - 1]).cpu() & ~constant[:, None]).any(dim=0)
-        chosen = set(int(j) for j in kept[l])
-        removed = [j for j in constant.nonzero().flatten().tolist() if j not in chosen]
-        if not removed:
-            added.append(None)
-            continue
-        values = _edge_values_at(layers[l], removed, [node_values[l][0, j] for j in removed])
-        outputs = torch.as_tensor(list(kept[l + 1]), dtype=torch.long, device=values.device)
-        added.append(values[removed].sum(dim=0)[outputs])
-    return added
 
 
 def give_every_layer_a_bias_if_one_has(layers: Sequence[nn.Module]) -> None:

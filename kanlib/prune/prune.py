@@ -1,12 +1,15 @@
 """Which nodes and edges pruning keeps, from attribution scores (pykan's ``prune_node`` and ``prune_edge`` rules)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 from ..checks import check_real
 from .scores import Attribution
 
-__all__ = ["kept_nodes", "kept_edges"]
+__all__ = ["kept_nodes", "kept_edges", "removed_node_means", "add_to_bias"]
 
 
 def kept_nodes(scores: Attribution, threshold: float) -> list[torch.Tensor]:
@@ -29,3 +32,32 @@ def kept_edges(scores: Attribution, threshold: float) -> list[torch.Tensor]:
     """Per layer, the [I, O] mask (in the edge scores' dtype) of the edges whose score exceeds ``threshold``."""
     check_real("threshold", threshold, minimum=0.0)
     return [(score > threshold).to(score.dtype) for score in scores.edge_scores]
+
+
+@torch.no_grad()
+def removed_node_means(layers: Sequence[nn.Module], kept: Sequence[torch.Tensor], layer_inputs: Sequence[torch.Tensor]
+                       ) -> list[torch.Tensor | None]:
+    """Per layer l, what the hidden nodes of layer l's input that ``kept`` (:func:`kept_nodes`) leaves out add to
+    its kept outputs, averaged over the samples: ``mean_n sum_j phi_{j,o}(h_nj)`` [len(kept[l + 1])], or None
+    where no node is left out (always for l = 0, whose inputs stay). ``layer_inputs``: the layers' inputs on the
+    samples, [N, I_l] each (``model.layer_inputs(x)``). A removed node whose output is constant adds exactly
+    this at every sample."""
+    added = [None]
+    for l in range(1, len(layers)):
+        removed = torch.ones(layers[l].in_features, dtype=torch.bool, device=kept[l].device)
+        removed[kept[l]] = False
+        if not removed.any():
+            added.append(None)
+            continue
+        values = layers[l].activations(layer_inputs[l])[:, removed.to(layer_inputs[l].device)]
+        added.append(values.sum(dim=1).mean(dim=0)[kept[l + 1].to(values.device)])
+    return added
+
+
+def add_to_bias(layer: nn.Module, extra: torch.Tensor) -> None:
+    """layer.bias += extra [O]; a layer without a bias gets extra as its bias (a Parameter of the mask's dtype)."""
+    with torch.no_grad():
+        if layer.bias is None:
+            layer.bias = nn.Parameter(extra.detach().to(layer.mask).clone())
+        else:
+            layer.bias.add_(extra.to(layer.bias))
