@@ -224,11 +224,13 @@ def _local_uniform(x, grid, spline_order, derivatives, span):
     span_knot = grid.flatten()[span + torch.arange(n_in, device=x.device) * n_knots]
     # The coordinate is measured from the span's own knot, so its error does not grow with G. Clamping it
     # to [0, 1] makes every basis vanish outside the extended grid (for k >= 1: the end pieces are 0 there).
-    t = ((x - span_knot) / step).clamp_(0.0, 1.0)
+    # Outside [t_0, t_n) it carries no gradient: at x = t_n itself the clamp would pass the left slope on.
+    inside = (x >= first) & (x < grid[:, -1])
+    t = (x - span_knot) / step
+    t = torch.where(inside, t, t.detach()).clamp_(0.0, 1.0)
     matrix = uniform_basis_matrix(k, dtype=x.dtype, device=x.device)
     values = _horner(t, matrix)
     if k == 0:
-        inside = (x >= first) & (x < grid[:, -1])
         values = torch.where(inside.unsqueeze(-1), values, 0.0)
     start = window_start(span, grid_size, k)
     d_values = None
@@ -239,7 +241,6 @@ def _local_uniform(x, grid, spline_order, derivatives, span):
             d_matrix = matrix[1:] * torch.arange(1, k + 1, device=x.device, dtype=x.dtype).unsqueeze(-1)
             d_values = align_window(_horner(t, d_matrix) / step.unsqueeze(-1), span, start, k)
             # the clamped coordinate is flat outside [t_0, t_n): no slope there
-            inside = (x >= first) & (x < grid[:, -1])
             d_values = torch.where(inside.unsqueeze(-1), d_values, 0.0)
     return LocalBasis(start, align_window(values, span, start, k), d_values)
 

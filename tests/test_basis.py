@@ -63,6 +63,22 @@ def test_window_derivatives_match_autograd(grid_size, k, uniform):
     torch.testing.assert_close((slope * weights).sum(-1), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniform_window_autograd_slope_is_the_derivatives_at_and_beside_the_end_knots(k, dtype):
+    """The closed form's autograd x-gradient (the edge-sparse layer's eager path) equals its derivatives where
+    the half-open spans put x on the grid (the left slope at t_0) or off it (0 at t_n, where the coordinate is
+    clamped: passing the clamp's slope on gave the left derivative there for k = 1)."""
+    grid = basis.make_grid(2, 5, k, dtype=dtype)
+    ends = torch.stack([grid[:, 0], grid[:, -1]])
+    x = torch.cat([ends, torch.nextafter(ends, ends + 1), torch.nextafter(ends, ends - 1)]).requires_grad_(True)
+    local = basis.local_basis(x, grid, k, True, derivatives=True)
+    weights = torch.randn(local.values.shape, generator=torch.Generator().manual_seed(k), dtype=dtype)
+    slope = torch.autograd.grad((local.values * weights).sum(), x)[0]
+    torch.testing.assert_close(slope, (local.derivatives * weights).sum(-1), rtol=1e-5, atol=1e-5)
+    assert bool((slope[1] == 0).all()) and bool((slope[3] == 0).all())  # t_n and just past it
+
+
 @pytest.mark.parametrize("k", range(0, 6))
 def test_uniform_matrix_is_a_partition_of_unity(k):
     t = torch.rand(100, dtype=torch.float64)
