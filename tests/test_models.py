@@ -279,3 +279,21 @@ def test_forward_flops_of_the_other_families():
     assert forward_flops(cheby) == 2 * 4 * 4 * 2 + 4 * 4 * BASIS_FLOPS["chebyshev"]
     with pytest.raises(ValueError, match="without the image size; a KANConv2d"):
         forward_flops(KANConv2d(1, 2, 3))
+
+
+@pytest.mark.parametrize("build", ["bspline", "bspline_bias", "chebyshev", "edge_sparse"])
+def test_a_model_on_the_meta_device_runs_forward_and_backward_for_its_shapes(build):
+    """Tensors without values (shape inference, building large models before allocating them): the layers take
+    the plain formula, as under a transform, instead of reading the grid's uniformity."""
+    if build == "edge_sparse":
+        model = KAN([3, 4, 2], seed=0)
+        model.remove_edge(0, 1, 2)
+        model = model.to_sparse().to("meta")
+    else:
+        with torch.device("meta"):
+            model = KAN([3, 4, 2], **{"bspline": {}, "bspline_bias": {"bias": True},
+                                      "chebyshev": {"layer": "chebyshev"}}[build])
+    x = torch.empty(5, 3, device="meta", requires_grad=True)
+    out = model(x)
+    out.sum().backward()
+    assert out.shape == (5, 2) and out.is_meta and x.grad.shape == (5, 3)

@@ -90,7 +90,8 @@ def slots_backend(x: torch.Tensor, n_slots: int, spline_order: int) -> str:
 
 def under_transform(*tensors: torch.Tensor) -> bool:
     """Whether the call runs under a transform that cannot look into numba kernels or custom autograd
-    functions: torch.func (vmap, grad, jacrev), torch.compile, torch.export or tracing."""
+    functions: torch.func (vmap, grad, jacrev), torch.compile, torch.export or tracing; or on the meta device,
+    whose tensors have shapes but no values to read."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return True
     # torch.func's wrapped tensors look like plain tensors from Python; torch keeps a flag while they live.
@@ -98,7 +99,9 @@ def under_transform(*tensors: torch.Tensor) -> bool:
     if functorch_active is not None and functorch_active():
         return True
     # torch.export and fake-tensor tracing pass tensor subclasses (FakeTensor, FunctionalTensor)
-    return any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+    if any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors):
+        return True
+    return all(t.is_meta for t in tensors)  # some on meta and some not: the device checks name them
 
 
 class EagerSplineLinear(torch.autograd.Function):
