@@ -224,10 +224,13 @@ def _local_uniform(x, grid, spline_order, derivatives, span):
     span_knot = grid.flatten()[span + torch.arange(n_in, device=x.device) * n_knots]
     # The coordinate is measured from the span's own knot, so its error does not grow with G. Clamping it
     # to [0, 1] makes every basis vanish outside the extended grid (for k >= 1: the end pieces are 0 there).
-    # Outside [t_0, t_n) it carries no gradient: at x = t_n itself the clamp would pass the left slope on.
+    # Its gradient: 1 / step inside [t_0, t_n), also where the arithmetic span is the neighbour of x's own
+    # within rounding of a knot and the clamp moves t by that rounding; none outside (at x = t_n the clamp
+    # would pass the left slope on).
     inside = (x >= first) & (x < grid[:, -1])
-    t = (x - span_knot) / step
-    t = torch.where(inside, t, t.detach()).clamp_(0.0, 1.0)
+    coordinate = (x - span_knot) / step
+    clamped = coordinate.clamp(0.0, 1.0)
+    t = torch.where(inside, coordinate + (clamped - coordinate).detach(), clamped.detach())
     matrix = uniform_basis_matrix(k, dtype=x.dtype, device=x.device)
     values = _horner(t, matrix)
     if k == 0:

@@ -359,3 +359,19 @@ def test_backend_follows_the_dense_layer():
     for dense_backend, sparse_backend in (("eager", "eager"), ("cpu", "cpu"), ("sparse", "cpu"), ("auto", "auto")):
         layer = masked_layer(11, n_in=3, n_out=2, backend=dense_backend)
         assert SparseBSplineKAN.from_dense(layer).backend == sparse_backend
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("backend,create_graph", [("eager", False), ("eager", True), ("cpu", True), ("cpu", False)])
+def test_input_gradients_on_and_beside_every_knot_equal_the_dense_layers(k, backend, create_graph):
+    """On a uniform grid the span is found arithmetically, the knot's neighbour within rounding; the clamp that
+    keeps the coordinate in [0, 1] there took the spline's slope away in the eager path (and in every backend's
+    differentiable backward): at x = -0.2 of the default grid, -0.258 against the dense layer's -0.221."""
+    dense = masked_layer(31, n_in=3, n_out=2, dead=0.0, spline_order=k)
+    sparse = SparseBSplineKAN.from_dense(dense)
+    sparse.backend = backend
+    knots = dense.grid.t()
+    x = torch.cat([knots, torch.nextafter(knots, knots + 1), torch.nextafter(knots, knots - 1)]).requires_grad_()
+    want = torch.autograd.grad(dense(x).sum(), x)[0]
+    got = torch.autograd.grad(sparse(x).sum(), x, create_graph=create_graph)[0]
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
