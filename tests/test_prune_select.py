@@ -328,3 +328,16 @@ def test_pruning_needs_bspline_layers(method, args):
     model(torch.randn(5, 2))
     with pytest.raises(TypeError, match=f"KAN.{method} needs BSplineKAN layers; layer 0 is Linear"):
         getattr(model, method)(*args)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_pruned_and_compacted_models_keep_the_train_or_eval_mode(mode):
+    """select built its layers in train mode: prune_node and prune of an eval-mode model had training layers."""
+    model = random_model([3, 5, 2], seed=16)
+    for i in range(3):
+        model.remove_edge(0, i, 1)
+    model.train(mode == "train")
+    x = samples(3, 16)
+    for result in (model.prune_node(1e-12, x), model.prune(1e-12, 1e-12, x), model.prune_edge(1e-12, x),
+                   model.compact()):
+        assert {module.training for module in result.modules()} == {mode == "train"}

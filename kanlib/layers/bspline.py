@@ -543,8 +543,9 @@ class BSplineKAN(SplineGrid, nn.Module):
                                 coefdiff_l1=coefdiff)
 
     def select(self, inputs, outputs) -> "BSplineKAN":
-        """A new layer (same settings, backend, dtype and device) on the given input and output indices: their
-        grid rows, coef, scales and mask entries and bias entries (and the symbolic branch's, when present)."""
+        """A new layer (same settings, backend, dtype, device and train/eval mode) on the given input and output
+        indices: their grid rows, coef, scales and mask entries and bias entries (and the symbolic branch's, when
+        present)."""
         if type(self) is not BSplineKAN:
             raise TypeError(f"select makes a plain BSplineKAN; a {type(self).__name__} holds more state (prune "
                             f"before converting the layer)")
@@ -568,7 +569,7 @@ class BSplineKAN(SplineGrid, nn.Module):
         symbolic = getattr(self, "symbolic", None)
         if symbolic is not None:
             new.symbolic = symbolic.select(rows.tolist(), columns.tolist())
-        return new
+        return new.train(self.training)
 
     @classmethod
     def from_pykan(cls, layer) -> "BSplineKAN":

@@ -75,7 +75,6 @@ def compact_layers(model: nn.Module, inputs=None) -> tuple[list[nn.Module], list
             else:
                 with torch.no_grad():
                     new.bias.copy_(values)
-        new.train(layer.training)
         new_layers.append(new)
     give_every_layer_a_bias_if_one_has(new_layers)
     return new_layers, kept[0]
