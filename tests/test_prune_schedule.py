@@ -236,10 +236,66 @@ def test_a_layer_keeps_its_best_edge_and_the_next_edge_in_the_ranking_goes_inste
     assert dead[0].nonzero().tolist() == [[0, 0], [0, 1]]  # two of layer 0's tied edges, by position
 
 
-def test_a_sparsity_that_would_leave_a_layer_without_edges_is_refused():
-    model = KAN([2, 2, 1], grid_size=3, seed=0)  # 4 + 2 edges: at most 3 + 1 can go
+def has_live_path(model):
+    """Whether some input reaches some output through live edges."""
+    reached = torch.ones(model.widths[0], dtype=torch.bool)
+    for layer in model.layers:
+        reached = (live_edges(layer).cpu() & reached[:, None]).any(dim=0)
+    return bool(reached.any())
+
+
+def test_edges_that_each_keep_a_layer_alive_but_no_path_are_not_what_is_kept():
+    """Scores that rank the edges into hidden node 1 and out of node 0 low and the others high: switching off the
+    two lowest left one live edge per layer, in -> 1 and 0 -> out, and no path (a constant output). The kept
+    path is the best connected one, and the next edges in the ranking go instead."""
+    model = KAN([1, 2, 1], seed=0, grid_size=3)
+    scores = [torch.tensor([[0.9, 0.2]]), torch.tensor([[0.1], [0.8]])]
+    _mask_lowest(list(model.layers), scores, 2)
+    assert has_live_path(model)
+    assert dead_masks(model)[0].tolist() == [[True, False]] and dead_masks(model)[1].tolist() == [[True], [False]]
+
+
+def test_magnitude_pruning_keeps_a_path_from_input_to_output():
+    """A hidden node that feeds nothing: magnitude scores (local to each edge) ranked the edge into it highest of
+    its layer, and keeping a live edge per layer left the output constant, which compact then refused."""
+    x = torch.linspace(-1, 1, 64)[:, None]
+    data = dict(train_input=x, train_label=torch.sin(3 * x), test_input=x, test_label=torch.sin(3 * x))
+    model = KAN([1, 2, 1], seed=0, grid_size=3)
+    model.remove_edge(1, 1, 0)
+    with torch.no_grad():
+        model.layers[0].scale_base[0, 0] *= 1e-3
+        model.layers[0].scale_sp[0, 0] *= 1e-3
+        model.layers[0].scale_base[0, 1] *= 10
+    prune_to_sparsity(model, data, 0.5, rounds=1, steps=1, finetune_steps=1, score="magnitude", lr=1e-9)
+    assert has_live_path(model) and n_edges(model) - sum(int(m.sum()) for m in dead_masks(model)) == 2
+    assert model.compact().widths == [1, 1, 1]
+
+
+def test_a_path_through_symbolic_edges_lets_every_prunable_edge_go():
+    model = KAN([2, 3, 1], seed=0, grid_size=3)
+    model.fix_symbolic(0, 1, 2, "x", fit_params=False)
+    model.fix_symbolic(1, 2, 0, "sin", fit_params=False)
+    result = prune_to_sparsity(model, regression_data(), 7 / 9, rounds=1, steps=1, finetune_steps=1,
+                               score="magnitude")
+    assert result.sparsity == 7 / 9 and has_live_path(model)
+
+
+def test_a_model_without_a_live_path_is_refused_before_anything_changes():
+    model = KAN([1, 2, 1], seed=0, grid_size=3)
+    model.remove_edge(0, 0, 1)
+    model.remove_edge(1, 0, 0)  # in -> 0 and 1 -> out are live: no path
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"each of the 2 layers keeps a live edge.*at most 4 of 6"):
+    with pytest.raises(ValueError, match="no path of live edges from an input to an output"):
+        prune_to_sparsity(model, {key: value[:, :1] if key.endswith("input") else value
+                                  for key, value in regression_data().items()}, 0.75, **FIT)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_sparsity_that_would_leave_no_path_from_input_to_output_is_refused():
+    model = KAN([2, 2, 1], grid_size=3, seed=0)  # 4 + 2 edges: a path keeps 2
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"a path of live edges from an input to an output stays .*it takes 2 "
+                                         r"prunable edges\): at most 4 of 6"):
         prune_to_sparsity(model, regression_data(), 0.9, **FIT)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 

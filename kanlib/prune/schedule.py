@@ -109,8 +109,9 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     position: layer, then input, then output) until exactly ``round(s_t * E)`` of the E edges are dead (Python's
     round), s_t following ``schedule`` (see ``sparsity_targets``) from the fraction already dead. Then
     ``finetune_steps`` steps of fit without the penalty. Edges fixed to symbolic functions count as live and
-    are never pruned; dead edges stay dead. Every layer keeps at least one live edge (its best-scored one takes
-    the place of the next edge in the ranking): a layer without any makes the output a constant.
+    are never pruned; dead edges stay dead. A path of live edges from an input to an output always stays (without
+    one the output is a constant): each round keeps the path whose weakest edge scores highest, among those with
+    the fewest prunable edges, and the next edges in the ranking go in the place of its edges.
 
     lamb: a number for every round; a pair (start, end), ramped linearly from round 1 to round ``rounds`` (a
         single round takes start); or a callable round -> lamb (rounds numbered from 1).
@@ -125,7 +126,8 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
 
     TypeError for a model that is not a KAN of B-spline layers, or arguments of the wrong type; ValueError for
     sparsity outside [0, 1), rounds < 1, unknown schedule or score names, a model with more edges dead than
-    ``sparsity`` asks, or one whose symbolic edges, or the live edge each layer keeps, leave too few to prune.
+    ``sparsity`` asks, or one whose symbolic edges, or the path of live edges that stays, leave too few to
+    prune.
     """
     layers = _check_model(model)
     if not is_real(sparsity):
@@ -156,12 +158,16 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     if final_dead - dead > prunable:
         raise ValueError(f"sparsity={sparsity} needs {final_dead} of the {edges} edges dead, but {dead} are and "
                          f"only {prunable} more can be pruned (edges fixed to symbolic functions are never pruned)")
-    removable = sum(_removable(layer) for layer in layers)
+    kept = _fewest_prunable_on_a_path(layers)
+    if final_dead > dead and kept is None:
+        raise ValueError("the model has no path of live edges from an input to an output (its output is a "
+                         "constant), so no edge can be ranked for pruning")
+    removable = prunable - (kept or 0)
     if final_dead - dead > removable:
         raise ValueError(f"sparsity={sparsity} needs {final_dead} of the {edges} edges dead, but {dead} are and "
-                         f"only {removable} more can be pruned while each of the {len(layers)} layers keeps a live "
-                         f"edge (without one the output is a constant): at most {dead + removable} of {edges} "
-                         f"(sparsity {(dead + removable) / edges:.4g})")
+                         f"only {removable} more can be pruned while a path of live edges from an input to an "
+                         f"output stays (without one the output is a constant; it takes {kept} prunable edges): "
+                         f"at most {dead + removable} of {edges} (sparsity {(dead + removable) / edges:.4g})")
     targets = sparsity_targets(dead / edges, sparsity, rounds, schedule)
 
     def run_fit(steps: int, lamb: float, grid: bool, seed: int | None) -> History:
@@ -245,43 +251,75 @@ def _prunable(layer: nn.Module) -> torch.Tensor:
     return (layer.mask != 0) & ~fixed
 
 
-def _removable(layer: nn.Module) -> int:
-    """How many of the layer's prunable edges can go while it keeps a live edge (a symbolic one counts)."""
-    prunable = int(_prunable(layer).sum())
-    return prunable if int(live_edges(layer).sum()) > prunable else max(prunable - 1, 0)
-
-
 def _dead_count(layers: list[nn.Module]) -> int:
     return sum(int((~live_edges(layer)).sum()) for layer in layers)
+
+
+def _path_costs(layers: list[nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, the [I, O] cost of each edge on a path (1 prunable, 0 fixed to a symbolic function, inf dead);
+    per node layer, the fewest prunable edges on a live path from an input to each node (forward) and from
+    each node to an output (backward), inf where there is none. Float64 on the CPU."""
+    costs = []
+    for layer in layers:
+        cost = torch.where(live_edges(layer).cpu(), 0.0, torch.inf).double()
+        costs.append(torch.where(_prunable(layer).cpu(), 1.0, cost))
+    forward = [torch.zeros(costs[0].shape[0], dtype=torch.float64)]
+    for cost in costs:
+        forward.append((forward[-1][:, None] + cost).min(dim=0).values)
+    backward = [torch.zeros(costs[-1].shape[1], dtype=torch.float64)]
+    for cost in reversed(costs):
+        backward.insert(0, (cost + backward[0][None, :]).min(dim=1).values)
+    return costs, forward, backward
+
+
+def _fewest_prunable_on_a_path(layers: list[nn.Module]) -> int | None:
+    """The fewest prunable edges on a path of live edges from an input to an output; None when there is none."""
+    fewest = float(_path_costs(layers)[1][-1].min())
+    return None if fewest == float("inf") else int(fewest)
+
+
+def _kept_path(layers: list[nn.Module], scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer, the [I, O] bool mask of the path that pruning keeps: among the live paths from an input to an
+    output with the fewest prunable edges, the one whose weakest prunable edge scores highest (the first by
+    position among equals). All False where the model has no live path."""
+    costs, forward, backward = _path_costs(layers)
+    fewest = forward[-1].min()
+    masks = [torch.zeros(cost.shape, dtype=torch.bool) for cost in costs]
+    if fewest == torch.inf:
+        return masks
+    strength = torch.full((costs[0].shape[0],), torch.inf, dtype=torch.float64)
+    sources = []
+    for l, cost in enumerate(costs):
+        on_fewest = forward[l][:, None] + cost + backward[l + 1][None, :] == fewest
+        score = torch.where(cost == 1.0, scores[l].detach().double().cpu(), torch.inf)
+        through = torch.where(on_fewest, torch.minimum(strength[:, None], score), -torch.inf)
+        strength, source = through.max(dim=0)
+        sources.append(source)
+    node = int(strength.argmax())
+    for l in range(len(costs) - 1, -1, -1):
+        previous = int(sources[l][node])
+        masks[l][previous, node] = True
+        node = previous
+    return masks
 
 
 @torch.no_grad()
 def _mask_lowest(layers: list[nn.Module], scores: list[torch.Tensor], count: int) -> None:
     """Switch off the ``count`` prunable edges with the lowest scores, ties in (layer, input, output) order, but
-    never a layer's last live edge: the next edge in the ranking goes in its place."""
+    never an edge of the path that stays (:func:`_kept_path`): the next edges in the ranking go in their place."""
     if count <= 0:
         return
-    candidates = [(l, _prunable(layer).flatten().nonzero().flatten()) for l, layer in enumerate(layers)]
-    values = torch.cat([scores[l].detach().flatten()[index].double().cpu() for l, index in candidates])
-    if not bool(torch.isfinite(values).all()):
-        raise FloatingPointError("edge scores are NaN or inf, so no edge can be ranked; the model's activations "
-                                 "on the training input are not finite")
+    for l, layer in enumerate(layers):
+        if not bool(torch.isfinite(scores[l].detach()[_prunable(layer)]).all()):
+            raise FloatingPointError("edge scores are NaN or inf, so no edge can be ranked; the model's activations "
+                                     "on the training input are not finite")
+    kept = _kept_path(layers, scores)
+    candidates = [(l, (_prunable(layer).cpu() & ~kept[l]).flatten().nonzero().flatten())
+                  for l, layer in enumerate(layers)]
+    values = torch.cat([scores[l].detach().flatten().double().cpu()[index] for l, index in candidates])
     owners = torch.cat([torch.full((len(index),), l) for l, index in candidates])
-    positions = torch.cat([index.cpu() for _, index in candidates])
-    ranked = torch.sort(values, stable=True).indices
-    chosen = ranked[:count]
-    live = [int(live_edges(layer).sum()) for layer in layers]
-    taken = torch.bincount(owners[chosen], minlength=len(layers)).tolist()
-    if any(taken[l] >= live[l] for l in range(len(layers))):
-        kept, left = [], live[:]
-        for index in ranked.tolist():
-            owner = int(owners[index])
-            if left[owner] > 1:
-                kept.append(index)
-                left[owner] -= 1
-                if len(kept) == count:
-                    break
-        chosen = torch.tensor(kept, dtype=torch.long)
+    positions = torch.cat([index for _, index in candidates])
+    chosen = torch.sort(values, stable=True).indices[:count]
     for l, layer in enumerate(layers):
         flat = positions[chosen[owners[chosen] == l]].to(layer.mask.device)
         layer.mask[flat // layer.out_features, flat % layer.out_features] = 0
