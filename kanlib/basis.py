@@ -89,8 +89,12 @@ def check_grid(grid: torch.Tensor, spline_order: int) -> None:
         raise ValueError("grid knots must be non-decreasing along each row")
 
 
-def is_uniform(grid: torch.Tensor, rtol: float = 1e-5) -> bool:
-    """True when every row's knots are equally spaced within ``rtol`` of the spacing."""
+def is_uniform(grid: torch.Tensor, rtol: float | None = None) -> bool:
+    """True when every row's knots are equally spaced within ``rtol`` of the spacing (None: 1e-10 for float64,
+    1e-5 for the narrower dtypes: a float32 grid cast to float64 is uniform only to float32's rounding, and the
+    closed form would then be that far from the knots' own basis)."""
+    if rtol is None:
+        rtol = 1e-10 if grid.dtype == torch.float64 else 1e-5
     steps = (grid[:, -1:] - grid[:, :1]) / (grid.shape[1] - 1)
     if bool((steps <= 0).any()):
         return False

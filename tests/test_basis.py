@@ -108,6 +108,17 @@ def test_is_uniform_detects_moved_knots():
     assert not basis.is_uniform(grid)
 
 
+def test_a_float64_grid_is_uniform_only_to_float64_rounding():
+    """A knot moved by 1.6e-6 of a step, or a float32 grid cast to float64, is uniform to float32's rounding
+    only: taken as uniform, the closed form was 1e-7 away from the knots' own basis in float64."""
+    grid = basis.make_grid(2, 5, 3, dtype=torch.float64)
+    assert basis.is_uniform(grid) and basis.is_uniform(basis.make_grid(2, 200, 3, dtype=torch.float64))
+    moved = grid.clone()
+    moved[:, 5] += 1.6e-6 * (grid[0, 1] - grid[0, 0])
+    assert not basis.is_uniform(moved) and basis.is_uniform(moved.float())
+    assert not basis.is_uniform(basis.make_grid(2, 7, 3).double())
+
+
 @pytest.mark.parametrize("grid_size,k", CASES)
 def test_matrix_kan_matches_reference_on_uniform_grids(grid_size, k):
     gen = torch.Generator().manual_seed(31 * grid_size + k)

@@ -531,3 +531,41 @@ def test_fit_spline_coefficients_solves_a_few_inputs_at_a_time_to_the_same_value
         return (torch.einsum("nij,ioj->nio", basis, coef) - y).square().sum()
 
     assert error(whole) < error(whole + 1e-3 * torch.randn_like(whole))
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu", "sparse"])
+def test_a_nearly_uniform_float64_grid_computes_its_own_knots_basis(backend):
+    """Knots off by 1.6e-6 of a step counted as uniform (the float32 tolerance), and every fast path gave the
+    evenly spaced basis: 1e-7 from the plain formula in float64."""
+    from kanlib.ops.spline_linear.reference import expanded_input, layer_weight_matrix
+
+    torch.manual_seed(0)
+    layer = BSplineKAN(2, 3, grid_size=5, spline_order=3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.grid[:, 5] += 1.6e-6 * 0.4
+        layer.coef.normal_()
+    layer.backend = backend
+    x = torch.linspace(-1.5, 1.5, 301, dtype=torch.float64).unsqueeze(1).repeat(1, 2)
+    weight = layer_weight_matrix(layer.scale_base, layer.scale_sp, layer.mask, layer.coef)
+    expected = expanded_input(x, layer.grid, 3).reshape(301, -1) @ weight
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,grid_size", [(3, 5), (3, 9), (4, 6)])
+def test_second_input_derivatives_on_every_knot_agree_across_backends(k, grid_size):
+    """The eager backend's double backward runs autograd through the closed-form basis, whose clamp dropped the
+    spline's slope where the arithmetic span is a knot's neighbour (0 against 40.5 at x = -1, k = 3, G = 9).
+    From k = 3 the second derivative is continuous at the knots, so either neighbouring span gives it."""
+    torch.manual_seed(1)
+    layer = BSplineKAN(3, 2, grid_size=grid_size, spline_order=k, dtype=torch.float64)
+    with torch.no_grad():
+        layer.coef.normal_()
+    knots = layer.grid.t()
+
+    def second(backend):
+        layer.backend = backend
+        x = torch.cat([knots, torch.nextafter(knots, knots + 1)]).requires_grad_()
+        slope = torch.autograd.grad(layer(x).sum(), x, create_graph=True)[0]
+        return torch.autograd.grad(slope.sum(), x)[0]
+
+    torch.testing.assert_close(second("eager"), second("cpu"), rtol=1e-9, atol=1e-9)

@@ -361,13 +361,13 @@ def test_backend_follows_the_dense_layer():
         assert SparseBSplineKAN.from_dense(layer).backend == sparse_backend
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k,grid_size", [(2, 5), (3, 5), (3, 9)])
 @pytest.mark.parametrize("backend,create_graph", [("eager", False), ("eager", True), ("cpu", True), ("cpu", False)])
-def test_input_gradients_on_and_beside_every_knot_equal_the_dense_layers(k, backend, create_graph):
+def test_input_gradients_on_and_beside_every_knot_equal_the_dense_layers(k, grid_size, backend, create_graph):
     """On a uniform grid the span is found arithmetically, the knot's neighbour within rounding; the clamp that
     keeps the coordinate in [0, 1] there took the spline's slope away in the eager path (and in every backend's
     differentiable backward): at x = -0.2 of the default grid, -0.258 against the dense layer's -0.221."""
-    dense = masked_layer(31, n_in=3, n_out=2, dead=0.0, spline_order=k)
+    dense = masked_layer(31, n_in=3, n_out=2, dead=0.0, spline_order=k, grid_size=grid_size)
     sparse = SparseBSplineKAN.from_dense(dense)
     sparse.backend = backend
     knots = dense.grid.t()
