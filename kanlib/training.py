@@ -316,7 +316,7 @@ def fit_steps(model: nn.Module, data: Mapping[str, torch.Tensor], **options) -> 
 def _trainer(model: nn.Module, data: Mapping[str, torch.Tensor], **options) -> "_Trainer":
     """fit's arguments (all of them, by name) checked, model and data on the device, the
     callbacks started: the `_Trainer` that runs the steps."""
-    splits = _check_data(data)
+    splits = check_data(data)
     penalty = {name: options.pop(f"lamb_{name}") for name in ("l1", "entropy", "coef", "coefdiff")}
     settings = _check_settings(model, len(splits.train_input), penalty=penalty, **options)
     if settings.device is not None:
@@ -872,7 +872,7 @@ def _check_model_methods(model: nn.Module, lamb: float, update_grid_every: int |
         )
 
 
-def _check_data(data: object) -> _Splits:
+def check_data(data: object) -> _Splits:
     """The four tensors of `data`, checked for keys, types, lengths and label dtypes."""
     if not isinstance(data, Mapping):
         raise TypeError(

@@ -344,6 +344,21 @@ def test_models_without_edge_masks(model):
         prune_to_sparsity(model, regression_data(), 0.5, **FIT)
 
 
+@pytest.mark.parametrize("change,error,match", [
+    (lambda data: {k: v for k, v in data.items() if k != "train_input"}, ValueError,
+     r"data must have keys \['train_input', 'train_label', 'test_input', 'test_label'\], missing \['train_input'\]"),
+    (lambda data: list(data.values()), TypeError, r"data must be a dict with keys .*got list"),
+])
+def test_bad_data_is_named_before_anything_changes(change, error, match):
+    """Without train_input the scores' samples were read first, and a bare KeyError came instead of fit's
+    message listing the keys."""
+    model = KAN([2, 3, 1], seed=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=match):
+        prune_to_sparsity(model, change(regression_data()), 0.5, **FIT)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
 def test_already_sparser_than_asked():
     model = KAN([2, 3, 1], seed=0)
     for i, j in [(0, 0), (0, 1), (1, 0), (1, 2)]:

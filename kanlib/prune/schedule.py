@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..checks import check_choice, check_int, check_real, is_real
-from ..training import History, fit
+from ..training import History, check_data, fit
 from .compact import live_edges
 from .scores import sample_std
 
@@ -130,6 +130,7 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     prune.
     """
     layers = _check_model(model)
+    x = check_data(data).train_input
     if not is_real(sparsity):
         raise TypeError(f"sparsity must be a number in [0, 1) (the fraction of edges switched off), got "
                         f"{type(sparsity).__name__} {sparsity!r}")
@@ -174,7 +175,6 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
         return fit(model, data, steps=steps, opt=opt, lr=lr, batch_size=batch_size, lamb=lamb,
                    update_grid=grid, seed=seed, progress=progress, **extra)
 
-    x = data["train_input"] if isinstance(data, Mapping) else None
     records: list[dict] = []
     histories: list[History] = []
     for t, (lamb_t, target) in enumerate(zip(lambs, targets), start=1):
