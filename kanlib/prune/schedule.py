@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_int, check_real, is_real
+from ..checks import check_bool, check_choice, check_int, check_real, is_real
 from ..training import History, check_data, fit
 from .compact import live_edges
 from .scores import sample_std
@@ -142,8 +142,7 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     finetune_steps = check_int("finetune_steps", finetune_steps, 1)
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("score", score, SCORES)
-    if not isinstance(update_grid, bool):
-        raise TypeError(f"update_grid must be True or False, got {type(update_grid).__name__}")
+    check_bool("update_grid", update_grid)
     lambs = _lamb_schedule(lamb, rounds)
     extra = _check_fit_kwargs(fit_kwargs)
     if seed is not None:
@@ -309,14 +308,14 @@ def _mask_lowest(layers: list[nn.Module], scores: list[torch.Tensor], count: int
     never an edge of the path that stays (:func:`_kept_path`): the next edges in the ranking go in their place."""
     if count <= 0:
         return
-    for l, layer in enumerate(layers):
-        if not bool(torch.isfinite(scores[l].detach()[_prunable(layer)]).all()):
-            raise FloatingPointError("edge scores are NaN or inf, so no edge can be ranked; the model's activations "
-                                     "on the training input are not finite")
+    prunable = [_prunable(layer).cpu() for layer in layers]
+    ranked = [score.detach().double().cpu() for score in scores]
+    if not all(bool(torch.isfinite(score[mask]).all()) for score, mask in zip(ranked, prunable)):
+        raise FloatingPointError("edge scores are NaN or inf, so no edge can be ranked; the model's activations "
+                                 "on the training input are not finite")
     kept = _kept_path(layers, scores)
-    candidates = [(l, (_prunable(layer).cpu() & ~kept[l]).flatten().nonzero().flatten())
-                  for l, layer in enumerate(layers)]
-    values = torch.cat([scores[l].detach().flatten().double().cpu()[index] for l, index in candidates])
+    candidates = [(l, (mask & ~kept[l]).flatten().nonzero().flatten()) for l, mask in enumerate(prunable)]
+    values = torch.cat([ranked[l].flatten()[index] for l, index in candidates])
     owners = torch.cat([torch.full((len(index),), l) for l, index in candidates])
     positions = torch.cat([index for _, index in candidates])
     chosen = torch.sort(values, stable=True).indices[:count]
