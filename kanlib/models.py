@@ -20,7 +20,7 @@ from .layers.registry import LAYERS, resolve_layer
 from .ops.spline_linear import under_transform
 from .prune import Attribution, attribution, compact_layers, kept_edges, kept_nodes, sample_std
 from .prune.compact import give_every_layer_a_bias_if_one_has
-from .prune.prune import add_to_bias, removed_node_means
+from .prune.prune import add_to_bias, mask_edges, removed_node_means
 from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
 
 __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
@@ -313,15 +313,8 @@ class KAN(Stack, nn.Module):
         masks = kept_edges(self.attribute(x), threshold)
         inputs = self.layer_inputs(x) if keep_means else [None] * len(self.layers)
         model = copy.deepcopy(self)
-        with torch.no_grad():
-            for layer, keep, layer_input in zip(model.layers, masks, inputs):
-                keep = keep.to(layer.mask)
-                if keep_means and bool((layer.mask * (1 - keep)).any()):
-                    before = layer.activations(layer_input)
-                    layer.mask.mul_(keep)
-                    add_to_bias(layer, (before - layer.activations(layer_input)).sum(dim=1).mean(dim=0))
-                else:
-                    layer.mask.mul_(keep)
+        for layer, keep, layer_input in zip(model.layers, masks, inputs):
+            mask_edges(layer, keep, layer_input)
         give_every_layer_a_bias_if_one_has(list(model.layers))
         return model
 

@@ -365,3 +365,54 @@ def test_already_sparser_than_asked():
         model.remove_edge(0, i, j)
     with pytest.raises(ValueError, match="already has 4 of its 9 edges dead"):
         prune_to_sparsity(model, regression_data(), 0.3, **FIT)
+
+
+def test_switched_off_edges_leave_their_means_in_the_bias():
+    """One layer: the mean output over the samples is what it was before the edges went (to float rounding), the
+    outputs move by exactly the removed edges' terms less their means; without the inputs only the mask changes."""
+    data = regression_data_4()
+    x = data["train_input"].double()
+    scores = [torch.arange(12.0).view(4, 3)]  # edges (0, 0), (0, 1), (0, 2), (1, 0) rank lowest
+    kept = torch.ones(4, 3, dtype=torch.float64)
+    kept[0, :], kept[1, 0] = 0, 0
+    for keep_means in (True, False):
+        model = KAN([4, 3], seed=3, grid_size=4, dtype=torch.float64)
+        with torch.no_grad():
+            before, terms = model(x), model.layers[0].activations(x)
+            _mask_lowest(list(model.layers), scores, 4, model.layer_inputs(x) if keep_means else None)
+            after = model(x)
+        assert dead_masks(model)[0].tolist() == (kept == 0).tolist()
+        removed = (terms * (1 - kept)).sum(dim=1)
+        if keep_means:
+            torch.testing.assert_close(after.mean(0), before.mean(0), rtol=0, atol=1e-12)
+            torch.testing.assert_close(after, before - removed + removed.mean(0), rtol=0, atol=1e-12)
+        else:
+            assert model.layers[0].bias is None
+            torch.testing.assert_close(after, before - removed, rtol=0, atol=1e-12)
+
+
+def test_keep_means_gives_every_layer_a_bias_that_the_next_fit_trains():
+    data = regression_data()
+    for keep_means in (True, False):
+        model = KAN([2, 5, 1], seed=0, grid_size=5)
+        snapshots = Snapshots()
+        biases = []
+        snapshots.on_fit_start = lambda model, train_input: biases.append(
+            [None if layer.bias is None else layer.bias.detach().clone() for layer in model.layers])
+        result = prune_to_sparsity(model, data, 0.5, rounds=2, keep_means=keep_means, seed=0,
+                                   fit_kwargs={"callbacks": [snapshots]}, **{**FIT, "finetune_steps": 3})
+        assert result.sparsity == round(0.5 * 15) / 15
+        if not keep_means:
+            assert all(bias is None for bias in biases[-1]) and model.layers[0].bias is None
+            continue
+        assert biases[0] == [None, None]  # a KAN built without biases, until the first pruning
+        assert all(bias is not None for bias in biases[1]) and bool(biases[1][1].abs().sum() > 0)
+        assert not torch.equal(model.layers[1].bias.detach(), biases[-1][1])  # the fine-tuning trained it
+        x = data["test_input"]
+        torch.testing.assert_close(model.compact()(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.to_sparse()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_keep_means_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"keep_means must be True or False, got int"):
+        prune_to_sparsity(KAN([2, 3, 1], seed=0), regression_data(), 0.5, keep_means=1, **FIT)

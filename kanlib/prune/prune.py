@@ -9,7 +9,7 @@ from torch import nn
 from ..checks import check_real
 from .scores import Attribution
 
-__all__ = ["kept_nodes", "kept_edges", "removed_node_means", "add_to_bias"]
+__all__ = ["kept_nodes", "kept_edges", "removed_node_means", "add_to_bias", "mask_edges"]
 
 
 def kept_nodes(scores: Attribution, threshold: float) -> list[torch.Tensor]:
@@ -61,3 +61,17 @@ def add_to_bias(layer: nn.Module, extra: torch.Tensor) -> None:
             layer.bias = nn.Parameter(extra.detach().to(layer.mask).clone())
         else:
             layer.bias.add_(extra.to(layer.bias))
+
+
+@torch.no_grad()
+def mask_edges(layer: nn.Module, keep: torch.Tensor, layer_input: torch.Tensor | None = None) -> None:
+    """layer.mask *= keep [I, O] (1 keeps an edge, 0 switches it off). Given ``layer_input`` [N, I], the layer's
+    input on samples, what the edges switched off added to their outputs, averaged over the samples, goes into the
+    layer's bias (:func:`add_to_bias`); an edge's symbolic branch, which the mask does not switch off, stays."""
+    keep = keep.to(layer.mask)
+    if layer_input is None or not bool((layer.mask * (1 - keep)).any()):
+        layer.mask.mul_(keep)
+        return
+    before = layer.activations(layer_input)
+    layer.mask.mul_(keep)
+    add_to_bias(layer, (before - layer.activations(layer_input)).sum(dim=1).mean(dim=0))

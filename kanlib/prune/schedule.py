@@ -16,7 +16,8 @@ from torch import nn
 
 from ..checks import check_bool, check_choice, check_int, check_real, is_real
 from ..training import History, check_data, fit
-from .compact import live_edges
+from .compact import give_every_layer_a_bias_if_one_has, live_edges
+from .prune import mask_edges
 from .scores import sample_std
 
 __all__ = ["SCHEDULES", "SCORES", "PruningRound", "SparsityResult", "sparsity_targets", "edge_scores",
@@ -100,7 +101,8 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
                       lamb: float | tuple[float, float] | Callable[[int], float] = 0.01, opt: str = "adam",
                       lr: float | None = None, batch_size: int | None = None, seed: int | None = None,
                       schedule: str = "cubic", score: str = "attribution", update_grid: bool = True,
-                      progress: bool = False, fit_kwargs: Mapping[str, object] | None = None) -> SparsityResult:
+                      keep_means: bool = True, progress: bool = False,
+                      fit_kwargs: Mapping[str, object] | None = None) -> SparsityResult:
     """Train ``model`` (a KAN of B-spline layers) in place until the fraction ``sparsity`` of its edges, counted
     over all layers, is switched off; returns a ``SparsityResult``.
 
@@ -108,7 +110,10 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     then masks off the lowest-scoring live edges (``edge_scores`` on ``data["train_input"]``, ties broken by
     position: layer, then input, then output) until exactly ``round(s_t * E)`` of the E edges are dead (Python's
     round), s_t following ``schedule`` (see ``sparsity_targets``) from the fraction already dead. Then
-    ``finetune_steps`` steps of fit without the penalty. Edges fixed to symbolic functions count as live and
+    ``finetune_steps`` steps of fit without the penalty. With ``keep_means``, what the edges switched off in a
+    round added to their outputs, averaged over the training inputs, goes into their layer's bias (as
+    ``KAN.prune_edge`` does), so that pruning moves the model less; every layer then has a bias (a new Parameter
+    where it had none, which the next fit trains). Edges fixed to symbolic functions count as live and
     are never pruned; dead edges stay dead. A path of live edges from an input to an output always stays (without
     one the output is a constant): each round keeps the path whose weakest edge scores highest, among those with
     the fewest prunable edges, and the next edges in the ranking go in the place of its edges.
@@ -143,6 +148,7 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("score", score, SCORES)
     check_bool("update_grid", update_grid)
+    check_bool("keep_means", keep_means)
     lambs = _lamb_schedule(lamb, rounds)
     extra = _check_fit_kwargs(fit_kwargs)
     if seed is not None:
@@ -179,8 +185,11 @@ def prune_to_sparsity(model: nn.Module, data: Mapping[str, torch.Tensor], sparsi
     for t, (lamb_t, target) in enumerate(zip(lambs, targets), start=1):
         grid = update_grid and t == 1 and dead == 0
         history = run_fit(steps, lamb_t, grid, None if seed is None else seed + t - 1)
-        scores = edge_scores(model, x.to(layers[0].mask.device), score)
-        _mask_lowest(layers, scores, round(target * edges) - _dead_count(layers))
+        samples = x.to(layers[0].mask.device)
+        scores = edge_scores(model, samples, score)
+        with torch.no_grad():
+            inputs = model.layer_inputs(samples) if keep_means else None
+        _mask_lowest(layers, scores, round(target * edges) - _dead_count(layers), inputs)
         dead_now = _dead_count(layers)
         records.append(dict(round=t, lamb=lamb_t, target=target, sparsity=dead_now / edges, dead_edges=dead_now))
         histories.append(history)
@@ -303,9 +312,11 @@ def _kept_path(layers: list[nn.Module], scores: list[torch.Tensor]) -> list[torc
 
 
 @torch.no_grad()
-def _mask_lowest(layers: list[nn.Module], scores: list[torch.Tensor], count: int) -> None:
+def _mask_lowest(layers: list[nn.Module], scores: list[torch.Tensor], count: int,
+                 layer_inputs: list[torch.Tensor] | None = None) -> None:
     """Switch off the ``count`` prunable edges with the lowest scores, ties in (layer, input, output) order, but
-    never an edge of the path that stays (:func:`_kept_path`): the next edges in the ranking go in their place."""
+    never an edge of the path that stays (:func:`_kept_path`): the next edges in the ranking go in their place.
+    Given the layers' inputs on samples, the switched-off edges' means go into the biases (:func:`mask_edges`)."""
     if count <= 0:
         return
     prunable = [_prunable(layer).cpu() for layer in layers]
@@ -321,4 +332,8 @@ def _mask_lowest(layers: list[nn.Module], scores: list[torch.Tensor], count: int
     chosen = torch.sort(values, stable=True).indices[:count]
     for l, layer in enumerate(layers):
         flat = positions[chosen[owners[chosen] == l]].to(layer.mask.device)
-        layer.mask[flat // layer.out_features, flat % layer.out_features] = 0
+        keep = torch.ones_like(layer.mask)
+        keep[flat // layer.out_features, flat % layer.out_features] = 0
+        mask_edges(layer, keep, None if layer_inputs is None else layer_inputs[l])
+    if layer_inputs is not None:
+        give_every_layer_a_bias_if_one_has(layers)
