@@ -873,7 +873,7 @@ def _check_model_methods(model: nn.Module, lamb: float, update_grid_every: int |
 
 
 def check_data(data: object) -> _Splits:
-    """The four tensors of `data`, checked for keys, types, lengths and label dtypes."""
+    """The four tensors of `data`, checked for keys, types, lengths, label dtypes and finite values."""
     if not isinstance(data, Mapping):
         raise TypeError(
             f"data must be a dict with keys {list(DATA_KEYS)}, got {type(data).__name__}"
@@ -915,7 +915,21 @@ def check_data(data: object) -> _Splits:
                 f"{split}_label holds class indices, which must be torch.int64, "
                 f"got {labels.dtype}; convert them with .long()"
             )
+    for key in DATA_KEYS:
+        _check_finite(key, data[key])
     return _Splits(*(data[key] for key in DATA_KEYS))
+
+
+def _check_finite(key: str, values: torch.Tensor) -> None:
+    """ValueError when floating ``values`` hold NaN or inf: a loss over them is not finite, and a grid update
+    would have moved the grids to them before the first step found that out."""
+    if not values.is_floating_point():
+        return
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        first = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(f"data[{key!r}] must be finite, got {int(bad.sum())} NaN or inf entries (the first at "
+                         f"index {first}: {values[first].item()})")
 
 
 def _check_class_indices(logits: torch.Tensor, splits: _Splits) -> None:

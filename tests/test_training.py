@@ -750,3 +750,23 @@ def test_adam_takes_torchs_fused_implementation_where_it_runs():
     assert _build_optimizer(on_cpu, "adam", 1e-2).defaults["fused"] is True
     on_meta = [torch.nn.Parameter(torch.randn(3, device="meta"))]
     assert not _build_optimizer(on_meta, "adam", 1e-2).defaults["fused"]
+
+
+@pytest.mark.parametrize("key, index, value", [("train_label", (5, 0), float("nan")),
+                                               ("train_input", (0, 0), float("inf")),
+                                               ("test_label", (30, 0), float("-inf")),
+                                               ("test_input", (7, 0), float("nan"))])
+def test_data_that_is_not_finite_is_refused_before_the_grids_move(key, index, value):
+    """A NaN label was found by the first loss, after the first grid update had moved the grids to the data."""
+    from kanlib import KAN
+
+    data = sine_data()
+    data[key] = data[key].clone()
+    data[key][index] = value
+    data[key][-1, 0] = value
+    model = KAN([1, 3, 1], grid_size=4, seed=0)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"data\['{key}'\] must be finite, got 2 NaN or inf entries \(the first "
+                                         rf"at index \({index[0]}, 0\): {value}\)"):
+        fit(model, data, steps=2, update_grid=True, progress=False)
+    assert all(torch.equal(tensor, model.state_dict()[name]) for name, tensor in state.items())
