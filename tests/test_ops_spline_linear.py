@@ -719,18 +719,30 @@ def test_a_second_backward_through_the_kept_expansion_rebuilds_it():
 
 @pytest.mark.parametrize("uniform", [True, False])
 def test_the_dense_kernel_at_knots_infinities_and_nan(uniform):
-    """Inputs exactly on every knot (the first and last included), beyond the grid, infinite and NaN: the dense
-    kernel's spans (counted on any grid, computed on uniform ones) and its outputs match the plain formula."""
+    """Inputs exactly on every knot (the first and last included), beyond the grid, NaN and infinite: the dense
+    kernel's spans (counted on any grid, computed on uniform ones) and its outputs match the plain formula. At an
+    infinite input the kernel gives the limit, the base branch's infinity (its bases are 0 beyond the grid), where
+    the plain formula, as pykan, gives NaN (its recursion multiplies the infinity by a zero basis)."""
     gen = torch.Generator().manual_seed(11)
     grid = random_grid(3, 5, 3, gen, uniform=uniform, dtype=torch.float64)
     on_knots = grid.t()  # [G+2k+1, I]: row j puts every input on its own knot j
-    special = torch.tensor([float("inf"), float("-inf"), float("nan"), 1e30, -1e30], dtype=torch.float64)
+    special = torch.tensor([float("nan"), 1e30, -1e30], dtype=torch.float64)
     x = torch.cat([on_knots, special.unsqueeze(1).expand(-1, 3)]).requires_grad_()
     weight = torch.randn(3 * 9, 4, generator=gen, dtype=torch.float64).requires_grad_()
     finite = torch.isfinite(x.detach()).all(1)
     got = spline_linear(x, weight, grid, 3, uniform, "identity", "cpu")
     want = spline_linear_reference(x, weight, grid, 3, "identity")
+    assert bool(torch.isnan(want[-3]).all())
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True)
+    # one infinite input per row, the others on the grid: every output is that input's base weight times it
+    infinite = torch.tensor([[float("inf"), 0.3, -0.2], [0.1, float("-inf"), 0.5], [0.0, 0.7, float("inf")]],
+                            dtype=torch.float64)
+    with torch.no_grad():
+        got = spline_linear(infinite, weight, grid, 3, uniform, "identity", "cpu")
+        assert bool(torch.isnan(spline_linear_reference(infinite, weight, grid, 3, "identity")).all())
+    for row, i in enumerate((0, 1, 2)):
+        sign = torch.sign(infinite[row, i] * weight.detach()[i * 9])
+        assert torch.equal(got[row], sign * float("inf")), (row, got[row], sign)
     on_grid = x.detach()[finite].requires_grad_()  # gradients where they are defined: the finite inputs
     grads = [torch.autograd.grad(compute(on_grid).square().sum(), (on_grid, weight))
              for compute in (lambda v: spline_linear(v, weight, grid, 3, uniform, "identity", "cpu"),
