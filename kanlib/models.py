@@ -311,7 +311,8 @@ class KAN(Stack, nn.Module):
         check_bool("keep_means", keep_means)
         x = self.samples(x, "prune_edge")
         masks = kept_edges(self.attribute(x), threshold)
-        inputs = self.layer_inputs(x) if keep_means else [None] * len(self.layers)
+        with torch.no_grad():
+            inputs = self.layer_inputs(x) if keep_means else [None] * len(self.layers)
         model = copy.deepcopy(self)
         for layer, keep, layer_input in zip(model.layers, masks, inputs):
             mask_edges(layer, keep, layer_input)
