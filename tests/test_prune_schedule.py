@@ -399,8 +399,9 @@ def test_keep_means_gives_every_layer_a_bias_that_the_next_fit_trains():
         biases = []
         snapshots.on_fit_start = lambda model, train_input: biases.append(
             [None if layer.bias is None else layer.bias.detach().clone() for layer in model.layers])
-        result = prune_to_sparsity(model, data, 0.5, rounds=2, keep_means=keep_means, seed=0,
-                                   fit_kwargs={"callbacks": [snapshots]}, **{**FIT, "finetune_steps": 3})
+        chosen = {"keep_means": True} if keep_means else {}  # off by default
+        result = prune_to_sparsity(model, data, 0.5, rounds=2, seed=0, fit_kwargs={"callbacks": [snapshots]},
+                                   **chosen, **{**FIT, "finetune_steps": 3})
         assert result.sparsity == round(0.5 * 15) / 15
         if not keep_means:
             assert all(bias is None for bias in biases[-1]) and model.layers[0].bias is None
