@@ -16,7 +16,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import assert_compiles  # noqa: E402
+from gpu_compile import SPILL_STORES, assert_compiles  # noqa: E402
 
 from kanlib import KAN, BSplineKAN
 from kanlib.basis import cox_de_boor
@@ -348,3 +348,38 @@ COMPILE_FOR_H100 = textwrap.dedent("""
 
 def test_kernels_compile_for_an_h100():
     assert_compiles(COMPILE_FOR_H100)
+
+
+COMPACT_TILES_FOR_H100 = SPILL_STORES + textwrap.dedent("""
+    import kanlib.ops.spline_linear.triton as kernels
+
+    KERNELS = {"_forward_kernel": (6, kernels.FORWARD_TILES, kernels.FORWARD_FP32_TILES),
+               "_grad_x_kernel": (7, kernels.GRAD_X_TILES, kernels.GRAD_X_FP32_TILES),
+               "_grad_weight_kernel": (6, kernels.GRAD_WEIGHT_TILES, kernels.GRAD_WEIGHT_FP32_TILES)}
+    # the tensor-core list's tile in bfloat16 and TF32 products, the float32 list's in full float32
+    PRODUCTS = ((0, "bf16", "ieee"), (0, "fp32", "tf32"), (1, "fp32", "ieee"))
+    for name, (n_pointers, *lists) in KERNELS.items():
+        tuner = getattr(kernels, name)
+        names = tuner.fn.arg_names
+        blocks = [n for n in ("BLOCK_M", "BLOCK_N", "BLOCK_I", "SPLIT_I") if n in names]
+        for which, dtype, precision in PRODUCTS:
+            tile = lists[which][-1]
+            for k in (3, 5):
+                for uniform in (True, False):
+                    constants = {"K": k, "PIECES": kernels.symmetric_pieces(k), "UNIFORM": uniform, "ACT": 1,
+                                 "PRECISION": precision, "INTERPRET": False, **dict(zip(blocks, tile[:-2]))}
+                    if "DETERMINISTIC" in names:
+                        constants["DETERMINISTIC"] = False
+                    signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "out_ptr"))
+                                     else f"*{dtype}") for n in names[:n_pointers]}
+                    signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
+                    signature.update({n: "constexpr" for n in constants})
+                    spills = spill_stores(tuner.fn, signature, constants, tile[-2], tile[-1])
+                    assert spills == [0], f"{name} {tile} {dtype} {precision} k={k} uniform={uniform}: {spills}"
+    print("compiled")
+""")
+
+
+def test_the_last_tile_of_each_list_compiles_for_an_h100_without_register_spills():
+    """The larger tiles spill on grids that are not uniform and at order 5; the tuner always has this one."""
+    assert_compiles(COMPACT_TILES_FOR_H100)

@@ -91,14 +91,13 @@ def test_lists_picked_by_dtype_and_precision_on_a_gpu():
     assert done.returncode == 0, done.stderr[-3000:]
     picked = eval(done.stdout.strip().splitlines()[-1])
     # the full-precision lists of kanlib/ops/spline_linear/triton.py's and kanlib/ops/basis_linear/triton.py's forward
-    dense_full = [{"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 32, "SPLIT_I": 1},
-                  {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_I": 32, "SPLIT_I": 1},
-                  {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_I": 32, "SPLIT_I": 1},
-                  {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 16, "SPLIT_I": 1},
-                  {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 32, "SPLIT_I": 4},
-                  {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_I": 16, "SPLIT_I": 4}]
+    from kanlib.ops.spline_linear.triton import FORWARD_FP32_TILES
+
+    dense_full = [dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_I", "SPLIT_I"), tile[:4])) for tile in FORWARD_FP32_TILES]
+    assert {config["SPLIT_I"] for config in dense_full} == {1, 4}
     assert picked["dense", "torch.float32", "ieee"] == dense_full
-    assert picked["dense", "torch.float32", "ieee", "deterministic"] == dense_full[:4]
+    assert picked["dense", "torch.float32", "ieee", "deterministic"] == [
+        config for config in dense_full if config["SPLIT_I"] == 1]
     assert picked["dense", "torch.float32", "tf32"] != dense_full
     assert picked["dense", "torch.bfloat16", "ieee"] == picked["dense", "torch.float32", "tf32"]
     tensor_core = picked["dense", "torch.bfloat16", "ieee"]

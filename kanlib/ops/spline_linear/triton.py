@@ -246,8 +246,24 @@ def store_or_add(ptrs, acc, mask, SPLIT_I: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------------
 # Kernels. Tile configurations (BLOCK_M, BLOCK_N, BLOCK_I, num_warps, num_stages) are autotuned per problem
 # size on a GPU, from one list for tensor-core products (bf16, fp16, TF32) and one for full float32, whose
-# FMA products need smaller tiles; each was checked to compile for sm_90 without register spills (uniform
-# grids). The interpreter runs one small configuration.
+# FMA products need smaller tiles. Compiled for sm_90 (ptxas), the larger tiles spill registers in some cases:
+# on grids that are not uniform (Cox-de Boor holds k + 1 levels of the tile), at order 5, and in the grad_x
+# kernel's TF32 products; the last tile of each list is a compact one that compiles without spills at orders 3
+# and 5 on both kinds of grid (tests/test_ops_spline_linear_triton.py), so that the tuner, which times them all,
+# always has one. The interpreter runs one small configuration.
+
+# (BLOCK_M, BLOCK_N, BLOCK_I, SPLIT_I, num_warps, num_stages)
+FORWARD_TILES = [(128, 128, 32, 1, 8, 3), (128, 128, 16, 1, 8, 3), (64, 128, 16, 1, 4, 3), (64, 64, 32, 1, 4, 4),
+                 (64, 128, 16, 4, 4, 3), (64, 64, 32, 4, 4, 4), (64, 64, 16, 1, 4, 2)]
+FORWARD_FP32_TILES = [(64, 64, 32, 1, 8, 2), (128, 64, 32, 1, 8, 2), (64, 128, 32, 1, 8, 2), (64, 64, 16, 1, 4, 2),
+                      (64, 64, 32, 4, 8, 2), (64, 64, 16, 4, 4, 2), (64, 32, 16, 1, 4, 2)]
+# (BLOCK_M, BLOCK_N, BLOCK_I, num_warps, num_stages)
+GRAD_X_TILES = [(128, 64, 32, 8, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 4), (32, 32, 32, 4, 2)]
+GRAD_X_FP32_TILES = [(64, 64, 32, 8, 2), (64, 32, 32, 4, 2), (32, 64, 32, 4, 2), (32, 16, 32, 4, 2)]
+GRAD_WEIGHT_TILES = [(64, 128, 64, 8, 3), (32, 128, 128, 8, 3), (32, 256, 64, 8, 3), (32, 64, 64, 4, 4),
+                     (16, 64, 64, 4, 3)]
+GRAD_WEIGHT_FP32_TILES = [(32, 64, 64, 8, 2), (32, 64, 32, 4, 2), (16, 64, 64, 4, 2), (16, 64, 32, 4, 2)]
+
 
 def _ieee_float32(named_args: dict, kwargs: dict) -> bool:
     return named_args["x_ptr"].dtype == torch.float32 and kwargs.get("PRECISION") == "ieee"
@@ -271,10 +287,7 @@ def _autotune(tensor_core: list[tuple[int, ...]], full_fp32: list[tuple[int, ...
     return autotune(names, tensor_core, key, interpreter_tile, full_fp32, _ieee_float32, keep=keep, **options)
 
 
-@_autotune(tensor_core=[(128, 128, 32, 1, 8, 3), (128, 128, 16, 1, 8, 3), (64, 128, 16, 1, 4, 3),
-                        (64, 64, 32, 1, 4, 4), (64, 128, 16, 4, 4, 3), (64, 64, 32, 4, 4, 4)],
-           full_fp32=[(64, 64, 32, 1, 8, 2), (128, 64, 32, 1, 8, 2), (64, 128, 32, 1, 8, 2), (64, 64, 16, 1, 4, 2),
-                      (64, 64, 32, 4, 8, 2), (64, 64, 16, 4, 4, 2)],
+@_autotune(tensor_core=FORWARD_TILES, full_fp32=FORWARD_FP32_TILES,
            names=("BLOCK_M", "BLOCK_N", "BLOCK_I", "SPLIT_I"), interpreter_tile=(128, 32, 32, 2, 4, 1),
            zeroed_when_split="out_ptr")
 @triton.jit
@@ -329,8 +342,7 @@ def _times_slot_weight_t(go_rows, w_rows, row_ok, in_ok, n_out, stride_go, strid
     return g
 
 
-@_autotune(tensor_core=[(128, 64, 32, 8, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 4)],
-           full_fp32=[(64, 64, 32, 8, 2), (64, 32, 32, 4, 2), (32, 64, 32, 4, 2)])
+@_autotune(tensor_core=GRAD_X_TILES, full_fp32=GRAD_X_FP32_TILES)
 @triton.jit
 def _grad_x_kernel(x_ptr, w_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gx_ptr,
                    n_rows, n_in, n_out, n_basis, n_knots, batch_bucket,
@@ -391,8 +403,7 @@ def _slot_times_grad_out(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, ins, in_
     return acc
 
 
-@_autotune(tensor_core=[(64, 128, 64, 8, 3), (32, 128, 128, 8, 3), (32, 256, 64, 8, 3), (32, 64, 64, 4, 4)],
-           full_fp32=[(32, 64, 64, 8, 2), (32, 64, 32, 4, 2), (16, 64, 64, 4, 2)])
+@_autotune(tensor_core=GRAD_WEIGHT_TILES, full_fp32=GRAD_WEIGHT_FP32_TILES)
 @triton.jit
 def _grad_weight_kernel(x_ptr, grid_ptr, scale_ptr, shift_ptr, go_ptr, gw_ptr,
                         n_rows, n_in, n_out, n_basis, n_knots, batch_bucket,
