@@ -246,11 +246,12 @@ def store_or_add(ptrs, acc, mask, SPLIT_I: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------------
 # Kernels. Tile configurations (BLOCK_M, BLOCK_N, BLOCK_I, num_warps, num_stages) are autotuned per problem
 # size on a GPU, from one list for tensor-core products (bf16, fp16, TF32) and one for full float32, whose
-# FMA products need smaller tiles. Compiled for sm_90 (ptxas), the larger tiles spill registers in some cases:
-# on grids that are not uniform (Cox-de Boor holds k + 1 levels of the tile), at order 5, and in the grad_x
-# kernel's TF32 products; the last tile of each list is a compact one that compiles without spills at orders 3
-# and 5 on both kinds of grid (tests/test_ops_spline_linear_triton.py), so that the tuner, which times them all,
-# always has one. The interpreter runs one small configuration.
+# FMA products need smaller tiles. Compiled for sm_90 by Triton 3.9 (with either ptxas it ships, CUDA 13.4 or
+# 12.9), the larger tiles spill registers in some cases: on grids that are not uniform (Cox-de Boor holds k + 1
+# levels of the tile), at order 5, and in the grad_x kernel's TF32 products; the last tile of each list is a
+# compact one that compiles without spills at orders 3 and 5 on both kinds of grid
+# (tests/test_ops_spline_linear_triton.py), so that the tuner, which times them all, always has one. The
+# interpreter runs one small configuration.
 
 # (BLOCK_M, BLOCK_N, BLOCK_I, SPLIT_I, num_warps, num_stages)
 FORWARD_TILES = [(128, 128, 32, 1, 8, 3), (128, 128, 16, 1, 8, 3), (64, 128, 16, 1, 4, 3), (64, 64, 32, 1, 4, 4),
