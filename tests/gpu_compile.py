@@ -6,9 +6,21 @@ import textwrap
 
 import pytest
 
+# Source a compile script may start with: ``kernel_signature(names, n_pointers, pointer_type, constants)`` gives the
+# signature triton.compile takes for a kernel whose first n_pointers arguments are pointers (pointer_type(name) their
+# types), the constants constexpr and the other arguments i32.
+KERNEL_SIGNATURE = textwrap.dedent("""
+    def kernel_signature(names, n_pointers, pointer_type, constants):
+        signature = {n: pointer_type(n) for n in names[:n_pointers]}
+        signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
+        signature.update({n: "constexpr" for n in constants})
+        return signature
+""")
+
 # Source a compile script may start with: ``spill_stores(function, signature, constants, num_warps, num_stages)``
-# compiles a Triton function for sm_90 and returns the spill-store byte counts ptxas reports.
-SPILL_STORES = textwrap.dedent("""
+# compiles a Triton function for sm_90 and returns the spill-store byte counts ptxas reports (and
+# ``kernel_signature`` as above).
+SPILL_STORES = KERNEL_SIGNATURE + textwrap.dedent("""
     import contextlib, io, re, tempfile
     import triton
     from triton.backends.compiler import GPUTarget

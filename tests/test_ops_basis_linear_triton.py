@@ -12,7 +12,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import SPILL_STORES, assert_compiles  # noqa: E402
+from gpu_compile import KERNEL_SIGNATURE, SPILL_STORES, assert_compiles  # noqa: E402
 
 from kanlib.ops.basis_linear import BasisSpec, basis_linear_reference  # noqa: E402
 from kanlib.ops.basis_linear import triton as kernels  # noqa: E402
@@ -289,7 +289,14 @@ def test_bad_inputs_name_what_was_expected_and_what_came(kind, change, words):
     assert words in str(info.value)
 
 
-COMPILE_FOR_H100 = textwrap.dedent("""
+# The kernels' pointers: the basis parameters' (p, q and their gradient) in the accumulator's width, the others in
+# the products' dtype.
+POINTER_TYPES = textwrap.dedent("""
+    def pointer_type(name, dtype, wide):
+        return f"*{wide if name in ('p_ptr', 'q_ptr', 'pg_ptr') else dtype}"
+""")
+
+COMPILE_FOR_H100 = KERNEL_SIGNATURE + POINTER_TYPES + textwrap.dedent("""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -307,10 +314,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
             constants = {"KIND": kernels.KINDS[kind], "PARAMS": True, "ACC": getattr(tl, "float64" if wide == "fp64"
                          else "float32"), "PRECISION": precision, "INTERPRET": False, **config.kwargs}
             names = tuner.fn.arg_names
-            signature = {n: (f"*{wide}" if n in ("p_ptr", "q_ptr", "pg_ptr") else f"*{dtype}")
-                         for n in names[:n_pointers]}
-            signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
-            signature.update({n: "constexpr" for n in constants})
+            signature = kernel_signature(names, n_pointers, lambda n: pointer_type(n, dtype, wide), constants)
             compiled = triton.compile(ASTSource(tuner.fn, signature, constants), target=GPUTarget("cuda", 90, 32),
                                       options={"num_warps": config.num_warps, "num_stages": config.num_stages})
             assert "cubin" in compiled.asm, name
@@ -353,7 +357,7 @@ def test_a_layer_with_backend_triton_runs_these_kernels_with_every_parameter_tra
             kanlib.ops.basis_linear.basis_linear(x, layer.weight, layer.spec(), "triton")
 
 
-COMPACT_TILES_FOR_H100 = SPILL_STORES + textwrap.dedent("""
+COMPACT_TILES_FOR_H100 = SPILL_STORES + POINTER_TYPES + textwrap.dedent("""
     import triton.language as tl
     import kanlib.ops.basis_linear.triton as kernels
 
@@ -372,10 +376,7 @@ COMPACT_TILES_FOR_H100 = SPILL_STORES + textwrap.dedent("""
                 constants = {"KIND": kernels.KINDS[kind], "PARAMS": True, "ACC": getattr(tl, "float64" if wide ==
                              "fp64" else "float32"), "PRECISION": precision, "INTERPRET": False,
                              **dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_I"), tile[:3]))}
-                signature = {n: (f"*{wide}" if n in ("p_ptr", "q_ptr", "pg_ptr") else f"*{dtype}")
-                             for n in names[:n_pointers]}
-                signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
-                signature.update({n: "constexpr" for n in constants})
+                signature = kernel_signature(names, n_pointers, lambda n: pointer_type(n, dtype, wide), constants)
                 spills = spill_stores(tuner.fn, signature, constants, tile[-2], tile[-1])
                 assert spills == [0], f"{name} {tile} {dtype} {precision} {kind}: spill stores {spills}"
     print("compiled")

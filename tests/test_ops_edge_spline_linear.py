@@ -360,10 +360,8 @@ COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
         constants = {n: value for n, value in constants.items() if n in names}
         if name == "_forward_kernel" and not need_x:
             continue
-        signature = {n: "*fp32" if n in FLOAT32 else "*i64" if n in ("inputs_ptr", "outputs_ptr") else f"*{dtype}"
-                     for n in names[:n_pointers]}
-        signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
-        signature.update({n: "constexpr" for n in constants})
+        signature = kernel_signature(names, n_pointers, lambda n: "*fp32" if n in FLOAT32 else "*i64" if n in (
+            "inputs_ptr", "outputs_ptr") else f"*{dtype}", constants)
         spills = spill_stores(function, signature, constants, kernels.NUM_WARPS, 1)
         assert spills == [0], f"{name} {dtype} k={k} need_x={need_x}: spill stores {spills}"
     print("compiled")

@@ -16,7 +16,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import SPILL_STORES, assert_compiles  # noqa: E402
+from gpu_compile import KERNEL_SIGNATURE, SPILL_STORES, assert_compiles  # noqa: E402
 
 from kanlib import KAN, BSplineKAN
 from kanlib.basis import cox_de_boor
@@ -316,7 +316,14 @@ def test_symmetric_pieces_give_the_cardinal_b_spline(k):
     torch.testing.assert_close(values, cox_de_boor(w.unsqueeze(-1), knots, k)[:, 0, 0], rtol=0, atol=1e-12)
 
 
-COMPILE_FOR_H100 = textwrap.dedent("""
+# The kernels' pointers: the knots, the input scales and shifts and the forward's float32 output, the others in the
+# products' dtype.
+POINTER_TYPES = textwrap.dedent("""
+    def pointer_type(name, dtype):
+        return "*fp32" if any(w in name for w in ("grid", "scale", "shift", "out_ptr")) else f"*{dtype}"
+""")
+
+COMPILE_FOR_H100 = KERNEL_SIGNATURE + POINTER_TYPES + textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -333,10 +340,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
             if "DETERMINISTIC" in names:
                 constants["DETERMINISTIC"] = False
             # the forward sums into a float32 output, in one chunk (configs[0]) or atomically in several
-            signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "out_ptr")) else f"*{dtype}")
-                         for n in names[:n_pointers]}
-            signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
-            signature.update({n: "constexpr" for n in constants})
+            signature = kernel_signature(names, n_pointers, lambda n: pointer_type(n, dtype), constants)
             compiled = triton.compile(ASTSource(tuner.fn, signature, constants), target=GPUTarget("cuda", 90, 32),
                                       options={"num_warps": config.num_warps, "num_stages": config.num_stages})
             assert "cubin" in compiled.asm, name
@@ -350,7 +354,7 @@ def test_kernels_compile_for_an_h100():
     assert_compiles(COMPILE_FOR_H100)
 
 
-COMPACT_TILES_FOR_H100 = SPILL_STORES + textwrap.dedent("""
+COMPACT_TILES_FOR_H100 = SPILL_STORES + POINTER_TYPES + textwrap.dedent("""
     import kanlib.ops.spline_linear.triton as kernels
 
     KERNELS = {"_forward_kernel": (6, kernels.FORWARD_TILES, kernels.FORWARD_FP32_TILES),
@@ -370,10 +374,7 @@ COMPACT_TILES_FOR_H100 = SPILL_STORES + textwrap.dedent("""
                                  "PRECISION": precision, "INTERPRET": False, **dict(zip(blocks, tile[:-2]))}
                     if "DETERMINISTIC" in names:
                         constants["DETERMINISTIC"] = False
-                    signature = {n: ("*fp32" if any(w in n for w in ("grid", "scale", "shift", "out_ptr"))
-                                     else f"*{dtype}") for n in names[:n_pointers]}
-                    signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
-                    signature.update({n: "constexpr" for n in constants})
+                    signature = kernel_signature(names, n_pointers, lambda n: pointer_type(n, dtype), constants)
                     spills = spill_stores(tuner.fn, signature, constants, tile[-2], tile[-1])
                     assert spills == [0], f"{name} {tile} {dtype} {precision} k={k} uniform={uniform}: {spills}"
     print("compiled")

@@ -324,9 +324,8 @@ COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
             constants = {"K": k, "PIECES": dense.symmetric_pieces(k), "UNIFORM": uniform, "ACT": 1,
                          "INTERPRET": False, **config.kwargs}
             constants = {n: value for n, value in constants.items() if n in names}
-            signature = {n: next((t for w, t in TYPES.items() if w in n), f"*{dtype}") for n in names[:n_pointers]}
-            signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
-            signature.update({n: "constexpr" for n in constants})
+            signature = kernel_signature(names, n_pointers, lambda n: next((t for w, t in TYPES.items() if w in n),
+                                                                           f"*{dtype}"), constants)
             spills = spill_stores(function, signature, constants, config.num_warps, config.num_stages)
             assert spills == [0], f"{name} {config} {dtype} k={k} uniform={uniform}: spill stores {spills}"
     print("compiled")

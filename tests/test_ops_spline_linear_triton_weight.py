@@ -198,10 +198,8 @@ COMPILE_FOR_H100 = SPILL_STORES + textwrap.dedent("""
             constants = {"DOUBLE": dtype == "fp64", "INTERPRET": False, "BLOCK_O": 64, "BLOCK_J": 16,
                          **dict(zip(("WANT_BASE", "WANT_SP", "WANT_COEF"), wanted))}
             constants = {n: value for n, value in constants.items() if n in function.arg_names}
-            signature = {n: f"*{w_dtype if n in ('w_ptr', 'gw_ptr') else dtype}"
-                         for n in function.arg_names[:n_pointers]}
-            signature.update({n: "i32" for n in function.arg_names[n_pointers:] if n not in constants})
-            signature.update({n: "constexpr" for n in constants})
+            signature = kernel_signature(function.arg_names, n_pointers,
+                                         lambda n: f"*{w_dtype if n in ('w_ptr', 'gw_ptr') else dtype}", constants)
             spills = spill_stores(function, signature, constants, 4, 3)
             assert spills == [0], f"{name} {dtype} {w_dtype}: spill stores {spills}"
     print("compiled")
