@@ -6,10 +6,24 @@ import textwrap
 
 import pytest
 
-# Source a compile script may start with: ``kernel_signature(names, n_pointers, pointer_type, constants)`` gives the
-# signature triton.compile takes for a kernel whose first n_pointers arguments are pointers (pointer_type(name) their
-# types), the constants constexpr and the other arguments i32.
-KERNEL_SIGNATURE = textwrap.dedent("""
+# Source a compile script may start with: ``compile_for_sm90(function, signature, constants, num_warps, num_stages)``
+# compiles a Triton function for an H100 (sm_90) and returns what triton.compile returns, having checked that a cubin
+# came out; ``kernel_signature(names, n_pointers, pointer_type, constants)`` gives the signature it takes for a kernel
+# whose first n_pointers arguments are pointers (pointer_type(name) their types), the constants constexpr and the
+# other arguments i32.
+SM90 = textwrap.dedent("""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+
+    def compile_for_sm90(function, signature, constants, num_warps, num_stages):
+        compiled = triton.compile(ASTSource(function, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        assert "cubin" in compiled.asm, function.__name__
+        return compiled
+
+
     def kernel_signature(names, n_pointers, pointer_type, constants):
         signature = {n: pointer_type(n) for n in names[:n_pointers]}
         signature.update({n: "i32" for n in names[n_pointers:] if n not in constants})
@@ -18,13 +32,9 @@ KERNEL_SIGNATURE = textwrap.dedent("""
 """)
 
 # Source a compile script may start with: ``spill_stores(function, signature, constants, num_warps, num_stages)``
-# compiles a Triton function for sm_90 and returns the spill-store byte counts ptxas reports (and
-# ``kernel_signature`` as above).
-SPILL_STORES = KERNEL_SIGNATURE + textwrap.dedent("""
+# compiles a Triton function for sm_90 and returns the spill-store byte counts ptxas reports (and SM90's functions).
+SPILL_STORES = SM90 + textwrap.dedent("""
     import contextlib, io, re, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     triton.knobs.nvidia.dump_ptxas_log = True  # printed when ptxas runs: a fresh cache makes it run
     triton.knobs.cache.dir = tempfile.mkdtemp()
@@ -33,9 +43,7 @@ SPILL_STORES = KERNEL_SIGNATURE + textwrap.dedent("""
     def spill_stores(function, signature, constants, num_warps, num_stages):
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(ASTSource(function, signature, constants), target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": num_warps, "num_stages": num_stages})
-        assert "cubin" in compiled.asm, function.__name__
+            compile_for_sm90(function, signature, constants, num_warps, num_stages)
         return [int(n) for n in re.findall(r"(\\d+) bytes spill stores", log.getvalue())]
 """)
 

@@ -12,7 +12,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import KERNEL_SIGNATURE, SPILL_STORES, assert_compiles  # noqa: E402
+from gpu_compile import SM90, SPILL_STORES, assert_compiles  # noqa: E402
 
 from kanlib.ops.basis_linear import BasisSpec, basis_linear_reference  # noqa: E402
 from kanlib.ops.basis_linear import triton as kernels  # noqa: E402
@@ -296,11 +296,8 @@ POINTER_TYPES = textwrap.dedent("""
         return f"*{wide if name in ('p_ptr', 'q_ptr', 'pg_ptr') else dtype}"
 """)
 
-COMPILE_FOR_H100 = KERNEL_SIGNATURE + POINTER_TYPES + textwrap.dedent("""
-    import triton
+COMPILE_FOR_H100 = SM90 + POINTER_TYPES + textwrap.dedent("""
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     import kanlib.ops.basis_linear.triton as kernels
 
     POINTERS = {"_forward_kernel": 5, "_grad_x_kernel": 7, "_grad_weight_kernel": 5}
@@ -315,9 +312,7 @@ COMPILE_FOR_H100 = KERNEL_SIGNATURE + POINTER_TYPES + textwrap.dedent("""
                          else "float32"), "PRECISION": precision, "INTERPRET": False, **config.kwargs}
             names = tuner.fn.arg_names
             signature = kernel_signature(names, n_pointers, lambda n: pointer_type(n, dtype, wide), constants)
-            compiled = triton.compile(ASTSource(tuner.fn, signature, constants), target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-            assert "cubin" in compiled.asm, name
+            compiled = compile_for_sm90(tuner.fn, signature, constants, config.num_warps, config.num_stages)
             if dtype == "bf16":
                 assert "wgmma" in compiled.asm["ptx"], f"{name} does not use the tensor cores"
     print("compiled")

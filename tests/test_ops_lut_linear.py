@@ -22,7 +22,7 @@ from conftest import inputs_around
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import assert_compiles  # noqa: E402
+from gpu_compile import SM90, assert_compiles  # noqa: E402
 
 from kanlib.activations import get_activation
 from kanlib.basis import extend_grid, is_uniform
@@ -296,11 +296,7 @@ def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
         lut_linear(x, table, weights, 0.1, backend="triton")
 
 
-COMPILE_FOR_H100 = textwrap.dedent("""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    import kanlib.ops.lut_linear.triton as kernels
+COMPILE_FOR_H100 = SM90 + textwrap.dedent("""    import kanlib.ops.lut_linear.triton as kernels
 
     tuner = kernels._lut_kernel
     names = tuner.fn.arg_names
@@ -313,9 +309,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
         signature.update({n: ("fp32" if n in ("table_scale", "act_scale") else "i32") for n in names
                           if n not in signature and n not in constants})
         signature.update({n: "constexpr" for n in constants})
-        compiled = triton.compile(ASTSource(tuner.fn, signature, constants), target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-        assert "cubin" in compiled.asm
+        compiled = compile_for_sm90(tuner.fn, signature, constants, config.num_warps, config.num_stages)
         ptx = compiled.asm["ptx"]
         assert "s32.s8.s8" in ptx, "the products do not use int8 tensor-core instructions"
         if config.kwargs["BLOCK_N"] >= 64:

@@ -16,7 +16,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gpu_compile import KERNEL_SIGNATURE, SPILL_STORES, assert_compiles  # noqa: E402
+from gpu_compile import SM90, SPILL_STORES, assert_compiles  # noqa: E402
 
 from kanlib import KAN, BSplineKAN
 from kanlib.basis import cox_de_boor
@@ -323,11 +323,7 @@ POINTER_TYPES = textwrap.dedent("""
         return "*fp32" if any(w in name for w in ("grid", "scale", "shift", "out_ptr")) else f"*{dtype}"
 """)
 
-COMPILE_FOR_H100 = KERNEL_SIGNATURE + POINTER_TYPES + textwrap.dedent("""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    import kanlib.ops.spline_linear.triton as kernels
+COMPILE_FOR_H100 = SM90 + POINTER_TYPES + textwrap.dedent("""    import kanlib.ops.spline_linear.triton as kernels
 
     POINTERS = {"_forward_kernel": 6, "_grad_x_kernel": 7, "_grad_weight_kernel": 6}
     for name, n_pointers in POINTERS.items():
@@ -341,9 +337,7 @@ COMPILE_FOR_H100 = KERNEL_SIGNATURE + POINTER_TYPES + textwrap.dedent("""
                 constants["DETERMINISTIC"] = False
             # the forward sums into a float32 output, in one chunk (configs[0]) or atomically in several
             signature = kernel_signature(names, n_pointers, lambda n: pointer_type(n, dtype), constants)
-            compiled = triton.compile(ASTSource(tuner.fn, signature, constants), target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-            assert "cubin" in compiled.asm, name
+            compiled = compile_for_sm90(tuner.fn, signature, constants, config.num_warps, config.num_stages)
             if dtype == "bf16":
                 assert "wgmma" in compiled.asm["ptx"], f"{name} does not use the tensor cores"
     print("compiled")
