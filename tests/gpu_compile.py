@@ -15,11 +15,12 @@ SM90 = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from kanlib.ops.triton_tuning import FP_FUSION
 
 
     def compile_for_sm90(function, signature, constants, num_warps, num_stages):
         compiled = triton.compile(ASTSource(function, signature, constants), target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": num_warps, "num_stages": num_stages})
+                                  options={"num_warps": num_warps, "num_stages": num_stages, **FP_FUSION})
         assert "cubin" in compiled.asm, function.__name__
         return compiled
 

@@ -129,3 +129,49 @@ def test_ceil_div_counts_the_blocks_that_cover_n():
     for size in (1, 3, 16, 64):
         for n in range(0, 4 * size + 2):
             assert ceil_div(n, size) == triton.cdiv(n, size) == -(-n // size), (n, size)
+
+
+def test_every_kernel_launch_asks_for_fused_multiply_adds(monkeypatch):
+    """Triton 3.9 fuses a multiply and an add by default and warns that 3.10 will not: each of kanlib's launches
+    passes FP_FUSION itself. The interpreter drops the option, so its launches are recorded before it does."""
+    pytest.importorskip("triton")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from kanlib import BSplineKAN, ChebyKAN, SparseBSplineKAN
+    from kanlib.ops.lut_linear import IntegerWeights, lut_linear
+    from kanlib.ops.spline_linear import triton as dense, triton_local as local
+    from kanlib.ops.spline_linear.triton_weight import assemble_weight, weight_gradients
+    from kanlib.ops.triton_tuning import FP_FUSION
+    from kanlib.quant.table import BasisTable
+    from kanlib.quant.tensor import QuantizedTensor, QuantSpec
+
+    if not dense.INTERPRET:
+        pytest.skip("records the interpreter's launches")
+    launched = {}
+    interpret = InterpretedFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        launched[f"{self.fn.__module__}.{self.fn.__name__}"] = kwargs.get("enable_fp_fusion")
+        return interpret(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", run)
+    torch.manual_seed(0)
+    x = (torch.rand(5, 3) * 2.4 - 1.2).requires_grad_()
+    layers = (BSplineKAN(3, 4, grid_size=5, backend="triton"), ChebyKAN(3, 4, degree=3, backend="triton"),
+              SparseBSplineKAN(3, 4, [(0, 1), (2, 0), (2, 3)], backend="triton"))
+    for layer in layers:
+        layer(x).square().sum().backward()
+    parameters = [t.detach() for t in (layers[0].scale_base, layers[0].scale_sp, layers[0].mask, layers[0].coef)]
+    weight = assemble_weight(*parameters).requires_grad_()
+    weight_gradients(*parameters[1:], torch.ones_like(weight))
+    local.spline_linear_triton_any(x, weight, layers[0].grid, 3, True, "silu", kernels="local").sum().backward()
+    spec = QuantSpec(8, granularity="channel")
+    integers = IntegerWeights.from_quantized(QuantizedTensor.quantize(layers[0].spline_weight().detach(), spec),
+                                             QuantizedTensor.quantize(layers[0].base_weight().detach(), spec))
+    lut_linear(x.detach(), BasisTable(layers[0].grid, 3), integers, 0.01, "silu", 8, backend="triton")
+    modules = ("spline_linear.triton", "spline_linear.triton_weight", "spline_linear.triton_local",
+               "basis_linear.triton", "edge_spline_linear.triton", "lut_linear.triton")
+    assert {name.rsplit(".", 1)[0].removeprefix("kanlib.ops.") for name in launched} == set(modules), launched
+    assert len(launched) == 15, "\n".join(sorted(launched))
+    assert FP_FUSION == {"enable_fp_fusion": True}
+    assert all(launched.values()), [name for name, fused in launched.items() if not fused]

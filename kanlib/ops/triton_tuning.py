@@ -1,5 +1,5 @@
-"""Which tile configurations the Triton kernels' autotuners try on a GPU, and the autotuner every kernel module
-builds from its lists (:func:`autotune`).
+"""Which tile configurations the Triton kernels' autotuners try on a GPU, the autotuner every kernel module
+builds from its lists (:func:`autotune`), and the launch option every kernel is launched with (``FP_FUSION``).
 
 Every listed configuration by default. ``KANLIB_TRITON_AUTOTUNE=first`` keeps the first of each list alone: the
 GPU reference run sets it for its tests and for ``bench images``, since compiling and timing every configuration
@@ -12,10 +12,15 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "tuned", "interpreting", "tile_config", "autotune", "ceil_div"]
+__all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "FP_FUSION", "tuned", "interpreting", "tile_config", "autotune",
+           "ceil_div"]
 
 AUTOTUNE_ENV = "KANLIB_TRITON_AUTOTUNE"
 AUTOTUNE_MODES = ("all", "first")
+# The launch option every kernel is launched with: a multiply followed by an add compiles to one fused multiply-add,
+# as the kernels were written, tested and timed. Left unset, Triton 3.9 warns that its default turns fusion off in
+# 3.10, which would change the kernels' speed and rounding (TRITON_FORCE_DISABLE_FP_FUSION=1 still turns it off).
+FP_FUSION = {"enable_fp_fusion": True}
 T = TypeVar("T")
 
 

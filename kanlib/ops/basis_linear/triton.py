@@ -40,7 +40,7 @@ from ..spline_linear.compiled import compiling_with_kernels
 from ..spline_linear.support import autocast_operands
 from ..spline_linear.triton import INTERPRET, check_devices, to_store
 from .reference import PARAMETERS, differentiable_gradients
-from ..triton_tuning import autotune, ceil_div
+from ..triton_tuning import FP_FUSION, autotune, ceil_div
 
 __all__ = ["KINDS", "DTYPES", "triton_runs", "basis_linear_triton", "BasisLinearFunction", "triton_product",
            "triton_gradients", "check_call"]
@@ -360,7 +360,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, launch: _Launch) -> torch.Te
 
     with launch.on_device():
         _forward_kernel[launch_grid](x, weight, launch.p, launch.q, out, *launch.sizes(), *x.stride(),
-                                     *weight.stride(), *out.stride(), **launch.constants)
+                                     *weight.stride(), *out.stride(), **launch.constants, **FP_FUSION)
     return out
 
 
@@ -382,7 +382,7 @@ def _grad_x(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, launc
     with launch.on_device():
         _grad_x_kernel[launch_grid](x, weight, launch.p, launch.q, grad_out, grad_x, partials, *launch.sizes(),
                                     *x.stride(), *weight.stride(), *grad_out.stride(), *grad_x.stride(),
-                                    **{**launch.constants, "PARAMS": params})
+                                    **{**launch.constants, "PARAMS": params}, **FP_FUSION)
     return grad_x, (partials if params else None)
 
 
@@ -396,7 +396,7 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
 
     with launch.on_device():
         _grad_weight_kernel[launch_grid](x, launch.p, launch.q, grad_out, grad_w, *launch.sizes(), *x.stride(),
-                                         *grad_out.stride(), *grad_w.stride(), **launch.constants)
+                                         *grad_out.stride(), *grad_w.stride(), **launch.constants, **FP_FUSION)
     return grad_w
 
 

@@ -29,7 +29,7 @@ from ...activations import get_activation
 from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, activation, activation_derivative, check_devices,
                                     reciprocal_or_zero)
 from ..spline_linear.support import autocast_operands
-from ..triton_tuning import ceil_div
+from ..triton_tuning import FP_FUSION, ceil_div
 from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
                       nan_where_dead_edges_meet_nonfinite)
 
@@ -186,7 +186,7 @@ def triton_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_output
                 x, coef, scale_base, scale_sp, grid32, edge_inputs, edge_outputs, out,
                 n_rows, n_edges, n_out, grid.shape[1], coef.shape[1], *x.stride(),
                 K=spline_order, ACT=ACTIVATION_IDS[activation_name], BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES,
-                num_warps=NUM_WARPS)
+                num_warps=NUM_WARPS, **FP_FUSION)
     base = get_activation(activation_name).function(x.detach().float())
     return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs).to(x.dtype)
 
@@ -208,7 +208,7 @@ def triton_gradients(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outp
                 grad_out, grad_x, grad_coef, grad_base, grad_sp,
                 n_rows, n_edges, x.shape[1], n_out, grid.shape[1], coef.shape[1], *x.stride(), *grad_out.stride(),
                 K=spline_order, ACT=ACTIVATION_IDS[activation_name], NEED_X=bool(needs[0]),
-                BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES, num_warps=NUM_WARPS)
+                BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES, num_warps=NUM_WARPS, **FP_FUSION)
     grads = (grad_x.to(x.dtype), grad_coef.to(coef.dtype), grad_base.to(scale_base.dtype),
              grad_sp.to(scale_sp.dtype))
     return tuple(grad if need else None for grad, need in zip(grads, needs))

@@ -53,7 +53,7 @@ import triton.language as tl
 from .reference import TABLE_SHIFT
 from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, SPLINE_ORDERS, activation, check_devices
 from ..derived import derived
-from ..triton_tuning import autotune, ceil_div
+from ..triton_tuning import FP_FUSION, autotune, ceil_div
 
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS"]
 
@@ -314,5 +314,5 @@ def lut_linear_triton(x: torch.Tensor, table, weights, act_scale, activation: st
                                  float(table.scale), float(act_scale),
                                  *x.stride(), *ws.stride(), *wb.stride(), *out.stride(),
                                  K=k, UNIFORM=bool(table.uniform), ACT=ACTIVATION_IDS[activation], SHIFT=shift,
-                                 WORDS=words.shape[1])
+                                 WORDS=words.shape[1], **FP_FUSION)
     return out

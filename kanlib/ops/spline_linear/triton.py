@@ -49,7 +49,7 @@ from ...basis import cardinal_pieces
 from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS, autocast_operands
 from ..derived import derived
-from ..triton_tuning import autotune, ceil_div, interpreting
+from ..triton_tuning import FP_FUSION, autotune, ceil_div, interpreting
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
@@ -496,7 +496,7 @@ def launch_forward(kernel, x: torch.Tensor, weight: torch.Tensor, plan: LaunchPl
     if plan.n_rows > 0:
         with plan.on_device():
             kernel[launch_grid](x, weight, *plan.knots, out, *sizes, *x.stride(), *weight.stride(), *out.stride(),
-                                DETERMINISTIC=torch.are_deterministic_algorithms_enabled(), **constants)
+                                DETERMINISTIC=torch.are_deterministic_algorithms_enabled(), **constants, **FP_FUSION)
     return out.to(x.dtype)
 
 
@@ -512,7 +512,7 @@ def launch_grad_x(kernel, x: torch.Tensor, weight: torch.Tensor, grad_out: torch
 
     with plan.on_device():
         kernel[launch_grid](x, weight, *plan.knots, grad_out, grad_x, *sizes, *x.stride(), *weight.stride(),
-                            *grad_out.stride(), *grad_x.stride(), **constants)
+                            *grad_out.stride(), *grad_x.stride(), **constants, **FP_FUSION)
     return grad_x
 
 
@@ -535,7 +535,7 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
 
     with plan.on_device():
         _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, grad_w, *plan.sizes(), *x.stride(),
-                                         *grad_out.stride(), *grad_w.stride(), **plan.constants)
+                                         *grad_out.stride(), *grad_w.stride(), **plan.constants, **FP_FUSION)
     return grad_w
 
 

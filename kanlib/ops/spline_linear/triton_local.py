@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from .support import KERNEL_FAMILIES, autocast_operands, prefers_sparse, triton_sparse_slowdown
-from ..triton_tuning import autotune, ceil_div
+from ..triton_tuning import FP_FUSION, autotune, ceil_div
 from .triton import (LaunchPlan, SplineLinearFunction, activation, activation_derivative, check_inputs, input_chunk,
                      launch_forward, launch_grad_x, one_chunk_if_deterministic, planned_function, spline_basis,
                      store_or_add, to_store)
@@ -315,7 +315,8 @@ def _rows_by_window(x: torch.Tensor, plan: LaunchPlan,
     starts = torch.empty(plan.n_in, plan.n_rows, device=x.device, dtype=torch.int32)
     _window_starts_kernel[(ceil_div(plan.n_in, STARTS_BLOCK_I), ceil_div(plan.n_rows, STARTS_BLOCK_M))](
         x, *plan.knots, starts, plan.n_rows, plan.n_in, plan.n_basis, plan.n_knots, n_search, *x.stride(),
-        K=plan.spline_order, UNIFORM=plan.constants["UNIFORM"], BLOCK_I=STARTS_BLOCK_I, BLOCK_M=STARTS_BLOCK_M)
+        K=plan.spline_order, UNIFORM=plan.constants["UNIFORM"], BLOCK_I=STARTS_BLOCK_I, BLOCK_M=STARTS_BLOCK_M,
+        **FP_FUSION)
     sorted_starts, order = torch.sort(starts, dim=1, stable=True)
     first = _every_start(plan.n_in, plan.n_basis - plan.spline_order, x.device)
     return order, sorted_starts, torch.searchsorted(sorted_starts, first)
@@ -340,7 +341,8 @@ def _grad_weight(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, 
         sizes = _sizes(plan)
         order, starts, bounds = _rows_by_window(x, plan, sizes[-1])
         _grad_weight_kernel[launch_grid](x, *plan.knots, grad_out, order, starts, bounds, grad_w, *sizes,
-                                         *x.stride(), *grad_out.stride(), *grad_w.stride(), **_constants(plan))
+                                         *x.stride(), *grad_out.stride(), *grad_w.stride(), **_constants(plan),
+                                         **FP_FUSION)
     return grad_w
 
 

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .support import TRITON_WEIGHT_DTYPES as WEIGHT_DTYPES
 from .triton import INTERPRET, check_devices, on_device, to_store
-from ..triton_tuning import ceil_div
+from ..triton_tuning import FP_FUSION, ceil_div
 
 __all__ = ["WEIGHT_DTYPES", "assemble_weight", "weight_gradients"]
 
@@ -148,7 +148,7 @@ def assemble_weight(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torc
         _assemble_kernel[(n_in, ceil_div(n_out, block_o))](
             scale_base, scale_sp, mask, coef, weight, n_out, n_basis, *mask.stride(), *coef.stride(),
             *weight.stride(), DOUBLE=coef.dtype == torch.float64, INTERPRET=INTERPRET, BLOCK_O=block_o,
-            BLOCK_J=block_j)
+            BLOCK_J=block_j, **FP_FUSION)
     return weight
 
 
@@ -173,5 +173,5 @@ def weight_gradients(scale_sp: torch.Tensor, mask: torch.Tensor, coef: torch.Ten
                 scale_sp, mask, coef, grad_weight, *(mask if g is None else g for g in grads), n_out, n_basis,
                 *mask.stride(), *coef.stride(), *grad_weight.stride(), WANT_BASE=wanted[0], WANT_SP=wanted[1],
                 WANT_COEF=wanted[2], DOUBLE=coef.dtype == torch.float64, INTERPRET=INTERPRET, BLOCK_O=block_o,
-                BLOCK_J=block_j)
+                BLOCK_J=block_j, **FP_FUSION)
     return tuple(grads)
