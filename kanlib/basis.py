@@ -186,16 +186,16 @@ def find_span(x: torch.Tensor, grid: torch.Tensor, uniform: bool, spline_order: 
     n_knots = grid.shape[1]
     if uniform:
         first, step = _uniform_steps(grid)
-        span = torch.nan_to_num((x - first) / step, nan=0.0).clamp_(0, n_knots - 2).long()
+        span = torch.nan_to_num((x - first) / step, nan=0.0).clamp(0, n_knots - 2).long()
         if spline_order == 0:
             flat_index = span + torch.arange(grid.shape[0], device=x.device) * n_knots
             span = span - (x < grid.flatten()[flat_index]).long()
             span = span + (x >= grid.flatten()[flat_index + 1]).long()
-            span = span.clamp_(0, n_knots - 2)
+            span = span.clamp(0, n_knots - 2)
         return span
     flat_x = x.reshape(-1, grid.shape[0]).t().contiguous()
     span = torch.searchsorted(grid.contiguous(), flat_x, right=True).t().reshape(x.shape)
-    return (span - 1).clamp_(0, n_knots - 2)
+    return (span - 1).clamp(0, n_knots - 2)
 
 
 def local_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int, uniform: bool,

@@ -386,3 +386,57 @@ def test_shape_and_index_errors_name_expected_and_got():
         edge_spline_linear(*tensors, grid, inputs, outputs, offsets[:-1], n_out, k, uniform)
     with pytest.raises(TypeError, match="edge_outputs torch.int32"):
         edge_spline_linear(*tensors, grid, inputs, outputs.int(), offsets, n_out, k, uniform)
+
+
+def test_triton_forward_reads_no_value_back_to_the_host():
+    """A host read (bool(tensor), .item()) would stall a GPU stream on every forward and break CUDA graph capture:
+    the forward marks the dead edges' NaN on the device. Also with a NaN and an inf in the batch."""
+    pytest.importorskip("triton")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+                self.reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    tensors, rest = random_problem(42, n=5, n_in=4, n_out=3, grid_size=3, dtype=torch.float32, device=DEVICE)
+    tensors[0][1, 2], tensors[0][3, 0] = float("nan"), float("inf")
+    with HostReads() as mode:
+        got = edge_spline_linear(*tensors, *rest, backend="triton")
+    assert mode.reads == []
+    want = reference(tensors, rest)
+    assert bool(torch.isnan(want[1]).any()) and bool(torch.isnan(want[3]).any())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
+    with HostReads() as mode:  # the dispatch mode sees host reads: the check above can fail
+        bool(torch.isfinite(got).all())
+    assert mode.reads
+
+
+def test_marking_on_the_device_finds_the_outputs_the_index_add_count_finds():
+    """The Triton path's count by a 0/1 product against the reference's index_add count, on random edge sets with
+    rows of no, some and only non-finite base activations, inputs without edges included, under CPU autocast too."""
+    from kanlib.ops.edge_spline_linear.reference import dead_edge_nans
+    from kanlib.ops.edge_spline_linear.support import mark_dead_edge_nans
+
+    generator = torch.Generator().manual_seed(43)
+    # the last: every edge live, so that no output is marked, past 256 in a count (301 rounds in bfloat16)
+    for n_in, n_out, n_live in ((5, 4, 7), (9, 3, 0), (300, 2, 150), (301, 1, 301)):
+        live = torch.randperm(n_in * n_out, generator=generator)[:n_live].sort().values
+        inputs, outputs = live // n_out, live % n_out
+        base = torch.randn(6, n_in, generator=generator)
+        chosen = torch.rand(6, n_in, generator=generator)
+        base[chosen < 0.3] = float("nan")
+        base[(chosen >= 0.3) & (chosen < 0.4)] = float("inf")
+        base[4] = float("-inf")  # a row of only non-finite values: past 256 of them in the widest case
+        base[5] = 1.0
+        want = dead_edge_nans(base, inputs, outputs, n_out)
+        assert bool(want.any()) == (n_live < n_in * n_out) and not bool(want[5].any())
+        for autocast in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                got = mark_dead_edge_nans(torch.zeros(6, n_out), base, inputs, outputs)
+            assert torch.equal(torch.isnan(got), want), (n_in, n_out, n_live, autocast)

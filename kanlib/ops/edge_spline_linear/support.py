@@ -7,7 +7,7 @@ import torch
 from .reference import dead_edge_nans, edge_spline_linear_reference
 
 __all__ = ["EDGE_BACKENDS", "EDGE_TRITON_DTYPES", "EDGE_TRITON_SPLINE_ORDERS", "edge_triton_supports",
-           "edge_weights", "nan_where_dead_edges_meet_nonfinite", "differentiable_gradients"]
+           "edge_weights", "nan_where_dead_edges_meet_nonfinite", "mark_dead_edge_nans", "differentiable_gradients"]
 
 EDGE_BACKENDS = ("auto", "eager", "cpu", "triton")
 EDGE_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -31,6 +31,20 @@ def nan_where_dead_edges_meet_nonfinite(out: torch.Tensor, base: torch.Tensor, e
     if not bool(torch.isfinite(base).all()):
         out[dead_edge_nans(base, edge_inputs, edge_outputs, out.shape[1])] = float("nan")
     return out
+
+
+def mark_dead_edge_nans(out: torch.Tensor, base: torch.Tensor, edge_inputs: torch.Tensor,
+                        edge_outputs: torch.Tensor) -> torch.Tensor:
+    """:func:`nan_where_dead_edges_meet_nonfinite` without reading a value back to the host (a GPU stream keeps
+    running and CUDA graphs can capture it): row n's count of non-finite base activations against, per output o,
+    the count among the inputs with a live edge to o, the product of the non-finite indicators [N, I] and the live
+    edges' 0/1 matrix [I, O]. The counts are whole numbers, exact in float32 (also in TF32 products; autocast, whose
+    half types would round counts past 256, is off for the product)."""
+    bad = (~torch.isfinite(base)).float()
+    live = bad.new_zeros(base.shape[1], out.shape[1]).index_put_((edge_inputs, edge_outputs), bad.new_ones(()))
+    with torch.autocast(out.device.type, enabled=False):
+        with_edge = bad @ live
+    return out.masked_fill_(bad.sum(-1, keepdim=True) > with_edge, float("nan"))
 
 
 def differentiable_gradients(inputs, grad_out, needs, config):

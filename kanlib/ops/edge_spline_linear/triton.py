@@ -14,8 +14,8 @@ output meet there).
 
 float32, bfloat16 and float16 x and parameters; everything is computed in float32. Spline orders 1 to 5 (a
 compile-time constant). Outputs that a dead edge would make NaN in the dense masked layer (a non-finite base
-activation times its zero weight) are set to NaN afterwards. Under ``TRITON_INTERPRET=1`` (set before triton is
-imported) the kernels run on the CPU, for tests.
+activation times its zero weight) are set to NaN afterwards, without a host synchronization. Under
+``TRITON_INTERPRET=1`` (set before triton is imported) the kernels run on the CPU, for tests.
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ from ..spline_linear.triton import (ACTIVATION_IDS, INTERPRET, activation, activ
                                     reciprocal_or_zero)
 from ..spline_linear.support import autocast_operands
 from ..triton_tuning import FP_FUSION, ceil_div
-from .support import (EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
-                      nan_where_dead_edges_meet_nonfinite)
+from .support import EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients, mark_dead_edge_nans
 
 __all__ = ["edge_spline_linear_triton", "TritonEdgeSplineLinear", "BLOCK_ROWS", "BLOCK_EDGES", "NUM_WARPS",
            "triton_forward", "triton_gradients", "triton_operands"]
@@ -188,7 +187,7 @@ def triton_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_output
                 K=spline_order, ACT=ACTIVATION_IDS[activation_name], BLOCK_M=BLOCK_ROWS, BLOCK_E=BLOCK_EDGES,
                 num_warps=NUM_WARPS, **FP_FUSION)
     base = get_activation(activation_name).function(x.detach().float())
-    return nan_where_dead_edges_meet_nonfinite(out, base, edge_inputs, edge_outputs).to(x.dtype)
+    return mark_dead_edge_nans(out, base, edge_inputs, edge_outputs).to(x.dtype)
 
 
 def triton_gradients(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, n_out: int, spline_order: int,
