@@ -6,11 +6,13 @@ off (``KANLIB_CONTENTION_GUARD=0``, inherited by the processes tests start).
 
 Helpers (``from conftest import random_grid, inputs_around, in_layout, relative_error``): random knot grids,
 uniform or not; inputs that cover the extended grid and reach beyond it on both sides; the same values in another
-memory layout; the relative error against a reference.
+memory layout; the relative error against a reference; ``HostReads``, a mode that lists the reads of a value back
+to the host.
 """
 import os
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -90,6 +92,22 @@ def fill_empty_with_nan(monkeypatch) -> None:
         return buffer.fill_(float("nan") if buffer.is_floating_point() else torch.iinfo(buffer.dtype).min)
 
     monkeypatch.setattr(torch, "empty", stale)
+
+
+class HostReads(TorchDispatchMode):
+    """Inside, the operators that read a tensor's value back to the host (``bool(t)``, ``t.item()``), as listed in
+    ``reads``: on a GPU each one waits for the stream to finish, and none may run while a CUDA graph is captured."""
+
+    READING = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READING:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def record_flag(monkeypatch, tuner, name: str) -> list:

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import inputs_around, random_grid
+from conftest import HostReads, inputs_around, random_grid
 from gpu_compile import SPILL_STORES, assert_compiles
 from torch.func import vmap
 
@@ -392,18 +392,6 @@ def test_triton_forward_reads_no_value_back_to_the_host():
     """A host read (bool(tensor), .item()) would stall a GPU stream on every forward and break CUDA graph capture:
     the forward marks the dead edges' NaN on the device. Also with a NaN and an inf in the batch."""
     pytest.importorskip("triton")
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class HostReads(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.reads = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
-                self.reads.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     tensors, rest = random_problem(42, n=5, n_in=4, n_out=3, grid_size=3, dtype=torch.float32, device=DEVICE)
     tensors[0][1, 2], tensors[0][3, 0] = float("nan"), float("inf")
     with HostReads() as mode:

@@ -26,6 +26,7 @@ from torch import nn
 from ..activations import get_activation
 from ..checks import check_choice
 from ..layers.bspline import BSplineKAN, assemble_weight_matrix
+from ..ops.derived import derived
 from ..ops.lut_linear import IntegerWeights, lut_linear, quantize_activation
 from ..ops.spline_linear import spline_linear
 from ..ops.spline_linear.reference import window_expanded_input
@@ -196,7 +197,9 @@ class QuantizedBSplineKAN(nn.Module):
 
     def _table_forward(self, flat: torch.Tensor) -> torch.Tensor:
         if self.integer:
-            return lut_linear(flat, self.table, self._integer_weights, float(self.act_scale), self.base_activation,
+            # the scale as a Python number, read from the buffer once per change of it rather than on every call
+            act_scale = derived(_ACT_SCALES, self.act_scale, lambda: float(self.act_scale))
+            return lut_linear(flat, self.table, self._integer_weights, act_scale, self.base_activation,
                               ACTIVATION_BITS, self.backend).to(self.dtype)
         local = self.table.local_basis(flat)
         n_slots = self._weight.shape[0] // self.in_features
@@ -212,6 +215,9 @@ class QuantizedBSplineKAN(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.spline_spec.bits}, "
                 f"base_bits={self.base_spec.bits}, scheme={self.spline_spec.scheme!r}, "
                 f"granularity={self.spline_spec.granularity!r}{inputs}{table}")
+
+
+_ACT_SCALES: dict = {}
 
 
 def _symmetric_qparams(scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
