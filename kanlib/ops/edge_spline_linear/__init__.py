@@ -35,7 +35,7 @@ from ..spline_linear.support import autocast_operands
 from .compiled import check_operator_backend, edge_spline_product, edge_spline_product_backward
 from .reference import edge_spline_linear_reference
 from .support import (EDGE_BACKENDS, EDGE_TRITON_DTYPES, EDGE_TRITON_SPLINE_ORDERS, differentiable_gradients,
-                      edge_triton_supports, edge_weights, nan_where_dead_edges_meet_nonfinite)
+                      edge_triton_supports, edge_weights, mark_dead_edge_nans)
 
 __all__ = ["edge_spline_linear", "EDGE_BACKENDS", "EDGE_TRITON_DTYPES", "EDGE_TRITON_SPLINE_ORDERS",
            "CpuEdgeSplineLinear", "edge_triton_supports", "resolve_edge_backend", "cpu_forward", "cpu_gradients"]
@@ -103,7 +103,7 @@ def cpu_forward(x, coef, scale_base, scale_sp, grid, edge_inputs, edge_outputs, 
         numpy_of(coef), numpy_of(scale_base), numpy_of(scale_sp), numpy_of(edge_outputs),
         numpy_of(input_offsets), out.numpy())
     if nonfinite_blocks:  # the dense layer's NaN from dead edges (rare: only for non-finite base activations)
-        return nan_where_dead_edges_meet_nonfinite(out, args.activation.function(x), edge_inputs, edge_outputs)
+        return mark_dead_edge_nans(out, args.activation.function(x), edge_inputs, edge_outputs)
     return out
 
 

@@ -27,9 +27,10 @@ def check_operator_backend(backend: str) -> None:
         raise ValueError(f"kanlib::edge_spline_product runs backend {OPERATOR_BACKENDS}, got {backend!r}")
 
 
-# The forward reads back from the device whether any base activation is non-finite (the dense masked layer's NaN
-# rows, see :func:`.support.nan_where_dead_edges_meet_nonfinite`): CUDA graphs cannot record that, so the operator
-# says so, and torch.compile's CUDA graphs leave it out.
+# The forward read back from the device whether any base activation was non-finite (the dense masked layer's NaN
+# rows), which CUDA graphs cannot record, so the operator says so and torch.compile's CUDA graphs leave it out. It
+# now marks them on the device (:func:`.support.mark_dead_edge_nans`); the tag stays until a GPU run shows the
+# operator inside CUDA graphs training as the eager model does.
 _NOT_IN_CUDA_GRAPHS = tuple(getattr(torch.Tag, name) for name in ("cudagraph_unsafe",) if hasattr(torch.Tag, name))
 
 

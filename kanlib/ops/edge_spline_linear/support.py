@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .reference import dead_edge_nans, edge_spline_linear_reference
+from .reference import edge_spline_linear_reference
 
 __all__ = ["EDGE_BACKENDS", "EDGE_TRITON_DTYPES", "EDGE_TRITON_SPLINE_ORDERS", "edge_triton_supports",
-           "edge_weights", "nan_where_dead_edges_meet_nonfinite", "mark_dead_edge_nans", "differentiable_gradients"]
+           "edge_weights", "mark_dead_edge_nans", "differentiable_gradients"]
 
 EDGE_BACKENDS = ("auto", "eager", "cpu", "triton")
 EDGE_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -24,22 +24,16 @@ def edge_weights(coef: torch.Tensor, scale_base: torch.Tensor, scale_sp: torch.T
     return torch.cat([scale_base.unsqueeze(-1), scale_sp.unsqueeze(-1) * coef], dim=-1)
 
 
-def nan_where_dead_edges_meet_nonfinite(out: torch.Tensor, base: torch.Tensor, edge_inputs: torch.Tensor,
-                                        edge_outputs: torch.Tensor) -> torch.Tensor:
-    """out [N, O] (changed in place) with NaN where the dense masked layer has one: output o of row n when an
-    input with a non-finite base activation base [N, I] has no live edge to o (see :mod:`.reference`)."""
-    if not bool(torch.isfinite(base).all()):
-        out[dead_edge_nans(base, edge_inputs, edge_outputs, out.shape[1])] = float("nan")
-    return out
-
-
 def mark_dead_edge_nans(out: torch.Tensor, base: torch.Tensor, edge_inputs: torch.Tensor,
                         edge_outputs: torch.Tensor) -> torch.Tensor:
-    """:func:`nan_where_dead_edges_meet_nonfinite` without reading a value back to the host (a GPU stream keeps
-    running and CUDA graphs can capture it): row n's count of non-finite base activations against, per output o,
-    the count among the inputs with a live edge to o, the product of the non-finite indicators [N, I] and the live
-    edges' 0/1 matrix [I, O]. The counts are whole numbers, exact in float32 (also in TF32 products; autocast, whose
-    half types would round counts past 256, is off for the product)."""
+    """out [N, O] (changed in place) with NaN where the dense masked layer has one: output o of row n when an
+    input with a non-finite base activation base [N, I] has no live edge to o (see :mod:`.reference`).
+
+    Without reading a value back to the host (a GPU stream keeps running and CUDA graphs can capture it): row n's
+    count of non-finite base activations against, per output o, the count among the inputs with a live edge to o,
+    the product of the non-finite indicators [N, I] and the live edges' 0/1 matrix [I, O]. The counts are whole
+    numbers, exact in float32 (also in TF32 products; autocast, whose half types would round counts past 256, is off
+    for the product)."""
     bad = (~torch.isfinite(base)).float()
     live = bad.new_zeros(base.shape[1], out.shape[1]).index_put_((edge_inputs, edge_outputs), bad.new_ones(()))
     with torch.autocast(out.device.type, enabled=False):
