@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from kanlib.ops.triton_tuning import AUTOTUNE_ENV, ceil_div, tile_config, tuned
+from kanlib.ops.triton_tuning import AUTOTUNE_ENV, ceil_div, power_of_two_at_least, tile_config, tuned
 
 COUNT_CONFIGS = """
 import triton
@@ -129,6 +129,16 @@ def test_ceil_div_counts_the_blocks_that_cover_n():
     for size in (1, 3, 16, 64):
         for n in range(0, 4 * size + 2):
             assert ceil_div(n, size) == triton.cdiv(n, size) == -(-n // size), (n, size)
+
+
+def test_power_of_two_at_least_is_tritons_next_power_of_two():
+    """The tiles' and the row buckets' host arithmetic: triton.next_power_of_2 for every n from 1 past 2**12 and
+    around larger powers, and 1 for n = 0."""
+    triton = pytest.importorskip("triton")
+    around = [p + d for p in (2 ** 16, 2 ** 31, 2 ** 40) for d in (-1, 0, 1)]
+    for n in [*range(1, 4100), *around]:
+        assert power_of_two_at_least(n) == triton.next_power_of_2(n), n
+    assert power_of_two_at_least(0) == 1
 
 
 def test_every_kernel_launch_asks_for_fused_multiply_adds(monkeypatch):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 __all__ = ["AUTOTUNE_ENV", "AUTOTUNE_MODES", "FP_FUSION", "tuned", "interpreting", "tile_config", "autotune",
-           "ceil_div"]
+           "ceil_div", "power_of_two_at_least"]
 
 AUTOTUNE_ENV = "KANLIB_TRITON_AUTOTUNE"
 AUTOTUNE_MODES = ("all", "first")
@@ -36,6 +36,12 @@ def ceil_div(n: int, size: int) -> int:
     """The number of blocks of ``size`` that cover ``n``: the launch grids' arithmetic on the host, where
     ``triton.cdiv`` (a constexpr function in recent Triton) costs microseconds per call on every launch."""
     return -(-n // size)
+
+
+def power_of_two_at_least(n: int) -> int:
+    """The smallest power of two at least n (1 for n <= 1), as ``triton.next_power_of_2`` gives it for n >= 1, on the
+    host without its constexpr wrapper's microseconds per call."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def interpreting() -> bool:

@@ -40,7 +40,7 @@ from ..spline_linear.compiled import compiling_with_kernels
 from ..spline_linear.support import autocast_operands
 from ..spline_linear.triton import INTERPRET, check_devices, to_store
 from .reference import PARAMETERS, differentiable_gradients
-from ..triton_tuning import FP_FUSION, autotune, ceil_div
+from ..triton_tuning import FP_FUSION, autotune, ceil_div, power_of_two_at_least
 
 __all__ = ["KINDS", "DTYPES", "triton_runs", "basis_linear_triton", "BasisLinearFunction", "triton_product",
            "triton_gradients", "check_call"]
@@ -339,7 +339,7 @@ class _Launch:
         return torch.full((1,), float(value), device=self.device, dtype=self.compute)
 
     def sizes(self):
-        bucket = min(triton.next_power_of_2(max(self.n_rows, 1)), 1 << 16)
+        bucket = min(power_of_two_at_least(self.n_rows), 1 << 16)
         return self.n_rows, self.n_in, self.n_out, self.n_basis, bucket
 
     def on_device(self):

@@ -53,7 +53,7 @@ import triton.language as tl
 from .reference import TABLE_SHIFT
 from ..spline_linear.triton import ACTIVATION_IDS, DTYPES, SPLINE_ORDERS, activation, check_devices
 from ..derived import derived
-from ..triton_tuning import FP_FUSION, autotune, ceil_div
+from ..triton_tuning import FP_FUSION, autotune, ceil_div, power_of_two_at_least
 
 __all__ = ["lut_linear_triton", "check_inputs", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS"]
 
@@ -300,7 +300,7 @@ def lut_linear_triton(x: torch.Tensor, table, weights, act_scale, activation: st
     words = _packed_codes(table)
     shift = TABLE_SHIFT if table.table_bits == 8 else 0
     ws, wb = weights.spline_codes, weights.base_codes
-    bucket = min(triton.next_power_of_2(max(n_rows, 1)), 1 << 16)
+    bucket = min(power_of_two_at_least(n_rows), 1 << 16)
     n_search = (n_knots - 2).bit_length()  # binary-search steps: ceil(log2(n_knots - 1))
     sizes = (n_rows, n_in, n_out, n_basis, n_knots, n_search, table.n_positions, 2 ** (act_bits - 1), bucket)
 

@@ -49,7 +49,7 @@ from ...basis import cardinal_pieces
 from .reference import differentiable_backward
 from .support import TRITON_DTYPES, TRITON_SPLINE_ORDERS, autocast_operands
 from ..derived import derived
-from ..triton_tuning import FP_FUSION, autotune, ceil_div, interpreting
+from ..triton_tuning import FP_FUSION, autotune, ceil_div, interpreting, power_of_two_at_least
 
 __all__ = ["spline_linear_triton", "SplineLinearFunction", "ACTIVATION_IDS", "DTYPES", "SPLINE_ORDERS",
            "INTERPRET", "symmetric_pieces", "planned_function", "activation", "activation_derivative", "knot_basis",
@@ -470,7 +470,7 @@ class LaunchPlan:
         }
 
     def sizes(self):
-        bucket = min(triton.next_power_of_2(max(self.n_rows, 1)), 1 << 16)
+        bucket = min(power_of_two_at_least(self.n_rows), 1 << 16)
         return self.n_rows, self.n_in, self.n_out, self.n_basis, self.n_knots, bucket
 
     def on_device(self):

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .support import TRITON_WEIGHT_DTYPES as WEIGHT_DTYPES
 from .triton import INTERPRET, check_devices, on_device, to_store
-from ..triton_tuning import FP_FUSION, ceil_div
+from ..triton_tuning import FP_FUSION, ceil_div, power_of_two_at_least
 
 __all__ = ["WEIGHT_DTYPES", "assemble_weight", "weight_gradients"]
 
@@ -128,7 +128,7 @@ def _check(what: str, edges: dict[str, torch.Tensor], coef: torch.Tensor) -> Non
 
 def _tiles(n_out: int, n_basis: int) -> tuple[int, int]:
     """(BLOCK_O, BLOCK_J): up to 64 outputs and 16 coefficients, fewer where the layer has fewer."""
-    return min(64, triton.next_power_of_2(n_out)), min(16, triton.next_power_of_2(n_basis))
+    return min(64, power_of_two_at_least(n_out)), min(16, power_of_two_at_least(n_basis))
 
 
 def assemble_weight(scale_base: torch.Tensor, scale_sp: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor,
