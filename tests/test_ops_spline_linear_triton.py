@@ -198,16 +198,22 @@ def test_a_changed_grid_is_seen():
     assert relative_error(after, reference(x.double())) <= 1e-5 < relative_error(before, reference(x.double()))
 
 
+def record_operand_dtypes(monkeypatch) -> list:
+    """(x's dtype, weight's dtype) at each launch of the dense forward kernel, in order."""
+    seen = []
+    run = kernels._forward_kernel.run
+
+    def recording_run(x, weight, *args, **kwargs):
+        seen.append((x.dtype, weight.dtype))
+        return run(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(kernels._forward_kernel, "run", recording_run)
+    return seen
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_runs_the_kernels_in_the_autocast_dtype(dtype, monkeypatch):
-    seen = []
-    original = kernels.SplineLinearFunction.forward
-
-    def recording_forward(ctx, x, weight, *args):
-        seen.append((x.dtype, weight.dtype))
-        return original(ctx, x, weight, *args)
-
-    monkeypatch.setattr(kernels.SplineLinearFunction, "forward", staticmethod(recording_forward))
+    seen = record_operand_dtypes(monkeypatch)
     torch.manual_seed(6)
     layer = BSplineKAN(5, 3, grid_size=5, backend="triton", device=DEVICE)
     x = (torch.rand(20, 5, device=DEVICE) * 3 - 1.5).requires_grad_()
@@ -225,14 +231,7 @@ def test_autocast_runs_the_kernels_in_the_autocast_dtype(dtype, monkeypatch):
 
 
 def test_fit_with_amp_trains_a_triton_kan(monkeypatch):
-    dtypes = []
-    original = kernels.SplineLinearFunction.forward
-
-    def recording_forward(ctx, x, *args):
-        dtypes.append(x.dtype)
-        return original(ctx, x, *args)
-
-    monkeypatch.setattr(kernels.SplineLinearFunction, "forward", staticmethod(recording_forward))
+    seen = record_operand_dtypes(monkeypatch)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(64, 2, generator=gen) * 2 - 1
     y = x[:, :1] * x[:, 1:]
@@ -240,7 +239,7 @@ def test_fit_with_amp_trains_a_triton_kan(monkeypatch):
     model = KAN([2, 3, 1], grid_size=3, backend="triton", seed=0).to(DEVICE)
     # update_grid=False: a grid update runs the layers outside autocast, in float32 on purpose.
     history = fit(model, data, steps=3, amp="bf16", eval_every=3, update_grid=False, progress=False)
-    assert set(dtypes) == {torch.bfloat16} and len(history.train_loss) == 2
+    assert set(seen) == {(torch.bfloat16, torch.bfloat16)} and len(history.train_loss) == 2
     assert all(p.dtype == torch.float32 and p.grad is not None for p in model.parameters())
 
 

@@ -194,16 +194,16 @@ def test_layer_gradients_of_coef_scales_bias_and_input(monkeypatch):
 
 
 def record_families(monkeypatch):
-    """The kernel family ('dense' or 'local') of every forward call, in order."""
+    """The kernel family ('dense' or 'local') of every forward kernel launch, in order."""
     seen = []
-    for family, function in (("dense", dense.SplineLinearFunction), ("local", local.LocalSplineLinearFunction)):
-        original = function.forward
+    for family, kernel in (("dense", dense._forward_kernel), ("local", local._forward_kernel)):
+        run = kernel.run
 
-        def recording_forward(ctx, *args, _original=original, _family=family):
+        def recording_run(*args, _run=run, _family=family, **kwargs):
             seen.append(_family)
-            return _original(ctx, *args)
+            return _run(*args, **kwargs)
 
-        monkeypatch.setattr(function, "forward", staticmethod(recording_forward))
+        monkeypatch.setattr(kernel, "run", recording_run)
     return seen
 
 
@@ -343,10 +343,13 @@ SORT_OPS = {"aten::sort", "aten::searchsorted"}
 
 
 @pytest.mark.parametrize("family", ["dense", "local"])
-def test_a_triton_training_step_launches_its_kernels_and_no_other_work(monkeypatch, family):
-    """A B-spline layer's step on the Triton path (its weight by kanlib/ops/spline_linear/triton_weight.py, then the
-    product), kernels stubbed: each kernel launched once, and no torch operation that would be a launch of its own
-    on a GPU (a fill, a cast, a copy), where one training step of a layer is a few dozen launches at most."""
+@pytest.mark.parametrize("path", ["layer", "two nodes"])
+def test_a_triton_training_step_launches_its_kernels_and_no_other_work(monkeypatch, family, path):
+    """A B-spline layer's step on the Triton path, kernels stubbed: each kernel launched once, and no torch operation
+    that would be a launch of its own on a GPU (a fill, a cast, a copy), where one training step of a layer is a few
+    dozen launches at most. ``"layer"``: the layer's forward, one autograd node
+    (kanlib/ops/spline_linear/triton_layer.py); ``"two nodes"``: its weight by
+    kanlib/ops/spline_linear/triton_weight.py's Function, then the product's (as quantization-aware training runs)."""
     from torch.profiler import ProfilerActivity, profile
 
     from kanlib.layers.bspline import _WeightMatrix
@@ -360,14 +363,19 @@ def test_a_triton_training_step_launches_its_kernels_and_no_other_work(monkeypat
         for name in names:
             monkeypatch.setattr(getattr(module, name), "run",
                                 lambda *args, _name=name, **kwargs: launches.append(_name))
-    layer = BSplineKAN(5, 4, grid_size=12, device=DEVICE)
+    # "auto" picks the family by the grid's size (tests above): 5 and 40 intervals pick each
+    layer = BSplineKAN(5, 4, grid_size=5 if family == "dense" else 40, backend="triton", device=DEVICE)
     x = (torch.rand(9, 5, device=DEVICE) * 2 - 1).requires_grad_()
     leaves = [x, layer.scale_base, layer.scale_sp, layer.coef]
     grad_out = torch.randn(9, 4, device=DEVICE)
 
     def step():
-        weight = _WeightMatrix.apply(layer.scale_base, layer.scale_sp, layer.mask, layer.coef, True)
-        out = local.spline_linear_triton_any(x, weight, layer.grid, 3, True, "silu", kernels=family)
+        if path == "layer":
+            out = layer(x)
+            assert type(out.grad_fn).__name__ == "TritonSplineLayerBackward"
+        else:
+            weight = _WeightMatrix.apply(layer.scale_base, layer.scale_sp, layer.mask, layer.coef, True)
+            out = local.spline_linear_triton_any(x, weight, layer.grid, 3, True, "silu", kernels=family)
         torch.autograd.grad(out, leaves, grad_out)
 
     step()  # the grid's knot tensors and the run-start table are built once per grid and shape

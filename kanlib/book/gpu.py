@@ -72,7 +72,8 @@ transformers treescope triton typer typing-extensions typing-inspect urllib3 uvl
 wrapt xarray xxhash yarl zipp
 """.split())
 CUDA_TESTS = ("tests/test_ops_spline_linear_triton.py", "tests/test_ops_spline_linear_triton_weight.py",
-              "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py", "tests/test_gpu.py")
+              "tests/test_ops_spline_linear_triton_layer.py", "tests/test_ops_lut_linear.py", "tests/test_quant_ptq.py",
+              "tests/test_gpu.py")
 # The layers under torch.compile (its operators, autocast, CUDA graphs): after the figures, as their compiles are slow.
 CUDA_COMPILE_TESTS = ("tests/test_ops_spline_linear_compiled.py", "tests/test_ops_edge_spline_linear_compiled.py",
                       "tests/test_ops_basis_linear_compiled.py")

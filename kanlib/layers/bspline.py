@@ -111,15 +111,14 @@ class _WeightMatrix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scale_base, scale_sp, mask, coef, triton=False, dtype=None):
-        """``dtype`` (Triton only): W written in it, as a cast of the parameters' W (autocast)."""
+    def forward(ctx, scale_base, scale_sp, mask, coef, triton=False):
         ctx.save_for_backward(scale_sp, mask, coef)
         ctx.differentiable_inputs = (scale_base, scale_sp, mask, coef)
-        ctx.triton, ctx.dtype = triton, dtype
+        ctx.triton = triton
         if triton:
             from ..ops.spline_linear.triton_weight import assemble_weight
 
-            return assemble_weight(scale_base, scale_sp, mask, coef, dtype)
+            return assemble_weight(scale_base, scale_sp, mask, coef)
         return assembled_weight(scale_base, scale_sp, mask, coef, narrow_layout=False)
 
     @staticmethod
@@ -129,12 +128,10 @@ class _WeightMatrix(torch.autograd.Function):
             scale_base, scale_sp, mask, coef = ctx.differentiable_inputs
             with torch.enable_grad():
                 out = layer_weight_matrix(scale_base, scale_sp, mask, coef)
-                if ctx.dtype is not None:
-                    out = out.to(ctx.dtype)
                 wanted = [(i, t) for i, t in enumerate((scale_base, scale_sp, None, coef))
                           if t is not None and ctx.needs_input_grad[i]]
                 grads = torch.autograd.grad(out, [t for _, t in wanted], grad, create_graph=True, allow_unused=True)
-            result = [None] * 6
+            result = [None] * 5
             for (i, _), g in zip(wanted, grads):
                 result[i] = g
             return tuple(result)
@@ -144,11 +141,11 @@ class _WeightMatrix(torch.autograd.Function):
             needs = ctx.needs_input_grad
             grad_scale_base, grad_scale_sp, grad_coef = weight_gradients(*ctx.saved_tensors, grad.detach(),
                                                                          (needs[0], needs[1], needs[3]))
-            return grad_scale_base, grad_scale_sp, None, grad_coef, None, None
+            return grad_scale_base, grad_scale_sp, None, grad_coef, None
         scale_sp, mask, coef = (t.detach().contiguous() for t in ctx.saved_tensors)
         grad_scale_base, grad_scale_sp, grad_coef = parameter_gradients(scale_sp, mask, coef,
                                                                         grad.detach().contiguous())
-        return grad_scale_base, grad_scale_sp, None, grad_coef, None, None
+        return grad_scale_base, grad_scale_sp, None, grad_coef, None
 
 
 class SplineGrid:
@@ -265,15 +262,6 @@ class BSplineKAN(SplineGrid, nn.Module):
             return "triton"
         return None
 
-    def _product_weight(self) -> torch.Tensor:
-        """:meth:`weight_matrix` for the product. Under CUDA autocast, when the Triton kernels take the product (which
-        casts W to the autocast dtype), W is written in that dtype directly."""
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        if (dtype in TRITON_DTYPES and self.backend in ("auto", "triton") and self.spline_order in TRITON_SPLINE_ORDERS
-                and type(self).weight_matrix is BSplineKAN.weight_matrix and self._weight_kernels() == "triton"):
-            return _WeightMatrix.apply(self.scale_base, self.scale_sp, self.mask, self.coef, True, dtype)
-        return self.weight_matrix()
-
     def _check_input(self, x: torch.Tensor) -> None:
         check_layer_input(x, self.in_features, self.coef)
 
@@ -305,8 +293,12 @@ class BSplineKAN(SplineGrid, nn.Module):
         fused = self._fused_cpu_backend(flat, tensors, transformed)
         if fused is not None:
             out = run_fused_layer(*tensors, self.spline_order, uniform, self.base_activation, fused == "sparse")
+        elif not transformed and self._fused_triton(tensors):
+            from ..ops.spline_linear.triton_layer import triton_spline_layer
+
+            out = triton_spline_layer(*tensors, self.spline_order, uniform, self.base_activation)
         else:
-            weight = self._product_weight()
+            weight = self.weight_matrix()
             out = spline_linear(flat, weight, grid, self.spline_order, uniform, self.base_activation,
                                 self.backend_for(flat, weight))
         if self.bias is not None:
@@ -342,6 +334,31 @@ class BSplineKAN(SplineGrid, nn.Module):
         if backend in ("cpu", "sparse"):
             return backend
         return "sparse" if prefers_sparse(self.n_basis + 1, self.spline_order) else "cpu"
+
+    def _fused_triton(self, tensors: tuple) -> bool:
+        """Whether forward runs the Triton kernels straight from the parameters
+        (:class:`~kanlib.ops.spline_linear.triton_layer.TritonSplineLayer`, one autograd node), outside transforms:
+        the backend is "triton", or "auto" on a CUDA tensor the kernels run; the weight is this class's and the mask
+        takes no gradient; ``tensors`` (flat x, scale_base, scale_sp, mask, coef, grid) share one dtype and one
+        device, a CUDA one (a CPU one under the Triton interpreter); the kernels compute in a dtype they run (x's,
+        or the autocast dtype). Elsewhere the weight matrix and :func:`spline_linear` give the result or the error."""
+        backend, coef = self.backend, tensors[4]
+        device, dtype = coef.device, coef.dtype
+        if (backend not in ("auto", "triton") or type(self).weight_matrix is not BSplineKAN.weight_matrix
+                or tensors[3].requires_grad or self.spline_order not in TRITON_SPLINE_ORDERS):
+            return False
+        for t in tensors:
+            if t.dtype != dtype or t.device != device:
+                return False
+        if device.type == "cpu":
+            from ..ops.triton_tuning import interpreting
+
+            if backend != "triton" or not interpreting():
+                return False
+        elif device.type != "cuda" or (backend == "auto" and dtype not in TRITON_DTYPES):
+            return False  # "auto" sends float64 to the torch backends, under autocast too
+        compute = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else dtype
+        return dtype in TRITON_WEIGHT_DTYPES and compute in TRITON_DTYPES
 
     def backend_for(self, flat: torch.Tensor, weight: torch.Tensor) -> str:
         """The :func:`spline_linear` backend a call on flat [N, I] with weight [I*S, O] uses."""

@@ -15,7 +15,8 @@ Four backends compute it (``backend``):
 - ``"triton"``: CUDA: fused Triton kernels build A in registers; float32, bfloat16 and float16, spline orders
   1 to 5; under autocast it runs in the autocast dtype. Dense ``tl.dot`` kernels (:mod:`.triton`) or, when an
   input's slots are mostly zeros, local-support ones (:mod:`.triton_local`); a B-spline layer assembles W from its
-  parameters by :mod:`.triton_weight`'s kernel. On the CPU only under the Triton interpreter (tests).
+  parameters by :mod:`.triton_weight`'s kernel, and runs assembly and product as one autograd node
+  (:mod:`.triton_layer`). On the CPU only under the Triton interpreter (tests).
 
 Under autocast, ``"eager"``'s products (forward and backward) run in the autocast dtype, as autocast
 runs a matmul; ``"cpu"`` and ``"sparse"`` compute in the dtype of x and weight.

@@ -19,8 +19,8 @@ and multiplied with the weight rows ``i*S + s`` of those inputs, so S needs no p
 - grad_weight: a program per (BLOCK_I inputs, slot, BLOCK_N outputs) loops over rows: ``A_s^T @ grad_out``.
 
 Outside the split forward every output element is written by one program: no atomics. A B-spline layer's
-coefficient, base-weight and scale gradients follow from grad_weight by one more kernel (:mod:`.triton_weight`, through
-``BSplineKAN.weight_matrix``).
+coefficient, base-weight and scale gradients follow from grad_weight by one more kernel (:mod:`.triton_weight`; the
+layer runs all of them in one autograd node, :mod:`.triton_layer`).
 
 Bases. Uniform grids (the fast path): basis m of input i at x is the cardinal B-spline B_k(w) with
 w = (x - t_0)/h - m, evaluated from the (k+2)//2 polynomial pieces of its symmetric half with exact
