@@ -29,16 +29,16 @@ def mark_dead_edge_nans(out: torch.Tensor, base: torch.Tensor, edge_inputs: torc
     """out [N, O] (changed in place) with NaN where the dense masked layer has one: output o of row n when an
     input with a non-finite base activation base [N, I] has no live edge to o (see :mod:`.reference`).
 
-    Without reading a value back to the host (a GPU stream keeps running and CUDA graphs can capture it): row n's
-    count of non-finite base activations against, per output o, the count among the inputs with a live edge to o,
-    the product of the non-finite indicators [N, I] and the live edges' 0/1 matrix [I, O]. The counts are whole
-    numbers, exact in float32 (also in TF32 products; autocast, whose half types would round counts past 256, is off
+    Without reading a value back to the host (a GPU stream keeps running and CUDA graphs can capture it): per row n
+    and output o, the count of inputs with a non-finite base activation and no live edge to o, the product of the
+    non-finite indicators [N, I] and the dead edges' 0/1 matrix [I, O], marked where it is not zero. The counts are
+    whole numbers, exact in float32 (also in TF32 products; autocast, whose half types round counts past 256, is off
     for the product)."""
     bad = (~torch.isfinite(base)).float()
-    live = bad.new_zeros(base.shape[1], out.shape[1]).index_put_((edge_inputs, edge_outputs), bad.new_ones(()))
+    dead = bad.new_ones(base.shape[1], out.shape[1]).index_put_((edge_inputs, edge_outputs), bad.new_zeros(()))
     with torch.autocast(out.device.type, enabled=False):
-        with_edge = bad @ live
-    return out.masked_fill_(bad.sum(-1, keepdim=True) > with_edge, float("nan"))
+        dead_and_bad = bad @ dead
+    return out.masked_fill_(dead_and_bad > 0, float("nan"))
 
 
 def differentiable_gradients(inputs, grad_out, needs, config):
