@@ -32,15 +32,16 @@ class TritonSplineLayer(torch.autograd.Function):
         check_inputs(operand, weight, grid, spline_order, activation)
         plan = LaunchPlan(operand, weight, grid, spline_order, uniform, activation)
         launchers = product_function(grid, spline_order, operand.dtype, "auto").launchers
-        ctx.keeps_weight = ctx.needs_input_grad[0]
-        ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid, *((weight,) if ctx.keeps_weight else ()))
+        # x for a create_graph backward, the operand (x itself unless autocast cast it) for the kernels'
+        ctx.save_for_backward(x, scale_base, scale_sp, mask, coef, grid, operand,
+                              *((weight,) if ctx.needs_input_grad[0] else ()))
         ctx.plan, ctx.launchers = plan, launchers
         ctx.config = (spline_order, activation, weight.dtype, weight.shape)
         return launchers[0](operand, weight, plan)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, scale_base, scale_sp, mask, coef, grid, *kept = ctx.saved_tensors
+        x, scale_base, scale_sp, mask, coef, grid, operand, *kept = ctx.saved_tensors
         spline_order, activation, dtype, weight_shape = ctx.config
         need_x, need_base, need_sp, _, need_coef = ctx.needs_input_grad[:5]
         none = (None,) * 5
@@ -51,7 +52,7 @@ class TritonSplineLayer(torch.autograd.Function):
                 (need_x, need_base, need_sp, need_coef))
             return grad_x, grad_base, grad_sp, None, grad_coef, *none
         _, grad_x_of, grad_weight_of = ctx.launchers
-        operand, grad_out = x.detach().to(dtype), grad_out.detach().to(dtype)
+        operand, grad_out = operand.detach(), grad_out.detach().to(dtype)
         grad_x = grad_x_of(operand, kept[0], grad_out, ctx.plan) if need_x else None
         grad_base = grad_sp = grad_coef = None
         if need_base or need_sp or need_coef:
