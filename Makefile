@@ -33,8 +33,12 @@ browser:
 	      apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	    else echo "chromium/chromedriver missing and not root: the browser test will be skipped"; fi; }
 
+# Most tests run on one core (Triton's interpreter, notebooks, the browser), so the files are spread over
+# TEST_WORKERS processes, each file kept whole in one of them (its module fixtures run once).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed $(ASSETS) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Run every notebook (mode auto: full on a GPU, quick on a CPU) into _build/executed/, then build the site.
 book: $(VENV)/.installed $(ASSETS)
