@@ -8,9 +8,10 @@ their devices and which leave each rank's values exact.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -163,6 +164,30 @@ class TrainingGroup:
         name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else \
             "broadcast_buffers"
         return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **{name: False})
+
+    @staticmethod
+    @contextlib.contextmanager
+    def gradients_in_parameter_layout(model: nn.Module) -> Iterator[None]:
+        """Within: every gradient reaches its Parameter with the Parameter's strides, size-1 axes included.
+        Autograd may hand a Parameter with a size-1 axis a gradient whose stride on that axis differs (its layout
+        rule ignores such axes); DistributedDataParallel compares the strides literally and warns on every rank."""
+        handles = [parameter.register_hook(_in_layout_of(parameter)) for parameter in model.parameters()
+                   if parameter.requires_grad and parameter.layout == torch.strided and parameter.is_contiguous()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _in_layout_of(parameter: nn.Parameter):
+    """A gradient hook: the gradient itself when its strides are the parameter's, else a copy with them."""
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        if grad.layout != torch.strided or grad.stride() == parameter.stride():
+            return grad
+        return torch.empty_strided(parameter.shape, parameter.stride(), dtype=grad.dtype,
+                                   device=grad.device).copy_(grad)
+    return hook
 
 
 def _fingerprint(tensor: torch.Tensor) -> torch.Tensor:

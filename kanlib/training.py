@@ -392,22 +392,24 @@ class _Trainer:
         model.train()
         shows_progress = settings.progress and (group is None or group.rank == 0)
         bar = tqdm(total=settings.total_steps, disable=not shows_progress, unit="step")
-        try:
-            self.evaluate(0)
-            for step in range(1, settings.total_steps + 1):
-                x, y = next(batches)
-                self.history.seconds_per_step.append(self.timed_step(step, x, y))
-                bar.update()
-                if settings.evaluates_after(step):
-                    self.evaluate(step)
-                    bar.set_postfix(self.postfix())
-                yield self.history
-        finally:
-            bar.close()
-            model.train(was_training)
-            # DistributedDataParallel's gradient hooks stay on the Parameters but act only on a
-            # backward after its own forward: the model goes on alone.
-            self.network = model
+        layouts = group.gradients_in_parameter_layout(model) if group is not None else nullcontext()
+        with layouts:
+            try:
+                self.evaluate(0)
+                for step in range(1, settings.total_steps + 1):
+                    x, y = next(batches)
+                    self.history.seconds_per_step.append(self.timed_step(step, x, y))
+                    bar.update()
+                    if settings.evaluates_after(step):
+                        self.evaluate(step)
+                        bar.set_postfix(self.postfix())
+                    yield self.history
+            finally:
+                bar.close()
+                model.train(was_training)
+                # DistributedDataParallel's gradient hooks stay on the Parameters but act only on a
+                # backward after its own forward: the model goes on alone.
+                self.network = model
 
     def autocast(self):
         """The `amp` autocast context on the model's device type, or a no-op."""
