@@ -389,9 +389,9 @@ def activation_row(x, kind, base, base_grad, scratch, bits, constants, with_valu
             scratch[i] = -abs(x[i])
         exp_nonpositive(scratch, bits, n, constants[0])
         for i in range(n):
-            value = x[i]
+            value, e = x[i], scratch[i]  # e loaded outside the select, so that the loop vectorizes (_slot_value)
             # past the exponential's lowest argument (and for NaN) e is 0, as PyTorch's underflows
-            e = scratch[i] if abs(value) <= limit else zero
+            e = e if abs(value) <= limit else zero
             inverse = one / (one + e)
             sigmoid = inverse if value >= 0.0 else e * inverse
             if with_value:
@@ -501,7 +501,10 @@ def _slot_value(window, entry, i, k, zero):
     real = window.dtype.type
     value = zero
     for q in range(k + 1):
-        value = window[q, i] if entry == real(q) else value
+        # loaded before the select: a load inside it stays a branch (LLVM will not hoist it), mispredicted on
+        # scattered windows and keeping the callers' loops from vectorizing
+        candidate = window[q, i]
+        value = candidate if entry == real(q) else value
     return value
 
 
@@ -536,7 +539,8 @@ def window_polynomials(coords, matrix, k, n, derivative, factor, out, first=0, i
                 row[r] = row[r] * coords[r] + term
         if inside is not None:
             for r in range(n):
-                row[r] = row[r] if inside[r] else zero
+                current = row[r]
+                row[r] = current if inside[r] else zero
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -582,9 +586,9 @@ def uniform_span(value, i, lows, highs, inv_steps, n_knots):
     [lows[i], highs[i])), in the dtype of lows, highs and inv_steps, so that loops over values vectorize (a float64
     constant would widen them). The span is 0 outside the grid and for NaN."""
     real = lows.dtype.type
-    low = lows[i]
+    low, inv_step = lows[i], inv_steps[i]
     inside = low <= value < highs[i]
-    u = (value - low) * inv_steps[i] if inside else real(0.0)
+    u = (value - low) * inv_step if inside else real(0.0)
     return np.floor(min(max(u, real(0.0)), real(n_knots - 2))), inside
 
 
