@@ -298,10 +298,10 @@ def _uniform_row(x_row, grid, steps, inv_steps, spans, coords):
     n_knots = grid.shape[1]
     for i in range(x_row.shape[0]):
         value = x_row[i]
-        low = grid[i, 0]
+        low, high = grid[i, 0], grid[i, n_knots - 1]  # read outside the chained comparison (see uniform_span)
         u = (value - low) * inv_steps[i]
         span = int(min(max(u, 0.0), n_knots - 2.0))
-        inside = low <= value < grid[i, n_knots - 1]
+        inside = low <= value < high
         spans[i] = span if inside else -1
         t = from_span_knot(value, low, steps[i], span) * inv_steps[i]
         coords[i] = min(max(t, 0.0), 1.0)
@@ -389,7 +389,7 @@ def activation_row(x, kind, base, base_grad, scratch, bits, constants, with_valu
             scratch[i] = -abs(x[i])
         exp_nonpositive(scratch, bits, n, constants[0])
         for i in range(n):
-            value, e = x[i], scratch[i]  # e loaded outside the select, so that the loop vectorizes (_slot_value)
+            value, e = x[i], scratch[i]  # e read outside the select, so that the loop vectorizes (uniform_span)
             # past the exponential's lowest argument (and for NaN) e is 0, as PyTorch's underflows
             e = e if abs(value) <= limit else zero
             inverse = one / (one + e)
@@ -501,8 +501,7 @@ def _slot_value(window, entry, i, k, zero):
     real = window.dtype.type
     value = zero
     for q in range(k + 1):
-        # loaded before the select: a load inside it stays a branch (LLVM will not hoist it), mispredicted on
-        # scattered windows and keeping the callers' loops from vectorizing
+        # read before the select (see uniform_span): as a branch it was also mispredicted on scattered windows
         candidate = window[q, i]
         value = candidate if entry == real(q) else value
     return value
@@ -539,7 +538,7 @@ def window_polynomials(coords, matrix, k, n, derivative, factor, out, first=0, i
                 row[r] = row[r] * coords[r] + term
         if inside is not None:
             for r in range(n):
-                current = row[r]
+                current = row[r]  # read outside the select (see uniform_span)
                 row[r] = current if inside[r] else zero
 
 
@@ -586,8 +585,10 @@ def uniform_span(value, i, lows, highs, inv_steps, n_knots):
     [lows[i], highs[i])), in the dtype of lows, highs and inv_steps, so that loops over values vectorize (a float64
     constant would widen them). The span is 0 outside the grid and for NaN."""
     real = lows.dtype.type
-    low, inv_step = lows[i], inv_steps[i]
-    inside = low <= value < highs[i]
+    # every operand read first: a read inside a chained comparison (evaluated only when its first half holds) or a
+    # select stays a branch, which keeps the callers' loops from vectorizing
+    low, high, inv_step = lows[i], highs[i], inv_steps[i]
+    inside = low <= value < high
     u = (value - low) * inv_step if inside else real(0.0)
     return np.floor(min(max(u, real(0.0)), real(n_knots - 2))), inside
 
@@ -620,12 +621,12 @@ def order_zero(x_row, knots, levels, clamped):
     n_knots = knots.shape[0]
     real = levels.dtype.type
     for i in range(x_row.shape[0]):
-        value = x_row[i]
-        clamped[i] = value if knots[0, i] <= value < knots[n_knots - 1, i] else knots[0, i]
+        value, low, high = x_row[i], knots[0, i], knots[n_knots - 1, i]  # read first (see uniform_span)
+        clamped[i] = value if low <= value < high else low
     for j in range(n_knots - 1):
         for i in range(x_row.shape[0]):
-            value = x_row[i]
-            levels[j, i] = real(1.0) if knots[j, i] <= value < knots[j + 1, i] else real(0.0)
+            value, low, high = x_row[i], knots[j, i], knots[j + 1, i]
+            levels[j, i] = real(1.0) if low <= value < high else real(0.0)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
