@@ -20,7 +20,7 @@ from .bench import (RESULTS_DIR, can_retain_freed_memory, format_table, resolve_
                     write_results)
 from .bench import kernel
 from .bench.candidates import DTYPES
-from .bench.layer import CANDIDATES, SWEEP_COLUMNS, TABLE_COLUMNS, run_layer_benchmark
+from .bench.layer import CANDIDATES, GRAPHED_CANDIDATES, SWEEP_COLUMNS, TABLE_COLUMNS, run_layer_benchmark
 from .bench.layer import target_report as layer_target_report
 from .bench.targets import format_targets
 from .checks import OutputDirError, check_output_dir
@@ -138,7 +138,8 @@ def _add_bench_layer(benchmarks: argparse._SubParsersAction) -> None:
         "layer",
         help="a KAN layer against the dense product floor, an MLP, an unfused layer, flashkan, inkan and pykan",
         description="Time forward and forward+backward of one layer (I = O = width) for each grid size: "
-                    f"{', '.join(CANDIDATES)}; print a table and write data/results/layer-*.json.",
+                    f"{', '.join(CANDIDATES)} (on CUDA also {', '.join(GRAPHED_CANDIDATES)}: dense and bsplinekan "
+                    "replayed from CUDA graphs); print a table and write data/results/layer-*.json.",
     )
     _add_shape_options(layer, "grid size(s); repeat or list several (default: 5)")
     layer.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: float32)")
@@ -162,6 +163,10 @@ def _bench_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if swept:
         print("bsplinekan's training step at every grid size again, in alternation (the grid sweep's ratios):")
         print(format_table(swept, SWEEP_COLUMNS))
+    graphed = [row for row in rows if "ratio_to_dense_graphed" in row]
+    if graphed:
+        print("bsplinekan over dense, both replayed from CUDA graphs (the host's launches left out):")
+        print(format_table(graphed, ("grid", "candidate", "fwdbwd_median_ms", "ratio_to_dense_graphed")))
     print("targets (at batch 1024, width 256, order 3, float32):")
     print(format_targets(layer_target_report(rows), ".3g"))
     return _write_results("layer", params, rows, device, args)

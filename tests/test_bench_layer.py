@@ -1,4 +1,5 @@
 """The layer benchmark: the unfused reference, run_layer_benchmark's rows, and `python -m kanlib bench layer`."""
+import functools
 import math
 import os
 import pathlib
@@ -13,8 +14,9 @@ from kanlib import BSplineKAN
 from kanlib.__main__ import build_parser, main
 from kanlib.bench import can_retain_freed_memory, load_results
 from kanlib.bench import layer as layer_benchmark
-from kanlib.bench.candidates import PEER_PACKAGES, UnfusedKAN, bspline_weights, flashkan_layer, inkan_layer
-from kanlib.bench.layer import CANDIDATES, PIP_PEERS, TARGETS, run_layer_benchmark, target_report
+from kanlib.bench.candidates import (PEER_PACKAGES, Candidate, UnfusedKAN, bspline_weights, cuda_graphed,
+                                     dense_candidate, flashkan_layer, inkan_layer, measure, nbytes, training_step)
+from kanlib.bench.layer import CANDIDATES, GRAPHED_CANDIDATES, PIP_PEERS, TARGETS, run_layer_benchmark, target_report
 from kanlib.ops.spline_linear.reference import unfused_kan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -210,6 +212,89 @@ def test_a_compile_that_fails_is_a_skipped_row(monkeypatch):
     by_name = {row["candidate"]: row for row in rows}
     assert by_name["bsplinekan_compiled"]["skipped"] == "failed: RuntimeError: inductor found no compiler"
     assert by_name["bsplinekan"]["skipped"] is None
+
+
+def test_cuda_graphs_need_a_cuda_device():
+    candidate = dense_candidate("dense", 4, 6, 3, -1.0, 1.0, torch.Generator().manual_seed(0), "cpu", torch.float32)
+    with pytest.raises(ValueError, match="dense_graphed: CUDA graphs need a CUDA device, got grad_out on cpu"):
+        cuda_graphed("dense_graphed", candidate, torch.zeros(4, 3))
+
+
+def test_a_candidate_s_own_step_is_what_is_timed_and_its_recorded_peak_is_charged():
+    x = torch.rand(5, 3, requires_grad=True)
+    grad_out = torch.randn(5, 3)
+    calls = []
+    candidate = Candidate("replayed", lambda: 2 * x, (x,), 100, step=lambda: calls.append(1), step_peak_bytes=7)
+    assert training_step(candidate, grad_out) is candidate.step
+    figures = measure([candidate], grad_out, torch.device("cpu"), repeat=3, warmup=1)
+    assert len(calls) == 1 + 3  # warm-up and timed runs; the peak comes from step_peak_bytes, not a run
+    assert figures["replayed"]["peak_bytes"] == 100 + nbytes([grad_out]) + 7
+    assert figures["replayed"]["fwdbwd_n"] == 3
+
+
+def _stand_in_graphs(monkeypatch, record):
+    """The run as on a CUDA device, each graphed candidate standing in as its eager one with a known peak: what
+    the rows make of graphed candidates, checked where no CUDA graph can be recorded."""
+    monkeypatch.setattr(layer_benchmark, "_records_cuda_graphs", lambda device: True)
+    monkeypatch.setattr(layer_benchmark, "cuda_graphed", record)
+    monkeypatch.setattr(layer_benchmark.torch, "compile", lambda module, **options: module)  # no compile wait
+    monkeypatch.setitem(sys.modules, "inkan", None)
+    monkeypatch.setitem(sys.modules, "flashkan", None)
+
+
+def _eager_stand_in(name, candidate, grad_out, recorded=None):
+    """A graphed candidate that runs its eager one, with a peak of 1000 bytes."""
+    if recorded is not None:
+        recorded.append((name, candidate.name))
+    return Candidate(name, candidate.forward, candidate.leaves, candidate.state_bytes,
+                     step=training_step(candidate, grad_out), step_peak_bytes=1000)
+
+
+def test_graphed_rows_follow_their_eager_candidates(monkeypatch):
+    recorded = []
+    _stand_in_graphs(monkeypatch, functools.partial(_eager_stand_in, recorded=recorded))
+    rows = run_layer_benchmark("cpu", 4, 3, [2, 3], repeat=2, warmup=0, skip_pykan=True)
+    assert recorded == [*GRAPHED_CANDIDATES.items()] * 2
+    for grid_size in (2, 3):
+        by_name = {row["candidate"]: row for row in rows if row["grid"] == grid_size}
+        assert list(by_name) == [*(name for name in CANDIDATES if name != "pykan"), *GRAPHED_CANDIDATES]
+        dense, graphed_dense, graphed = by_name["dense"], by_name["dense_graphed"], by_name["bsplinekan_graphed"]
+        for name, eager in GRAPHED_CANDIDATES.items():
+            row = by_name[name]
+            assert row["skipped"] is None and row["state_bytes"] == by_name[eager]["state_bytes"]
+            assert row["peak_bytes"] == row["state_bytes"] + 1000
+            assert row["ratio_to_dense"] == pytest.approx(row["fwdbwd_median_ms"] / dense["fwdbwd_median_ms"])
+            assert row["gflops_per_s"] == pytest.approx(row["flops"] / (row["fwdbwd_median_ms"] * 1e6))
+        assert graphed["ratio_to_dense_graphed"] == pytest.approx(
+            graphed["fwdbwd_median_ms"] / graphed_dense["fwdbwd_median_ms"])
+        assert [row["candidate"] for row in by_name.values() if "ratio_to_dense_graphed" in row] == [
+            "bsplinekan_graphed"]
+
+
+def test_cli_prints_the_graphed_ratio(monkeypatch, capsys):
+    _stand_in_graphs(monkeypatch, _eager_stand_in)
+    assert main([*TINY_CLI, "--skip-pykan", "--no-write"]) == 0
+    printed = capsys.readouterr().out
+    graphed = printed.split("both replayed from CUDA graphs")[1].split("targets")[0]
+    assert "ratio_to_dense_graphed" in graphed
+    assert [line.split()[:2] for line in graphed.strip().splitlines()[3:]] == [["3", "bsplinekan_graphed"]], graphed
+
+
+def test_a_graph_that_cannot_be_recorded_is_a_skipped_row(monkeypatch):
+    def failing(name, candidate, grad_out):
+        if name == "bsplinekan_graphed":
+            raise RuntimeError("operation not permitted when stream is capturing\ndetails")
+        return Candidate(name, candidate.forward, candidate.leaves, candidate.state_bytes,
+                         step=training_step(candidate, grad_out), step_peak_bytes=0)
+
+    _stand_in_graphs(monkeypatch, failing)
+    rows = run_layer_benchmark("cpu", 4, 3, [2], repeat=1, warmup=0, skip_pykan=True)
+    by_name = {row["candidate"]: row for row in rows}
+    assert by_name["bsplinekan_graphed"]["skipped"] == (
+        "failed: RuntimeError: operation not permitted when stream is capturing")
+    assert "fwdbwd_median_ms" not in by_name["bsplinekan_graphed"]
+    assert by_name["dense_graphed"]["skipped"] is None
+    assert not any("ratio_to_dense_graphed" in row for row in rows)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from ..layers import BSplineKAN, RBFKAN
 from ..ops.spline_linear.reference import unfused_kan
 from .timing import peak_memory_bytes, time_interleaved
 
-__all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "INPUT_RANGE", "DTYPES", "PEER_ORDER", "PEER_PACKAGES", "Candidate", "PeerLayer",
-           "UnfusedKAN", "FastKANFormula", "bspline_weights", "check_sizes", "dense_candidate", "flashkan_layer",
-           "inkan_layer", "measure", "module_candidate", "nbytes", "pykan_layer", "training_step",
-           "training_step_failure", "uniform_inputs"]
+__all__ = ["GRID_RANGE", "OUTSIDE_FRACTION", "INPUT_RANGE", "DTYPES", "PEER_ORDER", "PEER_PACKAGES", "Candidate",
+           "PeerLayer", "UnfusedKAN", "FastKANFormula", "bspline_weights", "check_sizes", "cuda_graphed",
+           "dense_candidate", "failure_reason", "flashkan_layer", "inkan_layer", "measure", "module_candidate",
+           "nbytes", "pykan_layer", "training_step", "training_step_failure", "uniform_inputs"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GRID_RANGE = (-1.0, 1.0)
@@ -48,12 +48,15 @@ def check_sizes(name: str, values: Sequence[int], what: str = "sizes") -> None:
 @dataclass(frozen=True)
 class Candidate:
     """One thing timed. forward() gives the output [B, O]; leaves are what backward differentiates (input,
-    trainable params)."""
+    trainable params). step, when given, is the training step in place of the gradients of forward() (a CUDA
+    graph's replay, :func:`cuda_graphed`), and step_peak_bytes its peak memory, measured when it was built."""
 
     name: str
-    forward: Callable[[], torch.Tensor]
+    forward: Callable[[], object]
     leaves: tuple[torch.Tensor, ...]
     state_bytes: int
+    step: Callable[[], object] | None = None
+    step_peak_bytes: int | None = None
 
 
 def nbytes(tensors) -> int:
@@ -61,7 +64,7 @@ def nbytes(tensors) -> int:
 
 
 def module_candidate(name: str, module: nn.Module, x: torch.Tensor,
-                      forward: Callable[[], torch.Tensor] | None = None) -> Candidate:
+                     forward: Callable[[], torch.Tensor] | None = None) -> Candidate:
     """A candidate calling ``module(x)`` (or ``forward``), charged for x and the module's parameters and buffers."""
     trainable = tuple(p for p in module.parameters() if p.requires_grad)
     state_bytes = nbytes([x, *module.parameters(), *module.buffers()])
@@ -85,8 +88,48 @@ def dense_candidate(name: str, batch: int, k: int, width: int, low: float, high:
 
 def training_step(candidate: Candidate, grad_out: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
     """A function running the candidate's training step: forward, then the gradients of its leaves against
-    grad_out [B, O] (returned, never accumulated)."""
+    grad_out [B, O] (returned, never accumulated); the candidate's own ``step`` where it has one."""
+    if candidate.step is not None:
+        return candidate.step
     return lambda: torch.autograd.grad(candidate.forward(), candidate.leaves, grad_out)
+
+
+def cuda_graphed(name: str, candidate: Candidate, grad_out: torch.Tensor, warmup: int = 3) -> Candidate:
+    """``candidate`` with its forward and its training step (against grad_out [B, O]) each recorded once in a CUDA
+    graph and replayed: the same kernels in the same order, launched by one call from the host. The graphs keep
+    reading the tensors they recorded (the candidate's inputs, parameters and grad_out) and writing the outputs
+    they recorded, which the replays return: forward's [B, O], the step's gradients (one per leaf). The candidate
+    runs ``warmup`` times on a side stream first, so that kernels compile and caches fill outside the recording, as
+    CUDA graphs require (PyTorch's CUDA semantics notes, "CUDA Graphs"). step_peak_bytes is the peak of what the
+    step allocated while it was recorded: the graph's private memory, which it holds while it lives."""
+    device = grad_out.device
+    if device.type != "cuda":
+        raise ValueError(f"{name}: CUDA graphs need a CUDA device, got grad_out on {device}")
+    eager_step = training_step(candidate, grad_out)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            candidate.forward()
+            eager_step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    forward_graph, step_graph, recorded = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph(), {}
+    with torch.cuda.graph(forward_graph):
+        recorded["forward"] = candidate.forward()
+
+    def record_step():
+        with torch.cuda.graph(step_graph):
+            recorded["step"] = eager_step()
+
+    step_peak_bytes = peak_memory_bytes(record_step, device=device)
+
+    def replay(graph: torch.cuda.CUDAGraph, outputs: str):
+        graph.replay()
+        return recorded[outputs]
+
+    return Candidate(name, functools.partial(replay, forward_graph, "forward"), candidate.leaves,
+                     candidate.state_bytes, step=functools.partial(replay, step_graph, "step"),
+                     step_peak_bytes=step_peak_bytes)
 
 
 def training_step_failure(candidate: Candidate, grad_out: torch.Tensor) -> str | None:
@@ -95,9 +138,14 @@ def training_step_failure(candidate: Candidate, grad_out: torch.Tensor) -> str |
     try:
         training_step(candidate, grad_out)()
     except Exception as error:  # a third-party package or a kernel: whatever it raises is reported in the row
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"failed: {type(error).__name__}: {first_line}"
+        return failure_reason(error)
     return None
+
+
+def failure_reason(error: Exception) -> str:
+    """A skipped row's reason: 'failed: <type>: <first line of the message>'."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"failed: {type(error).__name__}: {first_line}"
 
 
 def bspline_weights(layer: BSplineKAN) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +314,8 @@ def measure(candidates: Sequence[Candidate], grad_out: torch.Tensor, device: tor
             **forward[candidate.name].as_dict("fwd_"),
             **forward_backward[candidate.name].as_dict("fwdbwd_"),
             "state_bytes": state_bytes,
-            "peak_bytes": peak_memory_bytes(training_step(candidate, grad_out), device=device) + state_bytes,
+            "peak_bytes": state_bytes + (candidate.step_peak_bytes if candidate.step_peak_bytes is not None else
+                                         peak_memory_bytes(training_step(candidate, grad_out), device=device)),
         }
     return figures
 

@@ -20,6 +20,12 @@ For each grid size G, with batch B, I = O = width and spline order k, the candid
   default settings (torch.compile'd basis), holding the same function as ``bsplinekan`` at k = 3. Both compute
   only cubic bases: at another k they are built at k = 3 on the same grid (the row's ``built_as`` says so).
 - ``pykan``: pykan's ``KANLayer(I, O, num=G, k=k)`` (its first output), timed with fewer repeats.
+- ``dense_graphed``, ``bsplinekan_graphed`` (on CUDA only, ``GRAPHED_CANDIDATES``): ``dense`` and ``bsplinekan``
+  with their forward and training step each recorded in a CUDA graph and replayed
+  (:func:`~kanlib.bench.candidates.cuda_graphed`): the same kernels without the host's work of launching each one,
+  so that a layer whose small kernels leave the GPU waiting for the host shows its device time. Their
+  ``ratio_to_dense`` is over the eager ``dense``, as every row's; ``ratio_to_dense_graphed`` is bsplinekan_graphed's
+  over dense_graphed's.
 
 A peer whose package is not installed, or whose first training step fails (e.g. torch.compile without a C++
 compiler), gets a row with its reason in ``skipped`` and no figures; the run goes on. Every other row has
@@ -40,8 +46,8 @@ Figures of each row (one row per grid size and candidate); times in ms:
   reads: its input, the output gradient, and the parameters and buffers. The dense product is thus
   charged for its X [B, K] and W exactly as a layer is charged for its x [B, I] and parameters.
 - ``memory_ratio_to_dense``: peak_bytes over dense's.
-- ``flops``, ``gflops_per_s`` (dense and bsplinekan; None for the others): forward+backward counted as
-  3x the dense product's forward 2*B*K*O.
+- ``flops``, ``gflops_per_s`` (dense, bsplinekan and their graphed twins; None for the others): forward+backward
+  counted as 3x the dense product's forward 2*B*K*O.
 - ``sweep_fwdbwd_*_ms`` (bsplinekan rows, when the run measures several grid sizes): bsplinekan's
   forward+backward again, its steps at every grid size timed in alternation after the candidates, so that the
   grid sweep's ratios (its time at one G over another) come from steps that shared the machine's state, as each
@@ -61,15 +67,16 @@ from torch import nn
 
 from ..checks import check_int, resolve_device
 from ..layers import BSplineKAN
-from .candidates import (DTYPES, GRID_RANGE, INPUT_RANGE, Candidate, UnfusedKAN, check_sizes, dense_candidate,
-                         flashkan_layer, inkan_layer, measure, module_candidate, pykan_layer, training_step,
-                         training_step_failure, uniform_inputs)
+from .candidates import (DTYPES, GRID_RANGE, INPUT_RANGE, Candidate, UnfusedKAN, check_sizes, cuda_graphed,
+                         dense_candidate, failure_reason, flashkan_layer, inkan_layer, measure, module_candidate,
+                         pykan_layer, training_step, training_step_failure, uniform_inputs)
 from .targets import target_entry
 from .timing import time_interleaved
 
 __all__ = [
     "CANDIDATES",
     "DTYPES",
+    "GRAPHED_CANDIDATES",
     "PEER_BUILDERS",
     "PIP_PEERS",
     "SWEEP_COLUMNS",
@@ -81,6 +88,7 @@ __all__ = [
 ]
 
 CANDIDATES = ("dense", "mlp", "bsplinekan", "bsplinekan_compiled", "unfused", "flashkan", "inkan", "pykan")
+GRAPHED_CANDIDATES = {"dense_graphed": "dense", "bsplinekan_graphed": "bsplinekan"}  # CUDA only: name -> eager one
 PEER_BUILDERS = {"flashkan": flashkan_layer, "inkan": inkan_layer}
 PIP_PEERS = ("flashkan", "inkan", "pykan")  # the exact B-spline KAN layers a user can pip install
 TABLE_COLUMNS = (
@@ -186,7 +194,29 @@ def _candidates(batch: int, width: int, grid_size: int, order: int, device: torc
     if not skip_pykan:
         pykan = pykan_layer(width, grid_size, order, device, dtype)
         candidates.append(module_candidate("pykan", pykan, x, forward=lambda: pykan(x)[0]))
+    if _records_cuda_graphs(device):
+        graphed, graph_failures = _graphed_candidates(candidates, grad_out)
+        candidates.extend(graphed)
+        skipped.update(graph_failures)
     return candidates, entries, skipped
+
+
+def _records_cuda_graphs(device: torch.device) -> bool:
+    """Whether the run has GRAPHED_CANDIDATES: on CUDA devices."""
+    return device.type == "cuda"
+
+
+def _graphed_candidates(candidates: Sequence[Candidate], grad_out: torch.Tensor
+                        ) -> tuple[list[Candidate], dict[str, str]]:
+    """GRAPHED_CANDIDATES recorded from their eager candidates, and the reason of each one whose recording fails."""
+    by_name = {candidate.name: candidate for candidate in candidates}
+    graphed, skipped = [], {}
+    for name, eager in GRAPHED_CANDIDATES.items():
+        try:
+            graphed.append(cuda_graphed(name, by_name[eager], grad_out))
+        except Exception as error:  # whatever the capture raises is reported in the row, as a failing peer's
+            skipped[name] = failure_reason(error)
+    return graphed, skipped
 
 
 def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grids: Sequence[int], order: int = 3,
@@ -225,7 +255,7 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
         measured = measure(fast, grad_out, device, repeat, warmup)
         if slow:
             measured.update(measure(slow, grad_out, device, min(repeat, max(3, repeat // 10)), min(warmup, 1)))
-        for name in CANDIDATES:
+        for name in (*CANDIDATES, *GRAPHED_CANDIDATES):
             if name not in measured and name not in skipped:
                 continue
             row = {"grid": grid_size, "candidate": name, "batch": batch, "width": width, "order": order,
@@ -234,7 +264,7 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
                 grid_rows.append({**row, "skipped": skipped[name]})
                 continue
             figures = measured[name]
-            counted = name in ("dense", "bsplinekan")
+            counted = name in ("dense", "bsplinekan", *GRAPHED_CANDIDATES)
             grid_rows.append({
                 **row, **figures,
                 "flops": forward_backward_flops if counted else None,
@@ -246,6 +276,11 @@ def run_layer_benchmark(device: str | torch.device, batch: int, width: int, grid
             if row["skipped"] is None:
                 row["ratio_to_dense"] = row["fwdbwd_median_ms"] / dense["fwdbwd_median_ms"]
                 row["memory_ratio_to_dense"] = row["peak_bytes"] / dense["peak_bytes"]
+        graphed = {row["candidate"]: row for row in grid_rows
+                   if row["candidate"] in GRAPHED_CANDIDATES and row["skipped"] is None}
+        if len(graphed) == len(GRAPHED_CANDIDATES):
+            graphed["bsplinekan_graphed"]["ratio_to_dense_graphed"] = (
+                graphed["bsplinekan_graphed"]["fwdbwd_median_ms"] / graphed["dense_graphed"]["fwdbwd_median_ms"])
         rows.extend(grid_rows)
     if len(sweep) > 1:
         steps = {grid_size: training_step(candidate, grad_out) for grid_size, candidate in sweep.items()}

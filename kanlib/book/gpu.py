@@ -6,13 +6,14 @@ time budget, and the tools around it.
   ``.whl/``, one version of each; raises when the tree and the wheels would not fit the 64 MiB a lent GPU
   machine receives.
 - :func:`run_reference` (``make gpu-reference``, on the GPU): the CUDA tests (the local-support and edge-sparse
-  kernels' next), then ``bench layer`` (its grid sweep in one process), ``profile`` (where the layer's time goes,
-  at G = 5 and 50, and at G = 5 under torch.compile's CUDA graphs), ``bench prune``, ``bench kernel`` (one process
-  per grid size), ``bench images`` and ``bench families`` with ``--device cuda``, the basis families' Triton tests,
-  the layers under ``torch.compile`` and ``bench quant``, each step under its own timeout inside one deadline (the
-  figures a GPU has not yet given first), a failing step recorded without stopping the next; it packs the new
-  results and the log into a few files and prints the targets. ``rehearse=True`` runs the same steps on the CPU with
-  tiny sizes (the kernels under Triton's interpreter), which is how the tests check the run end to end.
+  kernels' next), then ``bench layer`` (its grid sweep in one process, dense and the layer also replayed from CUDA
+  graphs), ``profile`` (where the layer's time goes, at G = 5 and 50, and at G = 5 under torch.compile's CUDA
+  graphs), ``bench prune``, ``bench kernel`` (one process per grid size), ``bench images`` and ``bench families``
+  with ``--device cuda``, the basis families' Triton tests, the layers under ``torch.compile`` and ``bench quant``,
+  each step under its own timeout inside one deadline (the figures a GPU has not yet given first), a failing step
+  recorded without stopping the next; it packs the new results and the log into a few files and prints the targets.
+  ``rehearse=True`` runs the same steps on the CPU with tiny sizes (the kernels under Triton's interpreter), which
+  is how the tests check the run end to end.
 - :func:`import_reference` (``make gpu-import FROM=folder``): puts what came back into ``data/results/``,
   refusing anything that was not measured on a GPU. The chapters that show GPU figures read them from there
   when they are executed again (``python -m kanlib run``).
