@@ -109,8 +109,7 @@ def cuda_graphed(name: str, candidate: Candidate, grad_out: torch.Tensor, warmup
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        for _ in range(warmup):
-            candidate.forward()
+        for _ in range(warmup):  # the step's forward warms what the forward graph records too
             eager_step()
     torch.cuda.current_stream(device).wait_stream(side)
     forward_graph, step_graph, recorded = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph(), {}
