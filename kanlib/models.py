@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -22,12 +23,25 @@ from .prune import Attribution, attribution, compact_layers, kept_edges, kept_no
 from .prune.compact import give_every_layer_a_bias_if_one_has
 from .prune.prune import add_to_bias, mask_edges, removed_node_means
 from .symbolic import Candidate, EdgeChoice, get_function, rank_candidates, resolve_library, symbolic_formula
+from .training import History, fit
 
 __all__ = ["KAN", "MLP", "ConvKAN", "CNNWithKANHead", "LAYERS", "BASIS_FLOPS", "count_parameters", "forward_flops",
            "mlp_with_parameter_count"]
 
 # pykan's MultKAN initializes its splines with this noise (its KANLayer's own default is 0.5).
 MULTKAN_NOISE_SCALE = 0.3
+FIT_OPTIONS = frozenset(list(inspect.signature(fit).parameters)[2:])  # after model and data
+# Options of pykan's MultKAN.fit that kanlib's fit names differently, and what to use instead.
+PYKAN_FIT_OPTIONS = {
+    "batch": "batch_size (None trains on the full set, pykan's batch=-1)",
+    "loss_fn": "loss",
+    "log": "eval_every (and progress=False for no bar)",
+    "grid_update_num": "stop_grid_update_step with update_grid_every (pykan's 10 updates over the first 50 steps "
+                       "are the default)",
+    "start_grid_update_step": "update_grid_every and stop_grid_update_step",
+    "metrics": "the History fit returns (losses and the metric per evaluation)",
+    "display_metrics": "progress",
+}
 
 
 @contextmanager
@@ -156,6 +170,18 @@ class KAN(Stack, nn.Module):
                 _restore(layer, state)
             raise
         return self
+
+    def fit(self, data: dict, **options) -> History:
+        """Train this KAN in place on pykan's data dict (``train_input``, ``train_label``, ``test_input``,
+        ``test_label``) and return the History: ``kanlib.fit(model, data, **options)``, whose options it takes, as
+        pykan's ``model.fit(dataset, ...)``. As kanlib's fit, give ``steps`` or ``epochs``; ``opt`` is "adam" unless
+        given (pykan's default is "LBFGS"). A pykan option kanlib names differently raises a TypeError naming
+        kanlib's."""
+        for name in options.keys() - FIT_OPTIONS:
+            instead = f"pykan's {name!r} is kanlib's {PYKAN_FIT_OPTIONS[name]}" if name in PYKAN_FIT_OPTIONS \
+                else f"kanlib.fit takes {', '.join(sorted(FIT_OPTIONS))}"
+            raise TypeError(f"KAN.fit got an unexpected option {name!r}: {instead}")
+        return fit(self, data, **options)
 
     def regularization_loss(self, x: torch.Tensor, l1: float = 1.0, entropy: float = 2.0, coef: float = 0.0,
                             coefdiff: float = 0.0) -> torch.Tensor:

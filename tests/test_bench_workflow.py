@@ -44,6 +44,22 @@ def test_kanlib_and_pykan_start_from_the_same_model(monkeypatch):
     assert rows[0]["rmse_g3"] == pytest.approx(rows[1]["rmse_g3"], rel=1e-3)
 
 
+def test_kanlibs_refine_reads_the_training_inputs_its_fit_ended_with(monkeypatch):
+    from kanlib import KAN
+
+    samples = []
+    refine = KAN.refine
+
+    def recording_refine(model, grid_size, x=None):
+        samples.append(model.samples(x, "refine"))
+        return refine(model, grid_size, x)
+
+    monkeypatch.setattr(KAN, "refine", recording_refine)
+    data = workflow.example1_data(n_train=64, n_test=32)
+    workflow.run_example1("kanlib", seed=0, grids=(3, 5, 7), steps=1, data=data)
+    assert len(samples) == 2 and all(torch.equal(x, data["train_input"]) for x in samples)
+
+
 @pytest.mark.parametrize("arguments,error,message", [
     (("numpy", 0), ValueError, r"library must be one of \('kanlib', 'pykan'\), got 'numpy'"),
     (("kanlib", -1), ValueError, r"seed must be an int >= 0, got -1"),

@@ -124,6 +124,38 @@ def test_regularization_loss_is_the_sum_over_layers_of_their_inputs_penalties():
     assert all(layer.coef.grad.abs().sum() > 0 for layer in model.layers)
 
 
+def _xor_like_data(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(96, 2, generator=generator) * 2 - 1
+    y = (x[:, :1] * x[:, 1:]).exp()
+    return {"train_input": x[:64], "train_label": y[:64], "test_input": x[64:], "test_label": y[64:]}
+
+
+@pytest.mark.parametrize("options", [{"opt": "LBFGS", "steps": 3, "lamb": 1e-3}, {"epochs": 2, "batch_size": 16}])
+def test_model_fit_trains_as_kanlib_fit(options):
+    from kanlib import fit
+    data = _xor_like_data()
+    by_method, by_function = KAN([2, 3, 1], seed=0), KAN([2, 3, 1], seed=0)
+    history = by_method.fit(data, seed=1, progress=False, **options)
+    expected = fit(by_function, data, seed=1, progress=False, **options)
+    assert history.train_loss == expected.train_loss and history.train_loss[-1] < history.train_loss[0]
+    for got, want in zip(by_method.state_dict().values(), by_function.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(by_method._last_input, data["train_input"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,words", [("batch", "pykan's 'batch' is kanlib's batch_size"),
+                                        ("loss_fn", "pykan's 'loss_fn' is kanlib's loss"),
+                                        ("grid_update_num", "is kanlib's stop_grid_update_step with update_grid_every"),
+                                        ("learning_rate", "kanlib.fit takes amp, batch_size, .*update_grid_every")])
+def test_model_fit_names_kanlibs_option_for_a_pykan_or_unknown_one(name, words):
+    model = KAN([2, 3, 1], seed=0)
+    before = [t.clone() for t in model.state_dict().values()]
+    with pytest.raises(TypeError, match=f"KAN.fit got an unexpected option '{name}': {words}"):
+        model.fit(_xor_like_data(), steps=1, **{name: 1})
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+
+
 def test_count_parameters_of_a_kan_and_an_mlp():
     # A BSplineKAN layer trains coef I*O*(G+k), scale_base I*O and scale_sp I*O; G=5, k=3.
     assert count_parameters(KAN([2, 3, 1])) == (2 * 3 * 8 + 2 * 2 * 3) + (3 * 1 * 8 + 2 * 3 * 1)

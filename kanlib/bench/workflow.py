@@ -3,8 +3,10 @@
 f(x, y) = exp(sin(pi x) + y^2) on [-1, 1]^2 (pykan's ``create_dataset(f, n_var=2)``: 1000 train and 1000 test
 points, dataset seed 0). Per model seed: a [2, 1, 1] KAN with grid ``grids[0]`` and k = 3, LBFGS for ``steps``
 steps with each library's fit defaults, then for every further grid size ``model = model.refine(G)`` and
-another fit. kanlib: ``KAN([2, 1, 1], grid_size=G, spline_order=3, seed=s)``, ``fit(model, data, opt="lbfgs",
-steps=steps)``. pykan: ``KAN(width=[2, 1, 1], grid=G, k=3, seed=s, auto_save=False, ckpt_path=<temporary
+another fit. Each refine reads the inputs its library's fit ended with, pykan's the test inputs and kanlib's the
+training inputs, which kanlib's refine is given since the test RMSE measured between the stages was kanlib's
+last forward call. kanlib: ``KAN([2, 1, 1], grid_size=G, spline_order=3, seed=s)``, ``model.fit(data,
+opt="LBFGS", steps=steps)``. pykan: ``KAN(width=[2, 1, 1], grid=G, k=3, seed=s, auto_save=False, ckpt_path=<temporary
 folder>)``, ``model.fit(dataset, opt="LBFGS", steps=steps)`` (pykan's ``refine`` saves checkpoints even with
 auto_save=False, so they go to that folder, removed after the run); its progress output is swallowed.
 
@@ -28,7 +30,6 @@ import torch
 
 from ..checks import check_int, resolve_device
 from ..models import KAN
-from ..training import fit
 from .targets import target_entry
 
 __all__ = ["DEFAULTS", "QUICK", "LIBRARIES", "RMSE_GOAL", "TARGETS", "example1_data", "example1_function",
@@ -87,8 +88,8 @@ def _kanlib_stages(seed: int, grids: tuple[int, ...], steps: int, data: dict):
     model = KAN([2, 1, 1], grid_size=grids[0], spline_order=3, seed=seed).to(data["train_input"].device)
     for index, grid in enumerate(grids):
         if index:
-            model = model.refine(grid)
-        fit(model, data, opt="lbfgs", steps=steps, progress=False)
+            model = model.refine(grid, data["train_input"])
+        model.fit(data, opt="LBFGS", steps=steps, progress=False)
         yield model
 
 
