@@ -144,10 +144,12 @@ def test_model_fit_trains_as_kanlib_fit(options):
     torch.testing.assert_close(by_method._last_input, data["train_input"], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name,words", [("batch", "pykan's 'batch' is kanlib's batch_size"),
-                                        ("loss_fn", "pykan's 'loss_fn' is kanlib's loss"),
-                                        ("grid_update_num", "is kanlib's stop_grid_update_step with update_grid_every"),
-                                        ("learning_rate", "kanlib.fit takes amp, batch_size, .*update_grid_every")])
+@pytest.mark.parametrize("name,words", [
+    ("batch", "pykan's 'batch' is kanlib's batch_size"),
+    ("loss_fn", "pykan's 'loss_fn' is kanlib's loss"),
+    ("grid_update_num", "pykan's 'grid_update_num' is kanlib's stop_grid_update_step with update_grid_every"),
+    ("learning_rate", "kanlib.fit takes amp, batch_size, .*update_grid_every"),
+])
 def test_model_fit_names_kanlibs_option_for_a_pykan_or_unknown_one(name, words):
     model = KAN([2, 3, 1], seed=0)
     before = [t.clone() for t in model.state_dict().values()]
