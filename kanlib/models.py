@@ -177,7 +177,7 @@ class KAN(Stack, nn.Module):
         pykan's ``model.fit(dataset, ...)``. As kanlib's fit, give ``steps`` or ``epochs``; ``opt`` is "adam" unless
         given (pykan's default is "LBFGS"). A pykan option kanlib names differently raises a TypeError naming
         kanlib's."""
-        for name in options.keys() - FIT_OPTIONS:
+        for name in sorted(options.keys() - FIT_OPTIONS):  # the first unknown name, the same in every run
             instead = f"pykan's {name!r} is kanlib's {PYKAN_FIT_OPTIONS[name]}" if name in PYKAN_FIT_OPTIONS \
                 else f"kanlib.fit takes {', '.join(sorted(FIT_OPTIONS))}"
             raise TypeError(f"KAN.fit got an unexpected option {name!r}: {instead}")

@@ -4,7 +4,7 @@ import torch
 from kan import MultKAN
 from torch import nn
 
-from kanlib import KAN, LAYERS, MLP, BSplineKAN, count_parameters, forward_flops, mlp_with_parameter_count
+from kanlib import KAN, LAYERS, MLP, BSplineKAN, count_parameters, fit, forward_flops, mlp_with_parameter_count
 from kanlib.activations import ACTIVATIONS, MLP_ACTIVATIONS
 from kanlib.activations import BASE_ACTIVATIONS
 
@@ -133,7 +133,6 @@ def _xor_like_data(seed=0):
 
 @pytest.mark.parametrize("options", [{"opt": "LBFGS", "steps": 3, "lamb": 1e-3}, {"epochs": 2, "batch_size": 16}])
 def test_model_fit_trains_as_kanlib_fit(options):
-    from kanlib import fit
     data = _xor_like_data()
     by_method, by_function = KAN([2, 3, 1], seed=0), KAN([2, 3, 1], seed=0)
     history = by_method.fit(data, seed=1, progress=False, **options)
